@@ -1,0 +1,48 @@
+"""graphc: a static-graph deep-learning compiler and executor for the CPU.
+
+This module is the public face: it re-exports the API and holds no logic. Each op family
+lists its public builder functions in its `__all__`.
+"""
+
+from graphc import init
+from graphc.builder import constant, placeholder, variable
+from graphc.errors import (
+    ArgumentError,
+    AttrError,
+    CompileError,
+    DTypeError,
+    GraphcError,
+    GraphNameError,
+    GraphStructureError,
+    SerializationError,
+    ShapeError,
+    SourceLoc,
+    VerifyError,
+)
+from graphc.gradcheck import GradCheckResult, check_grad
+from graphc.ir import (
+    DType,
+    Graph,
+    Node,
+    Signature,
+    TensorType,
+    bool_,
+    float32,
+    float64,
+    int32,
+    int64,
+)
+from graphc.ops import registry as _registry  # fills the operator table of Node
+from graphc.ops.conv import *  # noqa: F403
+from graphc.ops.elementwise import *  # noqa: F403
+from graphc.ops.indexing import *  # noqa: F403
+from graphc.ops.linalg import *  # noqa: F403
+from graphc.ops.nn import *  # noqa: F403
+from graphc.ops.random import *  # noqa: F403
+from graphc.ops.reduce import *  # noqa: F403
+from graphc.ops.shape import *  # noqa: F403
+from graphc.passes.autodiff import grad
+from graphc.runtime.reference import reference
+from graphc.verify import verify
+
+__version__ = "0.1.0"

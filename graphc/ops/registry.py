@@ -1,0 +1,67 @@
+"""The op registry: the one list of op families, and the table of all ops by name.
+
+Adding an op family means adding its module here. `graphc ops --list` prints this table.
+"""
+
+from __future__ import annotations
+
+from graphc.errors import GraphcError
+from graphc.ir import OPERATORS, Attrs, TensorType
+from graphc.ops import conv, elementwise, indexing, linalg, nn, random, reduce, shape
+from graphc.ops.opdef import Fusion, OpDef
+
+
+def _no_reference(arrays: object, attrs: Attrs) -> object:
+    raise GraphcError("source ops have no reference; the interpreter binds their values")
+
+
+def _source_infer(types: object, attrs: Attrs) -> TensorType:
+    raise GraphcError("source ops are built by gc.placeholder/variable/constant")
+
+
+SOURCES = [
+    OpDef(name, "source", 0, _source_infer, _no_reference, Fusion.SOURCE, doc=doc)
+    for name, doc in (
+        ("placeholder", "an input given at each call"),
+        ("variable", "persistent state, changed by updates"),
+        ("constant", "a fixed value"),
+    )
+]
+
+FAMILIES = (elementwise, reduce, shape, indexing, linalg, conv, nn, random)
+
+OPS: dict[str, OpDef] = {}
+for _op in [*SOURCES, *(op for family in FAMILIES for op in family.OPS)]:
+    assert _op.name not in OPS, f"op {_op.name} defined twice"
+    OPS[_op.name] = _op
+
+
+def get(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise GraphcError(f"unknown op {name!r} (see `graphc ops --list`)") from None
+
+
+OPERATORS.update(
+    add=elementwise.add,
+    sub=elementwise.sub,
+    mul=elementwise.mul,
+    div=elementwise.div,
+    pow=elementwise.pow,
+    mod=elementwise.mod,
+    matmul=linalg.matmul,
+    neg=elementwise.neg,
+    abs=elementwise.abs,
+    logical_not=elementwise.logical_not,
+    logical_and=elementwise.logical_and,
+    logical_or=elementwise.logical_or,
+    less=elementwise.less,
+    less_equal=elementwise.less_equal,
+    greater=elementwise.greater,
+    greater_equal=elementwise.greater_equal,
+    equal=elementwise.equal,
+    not_equal=elementwise.not_equal,
+    transpose=shape.transpose,
+    getitem=indexing.getitem,
+)

@@ -1,0 +1,1 @@
+"""Graph -> graph passes (installed as `graphc.passes`)."""

@@ -1,0 +1,124 @@
+"""Reverse-mode symbolic differentiation: graph -> gradient nodes in the same graph.
+
+`grad(y, xs)` walks the nodes between `xs` and `y` in reverse graph order, asks each op's
+gradient rule for the vector-Jacobian product of its upstream gradient, and sums the
+contributions a node receives from its several users. Gradient rules build ordinary nodes,
+so gradients can be printed, optimized, compiled and differentiated again.
+
+Contracts:
+- Only float nodes carry gradients; integer and bool nodes are cut (comparisons, argmax,
+  indices). Ops without a rule (floor, round, sign, comparisons) pass zero gradient.
+- `stop_gradient(x)` is the identity whose gradient is zero.
+- A requested x that `y` does not depend on gets zeros of its shape, or a `GraphcError`
+  with ``disconnected="raise"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from graphc.builder import constant
+from graphc.errors import GraphcError, ShapeError
+from graphc.ir import Node
+from graphc.ops import elementwise, registry, shape
+
+
+def grad(
+    y: Node,
+    xs: Node | Sequence[Node],
+    grad_y: Node | None = None,
+    *,
+    disconnected: str = "zero",
+) -> list[Node] | Node:
+    """d(y)/d(xs): one gradient node per x (a single node if `xs` is a single node).
+
+    `y` must be a float scalar unless `grad_y` (of y's type) is given, in which case the
+    result is the vector-Jacobian product ``grad_y^T J``.
+    """
+    single = isinstance(xs, Node)
+    targets = [xs] if isinstance(xs, Node) else list(xs)
+    if disconnected not in ("zero", "raise"):
+        raise GraphcError(f"disconnected must be 'zero' or 'raise', got {disconnected!r}",
+                          op="grad")
+    if not y.dtype.is_float:
+        raise GraphcError(f"y (%{y.name}) must be a float tensor, got {y.type}", op="grad",
+                          loc=y.loc)
+    for x in targets:
+        if not isinstance(x, Node) or x.graph is not y.graph:
+            raise GraphcError(f"cannot differentiate with respect to {x!r}: not a node of "
+                              f"graph {y.graph.name!r}", op="grad")
+        if not x.dtype.is_float:
+            raise GraphcError(f"x (%{x.name}) must be a float tensor, got {x.type}", op="grad",
+                              loc=x.loc)
+    if grad_y is None:
+        if y.shape != ():
+            raise ShapeError(f"y (%{y.name}) has shape {y.shape}; a non-scalar y needs grad_y",
+                             op="grad", loc=y.loc)
+        seed = constant(1.0, dtype=y.dtype)
+    else:
+        if grad_y.type != y.type:
+            raise ShapeError(f"grad_y: expected {y.type}, got {grad_y.type}", op="grad",
+                             loc=grad_y.loc)
+        seed = grad_y
+
+    relevant = _between(targets, y)
+    contributions: dict[Node, list[Node]] = {y: [seed]}
+    graph_nodes = y.graph.nodes
+    stop = graph_nodes.index(y)
+    for node in reversed(graph_nodes[: stop + 1]):
+        if node not in relevant or node not in contributions:
+            continue
+        g = _total(contributions[node])
+        contributions[node] = [g]
+        if node.op in ("placeholder", "variable", "constant"):
+            continue
+        rule = registry.get(node.op).grad
+        if rule is None:
+            continue
+        input_grads = rule(node, g)
+        if len(input_grads) != len(node.inputs):
+            raise GraphcError(f"gradient rule returned {len(input_grads)} values for "
+                              f"{len(node.inputs)} inputs (a bug in the rule)", op=node.op)
+        for inp, gi in zip(node.inputs, input_grads):
+            if gi is None or inp not in relevant or not inp.dtype.is_float:
+                continue
+            if gi.type != inp.type:
+                raise GraphcError(
+                    f"gradient rule gave {gi.type} for input %{inp.name} of type {inp.type} "
+                    "(a bug in the rule)", op=node.op, loc=node.loc)
+            contributions.setdefault(inp, []).append(gi)
+
+    results: list[Node] = []
+    for x in targets:
+        if x in contributions:
+            results.append(contributions[x][0])
+        elif disconnected == "raise":
+            raise GraphcError(f"y (%{y.name}) does not depend on %{x.name}", op="grad",
+                              loc=x.loc)
+        else:
+            results.append(shape.broadcast_to(constant(0.0, dtype=x.dtype), x.shape))
+    return results[0] if single else results
+
+
+def _between(targets: Sequence[Node], y: Node) -> set[Node]:
+    """Nodes that are both ancestors of (or equal to) y and descendants of some target."""
+    ancestors: set[Node] = set()
+    stack = [y]
+    while stack:
+        n = stack.pop()
+        if n in ancestors:
+            continue
+        ancestors.add(n)
+        stack.extend(n.inputs)
+    reach: set[Node] = set(t for t in targets if t in ancestors)
+    for n in y.graph.nodes:
+        if n in ancestors and n not in reach and any(i in reach for i in n.inputs):
+            reach.add(n)
+    return reach
+
+
+def _total(parts: list[Node]) -> Node:
+    total = parts[0]
+    for p in parts[1:]:
+        total = elementwise.add(total, p)
+    return total

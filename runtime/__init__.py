@@ -1,0 +1,1 @@
+"""Running graphs: the numpy reference interpreter, and (later) compiled executables."""

@@ -1,0 +1,139 @@
+"""The calling convention shared by the reference interpreter and compiled executables.
+
+A function compiled from `inputs=[x, y]` is called positionally in that order, or by input
+name, or both (positional first). Every argument is checked before anything runs: count,
+names, shape, dtype. Arrays are made C-contiguous. Dtypes must match exactly, except that
+integer arrays convert to an integer input when every value fits; float64 data for a float32
+input is rejected (convert explicitly) so precision is never lost silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from graphc.errors import ArgumentError
+from graphc.ir import Graph, Node, Signature, normalize_updates
+
+
+def bind_arguments(
+    inputs: Sequence[Node], args: Sequence[Any], kwargs: Mapping[str, Any], what: str
+) -> list[np.ndarray]:
+    """Match `args`/`kwargs` to `inputs`; return one checked contiguous array per input."""
+    if len(args) > len(inputs):
+        raise ArgumentError(
+            f"{what} takes {len(inputs)} input(s) "
+            f"({', '.join(n.name for n in inputs) or 'none'}), got {len(args)} positional"
+        )
+    values: dict[str, Any] = {n.name: a for n, a in zip(inputs, args)}
+    known = {n.name for n in inputs}
+    for key, value in kwargs.items():
+        if key not in known:
+            raise ArgumentError(
+                f"{what} has no input named {key!r} (inputs: {', '.join(sorted(known)) or 'none'})"
+            )
+        if key in values:
+            raise ArgumentError(f"{what} got input {key!r} both by position and by name")
+        values[key] = value
+    missing = [n.name for n in inputs if n.name not in values]
+    if missing:
+        raise ArgumentError(f"{what} is missing input(s): {', '.join(missing)}")
+    return [check_array(n, values[n.name], what) for n in inputs]
+
+
+def check_array(node: Node, value: Any, what: str) -> np.ndarray:
+    """`value` as a C-contiguous array of `node`'s exact type, or an ArgumentError."""
+    want = node.type
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is a bad argument
+        raise ArgumentError(f"{what}: input {node.name!r} is not array-like ({exc})") from None
+    if array.dtype == object or array.dtype.kind not in "biuf":
+        raise ArgumentError(
+            f"{what}: input {node.name!r} expected {want}, got an array of {array.dtype}"
+        )
+    if array.shape != want.shape:
+        raise ArgumentError(
+            f"{what}: input {node.name!r} expected shape {want.shape} ({want}), "
+            f"got {array.shape}"
+        )
+    target = want.dtype.np
+    if array.dtype != target:
+        # Integer arrays convert when every value fits (labels often arrive as int64);
+        # anything else must be converted by the caller, so no precision is lost silently.
+        fits = array.dtype.kind in "iu" and target.kind == "i" and (
+            array.size == 0
+            or (np.iinfo(target).min <= array.min() and array.max() <= np.iinfo(target).max)
+        )
+        if not fits:
+            raise ArgumentError(
+                f"{what}: input {node.name!r} expected dtype {want.dtype} ({want}), "
+                f"got {array.dtype}; convert it with .astype(np.{want.dtype.value})"
+            )
+        array = array.astype(target)
+    return np.ascontiguousarray(array)
+
+
+def resolve_signature(
+    graph: Graph,
+    inputs: Sequence[Node] | None,
+    outputs: Sequence[Node] | Node | None,
+    updates: Mapping[Node, Node] | Sequence[tuple[Node, Node]] | None,
+    signature: str | None,
+) -> tuple[Signature, bool]:
+    """What to run: an explicit inputs/outputs/updates triple or a named signature.
+
+    Returns the signature and whether `outputs` was a single node (then calls return one
+    array instead of a tuple).
+    """
+    if signature is not None:
+        if inputs is not None or outputs is not None or updates is not None:
+            raise ArgumentError("give either signature= or inputs/outputs/updates, not both")
+        if signature not in graph.signatures:
+            known = ", ".join(sorted(graph.signatures)) or "none"
+            raise ArgumentError(f"graph {graph.name!r} has no signature {signature!r} "
+                                f"(signatures: {known})")
+        return graph.signatures[signature], False
+    single = isinstance(outputs, Node)
+    outs: tuple[Node, ...] = (outputs,) if isinstance(outputs, Node) else tuple(outputs or ())
+    ins = tuple(inputs or ())
+    for kind, nodes in (("input", ins), ("output", outs)):
+        for n in nodes:
+            if not isinstance(n, Node):
+                raise ArgumentError(f"{kind} {n!r} is not a graph node")
+            if n.graph is not graph:
+                raise ArgumentError(f"{kind} %{n.name} belongs to graph {n.graph.name!r}, "
+                                    f"not {graph.name!r}")
+    for n in ins:
+        if n.op != "placeholder":
+            raise ArgumentError(f"input %{n.name} is a {n.op}, not a placeholder")
+    if len({n.name for n in ins}) != len(ins):
+        raise ArgumentError("an input is listed twice")
+    sig = Signature("call", ins, outs, normalize_updates(updates))
+    missing = sorted(
+        {p.name for p in needed_nodes(sig) if p.op == "placeholder"} - {n.name for n in ins}
+    )
+    if missing:
+        raise ArgumentError(
+            f"the outputs/updates depend on placeholder(s) not listed in inputs: "
+            f"{', '.join(missing)}"
+        )
+    return sig, single
+
+
+def needed_nodes(sig: Signature) -> list[Node]:
+    """The nodes the signature's outputs and updates depend on, in graph order."""
+    roots = [*sig.outputs, *(value for _, value in sig.updates)]
+    if not roots:
+        return []
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(n.inputs)
+    return [n for n in roots[0].graph.nodes if n in seen]
