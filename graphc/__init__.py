@@ -4,8 +4,9 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import init
+from graphc import init, optim
 from graphc.builder import constant, placeholder, variable
+from graphc.checkpoint import load_checkpoint, save_checkpoint
 from graphc.errors import (
     ArgumentError,
     AttrError,

@@ -101,11 +101,12 @@ def _to_array(value: Any, dtype: DType | str | None, what: str, loc: SourceLoc |
     except (TypeError, ValueError) as exc:
         raise DTypeError(f"cannot convert {type(value).__name__} to an array: {exc}",
                          op=what, loc=loc) from None
-    if dtype is None and array.dtype == np.float64 and not isinstance(value, np.ndarray):
+    python_value = not isinstance(value, (np.ndarray, np.generic))
+    if dtype is None and array.dtype == np.float64 and python_value:
         # A Python float literal becomes float32, the deep-learning default; numpy float64
         # arrays keep their dtype.
         array = array.astype(np.float32)
-    if dtype is None and array.dtype == np.int64 and not isinstance(value, np.ndarray):
+    if dtype is None and array.dtype == np.int64 and python_value:
         array = array.astype(np.int32)
     try:
         DType.of(array.dtype)

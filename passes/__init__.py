@@ -1,1 +1,18 @@
-"""Graph -> graph passes (installed as `graphc.passes`)."""
+"""Graph -> graph passes (installed as `graphc.passes`).
+
+`PASSES` is the pass registry: the one list of passes, by name. A pass's name is its
+module's name and its CLI name (`graphc passes --list` prints this table); the pass
+manager (`graphc.passes.manager`) runs them by name. `autodiff` builds gradient nodes
+inside a graph and is not a pipeline pass.
+"""
+
+from __future__ import annotations
+
+from . import constant_fold, cse, prune, simplify
+from .rewrite import PassDef
+
+PASSES: dict[str, PassDef] = {
+    module.PASS.name: module.PASS for module in (simplify, constant_fold, cse, prune)
+}
+for _module in (simplify, constant_fold, cse, prune):
+    assert _module.__name__.rsplit(".", 1)[1] == _module.PASS.name, "module name != pass name"

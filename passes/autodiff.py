@@ -64,7 +64,8 @@ def grad(
     relevant = _between(targets, y)
     contributions: dict[Node, list[Node]] = {y: [seed]}
     graph_nodes = y.graph.nodes
-    stop = graph_nodes.index(y)
+    # By identity: list.index would compare with ==, which builds an `equal` node.
+    stop = next(i for i, n in enumerate(graph_nodes) if n is y)
     for node in reversed(graph_nodes[: stop + 1]):
         if node not in relevant or node not in contributions:
             continue

@@ -73,7 +73,8 @@ def check_array(node: Node, value: Any, what: str) -> np.ndarray:
                 f"got {array.dtype}; convert it with .astype(np.{want.dtype.value})"
             )
         array = array.astype(target)
-    return np.ascontiguousarray(array)
+    # np.ascontiguousarray would turn a 0-d array into shape (1,).
+    return np.require(array, requirements="C")
 
 
 def resolve_signature(

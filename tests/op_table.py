@@ -85,4 +85,7 @@ def run_reference(case: OpCase, arrays: list[np.ndarray]) -> np.ndarray:
     with gc.Graph(case.id) as g:
         phs = [gc.placeholder(a.shape, a.dtype.name, name=f"arg{i}") for i, a in enumerate(arrays)]
         out = case.build(*phs)
-    return gc.reference(g, inputs=phs, outputs=out)(*arrays)
+    value = gc.reference(g, inputs=phs, outputs=out)(*arrays)
+    assert value.shape == out.shape and value.dtype == out.dtype.np, (
+        f"{case.id}: reference gave {value.dtype}{list(value.shape)} for node type {out.type}")
+    return value

@@ -1,1 +1,49 @@
-"""(being written)"""
+"""Optimizers, learning-rate schedules, gradient clipping and weight penalties.
+
+``gc.optim.SGD(lr=0.01, momentum=0.9).minimize(loss)`` returns `updates` (variable -> new
+value node) for `gc.compile`/`gc.reference`; optimizer state lives in graph variables, so
+checkpoints carry it. Schedules (`gc.optim.schedules`, also re-exported here) set `opt.lr`
+between steps without rebuilding anything.
+"""
+
+from graphc.optim import schedules
+from graphc.optim.base import Optimizer
+from graphc.optim.clipping import clip_by_global_norm, clip_by_value, global_norm
+from graphc.optim.optimizers import SGD, Adagrad, Adam, AdamW, RMSProp, RMSprop
+from graphc.optim.penalties import l1_penalty, l2_penalty
+from graphc.optim.schedules import (
+    ConstantLR,
+    CosineAnnealing,
+    CyclicLR,
+    ExponentialDecay,
+    LinearWarmup,
+    PolynomialDecay,
+    ReduceOnPlateau,
+    Schedule,
+    StepDecay,
+)
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "ConstantLR",
+    "CosineAnnealing",
+    "CyclicLR",
+    "ExponentialDecay",
+    "LinearWarmup",
+    "Optimizer",
+    "PolynomialDecay",
+    "RMSProp",
+    "RMSprop",
+    "ReduceOnPlateau",
+    "Schedule",
+    "StepDecay",
+    "clip_by_global_norm",
+    "clip_by_value",
+    "global_norm",
+    "l1_penalty",
+    "l2_penalty",
+    "schedules",
+]

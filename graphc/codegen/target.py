@@ -1,0 +1,68 @@
+"""The machine code is generated for: CPU name, features, vector width.
+
+`host_target()` reads them from LLVM once per process. Code generation only needs
+`vector_bits` (the SIMD register width used for `<W x T>` loops) and the names LLVM wants.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import llvmlite.binding as llvm
+
+
+@dataclass(frozen=True)
+class Target:
+    """A code generation target. `features` is LLVM's "+avx2,-avx512f,..." string."""
+
+    triple: str
+    cpu: str
+    features: str
+    vector_bits: int
+
+    def lanes(self, itemsize: int) -> int:
+        """Vector lanes for elements of `itemsize` bytes (16 float32 lanes with AVX-512)."""
+        return max(1, self.vector_bits // (8 * itemsize))
+
+    def has(self, feature: str) -> bool:
+        return f"+{feature}" in self.features.split(",")
+
+    @property
+    def key(self) -> str:
+        """What compiled code depends on (part of the compile-cache key)."""
+        return f"{self.triple}|{self.cpu}|{self.features}"
+
+
+@functools.cache
+def _init_llvm() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@functools.cache
+def host_target() -> Target:
+    """The CPU this process runs on."""
+    _init_llvm()
+    features = llvm.get_host_cpu_features().flatten()
+    flags = set(features.split(","))
+    if "+avx512f" in flags:
+        bits = 512
+    elif "+avx2" in flags or "+avx" in flags:
+        bits = 256
+    else:
+        bits = 128
+    return Target(llvm.get_process_triple(), llvm.get_host_cpu_name(), features, bits)
+
+
+def create_target_machine(target: Target, opt_level: int, *, jit: bool) -> llvm.TargetMachine:
+    """A new target machine. Each JIT engine must own its own: engines take ownership."""
+    _init_llvm()
+    return llvm.Target.from_triple(target.triple).create_target_machine(
+        cpu=target.cpu,
+        features=target.features,
+        opt=opt_level,
+        reloc="pic",
+        codemodel="jitdefault" if jit else "default",
+        jit=jit,
+    )

@@ -1,0 +1,281 @@
+"""Operator fusion: group the nodes a signature needs into kernels (one loop nest each).
+
+This is an analysis: it returns a `FusedProgram` and does not change the graph.
+
+Every kernel has one output buffer (its `root`). A node is *inlined* into the kernel of its
+only user, recomputed there at each index instead of being stored, when
+- its fusion kind is elementwise/broadcast, or an injective op codegen evaluates by index
+  (transpose, slice, reverse, broadcast_to, pad, concat);
+- it has exactly one user, is not an output or update value, and that user evaluates its
+  operands by index (an elementwise kernel, a reduction's input, an epilogue);
+- the kernel stays under `max_kernel_nodes`.
+Because an inlined node has exactly one user, nothing is ever computed twice.
+
+An *anchor* (a reduction, a matmul, a conv2d) joins the kernel of its only user when the path
+from it to that kernel's root is elementwise and keeps its shape and dtype: the user's work
+becomes the anchor's *epilogue* (bias + activation applied as matmul results are stored,
+`sum * (1/n)` applied to a finished reduction). Matmul and conv operands are always read from
+memory (the kernels pack them). `reshape` is never a kernel: it is a *view* of its input's
+buffer (every buffer is contiguous), so its input is materialized. Scalar constants are
+*immediates* in the generated code. Everything else is its own (opaque) kernel.
+
+`explain()` gives, for each producer->consumer edge left unfused, the reason.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from graphc.ir import Graph, Node, Signature
+from graphc.ops import registry
+from graphc.ops.opdef import Fusion
+
+INLINE_INJECTIVE = frozenset({"transpose", "slice", "reverse", "broadcast_to", "pad", "concat"})
+REDUCTION_ANCHORS = frozenset({"sum", "max", "min", "prod"})
+OUT_FUSABLE_ANCHORS = frozenset({"matmul", "conv2d"})
+DEFAULT_MAX_KERNEL_NODES = 48
+
+
+class KernelKind(enum.Enum):
+    ELEMENTWISE = "elementwise"  # root evaluated by index over its shape
+    REDUCTION = "reduction"  # anchor reduces an inlined input expression; optional epilogue
+    MATMUL = "matmul"  # GEMM anchor with optional epilogue
+    CONV = "conv"  # conv2d anchor with optional epilogue
+    OPAQUE = "opaque"  # one op with its own lowering
+
+
+@dataclass(eq=False)
+class Kernel:
+    """A group of nodes computed by one loop nest into the buffer of `root`."""
+
+    index: int
+    kind: KernelKind
+    root: Node
+    anchor: Node | None
+    nodes: list[Node] = field(default_factory=list)  # graph order; root last
+    inputs: list[Node] = field(default_factory=list)  # materialized nodes read (graph order)
+
+    @property
+    def name(self) -> str:
+        ops = [n.op for n in self.nodes if n.op != "constant"]
+        label = "_".join(dict.fromkeys(ops))[:40]
+        return f"k{self.index}_{label}"
+
+    @property
+    def epilogue(self) -> list[Node]:
+        """The nodes applied to the anchor's result (empty for plain kernels)."""
+        if self.anchor is None:
+            return []
+        return [n for n in self.nodes if _depends_on(n, self.anchor, self.nodes)]
+
+
+def _depends_on(n: Node, anchor: Node, within: list[Node]) -> bool:
+    if n is anchor:
+        return False
+    members = set(within)
+    stack = [n]
+    while stack:
+        cur = stack.pop()
+        for i in cur.inputs:
+            if i is anchor:
+                return True
+            if i in members:
+                stack.append(i)
+    return False
+
+
+@dataclass(frozen=True)
+class Unfused:
+    producer: Node
+    consumer: Node
+    reason: str
+
+
+@dataclass
+class FusedProgram:
+    """Kernels in a valid execution order, plus how every other needed node is provided."""
+
+    graph: Graph
+    signature: Signature
+    kernels: list[Kernel]
+    kernel_of: dict[Node, Kernel]  # every computed node -> its kernel
+    views: dict[Node, Node]  # reshape node -> the materialized node whose buffer it reads
+    immediates: set[Node]  # scalar constants emitted as immediates
+    unfused: list[Unfused]
+    spine: set[Node]  # nodes evaluated at their kernel root's own index (identity access)
+
+    def reads_at_root_index(self, kernel: Kernel, buffer_node: Node) -> bool:
+        """Whether `kernel` reads `buffer_node` only elementwise at its output index.
+
+        Then the kernel may write its output over that buffer (in-place), since each
+        element is read before it is overwritten, by the same loop iteration.
+        """
+        if kernel.kind != KernelKind.ELEMENTWISE or buffer_node.shape != kernel.root.shape:
+            return False
+        for n in kernel.nodes:
+            if any(i is buffer_node for i in n.inputs):
+                fusion = registry.OPS[n.op].fusion
+                if n not in self.spine or fusion not in (Fusion.ELEMENTWISE, Fusion.BROADCAST):
+                    return False
+        return True
+
+    def explain(self) -> str:
+        lines = []
+        for u in self.unfused:
+            lines.append(f"%{u.producer.name} ({u.producer.op}) -/-> %{u.consumer.name} "
+                         f"({u.consumer.op}): {u.reason}")
+        return "\n".join(lines)
+
+    def format(self) -> str:
+        """Text of the kernels, one block each (`graphc dump --stage fused`)."""
+        out = [f"fused {self.graph.name!r}: {len(self.kernels)} kernels"]
+        for k in self.kernels:
+            anchor = f" anchor=%{k.anchor.name}" if k.anchor is not None else ""
+            out.append(f"kernel {k.name} [{k.kind.value}]{anchor} -> %{k.root.name} : "
+                       f"{k.root.type}")
+            out.append(f"  reads: {', '.join('%' + n.name for n in k.inputs) or '-'}")
+            for n in k.nodes:
+                args = ", ".join("%" + i.name for i in n.inputs)
+                out.append(f"  %{n.name} = {n.op}({args}) : {n.type}")
+        if self.views:
+            out.append("views: " + ", ".join(f"%{v.name} -> %{b.name}"
+                                            for v, b in self.views.items()))
+        return "\n".join(out)
+
+
+def needed_nodes(sig: Signature) -> list[Node]:
+    roots = [*sig.outputs, *(v for _, v in sig.updates)]
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.inputs)
+    if not roots:
+        return []
+    return [n for n in roots[0].graph.nodes if n in seen]
+
+
+def _inlinable(n: Node) -> bool:
+    fusion = registry.OPS[n.op].fusion
+    return fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST) or n.op in INLINE_INJECTIVE
+
+
+def _evaluates_by_index(n: Node) -> bool:
+    """Whether `n` reads its operands through the expression evaluator (not from memory)."""
+    return _inlinable(n) or n.op in REDUCTION_ANCHORS
+
+
+def _is_anchor(n: Node) -> bool:
+    return n.op in REDUCTION_ANCHORS or n.op in OUT_FUSABLE_ANCHORS
+
+
+def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES
+         ) -> FusedProgram:
+    """Group the nodes `sig` needs into kernels (see the module docstring)."""
+    needed = needed_nodes(sig)
+    needed_set = set(needed)
+    users: dict[Node, list[Node]] = {n: [] for n in needed}
+    for n in needed:
+        for i in n.inputs:
+            users[i].append(n)
+    required = {*sig.outputs, *(v for _, v in sig.updates)}
+    immediates = {n for n in needed if n.op == "constant" and n.size == 1}
+    views: dict[Node, Node] = {}
+    must_store: set[Node] = set()
+    for n in needed:
+        if n.op == "reshape":
+            base = n.inputs[0]
+            views[n] = views.get(base, base)
+            must_store.add(base)
+
+    kernel_of: dict[Node, Kernel] = {}
+    spine: set[Node] = set()  # nodes evaluated at their kernel root's index, same shape
+    unfused: list[Unfused] = []
+    kernels: list[Kernel] = []
+
+    def new_kernel(root: Node) -> Kernel:
+        if root.op in REDUCTION_ANCHORS:
+            kind, anchor = KernelKind.REDUCTION, root
+        elif root.op == "matmul":
+            kind, anchor = KernelKind.MATMUL, root
+        elif root.op == "conv2d":
+            kind, anchor = KernelKind.CONV, root
+        elif _inlinable(root):
+            kind, anchor = KernelKind.ELEMENTWISE, None
+        else:
+            kind, anchor = KernelKind.OPAQUE, root
+        k = Kernel(len(kernels), kind, root, anchor, [root])
+        kernels.append(k)
+        kernel_of[root] = k
+        spine.add(root)
+        return k
+
+    for n in reversed(needed):
+        if n.op in ("placeholder", "variable", "constant") or n in views:
+            continue
+        the_users = users[n]
+        reason = None
+        if n in required:
+            reason = "it is an output or update value of the signature (stored)"
+        elif n in must_store:
+            reason = "a reshape views its buffer"
+        elif len(the_users) != 1:
+            reason = f"it has {len(the_users)} users (fusing would compute it again)"
+        if reason is None:
+            u = the_users[0]
+            k = kernel_of.get(u)
+            if k is None:  # u is a view
+                reason = "a reshape views its buffer"
+            elif len(k.nodes) >= max_kernel_nodes:
+                reason = f"kernel {k.name} reached the size cap ({max_kernel_nodes} nodes)"
+            elif _is_anchor(n):
+                ok = (k.kind == KernelKind.ELEMENTWISE and u in spine
+                      and registry.OPS[u.op].fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST)
+                      and n.shape == u.shape == k.root.shape and n.dtype == k.root.dtype)
+                if ok:
+                    k.kind = {"matmul": KernelKind.MATMUL, "conv2d": KernelKind.CONV}.get(
+                        n.op, KernelKind.REDUCTION)
+                    k.anchor = n
+                    k.nodes.insert(0, n)
+                    kernel_of[n] = k
+                    spine.add(n)
+                    continue
+                reason = (f"{n.op} is expensive and is fused only into an elementwise "
+                          "epilogue of its own shape and dtype")
+            elif not _inlinable(n):
+                reason = f"{n.op} has its own kernel"
+            elif not _evaluates_by_index(u) or (k.anchor is not None and u is k.anchor
+                                                 and u.op in OUT_FUSABLE_ANCHORS):
+                reason = f"{u.op} reads its operands from memory"
+            else:
+                k.nodes.insert(0, n)
+                kernel_of[n] = k
+                if (u in spine and u is not k.anchor and n.shape == u.shape
+                        and registry.OPS[u.op].fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST)):
+                    spine.add(n)
+                continue
+        new_kernel(n)
+        for u in the_users:
+            if u not in views:
+                unfused.append(Unfused(n, u, reason))
+
+    position = {n: i for i, n in enumerate(needed)}
+    for k in kernels:
+        k.nodes.sort(key=position.__getitem__)
+        members = set(k.nodes)
+        reads: dict[Node, None] = {}
+        for n in k.nodes:
+            for i in n.inputs:
+                if i not in members and i not in immediates:
+                    reads[i] = None
+        k.inputs = sorted(reads, key=position.__getitem__)
+    kernels.sort(key=lambda k: position[k.root])
+    for i, k in enumerate(kernels):
+        k.index = i
+    unfused.sort(key=lambda u: (position[u.producer], position[u.consumer]))
+    assert all(n in kernel_of or n in views or n.op in ("placeholder", "variable", "constant")
+               for n in needed_set)
+    return FusedProgram(graph, sig, kernels, kernel_of, views, immediates, unfused, spine)
