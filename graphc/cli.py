@@ -210,7 +210,7 @@ def _graph_from_function(path: Path, func: str) -> Graph:
             spec.loader.exec_module(module)
         except GraphcError:
             raise
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code's failure, reported
+        except (Exception, SystemExit) as exc:
             raise GraphcError(f"importing {path} failed: {_describe(exc, path)}") from None
         fn = getattr(module, func, None)
         if fn is None or not callable(fn):
@@ -222,7 +222,7 @@ def _graph_from_function(path: Path, func: str) -> Graph:
             graph = fn()
         except GraphcError:
             raise
-        except (Exception, SystemExit) as exc:  # noqa: BLE001
+        except (Exception, SystemExit) as exc:
             raise GraphcError(f"{path}:{func}() failed: {_describe(exc, path)}") from None
     finally:
         if folder in sys.path:

@@ -15,12 +15,15 @@ from graphc.ir import Graph, Node
 __all__ = ["to_dot"]
 
 _SOURCE_STYLE = {
-    "placeholder": 'shape=invhouse, style=filled, fillcolor="#cfe2ff", color="#3d6fb6"',
-    "variable": 'shape=box3d, style=filled, fillcolor="#ffe0b2", color="#c46a00"',
-    "constant": 'shape=note, style=filled, fillcolor="#eeeeee", color="#777777"',
+    "placeholder": {"shape": "invhouse", "style": "filled", "fillcolor": "#cfe2ff",
+                    "color": "#3d6fb6"},
+    "variable": {"shape": "box3d", "style": "filled", "fillcolor": "#ffe0b2",
+                 "color": "#c46a00"},
+    "constant": {"shape": "note", "style": "filled", "fillcolor": "#eeeeee", "color": "#777777"},
 }
-_OP_STYLE = 'shape=box, style="rounded,filled", fillcolor="#ffffff", color="#444444"'
-_OUTPUT_STYLE = 'peripheries=2, penwidth=2, color="#c62828"'
+_OP_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff",
+             "color": "#444444"}
+_OUTPUT_STYLE = {"peripheries": "2", "penwidth": "2", "color": "#c62828"}
 
 
 def to_dot(graph: Graph) -> str:
@@ -33,22 +36,26 @@ def to_dot(graph: Graph) -> str:
         '  edge [fontname="Helvetica", fontsize=8, color="#555555"];',
     ]
     for node in graph.nodes:
-        style = _SOURCE_STYLE.get(node.op, _OP_STYLE)
+        style = {"label": _label(node), **_SOURCE_STYLE.get(node.op, _OP_STYLE)}
         if node.name in outputs:
-            style += ", " + _OUTPUT_STYLE
-        lines.append(f"  {_quote(node.name)} [label={_quote(_label(node))}, {style}];")
+            style.update(_OUTPUT_STYLE)
+        lines.append(f"  {_quote(node.name)} [{_attrs(style)}];")
     for node in graph.nodes:
         several = len(node.inputs) > 1
         for i, inp in enumerate(node.inputs):
-            attrs = f" [label={_quote(str(i))}]" if several else ""
-            lines.append(f"  {_quote(inp.name)} -> {_quote(node.name)}{attrs};")
+            label = f" [label={_quote(str(i))}]" if several else ""
+            lines.append(f"  {_quote(inp.name)} -> {_quote(node.name)}{label};")
     for sig in graph.signatures.values():
         for var, new in sig.updates:
-            lines.append(f"  {_quote(new.name)} -> {_quote(var.name)} [style=dashed, "
-                         f'color="#c46a00", label={_quote("update " + sig.name)}, '
-                         "constraint=false];")
+            style = {"style": "dashed", "color": "#c46a00", "label": f"update {sig.name}",
+                     "constraint": "false"}
+            lines.append(f"  {_quote(new.name)} -> {_quote(var.name)} [{_attrs(style)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _attrs(attrs: dict[str, str]) -> str:
+    return ", ".join(f"{k}={_quote(v)}" for k, v in attrs.items())
 
 
 def _label(node: Node) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import AttrError, ShapeError, SourceLoc
-from graphc.ir import Attrs, TensorType
+from graphc.ir import Attrs, Node, TensorType
 
 Pair = tuple[int, int]
 Pads = tuple[Pair, Pair]
@@ -158,8 +158,7 @@ def shape_attr(attrs: Attrs, key: str) -> tuple[int, int, int, int]:
 def shape_arg(op: str, loc: SourceLoc | None, value: Any, what: str) -> tuple[int, ...]:
     """A builder's 4-int shape argument, or an AttrError at the user's line."""
     if (isinstance(value, (tuple, list)) and len(value) == 4
-            and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
-                    for d in value)):
+            and all(_is_int(d) and d >= 0 for d in value)):
         return tuple(int(d) for d in value)
     raise AttrError(f"{what}: expected 4 non-negative ints, got {value!r}",
                     op=op, loc=loc)
@@ -167,7 +166,7 @@ def shape_arg(op: str, loc: SourceLoc | None, value: Any, what: str) -> tuple[in
 
 def shape_of(v: Any) -> tuple[int, ...]:
     """The shape of a node or of a value a builder will turn into a constant."""
-    return tuple(v.shape) if hasattr(v, "type") else np.shape(v)
+    return v.shape if isinstance(v, Node) else np.shape(v)
 
 
 def check_rank4(t: TensorType, operand: str, layout: str) -> None:

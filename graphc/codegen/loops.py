@@ -1,0 +1,64 @@
+"""Structured loops for the IR builder.
+
+`for_range` emits a guarded counted loop and yields its induction variable:
+
+    with for_range(b, 0, n, step=16) as i:
+        ...body at index i...
+
+The body may create blocks of its own; the latch is attached to wherever the body ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+
+from graphc.codegen.types import I64
+
+
+def _i64(v: ir.Value | int) -> ir.Value:
+    return ir.Constant(I64, v) if isinstance(v, int) else v
+
+
+@contextmanager
+def for_range(
+    b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int = 1,
+    name: str = "i",
+) -> Iterator[ir.Value]:
+    """Loop i = start, start+step, ... while i < stop (nothing when start >= stop)."""
+    start_v, stop_v = _i64(start), _i64(stop)
+    if isinstance(start, int) and isinstance(stop, int) and start >= stop:
+        # Statically empty: emit the body into an unreachable block so callers need no
+        # special case, and let LLVM delete it.
+        func = b.block.function
+        dead = func.append_basic_block(f"{name}.dead")
+        after = func.append_basic_block(f"{name}.end")
+        b.branch(after)
+        b.position_at_end(dead)
+        yield ir.Constant(I64, start)
+        b.branch(after)
+        b.position_at_end(after)
+        return
+    pre = b.block
+    func = pre.function
+    loop = func.append_basic_block(f"{name}.loop")
+    after = func.append_basic_block(f"{name}.end")
+    if isinstance(start, int) and isinstance(stop, int):
+        b.branch(loop)
+    else:
+        b.cbranch(b.icmp_signed("<", start_v, stop_v), loop, after)
+    b.position_at_end(loop)
+    i = b.phi(I64, name=name)
+    i.add_incoming(start_v, pre)
+    yield i
+    nxt = b.add(i, ir.Constant(I64, step), name=f"{name}.next")
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, stop_v), loop, after)
+    b.position_at_end(after)
+
+
+def vector_split(n: int, lanes: int) -> tuple[int, int]:
+    """(end of the vector part, n): the vector loop covers [0, end), the tail [end, n)."""
+    return (n // lanes) * lanes if lanes > 1 else 0, n
