@@ -44,6 +44,8 @@ from graphc.ops.reduce import *  # noqa: F403
 from graphc.ops.shape import *  # noqa: F403
 from graphc.passes.autodiff import grad
 from graphc.runtime.reference import reference
+from graphc.serialize import load, save
+from graphc.textir import format_graph, parse_graph
 from graphc.verify import verify
 
 __version__ = "0.1.0"

@@ -123,7 +123,7 @@ def _write_array(zf: zipfile.ZipFile, member: str, array: np.ndarray) -> None:
     """One array as a .npy member (streamed: no second copy of a large array)."""
     big = array.nbytes > (1 << 31)
     with zf.open(member, "w", force_zip64=big) as out:
-        np.lib.format.write_array(out, np.ascontiguousarray(array), version=(1, 0),
+        np.lib.format.write_array(out, np.asarray(array, order="C"), version=(1, 0),
                                   allow_pickle=False)
 
 
@@ -143,12 +143,15 @@ def load_checkpoint(graph: Graph, path: str | os.PathLike[str], strict: bool = T
     with _open_zip(where) as zf:
         entries = _read_manifest(zf, where)
         by_name = {e.name: e for e in entries}
-        missing = [n for n in graph.variables if n not in by_name]
-        unexpected = [e.name for e in entries if e.name not in graph.variables]
+        # A set of names: `name in graph.variables` would raise (GraphNameError, not KeyError).
+        names = list(graph.variables)
+        present = set(names)
+        missing = [n for n in names if n not in by_name]
+        unexpected = [e.name for e in entries if e.name not in present]
         wrong_shape = []
         wrong_dtype = []
         for e in entries:
-            if e.name not in graph.variables:
+            if e.name not in present:
                 continue
             current = graph.variables[e.name]
             if e.shape != current.shape:
@@ -158,7 +161,7 @@ def load_checkpoint(graph: Graph, path: str | os.PathLike[str], strict: bool = T
         if wrong_shape or wrong_dtype or (strict and (missing or unexpected)):
             raise _mismatch(graph, where, missing if strict else [],
                             unexpected if strict else [], wrong_shape, wrong_dtype)
-        to_load = [e for e in entries if e.name in graph.variables]
+        to_load = [e for e in entries if e.name in present]
         values = {e.name: _read_array(zf, e, where) for e in to_load}
     for name, value in values.items():
         graph.variables[name] = value

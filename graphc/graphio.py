@@ -147,14 +147,11 @@ def graph_diff(a: Graph, b: Graph, *, variables: bool = True) -> str | None:
             same_attr(x.attrs[k], y.attrs[k]) for k in x.attrs
         ):
             return f"node %{x.name}: attrs differ: {dict(x.attrs)!r} vs {dict(y.attrs)!r}"
-        stores = {"constant": (a.constants, b.constants)}
-        if variables:
-            stores["variable"] = (a.variables, b.variables)  # type: ignore[assignment]
-        if x.op in stores:
-            sa, sb = stores[x.op]
-            if x.name not in sa or y.name not in sb:
+        if x.op == "constant" or (x.op == "variable" and variables):
+            u, v = _value_of(a, x), _value_of(b, y)
+            if u is None or v is None:
                 return f"{x.op} %{x.name}: value missing in one graph"
-            if not same_array(sa[x.name], sb[y.name]):
+            if not same_array(u, v):
                 return f"{x.op} %{x.name}: values differ"
     sig_a = [_sig_key(s) for s in a.signatures.values()]
     sig_b = [_sig_key(s) for s in b.signatures.values()]
@@ -189,6 +186,15 @@ def same_array(x: np.ndarray, y: np.ndarray) -> bool:
         return bool(np.array_equal(x, y, equal_nan=True)
                     and np.array_equal(np.signbit(x), np.signbit(y)))
     return bool(np.array_equal(x, y))
+
+
+def _value_of(graph: Graph, node: Node) -> np.ndarray | None:
+    store: Mapping[str, np.ndarray] = (
+        graph.variables if node.op == "variable" else graph.constants)
+    try:
+        return store[node.name]
+    except (KeyError, GraphcError):  # VariableStore raises GraphNameError for unknown names
+        return None
 
 
 def _sig_key(sig: Any) -> tuple[Any, ...]:

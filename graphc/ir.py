@@ -320,6 +320,9 @@ class VariableStore(Mapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self._arrays)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._arrays
+
     def __setitem__(self, name: str, value: Any) -> None:
         current = self[name]
         array = np.asarray(value)

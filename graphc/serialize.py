@@ -109,7 +109,10 @@ def save(graph: Graph, path: str | os.PathLike[str]) -> None:
                              force_zip64=big) as out:
                     np.lib.format.write_array(out, array, allow_pickle=False)
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise SerializationError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from None
 
 
 def _info(name: str, compression: int) -> zipfile.ZipInfo:

@@ -35,6 +35,13 @@ def grad(
     `y` must be a float scalar unless `grad_y` (of y's type) is given, in which case the
     result is the vector-Jacobian product ``grad_y^T J``.
     """
+    # Gradient nodes (seeds, zeros) belong to y's graph, whatever graph is current.
+    with y.graph:
+        return _grad(y, xs, grad_y, disconnected)
+
+
+def _grad(y: Node, xs: Node | Sequence[Node], grad_y: Node | None, disconnected: str
+          ) -> list[Node] | Node:
     single = isinstance(xs, Node)
     targets = [xs] if isinstance(xs, Node) else list(xs)
     if disconnected not in ("zero", "raise"):

@@ -62,3 +62,16 @@ def for_range(
 def vector_split(n: int, lanes: int) -> tuple[int, int]:
     """(end of the vector part, n): the vector loop covers [0, end), the tail [end, n)."""
     return (n // lanes) * lanes if lanes > 1 else 0, n
+
+
+def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "") -> ir.Value:
+    """A stack slot allocated in the function's entry block (never inside a loop)."""
+    entry = b.block.function.entry_basic_block
+    saved = b.block
+    if entry.instructions:
+        b.position_before(entry.instructions[0])
+    else:
+        b.position_at_end(entry)
+    slot = b.alloca(typ, name=name)
+    b.position_at_end(saved)
+    return slot

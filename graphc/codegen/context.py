@@ -1,0 +1,65 @@
+"""What a kernel's lowering sees: `KernelContext`.
+
+A kernel is emitted as one LLVM function whose arguments are the buffers it reads and writes.
+The context maps each materialized node to its pointer, gives the output pointer and the
+scratch pointer, and builds `Evaluator`s for fused expressions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from graphc.codegen.expr import Evaluator
+from graphc.codegen.target import Target
+from graphc.codegen.types import storage_type
+from graphc.errors import CompileError
+from graphc.ir import Node
+from graphc.passes.fuse import FusedProgram, Kernel
+
+
+@dataclass
+class KernelContext:
+    b: ir.IRBuilder
+    target: Target
+    program: FusedProgram
+    kernel: Kernel
+    ptrs: dict[Node, ir.Value]  # kernel inputs (views included) and the root
+    scratch: ir.Value | None
+
+    @property
+    def module(self) -> ir.Module:
+        return self.b.module
+
+    @property
+    def out(self) -> ir.Value:
+        return self.ptrs[self.kernel.root]
+
+    def ptr(self, node: Node) -> ir.Value:
+        """The buffer of `node`; an immediate scalar gets a private constant global."""
+        if node in self.ptrs:
+            return self.ptrs[node]
+        if node in self.program.immediates:
+            value = self.program.graph.constants[node.name].reshape(())
+            st = storage_type(node.dtype)
+            name = f"graphc.imm.{node.name}"
+            existing = self.module.globals.get(name)
+            if existing is None:
+                existing = ir.GlobalVariable(self.module, st, name)
+                existing.linkage = "private"
+                existing.global_constant = True
+                py = value.item()
+                existing.initializer = ir.Constant(
+                    st, float(py) if node.dtype.is_float else int(py))
+            return existing
+        raise CompileError(f"kernel {self.kernel.name}: no buffer for %{node.name}")
+
+    def evaluator(self, lanes: int, overrides: dict[Node, ir.Value] | None = None) -> Evaluator:
+        return Evaluator(self.b, self.program, self.kernel, self.ptrs, lanes, overrides)
+
+    def lanes_for(self, nodes: list[Node]) -> int:
+        """Vector lanes so that the widest element type in `nodes` fills one register."""
+        widest = max((n.dtype.itemsize for n in nodes), default=4)
+        # Narrow types (bool) would ask for 64 lanes; 16 keeps index vectors reasonable.
+        return min(self.target.lanes(max(widest, 4)), 16)

@@ -1,0 +1,168 @@
+"""One LLVM module per compiled signature: kernel functions and one entry point.
+
+ABI of the entry point: ``int32_t graphc_entry(void **table)``. `table` holds one pointer
+per buffer, in the order of `GeneratedModule.table`: the inputs (signature order), the
+outputs (signature order), the variables and the large constants the code reads (by name),
+then the arena (`arena_bytes`, 64-byte aligned; the caller owns it). The entry point runs
+the `copies_before` of the memory plan, calls every kernel in schedule order, runs the
+`copies_after`, and returns 0.
+
+Every kernel is an internal function whose arguments are its output buffer, its input
+buffers and, if it needs one, a scratch pointer into the arena (after the planned region:
+kernels run one after another, so they share it). Buffer arguments are `noalias` except
+where the memory plan placed an output over an input (in-place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from graphc.codegen import kernels, opaque
+from graphc.codegen.context import KernelContext
+from graphc.codegen.target import Target
+from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID
+from graphc.errors import CompileError
+from graphc.ir import Node
+from graphc.passes.fuse import Kernel, KernelKind
+from graphc.passes.memory_plan import ALIGN, Location, MemoryPlan, Space
+
+ENTRY = "graphc_entry"
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    space: Space
+    key: int | str
+
+
+@dataclass
+class GeneratedModule:
+    module: ir.Module
+    table: list[TableEntry]
+    arena_bytes: int
+    scratch_offset: int
+    entry: str = ENTRY
+
+    @property
+    def ir_text(self) -> str:
+        return str(self.module)
+
+
+def _table(plan: MemoryPlan) -> list[TableEntry]:
+    sig = plan.program.signature
+    entries = [TableEntry(Space.INPUT, i) for i in range(len(sig.inputs))]
+    entries += [TableEntry(Space.OUTPUT, i) for i in range(len(sig.outputs))]
+    used = set(plan.location.values())
+    for c in (*plan.copies_before, *plan.copies_after):
+        used |= {c.src_loc, c.dst}
+    variables = sorted({str(loc.key) for loc in used if loc.space == Space.VARIABLE})
+    constants = sorted({str(loc.key) for loc in used if loc.space == Space.CONSTANT})
+    entries += [TableEntry(Space.VARIABLE, n) for n in variables]
+    entries += [TableEntry(Space.CONSTANT, n) for n in constants]
+    entries.append(TableEntry(Space.ARENA, 0))
+    return entries
+
+
+def scratch_bytes(kernel: Kernel, target: Target) -> int:
+    if kernel.kind == KernelKind.MATMUL:
+        from graphc.codegen import matmul
+
+        return matmul.scratch_bytes(kernel, target)
+    return opaque.scratch_bytes(kernel, target)
+
+
+def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
+    if kernel.kind == KernelKind.ELEMENTWISE:
+        return kernels.emit_elementwise
+    if kernel.kind == KernelKind.REDUCTION:
+        return kernels.emit_reduction
+    if kernel.kind == KernelKind.MATMUL:
+        from graphc.codegen import matmul
+
+        return matmul.emit_matmul
+    anchor = kernel.anchor
+    assert anchor is not None
+    rule = opaque.OPAQUE.get(anchor.op)
+    if rule is None:
+        raise CompileError(f"no code generation for op {anchor.op!r} yet", op=anchor.op,
+                           loc=anchor.loc)
+    return rule
+
+
+def build_module(plan: MemoryPlan, target: Target, name: str = "graphc") -> GeneratedModule:
+    """Generate the LLVM module for a planned program (verified by the caller via LLVM)."""
+    program = plan.program
+    module = ir.Module(name=name)
+    module.triple = target.triple
+    table = _table(plan)
+    scratch = max((scratch_bytes(k, target) for k in program.kernels), default=0)
+    scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
+    arena_bytes = scratch_offset + scratch
+
+    kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target) > 0)
+                  for k in program.kernels]
+
+    entry = ir.Function(module, ir.FunctionType(I32, [PTR]), ENTRY)
+    b = ir.IRBuilder(entry.append_basic_block("entry"))
+    (table_ptr,) = entry.args
+    slot_of = {(e.space, e.key): i for i, e in enumerate(table)}
+    base_ptrs: dict[tuple[Space, int | str], ir.Value] = {}
+    for i, e in enumerate(table):
+        addr = b.gep(table_ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=PTR)
+        base_ptrs[(e.space, e.key)] = b.load(addr, typ=PTR, name=f"{e.space.value}.{e.key}")
+    arena = base_ptrs[(Space.ARENA, 0)]
+
+    def pointer(loc: Location) -> ir.Value:
+        if loc.space == Space.ARENA:
+            assert isinstance(loc.key, int) and loc.key >= 0
+            return b.gep(arena, [ir.Constant(I64, loc.key)], inbounds=True, source_etype=I8)
+        return base_ptrs[(loc.space, loc.key)]
+
+    memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+
+    def copy(c: object) -> None:
+        b.call(memcpy, [pointer(c.dst), pointer(c.src_loc), ir.Constant(I64, c.nbytes),
+                        ir.Constant(I1, 0)])
+
+    for c in plan.copies_before:
+        copy(c)
+    for k, fn in zip(program.kernels, kernel_fns):
+        args = [pointer(plan.location[k.root])]
+        args += [pointer(plan.buffer_of(n)) for n in k.inputs]
+        if scratch_bytes(k, target) > 0:
+            args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
+                              source_etype=I8))
+        b.call(fn, args)
+    for c in plan.copies_after:
+        copy(c)
+    b.ret(ir.Constant(I32, 0))
+    del slot_of
+    return GeneratedModule(module, table, arena_bytes, scratch_offset)
+
+
+def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
+                 needs_scratch: bool) -> ir.Function:
+    n_args = 1 + len(kernel.inputs) + (1 if needs_scratch else 0)
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), kernel.name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    out_loc = plan.location[kernel.root]
+    aliased = {i for i, n in enumerate(kernel.inputs) if plan.buffer_of(n) == out_loc}
+    if not aliased:
+        fn.args[0].add_attribute("noalias")
+    for i, n in enumerate(kernel.inputs):
+        if i not in aliased:
+            fn.args[1 + i].add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    ptrs: dict[Node, ir.Value] = {kernel.root: fn.args[0]}
+    for i, n in enumerate(kernel.inputs):
+        ptrs[n] = fn.args[1 + i]
+    scratch = fn.args[-1] if needs_scratch else None
+    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch)
+    _emitter(kernel)(ctx)
+    ctx.b.ret_void()
+    return fn
