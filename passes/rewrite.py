@@ -221,9 +221,15 @@ def apply_rules(rules: Sequence[Rule], ctx: PassContext) -> Visit:
         if p.op not in SOURCE_OPS:
             for rule in rules:
                 result = rule(p, rb)
-                if result is not None:
-                    ctx.hit(rule)
-                    return result
+                if result is None:
+                    continue
+                if result.type != p.type:
+                    raise CompileError(
+                        f"rule {rule.__module__}:{rule.__qualname__} replaced %{p.name} "
+                        f"({p.op}, {p.type}) by %{result.name} ({result.op}, {result.type}): "
+                        "a rewrite must keep the type", loc=p.loc)
+                ctx.hit(rule)
+                return result
         return rb.keep(p)
 
     return visit

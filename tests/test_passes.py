@@ -20,7 +20,7 @@ from graphc.passes.manager import (
     run_pipeline,
     select_signature,
 )
-from graphc.passes.rewrite import PassContext, PassDef, Rebuilder
+from graphc.passes.rewrite import PassContext, PassDef, Pending, Rebuilder
 from graphc.passes.simplify import RULES
 from graphc.runtime.reference import evaluate as evaluate_nodes
 
@@ -260,15 +260,15 @@ def test_failures_inside_a_pass_name_the_pass(monkeypatch: pytest.MonkeyPatch, f
 
 
 def test_a_rule_that_changes_the_type_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    def widen(p, rb):  # a buggy rule: x -> a node of another shape
+    def widen(p: Pending, rb: Rebuilder) -> Node | None:  # a buggy rule: changes the type
         return p.inputs[0] if p.op == "sum" else None
 
     monkeypatch.setattr("graphc.passes.simplify.RULES", [widen])
     with gc.Graph("bug") as g:
         x = gc.placeholder((3,), name="x")
         s = gc.sum(x, name="s")
-    with pytest.raises(CompileError, match=r"pass 'simplify' failed: %s \(sum, f32\[\]\) was "
-                                           r"replaced by %x \(placeholder, f32\[3\]\)"):
+    with pytest.raises(CompileError, match=r"pass 'simplify' failed: rule .*:.*widen replaced "
+                                           r"%s \(sum, f32\[\]\) by %x \(placeholder, f32\[3\]\)"):
         run(g, g.add_signature("main", [x], [s]), "simplify")
 
 

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING
 import llvmlite.ir as ir
 
 from graphc.codegen import vecmath
-from graphc.codegen.types import F64, I32, I64, compute_type, const
+from graphc.codegen.types import (
+    F64,
+    I32,
+    I64,
+    binary_intrinsic,
+    compute_type,
+    const,
+    intrinsic,
+    unary_intrinsic,
+)
 from graphc.errors import CompileError
 from graphc.ir import DType, Node
 
@@ -53,8 +62,9 @@ def _c(node_or_dtype: Node | DType, value: float, like: ir.Value) -> ir.Constant
 
 
 def _intrinsic(b: ir.IRBuilder, name: str, args: list[ir.Value]) -> ir.Value:
-    fn = b.module.declare_intrinsic(name, [args[0].type])
-    return b.call(fn, args)
+    if len(args) == 1:
+        return unary_intrinsic(b, name, args[0])
+    return binary_intrinsic(b, name, args[0], args[1])
 
 
 def _rule(*names: str) -> Callable[[Lowering], Lowering]:
@@ -219,8 +229,7 @@ def convert(b: ir.IRBuilder, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     if src.is_float and dst.is_float:
         return b.fpext(x, to) if dst.itemsize > src.itemsize else b.fptrunc(x, to)
     if src.is_float:
-        fn = b.module.declare_intrinsic("llvm.fptosi.sat", [to, x.type])
-        return b.call(fn, [x])
+        return b.call(intrinsic(b.module, "llvm.fptosi.sat", to, [x.type], [to, x.type]), [x])
     if dst.is_float:
         return b.sitofp(x, to)
     return b.sext(x, to) if dst.itemsize > src.itemsize else b.trunc(x, to)
@@ -230,14 +239,14 @@ def convert(b: ir.IRBuilder, x: ir.Value, src: DType, dst: DType) -> ir.Value:
 
 def _max(b: ir.IRBuilder, dtype: DType, x: ir.Value, y: ir.Value) -> ir.Value:
     if dtype.is_float:
-        return b.call(b.module.declare_intrinsic("llvm.maximum", [x.type]), [x, y])
-    return b.call(b.module.declare_intrinsic("llvm.smax", [x.type]), [x, y])
+        return binary_intrinsic(b, "llvm.maximum", x, y)
+    return binary_intrinsic(b, "llvm.smax", x, y)
 
 
 def _min(b: ir.IRBuilder, dtype: DType, x: ir.Value, y: ir.Value) -> ir.Value:
     if dtype.is_float:
-        return b.call(b.module.declare_intrinsic("llvm.minimum", [x.type]), [x, y])
-    return b.call(b.module.declare_intrinsic("llvm.smin", [x.type]), [x, y])
+        return binary_intrinsic(b, "llvm.minimum", x, y)
+    return binary_intrinsic(b, "llvm.smin", x, y)
 
 
 @_rule("add")

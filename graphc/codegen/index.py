@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import I1, I8, I64, PTR, compute_type, storage_type
+from graphc.codegen.types import I1, I8, I64, PTR, compute_type, intrinsic, storage_type
 from graphc.ir import DType
 
 
@@ -128,11 +128,28 @@ class IndexBuilder:
             addr = b.gep(ptr, [offset.base], inbounds=True, source_etype=st)
             vt = storage_type(dtype, self.lanes)
             return _to_compute(b, b.load(addr, typ=vt, align=size), dtype)
-        ptrs = b.gep(ptr, [self.as_vector(offset)], inbounds=True, source_etype=st)
+        if offset.vec is None and offset.coef == -1:
+            # A mirrored run (reverse, negative-step slice): one load and a lane reversal.
+            start = b.sub(offset.base, ir.Constant(I64, self.lanes - 1))
+            addr = b.gep(ptr, [start], inbounds=True, source_etype=st)
+            vt = storage_type(dtype, self.lanes)
+            loaded = b.load(addr, typ=vt, align=size)
+            undef = ir.Constant(vt, ir.Undefined)
+            order = ir.Constant(ir.VectorType(ir.IntType(32), self.lanes),
+                                list(range(self.lanes - 1, -1, -1)))
+            return _to_compute(b, b.shuffle_vector(loaded, undef, order), dtype)
+        # A gather. llvmlite's gep cannot type a vector of pointers, so the addresses are
+        # built as integers.
+        base_int = b.ptrtoint(ptr, I64)
+        byte_offsets = b.mul(self.as_vector(offset), self._splat_i64(size))
+        addrs = b.add(self._splat_value(base_int), byte_offsets)
+        ptrs = b.inttoptr(addrs, ir.VectorType(PTR, self.lanes))
         vt = storage_type(dtype, self.lanes)
-        gather = b.module.declare_intrinsic("llvm.masked.gather",
-                                            [vt, ir.VectorType(PTR, self.lanes)])
-        mask = ir.Constant(ir.VectorType(I1, self.lanes), [ir.Constant(I1, 1)] * self.lanes)
+        ptr_vec = ir.VectorType(PTR, self.lanes)
+        mask_t = ir.VectorType(I1, self.lanes)
+        gather = intrinsic(b.module, "llvm.masked.gather", vt,
+                           [ptr_vec, ir.IntType(32), mask_t, vt], [vt, ptr_vec])
+        mask = ir.Constant(mask_t, [ir.Constant(I1, 1)] * self.lanes)
         value = b.call(gather, [ptrs, ir.Constant(ir.IntType(32), size), mask,
                                 ir.Constant(vt, ir.Undefined)])
         return _to_compute(b, value, dtype)

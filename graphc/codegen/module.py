@@ -23,7 +23,7 @@ import llvmlite.ir as ir
 from graphc.codegen import kernels, opaque
 from graphc.codegen.context import KernelContext
 from graphc.codegen.target import Target
-from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID
+from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.errors import CompileError
 from graphc.ir import Node
 from graphc.passes.fuse import Kernel, KernelKind
@@ -121,7 +121,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc") -> Gene
             return b.gep(arena, [ir.Constant(I64, loc.key)], inbounds=True, source_etype=I8)
         return base_ptrs[(loc.space, loc.key)]
 
-    memcpy = module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+    memcpy = intrinsic(module, "llvm.memcpy", VOID, [PTR, PTR, I64, I1], [PTR, PTR, I64])
 
     def copy(c: object) -> None:
         b.call(memcpy, [pointer(c.dst), pointer(c.src_loc), ir.Constant(I64, c.nbytes),

@@ -57,3 +57,42 @@ def const(dtype: DType, value: float | int | bool, lanes: int = 1) -> ir.Constan
 
 def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, value)
+
+
+def mangle(t: ir.Type) -> str:
+    """LLVM's overloaded-intrinsic suffix of a type: f32, v16f32, i64, v8i1, p0."""
+    if isinstance(t, ir.VectorType):
+        return f"v{t.count}{mangle(t.element)}"
+    if isinstance(t, ir.FloatType):
+        return "f32"
+    if isinstance(t, ir.DoubleType):
+        return "f64"
+    if isinstance(t, ir.IntType):
+        return f"i{t.width}"
+    if isinstance(t, ir.PointerType):
+        return "p0"
+    raise TypeError(f"cannot mangle {t}")
+
+
+def intrinsic(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type],
+              overloads: list[ir.Type] | None = None) -> ir.Function:
+    """Declare (once) the LLVM intrinsic `name` specialized for `overloads` (default: ret).
+
+    llvmlite's `declare_intrinsic` cannot mangle vector types, hence this helper.
+    """
+    over = [ret] if overloads is None else overloads
+    full = ".".join([name, *(mangle(t) for t in over)])
+    existing = module.globals.get(full)
+    if existing is not None:
+        return existing
+    return ir.Function(module, ir.FunctionType(ret, args), full)
+
+
+def unary_intrinsic(b: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
+    """Call a same-type intrinsic such as llvm.fabs, llvm.sqrt, llvm.floor."""
+    return b.call(intrinsic(b.module, name, x.type, [x.type]), [x])
+
+
+def binary_intrinsic(b: ir.IRBuilder, name: str, x: ir.Value, y: ir.Value) -> ir.Value:
+    """Call a same-type binary intrinsic such as llvm.maximum, llvm.smax."""
+    return b.call(intrinsic(b.module, name, x.type, [x.type, x.type]), [x, y])

@@ -1,0 +1,232 @@
+"""The shared internal functions of the packed GEMM: the micro-kernel and the packing routines.
+
+Each function is emitted once per module and per specialisation (dtype, register block,
+packing kind) and looked up by name in `module.globals`, so every GEMM of a module calls the
+same copy (small modules, fast compiles). They take runtime sizes and strides, hold no state
+and touch only their arguments: re-entrant.
+
+Packed layouts (R = MR for A, NR for B; "x" is the row of A or the column of B):
+  a panel holds R consecutive x for kc consecutive p, stored p-major: panel[p*R + x];
+  a block of panels is panel-major: panel q starts at q*R*kc. Rows past the operand's edge
+  are zero, so the micro-kernel always computes a full MR x NR block.
+"""
+
+from __future__ import annotations
+
+import llvmlite.ir as ir
+
+from graphc.codegen.gemm_ir import (
+    align_of,
+    elem_ptr,
+    for_range,
+    lane_mask,
+    madd,
+    masked_load,
+    smin,
+    splat,
+    transpose,
+    zero,
+)
+from graphc.codegen.types import I64, PTR, VOID, compute_type, i64, storage_type
+from graphc.ir import DType
+
+
+def _new_function(module: ir.Module, name: str, args: list[ir.Type],
+                  noalias: tuple[int, ...]) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
+    fn.linkage = "internal"
+    # noinline keeps one copy per module (the point of sharing) and the callers small.
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    for j in noalias:
+        fn.args[j].add_attribute("noalias")
+        fn.args[j].add_attribute("nocapture")
+    return fn
+
+
+def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
+                 unroll: int = 4) -> ir.Function:
+    """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p ap[p*mr+r]*bp[p*nr+j].
+
+    The mr x nr block lives in mr*(nr/lanes) vector accumulators across the whole k loop
+    (unrolled `unroll` times, plus a remainder loop); each step broadcasts one A element per
+    row against nr/lanes B vectors with llvm.fma. `ap` and `bp` are packed panels (64-byte
+    aligned panel blocks), `tile` is 64-byte aligned scratch.
+    """
+    name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = _new_function(module, name, [I64, PTR, PTR, PTR], noalias=(1, 2, 3))
+    kc, ap0, bp0, tile = fn.args
+    ety = storage_type(dtype)
+    vty = compute_type(dtype, lanes)
+    isz = dtype.itemsize
+    nv = nr // lanes
+    b_align = align_of(lanes * isz)
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def step(accs: list[ir.Value], ap: ir.Value, bp: ir.Value, u: int) -> list[ir.Value]:
+        bvs = [b.load(elem_ptr(b, bp, u * nr + v * lanes, ety), typ=vty, align=b_align)
+               for v in range(nv)]
+        out = list(accs)
+        for r in range(mr):
+            a = b.load(elem_ptr(b, ap, u * mr + r, ety), typ=ety, align=isz)
+            av = splat(b, a, lanes)
+            for v in range(nv):
+                out[r * nv + v] = madd(b, dtype, av, bvs[v], out[r * nv + v])
+        return out
+
+    def loop(label: str, trips: ir.Value, u: int, accs: list[ir.Value], ap: ir.Value,
+             bp: ir.Value) -> tuple[list[ir.Value], ir.Value, ir.Value]:
+        """`trips` iterations of `u` steps; returns the accumulators and advanced pointers."""
+        pre = b.block
+        body = fn.append_basic_block(f"{label}.body")
+        done = fn.append_basic_block(f"{label}.done")
+        b.cbranch(b.icmp_signed(">", trips, i64(0)), body, done)
+        b.position_at_end(body)
+        it = b.phi(I64)
+        pa = b.phi(PTR)
+        pb = b.phi(PTR)
+        phis = [b.phi(vty) for _ in accs]
+        for phi, v in zip(phis, accs, strict=True):
+            phi.add_incoming(v, pre)
+        it.add_incoming(i64(0), pre)
+        pa.add_incoming(ap, pre)
+        pb.add_incoming(bp, pre)
+        new = list(phis)
+        for j in range(u):
+            new = step(new, pa, pb, j)
+        na = elem_ptr(b, pa, u * mr, ety)
+        nb = elem_ptr(b, pb, u * nr, ety)
+        nit = b.add(it, i64(1))
+        for phi, v in zip(phis, new, strict=True):
+            phi.add_incoming(v, body)
+        it.add_incoming(nit, body)
+        pa.add_incoming(na, body)
+        pb.add_incoming(nb, body)
+        b.cbranch(b.icmp_signed("<", nit, trips), body, done)
+        b.position_at_end(done)
+        out = []
+        for v_in, v_new in zip(accs, new, strict=True):
+            phi = b.phi(vty)
+            phi.add_incoming(v_in, pre)
+            phi.add_incoming(v_new, body)
+            out.append(phi)
+        ra = b.phi(PTR)
+        ra.add_incoming(ap, pre)
+        ra.add_incoming(na, body)
+        rb = b.phi(PTR)
+        rb.add_incoming(bp, pre)
+        rb.add_incoming(nb, body)
+        return out, ra, rb
+
+    accs = [zero(dtype, lanes)] * (mr * nv)
+    main = b.udiv(kc, i64(unroll))
+    accs, ap, bp = loop("main", main, unroll, accs, ap0, bp0)
+    rest = b.sub(kc, b.mul(main, i64(unroll)))
+    accs, _, _ = loop("rest", rest, 1, accs, ap, bp)
+    for r in range(mr):
+        for v in range(nv):
+            b.store(accs[r * nv + v], elem_ptr(b, tile, r * nr + v * lanes, ety),
+                    align=b_align)
+    b.ret_void()
+    return fn
+
+
+def pack_function(module: ir.Module, dtype: DType, r: int, lanes: int,
+                  transposed: bool) -> ir.Function:
+    """`void pack(ptr src, i64 ld, i64 nx, i64 kc, ptr dst)`: pack nx x kc into R-wide panels.
+
+    transposed=False: element (x, p) is src[p*ld + x] (x contiguous: plain vector copies).
+    transposed=True:  element (x, p) is src[x*ld + p] (p contiguous: S x S register
+    transposes of full panels; the p tail and edge panels go element by element).
+    `dst` must be 64-byte aligned; it receives ceil(nx/R) panels of R*kc elements.
+    """
+    kind = "t" if transposed else "n"
+    name = f"graphc.gemm.pack{kind}.{dtype.short}.r{r}.w{lanes}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = _new_function(module, name, [PTR, I64, I64, I64, PTR], noalias=(0, 4))
+    src, ld, nx, kc, dst = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    npanels = b.udiv(b.add(nx, i64(r - 1)), i64(r))
+    with for_range(b, 0, npanels, name="q") as q:
+        x0 = b.mul(q, i64(r))
+        valid = smin(b, r, b.sub(nx, x0))
+        panel = elem_ptr(b, dst, b.mul(x0, kc), storage_type(dtype))
+        if transposed:
+            _pack_t_panel(b, dtype, r, lanes, src, ld, x0, valid, kc, panel)
+        else:
+            _pack_n_panel(b, dtype, r, lanes, src, ld, x0, valid, kc, panel)
+    b.ret_void()
+    return fn
+
+
+def _pack_n_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
+                  ld: ir.Value, x0: ir.Value, valid: ir.Value, kc: ir.Value,
+                  panel: ir.Value) -> None:
+    ety = storage_type(dtype)
+    s = min(r, lanes)
+    while r % s:
+        s //= 2
+    vty = compute_type(dtype, s)
+    masks = [lane_mask(b, s, c * s, valid) for c in range(r // s)]
+    with for_range(b, 0, kc, name="p") as p:
+        row = elem_ptr(b, src, b.add(b.mul(p, ld), x0), ety)
+        out = elem_ptr(b, panel, b.mul(p, i64(r)), ety)
+        for c, mask in enumerate(masks):
+            if s == 1:
+                v = b.select(b.extract_element(mask, i64(0)),
+                             b.load(elem_ptr(b, row, c, ety), typ=ety, align=dtype.itemsize),
+                             zero(dtype))
+                b.store(v, elem_ptr(b, out, c, ety), align=dtype.itemsize)
+                continue
+            v = masked_load(b, elem_ptr(b, row, c * s, ety), vty, mask, dtype.itemsize)
+            b.store(v, elem_ptr(b, out, c * s, ety), align=align_of(s * dtype.itemsize))
+
+
+def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
+                  ld: ir.Value, x0: ir.Value, valid: ir.Value, kc: ir.Value,
+                  panel: ir.Value) -> None:
+    ety = storage_type(dtype)
+    isz = dtype.itemsize
+    s = min(r & -r, lanes)  # the largest power of two dividing R, at most one register
+    vty = compute_type(dtype, s)
+    fn = b.block.function
+    fast = fn.append_basic_block("full")
+    slow = fn.append_basic_block("edge")
+    join = fn.append_basic_block("packed")
+    b.cbranch(b.icmp_signed("==", valid, i64(r)), fast, slow)
+
+    def scalar_columns(p_from: ir.Value | int, nvalid: ir.Value | int) -> None:
+        """Element copies for p in [p_from, kc); rows x >= nvalid become zero."""
+        with for_range(b, p_from, kc, name="pt") as p:
+            with for_range(b, 0, r, name="xt") as x:
+                ok = b.icmp_signed("<", x, nvalid) if not isinstance(nvalid, int) else None
+                # Clamp the row so the load stays in bounds; the select zeroes it.
+                xs = b.select(ok, x, i64(0)) if ok is not None else x
+                v = b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, xs), ld), p), ety),
+                           typ=ety, align=isz)
+                if ok is not None:
+                    v = b.select(ok, v, zero(dtype))
+                b.store(v, elem_ptr(b, panel, b.add(b.mul(p, i64(r)), x), ety), align=isz)
+
+    b.position_at_end(fast)
+    nblk = b.udiv(kc, i64(s))
+    with for_range(b, 0, nblk, name="pb") as pb:
+        p0 = b.mul(pb, i64(s))
+        for xb in range(0, r, s):
+            rows = [b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, i64(xb + j)), ld), p0), ety),
+                           typ=vty, align=isz) for j in range(s)]
+            for t, col in enumerate(transpose(b, rows)):
+                at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), i64(xb))
+                b.store(col, elem_ptr(b, panel, at, ety), align=align_of(s * isz))
+    scalar_columns(b.mul(nblk, i64(s)), r)
+    b.branch(join)
+    b.position_at_end(slow)
+    scalar_columns(0, valid)
+    b.branch(join)
+    b.position_at_end(join)
+

@@ -1,0 +1,64 @@
+"""`compile()`: a graph signature -> optimized graph -> kernels -> LLVM -> an Executable.
+
+    pass pipeline (passes.manager) -> fuse -> plan_memory -> codegen.build_module
+    -> runtime.jit.jit_compile (with the on-disk cache) -> runtime.Executable
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from graphc.codegen.module import build_module
+from graphc.codegen.target import host_target
+from graphc.ir import Graph, Node, Signature
+from graphc.options import CompileOptions
+from graphc.passes.fuse import fuse
+from graphc.passes.manager import run_pipeline
+from graphc.passes.memory_plan import plan_memory
+from graphc.runtime.arguments import resolve_signature
+from graphc.runtime.executable import CompileReport, Executable
+from graphc.runtime.jit import default_cache_dir, jit_compile
+
+DEFAULT_OPTIONS = CompileOptions(opt_level=2, cache_dir=str(default_cache_dir()))
+
+
+def compile(  # noqa: A001 - the public name, like jax.jit/torch.compile
+    graph: Graph,
+    inputs: Sequence[Node] | None = None,
+    outputs: Sequence[Node] | Node | None = None,
+    updates: Mapping[Node, Node] | Sequence[tuple[Node, Node]] | None = None,
+    *,
+    signature: str | None = None,
+    options: CompileOptions | None = None,
+) -> Executable:
+    """Compile what to run into native code; call the result like `gc.reference(...)`.
+
+    `options=None` uses `DEFAULT_OPTIONS` (O2, the compile cache in ~/.cache/graphc).
+    """
+    options = options or DEFAULT_OPTIONS
+    sig, single = resolve_signature(graph, inputs, outputs, updates, signature)
+    return compile_signature(graph, sig, single, options)
+
+
+def compile_signature(graph: Graph, sig: Signature, single: bool,
+                      options: CompileOptions) -> Executable:
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    result = run_pipeline(graph, replace(sig, name="main"), options)
+    t1 = time.perf_counter()
+    program = fuse(result.graph, result.signature)
+    plan = plan_memory(program)
+    t2 = time.perf_counter()
+    target = host_target()
+    generated = build_module(plan, target, name=graph.name)
+    ir_text = generated.ir_text
+    t3 = time.perf_counter()
+    cache = Path(options.cache_dir) if options.cache_dir else None
+    jit = jit_compile(ir_text, opt_level=options.opt_level, cache_dir=cache, target=target)
+    t4 = time.perf_counter()
+    seconds.update(passes=t1 - t0, fuse_plan=t2 - t1, codegen=t3 - t2, llvm=t4 - t3)
+    report = CompileReport(result.report, plan, generated, jit, seconds)
+    return Executable(graph, result.graph, result.signature, single, generated, jit, report)

@@ -1,0 +1,130 @@
+"""`Executable`: a compiled signature, called like a Python function.
+
+Calling convention (shared with the reference interpreter, `runtime.arguments`): inputs by
+position in signature order or by name; numpy arrays in, fresh numpy arrays out (one array
+when the signature was given a single output node, else a tuple). Every argument is checked
+(count, names, shape, dtype, contiguity) before native code runs; then one native call
+runs the whole graph, and variable updates land in the graph's own arrays in place.
+
+Thread safety: the arena (the temporaries of one call) belongs to the executable, so calls
+are serialized by a lock. Argument checking and output allocation run outside the lock.
+Concurrent calls are therefore safe but not parallel; compile one executable per thread
+for parallel inference.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphc.codegen.module import GeneratedModule
+from graphc.errors import GraphcError
+from graphc.ir import Graph, Signature
+from graphc.passes.manager import PipelineReport
+from graphc.passes.memory_plan import MemoryPlan, Space
+from graphc.runtime.arguments import bind_arguments
+from graphc.runtime.jit import JitModule
+
+_ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+
+
+@dataclass
+class CompileReport:
+    """What compilation did: pass statistics, kernels, memory, LLVM time."""
+
+    pipeline: PipelineReport
+    plan: MemoryPlan
+    generated: GeneratedModule
+    jit: JitModule
+    seconds: dict[str, float]
+
+    def format(self) -> str:
+        plan = self.plan
+        s = self.jit.stats
+        lines = [
+            self.pipeline.format_table().rstrip(),
+            f"kernels: {len(plan.program.kernels)}",
+            f"arena: {plan.arena_bytes} B (lower bound {plan.lower_bound} B, naive "
+            f"{plan.naive_bytes} B), scratch {self.generated.arena_bytes - plan.arena_bytes} B",
+            f"llvm: {'cache hit' if s.cache_hit else 'compiled'}; parse+verify "
+            f"{s.parse_verify:.3f}s, optimize {s.optimize:.3f}s, emit {s.emit:.3f}s, load "
+            f"{s.load:.3f}s, object {s.object_bytes} B",
+            "stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items()),
+        ]
+        return "\n".join(lines)
+
+
+class Executable:
+    """A compiled graph signature. Keep it alive while you call it."""
+
+    def __init__(self, user_graph: Graph, compiled_graph: Graph, signature: Signature,
+                 single_output: bool, generated: GeneratedModule, jit: JitModule,
+                 report: CompileReport):
+        self.graph = user_graph
+        self.compiled_graph = compiled_graph
+        self.signature = signature
+        self.single_output = single_output
+        self.report = report
+        self._jit = jit  # owns the machine code: must outlive _fn
+        self._fn = _ENTRY_TYPE(jit.address(generated.entry))
+        self._table_spec = generated.table
+        self._table = (ctypes.c_void_p * len(generated.table))()
+        self._arena = _aligned_bytes(generated.arena_bytes)
+        self._lock = threading.Lock()
+        self._n_in = len(signature.inputs)
+        self._n_out = len(signature.outputs)
+        self._out_types = [(n.shape, n.dtype.np) for n in signature.outputs]
+        self._static: list[tuple[int, str, str]] = []  # (slot, space, name) of state buffers
+        for slot, e in enumerate(generated.table):
+            if e.space in (Space.VARIABLE, Space.CONSTANT):
+                self._static.append((slot, e.space.value, str(e.key)))
+        self._bound: dict[int, np.ndarray] = {}
+        self._bind_state()
+
+    @property
+    def input_names(self) -> list[str]:
+        return [n.name for n in self.signature.inputs]
+
+    def _bind_state(self) -> None:
+        """Point the table at the live variable arrays and the constants (no copies)."""
+        for slot, space, name in self._static:
+            if space == "variable":
+                array = self.compiled_graph.variables[name]
+            else:
+                array = self.compiled_graph.constants[name]
+            if not array.flags.c_contiguous:
+                raise GraphcError(f"{space} {name!r} is not C-contiguous")
+            self._bound[slot] = array
+            self._table[slot] = array.ctypes.data
+        self._table[len(self._table_spec) - 1] = self._arena.ctypes.data
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        arrays = bind_arguments(self.signature.inputs, args, kwargs, "compiled function")
+        outputs = [np.empty(shape, dtype) for shape, dtype in self._out_types]
+        with self._lock:
+            table = self._table
+            for i, a in enumerate(arrays):
+                table[i] = a.ctypes.data
+            for i, o in enumerate(outputs):
+                table[self._n_in + i] = o.ctypes.data
+            for slot, space, name in self._static:
+                if space == "variable" and \
+                        self.compiled_graph.variables[name] is not self._bound[slot]:
+                    self._bind_state()
+                    break
+            status = self._fn(table)
+        if status != 0:
+            raise GraphcError(f"compiled code returned error status {status}")
+        if self.single_output:
+            return outputs[0]
+        return tuple(outputs)
+
+
+def _aligned_bytes(n: int, align: int = 64) -> np.ndarray:
+    raw = np.zeros(max(n, 1) + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + max(n, 1)]
