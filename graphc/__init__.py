@@ -4,9 +4,10 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import init, optim
+from graphc import datasets, init, optim
 from graphc.builder import constant, placeholder, variable
 from graphc.checkpoint import load_checkpoint, save_checkpoint
+from graphc.compile import compile
 from graphc.errors import (
     ArgumentError,
     AttrError,
@@ -42,7 +43,9 @@ from graphc.ops.nn import *  # noqa: F403
 from graphc.ops.random import *  # noqa: F403
 from graphc.ops.reduce import *  # noqa: F403
 from graphc.ops.shape import *  # noqa: F403
+from graphc.options import CompileOptions
 from graphc.passes.autodiff import grad
+from graphc.runtime.executable import Executable
 from graphc.runtime.reference import reference
 from graphc.serialize import load, save
 from graphc.textir import format_graph, parse_graph

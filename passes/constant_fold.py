@@ -1,14 +1,20 @@
 """constant_fold: replace a node whose inputs are all constants by a constant of its value.
 
 The value comes from the op's numpy reference (`registry.OPS[op].reference`), the same code
-the reference interpreter runs, so folding cannot change what the graph computes. Not
-folded:
+the reference interpreter runs, so folding cannot change what the graph computes.
 
+A constant broadcast, ``broadcast_to(c)``, counts as a constant input, but is itself never
+folded (as in XLA): materializing it multiplies the constant's size, and consumers see
+through it anyway. For the same reason a folded result whose elements are all equal
+(bit for bit) becomes ``broadcast_to(scalar constant)`` rather than a full array: one number
+is stored, and the fuser treats a scalar constant as an immediate.
+
+Not folded:
 - sources (placeholders and variables change between calls; constants are already folded);
 - random ops (`OpDef.random`): they are pure, but computing them is cheaper than storing
   them, and a draw baked into the graph would hide where the randomness comes from;
-- results with more than `options.fold_max_elements` elements: folding
-  ``broadcast_to(0.0, (1024, 1024))`` would trade one cheap node for megabytes of data;
+- results with more than `options.fold_max_elements` elements (a large constant costs
+  memory and load bandwidth at every call, and time to compute now);
 - nodes whose reference rejects the constant values (a `GraphcError`, e.g. an index out of
   range): the error is reported, with the user's line, when the graph runs.
 """
@@ -26,24 +32,42 @@ from .rewrite import PassContext, PassDef, Pending, Rebuilder
 __all__ = ["constant_fold"]
 
 
+def constant_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
+    """The value of a constant, or of a broadcast constant (as a read-only numpy view)."""
+    if node.op == "broadcast_to":
+        inner = rb.value(node.inputs[0])
+        return None if inner is None else np.broadcast_to(inner, node.shape)
+    return rb.value(node)
+
+
 def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
-    """op(c1, ..., cn) -> c (every input a constant; c evaluated by the op's reference)."""
+    """op(c1, ..., cn) -> c  (every input constant; c computed by the op's reference)"""
     op = registry.get(p.op)
-    if p.op in SOURCE_OPS or op.random or p.type.size > max_elements:
+    if p.op in SOURCE_OPS or p.op == "broadcast_to" or op.random or p.type.size > max_elements:
         return None
-    values = [rb.value(i) for i in p.inputs]
+    values = [constant_value(rb, i) for i in p.inputs]
     if any(v is None for v in values):
         return None
     try:
-        with np.errstate(all="ignore"):  # inf/nan results are folded as the runtime computes them
+        with np.errstate(all="ignore"):  # inf/nan are folded as the runtime computes them
             result = np.asarray(op.reference(values, p.attrs))
     except GraphcError:
         return None
     if result.shape != p.shape:
         raise GraphcError(f"reference of %{p.name} returned shape {result.shape}, its type is "
                           f"{p.type} (a bug in the op's reference)", op=p.op, loc=p.loc)
-    # The reference interpreter also casts: a reference may compute in a wider dtype.
-    return rb.constant(result.astype(p.dtype.np, copy=False), at=p, name=p.name)
+    # The reference interpreter casts too: a reference may compute in a wider dtype.
+    result = result.astype(p.dtype.np, order="C", copy=False)
+    if result.size > 1 and _all_equal_bits(result):
+        scalar = rb.constant(result.reshape(-1)[0], at=p)
+        return rb.emit("broadcast_to", (scalar,), {"shape": p.shape}, at=p, name=p.name)
+    return rb.constant(result, at=p, name=p.name)
+
+
+def _all_equal_bits(a: np.ndarray) -> bool:
+    """Every element has the first one's bytes (so 0.0 and -0.0 differ, equal NaNs match)."""
+    rows = a.reshape(-1).view(np.uint8).reshape(a.size, a.itemsize)
+    return bool((rows == rows[0]).all())
 
 
 def constant_fold(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
@@ -61,5 +85,5 @@ def constant_fold(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph
 
 
 PASS = PassDef("constant_fold", constant_fold,
-               "evaluate nodes whose inputs are all constants (not random ops, not results "
-               "above fold_max_elements)")
+               "evaluate nodes whose inputs are all constants (not random ops or broadcasts, "
+               "not results above fold_max_elements)")

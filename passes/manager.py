@@ -150,7 +150,8 @@ def run_pipeline(
     `signature` is a Signature of `graph`, the name of one of its signatures, or None
     (see `select_signature`). Each pass returns a new graph; the input graph is never
     changed, and the result's variables are the input's arrays. With an empty pipeline the
-    input graph itself is returned.
+    input graph itself is returned. With `options.verify_each` the input graph is verified
+    first (a `VerifyError` there is not any pass's fault).
     """
     options = options or CompileOptions()
     pipeline = Pipeline.parse(options.pipeline)
@@ -173,7 +174,8 @@ def run_pipeline(
         seconds = time.perf_counter() - start
         stats = PassStats(name, len(graph.nodes), len(new_graph.nodes), seconds, ctx.iterations,
                           tuple(RuleHits(rule, n, ctx.where[rule])
-                                for rule, n in sorted(ctx.hits.items())))
+                                for rule, n in sorted(ctx.hits.items(),
+                                                      key=lambda item: (-item[1], item[0]))))
         report.passes.append(stats)
         _after_pass(graph, new_graph, new_sig, stats, index, len(pipeline.passes), options)
         graph, sig = new_graph, new_sig

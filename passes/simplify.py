@@ -5,7 +5,7 @@ the same type, or None. The first docstring line of a rule is its equation. `RUL
 ordered list the pass applies; the first rule that matches wins, and a node a rule builds
 is offered to the rules again, so rewrites compose within one sweep.
 
-Rules that match a constant check its VALUE (every element equal to it, `uniform`) and keep
+Rules that match a constant check its VALUE (every element equal to it, `is_value`) and keep
 the node's type: when the constant broadcasts the other operand to a bigger shape, the
 replacement is ``broadcast_to(x)``, not `x`.
 
@@ -48,23 +48,20 @@ NONNEGATIVE_OPS = frozenset({"exp", "sigmoid", "softplus", "sqrt", "abs", "squar
 
 # --- helpers --------------------------------------------------------------------------------
 
-def uniform(rb: Rebuilder, node: Node) -> Any | None:
-    """The one value all elements of `node` have, if `node` is a constant (possibly behind
-    broadcast_to/reshape) whose elements are all equal; else None."""
+def constant_under(rb: Rebuilder, node: Node) -> np.ndarray | None:
+    """The array of the constant `node` is, or is a broadcast_to/reshape of; else None."""
     while node.op in ("broadcast_to", "reshape"):
         node = node.inputs[0]
-    value = rb.value(node)
-    if value is None or value.size == 0:
-        return None
-    first = value.flat[0]
-    if not np.all(value == first):  # NaN != NaN: a NaN constant is never "uniform"
-        return None
-    return first.item()
+    return rb.value(node)
 
 
 def is_value(rb: Rebuilder, node: Node, target: float) -> bool:
-    value = uniform(rb, node)
-    return value is not None and not isinstance(value, bool) and value == target
+    """Whether every element of `node` is a constant equal to `target` (never for bools;
+    NaN equals nothing). The first element is checked first: most constants fail there."""
+    value = constant_under(rb, node)
+    if value is None or value.size == 0 or value.dtype == np.bool_:
+        return False
+    return bool(value.flat[0] == target) and bool(np.all(value == target))
 
 
 def fit(rb: Rebuilder, x: Node, p: Pending) -> Node | None:

@@ -327,13 +327,33 @@ def test_constant_fold_collapses_constant_subgraphs() -> None:
 def test_constant_fold_respects_the_size_threshold() -> None:
     with gc.Graph("big") as g:
         x = gc.placeholder((3, 3), name="x")
-        b = gc.broadcast_to(gc.constant(2.0), (3, 3), name="b")
-        y = gc.mul(x, b, name="y")
+        b = gc.broadcast_to(gc.constant(np.arange(3, dtype=np.float32)), (3, 3), name="b")
+        e = gc.exp(b, name="e")
+        y = gc.mul(x, e, name="y")
     sig = g.add_signature("main", [x], [y])
     small, _ = run(g, sig, "constant_fold", fold_max_elements=8)
-    assert small["b"].op == "broadcast_to"
+    assert small["e"].op == "exp"
     large, _ = run(g, sig, "constant_fold", fold_max_elements=9)
-    assert large["b"].op == "constant"
+    assert large["e"].op == "constant"
+    np.testing.assert_array_equal(large.constants["e"],
+                                  np.exp(np.broadcast_to(np.arange(3, dtype=np.float32), (3, 3))))
+    assert large["b"].op == "broadcast_to"  # a broadcast itself is never materialized
+
+
+def test_constant_fold_keeps_uniform_results_as_broadcast_scalars() -> None:
+    with gc.Graph("uniform") as g:
+        zeros = gc.broadcast_to(gc.constant(np.float32(0.0)), (2, 3))
+        signs = gc.constant(np.array([0.0, -0.0], np.float32))
+        y = gc.exp(zeros, name="y")
+        z = gc.neg(signs, name="z")
+    sig = g.add_signature("main", [], [y, z])
+    new_g, new_sig = run(g, sig, "constant_fold,prune")
+    out_y, out_z = new_sig.outputs
+    assert out_y.op == "broadcast_to" and out_y.name == "y" and out_y.loc == y.loc
+    assert new_g.constants[out_y.inputs[0].name].shape == ()
+    assert out_z.op == "constant"  # -0.0 and 0.0 differ in bits: not uniform
+    assert list(np.signbit(new_g.constants["z"])) == [True, False]
+    assert_same_results(sig, new_sig)
 
 
 def test_constant_fold_skips_random_ops_and_sources() -> None:

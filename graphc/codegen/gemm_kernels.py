@@ -40,7 +40,6 @@ def _new_function(module: ir.Module, name: str, args: list[ir.Type],
     fn.attributes.add("noinline")
     for j in noalias:
         fn.args[j].add_attribute("noalias")
-        fn.args[j].add_attribute("nocapture")
     return fn
 
 

@@ -1,0 +1,145 @@
+"""What a GEMM computes (`GemmSpec`) and how it will be computed (`GemmPlan`).
+
+The plan is a pure function of the spec and the target, so `GemmSpec.scratch_bytes` (asked by
+the memory planner) and `emit_gemm` (the code) always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from graphc.codegen.target import Target
+from graphc.ir import DType
+
+Epilogue = Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, int], ir.Value]
+"""epilogue(builder, row_i64, col_i64, acc, lanes) -> the value to store at
+C[row, col:col+lanes]. `acc` is <lanes x T> (a scalar T when lanes == 1) holding the complete
+sums (plus the old C when accumulating). It is only called for in-bounds columns, so it may
+load bias[col:col+lanes] unmasked."""
+
+_SMALL = 4  # M or N up to this uses the direct (unpacked) paths when the layout allows
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """C[m x n] = op(A) @ op(B) with static shapes; row-major storage, strides in elements.
+
+    trans_a=False: A is stored m x k (A[i, p] at i*lda + p); True: stored k x m (p*lda + i).
+    trans_b=False: B is stored k x n (B[p, j] at p*ldb + j); True: stored n x k (j*ldb + p).
+    C[i, j] is at i*ldc + j.
+    """
+
+    m: int
+    n: int
+    k: int
+    dtype: DType
+    trans_a: bool
+    trans_b: bool
+    lda: int
+    ldb: int
+    ldc: int
+
+    def __post_init__(self) -> None:
+        if min(self.m, self.n, self.k) < 0:
+            raise ValueError(f"negative GEMM size {self.m}x{self.n}x{self.k}")
+        need = {"lda": self.m if self.trans_a else self.k,
+                "ldb": self.k if self.trans_b else self.n, "ldc": self.n}
+        for name, width in need.items():
+            if getattr(self, name) < width:
+                raise ValueError(f"{name}={getattr(self, name)} is less than the row width "
+                                 f"{width} of {self}")
+
+    @property
+    def a_strides(self) -> tuple[int, int]:
+        """(stride over i, stride over p) of A."""
+        return (1, self.lda) if self.trans_a else (self.lda, 1)
+
+    @property
+    def b_strides(self) -> tuple[int, int]:
+        """(stride over p, stride over j) of B."""
+        return (1, self.ldb) if self.trans_b else (self.ldb, 1)
+
+    def scratch_bytes(self, target: Target) -> int:
+        """Bytes of 64-byte-aligned scratch `emit_gemm` needs for packed panels (0 if none)."""
+        return plan_gemm(self, target).scratch_bytes
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """How a spec is computed.
+
+    path: "empty" (m or n is 0: nothing to do), "zero_k" (k == 0), "kdot" (dot products along
+    contiguous k), "nvec" (few rows, vectors along contiguous columns of B), "packed".
+    For "packed": an mr x nr register block of `lanes`-wide vectors, cache blocks mc x kc
+    (A) and kc x nc (B), and the scratch layout (byte offsets).
+    """
+
+    path: str
+    lanes: int
+    mr: int = 0
+    nr: int = 0
+    mc: int = 0
+    kc: int = 0
+    nc: int = 0
+    b_offset: int = 0
+    tile_offset: int = 0
+    scratch_bytes: int = 0
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def kernel_shape(dtype: DType, target: Target, n: int) -> tuple[int, int, int]:
+    """(MR, NR, lanes) of the register block for this dtype on this target.
+
+    With 32 vector registers: MR x NR = 8 x (2 vectors), 16 accumulators; measured fastest
+    here for float32 (8 x 32) and float64 (8 x 16). When all of N fits in one vector, one
+    vector column with 16 rows wastes less work on zero padding. With 16 registers (AVX2 and
+    older): 6 x 2 vectors, 12 accumulators.
+    """
+    w = target.lanes(dtype.itemsize)
+    wide = target.vector_bits >= 512
+    if n <= w:
+        return (16 if wide else 8), w, w
+    return (8 if wide else 6), 2 * w, w
+
+
+def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
+    """Choose the path, register block and cache blocking for `spec` on `target`."""
+    m, n, k = spec.m, spec.n, spec.k
+    w = target.lanes(spec.dtype.itemsize)
+    if m == 0 or n == 0:
+        return GemmPlan("empty", w)
+    if k == 0:
+        return GemmPlan("zero_k", w)
+    sa_i, sa_p = spec.a_strides
+    sb_p, sb_j = spec.b_strides
+    k_contig = (sa_p == 1 or k == 1) and (sb_p == 1 or k == 1)
+    j_contig = sb_j == 1 or n == 1
+    if n <= _SMALL and k_contig:
+        return GemmPlan("kdot", w)
+    if m <= _SMALL and j_contig:
+        return GemmPlan("nvec", w)
+    if m <= _SMALL and k_contig:
+        return GemmPlan("kdot", w)
+    mr, nr, w = kernel_shape(spec.dtype, target, n)
+    isz = spec.dtype.itemsize
+    # KC: a B micro-panel (kc x nr) stays in L1 while the A block streams past it; 512
+    # float32 (256 float64) measured best. K is split into equal blocks rather than a long
+    # one and a short tail.
+    kc_max = 2048 // isz
+    nkb = -(-k // kc_max)
+    kc = min(k, _round_up(-(-k // nkb), 8))
+    # MC: the A block (mc x kc) stays in L2 while all of B's panels pass.
+    mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
+    # NC: the packed B block (kc x nc) in L2/L3; all of N up to 4096 columns.
+    nc = min(_round_up(n, nr), 4096)
+    a_bytes = _round_up(mc * kc * isz, 64)
+    b_bytes = _round_up(nc * kc * isz, 64)
+    tile = _round_up(mr * nr * isz, 64)
+    return GemmPlan("packed", w, mr, nr, mc, kc, nc, b_offset=a_bytes,
+                    tile_offset=a_bytes + b_bytes, scratch_bytes=a_bytes + b_bytes + tile)

@@ -1,0 +1,244 @@
+"""The GEMM emitter (graphc.codegen.gemm) against numpy.
+
+One module holds every case (each LLVM compile costs 0.1-0.4 s), compiled once per test
+session. Each case is a function gN(a, b, c, scratch, bias, rbias) wrapping one emit_gemm.
+Operands carry NaN in their row padding and in a guard row past their end, so reading
+anything outside the logical matrices poisons the result; C's padding and guard row must
+come back unchanged (no stray writes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+import pytest
+
+from graphc.codegen.gemm import GemmSpec, emit_gemm, plan_gemm
+from graphc.codegen.gemm_ir import elem_ptr, splat
+from graphc.codegen.target import host_target
+from graphc.codegen.types import PTR, VOID, compute_type, storage_type
+from graphc.ir import DType
+from graphc.runtime.jit import JitModule, jit_compile
+
+F32, F64, I32, I64 = DType.float32, DType.float64, DType.int32, DType.int64
+SIZES = [1, 2, 7, 8, 9, 31, 32, 33, 95, 97, 128, 257]
+TRANSPOSES = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: GemmSpec
+    epilogue: bool = False
+    accumulate: bool = False
+
+    @property
+    def id(self) -> str:
+        s = self.spec
+        t = ("T" if s.trans_a else "N") + ("T" if s.trans_b else "N")
+        pad = "-pad" if s.ldc > s.n else ""
+        extra = ("-epi" if self.epilogue else "") + ("-acc" if self.accumulate else "")
+        return f"{s.dtype.short}-{s.m}x{s.n}x{s.k}-{t}{pad}{extra}"
+
+
+def _spec(m: int, n: int, k: int, dtype: DType, ta: bool, tb: bool, pad: int = 0) -> GemmSpec:
+    return GemmSpec(m, n, k, dtype, ta, tb, lda=(m if ta else k) + pad,
+                    ldb=(k if tb else n) + 2 * pad, ldc=n + 3 * pad)
+
+
+def _cases() -> list[Case]:
+    cases: list[Case] = []
+    # A covering subset of SIZES^3: every size in every position under five rotations (60
+    # shapes), each with a rotating dtype, transpose pair, padding, epilogue and accumulate.
+    idx = 0
+    for d_n, d_k in [(0, 0), (1, 3), (4, 7), (6, 2), (9, 5)]:
+        for i, m in enumerate(SIZES):
+            n, k = SIZES[(i + d_n) % 12], SIZES[(i + d_k) % 12]
+            ta, tb = TRANSPOSES[idx % 4]
+            spec = _spec(m, n, k, F32 if idx % 2 == 0 else F64, ta, tb, pad=idx % 3)
+            cases.append(Case(spec, epilogue=idx % 5 in (1, 3), accumulate=idx % 7 in (2, 5)))
+            idx += 1
+    # Every path under every transpose pair, both float dtypes: direct small-M, direct
+    # small-N, narrow-N packed kernel, and packed edges in M and N.
+    for dtype in (F32, F64):
+        for j, (ta, tb) in enumerate(TRANSPOSES):
+            for m, n, k in [(3, 70, 45), (1, 300, 20), (70, 3, 45), (37, 1, 19), (29, 6, 33),
+                            (45, 70, 50)]:
+                cases.append(Case(_spec(m, n, k, dtype, ta, tb, pad=j % 2),
+                                  epilogue=(m + j) % 2 == 0, accumulate=(n + j) % 3 == 0))
+    # Several KC blocks (first / middle / last store modes), with epilogue and accumulate.
+    for dtype, k in ((F32, 1100), (F64, 600)):
+        for ta, tb in TRANSPOSES:
+            cases.append(Case(_spec(19, 45, k, dtype, ta, tb, pad=1), epilogue=True,
+                              accumulate=ta))
+    # Several MC blocks, and several NC blocks.
+    cases.append(Case(_spec(200, 40, 30, F32, False, False), epilogue=True))
+    cases.append(Case(_spec(9, 4100, 5, F32, True, False, pad=1), epilogue=True))
+    # K == 0: C = epilogue(0), C unchanged, C = epilogue(C).
+    for epi, acc in ((False, False), (True, False), (False, True), (True, True)):
+        cases.append(Case(_spec(7, 37, 0, F32, acc, epi), epilogue=epi, accumulate=acc))
+    # N == 1 with B a contiguous column, and M == 1 with A a contiguous row (transposed).
+    cases.append(Case(GemmSpec(33, 1, 70, F64, False, False, 70, 1, 1), epilogue=True))
+    cases.append(Case(GemmSpec(1, 33, 70, F32, True, True, 1, 70, 33), accumulate=True))
+    # Integers: forward only, exact.
+    for j, (ta, tb) in enumerate(TRANSPOSES):
+        for m, n, k in [(2, 40, 9), (33, 50, 17), (20, 3, 31)]:
+            cases.append(Case(_spec(m, n, k, I32, ta, tb, pad=j % 2), epilogue=j == 1))
+    cases.append(Case(_spec(13, 21, 10, I64, False, True), epilogue=True))
+    cases.append(Case(_spec(13, 21, 10, I64, True, False), accumulate=True))
+    return cases
+
+
+CASES = _cases()
+
+
+def _bias_relu(dtype: DType, bias: ir.Value, rbias: ir.Value):
+    """The test epilogue: relu(acc + bias[col] + rbias[row]) (checks both indices)."""
+    ety = storage_type(dtype)
+
+    def epilogue(b: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
+                 lanes: int) -> ir.Value:
+        t = compute_type(dtype, lanes)
+        bv = b.load(elem_ptr(b, bias, col, ety), typ=t, align=dtype.itemsize)
+        rv = splat(b, b.load(elem_ptr(b, rbias, row, ety), typ=ety), lanes)
+        zero = ir.Constant(t, None)
+        if dtype.is_float:
+            x = b.fadd(b.fadd(acc, bv), rv)
+            return b.select(b.fcmp_ordered(">", x, zero), x, zero)
+        x = b.add(b.add(acc, bv), rv)
+        return b.select(b.icmp_signed(">", x, zero), x, zero)
+
+    return epilogue
+
+
+@dataclass
+class Compiled:
+    jit: JitModule
+    module: ir.Module
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Compiled:
+    target = host_target()
+    module = ir.Module("test_gemm")
+    module.triple = target.triple
+    for n, case in enumerate(CASES):
+        fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * 6), name=f"g{n}")
+        for arg in fn.args:
+            arg.add_attribute("noalias")
+        a, b, c, scratch, bias, rbias = fn.args
+        builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        epi = _bias_relu(case.spec.dtype, bias, rbias) if case.epilogue else None
+        emit_gemm(builder, case.spec, a, b, c, scratch, target, epi, case.accumulate)
+        builder.ret_void()
+    return Compiled(jit_compile(str(module)), module)
+
+
+def _operand(rng: np.random.Generator, rows: int, cols: int, ld: int,
+             dtype: DType) -> np.ndarray:
+    """rows x ld storage plus a guard row; the logical rows x cols part is random, the rest
+    NaN (floats) or a huge value (integers)."""
+    if dtype.is_float:
+        buf = np.full((rows + 1, ld), np.nan, dtype=dtype.np)
+        buf[:rows, :cols] = rng.standard_normal((rows, cols))
+    else:
+        buf = np.full((rows + 1, ld), 1 << 20, dtype=dtype.np)
+        buf[:rows, :cols] = rng.integers(-9, 10, (rows, cols))
+    return buf
+
+
+def _run(compiled: Compiled, n: int, case: Case) -> None:
+    s = case.spec
+    dt = s.dtype
+    rng = np.random.default_rng(n)
+    a = _operand(rng, s.k if s.trans_a else s.m, s.m if s.trans_a else s.k, s.lda, dt)
+    b = _operand(rng, s.n if s.trans_b else s.k, s.k if s.trans_b else s.n, s.ldb, dt)
+    c = _operand(rng, s.m, s.n, s.ldc, dt)
+    bias = _operand(rng, 1, s.n, max(s.n, 1), dt)[0]
+    rbias = _operand(rng, 1, s.m, max(s.m, 1), dt)[0]
+    c_before = c.copy()
+    nbytes = s.scratch_bytes(host_target())
+    scratch = np.full(nbytes + 128, 0xFF, dtype=np.uint8)  # garbage: must not leak into C
+    at = scratch.ctypes.data + (-scratch.ctypes.data) % 64
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)(compiled.jit.address(f"g{n}"))
+    fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, at, bias.ctypes.data, rbias.ctypes.data)
+
+    la = a[:s.k, :s.m].T if s.trans_a else a[:s.m, :s.k]
+    lb = b[:s.n, :s.k].T if s.trans_b else b[:s.k, :s.n]
+    wide = np.float64 if dt.is_float else np.int64
+    want = la.astype(wide) @ lb.astype(wide)
+    scale = np.abs(la).astype(wide) @ np.abs(lb).astype(wide)
+    if case.accumulate:
+        want = want + c_before[:s.m, :s.n]
+        scale = scale + np.abs(c_before[:s.m, :s.n])
+    if case.epilogue:
+        want = np.maximum(want + bias[:s.n] + rbias[:s.m, None], 0)
+        scale = scale + np.abs(bias[:s.n]) + np.abs(rbias[:s.m, None])
+    got = c[:s.m, :s.n]
+    if dt.is_float:
+        tol = 1e-12 if dt == F64 else 1e-5
+        bad = ~(np.abs(got - want) <= tol * (scale + 1e-30))
+        assert not bad.any(), (f"{bad.sum()} wrong elements, first at "
+                               f"{np.argwhere(bad)[0]}: got {got[bad][0]}, want {want[bad][0]}")
+    else:
+        np.testing.assert_array_equal(got, want.astype(dt.np))
+    # No writes outside C's logical part: row padding and the guard row are untouched.
+    np.testing.assert_array_equal(c[:s.m, s.n:], c_before[:s.m, s.n:])
+    np.testing.assert_array_equal(c[s.m:], c_before[s.m:])
+
+
+@pytest.mark.parametrize("n", range(len(CASES)), ids=[c.id for c in CASES])
+def test_gemm_matches_numpy(compiled: Compiled, n: int) -> None:
+    _run(compiled, n, CASES[n])
+
+
+def test_cases_cover_every_path() -> None:
+    target = host_target()
+    plans = [plan_gemm(c.spec, target) for c in CASES]
+    assert {p.path for p in plans} == {"zero_k", "kdot", "nvec", "packed"}
+    packed = [(c.spec, p) for c, p in zip(CASES, plans) if p.path == "packed"]
+    for dtype in (F32, F64):
+        for ta, tb in TRANSPOSES:
+            mine = [(s, p) for s, p in packed if (s.dtype, s.trans_a, s.trans_b) == (dtype, ta, tb)]
+            assert any(s.m % p.mr and s.n % p.nr for s, p in mine), (dtype, ta, tb)
+            assert any(s.k > p.kc for s, p in mine), (dtype, ta, tb)  # several KC blocks
+            assert len({p.nr for _, p in mine}) == 2  # the wide and the narrow-N kernel
+    assert any(s.m > p.mc for s, p in packed) and any(s.n > p.nc for s, p in packed)
+
+
+def test_kernels_are_shared_and_module_has_no_state(compiled: Compiled) -> None:
+    """One micro-kernel per (dtype, MR, NR) for the whole module, and no global variables
+    (the code is re-entrant)."""
+    target = host_target()
+    shapes = set()
+    for case in CASES:
+        plan = plan_gemm(case.spec, target)
+        if plan.path == "packed":
+            shapes.add((case.spec.dtype.short, plan.mr, plan.nr))
+    kernels = [g for name, g in compiled.module.globals.items() if ".uk." in name]
+    assert len(kernels) == len(shapes)
+    assert all(isinstance(g, ir.Function) for g in compiled.module.globals.values())
+
+
+def test_scratch_bytes() -> None:
+    target = host_target()
+    assert _spec(3, 500, 40, F32, False, False).scratch_bytes(target) == 0  # direct
+    assert _spec(5, 9, 0, F32, False, False).scratch_bytes(target) == 0  # K == 0
+    spec = _spec(100, 100, 100, F32, False, False)
+    plan = plan_gemm(spec, target)
+    need = (plan.mc * plan.kc + plan.kc * plan.nc + plan.mr * plan.nr) * 4
+    assert need <= spec.scratch_bytes(target) <= need + 3 * 64
+    assert spec.scratch_bytes(target) % 64 == 0
+
+
+def test_missing_scratch_and_bad_strides_are_rejected() -> None:
+    target = host_target()
+    module = ir.Module("bad")
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * 3), name="f")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    with pytest.raises(ValueError, match="scratch"):
+        emit_gemm(builder, _spec(64, 64, 64, F32, False, False), *fn.args, None, target)
+    with pytest.raises(ValueError, match="lda=3"):
+        GemmSpec(4, 4, 5, F32, False, False, lda=3, ldb=4, ldc=4)

@@ -1,0 +1,306 @@
+"""Accuracy of graphc's vectorized math (graphc.codegen.vecmath) against numpy float64.
+
+One LLVM module holds a kernel `out[i] = f(in[i])` per (function, dtype, lanes) with lanes 1
+and the host's vector width; it is compiled once (module fixture) and called through ctypes.
+Inputs: dense sweeps over each function's interesting range, random signs with log-uniform
+magnitudes over the whole finite range (denormals included), and special values.
+
+Error measure: rel = |y - ref| / max(|ref|, smallest normal), so results in the subnormal
+range are judged in absolute terms (their relative precision is inherently lower); "ulp" is
+|y - ref| divided by the spacing of the tested dtype at ref. Where ref is NaN or +-inf, or
+rounds to +-inf in the tested dtype, y must be exactly that. `pytest -s` prints a table of
+the measured maxima.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+import numpy as np
+import pytest
+
+from graphc.codegen import vecmath
+from graphc.codegen.target import host_target
+from graphc.errors import CompileError
+from graphc.runtime.jit import JitModule, jit_compile
+
+F32, F64, I64, PTR = ir.FloatType(), ir.DoubleType(), ir.IntType(64), ir.PointerType()
+ELEM = {"float32": F32, "float64": F64}
+LANES = {d: min(16, host_target().lanes(np.dtype(d).itemsize)) for d in ELEM}
+NAMES = list(vecmath.FUNCTIONS)
+KERNEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+REFERENCE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "exp": np.exp,
+    "log": np.log,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "tanh": np.tanh,
+    "sigmoid": _sigmoid,
+    "erf": lambda x: _erf(x).astype(np.float64),
+    "sin": np.sin,
+    "cos": np.cos,
+}
+
+# Intervals swept densely, per function (both dtypes; values are clipped to the dtype).
+SWEEPS: dict[str, list[tuple[float, float]]] = {
+    "exp": [(-110.0, 90.0), (-1.0, 1.0), (-746.0, 710.0)],
+    "log": [(0.0, 4.0), (0.5, 1.5), (1e-40, 1e-36)],
+    "log1p": [(-1.0, 4.0), (-1e-3, 1e-3), (-1e-7, 1e-7)],
+    "expm1": [(-40.0, 90.0), (-1.0, 1.0), (-1e-6, 1e-6)],
+    "tanh": [(-12.0, 12.0), (-1.0, 1.0), (-1e-4, 1e-4)],
+    "sigmoid": [(-120.0, 40.0), (-5.0, 5.0), (-750.0, 40.0)],
+    "erf": [(-7.0, 7.0), (-1.5, 1.5), (-1e-4, 1e-4)],
+    "sin": [(-10.0, 10.0), (-1e4, 1e4), (-7e4, 7e4)],
+    "cos": [(-10.0, 10.0), (-1e4, 1e4), (-7e4, 7e4)],
+}
+POINTS_PER_SWEEP = 200_000
+
+# float32 bounds on the max relative error. tanh and sigmoid: below 1e-6 (the issue's
+# requirement); the others: a few ulp (1 ulp is at most 2^-23 = 1.19e-7 relative).
+# sin/cos: relative error with no absolute floor (the reduction keeps relative accuracy
+# near the zeros too, as measured).
+RTOL32 = {"exp": 3e-7, "log": 3e-7, "log1p": 3e-7, "expm1": 3e-7, "tanh": 1e-6,
+          "sigmoid": 1e-6, "erf": 3e-7, "sin": 3e-7, "cos": 3e-7}
+RTOL64 = 1e-12  # graphc's float64 bound
+
+
+def _special(dtype: str) -> np.ndarray:
+    fi = np.finfo(dtype)
+    vals = [0.0, 1.0, 0.5, 2.0, 1e-30, 1e-10, 1e-5, fi.tiny, fi.smallest_subnormal,
+            fi.tiny / 3, fi.tiny - fi.smallest_subnormal, fi.max, fi.max / 2, np.inf, 1e30,
+            88.0, 88.72, 89.0, 103.0, 104.0, 709.0, 710.0, 745.0, 746.0, 20.0, 30.0, 40.0,
+            3.9, 4.0, 5.9, 6.0, 9.0, 10.0, 19.0, 20.0, 0.625, np.pi, np.pi / 2, 1e5, 1e7,
+            2.0**16, 2.0**30, 1e20]
+    arr = np.array(vals, dtype=np.float64).astype(dtype)
+    return np.concatenate([arr, -arr, np.array([np.nan, -np.nan], dtype=dtype)])
+
+
+def inputs(name: str, dtype: str) -> np.ndarray:
+    """Every input the accuracy tests use for `name` in `dtype`."""
+    fi = np.finfo(dtype)
+    rng = np.random.default_rng(sum(map(ord, name + dtype)))
+    parts = []
+    for lo, hi in SWEEPS[name]:
+        with np.errstate(over="ignore"):
+            parts.append(np.linspace(lo, hi, POINTS_PER_SWEEP).astype(dtype))
+    lo_exp, hi_exp = math.log10(fi.smallest_subnormal), math.log10(fi.max)
+    mags = 10.0 ** rng.uniform(lo_exp, hi_exp, POINTS_PER_SWEEP)
+    signs = rng.choice([-1.0, 1.0], POINTS_PER_SWEEP)
+    with np.errstate(over="ignore"):
+        parts.append((signs * mags).astype(dtype))
+    parts.append(_special(dtype))
+    x = np.concatenate(parts)
+    return x[np.isfinite(x) | np.isnan(x) | np.isinf(x)]
+
+
+def _kernel(module: ir.Module, name: str, fn: vecmath.VecFn, elem: ir.Type, lanes: int) -> None:
+    """void name(ptr in, ptr out, i64 n): out[i] = fn(in[i]), `lanes` at a time (n must be a
+    multiple of lanes)."""
+    f = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, PTR, I64]), name)
+    entry, loop, done = (f.append_basic_block(s) for s in ("entry", "loop", "done"))
+    b = ir.IRBuilder(entry)
+    zero = ir.Constant(I64, 0)
+    b.cbranch(b.icmp_signed("<", zero, f.args[2]), loop, done)
+    b.position_at_end(loop)
+    i = b.phi(I64)
+    i.add_incoming(zero, entry)
+    ty = ir.VectorType(elem, lanes) if lanes > 1 else elem
+    x = b.load(b.gep(f.args[0], [i], source_etype=elem), typ=ty, align=4)
+    b.store(fn(b, x), b.gep(f.args[1], [i], source_etype=elem), align=4)
+    nxt = b.add(i, ir.Constant(I64, lanes))
+    i.add_incoming(nxt, loop)
+    b.cbranch(b.icmp_signed("<", nxt, f.args[2]), loop, done)
+    b.position_at_end(done)
+    b.ret_void()
+
+
+def _kname(name: str, dtype: str, lanes: int) -> str:
+    return f"k_{name}_{dtype}_{lanes}"
+
+
+@dataclass
+class Compiled:
+    jit: JitModule
+    module_ir: str
+
+    def run(self, name: str, dtype: str, lanes: int, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        padded = np.zeros(-(-n // lanes) * lanes, dtype=dtype)
+        padded[:n] = x
+        out = np.empty_like(padded)
+        KERNEL(self.jit.address(_kname(name, dtype, lanes)))(
+            padded.ctypes.data, out.ctypes.data, len(padded))
+        return out[:n]
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Compiled:
+    module = ir.Module("vecmath_test")
+    for dtype, elem in ELEM.items():
+        for lanes in sorted({1, LANES[dtype]}):
+            for name, fn in vecmath.FUNCTIONS.items():
+                _kernel(module, _kname(name, dtype, lanes), fn, elem, lanes)
+            pow_fn: vecmath.VecFn = lambda b, x, d=dtype: vecmath.per_lane_libm(  # noqa: E731
+                b, "pow", [x, ir.Constant(x.type, [ir.Constant(x.type.element, 1.5)] *
+                                          x.type.count) if isinstance(x.type, ir.VectorType)
+                           else ir.Constant(x.type, 1.5)], gc_dtype(d))
+            _kernel(module, _kname("pow15", dtype, lanes), pow_fn, elem, lanes)
+    text = str(module)
+    return Compiled(jit_compile(text), text)
+
+
+def gc_dtype(dtype: str) -> object:
+    from graphc.ir import DType
+
+    return DType.float32 if dtype == "float32" else DType.float64
+
+
+@dataclass
+class Errors:
+    rel: float
+    ulp: float
+    worst_x: float
+    mismatches: list[str]
+
+
+def measure(x: np.ndarray, y: np.ndarray, ref: np.ndarray, dtype: str) -> Errors:
+    """Max errors of y (dtype) against ref (float64), and the special-value mismatches."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref_rounded = ref.astype(dtype)
+    exact = ~np.isfinite(ref_rounded)  # NaN, +-inf, or overflow in the dtype: must be exact
+    bad = exact & ~((y == ref_rounded) | (np.isnan(y) & np.isnan(ref_rounded)))
+    mismatches = [f"f({x[i]!r}) = {y[i]!r}, expected {ref_rounded[i]!r}"
+                  for i in np.flatnonzero(bad)[:5]]
+    fin = ~exact
+    yf, rf = y[fin].astype(np.float64), ref[fin]
+    err = np.abs(yf - rf)
+    err[~np.isfinite(yf)] = np.inf
+    rel = err / np.maximum(np.abs(rf), np.finfo(dtype).tiny)
+    ulp = err / np.spacing(np.abs(rf).astype(dtype)).astype(np.float64)
+    worst = int(np.argmax(rel)) if rel.size else 0
+    return Errors(float(rel.max(initial=0.0)), float(ulp.max(initial=0.0)),
+                  float(x[fin][worst]) if rel.size else 0.0, mismatches)
+
+
+TABLE: dict[tuple[str, str], Errors] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_table() -> object:
+    yield
+    if TABLE:
+        print("\nvecmath max errors vs numpy float64 (rel | ulp | worst x):")
+        for dtype in ELEM:
+            for name in NAMES:
+                if (name, dtype) in TABLE:
+                    e = TABLE[(name, dtype)]
+                    print(f"  {name:8s} {dtype}  rel {e.rel:9.3g}  ulp {e.ulp:8.3g}  "
+                          f"x {e.worst_x:.9g}")
+
+
+@pytest.mark.parametrize("dtype", list(ELEM))
+@pytest.mark.parametrize("name", NAMES)
+def test_accuracy(compiled: Compiled, name: str, dtype: str) -> None:
+    x = inputs(name, dtype)
+    y = compiled.run(name, dtype, LANES[dtype], x)
+    with np.errstate(all="ignore"):
+        ref = REFERENCE[name](x.astype(np.float64))
+    errs = measure(x, y, ref, dtype)
+    TABLE[(name, dtype)] = errs
+    assert not errs.mismatches, f"{name} {dtype} special values: {errs.mismatches}"
+    bound = RTOL32[name] if dtype == "float32" else RTOL64
+    assert errs.rel <= bound, (f"{name} {dtype}: max relative error {errs.rel:.3g} "
+                               f"(at x={errs.worst_x!r}) exceeds {bound:g}")
+
+
+@pytest.mark.parametrize("dtype", list(ELEM))
+@pytest.mark.parametrize("name", NAMES)
+def test_vector_and_scalar_agree_bitwise(compiled: Compiled, name: str, dtype: str) -> None:
+    x = inputs(name, dtype)
+    vec = compiled.run(name, dtype, LANES[dtype], x)
+    one = compiled.run(name, dtype, 1, x)
+    itype = np.uint32 if dtype == "float32" else np.uint64
+    differ = (vec.view(itype) != one.view(itype)) & ~(np.isnan(vec) & np.isnan(one))
+    assert not differ.any(), (f"{name} {dtype}: lanes differ at x={x[differ][:5]!r}: "
+                              f"vector {vec[differ][:5]!r}, scalar {one[differ][:5]!r}")
+
+
+def test_special_values_exact(compiled: Compiled) -> None:
+    inf, nan = np.inf, np.nan
+    expect = {
+        "exp": [(-inf, 0.0), (inf, inf), (0.0, 1.0), (-0.0, 1.0), (-1000.0, 0.0), (1000.0, inf)],
+        "log": [(0.0, -inf), (-0.0, -inf), (inf, inf), (1.0, 0.0), (-1.0, nan), (-inf, nan)],
+        "log1p": [(-1.0, -inf), (inf, inf), (-0.0, -0.0), (0.0, 0.0), (-2.0, nan)],
+        "expm1": [(-inf, -1.0), (inf, inf), (-0.0, -0.0), (-100.0, -1.0)],
+        "tanh": [(inf, 1.0), (-inf, -1.0), (-0.0, -0.0), (50.0, 1.0), (-50.0, -1.0)],
+        "sigmoid": [(-inf, 0.0), (inf, 1.0), (0.0, 0.5), (-0.0, 0.5), (1000.0, 1.0)],
+        "erf": [(inf, 1.0), (-inf, -1.0), (-0.0, -0.0), (10.0, 1.0), (-10.0, -1.0)],
+        "sin": [(inf, nan), (-inf, nan), (-0.0, -0.0), (0.0, 0.0)],
+        "cos": [(inf, nan), (-inf, nan), (0.0, 1.0), (-0.0, 1.0)],
+    }
+    for dtype in ELEM:
+        for lanes in sorted({1, LANES[dtype]}):
+            for name, pairs in [*expect.items(), *[(n, [(nan, nan)]) for n in NAMES]]:
+                x = np.array([p[0] for p in pairs], dtype=dtype)
+                want = np.array([p[1] for p in pairs], dtype=dtype)
+                got = compiled.run(name, dtype, lanes, x)
+                same = (got == want) & (np.signbit(got) == np.signbit(want))
+                same |= np.isnan(got) & np.isnan(want)
+                assert same.all(), f"{name} {dtype} lanes={lanes}: f({x}) = {got}, want {want}"
+
+
+def test_sin_cos_large_arguments_use_exact_fallback_per_lane(compiled: Compiled) -> None:
+    # Mixed vectors: huge lanes (libm fallback) next to ordinary ones (polynomial).
+    for dtype in ELEM:
+        x = np.tile(np.array([1e30, 0.5, -3e5, 2.0, 1e9, -1.0, 7e4, 3.0], dtype=dtype), 4)
+        for name, ref in (("sin", np.sin), ("cos", np.cos)):
+            got = compiled.run(name, dtype, LANES[dtype], x)
+            want = ref(x.astype(np.float64))
+            np.testing.assert_allclose(got, want, rtol=3e-7 if dtype == "float32" else 1e-12)
+
+
+def test_per_lane_libm_pow(compiled: Compiled) -> None:
+    for dtype in ELEM:
+        x = np.linspace(0.0, 100.0, 1001).astype(dtype)
+        for lanes in sorted({1, LANES[dtype]}):
+            got = compiled.run("pow15", dtype, lanes, x)
+            np.testing.assert_allclose(got, x.astype(np.float64) ** 1.5,
+                                       rtol=3e-7 if dtype == "float32" else 1e-14)
+
+
+def test_one_internal_definition_per_module_and_type() -> None:
+    module = ir.Module("m")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), "f")
+    b = ir.IRBuilder(fn.append_basic_block())
+    v = b.load(fn.args[0], typ=ir.VectorType(F32, 8))
+    vecmath.exp(b, v)
+    vecmath.exp(b, v)
+    vecmath.sigmoid(b, v)  # uses exp internally: no second definition
+    vecmath.exp(b, b.load(fn.args[0], typ=F64))
+    b.ret_void()
+    defined = [g.name for g in module.functions if g.name.startswith("graphc.vm.")]
+    assert sorted(defined) == ["graphc.vm.exp.f64", "graphc.vm.exp.v8f32",
+                               "graphc.vm.sigmoid.v8f32"]
+    exp_fn = module.globals["graphc.vm.exp.v8f32"]
+    assert exp_fn.linkage == "internal" and "alwaysinline" in exp_fn.attributes
+
+
+def test_rejects_non_float_types() -> None:
+    module = ir.Module("m")
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "f")
+    b = ir.IRBuilder(fn.append_basic_block())
+    with pytest.raises(CompileError, match="expected float, double or a vector of them, got i32"):
+        vecmath.tanh(b, fn.args[0])
