@@ -35,14 +35,14 @@ from graphc.ir import (
     int64,
 )
 from graphc.ops import registry as _registry  # fills the operator table of Node
-from graphc.ops.conv import *  # noqa: F403
-from graphc.ops.elementwise import *  # noqa: F403
-from graphc.ops.indexing import *  # noqa: F403
-from graphc.ops.linalg import *  # noqa: F403
-from graphc.ops.nn import *  # noqa: F403
-from graphc.ops.random import *  # noqa: F403
-from graphc.ops.reduce import *  # noqa: F403
-from graphc.ops.shape import *  # noqa: F403
+from graphc.ops.conv import *
+from graphc.ops.elementwise import *
+from graphc.ops.indexing import *
+from graphc.ops.linalg import *
+from graphc.ops.nn import *
+from graphc.ops.random import *
+from graphc.ops.reduce import *
+from graphc.ops.shape import *
 from graphc.options import CompileOptions
 from graphc.passes.autodiff import grad
 from graphc.runtime.executable import Executable

@@ -25,7 +25,8 @@ from graphc.ops.opdef import OpDef
 _GRAPHC_DIR = Path(__file__).resolve().parent
 # passes/ and runtime/ install inside graphc/; in an editable install they sit beside it.
 _INTERNAL_DIRS = tuple(
-    str(d) + "/" for d in (_GRAPHC_DIR, _GRAPHC_DIR.parent / "passes", _GRAPHC_DIR.parent / "runtime")
+    str(d) + "/"
+    for d in (_GRAPHC_DIR, _GRAPHC_DIR.parent / "passes", _GRAPHC_DIR.parent / "runtime")
 )
 
 
@@ -92,7 +93,9 @@ def _constant(
     return node
 
 
-def _to_array(value: Any, dtype: DType | str | None, what: str, loc: SourceLoc | None) -> np.ndarray:
+def _to_array(
+    value: Any, dtype: DType | str | None, what: str, loc: SourceLoc | None
+) -> np.ndarray:
     if isinstance(value, Node):
         raise GraphStructureError(f"expected a value, got node %{value.name}", op=what, loc=loc)
     try:

@@ -17,7 +17,7 @@ from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.passes.fuse import fuse
 from graphc.passes.manager import run_pipeline
-from graphc.passes.memory_plan import plan_memory
+from graphc.passes.memory_plan import check_no_overlap, plan_memory
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import CompileReport, Executable
 from graphc.runtime.jit import default_cache_dir, jit_compile
@@ -25,7 +25,7 @@ from graphc.runtime.jit import default_cache_dir, jit_compile
 DEFAULT_OPTIONS = CompileOptions(opt_level=2, cache_dir=str(default_cache_dir()))
 
 
-def compile(  # noqa: A001 - the public name, like jax.jit/torch.compile
+def compile(
     graph: Graph,
     inputs: Sequence[Node] | None = None,
     outputs: Sequence[Node] | Node | None = None,
@@ -51,6 +51,8 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
     t1 = time.perf_counter()
     program = fuse(result.graph, result.signature)
     plan = plan_memory(program)
+    if options.verify_each:
+        check_no_overlap(plan)  # cheap, and it guards every plan the test suite makes
     t2 = time.perf_counter()
     target = host_target()
     generated = build_module(plan, target, name=graph.name)

@@ -148,7 +148,7 @@ def _freeze(value: Any) -> AttrValue:
 class Attrs(Mapping[str, AttrValue]):
     """An immutable, hashable mapping of op attributes (sorted by key)."""
 
-    __slots__ = ("_items", "_hash")
+    __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[str, Any] | None = None):
         frozen = tuple(sorted((k, _freeze(v)) for k, v in (items or {}).items()))
@@ -521,9 +521,9 @@ _GRAPHS = _GraphStack()
 
 def current_graph() -> Graph:
     """The innermost graph of the active ``with gc.Graph(...)`` blocks (of this thread)."""
-    _GRAPH_STACK = _GRAPHS.stack
-    if not _GRAPH_STACK:
+    stack = _GRAPHS.stack
+    if not stack:
         raise GraphStructureError(
             "no current graph: build nodes inside `with gc.Graph(name) as g:`"
         )
-    return _GRAPH_STACK[-1]
+    return stack[-1]

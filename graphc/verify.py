@@ -48,7 +48,7 @@ def verify(graph: Graph) -> None:
                               op=node.op, loc=node.loc)
     for sig in graph.signatures.values():
         for n in (*sig.inputs, *sig.outputs, *(x for pair in sig.updates for x in pair)):
-            if n.graph is not graph or graph.nodes and n.name not in graph:
+            if n.graph is not graph or (graph.nodes and n.name not in graph):
                 raise VerifyError(f"signature {sig.name!r} names %{n.name}, not in the graph")
 
 

@@ -26,9 +26,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from graphc.passes.fuse import FusedProgram, Kernel
-
 from graphc.ir import Node
+from graphc.passes.fuse import FusedProgram, Kernel
 
 ALIGN = 64
 

@@ -48,7 +48,7 @@ def check_array(node: Node, value: Any, what: str) -> np.ndarray:
     want = node.type
     try:
         array = np.asarray(value)
-    except Exception as exc:  # noqa: BLE001 - any conversion failure is a bad argument
+    except Exception as exc:
         raise ArgumentError(f"{what}: input {node.name!r} is not array-like ({exc})") from None
     if array.dtype == object or array.dtype.kind not in "biuf":
         raise ArgumentError(

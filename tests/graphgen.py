@@ -13,7 +13,10 @@ implementations (reference vs. compiled, before vs. after a pass) are meaningful
 - inputs lie on the grid k/16 + 1/32 (exact in float32, never 0), and comparisons are only
   made between a source value (not a computed one, whose rounding may differ between
   implementations) and a threshold on the k/16 grid, so no comparison is ever a tie;
-- `bounds` gives each output's magnitude bound: compare with ``atol = rtol * bound``.
+- every value's rounding error is tracked to first order (`_Val.err`, in epsilons) and ops
+  that would exceed `ERR_LIMIT` are not applied; `scales` gives each output's error scale
+  and `assert_close` compares with ``atol = rtol * scale`` (so an output that is a small
+  difference of large values is not held to a relative tolerance it cannot meet).
 
 Ops from families that are not yet implemented are left out (`UNAVAILABLE` says why), so the
 module works now and grows with the registry.
@@ -31,9 +34,10 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc.ops import registry
 
-__all__ = ["AVAILABLE", "BOUND", "UNAVAILABLE", "GeneratedGraph", "random_graphs"]
+__all__ = ["AVAILABLE", "BOUND", "ERR_LIMIT", "UNAVAILABLE", "GeneratedGraph", "random_graphs"]
 
 BOUND = 1e3  # every intermediate value stays within [-BOUND, BOUND]
+ERR_LIMIT = 1e4  # every value's error scale (in epsilons, see _Val.err) stays below this
 _POSITIVE = 0.05  # log, sqrt and division only see values at least this large
 
 
@@ -45,7 +49,7 @@ class GeneratedGraph:
     inputs: list[gc.Node]
     outputs: list[gc.Node]
     feeds: dict[str, np.ndarray]
-    bounds: list[float] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
 
     def evaluate(self, graph: gc.Graph | None = None) -> list[np.ndarray]:
         """The outputs computed by the reference interpreter on `graph` (default: our graph),
@@ -55,18 +59,41 @@ class GeneratedGraph:
                           outputs=[g[n.name] for n in self.outputs])
         return list(fn(**self.feeds))
 
+    def assert_close(self, actual: Sequence[np.ndarray], expected: Sequence[np.ndarray],
+                     rtol: float = 1e-5) -> None:
+        """Outputs agree: ``|a - e| <= rtol * (|e| + scale)`` elementwise, per output."""
+        assert len(actual) == len(expected) == len(self.outputs)
+        for node, a, e, scale in zip(self.outputs, actual, expected, self.scales):
+            np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale,
+                                       err_msg=f"output %{node.name}")
+
 
 @dataclass
 class _Val:
-    """A node and an interval containing all its values."""
+    """A node, an interval containing all its values, and its rounding-error scale.
+
+    `err` bounds the node's absolute error in units of the dtype's epsilon (first order):
+    every op adds its own rounding (its magnitude) to its inputs' errors times its
+    derivative's bound. Sources are exact (0).
+    """
 
     node: gc.Node
     lo: float
     hi: float
+    err: float = 0.0
 
     @property
     def mag(self) -> float:
         return max(abs(self.lo), abs(self.hi))
+
+
+def _val(node: gc.Node, lo: float, hi: float, err: float) -> _Val | None:
+    """The result of an op, or None if it leaves the safe range or loses too much accuracy."""
+    mag = max(abs(lo), abs(hi))
+    err += mag  # this op's own rounding
+    if mag > BOUND or err > ERR_LIMIT:
+        return None
+    return _Val(node, lo, hi, err)
 
 
 @dataclass
@@ -114,40 +141,47 @@ def _product(a: _Val, b: _Val) -> tuple[float, float]:
 
 # --- generators: each builds one op on the state, or returns None if it does not apply --------
 
-def _positive(s: _State, v: _Val) -> _Val:
+def _positive(s: _State, v: _Val) -> _Val | None:
     """`v` if its values are >= _POSITIVE, else exp(v) or v*v+1, which are."""
     if v.lo >= _POSITIVE:
         return v
     if -6 <= v.lo and v.hi <= 3 and s.draw(st.booleans()):
-        return _Val(gc.exp(v.node), math.exp(v.lo), math.exp(v.hi))
-    return _Val(v.node * v.node + 1.0, 1.0, v.mag**2 + 1.0)
+        return _val(gc.exp(v.node), math.exp(v.lo), math.exp(v.hi), math.exp(v.hi) * v.err)
+    square = _val(v.node * v.node, 0.0, v.mag**2, 2 * v.mag * v.err)
+    if square is None:
+        return None
+    return _val(square.node + 1.0, 1.0, square.hi + 1.0, square.err)
 
 
 def _unary(name: str) -> Callable[[_State, _Val], _Val | None]:
-    def gen(s: _State, v: _Val) -> _Val | None:
-        fn = getattr(gc, name)
-        if name in ("log", "sqrt"):
-            v = _positive(s, v)
-            lo, hi = (math.log(v.lo), math.log(v.hi)) if name == "log" else \
-                (math.sqrt(v.lo), math.sqrt(v.hi))
+    def gen(s: _State, u: _Val) -> _Val | None:
+        v = _positive(s, u) if name in ("log", "sqrt") else u
+        if v is None:
+            return None
+        # (lo, hi, bound of |f'| on [lo, hi]) of f on the input's interval
+        if name == "log":
+            lo, hi, slope = math.log(v.lo), math.log(v.hi), 1 / v.lo
+        elif name == "sqrt":
+            lo, hi, slope = math.sqrt(v.lo), math.sqrt(v.hi), 0.5 / math.sqrt(v.lo)
         elif name == "exp":
             if v.hi > 3 or v.lo < -20:
                 return None
-            lo, hi = math.exp(v.lo), math.exp(v.hi)
+            lo, hi, slope = math.exp(v.lo), math.exp(v.hi), math.exp(v.hi)
         elif name in ("tanh", "sin", "cos"):
             if name != "tanh" and v.mag > 10:  # keep range reduction trivial
                 return None
-            lo, hi = -1.0, 1.0
+            lo, hi, slope = -1.0, 1.0, 1.0
         elif name == "sigmoid":
-            lo, hi = 0.0, 1.0
+            lo, hi, slope = 0.0, 1.0, 0.25
         elif name == "neg":
-            lo, hi = -v.hi, -v.lo
-        elif name in ("abs", "square"):
-            hi = v.mag if name == "abs" else v.mag**2
-            lo = 0.0
+            lo, hi, slope = -v.hi, -v.lo, 1.0
+        elif name == "abs":
+            lo, hi, slope = 0.0, v.mag, 1.0
+        elif name == "square":
+            lo, hi, slope = 0.0, v.mag**2, 2 * v.mag
         else:  # relu
-            lo, hi = max(v.lo, 0.0), max(v.hi, 0.0)
-        return _Val(fn(v.node), lo, hi) if max(abs(lo), abs(hi)) <= BOUND else None
+            lo, hi, slope = max(v.lo, 0.0), max(v.hi, 0.0), 1.0
+        return _val(getattr(gc, name)(v.node), lo, hi, slope * v.err)
 
     return gen
 
@@ -176,22 +210,27 @@ def _binary(name: str) -> Callable[[_State, _Val], _Val | None]:
         u = _partner(s, v)
         a, b = (v, u) if s.draw(st.booleans()) else (u, v)
         if name == "add":
-            lo, hi = a.lo + b.lo, a.hi + b.hi
+            lo, hi, err = a.lo + b.lo, a.hi + b.hi, a.err + b.err
         elif name == "sub":
-            lo, hi = a.lo - b.hi, a.hi - b.lo
+            lo, hi, err = a.lo - b.hi, a.hi - b.lo, a.err + b.err
         elif name == "mul":
             lo, hi = _product(a, b)
+            err = b.mag * a.err + a.mag * b.err
         elif name == "div":
-            b = _positive(s, b)
+            positive = _positive(s, b)
+            if positive is None:
+                return None
+            b = positive
             corners = [a.lo / b.lo, a.lo / b.hi, a.hi / b.lo, a.hi / b.hi]
             lo, hi = min(corners), max(corners)
+            err = a.err / b.lo + a.mag * b.err / b.lo**2
         elif name == "maximum":
-            lo, hi = max(a.lo, b.lo), max(a.hi, b.hi)
+            lo, hi, err = max(a.lo, b.lo), max(a.hi, b.hi), max(a.err, b.err)
         else:  # minimum
-            lo, hi = min(a.lo, b.lo), min(a.hi, b.hi)
+            lo, hi, err = min(a.lo, b.lo), min(a.hi, b.hi), max(a.err, b.err)
         if max(abs(lo), abs(hi)) > BOUND:
             return None
-        return _Val(getattr(gc, name)(a.node, b.node), lo, hi)
+        return _val(getattr(gc, name)(a.node, b.node), lo, hi, err)
 
     return gen
 
@@ -207,7 +246,7 @@ def _where(s: _State, v: _Val) -> _Val | None:
     except ValueError:  # the condition does not broadcast with the values
         return None
     node = gc.where(compare(c.node, threshold), v.node, u.node)
-    return _Val(node, min(v.lo, u.lo), max(v.hi, u.hi))
+    return _Val(node, min(v.lo, u.lo), max(v.hi, u.hi), max(v.err, u.err))
 
 
 def _reduce(name: str) -> Callable[[_State, _Val], _Val | None]:
@@ -219,11 +258,14 @@ def _reduce(name: str) -> Callable[[_State, _Val], _Val | None]:
         axis = None if len(axes) == nd and s.draw(st.booleans()) else tuple(sorted(axes))
         count = math.prod(v.node.shape) if axis is None else \
             math.prod(v.node.shape[a] for a in axis)
-        lo, hi = (v.lo * count, v.hi * count) if name == "sum" else (v.lo, v.hi)
-        if max(abs(lo), abs(hi)) > BOUND:
-            return None
+        if name == "max":
+            lo, hi, err = v.lo, v.hi, v.err
+        else:  # sum (and mean = sum / count): the partial sums round too
+            lo, hi, err = v.lo * count, v.hi * count, count * (v.err + v.mag * count)
+            if name == "mean":
+                lo, hi, err = lo / count, hi / count, err / count
         node = getattr(gc, name)(v.node, axis=axis, keepdims=s.draw(st.booleans()))
-        return _Val(node, lo, hi)
+        return _val(node, lo, hi, err)
 
     return gen
 
@@ -233,20 +275,20 @@ def _reshape(s: _State, v: _Val) -> _Val | None:
     divisors = [d for d in range(1, size + 1) if size % d == 0]
     d = s.draw(st.sampled_from(divisors))
     shape = s.draw(st.sampled_from([(size,), (1, size), (d, size // d), (d, 1, size // d)]))
-    return _Val(gc.reshape(v.node, shape), v.lo, v.hi)
+    return _Val(gc.reshape(v.node, shape), v.lo, v.hi, v.err)
 
 
 def _transpose(s: _State, v: _Val) -> _Val | None:
     if v.node.ndim < 2:
         return None
     perm = tuple(s.draw(st.permutations(range(v.node.ndim))))
-    return _Val(gc.transpose(v.node, perm), v.lo, v.hi)
+    return _Val(gc.transpose(v.node, perm), v.lo, v.hi, v.err)
 
 
 def _broadcast_to(s: _State, v: _Val) -> _Val | None:
     shape = tuple(s.draw(st.integers(1, 3)) if d == 1 else d for d in v.node.shape)
     lead = tuple(s.draw(st.lists(st.integers(1, 3), max_size=3 - min(v.node.ndim, 3))))
-    return _Val(gc.broadcast_to(v.node, lead + shape), v.lo, v.hi)
+    return _Val(gc.broadcast_to(v.node, lead + shape), v.lo, v.hi, v.err)
 
 
 def _slice(s: _State, v: _Val) -> _Val | None:
@@ -256,7 +298,7 @@ def _slice(s: _State, v: _Val) -> _Val | None:
     for d in v.node.shape:
         start = s.draw(st.integers(0, d - 1))
         index.append(slice(start, s.draw(st.integers(start + 1, d))))
-    return _Val(v.node[tuple(index)], v.lo, v.hi)
+    return _Val(v.node[tuple(index)], v.lo, v.hi, v.err)
 
 
 def _concat(s: _State, v: _Val) -> _Val | None:
@@ -265,7 +307,8 @@ def _concat(s: _State, v: _Val) -> _Val | None:
     same = [u for u in s.pool if u.node.shape == v.node.shape]
     u = s.pick(same) if same else v
     axis = s.draw(st.integers(0, v.node.ndim - 1))
-    return _Val(gc.concat([v.node, u.node], axis=axis), min(v.lo, u.lo), max(v.hi, u.hi))
+    return _Val(gc.concat([v.node, u.node], axis=axis), min(v.lo, u.lo), max(v.hi, u.hi),
+                max(v.err, u.err))
 
 
 def _matmul(s: _State, v: _Val) -> _Val | None:
@@ -274,10 +317,8 @@ def _matmul(s: _State, v: _Val) -> _Val | None:
     k = v.node.shape[1]
     w = s.source((k, s.draw(st.integers(1, 4))))
     lo, hi = _product(v, w)
-    lo, hi = lo * k, hi * k
-    if max(abs(lo), abs(hi)) > BOUND:
-        return None
-    return _Val(gc.matmul(v.node, w.node), lo, hi)
+    err = k * (w.mag * v.err + v.mag * w.err + k * v.mag * w.mag)
+    return _val(gc.matmul(v.node, w.node), lo * k, hi * k, err)
 
 
 _GENERATORS: dict[str, Callable[[_State, _Val], _Val | None]] = {
@@ -358,15 +399,15 @@ def _graphs(draw: st.DrawFn, max_nodes: int, dtypes: tuple[gc.DType, ...],
                     s.pool.append(result)
                     made.append(result)
                     break
-        if not made:  # every attempt was out of bounds: a safe op always applies
-            made.append(_GENERATORS["tanh"](s, s.pick()))  # type: ignore[arg-type]
+        if not made:  # every attempt was out of bounds: tanh of a source always applies
+            made.append(_GENERATORS["tanh"](s, s.pool[0]))  # type: ignore[arg-type]
             s.pool.append(made[-1])
         extra = draw(st.lists(st.sampled_from(made[:-1]), max_size=2, unique_by=id)) \
             if len(made) > 1 else []
         outs = [made[-1], *extra]
         graph.add_signature("main", s.inputs, [v.node for v in outs])
     return GeneratedGraph(graph, s.inputs, [v.node for v in outs], s.feeds,
-                          [v.mag for v in outs])
+                          [v.err for v in outs])
 
 
 def random_graphs(

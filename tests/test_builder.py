@@ -31,7 +31,7 @@ def test_dtype_mismatch_names_op_operands_types_and_line() -> None:
         b = gc.placeholder((2, 3), gc.float64, name="b")
         with pytest.raises(gc.DTypeError) as info:
             line = _line() + 1
-            a + b  # noqa: B018
+            a + b
     err = info.value
     assert err.op == "add" and err.loc is not None and err.loc.line == line
     text = str(err)
@@ -62,7 +62,7 @@ def test_scalars_are_weakly_typed() -> None:
         assert (2.5 - x).dtype == gc.float64
         assert (i + 1).dtype == gc.int32
         with pytest.raises(gc.DTypeError):
-            i * 2.5  # noqa: B018 - a float scalar does not silently turn ints into floats
+            i * 2.5
 
 
 def test_numpy_array_on_the_left_defers_to_the_node() -> None:
@@ -92,19 +92,19 @@ def test_mixing_graphs_is_an_error() -> None:
     with gc.Graph("two"):
         y = gc.placeholder((2,))
         with pytest.raises(gc.GraphStructureError, match="belongs to graph 'two', not to 'one'"):
-            x + y  # noqa: B018
+            x + y
 
 
 def test_no_current_graph() -> None:
-    with pytest.raises(gc.GraphStructureError, match="with gc.Graph"):
+    with pytest.raises(gc.GraphStructureError, match=r"with gc\.Graph"):
         gc.placeholder((2,))
 
 
 def test_truth_value_of_a_node_is_an_error() -> None:
     with gc.Graph("g"):
         x = gc.placeholder((2,))
-        with pytest.raises(gc.GraphcError, match="gc.where"):
-            if x > 0:  # noqa: SIM108
+        with pytest.raises(gc.GraphcError, match=r"gc\.where"):
+            if x > 0:
                 pass
 
 

@@ -35,7 +35,7 @@ def test_verify_catches_a_wrong_type_and_a_missing_value() -> None:
 
 
 def test_verify_catches_use_before_definition() -> None:
-    g, x, y = _small()
+    g, x, _ = _small()
     g.nodes.remove(x)
     g.nodes.append(x)
     with pytest.raises(gc.VerifyError, match="not defined before"):
@@ -90,7 +90,7 @@ def test_reference_rejects_bad_arguments(args, kwargs, pattern) -> None:
 
 
 def test_outputs_needing_an_unlisted_placeholder_are_rejected() -> None:
-    g, x, y = _small()
+    g, _, y = _small()
     with pytest.raises(gc.ArgumentError, match="not listed in inputs: x"):
         gc.reference(g, inputs=[], outputs=[y])
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from graphc.passes.manager import PipelineResult, run_pipeline, select_signature
-from graphc.passes.simplify import RULES
 
 from graphc.options import CompileOptions
+from graphc.passes.manager import PipelineResult, run_pipeline, select_signature
+from graphc.passes.simplify import RULES
 from graphc.textir import format_graph, graph_diff, parse_graph
 from tests.test_passes import assert_same_results
 

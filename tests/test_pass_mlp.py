@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from graphc.passes.manager import run_pipeline
 
 import graphc as gc
 from graphc.ir import Graph, Signature
 from graphc.options import CompileOptions
+from graphc.passes.manager import run_pipeline
 from tests.test_passes import evaluate
 
 

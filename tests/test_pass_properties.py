@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from graphc.passes import PASSES
-from graphc.passes.manager import DEFAULT_PIPELINE, run_pipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
+from graphc.passes import PASSES
+from graphc.passes.manager import DEFAULT_PIPELINE, run_pipeline
 from graphc.textir import graph_diff
 from tests.graphgen import GeneratedGraph, random_graphs
 from tests.test_passes import evaluate

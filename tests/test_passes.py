@@ -12,6 +12,11 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
+
+import graphc as gc
+from graphc.errors import CompileError, GraphcError, GraphNameError, GraphStructureError
+from graphc.ir import Graph, Node, Signature
+from graphc.options import CompileOptions
 from graphc.passes import PASSES
 from graphc.passes.manager import (
     DEFAULT_PIPELINE,
@@ -23,11 +28,6 @@ from graphc.passes.manager import (
 from graphc.passes.rewrite import PassContext, PassDef, Pending, Rebuilder
 from graphc.passes.simplify import RULES
 from graphc.runtime.reference import evaluate as evaluate_nodes
-
-import graphc as gc
-from graphc.errors import CompileError, GraphcError, GraphNameError, GraphStructureError
-from graphc.ir import Graph, Node, Signature
-from graphc.options import CompileOptions
 from graphc.textir import parse_graph
 
 # --- shared helpers -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import pytest
 from graphc.codegen import vecmath
 from graphc.codegen.target import host_target
 from graphc.errors import CompileError
+from graphc.ir import DType
 from graphc.runtime.jit import JitModule, jit_compile
 
 F32, F64, I64, PTR = ir.FloatType(), ir.DoubleType(), ir.IntType(64), ir.PointerType()
@@ -102,8 +103,7 @@ def inputs(name: str, dtype: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         parts.append((signs * mags).astype(dtype))
     parts.append(_special(dtype))
-    x = np.concatenate(parts)
-    return x[np.isfinite(x) | np.isnan(x) | np.isinf(x)]
+    return np.concatenate(parts)
 
 
 def _kernel(module: ir.Module, name: str, fn: vecmath.VecFn, elem: ir.Type, lanes: int) -> None:
@@ -153,19 +153,22 @@ def compiled() -> Compiled:
         for lanes in sorted({1, LANES[dtype]}):
             for name, fn in vecmath.FUNCTIONS.items():
                 _kernel(module, _kname(name, dtype, lanes), fn, elem, lanes)
-            pow_fn: vecmath.VecFn = lambda b, x, d=dtype: vecmath.per_lane_libm(  # noqa: E731
-                b, "pow", [x, ir.Constant(x.type, [ir.Constant(x.type.element, 1.5)] *
-                                          x.type.count) if isinstance(x.type, ir.VectorType)
-                           else ir.Constant(x.type, 1.5)], gc_dtype(d))
-            _kernel(module, _kname("pow15", dtype, lanes), pow_fn, elem, lanes)
+            _kernel(module, _kname("pow15", dtype, lanes), _pow15(dtype), elem, lanes)
     text = str(module)
     return Compiled(jit_compile(text), text)
 
 
-def gc_dtype(dtype: str) -> object:
-    from graphc.ir import DType
+def _pow15(dtype: str) -> vecmath.VecFn:
+    """x -> x**1.5 through vecmath.per_lane_libm (pow/powf per lane)."""
 
-    return DType.float32 if dtype == "float32" else DType.float64
+    def emit(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+        if isinstance(x.type, ir.VectorType):
+            y = ir.Constant(x.type, [ir.Constant(x.type.element, 1.5)] * x.type.count)
+        else:
+            y = ir.Constant(x.type, 1.5)
+        return vecmath.per_lane_libm(b, "pow", [x, y], DType(dtype))
+
+    return emit
 
 
 @dataclass

@@ -60,13 +60,28 @@ def elem_ptr(b: ir.IRBuilder, base: ir.Value, index: Val, ety: ir.Type) -> ir.Va
     return b.gep(base, [as_i64(index)], inbounds=True, source_etype=ety)
 
 
+def keep_rolled(br: ir.Instruction) -> None:
+    """Attach loop metadata to a loop's back-edge branch: LLVM must neither unroll nor
+    vectorize it. Used on loops whose static trip counts would otherwise invite full
+    unrolling of big bodies (compile time grows with every GEMM for no speed)."""
+    module = br.parent.parent.module
+    opts = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]),
+            module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"),
+                                 ir.Constant(I1, 0)])]
+    # A loop ID is a self-referential node; llvmlite's add_metadata cannot build cycles.
+    loop_id = ir.values.MDValue(module, [], name=str(len(module.metadata)))
+    loop_id.operands = (loop_id, *opts)
+    br.set_metadata("llvm.loop", loop_id)
+
+
 @contextmanager
 def for_range(b: ir.IRBuilder, start: Val, stop: Val, step: int = 1,
-              name: str = "i") -> Iterator[ir.Value]:
+              name: str = "i", rolled: bool = True) -> Iterator[ir.Value]:
     """`for (i = start; i < stop; i += step)` (signed compare). Yields the induction value.
 
     The body may create blocks of its own; the back edge is taken from wherever the body
-    leaves the builder.
+    leaves the builder. rolled (the default: every GEMM loop is blocked by hand already)
+    forbids LLVM to unroll or vectorize it (`keep_rolled`).
     """
     pre = b.block
     fn = pre.function
@@ -82,7 +97,9 @@ def for_range(b: ir.IRBuilder, start: Val, stop: Val, step: int = 1,
     yield iv
     nxt = b.add(iv, i64(step), name=f"{name}.next")
     iv.add_incoming(nxt, b.block)
-    b.branch(header)
+    back = b.branch(header)
+    if rolled:
+        keep_rolled(back)
     b.position_at_end(done)
 
 
@@ -248,7 +265,7 @@ def carried_loop(b: ir.IRBuilder, start: Val, stop: Val, init: list[ir.Value],
                  body: Callable[[ir.Value, list[ir.Value]], list[ir.Value]],
                  step: int = 1, name: str = "k") -> list[ir.Value]:
     """A counted loop carrying `init` through `body(iv, values) -> values`; returns the final
-    values. A statically empty loop emits nothing and returns `init`."""
+    values. A statically empty loop emits nothing and returns `init`. Kept rolled."""
     if isinstance(start, int) and isinstance(stop, int) and start >= stop:
         return init
     pre = b.block
@@ -272,7 +289,7 @@ def carried_loop(b: ir.IRBuilder, start: Val, stop: Val, init: list[ir.Value],
     for phi, v in zip(phis, new, strict=True):
         phi.add_incoming(v, end)
     iv.add_incoming(b.add(iv, i64(step)), end)
-    b.branch(header)
+    keep_rolled(b.branch(header))
     b.position_at_end(done)
     return list(phis)
 

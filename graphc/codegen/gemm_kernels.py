@@ -34,7 +34,7 @@ from graphc.ir import DType
 def _new_function(module: ir.Module, name: str, args: list[ir.Type],
                   noalias: tuple[int, ...]) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
-    fn.linkage = "internal"
+    fn.linkage = "linkonce_odr"
     # noinline keeps one copy per module (the point of sharing) and the callers small.
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
@@ -44,15 +44,19 @@ def _new_function(module: ir.Module, name: str, args: list[ir.Type],
 
 
 def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
-                 unroll: int = 4) -> ir.Function:
-    """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p ap[p*mr+r]*bp[p*nr+j].
+                 a_strides: tuple[int, int] | None = None, unroll: int = 4) -> ir.Function:
+    """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p A(r, p)*bp[p*nr+j].
 
     The mr x nr block lives in mr*(nr/lanes) vector accumulators across the whole k loop
     (unrolled `unroll` times, plus a remainder loop); each step broadcasts one A element per
-    row against nr/lanes B vectors with llvm.fma. `ap` and `bp` are packed panels (64-byte
-    aligned panel blocks), `tile` is 64-byte aligned scratch.
+    row against nr/lanes B vectors with llvm.fma. `bp` is a packed panel (64-byte aligned
+    panel blocks), `tile` is 64-byte aligned scratch. A(r, p) is ap[p*mr + r] (a packed
+    panel) or, with a_strides=(rs, ps), ap[r*rs + p*ps] read straight from the operand
+    (static strides: every row is a constant displacement from one pointer).
     """
-    name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}"
+    rs, ps = a_strides if a_strides is not None else (1, mr)
+    direct = "" if a_strides is None else f".a{rs}_{ps}"
+    name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}{direct}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
@@ -70,7 +74,7 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
                for v in range(nv)]
         out = list(accs)
         for r in range(mr):
-            a = b.load(elem_ptr(b, ap, u * mr + r, ety), typ=ety, align=isz)
+            a = b.load(elem_ptr(b, ap, u * ps + r * rs, ety), typ=ety, align=isz)
             av = splat(b, a, lanes)
             for v in range(nv):
                 out[r * nv + v] = madd(b, dtype, av, bvs[v], out[r * nv + v])
@@ -96,7 +100,7 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
         new = list(phis)
         for j in range(u):
             new = step(new, pa, pb, j)
-        na = elem_ptr(b, pa, u * mr, ety)
+        na = elem_ptr(b, pa, u * ps, ety)
         nb = elem_ptr(b, pb, u * nr, ety)
         nit = b.add(it, i64(1))
         for phi, v in zip(phis, new, strict=True):

@@ -53,17 +53,24 @@ def _blocks(b: ir.IRBuilder, total: int, step: int, name: str) -> Iterator[tuple
 def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm: ir.Value,
                 c: ir.Value, scratch: ir.Value, epilogue: Epilogue | None,
                 accumulate: bool) -> None:
-    """Emit the packed GEMM described by `plan` (see the module docstring)."""
+    """Emit the packed GEMM described by `plan` (see the module docstring).
+
+    With plan.pack_a False (all of N in one NR panel, so each A panel would be used once),
+    full MR-row tiles read A in place through a kernel specialised for A's strides, and only
+    the last, partial row tile is packed (zero rows past M).
+    """
     dtype = spec.dtype
     ety = storage_type(dtype)
     module = b.module
     kernel = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes)
+    sa_i, sa_p = spec.a_strides
+    sb_p, sb_j = spec.b_strides
+    kernel_in_place = None if plan.pack_a else micro_kernel(
+        module, dtype, plan.mr, plan.nr, plan.lanes, a_strides=(sa_i, sa_p))
     # A's "x" is i: contiguous in p unless transposed. B's "x" is j: contiguous in j unless
     # transposed. Packing the p-contiguous layouts transposes in registers.
     pack_a = pack_function(module, dtype, plan.mr, plan.lanes, transposed=not spec.trans_a)
     pack_b = pack_function(module, dtype, plan.nr, plan.lanes, transposed=spec.trans_b)
-    sa_i, sa_p = spec.a_strides
-    sb_p, sb_j = spec.b_strides
     i8 = ir.IntType(8)
     ap = scratch
     bp = elem_ptr(b, scratch, plan.b_offset, i8)
@@ -81,18 +88,43 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 last = b.icmp_signed(">=", b.add(pcv, as_i64(kc)), as_i64(spec.k))
             src_b = elem_ptr(b, bm, add(b, mul(b, pc, sb_p), mul(b, jc, sb_j)), ety)
             b.call(pack_b, [src_b, as_i64(spec.ldb), as_i64(nc), as_i64(kc), bp])
-            with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
-                src_a = elem_ptr(b, a, add(b, mul(b, ic, sa_i), mul(b, pc, sa_p)), ety)
-                b.call(pack_a, [src_a, as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
-                with for_range(b, 0, nc, plan.nr, name="jr") as jr:
-                    nr_eff = smin(b, plan.nr, b.sub(as_i64(nc), jr))
-                    bpanel = elem_ptr(b, bp, b.mul(jr, as_i64(kc)), ety)
-                    with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
-                        mr_eff = smin(b, plan.mr, b.sub(as_i64(mc), ir_))
+
+            def a_at(row: Val) -> ir.Value:
+                return elem_ptr(b, a, add(b, mul(b, row, sa_i), mul(b, pc, sa_p)), ety)
+
+            def tile_at(fn: ir.Function, apanel: ir.Value, row: Val, jr: Val, mr_eff: Val,
+                        nr_eff: Val) -> None:
+                bpanel = elem_ptr(b, bp, mul(b, jr, kc), ety)
+                b.call(fn, [as_i64(kc), apanel, bpanel, tile])
+                _store_tile(b, spec, plan, c, tile, row, add(b, jc, jr), mr_eff, nr_eff,
+                            load_c, last, epilogue)
+
+            if kernel_in_place is not None:  # one column panel: nc <= NR
+                full = spec.m - spec.m % plan.mr
+                with for_range(b, 0, full, plan.mr, name="ir") as ir_:
+                    tile_at(kernel_in_place, a_at(ir_), ir_, 0, plan.mr, nc)
+                if full < spec.m:
+                    b.call(pack_a, [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
+                                    as_i64(kc), ap])
+                    tile_at(kernel, ap, full, 0, spec.m - full, nc)
+            else:
+                with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
+                    b.call(pack_a, [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
+
+                    def packed_tile(ir_: ir.Value, jr: ir.Value) -> None:
                         apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
-                        b.call(kernel, [as_i64(kc), apanel, bpanel, tile])
-                        _store_tile(b, spec, plan, c, tile, add(b, ic, ir_), add(b, jc, jr),
-                                    mr_eff, nr_eff, load_c, last, epilogue)
+                        tile_at(kernel, apanel, add(b, ic, ir_), jr,
+                                smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
+                                smin(b, plan.nr, b.sub(as_i64(nc), jr)))
+
+                    if plan.a_outer:
+                        with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                            with for_range(b, 0, nc, plan.nr, name="jr") as jr:
+                                packed_tile(ir_, jr)
+                    else:
+                        with for_range(b, 0, nc, plan.nr, name="jr") as jr:
+                            with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                                packed_tile(ir_, jr)
 
 
 def _store_tile(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, c: ir.Value,

@@ -84,6 +84,8 @@ class GemmPlan:
     mc: int = 0
     kc: int = 0
     nc: int = 0
+    a_outer: bool = False
+    pack_a: bool = True
     b_offset: int = 0
     tile_offset: int = 0
     scratch_bytes: int = 0
@@ -116,7 +118,7 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
         return GemmPlan("empty", w)
     if k == 0:
         return GemmPlan("zero_k", w)
-    sa_i, sa_p = spec.a_strides
+    _, sa_p = spec.a_strides
     sb_p, sb_j = spec.b_strides
     k_contig = (sa_p == 1 or k == 1) and (sb_p == 1 or k == 1)
     j_contig = sb_j == 1 or n == 1
@@ -138,8 +140,13 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
     # NC: the packed B block (kc x nc) in L2/L3; all of N up to 4096 columns.
     nc = min(_round_up(n, nr), 4096)
+    # With all of N in one panel each A panel is used once: read A in place, pack only the
+    # partial last row panel.
+    pack_a = n > nr
+    if not pack_a:
+        mc = mr
     a_bytes = _round_up(mc * kc * isz, 64)
     b_bytes = _round_up(nc * kc * isz, 64)
     tile = _round_up(mr * nr * isz, 64)
-    return GemmPlan("packed", w, mr, nr, mc, kc, nc, b_offset=a_bytes,
+    return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=pack_a, b_offset=a_bytes,
                     tile_offset=a_bytes + b_bytes, scratch_bytes=a_bytes + b_bytes + tile)

@@ -154,7 +154,7 @@ def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Ta
     aliased = {i for i, n in enumerate(kernel.inputs) if plan.buffer_of(n) == out_loc}
     if not aliased:
         fn.args[0].add_attribute("noalias")
-    for i, n in enumerate(kernel.inputs):
+    for i in range(len(kernel.inputs)):
         if i not in aliased:
             fn.args[1 + i].add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))

@@ -220,3 +220,10 @@ OPAQUE["argmax"] = _argext
 OPAQUE["argmin"] = _argext
 
 _ = (math, ew, Node)
+
+# Convolution, pooling and gather/scatter lowerings live in their own modules.
+from graphc.codegen import conv, gather, pool  # noqa: E402
+
+for _family in (conv, gather, pool):
+    OPAQUE.update(_family.LOWER)
+    SCRATCH.update(getattr(_family, "SCRATCH", {}))

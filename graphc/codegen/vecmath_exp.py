@@ -99,7 +99,11 @@ def erf_body(e: Emitter, x: ir.Value) -> ir.Value:
     # |x| >= amax: +-1 (erfc(amax) is below half an ulp of 1).
     a = e.abs(x)
     z = e.mul(x, x)
-    small = e.mul(x, e.poly(z, e.coeffs("ERF_A")))
+    # The constant term 2/sqrt(pi) is split hi + lo so that its rounding does not cost
+    # accuracy: x A(z) = x hi + x (lo + z A1(z)).
+    a_hi, a_lo, *a_rest = e.coeffs("ERF_A")
+    inner = e.fma(z, e.poly(z, a_rest), e.c(a_lo))
+    small = e.fma(x, e.c(a_hi), e.mul(x, inner))
     amax = e.pick(4.0, 6.0)
     in_range = e.cmp("<", a, amax)
     zc = e.select(in_range, z, e.c(0.0))  # keeps exp's argument finite and bounded

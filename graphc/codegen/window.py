@@ -30,7 +30,7 @@ from graphc.codegen.loops import for_range
 from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic, storage_type
 from graphc.ir import DType
 
-ChunkBody = Callable[[ir.Value, bool, "int | None"], None]
+ChunkBody = Callable[[ir.Value, bool, "ir.Value | None"], None]
 
 MAX_STATIC_TAPS = 16  # kernel taps along one axis up to this count are unrolled
 
@@ -92,6 +92,11 @@ def fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
 
 def all_true(lanes: int) -> ir.Constant:
     return ir.Constant(ir.VectorType(I1, lanes), [ir.Constant(I1, 1)] * lanes)
+
+
+def live_lanes(b: ir.IRBuilder, lanes: int, limit: ir.Value) -> ir.Value:
+    """<lanes x i1>: lane t < limit."""
+    return b.icmp_signed("<", iota(lanes), splat(b, limit, lanes))
 
 
 def masked_load(b: ir.IRBuilder, addr: ir.Value, dtype: DType, mask: ir.Value,
@@ -171,7 +176,7 @@ class Run:
     stride: int
     width: int
     checked: bool  # lanes may fall outside [0, width): mask them
-    limit: int | None = None  # only lanes < limit are live
+    limit: ir.Value | None = None  # i64: only lanes < limit are live (None: all)
 
     @property
     def _wide(self) -> bool:
@@ -181,12 +186,18 @@ class Run:
         # A checked run may start before the row: no `inbounds` promise then.
         return element_ptr(self.b, row, dtype, self.col0, inbounds=not self.checked)
 
-    def _mask(self, n: int, step: int, live: int) -> ir.Value | None:
-        """Mask of n elements at columns col0 + e*step: inside the row (when checked) and
-        e < live; None when every element is live."""
+    def _mask(self, n: int, step: int) -> ir.Value | None:
+        """Mask of n elements at columns col0 + e*step that belong to live lanes (and lie
+        inside the row when checked); None when all do."""
         b = self.b
         parts: list[ir.Value] = []
-        if live < n:
+        per_lane = self.stride // step  # elements per lane (the wide form reads between)
+        if self.limit is not None:
+            # Element e belongs to a live lane when e <= (limit - 1) * per_lane.
+            last = b.mul(b.sub(self.limit, i64(1)), i64(per_lane))
+            parts.append(b.icmp_signed("<=", iota(n), splat(b, last, n)))
+        elif n > (self.lanes - 1) * per_lane + 1:
+            live = (self.lanes - 1) * per_lane + 1
             parts.append(ir.Constant(ir.VectorType(I1, n),
                                      [ir.Constant(I1, int(e < live)) for e in range(n)]))
         if self.checked:
@@ -201,7 +212,7 @@ class Run:
 
     def lane_mask(self) -> ir.Value | None:
         """Which lanes are live and inside the row (None: all)."""
-        return self._mask(self.lanes, self.stride, self.limit or self.lanes)
+        return self._mask(self.lanes, self.stride)
 
     def offsets(self) -> ir.Value:
         """The columns of all lanes as <lanes x i64>."""
@@ -211,12 +222,10 @@ class Run:
     def load(self, row: ir.Value, dtype: DType, fill: float) -> ir.Value:
         """The run's elements of `row` (a pointer to its column 0); masked lanes get fill."""
         b = self.b
-        live = self.limit or self.lanes
         fill_v = float_splat(dtype, fill, self.lanes)
         if self.stride == 1 or self._wide:
             n = self.lanes * self.stride
-            # Only elements up to the last live lane's column are read.
-            mask = self._mask(n, 1, (live - 1) * self.stride + 1)
+            mask = self._mask(n, 1)
             addr = self._addr(row, dtype)
             if mask is None:
                 wide = b.load(addr, typ=ir.VectorType(storage_type(dtype), n),
@@ -248,13 +257,17 @@ class Run:
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """Chunk starts of an output row of `n`: full chunks in `segments` (start, stop,
-    checked), then one partial chunk at `tail` with n - tail live lanes (if tail < n)."""
+    """Chunks of `lanes` outputs covering a row of `n`; the chunks starting in
+    [fast_start, fast_stop) need no checks (all their taps lie inside the input row)."""
 
     n: int
     lanes: int
-    segments: tuple[tuple[int, int, bool], ...]
-    tail: int
+    fast_start: int
+    fast_stop: int
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.lanes)
 
 
 def safe_outputs(stride: int, off_lo: int, off_hi: int, width: int) -> tuple[int, int]:
@@ -264,29 +277,45 @@ def safe_outputs(stride: int, off_lo: int, off_hi: int, width: int) -> tuple[int
 
 
 def plan_chunks(n: int, lanes: int, safe: tuple[int, int] | None) -> ChunkPlan:
-    """Split [0, n) into chunks of `lanes`; chunks inside `safe` (inclusive) are unchecked.
+    """Chunks of `lanes` over [0, n); full chunks inside `safe` (inclusive) are unchecked.
     `safe` None: every chunk is checked."""
     full = n // lanes
     if safe is None:
-        first, stop = full, full
-    else:
-        lo, hi = safe
-        first = min(max(-(-lo // lanes), 0), full)  # first chunk starting at or after lo
-        stop = min(max((hi - lanes + 1) // lanes + 1, first), full)  # chunks ending <= hi
-    segments = []
-    for a, z, checked in ((0, first, True), (first, stop, False), (stop, full, True)):
-        if z > a:
-            segments.append((a * lanes, z * lanes, checked))
-    return ChunkPlan(n, lanes, tuple(segments), full * lanes)
+        return ChunkPlan(n, lanes, 0, 0)
+    lo, hi = safe
+    first = min(max(-(-lo // lanes), 0), full)  # first chunk starting at or after lo
+    stop = min(max((hi - lanes + 1) // lanes + 1, first), full)  # chunks ending <= hi
+    return ChunkPlan(n, lanes, first * lanes, stop * lanes)
 
 
 def emit_chunks(b: ir.IRBuilder, plan: ChunkPlan, body: ChunkBody) -> None:
-    """body(q0, checked, limit) for every chunk of `plan` (limit only on the last one)."""
-    for start, stop, checked in plan.segments:
-        with for_range(b, start, stop, plan.lanes, name="q") as q0:
-            body(q0, checked, None)
-    if plan.tail < plan.n:
-        body(i64(plan.tail), True, plan.n - plan.tail)
+    """body(q0, checked, limit) for every chunk: unchecked chunks get limit None, checked
+    ones their count of live lanes (an i64, `lanes` except in the last chunk)."""
+    lanes, n = plan.lanes, plan.n
+    end = plan.n_chunks * lanes
+    if plan.fast_start == 0 and plan.fast_stop == end:
+        with for_range(b, 0, end, lanes, name="q") as q0:
+            body(q0, False, None)
+        return
+
+    def checked(q0: ir.Value) -> None:
+        rest = b.sub(i64(n), q0)
+        body(q0, True, b.select(b.icmp_signed("<", rest, i64(lanes)), rest, i64(lanes)))
+
+    if plan.n_chunks == 1:
+        checked(i64(0))
+        return
+    with for_range(b, 0, end, lanes, name="q") as q0:
+        if plan.fast_start == plan.fast_stop:
+            checked(q0)
+            return
+        fast = b.and_(b.icmp_signed(">=", q0, i64(plan.fast_start)),
+                      b.icmp_signed("<", q0, i64(plan.fast_stop)))
+        with b.if_else(fast) as (then, otherwise):
+            with then:
+                body(q0, False, None)
+            with otherwise:
+                checked(q0)
 
 
 # --- loops ------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def train_test_split(
 ) -> tuple[Dataset, Dataset]:
     """A seeded random split (the same seed always gives the same split)."""
     order = np.random.default_rng(seed).permutation(len(data))
-    n_test = int(round(len(data) * test_fraction))
+    n_test = round(len(data) * test_fraction)
     test, train = order[:n_test], order[n_test:]
     return (Dataset(data.images[train], data.labels[train]),
             Dataset(data.images[test], data.labels[test]))

@@ -27,51 +27,51 @@ from graphc.ops.typecheck import (
 )
 
 __all__ = [
-    "neg",
     "abs",
-    "sign",
+    "add",
+    "cast",
+    "ceil",
+    "clip",
+    "cos",
+    "div",
+    "elu",
+    "equal",
+    "erf",
     "exp",
+    "expm1",
+    "floor",
+    "gelu",
+    "greater",
+    "greater_equal",
+    "leaky_relu",
+    "less",
+    "less_equal",
     "log",
     "log1p",
-    "expm1",
-    "sqrt",
-    "rsqrt",
-    "square",
-    "reciprocal",
-    "sin",
-    "cos",
-    "tanh",
-    "sigmoid",
-    "relu",
-    "leaky_relu",
-    "elu",
-    "selu",
-    "gelu",
-    "softplus",
-    "erf",
-    "floor",
-    "ceil",
-    "round",
+    "logical_and",
     "logical_not",
-    "cast",
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "pow",
+    "logical_or",
     "maximum",
     "minimum",
     "mod",
-    "equal",
+    "mul",
+    "neg",
     "not_equal",
-    "less",
-    "less_equal",
-    "greater",
-    "greater_equal",
-    "logical_and",
-    "logical_or",
+    "pow",
+    "reciprocal",
+    "relu",
+    "round",
+    "rsqrt",
+    "selu",
+    "sigmoid",
+    "sign",
+    "sin",
+    "softplus",
+    "sqrt",
+    "square",
+    "sub",
+    "tanh",
     "where",
-    "clip",
 ]
 
 OPS: list[OpDef] = []
@@ -124,7 +124,8 @@ def _elu_ref(x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _selu_ref(x: np.ndarray) -> np.ndarray:
-    return (SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))).astype(x.dtype)
+    neg = SELU_ALPHA * np.expm1(np.minimum(x, 0))
+    return (SELU_SCALE * np.where(x > 0, x, neg)).astype(x.dtype)
 
 
 def _gelu_ref(x: np.ndarray, approximate: str) -> np.ndarray:
@@ -231,7 +232,7 @@ def neg(x: Operand, name: str | None = None) -> Node:
     return apply(NEG, [x], name=name)
 
 
-def abs(x: Operand, name: str | None = None) -> Node:  # noqa: A001 - numpy's name
+def abs(x: Operand, name: str | None = None) -> Node:
     return apply(ABS, [x], name=name)
 
 
@@ -326,7 +327,7 @@ def ceil(x: Operand, name: str | None = None) -> Node:
     return apply(CEIL, [x], name=name)
 
 
-def round(x: Operand, name: str | None = None) -> Node:  # noqa: A001 - numpy's name
+def round(x: Operand, name: str | None = None) -> Node:
     return apply(ROUND, [x], name=name)
 
 
@@ -440,7 +441,7 @@ add = _binary_builder(ADD)
 sub = _binary_builder(SUB)
 mul = _binary_builder(MUL)
 div = _binary_builder(DIV)
-pow = _binary_builder(POW)  # noqa: A001 - numpy's name
+pow = _binary_builder(POW)
 maximum = _binary_builder(MAXIMUM)
 minimum = _binary_builder(MINIMUM)
 mod = _binary_builder(MOD)

@@ -1,0 +1,352 @@
+"""Direct convolution kernels: conv2d (with its fused epilogue), conv2d_grad_input and
+conv2d_grad_weight (NCHW activations, OIHW weights, strides/pads/dilation/groups).
+
+conv2d and conv2d_grad_input are one loop nest (`DirectConv`): an output element is a sum
+over the input channels of its group and the kernel taps (i, j) of ``w * input``.
+- Rows: the input row of output row y under kernel row i is ``(y*a + i*b + c) / d``; a tap
+  contributes only where that is exact and inside the input (a branch per kernel row).
+  conv2d: a = stride, b = dilation, c = -pad, d = 1; grad_input (a transposed conv):
+  a = 1, b = -dilation, c = pad, d = stride.
+- Columns are vectorized (`<L x T>`, L from the target) through `ColPhase`s. conv2d has one
+  phase: output q reads input column ``q*stride + j*dilation - pad``. grad_input splits its
+  output columns by ``x mod stride``: within a phase each tap either always or never
+  contributes, and reads *contiguous* g columns, so no lane needs a gather; the results
+  are stored with a stride (a scatter) once per chunk.
+Each input vector loaded feeds OB (`OUT_BLOCK`) `llvm.fma`s with broadcast weights, one per
+output channel of the register block. Borders and the partial last chunk of a row use
+masked loads (see `window`), so nothing outside a row is read.
+
+conv2d_grad_weight reduces over batch and output positions: for a block of output channels
+x a block of kernel columns it keeps one vector accumulator each, walks every output row,
+and finishes with a horizontal sum.
+
+The epilogue of a CONV kernel (bias, activation, ...) is evaluated on each finished vector
+of accumulators before it is stored. The last, partial chunk of a row stores the raw sums
+with a masked store and applies the epilogue in place with a scalar loop, because the
+epilogue's own loads are full vectors that must not run past the row.
+
+Summation order differs from the numpy reference (fma, a different association); results
+agree to rounding. This is the straightforward direct convolution; an im2col/implicit-GEMM
+path through the GEMM micro-kernel is the planned fast path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from graphc.codegen.context import KernelContext
+from graphc.codegen.expr import strides
+from graphc.codegen.index import Idx, IndexBuilder, splat
+from graphc.codegen.kernels import horizontal
+from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.types import storage_type
+from graphc.codegen.window import (
+    ChunkPlan,
+    Run,
+    blocks,
+    element_ptr,
+    emit_chunks,
+    float_splat,
+    fma,
+    i64,
+    in_range,
+    lin,
+    load_scalar,
+    loop,
+    pick_lanes,
+    plan_chunks,
+    safe_outputs,
+)
+from graphc.ir import DType, Node
+from graphc.ops.conv_geometry import Window
+
+OUT_BLOCK = 4  # output channels per register block (conv2d, grad_input)
+GW_OUT_BLOCK = 4  # grad_weight: output channels x kernel columns per block (<= 16 vectors)
+GW_TAP_BLOCK = 4
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Input row (y*a + i*b + c) / d of output row y under kernel row i < taps; the tap
+    contributes only where the division is exact and the row lies in [0, size)."""
+
+    a: int
+    b: int
+    c: int
+    d: int
+    size: int
+    taps: int
+
+
+@dataclass(frozen=True)
+class ColPhase:
+    """Output columns start + q*step (q < count); under tap (j, off) output q reads input
+    column q*stride + off. Taps missing from `taps` never contribute to this phase."""
+
+    start: int
+    step: int
+    count: int
+    stride: int
+    taps: tuple[tuple[int, int], ...]  # (kernel column j, input column offset)
+
+
+@dataclass(frozen=True)
+class DirectConv:
+    """out[n, co, y, x] = sum over ci in co's group, taps (i, j) of
+    w[g*w_group + co_l*w_out + ci_l*w_in + i*kw + j] * inp[n, ci, row(y, i), col(x, j)]."""
+
+    out_shape: tuple[int, int, int, int]
+    in_shape: tuple[int, int, int, int]
+    groups: int
+    kw: int
+    rows: Rows
+    phases: tuple[ColPhase, ...]
+    w_group: int
+    w_out: int
+    w_in: int
+
+
+def _window(node: Node) -> Window:
+    w = node.inputs[1] if node.op != "conv2d_grad_weight" else None
+    kernel = (w.shape[2], w.shape[3]) if w is not None else tuple(node.attrs["weight_shape"][2:])
+    return Window.from_attrs(node.attrs, kernel=kernel)
+
+
+def _forward_spec(node: Node) -> DirectConv:
+    x, w = node.inputs
+    win = _window(node)
+    o, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = win.strides, win.dilation, win.pads
+    k = kh * kw
+    phase = ColPhase(0, 1, node.shape[3], sw, tuple((j, j * dw - pl) for j in range(kw)))
+    return DirectConv(node.shape, x.shape, node.attrs["groups"], kw,
+                      Rows(sh, dh, -pt, 1, x.shape[2], kh), (phase,),
+                      w_group=(o // node.attrs["groups"]) * cg * k, w_out=cg * k, w_in=k)
+
+
+def _grad_input_spec(node: Node) -> DirectConv:
+    """dx[x] gathers g[q] for x = q*sw + j*dw - pl. Output columns are split by x mod sw:
+    in phase r, tap j contributes iff (r + pl - j*dw) % sw == 0, and then reads the
+    contiguous g columns q = (x - r)/sw + (r + pl - j*dw)/sw."""
+    g, w = node.inputs
+    win = _window(node)
+    o, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = win.strides, win.dilation, win.pads
+    k = kh * kw
+    og = o // node.attrs["groups"]
+    width = node.shape[3]
+    phases = tuple(
+        ColPhase(r, sw, len(range(r, width, sw)), 1,
+                 tuple((j, (r + pl - j * dw) // sw) for j in range(kw)
+                       if (r + pl - j * dw) % sw == 0))
+        for r in range(min(sw, width)))
+    # The output channels are x's (c), the summed ones g's (o): w[o, c_l] is read with o as
+    # the "input" channel.
+    return DirectConv(node.shape, g.shape, node.attrs["groups"], kw,
+                      Rows(1, -dh, pt, sh, g.shape[2], kh), phases,
+                      w_group=og * cg * k, w_out=k, w_in=cg * k)
+
+
+class _Store:
+    """How finished accumulators reach the output: plain, or through the epilogue (only
+    for unit-step phases: the kernel's root shares the anchor's index)."""
+
+    def __init__(self, ctx: KernelContext, dtype: DType, epilogue: bool):
+        self.ctx = ctx
+        self.dtype = dtype
+        self.epilogue = epilogue
+
+    def __call__(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
+                 col0: ir.Value, step: int, acc: ir.Value, lanes: int,
+                 limit: ir.Value | None) -> None:
+        b = self.ctx.b
+        if not self.epilogue:
+            Run(b, lanes, col0, step, 0, False, limit).store(out_row, self.dtype, acc)
+            return
+        assert step == 1
+        if limit is None:
+            self._vector(out_row, idx, col0, acc, lanes)
+            return
+        with b.if_else(b.icmp_signed("==", limit, i64(lanes))) as (full, partial):
+            with full:
+                self._vector(out_row, idx, col0, acc, lanes)
+            with partial:
+                self._partial(out_row, idx, col0, acc, lanes, limit)
+
+    def _vector(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
+                q0: ir.Value, acc: ir.Value, lanes: int) -> None:
+        ctx, b = self.ctx, self.ctx.b
+        kernel = ctx.kernel
+        ev = ctx.evaluator(lanes, overrides={kernel.anchor: acc})
+        value = ev.at(kernel.root, [Idx(idx[0]), Idx(idx[1]), Idx(idx[2]), Idx(q0, 1)])
+        b.store(value, element_ptr(b, out_row, self.dtype, q0), align=self.dtype.itemsize)
+
+    def _partial(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
+                 q0: ir.Value, acc: ir.Value, lanes: int, limit: ir.Value) -> None:
+        """The last chunk of a row: raw sums stored for the live lanes, then the epilogue
+        in place, one element at a time (ctx.ptrs[anchor] is the output buffer, so the
+        evaluator reads the anchor's value back from there)."""
+        ctx, b = self.ctx, self.ctx.b
+        Run(b, lanes, q0, 1, 0, False, limit).store(out_row, self.dtype, acc)
+        kernel = ctx.kernel
+        ev = ctx.evaluator(1)
+        with for_range(b, q0, b.add(q0, limit), 1, name="ep") as q:
+            index = [Idx(idx[0]), Idx(idx[1]), Idx(idx[2]), Idx(q)]
+            value = ev.at(kernel.root, index)
+            ev.ix.store(ctx.out, self.dtype, ev.ix.linear(index, strides(kernel.root.shape)),
+                        value)
+
+
+def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value,
+                out: ir.Value, dtype: DType, store: _Store) -> None:
+    """The loop nest of `DirectConv` (see the module docstring)."""
+    b = ctx.b
+    n_batch, co_total, ho, wo = spec.out_shape
+    _, ci_total, hi, wi = spec.in_shape
+    if n_batch * co_total * ho * wo == 0:
+        return
+    cog, cig = co_total // spec.groups, ci_total // spec.groups
+    rows = spec.rows
+    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), max(p.count for p in spec.phases))
+    vt = ir.VectorType(storage_type(dtype), lanes)
+
+    def block(n: ir.Value, g: ir.Value, y: ir.Value, cb: ir.Value, count: int,
+              phase: ColPhase, q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
+        accs = [entry_alloca(b, vt, name="acc") for _ in range(count)]
+        for a in accs:
+            b.store(float_splat(dtype, 0.0, lanes), a)
+        with loop(b, rows.taps, "i") as i:
+            num = lin(b, [(y, rows.a), (i, rows.b)], rows.c)
+            valid = in_range(b, num, 0, rows.size * rows.d)
+            if rows.d > 1:
+                valid = b.and_(valid, b.icmp_signed("==", b.srem(num, i64(rows.d)), i64(0)))
+            with b.if_then(valid):
+                r = b.sdiv(num, i64(rows.d)) if rows.d > 1 else num
+                with loop(b, cig, "ci") as ci:
+                    cin = lin(b, [(g, cig), (ci, 1)])
+                    row = element_ptr(b, inp, dtype, b.mul(
+                        lin(b, [(n, ci_total * hi), (cin, hi), (r, 1)]), i64(wi)))
+                    wbase = lin(b, [(g, spec.w_group), (cb, spec.w_out), (ci, spec.w_in),
+                                    (i, spec.kw)])
+                    for j, off in phase.taps:
+                        col0 = lin(b, [(q0, phase.stride)], off)
+                        xv = Run(b, lanes, col0, phase.stride, wi, checked, limit).load(
+                            row, dtype, 0.0)
+                        for k, a in enumerate(accs):
+                            wk = load_scalar(b, w, dtype, lin(b, [(wbase, 1)],
+                                                              k * spec.w_out + j))
+                            b.store(fma(b, splat(b, wk, lanes), xv, b.load(a)), a)
+        for k, a in enumerate(accs):
+            co = lin(b, [(g, cog), (cb, 1)], k)
+            out_row = element_ptr(b, out, dtype, b.mul(lin(b, [(n, co_total * ho), (co, ho),
+                                                               (y, 1)]), i64(wo)))
+            col0 = lin(b, [(q0, phase.step)], phase.start)
+            store(out_row, (n, co, y), col0, phase.step, b.load(a), lanes, limit)
+
+    with loop(b, n_batch, "n") as n, loop(b, spec.groups, "g") as g, \
+            for_range(b, 0, ho, 1, name="y") as y:
+        for phase in spec.phases:
+            offs = [off for _, off in phase.taps] or [0]
+            plan = plan_chunks(phase.count, lanes,
+                               safe_outputs(phase.stride, min(offs), max(offs), wi))
+
+            def out_block(cb: ir.Value, count: int, phase: ColPhase = phase,
+                          plan: ChunkPlan = plan) -> None:
+                emit_chunks(b, plan, lambda q0, checked, limit: block(
+                    n, g, y, cb, count, phase, q0, checked, limit))
+
+            blocks(b, cog, OUT_BLOCK, out_block, name="cb")
+
+
+def _conv2d(ctx: KernelContext) -> None:
+    kernel = ctx.kernel
+    anchor = kernel.anchor
+    assert anchor is not None and anchor.op == "conv2d"
+    x, w = anchor.inputs
+    epilogue = kernel.root is not anchor
+    if epilogue:
+        ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
+    emit_direct(ctx, _forward_spec(anchor), ctx.ptr(x), ctx.ptr(w), ctx.out, anchor.dtype,
+                _Store(ctx, anchor.dtype, epilogue))
+
+
+def _grad_input(ctx: KernelContext) -> None:
+    node = ctx.kernel.anchor
+    assert node is not None
+    g, w = node.inputs
+    emit_direct(ctx, _grad_input_spec(node), ctx.ptr(g), ctx.ptr(w), ctx.out, node.dtype,
+                _Store(ctx, node.dtype, False))
+
+
+def _grad_weight(ctx: KernelContext) -> None:
+    """dw[o, c_l, i, j] = sum_{n, p, q} g[n, o, p, q] * x[n, grp*Cg + c_l, row(p, i), col(q, j)]."""
+    node = ctx.kernel.anchor
+    assert node is not None
+    b = ctx.b
+    x, gnode = node.inputs
+    dtype = node.dtype
+    o_total, cg, kh, kw = node.shape
+    n_batch, c_total, h, wdt = x.shape
+    _, _, ho, wo = gnode.shape
+    groups = node.attrs["groups"]
+    og = o_total // groups
+    win = _window(node)
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = win.strides, win.dilation, win.pads
+    xp, gp, out = ctx.ptr(x), ctx.ptr(gnode), ctx.out
+    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
+    vt = ir.VectorType(storage_type(dtype), lanes)
+    ix = IndexBuilder(b, 1)
+
+    def per_block(grp: ir.Value, ob: ir.Value, n_o: int, cl: ir.Value, i: ir.Value,
+                  j0: int, n_j: int) -> None:
+        accs = [[entry_alloca(b, vt, name="acc") for _ in range(n_j)] for _ in range(n_o)]
+        for row in accs:
+            for a in row:
+                b.store(float_splat(dtype, 0.0, lanes), a)
+        plan = plan_chunks(wo, lanes, safe_outputs(sw, j0 * dw - pl, (j0 + n_j - 1) * dw - pl,
+                                                   wdt))
+        cin = lin(b, [(grp, cg), (cl, 1)])
+        o0 = lin(b, [(grp, og), (ob, 1)])
+        with loop(b, n_batch, "n") as n, for_range(b, 0, ho, 1, name="p") as p:
+            r = lin(b, [(p, sh), (i, dh)], -pt)
+            with b.if_then(in_range(b, r, 0, h)):
+                x_row = element_ptr(b, xp, dtype, b.mul(
+                    lin(b, [(n, c_total * h), (cin, h), (r, 1)]), i64(wdt)))
+                g_rows = [element_ptr(b, gp, dtype, b.mul(
+                    lin(b, [(n, o_total * ho), (o0, ho), (p, 1)], k * ho), i64(wo)))
+                    for k in range(n_o)]
+
+                def chunk(q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
+                    gv = [Run(b, lanes, q0, 1, wo, False, limit).load(gr, dtype, 0.0)
+                          for gr in g_rows]
+                    for jj in range(n_j):
+                        col0 = lin(b, [(q0, sw)], (j0 + jj) * dw - pl)
+                        xv = Run(b, lanes, col0, sw, wdt, checked, limit).load(x_row, dtype, 0.0)
+                        for k in range(n_o):
+                            a = accs[k][jj]
+                            b.store(fma(b, gv[k], xv, b.load(a)), a)
+
+                emit_chunks(b, plan, chunk)
+        for k in range(n_o):
+            for jj in range(n_j):
+                total = horizontal(b, "sum", dtype, b.load(accs[k][jj]), lanes)
+                offset = lin(b, [(o0, cg * kh * kw), (cl, kh * kw), (i, kw)],
+                             k * cg * kh * kw + j0 + jj)
+                ix.store(out, dtype, Idx(offset), total)
+
+    with loop(b, groups, "grp") as grp:
+        def out_block(ob: ir.Value, n_o: int) -> None:
+            with loop(b, cg, "cl") as cl, loop(b, kh, "i") as i:
+                for j0 in range(0, kw, GW_TAP_BLOCK):
+                    per_block(grp, ob, n_o, cl, i, j0, min(GW_TAP_BLOCK, kw - j0))
+
+        blocks(b, og, GW_OUT_BLOCK, out_block, name="ob")
+
+
+LOWER = {
+    "conv2d": _conv2d,
+    "conv2d_grad_input": _grad_input,
+    "conv2d_grad_weight": _grad_weight,
+}
