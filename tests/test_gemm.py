@@ -18,7 +18,7 @@ import pytest
 
 from graphc.codegen.gemm import GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.gemm_ir import elem_ptr, splat
-from graphc.codegen.target import host_target
+from graphc.codegen.target import Target, host_target
 from graphc.codegen.types import PTR, VOID, compute_type, storage_type
 from graphc.ir import DType
 from graphc.runtime.jit import JitModule, jit_compile
@@ -149,7 +149,7 @@ def _operand(rng: np.random.Generator, rows: int, cols: int, ld: int,
     return buf
 
 
-def _run(compiled: Compiled, n: int, case: Case) -> None:
+def _run(compiled: Compiled, n: int, case: Case, target: Target | None = None) -> None:
     s = case.spec
     dt = s.dtype
     rng = np.random.default_rng(n)
@@ -159,7 +159,7 @@ def _run(compiled: Compiled, n: int, case: Case) -> None:
     bias = _operand(rng, 1, s.n, max(s.n, 1), dt)[0]
     rbias = _operand(rng, 1, s.m, max(s.m, 1), dt)[0]
     c_before = c.copy()
-    nbytes = s.scratch_bytes(host_target())
+    nbytes = s.scratch_bytes(target or host_target())
     scratch = np.full(nbytes + 128, 0xFF, dtype=np.uint8)  # garbage: must not leak into C
     at = scratch.ctypes.data + (-scratch.ctypes.data) % 64
     fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)(compiled.jit.address(f"g{n}"))
@@ -245,3 +245,33 @@ def test_missing_scratch_and_bad_strides_are_rejected() -> None:
         emit_gemm(builder, _spec(64, 64, 64, F32, False, False), *fn.args, None, target)
     with pytest.raises(ValueError, match="lda=3"):
         GemmSpec(4, 4, 5, F32, False, False, lda=3, ldb=4, ldc=4)
+
+
+def test_avx2_target() -> None:
+    """The same emitter for a 256-bit target (16 registers: the 6 x 2-vector kernel) runs
+    correctly on this machine, packed and direct paths alike."""
+    host = host_target()
+    if not host.has("avx2") or not host.has("fma"):
+        pytest.skip("needs an AVX2+FMA host")
+    features = ",".join(f"-{f[1:]}" if f.startswith("+avx512") else f
+                        for f in host.features.split(","))
+    target = Target(host.triple, "haswell", features, 256)
+    cases = [Case(_spec(45, 70, 50, F32, False, False, pad=1), epilogue=True),
+             Case(_spec(29, 6, 33, F32, True, True), accumulate=True),
+             Case(_spec(37, 41, 300, F64, False, True, pad=1), epilogue=True, accumulate=True),
+             Case(_spec(3, 70, 45, F64, True, False)),
+             Case(_spec(70, 3, 45, F32, False, True), epilogue=True)]
+    module = ir.Module("test_gemm_avx2")
+    module.triple = target.triple
+    for n, case in enumerate(cases):
+        fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * 6), name=f"g{n}")
+        a, b, c, scratch, bias, rbias = fn.args
+        builder = ir.IRBuilder(fn.append_basic_block("entry"))
+        epi = _bias_relu(case.spec.dtype, bias, rbias) if case.epilogue else None
+        emit_gemm(builder, case.spec, a, b, c, scratch, target, epi, case.accumulate)
+        builder.ret_void()
+    plan = plan_gemm(cases[0].spec, target)
+    assert (plan.lanes, plan.mr, plan.nr) == (8, 6, 16)
+    compiled = Compiled(jit_compile(str(module), target=target), module)
+    for n, case in enumerate(cases):
+        _run(compiled, n, case, target)

@@ -55,7 +55,7 @@ def check_pipelines(graph: Graph, sig: Signature, feeds: dict[str, np.ndarray],
 @SETTINGS
 @given(random_graphs(max_nodes=10))
 def test_passes_preserve_random_graphs(gen: GeneratedGraph) -> None:
-    check_pipelines(gen.graph, gen.graph.signatures["main"], gen.feeds, gen.bounds)
+    check_pipelines(gen.graph, gen.graph.signatures["main"], gen.feeds, gen.scales)
 
 
 # --- graphs made of rewrite patterns --------------------------------------------------------

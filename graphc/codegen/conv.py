@@ -41,7 +41,8 @@ from graphc.codegen.expr import strides
 from graphc.codegen.index import Idx, IndexBuilder, splat
 from graphc.codegen.kernels import horizontal
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.types import storage_type
+from graphc.codegen.target import Target
+from graphc.codegen.types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
     Run,
@@ -61,10 +62,11 @@ from graphc.codegen.window import (
 )
 from graphc.ir import DType, Node
 from graphc.ops.conv_geometry import Window
+from graphc.passes.fuse import Kernel
 
-OUT_BLOCK = 4  # output channels per register block (conv2d, grad_input)
-GW_OUT_BLOCK = 4  # grad_weight: output channels x kernel columns per block (<= 16 vectors)
-GW_TAP_BLOCK = 4
+OUT_BLOCK = 8  # output channels per register block (conv2d, grad_input)
+GW_OUT_BLOCK = 4  # grad_weight: OB output channels x GW_X_BLOCK (input channel, kernel
+GW_X_BLOCK = 4  # column) pairs per register block: 16 vector accumulators
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ def _forward_spec(node: Node) -> DirectConv:
 def _grad_input_spec(node: Node) -> DirectConv:
     """dx[x] gathers g[q] for x = q*sw + j*dw - pl. Output columns are split by x mod sw:
     in phase r, tap j contributes iff (r + pl - j*dw) % sw == 0, and then reads the
-    contiguous g columns q = (x - r)/sw + (r + pl - j*dw)/sw."""
+    contiguous g columns q = (x - r)/sw + (r + pl - j*dw)/sw. The weights are read from
+    the packed copy made by `_pack_transposed` (layout [group][c_l][o_l][kh*kw])."""
     g, w = node.inputs
     win = _window(node)
     o, cg, kh, kw = w.shape
@@ -142,11 +145,35 @@ def _grad_input_spec(node: Node) -> DirectConv:
                  tuple((j, (r + pl - j * dw) // sw) for j in range(kw)
                        if (r + pl - j * dw) % sw == 0))
         for r in range(min(sw, width)))
-    # The output channels are x's (c), the summed ones g's (o): w[o, c_l] is read with o as
-    # the "input" channel.
+    # The output channels are x's (c), the summed ones g's (o).
     return DirectConv(node.shape, g.shape, node.attrs["groups"], kw,
                       Rows(1, -dh, pt, sh, g.shape[2], kh), phases,
-                      w_group=og * cg * k, w_out=k, w_in=cg * k)
+                      w_group=og * cg * k, w_out=og * k, w_in=k)
+
+
+def _pack_transposed(ctx: KernelContext, w: Node, groups: int) -> ir.Value:
+    """Copy w (O, Cg, kh, kw) to scratch as [group][c_l][o_l][kh*kw]: the grad_input loop
+    then walks its weights contiguously, like conv2d's (instead of striding across the
+    whole tensor, a new page per step for large layers)."""
+    b = ctx.b
+    assert ctx.scratch is not None
+    o, cg, kh, kw = w.shape
+    og, k = o // groups, kh * kw
+    dtype = w.dtype
+    src = ctx.ptr(w)
+    memcpy = intrinsic(b.module, "llvm.memcpy", VOID, [PTR, PTR, I64, I1], [PTR, PTR, I64])
+    with loop(b, groups, "pg") as grp, loop(b, cg, "pc") as c, loop(b, og, "po") as ol:
+        dst = lin(b, [(grp, og * cg * k), (c, og * k), (ol, k)])
+        at = lin(b, [(grp, og * cg * k), (ol, cg * k), (c, k)])
+        b.call(memcpy, [element_ptr(b, ctx.scratch, dtype, dst),
+                        element_ptr(b, src, dtype, at), i64(k * dtype.itemsize),
+                        ir.Constant(I1, 0)])
+    return ctx.scratch
+
+
+def _grad_input_scratch(kernel: Kernel, target: Target) -> int:
+    assert kernel.anchor is not None
+    return kernel.anchor.inputs[1].type.nbytes
 
 
 class _Store:
@@ -276,12 +303,18 @@ def _grad_input(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     g, w = node.inputs
-    emit_direct(ctx, _grad_input_spec(node), ctx.ptr(g), ctx.ptr(w), ctx.out, node.dtype,
+    packed = _pack_transposed(ctx, w, node.attrs["groups"])
+    emit_direct(ctx, _grad_input_spec(node), ctx.ptr(g), packed, ctx.out, node.dtype,
                 _Store(ctx, node.dtype, False))
 
 
 def _grad_weight(ctx: KernelContext) -> None:
-    """dw[o, c_l, i, j] = sum_{n, p, q} g[n, o, p, q] * x[n, grp*Cg + c_l, row(p, i), col(q, j)]."""
+    """dw[o, c_l, i, j] = sum_{n, p, q} g[n, o, p, q] * x[n, grp*Cg + c_l, row(p, i), col(q, j)].
+
+    A register block is OB output channels x (CB input channels x JB kernel columns) of one
+    kernel row: per chunk of output columns it loads OB g vectors and CB*JB x vectors and
+    does OB*CB*JB fmas into vector accumulators, horizontally summed at the end.
+    """
     node = ctx.kernel.anchor
     assert node is not None
     b = ctx.b
@@ -297,14 +330,17 @@ def _grad_weight(ctx: KernelContext) -> None:
     xp, gp, out = ctx.ptr(x), ctx.ptr(gnode), ctx.out
     lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
     vt = ir.VectorType(storage_type(dtype), lanes)
+    jb = min(kw, GW_X_BLOCK)
+    cb = max(1, GW_X_BLOCK // jb)
     ix = IndexBuilder(b, 1)
 
-    def per_block(grp: ir.Value, ob: ir.Value, n_o: int, cl: ir.Value, i: ir.Value,
-                  j0: int, n_j: int) -> None:
-        accs = [[entry_alloca(b, vt, name="acc") for _ in range(n_j)] for _ in range(n_o)]
-        for row in accs:
-            for a in row:
-                b.store(float_splat(dtype, 0.0, lanes), a)
+    def per_block(grp: ir.Value, ob: ir.Value, n_o: int, cl: ir.Value, n_c: int,
+                  i: ir.Value, j0: int, n_j: int) -> None:
+        # accs[o][c][j]
+        accs = [[[entry_alloca(b, vt, name="acc") for _ in range(n_j)] for _ in range(n_c)]
+                for _ in range(n_o)]
+        for a in (a for per_o in accs for per_c in per_o for a in per_c):
+            b.store(float_splat(dtype, 0.0, lanes), a)
         plan = plan_chunks(wo, lanes, safe_outputs(sw, j0 * dw - pl, (j0 + n_j - 1) * dw - pl,
                                                    wdt))
         cin = lin(b, [(grp, cg), (cl, 1)])
@@ -312,8 +348,9 @@ def _grad_weight(ctx: KernelContext) -> None:
         with loop(b, n_batch, "n") as n, for_range(b, 0, ho, 1, name="p") as p:
             r = lin(b, [(p, sh), (i, dh)], -pt)
             with b.if_then(in_range(b, r, 0, h)):
-                x_row = element_ptr(b, xp, dtype, b.mul(
-                    lin(b, [(n, c_total * h), (cin, h), (r, 1)]), i64(wdt)))
+                x_rows = [element_ptr(b, xp, dtype, b.mul(
+                    lin(b, [(n, c_total * h), (cin, h), (r, 1)], c * h), i64(wdt)))
+                    for c in range(n_c)]
                 g_rows = [element_ptr(b, gp, dtype, b.mul(
                     lin(b, [(n, o_total * ho), (o0, ho), (p, 1)], k * ho), i64(wo)))
                     for k in range(n_o)]
@@ -321,30 +358,37 @@ def _grad_weight(ctx: KernelContext) -> None:
                 def chunk(q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
                     gv = [Run(b, lanes, q0, 1, wo, False, limit).load(gr, dtype, 0.0)
                           for gr in g_rows]
-                    for jj in range(n_j):
-                        col0 = lin(b, [(q0, sw)], (j0 + jj) * dw - pl)
-                        xv = Run(b, lanes, col0, sw, wdt, checked, limit).load(x_row, dtype, 0.0)
-                        for k in range(n_o):
-                            a = accs[k][jj]
-                            b.store(fma(b, gv[k], xv, b.load(a)), a)
+                    for c, x_row in enumerate(x_rows):
+                        for jj in range(n_j):
+                            col0 = lin(b, [(q0, sw)], (j0 + jj) * dw - pl)
+                            xv = Run(b, lanes, col0, sw, wdt, checked, limit).load(
+                                x_row, dtype, 0.0)
+                            for k in range(n_o):
+                                a = accs[k][c][jj]
+                                b.store(fma(b, gv[k], xv, b.load(a)), a)
 
                 emit_chunks(b, plan, chunk)
         for k in range(n_o):
-            for jj in range(n_j):
-                total = horizontal(b, "sum", dtype, b.load(accs[k][jj]), lanes)
-                offset = lin(b, [(o0, cg * kh * kw), (cl, kh * kw), (i, kw)],
-                             k * cg * kh * kw + j0 + jj)
-                ix.store(out, dtype, Idx(offset), total)
+            for c in range(n_c):
+                for jj in range(n_j):
+                    total = horizontal(b, "sum", dtype, b.load(accs[k][c][jj]), lanes)
+                    offset = lin(b, [(o0, cg * kh * kw), (cl, kh * kw), (i, kw)],
+                                 (k * cg + c) * kh * kw + j0 + jj)
+                    ix.store(out, dtype, Idx(offset), total)
 
     with loop(b, groups, "grp") as grp:
         def out_block(ob: ir.Value, n_o: int) -> None:
-            with loop(b, cg, "cl") as cl, loop(b, kh, "i") as i:
-                for j0 in range(0, kw, GW_TAP_BLOCK):
-                    per_block(grp, ob, n_o, cl, i, j0, min(GW_TAP_BLOCK, kw - j0))
+            def in_block(cl: ir.Value, n_c: int) -> None:
+                with loop(b, kh, "i") as i:
+                    for j0 in range(0, kw, jb):
+                        per_block(grp, ob, n_o, cl, n_c, i, j0, min(jb, kw - j0))
+
+            blocks(b, cg, cb, in_block, name="cl")
 
         blocks(b, og, GW_OUT_BLOCK, out_block, name="ob")
 
 
+SCRATCH = {"conv2d_grad_input": _grad_input_scratch}
 LOWER = {
     "conv2d": _conv2d,
     "conv2d_grad_input": _grad_input,

@@ -34,8 +34,12 @@ from graphc.ir import DType
 def _new_function(module: ir.Module, name: str, args: list[ir.Type],
                   noalias: tuple[int, ...]) -> ir.Function:
     fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
-    fn.linkage = "linkonce_odr"
-    # noinline keeps one copy per module (the point of sharing) and the callers small.
+    # Not "internal": LLVM's interprocedural constant propagation and function specialisation
+    # would clone and constant-fold a local function per GEMM (its sizes are constants at
+    # every call), doubling compile time for no speed. linkonce_odr keeps exactly one shared
+    # body; hidden keeps it out of exported libraries' symbol tables; noinline keeps the
+    # callers small. (llvmlite prints the linkage string verbatim.)
+    fn.linkage = "linkonce_odr hidden"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
     for j in noalias:

@@ -1,0 +1,169 @@
+"""Run the benchmark suite: every workload x peer in its own process, side by side.
+
+    python benchmarks/run.py [--only ew,mlp_train] [--threads 1] [--repeat-seconds 1.0]
+                             [--write benchmarks/RESULTS.md]
+
+Peers: graphc; numpy as is (here OpenBLAS is pinned to its Haswell/AVX2 kernel by
+OPENBLAS_CORETYPE) and `numpy-avx512`, the same with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+unset in that child process only; torch when installed. Each child warms up, then times
+calls until `--repeat-seconds` have passed (at least 5 calls) and reports median, min and
+max. The table gives each peer's median and graphc's ratio to the fastest other peer
+(< 1 means graphc is faster). This is a benchmark: it prints figures, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ("graphc", "numpy", "numpy-avx512", "torch")
+
+
+def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.workloads import WORKLOADS
+
+    workload = next(w for w in WORKLOADS if w.key == workload_key)
+    impl = workload.peers["numpy" if peer == "numpy-avx512" else peer]
+    info: dict = {}
+    if peer.startswith("numpy"):
+        try:
+            from threadpoolctl import threadpool_info
+
+            blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+            if blas:
+                info["kernel"] = f"{blas[0].get('internal_api')} {blas[0].get('architecture')}"
+        except ImportError:
+            info["kernel"] = "unknown (pip install threadpoolctl)"
+    t0 = time.perf_counter()
+    run = impl(threads)
+    info["setup_s"] = time.perf_counter() - t0
+    compile_workload = workload_key.startswith("compile")
+    warmup = 1 if compile_workload else 3
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    start = time.perf_counter()
+    min_calls = 3 if compile_workload else 5
+    while len(times) < min_calls or (time.perf_counter() - start < seconds and len(times) < 500):
+        t = time.perf_counter()
+        result = run()
+        elapsed = time.perf_counter() - t
+        # The torch.compile peer measures its own first call and returns the seconds.
+        times.append(result if isinstance(result, float) and workload_key == "compile_first"
+                     else elapsed)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "calls": len(times), **info}
+
+
+def _run_child(workload: str, peer: str, threads: int, seconds: float) -> dict | None:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    if peer == "numpy-avx512":
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, peer,
+           str(threads), str(seconds)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        sys.stderr.write(f"[{workload}/{peer}] failed:\n{proc.stderr[-2000:]}\n")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def _torch_available() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--child":
+        print(json.dumps(_child(args[1], args[2], int(args[3]), float(args[4]))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated workload keys")
+    parser.add_argument("--threads", default="1", help="comma-separated thread counts")
+    parser.add_argument("--repeat-seconds", type=float, default=1.0)
+    parser.add_argument("--write", default="", help="also write the table to this file")
+    opts = parser.parse_args(args)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.workloads import WORKLOADS
+
+    only = {k for k in opts.only.split(",") if k}
+    peers = [p for p in PEERS if p != "torch" or _torch_available()]
+    lines = ["| workload | threads | " + " | ".join(peers) + " | graphc / fastest peer | "
+             "graphc rate |", "|---|---|" + "---|" * (len(peers) + 2)]
+    notes: dict[str, str] = {}
+    for w in WORKLOADS:
+        if only and w.key not in only:
+            continue
+        for threads in (int(t) for t in opts.threads.split(",")):
+            results: dict[str, dict] = {}
+            for peer in peers:
+                impl_name = "numpy" if peer == "numpy-avx512" else peer
+                if impl_name not in w.peers:
+                    continue
+                r = _run_child(w.key, peer, threads, opts.repeat_seconds)
+                if r is not None:
+                    results[peer] = r
+                    if "kernel" in r:
+                        notes[peer] = r["kernel"]
+            cells = []
+            for peer in peers:
+                r = results.get(peer)
+                cells.append("-" if r is None else
+                             f"{_fmt_time(r['median'])} ({_fmt_time(r['min'])}..."
+                             f"{_fmt_time(r['max'])})")
+            ratio, rate = "-", "-"
+            if "graphc" in results:
+                g = results["graphc"]["median"]
+                others = [r["median"] for p, r in results.items() if p != "graphc"]
+                if others:
+                    ratio = f"{g / min(others):.2f}"
+                if w.flops:
+                    rate = f"{w.flops / g / 1e9:.1f} GFLOP/s"
+                elif w.bytes:
+                    rate = f"{w.bytes / g / 1e9:.1f} GB/s"
+            lines.append(f"| {w.title} | {threads} | " + " | ".join(cells) +
+                         f" | {ratio} | {rate} |")
+            print(lines[-1], flush=True)
+    header = [
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
+        "Times: median (min...max) of repeated calls, each peer in its own process.",
+    ]
+    header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
+    text = "\n".join(header) + "\n\n" + "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if opts.write:
+        Path(opts.write).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""Benchmark workloads, each implemented once per peer (graphc, numpy, torch).
+
+A workload implementation is a function `setup(peer, threads) -> Callable[[], object]`
+returning the thing to time (one call = one iteration). Setup (building graphs, compiling,
+allocating inputs) is not timed, except by the compile-time workload, which times it.
+Inputs are generated with a fixed seed so every peer sees the same data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Runner = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    flops: float  # per call (0 if not meaningful)
+    bytes: float  # memory traffic per call (for GB/s; 0 if not meaningful)
+    peers: dict[str, Callable[[int], Runner]]
+
+
+# --- (a) elementwise chain --------------------------------------------------------------------
+
+EW_SHAPE = (4096, 1024)
+
+
+def _ew_data() -> tuple[np.ndarray, np.float32, np.float32]:
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(EW_SHAPE).astype(np.float32), np.float32(0.7), np.float32(0.1)
+
+
+def ew_graphc(threads: int) -> Runner:
+    import graphc as gc
+
+    x_val, a, b = _ew_data()
+    with gc.Graph("ew") as g:
+        x = gc.placeholder(EW_SHAPE, gc.float32, name="x")
+        y = gc.tanh(x * float(a) + float(b)) * gc.sigmoid(x) + 0.5 * x * x
+    f = gc.compile(g, [x], y)
+    return lambda: f(x_val)
+
+
+def ew_numpy(threads: int) -> Runner:
+    x, a, b = _ew_data()
+    return lambda: np.tanh(x * a + b) * (1 / (1 + np.exp(-x))) + np.float32(0.5) * x * x
+
+
+def ew_torch(threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    x_val, a, b = _ew_data()
+    x = torch.from_numpy(x_val)
+
+    def run() -> object:
+        with torch.no_grad():
+            return torch.tanh(x * float(a) + float(b)) * torch.sigmoid(x) + 0.5 * x * x
+
+    return run
+
+
+# --- (b, c) the MLP 784-512-512-10 -------------------------------------------------------------
+
+SIZES = (784, 512, 512, 10)
+
+
+def _mlp_params() -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    params = []
+    for n_in, n_out in zip(SIZES[:-1], SIZES[1:]):
+        params.append((rng.standard_normal((n_in, n_out)) * np.sqrt(2 / n_in)).astype(np.float32))
+        params.append(np.zeros(n_out, np.float32))
+    return params
+
+
+def _mlp_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    return (rng.standard_normal((batch, SIZES[0])).astype(np.float32),
+            rng.integers(0, 10, batch).astype(np.int32))
+
+
+def _mlp_graph(batch: int, train: bool):  # noqa: ANN202 - returns graphc objects
+    import graphc as gc
+
+    params = _mlp_params()
+    with gc.Graph("mlp") as g:
+        x = gc.placeholder((batch, SIZES[0]), gc.float32, name="x")
+        y = gc.placeholder((batch,), gc.int32, name="y")
+        ws = [gc.variable(p, name=f"p{i}") for i, p in enumerate(params)]
+        h = x
+        for i in range(0, len(ws), 2):
+            h = h @ ws[i] + ws[i + 1]
+            if i + 2 < len(ws):
+                h = gc.relu(h)
+        loss = gc.mean(gc.softmax_cross_entropy(h, y))
+        updates = gc.optim.SGD(lr=0.01, momentum=0.9).minimize(loss) if train else None
+    return g, x, y, h, loss, updates
+
+
+def mlp_infer_graphc(batch: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+
+        g, x, _, logits, _, _ = _mlp_graph(batch, train=False)
+        f = gc.compile(g, [x], logits)
+        xb, _ = _mlp_batch(batch)
+        return lambda: f(xb)
+
+    return setup
+
+
+def mlp_infer_numpy(batch: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        w1, b1, w2, b2, w3, b3 = _mlp_params()
+        xb, _ = _mlp_batch(batch)
+
+        def run() -> object:
+            h = np.maximum(xb @ w1 + b1, 0)
+            h = np.maximum(h @ w2 + b2, 0)
+            return h @ w3 + b3
+
+        return run
+
+    return setup
+
+
+def mlp_infer_torch(batch: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import torch
+
+        torch.set_num_threads(threads)
+        p = [torch.from_numpy(a) for a in _mlp_params()]
+        xb = torch.from_numpy(_mlp_batch(batch)[0])
+
+        def run() -> object:
+            with torch.no_grad():
+                h = torch.relu(torch.addmm(p[1], xb, p[0]))
+                h = torch.relu(torch.addmm(p[3], h, p[2]))
+                return torch.addmm(p[5], h, p[4]).numpy()
+
+        return run
+
+    return setup
+
+
+def mlp_train_graphc(threads: int) -> Runner:
+    import graphc as gc
+
+    g, x, y, _, loss, updates = _mlp_graph(128, train=True)
+    f = gc.compile(g, [x, y], [loss], updates=updates)
+    xb, yb = _mlp_batch(128)
+    return lambda: f(xb, yb)
+
+
+def mlp_train_numpy(threads: int) -> Runner:
+    """A hand-written forward/backward with SGD momentum (what a numpy user would write)."""
+    params = _mlp_params()
+    velocity = [np.zeros_like(p) for p in params]
+    xb, yb = _mlp_batch(128)
+    n = len(yb)
+    lr, mom = np.float32(0.01), np.float32(0.9)
+
+    def run() -> object:
+        w1, b1, w2, b2, w3, b3 = params
+        z1 = xb @ w1 + b1
+        h1 = np.maximum(z1, 0)
+        z2 = h1 @ w2 + b2
+        h2 = np.maximum(z2, 0)
+        logits = h2 @ w3 + b3
+        m = logits.max(axis=1, keepdims=True)
+        e = np.exp(logits - m)
+        s = e.sum(axis=1, keepdims=True)
+        loss = float(np.mean(np.log(s[:, 0]) + m[:, 0] - logits[np.arange(n), yb]))
+        d = e / s
+        d[np.arange(n), yb] -= 1
+        d /= n
+        grads = [None] * 6
+        grads[4], grads[5] = h2.T @ d, d.sum(0)
+        d = (d @ w3.T) * (z2 > 0)
+        grads[2], grads[3] = h1.T @ d, d.sum(0)
+        d = (d @ w2.T) * (z1 > 0)
+        grads[0], grads[1] = xb.T @ d, d.sum(0)
+        for p, v, gr in zip(params, velocity, grads):
+            v *= mom
+            v += gr
+            p -= lr * v
+        return loss
+
+    return run
+
+
+def mlp_train_torch(threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _mlp_params()]
+    opt = torch.optim.SGD(p, lr=0.01, momentum=0.9)
+    xb_np, yb_np = _mlp_batch(128)
+    xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+
+    def run() -> object:
+        opt.zero_grad(set_to_none=True)
+        h = torch.relu(torch.addmm(p[1], xb, p[0]))
+        h = torch.relu(torch.addmm(p[3], h, p[2]))
+        loss = torch.nn.functional.cross_entropy(torch.addmm(p[5], h, p[4]), yb)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return run
+
+
+# --- (d) compile time ---------------------------------------------------------------------------
+
+def compile_graphc(cached: bool) -> Callable[[int], Runner]:
+    """Time gc.compile of the MLP training step, with an empty or a warm cache."""
+
+    def setup(threads: int) -> Runner:
+        import tempfile
+
+        import graphc as gc
+
+        cache = tempfile.mkdtemp(prefix="graphc-bench-cache-")
+        g, x, y, _, loss, updates = _mlp_graph(128, train=True)
+        options = gc.CompileOptions(cache_dir=cache)
+        if cached:
+            gc.compile(g, [x, y], [loss], updates=updates, options=options)
+
+        def run() -> object:
+            if not cached:
+                for f in __import__("pathlib").Path(cache).glob("*.o"):
+                    f.unlink()
+            return gc.compile(g, [x, y], [loss], updates=updates, options=options)
+
+        return run
+
+    return setup
+
+
+def compile_jax_like_first_call(threads: int) -> Runner:
+    """torch.compile's first call is the closest installed peer to JAX's jit compile."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run() -> object:
+        torch._dynamo.reset()
+        p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _mlp_params()]
+        xb_np, yb_np = _mlp_batch(128)
+        xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+
+        @torch.compile
+        def step(xb: object, yb: object) -> object:
+            h = torch.relu(torch.addmm(p[1], xb, p[0]))
+            h = torch.relu(torch.addmm(p[3], h, p[2]))
+            loss = torch.nn.functional.cross_entropy(torch.addmm(p[5], h, p[4]), yb)
+            loss.backward()
+            return loss
+
+        t = time.perf_counter()
+        step(xb, yb)
+        return time.perf_counter() - t
+
+    return run
+
+
+WORKLOADS: list[Workload] = [
+    Workload("ew", "elementwise tanh(x*a+b)*sigmoid(x)+0.5*x*x, 4096x1024 f32", 0,
+             2 * 4 * EW_SHAPE[0] * EW_SHAPE[1],
+             {"graphc": ew_graphc, "numpy": ew_numpy, "torch": ew_torch}),
+    Workload("mlp_infer_1", "MLP 784-512-512-10 inference, batch 1",
+             2 * (784 * 512 + 512 * 512 + 512 * 10), 0,
+             {"graphc": mlp_infer_graphc(1), "numpy": mlp_infer_numpy(1),
+              "torch": mlp_infer_torch(1)}),
+    Workload("mlp_infer_256", "MLP 784-512-512-10 inference, batch 256",
+             2 * 256 * (784 * 512 + 512 * 512 + 512 * 10), 0,
+             {"graphc": mlp_infer_graphc(256), "numpy": mlp_infer_numpy(256),
+              "torch": mlp_infer_torch(256)}),
+    Workload("mlp_train", "MLP training step, batch 128, SGD momentum",
+             3 * 2 * 128 * (784 * 512 + 512 * 512 + 512 * 10), 0,
+             {"graphc": mlp_train_graphc, "numpy": mlp_train_numpy, "torch": mlp_train_torch}),
+    Workload("compile_cold", "compile MLP training step, empty cache", 0, 0,
+             {"graphc": compile_graphc(False)}),
+    Workload("compile_cached", "compile MLP training step, warm cache", 0, 0,
+             {"graphc": compile_graphc(True)}),
+]
