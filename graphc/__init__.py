@@ -4,7 +4,7 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import datasets, init, optim
+from graphc import callbacks, data, datasets, init, metrics, nn, optim
 from graphc.builder import constant, placeholder, variable
 from graphc.checkpoint import load_checkpoint, save_checkpoint
 from graphc.compile import compile
@@ -21,6 +21,7 @@ from graphc.errors import (
     SourceLoc,
     VerifyError,
 )
+from graphc.export import ExportedLibrary, export
 from graphc.gradcheck import GradCheckResult, check_grad
 from graphc.ir import (
     DType,
@@ -49,6 +50,7 @@ from graphc.runtime.executable import Executable
 from graphc.runtime.reference import reference
 from graphc.serialize import load, save
 from graphc.textir import format_graph, parse_graph
+from graphc.training import History, Model
 from graphc.verify import verify
 
 __version__ = "0.1.0"

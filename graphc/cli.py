@@ -1,44 +1,53 @@
-"""The `graphc` command: inspect graphs and the op registry.
+"""The `graphc` command: inspect graphs at every stage of compilation, and the registries.
 
-    graphc dump MODEL [--format text|json|dot] [--stage input]
-    graphc viz MODEL -o FILE.{dot,svg,png} [--stage input]
+    graphc dump MODEL [--stage input|optimized|fused|planned|llvm|asm] [--format text|json|dot]
+                      [--signature NAME] [--pipeline P] [--print-after PASS]
+                      [--print-after-all] [--stats] [--explain] [--optimized-ir]
+    graphc viz MODEL -o FILE.{dot,svg,png} [--stage input|optimized|planned]
     graphc ops [--list]
+    graphc passes [--list]
 
 MODEL is a saved graph (a `.gcg` file) or ``path/to/file.py:function``: the file is imported
 from its path and the function called with no arguments; it must return a `gc.Graph`.
+`--signature` picks what to compile (default: the only signature, else every placeholder as
+input and every sink as output).
 
 Exit codes: 0 success, 1 a `GraphcError` (bad model, bad file, missing tool), 2 bad usage.
 Errors print ``graphc: error: ...`` on stderr, without a traceback: they are the user's to
 fix, not graphc's bugs.
-
-Stages and formats are tables (`STAGES`, `FORMATS`): a later stage (optimized, fused,
-planned, ...) is one entry mapping a graph to its form after that stage.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from graphc.cli_common import Parser, UsageError, fail, load_model
+from graphc.cli_export import COMMANDS as EXPORT_COMMANDS
+from graphc.cli_export import add_subcommands as add_export_commands
 from graphc.dot import to_dot
 from graphc.errors import GraphcError
 from graphc.fileio import atomic_write
 from graphc.ir import Graph
+from graphc.memviz import plan_to_dot, plan_to_svg
 from graphc.ops import registry
-from graphc.serialize import dumps_json, load
+from graphc.options import CompileOptions
+from graphc.passes.manager import format_pass_list, select_signature
+from graphc.serialize import dumps_json
+from graphc.stages import STAGES as STAGE_NAMES
+from graphc.stages import Stages, asm_text, llvm_text, lower
 from graphc.textir import format_graph
 
 __all__ = ["FORMATS", "STAGES", "load_model", "main"]
 
-# stage name -> the graph after that stage. "input" is the graph as the user built it.
-STAGES: dict[str, Callable[[Graph], Graph]] = {"input": lambda g: g}
+# The stages `dump` can show (graphc.stages runs the compiler up to the one asked for).
+STAGES = STAGE_NAMES
+GRAPH_STAGES = ("input", "optimized")  # stages whose result is a graph (any format)
+VIZ_STAGES = ("input", "optimized", "planned")
 # output format -> the text of a graph in it.
 FORMATS: dict[str, Callable[[Graph], str]] = {
     "text": format_graph,
@@ -55,27 +64,28 @@ INSTALL_GRAPHVIZ = (
 )
 
 
-class UsageError(Exception):
-    """Bad command-line usage (exit code 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises UsageError instead of printing and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message}\n{self.format_usage().rstrip()}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="graphc", description="graphc: a static-graph deep-learning "
+    parser = Parser(prog="graphc", description="graphc: a static-graph deep-learning "
                      "compiler for the CPU.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
     dump = sub.add_parser("dump", help="print a graph as text IR, JSON or DOT")
     _model_args(dump)
     dump.add_argument("--format", choices=sorted(FORMATS), default="text",
-                      help="output format (default: text)")
+                      help="output format of graph stages (default: text)")
+    dump.add_argument("--pipeline", default=None,
+                      help="comma-separated passes (default: the default pipeline)")
+    dump.add_argument("--print-after", action="append", default=[], metavar="PASS",
+                      help="also print the graph after this pass (repeatable)")
+    dump.add_argument("--print-after-all", action="store_true",
+                      help="also print the graph after every pass")
+    dump.add_argument("--stats", action="store_true",
+                      help="print per-pass statistics (nodes before/after, time, rule hits)")
+    dump.add_argument("--explain", action="store_true",
+                      help="with --stage fused: say why each unfused pair was not fused")
+    dump.add_argument("--optimized-ir", action="store_true",
+                      help="with --stage llvm: the IR after LLVM's optimizer")
 
     viz = sub.add_parser("viz", help="draw a graph (.dot always; .svg/.png need Graphviz)")
     _model_args(viz)
@@ -85,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     ops = sub.add_parser("ops", help="the op registry")
     ops.add_argument("--list", action="store_true",
                      help="list every op (the default)")
+    passes = sub.add_parser("passes", help="the pass registry and the default pipeline")
+    passes.add_argument("--list", action="store_true", help="list every pass (the default)")
+    add_export_commands(sub)
     return parser
 
 
@@ -92,7 +105,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL",
                         help="a saved graph (.gcg) or path/to/file.py:function")
     parser.add_argument("--stage", choices=list(STAGES), default="input",
-                        help="which form of the graph (default: input)")
+                        help="which stage of compilation to show (default: input)")
+    parser.add_argument("--signature", default=None, metavar="NAME",
+                        help="the signature to compile (default: the only one, or all sinks)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,24 +116,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return _COMMANDS[args.command](args)
     except UsageError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     except GraphcError as exc:
-        return _fail(str(exc), 1)
+        return fail(str(exc), 1)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except BrokenPipeError:  # `graphc dump ... | head`
         return 0
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"graphc: error: {message}", file=sys.stderr)
-    return code
+def _lowered(args: argparse.Namespace, until: str) -> tuple[Stages, CompileOptions]:
+    graph = load_model(args.model)
+    options = CompileOptions(
+        pipeline=getattr(args, "pipeline", None),
+        print_after=tuple(getattr(args, "print_after", ()) or ()),
+        print_after_all=bool(getattr(args, "print_after_all", False)),
+        print_stream=sys.stdout,
+    )
+    sig = select_signature(graph, args.signature)
+    return lower(graph, sig, options, until), options
 
 
 def _dump(args: argparse.Namespace) -> int:
-    graph = STAGES[args.stage](load_model(args.model))
-    sys.stdout.write(FORMATS[args.format](graph))
-    sys.stdout.flush()
+    stage = args.stage
+    if stage not in GRAPH_STAGES and args.format != "text":
+        raise UsageError(f"--format {args.format} applies to graph stages "
+                         f"({', '.join(GRAPH_STAGES)}); stage {stage!r} prints text")
+    stages, options = _lowered(args, stage)
+    out = sys.stdout
+    if stage == "input":
+        out.write(FORMATS[args.format](stages.graph))
+    elif stage == "optimized":
+        assert stages.optimized is not None
+        out.write(FORMATS[args.format](stages.optimized))
+    elif stage == "fused":
+        assert stages.fused is not None
+        out.write(stages.fused.format() + "\n")
+        if args.explain:
+            out.write("\nunfused edges (producer -/-> consumer: reason):\n")
+            out.write(stages.fused.explain() + "\n")
+    elif stage == "planned":
+        assert stages.plan is not None
+        out.write(stages.plan.format() + "\n")
+    elif stage == "llvm":
+        out.write(llvm_text(stages, options, optimized=args.optimized_ir))
+    else:
+        out.write(asm_text(stages, options))
+    if args.stats and stages.report is not None:
+        out.write("\n" + stages.report.format_table())
+    elif args.stats:
+        out.write("\n(--stats: no passes run at stage 'input')\n")
+    out.flush()
     return 0
 
 
@@ -132,7 +180,20 @@ def _viz(args: argparse.Namespace) -> int:
     dot_exe = shutil.which("dot") if fmt is not None else None
     if fmt is not None and dot_exe is None:
         raise GraphcError(INSTALL_GRAPHVIZ)
-    text = to_dot(STAGES[args.stage](load_model(args.model)))
+    if args.stage not in VIZ_STAGES:
+        raise UsageError(f"viz draws stages {', '.join(VIZ_STAGES)}, not {args.stage!r}")
+    stages, _ = _lowered(args, args.stage)
+    if args.stage == "planned":
+        assert stages.plan is not None
+        if fmt == "svg":  # drawn directly, no Graphviz needed
+            svg = plan_to_svg(stages.plan).encode()
+            _write(out, svg)
+            return 0
+        text = plan_to_dot(stages.plan)
+    else:
+        graph = stages.optimized if args.stage == "optimized" else stages.graph
+        assert graph is not None
+        text = to_dot(graph)
     if fmt is None:
         data = text.encode()
     else:
@@ -143,12 +204,16 @@ def _viz(args: argparse.Namespace) -> int:
             raise GraphcError(f"Graphviz `dot -T{fmt}` failed (exit {done.returncode}): "
                               f"{done.stderr.decode(errors='replace').strip()}")
         data = done.stdout
+    _write(out, data)
+    return 0
+
+
+def _write(out: Path, data: bytes) -> None:
     try:
         atomic_write(out, lambda f: f.write(data))
     except OSError as exc:
         raise GraphcError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(f"wrote {out}", file=sys.stderr)
-    return 0
 
 
 def _ops(args: argparse.Namespace) -> int:
@@ -163,81 +228,18 @@ def _ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passes(args: argparse.Namespace) -> int:
+    sys.stdout.write(format_pass_list())
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dump": _dump,
     "viz": _viz,
     "ops": _ops,
+    "passes": _passes,
+    **EXPORT_COMMANDS,
 }
-
-
-# --- MODEL ------------------------------------------------------------------------------------
-
-def load_model(spec: str) -> Graph:
-    """The graph named by MODEL: a `.gcg` file, or ``file.py:function`` called with no args.
-
-    Raises UsageError for a MODEL that is neither, GraphcError when the file is missing or
-    fails to import, the function is missing or fails, or returns something else than a Graph.
-    """
-    path_text, sep, func = spec.rpartition(":")
-    if sep and path_text.endswith(".py"):
-        return _graph_from_function(Path(path_text), func)
-    if spec.endswith(".py"):
-        raise UsageError(f"MODEL {spec!r} names a Python file but no function: "
-                         f"write {spec}:FUNCTION")
-    path = Path(spec)
-    if path.suffix != ".gcg" and not path.is_file():
-        raise UsageError(f"MODEL {spec!r} is neither a .gcg file nor path/to/file.py:function")
-    return load(path)
-
-
-def _graph_from_function(path: Path, func: str) -> Graph:
-    if not func.isidentifier():
-        raise UsageError(f"{func!r} after ':' in MODEL is not a function name")
-    if not path.is_file():
-        raise GraphcError(f"model file {path} does not exist")
-    module_name = f"_graphc_model_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise GraphcError(f"cannot import {path} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    # Like `python file.py`: the file's folder is importable (for its sibling modules), and
-    # the module is registered (dataclasses and pickle-free introspection look it up).
-    sys.modules[module_name] = module
-    folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)
-    try:
-        try:
-            spec.loader.exec_module(module)
-        except GraphcError:
-            raise
-        except (Exception, SystemExit) as exc:
-            raise GraphcError(f"importing {path} failed: {_describe(exc, path)}") from None
-        fn = getattr(module, func, None)
-        if fn is None or not callable(fn):
-            names = sorted(n for n, v in vars(module).items()
-                           if callable(v) and getattr(v, "__module__", None) == module_name)
-            raise GraphcError(f"{path} has no function {func!r} "
-                              f"(functions: {', '.join(names) or 'none'})")
-        try:
-            graph = fn()
-        except GraphcError:
-            raise
-        except (Exception, SystemExit) as exc:
-            raise GraphcError(f"{path}:{func}() failed: {_describe(exc, path)}") from None
-    finally:
-        if folder in sys.path:
-            sys.path.remove(folder)
-    if not isinstance(graph, Graph):
-        raise GraphcError(f"{path}:{func}() returned {type(graph).__name__}, not a gc.Graph")
-    return graph
-
-
-def _describe(exc: BaseException, path: Path) -> str:
-    """``TypeError: message (at file.py:12)``: the innermost frame inside the user's file."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if Path(f.filename).resolve() == path.resolve()]
-    at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{at}"
 
 
 if __name__ == "__main__":

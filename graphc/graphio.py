@@ -70,7 +70,7 @@ def add_checked_node(
             inferred = opdef.infer(tuple(i.type for i in inputs), frozen)
         except GraphcError as exc:
             raise NodeError(f"{where}: the type rule of {op} rejects it: {exc.message}",
-                            part="inputs") from None
+                            part="op") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
             # A malformed attribute (a string where a tuple belongs, a missing key) reaches
             # the type rule, which only promises to check well-formed builder attributes.

@@ -142,8 +142,8 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = MAX_TOTAL_BYTES) -> G
             NotImplementedError, RuntimeError, ValueError, KeyError) as exc:
         # zipfile reports truncation, bad CRCs, encryption and unsupported compression
         # methods with these; none of them is a bug of ours.
-        raise SerializationError(
-            f"{where}: corrupt graph file ({type(exc).__name__}: {exc})") from None
+        kind = "damaged compressed data" if isinstance(exc, zlib.error) else type(exc).__name__
+        raise SerializationError(f"{where}: corrupt graph file ({kind}: {exc})") from None
 
 
 def _load_bytes(data: bytes, max_bytes: int) -> Graph:

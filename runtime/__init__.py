@@ -1,1 +1,3 @@
-"""Running graphs: the numpy reference interpreter, and (later) compiled executables."""
+"""Running graphs: the numpy reference interpreter, compiled executables, exported libraries."""
+
+from graphc.runtime.library import Library, load

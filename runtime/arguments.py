@@ -10,16 +10,26 @@ input is rejected (convert explicitly) so precision is never lost silently.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from graphc.errors import ArgumentError
-from graphc.ir import Graph, Node, Signature, normalize_updates
+from graphc.ir import Graph, Node, Signature, TensorType, normalize_updates
+
+
+class TensorSpec(Protocol):
+    """What an input is checked against: a placeholder Node, or a loaded library's input."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> TensorType: ...
 
 
 def bind_arguments(
-    inputs: Sequence[Node], args: Sequence[Any], kwargs: Mapping[str, Any], what: str
+    inputs: Sequence[TensorSpec], args: Sequence[Any], kwargs: Mapping[str, Any], what: str
 ) -> list[np.ndarray]:
     """Match `args`/`kwargs` to `inputs`; return one checked contiguous array per input."""
     if len(args) > len(inputs):
@@ -43,7 +53,7 @@ def bind_arguments(
     return [check_array(n, values[n.name], what) for n in inputs]
 
 
-def check_array(node: Node, value: Any, what: str) -> np.ndarray:
+def check_array(node: TensorSpec, value: Any, what: str) -> np.ndarray:
     """`value` as a C-contiguous array of `node`'s exact type, or an ArgumentError."""
     want = node.type
     try:

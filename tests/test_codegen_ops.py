@@ -267,6 +267,22 @@ def test_max_pool_nan_and_infinities() -> None:
     assert np.isnan(run.actual["max"][0, 0, 1, 2])
 
 
+def test_empty_batch() -> None:
+    """N = 0: empty outputs, and a weight gradient of zeros (an empty sum)."""
+    x = np.zeros((0, 2, 5, 7), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    g = np.zeros((0, 3, 5, 7), np.float32)
+    with gc.Graph("empty") as graph:
+        px, pw, pg = (gc.placeholder(a.shape, name=n) for a, n in zip((x, w, g), "xwg"))
+        pooled = gc.max_pool2d(px, 2)
+        outs = [gc.conv2d(px, pw, padding=1), gc.conv2d_grad_input(pg, pw, x.shape, padding=1),
+                gc.conv2d_grad_weight(px, pg, w.shape, padding=1), pooled,
+                gc.max_pool2d_grad(px, pooled, 2), gc.avg_pool2d_grad(pooled, x.shape, 2)]
+    got = gc_compile(graph, [px, pw, pg], outs, options=OPTIONS)(x, w, g)
+    assert [a.shape for a in got] == [o.shape for o in outs]
+    np.testing.assert_array_equal(got[2], np.zeros(w.shape, np.float32))
+
+
 # --- gathers and scatter-adds ---------------------------------------------------------------
 
 X_SHAPE = (4, 7, 37)

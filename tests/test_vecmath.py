@@ -307,3 +307,7 @@ def test_rejects_non_float_types() -> None:
     b = ir.IRBuilder(fn.append_basic_block())
     with pytest.raises(CompileError, match="expected float, double or a vector of them, got i32"):
         vecmath.tanh(b, fn.args[0])
+    with pytest.raises(CompileError, match="pow arguments must all be double"):
+        vecmath.per_lane_libm(b, "pow", [ir.Constant(F32, 1.0)] * 2, DType.float64)
+    with pytest.raises(CompileError, match="pow needs a float dtype, got int32"):
+        vecmath.per_lane_libm(b, "pow", [ir.Constant(F32, 1.0)] * 2, DType.int32)

@@ -14,11 +14,10 @@ over the input channels of its group and the kernel taps (i, j) of ``w * input``
   are stored with a stride (a scatter) once per chunk.
 Each input vector loaded feeds OB (`OUT_BLOCK`) `llvm.fma`s with broadcast weights, one per
 output channel of the register block. Borders and the partial last chunk of a row use
-masked loads (see `window`), so nothing outside a row is read.
+masked loads (see `window`), so nothing outside a row is read. grad_input first copies the
+weights, transposed per group, into its scratch so that it walks them contiguously.
 
-conv2d_grad_weight reduces over batch and output positions: for a block of output channels
-x a block of kernel columns it keeps one vector accumulator each, walks every output row,
-and finishes with a horizontal sum.
+conv2d_grad_weight, a reduction over batch and positions, is in `conv_weight`.
 
 The epilogue of a CONV kernel (bias, activation, ...) is evaluated on each finished vector
 of accumulators before it is stored. The last, partial chunk of a row stores the raw sums
@@ -36,20 +35,21 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
+from graphc.codegen import conv_weight
 from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
-from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.kernels import horizontal
+from graphc.codegen.index import Idx, splat
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
+    ColPhase,
     Run,
     blocks,
+    const_splat,
     element_ptr,
     emit_chunks,
-    float_splat,
     fma,
     i64,
     in_range,
@@ -59,14 +59,13 @@ from graphc.codegen.window import (
     pick_lanes,
     plan_chunks,
     safe_outputs,
+    transposed_phases,
 )
 from graphc.ir import DType, Node
 from graphc.ops.conv_geometry import Window
 from graphc.passes.fuse import Kernel
 
 OUT_BLOCK = 8  # output channels per register block (conv2d, grad_input)
-GW_OUT_BLOCK = 4  # grad_weight: OB output channels x GW_X_BLOCK (input channel, kernel
-GW_X_BLOCK = 4  # column) pairs per register block: 16 vector accumulators
 
 
 @dataclass(frozen=True)
@@ -80,18 +79,6 @@ class Rows:
     d: int
     size: int
     taps: int
-
-
-@dataclass(frozen=True)
-class ColPhase:
-    """Output columns start + q*step (q < count); under tap (j, off) output q reads input
-    column q*stride + off. Taps missing from `taps` never contribute to this phase."""
-
-    start: int
-    step: int
-    count: int
-    stride: int
-    taps: tuple[tuple[int, int], ...]  # (kernel column j, input column offset)
 
 
 @dataclass(frozen=True)
@@ -111,9 +98,9 @@ class DirectConv:
 
 
 def _window(node: Node) -> Window:
-    w = node.inputs[1] if node.op != "conv2d_grad_weight" else None
-    kernel = (w.shape[2], w.shape[3]) if w is not None else tuple(node.attrs["weight_shape"][2:])
-    return Window.from_attrs(node.attrs, kernel=kernel)
+    """The window of conv2d / conv2d_grad_input (the weights are their second input)."""
+    w = node.inputs[1]
+    return Window.from_attrs(node.attrs, kernel=(w.shape[2], w.shape[3]))
 
 
 def _forward_spec(node: Node) -> DirectConv:
@@ -140,11 +127,7 @@ def _grad_input_spec(node: Node) -> DirectConv:
     k = kh * kw
     og = o // node.attrs["groups"]
     width = node.shape[3]
-    phases = tuple(
-        ColPhase(r, sw, len(range(r, width, sw)), 1,
-                 tuple((j, (r + pl - j * dw) // sw) for j in range(kw)
-                       if (r + pl - j * dw) % sw == 0))
-        for r in range(min(sw, width)))
+    phases = transposed_phases(width, sw, dw, pl, kw)
     # The output channels are x's (c), the summed ones g's (o).
     return DirectConv(node.shape, g.shape, node.attrs["groups"], kw,
                       Rows(1, -dh, pt, sh, g.shape[2], kh), phases,
@@ -243,7 +226,7 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
               phase: ColPhase, q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
         accs = [entry_alloca(b, vt, name="acc") for _ in range(count)]
         for a in accs:
-            b.store(float_splat(dtype, 0.0, lanes), a)
+            b.store(const_splat(dtype, 0.0, lanes), a)
         with loop(b, rows.taps, "i") as i:
             num = lin(b, [(y, rows.a), (i, rows.b)], rows.c)
             valid = in_range(b, num, 0, rows.size * rows.d)
@@ -308,89 +291,9 @@ def _grad_input(ctx: KernelContext) -> None:
                 _Store(ctx, node.dtype, False))
 
 
-def _grad_weight(ctx: KernelContext) -> None:
-    """dw[o, c_l, i, j] = sum_{n, p, q} g[n, o, p, q] * x[n, grp*Cg + c_l, row(p, i), col(q, j)].
-
-    A register block is OB output channels x (CB input channels x JB kernel columns) of one
-    kernel row: per chunk of output columns it loads OB g vectors and CB*JB x vectors and
-    does OB*CB*JB fmas into vector accumulators, horizontally summed at the end.
-    """
-    node = ctx.kernel.anchor
-    assert node is not None
-    b = ctx.b
-    x, gnode = node.inputs
-    dtype = node.dtype
-    o_total, cg, kh, kw = node.shape
-    n_batch, c_total, h, wdt = x.shape
-    _, _, ho, wo = gnode.shape
-    groups = node.attrs["groups"]
-    og = o_total // groups
-    win = _window(node)
-    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = win.strides, win.dilation, win.pads
-    xp, gp, out = ctx.ptr(x), ctx.ptr(gnode), ctx.out
-    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
-    vt = ir.VectorType(storage_type(dtype), lanes)
-    jb = min(kw, GW_X_BLOCK)
-    cb = max(1, GW_X_BLOCK // jb)
-    ix = IndexBuilder(b, 1)
-
-    def per_block(grp: ir.Value, ob: ir.Value, n_o: int, cl: ir.Value, n_c: int,
-                  i: ir.Value, j0: int, n_j: int) -> None:
-        # accs[o][c][j]
-        accs = [[[entry_alloca(b, vt, name="acc") for _ in range(n_j)] for _ in range(n_c)]
-                for _ in range(n_o)]
-        for a in (a for per_o in accs for per_c in per_o for a in per_c):
-            b.store(float_splat(dtype, 0.0, lanes), a)
-        plan = plan_chunks(wo, lanes, safe_outputs(sw, j0 * dw - pl, (j0 + n_j - 1) * dw - pl,
-                                                   wdt))
-        cin = lin(b, [(grp, cg), (cl, 1)])
-        o0 = lin(b, [(grp, og), (ob, 1)])
-        with loop(b, n_batch, "n") as n, for_range(b, 0, ho, 1, name="p") as p:
-            r = lin(b, [(p, sh), (i, dh)], -pt)
-            with b.if_then(in_range(b, r, 0, h)):
-                x_rows = [element_ptr(b, xp, dtype, b.mul(
-                    lin(b, [(n, c_total * h), (cin, h), (r, 1)], c * h), i64(wdt)))
-                    for c in range(n_c)]
-                g_rows = [element_ptr(b, gp, dtype, b.mul(
-                    lin(b, [(n, o_total * ho), (o0, ho), (p, 1)], k * ho), i64(wo)))
-                    for k in range(n_o)]
-
-                def chunk(q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
-                    gv = [Run(b, lanes, q0, 1, wo, False, limit).load(gr, dtype, 0.0)
-                          for gr in g_rows]
-                    for c, x_row in enumerate(x_rows):
-                        for jj in range(n_j):
-                            col0 = lin(b, [(q0, sw)], (j0 + jj) * dw - pl)
-                            xv = Run(b, lanes, col0, sw, wdt, checked, limit).load(
-                                x_row, dtype, 0.0)
-                            for k in range(n_o):
-                                a = accs[k][c][jj]
-                                b.store(fma(b, gv[k], xv, b.load(a)), a)
-
-                emit_chunks(b, plan, chunk)
-        for k in range(n_o):
-            for c in range(n_c):
-                for jj in range(n_j):
-                    total = horizontal(b, "sum", dtype, b.load(accs[k][c][jj]), lanes)
-                    offset = lin(b, [(o0, cg * kh * kw), (cl, kh * kw), (i, kw)],
-                                 (k * cg + c) * kh * kw + j0 + jj)
-                    ix.store(out, dtype, Idx(offset), total)
-
-    with loop(b, groups, "grp") as grp:
-        def out_block(ob: ir.Value, n_o: int) -> None:
-            def in_block(cl: ir.Value, n_c: int) -> None:
-                with loop(b, kh, "i") as i:
-                    for j0 in range(0, kw, jb):
-                        per_block(grp, ob, n_o, cl, n_c, i, j0, min(jb, kw - j0))
-
-            blocks(b, cg, cb, in_block, name="cl")
-
-        blocks(b, og, GW_OUT_BLOCK, out_block, name="ob")
-
-
 SCRATCH = {"conv2d_grad_input": _grad_input_scratch}
 LOWER = {
     "conv2d": _conv2d,
     "conv2d_grad_input": _grad_input,
-    "conv2d_grad_weight": _grad_weight,
+    "conv2d_grad_weight": conv_weight.emit_grad_weight,
 }

@@ -92,8 +92,13 @@ def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
     return rule
 
 
-def build_module(plan: MemoryPlan, target: Target, name: str = "graphc") -> GeneratedModule:
-    """Generate the LLVM module for a planned program (verified by the caller via LLVM)."""
+def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
+                 entry: str = ENTRY) -> GeneratedModule:
+    """Generate the LLVM module for a planned program (verified by the caller via LLVM).
+
+    `entry` names the entry-point symbol; exported libraries give each model its own so
+    that two of them can be linked or loaded into one process.
+    """
     program = plan.program
     module = ir.Module(name=name)
     module.triple = target.triple
@@ -105,9 +110,9 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc") -> Gene
     kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target) > 0)
                   for k in program.kernels]
 
-    entry = ir.Function(module, ir.FunctionType(I32, [PTR]), ENTRY)
-    b = ir.IRBuilder(entry.append_basic_block("entry"))
-    (table_ptr,) = entry.args
+    entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
+    b = ir.IRBuilder(entry_fn.append_basic_block("entry"))
+    (table_ptr,) = entry_fn.args
     slot_of = {(e.space, e.key): i for i, e in enumerate(table)}
     base_ptrs: dict[tuple[Space, int | str], ir.Value] = {}
     for i, e in enumerate(table):
@@ -140,7 +145,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc") -> Gene
         copy(c)
     b.ret(ir.Constant(I32, 0))
     del slot_of
-    return GeneratedModule(module, table, arena_bytes, scratch_offset)
+    return GeneratedModule(module, table, arena_bytes, scratch_offset, entry)
 
 
 def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,

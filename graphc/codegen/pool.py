@@ -1,26 +1,29 @@
 """Pooling kernels: max_pool2d, max_pool2d_grad, max_pool2d_gather, avg_pool2d and
 avg_pool2d_grad over NCHW tensors.
 
-Every kernel walks the output rows of each (n, c) plane and vectorizes over the output
+Forward kernels walk the output rows of each (n, c) plane and vectorize over the output
 width (`<L x T>`, see `window`: contiguous loads for stride 1, a load and a shuffle for
 strides 2-4, gathers beyond), kernel taps in row-major order, rows outside the input
-skipped, columns outside it masked (they read -inf for max, 0 for the sums).
+skipped, columns outside it masked (they read -inf for max, 0 for sums).
 
 - max_pool2d: a running max; NaN wins (numpy's max propagates NaN).
-- max_pool2d_grad / _gather: a running (max, flat input offset) pair per lane finds each
-  window's first argmax exactly like the reference's `np.argmax` over the -inf-padded
-  window: a later tap wins only if strictly greater, or NaN over a non-NaN; a window whose
-  first position is padding and whose values are all -inf keeps that padding position,
-  which contributes nothing (grad) or reads 0 (gather). The grad zero-fills dx and
-  scatter-adds g one lane at a time (overlapping windows may share an argmax); the gather
-  reads h at the argmaxes with a masked gather.
+- max_pool2d_gather / the argmax of max_pool2d_grad: a running (max, plane offset) pair per
+  lane finds each window's first argmax exactly like the reference's `np.argmax` over the
+  -inf-padded window: a later tap wins only if strictly greater, or NaN over a non-NaN; a
+  window whose first position is padding and whose values are all -inf keeps that padding
+  position (offset -1), which routes nothing (grad) or reads 0 (gather).
 - avg_pool2d: window sums divided by kh*kw, or by the count of real elements.
-- avg_pool2d_grad: dx zero-filled, then each g/divisor added to its window's elements with
-  vector read-modify-writes (the lanes of one vector never share an element).
+- The gradients run in two passes with a per-window scratch array: (1) each window's share
+  g/divisor (avg) or argmax offset (max, i32); (2) each dx chunk sums, over the windows that
+  contain it, their share or their g where the argmax is that element (`_transposed`). Pass
+  2 is vectorized over dx columns by column phases (as conv2d_grad_input): contiguous
+  loads, no scatter-add conflicts, and the reference's summation order, so results match
+  the reference bit for bit.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import llvmlite.ir as ir
@@ -28,30 +31,32 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.index import splat
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.types import I64, storage_type
+from graphc.codegen.target import Target
+from graphc.codegen.types import I1, I32, I64, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
+    ColPhase,
     Run,
+    const_splat,
     element_ptr,
     emit_chunks,
-    float_splat,
     gather,
     i64,
     in_range,
     iota,
     lin,
     live_lanes,
-    load_scalar,
     loop,
-    memset_zero,
     pick_lanes,
     plan_chunks,
     safe_outputs,
-    store_scalar,
     taps,
+    transposed_phases,
 )
+from graphc.errors import CompileError
 from graphc.ir import DType, Node
 from graphc.ops.conv_geometry import Window
+from graphc.passes.fuse import Kernel
 
 # body(plane index n*C + c, output row p, chunk start q0, checked, limit)
 RowBody = Callable[[ir.Value, ir.Value, ir.Value, bool, "int | None"], None]
@@ -116,50 +121,64 @@ class Pool:
 
 
 def _takes(b: ir.IRBuilder, v: ir.Value, cur: ir.Value) -> ir.Value:
-    """v beats cur: strictly greater, or NaN over a non-NaN (numpy's max/argmax)."""
-    return b.or_(b.fcmp_ordered(">", v, cur),
-                 b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", cur, cur)))
+    """v beats cur: strictly greater, or NaN over a non-NaN (numpy's argmax). That is
+    `(v > cur or v is NaN) and cur is not NaN`: two compares (one masked by the other)."""
+    return b.and_(b.fcmp_unordered(">", v, cur), b.fcmp_ordered("ord", cur, cur))
 
 
 def _max_pool(ctx: KernelContext) -> None:
+    """Window maxima. The running max is a plain `v > cur` select (one vmaxps) in two
+    independent partial accumulators (alternate taps), NaNs tracked in a separate mask:
+    the NaN-aware select of `_takes` would chain ~8 cycles of latency per tap."""
     node = ctx.kernel.anchor
     assert node is not None
     x = node.inputs[0]
     pool = Pool(ctx, node, x.shape)
     b = ctx.b
-    best = entry_alloca(b, pool.vt, name="best")
+    best = [entry_alloca(b, pool.vt, name="best") for _ in range(2)]
+    nan = entry_alloca(b, ir.VectorType(I1, pool.lanes), name="nan")
 
     def chunk(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool, limit: ir.Value | None
               ) -> None:
         x_plane = pool.plane(ctx.ptr(x), nc, pool.h * pool.w)
-        b.store(float_splat(pool.dtype, -float("inf"), pool.lanes), best)
+        for slot in best:
+            b.store(const_splat(pool.dtype, -float("inf"), pool.lanes), slot)
+        b.store(ir.Constant(nan.allocated_type, [ir.Constant(I1, 0)] * pool.lanes), nan)
+        order = itertools.count()
 
         def tap(_i: ir.Value, r: ir.Value, run: Run) -> None:
             row = element_ptr(b, x_plane, pool.dtype, b.mul(r, i64(pool.w)))
             v = run.load(row, pool.dtype, -float("inf"))
-            cur = b.load(best)
-            b.store(b.select(_takes(b, v, cur), v, cur), best)
+            slot = best[next(order) % 2]
+            cur = b.load(slot)
+            b.store(b.select(b.fcmp_ordered(">", v, cur), v, cur), slot)
+            b.store(b.or_(b.load(nan), b.fcmp_unordered("uno", v, v)), nan)
 
         pool.taps(p, q0, checked, limit, tap)
-        pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, b.load(best))
+        b0, b1 = b.load(best[0]), b.load(best[1])
+        value = b.select(b.fcmp_ordered(">", b1, b0), b1, b0)
+        value = b.select(b.load(nan), const_splat(pool.dtype, float("nan"), pool.lanes), value)
+        pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
     pool.rows(chunk)
 
 
 def _argmax(ctx: KernelContext, pool: Pool, x_plane: ir.Value, p: ir.Value, q0: ir.Value,
             checked: bool, limit: ir.Value | None) -> ir.Value:
-    """<L x i64>: the plane offset of each window's first argmax, or -1 when it is padding."""
+    """<L x i32>: the plane offset of each window's first argmax, or -1 when it is padding
+    (i32 halves the index work; `_check_plane` guarantees the offsets fit)."""
     b = ctx.b
     lanes = pool.lanes
+    v32 = ir.VectorType(I32, lanes)
     best = entry_alloca(b, pool.vt, name="best")
-    where = entry_alloca(b, ir.VectorType(I64, lanes), name="where")
-    b.store(float_splat(pool.dtype, -float("inf"), lanes), best)
+    where = entry_alloca(b, v32, name="where")
+    b.store(const_splat(pool.dtype, -float("inf"), lanes), best)
     # The window's first position (its top-left corner), which wins if nothing beats -inf.
     r0 = lin(b, [(p, pool.sh)], -pool.pt)
     c0 = b.add(splat(b, lin(b, [(q0, pool.sw)], -pool.pl), lanes), iota(lanes, pool.sw))
     inside = b.and_(splat(b, in_range(b, r0, 0, pool.h), lanes), in_range(b, c0, 0, pool.w))
-    first = b.add(splat(b, b.mul(r0, i64(pool.w)), lanes), c0)
-    b.store(b.select(inside, first, splat(b, i64(-1), lanes)), where)
+    first = b.trunc(b.add(splat(b, b.mul(r0, i64(pool.w)), lanes), c0), v32)
+    b.store(b.select(inside, first, const_splat(DType.int32, -1, lanes)), where)
 
     def tap(_i: ir.Value, r: ir.Value, run: Run) -> None:
         row_off = b.mul(r, i64(pool.w))
@@ -167,36 +186,106 @@ def _argmax(ctx: KernelContext, pool: Pool, x_plane: ir.Value, p: ir.Value, q0: 
         cur = b.load(best)
         take = _takes(b, v, cur)
         b.store(b.select(take, v, cur), best)
-        pos = b.add(splat(b, row_off, lanes), run.offsets())
+        pos = b.add(splat(b, b.trunc(b.add(row_off, run.col0), I32), lanes),
+                    iota32(lanes, run.stride))
         b.store(b.select(take, pos, b.load(where)), where)
 
     pool.taps(p, q0, checked, limit, tap)
     return b.load(where)
 
 
+def _check_plane(pool: Pool) -> None:
+    if pool.h * pool.w >= 2**31:
+        node = pool.node
+        raise CompileError(f"{node.op}: planes of {pool.h}x{pool.w} elements are too large "
+                           "(argmax offsets are 32-bit)", op=node.op, loc=node.loc)
+
+
+def iota32(lanes: int, step: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(I32, lanes), [ir.Constant(I32, t * step)
+                                                   for t in range(lanes)])
+
+
 def _max_pool_grad(ctx: KernelContext) -> None:
+    """Pass 1: each window's argmax offset (i32, -1 for padding) into scratch. Pass 2: each
+    dx chunk sums g over the windows whose argmax it is (see `_transposed`)."""
     node = ctx.kernel.anchor
     assert node is not None
+    if node.size == 0:
+        return
+    assert ctx.scratch is not None
     x, g = node.inputs
     pool = Pool(ctx, node, x.shape)
     b = ctx.b
-    memset_zero(b, ctx.out, node.size * node.dtype.itemsize)
+    where = ctx.scratch
+    i32 = DType.int32
+    _check_plane(pool)
 
-    def chunk(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool, limit: ir.Value | None
-              ) -> None:
+    def first(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool,
+              limit: ir.Value | None) -> None:
         x_plane = pool.plane(ctx.ptr(x), nc, pool.h * pool.w)
-        dx_plane = pool.plane(ctx.out, nc, pool.h * pool.w)
-        where = _argmax(ctx, pool, x_plane, p, q0, checked, limit)
-        gv = pool.load_out(pool.plane(ctx.ptr(g), nc, pool.ho * pool.wo), p, q0, limit)
-        # One lane at a time: overlapping windows can route to the same element.
-        count = i64(pool.lanes) if limit is None else limit
-        with for_range(b, 0, count, 1, name="lane") as t:
-            off = b.extract_element(where, t)
-            with b.if_then(b.icmp_signed(">=", off, i64(0))):
-                old = load_scalar(b, dx_plane, pool.dtype, off)
-                store_scalar(b, dx_plane, pool.dtype, off, b.fadd(old, b.extract_element(gv, t)))
+        at = _argmax(ctx, pool, x_plane, p, q0, checked, limit)
+        row = element_ptr(b, where, i32, lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)]))
+        Run(b, pool.lanes, q0, 1, pool.wo, False, limit).store(row, i32, at)
 
-    pool.rows(chunk)
+    pool.rows(first)
+
+    def contribution(nc: ir.Value, p: ir.Value, run: Run, positions: ir.Value) -> ir.Value:
+        row = lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)])
+        won = run.load(element_ptr(b, where, i32, row), i32, -1)
+        gv = run.load(element_ptr(b, ctx.ptr(g), pool.dtype, row), pool.dtype, 0.0)
+        lanes = run.lanes
+        hit = b.icmp_signed("==", won, b.trunc(positions, ir.VectorType(I32, lanes)))
+        return b.select(hit, gv, const_splat(pool.dtype, 0.0, lanes))
+
+    _transposed(ctx, pool, contribution)
+
+
+def _transposed(ctx: KernelContext, pool: Pool,
+                contribution: Callable[[ir.Value, ir.Value, Run, ir.Value], ir.Value]) -> None:
+    """dx[nc, y, x] = sum of contribution(nc, p, run of q, positions) over the windows
+    (p, q) that contain (y, x), in the reference's kernel-offset order (so the sums round
+    alike). Vectorized over x by column phases (`transposed_phases`): contiguous loads of
+    window data, one (strided) store per chunk, no scatter conflicts. `positions` are the
+    plane offsets y*W + x of the lanes."""
+    b = ctx.b
+    dtype = pool.dtype
+    phases = transposed_phases(pool.w, pool.sw, 1, pool.pl, pool.kw)
+    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), max(ph.count for ph in phases))
+    acc = entry_alloca(b, ir.VectorType(storage_type(dtype), lanes), name="acc")
+    if pool.n * pool.c * pool.h * pool.w == 0:
+        return
+    with for_range(b, 0, pool.n * pool.c, 1, name="nc") as nc, \
+            for_range(b, 0, pool.h, 1, name="y") as y:
+        dx_row = element_ptr(b, ctx.out, dtype, lin(b, [(nc, pool.h * pool.w), (y, pool.w)]))
+        for phase in phases:
+            offs = [off for _, off in phase.taps] or [0]
+            plan = plan_chunks(phase.count, lanes, safe_outputs(1, min(offs), max(offs),
+                                                                 pool.wo))
+
+            def chunk(q0: ir.Value, checked: bool, limit: ir.Value | None,
+                      phase: ColPhase = phase) -> None:
+                b.store(const_splat(dtype, 0.0, lanes), acc)
+                col0 = lin(b, [(q0, phase.step)], phase.start)
+                positions = b.add(splat(b, lin(b, [(y, pool.w), (col0, 1)]), lanes),
+                                  iota(lanes, phase.step))
+                with loop(b, pool.kh, "i") as i:
+                    num = lin(b, [(y, 1), (i, -1)], pool.pt)
+                    valid = in_range(b, num, 0, pool.ho * pool.sh)
+                    if pool.sh > 1:
+                        exact = b.icmp_signed("==", b.srem(num, i64(pool.sh)), i64(0))
+                        valid = b.and_(valid, exact)
+                    with b.if_then(valid):
+                        p = b.sdiv(num, i64(pool.sh)) if pool.sh > 1 else num
+                        for _j, off in phase.taps:
+                            run = Run(b, lanes, lin(b, [(q0, 1)], off), 1, pool.wo, checked,
+                                      limit)
+                            b.store(b.fadd(b.load(acc), contribution(nc, p, run, positions)),
+                                    acc)
+                Run(b, lanes, col0, phase.step, pool.w, False, limit).store(dx_row, dtype,
+                                                                             b.load(acc))
+
+            emit_chunks(b, plan, chunk)
 
 
 def _max_pool_gather(ctx: KernelContext) -> None:
@@ -204,17 +293,19 @@ def _max_pool_gather(ctx: KernelContext) -> None:
     assert node is not None
     x, h = node.inputs
     pool = Pool(ctx, node, x.shape)
+    _check_plane(pool)
     b = ctx.b
 
     def chunk(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool, limit: ir.Value | None
               ) -> None:
         x_plane = pool.plane(ctx.ptr(x), nc, pool.h * pool.w)
         where = _argmax(ctx, pool, x_plane, p, q0, checked, limit)
-        mask = b.icmp_signed(">=", where, splat(b, i64(0), pool.lanes))
+        mask = b.icmp_signed(">=", where, const_splat(DType.int32, 0, pool.lanes))
+        where = b.sext(where, ir.VectorType(I64, pool.lanes))
         if limit is not None:
             mask = b.and_(mask, live_lanes(b, pool.lanes, limit))
         value = gather(b, pool.plane(ctx.ptr(h), nc, pool.h * pool.w), pool.dtype, where, mask,
-                       float_splat(pool.dtype, 0.0, pool.lanes))
+                       const_splat(pool.dtype, 0.0, pool.lanes))
         pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
     pool.rows(chunk)
@@ -225,7 +316,7 @@ def _divisor(pool: Pool, p: ir.Value, q0: ir.Value) -> ir.Value:
     b = pool.b
     lanes = pool.lanes
     if pool.node.attrs["count_include_pad"]:
-        return float_splat(pool.dtype, float(pool.kh * pool.kw), lanes)
+        return const_splat(pool.dtype, float(pool.kh * pool.kw), lanes)
 
     def count(start: ir.Value, k: int, size: int, n: int) -> ir.Value:
         """min(start + k, size) - max(start, 0), elementwise."""
@@ -244,58 +335,69 @@ def _divisor(pool: Pool, p: ir.Value, q0: ir.Value) -> ir.Value:
 
 
 def _avg_pool(ctx: KernelContext) -> None:
+    """Window sums (two partial sums over alternate taps, for latency) over the divisor."""
     node = ctx.kernel.anchor
     assert node is not None
     x = node.inputs[0]
     pool = Pool(ctx, node, x.shape)
     b = ctx.b
-    total = entry_alloca(b, pool.vt, name="total")
+    total = [entry_alloca(b, pool.vt, name="total") for _ in range(2)]
 
     def chunk(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool, limit: ir.Value | None
               ) -> None:
         x_plane = pool.plane(ctx.ptr(x), nc, pool.h * pool.w)
-        b.store(float_splat(pool.dtype, 0.0, pool.lanes), total)
+        for slot in total:
+            b.store(const_splat(pool.dtype, 0.0, pool.lanes), slot)
+        order = itertools.count()
 
         def tap(_i: ir.Value, r: ir.Value, run: Run) -> None:
             row = element_ptr(b, x_plane, pool.dtype, b.mul(r, i64(pool.w)))
-            b.store(b.fadd(b.load(total), run.load(row, pool.dtype, 0.0)), total)
+            slot = total[next(order) % 2]
+            b.store(b.fadd(b.load(slot), run.load(row, pool.dtype, 0.0)), slot)
 
         pool.taps(p, q0, checked, limit, tap)
-        value = b.fdiv(b.load(total), _divisor(pool, p, q0))
+        value = b.fdiv(b.fadd(b.load(total[0]), b.load(total[1])), _divisor(pool, p, q0))
         pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
     pool.rows(chunk)
 
 
 def _avg_pool_grad(ctx: KernelContext) -> None:
+    """Pass 1: share = g / divisor into scratch (the reference's rounding). Pass 2: each dx
+    chunk sums the shares of the windows containing it (see `_transposed`)."""
     node = ctx.kernel.anchor
     assert node is not None
+    if node.size == 0:
+        return
+    assert ctx.scratch is not None
     g = node.inputs[0]
     pool = Pool(ctx, node, tuple(node.attrs["input_shape"]))
     b = ctx.b
-    memset_zero(b, ctx.out, node.size * node.dtype.itemsize)
+    share = ctx.scratch
 
-    def chunk(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool, limit: ir.Value | None
-              ) -> None:
-        dx_plane = pool.plane(ctx.out, nc, pool.h * pool.w)
+    def first(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool,
+              limit: ir.Value | None) -> None:
         gv = pool.load_out(pool.plane(ctx.ptr(g), nc, pool.ho * pool.wo), p, q0, limit)
-        share = b.fdiv(gv, _divisor(pool, p, q0))
+        pool.store_out(pool.plane(share, nc, pool.ho * pool.wo), p, q0, limit,
+                       b.fdiv(gv, _divisor(pool, p, q0)))
 
-        def tap(_i: ir.Value, r: ir.Value, run: Run) -> None:
-            row = element_ptr(b, dx_plane, pool.dtype, b.mul(r, i64(pool.w)))
-            # A gather (not the load-and-shuffle form) so load and scatter see one mask.
-            if run.stride == 1:
-                old = run.load(row, pool.dtype, 0.0)
-            else:
-                old = gather(b, row, pool.dtype, run.offsets(), run.lane_mask(),
-                             float_splat(pool.dtype, 0.0, pool.lanes))
-            run.store(row, pool.dtype, b.fadd(old, share))
+    pool.rows(first)
 
-        pool.taps(p, q0, checked, limit, tap)
+    def contribution(nc: ir.Value, p: ir.Value, run: Run, _positions: ir.Value) -> ir.Value:
+        row = lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)])
+        return run.load(element_ptr(b, share, pool.dtype, row), pool.dtype, 0.0)
 
-    pool.rows(chunk)
+    _transposed(ctx, pool, contribution)
 
 
+def _scratch_like_output(kernel: Kernel, target: Target) -> int:
+    """Bytes of one value per pooling window (the gradient's input g)."""
+    assert kernel.anchor is not None
+    g = kernel.anchor.inputs[-1]
+    return g.size * (4 if kernel.anchor.op == "max_pool2d_grad" else g.dtype.itemsize)
+
+
+SCRATCH = {"max_pool2d_grad": _scratch_like_output, "avg_pool2d_grad": _scratch_like_output}
 LOWER = {
     "max_pool2d": _max_pool,
     "max_pool2d_grad": _max_pool_grad,

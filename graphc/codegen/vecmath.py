@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 
 import llvmlite.ir as ir
 
-from graphc.codegen.vecmath_emit import internal_call, per_lane_libm_call
+from graphc.codegen.vecmath_emit import element_type, internal_call, per_lane_libm_call
 from graphc.codegen.vecmath_exp import erf_body, exp_body, expm1_body, sigmoid_body, tanh_body
 from graphc.codegen.vecmath_log import log1p_body, log_body
 from graphc.codegen.vecmath_trig import cos_body, sin_body
@@ -126,6 +126,11 @@ def per_lane_libm(builder: ir.IRBuilder, name: str, args: Sequence[ir.Value],
                   dtype: DType) -> ir.Value:
     """Call the C library function `name` lane by lane: `pow` for float64, `powf` for
     float32 (`dtype` must be a float dtype and match the arguments' type)."""
-    if not dtype.is_float:
-        raise CompileError(f"per_lane_libm: {name} needs a float dtype, got {dtype}")
+    want = {DType.float32: ir.FloatType(), DType.float64: ir.DoubleType()}.get(dtype)
+    if want is None:
+        raise CompileError(f"per_lane_libm: {name} needs a float dtype, got {dtype.value}")
+    for a in args:
+        if element_type(a.type) != want or a.type != args[0].type:
+            raise CompileError(f"per_lane_libm: {name} arguments must all be {want} "
+                               f"(or vectors of it, one type), got {a.type}")
     return per_lane_libm_call(builder, name, args)

@@ -12,9 +12,14 @@ masked off with LLVM's masked loads/stores (they read `fill` and are never writt
 generated code never touches memory outside a row. A run may also have a `limit`: only the
 lanes below it are live (the last, partial chunk of an output row).
 
-`plan_chunks` splits an output row into chunks of L: chunks whose every tap stays inside the
-input row (the interior, plain vector loads) and the others (borders, checked), plus the
-final partial chunk (checked, with a limit). All sizes are static, so the split is too.
+`plan_chunks` splits an output row into chunks of L and finds (statically) the interior:
+the chunks whose every tap stays inside the input row. `emit_chunks` runs one loop over the
+chunks with two bodies: interior chunks use plain vector loads; the others (borders and the
+final partial chunk) are checked, with a runtime count of live lanes. Two bodies rather
+than one per segment keep the generated code (and LLVM time) small.
+
+`transposed_phases` describes the column loop of the transposed ops (conv2d_grad_input, the
+pooling gradients) so that they too read contiguous runs: see `ColPhase`.
 """
 
 from __future__ import annotations
@@ -152,9 +157,11 @@ def memset_zero(b: ir.IRBuilder, ptr: ir.Value, nbytes: int) -> None:
     b.call(fn, [ptr, ir.Constant(I8, 0), i64(nbytes), ir.Constant(I1, 0)])
 
 
-def float_splat(dtype: DType, value: float, lanes: int) -> ir.Constant:
+def const_splat(dtype: DType, value: float, lanes: int) -> ir.Constant:
+    """<lanes x T> of `value` in `dtype`'s storage type."""
     t = storage_type(dtype)
-    return ir.Constant(ir.VectorType(t, lanes), [ir.Constant(t, value)] * lanes)
+    c = ir.Constant(t, value if dtype.is_float else int(value))
+    return ir.Constant(ir.VectorType(t, lanes), [c] * lanes)
 
 
 def in_range(b: ir.IRBuilder, v: ir.Value, lo: int, hi: int) -> ir.Value:
@@ -222,7 +229,7 @@ class Run:
     def load(self, row: ir.Value, dtype: DType, fill: float) -> ir.Value:
         """The run's elements of `row` (a pointer to its column 0); masked lanes get fill."""
         b = self.b
-        fill_v = float_splat(dtype, fill, self.lanes)
+        fill_v = const_splat(dtype, fill, self.lanes)
         if self.stride == 1 or self._wide:
             n = self.lanes * self.stride
             mask = self._mask(n, 1)
@@ -231,7 +238,7 @@ class Run:
                 wide = b.load(addr, typ=ir.VectorType(storage_type(dtype), n),
                               align=dtype.itemsize)
             else:
-                wide = masked_load(b, addr, dtype, mask, float_splat(dtype, fill, n))
+                wide = masked_load(b, addr, dtype, mask, const_splat(dtype, fill, n))
             if self.stride == 1:
                 return wide
             pick = ir.Constant(ir.VectorType(I32, self.lanes),
@@ -316,6 +323,34 @@ def emit_chunks(b: ir.IRBuilder, plan: ChunkPlan, body: ChunkBody) -> None:
                 body(q0, False, None)
             with otherwise:
                 checked(q0)
+
+
+# --- transposed (gather-form) column phases ---------------------------------------------------
+
+@dataclass(frozen=True)
+class ColPhase:
+    """Output columns start + q*step (q < count); under tap (j, off) output q reads input
+    column q*stride + off. Taps missing from `taps` never contribute to this phase."""
+
+    start: int
+    step: int
+    count: int
+    stride: int
+    taps: tuple[tuple[int, int], ...]  # (kernel column j, input column offset)
+
+
+def transposed_phases(width: int, stride: int, dilation: int, pad: int, taps: int
+                      ) -> tuple[ColPhase, ...]:
+    """The phases of a transposed window op (conv2d_grad_input, pool gradients) whose
+    forward output q reads input column x = q*stride + j*dilation - pad: output column x
+    sums the forward outputs q = (x + pad - j*dilation) / stride where that is exact.
+    Splitting x by x mod stride makes each tap contribute to a phase always or never, and
+    read *contiguous* forward outputs: q = (x - r)/stride + (r + pad - j*dilation)/stride."""
+    return tuple(
+        ColPhase(r, stride, len(range(r, width, stride)), 1,
+                 tuple((j, (r + pad - j * dilation) // stride) for j in range(taps)
+                       if (r + pad - j * dilation) % stride == 0))
+        for r in range(min(stride, width)))
 
 
 # --- loops ------------------------------------------------------------------------------------

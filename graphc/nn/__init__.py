@@ -1,1 +1,49 @@
-"""(being written)"""
+"""Keras-style layers built from graphc ops (see `graphc.nn.layer` for the contracts).
+
+    net = gc.nn.Sequential([gc.nn.Dense(128, "relu"), gc.nn.Dropout(0.2), gc.nn.Dense(10)])
+    logits = net(x, training=True)
+
+Families: `core` (Dense, Flatten, Activation, Dropout, Embedding, Add), `conv` (Conv2D,
+DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D), `norm` (BatchNorm, LayerNorm),
+`recurrent` (SimpleRNN, LSTM, GRU), `container` (Sequential), `regularizers` (L1, L2,
+L1L2), `losses` (per-example losses by name, used by `gc.Model`).
+"""
+
+from graphc.nn import activations, initializers, losses, regularizers
+from graphc.nn.container import Sequential
+from graphc.nn.conv import AvgPool2D, Conv2D, DepthwiseConv2D, GlobalAvgPool2D, MaxPool2D
+from graphc.nn.core import Activation, Add, Dense, Dropout, Embedding, Flatten
+from graphc.nn.layer import Layer, Scope, current_scope
+from graphc.nn.norm import BatchNorm, LayerNorm
+from graphc.nn.recurrent import GRU, LSTM, SimpleRNN
+from graphc.nn.regularizers import L1, L1L2, L2
+
+__all__ = [
+    "GRU",
+    "L1",
+    "L1L2",
+    "L2",
+    "LSTM",
+    "Activation",
+    "Add",
+    "AvgPool2D",
+    "BatchNorm",
+    "Conv2D",
+    "Dense",
+    "DepthwiseConv2D",
+    "Dropout",
+    "Embedding",
+    "Flatten",
+    "GlobalAvgPool2D",
+    "Layer",
+    "LayerNorm",
+    "MaxPool2D",
+    "Scope",
+    "SimpleRNN",
+    "Sequential",
+    "activations",
+    "current_scope",
+    "initializers",
+    "losses",
+    "regularizers",
+]

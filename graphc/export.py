@@ -1,0 +1,187 @@
+"""`export()`: compile a graph signature into a shared library usable from C with only libc.
+
+    gc.export(g, "build/libmlp.so", inputs=[x], outputs=logits)
+    -> build/libmlp.so, build/mlp.h   (+ build/mlp.bin with weights="external")
+
+The same stages as `gc.compile` (pass pipeline, fusion, memory plan, LLVM module) produce
+the same machine code, emitted as an object file instead of being loaded into a JIT; the
+system C compiler links it with a generated C wrapper (`export_c`) that implements the ABI
+documented in the generated header: contexts, argument order, status codes, variables,
+metadata. The metadata (JSON) is returned by ``NAME_metadata()`` and stored in the ELF
+section `.graphc_meta`, where `gc.runtime.load` reads it before loading anything.
+
+Files are written atomically (a failed export leaves earlier files intact). The library
+depends only on libc and libm; it runs on CPUs with the features of the exporting machine
+(recorded in the metadata and checked by `gc.runtime.load`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from graphc.codegen.module import build_module
+from graphc.codegen.target import host_target
+from graphc.errors import ArgumentError, GraphcError
+from graphc.export_c import entry_points, header_text, source_text, weights_file_header
+from graphc.export_layout import (
+    Layout,
+    build_layout,
+    c_identifier,
+    check_library_name,
+    checksum64,
+)
+from graphc.export_link import find_c_compiler, link_shared, object_code
+from graphc.fileio import atomic_write
+from graphc.ir import Graph, Node, Signature
+from graphc.options import CompileOptions
+from graphc.passes.fuse import fuse
+from graphc.passes.manager import run_pipeline
+from graphc.passes.memory_plan import check_no_overlap, plan_memory
+from graphc.runtime.arguments import resolve_signature
+from graphc.runtime.library import ABI_VERSION, META_FORMAT
+from graphc.textir import format_graph
+
+WEIGHTS_MODES = ("embedded", "external")
+
+
+@dataclass(frozen=True)
+class ExportedLibrary:
+    """What `export` wrote: the library, its header, the weights file (external only)."""
+
+    name: str
+    library: Path
+    header: Path
+    weights: Path | None
+    metadata: dict[str, Any]
+
+
+def export(
+    graph: Graph,
+    path: str | os.PathLike[str],
+    inputs: Sequence[Node] | None = None,
+    outputs: Sequence[Node] | Node | None = None,
+    updates: Mapping[Node, Node] | Sequence[tuple[Node, Node]] | None = None,
+    *,
+    signature: str | None = None,
+    name: str | None = None,
+    weights: str = "embedded",
+    options: CompileOptions | None = None,
+) -> ExportedLibrary:
+    """Write ``libNAME.so`` at `path` and ``NAME.h`` beside it; return what was written.
+
+    What to compile is given as in `gc.compile` (inputs/outputs/updates, or signature=).
+    NAME is `name`, or `path`'s file name without ``lib`` and ``.so`` (``libmlp.so`` ->
+    ``mlp``); it prefixes every C symbol and must be a C identifier. If `path` is an
+    existing directory, ``libNAME.so`` goes inside it (NAME defaults to the graph's name).
+    With `updates`, the library's run function is a training step whose parameters and
+    optimizer state live in its context. `weights="external"` writes the weights to
+    ``NAME.bin`` beside the library instead of embedding them. Raises GraphcError (no C
+    compiler, bad name) or CompileError (code generation, linking).
+    """
+    from graphc.compile import DEFAULT_OPTIONS
+
+    options = options or DEFAULT_OPTIONS
+    if weights not in WEIGHTS_MODES:
+        raise ArgumentError(f"weights must be one of {', '.join(WEIGHTS_MODES)}, "
+                            f"got {weights!r}")
+    sig, single = resolve_signature(graph, inputs, outputs, updates, signature)
+    lib_path, name = _paths(Path(path), name, graph)
+    cc = find_c_compiler()  # before the expensive part: fail fast without a compiler
+
+    result = run_pipeline(graph, replace(sig, name="main"), options)
+    program = fuse(result.graph, result.signature)
+    plan = plan_memory(program)
+    if options.verify_each:
+        check_no_overlap(plan)
+    target = host_target()
+    generated = build_module(plan, target, name=graph.name, entry=f"{name}_graphc_entry")
+    ir_text = generated.ir_text
+    cache = Path(options.cache_dir) if options.cache_dir else None
+    obj = object_code(ir_text, target, options.opt_level, cache)
+
+    external = weights == "external"
+    layout, blob = build_layout(name, result.graph, sig, generated, external)
+    checksum = checksum64(blob)
+    meta = _metadata(layout, graph, sig, single, ir_text, blob, checksum, target)
+    meta_json = json.dumps(meta, sort_keys=True)
+    header = header_text(layout, meta)
+    source = source_text(layout, meta_json, checksum)
+
+    with tempfile.TemporaryDirectory(prefix="graphc-export-") as tmp:
+        built = link_shared(cc, Path(tmp), name, obj, source, header,
+                            blob if not external and blob else None,
+                            list(entry_points(layout).values()))
+        lib_bytes = built.read_bytes()
+    header_path = lib_path.parent / f"{name}.h"
+    weights_path = lib_path.parent / f"{name}.bin" if external else None
+    def write_weights(f: BinaryIO) -> None:
+        f.write(weights_file_header(len(blob), checksum))
+        f.write(blob)
+
+    try:
+        if weights_path is not None:
+            atomic_write(weights_path, write_weights)
+        atomic_write(header_path, lambda f: f.write(header.encode()))
+        atomic_write(lib_path, lambda f: f.write(lib_bytes))
+    except OSError as exc:
+        raise GraphcError(f"cannot write {lib_path}: {exc.strerror or exc}") from None
+    lib_path.chmod(0o755)
+    return ExportedLibrary(name, lib_path, header_path, weights_path, meta)
+
+
+def _paths(path: Path, name: str | None, graph: Graph) -> tuple[Path, str]:
+    if path.is_dir():
+        name = name or c_identifier(graph.name)
+        return path / f"lib{check_library_name(name)}.so", name
+    if name is None:
+        stem = path.name[:-3] if path.name.endswith(".so") else path.stem
+        name = stem[3:] if stem.startswith("lib") and len(stem) > 3 else stem
+    if not path.parent.is_dir():
+        raise GraphcError(f"cannot write {path}: directory {path.parent} does not exist")
+    return path, check_library_name(name)
+
+
+def _metadata(layout: Layout, graph: Graph, sig: Signature, single: bool, ir_text: str,
+              blob: bytes, checksum: int, target: Any) -> dict[str, Any]:
+    from graphc import __version__
+
+    def port(p: Any) -> dict[str, Any]:
+        return {"name": p.name, "c_name": p.cname, "dtype": p.type.dtype.value,
+                "shape": list(p.type.shape), "bytes": p.nbytes}
+
+    return {
+        "format": META_FORMAT,
+        "abi_version": ABI_VERSION,
+        "graphc_version": __version__,
+        "name": layout.name,
+        "graph": graph.name,
+        "signature": sig.name,
+        "single_output": single,
+        "trains": layout.trains,
+        "inputs": [port(p) for p in layout.inputs],
+        "outputs": [port(p) for p in layout.outputs],
+        "variables": [{**port(v), "updated": v.updated, "writable": v.state_offset is not None}
+                      for v in layout.variables],
+        "constants": [port(b) for b in layout.buffers if b.kind == "constant"],
+        "entry_points": entry_points(layout),
+        "context_bytes": layout.context_bytes,
+        "arena_bytes": layout.arena_bytes,
+        "weights": {
+            "storage": "external" if layout.external else "embedded",
+            "file": f"{layout.name}.bin" if layout.external else None,
+            "bytes": len(blob),
+            "checksum64": f"{checksum:016x}",
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        },
+        "target": {"triple": target.triple, "cpu": target.cpu, "features": target.features},
+        # The graph as the user gave it (text IR: structure, not weights) and the LLVM module.
+        "graph_sha256": hashlib.sha256(format_graph(graph).encode()).hexdigest(),
+        "module_sha256": hashlib.sha256(ir_text.encode()).hexdigest(),
+    }

@@ -1,0 +1,141 @@
+"""The training loop behind `Model.fit` and the batched inference behind evaluate/predict.
+
+Per step the host does only what it must: gather the batch's rows (pad the last, short
+batch and mark it in the sample mask), make the one native call, and keep the loss and
+the training-mode outputs for the epoch's metrics. Metrics are computed in numpy at the
+end of the epoch (and for the progress bar, only when it redraws).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from graphc.callbacks import CallbackList
+from graphc.data import pad_batch, train_val_split
+from graphc.errors import ArgumentError
+from graphc.training.history import History
+from graphc.training.progress import ProgressBar
+
+if TYPE_CHECKING:
+    from graphc.training.model import Model
+
+__all__ = ["fit", "run_inference"]
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ArgumentError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def run_inference(model: Model, x: np.ndarray, y: np.ndarray, batch: int
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(outputs, per-example losses, regularization term) over all of x, in batches."""
+    fn = model.evaluate_fn(batch)
+    n = len(x)
+    outputs: np.ndarray | None = None
+    per_example = np.empty(n, np.float64)
+    extra = 0.0
+    for start in range(0, n, batch):
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        r = len(xb)
+        result = fn(pad_batch(xb, batch), pad_batch(yb, batch))
+        if outputs is None:
+            outputs = np.empty((n, *result[0].shape[1:]), result[0].dtype)
+        outputs[start:start + r] = result[0][:r]
+        per_example[start:start + r] = result[1][:r]
+        if len(result) > 2:
+            extra = float(result[2])
+    assert outputs is not None
+    return outputs, per_example, extra
+
+
+def fit(model: Model, x: Any, y: Any, batch_size: int, epochs: int,
+        validation_data: tuple[Any, Any] | None, validation_split: float, shuffle: bool,
+        seed: int, callbacks: list[Any], verbose: int, initial_epoch: int, stream: TextIO
+        ) -> History:
+    """See `Model.fit`."""
+    batch = _positive("batch_size", batch_size)
+    epochs = int(epochs)
+    model.default_batch_size = batch
+    graph = model.train_graph(batch)
+    xs = model._check_x(x)
+    ys = model._check_y(y, len(xs), graph.y)
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    if validation_data is not None:
+        xv = model._check_x(validation_data[0])
+        validation = (xv, model._check_y(validation_data[1], len(xv), graph.y))
+    elif validation_split > 0:
+        (xs, ys), validation = train_val_split(xs, ys, validation_split, seed=seed)
+
+    history = History()
+    t0 = time.perf_counter()
+    step = model.train_step_fn(batch)
+    if validation is not None:
+        model.evaluate_fn(batch)
+    history.compile_seconds = time.perf_counter() - t0
+
+    cbs = CallbackList(callbacks, model)
+    model.stop_training = False
+    rng = np.random.default_rng(seed)
+    n = len(xs)
+    steps = math.ceil(n / batch)
+    full_mask = np.ones(batch, graph.mask.dtype.np)
+    cbs.on_train_begin({})
+    for epoch in range(initial_epoch, epochs):
+        if model.stop_training:
+            break
+        cbs.on_epoch_begin(epoch, {})
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        y_epoch = ys[order] if model.metrics else ys
+        bar = ProgressBar(epoch, epochs, steps, stream, verbose)
+        bar.begin()
+        outputs: np.ndarray | None = None
+        loss_sum, seen = 0.0, 0
+
+        def running() -> dict[str, float]:
+            logs = {"loss": loss_sum / max(seen, 1)}
+            if outputs is not None:
+                for name, fn in model.metrics:
+                    logs[name] = float(fn(y_epoch[:seen], outputs[:seen]))
+            return logs
+
+        start = time.perf_counter()
+        for s in range(steps):
+            idx = order[s * batch:(s + 1) * batch]
+            r = len(idx)
+            xb, yb, mask = xs[idx], ys[idx], full_mask
+            if r < batch:
+                xb, yb = pad_batch(xb, batch), pad_batch(yb, batch)
+                mask = np.zeros(batch, full_mask.dtype)
+                mask[:r] = 1
+            if cbs.batch_hooks:
+                cbs.on_batch_begin(s, {"size": r})
+            loss, out = step(xb, yb, mask)
+            loss_value = float(loss)
+            loss_sum += loss_value * r
+            seen += r
+            if model.metrics:
+                if outputs is None:
+                    outputs = np.empty((n, *out.shape[1:]), out.dtype)
+                outputs[seen - r:seen] = out[:r]
+            if cbs.batch_hooks:
+                cbs.on_batch_end(s, {"loss": loss_value, "size": r})
+            if bar.live:
+                bar.update(s + 1, seen, running)
+        history.train_seconds += time.perf_counter() - start
+        history.steps += steps
+        history.samples += n
+        logs = running()
+        if validation is not None:
+            val = model.evaluate(validation[0], validation[1], batch_size=batch)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        cbs.on_epoch_end(epoch, logs)
+        bar.finish(logs, n)
+        history.append(epoch, logs)
+    cbs.on_train_end({})
+    return history

@@ -1,0 +1,397 @@
+"""`load(path)`: an exported graphc library (`gc.export`) back in Python, called like an Executable.
+
+Before anything is loaded into the process, the file is checked from the outside: it must be
+an ELF shared object with a `.graphc_meta` section (found by parsing the ELF section table,
+bounded reads only) holding the library's JSON metadata, of an ABI version this graphc knows,
+built for this machine's architecture and for CPU features this machine has. Any failure is
+a `GraphcError` naming the file and the reason; a file that is not a graphc library never
+reaches `dlopen` (whose constructors would run, and whose code could crash the process).
+
+Then the library is opened with ctypes, one context is created (its state: parameters,
+optimizer state, scratch arena), and calls go through ``NAME_run_arrays``. The call
+convention is `runtime.arguments`' (positional or by name, checked before native code
+runs); outputs are fresh numpy arrays. Calls are serialized by a lock because the context
+is one; load the library again for parallel calls (each `Library` has its own context).
+A training library updates its parameters in its context; read and write them through
+`Library.variables`.
+
+Note: the dynamic loader identifies libraries by path, so loading a file that was rewritten
+at the same path after an earlier `load` in this process would reuse the old code; `load`
+refuses that case instead (the metadata would disagree) -- export to a new path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import struct
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphc.codegen.target import host_target
+from graphc.errors import ArgumentError, GraphcError
+from graphc.ir import DType, TensorType
+from graphc.runtime.arguments import bind_arguments
+
+ABI_VERSION = 1
+SUPPORTED_ABI_VERSIONS = frozenset({ABI_VERSION})
+META_SECTION = ".graphc_meta"
+META_FORMAT = "graphc-library"
+MAX_META_BYTES = 16 << 20  # the metadata of a huge graph is far below this
+
+_SHN_XINDEX = 0xFFFF
+
+
+# --- reading the metadata without loading the file ------------------------------------------
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON metadata embedded in a graphc library, read by parsing the ELF file.
+
+    Raises GraphcError if `path` is not a readable ELF file, is truncated, or has no valid
+    graphc metadata. Does not check compatibility with this machine (see `check_compatible`).
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            raw = _read_meta_section(f, p)
+    except OSError as exc:
+        raise GraphcError(f"cannot read {p}: {exc.strerror or exc}") from None
+    text = raw.rstrip(b"\0")
+    try:
+        meta = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GraphcError(f"{p}: the {META_SECTION} section is not valid JSON ({exc})") from None
+    _check_schema(meta, p)
+    return meta
+
+
+def _read_meta_section(f: Any, p: Path) -> bytes:
+    size = os.fstat(f.fileno()).st_size
+
+    def read_at(offset: int, n: int, what: str) -> bytes:
+        if offset < 0 or n < 0 or offset + n > size:
+            raise GraphcError(f"{p} is truncated or corrupt: its {what} lies outside the file "
+                              f"(bytes {offset}..{offset + n} of {size})")
+        f.seek(offset)
+        data = f.read(n)
+        if len(data) != n:
+            raise GraphcError(f"{p} is truncated: could not read its {what}")
+        return data
+
+    if size < 16 or read_at(0, 4, "ELF magic") != b"\x7fELF":
+        raise GraphcError(f"{p} is not a graphc library: not an ELF file")
+    ident = read_at(0, 16, "ELF identification")
+    if ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        raise GraphcError(f"{p} is not a valid ELF file (class {ident[4]}, data {ident[5]})")
+    is64 = ident[4] == 2
+    end = "<" if ident[5] == 1 else ">"
+    hfmt = end + ("HHIQQQIHHHHHH" if is64 else "HHIIIIIHHHHHH")
+    fields = struct.unpack(hfmt, read_at(16, struct.calcsize(hfmt), "ELF header"))
+    e_type, shoff, shentsize, shnum, shstrndx = fields[0], fields[5], fields[10], fields[11], \
+        fields[12]
+    if e_type != 3:  # ET_DYN
+        raise GraphcError(f"{p} is not a graphc library: not a shared object (ELF type {e_type})")
+    sfmt = end + ("IIQQQQIIQQ" if is64 else "IIIIIIIIII")
+    if shoff == 0 or shentsize < struct.calcsize(sfmt):
+        raise GraphcError(f"{p} is not a graphc library: it has no section table")
+
+    def section(i: int) -> tuple[int, ...]:
+        return struct.unpack(sfmt, read_at(shoff + i * shentsize, struct.calcsize(sfmt),
+                                           f"section header {i}"))
+
+    if shnum == 0:  # more than 0xff00 sections: the count is in section 0
+        shnum = section(0)[5]
+    if shstrndx == _SHN_XINDEX:
+        shstrndx = section(0)[6]
+    if shnum > 1 << 20 or shstrndx >= shnum:
+        raise GraphcError(f"{p} is corrupt: bad section count {shnum} or name index {shstrndx}")
+    # sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, ...
+    names_hdr = section(shstrndx)
+    names = read_at(names_hdr[4], names_hdr[5], "section name table")
+    wanted = META_SECTION.encode()
+    for i in range(shnum):
+        hdr = section(i)
+        name_end = names.find(b"\0", hdr[0])
+        if hdr[0] < len(names) and names[hdr[0]:name_end if name_end >= 0 else None] == wanted:
+            if hdr[5] > MAX_META_BYTES:
+                raise GraphcError(f"{p}: its {META_SECTION} section is implausibly large "
+                                  f"({hdr[5]} bytes)")
+            return read_at(hdr[4], hdr[5], f"{META_SECTION} section")
+    raise GraphcError(f"{p} is not a graphc library: it has no {META_SECTION} section "
+                      "(export libraries with gc.export or `graphc compile`)")
+
+
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "format": str, "abi_version": int, "name": str, "graphc_version": str,
+    "inputs": list, "outputs": list, "variables": list, "single_output": bool,
+    "entry_points": dict, "target": dict, "weights": dict, "context_bytes": int,
+}
+
+
+def _check_schema(meta: Any, p: Path) -> None:
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise GraphcError(f"{p} is not a graphc library: its metadata is not {META_FORMAT!r}")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(meta.get(key), kind):
+            raise GraphcError(f"{p}: invalid graphc metadata: {key!r} is missing or not a "
+                              f"{getattr(kind, '__name__', kind)}")
+    if not meta["name"].isidentifier() or not meta["name"].isascii():
+        raise GraphcError(f"{p}: invalid graphc metadata: library name {meta['name']!r}")
+    try:
+        for port in (*meta["inputs"], *meta["outputs"], *meta["variables"]):
+            _tensor_type(port)
+            if not isinstance(port["name"], str):
+                raise TypeError("name")
+    except (KeyError, TypeError, ValueError, GraphcError) as exc:
+        raise GraphcError(f"{p}: invalid graphc metadata: bad tensor entry ({exc})") from None
+
+
+def _tensor_type(entry: Mapping[str, Any]) -> TensorType:
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"shape {shape!r}")
+    return TensorType(tuple(shape), DType.of(entry["dtype"]))
+
+
+def check_compatible(meta: Mapping[str, Any], path: str | os.PathLike[str] = "library") -> None:
+    """Raise GraphcError unless this graphc and this machine can run the library."""
+    abi = meta["abi_version"]
+    if abi not in SUPPORTED_ABI_VERSIONS:
+        raise GraphcError(
+            f"{path}: graphc library ABI version {abi} is not supported by graphc "
+            f"(supported: {', '.join(map(str, sorted(SUPPORTED_ABI_VERSIONS)))}); it was built "
+            f"by graphc {meta['graphc_version']}: re-export it with this version")
+    host = host_target()
+    target = meta["target"]
+    lib_arch = str(target.get("triple", "")).split("-")[0]
+    host_arch = host.triple.split("-")[0]
+    if lib_arch != host_arch:
+        raise GraphcError(f"{path} was built for {target.get('triple')}, this machine is "
+                          f"{host.triple}")
+    have = {f[1:] for f in host.features.split(",") if f.startswith("+")}
+    need = [f[1:] for f in str(target.get("features", "")).split(",") if f.startswith("+")]
+    missing = [f for f in need if f not in have]
+    if missing:
+        raise GraphcError(
+            f"{path} was built for CPU {target.get('cpu')!r} with features this machine "
+            f"({host.cpu}) lacks: {', '.join(missing)}; re-export it on this machine")
+
+
+# --- the loaded library --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Port:
+    """An input, output or variable of a library: its name and type (like a Node's)."""
+
+    name: str
+    type: TensorType
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> DType:
+        return self.type.dtype
+
+
+_P = ctypes.c_void_p
+_PP = ctypes.POINTER(ctypes.c_void_p)
+# role in the metadata's "entry_points" -> (restype, argtypes) of the C function.
+_PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
+    "abi_version": (ctypes.c_int, []),
+    "metadata": (_P, []),
+    "error_string": (ctypes.c_char_p, [ctypes.c_int]),
+    "create": (ctypes.c_int, [_PP]),
+    "init": (ctypes.c_int, [_P, ctypes.c_size_t, _PP]),
+    "destroy": (None, [_P]),
+    "load_weights": (ctypes.c_int, [_P, ctypes.c_char_p]),
+    "run_arrays": (ctypes.c_int, [_P, _PP, _PP]),
+    "get_variable": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_size_t]),
+    "set_variable": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_size_t]),
+}
+_REQUIRED_ENTRY_POINTS = ("abi_version", "metadata", "error_string", "create", "init",
+                          "destroy", "run_arrays", "get_variable", "set_variable")
+
+
+class Library:
+    """A graphc library loaded into this process, with one context. Call it like an Executable.
+
+    Attributes: `path`, `name`, `metadata` (the JSON dict), `inputs`/`outputs` (Ports, in
+    call order), `single_output`, `variables` (read/write the context's parameters).
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], weights: Path | None = None):
+        self.path = path
+        self.metadata = meta
+        self.name: str = meta["name"]
+        self.inputs = [Port(e["name"], _tensor_type(e)) for e in meta["inputs"]]
+        self.outputs = [Port(e["name"], _tensor_type(e)) for e in meta["outputs"]]
+        self.single_output: bool = meta["single_output"]
+        self._lock = threading.Lock()
+        try:
+            self._dll = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise GraphcError(f"cannot load {path}: {exc}") from None
+        self._fn = {role: self._bind(role) for role in _PROTOTYPES
+                    if role in meta["entry_points"]}
+        for role in _REQUIRED_ENTRY_POINTS:
+            self._call(role)  # fail now, not at the first call
+        abi = self._call("abi_version")()
+        if abi != meta["abi_version"]:
+            raise GraphcError(f"{path}: the code reports ABI version {abi}, its metadata "
+                              f"{meta['abi_version']} (an older library already loaded from "
+                              "this path? export to a new path)")
+        native_meta = ctypes.cast(self._call("metadata")(), ctypes.c_char_p).value or b""
+        if json.loads(native_meta.decode()) != meta:
+            raise GraphcError(f"{path}: the loaded code's metadata differs from the file's (a "
+                              "library already loaded from this path? export to a new path)")
+        self._ctx = ctypes.c_void_p()
+        self._memory: np.ndarray | None = None
+        if weights is None:
+            self._check(self._call("create")(ctypes.byref(self._ctx)), "creating a context")
+        else:
+            if meta["weights"].get("storage") != "external":
+                raise ArgumentError(f"{path} embeds its weights; weights= is only for "
+                                    "libraries exported with weights='external'")
+            self._memory = _aligned_bytes(meta["context_bytes"])
+            self._check(self._call("init")(self._memory.ctypes.data, self._memory.nbytes,
+                                           ctypes.byref(self._ctx)), "initializing a context")
+            self._check(self._call("load_weights")(self._ctx, os.fsencode(weights)),
+                        f"loading weights from {weights}")
+        # Invalidate (and free, if the library allocated it) the context when we go away;
+        # the memory we may have given it stays alive until then (it is an argument).
+        self._finalizer = weakref.finalize(self, _destroy, self._call("destroy"),
+                                           self._ctx.value, self._memory)
+        self.variables = LibraryVariables(self, meta["variables"])
+
+    def _bind(self, role: str) -> Any:
+        symbol = self.metadata["entry_points"].get(role)
+        if not isinstance(symbol, str):
+            raise GraphcError(f"{self.path}: its metadata lists no {role!r} entry point")
+        try:
+            fn = getattr(self._dll, symbol)
+        except AttributeError:
+            raise GraphcError(f"{self.path}: entry point {symbol!r} is missing") from None
+        fn.restype, fn.argtypes = _PROTOTYPES[role]
+        return fn
+
+    def _call(self, role: str) -> Any:
+        fn = self._fn.get(role)
+        if fn is None:
+            raise GraphcError(f"{self.path} has no {role!r} entry point")
+        return fn
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            text = self._call("error_string")(status)
+            raise GraphcError(f"library {self.name} ({self.path.name}): {what} failed: "
+                              f"{(text or b'?').decode()} (status {status})")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [p.name for p in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [p.name for p in self.outputs]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        arrays = bind_arguments(self.inputs, args, kwargs, f"library {self.name}")
+        outputs = [np.empty(p.shape, p.dtype.np) for p in self.outputs]
+        ins = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+        outs = (ctypes.c_void_p * max(1, len(outputs)))(*[o.ctypes.data for o in outputs])
+        with self._lock:
+            status = self._call("run_arrays")(self._ctx, ins, outs)
+        self._check(status, "running")
+        if self.single_output:
+            return outputs[0]
+        return tuple(outputs)
+
+    def __repr__(self) -> str:
+        return f"<graphc Library {self.name!r} from {self.path}>"
+
+
+class LibraryVariables(Mapping[str, np.ndarray]):
+    """The variables of a library's context by name: reading copies out, assigning copies in.
+
+    A library exported without updates keeps its embedded weights read-only (assigning
+    raises GraphcError) unless it was exported with weights='external'.
+    """
+
+    def __init__(self, lib: Library, entries: Sequence[Mapping[str, Any]]):
+        self._lib = lib
+        self._ports = {e["name"]: (i, Port(e["name"], _tensor_type(e)))
+                       for i, e in enumerate(entries)}
+
+    def _entry(self, name: str) -> tuple[int, Port]:
+        try:
+            return self._ports[name]
+        except KeyError:
+            known = ", ".join(sorted(self._ports)) or "none"
+            raise GraphcError(f"library {self._lib.name} has no variable {name!r} "
+                              f"(variables: {known})") from None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        index, port = self._entry(name)
+        out = np.empty(port.shape, port.dtype.np)
+        lib = self._lib
+        with lib._lock:
+            status = lib._call("get_variable")(lib._ctx, index, out.ctypes.data,
+                                               out.nbytes)
+        lib._check(status, f"reading variable {name!r}")
+        return out
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        index, port = self._entry(name)
+        array = np.asarray(value)
+        if array.shape != port.shape:
+            raise ArgumentError(f"variable {name!r}: expected shape {port.shape} "
+                                f"({port.type}), got {array.shape}")
+        if array.dtype != port.dtype.np and not np.can_cast(array, port.dtype.np, "same_kind"):
+            raise ArgumentError(f"variable {name!r}: expected {port.dtype}, got {array.dtype}")
+        data = np.require(array.astype(port.dtype.np, copy=False), requirements="C")
+        lib = self._lib
+        with lib._lock:
+            status = lib._call("set_variable")(lib._ctx, index, data.ctypes.data,
+                                               data.nbytes)
+        lib._check(status, f"setting variable {name!r}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ports)
+
+    def __len__(self) -> int:
+        return len(self._ports)
+
+
+def load(path: str | os.PathLike[str], *, weights: str | os.PathLike[str] | None = None
+         ) -> Library:
+    """Load an exported graphc library; call the result like `gc.compile`'s Executable.
+
+    `weights`: for a library exported with weights='external', the weights file to read
+    (default: NAME.bin beside the library). Raises GraphcError for a file that is not a
+    graphc library, of an unknown ABI version, or built for CPU features this machine lacks.
+    """
+    p = Path(path).resolve()
+    meta = read_metadata(p)
+    check_compatible(meta, p)
+    return Library(p, meta, Path(weights) if weights is not None else None)
+
+
+def _destroy(destroy: Any, ctx: int | None, memory: np.ndarray | None) -> None:
+    del memory  # kept alive until the context is destroyed
+    if ctx:
+        destroy(ctx)
+
+
+def _aligned_bytes(n: int, align: int = 64) -> np.ndarray:
+    raw = np.zeros(max(n, 1) + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + max(n, 1)]
