@@ -9,7 +9,9 @@ reads its variables when it loads:
              this CPU (SkylakeX, AVX-512, on an AVX-512 machine).
 Both use OPENBLAS_NUM_THREADS=1. Inside a worker, our kernel and numpy's are timed in
 alternation on the same operands (so load from other processes hits both alike) and the
-median of `runs` timings is reported. The kernel OpenBLAS used is named from threadpoolctl
+median of `runs` timings is reported. Timings are the thread's CPU time (both kernels run in
+the calling thread), which ignores time the thread spent preempted on a busy machine;
+--wall uses wall-clock time instead. The kernel OpenBLAS used is named from threadpoolctl
 when it is installed (`pip install threadpoolctl`).
 """
 
@@ -50,8 +52,9 @@ class Row:
     numpy: float
 
 
-def _worker(runs: int, dtype_name: str) -> None:
+def _worker(runs: int, dtype_name: str, wall: bool) -> None:
     """Time every shape (ours and numpy, alternating); print one JSON object."""
+    clock = time.perf_counter if wall else time.thread_time
     import llvmlite.ir as ir
     import numpy as np
 
@@ -100,14 +103,14 @@ def _worker(runs: int, dtype_name: str) -> None:
         reps = max(3, int(0.05 / (flops / 80e9)))  # about 50 ms per timing
         ours, theirs = [], []
         for _ in range(runs):
-            t = time.perf_counter()
+            t = clock()
             for _ in range(reps):
                 fn(*args)
-            ours.append((time.perf_counter() - t) / reps)
-            t = time.perf_counter()
+            ours.append((clock() - t) / reps)
+            t = clock()
             for _ in range(reps):
                 np.matmul(la, lb, out=out)
-            theirs.append((time.perf_counter() - t) / reps)
+            theirs.append((clock() - t) / reps)
         rows.append({"name": SHAPES[j][0], "ours": flops / statistics.median(ours) / 1e9,
                      "numpy": flops / statistics.median(theirs) / 1e9, "err": err})
     print(json.dumps({"kernel": _openblas_kernel(), "compile_s": compile_s, "rows": rows}))
@@ -125,13 +128,13 @@ def _openblas_kernel() -> str:
                      f"threads={i.get('num_threads')}" for i in blas)
 
 
-def _run_variant(name: str, drop: tuple[str, ...], runs: int, dtype: str) -> dict:
+def _run_variant(name: str, drop: tuple[str, ...], runs: int, dtype: str, wall: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["OPENBLAS_NUM_THREADS"] = "1"
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, __file__, "--worker", "--runs", str(runs),
-                           "--dtype", dtype], env=env, capture_output=True, text=True,
-                          check=False)
+    cmd = [sys.executable, __file__, "--worker", "--runs", str(runs), "--dtype", dtype]
+    proc = subprocess.run(cmd + (["--wall"] if wall else []), env=env, capture_output=True,
+                          text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name} worker failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,15 +169,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--wall", action="store_true", help="time with the wall clock")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        _worker(args.runs, args.dtype)
+        _worker(args.runs, args.dtype, args.wall)
         return
-    as_is = _run_variant("as is", (), args.runs, args.dtype)
+    as_is = _run_variant("as is", (), args.runs, args.dtype, args.wall)
     avx512 = _run_variant("avx512", ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"), args.runs,
-                          args.dtype)
-    print(f"{args.dtype} GEMM, 1 thread, GFLOP/s (median of {args.runs} runs each)")
+                          args.dtype, args.wall)
+    clock = "wall-clock" if args.wall else "thread CPU"
+    print(f"{args.dtype} GEMM, 1 thread, GFLOP/s (median of {args.runs} runs each, "
+          f"{clock} time); load average {os.getloadavg()[0]:.1f}")
     print(f"numpy as is:  {as_is['kernel']}  (OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
     print(f"numpy avx512: {avx512['kernel']}")

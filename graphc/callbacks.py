@@ -107,8 +107,9 @@ class _Monitor:
 
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved (by more than `min_delta`) for `patience`
-    epochs in a row (patience 0 acts as 1: stop at the first epoch without improvement). With `restore_best_weights`, the model's weights (not the optimizer
-    state) of the best epoch are restored when training ends, if a later epoch was worse.
+    epochs in a row (patience 0 acts as 1: stop at the first epoch without improvement).
+    With `restore_best_weights`, the model's weights (not the optimizer state) of the best
+    epoch are restored when training ends, if a later epoch was worse.
 
     After training: `stopped_epoch` (None if it ran to the end), `best`, `best_epoch`.
     """
@@ -188,7 +189,12 @@ class ModelCheckpoint(Callback):
             if not self._tracker.improves(value):
                 return
             self._tracker.best = value
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as exc:
+            known = ", ".join(["epoch", *sorted(logs)])
+            raise GraphcError(f"filepath {self.filepath!r} names {exc}, which is not logged "
+                              f"(known: {known})", op="ModelCheckpoint") from None
         self.saved.append((epoch, self.model.save(path)))
 
 
@@ -257,7 +263,7 @@ class CSVLogger(Callback):
 
     def on_train_begin(self, logs: Logs) -> None:
         existing = self.append and self.filename.exists() and self.filename.stat().st_size > 0
-        self._file = open(self.filename, "a" if self.append else "w", newline="",  # noqa: SIM115
+        self._file = open(self.filename, "a" if self.append else "w", newline="",
                           encoding="utf-8")
         self._writer = csv.writer(self._file, delimiter=self.separator)
         self._keys = None

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -23,6 +24,16 @@ from graphc.runtime.executable import CompileReport, Executable
 from graphc.runtime.jit import default_cache_dir, jit_compile
 
 DEFAULT_OPTIONS = CompileOptions(opt_level=2, cache_dir=str(default_cache_dir()))
+
+
+def resolve_threads(options: CompileOptions) -> int:
+    """`options.threads`, or the number of cores this process may run on."""
+    if options.threads is not None:
+        return max(1, int(options.threads))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def compile(
@@ -55,7 +66,7 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
         check_no_overlap(plan)  # cheap, and it guards every plan the test suite makes
     t2 = time.perf_counter()
     target = host_target()
-    generated = build_module(plan, target, name=graph.name)
+    generated = build_module(plan, target, name=graph.name, threads=resolve_threads(options))
     ir_text = generated.ir_text
     t3 = time.perf_counter()
     cache = Path(options.cache_dir) if options.cache_dir else None

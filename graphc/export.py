@@ -28,8 +28,10 @@ from typing import Any, BinaryIO
 
 from graphc.codegen.module import build_module
 from graphc.codegen.target import host_target
+from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import ArgumentError, GraphcError
-from graphc.export_c import entry_points, header_text, source_text, weights_file_header
+from graphc.export_c import source_text, weights_file_header
+from graphc.export_header import entry_points, header_text
 from graphc.export_layout import (
     Layout,
     build_layout,
@@ -82,7 +84,8 @@ def export(
     existing directory, ``libNAME.so`` goes inside it (NAME defaults to the graph's name).
     With `updates`, the library's run function is a training step whose parameters and
     optimizer state live in its context. `weights="external"` writes the weights to
-    ``NAME.bin`` beside the library instead of embedding them. Raises GraphcError (no C
+    ``NAME.bin`` beside the library instead of embedding them. The code is single-threaded
+    unless `options.threads` > 1 (results do not depend on it). Raises GraphcError (no C
     compiler, bad name) or CompileError (code generation, linking).
     """
     from graphc.compile import DEFAULT_OPTIONS
@@ -101,13 +104,20 @@ def export(
     if options.verify_each:
         check_no_overlap(plan)
     target = host_target()
-    generated = build_module(plan, target, name=graph.name, entry=f"{name}_graphc_entry")
+    # Single-threaded unless asked: a library runs on machines we do not know, inside
+    # programs that may not want background threads. With threads > 1 the code carries its
+    # worker pool (shared by the library's contexts, joined by the library's destructor).
+    threads = max(1, options.threads) if options.threads is not None else 1
+    generated = build_module(plan, target, name=graph.name, entry=f"{name}_graphc_entry",
+                             threads=threads)
     ir_text = generated.ir_text
     cache = Path(options.cache_dir) if options.cache_dir else None
     obj = object_code(ir_text, target, options.opt_level, cache)
 
     external = weights == "external"
     layout, blob = build_layout(name, result.graph, sig, generated, external)
+    layout = replace(layout, threads=threads,
+                     pool_shutdown=SHUTDOWN if SHUTDOWN in generated.module.globals else None)
     checksum = checksum64(blob)
     meta = _metadata(layout, graph, sig, single, ir_text, blob, checksum, target)
     meta_json = json.dumps(meta, sort_keys=True)
@@ -117,13 +127,24 @@ def export(
     with tempfile.TemporaryDirectory(prefix="graphc-export-") as tmp:
         built = link_shared(cc, Path(tmp), name, obj, source, header,
                             blob if not external and blob else None,
-                            list(entry_points(layout).values()))
+                            list(entry_points(layout).values()),
+                            pthread=layout.pool_shutdown is not None)
         lib_bytes = built.read_bytes()
+    header_path, weights_path = _write(lib_path, name, lib_bytes, header,
+                                       blob if external else None, checksum)
+    return ExportedLibrary(name, lib_path, header_path, weights_path, meta)
+
+
+def _write(lib_path: Path, name: str, lib_bytes: bytes, header: str, external_blob: bytes | None,
+           checksum: int) -> tuple[Path, Path | None]:
+    """Write the library, NAME.h and (external weights) NAME.bin, each atomically."""
     header_path = lib_path.parent / f"{name}.h"
-    weights_path = lib_path.parent / f"{name}.bin" if external else None
+    weights_path = lib_path.parent / f"{name}.bin" if external_blob is not None else None
+
     def write_weights(f: BinaryIO) -> None:
-        f.write(weights_file_header(len(blob), checksum))
-        f.write(blob)
+        assert external_blob is not None
+        f.write(weights_file_header(len(external_blob), checksum))
+        f.write(external_blob)
 
     try:
         if weights_path is not None:
@@ -132,8 +153,12 @@ def export(
         atomic_write(lib_path, lambda f: f.write(lib_bytes))
     except OSError as exc:
         raise GraphcError(f"cannot write {lib_path}: {exc.strerror or exc}") from None
+    # atomic_write's temporary files are private (0600); these are meant to be shared.
     lib_path.chmod(0o755)
-    return ExportedLibrary(name, lib_path, header_path, weights_path, meta)
+    for path in (header_path, weights_path):
+        if path is not None:
+            path.chmod(0o644)
+    return header_path, weights_path
 
 
 def _paths(path: Path, name: str | None, graph: Graph) -> tuple[Path, str]:
@@ -172,6 +197,8 @@ def _metadata(layout: Layout, graph: Graph, sig: Signature, single: bool, ir_tex
         "constants": [port(b) for b in layout.buffers if b.kind == "constant"],
         "entry_points": entry_points(layout),
         "context_bytes": layout.context_bytes,
+        "threads": layout.threads,
+        "worker_pool": layout.pool_shutdown is not None,
         "arena_bytes": layout.arena_bytes,
         "weights": {
             "storage": "external" if layout.external else "embedded",

@@ -89,6 +89,8 @@ class Layout:
     arena_bytes: int
     header_bytes: int
     entry_symbol: str
+    threads: int = 1  # the code's thread count (compile option `threads`)
+    pool_shutdown: str | None = None  # the worker pool's stop function, if the code has one
 
     @property
     def variables(self) -> tuple[BufferSpec, ...]:

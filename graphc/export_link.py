@@ -57,7 +57,7 @@ def object_code(ir_text: str, target: Target, opt_level: int, cache_dir: Path | 
 
 
 def link_shared(cc: str, workdir: Path, name: str, obj: bytes, source: str, header: str,
-                blob: bytes | None, exports: Sequence[str]) -> Path:
+                blob: bytes | None, exports: Sequence[str], *, pthread: bool = False) -> Path:
     """Build `workdir/libNAME.so` from the object, the wrapper source and the weights blob.
 
     The wrapper `.incbin`s ``weights.bin`` relative to `workdir` (the compiler runs there,
@@ -73,10 +73,14 @@ def link_shared(cc: str, workdir: Path, name: str, obj: bytes, source: str, head
     out = f"lib{name}.so"
     cmd = [
         cc, "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o", out, f"{name}.c", "model.o",
-        # libgcc statically (no libgcc_s), only ABI symbols exported, no executable stack
-        # (the LLVM object carries no .note.GNU-stack), libm only if something needs it.
-        "-static-libgcc", "-Wl,--version-script=exports.map", "-Wl,-z,noexecstack",
+        # libgcc statically (no libgcc_s), only ABI symbols exported, calls between them
+        # bound inside the library (-Bsymbolic: another library's `NAME_init` never
+        # interposes, even for two libraries of the same NAME), no executable stack (the
+        # LLVM object carries no .note.GNU-stack), libm only if something needs it.
+        "-static-libgcc", "-Wl,--version-script=exports.map", "-Wl,-Bsymbolic",
+        "-Wl,-z,noexecstack",
         "-Wl,--as-needed", "-lm",
+        *(["-pthread"] if pthread else []),  # the code's worker pool (libc's on glibc 2.34+)
     ]
     try:
         done = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, check=False)

@@ -95,6 +95,15 @@ def _labels(t: np.ndarray, p: np.ndarray, labels: ArrayLike | None) -> np.ndarra
     return np.union1d(np.unique(t), np.unique(p))
 
 
+def _positions(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The index of each value in `labels` (-1 where absent), vectorized."""
+    order = np.argsort(labels, kind="stable")
+    ordered = labels[order]
+    at = np.clip(np.searchsorted(ordered, values), 0, max(len(labels) - 1, 0))
+    found = (ordered[at] == values) if len(labels) else np.zeros(len(values), bool)
+    return np.where(found, order[at] if len(labels) else -1, -1).astype(np.int64)
+
+
 def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike,
                      labels: ArrayLike | None = None) -> np.ndarray:
     """``C[i, j]`` = #(true == labels[i] and pred == labels[j]) as int64 (see module doc).
@@ -104,9 +113,7 @@ def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike,
     t, p = _pair(y_true, y_pred, "confusion_matrix")
     t, p = t.ravel(), p.ravel()
     labs = _labels(t, p, labels)
-    index = {v.item(): i for i, v in enumerate(labs)}
-    ti = np.array([index.get(v.item(), -1) for v in t], dtype=np.int64)
-    pi = np.array([index.get(v.item(), -1) for v in p], dtype=np.int64)
+    ti, pi = _positions(labs, t), _positions(labs, p)
     keep = (ti >= 0) & (pi >= 0)
     out = np.zeros((len(labs), len(labs)), dtype=np.int64)
     np.add.at(out, (ti[keep], pi[keep]), 1)

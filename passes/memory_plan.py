@@ -281,6 +281,10 @@ def _reusable_slot(program: FusedProgram, k: Kernel, slot_of: dict[Node, Slot],
         slot = slot_of[n]
         if slot.nbytes != size or slot.nodes[-1] is not n:
             continue
+        # Element i of the output must land exactly on element i of the input, or writing
+        # it would clobber input elements not read yet.
+        if n.dtype.itemsize != k.root.dtype.itemsize or n.shape != k.root.shape:
+            continue
         if max(readers.get(n, [k.index])) != k.index:
             continue
         if any(program.views.get(v) is n for v in program.views):

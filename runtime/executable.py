@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from graphc.codegen.module import GeneratedModule
+from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
 from graphc.passes.manager import PipelineReport
@@ -30,6 +32,7 @@ from graphc.runtime.arguments import bind_arguments
 from graphc.runtime.jit import JitModule
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
+_SHUTDOWN_TYPE = ctypes.CFUNCTYPE(None)
 
 
 @dataclass
@@ -71,6 +74,11 @@ class Executable:
         self.report = report
         self._jit = jit  # owns the machine code: must outlive _fn
         self._fn = _ENTRY_TYPE(jit.address(generated.entry))
+        # Worker threads run code inside `jit`: stop them before it can be freed (at
+        # garbage collection or interpreter exit, whichever comes first).
+        shutdown = jit.optional_address(SHUTDOWN)
+        if shutdown:
+            weakref.finalize(self, _stop_pool, _SHUTDOWN_TYPE(shutdown), jit)
         self._table_spec = generated.table
         self._table = (ctypes.c_void_p * len(generated.table))()
         self._arena = _aligned_bytes(generated.arena_bytes)
@@ -122,6 +130,12 @@ class Executable:
         if self.single_output:
             return outputs[0]
         return tuple(outputs)
+
+
+def _stop_pool(shutdown: ctypes._CFuncPtr, jit: JitModule) -> None:
+    """Join the native workers; `jit` is an argument only to keep the code alive until now."""
+    shutdown()
+    del jit
 
 
 def _aligned_bytes(n: int, align: int = 64) -> np.ndarray:

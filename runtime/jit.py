@@ -59,6 +59,10 @@ class JitModule:
     stats: CompileStats = field(default_factory=CompileStats)
     _keepalive: list[object] = field(default_factory=list)
 
+    def optional_address(self, name: str) -> int:
+        """The address of `name`, or 0 if the module does not define it."""
+        return self.engine.get_function_address(name)
+
     def address(self, name: str) -> int:
         addr = self.engine.get_function_address(name)
         if not addr:

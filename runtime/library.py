@@ -250,7 +250,11 @@ class Library:
                               f"{meta['abi_version']} (an older library already loaded from "
                               "this path? export to a new path)")
         native_meta = ctypes.cast(self._call("metadata")(), ctypes.c_char_p).value or b""
-        if json.loads(native_meta.decode()) != meta:
+        try:
+            same = json.loads(native_meta.decode()) == meta
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            same = False
+        if not same:
             raise GraphcError(f"{path}: the loaded code's metadata differs from the file's (a "
                               "library already loaded from this path? export to a new path)")
         self._ctx = ctypes.c_void_p()
@@ -274,8 +278,9 @@ class Library:
 
     def _bind(self, role: str) -> Any:
         symbol = self.metadata["entry_points"].get(role)
-        if not isinstance(symbol, str):
-            raise GraphcError(f"{self.path}: its metadata lists no {role!r} entry point")
+        if symbol != f"{self.name}_{role}":  # never look up any other symbol (e.g. libc's)
+            raise GraphcError(f"{self.path}: invalid metadata: entry point {role!r} is "
+                              f"{symbol!r}, expected {self.name + '_' + role!r}")
         try:
             fn = getattr(self._dll, symbol)
         except AttributeError:

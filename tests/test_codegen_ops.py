@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.codegen import conv_channels
+from graphc.codegen.target import host_target
 from graphc.compile import compile as gc_compile
 from graphc.errors import GraphcError
 from graphc.ops.indexing import take_along_axis_grad, take_grad
@@ -107,6 +109,12 @@ CONVS = [
     Conv("out_width_1", (3, 2, 5, 3), 2, (3, 3)),
     Conv("wide_interior", (1, 2, 4, 70), 3, (3, 3), padding=1),
     Conv("many_channels", (1, 20, 5, 9), 19, (3, 3), padding=1),
+    # Narrow rows, many channels: conv2d vectorized over output channels (conv_channels),
+    # with a masked last channel chunk.
+    Conv("narrow_rows", (2, 6, 6, 4), 19, (3, 3), padding=1),
+    Conv("narrow_s2_g2", (1, 8, 7, 7), 24, (3, 3), stride=2, padding=1, groups=2),
+    Conv("spatial_1x1", (3, 16, 1, 1), 20, (1, 1)),
+    Conv("narrow_dil2_asym", (2, 3, 7, 6), 17, (3, 3), dilation=2, padding=((2, 1), (3, 0))),
 ]
 
 
@@ -154,19 +162,34 @@ def epilogue_run(request: pytest.FixtureRequest) -> Compiled:
     w2 = _data(rng, (6, 4, 3, 3), dtype, -2, 2)
     bias = _data(rng, (6,), dtype)
     res = _data(rng, (3, 6, 9, 21), dtype)
+    # Narrow rows: the channel-vectorized conv2d, its epilogue on channel vectors.
+    xn = _data(rng, (2, 5, 6, 3), dtype)
+    wn = _data(rng, (19, 5, 3, 3), dtype, -2, 2)
+    bn = _data(rng, (19,), dtype)
+    rn = _data(rng, (2, 19, 6, 3), dtype)
 
     def build(phs: list[gc.Node]) -> dict[str, gc.Node]:
-        x, w1, w2, bias, res = phs
+        x, w1, w2, bias, res, xn, wn, bn, rn = phs
         return {
             "bias_relu": gc.relu(gc.conv2d(x, w1, padding=1, bias=bias)),
             # A residual read at the output index: full vectors and the scalar tail.
             "residual": gc.relu(gc.conv2d(x, w2, padding=2, dilation=2) + res) * 0.5,
+            "narrow": gc.relu(gc.conv2d(xn, wn, padding=1, bias=bn) - rn),
         }
 
-    return _compile_many(f"epilogue_{dtype}", [x, w1, w2, bias, res], build)
+    return _compile_many(f"epilogue_{dtype}", [x, w1, w2, bias, res, xn, wn, bn, rn], build)
 
 
-@pytest.mark.parametrize("label", ["bias_relu", "residual"])
+def test_narrow_rows_take_the_channel_path() -> None:
+    """The narrow configurations above really exercise `conv_channels` (float32)."""
+    narrow = [c for c in CONVS if c.id.startswith("narrow") or c.id == "spatial_1x1"]
+    for c in narrow:
+        with gc.Graph("probe"):
+            y = gc.conv2d(gc.placeholder(c.x), gc.placeholder(c.w), **c.kwargs())
+        assert conv_channels.applies(y, host_target()), c.id
+
+
+@pytest.mark.parametrize("label", ["bias_relu", "residual", "narrow"])
 def test_conv_epilogue_values(epilogue_run: Compiled, label: str) -> None:
     _close(epilogue_run.actual[label], epilogue_run.expected[label])
 
@@ -174,14 +197,14 @@ def test_conv_epilogue_values(epilogue_run: Compiled, label: str) -> None:
 def test_conv_epilogue_is_fused(epilogue_run: Compiled) -> None:
     kernels = epilogue_run.exe.report.plan.program.kernels
     # One kernel per output: the bias reshape is a view, add/relu/mul ride on the conv.
-    assert len(kernels) == 2
-    by_root = {k.root.op: k for k in kernels}
-    relu_k, mul_k = by_root["relu"], by_root["mul"]
-    for k in (relu_k, mul_k):
+    assert len(kernels) == 3
+    ops = sorted([n.op for n in k.nodes] for k in kernels)
+    assert ops == [["conv2d", "add", "relu"], ["conv2d", "add", "relu", "mul"],
+                   ["conv2d", "add", "sub", "relu"]]
+    for k in kernels:
         assert k.kind == KernelKind.CONV
         assert k.anchor is not None and k.anchor.op == "conv2d"
-    assert [n.op for n in relu_k.nodes] == ["conv2d", "add", "relu"]
-    assert [n.op for n in mul_k.nodes] == ["conv2d", "add", "relu", "mul"]
+        assert k.root.op in ("relu", "mul")
 
 
 # --- pooling ----------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ out=${1:-"$here/build"}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-# 1. Export (`graphc compile` is the same command).
-python -m graphc.cli_export compile "$here/model.py:mlp" --signature predict \
+# 1. Export (the `graphc compile` command, run through the interpreter on PATH).
+python -m graphc.cli compile "$here/model.py:mlp" --signature predict \
     -o "$out/libmlp.so"
 python "$here/model.py" --write-input "$out/digits.npy"
 

@@ -27,6 +27,7 @@ class KernelContext:
     kernel: Kernel
     ptrs: dict[Node, ir.Value]  # kernel inputs (views included) and the root
     scratch: ir.Value | None
+    threads: int = 1  # threads of the native pool parallel loops may use
 
     @property
     def module(self) -> ir.Module:
@@ -55,8 +56,9 @@ class KernelContext:
             return existing
         raise CompileError(f"kernel {self.kernel.name}: no buffer for %{node.name}")
 
-    def evaluator(self, lanes: int, overrides: dict[Node, ir.Value] | None = None) -> Evaluator:
-        return Evaluator(self.b, self.program, self.kernel, self.ptrs, lanes, overrides)
+    def evaluator(self, lanes: int, overrides: dict[Node, ir.Value] | None = None,
+                  flat: bool = False) -> Evaluator:
+        return Evaluator(self.b, self.program, self.kernel, self.ptrs, lanes, overrides, flat)
 
     def lanes_for(self, nodes: list[Node]) -> int:
         """Vector lanes so that the widest element type in `nodes` fills one register."""

@@ -17,7 +17,9 @@ output channel of the register block. Borders and the partial last chunk of a ro
 masked loads (see `window`), so nothing outside a row is read. grad_input first copies the
 weights, transposed per group, into its scratch so that it walks them contiguously.
 
-conv2d_grad_weight, a reduction over batch and positions, is in `conv_weight`.
+conv2d_grad_weight, a reduction over batch and positions, is in `conv_weight`; conv2d on
+rows narrower than half a vector is vectorized over output channels instead, in
+`conv_channels`.
 
 The epilogue of a CONV kernel (bias, activation, ...) is evaluated on each finished vector
 of accumulators before it is stored. The last, partial chunk of a row stores the raw sums
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen import conv_weight
+from graphc.codegen import conv_channels, conv_weight
 from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
 from graphc.codegen.index import Idx, splat
@@ -274,6 +276,9 @@ def _conv2d(ctx: KernelContext) -> None:
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None and anchor.op == "conv2d"
+    if conv_channels.applies(anchor, ctx.target):
+        conv_channels.emit(ctx)
+        return
     x, w = anchor.inputs
     epilogue = kernel.root is not anchor
     if epilogue:
@@ -291,7 +296,7 @@ def _grad_input(ctx: KernelContext) -> None:
                 _Store(ctx, node.dtype, False))
 
 
-SCRATCH = {"conv2d_grad_input": _grad_input_scratch}
+SCRATCH = {"conv2d": conv_channels.scratch_bytes, "conv2d_grad_input": _grad_input_scratch}
 LOWER = {
     "conv2d": _conv2d,
     "conv2d_grad_input": _grad_input,

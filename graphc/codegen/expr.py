@@ -45,6 +45,7 @@ class Evaluator:
         ptrs: dict[Node, ir.Value],
         lanes: int,
         overrides: dict[Node, ir.Value] | None = None,
+        flat: bool = False,
     ):
         self.b = b
         self.program = program
@@ -54,6 +55,9 @@ class Evaluator:
         self.lanes = lanes
         self.ix = IndexBuilder(b, lanes)
         self.overrides = overrides or {}
+        # Flat mode: every node has the root's shape or one element, and the index is one
+        # flat element index (elementwise kernels over contiguous buffers).
+        self.flat = flat
 
     def at(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         if node in self.overrides:
@@ -63,6 +67,14 @@ class Evaluator:
             return const(node.dtype, value, self.lanes)
         if node not in self.members or node is self.kernel.anchor:
             return self.load(node, idx)
+        if self.flat:
+            if node.op in ("random_uniform", "random_normal"):
+                return _random(self, node, idx)
+            args = [self.at(inp, [self.ix.const(0)] if inp.size == 1 else idx)
+                    for inp in node.inputs]
+            if node.op == "broadcast_to":  # of a one-element value, in flat mode
+                return args[0]
+            return ew.lower(self, node, args, idx)
         handler = _INDEX_OPS.get(node.op)
         if handler is not None:
             return handler(self, node, idx)
@@ -75,11 +87,16 @@ class Evaluator:
             ptr = self.ptrs[node]
         except KeyError:
             raise CompileError(f"kernel {self.kernel.name}: no buffer for %{node.name}") from None
-        offset = self.ix.linear(idx, strides(node.shape))
+        if self.flat:
+            offset = idx[0] if node.size > 1 else self.ix.const(0)
+        else:
+            offset = self.ix.linear(idx, strides(node.shape))
         return self.ix.load(ptr, node.dtype, offset)
 
     def flat_index(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         """The C-order flat index of `idx` in `node`'s shape, per lane (i64 or vector)."""
+        if self.flat:
+            return self.ix.as_vector(idx[0])
         return self.ix.as_vector(self.ix.linear(idx, strides(node.shape)))
 
 
@@ -89,7 +106,7 @@ def broadcast_index(ix: IndexBuilder, idx: Sequence[Idx], out_shape: Sequence[in
     offset = len(out_shape) - len(in_shape)
     result = []
     for d, size in enumerate(in_shape):
-        if size == 1 and out_shape[d + offset] != 1:
+        if size == 1:
             result.append(ix.const(0))
         else:
             result.append(idx[d + offset])
@@ -187,7 +204,7 @@ def _concat(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
 
 
 def _random(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
-    key = ev.at(node.inputs[0], [])  # a scalar node: per-lane splat of one value
+    key = ev.at(node.inputs[0], [ev.ix.const(0)] if ev.flat else [])  # the scalar key
     return ew.lower_random(ev, node, key, ev.flat_index(node, idx))
 
 

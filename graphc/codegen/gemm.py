@@ -8,8 +8,10 @@ the caller owns. Which code runs is chosen by `plan_gemm` (graphc.codegen.gemm_s
   caller-provided scratch as zero-padded NR- and MR-wide panels (transposed operands are
   handled by the packing routines: no transpose is ever materialized), with MC/KC/NC cache
   blocking, and a micro-kernel keeps an MR x NR block of vector accumulators in registers
-  (8 x 32 float32 / 8 x 16 float64 with AVX-512) updated with llvm.fma. The micro-kernel and
-  packing routines are internal functions shared by every GEMM of the module.
+  (8 x 32 float32 / 8 x 16 float64 with AVX-512) updated with llvm.fma. The micro-kernels,
+  packing routines and the epilogue-free tile store are functions shared by every GEMM of
+  the module (graphc.codegen.gemm_kernels). When all of N fits one NR panel, A is read in
+  place instead of packed.
 - direct (graphc.codegen.gemm_direct): small M or N whose operands are read once anyway
   (vectorized dot products along k, or a few rows advancing along columns), and K == 0.
 

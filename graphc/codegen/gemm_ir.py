@@ -197,6 +197,12 @@ def masked_store(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value
     b.call(fn, [value, ptr, ir.Constant(I32, align), mask])
 
 
+def prefetch(b: ir.IRBuilder, ptr: ir.Value, write: bool) -> None:
+    """A cache-line prefetch hint (never faults, so `ptr` may be past the end)."""
+    fn = _intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    b.call(fn, [ptr, ir.Constant(I32, int(write)), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+
+
 def hsum(b: ir.IRBuilder, dtype: DType, v: ir.Value) -> ir.Value:
     """The sum of the lanes of `v` by a halving shuffle tree (a fixed, reassociated order)."""
     n = v.type.count

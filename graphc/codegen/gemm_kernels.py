@@ -1,4 +1,4 @@
-"""The shared internal functions of the packed GEMM: the micro-kernel and the packing routines.
+"""The shared functions of the packed GEMM: micro-kernels, packing routines, the tile store.
 
 Each function is emitted once per module and per specialisation (dtype, register block,
 packing kind) and looked up by name in `module.globals`, so every GEMM of a module calls the
@@ -13,21 +13,29 @@ Packed layouts (R = MR for A, NR for B; "x" is the row of A or the column of B):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import llvmlite.ir as ir
 
 from graphc.codegen.gemm_ir import (
+    Val,
+    add,
     align_of,
+    as_i64,
     elem_ptr,
     for_range,
+    if_value,
     lane_mask,
     madd,
     masked_load,
     smin,
     splat,
     transpose,
+    vadd,
     zero,
 )
-from graphc.codegen.types import I64, PTR, VOID, compute_type, i64, storage_type
+from graphc.codegen.gemm_spec import Epilogue
+from graphc.codegen.types import I1, I64, PTR, VOID, compute_type, i64, storage_type
 from graphc.ir import DType
 
 
@@ -159,28 +167,42 @@ def pack_function(module: ir.Module, dtype: DType, r: int, lanes: int,
     src, ld, nx, kc, dst = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     npanels = b.udiv(b.add(nx, i64(r - 1)), i64(r))
-    with for_range(b, 0, npanels, name="q") as q:
-        x0 = b.mul(q, i64(r))
-        valid = smin(b, r, b.sub(nx, x0))
-        panel = elem_ptr(b, dst, b.mul(x0, kc), storage_type(dtype))
-        if transposed:
-            _pack_t_panel(b, dtype, r, lanes, src, ld, x0, valid, kc, panel)
-        else:
-            _pack_n_panel(b, dtype, r, lanes, src, ld, x0, valid, kc, panel)
+
+    def panels(body: Callable[[ir.Value, ir.Value, ir.Value], None]) -> None:
+        with for_range(b, 0, npanels, name="q") as q:
+            x0 = b.mul(q, i64(r))
+            body(x0, smin(b, r, b.sub(nx, x0)), elem_ptr(b, dst, b.mul(x0, kc), ety))
+
+    ety = storage_type(dtype)
+    if transposed:
+        panels(lambda x0, valid, panel: _pack_t_panel(b, dtype, r, lanes, src, ld, x0, valid,
+                                                      kc, panel))
+    else:
+        # A few source rows at a time across all panels: every cache line of those rows is
+        # used while it is in L1 (a panel at a time would stride down the whole source once
+        # per panel, and power-of-two row strides thrash L1 sets).
+        with for_range(b, 0, kc, _PACK_ROWS, name="pr") as p0:
+            p1 = smin(b, kc, b.add(p0, i64(_PACK_ROWS)))
+            panels(lambda x0, valid, panel: _pack_n_panel(b, dtype, r, lanes, src, ld, x0,
+                                                          valid, p0, p1, panel))
     b.ret_void()
     return fn
 
 
+_PACK_ROWS = 16
+
+
 def _pack_n_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
-                  ld: ir.Value, x0: ir.Value, valid: ir.Value, kc: ir.Value,
+                  ld: ir.Value, x0: ir.Value, valid: ir.Value, p0: ir.Value, p1: ir.Value,
                   panel: ir.Value) -> None:
+    """Rows p0 <= p < p1 of one panel; lanes at x >= valid are zero (masked loads)."""
     ety = storage_type(dtype)
     s = min(r, lanes)
     while r % s:
         s //= 2
     vty = compute_type(dtype, s)
     masks = [lane_mask(b, s, c * s, valid) for c in range(r // s)]
-    with for_range(b, 0, kc, name="p") as p:
+    with for_range(b, p0, p1, name="p") as p:
         row = elem_ptr(b, src, b.add(b.mul(p, ld), x0), ety)
         out = elem_ptr(b, panel, b.mul(p, i64(r)), ety)
         for c, mask in enumerate(masks):
@@ -237,3 +259,54 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
     b.branch(join)
     b.position_at_end(join)
 
+
+
+def store_tile_function(module: ir.Module, dtype: DType, lanes: int, nr: int) -> ir.Function:
+    """`void st(ptr tile, ptr c, i64 ldc, i64 rows, i64 cols, i1 add)`: the epilogue-free
+    tile store, shared: c[r*ldc + j] (+)= tile[r*nr + j] for r < rows, j < cols."""
+    name = f"graphc.gemm.store.{dtype.short}.n{nr}.w{lanes}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = _new_function(module, name, [PTR, PTR, I64, I64, I64, I1], noalias=(0, 1))
+    tile, c, ldc, rows, cols, load_c = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    store_tile_code(b, dtype, lanes, nr, tile, c, ldc, rows, cols, load_c, None, 0, 0)
+    b.ret_void()
+    return fn
+
+
+def store_tile_code(b: ir.IRBuilder, dtype: DType, lanes: int, nr: int, tile: ir.Value,
+                    c: ir.Value, ldc: ir.Value, rows: ir.Value, cols: ir.Value,
+                    load_c: ir.Value | bool, epilogue: Epilogue | None, row0: Val,
+                    col0: Val) -> None:
+    """c[r*ldc + j] = epilogue(tile[r*nr + j] (+ c[r*ldc + j] when load_c)) for r < rows,
+    j < cols; c points at C[row0, col0] (the epilogue's indices).
+
+    Whole vectors first, then the columns past the last whole vector one by one, so the
+    epilogue only ever sees in-bounds columns.
+    """
+    ety = storage_type(dtype)
+    isz = dtype.itemsize
+    vty = compute_type(dtype, lanes)
+
+    def finish(x: ir.Value, cptr: ir.Value, row: ir.Value, col: Val, n: int) -> None:
+        t = vty if n > 1 else ety
+        x = if_value(b, load_c, x,
+                     lambda v: vadd(b, dtype, v, b.load(cptr, typ=t, align=isz)), "addc")
+        if epilogue is not None:
+            x = epilogue(b, row, as_i64(add(b, col0, col)), x, n)
+        b.store(x, cptr, align=isz)
+
+    nv = b.udiv(cols, i64(lanes))
+    with for_range(b, 0, rows, name="tr") as r:
+        row = as_i64(add(b, row0, r))
+        crow = elem_ptr(b, c, b.mul(r, ldc), ety)
+        trow = elem_ptr(b, tile, b.mul(r, i64(nr)), ety)
+        with for_range(b, 0, nv, name="tv") as v:
+            j = b.mul(v, i64(lanes))
+            x = b.load(elem_ptr(b, trow, j, ety), typ=vty, align=align_of(lanes * isz))
+            finish(x, elem_ptr(b, crow, j, ety), row, j, lanes)
+        with for_range(b, b.mul(nv, i64(lanes)), cols, name="ts") as j:
+            x = b.load(elem_ptr(b, trow, j, ety), typ=ety, align=isz)
+            finish(x, elem_ptr(b, crow, j, ety), row, j, 1)

@@ -25,18 +25,21 @@ import llvmlite.ir as ir
 from graphc.codegen.gemm_ir import (
     Val,
     add,
-    align_of,
     as_i64,
     elem_ptr,
     for_range,
-    if_value,
     mul,
+    prefetch,
     smin,
-    vadd,
 )
-from graphc.codegen.gemm_kernels import micro_kernel, pack_function
+from graphc.codegen.gemm_kernels import (
+    micro_kernel,
+    pack_function,
+    store_tile_code,
+    store_tile_function,
+)
 from graphc.codegen.gemm_spec import Epilogue, GemmPlan, GemmSpec
-from graphc.codegen.types import compute_type, storage_type
+from graphc.codegen.types import I1, storage_type
 
 
 @contextmanager
@@ -62,14 +65,21 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
     dtype = spec.dtype
     ety = storage_type(dtype)
     module = b.module
-    kernel = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes)
     sa_i, sa_p = spec.a_strides
     sb_p, sb_j = spec.b_strides
-    kernel_in_place = None if plan.pack_a else micro_kernel(
-        module, dtype, plan.mr, plan.nr, plan.lanes, a_strides=(sa_i, sa_p))
-    # A's "x" is i: contiguous in p unless transposed. B's "x" is j: contiguous in j unless
-    # transposed. Packing the p-contiguous layouts transposes in registers.
-    pack_a = pack_function(module, dtype, plan.mr, plan.lanes, transposed=not spec.trans_a)
+
+    # The shared functions, created on first use only (an unused one still costs compile time).
+    def kernel() -> ir.Function:
+        return micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes)
+
+    def store() -> ir.Function:
+        return store_tile_function(module, dtype, plan.lanes, plan.nr)
+
+    def pack_a() -> ir.Function:
+        # A's "x" is i, contiguous in p unless transposed; packing that layout transposes.
+        return pack_function(module, dtype, plan.mr, plan.lanes, transposed=not spec.trans_a)
+
+    # B's "x" is j, contiguous in j unless transposed.
     pack_b = pack_function(module, dtype, plan.nr, plan.lanes, transposed=spec.trans_b)
     i8 = ir.IntType(8)
     ap = scratch
@@ -95,70 +105,53 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
             def tile_at(fn: ir.Function, apanel: ir.Value, row: Val, jr: Val, mr_eff: Val,
                         nr_eff: Val) -> None:
                 bpanel = elem_ptr(b, bp, mul(b, jr, kc), ety)
+                col = add(b, jc, jr)
+                cptr = elem_ptr(b, c, add(b, mul(b, row, spec.ldc), col), ety)
+                # Fetch the C tile while the kernel runs: its store (and, after the first
+                # KC block, its load) would otherwise wait for memory at every tile.
+                for r in range(plan.mr):
+                    for off in range(0, plan.nr * dtype.itemsize + 63, 64):
+                        at = min(off // dtype.itemsize, plan.nr - 1) + r * spec.ldc
+                        prefetch(b, b.gep(cptr, [as_i64(at)], source_etype=ety), True)
                 b.call(fn, [as_i64(kc), apanel, bpanel, tile])
-                _store_tile(b, spec, plan, c, tile, row, add(b, jc, jr), mr_eff, nr_eff,
-                            load_c, last, epilogue)
+                sizes = [as_i64(spec.ldc), as_i64(mr_eff), as_i64(nr_eff)]
+                plain = [tile, cptr, *sizes,
+                         ir.Constant(I1, load_c) if isinstance(load_c, bool) else load_c]
+                if epilogue is None:
+                    b.call(store(), plain)
+                    return
 
-            if kernel_in_place is not None:  # one column panel: nc <= NR
+                def fused() -> None:
+                    # Only reached on the last KC block, where C holds earlier partial sums
+                    # unless this is also the first block.
+                    store_tile_code(b, dtype, plan.lanes, plan.nr, tile, cptr, *sizes,
+                                    accumulate or nkb > 1, epilogue, row, col)
+
+                if isinstance(last, bool):
+                    fused()
+                    return
+                with b.if_else(last) as (then, otherwise):
+                    with then:
+                        fused()
+                    with otherwise:
+                        b.call(store(), plain)
+
+            if not plan.pack_a:  # one column panel (n <= NR): read A in place
+                in_place = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
+                                        a_strides=(sa_i, sa_p))
                 full = spec.m - spec.m % plan.mr
                 with for_range(b, 0, full, plan.mr, name="ir") as ir_:
-                    tile_at(kernel_in_place, a_at(ir_), ir_, 0, plan.mr, nc)
+                    tile_at(in_place, a_at(ir_), ir_, 0, plan.mr, nc)
                 if full < spec.m:
-                    b.call(pack_a, [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
-                                    as_i64(kc), ap])
-                    tile_at(kernel, ap, full, 0, spec.m - full, nc)
+                    b.call(pack_a(), [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
+                                      as_i64(kc), ap])
+                    tile_at(kernel(), ap, full, 0, spec.m - full, nc)
             else:
                 with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
-                    b.call(pack_a, [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
-
-                    def packed_tile(ir_: ir.Value, jr: ir.Value) -> None:
-                        apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
-                        tile_at(kernel, apanel, add(b, ic, ir_), jr,
-                                smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
-                                smin(b, plan.nr, b.sub(as_i64(nc), jr)))
-
-                    if plan.a_outer:
+                    b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
+                    with for_range(b, 0, nc, plan.nr, name="jr") as jr:
                         with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
-                            with for_range(b, 0, nc, plan.nr, name="jr") as jr:
-                                packed_tile(ir_, jr)
-                    else:
-                        with for_range(b, 0, nc, plan.nr, name="jr") as jr:
-                            with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
-                                packed_tile(ir_, jr)
-
-
-def _store_tile(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, c: ir.Value,
-                tile: ir.Value, row0: Val, col0: Val, mr_eff: Val, nr_eff: Val,
-                load_c: ir.Value | bool, last: ir.Value | bool,
-                epilogue: Epilogue | None) -> None:
-    """C[row0.., col0..] (+)= tile[:mr_eff, :nr_eff], epilogue applied when `last`.
-
-    Whole vectors first, then the columns past the last whole vector one by one, so the
-    epilogue only ever sees in-bounds columns.
-    """
-    dtype = spec.dtype
-    ety = storage_type(dtype)
-    isz = dtype.itemsize
-    w = plan.lanes
-    vty = compute_type(dtype, w)
-
-    def finish(x: ir.Value, cptr: ir.Value, row: ir.Value, col: ir.Value, lanes: int) -> None:
-        t = vty if lanes > 1 else ety
-        x = if_value(b, load_c, x,
-                     lambda v: vadd(b, dtype, v, b.load(cptr, typ=t, align=isz)), "addc")
-        if epilogue is not None:
-            x = if_value(b, last, x, lambda v: epilogue(b, row, col, v, lanes), "epi")
-        b.store(x, cptr, align=isz)
-
-    nv = b.udiv(as_i64(nr_eff), as_i64(w))
-    with for_range(b, 0, mr_eff, name="tr") as r:
-        row = b.add(as_i64(row0), r)
-        crow = elem_ptr(b, c, b.add(b.mul(row, as_i64(spec.ldc)), as_i64(col0)), ety)
-        trow = elem_ptr(b, tile, b.mul(r, as_i64(plan.nr)), ety)
-        with for_range(b, 0, nv, name="tv") as v:
-            j = b.mul(v, as_i64(w))
-            x = b.load(elem_ptr(b, trow, j, ety), typ=vty, align=align_of(w * isz))
-            finish(x, elem_ptr(b, crow, j, ety), row, b.add(as_i64(col0), j), w)
-        with for_range(b, b.mul(nv, as_i64(w)), nr_eff, name="ts") as j:
-            x = b.load(elem_ptr(b, trow, j, ety), typ=ety, align=isz)
-            finish(x, elem_ptr(b, crow, j, ety), row, b.add(as_i64(col0), j), 1)
+                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                            tile_at(kernel(), apanel, add(b, ic, ir_), jr,
+                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
+                                    smin(b, plan.nr, b.sub(as_i64(nc), jr)))

@@ -43,6 +43,8 @@ class GemmSpec:
     ldc: int
 
     def __post_init__(self) -> None:
+        if self.dtype not in (DType.float32, DType.float64, DType.int32, DType.int64):
+            raise ValueError(f"GEMM of {self.dtype.value} is not supported")
         if min(self.m, self.n, self.k) < 0:
             raise ValueError(f"negative GEMM size {self.m}x{self.n}x{self.k}")
         need = {"lda": self.m if self.trans_a else self.k,
@@ -84,7 +86,6 @@ class GemmPlan:
     mc: int = 0
     kc: int = 0
     nc: int = 0
-    a_outer: bool = False
     pack_a: bool = True
     b_offset: int = 0
     tile_offset: int = 0
@@ -98,10 +99,10 @@ def _round_up(x: int, m: int) -> int:
 def kernel_shape(dtype: DType, target: Target, n: int) -> tuple[int, int, int]:
     """(MR, NR, lanes) of the register block for this dtype on this target.
 
-    With 32 vector registers: MR x NR = 8 x (2 vectors), 16 accumulators; measured fastest
-    here for float32 (8 x 32) and float64 (8 x 16). When all of N fits in one vector, one
-    vector column with 16 rows wastes less work on zero padding. With 16 registers (AVX2 and
-    older): 6 x 2 vectors, 12 accumulators.
+    With 32 vector registers: MR x NR = 8 x (2 vectors), 16 accumulators: 8 x 32 float32,
+    8 x 16 float64 (on Zen 4, 12x32, 14x32, 6x48, 4x64 and 16x16 measured no faster). When
+    all of N fits in one vector, a single vector column of 16 rows wastes less work on zero
+    padding. With 16 registers (AVX2 and older): 6 x 2 vectors, 12 accumulators.
     """
     w = target.lanes(dtype.itemsize)
     wide = target.vector_bits >= 512
@@ -130,16 +131,16 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
         return GemmPlan("kdot", w)
     mr, nr, w = kernel_shape(spec.dtype, target, n)
     isz = spec.dtype.itemsize
-    # KC: a B micro-panel (kc x nr) stays in L1 while the A block streams past it; 512
-    # float32 (256 float64) measured best. K is split into equal blocks rather than a long
+    # KC 512 float32 / 256 float64 (2 KiB of each packed row), MC 96: the A block (mc x kc,
+    # 192 KiB) stays in L2 while B micro-panels pass through L1/L2. KC 256-768 and MC 48-192
+    # measured within noise of this on Zen 4. K is split into equal blocks rather than a long
     # one and a short tail.
     kc_max = 2048 // isz
     nkb = -(-k // kc_max)
     kc = min(k, _round_up(-(-k // nkb), 8))
-    # MC: the A block (mc x kc) stays in L2 while all of B's panels pass.
     mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
     # NC: the packed B block (kc x nc) in L2/L3; all of N up to 4096 columns.
-    nc = min(_round_up(n, nr), 4096)
+    nc = min(_round_up(n, nr), max(nr, 4096 // nr * nr))
     # With all of N in one panel each A panel is used once: read A in place, pack only the
     # partial last row panel.
     pack_a = n > nr

@@ -27,6 +27,7 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
 from graphc.codegen.index import Idx
 from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.parallel import parallel_range
 from graphc.codegen.types import I64, compute_type, const
 from graphc.ir import DType, Node
 from graphc.ops import registry
@@ -63,6 +64,26 @@ def loop_nest(ctx: KernelContext, shape: Sequence[int], lanes: int, body: Body) 
     level(0, [])
 
 
+def range_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, lanes: int,
+               body: Callable[[int, Idx], None], name: str = "r") -> None:
+    """body(lanes, Idx) over [start, stop) (dynamic bounds): vector steps, then a tail."""
+    if lanes > 1:
+        count = b.sub(stop, start)
+        vec_end = b.add(start, b.mul(b.sdiv(count, ir.Constant(I64, lanes)),
+                                     ir.Constant(I64, lanes)))
+        with for_range(b, start, vec_end, lanes, name=f"{name}v") as i:
+            body(lanes, Idx(i, 1))
+    else:
+        vec_end = start
+    with for_range(b, vec_end, stop, 1, name=name) as i:
+        body(1, Idx(i, 0))
+
+
+# Below this many elements (of work) a kernel is not split across threads: waking the pool
+# costs about as much as the work.
+PARALLEL_GRAIN = 1 << 14
+
+
 def _flat_ok(kernel_nodes: Sequence[Node], inputs: Sequence[Node], shape: tuple[int, ...]
              ) -> bool:
     for n in kernel_nodes:
@@ -79,23 +100,37 @@ def emit_elementwise(ctx: KernelContext, overrides_for: Callable[[int], dict] | 
     kernel = ctx.kernel
     root = kernel.root
     lanes = ctx.lanes_for([*kernel.nodes, *kernel.inputs])
-    out = ctx.out
 
-    def body(n_lanes: int, idx: list[Idx]) -> None:
-        ev = ctx.evaluator(n_lanes)
+    def store_at(c: KernelContext, n_lanes: int, idx: list[Idx], flat: bool = False) -> None:
+        ev = c.evaluator(n_lanes, flat=flat)
         value = ev.at(root, idx)
-        offset = ev.ix.linear(idx, strides(root.shape))
-        ev.ix.store(out, root.dtype, offset, value)
+        offset = idx[0] if flat else ev.ix.linear(idx, strides(root.shape))
+        ev.ix.store(c.out, root.dtype, offset, value)
 
     shape = root.shape
-    if len(shape) > 1 and _flat_ok(kernel.nodes, kernel.inputs, shape):
-        # One flat loop: the index [0, ..., 0, i] addresses element i of every same-shape
-        # operand (C order), and size-1 operands broadcast to offset 0.
-        flat = (root.size,)
-        zeros = [Idx(ir.Constant(I64, 0))] * (len(shape) - 1)
-        loop_nest(ctx, flat, lanes, lambda n_lanes, idx: body(n_lanes, [*zeros, *idx]))
+    if len(shape) >= 1 and (len(shape) == 1 or _flat_ok(kernel.nodes, kernel.inputs, shape)):
+        # One flat loop over the elements (a 1-D root is its own flat index; otherwise every
+        # operand has the root's shape or one element, see `Evaluator.flat`).
+        flat = len(shape) > 1
+
+        def chunk(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+            range_loop(c.b, start, stop, lanes,
+                       lambda n_lanes, i: store_at(c, n_lanes, [i], flat))
+
+        parallel_range(ctx, root.size, PARALLEL_GRAIN, chunk, align=lanes)
+    elif len(shape) == 0 or root.size == 0:
+        loop_nest(ctx, shape, lanes, lambda n_lanes, idx: store_at(ctx, n_lanes, idx))
     else:
-        loop_nest(ctx, shape, lanes, body)
+        # Split the outermost dimension; each chunk runs the full nest below it.
+        rows = shape[0]
+        row_size = root.size // max(rows, 1)
+
+        def rows_chunk(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+            with for_range(c.b, start, stop, 1, name="d0") as i:
+                loop_nest(c, shape[1:], lanes,
+                          lambda n_lanes, idx: store_at(c, n_lanes, [Idx(i), *idx]))
+
+        parallel_range(ctx, rows, max(1, PARALLEL_GRAIN // max(row_size, 1)), rows_chunk)
 
 
 # --- reductions -----------------------------------------------------------------------------
@@ -140,7 +175,6 @@ def emit_reduction(ctx: KernelContext) -> None:
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None
-    b = ctx.b
     op = anchor.op
     dtype = anchor.dtype
     src = anchor.inputs[0]
@@ -168,49 +202,85 @@ def emit_reduction(ctx: KernelContext) -> None:
     if rank == 0 or (rank - 1) in axes:
         kept = [d for d in range(rank) if d not in axes]
         reduced = [d for d in range(rank) if d in axes]
+        kept_shape = [in_shape[d] for d in kept]
+        reduced_size = math.prod(in_shape[d] for d in reduced)
 
-        def per_output(prefix: dict[int, Idx]) -> None:
-            vec_acc = entry_alloca(b, compute_type(dtype, lanes)) if lanes > 1 else None
-            sc_acc = entry_alloca(b, compute_type(dtype, 1))
+        def per_output(c: KernelContext, prefix: dict[int, Idx]) -> None:
+            cb = c.b
+            vec_acc = entry_alloca(cb, compute_type(dtype, lanes)) if lanes > 1 else None
+            sc_acc = entry_alloca(cb, compute_type(dtype, 1))
             if vec_acc is not None:
-                b.store(_identity(op, dtype, lanes), vec_acc)
-            b.store(_identity(op, dtype, 1), sc_acc)
+                cb.store(_identity(op, dtype, lanes), vec_acc)
+            cb.store(_identity(op, dtype, 1), sc_acc)
 
             def body(n_lanes: int, idx: list[Idx]) -> None:
                 full = dict(prefix)
                 full.update({d: i for d, i in zip(reduced, idx)})
-                ev = ctx.evaluator(n_lanes)
+                ev = c.evaluator(n_lanes)
                 x = ev.at(src, [full[d] for d in range(rank)])
-                slot = vec_acc if n_lanes > 1 else sc_acc
-                b.store(_combine(b, op, dtype, b.load(slot), x), slot)
+                acc = vec_acc if n_lanes > 1 else sc_acc
+                cb.store(_combine(cb, op, dtype, cb.load(acc), x), acc)
 
-            loop_nest(ctx, [in_shape[d] for d in reduced], lanes, body)
-            total = b.load(sc_acc)
+            loop_nest(c, [in_shape[d] for d in reduced], lanes, body)
+            total = cb.load(sc_acc)
             if vec_acc is not None:
-                total = _combine(b, op, dtype, horizontal(b, op, dtype, b.load(vec_acc), lanes),
-                                 total)
-            ev = ctx.evaluator(1)
+                total = _combine(cb, op, dtype,
+                                 horizontal(cb, op, dtype, cb.load(vec_acc), lanes), total)
+            ev = c.evaluator(1)
             offset = ev.ix.linear([prefix[d] for d in kept], [ostride[d] for d in kept])
-            ev.ix.store(out, dtype, offset, total)
+            ev.ix.store(c.out, dtype, offset, total)
 
-        _nest_dims(ctx, [in_shape[d] for d in kept],
-                   lambda idx: per_output({d: i for d, i in zip(kept, idx)}))
+        if not kept:
+            per_output(ctx, {})
+        else:
+            # Split the first kept dimension: every output element is still reduced by one
+            # thread in one fixed order, so results do not depend on the thread count.
+            rest = kept_shape[1:]
+            work_per_row = max(1, math.prod(rest) * reduced_size)
+
+            def rows(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+                with for_range(c.b, start, stop, 1, name="k0") as i0:
+                    _nest_dims(c, rest, lambda idx: per_output(
+                        c, {d: i for d, i in zip(kept, [Idx(i0), *idx])}))
+
+            parallel_range(ctx, kept_shape[0], max(1, PARALLEL_GRAIN // work_per_row), rows)
     else:
-        def init(n_lanes: int, idx: list[Idx]) -> None:
-            ev = ctx.evaluator(n_lanes)
-            ev.ix.store(out, dtype, ev.ix.linear(idx, out_strides_full),
-                        _identity(op, dtype, n_lanes))
+        # The innermost axis is kept: split it into column chunks; each chunk initializes
+        # and accumulates its own output columns, walking the input in memory order.
+        inner = in_shape[-1]
 
-        loop_nest(ctx, anchor.shape, lanes, init)
+        def columns(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+            cb = c.b
 
-        def body(n_lanes: int, idx: list[Idx]) -> None:
-            ev = ctx.evaluator(n_lanes)
-            x = ev.at(src, idx)
-            offset = ev.ix.linear(idx, ostride)
-            acc = ev.ix.load(out, dtype, offset)
-            ev.ix.store(out, dtype, offset, _combine(b, op, dtype, acc, x))
+            def outer(prefix_shape: Sequence[int], fn: Callable[[list[Idx]], None]) -> None:
+                _nest_dims(c, prefix_shape, fn)
 
-        loop_nest(ctx, in_shape, lanes, body)
+            def init(prefix: list[Idx]) -> None:
+                def one(n_lanes: int, i: Idx) -> None:
+                    ev = c.evaluator(n_lanes)
+                    ev.ix.store(c.out, dtype, ev.ix.linear([*prefix, i], out_strides_full),
+                                _identity(op, dtype, n_lanes))
+
+                range_loop(cb, start, stop, lanes, one, name="init")
+
+            outer(anchor.shape[:-1], init)
+
+            def accumulate(prefix: list[Idx]) -> None:
+                def one(n_lanes: int, i: Idx) -> None:
+                    ev = c.evaluator(n_lanes)
+                    idx = [*prefix, i]
+                    x = ev.at(src, idx)
+                    offset = ev.ix.linear(idx, ostride)
+                    acc = ev.ix.load(c.out, dtype, offset)
+                    ev.ix.store(c.out, dtype, offset, _combine(cb, op, dtype, acc, x))
+
+                range_loop(cb, start, stop, lanes, one, name="acc")
+
+            outer(in_shape[:-1], accumulate)
+
+        work_per_column = max(1, src.size // max(inner, 1))
+        parallel_range(ctx, inner, max(lanes, PARALLEL_GRAIN // work_per_column), columns,
+                       align=lanes)
 
     if kernel.root is not anchor:
         emit_elementwise(ctx)

@@ -64,14 +64,14 @@ def vector_split(n: int, lanes: int) -> tuple[int, int]:
     return (n // lanes) * lanes if lanes > 1 else 0, n
 
 
-def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "") -> ir.Value:
-    """A stack slot allocated in the function's entry block (never inside a loop)."""
+def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "", count: int = 1) -> ir.Value:
+    """A stack slot (of `count` elements) in the function's entry block, never in a loop."""
     entry = b.block.function.entry_basic_block
     saved = b.block
     if entry.instructions:
         b.position_before(entry.instructions[0])
     else:
         b.position_at_end(entry)
-    slot = b.alloca(typ, name=name)
+    slot = b.alloca(typ, size=ir.Constant(I64, count) if count != 1 else None, name=name)
     b.position_at_end(saved)
     return slot

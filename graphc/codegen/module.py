@@ -93,7 +93,7 @@ def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
 
 
 def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
-                 entry: str = ENTRY) -> GeneratedModule:
+                 entry: str = ENTRY, threads: int = 1) -> GeneratedModule:
     """Generate the LLVM module for a planned program (verified by the caller via LLVM).
 
     `entry` names the entry-point symbol; exported libraries give each model its own so
@@ -107,7 +107,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
     arena_bytes = scratch_offset + scratch
 
-    kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target) > 0)
+    kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target) > 0, threads)
                   for k in program.kernels]
 
     entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
@@ -149,7 +149,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
 
 
 def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
-                 needs_scratch: bool) -> ir.Function:
+                 needs_scratch: bool, threads: int) -> ir.Function:
     n_args = 1 + len(kernel.inputs) + (1 if needs_scratch else 0)
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), kernel.name)
     fn.linkage = "internal"
@@ -167,7 +167,7 @@ def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Ta
     for i, n in enumerate(kernel.inputs):
         ptrs[n] = fn.args[1 + i]
     scratch = fn.args[-1] if needs_scratch else None
-    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch)
+    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads)
     _emitter(kernel)(ctx)
     ctx.b.ret_void()
     return fn

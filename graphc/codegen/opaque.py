@@ -222,8 +222,8 @@ OPAQUE["argmin"] = _argext
 _ = (math, ew, Node)
 
 # Convolution, pooling and gather/scatter lowerings live in their own modules.
-from graphc.codegen import conv, gather, pool  # noqa: E402
+from graphc.codegen import conv, gather, pool, pool_grad  # noqa: E402
 
-for _family in (conv, gather, pool):
+for _family in (conv, gather, pool, pool_grad):
     OPAQUE.update(_family.LOWER)
     SCRATCH.update(getattr(_family, "SCRATCH", {}))

@@ -1,24 +1,20 @@
-"""Pooling kernels: max_pool2d, max_pool2d_grad, max_pool2d_gather, avg_pool2d and
-avg_pool2d_grad over NCHW tensors.
+"""Pooling kernels: max_pool2d, max_pool2d_gather, avg_pool2d (forward ops) and the
+geometry and argmax shared with the gradients in `pool_grad`.
 
-Forward kernels walk the output rows of each (n, c) plane and vectorize over the output
-width (`<L x T>`, see `window`: contiguous loads for stride 1, a load and a shuffle for
-strides 2-4, gathers beyond), kernel taps in row-major order, rows outside the input
-skipped, columns outside it masked (they read -inf for max, 0 for sums).
+Kernels walk the output rows of each (n, c) plane and vectorize over the output width
+(`<L x T>`, see `window`: contiguous loads for stride 1, a load and a shuffle for strides
+2-4, gathers beyond), kernel taps in row-major order, rows outside the input skipped,
+columns outside it masked (they read -inf for max, 0 for sums).
 
-- max_pool2d: a running max; NaN wins (numpy's max propagates NaN).
-- max_pool2d_gather / the argmax of max_pool2d_grad: a running (max, plane offset) pair per
-  lane finds each window's first argmax exactly like the reference's `np.argmax` over the
-  -inf-padded window: a later tap wins only if strictly greater, or NaN over a non-NaN; a
-  window whose first position is padding and whose values are all -inf keeps that padding
-  position (offset -1), which routes nothing (grad) or reads 0 (gather).
+- max_pool2d: a running max in two partial accumulators, NaNs tracked in a mask (NaN wins,
+  as numpy's max propagates it).
+- `window_argmax` (max_pool2d_gather, max_pool2d_grad): a running (max, plane offset) pair
+  per lane finds each window's first argmax exactly like the reference's `np.argmax` over
+  the -inf-padded window: a later tap wins only if strictly greater, or NaN over a non-NaN;
+  a window whose first position is padding and whose values are all -inf keeps that
+  padding position (offset -1), which routes nothing (grad) or reads 0 (gather).
+- max_pool2d_gather: h read at the argmaxes with a masked gather.
 - avg_pool2d: window sums divided by kh*kw, or by the count of real elements.
-- The gradients run in two passes with a per-window scratch array: (1) each window's share
-  g/divisor (avg) or argmax offset (max, i32); (2) each dx chunk sums, over the windows that
-  contain it, their share or their g where the argmax is that element (`_transposed`). Pass
-  2 is vectorized over dx columns by column phases (as conv2d_grad_input): contiguous
-  loads, no scatter-add conflicts, and the reference's summation order, so results match
-  the reference bit for bit.
 """
 
 from __future__ import annotations
@@ -31,11 +27,9 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.index import splat
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I32, I64, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
-    ColPhase,
     Run,
     const_splat,
     element_ptr,
@@ -51,12 +45,10 @@ from graphc.codegen.window import (
     plan_chunks,
     safe_outputs,
     taps,
-    transposed_phases,
 )
 from graphc.errors import CompileError
 from graphc.ir import DType, Node
 from graphc.ops.conv_geometry import Window
-from graphc.passes.fuse import Kernel
 
 # body(plane index n*C + c, output row p, chunk start q0, checked, limit)
 RowBody = Callable[[ir.Value, ir.Value, ir.Value, bool, "int | None"], None]
@@ -163,10 +155,10 @@ def _max_pool(ctx: KernelContext) -> None:
     pool.rows(chunk)
 
 
-def _argmax(ctx: KernelContext, pool: Pool, x_plane: ir.Value, p: ir.Value, q0: ir.Value,
+def window_argmax(ctx: KernelContext, pool: Pool, x_plane: ir.Value, p: ir.Value, q0: ir.Value,
             checked: bool, limit: ir.Value | None) -> ir.Value:
     """<L x i32>: the plane offset of each window's first argmax, or -1 when it is padding
-    (i32 halves the index work; `_check_plane` guarantees the offsets fit)."""
+    (i32 halves the index work; `check_plane` guarantees the offsets fit)."""
     b = ctx.b
     lanes = pool.lanes
     v32 = ir.VectorType(I32, lanes)
@@ -194,7 +186,7 @@ def _argmax(ctx: KernelContext, pool: Pool, x_plane: ir.Value, p: ir.Value, q0: 
     return b.load(where)
 
 
-def _check_plane(pool: Pool) -> None:
+def check_plane(pool: Pool) -> None:
     if pool.h * pool.w >= 2**31:
         node = pool.node
         raise CompileError(f"{node.op}: planes of {pool.h}x{pool.w} elements are too large "
@@ -206,100 +198,18 @@ def iota32(lanes: int, step: int) -> ir.Constant:
                                                    for t in range(lanes)])
 
 
-def _max_pool_grad(ctx: KernelContext) -> None:
-    """Pass 1: each window's argmax offset (i32, -1 for padding) into scratch. Pass 2: each
-    dx chunk sums g over the windows whose argmax it is (see `_transposed`)."""
-    node = ctx.kernel.anchor
-    assert node is not None
-    if node.size == 0:
-        return
-    assert ctx.scratch is not None
-    x, g = node.inputs
-    pool = Pool(ctx, node, x.shape)
-    b = ctx.b
-    where = ctx.scratch
-    i32 = DType.int32
-    _check_plane(pool)
-
-    def first(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool,
-              limit: ir.Value | None) -> None:
-        x_plane = pool.plane(ctx.ptr(x), nc, pool.h * pool.w)
-        at = _argmax(ctx, pool, x_plane, p, q0, checked, limit)
-        row = element_ptr(b, where, i32, lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)]))
-        Run(b, pool.lanes, q0, 1, pool.wo, False, limit).store(row, i32, at)
-
-    pool.rows(first)
-
-    def contribution(nc: ir.Value, p: ir.Value, run: Run, positions: ir.Value) -> ir.Value:
-        row = lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)])
-        won = run.load(element_ptr(b, where, i32, row), i32, -1)
-        gv = run.load(element_ptr(b, ctx.ptr(g), pool.dtype, row), pool.dtype, 0.0)
-        lanes = run.lanes
-        hit = b.icmp_signed("==", won, b.trunc(positions, ir.VectorType(I32, lanes)))
-        return b.select(hit, gv, const_splat(pool.dtype, 0.0, lanes))
-
-    _transposed(ctx, pool, contribution)
-
-
-def _transposed(ctx: KernelContext, pool: Pool,
-                contribution: Callable[[ir.Value, ir.Value, Run, ir.Value], ir.Value]) -> None:
-    """dx[nc, y, x] = sum of contribution(nc, p, run of q, positions) over the windows
-    (p, q) that contain (y, x), in the reference's kernel-offset order (so the sums round
-    alike). Vectorized over x by column phases (`transposed_phases`): contiguous loads of
-    window data, one (strided) store per chunk, no scatter conflicts. `positions` are the
-    plane offsets y*W + x of the lanes."""
-    b = ctx.b
-    dtype = pool.dtype
-    phases = transposed_phases(pool.w, pool.sw, 1, pool.pl, pool.kw)
-    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), max(ph.count for ph in phases))
-    acc = entry_alloca(b, ir.VectorType(storage_type(dtype), lanes), name="acc")
-    if pool.n * pool.c * pool.h * pool.w == 0:
-        return
-    with for_range(b, 0, pool.n * pool.c, 1, name="nc") as nc, \
-            for_range(b, 0, pool.h, 1, name="y") as y:
-        dx_row = element_ptr(b, ctx.out, dtype, lin(b, [(nc, pool.h * pool.w), (y, pool.w)]))
-        for phase in phases:
-            offs = [off for _, off in phase.taps] or [0]
-            plan = plan_chunks(phase.count, lanes, safe_outputs(1, min(offs), max(offs),
-                                                                 pool.wo))
-
-            def chunk(q0: ir.Value, checked: bool, limit: ir.Value | None,
-                      phase: ColPhase = phase) -> None:
-                b.store(const_splat(dtype, 0.0, lanes), acc)
-                col0 = lin(b, [(q0, phase.step)], phase.start)
-                positions = b.add(splat(b, lin(b, [(y, pool.w), (col0, 1)]), lanes),
-                                  iota(lanes, phase.step))
-                with loop(b, pool.kh, "i") as i:
-                    num = lin(b, [(y, 1), (i, -1)], pool.pt)
-                    valid = in_range(b, num, 0, pool.ho * pool.sh)
-                    if pool.sh > 1:
-                        exact = b.icmp_signed("==", b.srem(num, i64(pool.sh)), i64(0))
-                        valid = b.and_(valid, exact)
-                    with b.if_then(valid):
-                        p = b.sdiv(num, i64(pool.sh)) if pool.sh > 1 else num
-                        for _j, off in phase.taps:
-                            run = Run(b, lanes, lin(b, [(q0, 1)], off), 1, pool.wo, checked,
-                                      limit)
-                            b.store(b.fadd(b.load(acc), contribution(nc, p, run, positions)),
-                                    acc)
-                Run(b, lanes, col0, phase.step, pool.w, False, limit).store(dx_row, dtype,
-                                                                             b.load(acc))
-
-            emit_chunks(b, plan, chunk)
-
-
 def _max_pool_gather(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     x, h = node.inputs
     pool = Pool(ctx, node, x.shape)
-    _check_plane(pool)
+    check_plane(pool)
     b = ctx.b
 
     def chunk(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool, limit: ir.Value | None
               ) -> None:
         x_plane = pool.plane(ctx.ptr(x), nc, pool.h * pool.w)
-        where = _argmax(ctx, pool, x_plane, p, q0, checked, limit)
+        where = window_argmax(ctx, pool, x_plane, p, q0, checked, limit)
         mask = b.icmp_signed(">=", where, const_splat(DType.int32, 0, pool.lanes))
         where = b.sext(where, ir.VectorType(I64, pool.lanes))
         if limit is not None:
@@ -311,7 +221,7 @@ def _max_pool_gather(ctx: KernelContext) -> None:
     pool.rows(chunk)
 
 
-def _divisor(pool: Pool, p: ir.Value, q0: ir.Value) -> ir.Value:
+def divisor(pool: Pool, p: ir.Value, q0: ir.Value) -> ir.Value:
     """Each window's divisor as <L x T>: kh*kw, or its number of real input elements."""
     b = pool.b
     lanes = pool.lanes
@@ -356,52 +266,14 @@ def _avg_pool(ctx: KernelContext) -> None:
             b.store(b.fadd(b.load(slot), run.load(row, pool.dtype, 0.0)), slot)
 
         pool.taps(p, q0, checked, limit, tap)
-        value = b.fdiv(b.fadd(b.load(total[0]), b.load(total[1])), _divisor(pool, p, q0))
+        value = b.fdiv(b.fadd(b.load(total[0]), b.load(total[1])), divisor(pool, p, q0))
         pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
     pool.rows(chunk)
 
 
-def _avg_pool_grad(ctx: KernelContext) -> None:
-    """Pass 1: share = g / divisor into scratch (the reference's rounding). Pass 2: each dx
-    chunk sums the shares of the windows containing it (see `_transposed`)."""
-    node = ctx.kernel.anchor
-    assert node is not None
-    if node.size == 0:
-        return
-    assert ctx.scratch is not None
-    g = node.inputs[0]
-    pool = Pool(ctx, node, tuple(node.attrs["input_shape"]))
-    b = ctx.b
-    share = ctx.scratch
-
-    def first(nc: ir.Value, p: ir.Value, q0: ir.Value, checked: bool,
-              limit: ir.Value | None) -> None:
-        gv = pool.load_out(pool.plane(ctx.ptr(g), nc, pool.ho * pool.wo), p, q0, limit)
-        pool.store_out(pool.plane(share, nc, pool.ho * pool.wo), p, q0, limit,
-                       b.fdiv(gv, _divisor(pool, p, q0)))
-
-    pool.rows(first)
-
-    def contribution(nc: ir.Value, p: ir.Value, run: Run, _positions: ir.Value) -> ir.Value:
-        row = lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)])
-        return run.load(element_ptr(b, share, pool.dtype, row), pool.dtype, 0.0)
-
-    _transposed(ctx, pool, contribution)
-
-
-def _scratch_like_output(kernel: Kernel, target: Target) -> int:
-    """Bytes of one value per pooling window (the gradient's input g)."""
-    assert kernel.anchor is not None
-    g = kernel.anchor.inputs[-1]
-    return g.size * (4 if kernel.anchor.op == "max_pool2d_grad" else g.dtype.itemsize)
-
-
-SCRATCH = {"max_pool2d_grad": _scratch_like_output, "avg_pool2d_grad": _scratch_like_output}
 LOWER = {
     "max_pool2d": _max_pool,
-    "max_pool2d_grad": _max_pool_grad,
     "max_pool2d_gather": _max_pool_gather,
     "avg_pool2d": _avg_pool,
-    "avg_pool2d_grad": _avg_pool_grad,
 }

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
@@ -54,6 +56,34 @@ def run_inference(model: Model, x: np.ndarray, y: np.ndarray, batch: int
     return outputs, per_example, extra
 
 
+@dataclass
+class _EpochState:
+    """The running totals of one epoch: loss, examples seen, training-mode outputs."""
+
+    metrics: list[tuple[str, Callable[[np.ndarray, np.ndarray], float]]]
+    targets: np.ndarray  # in the epoch's order
+    loss_sum: float = 0.0
+    seen: int = 0
+    outputs: np.ndarray | None = None
+
+    def add(self, loss: float, out: np.ndarray, real: int, total: int) -> None:
+        """One step's mean loss and outputs, of which the first `real` rows are real."""
+        self.loss_sum += loss * real
+        self.seen += real
+        if self.metrics:
+            if self.outputs is None:
+                self.outputs = np.empty((total, *out.shape[1:]), out.dtype)
+            self.outputs[self.seen - real:self.seen] = out[:real]
+
+    def logs(self) -> dict[str, float]:
+        """The loss and metrics over the examples seen so far."""
+        logs = {"loss": self.loss_sum / max(self.seen, 1)}
+        if self.outputs is not None:
+            for name, fn in self.metrics:
+                logs[name] = float(fn(self.targets[:self.seen], self.outputs[:self.seen]))
+        return logs
+
+
 def fit(model: Model, x: Any, y: Any, batch_size: int, epochs: int,
         validation_data: tuple[Any, Any] | None, validation_split: float, shuffle: bool,
         seed: int, callbacks: list[Any], verbose: int, initial_epoch: int, stream: TextIO
@@ -91,19 +121,9 @@ def fit(model: Model, x: Any, y: Any, batch_size: int, epochs: int,
             break
         cbs.on_epoch_begin(epoch, {})
         order = rng.permutation(n) if shuffle else np.arange(n)
-        y_epoch = ys[order] if model.metrics else ys
+        state = _EpochState(model.metrics, ys[order] if model.metrics else ys)
         bar = ProgressBar(epoch, epochs, steps, stream, verbose)
         bar.begin()
-        outputs: np.ndarray | None = None
-        loss_sum, seen = 0.0, 0
-
-        def running() -> dict[str, float]:
-            logs = {"loss": loss_sum / max(seen, 1)}
-            if outputs is not None:
-                for name, fn in model.metrics:
-                    logs[name] = float(fn(y_epoch[:seen], outputs[:seen]))
-            return logs
-
         start = time.perf_counter()
         for s in range(steps):
             idx = order[s * batch:(s + 1) * batch]
@@ -117,20 +137,15 @@ def fit(model: Model, x: Any, y: Any, batch_size: int, epochs: int,
                 cbs.on_batch_begin(s, {"size": r})
             loss, out = step(xb, yb, mask)
             loss_value = float(loss)
-            loss_sum += loss_value * r
-            seen += r
-            if model.metrics:
-                if outputs is None:
-                    outputs = np.empty((n, *out.shape[1:]), out.dtype)
-                outputs[seen - r:seen] = out[:r]
+            state.add(loss_value, out, r, n)
             if cbs.batch_hooks:
                 cbs.on_batch_end(s, {"loss": loss_value, "size": r})
             if bar.live:
-                bar.update(s + 1, seen, running)
+                bar.update(s + 1, state.seen, state.logs)
         history.train_seconds += time.perf_counter() - start
         history.steps += steps
         history.samples += n
-        logs = running()
+        logs = state.logs()
         if validation is not None:
             val = model.evaluate(validation[0], validation[1], batch_size=batch)
             logs.update({f"val_{k}": v for k, v in val.items()})

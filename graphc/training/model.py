@@ -338,7 +338,7 @@ class Model:
             raise GraphcError("exporting needs graphc.export, which this installation lacks",
                               op="Model.export") from None
         t = self.infer_graph(batch_size or self.default_batch_size)
-        return exporter(self.graph, path, inputs=[t.x], outputs=[t.outputs], **kwargs)
+        return exporter(self.graph, path, inputs=[t.x], outputs=t.outputs, **kwargs)
 
     def summary(self) -> str:
         """A table of the model's variables (shape, parameters, trainable)."""

@@ -23,9 +23,14 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
+def _number(v: float) -> str:
+    return f"{v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3e}"
+
+
 def format_logs(logs: Mapping[str, float]) -> str:
-    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
-                      if isinstance(v, float) and math.isfinite(v) or isinstance(v, int))
+    """``name: value - ...`` (small values in scientific notation, non-finite ones left out)."""
+    return " - ".join(f"{k}: {_number(float(v))}" for k, v in logs.items()
+                      if isinstance(v, (int, float)) and math.isfinite(v))
 
 
 def _duration(seconds: float) -> str:
@@ -33,7 +38,9 @@ def _duration(seconds: float) -> str:
         return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
     if seconds >= 60:
         return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
-    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+    if seconds >= 10:
+        return f"{seconds:.0f}s"
+    return f"{seconds:.1f}s" if seconds >= 1 else f"{seconds * 1000:.0f}ms"
 
 
 class ProgressBar:
