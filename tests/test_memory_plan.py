@@ -24,7 +24,7 @@ def test_in_place_reuse_needs_equal_element_sizes() -> None:
         t = gc.placeholder((1,), gc.float64, name="t")
         sq = x * x
         mask = t <= sq
-        y = gc.where(mask, 0.0, 2.0) * x
+        y = gc.where(mask, gc.constant(0.0, gc.float64), 2.0) * x
         z = y + y
     plan = _plan(g, [x, t], [z, gc.sum(gc.minimum(t, sq))])
     for out, reused in plan.in_place:
