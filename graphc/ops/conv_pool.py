@@ -122,7 +122,10 @@ def _argmax(x: np.ndarray, attrs: Attrs) -> tuple[Window, Pair, np.ndarray]:
     win = _pool_window(attrs)
     out = win.out_size(x.shape[2:])
     v = windows(padded(x, win.pads, -np.inf), win, out)
-    flat = v.reshape(*v.shape[:4], -1)
+    # kh*kw, not -1: numpy cannot infer -1 when a batch or channel count is 0.
+    flat = v.reshape(*v.shape[:4], win.kernel[0] * win.kernel[1])
+    if flat.size == 0:
+        return win, out, np.zeros(flat.shape[:4], np.int64)
     return win, out, np.argmax(flat, axis=-1)
 
 
@@ -148,7 +151,7 @@ def _gather_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     x, h = arrays
     win, out, arg = _argmax(x, attrs)
     v = windows(padded(h, win.pads), win, out)
-    flat = v.reshape(*v.shape[:4], -1)
+    flat = v.reshape(*v.shape[:4], win.kernel[0] * win.kernel[1])
     return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
 
