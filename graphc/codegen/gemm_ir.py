@@ -188,15 +188,6 @@ def masked_load(b: ir.IRBuilder, ptr: ir.Value, vt: ir.VectorType, mask: ir.Valu
     return b.call(fn, [ptr, ir.Constant(I32, align), mask, ir.Constant(vt, None)])
 
 
-def masked_store(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, mask: ir.Value,
-                 align: int) -> None:
-    vt = value.type
-    name = f"llvm.masked.store.{_vec_suffix(vt)}.p0"
-    mt = ir.VectorType(I1, vt.count)
-    fn = _intrinsic(b.module, name, VOID, [vt, PTR, I32, mt])
-    b.call(fn, [value, ptr, ir.Constant(I32, align), mask])
-
-
 def prefetch(b: ir.IRBuilder, ptr: ir.Value, write: bool) -> None:
     """A cache-line prefetch hint (never faults, so `ptr` may be past the end)."""
     fn = _intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
