@@ -9,6 +9,7 @@ finished block, so the matmul result never makes a round trip through memory.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import llvmlite.ir as ir
 
@@ -17,6 +18,7 @@ from graphc.codegen.expr import strides
 from graphc.codegen.gemm import GemmSpec, emit_gemm
 from graphc.codegen.index import Idx
 from graphc.codegen.loops import for_range
+from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
 from graphc.codegen.types import I64, storage_type
 from graphc.passes.fuse import Kernel
@@ -35,8 +37,48 @@ def gemm_spec(kernel: Kernel) -> GemmSpec:
                     lda=ca, ldb=cb, ldc=n)
 
 
-def scratch_bytes(kernel: Kernel, target: Target) -> int:
-    return gemm_spec(kernel).scratch_bytes(target)
+# Below this many multiply-adds a GEMM is not split across threads.
+PARALLEL_MACS = 1 << 18
+
+
+@dataclass(frozen=True)
+class Split:
+    """A 2-D GEMM cut into `tasks` equal column ("n") or row ("m") blocks of `size`."""
+
+    dim: str
+    tasks: int
+    size: int
+    spec: GemmSpec  # the GEMM of one block
+
+
+def split(kernel: Kernel, threads: int) -> Split | None:
+    """How to run the kernel's GEMM on `threads` threads, or None to run it whole.
+
+    Blocks are equal, so one GEMM body serves every task; columns are preferred (each task
+    then packs only its part of B).
+    """
+    anchor = kernel.anchor
+    assert anchor is not None
+    spec = gemm_spec(kernel)
+    if threads <= 1 or anchor.ndim != 2 or spec.m * spec.n * spec.k < PARALLEL_MACS:
+        return None
+    t = threads
+    if spec.n % t == 0 and spec.n // t >= 32:
+        return Split("n", t, spec.n // t, replace(spec, n=spec.n // t))
+    if spec.m % t == 0 and spec.m // t >= 16:
+        return Split("m", t, spec.m // t, replace(spec, m=spec.m // t))
+    return None
+
+
+def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
+    s = split(kernel, threads)
+    if s is None:
+        return gemm_spec(kernel).scratch_bytes(target)
+    return _aligned(s.spec.scratch_bytes(target)) * s.tasks
+
+
+def _aligned(n: int) -> int:
+    return (n + 63) // 64 * 64
 
 
 def _batch_strides(shape: tuple[int, ...], out_batch: tuple[int, ...]) -> list[int]:
@@ -98,4 +140,58 @@ def emit_matmul(ctx: KernelContext) -> None:
 
     if math.prod(anchor.shape) == 0:
         return
+    s = split(kernel, ctx.threads)
+    if s is not None:
+        _emit_split(ctx, s)
+        return
     level(0, [])
+
+
+def _emit_split(ctx: KernelContext, s: Split) -> None:
+    """One task per block: offset the operands, give each task its own scratch."""
+    kernel = ctx.kernel
+    anchor = kernel.anchor
+    assert anchor is not None
+    a, bnode = anchor.inputs
+    full = gemm_spec(kernel)
+    elem = storage_type(anchor.dtype)
+    per_task = _aligned(s.spec.scratch_bytes(ctx.target))
+
+    def task(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        first = b.mul(start, ir.Constant(I64, s.size))  # first row or column of the block
+
+        def at(ptr: ir.Value, stride: int) -> ir.Value:
+            return b.gep(ptr, [b.mul(first, ir.Constant(I64, stride))], inbounds=True,
+                         source_etype=elem)
+
+        if s.dim == "n":
+            pa = c.ptr(a)
+            pb = at(c.ptr(bnode), full.ldb if full.trans_b else 1)
+            pc = at(c.out, 1)
+        else:
+            pa = at(c.ptr(a), 1 if full.trans_a else full.lda)
+            pb = c.ptr(bnode)
+            pc = at(c.out, full.ldc)
+        scratch = None
+        if per_task:
+            assert c.scratch is not None
+            scratch = b.gep(c.scratch, [b.mul(start, ir.Constant(I64, per_task))],
+                            inbounds=True, source_etype=ir.IntType(8))
+        epilogue = None
+        if kernel.root is not anchor:
+            def epilogue(eb: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
+                         lanes: int) -> ir.Value:
+                if s.dim == "n":
+                    col = eb.add(col, first)
+                else:
+                    row = eb.add(row, first)
+                ev = c.evaluator(lanes, overrides={anchor: acc})
+                ev.b = eb
+                ev.ix.b = eb
+                return ev.at(kernel.root, [Idx(row), Idx(col, 1 if lanes > 1 else 0)])
+
+        emit_gemm(b, s.spec, pa, pb, pc, scratch, c.target, epilogue)
+
+    # One task per block (grain 1): parallel_range gives task t the range [t, t + 1).
+    parallel_range(ctx, s.tasks, 1, task)

@@ -66,11 +66,11 @@ def _table(plan: MemoryPlan) -> list[TableEntry]:
     return entries
 
 
-def scratch_bytes(kernel: Kernel, target: Target) -> int:
+def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
     if kernel.kind == KernelKind.MATMUL:
         from graphc.codegen import matmul
 
-        return matmul.scratch_bytes(kernel, target)
+        return matmul.scratch_bytes(kernel, target, threads)
     return opaque.scratch_bytes(kernel, target)
 
 
@@ -103,11 +103,12 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     module = ir.Module(name=name)
     module.triple = target.triple
     table = _table(plan)
-    scratch = max((scratch_bytes(k, target) for k in program.kernels), default=0)
+    scratch = max((scratch_bytes(k, target, threads) for k in program.kernels), default=0)
     scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
     arena_bytes = scratch_offset + scratch
 
-    kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target) > 0, threads)
+    kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target, threads) > 0,
+                               threads)
                   for k in program.kernels]
 
     entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
@@ -137,7 +138,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     for k, fn in zip(program.kernels, kernel_fns):
         args = [pointer(plan.location[k.root])]
         args += [pointer(plan.buffer_of(n)) for n in k.inputs]
-        if scratch_bytes(k, target) > 0:
+        if scratch_bytes(k, target, threads) > 0:
             args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
                               source_etype=I8))
         b.call(fn, args)
