@@ -8,6 +8,7 @@ Inputs are generated with a fixed seed so every peer sees the same data.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ SIZES = (784, 512, 512, 10)
 def _mlp_params() -> list[np.ndarray]:
     rng = np.random.default_rng(1)
     params = []
-    for n_in, n_out in zip(SIZES[:-1], SIZES[1:]):
+    for n_in, n_out in itertools.pairwise(SIZES):
         params.append((rng.standard_normal((n_in, n_out)) * np.sqrt(2 / n_in)).astype(np.float32))
         params.append(np.zeros(n_out, np.float32))
     return params
@@ -86,7 +87,7 @@ def _mlp_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
             rng.integers(0, 10, batch).astype(np.int32))
 
 
-def _mlp_graph(batch: int, train: bool):  # noqa: ANN202 - returns graphc objects
+def _mlp_graph(batch: int, train: bool):
     import graphc as gc
 
     params = _mlp_params()
@@ -290,4 +291,236 @@ WORKLOADS: list[Workload] = [
              {"graphc": compile_graphc(False)}),
     Workload("compile_cached", "compile MLP training step, warm cache", 0, 0,
              {"graphc": compile_graphc(True)}),
+]
+
+
+# --- (e) square GEMM --------------------------------------------------------------------------
+
+def _gemm_data(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return (rng.standard_normal((n, n)).astype(np.float32),
+            rng.standard_normal((n, n)).astype(np.float32))
+
+
+def gemm_graphc(n: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+
+        a_val, b_val = _gemm_data(n)
+        with gc.Graph("gemm") as g:
+            a = gc.placeholder((n, n), gc.float32, name="a")
+            b = gc.placeholder((n, n), gc.float32, name="b")
+            c = a @ b
+        f = gc.compile(g, [a, b], c, options=gc.CompileOptions(threads=threads))
+        return lambda: f(a_val, b_val)
+
+    return setup
+
+
+def gemm_numpy(n: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        a, b = _gemm_data(n)
+        return lambda: a @ b
+
+    return setup
+
+
+def gemm_torch(n: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import torch
+
+        torch.set_num_threads(threads)
+        a, b = (torch.from_numpy(v) for v in _gemm_data(n))
+        return lambda: a @ b
+
+    return setup
+
+
+# --- (c) LeNet-5 ---------------------------------------------------------------------------------
+
+LENET_CONV = [(6, 1, 5, 5), (16, 6, 5, 5)]
+LENET_DENSE = [(400, 120), (120, 84), (84, 10)]
+
+
+def _lenet_params() -> list[np.ndarray]:
+    rng = np.random.default_rng(4)
+    params = []
+    for shape in LENET_CONV:
+        fan_in = shape[1] * shape[2] * shape[3]
+        params += [(rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(np.float32),
+                   np.zeros(shape[0], np.float32)]
+    for shape in LENET_DENSE:
+        params += [(rng.standard_normal(shape) * np.sqrt(2 / shape[0])).astype(np.float32),
+                   np.zeros(shape[1], np.float32)]
+    return params
+
+
+def _lenet_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return (rng.standard_normal((batch, 1, 28, 28)).astype(np.float32),
+            rng.integers(0, 10, batch).astype(np.int32))
+
+
+def lenet_graphc(batch: int, train: bool) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+
+        p = _lenet_params()
+        with gc.Graph("lenet") as g:
+            x = gc.placeholder((batch, 1, 28, 28), gc.float32, name="x")
+            y = gc.placeholder((batch,), gc.int32, name="y")
+            v = [gc.variable(a, name=f"p{i}") for i, a in enumerate(p)]
+            h = gc.max_pool2d(gc.relu(gc.conv2d(x, v[0], padding=2, bias=v[1])), 2)
+            h = gc.max_pool2d(gc.relu(gc.conv2d(h, v[2], bias=v[3])), 2)
+            h = gc.reshape(h, (batch, 400))
+            h = gc.relu(h @ v[4] + v[5])
+            h = gc.relu(h @ v[6] + v[7])
+            logits = h @ v[8] + v[9]
+            loss = gc.mean(gc.softmax_cross_entropy(logits, y))
+            updates = gc.optim.SGD(lr=0.01, momentum=0.9).minimize(loss) if train else None
+        options = gc.CompileOptions(threads=threads)
+        xb, yb = _lenet_batch(batch)
+        if train:
+            f = gc.compile(g, [x, y], [loss], updates=updates, options=options)
+            return lambda: f(xb, yb)
+        f = gc.compile(g, [x], logits, options=options)
+        return lambda: f(xb)
+
+    return setup
+
+
+def lenet_torch(batch: int, train: bool) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        torch.set_num_threads(threads)
+        p = [torch.from_numpy(a.copy()).requires_grad_(train) for a in _lenet_params()]
+        xb_np, yb_np = _lenet_batch(batch)
+        xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+        opt = torch.optim.SGD(p, lr=0.01, momentum=0.9) if train else None
+
+        def forward() -> object:
+            h = F.max_pool2d(F.relu(F.conv2d(xb, p[0], p[1], padding=2)), 2)
+            h = F.max_pool2d(F.relu(F.conv2d(h, p[2], p[3])), 2).reshape(batch, 400)
+            h = F.relu(torch.addmm(p[5], h, p[4]))
+            h = F.relu(torch.addmm(p[7], h, p[6]))
+            return torch.addmm(p[9], h, p[8])
+
+        if not train:
+            def infer() -> object:
+                with torch.no_grad():
+                    return forward().numpy()
+            return infer
+
+        def step() -> object:
+            assert opt is not None
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(forward(), yb)
+            loss.backward()
+            opt.step()
+            return float(loss)
+
+        return step
+
+    return setup
+
+
+# --- (f) LSTM ------------------------------------------------------------------------------
+
+LSTM_IN, LSTM_HIDDEN, LSTM_SEQ, LSTM_BATCH = 64, 128, 32, 32
+
+
+def _lstm_params() -> list[np.ndarray]:
+    rng = np.random.default_rng(6)
+    s = 1 / np.sqrt(LSTM_HIDDEN)
+    return [rng.uniform(-s, s, (LSTM_IN, 4 * LSTM_HIDDEN)).astype(np.float32),
+            rng.uniform(-s, s, (LSTM_HIDDEN, 4 * LSTM_HIDDEN)).astype(np.float32),
+            np.zeros(4 * LSTM_HIDDEN, np.float32),
+            rng.uniform(-s, s, (LSTM_HIDDEN, 10)).astype(np.float32),
+            np.zeros(10, np.float32)]
+
+
+def _lstm_batch() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    return (rng.standard_normal((LSTM_SEQ, LSTM_BATCH, LSTM_IN)).astype(np.float32),
+            rng.integers(0, 10, LSTM_BATCH).astype(np.int32))
+
+
+def lstm_graphc(threads: int) -> Runner:
+    import graphc as gc
+
+    p = _lstm_params()
+    hid = LSTM_HIDDEN
+    with gc.Graph("lstm") as g:
+        x = gc.placeholder((LSTM_SEQ, LSTM_BATCH, LSTM_IN), gc.float32, name="x")
+        y = gc.placeholder((LSTM_BATCH,), gc.int32, name="y")
+        wx, wh, b, wo, bo = (gc.variable(a, name=f"p{i}") for i, a in enumerate(p))
+        h = gc.constant(np.zeros((LSTM_BATCH, hid), np.float32))
+        c = h
+        # The input projection of all steps is one GEMM; the recurrence is one per step.
+        xs = gc.reshape(gc.reshape(x, (LSTM_SEQ * LSTM_BATCH, LSTM_IN)) @ wx + b,
+                        (LSTM_SEQ, LSTM_BATCH, 4 * hid))
+        for t in range(LSTM_SEQ):
+            z = xs[t] + h @ wh
+            i, f = gc.sigmoid(z[:, :hid]), gc.sigmoid(z[:, hid:2 * hid])
+            gg, o = gc.tanh(z[:, 2 * hid:3 * hid]), gc.sigmoid(z[:, 3 * hid:])
+            c = f * c + i * gg
+            h = o * gc.tanh(c)
+        loss = gc.mean(gc.softmax_cross_entropy(h @ wo + bo, y))
+        updates = gc.optim.SGD(lr=0.01, momentum=0.9).minimize(loss)
+    f = gc.compile(g, [x, y], [loss], updates=updates, options=gc.CompileOptions(threads=threads))
+    xb, yb = _lstm_batch()
+    return lambda: f(xb, yb)
+
+
+def lstm_torch(threads: int) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _lstm_params()]
+    opt = torch.optim.SGD(p, lr=0.01, momentum=0.9)
+    xb_np, yb_np = _lstm_batch()
+    xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+    hid = LSTM_HIDDEN
+
+    def step() -> object:
+        opt.zero_grad(set_to_none=True)
+        h = torch.zeros(LSTM_BATCH, hid)
+        c = torch.zeros(LSTM_BATCH, hid)
+        xs = (xb.reshape(-1, LSTM_IN) @ p[0] + p[2]).reshape(LSTM_SEQ, LSTM_BATCH, 4 * hid)
+        for t in range(LSTM_SEQ):
+            z = xs[t] + h @ p[1]
+            i, f = torch.sigmoid(z[:, :hid]), torch.sigmoid(z[:, hid:2 * hid])
+            gg, o = torch.tanh(z[:, 2 * hid:3 * hid]), torch.sigmoid(z[:, 3 * hid:])
+            c = f * c + i * gg
+            h = o * torch.tanh(c)
+        loss = torch.nn.functional.cross_entropy(h @ p[3] + p[4], yb)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return step
+
+
+def _lenet_flops(batch: int) -> float:
+    conv1 = 2 * 28 * 28 * 6 * 25
+    conv2 = 2 * 10 * 10 * 16 * 6 * 25
+    dense = 2 * (400 * 120 + 120 * 84 + 84 * 10)
+    return batch * (conv1 + conv2 + dense)
+
+
+WORKLOADS += [
+    *(Workload(f"gemm_{n}", f"GEMM {n}x{n} f32", 2 * n**3, 0,
+               {"graphc": gemm_graphc(n), "numpy": gemm_numpy(n), "torch": gemm_torch(n)})
+      for n in (256, 512, 1024)),
+    Workload("lenet_train", "LeNet-5 training step, batch 64", 3 * _lenet_flops(64), 0,
+             {"graphc": lenet_graphc(64, True), "torch": lenet_torch(64, True)}),
+    Workload("lenet_infer_1", "LeNet-5 inference, batch 1", _lenet_flops(1), 0,
+             {"graphc": lenet_graphc(1, False), "torch": lenet_torch(1, False)}),
+    Workload("lenet_infer_64", "LeNet-5 inference, batch 64", _lenet_flops(64), 0,
+             {"graphc": lenet_graphc(64, False), "torch": lenet_torch(64, False)}),
+    Workload("lstm_train", "LSTM (in 64, hidden 128, seq 32, batch 32) training step",
+             3 * 2 * LSTM_SEQ * LSTM_BATCH * 4 * LSTM_HIDDEN * (LSTM_IN + LSTM_HIDDEN), 0,
+             {"graphc": lstm_graphc, "torch": lstm_torch}),
 ]
