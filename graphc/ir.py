@@ -307,6 +307,8 @@ class VariableStore(Mapping[str, np.ndarray]):
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+        # Bumped whenever an array is (re)bound, so executables know to re-read pointers.
+        self.version = 0
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -337,6 +339,7 @@ class VariableStore(Mapping[str, np.ndarray]):
     def bind(self, name: str, array: np.ndarray) -> None:
         """Attach `array` itself (no copy) as the value of variable `name`."""
         self._arrays[name] = array
+        self.version += 1
 
 
 class Graph:

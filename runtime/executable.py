@@ -86,16 +86,28 @@ class Executable:
         self._n_in = len(signature.inputs)
         self._n_out = len(signature.outputs)
         self._out_types = [(n.shape, n.dtype.np) for n in signature.outputs]
+        self._in_types = [(n.shape, n.dtype.np) for n in signature.inputs]
         self._static: list[tuple[int, str, str]] = []  # (slot, space, name) of state buffers
         for slot, e in enumerate(generated.table):
             if e.space in (Space.VARIABLE, Space.CONSTANT):
                 self._static.append((slot, e.space.value, str(e.key)))
         self._bound: dict[int, np.ndarray] = {}
+        self._bound_version = -1
         self._bind_state()
 
     @property
     def input_names(self) -> list[str]:
         return [n.name for n in self.signature.inputs]
+
+    def _exact(self, args: tuple[Any, ...]) -> bool:
+        """The fast path: positional numpy arrays of exactly the right type and layout."""
+        if len(args) != self._n_in:
+            return False
+        for a, (shape, dtype) in zip(args, self._in_types):
+            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype \
+                    or not a.flags.c_contiguous:
+                return False
+        return True
 
     def _bind_state(self) -> None:
         """Point the table at the live variable arrays and the constants (no copies)."""
@@ -109,21 +121,21 @@ class Executable:
             self._bound[slot] = array
             self._table[slot] = array.ctypes.data
         self._table[len(self._table_spec) - 1] = self._arena.ctypes.data
+        self._bound_version = self.compiled_graph.variables.version
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        arrays = bind_arguments(self.signature.inputs, args, kwargs, "compiled function")
+        arrays = args if not kwargs and self._exact(args) else bind_arguments(
+            self.signature.inputs, args, kwargs, "compiled function")
         outputs = [np.empty(shape, dtype) for shape, dtype in self._out_types]
         with self._lock:
             table = self._table
+            if self._bound_version != self.compiled_graph.variables.version:
+                self._bind_state()
             for i, a in enumerate(arrays):
                 table[i] = a.ctypes.data
+            n_in = self._n_in
             for i, o in enumerate(outputs):
-                table[self._n_in + i] = o.ctypes.data
-            for slot, space, name in self._static:
-                if space == "variable" and \
-                        self.compiled_graph.variables[name] is not self._bound[slot]:
-                    self._bind_state()
-                    break
+                table[n_in + i] = o.ctypes.data
             status = self._fn(table)
         if status != 0:
             raise GraphcError(f"compiled code returned error status {status}")
