@@ -107,9 +107,16 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
     arena_bytes = scratch_offset + scratch
 
-    kernel_fns = [_emit_kernel(module, plan, k, target, scratch_bytes(k, target, threads) > 0,
-                               threads)
-                  for k in program.kernels]
+    # Structurally identical kernels (an unrolled RNN's steps, repeated layers) share one
+    # function: it is generated and optimized once and called with different buffers.
+    shared: dict[tuple, ir.Function] = {}
+    kernel_fns = []
+    for k in program.kernels:
+        needs_scratch = scratch_bytes(k, target, threads) > 0
+        key = kernel_key(plan, k, needs_scratch)
+        if key not in shared:
+            shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads)
+        kernel_fns.append(shared[key])
 
     entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
     b = ir.IRBuilder(entry_fn.append_basic_block("entry"))
@@ -147,6 +154,35 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     b.ret(ir.Constant(I32, 0))
     del slot_of
     return GeneratedModule(module, table, arena_bytes, scratch_offset, entry)
+
+
+def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
+    """Everything the code of `kernel` depends on, except which buffers it is given.
+
+    Two kernels with equal keys compute the same function of their argument buffers: the
+    same ops, attributes and types wired the same way, the same immediate values, the same
+    input types and the same output/input aliasing (which decides `noalias`).
+    """
+    program = plan.program
+    position = {n: i for i, n in enumerate(kernel.nodes)}
+    inputs = {n: i for i, n in enumerate(kernel.inputs)}
+    consts = program.graph.constants
+
+    def ref(n: Node) -> tuple:
+        if n in position:
+            return ("node", position[n])
+        if n in program.immediates:
+            value = consts[n.name]
+            return ("imm", str(n.type), value.tobytes())
+        return ("in", inputs[n])
+
+    body = tuple((n.op, n.attrs, n.type, tuple(ref(i) for i in n.inputs))
+                 for n in kernel.nodes)
+    out_loc = plan.location[kernel.root]
+    aliased = tuple(plan.buffer_of(n) == out_loc for n in kernel.inputs)
+    return (kernel.kind, body, position[kernel.root],
+            None if kernel.anchor is None else position[kernel.anchor],
+            tuple(n.type for n in kernel.inputs), aliased, needs_scratch)
 
 
 def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
