@@ -66,7 +66,8 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
         check_no_overlap(plan)  # cheap, and it guards every plan the test suite makes
     t2 = time.perf_counter()
     target = host_target()
-    generated = build_module(plan, target, name=graph.name, threads=resolve_threads(options))
+    generated = build_module(plan, target, name=graph.name, threads=resolve_threads(options),
+                             profile=options.profile)
     ir_text = generated.ir_text
     t3 = time.perf_counter()
     cache = Path(options.cache_dir) if options.cache_dir else None

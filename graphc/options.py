@@ -40,6 +40,7 @@ class CompileOptions:
       opt_level        LLVM optimization level 0-3.
       cache_dir        directory of the compiled-object cache; None disables it.
       threads          worker threads of generated code; None means one per core.
+      profile          count the CPU cycles of every kernel (`Executable.profile()`).
     """
 
     pipeline: str | None = None
@@ -54,6 +55,7 @@ class CompileOptions:
     opt_level: int = 2
     cache_dir: str | None = None
     threads: int | None = None
+    profile: bool = False
 
     def __post_init__(self) -> None:
         # Accept any iterable of names (a list from argparse) but store a hashable tuple.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.codegen.module import GeneratedModule
+from graphc.codegen.module import PROFILE, GeneratedModule
 from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
@@ -95,6 +95,29 @@ class Executable:
         self._bound_version = -1
         self._bind_state()
 
+    def profile(self, reset: bool = False) -> str:
+        """Cycles per kernel summed over all calls so far (compile with options.profile).
+
+        A table sorted by cost: kernel, its kind, cycles, share of the total. `reset` zeroes
+        the counters afterwards.
+        """
+        address = self._jit.optional_address(PROFILE) or _data_address(self._jit, PROFILE)
+        if not address:
+            raise GraphcError("this executable was compiled without profiling; pass "
+                              "options=gc.CompileOptions(profile=True) to gc.compile")
+        kernels = self.report.plan.program.kernels
+        counts = (ctypes.c_uint64 * max(len(kernels), 1)).from_address(address)
+        total = sum(counts[i] for i in range(len(kernels))) or 1
+        rows = sorted(((counts[i], k) for i, k in enumerate(kernels)), key=lambda r: -r[0])
+        lines = [f"{'kernel':<44} {'kind':<11} {'Mcycles':>10} {'share':>6}"]
+        for cycles, k in rows:
+            lines.append(f"{k.name:<44} {k.kind.value:<11} {cycles / 1e6:>10.3f} "
+                         f"{100 * cycles / total:>5.1f}%")
+        if reset:
+            for i in range(len(kernels)):
+                counts[i] = 0
+        return "\n".join(lines)
+
     @property
     def input_names(self) -> list[str]:
         return [n.name for n in self.signature.inputs]
@@ -142,6 +165,13 @@ class Executable:
         if self.single_output:
             return outputs[0]
         return tuple(outputs)
+
+
+def _data_address(jit: JitModule, name: str) -> int:
+    try:
+        return jit.engine.get_global_value_address(name)
+    except (RuntimeError, AttributeError):
+        return 0
 
 
 def _stop_pool(shutdown: ctypes._CFuncPtr, jit: JitModule) -> None:

@@ -168,3 +168,19 @@ def test_compile_report_mentions_every_stage(small) -> None:
     text = small[4].report.format()
     for word in ("simplify", "kernels", "arena", "llvm"):
         assert word in text
+
+
+def test_profile_counts_cycles_per_kernel() -> None:
+    with gc.Graph("prof") as g:
+        x = gc.placeholder((64, 64), gc.float32, name="x")
+        y = gc.sum(gc.tanh(x @ x), axis=1)
+    f = gc.compile(g, [x], y, options=gc.CompileOptions(profile=True))
+    for _ in range(3):
+        f(np.ones((64, 64), np.float32))
+    table = f.profile(reset=True)
+    assert "matmul" in table and "Mcycles" in table
+    kernels = f.report.plan.program.kernels
+    assert all(k.name in table for k in kernels)
+    plain = gc.compile(g, [x], y)
+    with pytest.raises(gc.GraphcError, match="profile=True"):
+        plain.profile()

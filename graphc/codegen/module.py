@@ -93,7 +93,8 @@ def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
 
 
 def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
-                 entry: str = ENTRY, threads: int = 1) -> GeneratedModule:
+                 entry: str = ENTRY, threads: int = 1, profile: bool = False
+                 ) -> GeneratedModule:
     """Generate the LLVM module for a planned program (verified by the caller via LLVM).
 
     `entry` names the entry-point symbol; exported libraries give each model its own so
@@ -142,18 +143,39 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
 
     for c in plan.copies_before:
         copy(c)
-    for k, fn in zip(program.kernels, kernel_fns):
+    counters = _profile_counters(module, len(program.kernels)) if profile else None
+    clock = intrinsic(module, "llvm.readcyclecounter", I64, [], []) if profile else None
+    for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
         args = [pointer(plan.location[k.root])]
         args += [pointer(plan.buffer_of(n)) for n in k.inputs]
         if scratch_bytes(k, target, threads) > 0:
             args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
                               source_etype=I8))
+        if counters is None:
+            b.call(fn, args)
+            continue
+        start = b.call(clock, [])
         b.call(fn, args)
+        elapsed = b.sub(b.call(clock, []), start)
+        # Through an opaque pointer: llvmlite type-checks stores to typed global pointers.
+        base = b.inttoptr(b.ptrtoint(counters, I64), PTR)
+        slot = b.gep(base, [ir.Constant(I64, index)], inbounds=True, source_etype=I64)
+        b.store(b.add(b.load(slot, typ=I64), elapsed), slot)
     for c in plan.copies_after:
         copy(c)
     b.ret(ir.Constant(I32, 0))
     del slot_of
     return GeneratedModule(module, table, arena_bytes, scratch_offset, entry)
+
+
+PROFILE = "graphc_profile_cycles"
+
+
+def _profile_counters(module: ir.Module, n: int) -> ir.GlobalVariable:
+    """`uint64_t graphc_profile_cycles[n]`: cycles spent in each kernel, summed over calls."""
+    counters = ir.GlobalVariable(module, ir.ArrayType(I64, max(n, 1)), PROFILE)
+    counters.initializer = ir.Constant(ir.ArrayType(I64, max(n, 1)), None)
+    return counters
 
 
 def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
