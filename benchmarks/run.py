@@ -48,7 +48,7 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
     run = impl(threads)
     info["setup_s"] = time.perf_counter() - t0
     compile_workload = workload_key.startswith("compile")
-    warmup = 1 if compile_workload else 3
+    warmup = 0 if compile_workload else 3
     for _ in range(warmup):
         run()
     times: list[float] = []
@@ -59,8 +59,7 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
         result = run()
         elapsed = time.perf_counter() - t
         # The torch.compile peer measures its own first call and returns the seconds.
-        times.append(result if isinstance(result, float) and workload_key == "compile_first"
-                     else elapsed)
+        times.append(result if compile_workload and isinstance(result, float) else elapsed)
     return {"median": statistics.median(times), "min": min(times), "max": max(times),
             "calls": len(times), **info}
 

@@ -198,8 +198,10 @@ def _viz(args: argparse.Namespace) -> int:
         data = text.encode()
     else:
         assert dot_exe is not None
-        done = subprocess.run([dot_exe, f"-T{fmt}"], input=text.encode(), capture_output=True,
-                              check=False)
+        # The memory plan's boxes carry fixed positions: lay them out with neato -n.
+        layout = ["-Kneato", "-n"] if args.stage == "planned" else []
+        done = subprocess.run([dot_exe, *layout, f"-T{fmt}"], input=text.encode(),
+                              capture_output=True, check=False)
         if done.returncode != 0:
             raise GraphcError(f"Graphviz `dot -T{fmt}` failed (exit {done.returncode}): "
                               f"{done.stderr.decode(errors='replace').strip()}")

@@ -3,6 +3,7 @@ and `graphc viz --stage planned`."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,4 +77,12 @@ def test_viz_memory_plan_svg(model, tmp_path: Path, capsys) -> None:
     dot = tmp_path / "mem.dot"
     assert cli.main(["viz", model, "--stage", "planned", "-o", str(dot)]) == 0
     assert dot.read_text().startswith("digraph memory_plan")
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_viz_memory_plan_png(model, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "mem.png"
+    assert cli.main(["viz", model, "--stage", "planned", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()

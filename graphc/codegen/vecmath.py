@@ -1,7 +1,7 @@
 """graphc's own vectorized transcendental functions, emitted as LLVM IR.
 
-LLVM's `llvm.exp`/`llvm.tanh`/... intrinsics become one scalar libm call per lane (about
-50x slower than polynomial code on 16 lanes), so the codegen calls these instead.
+LLVM's `llvm.exp`/`llvm.tanh`/... intrinsics become one scalar libm call per lane (for
+float32 exp ~10x slower than this code, see below), so the codegen calls these instead.
 
 API: `exp, log, log1p, expm1, tanh, sigmoid, erf, sin, cos`, each
 `(builder, x) -> value` for x of type `float`, `double`, `<N x float>` or `<N x double>`
@@ -16,22 +16,36 @@ sin/cos of arguments beyond 2^16 (float32) or 2^30 (float64), see `vecmath_trig`
 algorithms live in `vecmath_exp` (exp, expm1, tanh, sigmoid, erf), `vecmath_log` (log,
 log1p) and `vecmath_trig` (sin, cos); `vecmath_emit` explains why no fast-math flags are used
 (FMAs are explicit `llvm.fma`). Vector and scalar versions are the same instructions per
-lane, so they agree bit for bit.
+lane, so they agree bit for bit. For float64 this means own polynomial code (not libm per
+lane), to well within the project's rtol 1e-12.
 
 Special values: NaN -> NaN everywhere; exp(-inf) = 0, exp(inf) = inf; log(0) = -inf,
 log(x < 0) = NaN, log(inf) = inf; log1p(-1) = -inf; expm1(-inf) = -1; tanh(+-inf) = +-1;
 sigmoid(-inf) = 0, sigmoid(inf) = 1; erf(+-inf) = +-1; sin/cos(+-inf) = NaN; odd functions
 keep the sign of zero; results in the subnormal range underflow gradually.
 
-Measured accuracy (tests/test_vecmath.py, against numpy float64 on the float32-rounded
-input; dense sweeps, log-uniform magnitudes over the whole range and special values).
-"rel" is |y - ref| / max(|ref|, smallest normal) (results in the subnormal range are thus
-judged in absolute terms), "ulp" is |y - ref| in units of the float32 spacing at ref:
+Measured accuracy against numpy float64 (scipy's erf for the exhaustive run) on the
+float32-rounded input. "rel" is |y - ref| / max(|ref|, smallest normal), so results in the
+subnormal range are judged in absolute terms; "ulp" is |y - ref| in units of the spacing of
+the tested dtype at ref. float32: exhaustive over all 2^32 inputs (every special value also
+exact: NaN, +-inf, overflow, signed zeros); float64: tests/test_vecmath.py's inputs (dense
+sweeps, log-uniform magnitudes over the whole range, special values).
 
-    MEASURED_TABLE
+    function   float32 max rel   float32 max ulp   float64 max rel
+    exp             9.2e-08            1.10             2.2e-16
+    log             8.2e-08            0.84             2.2e-16
+    log1p           1.3e-07            1.44             2.2e-16
+    expm1           1.3e-07            1.62             2.7e-16
+    tanh            1.8e-07            2.46             4.4e-16
+    sigmoid         1.8e-07            2.40             3.3e-16
+    erf             1.1e-07            1.33             6.1e-16
+    sin             1.6e-07            1.56             3.0e-16
+    cos             1.7e-07            1.57             3.1e-16
 
-float64: every function matches numpy to within the rtol 1e-12 bound (measured maxima in
-the same table).
+(sin/cos: relative error with no absolute floor, also next to the zeros; lanes beyond the
+reduction limit get libm's result.) Speed on this machine (Zen 5, AVX-512), 4M float32
+elements: exp 0.29 ns/element, 1.6x faster than numpy's own SIMD np.exp and ~10x faster
+than llvm.exp (libm per lane).
 """
 
 from __future__ import annotations
