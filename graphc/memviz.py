@@ -67,18 +67,31 @@ def plan_to_svg(plan: MemoryPlan, width: int = 900, height: int = 480) -> str:
     return "\n".join(parts) + "\n"
 
 
-def plan_to_dot(plan: MemoryPlan) -> str:
-    """The slots as positioned boxes (render with `neato -n` to keep the positions)."""
-    lines = ["digraph memory_plan {", "  node [shape=box, style=filled];"]
+def plan_to_dot(plan: MemoryPlan, width_in: float = 12.0, height_in: float = 6.0) -> str:
+    """The slots as fixed-size boxes at fixed positions (Graphviz: ``neato -n``).
+
+    x is kernel time, y is the arena offset; a box spans its live interval and byte range,
+    like `plan_to_svg`.
+    """
+    steps = max(len(plan.program.kernels) + 1, 1)
     arena = max(plan.arena_bytes, 1)
+    step_pt = width_in * 72 / (steps + 1)
+    lines = [
+        "digraph memory_plan {",
+        f'  graph [label="memory plan of {plan.program.graph.name}: arena {plan.arena_bytes} B,'
+        f' lower bound {plan.lower_bound} B, naive {plan.naive_bytes} B", labelloc=t];',
+        "  node [shape=box, style=filled, fixedsize=true, fontsize=8, margin=0];",
+    ]
     for i, slot in enumerate(plan.slots):
         names = ", ".join("%" + n.name for n in slot.nodes) or "(update temporary)"
-        label = f"{names}\\n[{slot.offset}, {slot.offset + slot.nbytes}) live " \
-                f"{slot.start}..{slot.end}"
-        cx = (slot.start + slot.end) / 2
-        cy = (slot.offset + slot.nbytes / 2) / arena * 10
-        lines.append(f'  s{i} [label="{label}", pos="{cx * 1.5:.2f},{cy:.2f}!", '
-                     f'width={max(slot.end - slot.start + 1, 1) * 1.5 / 1.2:.2f}, '
-                     f'fillcolor="{_COLORS[i % len(_COLORS)]}"];')
+        label = f"{names}\\n[{slot.offset}, {slot.offset + slot.nbytes})"
+        start = max(slot.start, -1) + 1
+        x = (start + (slot.end + 1)) / 2 * step_pt + step_pt / 2
+        w = (slot.end + 1 - start + 1) * step_pt * 0.96
+        y = (slot.offset + slot.nbytes / 2) / arena * height_in * 72
+        h = max(slot.nbytes / arena * height_in * 72 * 0.96, 6)
+        lines.append(f'  s{i} [label="{label}", pos="{x:.1f},{y:.1f}", width={w / 72:.3f}, '
+                     f'height={h / 72:.3f}, fillcolor="{_COLORS[i % len(_COLORS)]}", '
+                     f'tooltip="live {slot.start}..{slot.end}"];')
     lines.append("}")
     return "\n".join(lines) + "\n"

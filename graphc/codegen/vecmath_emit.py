@@ -15,7 +15,7 @@ the same function round differently.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
@@ -45,6 +45,15 @@ class Emitter:
 
     b: ir.IRBuilder
     ty: ir.Type
+    # Derived from `ty`:
+    elem: ir.Type = field(init=False)  # float or double
+    is_f64: bool = field(init=False)
+    dtype: str = field(init=False)  # "f32" / "f64": the key of the coefficient tables
+    lanes: int = field(init=False)  # 1 for scalars
+    bits: int = field(init=False)
+    mant_bits: int = field(init=False)
+    exp_bias: int = field(init=False)
+    ity: ir.Type = field(init=False)  # the integer type of the same shape (bit views)
 
     def __post_init__(self) -> None:
         self.elem = element_type(self.ty)
