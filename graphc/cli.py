@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from graphc.cli_common import Parser, UsageError, fail, load_model
+from graphc.cli_common import Parser, UsageError, load_model, run_command
 from graphc.cli_export import COMMANDS as EXPORT_COMMANDS
 from graphc.cli_export import add_subcommands as add_export_commands
 from graphc.dot import to_dot
@@ -112,17 +112,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return the exit code (0 ok, 1 GraphcError, 2 usage)."""
-    try:
-        args = build_parser().parse_args(argv)
-        return _COMMANDS[args.command](args)
-    except UsageError as exc:
-        return fail(str(exc), 2)
-    except GraphcError as exc:
-        return fail(str(exc), 1)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except BrokenPipeError:  # `graphc dump ... | head`
-        return 0
+    return run_command(build_parser(), argv, _COMMANDS)
 
 
 def _lowered(args: argparse.Namespace, until: str) -> tuple[Stages, CompileOptions]:

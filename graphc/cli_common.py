@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import sys
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -17,7 +18,7 @@ from graphc.errors import GraphcError
 from graphc.ir import Graph
 from graphc.serialize import load
 
-__all__ = ["Parser", "UsageError", "fail", "load_model"]
+__all__ = ["Parser", "UsageError", "fail", "load_model", "run_command"]
 
 
 class UsageError(Exception):
@@ -105,3 +106,18 @@ def _describe(exc: BaseException, path: Path) -> str:
     at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{at}"
 
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                commands: Mapping[str, Callable[[argparse.Namespace], int]]) -> int:
+    """Parse `argv` and run its command; exit code 0 ok, 1 GraphcError, 2 usage."""
+    try:
+        args = parser.parse_args(argv)
+        return commands[args.command](args)
+    except UsageError as exc:
+        return fail(str(exc), 2)
+    except GraphcError as exc:
+        return fail(str(exc), 1)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:  # `graphc dump ... | head`
+        return 0

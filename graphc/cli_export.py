@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.cli_common import Parser, UsageError, fail, load_model
+from graphc.cli_common import Parser, UsageError, load_model, run_command
 from graphc.compile import DEFAULT_OPTIONS
 from graphc.compile import compile as compile_graph
 from graphc.errors import GraphcError
@@ -94,17 +94,7 @@ def main_export(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     add_subcommands(sub)
-    try:
-        args = parser.parse_args(argv)
-        return COMMANDS[args.command](args)
-    except UsageError as exc:
-        return fail(str(exc), 2)
-    except GraphcError as exc:
-        return fail(str(exc), 1)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else 0
-    except BrokenPipeError:
-        return 0
+    return run_command(parser, argv, COMMANDS)
 
 
 # --- what to compile -------------------------------------------------------------------------

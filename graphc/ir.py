@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,6 +288,18 @@ class Node:
 SOURCE_OPS = frozenset({"placeholder", "variable", "constant"})
 
 
+def ancestors(roots: Iterable[Node]) -> set[Node]:
+    """`roots` and every node they depend on."""
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack.extend(n.inputs)
+    return seen
+
+
 @dataclass(frozen=True)
 class Signature:
     """A named thing to compile: inputs (placeholders), outputs, and variable updates."""
@@ -296,6 +308,14 @@ class Signature:
     inputs: tuple[Node, ...]
     outputs: tuple[Node, ...]
     updates: tuple[tuple[Node, Node], ...] = ()
+
+    def needed_nodes(self) -> list[Node]:
+        """The nodes the outputs and update values depend on, in graph order."""
+        roots = [*self.outputs, *(value for _, value in self.updates)]
+        if not roots:
+            return []
+        needed = ancestors(roots)
+        return [n for n in roots[0].graph.nodes if n in needed]
 
 
 class VariableStore(Mapping[str, np.ndarray]):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from graphc.builder import constant
 from graphc.errors import GraphcError, ShapeError
-from graphc.ir import Node
+from graphc.ir import Node, ancestors
 from graphc.ops import elementwise, registry, shape
 
 
@@ -110,17 +110,10 @@ def _grad(y: Node, xs: Node | Sequence[Node], grad_y: Node | None, disconnected:
 
 def _between(targets: Sequence[Node], y: Node) -> set[Node]:
     """Nodes that are both ancestors of (or equal to) y and descendants of some target."""
-    ancestors: set[Node] = set()
-    stack = [y]
-    while stack:
-        n = stack.pop()
-        if n in ancestors:
-            continue
-        ancestors.add(n)
-        stack.extend(n.inputs)
-    reach: set[Node] = set(t for t in targets if t in ancestors)
+    above = ancestors([y])
+    reach: set[Node] = {t for t in targets if t in above}
     for n in y.graph.nodes:
-        if n in ancestors and n not in reach and any(i in reach for i in n.inputs):
+        if n in above and n not in reach and any(i in reach for i in n.inputs):
             reach.add(n)
     return reach
 

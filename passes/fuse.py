@@ -144,20 +144,6 @@ class FusedProgram:
         return "\n".join(out)
 
 
-def needed_nodes(sig: Signature) -> list[Node]:
-    roots = [*sig.outputs, *(v for _, v in sig.updates)]
-    seen: set[Node] = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.inputs)
-    if not roots:
-        return []
-    return [n for n in roots[0].graph.nodes if n in seen]
-
-
 def _inlinable(n: Node) -> bool:
     fusion = registry.OPS[n.op].fusion
     return fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST) or n.op in INLINE_INJECTIVE
@@ -175,7 +161,7 @@ def _is_anchor(n: Node) -> bool:
 def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES
          ) -> FusedProgram:
     """Group the nodes `sig` needs into kernels (see the module docstring)."""
-    needed = needed_nodes(sig)
+    needed = sig.needed_nodes()
     needed_set = set(needed)
     users: dict[Node, list[Node]] = {n: [] for n in needed}
     for n in needed:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import CompileError, GraphStructureError, SourceLoc
-from graphc.ir import SOURCE_OPS, Attrs, DType, Graph, Node, Signature, TensorType
+from graphc.ir import SOURCE_OPS, Attrs, DType, Graph, Node, Signature, TensorType, ancestors
 from graphc.ops import registry
 from graphc.options import CompileOptions
 
@@ -238,11 +238,4 @@ def apply_rules(rules: Sequence[Rule], ctx: PassContext) -> Visit:
 def live_nodes(graph: Graph, sig: Signature) -> set[Node]:
     """Nodes the signature needs: ancestors of outputs and update values, update targets,
     and the listed inputs (kept even when unused, since callers pass them)."""
-    live: set[Node] = set()
-    stack = [*sig.inputs, *sig.outputs, *(n for pair in sig.updates for n in pair)]
-    while stack:
-        node = stack.pop()
-        if node not in live:
-            live.add(node)
-            stack.extend(node.inputs)
-    return live
+    return ancestors([*sig.inputs, *sig.outputs, *(n for pair in sig.updates for n in pair)])

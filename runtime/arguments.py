@@ -124,7 +124,7 @@ def resolve_signature(
         raise ArgumentError("an input is listed twice")
     sig = Signature("call", ins, outs, normalize_updates(updates))
     missing = sorted(
-        {p.name for p in needed_nodes(sig) if p.op == "placeholder"} - {n.name for n in ins}
+        {p.name for p in sig.needed_nodes() if p.op == "placeholder"} - {n.name for n in ins}
     )
     if missing:
         raise ArgumentError(
@@ -132,19 +132,3 @@ def resolve_signature(
             f"{', '.join(missing)}"
         )
     return sig, single
-
-
-def needed_nodes(sig: Signature) -> list[Node]:
-    """The nodes the signature's outputs and updates depend on, in graph order."""
-    roots = [*sig.outputs, *(value for _, value in sig.updates)]
-    if not roots:
-        return []
-    seen: set[Node] = set()
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.extend(n.inputs)
-    return [n for n in roots[0].graph.nodes if n in seen]

@@ -83,17 +83,10 @@ def optimize_and_emit(ir_text: str, target: Target, opt_level: int,
     """Parse, verify, optimize and emit an object file (no cache)."""
     stats = stats if stats is not None else CompileStats()
     t0 = time.perf_counter()
-    try:
-        mod = llvm.parse_assembly(ir_text)
-        mod.verify()
-    except RuntimeError as exc:
-        raise CompileError(f"LLVM rejected the generated module: {exc}") from None
+    mod = _parse(ir_text)
     t1 = time.perf_counter()
     tm = create_target_machine(target, opt_level, jit=False)
-    if opt_level > 0:
-        pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-        pb = llvm.create_pass_builder(tm, pto)
-        pb.getModulePassManager().run(mod, pb)
+    _optimize(mod, tm, opt_level)
     t2 = time.perf_counter()
     obj = tm.emit_object(mod)
     t3 = time.perf_counter()
@@ -104,27 +97,42 @@ def optimize_and_emit(ir_text: str, target: Target, opt_level: int,
     return obj
 
 
-def emit_assembly(ir_text: str, target: Target, opt_level: int) -> str:
-    """The optimized module as assembly text (`graphc dump --stage asm`)."""
-    mod = llvm.parse_assembly(ir_text)
-    mod.verify()
-    tm = create_target_machine(target, opt_level, jit=False)
+def _parse(ir_text: str) -> llvm.ModuleRef:
+    """Parse and verify generated IR (llvmlite's builder prints ill-typed IR unchecked)."""
+    try:
+        mod = llvm.parse_assembly(ir_text)
+        mod.verify()
+    except RuntimeError as exc:
+        raise CompileError(f"LLVM rejected the generated module: {exc}") from None
+    return mod
+
+
+def _optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine, opt_level: int) -> None:
+    """LLVM's default pipeline at `opt_level`, with the new pass manager."""
     if opt_level > 0:
         pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
         pb = llvm.create_pass_builder(tm, pto)
         pb.getModulePassManager().run(mod, pb)
+
+
+def _optimized(ir_text: str, target: Target, opt_level: int
+               ) -> tuple[llvm.ModuleRef, llvm.TargetMachine]:
+    """Parse, verify and optimize `ir_text`; the module and its target machine."""
+    mod = _parse(ir_text)
+    tm = create_target_machine(target, opt_level, jit=False)
+    _optimize(mod, tm, opt_level)
+    return mod, tm
+
+
+def emit_assembly(ir_text: str, target: Target, opt_level: int) -> str:
+    """The optimized module as assembly text (`graphc dump --stage asm`)."""
+    mod, tm = _optimized(ir_text, target, opt_level)
     return tm.emit_assembly(mod)
 
 
 def optimized_ir(ir_text: str, target: Target, opt_level: int) -> str:
     """The module after LLVM's optimization pipeline, as IR text."""
-    mod = llvm.parse_assembly(ir_text)
-    mod.verify()
-    tm = create_target_machine(target, opt_level, jit=False)
-    if opt_level > 0:
-        pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
-        pb = llvm.create_pass_builder(tm, pto)
-        pb.getModulePassManager().run(mod, pb)
+    mod, _ = _optimized(ir_text, target, opt_level)
     return str(mod)
 
 

@@ -16,13 +16,13 @@ import numpy as np
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Node, Signature
 from graphc.ops import registry
-from graphc.runtime.arguments import bind_arguments, needed_nodes, resolve_signature
+from graphc.runtime.arguments import bind_arguments, resolve_signature
 
 
 def evaluate(sig: Signature, feeds: Mapping[str, np.ndarray]) -> dict[Node, np.ndarray]:
     """Values of every node the signature needs, given placeholder values by name."""
     graph_values: dict[Node, np.ndarray] = {}
-    for node in needed_nodes(sig):
+    for node in sig.needed_nodes():
         graph = node.graph
         if node.op == "placeholder":
             value = feeds[node.name]

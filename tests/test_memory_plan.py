@@ -12,7 +12,7 @@ from graphc.passes.memory_plan import check_no_overlap, lower_bound, plan_memory
 from tests.graphgen import GeneratedGraph, random_graphs
 
 
-def _plan(g: gc.Graph, inputs: list, outputs: list):  # noqa: ANN202
+def _plan(g: gc.Graph, inputs: list, outputs: list):
     result = run_pipeline(g, gc.Signature("main", tuple(inputs), tuple(outputs)))
     return plan_memory(fuse(result.graph, result.signature))
 
