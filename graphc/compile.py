@@ -12,16 +12,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from graphc.codegen.module import build_module
+from graphc.codegen.module import GeneratedModule, build_module
 from graphc.codegen.target import host_target
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.passes.fuse import fuse
 from graphc.passes.manager import run_pipeline
 from graphc.passes.memory_plan import check_no_overlap, plan_memory
+from graphc.runtime import program_cache
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import CompileReport, Executable
-from graphc.runtime.jit import default_cache_dir, jit_compile
+from graphc.runtime.jit import default_cache_dir, jit_compile, load_object
 
 DEFAULT_OPTIONS = CompileOptions(opt_level=2, cache_dir=str(default_cache_dir()))
 
@@ -66,13 +67,28 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
         check_no_overlap(plan)  # cheap, and it guards every plan the test suite makes
     t2 = time.perf_counter()
     target = host_target()
-    generated = build_module(plan, target, name=graph.name, threads=resolve_threads(options),
-                             profile=options.profile)
-    ir_text = generated.ir_text
-    t3 = time.perf_counter()
+    threads = resolve_threads(options)
     cache = Path(options.cache_dir) if options.cache_dir else None
-    jit = jit_compile(ir_text, opt_level=options.opt_level, cache_dir=cache, target=target)
+    key = program_cache.program_key(result.graph, target, options.opt_level, threads,
+                                    options.profile) if cache is not None else ""
+    hit = program_cache.load(cache, key) if cache is not None else None
+    layout: GeneratedModule | program_cache.Layout
+    if hit is not None:  # skip generating IR entirely
+        obj, layout = hit
+        t3 = time.perf_counter()
+        jit = load_object(obj, target, options.opt_level)
+    else:
+        generated = build_module(plan, target, name=graph.name, threads=threads,
+                                 profile=options.profile)
+        layout = generated
+        t3 = time.perf_counter()
+        jit = jit_compile(generated.ir_text, opt_level=options.opt_level, cache_dir=cache,
+                          target=target)
+        if cache is not None:
+            program_cache.store(cache, key, jit.object_code, program_cache.Layout(
+                generated.entry, tuple(generated.table), generated.arena_bytes,
+                generated.scratch_offset))
     t4 = time.perf_counter()
     seconds.update(passes=t1 - t0, fuse_plan=t2 - t1, codegen=t3 - t2, llvm=t4 - t3)
-    report = CompileReport(result.report, plan, generated, jit, seconds)
-    return Executable(graph, result.graph, result.signature, single, generated, jit, report)
+    report = CompileReport(result.report, plan, layout, jit, seconds)
+    return Executable(graph, result.graph, result.signature, single, layout, jit, report)

@@ -30,6 +30,7 @@ from graphc.passes.manager import PipelineReport
 from graphc.passes.memory_plan import MemoryPlan, Space
 from graphc.runtime.arguments import bind_arguments
 from graphc.runtime.jit import JitModule
+from graphc.runtime.program_cache import Layout
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
 _SHUTDOWN_TYPE = ctypes.CFUNCTYPE(None)
@@ -41,7 +42,7 @@ class CompileReport:
 
     pipeline: PipelineReport
     plan: MemoryPlan
-    generated: GeneratedModule
+    generated: GeneratedModule | Layout
     jit: JitModule
     seconds: dict[str, float]
 
@@ -65,7 +66,7 @@ class Executable:
     """A compiled graph signature. Keep it alive while you call it."""
 
     def __init__(self, user_graph: Graph, compiled_graph: Graph, signature: Signature,
-                 single_output: bool, generated: GeneratedModule, jit: JitModule,
+                 single_output: bool, generated: GeneratedModule | Layout, jit: JitModule,
                  report: CompileReport):
         self.graph = user_graph
         self.compiled_graph = compiled_graph

@@ -170,6 +170,14 @@ def jit_compile(
     return JitModule(engine, obj, key, stats)
 
 
+def load_object(obj: bytes, target: Target, opt_level: int) -> JitModule:
+    """Load an object file produced earlier (a cache hit of `runtime.program_cache`)."""
+    t0 = time.perf_counter()
+    engine = _load_object(obj, target, opt_level)
+    stats = CompileStats(cache_hit=True, load=time.perf_counter() - t0, object_bytes=len(obj))
+    return JitModule(engine, obj, "program-cache", stats)
+
+
 def _load_object(obj: bytes, target: Target, opt_level: int) -> llvm.ExecutionEngine:
     tm = create_target_machine(target, opt_level, jit=True)
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)

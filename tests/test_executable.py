@@ -159,9 +159,16 @@ def test_the_compile_cache_skips_llvm(tmp_path) -> None:
     second = gc.compile(g, [x], y, options=options)
     assert not first.report.jit.stats.cache_hit
     assert second.report.jit.stats.cache_hit
+    assert second.report.jit.key == "program-cache"  # not even LLVM IR was generated
     assert list(tmp_path.glob("*.o"))
     xa = np.linspace(-1, 1, 7, dtype=np.float32)
     np.testing.assert_array_equal(first(xa), second(xa))
+    # A damaged program-cache record is a miss: the object cache (keyed by IR) answers.
+    for record in tmp_path.glob("*.prog.json"):
+        record.write_text("{not json")
+    third = gc.compile(g, [x], y, options=options)
+    assert third.report.jit.stats.cache_hit and third.report.jit.key != "program-cache"
+    np.testing.assert_array_equal(third(xa), first(xa))
 
 
 def test_compile_report_mentions_every_stage(small) -> None:
