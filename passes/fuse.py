@@ -144,8 +144,15 @@ class FusedProgram:
         return "\n".join(out)
 
 
+# A concat evaluated by index computes every operand at each element (and selects one), so
+# wide concats (an RNN's per-step gradients) get a kernel of their own that copies blocks.
+MAX_INLINE_CONCAT = 4
+
+
 def _inlinable(n: Node) -> bool:
     fusion = registry.OPS[n.op].fusion
+    if n.op == "concat" and len(n.inputs) > MAX_INLINE_CONCAT:
+        return False
     return fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST) or n.op in INLINE_INJECTIVE
 
 

@@ -332,6 +332,54 @@ def matmul_transpose(p: Pending, rb: Rebuilder) -> Node | None:
     return rb.emit("matmul", tuple(operands), attrs, at=p, name=p.name)
 
 
+def add_disjoint_pads(p: Pending, rb: Rebuilder) -> Node | None:
+    """pad(a) + pad(b) -> pad(concat(a, 0, b))  if a and b fill disjoint ranges of one axis
+
+    Both pads add zeros along the same single axis (no interior padding), so every element
+    of the sum is one operand's value plus zero: exact. This is the gradient of slicing a
+    tensor into pieces (RNN time steps, LSTM gates), which would otherwise add up many
+    mostly-zero tensors; concats along the same axis are merged into one.
+    """
+    operands = binary_operands(p, "add")
+    if operands is None or not p.dtype.is_float:
+        return None
+    a, b = operands
+    if a.op != "pad" or b.op != "pad" or a.type != p.type or b.type != p.type:
+        return None
+    if a.attrs["value"] != 0 or b.attrs["value"] != 0:
+        return None
+    pads_a, pads_b = a.attrs["pads"], b.attrs["pads"]
+    ndim = len(p.shape)
+    axes = [d for d in range(ndim) if pads_a[d] != (0, 0, 0) or pads_b[d] != (0, 0, 0)]
+    if len(axes) != 1 or pads_a[axes[0]][2] or pads_b[axes[0]][2]:
+        return None
+    d = axes[0]
+    n = p.shape[d]
+    first, second = sorted([(pads_a[d][0], n - pads_a[d][1], a.inputs[0]),
+                            (pads_b[d][0], n - pads_b[d][1], b.inputs[0])],
+                           key=lambda r: r[0])
+    if first[1] > second[0]:
+        return None  # overlapping ranges: a real sum
+    parts: list[Node] = []
+    for _, _, x in (first,):
+        parts.extend(_concat_parts(x, d))
+    if second[0] > first[1]:
+        gap = tuple(second[0] - first[1] if i == d else s for i, s in enumerate(p.shape))
+        zero = rb.constant(np.zeros((), p.dtype.np), at=p)
+        parts.append(rb.emit("broadcast_to", (zero,), {"shape": gap}, at=p))
+    parts.extend(_concat_parts(second[2], d))
+    joined = rb.emit("concat", tuple(parts), {"axis": d}, at=p)
+    pads = tuple((first[0], n - second[1], 0) if i == d else (0, 0, 0) for i in range(ndim))
+    if pads[d] == (0, 0, 0):
+        return fit(rb, joined, p)
+    return rb.emit("pad", (joined,), {"pads": pads, "value": 0.0}, at=p, name=p.name)
+
+
+def _concat_parts(x: Node, axis: int) -> list[Node]:
+    """The operands of `x` if it is a concat along `axis` (to flatten nested concats)."""
+    return list(x.inputs) if x.op == "concat" and x.attrs["axis"] == axis else [x]
+
+
 def _swap_last_two(ndim: int) -> tuple[int, ...]:
     return (*range(ndim - 2), ndim - 1, ndim - 2) if ndim >= 2 else ()
 
@@ -358,6 +406,7 @@ RULES: list[Rule] = [
     slice_noop,
     sum_broadcast,
     matmul_transpose,
+    add_disjoint_pads,
 ]
 
 
