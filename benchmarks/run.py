@@ -88,6 +88,18 @@ def _fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def _versions() -> list[str]:
+    import importlib.metadata as md
+
+    out = []
+    for pkg in ("graphc", "numpy", "llvmlite", "torch", "jax", "onnxruntime"):
+        try:
+            out.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
 def _torch_available() -> bool:
     try:
         import importlib.util
@@ -156,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "Times: median (min...max) of repeated calls, each peer in its own process.",
     ]
     header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
+    header.append("Versions: " + ", ".join(_versions()))
+    header.append("OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)") +
+                  " in this run; peers not installed are left out (JAX, ONNX Runtime).")
     text = "\n".join(header) + "\n\n" + "\n".join(lines) + "\n"
     print()
     print(text)
