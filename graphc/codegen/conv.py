@@ -42,6 +42,7 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
 from graphc.codegen.index import Idx, splat
 from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.window import (
@@ -212,8 +213,10 @@ class _Store:
 
 
 def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value,
-                out: ir.Value, dtype: DType, store: _Store) -> None:
-    """The loop nest of `DirectConv` (see the module docstring)."""
+                out: ir.Value, dtype: DType, store: _Store,
+                images: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """The loop nest of `DirectConv` (see the module docstring), over all images or over
+    images [start, stop) when `images` is given (one task of a parallel split)."""
     b = ctx.b
     n_batch, co_total, ho, wo = spec.out_shape
     _, ci_total, hi, wi = spec.in_shape
@@ -257,7 +260,9 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
             col0 = lin(b, [(q0, phase.step)], phase.start)
             store(out_row, (n, co, y), col0, phase.step, b.load(a), lanes, limit)
 
-    with loop(b, n_batch, "n") as n, loop(b, spec.groups, "g") as g, \
+    batch = (for_range(b, images[0], images[1], 1, name="n") if images is not None
+             else loop(b, n_batch, "n"))
+    with batch as n, loop(b, spec.groups, "g") as g, \
             for_range(b, 0, ho, 1, name="y") as y:
         for phase in spec.phases:
             offs = [off for _, off in phase.taps] or [0]
@@ -283,17 +288,34 @@ def _conv2d(ctx: KernelContext) -> None:
     epilogue = kernel.root is not anchor
     if epilogue:
         ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
-    emit_direct(ctx, _forward_spec(anchor), ctx.ptr(x), ctx.ptr(w), ctx.out, anchor.dtype,
-                _Store(ctx, anchor.dtype, epilogue))
+    spec = _forward_spec(anchor)
+
+    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
+                    _Store(c, anchor.dtype, epilogue), (start, stop))
+
+    parallel_range(ctx, spec.out_shape[0], _image_grain(anchor, w), images)
 
 
 def _grad_input(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     g, w = node.inputs
-    packed = _pack_transposed(ctx, w, node.attrs["groups"])
-    emit_direct(ctx, _grad_input_spec(node), ctx.ptr(g), packed, ctx.out, node.dtype,
-                _Store(ctx, node.dtype, False))
+    _pack_transposed(ctx, w, node.attrs["groups"])  # into scratch, before the split
+    spec = _grad_input_spec(node)
+
+    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        assert c.scratch is not None
+        emit_direct(c, spec, c.ptr(g), c.scratch, c.out, node.dtype,
+                    _Store(c, node.dtype, False), (start, stop))
+
+    parallel_range(ctx, spec.out_shape[0], _image_grain(node, w), images)
+
+
+def _image_grain(node: Node, w: Node) -> int:
+    """Images per task so that a task has at least ~2^17 multiply-adds of work."""
+    per_image = max(1, node.size // max(node.shape[0], 1)) * max(1, w.size // w.shape[0])
+    return max(1, -(-(1 << 17) // per_image))
 
 
 SCRATCH = {"conv2d": conv_channels.scratch_bytes, "conv2d_grad_input": _grad_input_scratch}

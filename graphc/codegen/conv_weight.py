@@ -19,6 +19,7 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.index import Idx, IndexBuilder
 from graphc.codegen.kernels import horizontal
 from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.parallel import parallel_range
 from graphc.codegen.types import storage_type
 from graphc.codegen.window import (
     Run,
@@ -35,6 +36,7 @@ from graphc.codegen.window import (
     plan_chunks,
     safe_outputs,
 )
+from graphc.ir import Node
 from graphc.ops.conv_geometry import Window
 
 GW_OUT_BLOCK = 4  # OB output channels x GW_X_BLOCK (input channel, kernel column) pairs
@@ -45,7 +47,27 @@ def emit_grad_weight(ctx: KernelContext) -> None:
     """The conv2d_grad_weight kernel (see the module docstring)."""
     node = ctx.kernel.anchor
     assert node is not None
-    b = ctx.b
+    x, gnode = node.inputs
+    dtype = node.dtype
+    kh, kw = node.shape[2:]
+    n_batch = x.shape[0]
+    ho, wo = gnode.shape[2:]
+    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
+    vt = ir.VectorType(storage_type(dtype), lanes)
+    jb = min(kw, GW_X_BLOCK)
+    cb = max(1, GW_X_BLOCK // jb)
+    # Kernel rows are independent outputs: split them across threads (each row still sums
+    # over the batch in one fixed order, so results do not depend on the thread count).
+    macs = node.size * n_batch * ho * wo
+    grain = kh if macs < (1 << 18) else 1
+    parallel_range(ctx, kh, grain, lambda c, lo, hi: _rows(
+        c, node, lo, hi, lanes, vt, jb, cb))
+
+
+def _rows(c: KernelContext, node: Node, i_lo: ir.Value, i_hi: ir.Value, lanes: int,
+          vt: ir.Type, jb: int, cb: int) -> None:
+    """The grad_weight loop nest for kernel rows [i_lo, i_hi)."""
+    b = c.b
     x, gnode = node.inputs
     dtype = node.dtype
     o_total, cg, kh, kw = node.shape
@@ -55,11 +77,7 @@ def emit_grad_weight(ctx: KernelContext) -> None:
     og = o_total // groups
     win = Window.from_attrs(node.attrs, kernel=(kh, kw))
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = win.strides, win.dilation, win.pads
-    xp, gp, out = ctx.ptr(x), ctx.ptr(gnode), ctx.out
-    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
-    vt = ir.VectorType(storage_type(dtype), lanes)
-    jb = min(kw, GW_X_BLOCK)
-    cb = max(1, GW_X_BLOCK // jb)
+    xp, gp, out = c.ptr(x), c.ptr(gnode), c.out
     ix = IndexBuilder(b, 1)
 
     def per_block(grp: ir.Value, ob: ir.Value, n_o: int, cl: ir.Value, n_c: int,
@@ -107,7 +125,7 @@ def emit_grad_weight(ctx: KernelContext) -> None:
     with loop(b, groups, "grp") as grp:
         def out_block(ob: ir.Value, n_o: int) -> None:
             def in_block(cl: ir.Value, n_c: int) -> None:
-                with loop(b, kh, "i") as i:
+                with for_range(b, i_lo, i_hi, 1, name="i") as i:
                     for j0 in range(0, kw, jb):
                         per_block(grp, ob, n_o, cl, n_c, i, j0, min(jb, kw - j0))
 
