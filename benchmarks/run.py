@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ("graphc", "numpy", "numpy-avx512", "torch")
+PEERS = ("graphc", "numpy", "numpy-avx512", "torch", "jax")
+# What makes XLA's CPU backend use one thread (JAX has no set_num_threads).
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
@@ -33,7 +36,12 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
     from benchmarks.workloads import WORKLOADS
 
     workload = next(w for w in WORKLOADS if w.key == workload_key)
-    impl = workload.peers["numpy" if peer == "numpy-avx512" else peer]
+    if peer == "jax":
+        from benchmarks.workloads_jax import PEERS as JAX_PEERS
+
+        impl = JAX_PEERS[workload_key]
+    else:
+        impl = workload.peers["numpy" if peer == "numpy-avx512" else peer]
     info: dict = {}
     if peer.startswith("numpy"):
         try:
@@ -71,8 +79,14 @@ def _run_child(workload: str, peer: str, threads: int, seconds: float) -> dict |
     if peer == "numpy-avx512":
         env.pop("OPENBLAS_CORETYPE", None)
         env.pop("OPENBLAS_L2_SIZE", None)
+    if peer == "jax" and threads == 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + XLA_ONE_THREAD).strip()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, peer,
            str(threads), str(seconds)]
+    taskset = shutil.which("taskset")
+    if taskset and threads < (os.cpu_count() or 1):
+        # Pin the child to `threads` cores, whatever its library does with thread flags.
+        cmd = [taskset, "-c", ",".join(str(c) for c in range(threads)), *cmd]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         sys.stderr.write(f"[{workload}/{peer}] failed:\n{proc.stderr[-2000:]}\n")
@@ -100,13 +114,10 @@ def _versions() -> list[str]:
     return out
 
 
-def _torch_available() -> bool:
-    try:
-        import importlib.util
+def _available(module: str) -> bool:
+    import importlib.util
 
-        return importlib.util.find_spec("torch") is not None
-    except ImportError:
-        return False
+    return importlib.util.find_spec(module) is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.workloads import WORKLOADS
 
     only = {k for k in opts.only.split(",") if k}
-    peers = [p for p in PEERS if p != "torch" or _torch_available()]
+    peers = [p for p in PEERS if p not in ("torch", "jax") or _available(p)]
+    from benchmarks.workloads_jax import PEERS as JAX_PEERS
     lines = ["| workload | threads | " + " | ".join(peers) + " | graphc / fastest peer | "
              "graphc rate |", "|---|---|" + "---|" * (len(peers) + 2)]
     notes: dict[str, str] = {}
@@ -135,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             results: dict[str, dict] = {}
             for peer in peers:
                 impl_name = "numpy" if peer == "numpy-avx512" else peer
-                if impl_name not in w.peers:
+                if peer == "jax" and w.key not in JAX_PEERS:
+                    continue
+                if peer != "jax" and impl_name not in w.peers:
                     continue
                 r = _run_child(w.key, peer, threads, opts.repeat_seconds)
                 if r is not None:
@@ -165,12 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "Times: median (min...max) of repeated calls, each peer in its own process.",
+        "Times: median (min...max) of repeated calls, each peer in its own process, pinned "
+        "with taskset to as many cores as threads.",
     ]
     header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
     header.append("Versions: " + ", ".join(_versions()))
     header.append("OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)") +
-                  " in this run; peers not installed are left out (JAX, ONNX Runtime).")
+                  " in this run; peers not installed are left out (ONNX Runtime is not).")
+    header.append("Compile rows: graphc empties its cache before each call; torch times "
+                  "torch.compile's first call after torch._dynamo.reset() (later calls hit "
+                  "inductor's disk caches; max = the true first call); jax times jax.jit's "
+                  "first call of a fresh function.")
     text = "\n".join(header) + "\n\n" + "\n".join(lines) + "\n"
     print()
     print(text)

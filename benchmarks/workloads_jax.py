@@ -1,0 +1,190 @@
+"""The JAX peer of every workload (used when jax is installed), with the same data.
+
+Every runner blocks until the result is ready. Training steps keep parameters and momentum
+as device arrays and donate them to the jitted step, like a JAX user would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from benchmarks import workloads as w
+
+Runner = Callable[[], object]
+
+
+def _jax():
+    import jax
+
+    return jax
+
+
+def ew(threads: int) -> Runner:
+    jax = _jax()
+    jnp = jax.numpy
+    x_val, a, b = w._ew_data()
+    x = jnp.asarray(x_val)
+    f = jax.jit(lambda x: jnp.tanh(x * a + b) * jax.nn.sigmoid(x) + 0.5 * x * x)
+    return lambda: f(x).block_until_ready()
+
+
+def _mlp_forward(p: list, x: object) -> object:
+    jax = _jax()
+    h = jax.nn.relu(x @ p[0] + p[1])
+    h = jax.nn.relu(h @ p[2] + p[3])
+    return h @ p[4] + p[5]
+
+
+def mlp_infer(batch: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        jax = _jax()
+        p = [jax.numpy.asarray(a) for a in w._mlp_params()]
+        x = jax.numpy.asarray(w._mlp_batch(batch)[0])
+        f = jax.jit(_mlp_forward)
+        return lambda: f(p, x).block_until_ready()
+
+    return setup
+
+
+def _sgd_step(loss_fn: Callable[..., object]) -> Callable[..., object]:
+    jax = _jax()
+
+    def step(params: list, velocity: list, *batch: object) -> tuple:
+        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
+        velocity = [0.9 * v + g for v, g in zip(velocity, grads)]
+        params = [p - 0.01 * v for p, v in zip(params, velocity)]
+        return params, velocity, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _cross_entropy(logits: object, y: object) -> object:
+    jax = _jax()
+    logp = jax.nn.log_softmax(logits)
+    return -jax.numpy.mean(jax.numpy.take_along_axis(logp, y[:, None], axis=1))
+
+
+def _trainer(params_np: list, loss_fn: Callable[..., object], batch: tuple) -> Runner:
+    jax = _jax()
+    state = {"p": [jax.numpy.asarray(a) for a in params_np]}
+    state["v"] = [jax.numpy.zeros_like(a) for a in state["p"]]
+    data = [jax.numpy.asarray(a) for a in batch]
+    step = _sgd_step(loss_fn)
+
+    def run() -> object:
+        state["p"], state["v"], loss = step(state["p"], state["v"], *data)
+        return float(loss)
+
+    return run
+
+
+def mlp_train(threads: int) -> Runner:
+    return _trainer(w._mlp_params(),
+                    lambda p, x, y: _cross_entropy(_mlp_forward(p, x), y), w._mlp_batch(128))
+
+
+def gemm(n: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        jax = _jax()
+        a, b = (jax.numpy.asarray(v) for v in w._gemm_data(n))
+        f = jax.jit(lambda a, b: a @ b)
+        return lambda: f(a, b).block_until_ready()
+
+    return setup
+
+
+def _lenet_forward(p: list, x: object) -> object:
+    jax = _jax()
+    lax = jax.lax
+
+    def conv(h: object, k: object, bias: object, pad: int) -> object:
+        out = lax.conv_general_dilated(h, k, (1, 1), [(pad, pad), (pad, pad)],
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return out + bias[None, :, None, None]
+
+    def pool(h: object) -> object:
+        return lax.reduce_window(h, -jax.numpy.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    h = pool(jax.nn.relu(conv(x, p[0], p[1], 2)))
+    h = pool(jax.nn.relu(conv(h, p[2], p[3], 0)))
+    h = h.reshape(h.shape[0], 400)
+    h = jax.nn.relu(h @ p[4] + p[5])
+    h = jax.nn.relu(h @ p[6] + p[7])
+    return h @ p[8] + p[9]
+
+
+def lenet(batch: int, train: bool) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        jax = _jax()
+        data = w._lenet_batch(batch)
+        if train:
+            return _trainer(w._lenet_params(),
+                            lambda p, x, y: _cross_entropy(_lenet_forward(p, x), y), data)
+        p = [jax.numpy.asarray(a) for a in w._lenet_params()]
+        x = jax.numpy.asarray(data[0])
+        f = jax.jit(_lenet_forward)
+        return lambda: f(p, x).block_until_ready()
+
+    return setup
+
+
+def _lstm_loss(p: list, x: object, y: object) -> object:
+    jax = _jax()
+    jnp = jax.numpy
+    hid = w.LSTM_HIDDEN
+    h = jnp.zeros((w.LSTM_BATCH, hid), jnp.float32)
+    c = h
+    xs = (x.reshape(-1, w.LSTM_IN) @ p[0] + p[2]).reshape(w.LSTM_SEQ, w.LSTM_BATCH, 4 * hid)
+    for t in range(w.LSTM_SEQ):
+        z = xs[t] + h @ p[1]
+        i, f = jax.nn.sigmoid(z[:, :hid]), jax.nn.sigmoid(z[:, hid:2 * hid])
+        g, o = jnp.tanh(z[:, 2 * hid:3 * hid]), jax.nn.sigmoid(z[:, 3 * hid:])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+    return _cross_entropy(h @ p[3] + p[4], y)
+
+
+def lstm_train(threads: int) -> Runner:
+    return _trainer(w._lstm_params(), _lstm_loss, w._lstm_batch())
+
+
+def compile_first_call(threads: int) -> Runner:
+    """Seconds of jax.jit's first call of the MLP training step (a fresh function each time,
+    so JAX's in-memory cache never answers)."""
+    jax = _jax()
+
+    def run() -> object:
+        def loss(p: list, x: object, y: object) -> object:
+            return _cross_entropy(_mlp_forward(p, x), y)
+
+        p = [jax.numpy.asarray(a) for a in w._mlp_params()]
+        v = [jax.numpy.zeros_like(a) for a in p]
+        x, y = (jax.numpy.asarray(a) for a in w._mlp_batch(128))
+        step = _sgd_step(loss)
+        t = time.perf_counter()
+        out = step(p, v, x, y)
+        jax.block_until_ready(out)
+        return time.perf_counter() - t
+
+    return run
+
+
+PEERS: dict[str, Callable[[int], Runner]] = {
+    "ew": ew,
+    "mlp_infer_1": mlp_infer(1),
+    "mlp_infer_256": mlp_infer(256),
+    "mlp_train": mlp_train,
+    "compile_cold": compile_first_call,
+    "gemm_256": gemm(256),
+    "gemm_512": gemm(512),
+    "gemm_1024": gemm(1024),
+    "lenet_train": lenet(64, True),
+    "lenet_infer_1": lenet(1, False),
+    "lenet_infer_64": lenet(64, False),
+    "lstm_train": lstm_train,
+}
+
+_ = np
