@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from graphc.codegen import matmul
 from graphc.codegen.module import GeneratedModule, build_module
 from graphc.codegen.target import host_target
 from graphc.ir import Graph, Node, Signature
@@ -62,11 +63,11 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
     result = run_pipeline(graph, replace(sig, name="main"), options)
     t1 = time.perf_counter()
     program = fuse(result.graph, result.signature)
-    plan = plan_memory(program)
+    target = host_target()
+    plan = plan_memory(program, lambda k: matmul.epilogue_writes_once(k, target))
     if options.verify_each:
         check_no_overlap(plan)  # cheap, and it guards every plan the test suite makes
     t2 = time.perf_counter()
-    target = host_target()
     threads = resolve_threads(options)
     cache = Path(options.cache_dir) if options.cache_dir else None
     key = program_cache.program_key(result.graph, target, options.opt_level, threads,

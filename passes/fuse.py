@@ -120,6 +120,23 @@ class FusedProgram:
                     return False
         return True
 
+    def reads_in_epilogue_at_root_index(self, kernel: Kernel, buffer_node: Node) -> bool:
+        """Whether `kernel` reads `buffer_node` only in its epilogue, at its output index.
+
+        Then a kernel that applies the epilogue exactly once per output element, as that
+        element is stored (a GEMM with one k block), may write its output over the buffer.
+        """
+        anchor = kernel.anchor
+        if anchor is None or buffer_node.shape != kernel.root.shape:
+            return False
+        if any(i is buffer_node for i in anchor.inputs):
+            return False
+        readers = [n for n in kernel.nodes if any(i is buffer_node for i in n.inputs)]
+        return bool(readers) and all(
+            n in self.spine and n is not anchor
+            and registry.OPS[n.op].fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST)
+            for n in readers)
+
     def explain(self) -> str:
         lines = []
         for u in self.unfused:

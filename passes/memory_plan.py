@@ -24,6 +24,7 @@ variables run before the first kernel (they must see old values), others after t
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from graphc.ir import Node
@@ -115,8 +116,16 @@ class MemoryPlan:
         return "\n".join(lines)
 
 
-def plan_memory(program: FusedProgram) -> MemoryPlan:
-    """Assign a location to every materialized value (see the module docstring)."""
+def plan_memory(program: FusedProgram,
+                epilogue_writes_once: Callable[[Kernel], bool] | None = None) -> MemoryPlan:
+    """Assign a location to every materialized value (see the module docstring).
+
+    `epilogue_writes_once(kernel)` (from code generation) says whether an anchored kernel
+    reads its epilogue operands and writes each output element exactly once, at the final
+    store; such a kernel may update a variable its epilogue reads in place (a momentum
+    buffer updated in the epilogue of its gradient's GEMM). Without it, only elementwise
+    kernels do.
+    """
     sig = program.signature
     kernels = program.kernels
     n_kernels = len(kernels)
@@ -159,7 +168,8 @@ def plan_memory(program: FusedProgram) -> MemoryPlan:
         root = k.root
         if root in location:
             continue
-        var = _in_place_update_target(program, k, update_of.get(root, []), readers)
+        var = _in_place_update_target(program, k, update_of.get(root, []), readers,
+                                      epilogue_writes_once)
         if var is not None:
             location[root] = Location(Space.VARIABLE, var.name)
             in_place_updates.append(var)
@@ -257,14 +267,18 @@ def _source_location(node: Node, sig) -> Location:
 
 
 def _in_place_update_target(program: FusedProgram, k: Kernel, variables: list[Node],
-                            readers: dict[Node, list[int]]) -> Node | None:
+                            readers: dict[Node, list[int]],
+                            epilogue_writes_once: Callable[[Kernel], bool] | None
+                            ) -> Node | None:
     for var in variables:
         later = [i for i in readers.get(var, []) if i > k.index]
         if later:
             continue
         if k.index in readers.get(var, []):
             reads_view = any(program.views.get(n) is var for n in k.inputs)
-            if reads_view or not program.reads_at_root_index(k, var):
+            in_epilogue = (epilogue_writes_once is not None and epilogue_writes_once(k)
+                           and program.reads_in_epilogue_at_root_index(k, var))
+            if reads_view or not (program.reads_at_root_index(k, var) or in_epilogue):
                 continue
         if any(var is program.views.get(o, o) for o in program.signature.outputs):
             continue  # the output must see the old value; keep it simple and copy

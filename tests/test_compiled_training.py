@@ -58,10 +58,11 @@ def test_training_step_memory_plan_is_near_the_lower_bound() -> None:
           f"naive {plan.naive_bytes} B, in-place updates {len(plan.in_place_updates)}")
     assert plan.arena_bytes <= 1.10 * plan.lower_bound
     assert plan.arena_bytes <= plan.naive_bytes
-    # Every parameter is updated in place (no temporary and copy). The momentum buffers are
-    # not: their new value is computed in the epilogue of the weight-gradient GEMM, which may
-    # accumulate partial sums in its output before the epilogue reads the old momentum.
+    # Every parameter and every momentum buffer is updated in place (no temporary, no final
+    # copy): the momentum of a weight is computed in the epilogue of its gradient's GEMM,
+    # which here has one k block and so reads each old value just before overwriting it.
     in_place = {v.name for v in plan.in_place_updates}
+    assert {f"{p}/momentum" for p in ("w1", "w2", "w3")} <= in_place
     assert {"w1", "b1", "w2", "b2", "w3", "b3"} <= in_place
 
 

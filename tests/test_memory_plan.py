@@ -42,3 +42,25 @@ def test_random_plans_never_overlap_live_buffers(gen: GeneratedGraph) -> None:
     assert lower_bound(plan.slots) <= plan.arena_bytes <= plan.naive_bytes
     for out, reused in plan.in_place:
         assert out.shape == reused.shape and out.dtype.itemsize == reused.dtype.itemsize
+
+
+def test_gemm_epilogue_updates_in_place_only_with_one_k_block() -> None:
+    """v <- 0.9 v + a^T b: in place when the GEMM stores each element once (one k block);
+    through a temporary when partial sums of earlier k blocks land in the output first."""
+    rng = np.random.default_rng(0)
+    for k, expect_in_place in ((128, True), (2048, False)):
+        with gc.Graph(f"mom{k}") as g:
+            a = gc.placeholder((k, 64), gc.float32, name="a")
+            b = gc.placeholder((k, 64), gc.float32, name="b")
+            v = gc.variable(rng.standard_normal((64, 64)).astype(np.float32), name="v")
+            new_v = v * 0.9 + gc.matmul(a, b, transpose_a=True)
+        start = g.variables["v"].copy()
+        av = rng.standard_normal((k, 64)).astype(np.float32)
+        bv = rng.standard_normal((k, 64)).astype(np.float32)
+        step = gc.compile(g, [a, b], [], updates={v: new_v})
+        kinds = {kern.kind.value for kern in step.report.plan.program.kernels}
+        assert "matmul" in kinds
+        assert ("v" in {x.name for x in step.report.plan.in_place_updates}) == expect_in_place
+        step(av, bv)
+        np.testing.assert_allclose(g.variables["v"], 0.9 * start + av.T @ bv, rtol=1e-4,
+                                   atol=1e-3)

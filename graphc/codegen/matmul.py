@@ -15,13 +15,13 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
-from graphc.codegen.gemm import GemmSpec, emit_gemm
+from graphc.codegen.gemm import GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.index import Idx
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
 from graphc.codegen.types import I64, storage_type
-from graphc.passes.fuse import Kernel
+from graphc.passes.fuse import Kernel, KernelKind
 
 
 def gemm_spec(kernel: Kernel) -> GemmSpec:
@@ -75,6 +75,16 @@ def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
     if s is None:
         return gemm_spec(kernel).scratch_bytes(target)
     return _aligned(s.spec.scratch_bytes(target)) * s.tasks
+
+
+def epilogue_writes_once(kernel: Kernel, target: Target) -> bool:
+    """Whether the kernel's GEMM stores each output element once, applying the epilogue to
+    the complete sum (no partial sums of earlier k blocks stored in the output first)."""
+    if kernel.kind != KernelKind.MATMUL:
+        return False
+    spec = gemm_spec(kernel)
+    plan = plan_gemm(spec, target)
+    return plan.path != "packed" or plan.kc >= spec.k
 
 
 def _aligned(n: int) -> int:
