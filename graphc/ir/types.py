@@ -1,0 +1,160 @@
+"""IR value types: `DType`, `TensorType` (static shape + dtype) and hashable `Attrs`."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphc.errors import DTypeError, GraphcError, ShapeError
+
+
+class DType(enum.Enum):
+    """The element types graphc supports."""
+
+    float32 = "float32"
+    float64 = "float64"
+    int32 = "int32"
+    int64 = "int64"
+    bool = "bool"
+
+    @property
+    def np(self) -> np.dtype:
+        return np.dtype(self.value)
+
+    @property
+    def short(self) -> str:
+        return _SHORT[self]
+
+    @property
+    def is_float(self) -> bool:
+        return self in (DType.float32, DType.float64)
+
+    @property
+    def is_int(self) -> bool:
+        return self in (DType.int32, DType.int64)
+
+    @property
+    def itemsize(self) -> int:
+        return self.np.itemsize
+
+    @classmethod
+    def of(cls, value: Any) -> DType:
+        """Convert a DType, a name ('float32' or 'f32'), or a numpy dtype-like to a DType."""
+        if isinstance(value, DType):
+            return value
+        if isinstance(value, str) and value in _FROM_SHORT:
+            return _FROM_SHORT[value]
+        try:
+            name = np.dtype(value).name
+        except TypeError as exc:
+            raise DTypeError(f"unknown dtype {value!r}") from exc
+        try:
+            return cls(name)
+        except ValueError as exc:
+            supported = ", ".join(d.value for d in cls)
+            raise DTypeError(f"unsupported dtype {name!r} (supported: {supported})") from exc
+
+    def __repr__(self) -> str:
+        return f"gc.{self.value}"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SHORT = {
+    DType.float32: "f32",
+    DType.float64: "f64",
+    DType.int32: "i32",
+    DType.int64: "i64",
+    DType.bool: "bool",
+}
+_FROM_SHORT = {v: k for k, v in _SHORT.items()}
+
+float32 = DType.float32
+float64 = DType.float64
+int32 = DType.int32
+int64 = DType.int64
+bool_ = DType.bool
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A static shape and an element type. Printed as ``f32[128,784]`` (``f32[]`` scalar)."""
+
+    shape: tuple[int, ...]
+    dtype: DType
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(d) for d in self.shape)
+        if any(d < 0 for d in shape):
+            raise ShapeError(f"negative dimension in shape {shape}")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", DType.of(self.dtype))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __str__(self) -> str:
+        return f"{self.dtype.short}[{','.join(str(d) for d in self.shape)}]"
+
+
+AttrValue = Any  # int | float | bool | str | None | DType | tuple[AttrValue, ...]
+
+
+def _freeze(value: Any) -> AttrValue:
+    """Turn an attribute value into its canonical hashable form (lists become tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (bool, int, float, str, DType)) or value is None:
+        return value
+    raise GraphcError(f"attribute value {value!r} of type {type(value).__name__} is not allowed")
+
+
+class Attrs(Mapping[str, AttrValue]):
+    """An immutable, hashable mapping of op attributes (sorted by key)."""
+
+    __slots__ = ("_hash", "_items")
+
+    def __init__(self, items: Mapping[str, Any] | None = None):
+        frozen = tuple(sorted((k, _freeze(v)) for k, v in (items or {}).items()))
+        self._items: tuple[tuple[str, AttrValue], ...] = frozen
+        self._hash = hash(frozen)
+
+    def __getitem__(self, key: str) -> AttrValue:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Attrs):
+            return self._items == other._items
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Attrs({dict(self._items)!r})"
