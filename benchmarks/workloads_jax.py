@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from benchmarks import workloads as w
 
 Runner = Callable[[], object]
@@ -187,4 +185,3 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "lstm_train": lstm_train,
 }
 
-_ = np

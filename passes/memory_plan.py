@@ -27,7 +27,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from graphc.ir import Node
+from graphc.ir import Node, Signature
 from graphc.passes.fuse import FusedProgram, Kernel
 
 ALIGN = 64
@@ -258,7 +258,7 @@ class _Pending:
         return Copy(self.src, src, dst, self.src.type.nbytes)
 
 
-def _source_location(node: Node, sig) -> Location:
+def _source_location(node: Node, sig: Signature) -> Location:
     if node.op == "placeholder":
         return Location(Space.INPUT, next(i for i, n in enumerate(sig.inputs) if n is node))
     if node.op == "variable":

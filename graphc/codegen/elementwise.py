@@ -22,7 +22,6 @@ from graphc.codegen import vecmath
 from graphc.codegen.types import (
     F64,
     I32,
-    I64,
     binary_intrinsic,
     compute_type,
     const,
@@ -31,6 +30,7 @@ from graphc.codegen.types import (
 )
 from graphc.errors import CompileError
 from graphc.ir import DType, Node
+from graphc.ops.elementwise import SELU_ALPHA, SELU_SCALE
 
 if TYPE_CHECKING:
     from graphc.codegen.expr import Evaluator
@@ -156,8 +156,6 @@ def _elu(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
 
 @_rule("selu")
 def _selu(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
-    from graphc.ops.elementwise import SELU_ALPHA, SELU_SCALE
-
     x = a[0]
     neg = b.fmul(_c(n, SELU_ALPHA, x), _neg_part_expm1(b, n, x))
     inner = b.select(b.fcmp_ordered(">", x, _c(n, 0, x)), x, neg)
@@ -398,5 +396,3 @@ def lower_random(ev: Evaluator, node: Node, key: ir.Value, flat: ir.Value) -> ir
                        b.fmul(const(f64, float(node.attrs["std"]), lanes), z))
     return convert(b, value, f64, node.dtype)
 
-
-_ = I64

@@ -13,14 +13,13 @@ index point; nothing is memoized.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import llvmlite.ir as ir
 
 from graphc.codegen import elementwise as ew
 from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.types import I1, I64, const
+from graphc.codegen.types import I64, const
 from graphc.errors import CompileError
 from graphc.ir import Node
 from graphc.passes.fuse import FusedProgram, Kernel
@@ -219,4 +218,3 @@ _INDEX_OPS = {
     "random_normal": _random,
 }
 
-_ = (math, I1)

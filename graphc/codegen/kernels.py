@@ -39,7 +39,6 @@ Body = Callable[[int, list[Idx]], None]
 def loop_nest(ctx: KernelContext, shape: Sequence[int], lanes: int, body: Body) -> None:
     """Call `body(lanes, idx)` over all indices of `shape`, innermost dim vectorized."""
     b = ctx.b
-    ix_const = [Idx(ir.Constant(I64, 0))]
 
     def level(d: int, prefix: list[Idx]) -> None:
         if d == len(shape) - 1:
@@ -60,7 +59,6 @@ def loop_nest(ctx: KernelContext, shape: Sequence[int], lanes: int, body: Body) 
         return
     if math.prod(shape) == 0:
         return
-    del ix_const
     level(0, [])
 
 
@@ -94,8 +92,7 @@ def _flat_ok(kernel_nodes: Sequence[Node], inputs: Sequence[Node], shape: tuple[
     return all(i.shape == shape or i.size == 1 for i in inputs)
 
 
-def emit_elementwise(ctx: KernelContext, overrides_for: Callable[[int], dict] | None = None
-                     ) -> None:
+def emit_elementwise(ctx: KernelContext) -> None:
     """out[i] = root(i) over the root's shape."""
     kernel = ctx.kernel
     root = kernel.root
@@ -135,7 +132,7 @@ def emit_elementwise(ctx: KernelContext, overrides_for: Callable[[int], dict] | 
 
 # --- reductions -----------------------------------------------------------------------------
 
-def _combine(b: ir.IRBuilder, op: str, dtype: DType, acc: ir.Value, x: ir.Value) -> ir.Value:
+def combine(b: ir.IRBuilder, op: str, dtype: DType, acc: ir.Value, x: ir.Value) -> ir.Value:
     if op == "sum":
         return b.fadd(acc, x) if dtype.is_float else b.add(acc, x)
     if op == "prod":
@@ -145,7 +142,7 @@ def _combine(b: ir.IRBuilder, op: str, dtype: DType, acc: ir.Value, x: ir.Value)
     return ew._min(b, dtype, acc, x)
 
 
-def _identity(op: str, dtype: DType, lanes: int) -> ir.Constant:
+def identity(op: str, dtype: DType, lanes: int) -> ir.Constant:
     if op == "sum":
         return const(dtype, 0, lanes)
     if op == "prod":
@@ -166,7 +163,7 @@ def horizontal(b: ir.IRBuilder, op: str, dtype: DType, v: ir.Value, lanes: int) 
                                                     list(range(half))))
         hi = b.shuffle_vector(v, undef, ir.Constant(ir.VectorType(ir.IntType(32), half),
                                                     list(range(half, width))))
-        v = _combine(b, op, dtype, lo, hi)
+        v = combine(b, op, dtype, lo, hi)
         width = half
     return b.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
@@ -210,8 +207,8 @@ def emit_reduction(ctx: KernelContext) -> None:
             vec_acc = entry_alloca(cb, compute_type(dtype, lanes)) if lanes > 1 else None
             sc_acc = entry_alloca(cb, compute_type(dtype, 1))
             if vec_acc is not None:
-                cb.store(_identity(op, dtype, lanes), vec_acc)
-            cb.store(_identity(op, dtype, 1), sc_acc)
+                cb.store(identity(op, dtype, lanes), vec_acc)
+            cb.store(identity(op, dtype, 1), sc_acc)
 
             def body(n_lanes: int, idx: list[Idx]) -> None:
                 full = dict(prefix)
@@ -219,12 +216,12 @@ def emit_reduction(ctx: KernelContext) -> None:
                 ev = c.evaluator(n_lanes)
                 x = ev.at(src, [full[d] for d in range(rank)])
                 acc = vec_acc if n_lanes > 1 else sc_acc
-                cb.store(_combine(cb, op, dtype, cb.load(acc), x), acc)
+                cb.store(combine(cb, op, dtype, cb.load(acc), x), acc)
 
             loop_nest(c, [in_shape[d] for d in reduced], lanes, body)
             total = cb.load(sc_acc)
             if vec_acc is not None:
-                total = _combine(cb, op, dtype,
+                total = combine(cb, op, dtype,
                                  horizontal(cb, op, dtype, cb.load(vec_acc), lanes), total)
             ev = c.evaluator(1)
             offset = ev.ix.linear([prefix[d] for d in kept], [ostride[d] for d in kept])
@@ -240,7 +237,7 @@ def emit_reduction(ctx: KernelContext) -> None:
 
             def rows(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
                 with for_range(c.b, start, stop, 1, name="k0") as i0:
-                    _nest_dims(c, rest, lambda idx: per_output(
+                    nest_dims(c, rest, lambda idx: per_output(
                         c, {d: i for d, i in zip(kept, [Idx(i0), *idx])}))
 
             parallel_range(ctx, kept_shape[0], max(1, PARALLEL_GRAIN // work_per_row), rows)
@@ -253,13 +250,13 @@ def emit_reduction(ctx: KernelContext) -> None:
             cb = c.b
 
             def outer(prefix_shape: Sequence[int], fn: Callable[[list[Idx]], None]) -> None:
-                _nest_dims(c, prefix_shape, fn)
+                nest_dims(c, prefix_shape, fn)
 
             def init(prefix: list[Idx]) -> None:
                 def one(n_lanes: int, i: Idx) -> None:
                     ev = c.evaluator(n_lanes)
                     ev.ix.store(c.out, dtype, ev.ix.linear([*prefix, i], out_strides_full),
-                                _identity(op, dtype, n_lanes))
+                                identity(op, dtype, n_lanes))
 
                 range_loop(cb, start, stop, lanes, one, name="init")
 
@@ -272,7 +269,7 @@ def emit_reduction(ctx: KernelContext) -> None:
                     x = ev.at(src, idx)
                     offset = ev.ix.linear(idx, ostride)
                     acc = ev.ix.load(c.out, dtype, offset)
-                    ev.ix.store(c.out, dtype, offset, _combine(cb, op, dtype, acc, x))
+                    ev.ix.store(c.out, dtype, offset, combine(cb, op, dtype, acc, x))
 
                 range_loop(cb, start, stop, lanes, one, name="acc")
 
@@ -286,7 +283,7 @@ def emit_reduction(ctx: KernelContext) -> None:
         emit_elementwise(ctx)
 
 
-def _nest_dims(ctx: KernelContext, shape: Sequence[int], body: Callable[[list[Idx]], None]
+def nest_dims(ctx: KernelContext, shape: Sequence[int], body: Callable[[list[Idx]], None]
                ) -> None:
     """Scalar loops over `shape` (no vectorization), calling body(idx)."""
     b = ctx.b

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen import kernels, opaque
+from graphc.codegen import kernels, matmul, opaque
 from graphc.codegen.context import KernelContext
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
@@ -68,8 +68,6 @@ def _table(plan: MemoryPlan) -> list[TableEntry]:
 
 def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
     if kernel.kind == KernelKind.MATMUL:
-        from graphc.codegen import matmul
-
         return matmul.scratch_bytes(kernel, target, threads)
     return opaque.scratch_bytes(kernel, target)
 
@@ -80,8 +78,6 @@ def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
     if kernel.kind == KernelKind.REDUCTION:
         return kernels.emit_reduction
     if kernel.kind == KernelKind.MATMUL:
-        from graphc.codegen import matmul
-
         return matmul.emit_matmul
     anchor = kernel.anchor
     assert anchor is not None
@@ -122,7 +118,6 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
     b = ir.IRBuilder(entry_fn.append_basic_block("entry"))
     (table_ptr,) = entry_fn.args
-    slot_of = {(e.space, e.key): i for i, e in enumerate(table)}
     base_ptrs: dict[tuple[Space, int | str], ir.Value] = {}
     for i, e in enumerate(table):
         addr = b.gep(table_ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=PTR)
@@ -164,7 +159,6 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     for c in plan.copies_after:
         copy(c)
     b.ret(ir.Constant(I32, 0))
-    del slot_of
     return GeneratedModule(module, table, arena_bytes, scratch_offset, entry)
 
 

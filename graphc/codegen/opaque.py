@@ -13,16 +13,15 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from graphc.codegen import elementwise as ew
 from graphc.codegen import vecmath
 from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
-from graphc.codegen.index import Idx, IndexBuilder
-from graphc.codegen.kernels import horizontal
+from graphc.codegen.index import Idx, IndexBuilder, splat
+from graphc.codegen.kernels import combine, horizontal, identity, nest_dims
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I8, I64, PTR, VOID, compute_type, const, intrinsic
-from graphc.ir import DType, Node
+from graphc.ir import DType
 from graphc.passes.fuse import Kernel
 
 Lowering = Callable[[KernelContext], None]
@@ -39,18 +38,10 @@ def scratch_bytes(kernel: Kernel, target: Target) -> int:
 
 def _outer_loops(ctx: KernelContext, shape: tuple[int, ...], skip: set[int],
                  body: Callable[[dict[int, ir.Value]], None]) -> None:
-    """Scalar loops over every dim of `shape` not in `skip`."""
+    """Scalar loops over every dim of `shape` not in `skip`; body gets {dim: index}."""
     dims = [d for d in range(len(shape)) if d not in skip]
-
-    def level(k: int, prefix: dict[int, ir.Value]) -> None:
-        if k == len(dims):
-            body(prefix)
-            return
-        d = dims[k]
-        with for_range(ctx.b, 0, shape[d], 1, name=f"o{d}") as i:
-            level(k + 1, {**prefix, d: i})
-
-    level(0, {})
+    nest_dims(ctx, [shape[d] for d in dims],
+              lambda idx: body({d: i.base for d, i in zip(dims, idx)}))
 
 
 def _row_base(b: ir.IRBuilder, prefix: dict[int, ir.Value], st: list[int]) -> ir.Value:
@@ -82,7 +73,7 @@ def _softmax(ctx: KernelContext) -> None:
         # Pass 2: sum of exp(x - m) (and exp values stored for softmax).
 
         def shifted_exp(v: ir.Value, n_lanes: int) -> ir.Value:
-            return vecmath.exp(b, b.fsub(v, _splat(b, m, n_lanes)))
+            return vecmath.exp(b, b.fsub(v, splat(b, m, n_lanes)))
 
         store_to = None if log_form else out
         total = _row_reduce(ctx, src, dtype, base, stride, n, lanes, "sum", shifted_exp,
@@ -91,19 +82,13 @@ def _softmax(ctx: KernelContext) -> None:
         if log_form:
             shift = b.fadd(m, vecmath.log(b, total))
             _row_map(ctx, src, out, dtype, base, stride, n, lanes,
-                     lambda v, k: b.fsub(v, _splat(b, shift, k)))
+                     lambda v, k: b.fsub(v, splat(b, shift, k)))
         else:
             inv = b.fdiv(const(dtype, 1.0), total)
             _row_map(ctx, out, out, dtype, base, stride, n, lanes,
-                     lambda v, k: b.fmul(v, _splat(b, inv, k)))
+                     lambda v, k: b.fmul(v, splat(b, inv, k)))
 
     _outer_loops(ctx, node.shape, {axis}, row)
-
-
-def _splat(b: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:
-    from graphc.codegen.index import splat
-
-    return splat(b, v, lanes)
 
 
 def _row_reduce(ctx: KernelContext, src: ir.Value, dtype: DType, base: ir.Value, stride: int,
@@ -111,32 +96,30 @@ def _row_reduce(ctx: KernelContext, src: ir.Value, dtype: DType, base: ir.Value,
                 store_to: ir.Value | None = None) -> ir.Value:
     """op-reduce f(x[base + i*stride]) over i < n; optionally store f(x) to `store_to`."""
     b = ctx.b
-    from graphc.codegen.kernels import _combine, _identity
-
     scalar_acc = entry_alloca(b, compute_type(dtype))
-    b.store(_identity(op, dtype, 1), scalar_acc)
+    b.store(identity(op, dtype, 1), scalar_acc)
     vec_end = (n // lanes) * lanes if lanes > 1 else 0
     vec_acc = None
     if vec_end:
         vec_acc = entry_alloca(b, compute_type(dtype, lanes))
-        b.store(_identity(op, dtype, lanes), vec_acc)
+        b.store(identity(op, dtype, lanes), vec_acc)
         ix = IndexBuilder(b, lanes)
         with for_range(b, 0, vec_end, lanes, name="rv") as i:
             off = Idx(b.add(base, i), 1)
             v = f(ix.load(src, dtype, off), lanes)
             if store_to is not None:
                 ix.store(store_to, dtype, off, v)
-            b.store(_combine(b, op, dtype, b.load(vec_acc), v), vec_acc)
+            b.store(combine(b, op, dtype, b.load(vec_acc), v), vec_acc)
     ix1 = IndexBuilder(b, 1)
     with for_range(b, vec_end, n, 1, name="r") as i:
         off = Idx(b.add(base, b.mul(i, ir.Constant(I64, stride))))
         v = f(ix1.load(src, dtype, off), 1)
         if store_to is not None:
             ix1.store(store_to, dtype, off, v)
-        b.store(_combine(b, op, dtype, b.load(scalar_acc), v), scalar_acc)
+        b.store(combine(b, op, dtype, b.load(scalar_acc), v), scalar_acc)
     total = b.load(scalar_acc)
     if vec_acc is not None:
-        total = _combine(b, op, dtype, horizontal(b, op, dtype, b.load(vec_acc), lanes), total)
+        total = combine(b, op, dtype, horizontal(b, op, dtype, b.load(vec_acc), lanes), total)
     return total
 
 
@@ -247,7 +230,6 @@ def _concat(ctx: KernelContext) -> None:
 
 OPAQUE["concat"] = _concat
 
-_ = (math, ew, Node)
 
 # Convolution, pooling and gather/scatter lowerings live in their own modules.
 from graphc.codegen import conv, gather, pool, pool_grad  # noqa: E402
