@@ -71,7 +71,8 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
     threads = resolve_threads(options)
     cache = Path(options.cache_dir) if options.cache_dir else None
     key = program_cache.program_key(result.graph, target, options.opt_level, threads,
-                                    options.profile) if cache is not None else ""
+                                    options.profile, options.conv_algorithm
+                                    ) if cache is not None else ""
     hit = program_cache.load(cache, key) if cache is not None else None
     layout: GeneratedModule | program_cache.Layout
     if hit is not None:  # skip generating IR entirely
@@ -80,7 +81,7 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
         jit = load_object(obj, target, options.opt_level)
     else:
         generated = build_module(plan, target, name=graph.name, threads=threads,
-                                 profile=options.profile)
+                                 profile=options.profile, conv=options.conv_algorithm)
         layout = generated
         t3 = time.perf_counter()
         jit = jit_compile(generated.ir_text, opt_level=options.opt_level, cache_dir=cache,

@@ -109,7 +109,7 @@ def export(
     # worker pool (shared by the library's contexts, joined by the library's destructor).
     threads = max(1, options.threads) if options.threads is not None else 1
     generated = build_module(plan, target, name=graph.name, entry=f"{name}_graphc_entry",
-                             threads=threads)
+                             threads=threads, conv=options.conv_algorithm)
     ir_text = generated.ir_text
     cache = Path(options.cache_dir) if options.cache_dir else None
     obj = object_code(ir_text, target, options.opt_level, cache)

@@ -41,6 +41,9 @@ class CompileOptions:
       cache_dir        directory of the compiled-object cache; None disables it.
       threads          worker threads of generated code; None means one per core.
       profile          count the CPU cycles of every kernel (`Executable.profile()`).
+      conv_algorithm   how convolutions are computed: "gemm" (im2col into the packed
+                       GEMM), "direct" (register-blocked direct kernels) or "auto" (per
+                       layer, by size: `graphc.codegen.conv_gemm.choose`).
     """
 
     pipeline: str | None = None
@@ -56,6 +59,7 @@ class CompileOptions:
     cache_dir: str | None = None
     threads: int | None = None
     profile: bool = False
+    conv_algorithm: str = "auto"
 
     def __post_init__(self) -> None:
         # Accept any iterable of names (a list from argparse) but store a hashable tuple.
@@ -66,3 +70,6 @@ class CompileOptions:
             raise GraphcError(f"fold_max_elements must be >= 0, got {self.fold_max_elements}")
         if not 0 <= self.opt_level <= 3:
             raise GraphcError(f"opt_level must be 0-3, got {self.opt_level}")
+        if self.conv_algorithm not in ("auto", "direct", "gemm"):
+            raise GraphcError("conv_algorithm must be 'auto', 'direct' or 'gemm', got "
+                              f"{self.conv_algorithm!r}")

@@ -57,10 +57,10 @@ def codegen_fingerprint() -> str:
 
 
 def program_key(graph: Graph, target: Target, opt_level: int, threads: int,
-                profile: bool) -> str:
+                profile: bool, conv_algorithm: str = "auto") -> str:
     h = hashlib.sha256()
     for part in (format_graph(graph), target.key, str(opt_level), str(threads), str(profile),
-                 codegen_fingerprint()):
+                 conv_algorithm, codegen_fingerprint()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

@@ -11,7 +11,7 @@ form (1, 2-4, > 4), dilation, groups and depthwise, and batch 1 and 3.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,13 +58,14 @@ class Compiled:
 
 
 def _compile_many(name: str, arrays: list[np.ndarray],
-                  build: Callable[[list[gc.Node]], dict[str, gc.Node]]) -> Compiled:
+                  build: Callable[[list[gc.Node]], dict[str, gc.Node]],
+                  options: CompileOptions = OPTIONS) -> Compiled:
     with gc.Graph(name) as g:
         phs = [gc.placeholder(a.shape, a.dtype.name, name=f"in{i}") for i, a in enumerate(arrays)]
         outs = build(phs)
     labels = list(outs)
     nodes = [outs[k] for k in labels]
-    exe = gc_compile(g, phs, nodes, options=OPTIONS)
+    exe = gc_compile(g, phs, nodes, options=options)
     actual = exe(*arrays)
     expected = gc.reference(g, phs, nodes)(*arrays)
     return Compiled(labels, dict(zip(labels, actual)), dict(zip(labels, expected)), exe)
@@ -124,9 +125,13 @@ def _conv_out_shape(c: Conv) -> tuple[int, ...]:
     return y.shape
 
 
-@pytest.fixture(scope="module", params=DTYPES)
+# Every convolution runs through both lowerings: the direct kernels and im2col + GEMM.
+CONV_PARAMS = [(d, a) for d in DTYPES for a in ("direct", "gemm")]
+
+
+@pytest.fixture(scope="module", params=CONV_PARAMS, ids=["-".join(p) for p in CONV_PARAMS])
 def conv_run(request: pytest.FixtureRequest) -> Compiled:
-    dtype = request.param
+    dtype, algorithm = request.param
     rng = np.random.default_rng(0)
     arrays: list[np.ndarray] = []
     for c in CONVS:
@@ -142,7 +147,8 @@ def conv_run(request: pytest.FixtureRequest) -> Compiled:
             outs[f"{c.id}/grad_weight"] = gc.conv2d_grad_weight(x, g, c.w, **c.kwargs())
         return outs
 
-    return _compile_many(f"convs_{dtype}", arrays, build)
+    return _compile_many(f"convs_{dtype}", arrays, build,
+                         replace(OPTIONS, conv_algorithm=algorithm))
 
 
 CONV_LABELS = [f"{c.id}/{op}" for c in CONVS for op in ("conv2d", "grad_input", "grad_weight")]
@@ -153,9 +159,9 @@ def test_conv(conv_run: Compiled, label: str) -> None:
     _close(conv_run.actual[label], conv_run.expected[label])
 
 
-@pytest.fixture(scope="module", params=DTYPES)
+@pytest.fixture(scope="module", params=CONV_PARAMS, ids=["-".join(p) for p in CONV_PARAMS])
 def epilogue_run(request: pytest.FixtureRequest) -> Compiled:
-    dtype = request.param
+    dtype, algorithm = request.param
     rng = np.random.default_rng(1)
     x = _data(rng, (3, 4, 9, 21), dtype)
     w1 = _data(rng, (6, 4, 3, 3), dtype, -2, 2)
@@ -177,7 +183,8 @@ def epilogue_run(request: pytest.FixtureRequest) -> Compiled:
             "narrow": gc.relu(gc.conv2d(xn, wn, padding=1, bias=bn) - rn),
         }
 
-    return _compile_many(f"epilogue_{dtype}", [x, w1, w2, bias, res, xn, wn, bn, rn], build)
+    return _compile_many(f"epilogue_{dtype}", [x, w1, w2, bias, res, xn, wn, bn, rn], build,
+                         replace(OPTIONS, conv_algorithm=algorithm))
 
 
 def test_narrow_rows_take_the_channel_path() -> None:

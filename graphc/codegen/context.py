@@ -28,6 +28,7 @@ class KernelContext:
     ptrs: dict[Node, ir.Value]  # kernel inputs (views included) and the root
     scratch: ir.Value | None
     threads: int = 1  # threads of the native pool parallel loops may use
+    conv_algorithm: str = "auto"  # CompileOptions.conv_algorithm
 
     @property
     def module(self) -> ir.Module:

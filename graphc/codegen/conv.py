@@ -27,20 +27,21 @@ with a masked store and applies the epilogue in place with a scalar loop, becaus
 epilogue's own loads are full vectors that must not run past the row.
 
 Summation order differs from the numpy reference (fma, a different association); results
-agree to rounding. This is the straightforward direct convolution; an im2col/implicit-GEMM
-path through the GEMM micro-kernel is the planned fast path.
+agree to rounding. The same three ops can also run through the packed GEMM (im2col, in
+`conv_gemm`); `LOWER` dispatches each node with `conv_gemm.choose`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen import conv_channels, conv_weight
+from graphc.codegen import conv_channels, conv_gemm, conv_weight
 from graphc.codegen.context import KernelContext
-from graphc.codegen.expr import strides
-from graphc.codegen.index import Idx, splat
+from graphc.codegen.conv_epilogue import EpilogueStore
+from graphc.codegen.index import splat
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
@@ -162,58 +163,8 @@ def _grad_input_scratch(kernel: Kernel, target: Target) -> int:
     return kernel.anchor.inputs[1].type.nbytes
 
 
-class _Store:
-    """How finished accumulators reach the output: plain, or through the epilogue (only
-    for unit-step phases: the kernel's root shares the anchor's index)."""
-
-    def __init__(self, ctx: KernelContext, dtype: DType, epilogue: bool):
-        self.ctx = ctx
-        self.dtype = dtype
-        self.epilogue = epilogue
-
-    def __call__(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
-                 col0: ir.Value, step: int, acc: ir.Value, lanes: int,
-                 limit: ir.Value | None) -> None:
-        b = self.ctx.b
-        if not self.epilogue:
-            Run(b, lanes, col0, step, 0, False, limit).store(out_row, self.dtype, acc)
-            return
-        assert step == 1
-        if limit is None:
-            self._vector(out_row, idx, col0, acc, lanes)
-            return
-        with b.if_else(b.icmp_signed("==", limit, i64(lanes))) as (full, partial):
-            with full:
-                self._vector(out_row, idx, col0, acc, lanes)
-            with partial:
-                self._partial(out_row, idx, col0, acc, lanes, limit)
-
-    def _vector(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
-                q0: ir.Value, acc: ir.Value, lanes: int) -> None:
-        ctx, b = self.ctx, self.ctx.b
-        kernel = ctx.kernel
-        ev = ctx.evaluator(lanes, overrides={kernel.anchor: acc})
-        value = ev.at(kernel.root, [Idx(idx[0]), Idx(idx[1]), Idx(idx[2]), Idx(q0, 1)])
-        b.store(value, element_ptr(b, out_row, self.dtype, q0), align=self.dtype.itemsize)
-
-    def _partial(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
-                 q0: ir.Value, acc: ir.Value, lanes: int, limit: ir.Value) -> None:
-        """The last chunk of a row: raw sums stored for the live lanes, then the epilogue
-        in place, one element at a time (ctx.ptrs[anchor] is the output buffer, so the
-        evaluator reads the anchor's value back from there)."""
-        ctx, b = self.ctx, self.ctx.b
-        Run(b, lanes, q0, 1, 0, False, limit).store(out_row, self.dtype, acc)
-        kernel = ctx.kernel
-        ev = ctx.evaluator(1)
-        with for_range(b, q0, b.add(q0, limit), 1, name="ep") as q:
-            index = [Idx(idx[0]), Idx(idx[1]), Idx(idx[2]), Idx(q)]
-            value = ev.at(kernel.root, index)
-            ev.ix.store(ctx.out, self.dtype, ev.ix.linear(index, strides(kernel.root.shape)),
-                        value)
-
-
 def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value,
-                out: ir.Value, dtype: DType, store: _Store,
+                out: ir.Value, dtype: DType, store: EpilogueStore,
                 images: tuple[ir.Value, ir.Value] | None = None) -> None:
     """The loop nest of `DirectConv` (see the module docstring), over all images or over
     images [start, stop) when `images` is given (one task of a parallel split)."""
@@ -292,7 +243,7 @@ def _conv2d(ctx: KernelContext) -> None:
 
     def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
-                    _Store(c, anchor.dtype, epilogue), (start, stop))
+                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop))
 
     parallel_range(ctx, spec.out_shape[0], _image_grain(anchor, w), images)
 
@@ -307,7 +258,7 @@ def _grad_input(ctx: KernelContext) -> None:
     def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         assert c.scratch is not None
         emit_direct(c, spec, c.ptr(g), c.scratch, c.out, node.dtype,
-                    _Store(c, node.dtype, False), (start, stop))
+                    EpilogueStore(c, node.dtype, False), (start, stop))
 
     parallel_range(ctx, spec.out_shape[0], _image_grain(node, w), images)
 
@@ -318,9 +269,21 @@ def _image_grain(node: Node, w: Node) -> int:
     return max(1, -(-(1 << 17) // per_image))
 
 
+def _dispatch(op: str, direct: Callable[[KernelContext], None]
+              ) -> Callable[[KernelContext], None]:
+    """The lowering of `op`: through the GEMM when `conv_gemm.choose` says so."""
+    def lower(ctx: KernelContext) -> None:
+        assert ctx.kernel.anchor is not None
+        if conv_gemm.choose(ctx.kernel.anchor, ctx.target, ctx.conv_algorithm):
+            conv_gemm.LOWER[op](ctx)
+        else:
+            direct(ctx)
+    return lower
+
+
 SCRATCH = {"conv2d": conv_channels.scratch_bytes, "conv2d_grad_input": _grad_input_scratch}
 LOWER = {
-    "conv2d": _conv2d,
-    "conv2d_grad_input": _grad_input,
-    "conv2d_grad_weight": conv_weight.emit_grad_weight,
+    "conv2d": _dispatch("conv2d", _conv2d),
+    "conv2d_grad_input": _dispatch("conv2d_grad_input", _grad_input),
+    "conv2d_grad_weight": _dispatch("conv2d_grad_weight", conv_weight.emit_grad_weight),
 }

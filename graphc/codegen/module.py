@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen import kernels, matmul, opaque
+from graphc.codegen import conv_gemm, kernels, matmul, opaque
 from graphc.codegen.context import KernelContext
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
@@ -66,9 +66,11 @@ def _table(plan: MemoryPlan) -> list[TableEntry]:
     return entries
 
 
-def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
+def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1, conv: str = "auto") -> int:
     if kernel.kind == KernelKind.MATMUL:
         return matmul.scratch_bytes(kernel, target, threads)
+    if kernel.anchor is not None and conv_gemm.choose(kernel.anchor, target, conv):
+        return conv_gemm.scratch_bytes(kernel, target, threads)
     return opaque.scratch_bytes(kernel, target)
 
 
@@ -89,18 +91,19 @@ def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
 
 
 def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
-                 entry: str = ENTRY, threads: int = 1, profile: bool = False
-                 ) -> GeneratedModule:
+                 entry: str = ENTRY, threads: int = 1, profile: bool = False,
+                 conv: str = "auto") -> GeneratedModule:
     """Generate the LLVM module for a planned program (verified by the caller via LLVM).
 
     `entry` names the entry-point symbol; exported libraries give each model its own so
-    that two of them can be linked or loaded into one process.
+    that two of them can be linked or loaded into one process. `conv` is
+    `CompileOptions.conv_algorithm`.
     """
     program = plan.program
     module = ir.Module(name=name)
     module.triple = target.triple
     table = _table(plan)
-    scratch = max((scratch_bytes(k, target, threads) for k in program.kernels), default=0)
+    scratch = max((scratch_bytes(k, target, threads, conv) for k in program.kernels), default=0)
     scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
     arena_bytes = scratch_offset + scratch
 
@@ -109,10 +112,10 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     shared: dict[tuple, ir.Function] = {}
     kernel_fns = []
     for k in program.kernels:
-        needs_scratch = scratch_bytes(k, target, threads) > 0
+        needs_scratch = scratch_bytes(k, target, threads, conv) > 0
         key = kernel_key(plan, k, needs_scratch)
         if key not in shared:
-            shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads)
+            shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads, conv)
         kernel_fns.append(shared[key])
 
     entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
@@ -143,7 +146,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
         args = [pointer(plan.location[k.root])]
         args += [pointer(plan.buffer_of(n)) for n in k.inputs]
-        if scratch_bytes(k, target, threads) > 0:
+        if scratch_bytes(k, target, threads, conv) > 0:
             args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
                               source_etype=I8))
         if counters is None:
@@ -202,7 +205,7 @@ def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
 
 
 def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
-                 needs_scratch: bool, threads: int) -> ir.Function:
+                 needs_scratch: bool, threads: int, conv: str) -> ir.Function:
     n_args = 1 + len(kernel.inputs) + (1 if needs_scratch else 0)
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), kernel.name)
     fn.linkage = "internal"
@@ -220,7 +223,7 @@ def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Ta
     for i, n in enumerate(kernel.inputs):
         ptrs[n] = fn.args[1 + i]
     scratch = fn.args[-1] if needs_scratch else None
-    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads)
+    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads, conv)
     _emitter(kernel)(ctx)
     ctx.b.ret_void()
     return fn

@@ -28,18 +28,26 @@ Body = Callable[[KernelContext, ir.Value, ir.Value], None]
 CHUNKS_PER_THREAD = 4
 
 
-def parallel_range(ctx: KernelContext, n: int, grain: int, body: Body, align: int = 1) -> None:
-    """Run `body` over [0, n) in parallel chunks of at least `grain` (see module doc)."""
-    threads = ctx.threads
+def split_plan(n: int, grain: int, threads: int, align: int = 1) -> tuple[int, int] | None:
+    """(chunk, tasks) of the split `parallel_range` makes of [0, n), or None when it runs
+    the body inline. Task t covers [t*chunk, min((t+1)*chunk, n)), so a body that needs
+    per-task scratch finds its task as start // chunk."""
     if threads <= 1 or n < 2 * grain:
-        body(ctx, ir.Constant(I64, 0), ir.Constant(I64, n))
-        return
+        return None
     chunk = max(grain, -(-n // (threads * CHUNKS_PER_THREAD)))
     chunk = -(-chunk // align) * align
     ntasks = -(-n // chunk)
-    if ntasks <= 1:
+    return None if ntasks <= 1 else (chunk, ntasks)
+
+
+def parallel_range(ctx: KernelContext, n: int, grain: int, body: Body, align: int = 1) -> None:
+    """Run `body` over [0, n) in parallel chunks of at least `grain` (see module doc)."""
+    threads = ctx.threads
+    split = split_plan(n, grain, threads, align)
+    if split is None:
         body(ctx, ir.Constant(I64, 0), ir.Constant(I64, n))
         return
+    chunk, ntasks = split
     module = ctx.module
     parent = ctx.b.block.function
     task = ir.Function(module, TASK_FN, f"{parent.name}.task")
@@ -64,7 +72,8 @@ def parallel_range(ctx: KernelContext, n: int, grain: int, body: Body, align: in
         loaded.append(tb.load(addr, typ=PTR))
     ptrs = dict(zip(nodes, loaded))
     scratch = loaded[-1] if ctx.scratch is not None else None
-    sub = KernelContext(tb, ctx.target, ctx.program, ctx.kernel, ptrs, scratch, ctx.threads)
+    sub = KernelContext(tb, ctx.target, ctx.program, ctx.kernel, ptrs, scratch, ctx.threads,
+                        ctx.conv_algorithm)
     start = tb.mul(t, ir.Constant(I64, chunk))
     end = tb.add(start, ir.Constant(I64, chunk))
     over = tb.icmp_signed(">", end, ir.Constant(I64, n))

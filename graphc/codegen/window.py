@@ -150,11 +150,13 @@ def scatter(b: ir.IRBuilder, ptr: ir.Value, dtype: DType, offsets: ir.Value,
                 mask])
 
 
-def memset_zero(b: ir.IRBuilder, ptr: ir.Value, nbytes: int) -> None:
-    if nbytes <= 0:
+def memset_zero(b: ir.IRBuilder, ptr: ir.Value, nbytes: int | ir.Value) -> None:
+    """Zero `nbytes` (a constant, or an i64 computed at run time) bytes at `ptr`."""
+    if isinstance(nbytes, int) and nbytes <= 0:
         return
     fn = intrinsic(b.module, "llvm.memset", VOID, [PTR, I8, I64, I1], [PTR, I64])
-    b.call(fn, [ptr, ir.Constant(I8, 0), i64(nbytes), ir.Constant(I1, 0)])
+    size = i64(nbytes) if isinstance(nbytes, int) else nbytes
+    b.call(fn, [ptr, ir.Constant(I8, 0), size, ir.Constant(I1, 0)])
 
 
 def const_splat(dtype: DType, value: float, lanes: int) -> ir.Constant:

@@ -1,0 +1,72 @@
+"""The im2col + GEMM convolution path: its choice, and identical results for any thread count.
+
+Its values on the full shape grid (strides, pads, dilation, groups, depthwise, 1x1, float32
+and float64, with epilogues) are checked in tests/test_codegen_ops.py, which runs every
+convolution through both lowerings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.codegen import conv_gemm
+from graphc.codegen.target import host_target
+from graphc.options import CompileOptions
+
+
+def _conv(x: tuple[int, ...], out_ch: int, k: int, **kw: object) -> gc.Node:
+    with gc.Graph("probe"):
+        w = gc.placeholder((out_ch, x[1] // int(kw.get("groups", 1)), k, k))  # type: ignore
+        return gc.conv2d(gc.placeholder(x), w, **kw)
+
+
+def test_auto_takes_the_gemm_on_narrow_rows_with_many_channels() -> None:
+    target = host_target()
+    narrow = _conv((8, 128, 4, 4), 128, 3, padding=1)
+    wide = _conv((8, 32, 32, 32), 32, 3, padding=1)
+    few_channels = _conv((8, 4, 4, 4), 8, 3, padding=1)
+    assert conv_gemm.choose(narrow, target)
+    assert not conv_gemm.choose(wide, target)
+    assert not conv_gemm.choose(few_channels, target)
+    assert conv_gemm.choose(wide, target, "gemm")
+    assert not conv_gemm.choose(narrow, target, "direct")
+    with gc.Graph("probe"):
+        other = gc.relu(gc.placeholder((3, 4)))
+    assert not conv_gemm.choose(other, target, "gemm")
+
+
+def test_bad_algorithm_is_rejected() -> None:
+    with pytest.raises(gc.GraphcError, match="conv_algorithm"):
+        CompileOptions(conv_algorithm="winograd")
+
+
+@pytest.fixture(scope="module")
+def training_graph() -> tuple[gc.Graph, list[gc.Node], list[gc.Node], np.ndarray]:
+    rng = np.random.default_rng(0)
+    xv = rng.standard_normal((4, 32, 6, 6)).astype(np.float32)
+    with gc.Graph("conv_gemm") as g:
+        x = gc.placeholder(xv.shape, "float32", name="x")
+        w = gc.variable(rng.standard_normal((32, 32, 3, 3)).astype(np.float32) * 0.1, name="w")
+        b = gc.variable(rng.standard_normal(32).astype(np.float32), name="b")
+        y = gc.relu(gc.conv2d(x, w, padding=1, bias=b))
+        gx, gw = gc.grad(gc.sum(y * y), [x, w])
+    return g, [x], [y, gx, gw], xv
+
+
+def test_gemm_path_splits_work_and_gives_identical_bits_for_any_thread_count(
+        training_graph: tuple[gc.Graph, list[gc.Node], list[gc.Node], np.ndarray]) -> None:
+    g, ins, outs, xv = training_graph
+    # The shape is big enough that every op really is split across two threads.
+    for node in gc.ir.ancestors(outs):
+        if node.op in conv_gemm.OPS:
+            assert conv_gemm._split(node, host_target(), 2).tasks == 2, node.op
+    results = []
+    for threads in (1, 2):
+        opts = CompileOptions(cache_dir=None, threads=threads, conv_algorithm="gemm")
+        results.append(gc.compile(g, ins, outs, options=opts)(xv))
+    expected = gc.reference(g, ins, outs)(xv)
+    for one, two, ref in zip(*results, expected):
+        np.testing.assert_array_equal(one, two)
+        np.testing.assert_allclose(one, ref, rtol=2e-4, atol=2e-4)
