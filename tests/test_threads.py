@@ -20,7 +20,10 @@ def _program() -> tuple[gc.Graph, list[gc.Node], list[gc.Node]]:
         x = gc.placeholder((256, 384), gc.float32, name="x")
         w = gc.variable(gc.init.glorot_uniform((384, 256), seed=0), name="w")
         h = gc.tanh(x @ w + 0.25)
-        outs = [h, gc.sum(h, axis=0), gc.max(h, axis=1), gc.exp(x) * 0.5]
+        xb = gc.reshape(x, (4, 64, 384))
+        # A batched matmul: its GEMMs are split across threads, each task whole GEMMs.
+        gram = gc.relu(gc.matmul(xb, xb, transpose_b=True) - 1.0)
+        outs = [h, gc.sum(h, axis=0), gc.max(h, axis=1), gc.exp(x) * 0.5, gram]
     return g, [x], outs
 
 

@@ -18,7 +18,7 @@ from graphc.codegen.expr import strides
 from graphc.codegen.gemm import GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.index import Idx
 from graphc.codegen.loops import for_range
-from graphc.codegen.parallel import parallel_range
+from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
 from graphc.codegen.types import I64, storage_type
 from graphc.passes.fuse import Kernel, KernelKind
@@ -70,11 +70,27 @@ def split(kernel: Kernel, threads: int) -> Split | None:
     return None
 
 
+def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:
+    """(chunk, tasks) when a batched matmul runs its batch of GEMMs in parallel (each task
+    whole GEMMs, so results do not depend on the thread count), else None."""
+    anchor = kernel.anchor
+    assert anchor is not None
+    batch = math.prod(anchor.shape[:-2])
+    spec = gemm_spec(kernel)
+    macs = spec.m * spec.n * spec.k
+    if threads <= 1 or anchor.ndim <= 2 or batch * macs < PARALLEL_MACS:
+        return None
+    # A task of at least a quarter of the threshold: enough to amortize its wake-up.
+    return split_plan(batch, max(1, -(-(PARALLEL_MACS // 4) // max(macs, 1))), threads)
+
+
 def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
     s = split(kernel, threads)
-    if s is None:
-        return gemm_spec(kernel).scratch_bytes(target)
-    return _aligned(s.spec.scratch_bytes(target)) * s.tasks
+    if s is not None:
+        return _aligned(s.spec.scratch_bytes(target)) * s.tasks
+    per_gemm = gemm_spec(kernel).scratch_bytes(target)
+    bs = batch_split(kernel, threads)
+    return per_gemm if bs is None or per_gemm == 0 else _aligned(per_gemm) * bs[1]
 
 
 def epilogue_writes_once(kernel: Kernel, target: Target) -> bool:
@@ -115,10 +131,11 @@ def emit_matmul(ctx: KernelContext) -> None:
     b_strides = _batch_strides(bnode.shape, out_batch)
     c_strides = [s * spec.m * spec.n for s in strides(out_batch)] if out_batch else []
     elem = storage_type(anchor.dtype)
-    builder = ctx.b
     root = kernel.root
 
-    def one(batch_idx: list[ir.Value]) -> None:
+    def one(c: KernelContext, batch_idx: list[ir.Value], scratch: ir.Value | None) -> None:
+        builder = c.b
+
         def offset(ptr: ir.Value, per_dim: list[int]) -> ir.Value:
             total: ir.Value = ir.Constant(I64, 0)
             for i, s in zip(batch_idx, per_dim):
@@ -126,26 +143,26 @@ def emit_matmul(ctx: KernelContext) -> None:
                     total = builder.add(total, builder.mul(i, ir.Constant(I64, s)))
             return builder.gep(ptr, [total], inbounds=True, source_etype=elem)
 
-        pa = offset(ctx.ptr(a), a_strides)
-        pb = offset(ctx.ptr(bnode), b_strides)
-        pc = offset(ctx.out, c_strides)
+        pa = offset(c.ptr(a), a_strides)
+        pb = offset(c.ptr(bnode), b_strides)
+        pc = offset(c.out, c_strides)
         epilogue = None
         if root is not anchor:
             def epilogue(b: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
                          lanes: int) -> ir.Value:
-                ev = ctx.evaluator(lanes, overrides={anchor: acc})
+                ev = c.evaluator(lanes, overrides={anchor: acc})
                 ev.b = b
                 ev.ix.b = b
                 idx = [Idx(i) for i in batch_idx] + [Idx(row), Idx(col, 1 if lanes > 1 else 0)]
                 return ev.at(root, idx)
 
-        emit_gemm(builder, spec, pa, pb, pc, ctx.scratch, ctx.target, epilogue)
+        emit_gemm(builder, spec, pa, pb, pc, scratch, c.target, epilogue)
 
     def level(d: int, prefix: list[ir.Value]) -> None:
         if d == len(out_batch):
-            one(prefix)
+            one(ctx, prefix, ctx.scratch)
             return
-        with for_range(builder, 0, out_batch[d], 1, name=f"batch{d}") as i:
+        with for_range(ctx.b, 0, out_batch[d], 1, name=f"batch{d}") as i:
             level(d + 1, [*prefix, i])
 
     if math.prod(anchor.shape) == 0:
@@ -154,7 +171,32 @@ def emit_matmul(ctx: KernelContext) -> None:
     if s is not None:
         _emit_split(ctx, s)
         return
-    level(0, [])
+    bs = batch_split(kernel, ctx.threads)
+    if bs is None:
+        level(0, [])
+        return
+    chunk, _ = bs
+    per_task = _aligned(spec.scratch_bytes(ctx.target))
+
+    def tasks(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        scratch = None
+        if per_task:
+            assert c.scratch is not None
+            task = b.sdiv(start, ir.Constant(I64, chunk))
+            scratch = b.gep(c.scratch, [b.mul(task, ir.Constant(I64, per_task))],
+                            inbounds=True, source_etype=ir.IntType(8))
+        with for_range(b, start, stop, 1, name="batch") as flat:
+            # The flat batch index back to one index per batch dimension (row-major).
+            idx, rest = [], flat
+            for d, size in enumerate(strides(out_batch)):
+                idx.append(b.sdiv(rest, ir.Constant(I64, size)) if d < len(out_batch) - 1
+                           else rest)
+                if d < len(out_batch) - 1:
+                    rest = b.srem(rest, ir.Constant(I64, size))
+            one(c, idx, scratch)
+
+    parallel_range(ctx, math.prod(out_batch), chunk, tasks)
 
 
 def _emit_split(ctx: KernelContext, s: Split) -> None:
