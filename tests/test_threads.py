@@ -23,7 +23,13 @@ def _program() -> tuple[gc.Graph, list[gc.Node], list[gc.Node]]:
         xb = gc.reshape(x, (4, 64, 384))
         # A batched matmul: its GEMMs are split across threads, each task whole GEMMs.
         gram = gc.relu(gc.matmul(xb, xb, transpose_b=True) - 1.0)
-        outs = [h, gc.sum(h, axis=0), gc.max(h, axis=1), gc.exp(x) * 0.5, gram]
+        # Pooling and its gradients: the (n, c) planes are split across threads.
+        planes = gc.reshape(x, (4, 8, 48, 64))
+        pooled = gc.max_pool2d(planes, 3, stride=2, padding=1)
+        averaged = gc.avg_pool2d(planes, 2, count_include_pad=False)
+        (dx,) = gc.grad(gc.sum(pooled * pooled) + gc.sum(averaged * averaged), [x])
+        outs = [h, gc.sum(h, axis=0), gc.max(h, axis=1), gc.exp(x) * 0.5, gram, pooled,
+                averaged, dx]
     return g, [x], outs
 
 

@@ -26,7 +26,9 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
 from graphc.codegen.index import splat
+from graphc.codegen.kernels import PARALLEL_GRAIN
 from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.parallel import parallel_range
 from graphc.codegen.types import I1, I32, I64, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
@@ -76,12 +78,14 @@ class Pool:
     def plane(self, ptr: ir.Value, idx: ir.Value, size: int) -> ir.Value:
         return element_ptr(self.b, ptr, self.dtype, self.b.mul(idx, i64(size)))
 
-    def rows(self, body: RowBody) -> None:
-        """body(...) for every chunk of every output row of every plane."""
+    def rows(self, body: RowBody, planes: tuple[ir.Value, ir.Value] | None = None) -> None:
+        """body(...) for every chunk of every output row of the planes [lo, hi) (default:
+        all of them)."""
         b = self.b
         if self.n * self.c * self.ho * self.wo == 0:
             return
-        with for_range(b, 0, self.n * self.c, 1, name="nc") as nc, \
+        lo, hi = planes if planes is not None else (i64(0), i64(self.n * self.c))
+        with for_range(b, lo, hi, 1, name="nc") as nc, \
                 for_range(b, 0, self.ho, 1, name="p") as p:
             emit_chunks(b, self.plan, lambda q0, checked, limit: body(nc, p, q0, checked,
                                                                       limit))
@@ -118,7 +122,7 @@ def _takes(b: ir.IRBuilder, v: ir.Value, cur: ir.Value) -> ir.Value:
     return b.and_(b.fcmp_unordered(">", v, cur), b.fcmp_ordered("ord", cur, cur))
 
 
-def _max_pool(ctx: KernelContext) -> None:
+def _max_pool(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> None:
     """Window maxima. The running max is a plain `v > cur` select (one vmaxps) in two
     independent partial accumulators (alternate taps), NaNs tracked in a separate mask:
     the NaN-aware select of `_takes` would chain ~8 cycles of latency per tap."""
@@ -152,7 +156,7 @@ def _max_pool(ctx: KernelContext) -> None:
         value = b.select(b.load(nan), const_splat(pool.dtype, float("nan"), pool.lanes), value)
         pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
-    pool.rows(chunk)
+    pool.rows(chunk, planes)
 
 
 def window_argmax(ctx: KernelContext, pool: Pool, x_plane: ir.Value, p: ir.Value, q0: ir.Value,
@@ -198,7 +202,7 @@ def iota32(lanes: int, step: int) -> ir.Constant:
                                                    for t in range(lanes)])
 
 
-def _max_pool_gather(ctx: KernelContext) -> None:
+def _max_pool_gather(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     x, h = node.inputs
@@ -218,7 +222,7 @@ def _max_pool_gather(ctx: KernelContext) -> None:
                        const_splat(pool.dtype, 0.0, pool.lanes))
         pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
-    pool.rows(chunk)
+    pool.rows(chunk, planes)
 
 
 def divisor(pool: Pool, p: ir.Value, q0: ir.Value) -> ir.Value:
@@ -244,7 +248,7 @@ def divisor(pool: Pool, p: ir.Value, q0: ir.Value) -> ir.Value:
     return b.sitofp(n, pool.vt)
 
 
-def _avg_pool(ctx: KernelContext) -> None:
+def _avg_pool(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> None:
     """Window sums (two partial sums over alternate taps, for latency) over the divisor."""
     node = ctx.kernel.anchor
     assert node is not None
@@ -269,11 +273,28 @@ def _avg_pool(ctx: KernelContext) -> None:
         value = b.fdiv(b.fadd(b.load(total[0]), b.load(total[1])), divisor(pool, p, q0))
         pool.store_out(pool.plane(ctx.out, nc, pool.ho * pool.wo), p, q0, limit, value)
 
-    pool.rows(chunk)
+    pool.rows(chunk, planes)
+
+
+PlanesLowering = Callable[[KernelContext, tuple[ir.Value, ir.Value]], None]
+
+
+def by_planes(lower: PlanesLowering) -> Callable[[KernelContext], None]:
+    """The kernel of a pooling op, its (n, c) planes split across threads. Planes are
+    independent, so results do not depend on the thread count."""
+    def kernel(ctx: KernelContext) -> None:
+        node = ctx.kernel.anchor
+        assert node is not None
+        n, c = (node.shape if node.op.endswith("_grad") else node.inputs[0].shape)[:2]
+        kh, kw = Window.from_attrs(node.attrs, dilated=False).kernel
+        work = max(1, node.size // max(n * c, 1)) * kh * kw
+        parallel_range(ctx, n * c, max(1, -(-PARALLEL_GRAIN // work)),
+                       lambda sub, lo, hi: lower(sub, (lo, hi)))
+    return kernel
 
 
 LOWER = {
-    "max_pool2d": _max_pool,
-    "max_pool2d_gather": _max_pool_gather,
-    "avg_pool2d": _avg_pool,
+    "max_pool2d": by_planes(_max_pool),
+    "max_pool2d_gather": by_planes(_max_pool_gather),
+    "avg_pool2d": by_planes(_avg_pool),
 }

@@ -18,7 +18,7 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.index import splat
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.pool import Pool, check_plane, divisor, window_argmax
+from graphc.codegen.pool import Pool, by_planes, check_plane, divisor, window_argmax
 from graphc.codegen.target import Target
 from graphc.codegen.types import I32, storage_type
 from graphc.codegen.window import (
@@ -41,7 +41,7 @@ from graphc.ir import DType
 from graphc.passes.fuse import Kernel
 
 
-def _max_pool_grad(ctx: KernelContext) -> None:
+def _max_pool_grad(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> None:
     """Pass 1: each window's argmax offset (i32, -1 for padding) into scratch. Pass 2: each
     dx chunk sums g over the windows whose argmax it is (see `_transposed`)."""
     node = ctx.kernel.anchor
@@ -63,7 +63,7 @@ def _max_pool_grad(ctx: KernelContext) -> None:
         row = element_ptr(b, where, i32, lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)]))
         Run(b, pool.lanes, q0, 1, pool.wo, False, limit).store(row, i32, at)
 
-    pool.rows(first)
+    pool.rows(first, planes)
 
     def contribution(nc: ir.Value, p: ir.Value, run: Run, positions: ir.Value) -> ir.Value:
         row = lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)])
@@ -73,11 +73,12 @@ def _max_pool_grad(ctx: KernelContext) -> None:
         hit = b.icmp_signed("==", won, b.trunc(positions, ir.VectorType(I32, lanes)))
         return b.select(hit, gv, const_splat(pool.dtype, 0.0, lanes))
 
-    _transposed(ctx, pool, contribution)
+    _transposed(ctx, pool, contribution, planes)
 
 
 def _transposed(ctx: KernelContext, pool: Pool,
-                contribution: Callable[[ir.Value, ir.Value, Run, ir.Value], ir.Value]) -> None:
+                contribution: Callable[[ir.Value, ir.Value, Run, ir.Value], ir.Value],
+                planes: tuple[ir.Value, ir.Value]) -> None:
     """dx[nc, y, x] = sum of contribution(nc, p, run of q, positions) over the windows
     (p, q) that contain (y, x), in the reference's kernel-offset order (so the sums round
     alike). Vectorized over x by column phases (`transposed_phases`): contiguous loads of
@@ -90,7 +91,7 @@ def _transposed(ctx: KernelContext, pool: Pool,
     acc = entry_alloca(b, ir.VectorType(storage_type(dtype), lanes), name="acc")
     if pool.n * pool.c * pool.h * pool.w == 0:
         return
-    with for_range(b, 0, pool.n * pool.c, 1, name="nc") as nc, \
+    with for_range(b, planes[0], planes[1], 1, name="nc") as nc, \
             for_range(b, 0, pool.h, 1, name="y") as y:
         dx_row = element_ptr(b, ctx.out, dtype, lin(b, [(nc, pool.h * pool.w), (y, pool.w)]))
         for phase in phases:
@@ -123,7 +124,7 @@ def _transposed(ctx: KernelContext, pool: Pool,
             emit_chunks(b, plan, chunk)
 
 
-def _avg_pool_grad(ctx: KernelContext) -> None:
+def _avg_pool_grad(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> None:
     """Pass 1: share = g / divisor into scratch (the reference's rounding). Pass 2: each dx
     chunk sums the shares of the windows containing it (see `_transposed`)."""
     node = ctx.kernel.anchor
@@ -142,13 +143,13 @@ def _avg_pool_grad(ctx: KernelContext) -> None:
         pool.store_out(pool.plane(share, nc, pool.ho * pool.wo), p, q0, limit,
                        b.fdiv(gv, divisor(pool, p, q0)))
 
-    pool.rows(first)
+    pool.rows(first, planes)
 
     def contribution(nc: ir.Value, p: ir.Value, run: Run, _positions: ir.Value) -> ir.Value:
         row = lin(b, [(nc, pool.ho * pool.wo), (p, pool.wo)])
         return run.load(element_ptr(b, share, pool.dtype, row), pool.dtype, 0.0)
 
-    _transposed(ctx, pool, contribution)
+    _transposed(ctx, pool, contribution, planes)
 
 
 def _scratch_like_output(kernel: Kernel, target: Target) -> int:
@@ -161,4 +162,5 @@ def _scratch_like_output(kernel: Kernel, target: Target) -> int:
 SCRATCH = {"max_pool2d_grad": _scratch_like_output, "avg_pool2d_grad": _scratch_like_output}
 
 
-LOWER = {"max_pool2d_grad": _max_pool_grad, "avg_pool2d_grad": _avg_pool_grad}
+LOWER = {"max_pool2d_grad": by_planes(_max_pool_grad),
+         "avg_pool2d_grad": by_planes(_avg_pool_grad)}
