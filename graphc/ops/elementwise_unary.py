@@ -1,0 +1,316 @@
+"""Unary elementwise ops: math functions, activations, rounding, `logical_not`, and `cast`.
+
+Each op is one `OpDef` made by `_unary` (same shape; the input's dtype unless `out` is given)
+next to its builder function and its gradient rule. References are numerically stable
+(sigmoid and softplus never exponentiate a large positive argument).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from graphc.builder import Operand, apply
+from graphc.errors import AttrError
+from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ops import elementwise_select as _select_ops
+from graphc.ops.opdef import Fusion, GradRule, OpDef
+from graphc.ops.typecheck import FLOATS, NUMERIC, check_dtype
+
+__all__ = [
+    "abs",
+    "cast",
+    "ceil",
+    "cos",
+    "elu",
+    "erf",
+    "exp",
+    "expm1",
+    "floor",
+    "gelu",
+    "leaky_relu",
+    "log",
+    "log1p",
+    "logical_not",
+    "neg",
+    "reciprocal",
+    "relu",
+    "round",
+    "rsqrt",
+    "selu",
+    "sigmoid",
+    "sign",
+    "sin",
+    "softplus",
+    "sqrt",
+    "square",
+    "tanh",
+]
+
+OPS: list[OpDef] = []
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+_erf_scalar = np.frompyfunc(math.erf, 1, 1)
+
+
+def _np_erf(x: np.ndarray) -> np.ndarray:
+    """erf via math.erf (correctly rounded in float64); numpy has none."""
+    return np.asarray(_erf_scalar(x.astype(np.float64)), dtype=np.float64).astype(x.dtype)
+
+
+# --- unary ----------------------------------------------------------------------------------
+
+def _unary_infer(allowed: frozenset[DType], out: DType | None = None):
+    def infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
+        check_dtype(types[0], allowed, "x")
+        return TensorType(types[0].shape, out or types[0].dtype)
+
+    return infer
+
+
+def _unary(
+    name: str,
+    fn: Callable[..., np.ndarray],
+    grad: GradRule | None,
+    allowed: frozenset[DType] = FLOATS,
+    out: DType | None = None,
+    doc: str = "",
+) -> OpDef:
+    def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+        return np.asarray(fn(arrays[0], **dict(attrs)))
+
+    op = OpDef(name, "elementwise", 1, _unary_infer(allowed, out), reference,
+               Fusion.ELEMENTWISE, grad, doc=doc)
+    OPS.append(op)
+    return op
+
+
+def _relu_ref(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, np.zeros((), x.dtype))
+
+
+def _elu_ref(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))).astype(x.dtype)
+
+
+def _selu_ref(x: np.ndarray) -> np.ndarray:
+    neg = SELU_ALPHA * np.expm1(np.minimum(x, 0))
+    return (SELU_SCALE * np.where(x > 0, x, neg)).astype(x.dtype)
+
+
+def _gelu_ref(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        u = _SQRT_2_OVER_PI * (x + _GELU_C * x**3)
+        return (0.5 * x * (1 + np.tanh(u))).astype(x.dtype)
+    return (0.5 * x * (1 + _np_erf(x / math.sqrt(2.0)))).astype(x.dtype)
+
+
+def _softplus_ref(x: np.ndarray) -> np.ndarray:
+    return (np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)).astype(x.dtype)
+
+
+def _sigmoid_ref(x: np.ndarray) -> np.ndarray:
+    # Stable for both signs: exp never sees a large positive argument.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+def _rsqrt_ref(x: np.ndarray) -> np.ndarray:
+    return (1 / np.sqrt(x)).astype(x.dtype)
+
+
+def _reciprocal_ref(x: np.ndarray) -> np.ndarray:
+    return (1 / x).astype(x.dtype)
+
+
+NEG = _unary("neg", np.negative, lambda n, g: [neg(g)], NUMERIC, doc="-x")
+ABS = _unary("abs", np.abs, lambda n, g: [g * sign(n.inputs[0])], NUMERIC, doc="|x|")
+SIGN = _unary("sign", np.sign, None, NUMERIC, doc="-1, 0 or 1")
+EXP = _unary("exp", np.exp, lambda n, g: [g * n], doc="e**x")
+LOG = _unary("log", np.log, lambda n, g: [g / n.inputs[0]], doc="natural logarithm")
+LOG1P = _unary("log1p", np.log1p, lambda n, g: [g / (n.inputs[0] + 1.0)], doc="log(1+x)")
+EXPM1 = _unary("expm1", np.expm1, lambda n, g: [g * (n + 1.0)], doc="exp(x)-1")
+SQRT = _unary("sqrt", np.sqrt, lambda n, g: [g / (n * 2.0)], doc="square root")
+RSQRT = _unary("rsqrt", _rsqrt_ref, lambda n, g: [g * (n * n * n) * -0.5], doc="1/sqrt(x)")
+SQUARE = _unary("square", np.square, lambda n, g: [g * n.inputs[0] * 2.0], NUMERIC, doc="x*x")
+RECIPROCAL = _unary("reciprocal", _reciprocal_ref, lambda n, g: [-(g * n * n)], doc="1/x")
+SIN = _unary("sin", np.sin, lambda n, g: [g * cos(n.inputs[0])], doc="sine")
+COS = _unary("cos", np.cos, lambda n, g: [-(g * sin(n.inputs[0]))], doc="cosine")
+TANH = _unary("tanh", np.tanh, lambda n, g: [g * (1.0 - n * n)], doc="hyperbolic tangent")
+SIGMOID = _unary("sigmoid", _sigmoid_ref, lambda n, g: [g * n * (1.0 - n)],
+                 doc="1/(1+exp(-x)), computed stably")
+RELU = _unary("relu", _relu_ref, lambda n, g: [_select_ops.where(n.inputs[0] > 0, g, 0.0)],
+              doc="max(x, 0)")
+LEAKY_RELU = _unary(
+    "leaky_relu",
+    lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)).astype(x.dtype),
+    lambda n, g: [_select_ops.where(n.inputs[0] > 0, g, g * n.attrs["alpha"])],
+    doc="x if x > 0 else alpha*x",
+)
+ELU = _unary(
+    "elu", _elu_ref,
+    lambda n, g: [_select_ops.where(n.inputs[0] > 0, g, g * (n + n.attrs["alpha"]))],
+    doc="x if x > 0 else alpha*(exp(x)-1)",
+)
+SELU = _unary(
+    "selu", _selu_ref,
+    lambda n, g: [_select_ops.where(n.inputs[0] > 0, g * SELU_SCALE,
+                                    g * (n + SELU_SCALE * SELU_ALPHA))],
+    doc="scale*elu(x, alpha) with the self-normalizing constants",
+)
+
+
+def _gelu_grad(n: Node, g: Node) -> list[Node]:
+    x = n.inputs[0]
+    if n.attrs["approximate"] == "tanh":
+        t = tanh((x + x * x * x * _GELU_C) * _SQRT_2_OVER_PI)
+        du = (x * x * (3.0 * _GELU_C) + 1.0) * _SQRT_2_OVER_PI
+        return [g * ((t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * du)]
+    cdf = (erf(x * (1 / math.sqrt(2.0))) + 1.0) * 0.5
+    pdf = exp(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+    return [g * (cdf + x * pdf)]
+
+
+GELU = _unary("gelu", _gelu_ref, _gelu_grad,
+              doc="x*Phi(x); approximate='tanh' uses the tanh formula")
+SOFTPLUS = _unary("softplus", _softplus_ref, lambda n, g: [g * sigmoid(n.inputs[0])],
+                  doc="log(1+exp(x)), computed stably")
+ERF = _unary("erf", _np_erf,
+             lambda n, g: [g * exp(-(n.inputs[0] * n.inputs[0])) * (2 / math.sqrt(math.pi))],
+             doc="the error function")
+FLOOR = _unary("floor", np.floor, None, doc="round toward -inf (zero gradient)")
+CEIL = _unary("ceil", np.ceil, None, doc="round toward +inf (zero gradient)")
+ROUND = _unary("round", np.round, None, doc="round half to even (zero gradient)")
+LOGICAL_NOT = _unary("logical_not", np.logical_not, None, frozenset({DType.bool}),
+                     doc="not x (bool)")
+
+
+def _cast_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
+    return TensorType(types[0].shape, attrs["dtype"])
+
+
+def _cast_grad(n: Node, g: Node) -> list[Node | None]:
+    source = n.inputs[0].dtype
+    return [cast(g, source)] if source.is_float and n.dtype.is_float else [None]
+
+
+CAST = OpDef("cast", "elementwise", 1, _cast_infer,
+             lambda a, attrs: a[0].astype(attrs["dtype"].np), Fusion.ELEMENTWISE, _cast_grad,
+             doc="convert to dtype (float->int truncates toward zero)")
+OPS.append(CAST)
+
+
+def neg(x: Operand, name: str | None = None) -> Node:
+    return apply(NEG, [x], name=name)
+
+
+def abs(x: Operand, name: str | None = None) -> Node:
+    return apply(ABS, [x], name=name)
+
+
+def sign(x: Operand, name: str | None = None) -> Node:
+    return apply(SIGN, [x], name=name)
+
+
+def exp(x: Operand, name: str | None = None) -> Node:
+    return apply(EXP, [x], name=name)
+
+
+def log(x: Operand, name: str | None = None) -> Node:
+    return apply(LOG, [x], name=name)
+
+
+def log1p(x: Operand, name: str | None = None) -> Node:
+    return apply(LOG1P, [x], name=name)
+
+
+def expm1(x: Operand, name: str | None = None) -> Node:
+    return apply(EXPM1, [x], name=name)
+
+
+def sqrt(x: Operand, name: str | None = None) -> Node:
+    return apply(SQRT, [x], name=name)
+
+
+def rsqrt(x: Operand, name: str | None = None) -> Node:
+    return apply(RSQRT, [x], name=name)
+
+
+def square(x: Operand, name: str | None = None) -> Node:
+    return apply(SQUARE, [x], name=name)
+
+
+def reciprocal(x: Operand, name: str | None = None) -> Node:
+    return apply(RECIPROCAL, [x], name=name)
+
+
+def sin(x: Operand, name: str | None = None) -> Node:
+    return apply(SIN, [x], name=name)
+
+
+def cos(x: Operand, name: str | None = None) -> Node:
+    return apply(COS, [x], name=name)
+
+
+def tanh(x: Operand, name: str | None = None) -> Node:
+    return apply(TANH, [x], name=name)
+
+
+def sigmoid(x: Operand, name: str | None = None) -> Node:
+    return apply(SIGMOID, [x], name=name)
+
+
+def relu(x: Operand, name: str | None = None) -> Node:
+    return apply(RELU, [x], name=name)
+
+
+def leaky_relu(x: Operand, alpha: float = 0.01, name: str | None = None) -> Node:
+    return apply(LEAKY_RELU, [x], {"alpha": float(alpha)}, name=name)
+
+
+def elu(x: Operand, alpha: float = 1.0, name: str | None = None) -> Node:
+    return apply(ELU, [x], {"alpha": float(alpha)}, name=name)
+
+
+def selu(x: Operand, name: str | None = None) -> Node:
+    return apply(SELU, [x], name=name)
+
+
+def gelu(x: Operand, approximate: str = "none", name: str | None = None) -> Node:
+    """GELU; `approximate` is "none" (erf form, the default) or "tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise AttrError(f"approximate must be 'none' or 'tanh', got {approximate!r}", op="gelu")
+    return apply(GELU, [x], {"approximate": approximate}, name=name)
+
+
+def softplus(x: Operand, name: str | None = None) -> Node:
+    return apply(SOFTPLUS, [x], name=name)
+
+
+def erf(x: Operand, name: str | None = None) -> Node:
+    return apply(ERF, [x], name=name)
+
+
+def floor(x: Operand, name: str | None = None) -> Node:
+    return apply(FLOOR, [x], name=name)
+
+
+def ceil(x: Operand, name: str | None = None) -> Node:
+    return apply(CEIL, [x], name=name)
+
+
+def round(x: Operand, name: str | None = None) -> Node:
+    return apply(ROUND, [x], name=name)
+
+
+def logical_not(x: Operand, name: str | None = None) -> Node:
+    return apply(LOGICAL_NOT, [x], name=name)
+
+
+def cast(x: Operand, dtype: DType | str, name: str | None = None) -> Node:
+    return apply(CAST, [x], {"dtype": DType.of(dtype)}, name=name)
