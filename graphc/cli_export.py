@@ -72,6 +72,10 @@ def add_subcommands(subparsers: Any) -> None:
                    help="embed the weights (default) or write NAME.bin beside the library")
     c.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=2,
                    help="LLVM optimization level (default 2)")
+    c.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="worker threads of the library (default 1: no background threads)")
+    c.add_argument("--conv-algorithm", choices=("auto", "direct", "gemm"), default="auto",
+                   help="how convolutions are computed (default auto: per layer)")
     c.set_defaults(handler=_compile)
 
     i = subparsers.add_parser("info", help="print the metadata of a library or a model")
@@ -141,7 +145,8 @@ def _is_library(spec: str) -> bool:
 
 def _compile(args: argparse.Namespace) -> int:
     graph = load_model(args.model)
-    options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level)
+    options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level, threads=args.threads,
+                      conv_algorithm=args.conv_algorithm)
     done = export(graph, args.output, **select(graph, args), name=args.name,
                   weights=args.weights, options=options)
     for path in (done.library, done.header, done.weights):

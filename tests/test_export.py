@@ -639,8 +639,10 @@ def test_cli_compile_info_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out.startswith("out: float32[2, 4]\n")
 
     trainlib = tmp_path / "libtinytrain.so"
-    assert main_export(["compile", spec, "--train", "-o", str(trainlib), "-O", "1"]) == 0
+    assert main_export(["compile", spec, "--train", "-o", str(trainlib), "-O", "1",
+                        "--threads", "2", "--conv-algorithm", "gemm"]) == 0
     assert read_metadata(trainlib)["trains"] is True
+    assert read_metadata(trainlib)["threads"] == 2
     assert main_export(["compile", spec, "--inputs", "x", "--outputs", "out,out",
                         "-o", str(tmp_path / "libtwo.so")]) == 0
     assert [p["name"] for p in read_metadata(tmp_path / "libtwo.so")["outputs"]] == \
