@@ -144,7 +144,10 @@ COS = _unary("cos", np.cos, lambda n, g: [-(g * sin(n.inputs[0]))], doc="cosine"
 TANH = _unary("tanh", np.tanh, lambda n, g: [g * (1.0 - n * n)], doc="hyperbolic tangent")
 SIGMOID = _unary("sigmoid", _sigmoid_ref, lambda n, g: [g * n * (1.0 - n)],
                  doc="1/(1+exp(-x)), computed stably")
-RELU = _unary("relu", _relu_ref, lambda n, g: [_select_ops.where(n.inputs[0] > 0, g, 0.0)],
+# The mask reads relu's output, not its input (x > 0 exactly where relu(x) > 0, NaN
+# included): then only relu reads x, so x's producer (a matmul, a conv) can take relu into
+# its epilogue instead of storing x for the backward pass.
+RELU = _unary("relu", _relu_ref, lambda n, g: [_select_ops.where(n > 0, g, 0.0)],
               doc="max(x, 0)")
 LEAKY_RELU = _unary(
     "leaky_relu",
