@@ -5,16 +5,24 @@
 
 Peers: graphc; numpy as is (here OpenBLAS is pinned to its Haswell/AVX2 kernel by
 OPENBLAS_CORETYPE) and `numpy-avx512`, the same with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
-unset in that child process only; torch when installed. Each child warms up, then times
-calls until `--repeat-seconds` have passed (at least 5 calls) and reports median, min and
-max. The table gives each peer's median and graphc's ratio to the fastest other peer
-(< 1 means graphc is faster). This is a benchmark: it prints figures, it asserts nothing.
+unset in that child process only; and, each when installed: torch (eager), `torch-compile`
+(the same torch functions under torch.compile, default mode, compiled and warmed up in setup;
+workloads_torch_compile.py), jax (workloads_jax.py) and `ort`, ONNX Runtime's CPU execution
+provider on the inference workloads (workloads_ort.py). Threads: torch.set_num_threads, ORT's
+intra_op_num_threads, XLA flags for jax at 1 thread, OMP/OpenBLAS/MKL_NUM_THREADS for all. Each
+child warms up, then times calls until `--repeat-seconds` have passed (at least 5 calls) and
+reports median, min and max. The table gives each peer's median and graphc's ratio to the
+fastest other peer (< 1 means graphc is faster). This is a benchmark: it prints figures, it
+asserts nothing (the ort and torch-compile setups do check their result against numpy/torch
+eager, and such a child fails, leaving its cell empty, rather than time a wrong peer).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -23,12 +31,31 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmarks.workloads import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ("graphc", "numpy", "numpy-avx512", "torch", "jax")
+PEERS = ("graphc", "numpy", "numpy-avx512", "torch", "torch-compile", "jax", "ort")
+# Peers implemented in their own module (a PEERS dict: workload key -> setup), and the
+# modules each peer needs installed to be run at all.
+PEER_MODULES = {"jax": "benchmarks.workloads_jax", "ort": "benchmarks.workloads_ort",
+                "torch-compile": "benchmarks.workloads_torch_compile"}
+REQUIRES = {"torch": ("torch",), "torch-compile": ("torch",), "jax": ("jax",),
+            "ort": ("onnxruntime", "onnx")}
 # What makes XLA's CPU backend use one thread (JAX has no set_num_threads).
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _peer_setups(peer: str, workload: Workload) -> dict[str, Callable[[int], Callable]]:
+    """The setups of `peer` by workload key: its own module's PEERS, or the workload's."""
+    if peer in PEER_MODULES:
+        return importlib.import_module(PEER_MODULES[peer]).PEERS
+    setup = workload.peers.get("numpy" if peer == "numpy-avx512" else peer)
+    return {} if setup is None else {workload.key: setup}
 
 
 def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
@@ -36,12 +63,7 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
     from benchmarks.workloads import WORKLOADS
 
     workload = next(w for w in WORKLOADS if w.key == workload_key)
-    if peer == "jax":
-        from benchmarks.workloads_jax import PEERS as JAX_PEERS
-
-        impl = JAX_PEERS[workload_key]
-    else:
-        impl = workload.peers["numpy" if peer == "numpy-avx512" else peer]
+    impl = _peer_setups(peer, workload)[workload_key]
     info: dict = {}
     if peer.startswith("numpy"):
         try:
@@ -55,6 +77,8 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     run = impl(threads)
     info["setup_s"] = time.perf_counter() - t0
+    if peer == "ort":
+        info["provider"] = ",".join(run.sess.get_providers())
     compile_workload = workload_key.startswith("compile")
     warmup = 0 if compile_workload else 3
     for _ in range(warmup):
@@ -66,7 +90,7 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
         t = time.perf_counter()
         result = run()
         elapsed = time.perf_counter() - t
-        # The torch.compile peer measures its own first call and returns the seconds.
+        # compile_cold's torch and jax runners time their own first call and return the seconds.
         times.append(result if compile_workload and isinstance(result, float) else elapsed)
     return {"median": statistics.median(times), "min": min(times), "max": max(times),
             "calls": len(times), **info}
@@ -106,7 +130,7 @@ def _versions() -> list[str]:
     import importlib.metadata as md
 
     out = []
-    for pkg in ("graphc", "numpy", "llvmlite", "torch", "jax", "onnxruntime"):
+    for pkg in ("graphc", "numpy", "llvmlite", "torch", "jax", "onnxruntime", "onnx"):
         try:
             out.append(f"{pkg} {md.version(pkg)}")
         except md.PackageNotFoundError:
@@ -114,10 +138,8 @@ def _versions() -> list[str]:
     return out
 
 
-def _available(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
+def _available(peer: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in REQUIRES.get(peer, ()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,27 +157,26 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.workloads import WORKLOADS
 
     only = {k for k in opts.only.split(",") if k}
-    peers = [p for p in PEERS if p not in ("torch", "jax") or _available(p)]
-    from benchmarks.workloads_jax import PEERS as JAX_PEERS
+    peers = [p for p in PEERS if _available(p)]
     lines = ["| workload | threads | " + " | ".join(peers) + " | graphc / fastest peer | "
              "graphc rate |", "|---|---|" + "---|" * (len(peers) + 2)]
     notes: dict[str, str] = {}
+    providers: set[str] = set()
     for w in WORKLOADS:
         if only and w.key not in only:
             continue
         for threads in (int(t) for t in opts.threads.split(",")):
             results: dict[str, dict] = {}
             for peer in peers:
-                impl_name = "numpy" if peer == "numpy-avx512" else peer
-                if peer == "jax" and w.key not in JAX_PEERS:
-                    continue
-                if peer != "jax" and impl_name not in w.peers:
+                if w.key not in _peer_setups(peer, w):
                     continue
                 r = _run_child(w.key, peer, threads, opts.repeat_seconds)
                 if r is not None:
                     results[peer] = r
                     if "kernel" in r:
                         notes[peer] = r["kernel"]
+                    if "provider" in r:
+                        providers.add(r["provider"])
             cells = []
             for peer in peers:
                 r = results.get(peer)
@@ -185,7 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
     header.append("Versions: " + ", ".join(_versions()))
     header.append("OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)") +
-                  " in this run; peers not installed are left out (ONNX Runtime is not).")
+                  " in this run; peers not installed are left out.")
+    if "torch-compile" in peers:
+        header.append("torch-compile: the torch eager functions under torch.compile, default "
+                      "mode (inductor, C++ kernels); training rows compile the whole step "
+                      "(dynamo breaks the graph at zero_grad and backward; the backward is "
+                      "AOTAutograd's compiled one); compiled and warmed up before timing.")
+    if "ort" in peers:
+        header.append("ort: ONNX Runtime, execution provider "
+                      f"{', '.join(sorted(providers)) or 'CPUExecutionProvider'}, "
+                      "ORT_ENABLE_ALL, intra_op_num_threads = threads, 1 inter-op thread, "
+                      "sequential; weights as initializers; timed run_with_iobinding with "
+                      "input and output bound to preallocated arrays.")
     header.append("Compile rows: graphc empties its cache before each call; torch times "
                   "torch.compile's first call after torch._dynamo.reset() (later calls hit "
                   "inductor's disk caches; max = the true first call); jax times jax.jit's "

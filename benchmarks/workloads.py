@@ -1,9 +1,13 @@
 """Benchmark workloads, each implemented once per peer (graphc, numpy, torch).
 
-A workload implementation is a function `setup(peer, threads) -> Callable[[], object]`
-returning the thing to time (one call = one iteration). Setup (building graphs, compiling,
-allocating inputs) is not timed, except by the compile-time workload, which times it.
-Inputs are generated with a fixed seed so every peer sees the same data.
+A workload implementation is a function `setup(threads) -> Callable[[], object]` returning
+the thing to time (one call = one iteration). Setup (building graphs, compiling, allocating
+inputs) is not timed, except by the compile-time workload, which times it. Inputs are
+generated with a fixed seed so every peer sees the same data (the peers in
+workloads_jax.py, workloads_ort.py and workloads_torch_compile.py reuse the helpers here).
+
+The torch setups take `compiled`: False is torch eager; True wraps the same function in
+torch.compile (the torch-compile peer), so both peers run the same Python code.
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 
 Runner = Callable[[], object]
+
+
+def _torch_fn(fn: Callable[..., object], compiled: bool) -> Callable[..., object]:
+    """`fn` itself (torch eager) or torch.compile(fn) in the default mode (torch-compile)."""
+    if not compiled:
+        return fn
+    import torch
+
+    return torch.compile(fn)
 
 
 @dataclass(frozen=True)
@@ -53,16 +66,23 @@ def ew_numpy(threads: int) -> Runner:
     return lambda: np.tanh(x * a + b) * (1 / (1 + np.exp(-x))) + np.float32(0.5) * x * x
 
 
-def ew_torch(threads: int) -> Runner:
+def ew_torch(threads: int, compiled: bool = False) -> Runner:
     import torch
 
     torch.set_num_threads(threads)
     x_val, a, b = _ew_data()
     x = torch.from_numpy(x_val)
+    # Python floats: float() of a numpy scalar inside torch.compile is a graph break.
+    af, bf = float(a), float(b)
+
+    def chain() -> object:
+        return torch.tanh(x * af + bf) * torch.sigmoid(x) + 0.5 * x * x
+
+    f = _torch_fn(chain, compiled)
 
     def run() -> object:
         with torch.no_grad():
-            return torch.tanh(x * float(a) + float(b)) * torch.sigmoid(x) + 0.5 * x * x
+            return f()
 
     return run
 
@@ -132,7 +152,7 @@ def mlp_infer_numpy(batch: int) -> Callable[[int], Runner]:
     return setup
 
 
-def mlp_infer_torch(batch: int) -> Callable[[int], Runner]:
+def mlp_infer_torch(batch: int, compiled: bool = False) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
         import torch
 
@@ -140,11 +160,16 @@ def mlp_infer_torch(batch: int) -> Callable[[int], Runner]:
         p = [torch.from_numpy(a) for a in _mlp_params()]
         xb = torch.from_numpy(_mlp_batch(batch)[0])
 
+        def forward() -> object:
+            h = torch.relu(torch.addmm(p[1], xb, p[0]))
+            h = torch.relu(torch.addmm(p[3], h, p[2]))
+            return torch.addmm(p[5], h, p[4])
+
+        f = _torch_fn(forward, compiled)
+
         def run() -> object:
             with torch.no_grad():
-                h = torch.relu(torch.addmm(p[1], xb, p[0]))
-                h = torch.relu(torch.addmm(p[3], h, p[2]))
-                return torch.addmm(p[5], h, p[4]).numpy()
+                return f().numpy()
 
         return run
 
@@ -198,7 +223,7 @@ def mlp_train_numpy(threads: int) -> Runner:
     return run
 
 
-def mlp_train_torch(threads: int) -> Runner:
+def mlp_train_torch(threads: int, compiled: bool = False) -> Runner:
     import torch
 
     torch.set_num_threads(threads)
@@ -207,16 +232,17 @@ def mlp_train_torch(threads: int) -> Runner:
     xb_np, yb_np = _mlp_batch(128)
     xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
 
-    def run() -> object:
+    def step() -> object:
         opt.zero_grad(set_to_none=True)
         h = torch.relu(torch.addmm(p[1], xb, p[0]))
         h = torch.relu(torch.addmm(p[3], h, p[2]))
         loss = torch.nn.functional.cross_entropy(torch.addmm(p[5], h, p[4]), yb)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.detach()
 
-    return run
+    f = _torch_fn(step, compiled)
+    return lambda: float(f())
 
 
 # --- (d) compile time ---------------------------------------------------------------------------
@@ -391,7 +417,7 @@ def lenet_graphc(batch: int, train: bool) -> Callable[[int], Runner]:
     return setup
 
 
-def lenet_torch(batch: int, train: bool) -> Callable[[int], Runner]:
+def lenet_torch(batch: int, train: bool, compiled: bool = False) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
         import torch
         import torch.nn.functional as F  # noqa: N812
@@ -410,9 +436,11 @@ def lenet_torch(batch: int, train: bool) -> Callable[[int], Runner]:
             return torch.addmm(p[9], h, p[8])
 
         if not train:
+            fwd = _torch_fn(forward, compiled)
+
             def infer() -> object:
                 with torch.no_grad():
-                    return forward().numpy()
+                    return fwd().numpy()
             return infer
 
         def step() -> object:
@@ -421,9 +449,10 @@ def lenet_torch(batch: int, train: bool) -> Callable[[int], Runner]:
             loss = F.cross_entropy(forward(), yb)
             loss.backward()
             opt.step()
-            return float(loss)
+            return loss.detach()
 
-        return step
+        f = _torch_fn(step, compiled)
+        return lambda: float(f())
 
     return setup
 
@@ -476,7 +505,7 @@ def lstm_graphc(threads: int) -> Runner:
     return lambda: f(xb, yb)
 
 
-def lstm_torch(threads: int) -> Runner:
+def lstm_torch(threads: int, compiled: bool = False) -> Runner:
     import torch
 
     torch.set_num_threads(threads)
@@ -500,9 +529,10 @@ def lstm_torch(threads: int) -> Runner:
         loss = torch.nn.functional.cross_entropy(h @ p[3] + p[4], yb)
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.detach()
 
-    return step
+    f = _torch_fn(step, compiled)
+    return lambda: float(f())
 
 
 def _lenet_flops(batch: int) -> float:
