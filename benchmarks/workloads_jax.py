@@ -1,4 +1,5 @@
-"""The JAX peer of every workload (used when jax is installed), with the same data.
+"""The JAX peer of every workload (used when jax is installed), with the same data
+(benchmarks.workloads_data).
 
 Every runner blocks until the result is ready. Training steps keep parameters and momentum
 as device arrays and donate them to the jitted step, like a JAX user would.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from benchmarks import workloads as w
+from benchmarks import workloads_data as d
 
 Runner = Callable[[], object]
 
@@ -23,7 +24,7 @@ def _jax():
 def ew(threads: int) -> Runner:
     jax = _jax()
     jnp = jax.numpy
-    x_val, a, b = w._ew_data()
+    x_val, a, b = d._ew_data()
     x = jnp.asarray(x_val)
     f = jax.jit(lambda x: jnp.tanh(x * a + b) * jax.nn.sigmoid(x) + 0.5 * x * x)
     return lambda: f(x).block_until_ready()
@@ -39,8 +40,8 @@ def _mlp_forward(p: list, x: object) -> object:
 def mlp_infer(batch: int) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
         jax = _jax()
-        p = [jax.numpy.asarray(a) for a in w._mlp_params()]
-        x = jax.numpy.asarray(w._mlp_batch(batch)[0])
+        p = [jax.numpy.asarray(a) for a in d._mlp_params()]
+        x = jax.numpy.asarray(d._mlp_batch(batch)[0])
         f = jax.jit(_mlp_forward)
         return lambda: f(p, x).block_until_ready()
 
@@ -80,14 +81,14 @@ def _trainer(params_np: list, loss_fn: Callable[..., object], batch: tuple) -> R
 
 
 def mlp_train(threads: int) -> Runner:
-    return _trainer(w._mlp_params(),
-                    lambda p, x, y: _cross_entropy(_mlp_forward(p, x), y), w._mlp_batch(128))
+    return _trainer(d._mlp_params(),
+                    lambda p, x, y: _cross_entropy(_mlp_forward(p, x), y), d._mlp_batch(128))
 
 
 def gemm(n: int) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
         jax = _jax()
-        a, b = (jax.numpy.asarray(v) for v in w._gemm_data(n))
+        a, b = (jax.numpy.asarray(v) for v in d._gemm_data(n))
         f = jax.jit(lambda a, b: a @ b)
         return lambda: f(a, b).block_until_ready()
 
@@ -117,11 +118,11 @@ def _lenet_forward(p: list, x: object) -> object:
 def lenet(batch: int, train: bool) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
         jax = _jax()
-        data = w._lenet_batch(batch)
+        data = d._lenet_batch(batch)
         if train:
-            return _trainer(w._lenet_params(),
+            return _trainer(d._lenet_params(),
                             lambda p, x, y: _cross_entropy(_lenet_forward(p, x), y), data)
-        p = [jax.numpy.asarray(a) for a in w._lenet_params()]
+        p = [jax.numpy.asarray(a) for a in d._lenet_params()]
         x = jax.numpy.asarray(data[0])
         f = jax.jit(_lenet_forward)
         return lambda: f(p, x).block_until_ready()
@@ -132,11 +133,11 @@ def lenet(batch: int, train: bool) -> Callable[[int], Runner]:
 def _lstm_loss(p: list, x: object, y: object) -> object:
     jax = _jax()
     jnp = jax.numpy
-    hid = w.LSTM_HIDDEN
-    h = jnp.zeros((w.LSTM_BATCH, hid), jnp.float32)
+    hid = d.LSTM_HIDDEN
+    h = jnp.zeros((d.LSTM_BATCH, hid), jnp.float32)
     c = h
-    xs = (x.reshape(-1, w.LSTM_IN) @ p[0] + p[2]).reshape(w.LSTM_SEQ, w.LSTM_BATCH, 4 * hid)
-    for t in range(w.LSTM_SEQ):
+    xs = (x.reshape(-1, d.LSTM_IN) @ p[0] + p[2]).reshape(d.LSTM_SEQ, d.LSTM_BATCH, 4 * hid)
+    for t in range(d.LSTM_SEQ):
         z = xs[t] + h @ p[1]
         i, f = jax.nn.sigmoid(z[:, :hid]), jax.nn.sigmoid(z[:, hid:2 * hid])
         g, o = jnp.tanh(z[:, 2 * hid:3 * hid]), jax.nn.sigmoid(z[:, 3 * hid:])
@@ -146,7 +147,7 @@ def _lstm_loss(p: list, x: object, y: object) -> object:
 
 
 def lstm_train(threads: int) -> Runner:
-    return _trainer(w._lstm_params(), _lstm_loss, w._lstm_batch())
+    return _trainer(d._lstm_params(), _lstm_loss, d._lstm_batch())
 
 
 def compile_first_call(threads: int) -> Runner:
@@ -158,9 +159,9 @@ def compile_first_call(threads: int) -> Runner:
         def loss(p: list, x: object, y: object) -> object:
             return _cross_entropy(_mlp_forward(p, x), y)
 
-        p = [jax.numpy.asarray(a) for a in w._mlp_params()]
+        p = [jax.numpy.asarray(a) for a in d._mlp_params()]
         v = [jax.numpy.zeros_like(a) for a in p]
-        x, y = (jax.numpy.asarray(a) for a in w._mlp_batch(128))
+        x, y = (jax.numpy.asarray(a) for a in d._mlp_batch(128))
         step = _sgd_step(loss)
         t = time.perf_counter()
         out = step(p, v, x, y)

@@ -1,8 +1,8 @@
 """The ONNX Runtime peer of the inference workloads (used when onnxruntime is installed).
 
 Each model is built with onnx.helper from the same weights and data as the other peers
-(the `_*_params`/`_*_batch` helpers of benchmarks.workloads); the weights are initializers,
-as a deployed ONNX model would carry them. Sessions use the CPU execution provider,
+(the `_*_params`/`_*_batch` helpers of benchmarks.workloads_data); the weights are
+initializers, as a deployed ONNX model would carry them. Sessions use the CPU execution provider,
 `intra_op_num_threads = threads`, one inter-op thread, sequential execution and
 ORT_ENABLE_ALL graph optimizations.
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks import workloads as w
+from benchmarks import workloads_data as d
 
 Runner = Callable[[], object]
 OPSET = 17
@@ -101,15 +102,15 @@ def _node(op: str, inputs: list[str], output: str, **attrs: object) -> object:
 # --- elementwise chain ----------------------------------------------------------------------
 
 def ew(threads: int) -> Runner:
-    x, a, b = w._ew_data()
+    x, a, b = d._ew_data()
     nodes = [_node("Mul", ["x", "a"], "xa"), _node("Add", ["xa", "b"], "xab"),
              _node("Tanh", ["xab"], "t"), _node("Sigmoid", ["x"], "s"),
              _node("Mul", ["t", "s"], "ts"), _node("Mul", ["x", "x"], "xx"),
              _node("Mul", ["xx", "half"], "hxx"), _node("Add", ["ts", "hxx"], "y")]
     consts = {"a": np.array(a, np.float32), "b": np.array(b, np.float32),
               "half": np.array(0.5, np.float32)}
-    model = _model(nodes, [("x", w.EW_SHAPE)], ("y", w.EW_SHAPE), consts)
-    return _runner(model, {"x": x}, w.EW_SHAPE, w.ew_numpy(threads)(), threads)
+    model = _model(nodes, [("x", d.EW_SHAPE)], ("y", d.EW_SHAPE), consts)
+    return _runner(model, {"x": x}, d.EW_SHAPE, w.ew_numpy(threads)(), threads)
 
 
 # --- MLP 784-512-512-10 ---------------------------------------------------------------------
@@ -129,12 +130,12 @@ def _dense_nodes(inp: str, n_layers: int, prefix: str = "p", first: int = 0) -> 
 
 def mlp_infer(batch: int) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
-        params = w._mlp_params()
-        xb, _ = w._mlp_batch(batch)
-        model = _model(_dense_nodes("x", 3), [("x", xb.shape)], ("y", (batch, w.SIZES[-1])),
+        params = d._mlp_params()
+        xb, _ = d._mlp_batch(batch)
+        model = _model(_dense_nodes("x", 3), [("x", xb.shape)], ("y", (batch, d.SIZES[-1])),
                        {f"p{i}": p for i, p in enumerate(params)})
         expected = w.mlp_infer_numpy(batch)(threads)()
-        return _runner(model, {"x": xb}, (batch, w.SIZES[-1]), expected, threads)
+        return _runner(model, {"x": xb}, (batch, d.SIZES[-1]), expected, threads)
 
     return setup
 
@@ -143,7 +144,7 @@ def mlp_infer(batch: int) -> Callable[[int], Runner]:
 
 def gemm(n: int) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
-        a, b = w._gemm_data(n)
+        a, b = d._gemm_data(n)
         model = _model([_node("MatMul", ["a", "b"], "y")], [("a", (n, n)), ("b", (n, n))],
                        ("y", (n, n)), {})
         return _runner(model, {"a": a, "b": b}, (n, n), w.gemm_numpy(n)(threads)(), threads)
@@ -175,8 +176,8 @@ def _lenet_numpy(p: list[np.ndarray], x: np.ndarray) -> np.ndarray:
 
 def lenet_infer(batch: int) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
-        params = w._lenet_params()
-        xb, _ = w._lenet_batch(batch)
+        params = d._lenet_params()
+        xb, _ = d._lenet_batch(batch)
         pool = {"kernel_shape": [2, 2], "strides": [2, 2]}
         nodes = [_node("Conv", ["x", "p0", "p1"], "c1", pads=[2, 2, 2, 2]),
                  _node("Relu", ["c1"], "r1"), _node("MaxPool", ["r1"], "m1", **pool),

@@ -1,5 +1,6 @@
-"""The torch.compile peer ("torch-compile"): the torch eager functions of benchmarks.workloads
-wrapped in torch.compile (default mode, inductor), timed in steady state.
+"""The torch.compile peer ("torch-compile"): the torch eager functions of
+benchmarks.workloads_torch wrapped in torch.compile (default mode, inductor), timed in steady
+state.
 
 Inference runners compile the forward function; training runners compile the whole step
 (zero_grad, forward, loss, backward, optimizer step): dynamo splits it at `loss.backward()`,
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks import workloads as w
+from benchmarks import workloads_torch as wt
 
 Runner = Callable[[], object]
 RTOL = 1e-4
@@ -62,12 +63,12 @@ def _flat(fn: Callable[..., Runner]) -> Callable[[bool], Callable[[int], Runner]
 
 
 PEERS: dict[str, Callable[[int], Runner]] = {
-    "ew": _compiled(_flat(w.ew_torch)),
-    "mlp_infer_1": _compiled(lambda c: w.mlp_infer_torch(1, compiled=c)),
-    "mlp_infer_256": _compiled(lambda c: w.mlp_infer_torch(256, compiled=c)),
-    "mlp_train": _compiled(_flat(w.mlp_train_torch)),
-    "lenet_train": _compiled(lambda c: w.lenet_torch(64, True, compiled=c)),
-    "lenet_infer_1": _compiled(lambda c: w.lenet_torch(1, False, compiled=c)),
-    "lenet_infer_64": _compiled(lambda c: w.lenet_torch(64, False, compiled=c)),
-    "lstm_train": _compiled(_flat(w.lstm_torch)),
+    "ew": _compiled(_flat(wt.ew_torch)),
+    "mlp_infer_1": _compiled(lambda c: wt.mlp_infer_torch(1, compiled=c)),
+    "mlp_infer_256": _compiled(lambda c: wt.mlp_infer_torch(256, compiled=c)),
+    "mlp_train": _compiled(_flat(wt.mlp_train_torch)),
+    "lenet_train": _compiled(lambda c: wt.lenet_torch(64, True, compiled=c)),
+    "lenet_infer_1": _compiled(lambda c: wt.lenet_torch(1, False, compiled=c)),
+    "lenet_infer_64": _compiled(lambda c: wt.lenet_torch(64, False, compiled=c)),
+    "lstm_train": _compiled(_flat(wt.lstm_torch)),
 }

@@ -1,0 +1,227 @@
+"""The torch peers of the benchmark workloads: torch eager, and torch.compile of the same code.
+
+Each setup takes `compiled`: False is torch eager (the "torch" peer, in the WORKLOADS table
+of workloads.py); True wraps the same function in torch.compile (the "torch-compile" peer,
+workloads_torch_compile.py), so both peers run the same Python code on the same data
+(workloads_data.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from benchmarks.workloads_data import (
+    LSTM_BATCH,
+    LSTM_HIDDEN,
+    LSTM_IN,
+    LSTM_SEQ,
+    _ew_data,
+    _gemm_data,
+    _lenet_batch,
+    _lenet_params,
+    _lstm_batch,
+    _lstm_params,
+    _mlp_batch,
+    _mlp_params,
+)
+
+Runner = Callable[[], object]
+
+
+def _torch_fn(fn: Callable[..., object], compiled: bool) -> Callable[..., object]:
+    """`fn` itself (torch eager) or torch.compile(fn) in the default mode (torch-compile)."""
+    if not compiled:
+        return fn
+    import torch
+
+    return torch.compile(fn)
+
+
+# --- elementwise chain ----------------------------------------------------------------------
+
+def ew_torch(threads: int, compiled: bool = False) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    x_val, a, b = _ew_data()
+    x = torch.from_numpy(x_val)
+    # Python floats: float() of a numpy scalar inside torch.compile is a graph break.
+    af, bf = float(a), float(b)
+
+    def chain() -> object:
+        return torch.tanh(x * af + bf) * torch.sigmoid(x) + 0.5 * x * x
+
+    f = _torch_fn(chain, compiled)
+
+    def run() -> object:
+        with torch.no_grad():
+            return f()
+
+    return run
+
+
+# --- the MLP 784-512-512-10 ---------------------------------------------------------------
+
+def mlp_infer_torch(batch: int, compiled: bool = False) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import torch
+
+        torch.set_num_threads(threads)
+        p = [torch.from_numpy(a) for a in _mlp_params()]
+        xb = torch.from_numpy(_mlp_batch(batch)[0])
+
+        def forward() -> object:
+            h = torch.relu(torch.addmm(p[1], xb, p[0]))
+            h = torch.relu(torch.addmm(p[3], h, p[2]))
+            return torch.addmm(p[5], h, p[4])
+
+        f = _torch_fn(forward, compiled)
+
+        def run() -> object:
+            with torch.no_grad():
+                return f().numpy()
+
+        return run
+
+    return setup
+
+
+def mlp_train_torch(threads: int, compiled: bool = False) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _mlp_params()]
+    opt = torch.optim.SGD(p, lr=0.01, momentum=0.9)
+    xb_np, yb_np = _mlp_batch(128)
+    xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+
+    def step() -> object:
+        opt.zero_grad(set_to_none=True)
+        h = torch.relu(torch.addmm(p[1], xb, p[0]))
+        h = torch.relu(torch.addmm(p[3], h, p[2]))
+        loss = torch.nn.functional.cross_entropy(torch.addmm(p[5], h, p[4]), yb)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    f = _torch_fn(step, compiled)
+    return lambda: float(f())
+
+
+# --- compile time ---------------------------------------------------------------------------
+
+def compile_jax_like_first_call(threads: int) -> Runner:
+    """torch.compile's first call is the closest installed peer to JAX's jit compile."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def run() -> object:
+        torch._dynamo.reset()
+        p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _mlp_params()]
+        xb_np, yb_np = _mlp_batch(128)
+        xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+
+        @torch.compile
+        def step(xb: object, yb: object) -> object:
+            h = torch.relu(torch.addmm(p[1], xb, p[0]))
+            h = torch.relu(torch.addmm(p[3], h, p[2]))
+            loss = torch.nn.functional.cross_entropy(torch.addmm(p[5], h, p[4]), yb)
+            loss.backward()
+            return loss
+
+        t = time.perf_counter()
+        step(xb, yb)
+        return time.perf_counter() - t
+
+    return run
+
+
+# --- square GEMM --------------------------------------------------------------------------
+
+def gemm_torch(n: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import torch
+
+        torch.set_num_threads(threads)
+        a, b = (torch.from_numpy(v) for v in _gemm_data(n))
+        return lambda: a @ b
+
+    return setup
+
+
+# --- LeNet-5 ---------------------------------------------------------------------------------
+
+def lenet_torch(batch: int, train: bool, compiled: bool = False) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        torch.set_num_threads(threads)
+        p = [torch.from_numpy(a.copy()).requires_grad_(train) for a in _lenet_params()]
+        xb_np, yb_np = _lenet_batch(batch)
+        xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+        opt = torch.optim.SGD(p, lr=0.01, momentum=0.9) if train else None
+
+        def forward() -> object:
+            h = F.max_pool2d(F.relu(F.conv2d(xb, p[0], p[1], padding=2)), 2)
+            h = F.max_pool2d(F.relu(F.conv2d(h, p[2], p[3])), 2).reshape(batch, 400)
+            h = F.relu(torch.addmm(p[5], h, p[4]))
+            h = F.relu(torch.addmm(p[7], h, p[6]))
+            return torch.addmm(p[9], h, p[8])
+
+        if not train:
+            fwd = _torch_fn(forward, compiled)
+
+            def infer() -> object:
+                with torch.no_grad():
+                    return fwd().numpy()
+            return infer
+
+        def step() -> object:
+            assert opt is not None
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(forward(), yb)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        f = _torch_fn(step, compiled)
+        return lambda: float(f())
+
+    return setup
+
+
+# --- LSTM ------------------------------------------------------------------------------
+
+def lstm_torch(threads: int, compiled: bool = False) -> Runner:
+    import torch
+
+    torch.set_num_threads(threads)
+    p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _lstm_params()]
+    opt = torch.optim.SGD(p, lr=0.01, momentum=0.9)
+    xb_np, yb_np = _lstm_batch()
+    xb, yb = torch.from_numpy(xb_np), torch.from_numpy(yb_np.astype(np.int64))
+    hid = LSTM_HIDDEN
+
+    def step() -> object:
+        opt.zero_grad(set_to_none=True)
+        h = torch.zeros(LSTM_BATCH, hid)
+        c = torch.zeros(LSTM_BATCH, hid)
+        xs = (xb.reshape(-1, LSTM_IN) @ p[0] + p[2]).reshape(LSTM_SEQ, LSTM_BATCH, 4 * hid)
+        for t in range(LSTM_SEQ):
+            z = xs[t] + h @ p[1]
+            i, f = torch.sigmoid(z[:, :hid]), torch.sigmoid(z[:, hid:2 * hid])
+            gg, o = torch.tanh(z[:, 2 * hid:3 * hid]), torch.sigmoid(z[:, 3 * hid:])
+            c = f * c + i * gg
+            h = o * torch.tanh(c)
+        loss = torch.nn.functional.cross_entropy(h @ p[3] + p[4], yb)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    f = _torch_fn(step, compiled)
+    return lambda: float(f())
