@@ -156,16 +156,25 @@ class Executable:
             if self._bound_version != self.compiled_graph.variables.version:
                 self._bind_state()
             for i, a in enumerate(arrays):
-                table[i] = a.ctypes.data
+                table[i] = _address(a)
             n_in = self._n_in
             for i, o in enumerate(outputs):
-                table[n_in + i] = o.ctypes.data
+                table[n_in + i] = _address(o)
             status = self._fn(table)
         if status != 0:
             raise GraphcError(f"compiled code returned error status {status}")
         if self.single_output:
             return outputs[0]
         return tuple(outputs)
+
+
+def _address(a: np.ndarray) -> int:
+    """The address of a contiguous array's data. `ndarray.ctypes.data` builds a helper
+    object (~1 us, a fifth of a batch-1 call); a ctypes view of a writable buffer is ~3x
+    cheaper. Read-only and empty arrays (which ctypes cannot view) take the slow path."""
+    if a.size and a.flags.writeable:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    return a.ctypes.data
 
 
 def _data_address(jit: JitModule, name: str) -> int:
