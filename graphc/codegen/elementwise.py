@@ -7,7 +7,9 @@ Semantics follow numpy: NaN propagates through maximum/minimum (llvm.maximum/min
 (saturating, so out-of-range values are defined rather than poison).
 
 Transcendental functions use graphc's own vectorized polynomials (`codegen.vecmath`); `pow`
-calls libm per lane (it is rare after `simplify` rewrites x**2 and x**0.5).
+calls libm per lane (it is rare after `simplify` rewrites x**2 and x**0.5). A float `mul` of
+two tanh/sigmoid results computed in the same kernel becomes one division
+(`vecmath.fraction_product`) instead of two.
 """
 
 from __future__ import annotations
@@ -261,7 +263,11 @@ def _sub(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
 def _mul(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
     if n.dtype == DType.bool:
         return b.and_(a[0], a[1])
-    return b.fmul(a[0], a[1], flags=FLAGS) if n.dtype.is_float else b.mul(a[0], a[1])
+    if not n.dtype.is_float:
+        return b.mul(a[0], a[1])
+    # tanh * sigmoid (gates: LSTM, GLU variants): one division instead of two.
+    fused = vecmath.fraction_product(b, a[0], a[1])
+    return fused if fused is not None else b.fmul(a[0], a[1], flags=FLAGS)
 
 
 @_rule("div")

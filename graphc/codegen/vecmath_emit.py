@@ -3,7 +3,15 @@
 `Emitter` hides the scalar/vector difference (constants are splatted, integer views have the
 matching lane count) so each algorithm in vecmath is written once for `float`, `double`,
 `<N x float>` and `<N x double>`. `internal_call` emits (once per module) and calls the
-internal function that holds one algorithm for one type.
+internal function that holds one algorithm for one type (`internal_call_pair` for algorithms
+that return two values, such as a numerator and a denominator).
+
+AVX-512: when the host has AVX-512F (every graphc target is the host), `Emitter.avx512` is
+true and the algorithms may use `scalef` (x * 2^floor(n) with one rounding, so overflow and
+gradual underflow come out right without the two-step scaling) and `permute16` (a 16-entry
+table lookup in a register). These are per-lane operations: scalars and vectors of any
+length are widened to 512-bit registers, so a scalar lane computes exactly what a vector lane
+computes. `portable()` turns them off (tests use it to cover the code other targets run).
 
 Floating-point flags: none. Every FMA the algorithms rely on is an explicit `llvm.fma`, and
 nothing else may be contracted or reassociated: the range reductions (Cody-Waite splits,
@@ -14,15 +22,47 @@ the same function round differently.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
+from graphc.codegen.target import host_target
 from graphc.codegen.vecmath_coeffs import COEFFS, CONSTS
 from graphc.errors import CompileError
 
 Body = Callable[["Emitter", ir.Value], ir.Value]
+PairBody = Callable[["Emitter", ir.Value], tuple[ir.Value, ir.Value]]
+
+I32 = ir.IntType(32)
+_PORTABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("graphc_vm_portable",
+                                                                 default=False)
+
+
+@functools.cache
+def _host_avx512() -> bool:
+    target = host_target()
+    return target.triple.startswith("x86_64") and target.has("avx512f")
+
+
+def use_avx512() -> bool:
+    """Whether vecmath emits AVX-512 intrinsics now (host has AVX-512F, not `portable()`)."""
+    return _host_avx512() and not _PORTABLE.get()
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+    """Within the block, emit only target-independent code (what hosts without AVX-512
+    run). Internal functions emitted this way get the name suffix `.generic`, so both
+    variants can live in one module."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
 
 
 def element_type(ty: ir.Type) -> ir.Type:
@@ -54,8 +94,10 @@ class Emitter:
     mant_bits: int = field(init=False)
     exp_bias: int = field(init=False)
     ity: ir.Type = field(init=False)  # the integer type of the same shape (bit views)
+    avx512: bool = field(init=False)  # scalef / permute16 are available
 
     def __post_init__(self) -> None:
+        self.avx512 = use_avx512()
         self.elem = element_type(self.ty)
         self.is_f64 = isinstance(self.elem, ir.DoubleType)
         self.dtype = "f64" if self.is_f64 else "f32"
@@ -169,6 +211,62 @@ class Emitter:
         biased = self.b.add(n, self.ci(self.exp_bias))
         return self.from_bits(self.b.shl(biased, self.ci(self.mant_bits)))
 
+    # -- AVX-512 (only when self.avx512) --------------------------------------------------
+    def _per_lane_512(self, args: Sequence[ir.Value],
+                      call: Callable[[list[ir.Value]], ir.Value]) -> ir.Value:
+        """Apply a 512-bit per-lane operation: `call` gets the arguments as full-width
+        vectors (a scalar in lane 0, short vectors padded by repeating their last lane,
+        long ones in 512-bit chunks) and returns a full-width result; the lanes that
+        belong to the input are put back together in this type."""
+        if not self.avx512:
+            raise CompileError("vecmath: AVX-512 intrinsic used without AVX-512 (a bug)")
+        b = self.b
+        width = 512 // self.bits
+        if self.lanes == 1:
+            zero = ir.Constant(I32, 0)
+            wide = [b.insert_element(ir.Constant(ir.VectorType(a.type, width), None), a, zero)
+                    for a in args]
+            return b.extract_element(call(wide), zero)
+        if self.lanes == width:
+            return call(list(args))
+        parts = []
+        for start in range(0, self.lanes, width):
+            sel = ir.Constant(ir.VectorType(I32, width),
+                              [min(start + i, self.lanes - 1) for i in range(width)])
+            parts.append(call([b.shuffle_vector(a, ir.Constant(a.type, None), sel)
+                               for a in args]))
+        out: ir.Value = ir.Constant(self.ty, None)
+        for lane in range(self.lanes):
+            v = b.extract_element(parts[lane // width], ir.Constant(I32, lane % width))
+            out = b.insert_element(out, v, ir.Constant(I32, lane))
+        return out
+
+    def _declare(self, name: str, ret: ir.Type, params: Sequence[ir.Type]) -> ir.Function:
+        fn = self.b.module.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.b.module, ir.FunctionType(ret, list(params)), name)
+        return fn
+
+    def scalef(self, a: ir.Value, n: ir.Value) -> ir.Value:
+        """a * 2^floor(n), rounded once (vscalefps/pd); n is a float of this type."""
+        width = 512 // self.bits
+        vt = ir.VectorType(self.elem, width)
+        mask = ir.IntType(width)
+        fn = self._declare(f"llvm.x86.avx512.mask.scalef.{'pd' if self.is_f64 else 'ps'}.512",
+                           vt, [vt, vt, vt, mask, I32])
+        rest = [ir.Constant(vt, None), ir.Constant(mask, -1), ir.Constant(I32, 4)]
+        return self._per_lane_512([a, n], lambda w: self.b.call(fn, [*w, *rest]))
+
+    def permute16(self, table: Sequence[float], index_bits: ir.Value) -> ir.Value:
+        """table[i & 15] per lane (float32 only; vpermps reads the low four bits of the
+        integer lanes `index_bits`)."""
+        if self.is_f64 or len(table) != 16:
+            raise CompileError("vecmath: permute16 needs float32 and a 16-entry table")
+        vt, it = ir.VectorType(self.elem, 16), ir.VectorType(I32, 16)
+        fn = self._declare("llvm.x86.avx512.permvar.sf.512", vt, [vt, it])
+        values = ir.Constant(vt, [ir.Constant(self.elem, float(v)) for v in table])
+        return self._per_lane_512([index_bits], lambda w: self.b.call(fn, [values, w[0]]))
+
     def sign_bit(self) -> ir.Constant:
         return self.ci(1 << (self.bits - 1))
 
@@ -180,6 +278,25 @@ class Emitter:
         return self.b.icmp_unsigned("!=", mask, ir.Constant(ir.IntType(self.lanes), 0))
 
 
+def _function_name(name: str, ty: ir.Type) -> str:
+    suffix = ".generic" if _host_avx512() and not use_avx512() else ""
+    return f"graphc.vm.{name}.{type_suffix(ty)}{suffix}"
+
+
+def _define(b: ir.IRBuilder, fname: str, ret: ir.Type, ty: ir.Type,
+            emit: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> ir.Function:
+    module = b.module
+    fn = module.globals.get(fname)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, [ty]), fname)
+        fn.linkage = "internal"
+        fn.attributes.add("alwaysinline")
+        fn.attributes.add("nounwind")
+        inner = ir.IRBuilder(fn.append_basic_block("entry"))
+        inner.ret(emit(inner, fn.args[0]))
+    return fn
+
+
 def internal_call(b: ir.IRBuilder, name: str, x: ir.Value, body: Body) -> ir.Value:
     """Call `graphc.vm.<name>.<type>` on `x`, defining it in b's module on first use.
 
@@ -187,17 +304,23 @@ def internal_call(b: ir.IRBuilder, name: str, x: ir.Value, body: Body) -> ir.Val
     the algorithm's instructions directly; one definition per module keeps the IR text small.
     """
     ty = x.type
-    fname = f"graphc.vm.{name}.{type_suffix(ty)}"
-    module = b.module
-    fn = module.globals.get(fname)
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(ty, [ty]), fname)
-        fn.linkage = "internal"
-        fn.attributes.add("alwaysinline")
-        fn.attributes.add("nounwind")
-        inner = ir.IRBuilder(fn.append_basic_block("entry"))
-        inner.ret(body(Emitter(inner, ty), fn.args[0]))
+    fn = _define(b, _function_name(name, ty), ty, ty, lambda inner, a: body(Emitter(inner, ty), a))
     return b.call(fn, [x])
+
+
+def internal_call_pair(b: ir.IRBuilder, name: str, x: ir.Value,
+                       body: PairBody) -> tuple[ir.Value, ir.Value]:
+    """Like `internal_call` for a body returning two values of x's type."""
+    ty = x.type
+    pair = ir.LiteralStructType([ty, ty])
+
+    def emit(inner: ir.IRBuilder, a: ir.Value) -> ir.Value:
+        first, second = body(Emitter(inner, ty), a)
+        packed = inner.insert_value(ir.Constant(pair, None), first, 0)
+        return inner.insert_value(packed, second, 1)
+
+    call = b.call(_define(b, _function_name(name, ty), pair, ty, emit), [x])
+    return b.extract_value(call, 0), b.extract_value(call, 1)
 
 
 def libm_name(name: str, ty: ir.Type) -> str:

@@ -1,4 +1,4 @@
-"""vecmath algorithms built on the exponential: exp, expm1, tanh, sigmoid, erf.
+"""vecmath algorithms built on the exponential: exp, expm1, erf (tanh, sigmoid: vecmath_act).
 
 Each `*_body(e, x)` emits the function for the type of `x` with the `Emitter` `e` and
 returns the result; `vecmath` wraps them into internal functions. All are branch-free
@@ -8,14 +8,15 @@ same instructions.
 Shared reduction (Cephes style): n = rint(x * log2(e)), r = x - n*ln2 with ln2 split in two
 (the first product is exact inside the FMA, so r is exact before the second correction),
 |r| <= ln2/2; expm1(r) = r + r^2 G(r) with a fitted polynomial G; the result is scaled by
-2^n built from exponent bits.
+2^n built from exponent bits (exp with AVX-512: one vscalef, the same correctly rounded
+product as the two-step scaling, so both paths agree bit for bit).
 """
 
 from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from graphc.codegen.vecmath_emit import Emitter, internal_call
+from graphc.codegen.vecmath_emit import Emitter
 
 
 def _reduce(e: Emitter, x: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -44,6 +45,8 @@ def exp_body(e: Emitter, x: ir.Value) -> ir.Value:
     xc = _clamp(e, x, e.pick(-104.0, -746.0), e.pick(89.0, 710.0))
     n, r = _reduce(e, xc)
     p = e.add(_expm1_reduced(e, r), e.c(1.0))
+    if e.avx512:
+        return e.select(e.isnan(x), x, e.scalef(p, n))
     # 2^n as 2^n1 * 2^n2 with both halves normal: p*2^n1 is exact, and the one rounding of
     # the second product produces overflow to inf and gradual underflow correctly.
     ni = e.to_int(n)
@@ -72,24 +75,6 @@ def expm1_body(e: Emitter, x: ir.Value) -> ir.Value:
     # |x| below half an ulp of 1 (and NaN, +-0): expm1(x) rounds to x itself.
     tiny = e.pick(2.0**-25, 2.0**-54)
     return e.select(e.cmp_u("<", e.abs(x), tiny), x, y)
-
-
-def tanh_body(e: Emitter, x: ir.Value) -> ir.Value:
-    # tanh|x| = m / (m + 2) with m = expm1(2|x|): accurate near 0 (expm1 is) and for large
-    # |x|; beyond the clamp tanh rounds to 1. NaN passes the clamp (ordered compare).
-    a = e.abs(x)
-    limit = e.pick(10.0, 20.0)
-    a = e.select(e.cmp(">", a, limit), limit, a)
-    m = internal_call(e.b, "expm1", e.add(a, a), expm1_body)
-    return e.copysign(e.div(m, e.add(m, e.c(2.0))), x)
-
-
-def sigmoid_body(e: Emitter, x: ir.Value) -> ir.Value:
-    # With t = exp(-|x|) <= 1: 1/(1+t) for x >= 0 and t/(1+t) for x < 0. Never overflows,
-    # keeps full relative accuracy in both tails, gives exactly 0 and 1 at -inf and +inf.
-    t = internal_call(e.b, "exp", e.neg(e.abs(x)), exp_body)
-    num = e.select(e.cmp(">=", x, e.c(0.0)), e.c(1.0), t)
-    return e.div(num, e.add(e.c(1.0), t))
 
 
 def erf_body(e: Emitter, x: ir.Value) -> ir.Value:

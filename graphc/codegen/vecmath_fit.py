@@ -3,12 +3,14 @@
 Run `python -m graphc.codegen.vecmath_fit` (needs mpmath, a development-only dependency;
 graphc itself never imports this module); it rewrites vecmath_coeffs.py atomically.
 
-Each polynomial is a Chebyshev interpolant (`mpmath.chebyfit`, close to minimax for these
+Most polynomials are Chebyshev interpolants (`mpmath.chebyfit`, close to minimax for these
 smooth functions) of a smooth auxiliary function on the interval the algorithm's range
 reduction produces, computed at 50 significant digits and rounded to the target precision.
 The `error` printed beside each table is mpmath's estimate of the interpolant's maximum
 absolute error on that interval (before rounding the coefficients); what the emitted code
-achieves end to end is measured by tests/test_vecmath.py.
+achieves end to end is measured by tests/test_vecmath.py. The float32 tanh's rational
+approximation comes from `vecmath_fit_rational` (a Remez fit), and the float32 sigmoid's
+16-entry table exponential from `_exp16` below.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 LN2_HALF = 0.3466  # ln(2)/2 = 0.34657...: |r| after the exp/expm1 reduction, plus rounding
 LOG_S_MAX = 0.1716  # (sqrt(2)-1)/(sqrt(2)+1) = 0.17157...: |s| after the log reduction
 TRIG_R_MAX = 0.7933  # pi/4 * 1.01: |r| after sin/cos reduction (j may be off by one ulp)
+EXP16_R_MAX = 0.02167  # ln(2)/32 = 0.021661 plus the rounding of x*log2(e): |r| in _exp16
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,22 @@ def _split(value: object, parts: int, dtype: str) -> list[float]:
     return out
 
 
+def _exp16() -> tuple[list[float], list[float], object]:
+    """The float32 sigmoid's exponential (see vecmath_act): e^r ~ 1 + r + r^2/2 + r^3/6 on
+    |r| <= EXP16_R_MAX, stored monic: A = (6, 6, 3) so that ((r + A2) r + A1) r + A0 =
+    6 (1 + r + r^2/2 + r^3/6), and the table TINV[j] = 6 * 2^(-j/16) (TINV[0] == A[0], so
+    sigmoid(0) is exactly 1/2). Taylor, not minimax: its constants are exact, and measured
+    over all float32 inputs that beats a minimax cubic (whose rounded constants cost more
+    than its smaller truncation error, 2.3e-9 against 9.2e-9, gains)."""
+    import mpmath as mp
+
+    monic = [6.0, 6.0, 3.0]
+    table = [_round(6 * mp.mpf(2) ** (mp.mpf(-j) / 16), "f32") for j in range(16)]
+    r = mp.mpf(EXP16_R_MAX)
+    err = max(abs(mp.exp(v) - (1 + v + v**2 / 2 + v**3 / 6)) / mp.exp(v) for v in (r, -r))
+    return monic, table, err
+
+
 def generate() -> str:
     """The text of vecmath_coeffs.py."""
     import mpmath as mp
@@ -135,6 +154,23 @@ def generate() -> str:
             out.append(f'    ("{fit.name}", "{dtype}"): (')
             out.extend(f"        {v!r}," for v in values)
             out.append("    ),")
+    from graphc.codegen.vecmath_fit_rational import tanh_f32_coeffs
+
+    tanh_p, tanh_q, tanh_clamp, tanh_err = tanh_f32_coeffs()
+    monic, table, exp16_err = _exp16()
+    extra = [
+        ("TANH_P", f"(5, 5) rational, x P(x^2)/Q(x^2) ~ tanh on [0, 9.25], rel. error "
+                   f"{mp.nstr(tanh_err, 3)}", tanh_p),
+        ("TANH_Q", "its denominator, monic", tanh_q),
+        ("EXP16_A", f"monic cubic, 6 e^r on |r| <= {EXP16_R_MAX} with rel. error "
+                    f"{mp.nstr(exp16_err, 3)}", monic),
+        ("EXP16_TINV", "6 * 2^(-j/16) for j = 0..15", table),
+    ]
+    for name, comment, values in extra:
+        out.append(f"    # {name} f32: {comment}")
+        out.append(f'    ("{name}", "f32"): (')
+        out.extend(f"        {v!r}," for v in values)
+        out.append("    ),")
     out += ["}", "", "CONSTS: dict[tuple[str, str], tuple[float, ...]] = {"]
     for dtype in ("f32", "f64"):
         rows = {
@@ -143,6 +179,8 @@ def generate() -> str:
             "PIO2": _split(mp.pi / 2, 3, dtype),
             "TWO_OVER_PI": [_round(2 / mp.pi, dtype)],
         }
+        if dtype == "f32":
+            rows["TANH_CLAMP"] = [tanh_clamp]
         for name, parts in rows.items():
             out.append(f'    ("{name}", "{dtype}"): ({", ".join(repr(p) for p in parts)},),')
     out += ["}", ""]
