@@ -54,8 +54,9 @@ class Split:
 def split(kernel: Kernel, threads: int) -> Split | None:
     """How to run the kernel's GEMM on `threads` threads, or None to run it whole.
 
-    Blocks are equal, so one GEMM body serves every task; columns are preferred (each task
-    then packs only its part of B).
+    Blocks are equal, so one GEMM body serves every task. Every task packs its own panels:
+    splitting columns makes each pack all of A (m x k), splitting rows all of B (k x n),
+    so the split duplicates the smaller of the two (columns on a tie).
     """
     anchor = kernel.anchor
     assert anchor is not None
@@ -63,9 +64,13 @@ def split(kernel: Kernel, threads: int) -> Split | None:
     if threads <= 1 or anchor.ndim != 2 or spec.m * spec.n * spec.k < PARALLEL_MACS:
         return None
     t = threads
-    if spec.n % t == 0 and spec.n // t >= 32:
+    by_n = spec.n % t == 0 and spec.n // t >= 32
+    by_m = spec.m % t == 0 and spec.m // t >= 16
+    if by_n and by_m:
+        by_n = spec.m <= spec.n
+    if by_n:
         return Split("n", t, spec.n // t, replace(spec, n=spec.n // t))
-    if spec.m % t == 0 and spec.m // t >= 16:
+    if by_m:
         return Split("m", t, spec.m // t, replace(spec, m=spec.m // t))
     return None
 
