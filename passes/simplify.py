@@ -15,7 +15,9 @@ otherwise. Two documented kinds of deviation are allowed:
   the two compare equal), as LLVM's `nsz` flag allows;
 - replacing a computation by a more accurate one of the same real-number value
   (``log(exp(x)) -> x``, ``log(softmax(x)) -> log_softmax(x)``): results change only where
-  the original lost accuracy (overflow, underflow, rounding).
+  the original lost accuracy (overflow, underflow, rounding);
+- reassociating a sum of products into one longer dot product (``add_matmuls``): the same
+  terms summed in another order, as every GEMM blocking already chooses its own order.
 Rewrites that would change results for inf or NaN inputs (``x * 0 -> 0`` on floats) are
 not made.
 """
@@ -375,6 +377,43 @@ def add_disjoint_pads(p: Pending, rb: Rebuilder) -> Node | None:
     return rb.emit("pad", (joined,), {"pads": pads, "value": 0.0}, at=p, name=p.name)
 
 
+# A matmul of k up to this joins a sum with another matmul (see `add_matmuls`).
+THIN_K = 128
+
+
+def add_matmuls(p: Pending, rb: Rebuilder) -> Node | None:
+    """matmul(a1, b1) + matmul(a2, b2) -> matmul(concat(a1, a2), concat(b1, b2))  (along k)
+
+    Reassociates a sum of products (see the module's floating-point policy). 2-D matmuls
+    with the same transpose flags and the sum's own type, at least one of them thin (k up
+    to THIN_K): a weight shared by the steps of an RNN gets its gradient as one GEMM with
+    k = steps x batch, instead of one small-k GEMM per step, each reading and writing the
+    whole running sum. Applied along a chain of adds, the concats grow (nested concats are
+    flattened).
+    """
+    operands = binary_operands(p, "add")
+    if operands is None or not p.dtype.is_float or len(p.shape) != 2:
+        return None
+    a, b = operands
+    if a.op != "matmul" or b.op != "matmul" or a.type != p.type or b.type != p.type:
+        return None
+    flags = [(bool(m.attrs.get("transpose_a", False)), bool(m.attrs.get("transpose_b", False)))
+             for m in (a, b)]
+    if flags[0] != flags[1] or any(x.ndim != 2 for m in (a, b) for x in m.inputs):
+        return None
+    ta, tb = flags[0]
+    k_axis_a, k_axis_b = (0 if ta else 1), (1 if tb else 0)
+    ks = [m.inputs[0].shape[k_axis_a] for m in (a, b)]
+    if min(ks) > THIN_K:
+        return None
+    lhs = _concat_parts(a.inputs[0], k_axis_a) + _concat_parts(b.inputs[0], k_axis_a)
+    rhs = _concat_parts(a.inputs[1], k_axis_b) + _concat_parts(b.inputs[1], k_axis_b)
+    left = rb.emit("concat", tuple(lhs), {"axis": k_axis_a}, at=p)
+    right = rb.emit("concat", tuple(rhs), {"axis": k_axis_b}, at=p)
+    return rb.emit("matmul", (left, right), {"transpose_a": ta, "transpose_b": tb}, at=p,
+                   name=p.name)
+
+
 def _concat_parts(x: Node, axis: int) -> list[Node]:
     """The operands of `x` if it is a concat along `axis` (to flatten nested concats)."""
     return list(x.inputs) if x.op == "concat" and x.attrs["axis"] == axis else [x]
@@ -407,6 +446,7 @@ RULES: list[Rule] = [
     sum_broadcast,
     matmul_transpose,
     add_disjoint_pads,
+    add_matmuls,
 ]
 
 
