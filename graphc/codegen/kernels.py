@@ -105,6 +105,9 @@ def emit_elementwise(ctx: KernelContext) -> None:
         ev.ix.store(c.out, root.dtype, offset, value)
 
     shape = root.shape
+    if root.op == "concat" and root.size:
+        _emit_concat_parts(ctx, lanes)
+        return
     if len(shape) >= 1 and (len(shape) == 1 or _flat_ok(kernel.nodes, kernel.inputs, shape)):
         # One flat loop over the elements (a 1-D root is its own flat index; otherwise every
         # operand has the root's shape or one element, see `Evaluator.flat`).
@@ -128,6 +131,42 @@ def emit_elementwise(ctx: KernelContext) -> None:
                           lambda n_lanes, idx: store_at(c, n_lanes, [Idx(i), *idx]))
 
         parallel_range(ctx, rows, max(1, PARALLEL_GRAIN // max(row_size, 1)), rows_chunk)
+
+
+def _emit_concat_parts(ctx: KernelContext, lanes: int) -> None:
+    """A kernel whose root is a concat: one loop nest per operand over its own block of the
+    output, so each part is evaluated alone with affine indices. (Evaluated element by
+    element, a concat computes every operand at clamped indices — gathers — and selects.)
+    Each part splits its outermost dimension across threads."""
+    root = ctx.kernel.root
+    axis = root.attrs["axis"]
+    out_strides = strides(root.shape)
+    offset = 0
+    for src in root.inputs:
+        shift = offset
+        offset += src.shape[axis]
+        if src.size == 0:
+            continue
+
+        def store(c: KernelContext, n_lanes: int, idx: list[Idx], src: Node = src,
+                  shift: int = shift) -> None:
+            ev = c.evaluator(n_lanes)
+            value = ev.at(src, idx)
+            at = list(idx)
+            at[axis] = ev.ix.affine(idx[axis], 1, shift)
+            ev.ix.store(c.out, root.dtype, ev.ix.linear(at, out_strides), value)
+
+        def rows(c: KernelContext, start: ir.Value, stop: ir.Value, src: Node = src,
+                 store: Callable[..., None] = store) -> None:
+            with for_range(c.b, start, stop, 1, name="d0") as i:
+                loop_nest(c, src.shape[1:], lanes,
+                          lambda n_lanes, idx: store(c, n_lanes, [Idx(i), *idx]))
+
+        if src.ndim == 1:
+            loop_nest(ctx, src.shape, lanes, lambda n_lanes, idx, s=store: s(ctx, n_lanes, idx))
+            continue
+        row_size = src.size // src.shape[0]
+        parallel_range(ctx, src.shape[0], max(1, PARALLEL_GRAIN // max(row_size, 1)), rows)
 
 
 # --- reductions -----------------------------------------------------------------------------
