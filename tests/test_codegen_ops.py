@@ -125,13 +125,16 @@ def _conv_out_shape(c: Conv) -> tuple[int, ...]:
     return y.shape
 
 
-# Every convolution runs through both lowerings: the direct kernels and im2col + GEMM.
+# Every convolution runs through both lowerings: the direct kernels and im2col + GEMM, with
+# two threads (images / K split across them) and, in float32, with one.
 CONV_PARAMS = [(d, a) for d in DTYPES for a in ("direct", "gemm")]
+CONV_RUNS = [(d, a, 2) for d, a in CONV_PARAMS] + [("float32", a, 1) for a in ("direct", "gemm")]
 
 
-@pytest.fixture(scope="module", params=CONV_PARAMS, ids=["-".join(p) for p in CONV_PARAMS])
+@pytest.fixture(scope="module", params=CONV_RUNS,
+                ids=[f"{d}-{a}-{t}t" for d, a, t in CONV_RUNS])
 def conv_run(request: pytest.FixtureRequest) -> Compiled:
-    dtype, algorithm = request.param
+    dtype, algorithm, threads = request.param
     rng = np.random.default_rng(0)
     arrays: list[np.ndarray] = []
     for c in CONVS:
@@ -148,7 +151,7 @@ def conv_run(request: pytest.FixtureRequest) -> Compiled:
         return outs
 
     return _compile_many(f"convs_{dtype}", arrays, build,
-                         replace(OPTIONS, conv_algorithm=algorithm))
+                         replace(OPTIONS, conv_algorithm=algorithm, threads=threads))
 
 
 CONV_LABELS = [f"{c.id}/{op}" for c in CONVS for op in ("conv2d", "grad_input", "grad_weight")]

@@ -27,9 +27,13 @@ def _program() -> tuple[gc.Graph, list[gc.Node], list[gc.Node]]:
         planes = gc.reshape(x, (4, 8, 48, 64))
         pooled = gc.max_pool2d(planes, 3, stride=2, padding=1)
         averaged = gc.avg_pool2d(planes, 2, count_include_pad=False)
-        (dx,) = gc.grad(gc.sum(pooled * pooled) + gc.sum(averaged * averaged), [x])
+        # A direct convolution (wide rows) and its gradients: images / kernel rows split.
+        wc = gc.variable(gc.init.glorot_uniform((8, 8, 3, 3), seed=1), name="wc")
+        conv = gc.relu(gc.conv2d(planes, wc, padding=1))
+        dx, dwc = gc.grad(gc.sum(pooled * pooled) + gc.sum(averaged * averaged)
+                          + gc.sum(conv * conv), [x, wc])
         outs = [h, gc.sum(h, axis=0), gc.max(h, axis=1), gc.exp(x) * 0.5, gram, pooled,
-                averaged, dx]
+                averaged, conv, dx, dwc]
     return g, [x], outs
 
 

@@ -1,0 +1,64 @@
+"""Compiled matmuls big enough to be split across threads (codegen.matmul.split and
+batch_split), on a grid of shapes with primes and block sizes +-1, float32 and float64, at 1
+and 2 threads: against numpy, and bit-identical between thread counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.codegen import matmul
+
+# (batch, m, n, k, transpose_a, transpose_b): splits by columns, by rows, by batch, and none
+# (odd sizes that do not divide evenly).
+SHAPES = [
+    ((), 64, 96, 129, False, False),
+    ((), 33, 128, 257, False, True),
+    ((), 128, 31, 97, True, False),
+    ((), 97, 95, 64, True, True),
+    ((), 256, 8, 512, False, False),
+    ((3,), 33, 65, 127, False, False),
+    ((2, 2), 31, 32, 129, True, False),
+]
+
+
+def _build(dtype: str) -> tuple[gc.Graph, list[gc.Node], list[gc.Node], list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    arrays, ins, outs = [], [], []
+    with gc.Graph("gemm_threads") as g:
+        for i, (batch, m, n, k, ta, tb) in enumerate(SHAPES):
+            a_shape = (*batch, *((k, m) if ta else (m, k)))
+            b_shape = (*batch, *((n, k) if tb else (k, n)))
+            a = rng.standard_normal(a_shape).astype(dtype)
+            b = rng.standard_normal(b_shape).astype(dtype)
+            pa = gc.placeholder(a.shape, dtype, name=f"a{i}")
+            pb = gc.placeholder(b.shape, dtype, name=f"b{i}")
+            arrays += [a, b]
+            ins += [pa, pb]
+            # An epilogue too: it sees each block's own rows and columns.
+            outs.append(gc.relu(gc.matmul(pa, pb, transpose_a=ta, transpose_b=tb) - 0.5))
+    return g, ins, outs, arrays
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_split_gemms_match_numpy_and_each_other(dtype: str) -> None:
+    g, ins, outs, arrays = _build(dtype)
+    results = []
+    for threads in (1, 2):
+        opts = gc.CompileOptions(cache_dir=None, threads=threads)
+        exe = gc.compile(g, ins, outs, options=opts)
+        results.append(exe(*arrays))
+        if threads == 2:
+            kernels = [k for k in exe.report.plan.program.kernels if k.anchor is not None]
+            split = [matmul.split(k, 2) is not None or matmul.batch_split(k, 2) is not None
+                     for k in kernels]
+            assert sum(split) >= 5, "the grid should exercise the threaded splits"
+    rtol = 1e-4 if dtype == "float32" else 1e-12
+    for i, (*_, k, ta, tb) in enumerate(SHAPES):
+        a, b = arrays[2 * i], arrays[2 * i + 1]
+        a2 = np.swapaxes(a, -1, -2) if ta else a
+        b2 = np.swapaxes(b, -1, -2) if tb else b
+        want = np.maximum(a2 @ b2 - 0.5, 0)
+        np.testing.assert_array_equal(results[0][i], results[1][i])
+        np.testing.assert_allclose(results[1][i], want, rtol=rtol, atol=rtol * np.sqrt(k))
