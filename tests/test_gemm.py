@@ -207,6 +207,9 @@ def test_cases_cover_every_path() -> None:
             assert len({p.nr for _, p in mine}) == 2  # the wide and the narrow-N kernel
             assert any(not p.pack_a and s.m % p.mr for s, p in mine)  # A in place + edge
     assert any(s.m > p.mc for s, p in packed) and any(s.n > p.nc for s, p in packed)
+    # B read in place (few rows), with and without a partial last panel to pack.
+    assert any(not p.pack_b and s.n % p.nr for s, p in packed)
+    assert any(not p.pack_b and s.n % p.nr == 0 for s, p in packed)
 
 
 def test_kernels_are_shared_and_module_has_no_state(compiled: Compiled) -> None:
@@ -218,10 +221,16 @@ def test_kernels_are_shared_and_module_has_no_state(compiled: Compiled) -> None:
         plan = plan_gemm(case.spec, target)
         if plan.path != "packed":
             continue
-        if plan.pack_a or case.spec.m % plan.mr:
-            shapes.add((case.spec.dtype, plan.mr, plan.nr, None))
+        s = case.spec
+        if plan.pack_a:
+            if plan.pack_b or s.n % plan.nr:  # packed B panels (or B's partial last one)
+                shapes.add((s.dtype, plan.mr, plan.nr, None))
+            if not plan.pack_b and s.n >= plan.nr:  # B read in place, one per B row stride
+                shapes.add((s.dtype, plan.mr, plan.nr, ("b", s.ldb)))
+        elif s.m % plan.mr:
+            shapes.add((s.dtype, plan.mr, plan.nr, None))
         if not plan.pack_a:  # the kernel reading A in place, one per A strides
-            shapes.add((case.spec.dtype, plan.mr, plan.nr, case.spec.a_strides))
+            shapes.add((s.dtype, plan.mr, plan.nr, s.a_strides))
     kernels = [g for name, g in compiled.module.globals.items() if ".uk." in name]
     assert len(kernels) == len(shapes) < len(CASES) // 2
     assert all(isinstance(g, ir.Function) for g in compiled.module.globals.values())

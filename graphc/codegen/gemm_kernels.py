@@ -56,7 +56,8 @@ def _new_function(module: ir.Module, name: str, args: list[ir.Type],
 
 
 def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
-                 a_strides: tuple[int, int] | None = None, unroll: int = 4) -> ir.Function:
+                 a_strides: tuple[int, int] | None = None, unroll: int = 4,
+                 b_stride: int | None = None) -> ir.Function:
     """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p A(r, p)*bp[p*nr+j].
 
     The mr x nr block lives in mr*(nr/lanes) vector accumulators across the whole k loop
@@ -64,10 +65,14 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
     row against nr/lanes B vectors with llvm.fma. `bp` is a packed panel (64-byte aligned
     panel blocks), `tile` is 64-byte aligned scratch. A(r, p) is ap[p*mr + r] (a packed
     panel) or, with a_strides=(rs, ps), ap[r*rs + p*ps] read straight from the operand
-    (static strides: every row is a constant displacement from one pointer).
+    (static strides: every row is a constant displacement from one pointer). Likewise B
+    is bp[p*nr + j] (a packed panel) or, with b_stride=ld, bp[p*ld + j]: nr contiguous
+    columns of each row of a row-major operand, read in place.
     """
     rs, ps = a_strides if a_strides is not None else (1, mr)
+    bs = b_stride if b_stride is not None else nr
     direct = "" if a_strides is None else f".a{rs}_{ps}"
+    direct += "" if b_stride is None else f".b{bs}"
     name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}{direct}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -78,11 +83,11 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
     vty = compute_type(dtype, lanes)
     isz = dtype.itemsize
     nv = nr // lanes
-    b_align = align_of(lanes * isz)
+    b_align = align_of(lanes * isz) if b_stride is None else isz
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
     def step(accs: list[ir.Value], ap: ir.Value, bp: ir.Value, u: int) -> list[ir.Value]:
-        bvs = [b.load(elem_ptr(b, bp, u * nr + v * lanes, ety), typ=vty, align=b_align)
+        bvs = [b.load(elem_ptr(b, bp, u * bs + v * lanes, ety), typ=vty, align=b_align)
                for v in range(nv)]
         out = list(accs)
         for r in range(mr):
@@ -113,7 +118,7 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
         for j in range(u):
             new = step(new, pa, pb, j)
         na = elem_ptr(b, pa, u * ps, ety)
-        nb = elem_ptr(b, pb, u * nr, ety)
+        nb = elem_ptr(b, pb, u * bs, ety)
         nit = b.add(it, i64(1))
         for phi, v in zip(phis, new, strict=True):
             phi.add_incoming(v, body)
@@ -144,7 +149,7 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
     for r in range(mr):
         for v in range(nv):
             b.store(accs[r * nv + v], elem_ptr(b, tile, r * nr + v * lanes, ety),
-                    align=b_align)
+                    align=align_of(lanes * isz))
     b.ret_void()
     return fn
 

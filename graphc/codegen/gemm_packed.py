@@ -81,6 +81,9 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
 
     # B's "x" is j, contiguous in j unless transposed.
     pack_b = pack_function(module, dtype, plan.nr, plan.lanes, transposed=spec.trans_b)
+    # Full NR-wide panels of B read in place (plan.pack_b False: a single jc block, so nc
+    # is static); only a partial last panel is packed.
+    full_n = spec.n - spec.n % plan.nr
     i8 = ir.IntType(8)
     ap = scratch
     bp = elem_ptr(b, scratch, plan.b_offset, i8)
@@ -97,14 +100,19 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 load_c = True if accumulate else b.icmp_signed(">", pcv, as_i64(0))
                 last = b.icmp_signed(">=", b.add(pcv, as_i64(kc)), as_i64(spec.k))
             src_b = elem_ptr(b, bm, add(b, mul(b, pc, sb_p), mul(b, jc, sb_j)), ety)
-            b.call(pack_b, [src_b, as_i64(spec.ldb), as_i64(nc), as_i64(kc), bp])
+            if plan.pack_b:
+                b.call(pack_b, [src_b, as_i64(spec.ldb), as_i64(nc), as_i64(kc), bp])
+            elif full_n < spec.n:
+                b.call(pack_b, [elem_ptr(b, src_b, full_n, ety), as_i64(spec.ldb),
+                                as_i64(spec.n - full_n), as_i64(kc), bp])
 
             def a_at(row: Val) -> ir.Value:
                 return elem_ptr(b, a, add(b, mul(b, row, sa_i), mul(b, pc, sa_p)), ety)
 
             def tile_at(fn: ir.Function, apanel: ir.Value, row: Val, jr: Val, mr_eff: Val,
-                        nr_eff: Val) -> None:
-                bpanel = elem_ptr(b, bp, mul(b, jr, kc), ety)
+                        nr_eff: Val, bpanel: ir.Value | None = None) -> None:
+                if bpanel is None:
+                    bpanel = elem_ptr(b, bp, mul(b, jr, kc), ety)
                 col = add(b, jc, jr)
                 cptr = elem_ptr(b, c, add(b, mul(b, row, spec.ldc), col), ety)
                 # Fetch the C tile while the kernel runs: its store (and, after the first
@@ -146,6 +154,24 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                     b.call(pack_a(), [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
                                       as_i64(kc), ap])
                     tile_at(kernel(), ap, full, 0, spec.m - full, nc)
+            elif not plan.pack_b:
+                in_place_b = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
+                                          b_stride=spec.ldb)
+                with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
+                    b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
+                    if full_n:
+                        with for_range(b, 0, full_n, plan.nr, name="jr") as jr, \
+                                for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                            tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
+                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
+                                    bpanel=elem_ptr(b, src_b, jr, ety))
+                    if full_n < spec.n:
+                        with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                            tile_at(kernel(), apanel, add(b, ic, ir_), full_n,
+                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
+                                    spec.n - full_n, bpanel=bp)
             else:
                 with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
                     b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])

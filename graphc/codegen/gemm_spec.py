@@ -24,6 +24,8 @@ _SMALL = 4  # M or N up to this uses the direct (unpacked) paths when the layout
 # Up to this many rows, streaming B once with the rows' accumulators (nvec) beat packing:
 # measured 1.4-9x faster for 5-8 rows (N 10-512, K 256-784); at 16 rows packing wins.
 _FEW_ROWS = 8
+# Up to this many rows (4 register blocks) B is read in place rather than packed.
+_IN_PLACE_B_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class GemmPlan:
     kc: int = 0
     nc: int = 0
     pack_a: bool = True
+    pack_b: bool = True
     b_offset: int = 0
     tile_offset: int = 0
     scratch_bytes: int = 0
@@ -151,8 +154,13 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     pack_a = n > nr
     if not pack_a:
         mc = mr
+    # With few row panels each packed B panel would be used only a few times: for a
+    # row-major B, full NR-wide panels are read in place (an RNN's per-step h @ W repacked
+    # W at every step); a partial last panel is still packed.
+    pack_b = not (pack_a and sb_j == 1 and m <= _IN_PLACE_B_ROWS and n <= nc)
     a_bytes = _round_up(mc * kc * isz, 64)
     b_bytes = _round_up(nc * kc * isz, 64)
     tile = _round_up(mr * nr * isz, 64)
-    return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=pack_a, b_offset=a_bytes,
+    return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=pack_a, pack_b=pack_b,
+                    b_offset=a_bytes,
                     tile_offset=a_bytes + b_bytes, scratch_bytes=a_bytes + b_bytes + tile)
