@@ -116,6 +116,9 @@ CONVS = [
     Conv("narrow_s2_g2", (1, 8, 7, 7), 24, (3, 3), stride=2, padding=1, groups=2),
     Conv("spatial_1x1", (3, 16, 1, 1), 20, (1, 1)),
     Conv("narrow_dil2_asym", (2, 3, 7, 6), 17, (3, 3), dilation=2, padding=((2, 1), (3, 0))),
+    # Rows of 10 and 15 outputs (under one 16-lane vector): also the channel path.
+    Conv("rows_10_lenet2", (2, 6, 14, 14), 16, (5, 5)),
+    Conv("rows_15_s1", (1, 5, 9, 15), 17, (3, 3), padding=1),
 ]
 
 

@@ -18,7 +18,7 @@ masked loads (see `window`), so nothing outside a row is read. grad_input first 
 weights, transposed per group, into its scratch so that it walks them contiguously.
 
 conv2d_grad_weight, a reduction over batch and positions, is in `conv_weight`; conv2d on
-rows narrower than half a vector is vectorized over output channels instead, in
+rows narrower than a vector is vectorized over output channels instead, in
 `conv_channels`.
 
 The epilogue of a CONV kernel (bias, activation, ...) is evaluated on each finished vector
