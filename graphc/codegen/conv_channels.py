@@ -30,10 +30,10 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.expr import strides
 from graphc.codegen.index import Idx, splat
 from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.window import (
-    blocks,
     const_splat,
     element_ptr,
     fma,
@@ -130,7 +130,42 @@ def _pad_input(ctx: KernelContext, x: Node, pads: tuple[tuple[int, int], tuple[i
 
 
 def emit(ctx: KernelContext) -> None:
-    """The CONV kernel of `ctx` (its anchor satisfies `applies`)."""
+    """The CONV kernel of `ctx` (its anchor satisfies `applies`). The weights are packed
+    and the input padded into scratch first; then blocks of output rows, independent of
+    each other, are split across threads (each output is computed the same way whatever
+    the split)."""
+    kernel = ctx.kernel
+    anchor = kernel.anchor
+    assert anchor is not None and ctx.scratch is not None
+    x, w = anchor.inputs
+    n_batch, _, ho, wo = anchor.shape
+    groups = anchor.attrs["groups"]
+    lanes = ctx.target.lanes(anchor.dtype.itemsize)
+    chunks, _, _, _ = _layout(anchor, lanes)
+    if kernel.root is not anchor:
+        ctx.ptrs[anchor] = ctx.out  # the partial chunk's in-place epilogue reads raw sums
+    if anchor.size == 0:
+        return
+    win = Window.from_attrs(anchor.attrs, kernel=(w.shape[2], w.shape[3]))
+    _pack_weights(ctx, w, groups, lanes, chunks, ctx.scratch)
+    _pad_input(ctx, x, win.pads, _padded_input(ctx, anchor, lanes))
+    rows_total = n_batch * ho
+    per_block = max(1, min(MAX_POSITIONS // wo, rows_total))
+    n_blocks = -(-rows_total // per_block)
+    work = per_block * wo * w.size  # multiply-adds of one block of rows
+    parallel_range(ctx, n_blocks, max(1, -(-(1 << 14) // max(work, 1))),
+                   lambda c, lo, hi: _row_blocks(c, lo, hi, per_block))
+
+
+def _padded_input(ctx: KernelContext, anchor: Node, lanes: int) -> ir.Value:
+    assert ctx.scratch is not None
+    return ctx.b.gep(ctx.scratch, [i64(_input_offset(anchor, lanes))], inbounds=True,
+                     source_etype=ir.IntType(8))
+
+
+def _row_blocks(ctx: KernelContext, lo: ir.Value, hi: ir.Value, per_block: int) -> None:
+    """Blocks [lo, hi) of `per_block` output rows (n, y) each; the last block of all may
+    be shorter."""
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None and ctx.scratch is not None
@@ -147,17 +182,10 @@ def emit(ctx: KernelContext) -> None:
     vt = ir.VectorType(storage_type(dtype), lanes)
     chunks, _, hp, wp = _layout(anchor, lanes)
     epilogue = kernel.root is not anchor
-    if epilogue:
-        ctx.ptrs[anchor] = ctx.out  # the partial chunk's in-place epilogue reads raw sums
-    if anchor.size == 0:
-        return
     packed = ctx.scratch
-    xpad = b.gep(ctx.scratch, [i64(_input_offset(anchor, lanes))], inbounds=True,
-                 source_etype=ir.IntType(8))
-    _pack_weights(ctx, w, groups, lanes, chunks, packed)
-    _pad_input(ctx, x, win.pads, xpad)
+    xpad = _padded_input(ctx, anchor, lanes)
     rows_total = n_batch * ho
-    per_block = max(1, min(MAX_POSITIONS // wo, rows_total))
+    n_full, rest = divmod(rows_total, per_block)
     k = kh * kw
 
     def block(g: ir.Value, ch: ir.Value, count: int, r0: ir.Value, n_rows: int) -> None:
@@ -186,8 +214,14 @@ def emit(ctx: KernelContext) -> None:
                 _store(ctx, (n, co, y, q), b.load(accs[kk][q]), count, epilogue)
 
     def chunk_rows(g: ir.Value, ch: ir.Value, count: int) -> None:
-        blocks(b, rows_total, per_block, lambda r0, n_rows: block(g, ch, count, r0, n_rows),
-               name="rows")
+        # The full blocks of this task, then the short last block if it is this task's.
+        last_full = b.select(b.icmp_signed("<", hi, i64(n_full)), hi, i64(n_full))
+        with for_range(b, lo, last_full, 1, name="rows") as blk:
+            block(g, ch, count, b.mul(blk, i64(per_block)), per_block)
+        if rest:
+            mine = b.icmp_signed(">", hi, i64(n_full))
+            with b.if_then(mine):
+                block(g, ch, count, i64(n_full * per_block), rest)
 
     with loop(b, groups, "g") as g:
         full = og // lanes
