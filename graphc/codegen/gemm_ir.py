@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import I1, I32, I64, PTR, VOID, compute_type, i64
+from graphc.codegen.types import I1, I32, I64, PTR, VOID, compute_type, i64, intrinsic
 from graphc.ir import DType
 
 Val = ir.Value | int
@@ -127,31 +127,12 @@ def if_value(b: ir.IRBuilder, cond: ir.Value | bool, value: ir.Value,
     return phi
 
 
-def _vec_suffix(t: ir.Type) -> str:
-    if isinstance(t, ir.VectorType):
-        return f"v{t.count}{_vec_suffix(t.element)}"
-    if isinstance(t, ir.FloatType):
-        return "f32"
-    if isinstance(t, ir.DoubleType):
-        return "f64"
-    if isinstance(t, ir.IntType):
-        return f"i{t.width}"
-    raise TypeError(f"no intrinsic suffix for {t}")
-
-
-def _intrinsic(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    fn = module.globals.get(name)
-    if fn is None:
-        fn = ir.Function(module, ir.FunctionType(ret, args), name=name)
-    return fn
-
-
 def madd(b: ir.IRBuilder, dtype: DType, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
     """acc + x*y: `llvm.fma` for floats (explicit: no fast-math flags needed), mul+add for ints."""
     if not dtype.is_float:
         return b.add(acc, b.mul(x, y))
     t = acc.type
-    fn = _intrinsic(b.module, f"llvm.fma.{_vec_suffix(t)}", t, [t, t, t])
+    fn = intrinsic(b.module, "llvm.fma", t, [t, t, t])
     return b.call(fn, [x, y, acc])
 
 
@@ -181,16 +162,15 @@ def lane_mask(b: ir.IRBuilder, lanes: int, first: Val, count: Val) -> ir.Value:
 def masked_load(b: ir.IRBuilder, ptr: ir.Value, vt: ir.VectorType, mask: ir.Value,
                 align: int) -> ir.Value:
     """Load the lanes of `mask` from ptr; off lanes read as zero and never touch memory."""
-    name = f"llvm.masked.load.{_vec_suffix(vt)}.p0"
     mt = ir.VectorType(I1, vt.count)
     # The (ptr, i32 align, mask, passthru) form; LLVM upgrades it to the align attribute.
-    fn = _intrinsic(b.module, name, vt, [PTR, I32, mt, vt])
+    fn = intrinsic(b.module, "llvm.masked.load", vt, [PTR, I32, mt, vt], [vt, PTR])
     return b.call(fn, [ptr, ir.Constant(I32, align), mask, ir.Constant(vt, None)])
 
 
 def prefetch(b: ir.IRBuilder, ptr: ir.Value, write: bool) -> None:
     """A cache-line prefetch hint (never faults, so `ptr` may be past the end)."""
-    fn = _intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    fn = intrinsic(b.module, "llvm.prefetch", VOID, [PTR, I32, I32, I32], [PTR])
     b.call(fn, [ptr, ir.Constant(I32, int(write)), ir.Constant(I32, 3), ir.Constant(I32, 1)])
 
 
