@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from graphc.cli_common import Parser, UsageError, load_model, run_command
@@ -35,17 +36,18 @@ from graphc.fileio import atomic_write
 from graphc.ir import Graph
 from graphc.memviz import plan_to_dot, plan_to_svg
 from graphc.ops import registry
-from graphc.options import CompileOptions
+from graphc.options import CONV_ALGORITHMS
 from graphc.passes.manager import format_pass_list, select_signature
+from graphc.pipeline import DEFAULT_OPTIONS, Lowered, lower
+from graphc.pipeline import STAGES as PIPELINE_STAGES
+from graphc.runtime.jit import emit_assembly, optimized_ir
 from graphc.serialize import dumps_json
-from graphc.stages import STAGES as STAGE_NAMES
-from graphc.stages import Stages, asm_text, llvm_text, lower
 from graphc.textir import format_graph
 
 __all__ = ["FORMATS", "STAGES", "load_model", "main"]
 
-# The stages `dump` can show (graphc.stages runs the compiler up to the one asked for).
-STAGES = STAGE_NAMES
+# The stages `dump` can show: the pipeline's, then the machine code of its LLVM module.
+STAGES = (*PIPELINE_STAGES, "asm")
 GRAPH_STAGES = ("input", "optimized")  # stages whose result is a graph (any format)
 VIZ_STAGES = ("input", "optimized", "planned")
 # output format -> the text of a graph in it.
@@ -108,6 +110,15 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                         help="which stage of compilation to show (default: input)")
     parser.add_argument("--signature", default=None, metavar="NAME",
                         help="the signature to compile (default: the only one, or all sinks)")
+    # The options that change code, as `graphc compile` spells them: the stages shown are
+    # those `gc.compile` runs with the same options.
+    parser.add_argument("-O", dest="opt_level", type=int, choices=range(4), default=2,
+                        help="LLVM optimization level (default 2)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="worker threads of the code (default: as gc.compile, one per "
+                             "core)")
+    parser.add_argument("--conv-algorithm", choices=CONV_ALGORITHMS, default="auto",
+                        help="how convolutions are computed (default auto: per layer)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,16 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(build_parser(), argv, _COMMANDS)
 
 
-def _lowered(args: argparse.Namespace, until: str) -> tuple[Stages, CompileOptions]:
+def _lowered(args: argparse.Namespace, stage: str) -> Lowered:
+    """Run the pipeline on MODEL up to `stage` with the options the flags give."""
     graph = load_model(args.model)
-    options = CompileOptions(
+    options = replace(
+        DEFAULT_OPTIONS,
         pipeline=getattr(args, "pipeline", None),
         print_after=tuple(getattr(args, "print_after", ()) or ()),
         print_after_all=bool(getattr(args, "print_after_all", False)),
         print_stream=sys.stdout,
+        opt_level=args.opt_level,
+        threads=args.threads,
+        conv_algorithm=args.conv_algorithm,
     )
     sig = select_signature(graph, args.signature)
-    return lower(graph, sig, options, until), options
+    return lower(graph, sig, options, "llvm" if stage == "asm" else stage)
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -132,7 +148,7 @@ def _dump(args: argparse.Namespace) -> int:
     if stage not in GRAPH_STAGES and args.format != "text":
         raise UsageError(f"--format {args.format} applies to graph stages "
                          f"({', '.join(GRAPH_STAGES)}); stage {stage!r} prints text")
-    stages, options = _lowered(args, stage)
+    stages = _lowered(args, stage)
     out = sys.stdout
     if stage == "input":
         out.write(FORMATS[args.format](stages.graph))
@@ -148,10 +164,12 @@ def _dump(args: argparse.Namespace) -> int:
     elif stage == "planned":
         assert stages.plan is not None
         out.write(stages.plan.format() + "\n")
+    elif stage == "llvm" and not args.optimized_ir:
+        out.write(stages.ir_text)
     elif stage == "llvm":
-        out.write(llvm_text(stages, options, optimized=args.optimized_ir))
+        out.write(optimized_ir(stages.ir_text, stages.target, stages.settings.opt_level))
     else:
-        out.write(asm_text(stages, options))
+        out.write(emit_assembly(stages.ir_text, stages.target, stages.settings.opt_level))
     if args.stats and stages.report is not None:
         out.write("\n" + stages.report.format_table())
     elif args.stats:
@@ -167,17 +185,17 @@ def _viz(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out.name!r}: the output must end in "
                          f"{', '.join(VIZ_SUFFIXES)}")
     fmt = VIZ_SUFFIXES[suffix]
-    dot_exe = shutil.which("dot") if fmt is not None else None
-    if fmt is not None and dot_exe is None:
-        raise GraphcError(INSTALL_GRAPHVIZ)
     if args.stage not in VIZ_STAGES:
         raise UsageError(f"viz draws stages {', '.join(VIZ_STAGES)}, not {args.stage!r}")
-    stages, _ = _lowered(args, args.stage)
+    direct_svg = args.stage == "planned" and fmt == "svg"  # drawn here, without Graphviz
+    dot_exe = shutil.which("dot") if fmt is not None and not direct_svg else None
+    if fmt is not None and not direct_svg and dot_exe is None:
+        raise GraphcError(INSTALL_GRAPHVIZ)  # before compiling: fail fast
+    stages = _lowered(args, args.stage)
     if args.stage == "planned":
         assert stages.plan is not None
-        if fmt == "svg":  # drawn directly, no Graphviz needed
-            svg = plan_to_svg(stages.plan).encode()
-            _write(out, svg)
+        if direct_svg:
+            _write(out, plan_to_svg(stages.plan).encode())
             return 0
         text = plan_to_dot(stages.plan)
     else:

@@ -35,12 +35,13 @@ from typing import Any
 import numpy as np
 
 from graphc.cli_common import Parser, UsageError, load_model, run_command
-from graphc.compile import DEFAULT_OPTIONS
 from graphc.compile import compile as compile_graph
 from graphc.errors import GraphcError
 from graphc.export import WEIGHTS_MODES, export
 from graphc.fileio import atomic_write
 from graphc.ir import Graph
+from graphc.options import CONV_ALGORITHMS
+from graphc.pipeline import DEFAULT_OPTIONS
 from graphc.runtime.library import check_compatible, load, read_metadata
 
 __all__ = ["COMMANDS", "add_subcommands", "main_export"]
@@ -74,7 +75,7 @@ def add_subcommands(subparsers: Any) -> None:
                    help="LLVM optimization level (default 2)")
     c.add_argument("--threads", type=int, default=None, metavar="N",
                    help="worker threads of the library (default 1: no background threads)")
-    c.add_argument("--conv-algorithm", choices=("auto", "direct", "gemm"), default="auto",
+    c.add_argument("--conv-algorithm", choices=CONV_ALGORITHMS, default="auto",
                    help="how convolutions are computed (default auto: per layer)")
     c.set_defaults(handler=_compile)
 

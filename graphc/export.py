@@ -26,8 +26,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from graphc.codegen.module import build_module
-from graphc.codegen.target import host_target
 from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import ArgumentError, GraphcError
 from graphc.export_c import source_text, weights_file_header
@@ -43,9 +41,7 @@ from graphc.export_link import find_c_compiler, link_shared, object_code
 from graphc.fileio import atomic_write
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
-from graphc.passes.fuse import fuse
-from graphc.passes.manager import run_pipeline
-from graphc.passes.memory_plan import check_no_overlap, plan_memory
+from graphc.pipeline import DEFAULT_OPTIONS, lower
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.library import ABI_VERSION, META_FORMAT
 from graphc.textir import format_graph
@@ -88,8 +84,6 @@ def export(
     unless `options.threads` > 1 (results do not depend on it). Raises GraphcError (no C
     compiler, bad name) or CompileError (code generation, linking).
     """
-    from graphc.compile import DEFAULT_OPTIONS
-
     options = options or DEFAULT_OPTIONS
     if weights not in WEIGHTS_MODES:
         raise ArgumentError(f"weights must be one of {', '.join(WEIGHTS_MODES)}, "
@@ -98,24 +92,21 @@ def export(
     lib_path, name = _paths(Path(path), name, graph)
     cc = find_c_compiler()  # before the expensive part: fail fast without a compiler
 
-    result = run_pipeline(graph, replace(sig, name="main"), options)
-    program = fuse(result.graph, result.signature)
-    plan = plan_memory(program)
-    if options.verify_each:
-        check_no_overlap(plan)
-    target = host_target()
     # Single-threaded unless asked: a library runs on machines we do not know, inside
     # programs that may not want background threads. With threads > 1 the code carries its
     # worker pool (shared by the library's contexts, joined by the library's destructor).
-    threads = max(1, options.threads) if options.threads is not None else 1
-    generated = build_module(plan, target, name=graph.name, entry=f"{name}_graphc_entry",
-                             threads=threads, conv=options.conv_algorithm)
+    if options.threads is None:
+        options = replace(options, threads=1)
+    lowered = lower(graph, sig, options, "llvm", entry=f"{name}_graphc_entry")
+    generated, target = lowered.module, lowered.target
+    assert generated is not None and lowered.optimized is not None
+    threads = lowered.settings.threads
     ir_text = generated.ir_text
     cache = Path(options.cache_dir) if options.cache_dir else None
     obj = object_code(ir_text, target, options.opt_level, cache)
 
     external = weights == "external"
-    layout, blob = build_layout(name, result.graph, sig, generated, external)
+    layout, blob = build_layout(name, lowered.optimized, sig, generated, external)
     layout = replace(layout, threads=threads,
                      pool_shutdown=SHUTDOWN if SHUTDOWN in generated.module.globals else None)
     checksum = checksum64(blob)
@@ -175,7 +166,7 @@ def _paths(path: Path, name: str | None, graph: Graph) -> tuple[Path, str]:
 
 def _metadata(layout: Layout, graph: Graph, sig: Signature, single: bool, ir_text: str,
               blob: bytes, checksum: int, target: Any) -> dict[str, Any]:
-    from graphc import __version__
+    from graphc._version import __version__
 
     def port(p: Any) -> dict[str, Any]:
         return {"name": p.name, "c_name": p.cname, "dtype": p.type.dtype.value,

@@ -16,6 +16,8 @@ from graphc.errors import GraphcError
 if TYPE_CHECKING:  # only for annotations: options must not import the IR at run time
     from graphc.ir import Graph, Signature
 
+CONV_ALGORITHMS = ("auto", "direct", "gemm")
+
 # Called after a pass with (pass name, graph, signature) when that pass is to be printed.
 PrintCallback = Callable[[str, "Graph", "Signature"], None]
 
@@ -70,6 +72,6 @@ class CompileOptions:
             raise GraphcError(f"fold_max_elements must be >= 0, got {self.fold_max_elements}")
         if not 0 <= self.opt_level <= 3:
             raise GraphcError(f"opt_level must be 0-3, got {self.opt_level}")
-        if self.conv_algorithm not in ("auto", "direct", "gemm"):
+        if self.conv_algorithm not in CONV_ALGORITHMS:
             raise GraphcError("conv_algorithm must be 'auto', 'direct' or 'gemm', got "
                               f"{self.conv_algorithm!r}")

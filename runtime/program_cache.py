@@ -17,7 +17,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import graphc
+import graphc.codegen as codegen
+import graphc.ir as ir
+import graphc.ops as ops
+import graphc.passes as passes
+from graphc._version import __version__
 from graphc.codegen.module import TableEntry
 from graphc.codegen.target import Target
 from graphc.fileio import atomic_write
@@ -25,8 +29,12 @@ from graphc.ir import Graph
 from graphc.passes.memory_plan import Space
 from graphc.textir import format_graph
 
-# Relative to the installed graphc package (passes/ and runtime/ install inside it).
-_CODEGEN_SOURCES = ("codegen", "ops", "passes", "runtime/jit.py")
+# The sources the generated code is a function of: these packages (wherever they are
+# installed: passes/ and runtime/ sit beside graphc/ in an editable install, inside it
+# otherwise), the stage sequence and the JIT.
+_CODEGEN_PACKAGES = (codegen, ir, ops, passes)
+_CODEGEN_FILES = (Path(ir.__file__).resolve().parent.parent / "pipeline.py",
+                  Path(__file__).resolve().parent / "jit.py")
 
 
 @dataclass(frozen=True)
@@ -42,25 +50,22 @@ class Layout:
 @functools.cache
 def codegen_fingerprint() -> str:
     """sha256 over the code generator's source files (read once per process)."""
-    root = Path(graphc.__file__).resolve().parent
-    h = hashlib.sha256(graphc.__version__.encode())
-    for rel in _CODEGEN_SOURCES:
-        base = root / rel
-        if not base.exists():  # an editable install keeps passes/ and runtime/ beside graphc/
-            base = root.parent / rel
-        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
-        for f in files:
-            if f.is_file():
-                h.update(f.name.encode())
-                h.update(f.read_bytes())
+    h = hashlib.sha256(__version__.encode())
+    files: list[Path] = []
+    for package in _CODEGEN_PACKAGES:
+        files += sorted(Path(package.__file__).resolve().parent.rglob("*.py"))
+    for f in (*files, *_CODEGEN_FILES):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 
-def program_key(graph: Graph, target: Target, opt_level: int, threads: int,
-                profile: bool, conv_algorithm: str = "auto") -> str:
+def program_key(graph: Graph, target: Target, settings: str) -> str:
+    """The key of an optimized graph compiled for `target` with code-changing `settings`
+    (`pipeline.CodegenSettings.key`: every option that changes the generated code)."""
     h = hashlib.sha256()
-    for part in (format_graph(graph), target.key, str(opt_level), str(threads), str(profile),
-                 conv_algorithm, codegen_fingerprint()):
+    for part in (format_graph(graph), target.key, settings, codegen_fingerprint()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

@@ -30,7 +30,7 @@ import pytest
 import graphc as gc
 from graphc.cli_export import main_export
 from graphc.codegen.target import host_target
-from graphc.compile import DEFAULT_OPTIONS
+from graphc.pipeline import DEFAULT_OPTIONS
 from graphc.runtime.library import read_metadata
 from graphc.textir import format_graph
 

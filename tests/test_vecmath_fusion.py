@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import stages
+from graphc import pipeline
 from graphc.codegen import vecmath
-from graphc.runtime.jit import jit_compile
+from graphc.runtime.jit import jit_compile, optimized_ir
 from tests.test_vecmath import (
     ELEM,
     KERNEL,
@@ -145,8 +145,8 @@ def test_fraction_product_needs_two_tanh_or_sigmoid_results() -> None:
 def _kernel_ir(graph: gc.Graph, inputs: list[object], output: object) -> str:
     options = gc.CompileOptions(threads=1)
     sig = gc.Signature("main", tuple(inputs), (output,))
-    st = stages.lower(graph, sig, options, "llvm")
-    return stages.llvm_text(st, options, optimized=True)
+    lowered = pipeline.lower(graph, sig, options, "llvm")
+    return optimized_ir(lowered.ir_text, lowered.target, options.opt_level)
 
 
 def _vector_divisions(text: str) -> int:

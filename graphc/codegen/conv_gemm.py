@@ -55,7 +55,6 @@ from graphc.ir import DType, Node
 from graphc.ops.conv_geometry import Window
 from graphc.passes.fuse import Kernel
 
-ALGORITHMS = ("auto", "direct", "gemm")
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 # Below this many multiply-adds per task a split across threads is not worth a wake-up.
 _TASK_MACS = 1 << 17

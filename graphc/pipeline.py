@@ -1,0 +1,145 @@
+"""The one stage sequence from a graph signature to an LLVM module: `lower`.
+
+    input      the graph as built
+    optimized  after the pass pipeline (passes.manager: simplify, constant_fold, cse, prune)
+    fused      kernels (passes.fuse)
+    planned    the memory plan (passes.memory_plan, told by codegen which kernels apply
+               their epilogue once per element)
+    llvm       the LLVM module (codegen.module.build_module)
+
+Everything that turns a graph into code goes through `lower`: `gc.compile` (then the
+program cache, the JIT and an Executable), `gc.export` (then the object file, the C wrapper
+and the linker) and every `graphc dump` / `graphc viz` stage. So the code the CLI shows,
+the code `gc.compile` runs and the code `gc.export` links are the same for the same
+options. `CodegenSettings` holds every option that changes the generated code; the program
+cache keys on it, so nothing can change the code without changing the key.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+
+from graphc.codegen.lowering import epilogue_writes_once
+from graphc.codegen.module import ENTRY, GeneratedModule, build_module
+from graphc.codegen.target import Target, host_target
+from graphc.errors import GraphcError
+from graphc.ir import Graph, Signature
+from graphc.options import CompileOptions
+from graphc.passes.fuse import FusedProgram, fuse
+from graphc.passes.manager import PipelineReport, run_pipeline
+from graphc.passes.memory_plan import MemoryPlan, check_no_overlap, plan_memory
+from graphc.runtime.jit import default_cache_dir
+
+# What `gc.compile` and `gc.export` use when given no options: O2, the on-disk cache.
+DEFAULT_OPTIONS = CompileOptions(opt_level=2, cache_dir=str(default_cache_dir()))
+
+STAGES = ("input", "optimized", "fused", "planned", "llvm")
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on (`CompileOptions.threads=None`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class CodegenSettings:
+    """Every option that changes the generated code, resolved (no None left)."""
+
+    threads: int
+    conv_algorithm: str
+    profile: bool
+    opt_level: int
+
+    @classmethod
+    def of(cls, options: CompileOptions) -> CodegenSettings:
+        threads = default_threads() if options.threads is None else max(1, int(options.threads))
+        return cls(threads, options.conv_algorithm, options.profile, options.opt_level)
+
+    @property
+    def key(self) -> str:
+        """A stable text of the settings, for cache keys."""
+        return (f"threads={self.threads};conv={self.conv_algorithm};profile={self.profile};"
+                f"O{self.opt_level}")
+
+
+@dataclass
+class Lowered:
+    """What each stage produced so far; `reached` names the last stage run."""
+
+    graph: Graph
+    signature: Signature  # as the user gave it
+    options: CompileOptions
+    settings: CodegenSettings
+    target: Target
+    entry: str
+    reached: str = "input"
+    optimized: Graph | None = None
+    optimized_signature: Signature | None = None
+    report: PipelineReport | None = None
+    fused: FusedProgram | None = None
+    plan: MemoryPlan | None = None
+    module: GeneratedModule | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ir_text(self) -> str:
+        if self.module is None:
+            raise GraphcError(f"the LLVM module is built at stage 'llvm', not {self.reached!r}")
+        return self.module.ir_text
+
+
+def lower(graph: Graph, signature: Signature, options: CompileOptions, until: str = "llvm",
+          *, entry: str = ENTRY) -> Lowered:
+    """Run the compiler on `signature` of `graph` up to stage `until` (see STAGES).
+
+    `entry` names the module's entry-point symbol (exported libraries prefix it with the
+    library's name so that two libraries can live in one process).
+    """
+    state = Lowered(graph, signature, options, CodegenSettings.of(options), host_target(), entry)
+    return advance(state, until)
+
+
+def advance(state: Lowered, until: str) -> Lowered:
+    """Run the stages after `state.reached` up to `until` (a no-op if already there)."""
+    if until not in STAGES:
+        raise GraphcError(f"unknown stage {until!r} (stages: {', '.join(STAGES)})")
+    stop = STAGES.index(until)
+    for stage in STAGES[STAGES.index(state.reached) + 1:stop + 1]:
+        start = time.perf_counter()
+        _RUN[stage](state)
+        state.seconds[stage] = time.perf_counter() - start
+        state.reached = stage
+    return state
+
+
+def _optimize(s: Lowered) -> None:
+    result = run_pipeline(s.graph, replace(s.signature, name="main"), s.options)
+    s.optimized, s.optimized_signature, s.report = result
+
+
+def _fuse(s: Lowered) -> None:
+    assert s.optimized is not None and s.optimized_signature is not None
+    s.fused = fuse(s.optimized, s.optimized_signature)
+
+
+def _plan(s: Lowered) -> None:
+    assert s.fused is not None
+    target = s.target
+    s.plan = plan_memory(s.fused, lambda k: epilogue_writes_once(k, target))
+    if s.options.verify_each:
+        check_no_overlap(s.plan)  # cheap, and it guards every plan the test suite makes
+
+
+def _build(s: Lowered) -> None:
+    assert s.plan is not None
+    cs = s.settings
+    s.module = build_module(s.plan, s.target, name=s.graph.name, entry=s.entry,
+                            threads=cs.threads, profile=cs.profile, conv=cs.conv_algorithm)
+
+
+_RUN = {"optimized": _optimize, "fused": _fuse, "planned": _plan, "llvm": _build}
