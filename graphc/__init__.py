@@ -5,6 +5,7 @@ lists its public builder functions in its `__all__`.
 """
 
 from graphc import callbacks, data, datasets, init, metrics, nn, optim
+from graphc._version import __version__
 from graphc.builder import constant, placeholder, variable
 from graphc.checkpoint import load_checkpoint, save_checkpoint
 from graphc.compile import compile
@@ -52,5 +53,3 @@ from graphc.serialize import load, save
 from graphc.textir import format_graph, parse_graph
 from graphc.training import History, Model
 from graphc.verify import verify
-
-__version__ = "0.1.0"

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from graphc._version import __version__
 from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import ArgumentError, GraphcError
 from graphc.export_c import source_text, weights_file_header
@@ -166,8 +167,6 @@ def _paths(path: Path, name: str | None, graph: Graph) -> tuple[Path, str]:
 
 def _metadata(layout: Layout, graph: Graph, sig: Signature, single: bool, ir_text: str,
               blob: bytes, checksum: int, target: Any) -> dict[str, Any]:
-    from graphc._version import __version__
-
     def port(p: Any) -> dict[str, Any]:
         return {"name": p.name, "c_name": p.cname, "dtype": p.type.dtype.value,
                 "shape": list(p.type.shape), "bytes": p.nbytes}
