@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 import graphc as gc
-from graphc.codegen import conv_gemm
+from graphc.codegen.conv import im2col as conv_gemm
 from graphc.codegen.target import host_target
 
 # (batch, channels in, height/width, channels out, kernel, stride, padding, groups)

@@ -30,7 +30,8 @@ import numpy as np
 import graphc as gc
 from benchmarks import workloads as w
 from benchmarks.run import XLA_ONE_THREAD
-from graphc.codegen import vecmath, vecmath_act
+from graphc.codegen.vecmath import act as vecmath_act
+from graphc.codegen.vecmath import functions as vecmath
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ def _worker(runs: int, dtype_name: str, wall: bool) -> None:
     import llvmlite.ir as ir
     import numpy as np
 
-    from graphc.codegen.gemm import GemmSpec, emit_gemm
+    from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
     from graphc.codegen.target import host_target
     from graphc.codegen.types import PTR, VOID
     from graphc.ir import DType
@@ -144,7 +144,7 @@ def _mlp_compile_seconds(dtype_name: str) -> float:
     """Cold compile (no cache) of a module holding the six MLP training-step GEMMs."""
     import llvmlite.ir as ir
 
-    from graphc.codegen.gemm import GemmSpec, emit_gemm
+    from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
     from graphc.codegen.target import host_target
     from graphc.codegen.types import PTR, VOID
     from graphc.ir import DType

@@ -4,10 +4,9 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import callbacks, data, datasets, init, metrics, nn, optim
+from graphc import datasets, init, nn, optim
 from graphc._version import __version__
 from graphc.builder import constant, placeholder, variable
-from graphc.checkpoint import load_checkpoint, save_checkpoint
 from graphc.compile import compile
 from graphc.errors import (
     ArgumentError,
@@ -22,8 +21,11 @@ from graphc.errors import (
     SourceLoc,
     VerifyError,
 )
-from graphc.export import ExportedLibrary, export
+from graphc.export.api import ExportedLibrary, export
 from graphc.gradcheck import GradCheckResult, check_grad
+from graphc.io.checkpoint import load_checkpoint, save_checkpoint
+from graphc.io.gcg import load, save
+from graphc.io.textir import format_graph, parse_graph
 from graphc.ir import (
     DType,
     Graph,
@@ -49,7 +51,5 @@ from graphc.options import CompileOptions
 from graphc.passes.autodiff import grad
 from graphc.runtime.executable import Executable
 from graphc.runtime.reference import reference
-from graphc.serialize import load, save
-from graphc.textir import format_graph, parse_graph
-from graphc.training import History, Model
+from graphc.training import History, Model, callbacks, data, metrics
 from graphc.verify import verify

@@ -20,7 +20,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, GraphStructureError, ShapeError, SourceLoc
 from graphc.ir import Attrs, DType, Graph, Node, TensorType, current_graph
-from graphc.ops.opdef import OpDef
+from graphc.ir.opdef import OpDef
 
 _GRAPHC_DIR = Path(__file__).resolve().parent
 # passes/ and runtime/ install inside graphc/; in an editable install they sit beside it.

@@ -28,8 +28,8 @@ import enum
 from dataclasses import dataclass, field
 
 from graphc.ir import Graph, Node, Signature
+from graphc.ir.opdef import Fusion
 from graphc.ops import registry
-from graphc.ops.opdef import Fusion
 
 INLINE_INJECTIVE = frozenset({"transpose", "slice", "reverse", "broadcast_to", "pad", "concat"})
 REDUCTION_ANCHORS = frozenset({"sum", "max", "min", "prod"})

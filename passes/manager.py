@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from graphc.errors import CompileError, GraphcError, GraphNameError, GraphStructureError
+from graphc.io.textir import format_graph
 from graphc.ir import SOURCE_OPS, Graph, Signature
 from graphc.options import CompileOptions
-from graphc.textir import format_graph
 from graphc.verify import verify
 
 from . import PASSES

@@ -24,7 +24,7 @@ import llvmlite.binding as llvm
 
 from graphc.codegen.target import Target, create_target_machine, host_target
 from graphc.errors import CompileError
-from graphc.fileio import atomic_write
+from graphc.io.atomic import atomic_write
 
 
 def default_cache_dir() -> Path:

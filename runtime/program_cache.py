@@ -24,10 +24,10 @@ import graphc.passes as passes
 from graphc._version import __version__
 from graphc.codegen.module import TableEntry
 from graphc.codegen.target import Target
-from graphc.fileio import atomic_write
+from graphc.io.atomic import atomic_write
+from graphc.io.textir import format_graph
 from graphc.ir import Graph
 from graphc.passes.memory_plan import Space
-from graphc.textir import format_graph
 
 # The sources the generated code is a function of: these packages (wherever they are
 # installed: passes/ and runtime/ sit beside graphc/ in an editable install, inside it

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import checkpoint, nn
-from graphc.callbacks import (
+from graphc import nn
+from graphc.io import checkpoint
+from graphc.training.callbacks import (
     Callback,
     CSVLogger,
     EarlyStopping,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-import graphc.checkpoint as ckpt
-from graphc.checkpoint import CheckpointMismatchError
+import graphc.io.checkpoint as ckpt
+from graphc.io.checkpoint import CheckpointMismatchError
 
 
 def _build() -> tuple[gc.Graph, object]:

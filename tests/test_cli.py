@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import graphc as gc
-from graphc import cli
+from graphc.cli import main as cli
+from graphc.io.gcg import dumps_json, save
+from graphc.io.textir import graph_diff, parse_graph
 from graphc.ops import registry
-from graphc.serialize import dumps_json, save
-from graphc.textir import graph_diff, parse_graph
 
 MODEL = textwrap.dedent("""\
     import numpy as np

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from graphc import cli
+from graphc.cli import main as cli
+from graphc.io.textir import parse_graph
 from graphc.passes import PASSES
-from graphc.textir import parse_graph
 from tests.test_cli import MODEL
 
 

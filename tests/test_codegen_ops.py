@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen import conv_channels
+from graphc.codegen.conv import channels as conv_channels
 from graphc.codegen.target import host_target
 from graphc.compile import compile as gc_compile
 from graphc.errors import GraphcError

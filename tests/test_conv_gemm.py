@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen import conv_gemm
+from graphc.codegen.conv import im2col as conv_gemm
 from graphc.codegen.target import host_target
 from graphc.options import CompileOptions
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import data
+from graphc.training import data
 
 
 def test_batches_cover_every_index_once() -> None:

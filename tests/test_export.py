@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.cli_export import main_export
+from graphc.cli.exported import main_export
 from graphc.codegen.target import host_target
+from graphc.io.textir import format_graph
 from graphc.pipeline import DEFAULT_OPTIONS
 from graphc.runtime.library import read_metadata
-from graphc.textir import format_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "examples" / "c_client" / "main.c"

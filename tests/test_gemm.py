@@ -16,8 +16,8 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from graphc.codegen.gemm import GemmSpec, emit_gemm, plan_gemm
-from graphc.codegen.gemm_ir import elem_ptr, splat
+from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
+from graphc.codegen.gemm.helpers import elem_ptr, splat
 from graphc.codegen.target import Target, host_target
 from graphc.codegen.types import PTR, VOID, compute_type, storage_type
 from graphc.ir import DType

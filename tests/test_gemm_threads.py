@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen import matmul
+from graphc.codegen.gemm import matmul
 
 # (batch, m, n, k, transpose_a, transpose_b): splits by columns, by rows, by batch, and none
 # (odd sizes that do not divide evenly).

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.gemm import emit_gemm, plan_gemm
-from graphc.codegen.gemm_direct import emit_nvec, plan_nvec
+from graphc.codegen.gemm.direct import emit_nvec, plan_nvec
+from graphc.codegen.gemm.emit import emit_gemm, plan_gemm
 from graphc.codegen.target import Target, host_target
 from graphc.codegen.types import PTR, VOID
 from graphc.ir import DType

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import metrics as mt
+from graphc.training import metrics as mt
 
 Y_TRUE = np.array([0, 1, 2, 2, 1, 0, 1])
 Y_PRED = np.array([0, 2, 2, 2, 1, 0, 0])

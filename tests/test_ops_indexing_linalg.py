@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.ir.opdef import Fusion
 from graphc.ops import indexing, linalg, registry
-from graphc.ops.opdef import Fusion
 
 
 def _line() -> int:

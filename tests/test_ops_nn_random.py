@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.ir.opdef import Fusion
 from graphc.ops import registry
-from graphc.ops.opdef import Fusion
 from tests.op_cases import random as rnd
 
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from graphc.io.textir import format_graph, graph_diff, parse_graph
 from graphc.options import CompileOptions
 from graphc.passes.manager import PipelineResult, run_pipeline, select_signature
 from graphc.passes.simplify import RULES
-from graphc.textir import format_graph, graph_diff, parse_graph
 from tests.test_passes import assert_same_results
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -21,11 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphc as gc
+from graphc.io.textir import graph_diff
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.passes import PASSES
 from graphc.passes.manager import DEFAULT_PIPELINE, run_pipeline
-from graphc.textir import graph_diff
 from tests.graphgen import GeneratedGraph, random_graphs
 from tests.test_passes import evaluate
 

@@ -15,6 +15,7 @@ import pytest
 
 import graphc as gc
 from graphc.errors import CompileError, GraphcError, GraphNameError, GraphStructureError
+from graphc.io.textir import parse_graph
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.passes import PASSES
@@ -28,7 +29,6 @@ from graphc.passes.manager import (
 from graphc.passes.rewrite import PassContext, PassDef, Pending, Rebuilder
 from graphc.passes.simplify import RULES
 from graphc.runtime.reference import evaluate as evaluate_nodes
-from graphc.textir import parse_graph
 
 # --- shared helpers -------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ step and a LeNet training step at 2 threads with convolutions through the GEMM; 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import re
 import shutil
 import textwrap
@@ -18,9 +17,11 @@ from pathlib import Path
 import pytest
 
 import graphc as gc
-from graphc import cli, pipeline
-from graphc.cli_common import load_model
+from graphc import pipeline
+from graphc.cli import main as cli
+from graphc.cli.common import load_model
 from graphc.codegen.module import GeneratedModule
+from graphc.export import api as export_module
 
 MODELS = textwrap.dedent("""\
     import numpy as np
@@ -64,8 +65,6 @@ MODELS = textwrap.dedent("""\
         return g
 """)
 
-# `gc.export` (the function) shadows its module's name on the package: import by path.
-export_module = importlib.import_module("graphc.export")
 OPTIONS = gc.CompileOptions(threads=2, conv_algorithm="gemm")
 FLAGS = ("--signature", "train", "--threads", "2", "--conv-algorithm", "gemm")
 

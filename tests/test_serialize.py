@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.errors import SerializationError, VerifyError
+from graphc.io.gcg import dumps_json, load, member_name, save
+from graphc.io.textir import graph_diff
 from graphc.ir import TensorType
-from graphc.serialize import dumps_json, load, member_name, save
-from graphc.textir import graph_diff
 from tests.graphgen import GeneratedGraph, random_graphs
 
 

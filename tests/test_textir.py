@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 
 import graphc as gc
 from graphc.errors import SerializationError, SourceLoc
+from graphc.io.textir import INLINE_LIMIT, format_graph, graph_diff, graphs_equal, parse_graph
 from graphc.ir import TensorType
-from graphc.textir import INLINE_LIMIT, format_graph, graph_diff, graphs_equal, parse_graph
 from tests.graphgen import GeneratedGraph, random_graphs
 
 GOLDEN = """\

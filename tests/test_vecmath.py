@@ -28,8 +28,8 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from graphc.codegen import vecmath
 from graphc.codegen.target import host_target
+from graphc.codegen.vecmath import functions as vecmath
 from graphc.errors import CompileError
 from graphc.ir import DType
 from graphc.runtime.jit import JitModule, jit_compile

@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from graphc.codegen import vecmath
+from graphc.codegen.vecmath import functions as vecmath
 from graphc.runtime.jit import jit_compile
 from tests.test_vecmath import F32, KERNEL, REFERENCE, RTOL32, VARIANTS, _kernel, variant_mode
 

@@ -16,7 +16,7 @@ import pytest
 
 import graphc as gc
 from graphc import pipeline
-from graphc.codegen import vecmath
+from graphc.codegen.vecmath import functions as vecmath
 from graphc.runtime.jit import jit_compile, optimized_ir
 from tests.test_vecmath import (
     ELEM,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.expr import Evaluator
+from graphc.codegen.fused.expr import Evaluator
 from graphc.codegen.target import Target
 from graphc.codegen.types import storage_type
 from graphc.errors import CompileError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graphc.codegen import matmul
+from graphc.codegen.gemm import matmul
 from graphc.codegen.target import Target
 from graphc.passes.fuse import Kernel
 

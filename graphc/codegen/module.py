@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen import conv_gemm, kernels, matmul, opaque
 from graphc.codegen.context import KernelContext
+from graphc.codegen.conv import im2col as conv_gemm
+from graphc.codegen.fused import loop_nests as kernels
+from graphc.codegen.gemm import matmul
+from graphc.codegen.opaque import rows as opaque
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.errors import CompileError

@@ -9,6 +9,7 @@ builders into `__all__`:
 
 from __future__ import annotations
 
+from graphc.ir.opdef import OpDef
 from graphc.ops import conv_conv2d as _conv2d
 from graphc.ops import conv_pool as _pool
 from graphc.ops.conv_conv2d import conv2d, conv2d_grad_input, conv2d_grad_weight
@@ -20,7 +21,6 @@ from graphc.ops.conv_pool import (
     max_pool2d_gather,
     max_pool2d_grad,
 )
-from graphc.ops.opdef import OpDef
 
 __all__ = [
     "avg_pool2d",

@@ -29,6 +29,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, GraphcError, ShapeError, SourceLoc
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops import shape as _shape
 from graphc.ops.conv_geometry import (
@@ -44,7 +45,6 @@ from graphc.ops.conv_geometry import (
     shape_of,
     tap,
 )
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.typecheck import FLOATS, check_dtype, same_dtype
 
 __all__ = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight"]

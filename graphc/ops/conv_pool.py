@@ -28,6 +28,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, GraphcError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import reduce as _reduce
 from graphc.ops.conv_geometry import (
     Pair,
@@ -43,7 +44,6 @@ from graphc.ops.conv_geometry import (
     tap,
     windows,
 )
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.typecheck import FLOATS, check_dtype, same_dtype
 
 __all__ = [

@@ -17,6 +17,7 @@ Sibling submodules call each other's builders through module imports used inside
 
 from __future__ import annotations
 
+from graphc.ir.opdef import OpDef
 from graphc.ops import elementwise_binary as _binary_ops
 from graphc.ops import elementwise_compare as _compare_ops
 from graphc.ops import elementwise_select as _select_ops
@@ -109,7 +110,6 @@ from graphc.ops.elementwise_unary import (
     square,
     tanh,
 )
-from graphc.ops.opdef import OpDef
 
 __all__ = [
     "abs",

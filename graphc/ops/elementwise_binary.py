@@ -14,11 +14,11 @@ import numpy as np
 
 from graphc.builder import Operand, apply
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, GradRule, OpDef
 from graphc.ops import elementwise_select as _select_ops
 from graphc.ops import elementwise_unary as _unary_ops
 from graphc.ops import reduce as _reduce
 from graphc.ops import shape as _shape
-from graphc.ops.opdef import Fusion, GradRule, OpDef
 from graphc.ops.typecheck import FLOATS, NUMERIC, broadcast_shapes, check_dtype, same_dtype
 
 __all__ = ["add", "div", "maximum", "minimum", "mod", "mul", "pow", "sub"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.ir import DType
+from graphc.ir.opdef import OpDef
 from graphc.ops.elementwise_binary import _binary, _binary_builder
-from graphc.ops.opdef import OpDef
 from graphc.ops.typecheck import ALL, NUMERIC
 
 __all__ = [

@@ -13,8 +13,8 @@ import numpy as np
 from graphc.builder import Operand, apply, constant
 from graphc.errors import DTypeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise_binary as _binary_ops
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.typecheck import broadcast_shapes, same_dtype
 
 __all__ = ["clip", "where"]

@@ -15,8 +15,8 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, GradRule, OpDef
 from graphc.ops import elementwise_select as _select_ops
-from graphc.ops.opdef import Fusion, GradRule, OpDef
 from graphc.ops.typecheck import FLOATS, NUMERIC, check_dtype
 
 __all__ = [

@@ -21,6 +21,7 @@ from here but not exported to `graphc`):
 
 from __future__ import annotations
 
+from graphc.ir.opdef import OpDef
 from graphc.ops import indexing_gather as _gather_ops
 from graphc.ops.indexing_gather import TAKE as TAKE
 from graphc.ops.indexing_gather import TAKE_ALONG_AXIS as TAKE_ALONG_AXIS
@@ -30,7 +31,6 @@ from graphc.ops.indexing_gather import one_hot, take, take_along_axis
 from graphc.ops.indexing_gather import take_along_axis_grad as take_along_axis_grad
 from graphc.ops.indexing_gather import take_grad as take_grad
 from graphc.ops.indexing_getitem import getitem as getitem
-from graphc.ops.opdef import OpDef
 
 __all__ = ["one_hot", "take", "take_along_axis"]
 

@@ -22,9 +22,9 @@ import numpy as np
 from graphc.builder import Operand, apply, constant, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops import shape as _shape
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.typecheck import ALL, INTS, check_dtype, normalize_axis
 
 __all__ = ["one_hot", "take", "take_along_axis", "take_along_axis_grad", "take_grad"]

@@ -17,9 +17,9 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops import shape as _shape
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.typecheck import NUMERIC, check_dtype, same_dtype
 
 __all__ = ["linear", "matmul"]

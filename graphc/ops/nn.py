@@ -20,12 +20,12 @@ import numpy as np
 from graphc.builder import Operand, apply, constant, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops import indexing as _indexing
 from graphc.ops import random as _random
 from graphc.ops import reduce as _reduce
 from graphc.ops import shape as _shape
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.typecheck import ALL, FLOATS, INTS, check_dtype, normalize_axes, normalize_axis
 
 __all__ = [

@@ -19,9 +19,9 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.opdef import Fusion, GradRule, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops import shape as _shape
-from graphc.ops.opdef import Fusion, GradRule, OpDef
 from graphc.ops.typecheck import FLOATS, NUMERIC, check_dtype, normalize_axes, reduced_shape
 
 __all__ = [

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from graphc.errors import GraphcError
 from graphc.ir import OPERATORS, Attrs, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import conv, elementwise, indexing, linalg, nn, random, reduce, shape
-from graphc.ops.opdef import Fusion, OpDef
 
 
 def _no_reference(arrays: object, attrs: Attrs) -> object:

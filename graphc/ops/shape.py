@@ -17,10 +17,10 @@ builders into `__all__`, and re-exports the builder helpers that reduce.py uses:
 
 from __future__ import annotations
 
+from graphc.ir.opdef import OpDef
 from graphc.ops import shape_join as _join_ops
 from graphc.ops import shape_layout as _layout_ops
 from graphc.ops import shape_slice as _slice_ops
-from graphc.ops.opdef import OpDef
 from graphc.ops.shape_common import as_node as as_node
 from graphc.ops.shape_common import fail as fail
 from graphc.ops.shape_common import int_tuple as int_tuple

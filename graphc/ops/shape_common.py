@@ -15,7 +15,7 @@ import numpy as np
 from graphc.builder import Operand, constant, user_location
 from graphc.errors import AttrError, GraphcError
 from graphc.ir import Node
-from graphc.ops.opdef import Fusion, OpDef
+from graphc.ir.opdef import Fusion, OpDef
 
 _T = TypeVar("_T")
 

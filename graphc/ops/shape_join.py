@@ -17,7 +17,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
-from graphc.ops.opdef import OpDef
+from graphc.ir.opdef import OpDef
 from graphc.ops.shape_common import as_node, fail, int_tuple, resolve, shape_op
 from graphc.ops.shape_layout import expand_dims
 from graphc.ops.shape_slice import _slice, slice

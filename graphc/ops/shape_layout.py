@@ -19,8 +19,8 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
-from graphc.ops.opdef import Fusion, OpDef
 from graphc.ops.shape_common import as_node, int_tuple, resolve, shape_op
 from graphc.ops.typecheck import normalize_axes, normalize_axis
 

@@ -22,7 +22,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError
 from graphc.ir import Attrs, DType, Node, TensorType
-from graphc.ops.opdef import OpDef
+from graphc.ir.opdef import OpDef
 from graphc.ops.shape_common import as_node, int_tuple, resolve, shape_op
 from graphc.ops.typecheck import normalize_axes, normalize_axis
 

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from graphc.callbacks import CallbackList
-from graphc.data import pad_batch, train_val_split
 from graphc.errors import ArgumentError
+from graphc.training.callbacks import CallbackList
+from graphc.training.data import pad_batch, train_val_split
 from graphc.training.history import History
 from graphc.training.progress import ProgressBar
 

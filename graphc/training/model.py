@@ -33,7 +33,6 @@ use `save_graph` for a `.gcg` file (for the `graphc` CLI) and `export` for a sha
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -43,18 +42,23 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from graphc import checkpoint, optim
+from graphc import optim
 from graphc.builder import placeholder
+from graphc.compile import compile as gc_compile
 from graphc.errors import ArgumentError, GraphcError
+from graphc.export.api import export
+from graphc.io import checkpoint
+from graphc.io.gcg import save
 from graphc.ir import DType, Graph, Node
-from graphc.metrics import resolve
 from graphc.nn import losses as losses_mod
 from graphc.nn.layer import Scope
 from graphc.ops import elementwise as ew
 from graphc.ops import reduce as rd
 from graphc.options import CompileOptions
+from graphc.runtime.reference import reference
 from graphc.training import loop
 from graphc.training.history import History
+from graphc.training.metrics import resolve
 
 __all__ = ["Model"]
 
@@ -197,12 +201,8 @@ class Model:
 
     def _compile(self, inputs: list[Node], outputs: list[Node],
                  updates: dict[Node, Node] | None = None) -> Any:
-        from graphc.runtime.reference import reference
-
         if self.backend == "reference":
             return reference(self.graph, inputs, outputs, updates=updates)
-        from graphc.compile import compile as gc_compile
-
         return gc_compile(self.graph, inputs, outputs, updates=updates,
                           options=self.compile_options)
 
@@ -323,22 +323,15 @@ class Model:
 
     def save_graph(self, path: str | os.PathLike[str]) -> None:
         """Save the graph with its signatures and current values as a `.gcg` file."""
-        from graphc.serialize import save
-
         self._ensure_built()
         save(self.graph, path)
 
     def export(self, path: str | os.PathLike[str], batch_size: int | None = None,
                **kwargs: Any) -> Any:
         """Export inference (x -> outputs at `batch_size`) as a shared library through
-        `gc.export`; a GraphcError when this installation has no exporter."""
-        try:
-            exporter = importlib.import_module("graphc.export").export
-        except (ImportError, AttributeError):
-            raise GraphcError("exporting needs graphc.export, which this installation lacks",
-                              op="Model.export") from None
+        `gc.export` (its keyword arguments pass through)."""
         t = self.infer_graph(batch_size or self.default_batch_size)
-        return exporter(self.graph, path, inputs=[t.x], outputs=t.outputs, **kwargs)
+        return export(self.graph, path, inputs=[t.x], outputs=t.outputs, **kwargs)
 
     def summary(self) -> str:
         """A table of the model's variables (shape, parameters, trainable)."""

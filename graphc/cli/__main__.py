@@ -1,0 +1,7 @@
+"""`python -m graphc.cli ...`: the `graphc` command without its console script."""
+
+import sys
+
+from graphc.cli.main import main
+
+sys.exit(main())

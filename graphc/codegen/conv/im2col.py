@@ -1,0 +1,424 @@
+"""Convolution through the packed GEMM: im2col into scratch, then `emit_gemm`.
+
+Per image n and group g (NCHW activations, OIHW weights; Cg = C/groups input and
+Og = O/groups output channels per group, K = Cg*kh*kw, P = Ho*Wo output positions), with
+Col[(c, i, j), (y, x)] = x[n, g*Cg + c, y*sh + i*dh - pt, x*sw + j*dw - pl] (0 in the padding):
+
+    conv2d       out[n, g]  (Og x P)  = W[g] (Og x K)   @ Col (K x P)
+    grad_input   Col'       (K x P)   = W[g]^T          @ dy[n, g] (Og x P);  dx += col2im(Col')
+    grad_weight  dW[g]      (Og x K) += dy[n, g] (Og x P) @ Col^T, summed over the images
+
+so every multiply-add runs in the GEMM micro-kernel; W[g]^T and Col^T are read transposed by
+the GEMM's packing routines, never materialized. A 1x1 convolution with unit stride and no
+padding needs no Col at all: the image itself is the K x P matrix.
+
+im2col and col2im move one output row of one tap at a time with `Run` (vector loads with
+masks at the borders, a shuffle or gather for strides > 1). The epilogue of conv2d (bias,
+activation, ...) is applied in a sweep over the block the GEMM just stored, while it is
+still in cache; a CONV kernel never writes over its inputs (the memory planner reuses
+buffers in place only for elementwise kernels), so reading the raw sums back is safe.
+
+Threads: conv2d and grad_input split the images, grad_weight splits K (the columns of dW:
+each task builds only its rows of Col and sums all images in the same order), so results do
+not depend on the thread count. Each task has its own Col and packing scratch.
+
+`choose` picks this path or the direct kernels (`conv`) per node: `CompileOptions.
+conv_algorithm` forces one ("gemm", "direct"); "auto" takes the GEMM where it measured
+faster, on narrow output rows with enough channels (see `choose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from graphc.codegen.context import KernelContext
+from graphc.codegen.conv.epilogue import EpilogueStore
+from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
+from graphc.codegen.loops import for_range
+from graphc.codegen.parallel import parallel_range, split_plan
+from graphc.codegen.target import Target
+from graphc.codegen.types import I8
+from graphc.codegen.window import (
+    Run,
+    element_ptr,
+    emit_chunks,
+    i64,
+    lin,
+    memset_zero,
+    pick_lanes,
+    plan_chunks,
+)
+from graphc.ir import DType, Node
+from graphc.ops.conv_geometry import Window
+from graphc.passes.fuse import Kernel
+
+OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
+# Below this many multiply-adds per task a split across threads is not worth a wake-up.
+_TASK_MACS = 1 << 17
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The static shape of a convolution, whichever of its three ops carries it."""
+
+    batch: int
+    cin: int
+    hi: int
+    wi: int
+    cout: int
+    ho: int
+    wo: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    groups: int
+    dtype: DType
+
+    @property
+    def cg(self) -> int:
+        return self.cin // self.groups
+
+    @property
+    def og(self) -> int:
+        return self.cout // self.groups
+
+    @property
+    def k(self) -> int:
+        """Rows of Col: (input channel of the group, kernel row, kernel column)."""
+        return self.cg * self.kh * self.kw
+
+    @property
+    def p(self) -> int:
+        """Columns of Col: output positions."""
+        return self.ho * self.wo
+
+    @property
+    def image_is_col(self) -> bool:
+        """1x1, unit stride, no padding: Col is the image itself (P = H*W)."""
+        return (self.kh == self.kw == self.sh == self.sw == 1 and self.pt == self.pl == 0
+                and self.ho == self.hi and self.wo == self.wi)
+
+    @property
+    def macs(self) -> int:
+        return self.batch * self.cout * self.p * self.k
+
+    @classmethod
+    def of(cls, node: Node) -> Geometry:
+        if node.op == "conv2d":
+            (x, w), y = node.inputs, node
+        elif node.op == "conv2d_grad_input":
+            (y, w), x = node.inputs, node
+        else:
+            (x, y), w = node.inputs, node
+        n, c, hi, wi = x.shape
+        o, _, kh, kw = w.shape
+        win = Window.from_attrs(node.attrs, kernel=(kh, kw))
+        (sh, sw), (dh, dw), ((pt, _), (pl, _)) = win.strides, win.dilation, win.pads
+        return cls(n, c, hi, wi, o, y.shape[2], y.shape[3], kh, kw, sh, sw, dh, dw, pt, pl,
+                   node.attrs["groups"], node.dtype)
+
+
+def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
+    """Whether `node` runs through the GEMM: never unless it is one of OPS; always with
+    "gemm", never with "direct"; with "auto" where it measured faster (below)."""
+    if node.op not in OPS or algorithm == "direct" or node.size == 0:
+        return False
+    if algorithm == "gemm":
+        return True
+    geo = Geometry.of(node)
+    # Measured with benchmarks/bench_conv.py (Zen 5, one thread): on rows of 10 or more
+    # outputs the direct kernels run at 50-97 GFLOP/s, at or above this path (im2col plus
+    # B packing cost an extra pass over K x P), in all three ops. On narrow rows (up to half
+    # a vector) their vectors are mostly idle: 4x4 outputs with 128-256 channels ran at
+    # 37-67 GFLOP/s direct and 60-101 here. Few output channels per group or a shallow K
+    # leave the GEMM's 8-row register block mostly padding.
+    narrow = geo.wo <= target.lanes(geo.dtype.itemsize) // 2
+    return narrow and geo.og >= 16 and geo.k >= 64
+
+
+# --- scratch --------------------------------------------------------------------------------
+
+def _aligned(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+def _specs(geo: Geometry, op: str, cols: int) -> list[GemmSpec]:
+    """The GEMM(s) of one task; `cols` is grad_weight's block of K (full block first)."""
+    m, k, p = geo.og, geo.k, geo.p
+    if op == "conv2d":
+        return [GemmSpec(m, p, k, geo.dtype, False, False, k, p, p)]
+    if op == "conv2d_grad_input":
+        return [GemmSpec(k, p, m, geo.dtype, True, False, k, p, p)]
+    specs = [GemmSpec(m, cols, p, geo.dtype, False, True, p, p, k)]
+    if k % cols:
+        specs.append(GemmSpec(m, k % cols, p, geo.dtype, False, True, p, p, k))
+    return specs
+
+
+@dataclass(frozen=True)
+class _Split:
+    """What one task does and the scratch it owns."""
+
+    count: int  # images (conv2d, grad_input) or K (grad_weight) to split
+    grain: int
+    cols: int  # grad_weight's K block per task (K for the others)
+    col_bytes: int
+    gemm_bytes: int
+    tasks: int
+    chunk: int
+
+    @property
+    def per_task(self) -> int:
+        return self.col_bytes + self.gemm_bytes
+
+
+def _split(node: Node, target: Target, threads: int) -> _Split:
+    geo = Geometry.of(node)
+    lanes = target.lanes(geo.dtype.itemsize)
+    if node.op == "conv2d_grad_weight":
+        count = geo.k
+        # Blocks of K rounded to vectors; a block of K gets all images (P each).
+        grain = max(lanes, -(-geo.k // max(threads, 1)))
+        grain = -(-grain // lanes) * lanes
+        if geo.cout * grain * geo.p * geo.batch < _TASK_MACS:
+            grain = count
+    else:
+        count = geo.batch
+        per_image = max(1, geo.macs // max(geo.batch, 1))
+        grain = max(-(-count // max(threads, 1)), -(-_TASK_MACS // per_image))
+    plan = split_plan(count, grain, threads)
+    chunk, tasks = plan if plan is not None else (count, 1)
+    cols = min(chunk, geo.k) if node.op == "conv2d_grad_weight" else geo.k
+    col_bytes = 0 if geo.image_is_col else _aligned(cols * geo.p * geo.dtype.itemsize)
+    gemm_bytes = max(_aligned(s.scratch_bytes(target)) for s in _specs(geo, node.op, cols))
+    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk)
+
+
+def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
+    assert kernel.anchor is not None
+    s = _split(kernel.anchor, target, threads)
+    return s.per_task * s.tasks
+
+
+# --- im2col / col2im ------------------------------------------------------------------------
+
+def _tap_rows(b: ir.IRBuilder, geo: Geometry, p0: ir.Value, p1: ir.Value,
+              body: Callable[[ir.Value, ir.Value, ir.Value, ir.Value, ir.Value], None]) -> None:
+    """body(row_of_col, channel, y, input_row, first_input_column) for every Col row p in
+    [p0, p1) and output row y whose input row lies inside the image; Col rows are numbered
+    from p0. Rows of taps that fall in the vertical padding are skipped."""
+    taps = geo.kh * geo.kw
+    with for_range(b, p0, p1, 1, name="p") as p:
+        c = b.sdiv(p, i64(taps))
+        r = b.srem(p, i64(taps))
+        i = b.sdiv(r, i64(geo.kw))
+        j = b.srem(r, i64(geo.kw))
+        row = b.sub(p, p0)
+        x0 = lin(b, [(j, geo.dw)], -geo.pl)
+        with for_range(b, 0, geo.ho, 1, name="y") as y:
+            iy = lin(b, [(y, geo.sh), (i, geo.dh)], -geo.pt)
+            inside = b.and_(b.icmp_signed(">=", iy, i64(0)), b.icmp_signed("<", iy, i64(geo.hi)))
+            with b.if_then(inside):
+                body(row, c, y, iy, x0)
+
+
+def _chunks(b: ir.IRBuilder, geo: Geometry, lanes: int,
+            body: Callable[[ir.Value, ir.Value | None, int], None]) -> None:
+    """body(q0, live_lanes_or_None, lanes) over the Wo outputs of one output row."""
+    plan = plan_chunks(geo.wo, lanes, (0, geo.wo - 1))
+    emit_chunks(b, plan, lambda q0, _checked, limit: body(q0, limit, lanes))
+
+
+def _im2col(b: ir.IRBuilder, geo: Geometry, lanes: int, image: ir.Value, col: ir.Value,
+            p0: ir.Value, p1: ir.Value) -> None:
+    """Col rows [p0, p1) of the group whose first input channel is at `image`."""
+    dt = geo.dtype
+    # Taps in the padding stay zero: clear the rows first, then copy the inside.
+    memset_zero(b, col, b.mul(b.sub(p1, p0), i64(geo.p * dt.itemsize)))
+
+    def copy(row: ir.Value, c: ir.Value, y: ir.Value, iy: ir.Value, x0: ir.Value) -> None:
+        src = element_ptr(b, image, dt, lin(b, [(c, geo.hi * geo.wi), (iy, geo.wi)]))
+        dst = element_ptr(b, col, dt, lin(b, [(row, geo.p), (y, geo.wo)]))
+
+        def chunk(q0: ir.Value, limit: ir.Value | None, lanes: int) -> None:
+            start = b.add(b.mul(q0, i64(geo.sw)), x0)
+            v = Run(b, lanes, start, geo.sw, geo.wi, True, limit).load(src, dt, 0.0)
+            Run(b, lanes, q0, 1, geo.wo, False, limit).store(dst, dt, v)
+
+        _chunks(b, geo, lanes, chunk)
+
+    _tap_rows(b, geo, p0, p1, copy)
+
+
+def _col2im(b: ir.IRBuilder, geo: Geometry, lanes: int, col: ir.Value, image: ir.Value) -> None:
+    """image (the group's first input channel) += col2im(Col); the image was zeroed."""
+    dt = geo.dtype
+
+    def add(row: ir.Value, c: ir.Value, y: ir.Value, iy: ir.Value, x0: ir.Value) -> None:
+        dst = element_ptr(b, image, dt, lin(b, [(c, geo.hi * geo.wi), (iy, geo.wi)]))
+        src = element_ptr(b, col, dt, lin(b, [(row, geo.p), (y, geo.wo)]))
+
+        def chunk(q0: ir.Value, limit: ir.Value | None, lanes: int) -> None:
+            v = Run(b, lanes, q0, 1, geo.wo, False, limit).load(src, dt, 0.0)
+            run = Run(b, lanes, b.add(b.mul(q0, i64(geo.sw)), x0), geo.sw, geo.wi, True, limit)
+            run.store(dst, dt, b.fadd(run.load(dst, dt, 0.0), v))
+
+        _chunks(b, geo, lanes, chunk)
+
+    _tap_rows(b, geo, i64(0), i64(geo.k), add)
+
+
+# --- the three kernels ----------------------------------------------------------------------
+
+def _lanes(c: KernelContext, geo: Geometry) -> int:
+    """Vector lanes along an output row: the target's width, narrower for short rows."""
+    return pick_lanes(c.target.lanes(geo.dtype.itemsize), geo.wo)
+
+
+def _task_scratch(c: KernelContext, s: _Split, start: ir.Value
+                  ) -> tuple[ir.Value | None, ir.Value | None]:
+    """(Col, GEMM scratch) of the task whose range starts at `start` (None: not needed)."""
+    if s.per_task == 0:
+        return None, None
+    assert c.scratch is not None
+    b = c.b
+    task = b.sdiv(start, i64(s.chunk)) if s.tasks > 1 else i64(0)
+    base = b.gep(c.scratch, [b.mul(task, i64(s.per_task))], inbounds=True, source_etype=I8)
+    return base, b.gep(base, [i64(s.col_bytes)], inbounds=True, source_etype=I8)
+
+
+def _group_ptr(b: ir.IRBuilder, ptr: ir.Value, dt: DType, n: ir.Value, g: ir.Value,
+               channels: int, per_group: int, plane: int) -> ir.Value:
+    """&t[n, g*per_group] of an (N, channels, ...) tensor whose channel planes are `plane`."""
+    return element_ptr(b, ptr, dt, lin(b, [(n, channels * plane), (g, per_group * plane)]))
+
+
+def _conv2d(ctx: KernelContext) -> None:
+    kernel, node = ctx.kernel, ctx.kernel.anchor
+    assert node is not None
+    x, w = node.inputs
+    geo = Geometry.of(node)
+    dt = geo.dtype
+    s = _split(node, ctx.target, ctx.threads)
+    (spec,) = _specs(geo, node.op, geo.k)
+    epilogue = kernel.root is not node
+    if epilogue:
+        ctx.ptrs[node] = ctx.out  # the sweep reads the raw sums back from the output
+
+    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        col, scratch = _task_scratch(c, s, start)
+        store = EpilogueStore(c, dt, True)
+        with for_range(b, start, stop, 1, name="n") as n, \
+                for_range(b, 0, geo.groups, 1, name="g") as g:
+            image = _group_ptr(b, c.ptr(x), dt, n, g, geo.cin, geo.cg, geo.hi * geo.wi)
+            if geo.image_is_col:
+                col = image
+            else:
+                _im2col(b, geo, _lanes(c, geo), image, col, i64(0), i64(geo.k))
+            weights = element_ptr(b, c.ptr(w), dt, b.mul(g, i64(geo.og * geo.k)))
+            out = _group_ptr(b, c.out, dt, n, g, geo.cout, geo.og, geo.p)
+            emit_gemm(b, spec, weights, col, out, scratch, c.target)
+            if epilogue:
+                _sweep(c, geo, store, n, g)
+
+    parallel_range(ctx, s.count, s.grain, images)
+
+
+def _sweep(c: KernelContext, geo: Geometry, store: EpilogueStore, n: ir.Value,
+           g: ir.Value) -> None:
+    """Apply the epilogue to the group's raw sums, in place, a row chunk at a time."""
+    b, dt = c.b, geo.dtype
+    lanes = _lanes(c, geo)
+    with for_range(b, 0, geo.og, 1, name="o") as ol, for_range(b, 0, geo.ho, 1, name="y") as y:
+        co = lin(b, [(g, geo.og), (ol, 1)])
+        row = element_ptr(b, c.out, dt, lin(b, [(n, geo.cout * geo.p), (co, geo.p),
+                                                 (y, geo.wo)]))
+
+        def chunk(q0: ir.Value, limit: ir.Value | None, lanes: int) -> None:
+            acc = Run(b, lanes, q0, 1, geo.wo, False, limit).load(row, dt, 0.0)
+            store(row, (n, co, y), q0, 1, acc, lanes, limit)
+
+        _chunks(b, geo, lanes, chunk)
+
+
+def _grad_input(ctx: KernelContext) -> None:
+    node = ctx.kernel.anchor
+    assert node is not None
+    dy, w = node.inputs
+    geo = Geometry.of(node)
+    dt = geo.dtype
+    s = _split(node, ctx.target, ctx.threads)
+    (spec,) = _specs(geo, node.op, geo.k)
+
+    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        col, scratch = _task_scratch(c, s, start)
+        with for_range(b, start, stop, 1, name="n") as n:
+            plane = geo.cin * geo.hi * geo.wi
+            if not geo.image_is_col:
+                memset_zero(b, element_ptr(b, c.out, dt, b.mul(n, i64(plane))),
+                            plane * dt.itemsize)
+            with for_range(b, 0, geo.groups, 1, name="g") as g:
+                image = _group_ptr(b, c.out, dt, n, g, geo.cin, geo.cg, geo.hi * geo.wi)
+                weights = element_ptr(b, c.ptr(w), dt, b.mul(g, i64(geo.og * geo.k)))
+                grad = _group_ptr(b, c.ptr(dy), dt, n, g, geo.cout, geo.og, geo.p)
+                target = image if geo.image_is_col else col
+                emit_gemm(b, spec, weights, grad, target, scratch, c.target)
+                if not geo.image_is_col:
+                    _col2im(b, geo, _lanes(c, geo), col, image)
+
+    parallel_range(ctx, s.count, s.grain, images)
+
+
+def _grad_weight(ctx: KernelContext) -> None:
+    node = ctx.kernel.anchor
+    assert node is not None
+    x, dy = node.inputs
+    geo = Geometry.of(node)
+    dt = geo.dtype
+    s = _split(node, ctx.target, ctx.threads)
+    specs = _specs(geo, node.op, s.cols)
+
+    def block(c: KernelContext, p0: ir.Value, p1: ir.Value) -> None:
+        b = c.b
+        col, scratch = _task_scratch(c, s, p0)
+        with for_range(b, 0, geo.cout, 1, name="o") as o:
+            row = element_ptr(b, c.out, dt, lin(b, [(o, geo.k), (p0, 1)]))
+            memset_zero(b, row, b.mul(b.sub(p1, p0), i64(dt.itemsize)))
+        with for_range(b, 0, geo.groups, 1, name="g") as g, \
+                for_range(b, 0, geo.batch, 1, name="n") as n:
+            image = _group_ptr(b, c.ptr(x), dt, n, g, geo.cin, geo.cg, geo.hi * geo.wi)
+            if geo.image_is_col:
+                cols = element_ptr(b, image, dt, b.mul(p0, i64(geo.p)))
+            else:
+                _im2col(b, geo, _lanes(c, geo), image, col, p0, p1)
+                cols = col
+            grad = _group_ptr(b, c.ptr(dy), dt, n, g, geo.cout, geo.og, geo.p)
+            dw = element_ptr(b, c.out, dt, lin(b, [(g, geo.og * geo.k), (p0, 1)]))
+            if len(specs) == 1:
+                emit_gemm(b, specs[0], grad, cols, dw, scratch, c.target, accumulate=True)
+            else:  # the last block of K is shorter
+                full = b.icmp_signed("==", b.sub(p1, p0), i64(specs[0].n))
+                with b.if_else(full) as (then, otherwise):
+                    for spec, arm in zip(specs, (then, otherwise)):
+                        with arm:
+                            emit_gemm(b, spec, grad, cols, dw, scratch, c.target,
+                                      accumulate=True)
+
+    parallel_range(ctx, s.count, s.grain, block)
+
+
+LOWER: dict[str, Callable[[KernelContext], None]] = {
+    "conv2d": _conv2d,
+    "conv2d_grad_input": _grad_input,
+    "conv2d_grad_weight": _grad_weight,
+}

@@ -1,0 +1,317 @@
+"""The shared functions of the packed GEMM: micro-kernels, packing routines, the tile store.
+
+Each function is emitted once per module and per specialisation (dtype, register block,
+packing kind) and looked up by name in `module.globals`, so every GEMM of a module calls the
+same copy (small modules, fast compiles). They take runtime sizes and strides, hold no state
+and touch only their arguments: re-entrant.
+
+Packed layouts (R = MR for A, NR for B; "x" is the row of A or the column of B):
+  a panel holds R consecutive x for kc consecutive p, stored p-major: panel[p*R + x];
+  a block of panels is panel-major: panel q starts at q*R*kc. Rows past the operand's edge
+  are zero, so the micro-kernel always computes a full MR x NR block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import llvmlite.ir as ir
+
+from graphc.codegen.gemm.helpers import (
+    Val,
+    add,
+    align_of,
+    as_i64,
+    elem_ptr,
+    for_range,
+    if_value,
+    lane_mask,
+    madd,
+    masked_load,
+    smin,
+    splat,
+    transpose,
+    vadd,
+    zero,
+)
+from graphc.codegen.gemm.spec import Epilogue
+from graphc.codegen.types import I1, I64, PTR, VOID, compute_type, i64, storage_type
+from graphc.ir import DType
+
+
+def _new_function(module: ir.Module, name: str, args: list[ir.Type],
+                  noalias: tuple[int, ...]) -> ir.Function:
+    fn = ir.Function(module, ir.FunctionType(VOID, args), name=name)
+    # Not "internal": LLVM's interprocedural constant propagation and function specialisation
+    # would clone and constant-fold a local function per GEMM (its sizes are constants at
+    # every call), doubling compile time for no speed. linkonce_odr keeps exactly one shared
+    # body; hidden keeps it out of exported libraries' symbol tables; noinline keeps the
+    # callers small. (llvmlite prints the linkage string verbatim.)
+    fn.linkage = "linkonce_odr hidden"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    for j in noalias:
+        fn.args[j].add_attribute("noalias")
+    return fn
+
+
+def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
+                 a_strides: tuple[int, int] | None = None, unroll: int = 4,
+                 b_stride: int | None = None) -> ir.Function:
+    """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p A(r, p)*bp[p*nr+j].
+
+    The mr x nr block lives in mr*(nr/lanes) vector accumulators across the whole k loop
+    (unrolled `unroll` times, plus a remainder loop); each step broadcasts one A element per
+    row against nr/lanes B vectors with llvm.fma. `bp` is a packed panel (64-byte aligned
+    panel blocks), `tile` is 64-byte aligned scratch. A(r, p) is ap[p*mr + r] (a packed
+    panel) or, with a_strides=(rs, ps), ap[r*rs + p*ps] read straight from the operand
+    (static strides: every row is a constant displacement from one pointer). Likewise B
+    is bp[p*nr + j] (a packed panel) or, with b_stride=ld, bp[p*ld + j]: nr contiguous
+    columns of each row of a row-major operand, read in place.
+    """
+    rs, ps = a_strides if a_strides is not None else (1, mr)
+    bs = b_stride if b_stride is not None else nr
+    direct = "" if a_strides is None else f".a{rs}_{ps}"
+    direct += "" if b_stride is None else f".b{bs}"
+    name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}{direct}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = _new_function(module, name, [I64, PTR, PTR, PTR], noalias=(1, 2, 3))
+    kc, ap0, bp0, tile = fn.args
+    ety = storage_type(dtype)
+    vty = compute_type(dtype, lanes)
+    isz = dtype.itemsize
+    nv = nr // lanes
+    b_align = align_of(lanes * isz) if b_stride is None else isz
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def step(accs: list[ir.Value], ap: ir.Value, bp: ir.Value, u: int) -> list[ir.Value]:
+        bvs = [b.load(elem_ptr(b, bp, u * bs + v * lanes, ety), typ=vty, align=b_align)
+               for v in range(nv)]
+        out = list(accs)
+        for r in range(mr):
+            a = b.load(elem_ptr(b, ap, u * ps + r * rs, ety), typ=ety, align=isz)
+            av = splat(b, a, lanes)
+            for v in range(nv):
+                out[r * nv + v] = madd(b, dtype, av, bvs[v], out[r * nv + v])
+        return out
+
+    def loop(label: str, trips: ir.Value, u: int, accs: list[ir.Value], ap: ir.Value,
+             bp: ir.Value) -> tuple[list[ir.Value], ir.Value, ir.Value]:
+        """`trips` iterations of `u` steps; returns the accumulators and advanced pointers."""
+        pre = b.block
+        body = fn.append_basic_block(f"{label}.body")
+        done = fn.append_basic_block(f"{label}.done")
+        b.cbranch(b.icmp_signed(">", trips, i64(0)), body, done)
+        b.position_at_end(body)
+        it = b.phi(I64)
+        pa = b.phi(PTR)
+        pb = b.phi(PTR)
+        phis = [b.phi(vty) for _ in accs]
+        for phi, v in zip(phis, accs, strict=True):
+            phi.add_incoming(v, pre)
+        it.add_incoming(i64(0), pre)
+        pa.add_incoming(ap, pre)
+        pb.add_incoming(bp, pre)
+        new = list(phis)
+        for j in range(u):
+            new = step(new, pa, pb, j)
+        na = elem_ptr(b, pa, u * ps, ety)
+        nb = elem_ptr(b, pb, u * bs, ety)
+        nit = b.add(it, i64(1))
+        for phi, v in zip(phis, new, strict=True):
+            phi.add_incoming(v, body)
+        it.add_incoming(nit, body)
+        pa.add_incoming(na, body)
+        pb.add_incoming(nb, body)
+        b.cbranch(b.icmp_signed("<", nit, trips), body, done)
+        b.position_at_end(done)
+        out = []
+        for v_in, v_new in zip(accs, new, strict=True):
+            phi = b.phi(vty)
+            phi.add_incoming(v_in, pre)
+            phi.add_incoming(v_new, body)
+            out.append(phi)
+        ra = b.phi(PTR)
+        ra.add_incoming(ap, pre)
+        ra.add_incoming(na, body)
+        rb = b.phi(PTR)
+        rb.add_incoming(bp, pre)
+        rb.add_incoming(nb, body)
+        return out, ra, rb
+
+    accs = [zero(dtype, lanes)] * (mr * nv)
+    main = b.udiv(kc, i64(unroll))
+    accs, ap, bp = loop("main", main, unroll, accs, ap0, bp0)
+    rest = b.sub(kc, b.mul(main, i64(unroll)))
+    accs, _, _ = loop("rest", rest, 1, accs, ap, bp)
+    for r in range(mr):
+        for v in range(nv):
+            b.store(accs[r * nv + v], elem_ptr(b, tile, r * nr + v * lanes, ety),
+                    align=align_of(lanes * isz))
+    b.ret_void()
+    return fn
+
+
+def pack_function(module: ir.Module, dtype: DType, r: int, lanes: int,
+                  transposed: bool) -> ir.Function:
+    """`void pack(ptr src, i64 ld, i64 nx, i64 kc, ptr dst)`: pack nx x kc into R-wide panels.
+
+    transposed=False: element (x, p) is src[p*ld + x] (x contiguous: plain vector copies).
+    transposed=True:  element (x, p) is src[x*ld + p] (p contiguous: S x S register
+    transposes of full panels; the p tail and edge panels go element by element).
+    `dst` must be 64-byte aligned; it receives ceil(nx/R) panels of R*kc elements.
+    """
+    kind = "t" if transposed else "n"
+    name = f"graphc.gemm.pack{kind}.{dtype.short}.r{r}.w{lanes}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = _new_function(module, name, [PTR, I64, I64, I64, PTR], noalias=(0, 4))
+    src, ld, nx, kc, dst = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    npanels = b.udiv(b.add(nx, i64(r - 1)), i64(r))
+
+    def panels(body: Callable[[ir.Value, ir.Value, ir.Value], None]) -> None:
+        with for_range(b, 0, npanels, name="q") as q:
+            x0 = b.mul(q, i64(r))
+            body(x0, smin(b, r, b.sub(nx, x0)), elem_ptr(b, dst, b.mul(x0, kc), ety))
+
+    ety = storage_type(dtype)
+    if transposed:
+        panels(lambda x0, valid, panel: _pack_t_panel(b, dtype, r, lanes, src, ld, x0, valid,
+                                                      kc, panel))
+    else:
+        # A few source rows at a time across all panels: every cache line of those rows is
+        # used while it is in L1 (a panel at a time would stride down the whole source once
+        # per panel, and power-of-two row strides thrash L1 sets).
+        with for_range(b, 0, kc, _PACK_ROWS, name="pr") as p0:
+            p1 = smin(b, kc, b.add(p0, i64(_PACK_ROWS)))
+            panels(lambda x0, valid, panel: _pack_n_panel(b, dtype, r, lanes, src, ld, x0,
+                                                          valid, p0, p1, panel))
+    b.ret_void()
+    return fn
+
+
+_PACK_ROWS = 16
+
+
+def _pack_n_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
+                  ld: ir.Value, x0: ir.Value, valid: ir.Value, p0: ir.Value, p1: ir.Value,
+                  panel: ir.Value) -> None:
+    """Rows p0 <= p < p1 of one panel; lanes at x >= valid are zero (masked loads)."""
+    ety = storage_type(dtype)
+    s = min(r, lanes)
+    while r % s:
+        s //= 2
+    vty = compute_type(dtype, s)
+    masks = [lane_mask(b, s, c * s, valid) for c in range(r // s)]
+    with for_range(b, p0, p1, name="p") as p:
+        row = elem_ptr(b, src, b.add(b.mul(p, ld), x0), ety)
+        out = elem_ptr(b, panel, b.mul(p, i64(r)), ety)
+        for c, mask in enumerate(masks):
+            if s == 1:
+                v = b.select(b.extract_element(mask, i64(0)),
+                             b.load(elem_ptr(b, row, c, ety), typ=ety, align=dtype.itemsize),
+                             zero(dtype))
+                b.store(v, elem_ptr(b, out, c, ety), align=dtype.itemsize)
+                continue
+            v = masked_load(b, elem_ptr(b, row, c * s, ety), vty, mask, dtype.itemsize)
+            b.store(v, elem_ptr(b, out, c * s, ety), align=align_of(s * dtype.itemsize))
+
+
+def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
+                  ld: ir.Value, x0: ir.Value, valid: ir.Value, kc: ir.Value,
+                  panel: ir.Value) -> None:
+    ety = storage_type(dtype)
+    isz = dtype.itemsize
+    s = min(r & -r, lanes)  # the largest power of two dividing R, at most one register
+    vty = compute_type(dtype, s)
+    fn = b.block.function
+    fast = fn.append_basic_block("full")
+    slow = fn.append_basic_block("edge")
+    join = fn.append_basic_block("packed")
+    b.cbranch(b.icmp_signed("==", valid, i64(r)), fast, slow)
+
+    def scalar_columns(p_from: ir.Value | int, nvalid: ir.Value | int) -> None:
+        """Element copies for p in [p_from, kc); rows x >= nvalid become zero."""
+        with for_range(b, p_from, kc, name="pt") as p:
+            with for_range(b, 0, r, name="xt") as x:
+                ok = b.icmp_signed("<", x, nvalid) if not isinstance(nvalid, int) else None
+                # Clamp the row so the load stays in bounds; the select zeroes it.
+                xs = b.select(ok, x, i64(0)) if ok is not None else x
+                v = b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, xs), ld), p), ety),
+                           typ=ety, align=isz)
+                if ok is not None:
+                    v = b.select(ok, v, zero(dtype))
+                b.store(v, elem_ptr(b, panel, b.add(b.mul(p, i64(r)), x), ety), align=isz)
+
+    b.position_at_end(fast)
+    nblk = b.udiv(kc, i64(s))
+    with for_range(b, 0, nblk, name="pb") as pb:
+        p0 = b.mul(pb, i64(s))
+        for xb in range(0, r, s):
+            rows = [b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, i64(xb + j)), ld), p0), ety),
+                           typ=vty, align=isz) for j in range(s)]
+            for t, col in enumerate(transpose(b, rows)):
+                at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), i64(xb))
+                b.store(col, elem_ptr(b, panel, at, ety), align=align_of(s * isz))
+    scalar_columns(b.mul(nblk, i64(s)), r)
+    b.branch(join)
+    b.position_at_end(slow)
+    scalar_columns(0, valid)
+    b.branch(join)
+    b.position_at_end(join)
+
+
+
+def store_tile_function(module: ir.Module, dtype: DType, lanes: int, nr: int) -> ir.Function:
+    """`void st(ptr tile, ptr c, i64 ldc, i64 rows, i64 cols, i1 add)`: the epilogue-free
+    tile store, shared: c[r*ldc + j] (+)= tile[r*nr + j] for r < rows, j < cols."""
+    name = f"graphc.gemm.store.{dtype.short}.n{nr}.w{lanes}"
+    fn = module.globals.get(name)
+    if fn is not None:
+        return fn
+    fn = _new_function(module, name, [PTR, PTR, I64, I64, I64, I1], noalias=(0, 1))
+    tile, c, ldc, rows, cols, load_c = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    store_tile_code(b, dtype, lanes, nr, tile, c, ldc, rows, cols, load_c, None, 0, 0)
+    b.ret_void()
+    return fn
+
+
+def store_tile_code(b: ir.IRBuilder, dtype: DType, lanes: int, nr: int, tile: ir.Value,
+                    c: ir.Value, ldc: ir.Value, rows: ir.Value, cols: ir.Value,
+                    load_c: ir.Value | bool, epilogue: Epilogue | None, row0: Val,
+                    col0: Val) -> None:
+    """c[r*ldc + j] = epilogue(tile[r*nr + j] (+ c[r*ldc + j] when load_c)) for r < rows,
+    j < cols; c points at C[row0, col0] (the epilogue's indices).
+
+    Whole vectors first, then the columns past the last whole vector one by one, so the
+    epilogue only ever sees in-bounds columns.
+    """
+    ety = storage_type(dtype)
+    isz = dtype.itemsize
+    vty = compute_type(dtype, lanes)
+
+    def finish(x: ir.Value, cptr: ir.Value, row: ir.Value, col: Val, n: int) -> None:
+        t = vty if n > 1 else ety
+        x = if_value(b, load_c, x,
+                     lambda v: vadd(b, dtype, v, b.load(cptr, typ=t, align=isz)), "addc")
+        if epilogue is not None:
+            x = epilogue(b, row, as_i64(add(b, col0, col)), x, n)
+        b.store(x, cptr, align=isz)
+
+    nv = b.udiv(cols, i64(lanes))
+    with for_range(b, 0, rows, name="tr") as r:
+        row = as_i64(add(b, row0, r))
+        crow = elem_ptr(b, c, b.mul(r, ldc), ety)
+        trow = elem_ptr(b, tile, b.mul(r, i64(nr)), ety)
+        with for_range(b, 0, nv, name="tv") as v:
+            j = b.mul(v, i64(lanes))
+            x = b.load(elem_ptr(b, trow, j, ety), typ=vty, align=align_of(lanes * isz))
+            finish(x, elem_ptr(b, crow, j, ety), row, j, lanes)
+        with for_range(b, b.mul(nv, i64(lanes)), cols, name="ts") as j:
+            x = b.load(elem_ptr(b, trow, j, ety), typ=ety, align=isz)
+            finish(x, elem_ptr(b, crow, j, ety), row, j, 1)

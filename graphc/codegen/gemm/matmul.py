@@ -1,0 +1,254 @@
+"""Matmul kernels: batch loops around the GEMM emitter, with the fused epilogue.
+
+A MATMUL kernel computes its anchor `matmul(a, b)` (numpy semantics: batch dimensions
+broadcast, `transpose_a`/`transpose_b` read an operand transposed without copying it) and
+applies the kernel's elementwise epilogue (bias, activation, ...) as the GEMM stores each
+finished block, so the matmul result never makes a round trip through memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import llvmlite.ir as ir
+
+from graphc.codegen.context import KernelContext
+from graphc.codegen.fused.expr import strides
+from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
+from graphc.codegen.index import Idx
+from graphc.codegen.loops import for_range
+from graphc.codegen.parallel import parallel_range, split_plan
+from graphc.codegen.target import Target
+from graphc.codegen.types import I64, storage_type
+from graphc.passes.fuse import Kernel, KernelKind
+
+
+def gemm_spec(kernel: Kernel) -> GemmSpec:
+    anchor = kernel.anchor
+    assert anchor is not None
+    a, b = anchor.inputs
+    ta, tb = bool(anchor.attrs["transpose_a"]), bool(anchor.attrs["transpose_b"])
+    ra, ca = a.shape[-2:]
+    rb, cb = b.shape[-2:]
+    m, k = (ca, ra) if ta else (ra, ca)
+    n = rb if tb else cb
+    return GemmSpec(m=m, n=n, k=k, dtype=anchor.dtype, trans_a=ta, trans_b=tb,
+                    lda=ca, ldb=cb, ldc=n)
+
+
+# Below this many multiply-adds a GEMM is not split across threads.
+PARALLEL_MACS = 1 << 18
+
+
+@dataclass(frozen=True)
+class Split:
+    """A 2-D GEMM cut into `tasks` equal column ("n") or row ("m") blocks of `size`."""
+
+    dim: str
+    tasks: int
+    size: int
+    spec: GemmSpec  # the GEMM of one block
+
+
+def split(kernel: Kernel, threads: int) -> Split | None:
+    """How to run the kernel's GEMM on `threads` threads, or None to run it whole.
+
+    Blocks are equal, so one GEMM body serves every task. Every task packs its own panels:
+    splitting columns makes each pack all of A (m x k), splitting rows all of B (k x n),
+    so the split duplicates the smaller of the two (columns on a tie).
+    """
+    anchor = kernel.anchor
+    assert anchor is not None
+    spec = gemm_spec(kernel)
+    if threads <= 1 or anchor.ndim != 2 or spec.m * spec.n * spec.k < PARALLEL_MACS:
+        return None
+    t = threads
+    by_n = spec.n % t == 0 and spec.n // t >= 32
+    by_m = spec.m % t == 0 and spec.m // t >= 16
+    if by_n and by_m:
+        by_n = spec.m <= spec.n
+    if by_n:
+        return Split("n", t, spec.n // t, replace(spec, n=spec.n // t))
+    if by_m:
+        return Split("m", t, spec.m // t, replace(spec, m=spec.m // t))
+    return None
+
+
+def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:
+    """(chunk, tasks) when a batched matmul runs its batch of GEMMs in parallel (each task
+    whole GEMMs, so results do not depend on the thread count), else None."""
+    anchor = kernel.anchor
+    assert anchor is not None
+    batch = math.prod(anchor.shape[:-2])
+    spec = gemm_spec(kernel)
+    macs = spec.m * spec.n * spec.k
+    if threads <= 1 or anchor.ndim <= 2 or batch * macs < PARALLEL_MACS:
+        return None
+    # A task of at least a quarter of the threshold: enough to amortize its wake-up.
+    return split_plan(batch, max(1, -(-(PARALLEL_MACS // 4) // max(macs, 1))), threads)
+
+
+def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
+    s = split(kernel, threads)
+    if s is not None:
+        return _aligned(s.spec.scratch_bytes(target)) * s.tasks
+    per_gemm = gemm_spec(kernel).scratch_bytes(target)
+    bs = batch_split(kernel, threads)
+    return per_gemm if bs is None or per_gemm == 0 else _aligned(per_gemm) * bs[1]
+
+
+def epilogue_writes_once(kernel: Kernel, target: Target) -> bool:
+    """Whether the kernel's GEMM stores each output element once, applying the epilogue to
+    the complete sum (no partial sums of earlier k blocks stored in the output first)."""
+    if kernel.kind != KernelKind.MATMUL:
+        return False
+    spec = gemm_spec(kernel)
+    plan = plan_gemm(spec, target)
+    return plan.path != "packed" or plan.kc >= spec.k
+
+
+def _aligned(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+def _batch_strides(shape: tuple[int, ...], out_batch: tuple[int, ...]) -> list[int]:
+    """Element strides of each output batch dim in an operand (0 where it broadcasts)."""
+    batch = shape[:-2]
+    mat = shape[-2] * shape[-1]
+    full = [s * mat for s in strides(batch)] if batch else []
+    offset = len(out_batch) - len(batch)
+    result = []
+    for d in range(len(out_batch)):
+        j = d - offset
+        result.append(0 if j < 0 or batch[j] == 1 else full[j])
+    return result
+
+
+def emit_matmul(ctx: KernelContext) -> None:
+    kernel = ctx.kernel
+    anchor = kernel.anchor
+    assert anchor is not None
+    a, bnode = anchor.inputs
+    spec = gemm_spec(kernel)
+    out_batch = anchor.shape[:-2]
+    a_strides = _batch_strides(a.shape, out_batch)
+    b_strides = _batch_strides(bnode.shape, out_batch)
+    c_strides = [s * spec.m * spec.n for s in strides(out_batch)] if out_batch else []
+    elem = storage_type(anchor.dtype)
+    root = kernel.root
+
+    def one(c: KernelContext, batch_idx: list[ir.Value], scratch: ir.Value | None) -> None:
+        builder = c.b
+
+        def offset(ptr: ir.Value, per_dim: list[int]) -> ir.Value:
+            total: ir.Value = ir.Constant(I64, 0)
+            for i, s in zip(batch_idx, per_dim):
+                if s:
+                    total = builder.add(total, builder.mul(i, ir.Constant(I64, s)))
+            return builder.gep(ptr, [total], inbounds=True, source_etype=elem)
+
+        pa = offset(c.ptr(a), a_strides)
+        pb = offset(c.ptr(bnode), b_strides)
+        pc = offset(c.out, c_strides)
+        epilogue = None
+        if root is not anchor:
+            def epilogue(b: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
+                         lanes: int) -> ir.Value:
+                ev = c.evaluator(lanes, overrides={anchor: acc})
+                ev.b = b
+                ev.ix.b = b
+                idx = [Idx(i) for i in batch_idx] + [Idx(row), Idx(col, 1 if lanes > 1 else 0)]
+                return ev.at(root, idx)
+
+        emit_gemm(builder, spec, pa, pb, pc, scratch, c.target, epilogue)
+
+    def level(d: int, prefix: list[ir.Value]) -> None:
+        if d == len(out_batch):
+            one(ctx, prefix, ctx.scratch)
+            return
+        with for_range(ctx.b, 0, out_batch[d], 1, name=f"batch{d}") as i:
+            level(d + 1, [*prefix, i])
+
+    if math.prod(anchor.shape) == 0:
+        return
+    s = split(kernel, ctx.threads)
+    if s is not None:
+        _emit_split(ctx, s)
+        return
+    bs = batch_split(kernel, ctx.threads)
+    if bs is None:
+        level(0, [])
+        return
+    chunk, _ = bs
+    per_task = _aligned(spec.scratch_bytes(ctx.target))
+
+    def tasks(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        scratch = None
+        if per_task:
+            assert c.scratch is not None
+            task = b.sdiv(start, ir.Constant(I64, chunk))
+            scratch = b.gep(c.scratch, [b.mul(task, ir.Constant(I64, per_task))],
+                            inbounds=True, source_etype=ir.IntType(8))
+        with for_range(b, start, stop, 1, name="batch") as flat:
+            # The flat batch index back to one index per batch dimension (row-major).
+            idx, rest = [], flat
+            for d, size in enumerate(strides(out_batch)):
+                idx.append(b.sdiv(rest, ir.Constant(I64, size)) if d < len(out_batch) - 1
+                           else rest)
+                if d < len(out_batch) - 1:
+                    rest = b.srem(rest, ir.Constant(I64, size))
+            one(c, idx, scratch)
+
+    parallel_range(ctx, math.prod(out_batch), chunk, tasks)
+
+
+def _emit_split(ctx: KernelContext, s: Split) -> None:
+    """One task per block: offset the operands, give each task its own scratch."""
+    kernel = ctx.kernel
+    anchor = kernel.anchor
+    assert anchor is not None
+    a, bnode = anchor.inputs
+    full = gemm_spec(kernel)
+    elem = storage_type(anchor.dtype)
+    per_task = _aligned(s.spec.scratch_bytes(ctx.target))
+
+    def task(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        first = b.mul(start, ir.Constant(I64, s.size))  # first row or column of the block
+
+        def at(ptr: ir.Value, stride: int) -> ir.Value:
+            return b.gep(ptr, [b.mul(first, ir.Constant(I64, stride))], inbounds=True,
+                         source_etype=elem)
+
+        if s.dim == "n":
+            pa = c.ptr(a)
+            pb = at(c.ptr(bnode), full.ldb if full.trans_b else 1)
+            pc = at(c.out, 1)
+        else:
+            pa = at(c.ptr(a), 1 if full.trans_a else full.lda)
+            pb = c.ptr(bnode)
+            pc = at(c.out, full.ldc)
+        scratch = None
+        if per_task:
+            assert c.scratch is not None
+            scratch = b.gep(c.scratch, [b.mul(start, ir.Constant(I64, per_task))],
+                            inbounds=True, source_etype=ir.IntType(8))
+        epilogue = None
+        if kernel.root is not anchor:
+            def epilogue(eb: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
+                         lanes: int) -> ir.Value:
+                if s.dim == "n":
+                    col = eb.add(col, first)
+                else:
+                    row = eb.add(row, first)
+                ev = c.evaluator(lanes, overrides={anchor: acc})
+                ev.b = eb
+                ev.ix.b = eb
+                return ev.at(kernel.root, [Idx(row), Idx(col, 1 if lanes > 1 else 0)])
+
+        emit_gemm(b, s.spec, pa, pb, pc, scratch, c.target, epilogue)
+
+    # One task per block (grain 1): parallel_range gives task t the range [t, t + 1).
+    parallel_range(ctx, s.tasks, 1, task)

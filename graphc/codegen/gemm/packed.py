@@ -1,0 +1,174 @@
+"""The packed GEMM driver: GotoBLAS/BLIS loops around the shared micro-kernel.
+
+    for jc in N step NC:                      B block kc x nc packed once per (jc, pc)
+      for pc in K step KC:
+        pack B[pc:pc+kc, jc:jc+nc]  -> NR-wide panels
+        for ic in M step MC:
+          pack A[ic:ic+mc, pc:pc+kc] -> MR-wide panels
+          for jr in nc step NR:               B micro-panel stays in L1
+            for ir in mc step MR:             A panels stream from L2
+              tile = micro_kernel(kc, A panel, B panel)
+              C[ic+ir.., jc+jr..] (+)= tile   epilogue on the last KC block only
+
+C is written by every KC block: the first stores its partial sums (or adds them to the old C
+when accumulating), later ones add, and only the last applies the epilogue, so the epilogue
+always sees the complete sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import llvmlite.ir as ir
+
+from graphc.codegen.gemm.helpers import Val, add, as_i64, elem_ptr, for_range, mul, prefetch, smin
+from graphc.codegen.gemm.kernels import (
+    micro_kernel,
+    pack_function,
+    store_tile_code,
+    store_tile_function,
+)
+from graphc.codegen.gemm.spec import Epilogue, GemmPlan, GemmSpec
+from graphc.codegen.types import I1, storage_type
+
+
+@contextmanager
+def _blocks(b: ir.IRBuilder, total: int, step: int, name: str) -> Iterator[tuple[Val, Val]]:
+    """Loop over [0, total) in blocks of `step`; yields (start, size). A single block is
+    emitted without a loop, with static start and size."""
+    if total <= step:
+        yield 0, total
+        return
+    with for_range(b, 0, total, step, name=name) as start:
+        yield start, smin(b, step, b.sub(as_i64(total), start))
+
+
+def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm: ir.Value,
+                c: ir.Value, scratch: ir.Value, epilogue: Epilogue | None,
+                accumulate: bool) -> None:
+    """Emit the packed GEMM described by `plan` (see the module docstring).
+
+    With plan.pack_a False (all of N in one NR panel, so each A panel would be used once),
+    full MR-row tiles read A in place through a kernel specialised for A's strides, and only
+    the last, partial row tile is packed (zero rows past M).
+    """
+    dtype = spec.dtype
+    ety = storage_type(dtype)
+    module = b.module
+    sa_i, sa_p = spec.a_strides
+    sb_p, sb_j = spec.b_strides
+
+    # The shared functions, created on first use only (an unused one still costs compile time).
+    def kernel() -> ir.Function:
+        return micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes)
+
+    def store() -> ir.Function:
+        return store_tile_function(module, dtype, plan.lanes, plan.nr)
+
+    def pack_a() -> ir.Function:
+        # A's "x" is i, contiguous in p unless transposed; packing that layout transposes.
+        return pack_function(module, dtype, plan.mr, plan.lanes, transposed=not spec.trans_a)
+
+    # B's "x" is j, contiguous in j unless transposed.
+    pack_b = pack_function(module, dtype, plan.nr, plan.lanes, transposed=spec.trans_b)
+    # Full NR-wide panels of B read in place (plan.pack_b False: a single jc block, so nc
+    # is static); only a partial last panel is packed.
+    full_n = spec.n - spec.n % plan.nr
+    i8 = ir.IntType(8)
+    ap = scratch
+    bp = elem_ptr(b, scratch, plan.b_offset, i8)
+    tile = elem_ptr(b, scratch, plan.tile_offset, i8)
+    nkb = -(-spec.k // plan.kc)
+
+    with _blocks(b, spec.n, plan.nc, "jc") as (jc, nc):
+        with _blocks(b, spec.k, plan.kc, "pc") as (pc, kc):
+            if nkb == 1:
+                load_c: ir.Value | bool = accumulate
+                last: ir.Value | bool = True
+            else:
+                pcv = as_i64(pc)
+                load_c = True if accumulate else b.icmp_signed(">", pcv, as_i64(0))
+                last = b.icmp_signed(">=", b.add(pcv, as_i64(kc)), as_i64(spec.k))
+            src_b = elem_ptr(b, bm, add(b, mul(b, pc, sb_p), mul(b, jc, sb_j)), ety)
+            if plan.pack_b:
+                b.call(pack_b, [src_b, as_i64(spec.ldb), as_i64(nc), as_i64(kc), bp])
+            elif full_n < spec.n:
+                b.call(pack_b, [elem_ptr(b, src_b, full_n, ety), as_i64(spec.ldb),
+                                as_i64(spec.n - full_n), as_i64(kc), bp])
+
+            def a_at(row: Val) -> ir.Value:
+                return elem_ptr(b, a, add(b, mul(b, row, sa_i), mul(b, pc, sa_p)), ety)
+
+            def tile_at(fn: ir.Function, apanel: ir.Value, row: Val, jr: Val, mr_eff: Val,
+                        nr_eff: Val, bpanel: ir.Value | None = None) -> None:
+                if bpanel is None:
+                    bpanel = elem_ptr(b, bp, mul(b, jr, kc), ety)
+                col = add(b, jc, jr)
+                cptr = elem_ptr(b, c, add(b, mul(b, row, spec.ldc), col), ety)
+                # Fetch the C tile while the kernel runs: its store (and, after the first
+                # KC block, its load) would otherwise wait for memory at every tile.
+                for r in range(plan.mr):
+                    for off in range(0, plan.nr * dtype.itemsize + 63, 64):
+                        at = min(off // dtype.itemsize, plan.nr - 1) + r * spec.ldc
+                        prefetch(b, b.gep(cptr, [as_i64(at)], source_etype=ety), True)
+                b.call(fn, [as_i64(kc), apanel, bpanel, tile])
+                sizes = [as_i64(spec.ldc), as_i64(mr_eff), as_i64(nr_eff)]
+                plain = [tile, cptr, *sizes,
+                         ir.Constant(I1, load_c) if isinstance(load_c, bool) else load_c]
+                if epilogue is None:
+                    b.call(store(), plain)
+                    return
+
+                def fused() -> None:
+                    # Only reached on the last KC block, where C holds earlier partial sums
+                    # unless this is also the first block.
+                    store_tile_code(b, dtype, plan.lanes, plan.nr, tile, cptr, *sizes,
+                                    accumulate or nkb > 1, epilogue, row, col)
+
+                if isinstance(last, bool):
+                    fused()
+                    return
+                with b.if_else(last) as (then, otherwise):
+                    with then:
+                        fused()
+                    with otherwise:
+                        b.call(store(), plain)
+
+            if not plan.pack_a:  # one column panel (n <= NR): read A in place
+                in_place = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
+                                        a_strides=(sa_i, sa_p))
+                full = spec.m - spec.m % plan.mr
+                with for_range(b, 0, full, plan.mr, name="ir") as ir_:
+                    tile_at(in_place, a_at(ir_), ir_, 0, plan.mr, nc)
+                if full < spec.m:
+                    b.call(pack_a(), [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
+                                      as_i64(kc), ap])
+                    tile_at(kernel(), ap, full, 0, spec.m - full, nc)
+            elif not plan.pack_b:
+                in_place_b = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
+                                          b_stride=spec.ldb)
+                with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
+                    b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
+                    if full_n:
+                        with for_range(b, 0, full_n, plan.nr, name="jr") as jr, \
+                                for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                            tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
+                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
+                                    bpanel=elem_ptr(b, src_b, jr, ety))
+                    if full_n < spec.n:
+                        with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                            tile_at(kernel(), apanel, add(b, ic, ir_), full_n,
+                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
+                                    spec.n - full_n, bpanel=bp)
+            else:
+                with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
+                    b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
+                    with for_range(b, 0, nc, plan.nr, name="jr") as jr:
+                        with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                            tile_at(kernel(), apanel, add(b, ic, ir_), jr,
+                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
+                                    smin(b, plan.nr, b.sub(as_i64(nc), jr)))

@@ -1,0 +1,240 @@
+"""Lowerings of ops that get a kernel of their own (`OPAQUE`, keyed by op name).
+
+Here: softmax and log_softmax (three passes over each row: max, sum of exp, normalize;
+vectorized when the axis is the innermost one), argmax and argmin (first index of the
+extreme value; a NaN counts as the extreme, as in numpy). Gather/scatter, convolution and
+pooling lowerings live in their own modules and are merged into `OPAQUE` below.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import llvmlite.ir as ir
+
+from graphc.codegen.context import KernelContext
+from graphc.codegen.fused.expr import strides
+from graphc.codegen.fused.loop_nests import combine, horizontal, identity, nest_dims
+from graphc.codegen.index import Idx, IndexBuilder, splat
+from graphc.codegen.loops import entry_alloca, for_range
+from graphc.codegen.target import Target
+from graphc.codegen.types import I1, I8, I64, PTR, VOID, compute_type, const, intrinsic
+from graphc.codegen.vecmath import functions as vecmath
+from graphc.ir import DType
+from graphc.passes.fuse import Kernel
+
+Lowering = Callable[[KernelContext], None]
+OPAQUE: dict[str, Lowering] = {}
+SCRATCH: dict[str, Callable[[Kernel, Target], int]] = {}
+
+
+def scratch_bytes(kernel: Kernel, target: Target) -> int:
+    anchor = kernel.anchor
+    if anchor is None or anchor.op not in SCRATCH:
+        return 0
+    return SCRATCH[anchor.op](kernel, target)
+
+
+def _outer_loops(ctx: KernelContext, shape: tuple[int, ...], skip: set[int],
+                 body: Callable[[dict[int, ir.Value]], None]) -> None:
+    """Scalar loops over every dim of `shape` not in `skip`; body gets {dim: index}."""
+    dims = [d for d in range(len(shape)) if d not in skip]
+    nest_dims(ctx, [shape[d] for d in dims],
+              lambda idx: body({d: i.base for d, i in zip(dims, idx)}))
+
+
+def _row_base(b: ir.IRBuilder, prefix: dict[int, ir.Value], st: list[int]) -> ir.Value:
+    total: ir.Value = ir.Constant(I64, 0)
+    for d, i in prefix.items():
+        if st[d]:
+            total = b.add(total, b.mul(i, ir.Constant(I64, st[d])))
+    return total
+
+
+def _softmax(ctx: KernelContext) -> None:
+    node = ctx.kernel.anchor
+    assert node is not None
+    b = ctx.b
+    x = node.inputs[0]
+    axis = node.attrs["axis"]
+    n = node.shape[axis]
+    st = strides(node.shape)
+    stride = st[axis]
+    dtype = node.dtype
+    lanes = ctx.target.lanes(dtype.itemsize) if stride == 1 else 1
+    src, out = ctx.ptr(x), ctx.out
+    log_form = node.op == "log_softmax"
+
+    def row(prefix: dict[int, ir.Value]) -> None:
+        base = _row_base(b, prefix, st)
+        # Pass 1: the maximum.
+        m = _row_reduce(ctx, src, dtype, base, stride, n, lanes, "max", lambda v, _n: v)
+        # Pass 2: sum of exp(x - m) (and exp values stored for softmax).
+
+        def shifted_exp(v: ir.Value, n_lanes: int) -> ir.Value:
+            return vecmath.exp(b, b.fsub(v, splat(b, m, n_lanes)))
+
+        store_to = None if log_form else out
+        total = _row_reduce(ctx, src, dtype, base, stride, n, lanes, "sum", shifted_exp,
+                            store_to=store_to)
+        # Pass 3: normalize.
+        if log_form:
+            shift = b.fadd(m, vecmath.log(b, total))
+            _row_map(ctx, src, out, dtype, base, stride, n, lanes,
+                     lambda v, k: b.fsub(v, splat(b, shift, k)))
+        else:
+            inv = b.fdiv(const(dtype, 1.0), total)
+            _row_map(ctx, out, out, dtype, base, stride, n, lanes,
+                     lambda v, k: b.fmul(v, splat(b, inv, k)))
+
+    _outer_loops(ctx, node.shape, {axis}, row)
+
+
+def _row_reduce(ctx: KernelContext, src: ir.Value, dtype: DType, base: ir.Value, stride: int,
+                n: int, lanes: int, op: str, f: Callable[[ir.Value, int], ir.Value],
+                store_to: ir.Value | None = None) -> ir.Value:
+    """op-reduce f(x[base + i*stride]) over i < n; optionally store f(x) to `store_to`."""
+    b = ctx.b
+    scalar_acc = entry_alloca(b, compute_type(dtype))
+    b.store(identity(op, dtype, 1), scalar_acc)
+    vec_end = (n // lanes) * lanes if lanes > 1 else 0
+    vec_acc = None
+    if vec_end:
+        vec_acc = entry_alloca(b, compute_type(dtype, lanes))
+        b.store(identity(op, dtype, lanes), vec_acc)
+        ix = IndexBuilder(b, lanes)
+        with for_range(b, 0, vec_end, lanes, name="rv") as i:
+            off = Idx(b.add(base, i), 1)
+            v = f(ix.load(src, dtype, off), lanes)
+            if store_to is not None:
+                ix.store(store_to, dtype, off, v)
+            b.store(combine(b, op, dtype, b.load(vec_acc), v), vec_acc)
+    ix1 = IndexBuilder(b, 1)
+    with for_range(b, vec_end, n, 1, name="r") as i:
+        off = Idx(b.add(base, b.mul(i, ir.Constant(I64, stride))))
+        v = f(ix1.load(src, dtype, off), 1)
+        if store_to is not None:
+            ix1.store(store_to, dtype, off, v)
+        b.store(combine(b, op, dtype, b.load(scalar_acc), v), scalar_acc)
+    total = b.load(scalar_acc)
+    if vec_acc is not None:
+        total = combine(b, op, dtype, horizontal(b, op, dtype, b.load(vec_acc), lanes), total)
+    return total
+
+
+def _row_map(ctx: KernelContext, src: ir.Value, dst: ir.Value, dtype: DType, base: ir.Value,
+             stride: int, n: int, lanes: int, f: Callable[[ir.Value, int], ir.Value]) -> None:
+    b = ctx.b
+    vec_end = (n // lanes) * lanes if lanes > 1 else 0
+    if vec_end:
+        ix = IndexBuilder(b, lanes)
+        with for_range(b, 0, vec_end, lanes, name="mv") as i:
+            off = Idx(b.add(base, i), 1)
+            ix.store(dst, dtype, off, f(ix.load(src, dtype, off), lanes))
+    ix1 = IndexBuilder(b, 1)
+    with for_range(b, vec_end, n, 1, name="m") as i:
+        off = Idx(b.add(base, b.mul(i, ir.Constant(I64, stride))))
+        ix1.store(dst, dtype, off, f(ix1.load(src, dtype, off), 1))
+
+
+OPAQUE["softmax"] = _softmax
+OPAQUE["log_softmax"] = _softmax
+
+
+def _argext(ctx: KernelContext) -> None:
+    node = ctx.kernel.anchor
+    assert node is not None
+    b = ctx.b
+    x = node.inputs[0]
+    dtype = x.dtype
+    axes = tuple(node.attrs["axes"])
+    src, out = ctx.ptr(x), ctx.out
+    better = "<" if node.op == "argmin" else ">"
+    best_v = entry_alloca(b, compute_type(dtype))
+    best_i = entry_alloca(b, I64)
+
+    def scan(base: ir.Value, stride: int, n: int) -> ir.Value:
+        ix = IndexBuilder(b, 1)
+        b.store(ix.load(src, dtype, Idx(base)), best_v)
+        b.store(ir.Constant(I64, 0), best_i)
+        with for_range(b, 1, n, 1, name="a") as i:
+            v = ix.load(src, dtype, Idx(b.add(base, b.mul(i, ir.Constant(I64, stride)))))
+            cur = b.load(best_v)
+            if dtype.is_float:
+                take = b.or_(b.fcmp_ordered(better, v, cur),
+                             b.and_(b.fcmp_unordered("uno", v, v),
+                                    b.fcmp_ordered("ord", cur, cur)))
+            else:
+                take = b.icmp_signed(better, v, cur)
+            b.store(b.select(take, v, cur), best_v)
+            b.store(b.select(take, i, b.load(best_i)), best_i)
+        return b.load(best_i)
+
+    ix = IndexBuilder(b, 1)
+    if len(axes) == x.ndim:
+        ix.store(out, DType.int64, Idx(ir.Constant(I64, 0)), scan(ir.Constant(I64, 0), 1,
+                                                                  x.size))
+        return
+    (axis,) = axes
+    st = strides(x.shape)
+    out_st = strides(node.shape)
+
+    def row(prefix: dict[int, ir.Value]) -> None:
+        base = _row_base(b, prefix, st)
+        result = scan(base, st[axis], x.shape[axis])
+        # Output index: the input index without `axis` (or with it at 0 for keepdims).
+        out_idx = []
+        for d in range(x.ndim):
+            if d == axis:
+                if node.attrs["keepdims"]:
+                    out_idx.append(ir.Constant(I64, 0))
+                continue
+            out_idx.append(prefix[d])
+        offset: ir.Value = ir.Constant(I64, 0)
+        for i, s in zip(out_idx, out_st):
+            offset = b.add(offset, b.mul(i, ir.Constant(I64, s)))
+        ix.store(out, DType.int64, Idx(offset), result)
+
+    _outer_loops(ctx, x.shape, {axis}, row)
+
+
+OPAQUE["argmax"] = _argext
+OPAQUE["argmin"] = _argext
+
+
+def _concat(ctx: KernelContext) -> None:
+    """A wide concat: for each operand, one memcpy per index of the axes before `axis`."""
+    node = ctx.kernel.anchor
+    assert node is not None
+    b = ctx.b
+    axis = node.attrs["axis"]
+    after = math.prod(node.shape[axis + 1:])
+    outer = math.prod(node.shape[:axis])
+    size = max(node.dtype.itemsize, 1)
+    out_row = node.shape[axis] * after * size
+    memcpy = intrinsic(ctx.module, "llvm.memcpy", VOID, [PTR, PTR, I64, I1], [PTR, PTR, I64])
+    offset = 0
+    for src in node.inputs:
+        block = src.shape[axis] * after * size
+        if block:
+            with for_range(b, 0, outer, 1, name="c") as o:
+                dst = b.gep(ctx.out, [b.add(b.mul(o, ir.Constant(I64, out_row)),
+                                            ir.Constant(I64, offset))],
+                            inbounds=True, source_etype=I8)
+                from_ = b.gep(ctx.ptr(src), [b.mul(o, ir.Constant(I64, block))],
+                              inbounds=True, source_etype=I8)
+                b.call(memcpy, [dst, from_, ir.Constant(I64, block), ir.Constant(I1, 0)])
+        offset += block
+
+
+OPAQUE["concat"] = _concat
+
+
+# Convolution, pooling and gather/scatter lowerings live in their own modules.
+from graphc.codegen.conv import direct as conv
+from graphc.codegen.opaque import gather, pool, pool_grad
+
+for _family in (conv, gather, pool, pool_grad):
+    OPAQUE.update(_family.LOWER)
+    SCRATCH.update(getattr(_family, "SCRATCH", {}))

@@ -1,0 +1,3 @@
+"""Reading and writing graphs: the text IR (`textir`, `textcursor`), JSON (`jsonir`), `.gcg`
+files (`gcg`), checkpoints (`checkpoint`), the checked node-by-node rebuild every reader
+shares (`rebuild`), and atomic file writes (`atomic`)."""

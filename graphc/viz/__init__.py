@@ -1,0 +1,2 @@
+"""Pictures of every stage: graphs as DOT (`dot`), fused kernels as clusters (`fused`), the
+memory plan over time (`memory`)."""
