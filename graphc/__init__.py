@@ -41,12 +41,15 @@ from graphc.ir import (
 from graphc.ops import registry as _registry  # fills the operator table of Node
 from graphc.ops.conv import *
 from graphc.ops.elementwise import *
-from graphc.ops.indexing import *
+from graphc.ops.gather import *
+from graphc.ops.join import *
+from graphc.ops.layout import *
 from graphc.ops.linalg import *
-from graphc.ops.nn import *
+from graphc.ops.neural import *
+from graphc.ops.pool import *
 from graphc.ops.random import *
 from graphc.ops.reduce import *
-from graphc.ops.shape import *
+from graphc.ops.slicing import *
 from graphc.options import CompileOptions
 from graphc.passes.autodiff import grad
 from graphc.runtime.executable import Executable

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from graphc.builder import constant
 from graphc.errors import GraphcError, ShapeError
 from graphc.ir import Node, ancestors
-from graphc.ops import elementwise, registry, shape
+from graphc.ops import elementwise, layout, registry
 
 
 def grad(
@@ -104,7 +104,7 @@ def _grad(y: Node, xs: Node | Sequence[Node], grad_y: Node | None, disconnected:
             raise GraphcError(f"y (%{y.name}) does not depend on %{x.name}", op="grad",
                               loc=x.loc)
         else:
-            results.append(shape.broadcast_to(constant(0.0, dtype=x.dtype), x.shape))
+            results.append(layout.broadcast_to(constant(0.0, dtype=x.dtype), x.shape))
     return results[0] if single else results
 
 

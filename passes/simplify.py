@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from graphc.ir import Graph, Node, Signature
-from graphc.ops.typecheck import reduced_shape
+from graphc.ops.common import reduced_shape
 
 from .rewrite import (
     PassContext,

@@ -22,7 +22,7 @@ from graphc.codegen.conv import channels as conv_channels
 from graphc.codegen.target import host_target
 from graphc.compile import compile as gc_compile
 from graphc.errors import GraphcError
-from graphc.ops.indexing import take_along_axis_grad, take_grad
+from graphc.ops.gather import take_along_axis_grad, take_grad
 from graphc.options import CompileOptions
 from graphc.passes.fuse import KernelKind
 

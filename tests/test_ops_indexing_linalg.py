@@ -15,7 +15,7 @@ import pytest
 
 import graphc as gc
 from graphc.ir.opdef import Fusion
-from graphc.ops import indexing, linalg, registry
+from graphc.ops import gather, linalg, registry
 
 
 def _line() -> int:
@@ -39,9 +39,9 @@ def test_ops_are_registered_with_their_fusion_kinds_and_exports() -> None:
                      "take_along_axis": Fusion.INJECTIVE, "take_grad": Fusion.OPAQUE,
                      "take_along_axis_grad": Fusion.OPAQUE}
     assert all(registry.OPS[n].differentiable for n in kinds)
-    assert set(indexing.__all__) == {"take", "take_along_axis", "one_hot"}
+    assert set(gather.__all__) == {"take", "take_along_axis", "one_hot"}
     assert linalg.__all__ == ["linear", "matmul"]
-    assert gc.take is indexing.take and gc.matmul is linalg.matmul
+    assert gc.take is gather.take and gc.matmul is linalg.matmul
     assert not hasattr(gc, "getitem")
 
 
@@ -351,7 +351,7 @@ def test_gather_build_errors() -> None:
         with pytest.raises(gc.ShapeError, match=r"does not broadcast.*dim 1 \(2 vs 5\)"):
             gc.take_along_axis(x, np.zeros((4, 2), np.int32), axis=0)
         with pytest.raises(gc.ShapeError, match=r"take_grad: g: expected dims 0\.\.0"):
-            indexing.take_grad(x, np.zeros(3, np.int32), axis=0, size=4)
+            gather.take_grad(x, np.zeros(3, np.int32), axis=0, size=4)
 
 
 def test_take_with_a_python_int_drops_the_axis_and_keeps_int_indices() -> None:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:  # for annotations only: graph.py imports this module
     from graphc.ir.graph import Graph
 
 
-# Filled by graphc.ops: maps a Python operator name ("add", "matmul", "getitem", ...) to the
-# builder function implementing it. The IR stays free of op knowledge.
+# Filled by graphc.ops.registry: maps a Python operator or Node method name ("add",
+# "matmul", "getitem", "sum", ...) to the builder function implementing it. The IR stays
+# free of op knowledge.
 OPERATORS: dict[str, Callable[..., Node]] = {}
 
 
@@ -71,6 +72,14 @@ class Node:
     @property
     def T(self) -> Node:  # noqa: N802 - numpy's spelling
         return OPERATORS["transpose"](self)
+
+    # Methods for the ops a gradient rule of a lower op family needs from a higher one
+    # (elementwise gradients sum over broadcast axes): families import downward only.
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
+        return OPERATORS["sum"](self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, shape: tuple[int, ...]) -> Node:
+        return OPERATORS["reshape"](self, shape)
 
     def __repr__(self) -> str:
         return f"<Node %{self.name} = {self.op} : {self.type}>"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from graphc.errors import AttrError
 from graphc.ir import Node
 from graphc.ops import elementwise as ew
-from graphc.ops import nn as nn_ops
+from graphc.ops import neural as nn_ops
 
 __all__ = ["ActivationLike", "get"]
 

@@ -16,6 +16,7 @@ from graphc.nn import activations, regularizers
 from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
 from graphc.ops import conv as conv_ops
+from graphc.ops import pool as pool_ops
 
 __all__ = ["AvgPool2D", "Conv2D", "DepthwiseConv2D", "GlobalAvgPool2D", "MaxPool2D"]
 
@@ -129,7 +130,7 @@ class MaxPool2D(_Pool):
 
     def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
         _rank4("MaxPool2D", x)
-        return conv_ops.max_pool2d(x, self.pool_size, self.strides, self.padding)
+        return pool_ops.max_pool2d(x, self.pool_size, self.strides, self.padding)
 
 
 class AvgPool2D(_Pool):
@@ -144,7 +145,7 @@ class AvgPool2D(_Pool):
 
     def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
         _rank4("AvgPool2D", x)
-        return conv_ops.avg_pool2d(x, self.pool_size, self.strides, self.padding,
+        return pool_ops.avg_pool2d(x, self.pool_size, self.strides, self.padding,
                                    count_include_pad=self.count_include_pad)
 
 
@@ -157,4 +158,4 @@ class GlobalAvgPool2D(Layer):
 
     def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
         _rank4("GlobalAvgPool2D", x)
-        return conv_ops.global_avg_pool2d(x, keepdims=self.keepdims)
+        return pool_ops.global_avg_pool2d(x, keepdims=self.keepdims)

@@ -16,9 +16,8 @@ from graphc.nn import activations, regularizers
 from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
 from graphc.ops import elementwise as ew
-from graphc.ops import indexing, linalg
-from graphc.ops import nn as nn_ops
-from graphc.ops import shape as shp
+from graphc.ops import gather, layout, linalg
+from graphc.ops import neural as nn_ops
 
 __all__ = ["Activation", "Add", "Dense", "Dropout", "Embedding", "Flatten"]
 
@@ -66,8 +65,8 @@ class Dense(Layer):
             y = linalg.linear(x, kernel, bias)
         else:  # fold the leading axes into one: a single GEMM instead of a batched one
             lead = x.shape[:-1]
-            flat = shp.reshape(x, (-1, x.shape[-1]))
-            y = shp.reshape(linalg.linear(flat, kernel, bias), (*lead, self.units))
+            flat = layout.reshape(x, (-1, x.shape[-1]))
+            y = layout.reshape(linalg.linear(flat, kernel, bias), (*lead, self.units))
         return self.activation(y)
 
 
@@ -75,7 +74,7 @@ class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...)."""
 
     def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
-        return shp.flatten(x, 1) if x.ndim != 2 else x
+        return layout.flatten(x, 1) if x.ndim != 2 else x
 
 
 class Activation(Layer):
@@ -145,7 +144,7 @@ class Embedding(Layer):
                         regularizer=self.embeddings_regularizer)
 
     def forward(self, ids: Node, training: bool, scope: Scope | None) -> Node:
-        return indexing.take(self.weights["embeddings"], ids, axis=0)
+        return gather.take(self.weights["embeddings"], ids, axis=0)
 
 
 class Add(Layer):

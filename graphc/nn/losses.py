@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import DType, Node, TensorType
-from graphc.ops import nn as nn_ops
+from graphc.ops import neural as nn_ops
 from graphc.ops import reduce as rd
 
 __all__ = ["LOSSES", "Loss", "get"]

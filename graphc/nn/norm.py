@@ -22,9 +22,9 @@ from graphc.ir import DType, Node
 from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
 from graphc.ops import elementwise as ew
-from graphc.ops import nn as nn_ops
+from graphc.ops import layout
+from graphc.ops import neural as nn_ops
 from graphc.ops import reduce as rd
-from graphc.ops import shape as shp
 
 __all__ = ["BatchNorm", "LayerNorm"]
 
@@ -108,7 +108,7 @@ class BatchNorm(Layer):
             centered = x - _along(mean, x, axis)
             var = rd.mean(ew.square(centered), axis=axes)
             return mean, var, float(x.size // x.shape[axis])
-        weights = shp.reshape(mask, (x.shape[0],) + (1,) * (x.ndim - 1))
+        weights = layout.reshape(mask, (x.shape[0],) + (1,) * (x.ndim - 1))
         count = rd.sum(mask) * float(per_example)
         mean = rd.sum(x * weights, axis=axes) / count
         centered = x - _along(mean, x, axis)
@@ -120,7 +120,7 @@ def _along(v: Node, x: Node, axis: int) -> Node:
     """A (C,) vector shaped to broadcast along `axis` of x."""
     if axis == x.ndim - 1:
         return v
-    return shp.reshape(v, tuple(d if i == axis else 1 for i, d in enumerate(x.shape)))
+    return layout.reshape(v, tuple(d if i == axis else 1 for i, d in enumerate(x.shape)))
 
 
 class LayerNorm(Layer):

@@ -34,8 +34,7 @@ from graphc.nn import activations, regularizers
 from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
 from graphc.ops import elementwise as ew
-from graphc.ops import linalg
-from graphc.ops import shape as shp
+from graphc.ops import join, layout, linalg
 
 __all__ = ["GRU", "LSTM", "SimpleRNN"]
 
@@ -97,8 +96,8 @@ class _Recurrent(Layer):
     def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
         batch, steps, features = x.shape
         width = self.gates * self.units
-        flat = shp.reshape(x, (batch * steps, features))
-        xp = shp.reshape(linalg.linear(flat, self.weights["kernel"], self.weights["bias"]),
+        flat = layout.reshape(x, (batch * steps, features))
+        xp = layout.reshape(linalg.linear(flat, self.weights["kernel"], self.weights["bias"]),
                          (batch, steps, width))
         state: Any = None
         outputs: list[Node] = []
@@ -106,7 +105,7 @@ class _Recurrent(Layer):
             state, h = self.cell(xp[:, t, :], state)
             outputs.append(h)
         if self.return_sequences:
-            return shp.stack(outputs, axis=1)
+            return join.stack(outputs, axis=1)
         return outputs[-1]
 
     def recurrent(self, h: Node) -> Node:
@@ -158,7 +157,7 @@ class LSTM(_Recurrent):
 
     def cell(self, xt: Node, state: tuple[Node, Node] | None) -> tuple[tuple[Node, Node], Node]:
         z = xt if state is None else xt + self.recurrent(state[1])
-        i, f, g, o = shp.split(z, 4, axis=1)
+        i, f, g, o = join.split(z, 4, axis=1)
         update = ew.sigmoid(i) * ew.tanh(g)
         c = update if state is None else ew.sigmoid(f) * state[0] + update
         h = ew.sigmoid(o) * ew.tanh(c)
@@ -181,8 +180,8 @@ class GRU(_Recurrent):
     def cell(self, xt: Node, state: Node | None) -> tuple[Node, Node]:
         rb = self.weights["recurrent_bias"]
         hp = rb if state is None else self.recurrent(state) + rb
-        xr, xz, xn = shp.split(xt, 3, axis=1)
-        hr, hz, hn = shp.split(hp, 3, axis=-1)
+        xr, xz, xn = join.split(xt, 3, axis=1)
+        hr, hz, hn = join.split(hp, 3, axis=-1)
         r = ew.sigmoid(xr + hr)
         z = ew.sigmoid(xz + hz)
         n = ew.tanh(xn + r * hn)

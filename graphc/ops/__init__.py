@@ -1,7 +1,9 @@
-"""Op families. Each family module defines its ops (`OPS`) and their builder functions;
-`registry` lists the families and maps op names to definitions.
+"""Op families: each module defines its ops (one `OpDef` each, in its `OPS`) and their
+builder functions; `registry` lists the families and maps op names to definitions.
 
-A large family (conv, elementwise, indexing, shape) keeps its ops in `<family>_*.py`
-submodules; the family module collects their `OPS` and re-exports their builders. Families
-import each other (module imports, used inside functions), so code outside a family imports
-the family module, which is the safe entry point into that cycle, not its submodules."""
+Families import downward only, in this order (`tests/test_import_layers.py` forbids
+cycles): `common` (shared helpers) <- `elementwise` <- `layout` <- `slicing` <- `join` <-
+`reduce` <- `gather`, `getitem` <- `linalg` <- `geometry` <- `conv`, `pool` <- `random` <-
+`neural`. A gradient rule that needs an op of a later family builds it through a `Node`
+method the registry fills (``g.sum(...)``, ``g.reshape(...)``, ``x.T``).
+"""

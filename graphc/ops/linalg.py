@@ -19,8 +19,8 @@ from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
-from graphc.ops import shape as _shape
-from graphc.ops.typecheck import NUMERIC, check_dtype, same_dtype
+from graphc.ops.common import NUMERIC, check_dtype, same_dtype
+from graphc.ops.layout import reshape
 
 __all__ = ["linear", "matmul"]
 
@@ -159,7 +159,7 @@ def matmul(
         shape = (*shape[:-2], shape[-1])
     if b.ndim == 1:
         shape = shape[:-1]
-    return _shape.reshape(out, shape, name=name)
+    return reshape(out, shape, name=name)
 
 
 def linear(x: Operand, w: Operand, b: Operand | None = None, name: str | None = None) -> Node:
@@ -193,5 +193,5 @@ def _type(x: Node | np.ndarray) -> TensorType:
 def _promote(x: Node | np.ndarray, pattern: tuple[int, int]) -> Node | np.ndarray:
     """A 1-D operand as a (1, K) row or a (K, 1) column."""
     if isinstance(x, Node):
-        return _shape.reshape(x, tuple(x.shape[0] if p == -1 else 1 for p in pattern))
+        return reshape(x, tuple(x.shape[0] if p == -1 else 1 for p in pattern))
     return x.reshape(pattern)

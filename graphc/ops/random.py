@@ -56,7 +56,7 @@ from graphc.builder import apply, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.opdef import Fusion, OpDef
-from graphc.ops.typecheck import FLOATS, INTS
+from graphc.ops.common import FLOATS, INTS
 
 __all__ = ["random_normal", "random_uniform"]
 

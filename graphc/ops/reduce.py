@@ -21,8 +21,18 @@ from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.opdef import Fusion, GradRule, OpDef
 from graphc.ops import elementwise as _ew
-from graphc.ops import shape as _shape
-from graphc.ops.typecheck import FLOATS, NUMERIC, check_dtype, normalize_axes, reduced_shape
+from graphc.ops.common import (
+    FLOATS,
+    NUMERIC,
+    as_node,
+    check_dtype,
+    fail,
+    int_tuple,
+    normalize_axes,
+    reduced_shape,
+    resolve,
+)
+from graphc.ops.layout import broadcast_to, reshape
 
 __all__ = [
     "argmax",
@@ -43,7 +53,7 @@ Axis = int | Sequence[int] | None
 
 
 def _axes_of(x: TensorType, attrs: Attrs) -> tuple[int, ...]:
-    axes = _shape.int_tuple(attrs["axes"], "axes")
+    axes = int_tuple(attrs["axes"], "axes")
     if normalize_axes(axes, x.ndim) != axes:
         raise AttrError(f"axes attribute {axes} must be sorted non-negative axes of x {x}")
     if not isinstance(attrs["keepdims"], bool):
@@ -88,11 +98,11 @@ def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
 def _keep(v: Node, n: Node) -> Node:
     """`v` (shaped like reduction `n`) reshaped to n's keepdims shape, for broadcasting."""
     shape = reduced_shape(n.inputs[0].shape, n.attrs["axes"], True)
-    return v if v.shape == shape else _shape.reshape(v, shape)
+    return v if v.shape == shape else reshape(v, shape)
 
 
 def _spread(v: Node, shape: tuple[int, ...]) -> Node:
-    return v if v.shape == shape else _shape.broadcast_to(v, shape)
+    return v if v.shape == shape else broadcast_to(v, shape)
 
 
 def _sum_grad(n: Node, g: Node) -> list[Node | None]:
@@ -179,13 +189,13 @@ def _axes(op: str, x: Node, axis: Any) -> tuple[int, ...]:
     def normalize() -> tuple[int, ...]:
         if axis is None:
             return normalize_axes(None, x.ndim)
-        return normalize_axes(_shape.int_tuple(axis, "axis"), x.ndim)
+        return normalize_axes(int_tuple(axis, "axis"), x.ndim)
 
-    return _shape.resolve(op, normalize)
+    return resolve(op, normalize)
 
 
 def _build(op: OpDef, x: Operand, axis: Axis, keepdims: bool, name: str | None) -> Node:
-    x = _shape.as_node(x)
+    x = as_node(x)
     attrs = {"axes": _axes(op.name, x, axis), "keepdims": bool(keepdims)}
     return apply(op, [x], attrs, name=name)
 
@@ -215,9 +225,9 @@ def prod(x: Operand, axis: Axis = None, keepdims: bool = False, name: str | None
 
 def _arg_build(op: OpDef, x: Operand, axis: int | None, keepdims: bool,
                name: str | None) -> Node:
-    x = _shape.as_node(x)
+    x = as_node(x)
     if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
-        _shape.fail(op.name, AttrError(
+        fail(op.name, AttrError(
             f"axis must be None (flattened) or one int, got {axis!r}"))
     return _build(op, x, axis, keepdims, name)
 
@@ -238,8 +248,8 @@ def argmin(x: Operand, axis: int | None = None, keepdims: bool = False,
 
 def _float_axes(op: str, x: Operand, axis: Axis) -> tuple[Node, tuple[int, ...], int]:
     """(x as a node, normalized axes, number of elements reduced) for float-only composites."""
-    node = _shape.as_node(x)
-    _shape.resolve(op, lambda: check_dtype(node.type, FLOATS, "x"))
+    node = as_node(x)
+    resolve(op, lambda: check_dtype(node.type, FLOATS, "x"))
     axes = _axes(op, node, axis)
     return node, axes, math.prod(node.shape[a] for a in axes)
 
@@ -281,4 +291,4 @@ def logsumexp(x: Operand, axis: Axis = None, keepdims: bool = False,
     if keepdims:
         return _ew.add(m, _ew.log(total), name=name)
     out = _ew.add(m, _ew.log(total))
-    return _shape.reshape(out, reduced_shape(x.shape, axes, False), name=name)
+    return reshape(out, reduced_shape(x.shape, axes, False), name=name)

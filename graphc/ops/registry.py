@@ -1,6 +1,9 @@
 """The op registry: the one list of op families, and the table of all ops by name.
 
-Adding an op family means adding its module here. `graphc ops --list` prints this table.
+Adding an op family means adding its module to `FAMILIES`. `graphc ops --list` prints the
+table. The registry also fills the IR's `OPERATORS` table, through which `Node` operators
+(``a + b``, ``x[1:]``, ``x.T``) and the Node methods used by lower families' gradient
+rules (``g.sum(...)``, ``g.reshape(...)``) build nodes.
 """
 
 from __future__ import annotations
@@ -8,7 +11,20 @@ from __future__ import annotations
 from graphc.errors import GraphcError
 from graphc.ir import OPERATORS, Attrs, TensorType
 from graphc.ir.opdef import Fusion, OpDef
-from graphc.ops import conv, elementwise, indexing, linalg, nn, random, reduce, shape
+from graphc.ops import (
+    conv,
+    elementwise,
+    gather,
+    getitem,
+    join,
+    layout,
+    linalg,
+    neural,
+    pool,
+    random,
+    reduce,
+    slicing,
+)
 
 
 def _no_reference(arrays: object, attrs: Attrs) -> object:
@@ -28,7 +44,10 @@ SOURCES = [
     )
 ]
 
-FAMILIES = (elementwise, reduce, shape, indexing, linalg, conv, nn, random)
+# Families in registry order (and so `graphc ops --list`); a family module imports only the
+# families before it in `docs/architecture.md`'s order, never a later one.
+FAMILIES = (elementwise, reduce, layout, join, slicing, gather, linalg, conv, pool, neural,
+            random)
 
 OPS: dict[str, OpDef] = {}
 for _op in [*SOURCES, *(op for family in FAMILIES for op in family.OPS)]:
@@ -62,6 +81,8 @@ OPERATORS.update(
     greater_equal=elementwise.greater_equal,
     equal=elementwise.equal,
     not_equal=elementwise.not_equal,
-    transpose=shape.transpose,
-    getitem=indexing.getitem,
+    transpose=layout.transpose,
+    getitem=getitem.getitem,
+    sum=reduce.sum,
+    reshape=layout.reshape,
 )

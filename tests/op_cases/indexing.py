@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 import graphc as gc
-from graphc.ops import indexing
+from graphc.ops import gather
 from tests.op_table import Arg, OpCase
 
 X3 = (4, 5, 6)
@@ -96,19 +96,19 @@ CASES: list[OpCase] = [
            lambda x, i: x[np.arange(4), i[:, 0]][:, None],
            (Arg((4, 6)), Arg((4, 1), "int", 0, 6, "int64"))),
     # the scatter-adds (adjoints of the gathers), compared with one-hot contractions
-    OpCase("take_grad", ("take_grad",), lambda g, i: indexing.take_grad(g, i, axis=1, size=4),
+    OpCase("take_grad", ("take_grad",), lambda g, i: gather.take_grad(g, i, axis=1, size=4),
            lambda g, i: np.einsum("aib,ik->akb", g, _onehot(i, 4)),
            (Arg((3, 6, 2)), Arg((6,), "int", -4, 4))),
     OpCase("take_grad:2d_indices", ("take_grad",),
-           lambda g, i: indexing.take_grad(g, i, axis=0, size=3),
+           lambda g, i: gather.take_grad(g, i, axis=0, size=3),
            lambda g, i: np.einsum("ijb,ijk->kb", g, _onehot(i, 3)),
            (Arg((2, 4, 5)), Arg((2, 4), "int", -3, 3, "int64"))),
     OpCase("take_along_axis_grad", ("take_along_axis_grad",),
-           lambda g, i: indexing.take_along_axis_grad(g, i, axis=1, shape=(3, 5)),
+           lambda g, i: gather.take_along_axis_grad(g, i, axis=1, shape=(3, 5)),
            lambda g, i: np.einsum("ij,ijk->ik", g, _onehot(i, 5)),
            (Arg((3, 4)), Arg((3, 4), "int", -5, 5))),
     OpCase("take_along_axis_grad:broadcast", ("take_along_axis_grad",),
-           lambda g, i: indexing.take_along_axis_grad(g, i, axis=1, shape=(1, 5)),
+           lambda g, i: gather.take_along_axis_grad(g, i, axis=1, shape=(1, 5)),
            lambda g, i: np.einsum("ij,ijk->k", g, _onehot(i, 5))[None],
            (Arg((3, 2)), Arg((3, 2), "int", 0, 5))),
     # one_hot (non-differentiable composite)

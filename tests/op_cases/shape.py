@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import graphc as gc
-from graphc.ops import shape as shape_ops
+from graphc.ops import slicing
 from tests.op_table import Arg, OpCase
 
 
@@ -59,7 +59,7 @@ CASES: list[OpCase] = [
     _s("pad:pairs_value", lambda x: gc.pad(x, [(0, 2), (1, 0)], value=-1.5),
        lambda x: np.vstack([np.hstack([np.full((2, 1), -1.5), x]), np.full((2, 4), -1.5)]),
        (2, 3)),
-    _s("pad:interior", lambda x: shape_ops._pad(x, ((2, 0, 1), (0, 1, 2)), 0.5),
+    _s("pad:interior", lambda x: slicing._pad(x, ((2, 0, 1), (0, 1, 2)), 0.5),
        _interior, (3, 4)),
 ]
 

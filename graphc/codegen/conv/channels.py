@@ -47,7 +47,7 @@ from graphc.codegen.window import (
     scatter,
 )
 from graphc.ir import Node
-from graphc.ops.conv_geometry import Window
+from graphc.ops.geometry import Window
 from graphc.passes.fuse import Kernel
 
 MAX_POSITIONS = 14  # vector accumulators per register block

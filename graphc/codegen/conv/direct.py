@@ -68,7 +68,7 @@ from graphc.codegen.window import (
     transposed_phases,
 )
 from graphc.ir import DType, Node
-from graphc.ops.conv_geometry import Window
+from graphc.ops.geometry import Window
 from graphc.passes.fuse import Kernel
 
 OUT_BLOCK = 8  # output channels per register block (conv2d, grad_input)

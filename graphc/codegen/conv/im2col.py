@@ -52,7 +52,7 @@ from graphc.codegen.window import (
     plan_chunks,
 )
 from graphc.ir import DType, Node
-from graphc.ops.conv_geometry import Window
+from graphc.ops.geometry import Window
 from graphc.passes.fuse import Kernel
 
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")

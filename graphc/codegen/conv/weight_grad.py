@@ -37,7 +37,7 @@ from graphc.codegen.window import (
     safe_outputs,
 )
 from graphc.ir import Node
-from graphc.ops.conv_geometry import Window
+from graphc.ops.geometry import Window
 
 GW_OUT_BLOCK = 4  # OB output channels x GW_X_BLOCK (input channel, kernel column) pairs
 GW_X_BLOCK = 4  # per register block: 16 vector accumulators

@@ -50,7 +50,7 @@ from graphc.codegen.window import (
 )
 from graphc.errors import CompileError
 from graphc.ir import DType, Node
-from graphc.ops.conv_geometry import Window
+from graphc.ops.geometry import Window
 
 # body(plane index n*C + c, output row p, chunk start q0, checked, limit)
 RowBody = Callable[[ir.Value, ir.Value, ir.Value, bool, "int | None"], None]

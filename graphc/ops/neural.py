@@ -22,11 +22,11 @@ from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
-from graphc.ops import indexing as _indexing
 from graphc.ops import random as _random
 from graphc.ops import reduce as _reduce
-from graphc.ops import shape as _shape
-from graphc.ops.typecheck import ALL, FLOATS, INTS, check_dtype, normalize_axes, normalize_axis
+from graphc.ops.common import ALL, FLOATS, INTS, check_dtype, normalize_axes, normalize_axis
+from graphc.ops.gather import take_along_axis
+from graphc.ops.layout import expand_dims, reshape
 
 __all__ = [
     "batch_norm",
@@ -190,8 +190,8 @@ def softmax_cross_entropy(
         raise _fail(cls, f"labels: expected i32[{shown}] or i64[{shown}] (logits {logits.type} "
                          f"without class axis {axis}), got {labels.type}", op)
     logp = log_softmax(logits, axis=axis)
-    picked = _indexing.take_along_axis(logp, _shape.expand_dims(labels, axis), axis=axis)
-    return _ew.neg(_shape.reshape(picked, want), name=name)
+    picked = take_along_axis(logp, expand_dims(labels, axis), axis=axis)
+    return _ew.neg(reshape(picked, want), name=name)
 
 
 def sigmoid_binary_cross_entropy(
@@ -269,7 +269,7 @@ def batch_norm(
     channel_shape = tuple(d if i == axis else 1 for i, d in enumerate(x.shape))
 
     def along_axis(v: Node) -> Node:
-        return v if axis == x.ndim - 1 else _shape.reshape(v, channel_shape)
+        return v if axis == x.ndim - 1 else reshape(v, channel_shape)
 
     centered = x - along_axis(mean_n)
     if beta_n is None:

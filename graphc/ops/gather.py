@@ -24,10 +24,12 @@ from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
-from graphc.ops import shape as _shape
-from graphc.ops.typecheck import ALL, INTS, check_dtype, normalize_axis
+from graphc.ops.common import ALL, INTS, check_dtype, normalize_axis
+from graphc.ops.layout import reshape
 
-__all__ = ["one_hot", "take", "take_along_axis", "take_along_axis_grad", "take_grad"]
+# The scatter-adds take_grad and take_along_axis_grad are importable from here but not
+# exported to `graphc` (they are gradients, not user ops).
+__all__ = ["one_hot", "take", "take_along_axis"]
 
 OPS: list[OpDef] = []
 
@@ -311,7 +313,7 @@ def one_hot(indices: Operand, depth: int, dtype: DType | str = DType.float32, ax
         raise exc.with_context(op="one_hot", loc=user_location()) from None
     out_dtype = DType.of(dtype)
     lead, trail = indices.shape[:pos], indices.shape[pos:]
-    expanded = _shape.reshape(indices, (*lead, 1, *trail))
+    expanded = reshape(indices, (*lead, 1, *trail))
     classes = np.arange(depth, dtype=indices.dtype.np).reshape((depth,) + (1,) * len(trail))
     if out_dtype == DType.bool:
         return _elementwise.equal(expanded, classes, name=name)

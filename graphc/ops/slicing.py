@@ -23,8 +23,7 @@ from graphc.builder import Operand, apply
 from graphc.errors import AttrError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.opdef import OpDef
-from graphc.ops.shape_common import as_node, int_tuple, resolve, shape_op
-from graphc.ops.typecheck import normalize_axes, normalize_axis
+from graphc.ops.common import as_node, int_tuple, normalize_axes, normalize_axis, resolve, shape_op
 
 __all__ = ["pad", "reverse", "slice"]
 

@@ -30,7 +30,8 @@ from graphc.errors import AttrError, GraphcError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import reduce as _reduce
-from graphc.ops.conv_geometry import (
+from graphc.ops.common import FLOATS, check_dtype, same_dtype
+from graphc.ops.geometry import (
     Pair,
     Window,
     check_rank4,
@@ -44,7 +45,6 @@ from graphc.ops.conv_geometry import (
     tap,
     windows,
 )
-from graphc.ops.typecheck import FLOATS, check_dtype, same_dtype
 
 __all__ = [
     "avg_pool2d",

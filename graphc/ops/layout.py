@@ -21,8 +21,7 @@ from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
-from graphc.ops.shape_common import as_node, int_tuple, resolve, shape_op
-from graphc.ops.typecheck import normalize_axes, normalize_axis
+from graphc.ops.common import as_node, int_tuple, normalize_axes, normalize_axis, resolve, shape_op
 
 __all__ = ["broadcast_to", "expand_dims", "flatten", "reshape", "squeeze", "transpose"]
 

@@ -18,10 +18,17 @@ from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
 from graphc.ir.opdef import OpDef
-from graphc.ops.shape_common import as_node, fail, int_tuple, resolve, shape_op
-from graphc.ops.shape_layout import expand_dims
-from graphc.ops.shape_slice import _slice, slice
-from graphc.ops.typecheck import normalize_axis, same_dtype
+from graphc.ops.common import (
+    as_node,
+    fail,
+    int_tuple,
+    normalize_axis,
+    resolve,
+    same_dtype,
+    shape_op,
+)
+from graphc.ops.layout import expand_dims
+from graphc.ops.slicing import _slice, slice
 
 __all__ = ["concat", "split", "stack"]
 

@@ -15,7 +15,8 @@ import numpy as np
 from graphc.builder import user_location
 from graphc.errors import AttrError, GraphcError, ShapeError
 from graphc.ir import Node
-from graphc.ops import shape as _shape
+from graphc.ops import slicing
+from graphc.ops.layout import reshape
 
 __all__ = ["getitem"]
 
@@ -90,11 +91,11 @@ def _basic_index(x: Node, items: tuple[Any, ...]) -> Node:
 
     y = x
     if axes:
-        y = _shape.slice(y, starts, stops, steps, axes)
+        y = slicing.slice(y, starts, stops, steps, axes)
     if reversed_axes:
-        y = _shape.reverse(y, tuple(reversed_axes))
+        y = slicing.reverse(y, tuple(reversed_axes))
     if y.shape != tuple(out_shape):
-        y = _shape.reshape(y, tuple(out_shape))
+        y = reshape(y, tuple(out_shape))
     return y
 
 
