@@ -2,22 +2,26 @@
 
 This is an analysis: it returns a `FusedProgram` and does not change the graph.
 
+Every decision reads the op's fusion facts (`OpDef.fusion`, `OpDef.anchor`), never its name.
+
 Every kernel has one output buffer (its `root`). A node is *inlined* into the kernel of its
 only user, recomputed there at each index instead of being stored, when
-- its fusion kind is elementwise/broadcast, or an injective op codegen evaluates by index
-  (transpose, slice, reverse, broadcast_to, pad, concat);
+- its fusion kind is elementwise, broadcast or indexed (an injective op codegen evaluates by
+  index: transpose, slice, reverse, pad, concat);
 - it has exactly one user, is not an output or update value, and that user evaluates its
   operands by index (an elementwise kernel, a reduction's input, an epilogue);
 - the kernel stays under `max_kernel_nodes`.
 Because an inlined node has exactly one user, nothing is ever computed twice.
 
-An *anchor* (a reduction, a matmul, a conv2d) joins the kernel of its only user when the path
-from it to that kernel's root is elementwise and keeps its shape and dtype: the user's work
-becomes the anchor's *epilogue* (bias + activation applied as matmul results are stored,
-`sum * (1/n)` applied to a finished reduction). Matmul and conv operands are always read from
-memory (the kernels pack them). `reshape` is never a kernel: it is a *view* of its input's
-buffer (every buffer is contiguous), so its input is materialized. Scalar constants are
-*immediates* in the generated code. Everything else is its own (opaque) kernel.
+An *anchor* (an op with `OpDef.anchor`: a reduction, a matmul, a conv2d) joins the kernel of
+its only user when the path from it to that kernel's root is pointwise and keeps its shape
+and dtype: the user's work becomes the anchor's *epilogue* (bias + activation applied as
+matmul results are stored, `sum * (1/n)` applied to a finished reduction). The kernel's kind
+is the anchor's kind. Matmul and conv operands are always read from memory (the kernels
+pack them); a reduction's input expression is inlined. A `VIEW` op (reshape) is never a
+kernel: it is a view of its input's buffer (every buffer is contiguous), so its input is
+materialized. Scalar constants are *immediates* in the generated code. Everything else is
+its own (opaque) kernel.
 
 `explain()` gives, for each producer->consumer edge left unfused, the reason.
 """
@@ -27,22 +31,25 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from graphc.ir import Graph, Node, Signature
-from graphc.ir.opdef import Fusion
+from graphc.ir import SOURCE_OPS, Graph, Node, Signature
+from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import registry
 
-INLINE_INJECTIVE = frozenset({"transpose", "slice", "reverse", "broadcast_to", "pad", "concat"})
-REDUCTION_ANCHORS = frozenset({"sum", "max", "min", "prod"})
-OUT_FUSABLE_ANCHORS = frozenset({"matmul", "conv2d"})
 DEFAULT_MAX_KERNEL_NODES = 48
 
 
 class KernelKind(enum.Enum):
+    """What a kernel computes; the anchored kinds are named by `Anchor` values."""
+
     ELEMENTWISE = "elementwise"  # root evaluated by index over its shape
-    REDUCTION = "reduction"  # anchor reduces an inlined input expression; optional epilogue
-    MATMUL = "matmul"  # GEMM anchor with optional epilogue
-    CONV = "conv"  # conv2d anchor with optional epilogue
-    OPAQUE = "opaque"  # one op with its own lowering
+    REDUCTION = Anchor.REDUCTION.value  # reduces an inlined input expression; epilogue
+    MATMUL = Anchor.MATMUL.value  # GEMM anchor with optional epilogue
+    CONV = Anchor.CONV.value  # conv2d anchor with optional epilogue
+    OPAQUE = "opaque"  # one op with its own lowering (keyed by op name)
+
+    @classmethod
+    def of_anchor(cls, anchor: Anchor) -> KernelKind:
+        return cls(anchor.value)
 
 
 @dataclass(eq=False)
@@ -115,8 +122,7 @@ class FusedProgram:
             return False
         for n in kernel.nodes:
             if any(i is buffer_node for i in n.inputs):
-                fusion = registry.OPS[n.op].fusion
-                if n not in self.spine or fusion not in (Fusion.ELEMENTWISE, Fusion.BROADCAST):
+                if n not in self.spine or not _op(n).fusion.pointwise:
                     return False
         return True
 
@@ -133,9 +139,7 @@ class FusedProgram:
             return False
         readers = [n for n in kernel.nodes if any(i is buffer_node for i in n.inputs)]
         return bool(readers) and all(
-            n in self.spine and n is not anchor
-            and registry.OPS[n.op].fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST)
-            for n in readers)
+            n in self.spine and n is not anchor and _op(n).fusion.pointwise for n in readers)
 
     def explain(self) -> str:
         lines = []
@@ -161,25 +165,31 @@ class FusedProgram:
         return "\n".join(out)
 
 
-# A concat evaluated by index computes every operand at each element (and selects one), so
-# wide concats (an RNN's per-step gradients) get a kernel of their own that copies blocks.
-MAX_INLINE_CONCAT = 4
+# A variadic indexed op (concat) evaluated by index computes every operand at each element
+# (and selects one), so a wide one (an RNN's per-step gradients) gets a kernel of its own
+# that copies blocks.
+MAX_INLINE_OPERANDS = 4
+
+
+def _op(n: Node) -> OpDef:
+    return registry.OPS[n.op]
 
 
 def _inlinable(n: Node) -> bool:
-    fusion = registry.OPS[n.op].fusion
-    if n.op == "concat" and len(n.inputs) > MAX_INLINE_CONCAT:
+    op = _op(n)
+    if op.fusion == Fusion.INDEXED and op.arity is None and len(n.inputs) > MAX_INLINE_OPERANDS:
         return False
-    return fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST) or n.op in INLINE_INJECTIVE
+    return op.fusion.inlinable
 
 
 def _evaluates_by_index(n: Node) -> bool:
     """Whether `n` reads its operands through the expression evaluator (not from memory)."""
-    return _inlinable(n) or n.op in REDUCTION_ANCHORS
+    return _inlinable(n) or _op(n).anchor == Anchor.REDUCTION
 
 
-def _is_anchor(n: Node) -> bool:
-    return n.op in REDUCTION_ANCHORS or n.op in OUT_FUSABLE_ANCHORS
+def _reads_from_memory(anchor: Anchor | None) -> bool:
+    """Whether an anchor of this kind reads its operands from memory (the GEMM packs them)."""
+    return anchor is not None and anchor != Anchor.REDUCTION
 
 
 def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES
@@ -196,7 +206,7 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
     views: dict[Node, Node] = {}
     must_store: set[Node] = set()
     for n in needed:
-        if n.op == "reshape":
+        if _op(n).fusion == Fusion.VIEW:
             base = n.inputs[0]
             views[n] = views.get(base, base)
             must_store.add(base)
@@ -207,12 +217,9 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
     kernels: list[Kernel] = []
 
     def new_kernel(root: Node) -> Kernel:
-        if root.op in REDUCTION_ANCHORS:
-            kind, anchor = KernelKind.REDUCTION, root
-        elif root.op == "matmul":
-            kind, anchor = KernelKind.MATMUL, root
-        elif root.op == "conv2d":
-            kind, anchor = KernelKind.CONV, root
+        anchor_kind = _op(root).anchor
+        if anchor_kind is not None:
+            kind, anchor = KernelKind.of_anchor(anchor_kind), root
         elif _inlinable(root):
             kind, anchor = KernelKind.ELEMENTWISE, None
         else:
@@ -224,7 +231,7 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
         return k
 
     for n in reversed(needed):
-        if n.op in ("placeholder", "variable", "constant") or n in views:
+        if n.op in SOURCE_OPS or n in views:
             continue
         the_users = users[n]
         reason = None
@@ -241,13 +248,11 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
                 reason = "a reshape views its buffer"
             elif len(k.nodes) >= max_kernel_nodes:
                 reason = f"kernel {k.name} reached the size cap ({max_kernel_nodes} nodes)"
-            elif _is_anchor(n):
-                ok = (k.kind == KernelKind.ELEMENTWISE and u in spine
-                      and registry.OPS[u.op].fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST)
+            elif _op(n).anchor is not None:
+                ok = (k.kind == KernelKind.ELEMENTWISE and u in spine and _op(u).fusion.pointwise
                       and n.shape == u.shape == k.root.shape and n.dtype == k.root.dtype)
                 if ok:
-                    k.kind = {"matmul": KernelKind.MATMUL, "conv2d": KernelKind.CONV}.get(
-                        n.op, KernelKind.REDUCTION)
+                    k.kind = KernelKind.of_anchor(_op(n).anchor)
                     k.anchor = n
                     k.nodes.insert(0, n)
                     kernel_of[n] = k
@@ -257,14 +262,14 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
                           "epilogue of its own shape and dtype")
             elif not _inlinable(n):
                 reason = f"{n.op} has its own kernel"
-            elif not _evaluates_by_index(u) or (k.anchor is not None and u is k.anchor
-                                                 and u.op in OUT_FUSABLE_ANCHORS):
+            elif not _evaluates_by_index(u) or (u is k.anchor
+                                                 and _reads_from_memory(_op(u).anchor)):
                 reason = f"{u.op} reads its operands from memory"
             else:
                 k.nodes.insert(0, n)
                 kernel_of[n] = k
                 if (u in spine and u is not k.anchor and n.shape == u.shape
-                        and registry.OPS[u.op].fusion in (Fusion.ELEMENTWISE, Fusion.BROADCAST)):
+                        and _op(u).fusion.pointwise):
                     spine.add(n)
                 continue
         new_kernel(n)
@@ -286,6 +291,5 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
     for i, k in enumerate(kernels):
         k.index = i
     unfused.sort(key=lambda u: (position[u.producer], position[u.consumer]))
-    assert all(n in kernel_of or n in views or n.op in ("placeholder", "variable", "constant")
-               for n in needed_set)
+    assert all(n in kernel_of or n in views or n.op in SOURCE_OPS for n in needed_set)
     return FusedProgram(graph, sig, kernels, kernel_of, views, immediates, unfused, spine)

@@ -1,12 +1,16 @@
-"""What a kernel's lowering sees: `KernelContext`.
+"""What a kernel's lowering sees (`KernelContext`) and what a lowering is (`Lowering`).
 
 A kernel is emitted as one LLVM function whose arguments are the buffers it reads and writes.
 The context maps each materialized node to its pointer, gives the output pointer and the
 scratch pointer, and builds `Evaluator`s for fused expressions.
+
+A `Lowering` is registered next to its emitter, in the emitter module's `LOWERINGS`;
+`codegen/lowering.py` collects them into the one table the module builder reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
@@ -16,7 +20,10 @@ from graphc.codegen.target import Target
 from graphc.codegen.types import storage_type
 from graphc.errors import CompileError
 from graphc.ir import Node
-from graphc.passes.fuse import FusedProgram, Kernel
+from graphc.passes.fuse import FusedProgram, Kernel, KernelKind
+
+# Scratch bytes a kernel needs: (kernel, target, threads, CompileOptions.conv_algorithm).
+ScratchRule = Callable[[Kernel, Target, int, str], int]
 
 
 @dataclass
@@ -66,3 +73,24 @@ class KernelContext:
         widest = max((n.dtype.itemsize for n in nodes), default=4)
         # Narrow types (bool) would ask for 64 lanes; 16 keeps index vectors reasonable.
         return min(self.target.lanes(max(widest, 4)), 16)
+
+
+Emitter = Callable[[KernelContext], None]
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """How the kernels of one kind, or of one op, become code.
+
+    `key` is a `KernelKind` (elementwise, reduction, matmul and conv kernels) or, for a kernel
+    of its own (`KernelKind.OPAQUE`), the op's name. `emit` fills the kernel's function at
+    `ctx.b`; `scratch` says how many bytes of scratch it needs (none if absent: then
+    `ctx.scratch` is None); `writes_once` says whether the kernel applies its epilogue
+    exactly once per output element, at the final store (the memory planner may then update
+    a variable its epilogue reads in place).
+    """
+
+    key: KernelKind | str
+    emit: Emitter
+    scratch: ScratchRule | None = None
+    writes_once: Callable[[Kernel, Target], bool] | None = None

@@ -15,21 +15,16 @@ where the memory plan placed an output over an input (in-place).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
+from graphc.codegen import lowering
 from graphc.codegen.context import KernelContext
-from graphc.codegen.conv import im2col as conv_gemm
-from graphc.codegen.fused import loop_nests as kernels
-from graphc.codegen.gemm import matmul
-from graphc.codegen.opaque import rows as opaque
 from graphc.codegen.target import Target
 from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
-from graphc.errors import CompileError
 from graphc.ir import Node
-from graphc.passes.fuse import Kernel, KernelKind
+from graphc.passes.fuse import Kernel
 from graphc.passes.memory_plan import ALIGN, Location, MemoryPlan, Space
 
 ENTRY = "graphc_entry"
@@ -69,30 +64,6 @@ def _table(plan: MemoryPlan) -> list[TableEntry]:
     return entries
 
 
-def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1, conv: str = "auto") -> int:
-    if kernel.kind == KernelKind.MATMUL:
-        return matmul.scratch_bytes(kernel, target, threads)
-    if kernel.anchor is not None and conv_gemm.choose(kernel.anchor, target, conv):
-        return conv_gemm.scratch_bytes(kernel, target, threads)
-    return opaque.scratch_bytes(kernel, target)
-
-
-def _emitter(kernel: Kernel) -> Callable[[KernelContext], None]:
-    if kernel.kind == KernelKind.ELEMENTWISE:
-        return kernels.emit_elementwise
-    if kernel.kind == KernelKind.REDUCTION:
-        return kernels.emit_reduction
-    if kernel.kind == KernelKind.MATMUL:
-        return matmul.emit_matmul
-    anchor = kernel.anchor
-    assert anchor is not None
-    rule = opaque.OPAQUE.get(anchor.op)
-    if rule is None:
-        raise CompileError(f"no code generation for op {anchor.op!r} yet", op=anchor.op,
-                           loc=anchor.loc)
-    return rule
-
-
 def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
                  entry: str = ENTRY, threads: int = 1, profile: bool = False,
                  conv: str = "auto") -> GeneratedModule:
@@ -106,7 +77,8 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     module = ir.Module(name=name)
     module.triple = target.triple
     table = _table(plan)
-    scratch = max((scratch_bytes(k, target, threads, conv) for k in program.kernels), default=0)
+    scratch_of = [lowering.scratch_bytes(k, target, threads, conv) for k in program.kernels]
+    scratch = max(scratch_of, default=0)
     scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
     arena_bytes = scratch_offset + scratch
 
@@ -114,8 +86,8 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     # function: it is generated and optimized once and called with different buffers.
     shared: dict[tuple, ir.Function] = {}
     kernel_fns = []
-    for k in program.kernels:
-        needs_scratch = scratch_bytes(k, target, threads, conv) > 0
+    for k, k_scratch in zip(program.kernels, scratch_of):
+        needs_scratch = k_scratch > 0
         key = kernel_key(plan, k, needs_scratch)
         if key not in shared:
             shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads, conv)
@@ -149,7 +121,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
         args = [pointer(plan.location[k.root])]
         args += [pointer(plan.buffer_of(n)) for n in k.inputs]
-        if scratch_bytes(k, target, threads, conv) > 0:
+        if scratch_of[index] > 0:
             args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
                               source_etype=I8))
         if counters is None:
@@ -227,6 +199,6 @@ def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Ta
         ptrs[n] = fn.args[1 + i]
     scratch = fn.args[-1] if needs_scratch else None
     ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads, conv)
-    _emitter(kernel)(ctx)
+    lowering.lowering_of(kernel).emit(ctx)
     ctx.b.ret_void()
     return fn

@@ -1,7 +1,14 @@
-"""What an op is: `OpDef` (type rule, numpy reference, gradient rule, fusion kind).
+"""What an op is: `OpDef` (type rule, numpy reference, gradient rule, fusion facts).
 
-An op is defined once, in its family module (`elementwise.py`, `reduce.py`, ...), by one
-`OpDef`. Lowering to LLVM is not here: `graphc/codegen` keeps its own table keyed by op name.
+An op is defined once, in its family module (`graphc/ops/elementwise.py`, `reduce.py`, ...),
+by one `OpDef`. Lowering to LLVM is not here: `graphc/codegen/lowering.py` keeps the table
+of emitters, keyed by kernel kind or op name.
+
+Fusion facts (read by `passes/fuse.py`, nowhere else): `fusion` says how the op reads its
+operands -- whether codegen can evaluate it at an index inside another op's loop nest
+(elementwise, broadcast, indexed) or it needs a kernel of its own -- and `anchor` says
+whether the op anchors a kernel whose elementwise epilogue fuses into its stores, and what
+kind of kernel that is.
 
 Contracts of the callables:
 - ``infer(types, attrs) -> TensorType`` raises a `GraphcError` subclass (without op/loc; the
@@ -26,15 +33,39 @@ from graphc.ir import Attrs, Node, TensorType
 
 
 class Fusion(enum.Enum):
-    """How an op may be fused into a kernel (see passes/fuse.py)."""
+    """How an op reads its operands, which decides how it may be fused (passes/fuse.py)."""
 
     SOURCE = "source"  # placeholder / variable / constant: no computation
     ELEMENTWISE = "elementwise"  # out[i] = f(in0[i], in1[i], ...) on same-shape operands
     BROADCAST = "broadcast"  # elementwise after numpy broadcasting of operands
-    INJECTIVE = "injective"  # each output element reads one input element (reshape, slice)
+    INDEXED = "indexed"  # injective, and codegen evaluates it by index (slice, transpose):
+    #                      inlined into its user's loop nest like an elementwise op
+    INJECTIVE = "injective"  # each output element reads one input element, found through
+    #                          data (take): its own kernel
+    VIEW = "view"  # the same bytes under another shape (reshape): never a kernel
     REDUCTION = "reduction"  # reduces over axes
     OUT_FUSABLE = "out_fusable"  # matmul/conv: elementwise epilogues fuse into its stores
     OPAQUE = "opaque"  # everything else: its own kernel
+
+    @property
+    def inlinable(self) -> bool:
+        """Whether the op can be computed at an index inside its user's loop nest."""
+        return self in (Fusion.ELEMENTWISE, Fusion.BROADCAST, Fusion.INDEXED)
+
+    @property
+    def pointwise(self) -> bool:
+        """Whether each output element reads its operands at its own (broadcast) index."""
+        return self in (Fusion.ELEMENTWISE, Fusion.BROADCAST)
+
+
+class Anchor(enum.Enum):
+    """The kind of kernel an op anchors: it absorbs an elementwise epilogue of its own shape
+    and dtype (bias + activation applied as matmul results are stored, `sum * (1/n)` applied
+    to a finished reduction). Values name `passes.fuse.KernelKind`s."""
+
+    REDUCTION = "reduction"  # its input expression is inlined too (evaluated by index)
+    MATMUL = "matmul"  # operands read from memory (packed by the GEMM)
+    CONV = "conv"  # operands read from memory
 
 
 InferRule = Callable[[Sequence[TensorType], Attrs], TensorType]
@@ -44,7 +75,8 @@ GradRule = Callable[[Node, Node], Sequence["Node | None"]]
 
 @dataclass(frozen=True)
 class OpDef:
-    """The single definition of an op. `arity` None means variadic (one or more inputs)."""
+    """The single definition of an op. `arity` None means variadic (one or more inputs);
+    `anchor` is set for ops that anchor a kernel with a fused epilogue (see `Anchor`)."""
 
     name: str
     family: str
@@ -55,6 +87,7 @@ class OpDef:
     grad: GradRule | None = None
     random: bool = False
     doc: str = ""
+    anchor: Anchor | None = None
 
     @property
     def differentiable(self) -> bool:

@@ -139,7 +139,7 @@ def int_tuple(value: Any, what: str, length: int | None = None) -> tuple[int, ..
 
 
 def shape_op(ops: list[OpDef], name: str, arity: int | None, infer: Any, reference: Any,
-             grad: Any, fusion: Fusion = Fusion.INJECTIVE, doc: str = "") -> OpDef:
+             grad: Any, fusion: Fusion = Fusion.INDEXED, doc: str = "") -> OpDef:
     """An OpDef of the "shape" family, appended to `ops` (the defining submodule's `OPS`)."""
     op = OpDef(name, "shape", arity, infer, reference, fusion, grad, doc=doc)
     ops.append(op)

@@ -29,7 +29,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, GraphcError, ShapeError, SourceLoc
 from graphc.ir import Attrs, Node, TensorType
-from graphc.ir.opdef import Fusion, OpDef
+from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import FLOATS, check_dtype, same_dtype
 from graphc.ops.geometry import (
@@ -219,6 +219,7 @@ def _grad_weight_grad(n: Node, k: Node) -> list[Node | None]:
 
 
 CONV2D = OpDef("conv2d", "conv", 2, _conv_infer, _conv_ref, Fusion.OUT_FUSABLE, _conv_grad,
+               anchor=Anchor.CONV,
                doc="2-D convolution, NCHW x OIHW -> NCHW (strides, pads, dilation, groups)")
 CONV2D_GRAD_INPUT = OpDef(
     "conv2d_grad_input", "conv", 2, _grad_input_infer, _grad_input_ref, Fusion.OPAQUE,

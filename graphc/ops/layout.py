@@ -2,7 +2,8 @@
 
     reshape(x, shape)        same elements in row-major order (one -1 is inferred)
     transpose(x, perm)       permute axes (None reverses them)
-    broadcast_to(x, shape)   numpy broadcasting (`Fusion.BROADCAST`; the others are injective)
+    broadcast_to(x, shape)   numpy broadcasting (`Fusion.BROADCAST`; reshape is a `VIEW`,
+                             transpose `INDEXED`)
     expand_dims, squeeze, flatten   composites: one reshape node each
 """
 
@@ -44,7 +45,7 @@ def _reshape_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
 
 RESHAPE = _op("reshape", 1, _reshape_infer,
               lambda a, attrs: np.reshape(a[0], attrs["shape"]),
-              lambda n, g: [reshape(g, n.inputs[0].shape)],
+              lambda n, g: [reshape(g, n.inputs[0].shape)], Fusion.VIEW,
               doc="same elements in row-major order, new shape")
 
 

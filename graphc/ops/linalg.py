@@ -17,7 +17,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
-from graphc.ir.opdef import Fusion, OpDef
+from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops.common import NUMERIC, check_dtype, same_dtype
 from graphc.ops.layout import reshape
@@ -110,6 +110,7 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
 
 MATMUL = OpDef(
     "matmul", "linalg", 2, _matmul_infer, _matmul_reference, Fusion.OUT_FUSABLE, _matmul_grad,
+    anchor=Anchor.MATMUL,
     doc="batched matrix product of rank>=2 operands (batch dims broadcast); transpose_a/"
         "transpose_b use an operand transposed in its last two axes",
 )

@@ -19,7 +19,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
-from graphc.ir.opdef import Fusion, GradRule, OpDef
+from graphc.ir.opdef import Anchor, Fusion, GradRule, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import (
     FLOATS,
@@ -88,7 +88,7 @@ def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
         return result.reshape(reduced_shape(x.shape, axes, attrs["keepdims"]))
 
     op = OpDef(name, "reduce", 1, _reduce_infer(NUMERIC, nonempty), reference,
-               Fusion.REDUCTION, grad, doc=doc)
+               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION)
     OPS.append(op)
     return op
 

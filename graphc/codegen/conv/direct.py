@@ -28,7 +28,7 @@ epilogue's own loads are full vectors that must not run past the row.
 
 Summation order differs from the numpy reference (fma, a different association); results
 agree to rounding. The same three ops can also run through the packed GEMM (im2col, in
-`conv_gemm`); `LOWER` dispatches each node with `conv_gemm.choose`.
+`conv_gemm`); `LOWERINGS` dispatches each node with `conv_gemm.choose`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import Emitter, KernelContext, Lowering, ScratchRule
 from graphc.codegen.conv import channels as conv_channels
 from graphc.codegen.conv import im2col as conv_gemm
 from graphc.codegen.conv import weight_grad as conv_weight
@@ -69,7 +69,7 @@ from graphc.codegen.window import (
 )
 from graphc.ir import DType, Node
 from graphc.ops.geometry import Window
-from graphc.passes.fuse import Kernel
+from graphc.passes.fuse import Kernel, KernelKind
 
 OUT_BLOCK = 8  # output channels per register block (conv2d, grad_input)
 
@@ -271,21 +271,32 @@ def _image_grain(node: Node, w: Node) -> int:
     return max(1, -(-(1 << 17) // per_image))
 
 
-def _dispatch(op: str, direct: Callable[[KernelContext], None]
-              ) -> Callable[[KernelContext], None]:
+def _dispatch(op: str, direct: Emitter) -> Emitter:
     """The lowering of `op`: through the GEMM when `conv_gemm.choose` says so."""
     def lower(ctx: KernelContext) -> None:
         assert ctx.kernel.anchor is not None
         if conv_gemm.choose(ctx.kernel.anchor, ctx.target, ctx.conv_algorithm):
-            conv_gemm.LOWER[op](ctx)
+            conv_gemm.EMIT[op](ctx)
         else:
             direct(ctx)
     return lower
 
 
-SCRATCH = {"conv2d": conv_channels.scratch_bytes, "conv2d_grad_input": _grad_input_scratch}
-LOWER = {
-    "conv2d": _dispatch("conv2d", _conv2d),
-    "conv2d_grad_input": _dispatch("conv2d_grad_input", _grad_input),
-    "conv2d_grad_weight": _dispatch("conv2d_grad_weight", conv_weight.emit_grad_weight),
-}
+def _scratch(direct: Callable[[Kernel, Target], int] | None) -> ScratchRule:
+    """Scratch of the algorithm `conv_gemm.choose` picks for the kernel's anchor."""
+    def scratch(kernel: Kernel, target: Target, threads: int, algorithm: str) -> int:
+        assert kernel.anchor is not None
+        if conv_gemm.choose(kernel.anchor, target, algorithm):
+            return conv_gemm.scratch_bytes(kernel, target, threads)
+        return direct(kernel, target) if direct is not None else 0
+    return scratch
+
+
+# conv2d anchors CONV kernels (with their epilogue); its gradients are kernels of their own.
+LOWERINGS = (
+    Lowering(KernelKind.CONV, _dispatch("conv2d", _conv2d), _scratch(conv_channels.scratch_bytes)),
+    Lowering("conv2d_grad_input", _dispatch("conv2d_grad_input", _grad_input),
+             _scratch(_grad_input_scratch)),
+    Lowering("conv2d_grad_weight", _dispatch("conv2d_grad_weight", conv_weight.emit_grad_weight),
+             _scratch(None)),
+)

@@ -417,7 +417,8 @@ def _grad_weight(ctx: KernelContext) -> None:
     parallel_range(ctx, s.count, s.grain, block)
 
 
-LOWER: dict[str, Callable[[KernelContext], None]] = {
+# The GEMM path of each op (`conv.direct.LOWERINGS` dispatches between the two paths).
+EMIT: dict[str, Callable[[KernelContext], None]] = {
     "conv2d": _conv2d,
     "conv2d_grad_input": _grad_input,
     "conv2d_grad_weight": _grad_weight,

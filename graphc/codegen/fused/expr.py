@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import llvmlite.ir as ir
 
 from graphc.codegen.fused import op_table as ew
+from graphc.codegen.fused.rng import lower_random
 from graphc.codegen.index import Idx, IndexBuilder, splat
 from graphc.codegen.types import I64, const
 from graphc.errors import CompileError
@@ -73,13 +74,13 @@ class Evaluator:
                     for inp in node.inputs]
             if node.op == "broadcast_to":  # of a one-element value, in flat mode
                 return args[0]
-            return ew.lower(self, node, args, idx)
-        handler = _INDEX_OPS.get(node.op)
+            return ew.lower(self.b, node, args)
+        handler = INDEX_RULES.get(node.op)
         if handler is not None:
             return handler(self, node, idx)
         args = [self.at(inp, broadcast_index(self.ix, idx, node.shape, inp.shape))
                 for inp in node.inputs]
-        return ew.lower(self, node, args, idx)
+        return ew.lower(self.b, node, args)
 
     def load(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         try:
@@ -204,10 +205,13 @@ def _concat(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
 
 def _random(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
     key = ev.at(node.inputs[0], [ev.ix.const(0)] if ev.flat else [])  # the scalar key
-    return ew.lower_random(ev, node, key, ev.flat_index(node, idx))
+    return lower_random(ev.b, ev.lanes, node, key, ev.flat_index(node, idx))
 
 
-_INDEX_OPS = {
+# How each inlined op that is not a plain elementwise op is evaluated at an index (the ops
+# in `op_table.LOWER` read their operands at the broadcast index). Every op whose fusion
+# kind is inlinable has an entry here or there (tests/test_lowering_registry.py).
+INDEX_RULES = {
     "transpose": _transpose,
     "slice": _slice,
     "reverse": _reverse,

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused import op_table as ew
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.index import Idx
@@ -30,8 +30,8 @@ from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.types import I64, compute_type, const
 from graphc.ir import DType, Node
-from graphc.ir.opdef import Fusion
 from graphc.ops import registry
+from graphc.passes.fuse import KernelKind
 
 Body = Callable[[int, list[Idx]], None]
 
@@ -85,7 +85,7 @@ PARALLEL_GRAIN = 1 << 14
 def _flat_ok(kernel_nodes: Sequence[Node], inputs: Sequence[Node], shape: tuple[int, ...]
              ) -> bool:
     for n in kernel_nodes:
-        if registry.OPS[n.op].fusion not in (Fusion.ELEMENTWISE, Fusion.BROADCAST):
+        if not registry.OPS[n.op].fusion.pointwise:
             return False
         if n.shape != shape and n.size != 1:
             return False
@@ -335,3 +335,9 @@ def nest_dims(ctx: KernelContext, shape: Sequence[int], body: Callable[[list[Idx
             level(d + 1, [*prefix, Idx(i, 0)])
 
     level(0, [])
+
+
+LOWERINGS = (
+    Lowering(KernelKind.ELEMENTWISE, emit_elementwise),
+    Lowering(KernelKind.REDUCTION, emit_reduction),
+)

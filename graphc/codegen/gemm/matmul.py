@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.index import Idx
@@ -89,7 +89,7 @@ def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:
     return split_plan(batch, max(1, -(-(PARALLEL_MACS // 4) // max(macs, 1))), threads)
 
 
-def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
+def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1, conv: str = "auto") -> int:
     s = split(kernel, threads)
     if s is not None:
         return _aligned(s.spec.scratch_bytes(target)) * s.tasks
@@ -252,3 +252,6 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
 
     # One task per block (grain 1): parallel_range gives task t the range [t, t + 1).
     parallel_range(ctx, s.tasks, 1, task)
+
+
+LOWERINGS = (Lowering(KernelKind.MATMUL, emit_matmul, scratch_bytes, epilogue_writes_once),)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.fused.loop_nests import loop_nest
 from graphc.codegen.index import Idx, IndexBuilder, splat
@@ -187,9 +187,9 @@ def _take_along_axis_grad(ctx: KernelContext) -> None:
     _scatter_add(ctx, node, g, lanes, target)
 
 
-LOWER = {
-    "take": _take,
-    "take_along_axis": _take_along_axis,
-    "take_grad": _take_grad,
-    "take_along_axis_grad": _take_along_axis_grad,
-}
+LOWERINGS = (
+    Lowering("take", _take),
+    Lowering("take_along_axis", _take_along_axis),
+    Lowering("take_grad", _take_grad),
+    Lowering("take_along_axis_grad", _take_along_axis_grad),
+)

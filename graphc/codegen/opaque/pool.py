@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.loop_nests import PARALLEL_GRAIN
 from graphc.codegen.index import splat
 from graphc.codegen.loops import entry_alloca, for_range
@@ -293,8 +293,8 @@ def by_planes(lower: PlanesLowering) -> Callable[[KernelContext], None]:
     return kernel
 
 
-LOWER = {
-    "max_pool2d": by_planes(_max_pool),
-    "max_pool2d_gather": by_planes(_max_pool_gather),
-    "avg_pool2d": by_planes(_avg_pool),
-}
+LOWERINGS = (
+    Lowering("max_pool2d", by_planes(_max_pool)),
+    Lowering("max_pool2d_gather", by_planes(_max_pool_gather)),
+    Lowering("avg_pool2d", by_planes(_avg_pool)),
+)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.index import splat
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.opaque.pool import Pool, by_planes, check_plane, divisor, window_argmax
@@ -152,15 +152,14 @@ def _avg_pool_grad(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> Non
     _transposed(ctx, pool, contribution, planes)
 
 
-def _scratch_like_output(kernel: Kernel, target: Target) -> int:
+def _scratch_like_output(kernel: Kernel, target: Target, threads: int, conv: str) -> int:
     """Bytes of one value per pooling window (the gradient's input g)."""
     assert kernel.anchor is not None
     g = kernel.anchor.inputs[-1]
     return g.size * (4 if kernel.anchor.op == "max_pool2d_grad" else g.dtype.itemsize)
 
 
-SCRATCH = {"max_pool2d_grad": _scratch_like_output, "avg_pool2d_grad": _scratch_like_output}
-
-
-LOWER = {"max_pool2d_grad": by_planes(_max_pool_grad),
-         "avg_pool2d_grad": by_planes(_avg_pool_grad)}
+LOWERINGS = (
+    Lowering("max_pool2d_grad", by_planes(_max_pool_grad), _scratch_like_output),
+    Lowering("avg_pool2d_grad", by_planes(_avg_pool_grad), _scratch_like_output),
+)

@@ -1,39 +1,22 @@
-"""Lowerings of ops that get a kernel of their own (`OPAQUE`, keyed by op name).
-
-Here: softmax and log_softmax (three passes over each row: max, sum of exp, normalize;
-vectorized when the axis is the innermost one), argmax and argmin (first index of the
-extreme value; a NaN counts as the extreme, as in numpy). Gather/scatter, convolution and
-pooling lowerings live in their own modules and are merged into `OPAQUE` below.
+"""Row-wise kernels: softmax and log_softmax (three passes over each row: max, sum of exp,
+normalize; vectorized when the axis is the innermost one), argmax and argmin (first index of
+the extreme value; a NaN counts as the extreme, as in numpy).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.fused.loop_nests import combine, horizontal, identity, nest_dims
 from graphc.codegen.index import Idx, IndexBuilder, splat
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.target import Target
-from graphc.codegen.types import I1, I8, I64, PTR, VOID, compute_type, const, intrinsic
+from graphc.codegen.types import I64, compute_type, const
 from graphc.codegen.vecmath import functions as vecmath
 from graphc.ir import DType
-from graphc.passes.fuse import Kernel
-
-Lowering = Callable[[KernelContext], None]
-OPAQUE: dict[str, Lowering] = {}
-SCRATCH: dict[str, Callable[[Kernel, Target], int]] = {}
-
-
-def scratch_bytes(kernel: Kernel, target: Target) -> int:
-    anchor = kernel.anchor
-    if anchor is None or anchor.op not in SCRATCH:
-        return 0
-    return SCRATCH[anchor.op](kernel, target)
 
 
 def _outer_loops(ctx: KernelContext, shape: tuple[int, ...], skip: set[int],
@@ -138,8 +121,6 @@ def _row_map(ctx: KernelContext, src: ir.Value, dst: ir.Value, dtype: DType, bas
         ix1.store(dst, dtype, off, f(ix1.load(src, dtype, off), 1))
 
 
-OPAQUE["softmax"] = _softmax
-OPAQUE["log_softmax"] = _softmax
 
 
 def _argext(ctx: KernelContext) -> None:
@@ -199,42 +180,9 @@ def _argext(ctx: KernelContext) -> None:
     _outer_loops(ctx, x.shape, {axis}, row)
 
 
-OPAQUE["argmax"] = _argext
-OPAQUE["argmin"] = _argext
-
-
-def _concat(ctx: KernelContext) -> None:
-    """A wide concat: for each operand, one memcpy per index of the axes before `axis`."""
-    node = ctx.kernel.anchor
-    assert node is not None
-    b = ctx.b
-    axis = node.attrs["axis"]
-    after = math.prod(node.shape[axis + 1:])
-    outer = math.prod(node.shape[:axis])
-    size = max(node.dtype.itemsize, 1)
-    out_row = node.shape[axis] * after * size
-    memcpy = intrinsic(ctx.module, "llvm.memcpy", VOID, [PTR, PTR, I64, I1], [PTR, PTR, I64])
-    offset = 0
-    for src in node.inputs:
-        block = src.shape[axis] * after * size
-        if block:
-            with for_range(b, 0, outer, 1, name="c") as o:
-                dst = b.gep(ctx.out, [b.add(b.mul(o, ir.Constant(I64, out_row)),
-                                            ir.Constant(I64, offset))],
-                            inbounds=True, source_etype=I8)
-                from_ = b.gep(ctx.ptr(src), [b.mul(o, ir.Constant(I64, block))],
-                              inbounds=True, source_etype=I8)
-                b.call(memcpy, [dst, from_, ir.Constant(I64, block), ir.Constant(I1, 0)])
-        offset += block
-
-
-OPAQUE["concat"] = _concat
-
-
-# Convolution, pooling and gather/scatter lowerings live in their own modules.
-from graphc.codegen.conv import direct as conv
-from graphc.codegen.opaque import gather, pool, pool_grad
-
-for _family in (conv, gather, pool, pool_grad):
-    OPAQUE.update(_family.LOWER)
-    SCRATCH.update(getattr(_family, "SCRATCH", {}))
+LOWERINGS = (
+    Lowering("softmax", _softmax),
+    Lowering("log_softmax", _softmax),
+    Lowering("argmax", _argext),
+    Lowering("argmin", _argext),
+)
