@@ -12,20 +12,40 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
 from graphc.errors import ArgumentError
+from graphc.ir import Node
 from graphc.training.callbacks import CallbackList
 from graphc.training.data import pad_batch, train_val_split
 from graphc.training.history import History
 from graphc.training.progress import ProgressBar
 
-if TYPE_CHECKING:
-    from graphc.training.model import Model
+__all__ = ["Fittable", "fit", "run_inference"]
 
-__all__ = ["fit", "run_inference"]
+
+class TrainGraph(Protocol):
+    """The nodes of a model's training graph the loop reads."""
+
+    y: Node
+    mask: Node
+
+
+class Fittable(Protocol):
+    """What the loop needs of a model (`graphc.training.Model` is the implementation)."""
+
+    default_batch_size: int
+    stop_training: bool
+    metrics: list[tuple[str, Callable[[np.ndarray, np.ndarray], float]]]
+
+    def train_graph(self, batch_size: int) -> TrainGraph: ...
+    def train_step_fn(self, batch_size: int) -> Any: ...
+    def evaluate_fn(self, batch_size: int) -> Any: ...
+    def check_x(self, x: Any) -> np.ndarray: ...
+    def check_y(self, y: Any, n: int, target: Node) -> np.ndarray: ...
+    def evaluate(self, x: Any, y: Any, batch_size: int | None = None) -> dict[str, float]: ...
 
 
 def _positive(name: str, value: Any) -> int:
@@ -34,7 +54,7 @@ def _positive(name: str, value: Any) -> int:
     return int(value)
 
 
-def run_inference(model: Model, x: np.ndarray, y: np.ndarray, batch: int
+def run_inference(model: Fittable, x: np.ndarray, y: np.ndarray, batch: int
                   ) -> tuple[np.ndarray, np.ndarray, float]:
     """(outputs, per-example losses, regularization term) over all of x, in batches."""
     fn = model.evaluate_fn(batch)
@@ -84,7 +104,7 @@ class _EpochState:
         return logs
 
 
-def fit(model: Model, x: Any, y: Any, batch_size: int, epochs: int,
+def fit(model: Fittable, x: Any, y: Any, batch_size: int, epochs: int,
         validation_data: tuple[Any, Any] | None, validation_split: float, shuffle: bool,
         seed: int, callbacks: list[Any], verbose: int, initial_epoch: int, stream: TextIO
         ) -> History:
@@ -93,12 +113,12 @@ def fit(model: Model, x: Any, y: Any, batch_size: int, epochs: int,
     epochs = int(epochs)
     model.default_batch_size = batch
     graph = model.train_graph(batch)
-    xs = model._check_x(x)
-    ys = model._check_y(y, len(xs), graph.y)
+    xs = model.check_x(x)
+    ys = model.check_y(y, len(xs), graph.y)
     validation: tuple[np.ndarray, np.ndarray] | None = None
     if validation_data is not None:
-        xv = model._check_x(validation_data[0])
-        validation = (xv, model._check_y(validation_data[1], len(xv), graph.y))
+        xv = model.check_x(validation_data[0])
+        validation = (xv, model.check_y(validation_data[1], len(xv), graph.y))
     elif validation_split > 0:
         (xs, ys), validation = train_val_split(xs, ys, validation_split, seed=seed)
 

@@ -221,7 +221,9 @@ class Model:
         return t.fn
 
     # --- data --------------------------------------------------------------------------
-    def _check_x(self, x: Any) -> np.ndarray:
+    def check_x(self, x: Any) -> np.ndarray:
+        """`x` as a contiguous array of (n, *input_shape) in the input dtype, or an
+        ArgumentError saying what was expected."""
         array = np.asarray(x)
         if array.ndim == 0 or array.shape[1:] != self.input_shape:
             raise ArgumentError(f"x: expected shape (n, {', '.join(map(str, self.input_shape))})"
@@ -236,7 +238,8 @@ class Model:
                 raise ArgumentError(f"x: expected dtype {want}, got {array.dtype}")
         return np.ascontiguousarray(array)
 
-    def _check_y(self, y: Any, n: int, target: Node) -> np.ndarray:
+    def check_y(self, y: Any, n: int, target: Node) -> np.ndarray:
+        """`y` as an array of n targets of `target`'s per-example type, or an ArgumentError."""
         array = np.asarray(y)
         want_shape, want = target.shape[1:], target.dtype.np
         if array.shape != (n, *want_shape):
@@ -270,8 +273,8 @@ class Model:
         """{"loss": mean loss (+ regularization), metric: value, ...} in inference mode."""
         b = batch_size or self.default_batch_size
         t = self.infer_graph(b)
-        xs = self._check_x(x)
-        ys = self._check_y(y, len(xs), t.y)
+        xs = self.check_x(x)
+        ys = self.check_y(y, len(xs), t.y)
         outputs, per_example, extra = loop.run_inference(self, xs, ys, b)
         logs = {"loss": float(np.mean(per_example, dtype=np.float64)) + extra}
         for name, fn in self.metrics:
@@ -282,7 +285,7 @@ class Model:
         """The network's outputs (e.g. logits) for every example, in inference mode."""
         b = batch_size or self.default_batch_size
         t = self.infer_graph(b)
-        xs = self._check_x(x)
+        xs = self.check_x(x)
         zeros = np.zeros((len(xs), *t.y.shape[1:]), t.y.dtype.np)
         return loop.run_inference(self, xs, zeros, b)[0]
 
