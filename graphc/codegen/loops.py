@@ -59,11 +59,6 @@ def for_range(
     b.position_at_end(after)
 
 
-def vector_split(n: int, lanes: int) -> tuple[int, int]:
-    """(end of the vector part, n): the vector loop covers [0, end), the tail [end, n)."""
-    return (n // lanes) * lanes if lanes > 1 else 0, n
-
-
 def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "", count: int = 1) -> ir.Value:
     """A stack slot (of `count` elements) in the function's entry block, never in a loop."""
     entry = b.block.function.entry_basic_block

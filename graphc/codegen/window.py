@@ -84,11 +84,6 @@ def load_scalar(b: ir.IRBuilder, ptr: ir.Value, dtype: DType, offset: ir.Value) 
                   align=dtype.itemsize)
 
 
-def store_scalar(b: ir.IRBuilder, ptr: ir.Value, dtype: DType, offset: ir.Value,
-                 value: ir.Value) -> None:
-    b.store(value, element_ptr(b, ptr, dtype, offset), align=dtype.itemsize)
-
-
 def fma(b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
     """x * y + acc with one rounding (llvm.fma)."""
     fn = intrinsic(b.module, "llvm.fma", acc.type, [acc.type] * 3)
