@@ -57,4 +57,5 @@ def cse(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signatur
     return Rebuilder(graph, visit).run().finish(sig)
 
 
-PASS = PassDef("cse", cse, "merge nodes computing the same value (hash-consing)")
+PASS = PassDef("cse", cse, "merge nodes computing the same value (hash-consing)",
+               enabled_by=frozenset({"simplify", "constant_fold"}))  # new nodes, new constants

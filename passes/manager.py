@@ -1,7 +1,13 @@
 """The pass manager: run a pipeline of named passes on a graph and one signature.
 
 A pipeline is an ordered list of pass names that prints and parses as text
-(``"simplify,constant_fold,cse,prune"``); `DEFAULT_PIPELINE` is the one default. Between
+(``"simplify,constant_fold,cse,prune"``); `DEFAULT_PIPELINE` is the one default. The manager
+runs it to a fixed point, so that running the pipeline again on its result changes
+nothing: a later pass can give an earlier one work (constant_fold turns ``relu(-1)`` into
+0, then simplify's ``x + 0 -> x`` applies), so after the first sweep the manager goes on
+cycling through the pipeline, running a pass again only when a pass in its
+`PassDef.enabled_by` changed the graph since it last ran, until a whole cycle runs nothing
+(at most `CompileOptions.max_iterations` sweeps). Between
 passes, one place (`_after_pass`) does everything debugging needs, driven by
 `CompileOptions`:
 
@@ -85,7 +91,8 @@ class RuleHits:
 
 @dataclass(frozen=True)
 class PassStats:
-    """What one pass did: node counts, wall time, sweeps (fixed-point passes), rule hits."""
+    """What one run of a pass did: node counts, wall time, its own sweeps (simplify
+    iterates to a fixed point), rule hits, and which sweep of the pipeline it ran in."""
 
     name: str
     nodes_before: int
@@ -93,11 +100,17 @@ class PassStats:
     seconds: float
     iterations: int
     rules: tuple[RuleHits, ...]
+    sweep: int = 1
+
+    @property
+    def label(self) -> str:
+        """The pass's name, with ``#k`` for a run in the k-th sweep of the pipeline."""
+        return self.name if self.sweep == 1 else f"{self.name} #{self.sweep}"
 
 
 @dataclass
 class PipelineReport:
-    """Per-pass statistics of one `run_pipeline` call, in pipeline order."""
+    """Per-pass statistics of one `run_pipeline` call, in the order the passes ran."""
 
     pipeline: Pipeline
     passes: list[PassStats] = field(default_factory=list)
@@ -107,10 +120,11 @@ class PipelineReport:
         return sum(p.seconds for p in self.passes)
 
     def format_table(self) -> str:
-        """A fixed-width table: one row per pass, a total row, then the rule hits."""
+        """A fixed-width table: one row per pass run (a pipeline sweep after the first is
+        marked ``name #2``), a total row, then the rule hits."""
         rows = [("pass", "before", "after", "delta", "ms", "sweeps")]
         for p in self.passes:
-            rows.append((p.name, str(p.nodes_before), str(p.nodes_after),
+            rows.append((p.label, str(p.nodes_before), str(p.nodes_after),
                          f"{p.nodes_after - p.nodes_before:+d}", f"{p.seconds * 1e3:.2f}",
                          str(p.iterations)))
         if self.passes:
@@ -121,7 +135,7 @@ class PipelineReport:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                            for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
-        hits = [(p.name, r) for p in self.passes for r in p.rules]
+        hits = [(p.label, r) for p in self.passes for r in p.rules]
         if hits:
             lines.append("rule hits:")
             pass_w = max(len(name) for name, _ in hits)
@@ -164,24 +178,48 @@ def run_pipeline(
     if options.verify_each:
         verify(graph)
     report = PipelineReport(pipeline)
-    for index, name in enumerate(pipeline.passes):
-        ctx = PassContext(options)
-        start = time.perf_counter()
-        try:
-            new_graph, new_sig = PASSES[name].run(graph, sig, ctx)
-        except Exception as exc:
-            raise _pass_error(name, "", exc) from exc
-        seconds = time.perf_counter() - start
-        stats = PassStats(name, len(graph.nodes), len(new_graph.nodes), seconds, ctx.iterations,
-                          tuple(RuleHits(rule, n, ctx.where[rule])
-                                for rule, n in sorted(ctx.hits.items(),
-                                                      key=lambda item: (-item[1], item[0]))))
-        report.passes.append(stats)
-        _after_pass(graph, new_graph, new_sig, stats, index, len(pipeline.passes), options)
-        graph, sig = new_graph, new_sig
+    count = len(pipeline.passes)
+    # Per pass of the pipeline: the passes that changed the graph since it last ran (None:
+    # it has not run yet).
+    changed_since: dict[str, set[str] | None] = dict.fromkeys(pipeline.passes)
+    for sweep in range(options.max_iterations):
+        ran = False
+        for index, name in enumerate(pipeline.passes):
+            since = changed_since[name]
+            enablers = PASSES[name].enabled_by
+            if since is not None and not (since if enablers is None else since & enablers):
+                continue
+            ran = True
+            ctx = PassContext(options)
+            start = time.perf_counter()
+            try:
+                new_graph, new_sig = PASSES[name].run(graph, sig, ctx)
+            except Exception as exc:
+                raise _pass_error(name, "", exc) from exc
+            seconds = time.perf_counter() - start
+            stats = PassStats(name, len(graph.nodes), len(new_graph.nodes), seconds,
+                              ctx.iterations, _rule_hits(ctx), sweep + 1)
+            report.passes.append(stats)
+            # Every rewrite counts a rule hit; a pass without rules (prune) only removes.
+            changed = bool(ctx.hits) or stats.nodes_after != stats.nodes_before
+            _after_pass(graph, new_graph, new_sig, stats, index, count, options, changed)
+            graph, sig = new_graph, new_sig
+            changed_since[name] = set()
+            if changed:
+                for other in pipeline.passes:
+                    if other != name and changed_since[other] is not None:
+                        changed_since[other].add(name)
+        if not ran:
+            break
     if options.time_passes:
         (options.print_stream or sys.stderr).write(report.format_table())
     return PipelineResult(graph, sig, report)
+
+
+def _rule_hits(ctx: PassContext) -> tuple[RuleHits, ...]:
+    """The rules that fired in one pass, most hits first."""
+    ordered = sorted(ctx.hits.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(RuleHits(rule, n, ctx.where[rule]) for rule, n in ordered)
 
 
 def select_signature(graph: Graph, name: str | None = None) -> Signature:
@@ -216,11 +254,13 @@ def format_pass_list() -> str:
 # --- between passes -------------------------------------------------------------------------
 
 def _after_pass(before: Graph, graph: Graph, sig: Signature, stats: PassStats, index: int,
-                count: int, options: CompileOptions) -> None:
-    """The one hook between passes: verify, then print if asked."""
+                count: int, options: CompileOptions, changed: bool) -> None:
+    """The one hook between passes: verify, then print if asked. A pass that changed
+    nothing returned a copy of its (verified) input: only the contract is checked."""
     if options.verify_each:
         try:
-            verify(graph)
+            if changed:
+                verify(graph)
             _check_contract(before, graph)
         except GraphcError as exc:
             raise _pass_error(stats.name, "its result does not verify: ", exc) from exc
@@ -228,7 +268,7 @@ def _after_pass(before: Graph, graph: Graph, sig: Signature, stats: PassStats, i
         if options.print_callback is not None:
             options.print_callback(stats.name, graph, sig)
         else:
-            header = (f"# ---- after {stats.name} (pass {index + 1} of {count}: "
+            header = (f"# ---- after {stats.label} (pass {index + 1} of {count}: "
                       f"{stats.nodes_before} -> {stats.nodes_after} nodes) ----\n")
             (options.print_stream or sys.stderr).write(header + format_graph(graph))
 

@@ -21,4 +21,5 @@ def prune(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signat
     return Rebuilder(graph).run(n for n in graph.nodes if n in live).finish(sig)
 
 
-PASS = PassDef("prune", prune, "remove nodes the signature's outputs and updates do not need")
+PASS = PassDef("prune", prune, "remove nodes the signature's outputs and updates do not need",
+               enabled_by=frozenset({"simplify", "constant_fold", "cse"}))  # they orphan nodes

@@ -83,11 +83,17 @@ PassFn = Callable[[Graph, Signature, PassContext], tuple[Graph, Signature]]
 @dataclass(frozen=True)
 class PassDef:
     """A named pass. `run` must return a new graph built with a `Rebuilder` (see module doc)
-    and the signature mapped onto it; it must not change what the signature computes."""
+    and the signature mapped onto it; it must not change what the signature computes.
+
+    A pass is idempotent: run on its own output it changes nothing. `enabled_by` names the
+    passes whose changes can give it new work (None: any pass); the pass manager reruns a
+    pass only when one of those changed the graph since the pass last ran.
+    """
 
     name: str
     run: PassFn
     doc: str
+    enabled_by: frozenset[str] | None = None
 
 
 Visit = Callable[[Pending, "Rebuilder"], Node]
