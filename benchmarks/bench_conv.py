@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 import graphc as gc
-from graphc.codegen.conv import im2col as conv_gemm
+from graphc.codegen.conv import im2col
 from graphc.codegen.target import host_target
 
 # (batch, channels in, height/width, channels out, kernel, stride, padding, groups)
@@ -130,7 +130,7 @@ def main() -> None:
             x = gc.placeholder((n, c, hw, hw), np.float32)
             w = gc.placeholder((o, c // groups, k, k), np.float32)
             node = gc.conv2d(x, w, stride=s, padding=p, groups=groups)
-        pick = "gemm" if conv_gemm.choose(node, host_target()) else "direct"
+        pick = "gemm" if im2col.choose(node, host_target()) else "direct"
         for op in ("forward", "grad_input", "grad_weight"):
             cells = []
             for t in (res["direct"][op], res["gemm"][op], None if ref is None else ref[op]):

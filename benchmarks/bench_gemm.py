@@ -59,8 +59,8 @@ def _worker(runs: int, dtype_name: str, wall: bool) -> None:
     import numpy as np
 
     from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
+    from graphc.codegen.llvm_types import PTR, VOID
     from graphc.codegen.target import host_target
-    from graphc.codegen.types import PTR, VOID
     from graphc.ir import DType
     from graphc.runtime.jit import jit_compile
 
@@ -145,8 +145,8 @@ def _mlp_compile_seconds(dtype_name: str) -> float:
     import llvmlite.ir as ir
 
     from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
+    from graphc.codegen.llvm_types import PTR, VOID
     from graphc.codegen.target import host_target
-    from graphc.codegen.types import PTR, VOID
     from graphc.ir import DType
     from graphc.runtime.jit import jit_compile
 

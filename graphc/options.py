@@ -45,7 +45,7 @@ class CompileOptions:
       profile          count the CPU cycles of every kernel (`Executable.profile()`).
       conv_algorithm   how convolutions are computed: "gemm" (im2col into the packed
                        GEMM), "direct" (register-blocked direct kernels) or "auto" (per
-                       layer, by size: `graphc.codegen.conv_gemm.choose`).
+                       layer, by size: `graphc.codegen.conv.im2col.choose`).
     """
 
     pipeline: str | None = None

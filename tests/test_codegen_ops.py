@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.conv import channels as conv_channels
+from graphc.codegen.conv import channels
 from graphc.codegen.target import host_target
 from graphc.compile import compile as gc_compile
 from graphc.errors import GraphcError
@@ -110,7 +110,7 @@ CONVS = [
     Conv("out_width_1", (3, 2, 5, 3), 2, (3, 3)),
     Conv("wide_interior", (1, 2, 4, 70), 3, (3, 3), padding=1),
     Conv("many_channels", (1, 20, 5, 9), 19, (3, 3), padding=1),
-    # Narrow rows, many channels: conv2d vectorized over output channels (conv_channels),
+    # Narrow rows, many channels: conv2d vectorized over output channels (channels),
     # with a masked last channel chunk.
     Conv("narrow_rows", (2, 6, 6, 4), 19, (3, 3), padding=1),
     Conv("narrow_s2_g2", (1, 8, 7, 7), 24, (3, 3), stride=2, padding=1, groups=2),
@@ -194,12 +194,12 @@ def epilogue_run(request: pytest.FixtureRequest) -> Compiled:
 
 
 def test_narrow_rows_take_the_channel_path() -> None:
-    """The narrow configurations above really exercise `conv_channels` (float32)."""
+    """The narrow configurations above really exercise `channels` (float32)."""
     narrow = [c for c in CONVS if c.id.startswith("narrow") or c.id == "spatial_1x1"]
     for c in narrow:
         with gc.Graph("probe"):
             y = gc.conv2d(gc.placeholder(c.x), gc.placeholder(c.w), **c.kwargs())
-        assert conv_channels.applies(y, host_target()), c.id
+        assert channels.applies(y, host_target()), c.id
 
 
 @pytest.mark.parametrize("label", ["bias_relu", "residual", "narrow"])

@@ -18,8 +18,8 @@ import pytest
 
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.gemm.helpers import elem_ptr, splat
+from graphc.codegen.llvm_types import PTR, VOID, compute_type, storage_type
 from graphc.codegen.target import Target, host_target
-from graphc.codegen.types import PTR, VOID, compute_type, storage_type
 from graphc.ir import DType
 from graphc.runtime.jit import JitModule, jit_compile
 

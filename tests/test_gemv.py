@@ -1,4 +1,4 @@
-"""Matrix-vector GEMMs (M <= 4 rows, or few columns): the direct paths of gemm_direct.
+"""Matrix-vector GEMMs (M <= 4 rows, or few columns): the unpacked paths of gemm/unpacked.py.
 
 tests/test_gemm.py covers every GEMM path on a grid of sizes; this file fills its gaps on
 the direct paths, whose code depends on the exact column count (vectors held in registers,
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.gemm.direct import emit_nvec, plan_nvec
 from graphc.codegen.gemm.emit import emit_gemm, plan_gemm
+from graphc.codegen.gemm.unpacked import emit_nvec, plan_nvec
+from graphc.codegen.llvm_types import PTR, VOID
 from graphc.codegen.target import Target, host_target
-from graphc.codegen.types import PTR, VOID
 from graphc.ir import DType
 from graphc.runtime.jit import jit_compile
 from tests.test_gemm import TRANSPOSES, Case, Compiled, _bias_relu, _run, _spec

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.fused.expr import Evaluator
+from graphc.codegen.llvm_types import storage_type
 from graphc.codegen.target import Target
-from graphc.codegen.types import storage_type
 from graphc.errors import CompileError
 from graphc.ir import Node
 from graphc.passes.fuse import FusedProgram, Kernel, KernelKind

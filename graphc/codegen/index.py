@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import I1, I8, I64, PTR, compute_type, intrinsic, storage_type
+from graphc.codegen.llvm_types import I1, I8, I64, PTR, compute_type, intrinsic, storage_type
 from graphc.ir import DType
 
 

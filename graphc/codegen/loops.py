@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import I64
+from graphc.codegen.llvm_types import I64
 
 
 def _i64(v: ir.Value | int) -> ir.Value:

@@ -14,12 +14,12 @@ from graphc.codegen.context import Lowering
 from graphc.codegen.conv import direct
 from graphc.codegen.fused import loop_nests
 from graphc.codegen.gemm import matmul
-from graphc.codegen.opaque import concat, gather, pool, pool_grad, rows
+from graphc.codegen.opaque import concat, pooling, pooling_grad, rows, scatter_gather
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.passes.fuse import Kernel, KernelKind
 
-MODULES = (loop_nests, matmul, direct, rows, concat, gather, pool, pool_grad)
+MODULES = (loop_nests, matmul, direct, rows, concat, scatter_gather, pooling, pooling_grad)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

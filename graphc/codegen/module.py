@@ -21,8 +21,8 @@ import llvmlite.ir as ir
 
 from graphc.codegen import lowering
 from graphc.codegen.context import KernelContext
+from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.codegen.target import Target
-from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.ir import Node
 from graphc.passes.fuse import Kernel
 from graphc.passes.memory_plan import ALIGN, Location, MemoryPlan, Space

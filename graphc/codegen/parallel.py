@@ -18,9 +18,9 @@ from collections.abc import Callable
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
+from graphc.codegen.llvm_types import I64, PTR
 from graphc.codegen.loops import entry_alloca
 from graphc.codegen.threadpool import TASK_FN, ensure_pool
-from graphc.codegen.types import I64, PTR
 
 Body = Callable[[KernelContext, ir.Value, ir.Value], None]
 

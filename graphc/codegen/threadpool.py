@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic
+from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
 
 POOL = "graphc.pool"
 PARALLEL_FOR = "graphc_parallel_for"

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.index import splat
+from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.loops import for_range
-from graphc.codegen.types import I1, I8, I32, I64, PTR, VOID, intrinsic, storage_type
 from graphc.ir import DType
 
 ChunkBody = Callable[[ir.Value, bool, "ir.Value | None"], None]

@@ -5,7 +5,7 @@
 
 The same stages as `gc.compile` (pass pipeline, fusion, memory plan, LLVM module) produce
 the same machine code, emitted as an object file instead of being loaded into a JIT; the
-system C compiler links it with a generated C wrapper (`export_c`) that implements the ABI
+system C compiler links it with a generated C wrapper (`csource`) that implements the ABI
 documented in the generated header: contexts, argument order, status codes, variables,
 metadata. The metadata (JSON) is returned by ``NAME_metadata()`` and stored in the ELF
 section `.graphc_meta`, where `gc.runtime.load` reads it before loading anything.

@@ -8,7 +8,7 @@ File format (version 1): a zip archive holding
   are not used as paths), written with ``allow_pickle=False``.
 
 Contracts:
-- `save_checkpoint` writes atomically (`graphc.fileio.atomic_write`): a crash mid-write
+- `save_checkpoint` writes atomically (`graphc.io.atomic.atomic_write`): a crash mid-write
   leaves the previous file at `path` intact and loadable.
 - `load_checkpoint` treats the file as untrusted. It validates the manifest, the declared
   entry sizes (before reading anything, so a zip bomb is refused), every array's header,

@@ -11,7 +11,7 @@ L1L2), `losses` (per-example losses by name, used by `gc.Model`).
 
 from graphc.nn import activations, initializers, losses, regularizers
 from graphc.nn.container import Sequential
-from graphc.nn.conv import AvgPool2D, Conv2D, DepthwiseConv2D, GlobalAvgPool2D, MaxPool2D
+from graphc.nn.convolutional import AvgPool2D, Conv2D, DepthwiseConv2D, GlobalAvgPool2D, MaxPool2D
 from graphc.nn.core import Activation, Add, Dense, Dropout, Embedding, Flatten
 from graphc.nn.layer import Layer, Scope, current_scope
 from graphc.nn.norm import BatchNorm, LayerNorm

@@ -29,10 +29,10 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.index import Idx, splat
+from graphc.codegen.llvm_types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
-from graphc.codegen.types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.window import (
     const_splat,
     element_ptr,

@@ -17,9 +17,9 @@ output channel of the register block. Borders and the partial last chunk of a ro
 masked loads (see `window`), so nothing outside a row is read. grad_input first copies the
 weights, transposed per group, into its scratch so that it walks them contiguously.
 
-conv2d_grad_weight, a reduction over batch and positions, is in `conv_weight`; conv2d on
+conv2d_grad_weight, a reduction over batch and positions, is in `weight_grad`; conv2d on
 rows narrower than a vector is vectorized over output channels instead, in
-`conv_channels`.
+`channels`.
 
 The epilogue of a CONV kernel (bias, activation, ...) is evaluated on each finished vector
 of accumulators before it is stored. The last, partial chunk of a row stores the raw sums
@@ -28,7 +28,7 @@ epilogue's own loads are full vectors that must not run past the row.
 
 Summation order differs from the numpy reference (fma, a different association); results
 agree to rounding. The same three ops can also run through the packed GEMM (im2col, in
-`conv_gemm`); `LOWERINGS` dispatches each node with `conv_gemm.choose`.
+`im2col`); `LOWERINGS` dispatches each node with `im2col.choose`.
 """
 
 from __future__ import annotations
@@ -39,15 +39,13 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.context import Emitter, KernelContext, Lowering, ScratchRule
-from graphc.codegen.conv import channels as conv_channels
-from graphc.codegen.conv import im2col as conv_gemm
-from graphc.codegen.conv import weight_grad as conv_weight
+from graphc.codegen.conv import channels, im2col, weight_grad
 from graphc.codegen.conv.epilogue import EpilogueStore
 from graphc.codegen.index import splat
+from graphc.codegen.llvm_types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
-from graphc.codegen.types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
     ColPhase,
@@ -234,8 +232,8 @@ def _conv2d(ctx: KernelContext) -> None:
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None and anchor.op == "conv2d"
-    if conv_channels.applies(anchor, ctx.target):
-        conv_channels.emit(ctx)
+    if channels.applies(anchor, ctx.target):
+        channels.emit(ctx)
         return
     x, w = anchor.inputs
     epilogue = kernel.root is not anchor
@@ -272,31 +270,31 @@ def _image_grain(node: Node, w: Node) -> int:
 
 
 def _dispatch(op: str, direct: Emitter) -> Emitter:
-    """The lowering of `op`: through the GEMM when `conv_gemm.choose` says so."""
+    """The lowering of `op`: through the GEMM when `im2col.choose` says so."""
     def lower(ctx: KernelContext) -> None:
         assert ctx.kernel.anchor is not None
-        if conv_gemm.choose(ctx.kernel.anchor, ctx.target, ctx.conv_algorithm):
-            conv_gemm.EMIT[op](ctx)
+        if im2col.choose(ctx.kernel.anchor, ctx.target, ctx.conv_algorithm):
+            im2col.EMIT[op](ctx)
         else:
             direct(ctx)
     return lower
 
 
 def _scratch(direct: Callable[[Kernel, Target], int] | None) -> ScratchRule:
-    """Scratch of the algorithm `conv_gemm.choose` picks for the kernel's anchor."""
+    """Scratch of the algorithm `im2col.choose` picks for the kernel's anchor."""
     def scratch(kernel: Kernel, target: Target, threads: int, algorithm: str) -> int:
         assert kernel.anchor is not None
-        if conv_gemm.choose(kernel.anchor, target, algorithm):
-            return conv_gemm.scratch_bytes(kernel, target, threads)
+        if im2col.choose(kernel.anchor, target, algorithm):
+            return im2col.scratch_bytes(kernel, target, threads)
         return direct(kernel, target) if direct is not None else 0
     return scratch
 
 
 # conv2d anchors CONV kernels (with their epilogue); its gradients are kernels of their own.
 LOWERINGS = (
-    Lowering(KernelKind.CONV, _dispatch("conv2d", _conv2d), _scratch(conv_channels.scratch_bytes)),
+    Lowering(KernelKind.CONV, _dispatch("conv2d", _conv2d), _scratch(channels.scratch_bytes)),
     Lowering("conv2d_grad_input", _dispatch("conv2d_grad_input", _grad_input),
              _scratch(_grad_input_scratch)),
-    Lowering("conv2d_grad_weight", _dispatch("conv2d_grad_weight", conv_weight.emit_grad_weight),
+    Lowering("conv2d_grad_weight", _dispatch("conv2d_grad_weight", weight_grad.emit_grad_weight),
              _scratch(None)),
 )

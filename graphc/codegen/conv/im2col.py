@@ -37,10 +37,10 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.conv.epilogue import EpilogueStore
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
+from graphc.codegen.llvm_types import I8
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
-from graphc.codegen.types import I8
 from graphc.codegen.window import (
     Run,
     element_ptr,

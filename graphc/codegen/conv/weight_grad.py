@@ -18,9 +18,9 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.fused.loop_nests import horizontal
 from graphc.codegen.index import Idx, IndexBuilder
+from graphc.codegen.llvm_types import storage_type
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
-from graphc.codegen.types import storage_type
 from graphc.codegen.window import (
     Run,
     blocks,

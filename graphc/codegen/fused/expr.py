@@ -20,7 +20,7 @@ import llvmlite.ir as ir
 from graphc.codegen.fused import op_table as ew
 from graphc.codegen.fused.rng import lower_random
 from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.types import I64, const
+from graphc.codegen.llvm_types import I64, const
 from graphc.errors import CompileError
 from graphc.ir import Node
 from graphc.passes.fuse import FusedProgram, Kernel

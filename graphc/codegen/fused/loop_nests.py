@@ -26,9 +26,9 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused import op_table as ew
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.index import Idx
+from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
-from graphc.codegen.types import I64, compute_type, const
 from graphc.ir import DType, Node
 from graphc.ops import registry
 from graphc.passes.fuse import KernelKind

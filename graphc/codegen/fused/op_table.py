@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import (
+from graphc.codegen.llvm_types import (
     binary_intrinsic,
     compute_type,
     const,

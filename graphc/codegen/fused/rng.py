@@ -10,7 +10,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from graphc.codegen.fused.op_table import convert
-from graphc.codegen.types import F64, I32, const, unary_intrinsic
+from graphc.codegen.llvm_types import F64, I32, const, unary_intrinsic
 from graphc.codegen.vecmath import functions as vecmath
 from graphc.ir import DType, Node
 

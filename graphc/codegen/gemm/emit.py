@@ -2,17 +2,17 @@
 
 The public API is `GemmSpec` (static shapes, transposes, strides), `Epilogue` and
 `emit_gemm`, which emits the computation at the builder's current position inside a function
-the caller owns. Which code runs is chosen by `plan_gemm` (graphc.codegen.gemm_spec):
+the caller owns. Which code runs is chosen by `plan_gemm` (graphc.codegen.gemm.spec):
 
-- packed (graphc.codegen.gemm_packed): the BLIS/GotoBLAS structure. B and A are packed into
+- packed (graphc.codegen.gemm.packed): the BLIS/GotoBLAS structure. B and A are packed into
   caller-provided scratch as zero-padded NR- and MR-wide panels (transposed operands are
   handled by the packing routines: no transpose is ever materialized), with MC/KC/NC cache
   blocking, and a micro-kernel keeps an MR x NR block of vector accumulators in registers
   (8 x 32 float32 / 8 x 16 float64 with AVX-512) updated with llvm.fma. The micro-kernels,
   packing routines and the epilogue-free tile store are functions shared by every GEMM of
-  the module (graphc.codegen.gemm_kernels). When all of N fits one NR panel, A is read in
+  the module (graphc.codegen.gemm.kernels). When all of N fits one NR panel, A is read in
   place instead of packed.
-- direct (graphc.codegen.gemm_direct): small M or N whose operands are read once anyway
+- direct (graphc.codegen.gemm.unpacked): small M or N whose operands are read once anyway
   (vectorized dot products along k, or a few rows advancing along columns), and K == 0.
 
 Contract for every path: each element of C is computed from the complete sum; the epilogue
@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from graphc.codegen.gemm.direct import emit_kdot, emit_nvec, emit_zero_k
 from graphc.codegen.gemm.packed import emit_packed
 from graphc.codegen.gemm.spec import Epilogue, GemmPlan, GemmSpec, kernel_shape, plan_gemm
+from graphc.codegen.gemm.unpacked import emit_kdot, emit_nvec, emit_zero_k
 from graphc.codegen.target import Target
 
 __all__ = ["Epilogue", "GemmPlan", "GemmSpec", "emit_gemm", "kernel_shape", "plan_gemm"]

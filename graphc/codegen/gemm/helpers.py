@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
-from graphc.codegen.types import I1, I32, I64, PTR, VOID, compute_type, i64, intrinsic
+from graphc.codegen.llvm_types import I1, I32, I64, PTR, VOID, compute_type, i64, intrinsic
 from graphc.ir import DType
 
 Val = ir.Value | int

@@ -35,7 +35,7 @@ from graphc.codegen.gemm.helpers import (
     zero,
 )
 from graphc.codegen.gemm.spec import Epilogue
-from graphc.codegen.types import I1, I64, PTR, VOID, compute_type, i64, storage_type
+from graphc.codegen.llvm_types import I1, I64, PTR, VOID, compute_type, i64, storage_type
 from graphc.ir import DType
 
 

@@ -17,10 +17,10 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.index import Idx
+from graphc.codegen.llvm_types import I64, storage_type
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
-from graphc.codegen.types import I64, storage_type
 from graphc.passes.fuse import Kernel, KernelKind
 
 

@@ -30,7 +30,7 @@ from graphc.codegen.gemm.kernels import (
     store_tile_function,
 )
 from graphc.codegen.gemm.spec import Epilogue, GemmPlan, GemmSpec
-from graphc.codegen.types import I1, storage_type
+from graphc.codegen.llvm_types import I1, storage_type
 
 
 @contextmanager

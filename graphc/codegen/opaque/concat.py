@@ -9,8 +9,8 @@ import math
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
+from graphc.codegen.llvm_types import I1, I8, I64, PTR, VOID, intrinsic
 from graphc.codegen.loops import for_range
-from graphc.codegen.types import I1, I8, I64, PTR, VOID, intrinsic
 
 
 def _concat(ctx: KernelContext) -> None:

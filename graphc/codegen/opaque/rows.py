@@ -13,8 +13,8 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.fused.loop_nests import combine, horizontal, identity, nest_dims
 from graphc.codegen.index import Idx, IndexBuilder, splat
+from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.types import I64, compute_type, const
 from graphc.codegen.vecmath import functions as vecmath
 from graphc.ir import DType
 

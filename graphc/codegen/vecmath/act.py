@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from graphc.codegen.vecmath.emit import Emitter, internal_call
+from graphc.codegen.vecmath.emitter import Emitter, internal_call
 from graphc.codegen.vecmath.exp import exp_body, expm1_body
 
 SHIFTER_K16 = 1.5 * 2.0**19  # fma(s, log2e, this) rounds s*log2e to a multiple of 1/16

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from graphc.codegen.vecmath.emit import Emitter
+from graphc.codegen.vecmath.emitter import Emitter
 
 
 def _reduce(e: Emitter, x: ir.Value) -> tuple[ir.Value, ir.Value]:

@@ -69,7 +69,7 @@ from collections.abc import Callable, Sequence
 import llvmlite.ir as ir
 
 from graphc.codegen.vecmath.act import sigmoid_body, sigmoid_parts, tanh_body, tanh_parts
-from graphc.codegen.vecmath.emit import (
+from graphc.codegen.vecmath.emitter import (
     PairBody,
     element_type,
     internal_call,

@@ -14,7 +14,7 @@ import struct
 
 import llvmlite.ir as ir
 
-from graphc.codegen.vecmath.emit import Emitter, internal_call
+from graphc.codegen.vecmath.emitter import Emitter, internal_call
 
 
 def _bits_of(value: float, f64: bool) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import llvmlite.ir as ir
 
-from graphc.codegen.vecmath.emit import Emitter, per_lane_libm_call
+from graphc.codegen.vecmath.emitter import Emitter, per_lane_libm_call
 
 LIMIT_F32 = 2.0**16
 LIMIT_F64 = 2.0**30

@@ -29,7 +29,7 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.fused.loop_nests import loop_nest
 from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.types import I64
+from graphc.codegen.llvm_types import I64
 from graphc.codegen.window import memset_zero
 from graphc.ir import DType, Node
 

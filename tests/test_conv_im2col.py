@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.conv import im2col as conv_gemm
+from graphc.codegen.conv import im2col
 from graphc.codegen.target import host_target
 from graphc.options import CompileOptions
 
@@ -27,14 +27,14 @@ def test_auto_takes_the_gemm_on_narrow_rows_with_many_channels() -> None:
     narrow = _conv((8, 128, 4, 4), 128, 3, padding=1)
     wide = _conv((8, 32, 32, 32), 32, 3, padding=1)
     few_channels = _conv((8, 4, 4, 4), 8, 3, padding=1)
-    assert conv_gemm.choose(narrow, target)
-    assert not conv_gemm.choose(wide, target)
-    assert not conv_gemm.choose(few_channels, target)
-    assert conv_gemm.choose(wide, target, "gemm")
-    assert not conv_gemm.choose(narrow, target, "direct")
+    assert im2col.choose(narrow, target)
+    assert not im2col.choose(wide, target)
+    assert not im2col.choose(few_channels, target)
+    assert im2col.choose(wide, target, "gemm")
+    assert not im2col.choose(narrow, target, "direct")
     with gc.Graph("probe"):
         other = gc.relu(gc.placeholder((3, 4)))
-    assert not conv_gemm.choose(other, target, "gemm")
+    assert not im2col.choose(other, target, "gemm")
 
 
 def test_bad_algorithm_is_rejected() -> None:
@@ -60,8 +60,8 @@ def test_gemm_path_splits_work_and_gives_identical_bits_for_any_thread_count(
     g, ins, outs, xv = training_graph
     # The shape is big enough that every op really is split across two threads.
     for node in gc.ir.ancestors(outs):
-        if node.op in conv_gemm.OPS:
-            assert conv_gemm._split(node, host_target(), 2).tasks == 2, node.op
+        if node.op in im2col.OPS:
+            assert im2col._split(node, host_target(), 2).tasks == 2, node.op
     results = []
     for threads in (1, 2):
         opts = CompileOptions(cache_dir=None, threads=threads, conv_algorithm="gemm")

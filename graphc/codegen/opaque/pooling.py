@@ -1,5 +1,5 @@
 """Pooling kernels: max_pool2d, max_pool2d_gather, avg_pool2d (forward ops) and the
-geometry and argmax shared with the gradients in `pool_grad`.
+geometry and argmax shared with the gradients in `pooling_grad`.
 
 Kernels walk the output rows of each (n, c) plane and vectorize over the output width
 (`<L x T>`, see `window`: contiguous loads for stride 1, a load and a shuffle for strides
@@ -27,9 +27,9 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.loop_nests import PARALLEL_GRAIN
 from graphc.codegen.index import splat
+from graphc.codegen.llvm_types import I1, I32, I64, storage_type
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
-from graphc.codegen.types import I1, I32, I64, storage_type
 from graphc.codegen.window import (
     ChunkPlan,
     Run,

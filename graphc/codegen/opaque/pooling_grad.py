@@ -17,10 +17,10 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.index import splat
+from graphc.codegen.llvm_types import I32, storage_type
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.opaque.pool import Pool, by_planes, check_plane, divisor, window_argmax
+from graphc.codegen.opaque.pooling import Pool, by_planes, check_plane, divisor, window_argmax
 from graphc.codegen.target import Target
-from graphc.codegen.types import I32, storage_type
 from graphc.codegen.window import (
     ColPhase,
     Run,

@@ -49,8 +49,8 @@ from graphc.codegen.gemm.helpers import (
     zero,
 )
 from graphc.codegen.gemm.spec import Epilogue, GemmSpec
+from graphc.codegen.llvm_types import PTR, VOID, compute_type, storage_type
 from graphc.codegen.loops import entry_alloca
-from graphc.codegen.types import PTR, VOID, compute_type, storage_type
 
 
 def store_c(b: ir.IRBuilder, spec: GemmSpec, c: ir.Value, row: Val, col: Val, acc: ir.Value,
