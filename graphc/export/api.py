@@ -31,7 +31,13 @@ from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import ArgumentError, GraphcError
 from graphc.export.csource import source_text, weights_file_header
 from graphc.export.header import entry_points, header_text
-from graphc.export.layout import Layout, build_layout, c_identifier, check_library_name, checksum64
+from graphc.export.library_layout import (
+    Layout,
+    build_layout,
+    c_identifier,
+    check_library_name,
+    checksum64,
+)
 from graphc.export.link import find_c_compiler, link_shared, object_code
 from graphc.io.atomic import atomic_write
 from graphc.io.textir import format_graph

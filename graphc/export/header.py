@@ -1,13 +1,19 @@
 """The header of an exported library (NAME.h): the C ABI, documented, every size a constant.
 
-Also the tables the wrapper (`export_c`) shares with it: C element types, status codes and
-the exported entry points.
+The C text lives in templates (package data, `graphc/export/templates/header*.h.in`); this
+module computes what varies per library (names, sizes, port and variable macros) and picks
+the optional parts (worker pool, training or inference notes, external weights). It also
+holds what the wrapper (`csource`) shares with it: C element types, status codes, the
+exported entry points, the run prototype and the template renderer (`render`).
 """
 
 from __future__ import annotations
 
-from graphc.export.layout import Layout, PortSpec
-from graphc.ir import DType
+from string import Template
+
+from graphc.export.library_layout import BufferSpec, Layout, PortSpec
+from graphc.export.render import render
+from graphc.ir import DType, TensorType
 from graphc.runtime.library import ABI_VERSION, META_SECTION
 
 CTYPES: dict[DType, str] = {
@@ -34,6 +40,21 @@ STATUS: list[tuple[str, str]] = [
     ("ERR_COMPUTE", "the generated code reported a failure"),
 ]
 
+# Short fragments: one or two lines, picked in `header_text`.
+_SHAPE_MACRO = Template("#define ${macro}_SHAPE ${shape}")
+_SHAPE_ALIAS = Template("#define ${by_name}_SHAPE ${by_index}_SHAPE")
+_STATUS_CODE = Template("${NAME}_${suffix} = ${code},  /* ${message} */")
+_EXTERNAL_WEIGHTS = Template(
+    "read from a weights file (${name}.bin beside the library by default; ${name}_load_weights)"
+)
+_EMBEDDED_WEIGHTS = "embedded in the library"
+_LOAD_WEIGHTS = Template(
+    "/* Read the weights file (NULL: ${name}.bin beside the library). */\n"
+    "int ${name}_load_weights(${name}_context *ctx, const char *path);"
+)
+
+# --- the header ----------------------------------------------------------------------------
+
 
 def entry_points(layout: Layout) -> dict[str, str]:
     """Role -> exported symbol (also the linker's export list)."""
@@ -50,29 +71,37 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "{" + ", ".join(str(d) for d in shape) + "}"
 
 
-def _port_macros(prefix: str, kind: str, i: int, p: PortSpec) -> list[str]:
+def _shape_macro(macro: str, t: TensorType) -> str:
+    """``#define MACRO_SHAPE {...}``, or "" for rank 0 (no macro: see `_shape`)."""
+    return _SHAPE_MACRO.substitute(macro=macro, shape=_shape(t.shape)) if t.ndim else ""
+
+
+def _port_macros(up: str, kind: str, i: int, p: PortSpec) -> str:
+    """The macros of port `i` of `kind` ("INPUT" | "OUTPUT"), by index and by C name."""
     t = p.type
-    base = f"{prefix}_{kind}{i}"
-    named = f"{prefix}_{kind}_{p.cname.upper()}"
-    return [
-        f"/* {kind.lower()} {i} `{p.name}`: {t} ({t.dtype.value}), {p.nbytes} bytes */",
-        f'#define {base}_NAME "{p.name}"',
-        f"#define {base}_CTYPE {CTYPES[t.dtype]}",
-        f'#define {base}_DTYPE "{t.dtype.value}"',
-        f"#define {base}_NPY_DESCR \"'{t.dtype.np.str}'\"",
-        f"#define {base}_RANK {t.ndim}",
-        *([f"#define {base}_SHAPE {_shape(t.shape)}"] if t.ndim else []),
-        f"#define {base}_ELEMENTS {t.size}u",
-        f"#define {base}_BYTES {p.nbytes}u",
-        f"#define {named}_INDEX {i}",
-        *([f"#define {named}_SHAPE {base}_SHAPE"] if t.ndim else []),
-        f"#define {named}_ELEMENTS {base}_ELEMENTS",
-        f"#define {named}_BYTES {base}_BYTES",
-        "",
-    ]
+    by_index, by_name = f"{up}_{kind}{i}", f"{up}_{kind}_{p.cname.upper()}"
+    alias = _SHAPE_ALIAS.substitute(by_name=by_name, by_index=by_index) if t.ndim else ""
+    return render(
+        "header_port.h.in", kind=kind.lower(), index=i, port_name=p.name, type=t,
+        dtype=t.dtype.value, nbytes=p.nbytes, by_index=by_index, by_name=by_name,
+        ctype=CTYPES[t.dtype], npy_descr=t.dtype.np.str, rank=t.ndim,
+        shape_macro=_shape_macro(by_index, t), elements=t.size, shape_alias=alias,
+    )
+
+
+def _variable_macros(layout: Layout, i: int, v: BufferSpec) -> str:
+    """The macros of variable `i`: its index, size and shape."""
+    by_name = f"{layout.name.upper()}_VARIABLE_{v.cname.upper()}"
+    return render(
+        "header_variable.h.in", index=i, variable_name=v.name, type=v.type,
+        updated_note=f", updated by {layout.name}_run" if v.updated else "",
+        by_name=by_name, nbytes=v.nbytes, shape_macro=_shape_macro(by_name, v.type),
+    )
 
 
 def run_prototype(layout: Layout) -> str:
+    """``int NAME_run(ctx, const T *in_X..., T *out_Y...)``: inputs, then outputs, in
+    signature order (no trailing semicolon; the header and the wrapper both use it)."""
     params = [f"{layout.name}_context *ctx"]
     params += [f"const {CTYPES[p.type.dtype]} *in_{p.cname}" for p in layout.inputs]
     params += [f"{CTYPES[p.type.dtype]} *out_{p.cname}" for p in layout.outputs]
@@ -80,148 +109,47 @@ def run_prototype(layout: Layout) -> str:
 
 
 def header_text(layout: Layout, meta: dict[str, object]) -> str:
-    """NAME.h: the ABI, documented, with every size as a constant."""
+    """NAME.h: the ABI, documented, with every size as a constant.
+
+    `meta` is the library's metadata; the header quotes its ``graphc_version``, ``graph``,
+    ``signature`` and ``target`` (``triple``, ``cpu``).
+    """
     n, up = layout.name, layout.name.upper()
     target = meta["target"]
     assert isinstance(target, dict)
-    weights = (f"read from a weights file ({n}.bin beside the library by default; "
-               f"{n}_load_weights)" if layout.external else "embedded in the library")
     trains = layout.trains
-    lines = [
-        f"/* {n}.h: C interface of lib{n}.so, generated by graphc {meta['graphc_version']}.",
-        " * Do not edit: re-export the model instead.",
-        " *",
-        f" * Model: graph '{meta['graph']}', signature '{meta['signature']}'. "
-        f"ABI version {ABI_VERSION}.",
-        f" * Built for {target['triple']}, CPU '{target['cpu']}': the library runs only on CPUs",
-        " * with the features listed in its metadata (gc.runtime.load checks them).",
-        f" * Weights: {weights}.",
-        " * The library needs only libc and libm.",
-        " *",
-        " * Usage:",
-        f" *   {n}_context *ctx;",
-        f" *   if ({n}_create(&ctx) != {up}_OK) ...            (malloc'ed, free with "
-        f"{n}_destroy)",
-        f" *   int rc = {n}_run(ctx, inputs..., outputs...);   ({up}_OK is 0)",
-        f" *   if (rc) fprintf(stderr, \"%s\\n\", {n}_error_string(rc));",
-        " * Without malloc: give the library CONTEXT_BYTES of 64-byte-aligned memory:",
-        f" *   static unsigned char mem[{up}_CONTEXT_BYTES] __attribute__((aligned(64)));",
-        f" *   {n}_init(mem, sizeof mem, &ctx);                  (nothing to destroy)",
-        " *",
-        f" * {n}_run arguments: the context, then every input (const pointer), then every",
-        " * output (pointer), in the order below; each points to a C-contiguous (row-major)",
-        " * array of exactly the listed shape and element type. Outputs must not overlap",
-        " * inputs. Element alignment suffices. Return: 0 or an error code; error_string().",
-        f" * {n}_run_arrays is the same with arrays of pointers (for FFIs).",
-        " *",
-        " * Threads: all state of a call lives in its context, so the library is re-entrant;",
-        " * use one context per thread (contexts of an inference library share the read-only",
-        " * weights, so extra contexts cost only the arena). Never share one context between",
-        " * threads running at the same time.",
-    ]
-    if layout.pool_shutdown:
-        lines += [
-            f" * Built for {layout.threads} threads: the library keeps one pool of worker "
-            "threads",
-            " * (started by the first run, shared by all contexts, joined when the library is",
-            " * unloaded); a run that finds the pool busy runs single-threaded. Results do",
-            " * not depend on the thread count.",
-        ]
-    if trains:
-        lines += [
-            " *",
-            f" * Training: {n}_run is one training step. It reads and updates the parameters",
-            " * and optimizer state held in the context (initialized from the embedded weights",
-            f" * at {n}_create/{n}_init). Read or overwrite them with {n}_get_variable /",
-            f" * {n}_set_variable (index: the {up}_VARIABLE_* constants or "
-            f"{n}_variable_index).",
-        ]
-    else:
-        lines += [
-            " *",
-            f" * Variables ({n}_get_variable) can be read; they are read-only unless the "
-            "library",
-            " * was exported with external weights (then they live in the context).",
-        ]
-    lines += [
-        " *",
-        f" * Metadata (names, shapes, dtypes, target, hashes) as JSON: {n}_metadata(), also",
-        f" * in the ELF section {META_SECTION}.",
-        " */",
-        f"#ifndef GRAPHC_{up}_H",
-        f"#define GRAPHC_{up}_H",
-        "",
-        "#include <stddef.h>",
-        "#include <stdint.h>",
-        "",
-        "#ifdef __cplusplus",
-        'extern "C" {',
-        "#endif",
-        "",
-        f"#define {up}_ABI_VERSION {ABI_VERSION}",
-        f"#define {up}_CONTEXT_BYTES {layout.context_bytes}u  /* for {n}_init */",
-        f"#define {up}_CONTEXT_ALIGN 64",
-        f"#define {up}_NUM_INPUTS {len(layout.inputs)}",
-        f"#define {up}_NUM_OUTPUTS {len(layout.outputs)}",
-        f"#define {up}_NUM_VARIABLES {len(layout.variables)}",
-        f"#define {up}_TRAINS {1 if trains else 0}  /* 1: {n}_run updates the variables */",
-        "",
-    ]
-    for i, p in enumerate(layout.inputs):
-        lines += _port_macros(up, "INPUT", i, p)
-    for i, p in enumerate(layout.outputs):
-        lines += _port_macros(up, "OUTPUT", i, p)
-    for i, v in enumerate(layout.variables):
-        lines += [
-            f"/* variable {i} `{v.name}`: {v.type}"
-            f"{', updated by ' + n + '_run' if v.updated else ''} */",
-            f"#define {up}_VARIABLE_{v.cname.upper()} {i}",
-            f"#define {up}_VARIABLE_{v.cname.upper()}_BYTES {v.nbytes}u",
-            *([f"#define {up}_VARIABLE_{v.cname.upper()}_SHAPE {_shape(v.type.shape)}"]
-              if v.type.ndim else []),
-        ]
-    lines += ["", "/* Status codes (the return value of every int function). */", "enum {"]
-    lines += [f"    {up}_{suffix} = {code},  /* {msg} */"
-              for code, (suffix, msg) in enumerate(STATUS)]
-    lines += [
-        "};",
-        "",
-        f"typedef struct {n}_context {n}_context;",
-        "",
-        f"int {n}_abi_version(void);              /* {up}_ABI_VERSION */",
-        f"const char *{n}_metadata(void);         /* JSON, static storage */",
-        f"const char *{n}_error_string(int code); /* never NULL */",
-        f"size_t {n}_context_bytes(void);         /* {up}_CONTEXT_BYTES */",
-        "",
-        f"/* malloc a context (external weights: also read {n}.bin beside the library). */",
-        f"int {n}_create({n}_context **out);",
-        f"/* Invalidate a context; frees it if {n}_create made it. NULL is ignored. */",
-        f"void {n}_destroy({n}_context *ctx);",
-        f"/* A context in caller memory: 64-byte aligned, >= {up}_CONTEXT_BYTES bytes. */",
-        f"int {n}_init(void *memory, size_t bytes, {n}_context **out);",
-    ]
-    if layout.external:
-        lines += [f"/* Read the weights file (NULL: {n}.bin beside the library). */",
-                  f"int {n}_load_weights({n}_context *ctx, const char *path);"]
-    lines += [
-        "",
-        "/* Run the model" + (" (one training step)" if trains else "") + ". */",
-        f"{run_prototype(layout)};",
-        f"int {n}_run_arrays({n}_context *ctx, const void *const *inputs, "
-        "void *const *outputs);",
-        "",
-        f"int {n}_num_variables(void);",
-        f"const char *{n}_variable_name(int index);  /* NULL if out of range */",
-        f"int {n}_variable_index(const char *name);  /* -1 if unknown */",
-        f"size_t {n}_variable_bytes(int index);      /* 0 if out of range */",
-        "/* Copy a variable out of / into a context; `bytes` must be its exact size. */",
-        f"int {n}_get_variable(const {n}_context *ctx, int index, void *dst, size_t bytes);",
-        f"int {n}_set_variable({n}_context *ctx, int index, const void *src, size_t bytes);",
-        "",
-        "#ifdef __cplusplus",
-        "}",
-        "#endif",
-        f"#endif /* GRAPHC_{up}_H */",
-        "",
-    ]
-    return "\n".join(lines)
+    # Each port's block ends with a blank line; the variables' blocks run on without one.
+    ports = [_port_macros(up, "INPUT", i, p) + "\n" for i, p in enumerate(layout.inputs)]
+    ports += [_port_macros(up, "OUTPUT", i, p) + "\n" for i, p in enumerate(layout.outputs)]
+    variables = [_variable_macros(layout, i, v) for i, v in enumerate(layout.variables)]
+    return render(
+        "header.h.in",
+        name=n,
+        NAME=up,
+        graphc_version=meta["graphc_version"],
+        graph=meta["graph"],
+        signature=meta["signature"],
+        abi_version=ABI_VERSION,
+        triple=target["triple"],
+        cpu=target["cpu"],
+        weights=_EXTERNAL_WEIGHTS.substitute(name=n) if layout.external else _EMBEDDED_WEIGHTS,
+        worker_pool_doc=(render("header_worker_pool.h.in", threads=layout.threads)
+                     if layout.pool_shutdown else ""),
+        variables_doc=(render("header_training.h.in", name=n, NAME=up) if trains
+                   else render("header_inference.h.in", name=n)),
+        meta_section=META_SECTION,
+        context_bytes=layout.context_bytes,
+        num_inputs=len(layout.inputs),
+        num_outputs=len(layout.outputs),
+        num_variables=len(layout.variables),
+        trains=1 if trains else 0,
+        ports="".join(ports),
+        variable_macros="".join(variables),
+        status_codes="".join(
+            _STATUS_CODE.substitute(NAME=up, suffix=suffix, code=code, message=msg) + "\n"
+            for code, (suffix, msg) in enumerate(STATUS)
+        ),
+        load_weights=_LOAD_WEIGHTS.substitute(name=n) if layout.external else "",
+        run_note=" (one training step)" if trains else "",
+        run_prototype=run_prototype(layout),
+    )
