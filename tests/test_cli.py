@@ -1,4 +1,8 @@
-"""The `graphc` command: dump, viz, ops, MODEL loading and error reporting."""
+"""The `graphc` command: dump, viz, ops, MODEL loading and error reporting.
+
+Tests that run Graphviz's `dot` carry `needs_dot`: they skip, saying how to install it, on
+a machine without it; everything else (DOT text, the planned SVG) runs everywhere.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,14 @@ import pytest
 
 import graphc as gc
 from graphc.cli import main as cli
+from graphc.cli import stages
 from graphc.io.gcg import dumps_json, save
 from graphc.io.textir import graph_diff, parse_graph
 from graphc.ops import registry
+
+NO_DOT = ("Graphviz `dot` is not installed (Debian/Ubuntu: apt-get install graphviz; "
+          "macOS: brew install graphviz; others: https://graphviz.org/download/)")
+needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason=NO_DOT)
 
 MODEL = textwrap.dedent("""\
     import numpy as np
@@ -105,7 +114,7 @@ def test_viz_writes_dot_text(model: Path, tmp_path: Path,
     assert out_file.read_text().startswith('digraph "demo"')
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+@needs_dot
 @pytest.mark.parametrize(("suffix", "magic"), [(".svg", b"<?xml"), (".png", b"\x89PNG")])
 def test_viz_renders_with_graphviz(model: Path, tmp_path: Path, suffix: str, magic: bytes,
                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -121,7 +130,7 @@ def test_viz_renders_with_graphviz(model: Path, tmp_path: Path, suffix: str, mag
 def test_viz_without_graphviz_explains_how_to_install(model: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(stages.shutil, "which", lambda name: None)
     code, out, err = _run(capsys, "viz", f"{model}:build", "-o", str(tmp_path / "g.svg"))
     assert code == 1 and out == ""
     assert err.startswith("graphc: error: ")
@@ -165,6 +174,9 @@ def test_ops_list_is_an_aligned_table_of_the_registry(capsys: pytest.CaptureFixt
     (["dump", "{model}:build", "--format", "yaml"], 2, "invalid choice: 'yaml'"),
     (["viz", "{model}:build", "-o", "{dir}/g.txt"], 2, "must end in .dot"),
     (["viz", "{model}:build"], 2, "required: -o/--output"),
+    (["viz", "{model}:build", "--stage", "llvm", "-o", "{dir}/g.dot"], 2,
+     "stage 'llvm' is text: print it with `graphc dump MODEL --stage llvm`"),
+    (["viz", "{model}:build", "--stage", "asm", "-o", "{dir}/g.svg"], 2, "graphc dump"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
     ([], 2, "required: COMMAND"),
 ])
@@ -215,3 +227,15 @@ def test_console_entry_point_runs_as_a_program(model: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "graphc.cli", "dump", f"{model}:build"],
                         capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and ok.stdout.startswith('graph "demo"')
+
+
+def test_the_parser_wires_every_subcommand_module(capsys: pytest.CaptureFixture[str]) -> None:
+    """`main.py` assembles the commands of `stages.py` and `exported.py` with its own."""
+    assert cli.main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    for command in ("dump", "viz", "ops", "passes", "compile", "info", "run"):
+        assert command in usage
+    assert cli.STAGES == stages.STAGES and cli.FORMATS is stages.FORMATS
+    assert "fused" in stages.VIZ_STAGES and "llvm" not in stages.VIZ_STAGES
+    assert cli.main(["viz", "--help"]) == 0
+    assert "{input,optimized,fused,planned}" in capsys.readouterr().out

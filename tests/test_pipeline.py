@@ -19,7 +19,7 @@ import pytest
 import graphc as gc
 from graphc import pipeline
 from graphc.cli import main as cli
-from graphc.cli.common import load_model
+from graphc.cli.command import load_model
 from graphc.codegen.module import GeneratedModule
 from graphc.export import api as export_module
 

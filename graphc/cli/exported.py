@@ -7,7 +7,7 @@
                [--signature S | --inputs ... --outputs ...] [--train]
 
 MODEL is what `graphc dump` takes (a .gcg file or path/to/file.py:function;
-`cli.common.load_model`).
+`cli.command.load_model`).
 What to compile from a MODEL: `--signature S`; or `--inputs`/`--outputs` node names
 (`--train` adds the updates of the graph's training signature, the one with updates); or,
 with neither, the graph's only signature, else its only inference signature (its only
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.cli.common import Parser, UsageError, load_model, run_command
+from graphc.cli.command import Parser, UsageError, load_model, run_command
 from graphc.compile import compile as compile_graph
 from graphc.errors import GraphcError
 from graphc.export.api import WEIGHTS_MODES, export

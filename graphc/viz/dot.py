@@ -6,63 +6,30 @@ distinctly: placeholders as blue input houses, variables as orange 3-D boxes, co
 grey notes; other ops are white rounded boxes. Outputs of the graph's signatures get a thick
 red double border. When an op has several inputs, each edge is labelled with its input
 index. A variable update is a dashed edge from the new value back to the variable.
+(The styles live in `dotlib.py`, shared with the picture of fused kernels, `fused.py`.)
 """
 
 from __future__ import annotations
 
-from graphc.ir import Graph, Node
+from graphc.ir import Graph
+from graphc.viz.dotlib import header, node_line, node_style, quote, update_edge
 
 __all__ = ["to_dot"]
-
-_SOURCE_STYLE = {
-    "placeholder": {"shape": "invhouse", "style": "filled", "fillcolor": "#cfe2ff",
-                    "color": "#3d6fb6"},
-    "variable": {"shape": "box3d", "style": "filled", "fillcolor": "#ffe0b2",
-                 "color": "#c46a00"},
-    "constant": {"shape": "note", "style": "filled", "fillcolor": "#eeeeee", "color": "#777777"},
-}
-_OP_STYLE = {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff",
-             "color": "#444444"}
-_OUTPUT_STYLE = {"peripheries": "2", "penwidth": "2", "color": "#c62828"}
 
 
 def to_dot(graph: Graph) -> str:
     """The DOT text of `graph`: one vertex per node, one edge per input use."""
     outputs = {n.name for sig in graph.signatures.values() for n in sig.outputs}
-    lines = [
-        f"digraph {_quote(graph.name)} {{",
-        "  rankdir=TB;",
-        '  node [fontname="Helvetica", fontsize=10];',
-        '  edge [fontname="Helvetica", fontsize=8, color="#555555"];',
-    ]
+    lines = header(graph.name)
     for node in graph.nodes:
-        style = {"label": _label(node), **_SOURCE_STYLE.get(node.op, _OP_STYLE)}
-        if node.name in outputs:
-            style.update(_OUTPUT_STYLE)
-        lines.append(f"  {_quote(node.name)} [{_attrs(style)}];")
+        lines.append(node_line(node, node_style(node, output=node.name in outputs)))
     for node in graph.nodes:
         several = len(node.inputs) > 1
         for i, inp in enumerate(node.inputs):
-            label = f" [label={_quote(str(i))}]" if several else ""
-            lines.append(f"  {_quote(inp.name)} -> {_quote(node.name)}{label};")
+            label = f" [label={quote(str(i))}]" if several else ""
+            lines.append(f"  {quote(inp.name)} -> {quote(node.name)}{label};")
     for sig in graph.signatures.values():
         for var, new in sig.updates:
-            style = {"style": "dashed", "color": "#c46a00", "label": f"update {sig.name}",
-                     "constraint": "false"}
-            lines.append(f"  {_quote(new.name)} -> {_quote(var.name)} [{_attrs(style)}];")
+            lines.append(update_edge(new, var, f"update {sig.name}"))
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def _attrs(attrs: dict[str, str]) -> str:
-    return ", ".join(f"{k}={_quote(v)}" for k, v in attrs.items())
-
-
-def _label(node: Node) -> str:
-    return f"%{node.name}\n{node.op}\n{node.type}"
-
-
-def _quote(text: str) -> str:
-    """A DOT double-quoted string; newlines become DOT's centred line breaks."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'

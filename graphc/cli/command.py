@@ -1,6 +1,6 @@
 """What every `graphc` subcommand shares: usage errors, the parser class, MODEL loading.
 
-Kept apart from `main.py` so the subcommand modules (`exported.py`) and `main.py` both
+Kept apart from `main.py` so the subcommand modules (`stages.py`, `exported.py`) and `main.py` all
 import it without importing each other.
 """
 
