@@ -142,14 +142,9 @@ def _write(lib_path: Path, name: str, lib_bytes: bytes, header: str, external_bl
         if weights_path is not None:
             atomic_write(weights_path, write_weights)
         atomic_write(header_path, lambda f: f.write(header.encode()))
-        atomic_write(lib_path, lambda f: f.write(lib_bytes))
+        atomic_write(lib_path, lambda f: f.write(lib_bytes), mode=0o777)  # as `cc -o` would
     except OSError as exc:
         raise GraphcError(f"cannot write {lib_path}: {exc.strerror or exc}") from None
-    # atomic_write's temporary files are private (0600); these are meant to be shared.
-    lib_path.chmod(0o755)
-    for path in (header_path, weights_path):
-        if path is not None:
-            path.chmod(0o644)
     return header_path, weights_path
 
 
