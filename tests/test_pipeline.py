@@ -22,26 +22,10 @@ from graphc.cli import main as cli
 from graphc.cli.command import load_model
 from graphc.codegen.module import GeneratedModule
 from graphc.export import api as export_module
+from tests.test_cli_stages import MLP
 
-MODELS = textwrap.dedent("""\
-    import numpy as np
-    import graphc as gc
-
-
-    def mlp():
-        rng = np.random.default_rng(0)
-        with gc.Graph("mlp") as g:
-            x = gc.placeholder((16, 64), gc.float32, name="x")
-            y = gc.placeholder((16,), gc.int32, name="y")
-            w1 = gc.variable(rng.normal(0, 0.1, (64, 32)).astype(np.float32), name="w1")
-            b1 = gc.variable(np.zeros(32, np.float32), name="b1")
-            w2 = gc.variable(rng.normal(0, 0.1, (32, 10)).astype(np.float32), name="w2")
-            b2 = gc.variable(np.zeros(10, np.float32), name="b2")
-            logits = gc.relu(x @ w1 + b1) @ w2 + b2
-            loss = gc.mean(gc.softmax_cross_entropy(logits, y))
-            updates = gc.optim.SGD(lr=0.01, momentum=0.9).minimize(loss)
-        g.add_signature("train", inputs=[x, y], outputs=[loss], updates=updates)
-        return g
+# The MLP training step of tests/test_cli_stages.py, and a LeNet-5 training step.
+MODELS = MLP + textwrap.dedent("""\
 
 
     def lenet():
