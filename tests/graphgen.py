@@ -34,11 +34,13 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc.ops import registry
 
-__all__ = ["AVAILABLE", "BOUND", "ERR_LIMIT", "UNAVAILABLE", "GeneratedGraph", "random_graphs"]
+__all__ = ["AVAILABLE", "BOUND", "ERR_LIMIT", "SMALL_DIMS", "UNAVAILABLE", "GeneratedGraph",
+           "random_graphs"]
 
 BOUND = 1e3  # every intermediate value stays within [-BOUND, BOUND]
 ERR_LIMIT = 1e4  # every value's error scale (in epsilons, see _Val.err) stays below this
 _POSITIVE = 0.05  # log, sqrt and division only see values at least this large
+SMALL_DIMS = (1, 2, 3, 4)  # default sizes of generated dimensions
 
 
 @dataclass
@@ -104,6 +106,7 @@ class _State:
     pool: list[_Val]
     inputs: list[gc.Node]
     feeds: dict[str, np.ndarray]
+    dims: tuple[int, ...] = SMALL_DIMS  # sizes new sources' dimensions are drawn from
 
     def pick(self, vals: Sequence[_Val] | None = None) -> _Val:
         return self.draw(st.sampled_from(list(vals or self.pool)))
@@ -130,8 +133,9 @@ class _State:
         return _Val(node, float(value.min()), float(value.max()))
 
 
-def _shapes(max_rank: int = 3) -> st.SearchStrategy[tuple[int, ...]]:
-    return st.lists(st.integers(1, 4), min_size=0, max_size=max_rank).map(tuple)
+def _shapes(dims: tuple[int, ...], min_rank: int = 0, max_rank: int = 3
+            ) -> st.SearchStrategy[tuple[int, ...]]:
+    return st.lists(st.sampled_from(dims), min_size=min_rank, max_size=max_rank).map(tuple)
 
 
 def _product(a: _Val, b: _Val) -> tuple[float, float]:
@@ -315,7 +319,7 @@ def _matmul(s: _State, v: _Val) -> _Val | None:
     if v.node.ndim != 2:
         return None
     k = v.node.shape[1]
-    w = s.source((k, s.draw(st.integers(1, 4))))
+    w = s.source((k, s.draw(st.sampled_from(s.dims))))
     lo, hi = _product(v, w)
     err = k * (w.mag * v.err + v.mag * w.err + k * v.mag * w.mag)
     return _val(gc.matmul(v.node, w.node), lo * k, hi * k, err)
@@ -380,13 +384,13 @@ AVAILABLE: tuple[str, ...] = tuple(n for n in _GENERATORS if n not in UNAVAILABL
 
 @st.composite
 def _graphs(draw: st.DrawFn, max_nodes: int, dtypes: tuple[gc.DType, ...],
-            ops: tuple[str, ...]) -> GeneratedGraph:
+            ops: tuple[str, ...], dims: tuple[int, ...], min_rank: int) -> GeneratedGraph:
     dtype = draw(st.sampled_from(dtypes))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     with gc.Graph("random") as graph:
-        s = _State(draw, rng, dtype, [], [], {})
+        s = _State(draw, rng, dtype, [], [], {}, dims)
         for _ in range(draw(st.integers(1, 3))):
-            s.pool.append(s.source(draw(_shapes())))
+            s.pool.append(s.source(draw(_shapes(dims, min_rank))))
         if not s.inputs:  # at least one placeholder, so there is something to feed
             s.pool.append(s.placeholder(s.pool[0].node.shape))
         steps = draw(st.integers(1, max_nodes))
@@ -415,8 +419,14 @@ def random_graphs(
     max_nodes: int = 12,
     dtypes: Iterable[gc.DType] = (gc.float32, gc.float64),
     ops: Iterable[str] | None = None,
+    dims: Sequence[int] = SMALL_DIMS,
+    min_rank: int = 0,
 ) -> st.SearchStrategy[GeneratedGraph]:
     """Random valid graphs of one of `dtypes`, with up to `max_nodes` op applications.
+
+    The first sources have rank `min_rank`-3 with sizes drawn from `dims` (small by
+    default; give large sizes, first, to exercise code that only runs on big buffers, such as
+    splits across threads: hypothesis shrinks towards the first entry).
 
     `ops` restricts the generators (names from `AVAILABLE`, e.g. ``("add", "tanh")``); by
     default all available ones are used. Asking for an unavailable one raises ValueError.
@@ -430,4 +440,4 @@ def random_graphs(
         raise ValueError(f"generators not available: {reasons}")
     if not chosen:
         raise ValueError("ops is empty")
-    return _graphs(max_nodes, tuple(dtypes), chosen)
+    return _graphs(max_nodes, tuple(dtypes), chosen, tuple(dims), min_rank)

@@ -32,6 +32,26 @@ def test_forward(gen: GeneratedGraph) -> None:
     gen.assert_close(list(actual), expected, rtol=rtol)
 
 
+# Sizes large enough that kernels split across the native thread pool (elementwise kernels
+# from 2**15 elements, GEMMs, reductions and concats by their own thresholds).
+LARGE_DIMS = (96, 48, 3, 1)
+
+
+@settings(max_examples=16, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_graphs(max_nodes=8, dims=LARGE_DIMS, min_rank=3))
+def test_forward_at_two_threads(gen: GeneratedGraph) -> None:
+    """Large random graphs compiled at 2 threads == the reference, and == 1 thread bit for
+    bit (no split changes any element's order of summation)."""
+    expected = gen.evaluate()
+    two = gc.compile(gen.graph, gen.inputs, gen.outputs, options=gc.CompileOptions(threads=2))
+    one = gc.compile(gen.graph, gen.inputs, gen.outputs, options=gc.CompileOptions(threads=1))
+    actual = list(two(**gen.feeds))
+    gen.assert_close(actual, expected, rtol=_tolerance(expected[0].dtype))
+    for a, b in zip(actual, one(**gen.feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
 @_SETTINGS
 @given(random_graphs(max_nodes=8, dtypes=(gc.float64,)))
 def test_gradients_and_updates(gen: GeneratedGraph) -> None:

@@ -50,7 +50,8 @@ def parallel_range(ctx: KernelContext, n: int, grain: int, body: Body, align: in
     chunk, ntasks = split
     module = ctx.module
     parent = ctx.b.block.function
-    task = ir.Function(module, TASK_FN, f"{parent.name}.task")
+    # A kernel may outline several tasks (a concat kernel: one per operand): unique names.
+    task = ir.Function(module, TASK_FN, module.get_unique_name(f"{parent.name}.task"))
     task.linkage = "internal"
     task.attributes.add("nounwind")
     captured, t = task.args
