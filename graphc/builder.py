@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, GraphStructureError, ShapeError, SourceLoc
-from graphc.ir import Attrs, DType, Graph, Node, TensorType, current_graph
+from graphc.ir import DType, Graph, Node, TensorType, current_graph
 from graphc.ir.opdef import OpDef
 
 _GRAPHC_DIR = Path(__file__).resolve().parent
@@ -160,8 +160,8 @@ def apply(
                           loc=loc)
     if op.arity is None and not converted:
         raise GraphcError("expected at least one operand", op=op.name, loc=loc)
-    frozen = Attrs(attrs or {})
     try:
+        frozen = op.check_attrs(attrs or {})
         ttype = op.infer(tuple(n.type for n in converted), frozen)
     except GraphcError as exc:
         raise exc.with_context(op=op.name, loc=loc) from None

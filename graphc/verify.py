@@ -35,6 +35,13 @@ def verify(graph: Graph) -> None:
         if op.arity is not None and len(node.inputs) != op.arity:
             raise VerifyError(f"{where}: {len(node.inputs)} inputs, op takes {op.arity}",
                               op=node.op, loc=node.loc)
+        try:
+            canonical = op.check_attrs(node.attrs)
+        except GraphcError as exc:
+            raise VerifyError(f"{where}: {exc.message}", op=node.op, loc=node.loc) from None
+        if canonical != node.attrs:
+            raise VerifyError(f"{where}: attributes {dict(node.attrs)} are not in canonical "
+                              f"form {dict(canonical)}", op=node.op, loc=node.loc)
         if op.family == "source":
             _verify_source(graph, node.op, node.name, node.type)
             continue

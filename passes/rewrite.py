@@ -165,8 +165,9 @@ class Rebuilder:
 
         Give ``name=at.name`` for the node that takes `at`'s place, so the name survives.
         """
-        frozen = attrs if isinstance(attrs, Attrs) else Attrs(attrs or {})
-        ttype = registry.get(op).infer(tuple(i.type for i in inputs), frozen)
+        opdef = registry.get(op)
+        frozen = opdef.check_attrs(attrs or {})
+        ttype = opdef.infer(tuple(i.type for i in inputs), frozen)
         return self._offer(Pending(op, tuple(inputs), frozen, ttype,
                                    name or self.fresh_name(op), at.loc))
 

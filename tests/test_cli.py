@@ -143,17 +143,18 @@ def test_ops_list_is_an_aligned_table_of_the_registry(capsys: pytest.CaptureFixt
     assert code == 0
     lines = out.splitlines()
     header = lines[0]
-    assert header.split() == ["NAME", "FAMILY", "ARITY", "FUSION", "GRAD", "DOC"]
+    assert header.split() == ["NAME", "FAMILY", "ARITY", "FUSION", "GRAD", "ATTRS", "DOC"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(registry.OPS)
-    columns = [header.index(h) for h in ("FAMILY", "ARITY", "FUSION", "GRAD", "DOC")]
+    columns = [header.index(h) for h in ("FAMILY", "ARITY", "FUSION", "GRAD", "ATTRS", "DOC")]
     for name, op in registry.OPS.items():
         line = rows[name]
-        fields = [line[c:].split()[0] if line[c:].strip() else "" for c in columns[:4]]
+        fields = [line[c:].split()[0] if line[c:].strip() else "" for c in columns[:5]]
         arity = "n" if op.arity is None else str(op.arity)
         assert fields == [op.family, arity, op.fusion.value,
-                          "yes" if op.differentiable else "no"], line
-        assert line[columns[4]:] == op.doc
+                          "yes" if op.differentiable else "no",
+                          ",".join(a.name for a in op.attrs) or "-"], line
+        assert line[columns[5]:] == op.doc
     assert cli.main(["ops"]) == 0  # --list is the default
 
 

@@ -62,10 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ops(args: argparse.Namespace) -> int:
-    rows = [("NAME", "FAMILY", "ARITY", "FUSION", "GRAD", "DOC")]
+    rows = [("NAME", "FAMILY", "ARITY", "FUSION", "GRAD", "ATTRS", "DOC")]
     for op in registry.OPS.values():
         rows.append((op.name, op.family, "n" if op.arity is None else str(op.arity),
-                     op.fusion.value, "yes" if op.differentiable else "no", op.doc))
+                     op.fusion.value, "yes" if op.differentiable else "no",
+                     ",".join(a.name for a in op.attrs) or "-", op.doc))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths)]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import GraphcError, SerializationError, SourceLoc
-from graphc.ir import SOURCE_OPS, Attrs, DType, Graph, Node, TensorType
+from graphc.ir import SOURCE_OPS, DType, Graph, Node, TensorType
 from graphc.ops import registry
 
 __all__ = ["NodeError", "add_checked_node", "bind_value", "graph_diff", "graphs_equal"]
@@ -62,7 +62,7 @@ def add_checked_node(
     if opdef.arity is None and not inputs:
         raise NodeError(f"{where}: op {op} takes at least one input, got none", part="inputs")
     try:
-        frozen = Attrs(attrs)
+        frozen = opdef.check_attrs(attrs)
     except GraphcError as exc:
         raise NodeError(f"{where}: {exc.message}", part="attrs") from None
     if op not in SOURCE_OPS:

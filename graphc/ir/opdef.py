@@ -24,12 +24,15 @@ Contracts of the callables:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.attrs import AttrSpec, check_attrs
+from graphc.ir.graph import Node
+from graphc.ir.types import Attrs, TensorType
 
 
 class Fusion(enum.Enum):
@@ -76,7 +79,8 @@ GradRule = Callable[[Node, Node], Sequence["Node | None"]]
 @dataclass(frozen=True)
 class OpDef:
     """The single definition of an op. `arity` None means variadic (one or more inputs);
-    `anchor` is set for ops that anchor a kernel with a fused epilogue (see `Anchor`)."""
+    `anchor` is set for ops that anchor a kernel with a fused epilogue (see `Anchor`);
+    `attrs` declares every attribute the op takes (see `graphc.ir.attrs`)."""
 
     name: str
     family: str
@@ -88,7 +92,13 @@ class OpDef:
     random: bool = False
     doc: str = ""
     anchor: Anchor | None = None
+    attrs: tuple[AttrSpec, ...] = ()
 
     @property
     def differentiable(self) -> bool:
         return self.grad is not None
+
+    def check_attrs(self, attrs: Mapping[str, Any]) -> Attrs:
+        """`attrs` checked against `self.attrs` and normalized (defaults filled in); an
+        AttrError naming the attribute otherwise (the caller adds op and location)."""
+        return check_attrs(self.name, self.attrs, attrs)

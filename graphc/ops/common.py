@@ -18,6 +18,7 @@ import numpy as np
 from graphc.builder import Operand, constant, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec
 from graphc.ir.opdef import Fusion, OpDef
 
 FLOATS = frozenset({DType.float32, DType.float64})
@@ -139,8 +140,9 @@ def int_tuple(value: Any, what: str, length: int | None = None) -> tuple[int, ..
 
 
 def shape_op(ops: list[OpDef], name: str, arity: int | None, infer: Any, reference: Any,
-             grad: Any, fusion: Fusion = Fusion.INDEXED, doc: str = "") -> OpDef:
+             grad: Any, fusion: Fusion = Fusion.INDEXED, doc: str = "",
+             attrs: tuple[AttrSpec, ...] = ()) -> OpDef:
     """An OpDef of the "shape" family, appended to `ops` (the defining submodule's `OPS`)."""
-    op = OpDef(name, "shape", arity, infer, reference, fusion, grad, doc=doc)
+    op = OpDef(name, "shape", arity, infer, reference, fusion, grad, doc=doc, attrs=attrs)
     ops.append(op)
     return op

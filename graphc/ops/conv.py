@@ -29,6 +29,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, GraphcError, ShapeError, SourceLoc
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import FLOATS, check_dtype, same_dtype
@@ -218,15 +219,24 @@ def _grad_weight_grad(n: Node, k: Node) -> list[Node | None]:
             apply(CONV2D, [x, k], geo)]
 
 
+# The window of a convolution: pairs (height, width); pads ((top, bottom), (left, right)).
+CONV_ATTRS = (
+    AttrSpec("strides", Kind.INTS, low=1, length=2),
+    AttrSpec("pads", Kind.INT_ROWS, low=0, length=2, width=2),
+    AttrSpec("dilation", Kind.INTS, low=1, length=2),
+    AttrSpec("groups", Kind.INT, low=1),
+)
 CONV2D = OpDef("conv2d", "conv", 2, _conv_infer, _conv_ref, Fusion.OUT_FUSABLE, _conv_grad,
-               anchor=Anchor.CONV,
+               anchor=Anchor.CONV, attrs=CONV_ATTRS,
                doc="2-D convolution, NCHW x OIHW -> NCHW (strides, pads, dilation, groups)")
 CONV2D_GRAD_INPUT = OpDef(
     "conv2d_grad_input", "conv", 2, _grad_input_infer, _grad_input_ref, Fusion.OPAQUE,
-    _grad_input_grad, doc="gradient of conv2d w.r.t. its input: a transposed convolution")
+    _grad_input_grad, doc="gradient of conv2d w.r.t. its input: a transposed convolution",
+    attrs=(*CONV_ATTRS, AttrSpec("input_shape", Kind.INTS, low=0, length=4)))
 CONV2D_GRAD_WEIGHT = OpDef(
     "conv2d_grad_weight", "conv", 2, _grad_weight_infer, _grad_weight_ref, Fusion.OPAQUE,
-    _grad_weight_grad, doc="gradient of conv2d w.r.t. its weights")
+    _grad_weight_grad, doc="gradient of conv2d w.r.t. its weights",
+    attrs=(*CONV_ATTRS, AttrSpec("weight_shape", Kind.INTS, low=0, length=4)))
 OPS: list[OpDef] = [CONV2D, CONV2D_GRAD_INPUT, CONV2D_GRAD_WEIGHT]
 
 

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from graphc.builder import Operand, apply, constant
-from graphc.errors import AttrError, DTypeError
+from graphc.errors import DTypeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, GradRule, OpDef
 from graphc.ops.common import ALL, FLOATS, NUMERIC, broadcast_shapes, check_dtype, same_dtype
 
@@ -101,12 +102,13 @@ def _unary(
     allowed: frozenset[DType] = FLOATS,
     out: DType | None = None,
     doc: str = "",
+    attrs: tuple[AttrSpec, ...] = (),
 ) -> OpDef:
     def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
         return np.asarray(fn(arrays[0], **dict(attrs)))
 
     op = OpDef(name, "elementwise", 1, _unary_infer(allowed, out), reference,
-               Fusion.ELEMENTWISE, grad, doc=doc)
+               Fusion.ELEMENTWISE, grad, doc=doc, attrs=attrs)
     OPS.append(op)
     return op
 
@@ -175,11 +177,13 @@ LEAKY_RELU = _unary(
     lambda x, alpha: np.where(x > 0, x, x * x.dtype.type(alpha)).astype(x.dtype),
     lambda n, g: [where(n.inputs[0] > 0, g, g * n.attrs["alpha"])],
     doc="x if x > 0 else alpha*x",
+    attrs=(AttrSpec("alpha", Kind.FLOAT, finite=True),),
 )
 ELU = _unary(
     "elu", _elu_ref,
     lambda n, g: [where(n.inputs[0] > 0, g, g * (n + n.attrs["alpha"]))],
     doc="x if x > 0 else alpha*(exp(x)-1)",
+    attrs=(AttrSpec("alpha", Kind.FLOAT, finite=True),),
 )
 SELU = _unary(
     "selu", _selu_ref,
@@ -201,7 +205,8 @@ def _gelu_grad(n: Node, g: Node) -> list[Node]:
 
 
 GELU = _unary("gelu", _gelu_ref, _gelu_grad,
-              doc="x*Phi(x); approximate='tanh' uses the tanh formula")
+              doc="x*Phi(x); approximate='tanh' uses the tanh formula",
+              attrs=(AttrSpec("approximate", Kind.STR, choices=("none", "tanh")),))
 SOFTPLUS = _unary("softplus", _softplus_ref, lambda n, g: [g * sigmoid(n.inputs[0])],
                   doc="log(1+exp(x)), computed stably")
 ERF = _unary("erf", _np_erf,
@@ -225,7 +230,8 @@ def _cast_grad(n: Node, g: Node) -> list[Node | None]:
 
 CAST = OpDef("cast", "elementwise", 1, _cast_infer,
              lambda a, attrs: a[0].astype(attrs["dtype"].np), Fusion.ELEMENTWISE, _cast_grad,
-             doc="convert to dtype (float->int truncates toward zero)")
+             doc="convert to dtype (float->int truncates toward zero)",
+             attrs=(AttrSpec("dtype", Kind.DTYPE),))
 OPS.append(CAST)
 
 
@@ -307,8 +313,6 @@ def selu(x: Operand, name: str | None = None) -> Node:
 
 def gelu(x: Operand, approximate: str = "none", name: str | None = None) -> Node:
     """GELU; `approximate` is "none" (erf form, the default) or "tanh"."""
-    if approximate not in ("none", "tanh"):
-        raise AttrError(f"approximate must be 'none' or 'tanh', got {approximate!r}", op="gelu")
     return apply(GELU, [x], {"approximate": approximate}, name=name)
 
 

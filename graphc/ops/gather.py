@@ -22,6 +22,7 @@ import numpy as np
 from graphc.builder import Operand, apply, constant, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops.common import ALL, INTS, check_dtype, normalize_axis
@@ -158,12 +159,15 @@ def _take_grad_gradient(n: Node, g: Node) -> list[Node | None]:
     return [take(g, n.inputs[1], axis=n.attrs["axis"]), None]
 
 
+AXIS = AttrSpec("axis", Kind.INT, low=0)  # resolved: non-negative
 TAKE = OpDef("take", "indexing", 2, _take_infer, _take_reference, Fusion.INJECTIVE,
-             _take_gradient, doc="numpy.take(x, indices, axis): gather along one axis")
+             _take_gradient, doc="numpy.take(x, indices, axis): gather along one axis",
+             attrs=(AXIS,))
 TAKE_GRAD = OpDef(
     "take_grad", "indexing", 2, _take_grad_infer, _take_grad_reference, Fusion.OPAQUE,
     _take_grad_gradient,
     doc="adjoint of take: scatter-add g into zeros with `size` along axis (duplicates sum)",
+    attrs=(AXIS, AttrSpec("size", Kind.INT, low=0)),
 )
 OPS += [TAKE, TAKE_GRAD]
 
@@ -268,11 +272,13 @@ def _along_grad_gradient(n: Node, g: Node) -> list[Node | None]:
 TAKE_ALONG_AXIS = OpDef(
     "take_along_axis", "indexing", 2, _along_infer, _along_reference, Fusion.INJECTIVE,
     _along_gradient, doc="numpy.take_along_axis(x, indices, axis): indices of x's rank",
+    attrs=(AXIS,),
 )
 TAKE_ALONG_AXIS_GRAD = OpDef(
     "take_along_axis_grad", "indexing", 2, _along_grad_infer, _along_grad_reference,
     Fusion.OPAQUE, _along_grad_gradient,
     doc="adjoint of take_along_axis: scatter-add g into zeros of `shape` (duplicates sum)",
+    attrs=(AXIS, AttrSpec("shape", Kind.INTS, low=0)),
 )
 OPS += [TAKE_ALONG_AXIS, TAKE_ALONG_AXIS_GRAD]
 

@@ -17,6 +17,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import OpDef
 from graphc.ops.common import (
     as_node,
@@ -70,7 +71,8 @@ def _concat_grad(n: Node, g: Node) -> list[Node | None]:
 
 CONCAT = _op("concat", None, _concat_infer,
              lambda a, attrs: np.concatenate(a, axis=attrs["axis"]), _concat_grad,
-             doc="join operands along `axis` (same dtype, same shape elsewhere)")
+             doc="join operands along `axis` (same dtype, same shape elsewhere)",
+             attrs=(AttrSpec("axis", Kind.INT, low=0),))
 
 
 def concat(xs: Sequence[Operand], axis: int = 0, name: str | None = None) -> Node:

@@ -20,6 +20,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import as_node, int_tuple, normalize_axes, normalize_axis, resolve, shape_op
@@ -46,7 +47,8 @@ def _reshape_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
 RESHAPE = _op("reshape", 1, _reshape_infer,
               lambda a, attrs: np.reshape(a[0], attrs["shape"]),
               lambda n, g: [reshape(g, n.inputs[0].shape)], Fusion.VIEW,
-              doc="same elements in row-major order, new shape")
+              doc="same elements in row-major order, new shape",
+              attrs=(AttrSpec("shape", Kind.INTS, low=0),))
 
 
 def _resolve_shape(x: TensorType, shape: Any) -> tuple[int, ...]:
@@ -82,7 +84,8 @@ def _transpose_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
 TRANSPOSE = _op("transpose", 1, _transpose_infer,
                 lambda a, attrs: np.transpose(a[0], attrs["perm"]),
                 lambda n, g: [transpose(g, tuple(int(i) for i in np.argsort(n.attrs["perm"])))],
-                doc="permute axes: out.shape[i] = x.shape[perm[i]]")
+                doc="permute axes: out.shape[i] = x.shape[perm[i]]",
+                attrs=(AttrSpec("perm", Kind.INTS, low=0),))
 
 
 def transpose(x: Operand, perm: Sequence[int] | None = None, name: str | None = None) -> Node:
@@ -112,7 +115,8 @@ def _broadcast_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
 BROADCAST_TO = _op("broadcast_to", 1, _broadcast_infer,
                    lambda a, attrs: np.broadcast_to(a[0], attrs["shape"]).copy(),
                    lambda n, g: [_ew.unbroadcast(g, n.inputs[0].shape)], Fusion.BROADCAST,
-                   doc="repeat size-1 and missing leading axes to `shape` (numpy rules)")
+                   doc="repeat size-1 and missing leading axes to `shape` (numpy rules)",
+                   attrs=(AttrSpec("shape", Kind.INTS, low=0),))
 
 
 def broadcast_to(x: Operand, shape: Sequence[int] | int, name: str | None = None) -> Node:

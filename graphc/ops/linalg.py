@@ -17,6 +17,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops.common import NUMERIC, check_dtype, same_dtype
@@ -111,6 +112,8 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
 MATMUL = OpDef(
     "matmul", "linalg", 2, _matmul_infer, _matmul_reference, Fusion.OUT_FUSABLE, _matmul_grad,
     anchor=Anchor.MATMUL,
+    attrs=(AttrSpec("transpose_a", Kind.BOOL, default=False),
+           AttrSpec("transpose_b", Kind.BOOL, default=False)),
     doc="batched matrix product of rank>=2 operands (batch dims broadcast); transpose_a/"
         "transpose_b use an operand transposed in its last two axes",
 )

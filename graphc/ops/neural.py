@@ -20,6 +20,7 @@ import numpy as np
 from graphc.builder import Operand, apply, constant, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops import random as _random
@@ -84,10 +85,12 @@ def _log_softmax_grad(n: Node, g: Node) -> list[Node | None]:
     return [g - _ew.exp(n) * total]
 
 
+AXIS = AttrSpec("axis", Kind.INT, low=0)  # resolved: non-negative
 SOFTMAX = OpDef("softmax", "nn", 1, _softmax_infer, _softmax_ref, Fusion.OPAQUE, _softmax_grad,
-                doc="exp(x) / sum(exp(x)) along axis (max-shifted)")
+                doc="exp(x) / sum(exp(x)) along axis (max-shifted)", attrs=(AXIS,))
 LOG_SOFTMAX = OpDef("log_softmax", "nn", 1, _softmax_infer, _log_softmax_ref, Fusion.OPAQUE,
-                    _log_softmax_grad, doc="x - logsumexp(x) along axis (max-shifted)")
+                    _log_softmax_grad, doc="x - logsumexp(x) along axis (max-shifted)",
+                    attrs=(AXIS,))
 
 
 def _stop_gradient_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:

@@ -28,6 +28,7 @@ import numpy as np
 from graphc.builder import Operand, apply, user_location
 from graphc.errors import AttrError, GraphcError, ShapeError
 from graphc.ir import Attrs, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import reduce as _reduce
 from graphc.ops.common import FLOATS, check_dtype, same_dtype
@@ -217,19 +218,29 @@ def _avg_grad_grad(n: Node, h: Node) -> list[Node | None]:
     return [apply(AVG_POOL2D, [h], _avg_attrs(n.attrs))]
 
 
+# A pooling window: pairs (height, width); pads ((top, bottom), (left, right)).
+POOL_ATTRS = (
+    AttrSpec("kernel", Kind.INTS, low=1, length=2),
+    AttrSpec("strides", Kind.INTS, low=1, length=2),
+    AttrSpec("pads", Kind.INT_ROWS, low=0, length=2, width=2),
+)
+AVG_ATTRS = (*POOL_ATTRS, AttrSpec("count_include_pad", Kind.BOOL))
 MAX_POOL2D = OpDef("max_pool2d", "conv", 1, _pool_infer, _max_ref, Fusion.OPAQUE, _max_grad,
-                   doc="max over kh x kw windows (padding is -inf)")
+                   doc="max over kh x kw windows (padding is -inf)", attrs=POOL_ATTRS)
 MAX_POOL2D_GRAD = OpDef(
     "max_pool2d_grad", "conv", 2, _max_grad_infer, _max_grad_ref, Fusion.OPAQUE,
-    _max_grad_grad, doc="gradient of max_pool2d: g routed to each window's first argmax")
+    _max_grad_grad, doc="gradient of max_pool2d: g routed to each window's first argmax",
+    attrs=POOL_ATTRS)
 MAX_POOL2D_GATHER = OpDef(
     "max_pool2d_gather", "conv", 2, _gather_infer, _gather_ref, Fusion.OPAQUE, _gather_grad,
-    doc="h read at each window's first argmax of x (the adjoint of max_pool2d_grad)")
+    doc="h read at each window's first argmax of x (the adjoint of max_pool2d_grad)",
+    attrs=POOL_ATTRS)
 AVG_POOL2D = OpDef("avg_pool2d", "conv", 1, _avg_infer, _avg_ref, Fusion.OPAQUE, _avg_grad,
-                   doc="mean over kh x kw windows")
+                   doc="mean over kh x kw windows", attrs=AVG_ATTRS)
 AVG_POOL2D_GRAD = OpDef(
     "avg_pool2d_grad", "conv", 1, _avg_grad_infer, _avg_grad_ref, Fusion.OPAQUE,
-    _avg_grad_grad, doc="gradient of avg_pool2d: g spread evenly over each window")
+    _avg_grad_grad, doc="gradient of avg_pool2d: g spread evenly over each window",
+    attrs=(*AVG_ATTRS, AttrSpec("input_shape", Kind.INTS, low=0, length=4)))
 OPS: list[OpDef] = [MAX_POOL2D, MAX_POOL2D_GRAD, MAX_POOL2D_GATHER, AVG_POOL2D,
                     AVG_POOL2D_GRAD]
 

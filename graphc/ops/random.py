@@ -55,6 +55,7 @@ import numpy as np
 from graphc.builder import apply, user_location
 from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops.common import FLOATS, INTS
 
@@ -183,15 +184,21 @@ def _normal_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
                             float(attrs["mean"]), float(attrs["std"]))
 
 
+SAMPLE_ATTRS = (AttrSpec("shape", Kind.INTS, low=0), AttrSpec("dtype", Kind.DTYPE),
+                AttrSpec("seed", Kind.INT, low=0, high=MASK32))
 RANDOM_UNIFORM = OpDef(
     "random_uniform", "random", 1, _random_infer(("low", "high")), _uniform_ref,
     Fusion.BROADCAST, None, random=True,
     doc="counter-based uniform samples in [low, high) from (seed, key, element index)",
+    attrs=(*SAMPLE_ATTRS, AttrSpec("low", Kind.FLOAT, finite=True),
+           AttrSpec("high", Kind.FLOAT, finite=True)),
 )
 RANDOM_NORMAL = OpDef(
     "random_normal", "random", 1, _random_infer(("mean", "std")), _normal_ref,
     Fusion.BROADCAST, None, random=True,
     doc="counter-based normal samples (Box-Muller) from (seed, key, element index)",
+    attrs=(*SAMPLE_ATTRS, AttrSpec("mean", Kind.FLOAT, finite=True),
+           AttrSpec("std", Kind.FLOAT, low=0, finite=True)),
 )
 OPS.extend([RANDOM_UNIFORM, RANDOM_NORMAL])
 

@@ -19,6 +19,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, GradRule, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import (
@@ -79,6 +80,10 @@ def _reduce_infer(allowed: frozenset[DType], nonempty: bool) -> Callable[..., Te
     return infer
 
 
+# Resolved axes (sorted, non-negative: the builders normalize them) and keepdims.
+AXES_ATTRS = (AttrSpec("axes", Kind.INTS, low=0), AttrSpec("keepdims", Kind.BOOL))
+
+
 def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
                nonempty: bool = False, doc: str = "") -> OpDef:
     def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
@@ -88,7 +93,7 @@ def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
         return result.reshape(reduced_shape(x.shape, axes, attrs["keepdims"]))
 
     op = OpDef(name, "reduce", 1, _reduce_infer(NUMERIC, nonempty), reference,
-               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION)
+               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION, attrs=AXES_ATTRS)
     OPS.append(op)
     return op
 
@@ -174,7 +179,8 @@ def _arg_op(name: str, fn: Callable[..., np.ndarray], doc: str) -> OpDef:
         shape = reduced_shape(x.shape, axes, attrs["keepdims"])
         return result.astype(np.int64).reshape(shape)
 
-    op = OpDef(name, "reduce", 1, _arg_infer, reference, Fusion.REDUCTION, None, doc=doc)
+    op = OpDef(name, "reduce", 1, _arg_infer, reference, Fusion.REDUCTION, None, doc=doc,
+               attrs=AXES_ATTRS)
     OPS.append(op)
     return op
 

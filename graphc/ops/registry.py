@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from graphc.errors import GraphcError
 from graphc.ir import OPERATORS, Attrs, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import (
     conv,
@@ -36,11 +37,12 @@ def _source_infer(types: object, attrs: Attrs) -> TensorType:
 
 
 SOURCES = [
-    OpDef(name, "source", 0, _source_infer, _no_reference, Fusion.SOURCE, doc=doc)
-    for name, doc in (
-        ("placeholder", "an input given at each call"),
-        ("variable", "persistent state, changed by updates"),
-        ("constant", "a fixed value"),
+    OpDef(name, "source", 0, _source_infer, _no_reference, Fusion.SOURCE, doc=doc, attrs=attrs)
+    for name, doc, attrs in (
+        ("placeholder", "an input given at each call", ()),
+        ("variable", "persistent state, changed by updates",
+         (AttrSpec("trainable", Kind.BOOL, default=True),)),
+        ("constant", "a fixed value", ()),
     )
 ]
 

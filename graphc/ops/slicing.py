@@ -22,6 +22,7 @@ import numpy as np
 from graphc.builder import Operand, apply
 from graphc.errors import AttrError
 from graphc.ir import Attrs, DType, Node, TensorType
+from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import OpDef
 from graphc.ops.common import as_node, int_tuple, normalize_axes, normalize_axis, resolve, shape_op
 
@@ -71,7 +72,9 @@ def _slice_grad(n: Node, g: Node) -> list[Node | None]:
 
 
 SLICE = _op("slice", 1, _slice_infer, _slice_ref, _slice_grad,
-            doc="x[start:stop:step] per axis (resolved: 0 <= start <= stop <= dim, step >= 1)")
+            doc="x[start:stop:step] per axis (resolved: 0 <= start <= stop <= dim, step >= 1)",
+            attrs=(AttrSpec("starts", Kind.INTS, low=0), AttrSpec("stops", Kind.INTS, low=0),
+                   AttrSpec("steps", Kind.INTS, low=1)))
 
 
 def _slice(x: Node, starts: tuple[int, ...], stops: tuple[int, ...],
@@ -162,7 +165,8 @@ def _reverse_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
 REVERSE = _op("reverse", 1, _reverse_infer,
               lambda a, attrs: np.flip(a[0], attrs["axes"]).copy(),
               lambda n, g: [reverse(g, n.attrs["axes"])],
-              doc="flip the order of elements along `axes`")
+              doc="flip the order of elements along `axes`",
+              attrs=(AttrSpec("axes", Kind.INTS, low=0),))
 
 
 def reverse(x: Operand, axis: int | Sequence[int] | None = None, name: str | None = None
@@ -216,7 +220,8 @@ def _pad_grad(n: Node, g: Node) -> list[Node | None]:
 
 
 PAD = _op("pad", 1, _pad_infer, _pad_ref, _pad_grad,
-          doc="pad each axis with (low, high, interior) copies of `value`")
+          doc="pad each axis with (low, high, interior) copies of `value`",
+          attrs=(AttrSpec("pads", Kind.INT_ROWS, low=0, width=3), AttrSpec("value", Kind.FLOAT)))
 
 
 def _pad(x: Node, pads: tuple[tuple[int, int, int], ...], value: float) -> Node:
