@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.optim import cycles
 from graphc.optim import schedules as sch
 
 
@@ -72,16 +74,135 @@ def test_linear_warmup_then_inner() -> None:
     assert _values(const, 8) == pytest.approx(expected, rel=1e-15)
 
 
+def test_multistep_decay() -> None:
+    s = sch.MultiStepDecay(milestones=[6, 2, 6], gamma=0.5, base_lr=0.8)  # any order, repeats
+    expected = [0.8 * 0.5 ** ((i >= 2) + 2 * (i >= 6)) for i in range(10)]
+    assert _values(s, 10) == pytest.approx(expected, rel=1e-15)
+    assert s.value(1) == 0.8 and s.value(2) == 0.4 and s.value(6) == 0.1
+    assert gc.optim.MultiStepLR is sch.MultiStepDecay
+    at_zero = sch.MultiStepDecay(milestones=[0], gamma=0.1, base_lr=1.0)
+    assert at_zero.value(0) == pytest.approx(0.1)  # torch: a milestone 0 applies at once
+    assert _values(sch.MultiStepDecay(base_lr=0.3), 5) == [0.3] * 5  # no milestones
+
+
+def test_piecewise_constant() -> None:
+    s = sch.PiecewiseConstant(boundaries=[3, 5], values=[1.0, 0.5, 0.1])
+    assert _values(s, 8) == [1.0] * 3 + [0.5] * 2 + [0.1] * 3
+    assert s.base_lr == 1.0
+    same = sch.MultiStepDecay(milestones=[3, 5], gamma=0.5, base_lr=1.0)
+    as_steps = sch.PiecewiseConstant(boundaries=[3, 5], values=[1.0, 0.5, 0.25])
+    assert _values(as_steps, 8) == _values(same, 8)
+    rising = sch.PiecewiseConstant(None, [1], [0.0, 2.0])  # values need not decrease
+    assert _values(rising, 3) == [0.0, 2.0, 2.0]
+
+
+def _one_cycle(s: int, total: int, max_lr: float, pct: float = 0.3, div: float = 25.0,
+               final_div: float = 1e4) -> float:
+    """The two-phase cosine 1cycle from its definition (torch's phase ends)."""
+    lr0 = max_lr / div
+    up_end, down_end = pct * total - 1, total - 1
+    if s <= up_end:
+        x, a, b = s / up_end, lr0, max_lr
+    else:
+        x, a, b = (s - up_end) / (down_end - up_end), max_lr, lr0 / final_div
+    return b + (a - b) * (1 + math.cos(math.pi * x)) / 2
+
+
+def test_one_cycle_cosine_two_phases() -> None:
+    s = cycles.OneCycleLR(max_lr=0.5, total_steps=20)
+    expected = [_one_cycle(i, 20, 0.5) for i in range(21)]
+    assert _values(s, 21) == pytest.approx(expected, rel=1e-14)
+    assert s.base_lr == 0.5 / 25 and s.value(0) == pytest.approx(0.5 / 25, rel=1e-14)
+    assert s.value(5) == pytest.approx(0.5, rel=1e-15)  # the peak at pct_start·T − 1 = 5
+    assert s.value(19) == pytest.approx(0.5 / 25 / 1e4, rel=1e-12)  # the end, T − 1
+    e = cycles.OneCycleLR(max_lr=1.0, epochs=3, steps_per_epoch=4, pct_start=0.5, div_factor=4.0,
+                       final_div_factor=2.0)
+    assert e.total_steps == 12
+    assert _values(e, 13) == pytest.approx(
+        [_one_cycle(i, 12, 1.0, 0.5, 4.0, 2.0) for i in range(13)], rel=1e-14)
+    with pytest.raises(gc.AttrError, match="past total_steps"):
+        s.value(21)
+
+
+def test_one_cycle_three_phase_and_linear() -> None:
+    s = cycles.OneCycleLR(max_lr=1.0, total_steps=20, pct_start=0.25, div_factor=10.0,
+                       final_div_factor=100.0, three_phase=True, anneal_strategy="linear")
+    # phase ends 4, 8, 19: 0.1 -> 1 -> 0.1 -> 0.001, linearly
+    expected = ([0.1 + 0.9 * i / 4 for i in range(5)] + [1.0 - 0.9 * i / 4 for i in range(1, 5)]
+                + [0.1 - 0.099 * i / 11 for i in range(1, 12)])
+    assert _values(s, 20) == pytest.approx(expected, rel=1e-14)
+    cos3 = cycles.OneCycleLR(max_lr=1.0, total_steps=20, pct_start=0.25, div_factor=10.0,
+                          three_phase=True)
+    assert cos3.value(2) == pytest.approx(0.55) and cos3.value(6) == pytest.approx(0.55)
+    assert cos3.value(8) == pytest.approx(0.1) and cos3.value(4) == pytest.approx(1.0)
+
+
+def test_one_cycle_zero_length_phase() -> None:
+    """pct_start·T = 1: the warm-up phase is the single step 0, where torch divides by
+    zero; the lr there is the phase's end, max_lr."""
+    s = cycles.OneCycleLR(max_lr=1.0, total_steps=10, pct_start=0.1)
+    assert s.value(0) == 1.0
+    assert s.value(9) == pytest.approx(1.0 / 25 / 1e4)
+
+
+def test_sequential_runs_each_part_from_its_own_step_0() -> None:
+    warm = sch.LinearWarmup(0.2, warmup_steps=4, start_factor=0.25)
+    cos = sch.CosineAnnealing(T_max=6, eta_min=0.01, base_lr=0.2)
+    s = sch.SequentialLR([warm, cos, 0.05], milestones=[4, 10])
+    expected = ([0.2 * (0.25 + 0.75 * i / 4) for i in range(4)]
+                + [cos.value(i) for i in range(6)] + [0.05] * 5)
+    assert _values(s, 15) == pytest.approx(expected, rel=1e-15)
+    assert s.base_lr == warm.base_lr
+    # LinearWarmup(inner) is the two-part sequence warmup-to-inner(0), inner.
+    inner = sch.ExponentialDecay(gamma=0.8, base_lr=0.3)
+    a = sch.LinearWarmup(inner, warmup_steps=3)
+    b = sch.SequentialLR([sch.LinearWarmup(0.3, 3), inner], [3])
+    assert _values(a, 12) == _values(b, 12)
+    assert _values(sch.SequentialLR([cos], []), 6) == _values(cos, 6)
+
+
+def test_sequential_drives_the_optimizer() -> None:
+    opt = FakeOpt(1.0)
+    s = sch.SequentialLR([sch.ConstantLR(base_lr=0.5), sch.StepDecay(step_size=1, gamma=0.5,
+                                                                      base_lr=0.4)], [2], opt)
+    assert opt.lr == 0.5
+    assert [s.step() for _ in range(4)] == [0.5, 0.4, 0.2, 0.1]
+    assert opt.lr == 0.1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: sch.MultiStepDecay(o, milestones=[2, 4], gamma=0.5),
+        lambda o: sch.PiecewiseConstant(o, [2, 4], [0.3, 0.2, 0.1]),
+        lambda o: cycles.OneCycleLR(o, max_lr=0.3, total_steps=12),
+        lambda o: sch.SequentialLR([sch.LinearWarmup(0.3, 3), sch.CosineAnnealing(
+            T_max=5, base_lr=0.3)], [3], o),
+    ],
+    ids=["multistep", "piecewise", "onecycle", "sequential"],
+)
+def test_new_schedules_state_roundtrip(make: Callable[[FakeOpt], sch.Schedule]) -> None:
+    opt = FakeOpt(0.3)
+    s = make(opt)
+    for _ in range(5):
+        s.step()
+    opt2 = FakeOpt(0.3)
+    s2 = make(opt2)
+    s2.load_state_dict(s.state_dict())
+    assert opt2.lr == opt.lr == s.value(5)
+    assert [s2.step() for _ in range(5)] == [s.step() for _ in range(5)]
+
+
 def test_cyclic_triangular_modes() -> None:
-    s = sch.CyclicLR(base_lr=0.1, max_lr=0.5, step_size_up=4)
+    s = cycles.CyclicLR(base_lr=0.1, max_lr=0.5, step_size_up=4)
     up = [0.1 + 0.4 * i / 4 for i in range(4)]
     down = [0.5 - 0.4 * i / 4 for i in range(4)]
     assert _values(s, 16) == pytest.approx((up + down) * 2, rel=1e-14)
-    asym = sch.CyclicLR(base_lr=0.0, max_lr=1.0, step_size_up=2, step_size_down=4)
+    asym = cycles.CyclicLR(base_lr=0.0, max_lr=1.0, step_size_up=2, step_size_down=4)
     assert _values(asym, 7) == pytest.approx([0, 0.5, 1, 0.75, 0.5, 0.25, 0], abs=1e-15)
-    tri2 = sch.CyclicLR(base_lr=0.0, max_lr=1.0, step_size_up=2, mode="triangular2")
+    tri2 = cycles.CyclicLR(base_lr=0.0, max_lr=1.0, step_size_up=2, mode="triangular2")
     assert [tri2.value(i) for i in (2, 6, 10)] == pytest.approx([1.0, 0.5, 0.25])
-    exp = sch.CyclicLR(base_lr=0.0, max_lr=1.0, step_size_up=2, mode="exp_range", gamma=0.9)
+    exp = cycles.CyclicLR(base_lr=0.0, max_lr=1.0, step_size_up=2, mode="exp_range", gamma=0.9)
     assert exp.value(2) == pytest.approx(0.9**2) and exp.value(6) == pytest.approx(0.9**6)
 
 
@@ -148,9 +269,28 @@ def test_construction_sets_value0_and_state_roundtrip() -> None:
         (lambda: sch.StepDecay(step_size=0, base_lr=0.1), "step_size"),
         (lambda: sch.StepDecay(step_size=2), "base_lr"),
         (lambda: sch.CosineAnnealing(T_max=0, base_lr=0.1), "T_max"),
-        (lambda: sch.CyclicLR(base_lr=0.1, mode="sine"), "mode"),
+        (lambda: cycles.CyclicLR(base_lr=0.1, mode="sine"), "mode"),
         (lambda: sch.LinearWarmup(0.1, warmup_steps=3, start_factor=2.0), "start_factor"),
         (lambda: sch.ExponentialDecay(gamma=0.9, base_lr=0.1).value(-1), "step"),
+        (lambda: sch.MultiStepDecay(milestones=[2, -1], base_lr=0.1), "milestones"),
+        (lambda: sch.MultiStepDecay(milestones=3, base_lr=0.1), "milestones"),
+        (lambda: sch.MultiStepDecay(milestones=[2], gamma=-0.5, base_lr=0.1), "gamma"),
+        (lambda: sch.PiecewiseConstant(None, [3, 3], [1.0, 0.5, 0.1]), "increasing"),
+        (lambda: sch.PiecewiseConstant(None, [0], [1.0, 0.5]), "boundaries"),
+        (lambda: sch.PiecewiseConstant(None, [3], [1.0]), "values must have"),
+        (lambda: sch.PiecewiseConstant(None, [3], [1.0, -0.5]), "values"),
+        (lambda: cycles.OneCycleLR(max_lr=0.1), "total_steps"),
+        (lambda: cycles.OneCycleLR(max_lr=0.1, epochs=2), "total_steps"),
+        (lambda: cycles.OneCycleLR(max_lr=0.1, total_steps=0), "total_steps"),
+        (lambda: cycles.OneCycleLR(max_lr=0.1, total_steps=9, pct_start=1.5), "pct_start"),
+        (lambda: cycles.OneCycleLR(max_lr=0.1, total_steps=9, anneal_strategy="exp"),
+         "anneal_strategy"),
+        (lambda: cycles.OneCycleLR(max_lr=0.1, total_steps=9, div_factor=0.0), "div_factor"),
+        (lambda: sch.SequentialLR([], []), "at least one"),
+        (lambda: sch.SequentialLR([0.1, 0.2], [2, 4]), "milestones must have"),
+        (lambda: sch.SequentialLR([0.1, 0.2, 0.3], [4, 2]), "increasing"),
+        (lambda: sch.SequentialLR([0.1, sch.ReduceOnPlateau(base_lr=0.1)], [2]),
+         "ReduceOnPlateau"),
     ],
 )
 def test_bad_arguments_are_named(make: Callable[[], Any], text: str) -> None:
@@ -180,17 +320,30 @@ def _pairs() -> list[tuple[str, Callable[[Any, Any], Any], Callable[[FakeOpt], s
         ("cyclic", lambda t, o: t.optim.lr_scheduler.CyclicLR(
             o, base_lr=0.05, max_lr=0.5, step_size_up=3, step_size_down=5,
             cycle_momentum=False),
-         lambda o: sch.CyclicLR(o, base_lr=0.05, max_lr=0.5, step_size_up=3, step_size_down=5)),
+         lambda o: cycles.CyclicLR(o, base_lr=0.05, max_lr=0.5, step_size_up=3, step_size_down=5)),
+        ("multistep", lambda t, o: t.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 5, 5, 9],
+                                                                    gamma=0.5),
+         lambda o: sch.MultiStepDecay(o, milestones=[2, 5, 5, 9], gamma=0.5)),
+        ("onecycle", lambda t, o: t.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=0.4, total_steps=25, cycle_momentum=False),
+         lambda o: cycles.OneCycleLR(o, max_lr=0.4, total_steps=25)),
+        ("sequential", lambda t, o: t.optim.lr_scheduler.SequentialLR(
+            o, [t.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=4),
+                t.optim.lr_scheduler.CosineAnnealingLR(o, T_max=10)], milestones=[4]),
+         lambda o: sch.SequentialLR([sch.LinearWarmup(o.lr, 4, start_factor=0.1),
+                                     sch.CosineAnnealing(T_max=10, base_lr=o.lr)], [4], o)),
     ]
 
 
 @pytest.mark.parametrize("pair", _pairs(), ids=[p[0] for p in _pairs()])
 def test_matches_torch_schedulers(pair: tuple[str, Any, Any]) -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch's schedulers are the reference")
     _, make_torch, make_ours = pair
     param = torch.zeros(1, requires_grad=True)
     topt = torch.optim.SGD([param], lr=0.1)
-    tsched = make_torch(torch, topt)
+    with warnings.catch_warnings():  # SequentialLR's parts step before the optimizer did
+        warnings.simplefilter("ignore", UserWarning)
+        tsched = make_torch(torch, topt)
     ours = make_ours(FakeOpt(0.1))
     for _ in range(20):
         assert ours.optimizer.lr == pytest.approx(topt.param_groups[0]["lr"], rel=1e-9)
@@ -200,7 +353,7 @@ def test_matches_torch_schedulers(pair: tuple[str, Any, Any]) -> None:
 
 
 def test_matches_torch_reduce_on_plateau() -> None:
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch's schedulers are the reference")
     param = torch.zeros(1, requires_grad=True)
     topt = torch.optim.SGD([param], lr=1.0)
     tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, factor=0.5, patience=2,

@@ -10,6 +10,8 @@ checkpoint (`gc.save_checkpoint`) carries it and two executables share it:
 - ``<prefix>/step``: the number of steps taken, an int64 scalar (PyTorch's ``state['step']``).
   Every step's update increments it; bias corrections use the incremented value.
 - slots such as ``w1/adam_m``: one per parameter and kind of moment, of the parameter's type.
+- optimizer-wide scalar state such as ``<prefix>/nadam_mu_product`` (float64), for a rule
+  whose running quantity is the same for every parameter (`Optimizer._make_state`).
 
 `prefix` is the optimizer's `name` ("optim" by default; "optim_1" ... if a second optimizer
 is built in the same graph). Before `minimize` builds anything, `opt.lr` is a plain float.
@@ -120,6 +122,8 @@ class Optimizer:
         self._graph: Graph | None = None
         self._lr_node: Node | None = None
         self._step_node: Node | None = None
+        self._prefix: str | None = None  # "<prefix>/lr", "<prefix>/step", ... once built
+        self._states: dict[str, Node] = {}  # optimizer-wide scalars by kind (_make_state)
         # Keyed by (variable name, kind): tuples of nodes would compare nodes with ==,
         # which builds an `equal` node instead of answering.
         self._slots: dict[tuple[str, str], Node] = {}
@@ -155,9 +159,10 @@ class Optimizer:
 
     @property
     def variables(self) -> list[Node]:
-        """Every state variable this optimizer created: lr, step, then the slots."""
+        """Every state variable this optimizer created: lr, step, the optimizer-wide
+        scalars, then the slots (`gc.Model` tells its weights from these by this list)."""
         common = [n for n in (self._lr_node, self._step_node) if n is not None]
-        return common + list(self._slots.values())
+        return common + list(self._states.values()) + list(self._slots.values())
 
     def slot(self, var: Node, kind: str) -> Node:
         """The slot variable of `kind` (e.g. "adam_m") of parameter `var` (after building)."""
@@ -243,6 +248,7 @@ class Optimizer:
                 n += 1
                 prefix = f"{self.name}_{n}"
             self._graph = graph
+            self._prefix = prefix
             self._lr_node = builder.variable(self._lr_value, name=f"{prefix}/lr",
                                              dtype=DType.float64, trainable=False)
             self._step_node = builder.variable(0, name=f"{prefix}/step", dtype=DType.int64,
@@ -259,6 +265,18 @@ class Optimizer:
             value = np.full(var.shape, init, dtype=var.dtype.np)
             self._slots[key] = builder.variable(value, name=name, trainable=False)
         return self._slots[key]
+
+    def _make_state(self, kind: str, init: float) -> Node:
+        """The optimizer-wide float64 scalar `<prefix>/<kind>`, filled with `init`, created
+        on first use. For state that torch keeps per parameter but that is equal for all of
+        them (it depends on the step only): one variable, kept in float64 whatever the
+        parameters' dtype (torch's is float32 unless its default dtype is float64)."""
+        if kind not in self._states:
+            assert self._graph is not None and self._prefix is not None
+            name = self._graph.unique_name(f"{self._prefix}/{kind}")
+            self._states[kind] = builder.variable(np.float64(init), name=name,
+                                                  dtype=DType.float64, trainable=False)
+        return self._states[kind]
 
     def _rule(self, var: Node, g: Node, ctx: StepContext) -> dict[Node, Node]:
         """{var: new value, slot: new slot value, ...} for one parameter."""

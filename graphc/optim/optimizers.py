@@ -1,4 +1,5 @@
-"""SGD, Adagrad, RMSProp, Adam, AdamW: PyTorch's update rules, built as graph nodes.
+"""SGD, Adagrad, RMSProp, Adadelta: PyTorch's update rules, built as graph nodes (the Adam
+family is in `adam.py`).
 
 Notation of the docstrings: ``p`` a parameter, ``g`` its gradient (after clipping, see
 `graphc.optim.base`), ``t`` the step number after this step's increment (1 on the first
@@ -11,11 +12,22 @@ computed in float64 and cast to the parameter's dtype.
 from __future__ import annotations
 
 from graphc.errors import AttrError
-from graphc.ir import DType, Node
+from graphc.ir import Node
 from graphc.ops import elementwise as ew
 from graphc.optim.base import Optimizer, StepContext, check_hyper
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSProp", "RMSprop"]
+__all__ = ["SGD", "Adadelta", "Adagrad", "RMSProp", "RMSprop", "check_betas"]
+
+
+def check_betas(owner: str, betas: tuple[float, float]) -> tuple[float, float]:
+    """`betas` as a pair of floats, each in [0, 1); otherwise an AttrError naming it."""
+    try:
+        b1, b2 = betas
+    except (TypeError, ValueError):
+        raise AttrError(f"betas must be a pair (beta1, beta2), got {betas!r}",
+                        op=owner) from None
+    return (check_hyper(owner, "beta1", b1, high=1.0, high_open=True),
+            check_hyper(owner, "beta2", b2, high=1.0, high_open=True))
 
 
 class SGD(Optimizer):
@@ -183,30 +195,27 @@ class RMSProp(Optimizer):
 RMSprop = RMSProp  # PyTorch's spelling
 
 
-class Adam(Optimizer):
-    """Adam (``torch.optim.Adam``), optionally AMSGrad, with coupled L2 weight decay.
+class Adadelta(Optimizer):
+    """Adadelta (``torch.optim.Adadelta``).
 
     ::
 
-        g  ← g + wd·p
-        m  ← β₁·m + (1 − β₁)·g
-        v  ← β₂·v + (1 − β₂)·g²
-        v̂  ← max(v̂, v) if amsgrad (the max is used below in place of v)
-        p  ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + eps)
+        g ← g + wd·p
+        v ← ρ·v + (1 − ρ)·g²
+        δ ← √(a + eps) / √(v + eps) · g
+        a ← ρ·a + (1 − ρ)·δ²
+        p ← p − lr·δ
 
-    β**t is computed in the graph as exp(t·log β) from the step variable. Slots:
-    ``<p>/adam_m``, ``<p>/adam_v``, ``<p>/adam_vmax`` (amsgrad).
+    (eps inside both roots; lr = 1 by default, as torch.) Slots: ``<p>/adadelta_v`` (torch's
+    square_avg), ``<p>/adadelta_a`` (acc_delta).
     """
-
-    _decoupled = False
 
     def __init__(
         self,
-        lr: float = 0.001,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        lr: float = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
         weight_decay: float = 0.0,
-        amsgrad: bool = False,
         *,
         clipvalue: float | None = None,
         clipnorm: float | None = None,
@@ -214,77 +223,16 @@ class Adam(Optimizer):
     ):
         super().__init__(lr, weight_decay=weight_decay, clipvalue=clipvalue, clipnorm=clipnorm,
                          name=name)
-        owner = type(self).__name__
-        try:
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise AttrError(f"betas must be a pair (beta1, beta2), got {betas!r}",
-                            op=owner) from None
-        self.betas = (check_hyper(owner, "beta1", b1, high=1.0, high_open=True),
-                      check_hyper(owner, "beta2", b2, high=1.0, high_open=True))
-        self.eps = check_hyper(owner, "eps", eps)
-        self.amsgrad = bool(amsgrad)
+        self.rho = check_hyper("Adadelta", "rho", rho, high=1.0)
+        self.eps = check_hyper("Adadelta", "eps", eps)
 
     def _rule(self, var: Node, g: Node, ctx: StepContext) -> dict[Node, Node]:
-        b1, b2 = self.betas
-        dtype = var.dtype
-        if self.weight_decay and not self._decoupled:
+        rho = self.rho
+        if self.weight_decay:
             g = g + var * self.weight_decay
-        m = self._make_slot(var, "adam_m")
-        v = self._make_slot(var, "adam_v")
-        new_m = m * b1 + g * (1.0 - b1)
-        new_v = v * b2 + g * g * (1.0 - b2)
-        updates: dict[Node, Node] = {m: new_m, v: new_v}
-        second = new_v
-        if self.amsgrad:
-            vmax = self._make_slot(var, "adam_vmax")
-            second = ew.maximum(vmax, new_v)
-            updates[vmax] = second
-        step_size, bc2_sqrt = self._scalars(ctx, dtype)
-        denom = ew.sqrt(second) / bc2_sqrt + self.eps
-        base = var
-        if self.weight_decay and self._decoupled:
-            base = var * (1.0 - ctx.lr(dtype) * self.weight_decay)
-        updates[var] = base - step_size * (new_m / denom)
-        return updates
-
-    def _scalars(self, ctx: StepContext, dtype: DType) -> tuple[Node, Node]:
-        """lr / (1 − β₁ᵗ) and √(1 − β₂ᵗ), in float64 then cast to `dtype` (once per dtype)."""
-        key = ("adam", dtype)
-        if key not in ctx.memo:
-            b1, b2 = self.betas
-            step_size = ctx.lr64 / (1.0 - ctx.power(b1))
-            bc2_sqrt = ew.sqrt(1.0 - ctx.power(b2))
-            ctx.memo[key] = (ctx.as_dtype(step_size, dtype), ctx.as_dtype(bc2_sqrt, dtype))
-        return ctx.memo[key]
-
-
-class AdamW(Adam):
-    """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay.
-
-    ::
-
-        p  ← p·(1 − lr·wd)
-        m  ← β₁·m + (1 − β₁)·g
-        v  ← β₂·v + (1 − β₂)·g²
-        p  ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + eps)
-
-    (the gradient does not include wd·p). Default wd = 0.01 as in PyTorch. Slots as Adam.
-    """
-
-    _decoupled = True
-
-    def __init__(
-        self,
-        lr: float = 0.001,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-        amsgrad: bool = False,
-        *,
-        clipvalue: float | None = None,
-        clipnorm: float | None = None,
-        name: str = "optim",
-    ):
-        super().__init__(lr, betas, eps, weight_decay, amsgrad, clipvalue=clipvalue,
-                         clipnorm=clipnorm, name=name)
+        v = self._make_slot(var, "adadelta_v")
+        acc = self._make_slot(var, "adadelta_a")
+        new_v = v * rho + g * g * (1.0 - rho)
+        delta = ew.sqrt(acc + self.eps) / ew.sqrt(new_v + self.eps) * g
+        new_acc = acc * rho + delta * delta * (1.0 - rho)
+        return {v: new_v, acc: new_acc, var: var - ctx.lr(var.dtype) * delta}

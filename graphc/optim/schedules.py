@@ -14,13 +14,22 @@ Common interface (PyTorch's ``lr_scheduler`` conventions, with "step" for "epoch
   rate defaults to the optimizer's lr at that moment.
 - ``state_dict()``/``load_state_dict()`` give the progress as plain numbers.
 
-Schedules compose through `LinearWarmup(inner, warmup_steps)`, whose `inner` may be any
-schedule (built without an optimizer) or a constant learning rate.
+Schedules compose: `LinearWarmup(inner, warmup_steps)` ramps up to any schedule `inner`,
+and `SequentialLR(schedules, milestones)` runs each of several schedules from its own step 0
+between milestones (torch SequentialLR), e.g. a warmup then a decay. Their parts are built
+without an optimizer (or with the same one); only the composite writes the lr.
+
+Momentum is never scheduled (torch OneCycleLR/CyclicLR cycle it by default): momentum and
+betas are constants of the built update graph, not variables, so changing them would need a
+rebuild.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from graphc.errors import AttrError
@@ -29,12 +38,15 @@ from graphc.optim.base import check_hyper
 __all__ = [
     "ConstantLR",
     "CosineAnnealing",
-    "CyclicLR",
     "ExponentialDecay",
     "LinearWarmup",
+    "MultiStepDecay",
+    "MultiStepLR",
+    "PiecewiseConstant",
     "PolynomialDecay",
     "ReduceOnPlateau",
     "Schedule",
+    "SequentialLR",
     "StepDecay",
 ]
 
@@ -45,10 +57,27 @@ class HasLR(Protocol):
     lr: float
 
 
-def _positive_int(owner: str, name: str, value: int) -> int:
+def positive_int(owner: str, name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AttrError(f"{name} must be an int >= 1, got {value!r}", op=owner)
     return value
+
+
+def _int_list(owner: str, name: str, values: Sequence[int], *, low: int, strict: bool,
+              ordered: bool = True) -> list[int]:
+    """`values` as a list of ints >= low; if `ordered`, non-decreasing (increasing if
+    `strict`)."""
+    try:
+        items = list(values)
+    except TypeError:
+        raise AttrError(f"{name} must be a sequence of ints, got {values!r}", op=owner) from None
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise AttrError(f"{name} must hold ints >= {low}, got {v!r}", op=owner)
+    if ordered and not all(a < b if strict else a <= b for a, b in itertools.pairwise(items)):
+        kind = "increasing" if strict else "non-decreasing"
+        raise AttrError(f"{name} must be {kind}, got {items!r}", op=owner)
+    return items
 
 
 class Schedule:
@@ -119,12 +148,62 @@ class StepDecay(Schedule):
 
     def __init__(self, optimizer: HasLR | None = None, step_size: int = 1, gamma: float = 0.1,
                  *, base_lr: float | None = None):
-        self.step_size = _positive_int("StepDecay", "step_size", step_size)
+        self.step_size = positive_int("StepDecay", "step_size", step_size)
         self.gamma = check_hyper("StepDecay", "gamma", gamma)
         super().__init__(optimizer, base_lr)
 
     def value(self, step: int) -> float:
         return self.base_lr * self.gamma ** (self._check_step(step) // self.step_size)
+
+
+class MultiStepDecay(Schedule):
+    """``lr(s) = base_lr · gamma ** (number of milestones m with m <= s)`` (torch MultiStepLR).
+
+    The lr is multiplied by gamma *at* each milestone step; a milestone listed twice counts
+    twice, as in torch. Milestones may be given in any order.
+    """
+
+    def __init__(self, optimizer: HasLR | None = None, milestones: Sequence[int] = (),
+                 gamma: float = 0.1, *, base_lr: float | None = None):
+        self.milestones = sorted(_int_list("MultiStepDecay", "milestones", milestones, low=0,
+                                           strict=False, ordered=False))
+        self.gamma = check_hyper("MultiStepDecay", "gamma", gamma)
+        super().__init__(optimizer, base_lr)
+
+    def value(self, step: int) -> float:
+        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones,
+                                                                self._check_step(step))
+
+
+MultiStepLR = MultiStepDecay  # PyTorch's name
+
+
+class PiecewiseConstant(Schedule):
+    """``lr(s) = values[i]`` for ``boundaries[i−1] <= s < boundaries[i]`` (b₋₁ = 0, bₙ = ∞).
+
+    `values` has one entry more than `boundaries` (increasing ints >= 1). The value changes
+    *at* a boundary, as `MultiStepDecay` does (``PiecewiseConstant(ms, [lr·γ**i ...])`` equals
+    ``MultiStepDecay(ms, γ)``). Keras' PiecewiseConstantDecay changes one step later
+    (``s <= boundaries[0]`` → values[0]): its boundaries are ours minus one.
+    """
+
+    def __init__(self, optimizer: HasLR | None = None, boundaries: Sequence[int] = (),
+                 values: Sequence[float] = ()):
+        owner = "PiecewiseConstant"
+        self.boundaries = _int_list(owner, "boundaries", boundaries, low=1, strict=True)
+        try:
+            items = list(values)
+        except TypeError:
+            raise AttrError(f"values must be a sequence of numbers, got {values!r}",
+                            op=owner) from None
+        if len(items) != len(self.boundaries) + 1:
+            raise AttrError(f"values must have len(boundaries) + 1 = {len(self.boundaries) + 1}"
+                            f" entries, got {len(items)}", op=owner)
+        self.values = [check_hyper(owner, "values", v) for v in items]
+        super().__init__(optimizer, self.values[0])
+
+    def value(self, step: int) -> float:
+        return self.values[bisect.bisect_right(self.boundaries, self._check_step(step))]
 
 
 class ExponentialDecay(Schedule):
@@ -137,7 +216,7 @@ class ExponentialDecay(Schedule):
     def __init__(self, optimizer: HasLR | None = None, gamma: float = 0.9,
                  decay_steps: int = 1, staircase: bool = False, *, base_lr: float | None = None):
         self.gamma = check_hyper("ExponentialDecay", "gamma", gamma)
-        self.decay_steps = _positive_int("ExponentialDecay", "decay_steps", decay_steps)
+        self.decay_steps = positive_int("ExponentialDecay", "decay_steps", decay_steps)
         self.staircase = bool(staircase)
         super().__init__(optimizer, base_lr)
 
@@ -154,7 +233,7 @@ class PolynomialDecay(Schedule):
 
     def __init__(self, optimizer: HasLR | None = None, total_steps: int = 100,
                  power: float = 1.0, end_lr: float = 0.0, *, base_lr: float | None = None):
-        self.total_steps = _positive_int("PolynomialDecay", "total_steps", total_steps)
+        self.total_steps = positive_int("PolynomialDecay", "total_steps", total_steps)
         self.power = check_hyper("PolynomialDecay", "power", power)
         self.end_lr = check_hyper("PolynomialDecay", "end_lr", end_lr)
         super().__init__(optimizer, base_lr)
@@ -177,8 +256,8 @@ class CosineAnnealing(Schedule):
     def __init__(self, optimizer: HasLR | None = None, T_max: int = 100,  # noqa: N803
                  eta_min: float = 0.0, warm_restarts: bool = False, T_mult: int = 1,  # noqa: N803
                  *, base_lr: float | None = None):
-        self.T_max = _positive_int("CosineAnnealing", "T_max", T_max)
-        self.T_mult = _positive_int("CosineAnnealing", "T_mult", T_mult)
+        self.T_max = positive_int("CosineAnnealing", "T_max", T_max)
+        self.T_mult = positive_int("CosineAnnealing", "T_mult", T_mult)
         self.eta_min = check_hyper("CosineAnnealing", "eta_min", eta_min)
         self.warm_restarts = bool(warm_restarts)
         super().__init__(optimizer, base_lr)
@@ -213,7 +292,7 @@ class LinearWarmup(Schedule):
     def __init__(self, inner: Schedule | float, warmup_steps: int,
                  optimizer: HasLR | None = None, start_factor: float = 0.0):
         self.inner = inner if isinstance(inner, Schedule) else ConstantLR(base_lr=inner)
-        self.warmup_steps = _positive_int("LinearWarmup", "warmup_steps", warmup_steps)
+        self.warmup_steps = positive_int("LinearWarmup", "warmup_steps", warmup_steps)
         self.start_factor = check_hyper("LinearWarmup", "start_factor", start_factor, high=1.0)
         super().__init__(optimizer, self.inner.base_lr)
 
@@ -225,48 +304,44 @@ class LinearWarmup(Schedule):
         return self.inner.value(s - self.warmup_steps)
 
 
-class CyclicLR(Schedule):
-    """Cyclical learning rate between base_lr and max_lr (torch CyclicLR, Smith 2017).
+class SequentialLR(Schedule):
+    """Several schedules one after another, each from its own step 0 (torch SequentialLR).
 
-    With total = up + down and r = up / total: ``cycle = floor(1 + s / total)``,
-    ``x = 1 + s / total − cycle``, ``h = x / r`` if x <= r else ``(x − 1) / (r − 1)``,
-    ``lr = base_lr + (max_lr − base_lr) · h · scale`` where scale is 1 (mode "triangular"),
-    ``1 / 2 ** (cycle − 1)`` ("triangular2") or ``gamma ** s`` ("exp_range").
+    ``lr(s) = schedules[i].value(s − m[i−1])`` where ``i`` is the number of milestones
+    ``m[j] <= s`` (and m[−1] = 0): `milestones` are increasing ints >= 1, one fewer than
+    `schedules`. A float in `schedules` is a constant lr. E.g. a linear warmup then a cosine
+    decay::
+
+        SequentialLR([LinearWarmup(0.1, 5, start_factor=0.1), CosineAnnealing(T_max=95,
+                     base_lr=0.1)], milestones=[5], optimizer=opt)
+
+    torch's SequentialLR gives every part the optimizer's initial lr as base; here each part
+    keeps its own base_lr (equal bases give torch's values). `base_lr` is the first part's.
+    `ReduceOnPlateau` cannot be a part: its value depends on metrics, not on the step.
     """
 
-    _MODES = ("triangular", "triangular2", "exp_range")
-
-    def __init__(self, optimizer: HasLR | None = None, base_lr: float | None = None,
-                 max_lr: float = 0.1, step_size_up: int = 2000,
-                 step_size_down: int | None = None, mode: str = "triangular",
-                 gamma: float = 1.0):
-        self.max_lr = check_hyper("CyclicLR", "max_lr", max_lr)
-        up = _positive_int("CyclicLR", "step_size_up", step_size_up)
-        down = up if step_size_down is None else _positive_int(
-            "CyclicLR", "step_size_down", step_size_down)
-        self.total_size = up + down
-        self.step_ratio = up / self.total_size
-        if mode not in self._MODES:
-            raise AttrError(f"mode must be one of {self._MODES}, got {mode!r}", op="CyclicLR")
-        self.mode = mode
-        self.gamma = check_hyper("CyclicLR", "gamma", gamma)
-        super().__init__(optimizer, base_lr)
+    def __init__(self, schedules: Sequence[Schedule | float], milestones: Sequence[int],
+                 optimizer: HasLR | None = None):
+        owner = "SequentialLR"
+        parts = [p if isinstance(p, Schedule) else ConstantLR(base_lr=p) for p in schedules]
+        if not parts:
+            raise AttrError("schedules must hold at least one schedule", op=owner)
+        for i, part in enumerate(parts):
+            if isinstance(part, ReduceOnPlateau):
+                raise AttrError(f"schedules[{i}] is a ReduceOnPlateau, whose lr depends on "
+                                "metrics, not on the step", op=owner)
+        self.schedules = parts
+        self.milestones = _int_list(owner, "milestones", milestones, low=1, strict=True)
+        if len(self.milestones) != len(parts) - 1:
+            raise AttrError(f"milestones must have len(schedules) - 1 = {len(parts) - 1} "
+                            f"entries, got {len(self.milestones)}", op=owner)
+        super().__init__(optimizer, parts[0].base_lr)
 
     def value(self, step: int) -> float:
         s = self._check_step(step)
-        cycle = math.floor(1 + s / self.total_size)
-        x = 1.0 + s / self.total_size - cycle
-        if x <= self.step_ratio:
-            height = x / self.step_ratio
-        else:
-            height = (x - 1) / (self.step_ratio - 1)
-        if self.mode == "triangular":
-            scale = 1.0
-        elif self.mode == "triangular2":
-            scale = 1 / (2.0 ** (cycle - 1))
-        else:
-            scale = self.gamma**s
-        return self.base_lr + (self.max_lr - self.base_lr) * height * scale
+        i = bisect.bisect_right(self.milestones, s)
+        start = self.milestones[i - 1] if i > 0 else 0
+        return self.schedules[i].value(s - start)
 
 
 class ReduceOnPlateau(Schedule):
