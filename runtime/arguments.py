@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from graphc.errors import ArgumentError
-from graphc.ir import Graph, Node, Signature, TensorType, normalize_updates
+from graphc.ir import Graph, Node, Signature, TensorType, checked_signature
 
 
 class TensorSpec(Protocol):
@@ -109,26 +109,4 @@ def resolve_signature(
         return graph.signatures[signature], False
     single = isinstance(outputs, Node)
     outs: tuple[Node, ...] = (outputs,) if isinstance(outputs, Node) else tuple(outputs or ())
-    ins = tuple(inputs or ())
-    for kind, nodes in (("input", ins), ("output", outs)):
-        for n in nodes:
-            if not isinstance(n, Node):
-                raise ArgumentError(f"{kind} {n!r} is not a graph node")
-            if n.graph is not graph:
-                raise ArgumentError(f"{kind} %{n.name} belongs to graph {n.graph.name!r}, "
-                                    f"not {graph.name!r}")
-    for n in ins:
-        if n.op != "placeholder":
-            raise ArgumentError(f"input %{n.name} is a {n.op}, not a placeholder")
-    if len({n.name for n in ins}) != len(ins):
-        raise ArgumentError("an input is listed twice")
-    sig = Signature("call", ins, outs, normalize_updates(updates))
-    missing = sorted(
-        {p.name for p in sig.needed_nodes() if p.op == "placeholder"} - {n.name for n in ins}
-    )
-    if missing:
-        raise ArgumentError(
-            f"the outputs/updates depend on placeholder(s) not listed in inputs: "
-            f"{', '.join(missing)}"
-        )
-    return sig, single
+    return checked_signature(graph, "call", tuple(inputs or ()), outs, updates), single

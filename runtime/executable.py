@@ -137,7 +137,9 @@ class Executable:
         """Point the table at the live variable arrays and the constants (no copies)."""
         for slot, space, name in self._static:
             if space == "variable":
-                array = self.compiled_graph.variables[name]
+                # The user's graph: it may rebind a variable (`VariableStore.bind`) after
+                # compilation; the compiled graph shares its arrays, not its store.
+                array = self.graph.variables[name]
             else:
                 array = self.compiled_graph.constants[name]
             if not array.flags.c_contiguous:
@@ -145,7 +147,7 @@ class Executable:
             self._bound[slot] = array
             self._table[slot] = array.ctypes.data
         self._table[len(self._table_spec) - 1] = self._arena.ctypes.data
-        self._bound_version = self.compiled_graph.variables.version
+        self._bound_version = self.graph.variables.version
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = args if not kwargs and self._exact(args) else bind_arguments(
@@ -153,7 +155,7 @@ class Executable:
         outputs = [np.empty(shape, dtype) for shape, dtype in self._out_types]
         with self._lock:
             table = self._table
-            if self._bound_version != self.compiled_graph.variables.version:
+            if self._bound_version != self.graph.variables.version:
                 self._bind_state()
             for i, a in enumerate(arrays):
                 table[i] = _address(a)

@@ -192,3 +192,36 @@ def test_profile_counts_cycles_per_kernel() -> None:
     plain = gc.compile(g, [x], y)
     with pytest.raises(gc.GraphcError, match="profile=True"):
         plain.profile()
+
+
+def test_executables_follow_a_rebound_variable() -> None:
+    """Issue 13.7: `g.variables.bind` after compiling: predictions read the new array and
+    training updates land in it (not in the array the executable saw first)."""
+    with gc.Graph("rebind") as g:
+        x = gc.placeholder((2,), gc.float32, name="x")
+        w = gc.variable(np.ones(2, np.float32), name="w")
+        y = x * w
+    predict = gc.compile(g, [x], y)
+    train = gc.compile(g, [x], [y], updates={w: w + 1.0})
+    old = g.variables["w"]
+    new = np.full(2, 5.0, np.float32)
+    g.variables.bind("w", new)
+    np.testing.assert_array_equal(predict(np.ones(2, np.float32)), [5.0, 5.0])
+    train(np.ones(2, np.float32))
+    np.testing.assert_array_equal(new, [6.0, 6.0])
+    np.testing.assert_array_equal(old, [1.0, 1.0])
+    assert g.variables["w"] is new
+
+
+@pytest.mark.parametrize(("array", "pattern"), [
+    (np.ones(3, np.float32), "expected shape"),
+    (np.ones(2, np.float64), "expected float32"),
+    (np.ones(4, np.float32)[::2], "C-contiguous, writable"),
+    (np.frombuffer(np.ones(2, np.float32).tobytes(), np.float32), "C-contiguous, writable"),
+    ([1.0, 2.0], "takes a numpy array"),
+])
+def test_bind_checks_the_array(array: object, pattern: str) -> None:
+    with gc.Graph("bind") as g:
+        gc.variable(np.ones(2, np.float32), name="w")
+    with pytest.raises(gc.GraphcError, match=pattern):
+        g.variables.bind("w", array)  # type: ignore[arg-type]

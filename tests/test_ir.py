@@ -123,3 +123,49 @@ def test_integer_inputs_convert_when_they_fit() -> None:
     np.testing.assert_array_equal(f(np.array([1, 2, 3], np.int64)), [2, 4, 6])
     with pytest.raises(gc.ArgumentError, match="int32"):
         f(np.array([2**40, 0, 0], np.int64))
+
+
+def _signature_graph() -> tuple[gc.Graph, gc.Node, gc.Node, gc.Node, gc.Node]:
+    with gc.Graph("s") as g:
+        x = gc.placeholder((3,), gc.float32, name="x")
+        z = gc.placeholder((3,), gc.float32, name="z")
+        w = gc.variable(np.ones(3, np.float32), name="w")
+        y = x * w + z
+    return g, x, z, w, y
+
+
+@pytest.mark.parametrize(("case", "pattern"), [
+    ("variable input", "input %w is a variable, not a placeholder"),
+    ("forgotten input", "not listed in inputs: z"),
+    ("computed input", "is a add, not a placeholder"),
+    ("twice", "listed twice"),
+    ("foreign", "belongs to graph 'other'"),
+    ("bad update", "update target"),
+])
+def test_add_signature_checks_what_a_call_checks(case: str, pattern: str) -> None:
+    """Issue 13.6: `Graph.add_signature` (and so signatures read from files) and
+    `gc.compile(inputs=...)` share one validation."""
+    g, x, z, w, y = _signature_graph()
+    with gc.Graph("other"):
+        foreign = gc.placeholder((3,), gc.float32, name="f")
+    inputs, outputs, updates = {
+        "variable input": ([x, z, w], [y], None),
+        "forgotten input": ([x], [y], None),
+        "computed input": ([x, z, y], [y], None),
+        "twice": ([x, z, x], [y], None),
+        "foreign": ([x, z, foreign], [y], None),
+        "bad update": ([x, z], [y], {x: y}),
+    }[case]
+    with pytest.raises(gc.GraphcError, match=pattern):
+        g.add_signature("main", inputs, outputs, updates)
+    with pytest.raises(gc.GraphcError, match=pattern):
+        gc.reference(g, inputs, outputs, updates=updates)
+    assert "main" not in g.signatures
+
+
+def test_signatures_read_from_files_are_checked() -> None:
+    g, x, z, _, y = _signature_graph()
+    g.add_signature("main", [x, z], [y])
+    text = gc.format_graph(g).replace('signature "main" (%x, %z)', 'signature "main" (%x, %w)')
+    with pytest.raises(gc.SerializationError, match="input %w is a variable"):
+        gc.parse_graph(text)

@@ -19,6 +19,7 @@ from graphc.ir.graph import (
     Node,
     Signature,
     ancestors,
+    checked_signature,
     current_graph,
     normalize_updates,
 )

@@ -20,7 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphcError, GraphNameError, GraphStructureError, ShapeError, SourceLoc
+from graphc.errors import (
+    ArgumentError,
+    GraphcError,
+    GraphNameError,
+    GraphStructureError,
+    ShapeError,
+    SourceLoc,
+)
 from graphc.ir.types import Attrs, DType, TensorType
 from graphc.ir.variables import VariableStore
 
@@ -292,11 +299,9 @@ class Graph:
         outputs: Sequence[Node],
         updates: Mapping[Node, Node] | Sequence[tuple[Node, Node]] | None = None,
     ) -> Signature:
-        """Record what to compile under `name` (see `compile(g, signature=name)`)."""
-        sig = Signature(name, tuple(inputs), tuple(outputs), normalize_updates(updates))
-        for node in (*sig.inputs, *sig.outputs, *(n for pair in sig.updates for n in pair)):
-            if node.graph is not self:
-                raise GraphStructureError(f"signature {name!r}: %{node.name} is not in this graph")
+        """Record what to compile under `name` (see `compile(g, signature=name)`); checked
+        like the inputs/outputs/updates of a call (`checked_signature`)."""
+        sig = checked_signature(self, name, inputs, outputs, updates)
         self.signatures[name] = sig
         return sig
 
@@ -313,6 +318,51 @@ class Graph:
             for i, inp in enumerate(n.inputs):
                 dg.add_edge(inp.name, n.name, index=i)
         return dg
+
+
+def checked_signature(
+    graph: Graph,
+    name: str,
+    inputs: Sequence[Node],
+    outputs: Sequence[Node],
+    updates: Mapping[Node, Node] | Sequence[tuple[Node, Node]] | None = None,
+) -> Signature:
+    """The one validation of what to compile: `Graph.add_signature` (so signatures read from
+    files too) and `gc.compile`/`gc.reference` calls use it.
+
+    Every node belongs to `graph`; inputs are placeholders, each listed once; every
+    placeholder the outputs and update values need is an input; updates target variables
+    with values of their type, each once. Raises `ArgumentError` naming the signature and
+    the node; never builds a signature that would fail later in the planner or the reference.
+    """
+    what = f"signature {name!r}"
+    ins, outs = tuple(inputs), tuple(outputs)
+    for kind, nodes in (("input", ins), ("output", outs)):
+        for n in nodes:
+            if not isinstance(n, Node):
+                raise ArgumentError(f"{what}: {kind} {n!r} is not a graph node")
+            if n.graph is not graph:
+                raise ArgumentError(f"{what}: {kind} %{n.name} belongs to graph "
+                                    f"{n.graph.name!r}, not {graph.name!r}")
+    for n in ins:
+        if n.op != "placeholder":
+            raise ArgumentError(f"{what}: input %{n.name} is a {n.op}, not a placeholder "
+                                "(only placeholders are fed; variables are the graph's state)")
+    if len({n.name for n in ins}) != len(ins):
+        raise ArgumentError(f"{what}: an input is listed twice")
+    pairs = normalize_updates(updates)
+    for var, value in pairs:
+        for n in (var, value):
+            if n.graph is not graph:
+                raise ArgumentError(f"{what}: update node %{n.name} belongs to graph "
+                                    f"{n.graph.name!r}, not {graph.name!r}")
+    sig = Signature(name, ins, outs, pairs)
+    missing = sorted(
+        {p.name for p in sig.needed_nodes() if p.op == "placeholder"} - {n.name for n in ins})
+    if missing:
+        raise ArgumentError(f"{what}: the outputs/updates depend on placeholder(s) not listed "
+                            f"in inputs: {', '.join(missing)}")
+    return sig
 
 
 def normalize_updates(
