@@ -155,12 +155,12 @@ def _corruptions(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
     bomb = _zip({"manifest.json": _manifest(a_entry),
                  "arrays/0.npy": _npy(np.zeros(3, np.float32)) + b"\0" * 10_000_000})
     return {
-        "not_a_zip": (b"this is not a checkpoint" * 10, "not a readable zip"),
-        "empty": (b"", "not a readable zip"),
-        "truncated": (valid[: len(valid) // 2], "not a readable zip"),
+        "not_a_zip": (b"this is not a checkpoint" * 10, "not a zip archive"),
+        "empty": (b"", "not a zip archive"),
+        "truncated": (valid[: len(valid) // 2], "not a zip archive"),
         "bit_flip": (bytes(flipped), "corrupt"),
         "no_manifest": (_zip({"arrays/0.npy": _npy(np.zeros(3, np.float32))}), "no member"),
-        "manifest_not_json": (_zip({"manifest.json": b"{not json"}), "not JSON"),
+        "manifest_not_json": (_zip({"manifest.json": b"{not json"}), "not valid JSON"),
         "wrong_format": (_zip({"manifest.json": b'{"format": "other", "version": 1}'}),
                          "does not declare format"),
         "future_version": (_zip({"manifest.json": _manifest(version=99)}), "version 99"),

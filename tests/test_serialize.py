@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 import graphc as gc
 from graphc.errors import SerializationError, VerifyError
 from graphc.io.gcg import dumps_json, load, member_name, save
+from graphc.io.jsonir import decode_attr, encode_attr
+from graphc.io.rebuild import same_attr
 from graphc.io.textir import graph_diff
 from graphc.ir import TensorType
 from tests.graphgen import GeneratedGraph, random_graphs
@@ -96,14 +98,25 @@ def test_archive_layout_and_json(saved: Path) -> None:
 
 
 def test_typed_attribute_encoding_survives_json(tmp_path: Path) -> None:
-    attrs = {"t": (1, (2.5, gc.int32)), "inf": float("inf"), "nan": float("nan"),
-             "ninf": float("-inf"), "n": None, "s": "é\n", "f": 1.0, "i": 1, "b": True}
+    # Ops declare their attributes (graphc/ir/attrs.py), so a saved graph carries only
+    # declared kinds: rows of int tuples, non-finite floats, dtypes.
     with gc.Graph("a") as g:
-        g.add_node("placeholder", [], attrs, TensorType((), gc.float32), name="p")
+        x = gc.placeholder((2, 3), name="x")
+        for value in (float("inf"), float("-inf"), float("nan"), -0.0):
+            gc.cast(gc.pad(x, ((1, 0), (0, 2)), value=value), gc.int32)
     save(g, tmp_path / "a.gcg")
     text = _members(tmp_path / "a.gcg")["graph.json"].decode()
-    assert '{"float": "inf"}' in text and '{"dtype": "int32"}' in text and "NaN" not in text
+    assert '{"float": "inf"}' in text and '{"float": "-inf"}' in text
+    assert '{"dtype": "int32"}' in text and "NaN" not in text and "Infinity" not in text
+    assert '{"tuple": [{"tuple": [1, 0, 0]}, {"tuple": [0, 2, 0]}]}' in text
     assert graph_diff(g, load(tmp_path / "a.gcg")) is None
+    # Every kind the encoding has, beyond what today's ops declare, survives as JSON text.
+    attrs = {"t": (1, (2.5, gc.int32)), "inf": float("inf"), "nan": float("nan"),
+             "ninf": float("-inf"), "n": None, "s": "é\n", "f": 1.0, "i": 1, "b": True}
+    encoded = json.loads(json.dumps({k: encode_attr(v) for k, v in attrs.items()},
+                                    allow_nan=False))
+    decoded = {k: decode_attr(v, k) for k, v in encoded.items()}
+    assert all(same_attr(decoded[k], v) for k, v in attrs.items())
 
 
 def test_saving_is_deterministic_and_atomic(tmp_path: Path) -> None:
@@ -245,7 +258,7 @@ def test_truncated_and_corrupted_files_are_rejected(saved: Path, tmp_path: Path)
     # Flip a byte inside the stored weights: the CRC check catches it.
     offset = data.index(_npy(_model().variables["layer/w"])[-8:])
     bad.write_bytes(data[:offset] + bytes([data[offset] ^ 0xFF]) + data[offset + 1:])
-    with pytest.raises(SerializationError, match=r"corrupt graph file.*CRC"):
+    with pytest.raises(SerializationError, match=r"'values/layer/w.npy' is corrupt.*CRC"):
         load(bad)
 
 
@@ -255,8 +268,20 @@ def test_zip_bombs_are_bounded(saved: Path, tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.gcg"
     bomb.write_bytes(_zip(members, zipfile.ZIP_DEFLATED))
     assert bomb.stat().st_size < 2**20
+    # `save` stores values uncompressed, so a compressed value is refused unread.
+    with pytest.raises(SerializationError,
+                       match=r"'values/.*' uses compression method 8 \(deflate\)"):
+        load(bomb)
+    stored = {**_members(saved), "values/b.npy": bytes(64 * 2**20)}
+    bomb.write_bytes(_zip(stored))
     with pytest.raises(SerializationError,
                        match=r"'values/b.npy' is 67108864 bytes uncompressed, more than the"):
+        load(bomb)
+    # graph.json may be deflated, but not at the ratio of a bomb.
+    padded = {**_members(saved)}
+    padded["graph.json"] += b" " * (64 * 2**20)
+    bomb.write_bytes(_zip(padded, zipfile.ZIP_DEFLATED))
+    with pytest.raises(SerializationError, match=r"'graph.json' would inflate .* a ratio"):
         load(bomb)
 
 

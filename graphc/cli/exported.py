@@ -16,6 +16,12 @@ training signature with `--train`).
 `info` on a library reads its metadata from the file without loading it (so it works for
 libraries built for other CPUs) and says whether this machine can run it.
 
+`run` treats its ``--input`` files as untrusted: only regular files are opened (a FIFO or
+/dev/zero is refused, never read), and each .npy header is checked against the file's size
+and then against the type of the input it names, before any data is read or allocated
+(so a header claiming 2**40 elements is an error message, not a MemoryError). All of this
+happens before the model is compiled; every failure is a GraphcError (exit code 1).
+
 Wiring: `add_subcommands(subparsers)` adds the three commands to `graphc`'s parser, each
 with ``handler=`` set to its function in `COMMANDS`; `main_export(argv)` runs them alone
 (``python -m graphc.cli.exported compile ...``) with `graphc`'s exit codes and error format.
@@ -26,22 +32,25 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from graphc.cli.command import Parser, UsageError, load_model, run_command
 from graphc.compile import compile as compile_graph
-from graphc.errors import GraphcError
+from graphc.errors import GraphcError, SerializationError
 from graphc.export.api import WEIGHTS_MODES, export
 from graphc.io.atomic import atomic_write
+from graphc.io.untrusted import NpyHeader, npy_array, open_regular_file, read_npy_header
 from graphc.ir import Graph
 from graphc.options import CONV_ALGORITHMS
 from graphc.pipeline import DEFAULT_OPTIONS
+from graphc.runtime.arguments import TensorSpec, resolve_signature
 from graphc.runtime.library import check_compatible, load, read_metadata
 
 __all__ = ["COMMANDS", "add_subcommands", "main_export"]
@@ -135,11 +144,15 @@ def _one(graph: Graph, *, train: bool) -> str:
 
 
 def _is_library(spec: str) -> bool:
-    path = Path(spec)
-    if not path.is_file():
+    """Whether `spec` is a regular file starting like an ELF shared library.
+
+    Only a regular file is opened (a FIFO named like a model must not block this check).
+    """
+    try:
+        with open_regular_file(spec) as f:
+            return f.read(4) == b"\x7fELF"
+    except (OSError, SerializationError):
         return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"\x7fELF"
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -228,35 +241,114 @@ def _format_graph(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read_inputs(specs: Sequence[str]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
+def _parse_input_specs(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``NAME=FILE.npy`` arguments as (name, file) pairs; UsageError if malformed or repeated."""
+    pairs: list[tuple[str, str]] = []
     for spec in specs:
         name, sep, file = spec.partition("=")
         if not sep or not name or not file:
             raise UsageError(f"--input {spec!r}: write NAME=FILE.npy")
-        if name in arrays:
+        if any(name == n for n, _ in pairs):
             raise UsageError(f"--input {name!r} is given twice")
-        try:
-            arrays[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise GraphcError(f"cannot read input {name!r} from {file}: {exc}") from None
-        if not isinstance(arrays[name], np.ndarray):
-            raise GraphcError(f"input {name!r}: {file} is not a .npy array")
-    return arrays
+        pairs.append((name, file))
+    return pairs
+
+
+@dataclass
+class _NpyInput:
+    """An open ``--input`` file whose header has been checked against its size."""
+
+    name: str
+    file: str
+    stream: BinaryIO
+    header: NpyHeader
+
+    def fail(self, what: str) -> GraphcError:
+        return GraphcError(f"cannot read input {self.name!r}: {self.file} {what}")
+
+
+def _open_input(name: str, file: str, stack: ExitStack) -> _NpyInput:
+    """Open `file` (a regular file only) and check its .npy header against its size.
+
+    Nothing is allocated from the header: an .npy file may claim any shape, and the size of
+    what it claims must equal the bytes it holds. Raises GraphcError naming input and file.
+    """
+    try:
+        stream = stack.enter_context(open_regular_file(file))
+        header = read_npy_header(stream)
+        size = os.fstat(stream.fileno()).st_size
+    except OSError as exc:
+        raise GraphcError(f"cannot read input {name!r} from {file}: "
+                          f"{exc.strerror or exc}") from None
+    except SerializationError as exc:
+        raise GraphcError(f"cannot read input {name!r}: {file} {exc.message}") from None
+    found = _NpyInput(name, file, stream, header)
+    if size - header.offset != header.nbytes:
+        raise found.fail(f"has {size - header.offset} bytes of data, a {header.describe()} "
+                         f"array needs {header.nbytes} bytes")
+    return found
+
+
+def _check_input(found: _NpyInput, ports: Sequence[TensorSpec], target: str) -> None:
+    """Check the header of `found` against the input it is for, before reading its data.
+
+    The shape must be the input's; the dtype the input's (in any byte order), or, for an
+    integer input, any integer dtype (the calling convention converts integers that fit).
+    """
+    port = next((p for p in ports if p.name == found.name), None)
+    if port is None:
+        names = ", ".join(p.name for p in ports) or "none"
+        raise GraphcError(f"input {found.name!r}: {target} has no input named {found.name!r} "
+                          f"(inputs: {names})")
+    want = port.type
+    have = found.header.dtype.newbyteorder("=")
+    fits = have == want.dtype.np or (have.kind in "iu" and want.dtype.np.kind == "i")
+    if found.header.shape != want.shape or not fits:
+        raise found.fail(f"holds {found.header.describe()}, but input {found.name!r} is "
+                         f"{want}" + ("" if fits else f" (convert it to {want.dtype.value})"))
+
+
+def _read_input(found: _NpyInput) -> np.ndarray:
+    """The data of a checked input (its size is the header's, checked on opening)."""
+    try:
+        found.stream.seek(found.header.offset)
+        data = found.stream.read(found.header.nbytes)
+        return npy_array(data, found.header)
+    except OSError as exc:
+        raise found.fail(f"cannot be read ({exc.strerror or exc})") from None
+    except SerializationError as exc:  # the file changed size since it was opened
+        raise found.fail(exc.message) from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    arrays = _read_inputs(args.input)
-    if _is_library(args.target):
-        if args.signature or args.inputs or args.outputs or args.train:
-            raise UsageError("--signature/--inputs/--outputs/--train select what to compile "
-                             "from a MODEL; a library runs what it was exported with")
-        lib = load(args.target)
+    specs = _parse_input_specs(args.input)
+    library = _is_library(args.target)
+    if library and (args.signature or args.inputs or args.outputs or args.train):
+        raise UsageError("--signature/--inputs/--outputs/--train select what to compile "
+                         "from a MODEL; a library runs what it was exported with")
+    with ExitStack() as stack:
+        # Headers first, so a bad input fails before a model is loaded or compiled; the
+        # data last, once each header has matched its input's type.
+        inputs = [_open_input(name, file, stack) for name, file in specs]
+        if library:
+            lib = load(args.target)
+            ports: Sequence[TensorSpec] = lib.inputs
+            what = f"library {args.target}"
+        else:
+            graph = load_model(args.target)
+            selection = select(graph, args)
+            signature, _ = resolve_signature(
+                graph, selection.get("inputs"), selection.get("outputs"),
+                selection.get("updates"), selection.get("signature"))
+            ports, what = signature.inputs, f"model {args.target}"
+        for found in inputs:
+            _check_input(found, ports, what)
+        arrays = {found.name: _read_input(found) for found in inputs}
+    if library:
         fn: Callable[..., Any] = lib
         names = lib.output_names
     else:
-        graph = load_model(args.target)
-        exe = compile_graph(graph, **select(graph, args))
+        exe = compile_graph(graph, **selection)
         fn, names = exe, [n.name for n in exe.signature.outputs]
     result = fn(**arrays)
     outputs = [result] if isinstance(result, np.ndarray) else list(result)

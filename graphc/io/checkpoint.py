@@ -10,9 +10,15 @@ File format (version 1): a zip archive holding
 Contracts:
 - `save_checkpoint` writes atomically (`graphc.io.atomic.atomic_write`): a crash mid-write
   leaves the previous file at `path` intact and loadable.
-- `load_checkpoint` treats the file as untrusted. It validates the manifest, the declared
+- `load_checkpoint` treats the file as untrusted, with the readers `graphc.io.gcg` uses
+  (`open_regular_file`, `ZipReader`, `parse_json`, `read_npy_header`). It opens only a
+  regular file (never blocks on a FIFO or reads /dev/zero); refuses duplicate members,
+  members the manifest does not list, members outside the file, and compressed arrays (the
+  manifest may be deflated, at a bounded ratio; `save_checkpoint` stores everything); bounds
+  the manifest's size and JSON nesting and refuses duplicate keys; checks the declared
   entry sizes (before reading anything, so a zip bomb is refused), every array's header,
-  shape and dtype, and never unpickles. Any defect is a `SerializationError`.
+  shape and dtype before allocating it, and never unpickles. Any defect is a
+  `SerializationError` naming the file; nothing else escapes.
 - Loading is all-or-nothing: every name, shape and dtype is checked against the graph, and
   EVERY mismatch (missing, unexpected, wrong shape, wrong dtype) is reported in one
   `CheckpointMismatchError`; only when nothing is wrong are the values copied into the
@@ -23,17 +29,26 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from graphc.errors import SerializationError, SourceLoc
 from graphc.io.atomic import atomic_write
+from graphc.io.untrusted import (
+    ZipReader,
+    npy_array,
+    open_regular_file,
+    parse_json,
+    read_npy_header,
+)
 from graphc.ir import DType, Graph
 
 __all__ = ["CheckpointMismatchError", "LoadResult", "load_checkpoint", "read_checkpoint",
@@ -121,7 +136,8 @@ def save_checkpoint(graph: Graph, path: str | os.PathLike[str]) -> Path:
 
 def _write_array(zf: zipfile.ZipFile, member: str, array: np.ndarray) -> None:
     """One array as a .npy member (streamed: no second copy of a large array)."""
-    big = array.nbytes > (1 << 31)
+    # zipfile needs force_zip64 once a member passes 2**31 - 1 bytes, header included.
+    big = array.nbytes + _MAX_NPY_HEADER >= 1 << 31
     with zf.open(member, "w", force_zip64=big) as out:
         np.lib.format.write_array(out, np.asarray(array, order="C"), version=(1, 0),
                                   allow_pickle=False)
@@ -140,8 +156,8 @@ def load_checkpoint(graph: Graph, path: str | os.PathLike[str], strict: bool = T
         raise SerializationError(f"expected a Graph, got {type(graph).__name__}",
                                  op="load_checkpoint")
     where = os.fspath(path)
-    with _open_zip(where) as zf:
-        entries = _read_manifest(zf, where)
+    with _open_archive(where) as archive:
+        entries = _read_manifest(archive, where)
         by_name = {e.name: e for e in entries}
         # A set of names: `name in graph.variables` would raise (GraphNameError, not KeyError).
         names = list(graph.variables)
@@ -162,7 +178,7 @@ def load_checkpoint(graph: Graph, path: str | os.PathLike[str], strict: bool = T
             raise _mismatch(graph, where, missing if strict else [],
                             unexpected if strict else [], wrong_shape, wrong_dtype)
         to_load = [e for e in entries if e.name in present]
-        values = {e.name: _read_array(zf, e, where) for e in to_load}
+        values = {e.name: _read_array(archive, e, where) for e in to_load}
     for name, value in values.items():
         graph.variables[name] = value
     return LoadResult(tuple(values), tuple(missing), tuple(unexpected))
@@ -171,8 +187,8 @@ def load_checkpoint(graph: Graph, path: str | os.PathLike[str], strict: bool = T
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """All arrays of a checkpoint by name, validated, without a graph (for inspection)."""
     where = os.fspath(path)
-    with _open_zip(where) as zf:
-        return {e.name: _read_array(zf, e, where) for e in _read_manifest(zf, where)}
+    with _open_archive(where) as archive:
+        return {e.name: _read_array(archive, e, where) for e in _read_manifest(archive, where)}
 
 
 def _mismatch(graph: Graph, where: str, missing: list[str], unexpected: list[str],
@@ -197,47 +213,42 @@ def _fail(where: str, what: str) -> SerializationError:
                               op="load_checkpoint")
 
 
-def _open_zip(where: str) -> zipfile.ZipFile:
+@contextmanager
+def _open_archive(where: str) -> Iterator[ZipReader]:
+    """The checkpoint at `where` as a checked archive (see the module contracts)."""
     try:
-        return zipfile.ZipFile(where, "r")
+        f = open_regular_file(where)
     except FileNotFoundError:
         raise SerializationError(f"no checkpoint file {where!r}", op="load_checkpoint") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise _fail(where, f"not a readable zip archive ({exc})") from None
+    except OSError as exc:
+        raise SerializationError(f"cannot read checkpoint {where!r}: {exc.strerror or exc}",
+                                 op="load_checkpoint") from None
+    except SerializationError as exc:
+        raise SerializationError(f"cannot read checkpoint {where!r}: {exc.message}",
+                                 op="load_checkpoint") from None
+    with f:
+        try:
+            archive = ZipReader(f, deflatable={MANIFEST})
+        except SerializationError as exc:
+            raise _fail(where, exc.message) from None
+        yield archive
 
 
-def _member(zf: zipfile.ZipFile, name: str, where: str) -> zipfile.ZipInfo:
+def _read_member(archive: ZipReader, name: str, limit: int, where: str) -> bytes:
     try:
-        return zf.getinfo(name)
-    except KeyError:
-        raise _fail(where, f"the archive has no member {name!r}") from None
+        return archive.read(name, limit)
+    except SerializationError as exc:
+        raise _fail(where, exc.message) from None
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
+def _read_manifest(archive: ZipReader, where: str) -> list[_Entry]:
+    if MANIFEST not in archive.members:
+        raise _fail(where, f"the archive has no member {MANIFEST!r}")
+    data = _read_member(archive, MANIFEST, _MAX_MANIFEST_BYTES, where)
     try:
-        with zf.open(info) as f:
-            return _read_exact(f, info.file_size)
-    except SerializationError:
-        raise
-    except Exception as exc:  # bad CRC, unknown compression, encryption...
-        raise _fail(where, f"member {info.filename!r} is corrupt ({exc})") from None
-
-
-def _read_exact(f: IO[bytes], size: int) -> bytes:
-    data = f.read(size)
-    if len(data) != size:
-        raise EOFError(f"expected {size} bytes, got {len(data)}")
-    return data
-
-
-def _read_manifest(zf: zipfile.ZipFile, where: str) -> list[_Entry]:
-    info = _member(zf, MANIFEST, where)
-    if info.file_size > _MAX_MANIFEST_BYTES:
-        raise _fail(where, f"the manifest declares {info.file_size} bytes")
-    try:
-        doc = json.loads(_read_member(zf, info, where).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _fail(where, f"the manifest is not JSON ({exc})") from None
+        doc = parse_json(data, MANIFEST)
+    except SerializationError as exc:
+        raise _fail(where, exc.message) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _fail(where, f"the manifest does not declare format {FORMAT!r}")
     version = doc.get("version")
@@ -252,6 +263,17 @@ def _read_manifest(zf: zipfile.ZipFile, where: str) -> list[_Entry]:
         values = [getattr(e, key) for e in entries]
         if len(set(values)) != len(values):
             raise _fail(where, f"a variable {key} is listed twice")
+    for e in entries:
+        if e.file == MANIFEST:
+            raise _fail(where, f"variable {_short(e.name)} names the manifest as its array")
+        if e.file not in archive.members:
+            raise _fail(where, f"the archive has no member {_short(e.file)} (the array of "
+                               f"variable {_short(e.name)})")
+    # Every member is accounted for: nothing rides along unvalidated.
+    extra = sorted(set(archive.members) - {MANIFEST} - {e.file for e in entries})
+    if extra:
+        raise _fail(where, "unexpected member(s) in the archive: "
+                           f"{', '.join(_short(x) for x in extra)}")
     return entries
 
 
@@ -264,33 +286,41 @@ def _parse_entry(item: Any, i: int, where: str) -> _Entry:
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise _fail(where, f"variable {name!r} has an invalid shape {shape!r}")
+        raise _fail(where, f"variable {_short(name)} has an invalid shape {_short(shape)}")
     if dtype not in _DTYPES:
-        raise _fail(where, f"variable {name!r} has an unsupported dtype {dtype!r}")
+        raise _fail(where, f"variable {_short(name)} has an unsupported dtype {_short(dtype)}")
     if not isinstance(file, str):
-        raise _fail(where, f"variable {name!r} has no valid file")
+        raise _fail(where, f"variable {_short(name)} has no valid file")
     return _Entry(name, tuple(shape), dtype, file)
 
 
-def _read_array(zf: zipfile.ZipFile, entry: _Entry, where: str) -> np.ndarray:
-    info = _member(zf, entry.file, where)
+def _read_array(archive: ZipReader, entry: _Entry, where: str) -> np.ndarray:
+    info = archive.members[entry.file]
     dtype = np.dtype(entry.dtype)
-    nbytes = int(np.prod(entry.shape, dtype=object)) * dtype.itemsize
+    nbytes = math.prod(entry.shape) * dtype.itemsize
+    name = _short(entry.name)
     # Refuse before reading: a member much larger than its declared array is hostile.
     if not nbytes <= info.file_size <= nbytes + _MAX_NPY_HEADER:
-        raise _fail(where, f"member {entry.file!r} of variable {entry.name!r} has "
+        raise _fail(where, f"member {entry.file!r} of variable {name} has "
                            f"{info.file_size} bytes; a {entry.dtype}{list(entry.shape)} "
                            "array needs about " + str(nbytes))
-    data = _read_member(zf, info, where)
+    data = _read_member(archive, entry.file, nbytes + _MAX_NPY_HEADER, where)
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # any malformed .npy is the file's fault
-        raise _fail(where, f"variable {entry.name!r} is not a valid .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray):
-        raise _fail(where, f"variable {entry.name!r} is not an array")
-    if array.dtype.newbyteorder("=") == dtype and array.dtype != dtype:
-        array = array.astype(dtype)  # a foreign byte order is fine: same values
-    if array.shape != entry.shape or array.dtype != dtype:
-        raise _fail(where, f"variable {entry.name!r} holds {array.dtype}{list(array.shape)}, "
-                           f"its manifest says {entry.dtype}{list(entry.shape)}")
-    return array
+        header = read_npy_header(io.BytesIO(data))
+    except SerializationError as exc:
+        raise _fail(where, f"variable {name} is not a valid .npy array: it "
+                           f"{exc.message}") from None
+    # A foreign byte order is fine (same values); npy_array converts it.
+    if header.shape != entry.shape or header.dtype.newbyteorder("=") != dtype:
+        raise _fail(where, f"variable {name} holds {header.describe()}, its manifest says "
+                           f"{entry.dtype}{list(entry.shape)}")
+    try:
+        return npy_array(memoryview(data)[header.offset:], header)
+    except SerializationError as exc:
+        raise _fail(where, f"variable {name} {exc.message}") from None
+
+
+def _short(value: Any) -> str:
+    """`repr(value)` cut to 80 characters (names may be 64 KiB long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -2,32 +2,44 @@
 
 A `.gcg` file is a zip archive holding
 - ``graph.json``: the format name and version, the graph name, the nodes in order (name, op,
-  input names, attributes, type, source location) and the signatures (see `graph_to_json`);
+  input names, attributes, type, source location) and the signatures (see `graph_to_json`),
+  deflated;
 - ``values/<name>.npy``: one array per variable and constant node (numpy's .npy format,
-  never pickled objects). Names with empty, ``.`` or ``..`` path segments are stored as
+  never pickled objects), stored uncompressed (`member_name` says which name holds which
+  node: names with empty, ``.`` or ``..`` path segments are stored as
   ``values/~<hex of the UTF-8 name>.npy`` so that no member name can point outside
-  ``values/``.
+  ``values/``, and names too long for a zip member name as ``values/#<sha256>.npy``).
 
 JSON has no tuples, dtypes or non-finite floats, so attribute values use a typed encoding:
 ints, finite floats, bools, strings and null are plain JSON; a tuple is
 ``{"tuple": [...]}``, a dtype ``{"dtype": "float32"}`` and inf/-inf/nan
 ``{"float": "inf"}``.
 
-`load` trusts nothing in the file: a corrupt, truncated, hostile or unknown-version file
-raises `SerializationError` (never code execution, never a raw exception). It checks the zip
-structure and CRCs, bounds every member's uncompressed size (no zip bombs), rejects member
-names outside the expected set (no path traversal), validates the JSON schema, rebuilds every
-node through its op's type rule, and checks each array's header (shape and dtype) against
-its node's type before reading its data.
+`load` trusts nothing in the file and never executes anything from it. A corrupt, truncated,
+hostile or unknown-version file raises `SerializationError` naming the file (never a raw
+exception, a hang or unbounded memory use). It opens only regular files (a FIFO, a device
+such as /dev/zero, a socket or a directory is refused without reading it); reads the zip
+structure with `ZipReader` (no duplicate members, no member outside the file, graph.json
+stored or deflated at a bounded ratio, values stored uncompressed as `save` writes them,
+every member exactly its declared size with its declared CRC); rejects member names outside
+the expected set (no path traversal); parses JSON with a bounded nesting depth and no
+duplicate keys; validates the schema; rebuilds every node through its op's type rule
+(`graphc.io.rebuild`); and checks each array's header (shape and dtype) against its node's
+type before reading its data.
+
+The readers of untrusted bytes (`open_regular_file`, `ZipReader`, `parse_json`,
+`read_npy_header`, `npy_array`) live in `graphc.io.untrusted`, shared with
+`graphc.io.checkpoint` and `graphc run`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import struct
 import zipfile
-import zlib
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -37,7 +49,16 @@ from graphc.errors import SerializationError
 from graphc.io.atomic import atomic_write
 from graphc.io.jsonir import graph_from_json, graph_to_json, value_nodes
 from graphc.io.rebuild import graph_diff, graphs_equal
-from graphc.ir import Graph
+from graphc.io.untrusted import (
+    NPY_HEADER_ROOM,
+    ZipReader,
+    cut,
+    npy_array,
+    open_regular_file,
+    parse_json,
+    read_npy_header,
+)
+from graphc.ir import Graph, TensorType
 from graphc.verify import verify
 
 __all__ = [
@@ -49,6 +70,7 @@ __all__ = [
     "graph_to_json",
     "graphs_equal",
     "load",
+    "member_name",
     "save",
 ]
 
@@ -58,7 +80,10 @@ KNOWN_VERSIONS = (1,)
 GRAPH_MEMBER = "graph.json"
 MAX_JSON_BYTES = 256 * 2**20
 MAX_TOTAL_BYTES = 16 * 2**30  # the default bound on all arrays of one file together
-_NPY_HEADER_ROOM = 64 * 2**10  # an .npy header is at most this long (numpy caps it at 10k)
+# Deeper than any document graphc writes: graph.json nests attribute tuples at most 32 deep
+# (jsonir._MAX_ATTR_DEPTH), two JSON levels each, under 4 levels of document; a checkpoint
+# manifest is 3 deep. The bound exists so that the JSON parser never recurses deeply.
+_MAX_MEMBER_NAME = 0xFFFF  # bytes: a zip member name's length is a 16-bit field
 # A fixed timestamp makes the same graph always produce the same bytes.
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -83,17 +108,30 @@ def dumps_json(graph: Graph) -> str:
 
 
 def member_name(name: str) -> str:
-    """The zip member holding the value of node `name` (never outside ``values/``)."""
+    """The zip member holding the value of node `name`: inside ``values/`` and at most
+    65535 bytes long (the zip format's limit), whatever the (legal) node name.
+
+    ``values/NAME.npy`` if that is a safe path that fits; ``values/~<hex>.npy`` (the hex of
+    the UTF-8 name) if a path segment of NAME is empty, ``.`` or ``..``; and, if the form
+    chosen so far is longer than 65535 bytes, ``values/#<sha256 of the UTF-8 name>.npy``.
+    Node names never contain ``~`` or ``#`` (see `Graph.add_node`), so the three forms
+    cannot collide, and every name that fitted before the third form existed maps as it did.
+    """
     if all(part not in ("", ".", "..") for part in name.split("/")):
-        return f"values/{name}.npy"
-    return f"values/~{name.encode().hex()}.npy"
+        member = f"values/{name}.npy"
+    else:
+        member = f"values/~{name.encode().hex()}.npy"
+    if len(member.encode()) > _MAX_MEMBER_NAME:
+        member = f"values/#{hashlib.sha256(name.encode()).hexdigest()}.npy"
+    return member
 
 
 def save(graph: Graph, path: str | os.PathLike[str]) -> None:
     """Write `graph` and all its variable and constant values to `path`, atomically.
 
     The graph is verified first (an inconsistent graph would not load back). Arrays are
-    stored uncompressed (weights do not compress); the JSON is deflated.
+    stored uncompressed (weights do not compress, and `load` refuses compressed arrays);
+    the JSON is deflated. Any failure is a SerializationError (or the VerifyError).
     """
     verify(graph)
     text = dumps_json(graph).encode()
@@ -104,15 +142,21 @@ def save(graph: Graph, path: str | os.PathLike[str]) -> None:
             for node in value_nodes(graph):
                 store = graph.variables if node.op == "variable" else graph.constants
                 array = np.asarray(store[node.name], order="C")
-                big = array.nbytes + _NPY_HEADER_ROOM >= 2**31
+                big = array.nbytes + NPY_HEADER_ROOM >= 2**31
                 with zf.open(_info(member_name(node.name), zipfile.ZIP_STORED), "w",
                              force_zip64=big) as out:
                     np.lib.format.write_array(out, array, allow_pickle=False)
 
+    where = os.fspath(path)
     try:
         atomic_write(path, write)
     except OSError as exc:
-        raise SerializationError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from None
+        raise SerializationError(f"cannot write {where}: {exc.strerror or exc}") from None
+    except (struct.error, zipfile.LargeZipFile) as exc:
+        # A zip format limit that member_name and force_zip64 do not already avoid: report
+        # it as what it is, a graph this format cannot hold, not as a crash.
+        raise SerializationError(f"cannot write {where}: the zip format cannot hold this "
+                                 f"graph ({type(exc).__name__}: {exc})") from None
 
 
 def _info(name: str, compression: int) -> zipfile.ZipInfo:
@@ -126,96 +170,63 @@ def load(path: str | os.PathLike[str], *, max_bytes: int = MAX_TOTAL_BYTES) -> G
     """Read a graph saved by `save`, validating everything (see the module docstring).
 
     `max_bytes` bounds the total uncompressed size of the arrays. Raises SerializationError
-    naming the file and what is wrong with it.
+    naming the file and what is wrong with it; nothing else.
     """
     where = os.fspath(path)
     try:
-        with open(where, "rb") as f:
-            data = f.read()
+        f = open_regular_file(where)
     except OSError as exc:
         raise SerializationError(f"cannot read {where}: {exc.strerror or exc}") from None
-    try:
-        return _load_bytes(data, max_bytes)
     except SerializationError as exc:
-        raise SerializationError(f"{where}: {exc.message}") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
-            NotImplementedError, RuntimeError, ValueError, KeyError) as exc:
-        # zipfile reports truncation, bad CRCs, encryption and unsupported compression
-        # methods with these; none of them is a bug of ours.
-        kind = "damaged compressed data" if isinstance(exc, zlib.error) else type(exc).__name__
-        raise SerializationError(f"{where}: corrupt graph file ({kind}: {exc})") from None
+        raise SerializationError(f"cannot read {where}: {exc.message}") from None
+    with f:
+        try:
+            archive = ZipReader(f, deflatable={GRAPH_MEMBER})
+        except SerializationError as exc:
+            # Not a zip, or a zip `save` never writes (compressed values, ...).
+            raise SerializationError(f"{where}: not a graphc graph file ({exc.message})") from None
+        try:
+            return _load_archive(archive, max_bytes)
+        except SerializationError as exc:
+            raise SerializationError(f"{where}: {exc.message}") from None
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError) as exc:
+            # The schema and type checks are meant to refuse every malformed document
+            # first; should one miss a case, the caller still gets the promised error.
+            raise SerializationError(f"{where}: corrupt graph file ({type(exc).__name__}: "
+                                     f"{cut(str(exc), 200)})") from None
 
 
-def _load_bytes(data: bytes, max_bytes: int) -> Graph:
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise SerializationError("not a graphc graph file (not a zip archive)")
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        infos = {}
-        for info in zf.infolist():
-            _check_member_name(info.filename)
-            if info.filename in infos:
-                raise SerializationError(f"member {info.filename!r} appears twice")
-            infos[info.filename] = info
-        if GRAPH_MEMBER not in infos:
-            raise SerializationError(f"no {GRAPH_MEMBER} in the archive")
-        doc = _read_json(_read_member(zf, infos[GRAPH_MEMBER], MAX_JSON_BYTES))
-        _check_version(doc)
-        expected: dict[str, str] = {}
+def _load_archive(archive: ZipReader, max_bytes: int) -> Graph:
+    for name in archive.members:
+        _check_member_name(name)
+    if GRAPH_MEMBER not in archive.members:
+        raise SerializationError(f"no {GRAPH_MEMBER} in the archive")
+    doc = parse_json(archive.read(GRAPH_MEMBER, MAX_JSON_BYTES), GRAPH_MEMBER)
+    _check_version(doc)
+    # Node names are unique and member_name is injective on them, so no member is read twice.
+    expected: set[str] = set()
 
-        def read_value(name: str, nbytes: int) -> bytes:
-            member = member_name(name)
-            expected[member] = name
-            if member not in infos:
-                raise SerializationError(f"the value of %{name} ({member}) is missing")
-            return _read_member(zf, infos[member], nbytes + _NPY_HEADER_ROOM)
+    def read_value(name: str, nbytes: int) -> bytes:
+        member = member_name(name)
+        expected.add(member)
+        if member not in archive.members:
+            raise SerializationError(f"the value of %{name} ({cut(member)}) is missing")
+        return archive.read(member, nbytes + NPY_HEADER_ROOM)
 
-        graph = graph_from_json(doc, _value_reader(read_value, max_bytes))
-        extra = sorted(set(infos) - set(expected) - {GRAPH_MEMBER})
-        if extra:
-            raise SerializationError(f"unexpected member(s) in the archive: {', '.join(extra)}")
-        return graph
+    graph = graph_from_json(doc, _value_reader(read_value, max_bytes))
+    extra = sorted(set(archive.members) - expected - {GRAPH_MEMBER})
+    if extra:
+        raise SerializationError("unexpected member(s) in the archive: "
+                                 f"{', '.join(cut(e) for e in extra)}")
+    return graph
 
 
 def _check_member_name(name: str) -> None:
     parts = name.split("/")
     if (name.startswith(("/", "\\")) or "\\" in name or ":" in parts[0]
             or any(p in ("", ".", "..") for p in parts)):
-        raise SerializationError(f"unsafe member name {name!r} (absolute or path traversal)")
-
-
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """A member's bytes, refusing more than `limit` whatever its header claims (zip bombs)."""
-    if info.file_size > limit:
         raise SerializationError(
-            f"member {info.filename!r} is {info.file_size} bytes uncompressed, "
-            f"more than the {limit} it may hold")
-    with zf.open(info) as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise SerializationError(f"member {info.filename!r} expands beyond {limit} bytes")
-    return data
-
-
-def _read_json(data: bytes) -> Any:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise SerializationError(f"{GRAPH_MEMBER}: a key appears twice in one object")
-        return dict(pairs)
-
-    try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates,
-                          parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise SerializationError(f"{GRAPH_MEMBER} is not UTF-8 ({exc.reason})") from None
-    except RecursionError:
-        raise SerializationError(f"{GRAPH_MEMBER} is nested too deeply") from None
-    except json.JSONDecodeError as exc:
-        raise SerializationError(f"{GRAPH_MEMBER} is not valid JSON: {exc}") from None
-
-
-def _reject_constant(name: str) -> Any:
-    raise SerializationError(f"{GRAPH_MEMBER}: {name} is not JSON (use {{\"float\": ...}})")
+            f"unsafe member name {cut(repr(name))} (absolute or path traversal)")
 
 
 def _check_version(doc: Any) -> None:
@@ -231,11 +242,11 @@ def _check_version(doc: Any) -> None:
 
 def _value_reader(
     read: Callable[[str, int], bytes], max_bytes: int
-) -> Callable[[str, Any], np.ndarray]:
+) -> Callable[[str, TensorType], np.ndarray]:
     """A function giving the array of one node, bounded in total by `max_bytes`."""
     total = 0
 
-    def value(name: str, ttype: Any) -> np.ndarray:
+    def value(name: str, ttype: TensorType) -> np.ndarray:
         nonlocal total
         total += ttype.nbytes
         if total > max_bytes:
@@ -247,29 +258,12 @@ def _value_reader(
     return value
 
 
-def _parse_npy(data: bytes, name: str, ttype: Any) -> np.ndarray:
+def _parse_npy(data: bytes, name: str, ttype: TensorType) -> np.ndarray:
     """Decode an .npy member after checking its header against the node type."""
-    f = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise SerializationError(f"the value of %{name}: unsupported .npy version {version}")
-    except ValueError as exc:
-        raise SerializationError(f"the value of %{name} is not a valid .npy array: {exc}") from None
-    if dtype.hasobject:
-        raise SerializationError(f"the value of %{name} holds Python objects (pickled data "
-                                 "is never loaded)")
-    if tuple(shape) != ttype.shape or dtype != ttype.dtype.np:
-        raise SerializationError(f"the value of %{name} is {dtype}{list(shape)}, its node "
-                                 f"type is {ttype}")
-    offset = f.tell()
-    if len(data) - offset != ttype.nbytes:
-        raise SerializationError(f"the value of %{name} has {len(data) - offset} bytes of "
-                                 f"data, {ttype} needs {ttype.nbytes}")
-    order = "F" if fortran else "C"
-    flat = np.frombuffer(data, dtype=dtype, count=ttype.size, offset=offset)
-    return np.array(flat.reshape(ttype.shape, order=order), order="C")
+        header = read_npy_header(io.BytesIO(data))
+        if header.shape != ttype.shape or header.dtype != ttype.dtype.np:
+            raise SerializationError(f"is {header.describe()}, its node type is {ttype}")
+        return npy_array(memoryview(data)[header.offset:], header)
+    except SerializationError as exc:
+        raise SerializationError(f"the value of %{name} {exc.message}") from None

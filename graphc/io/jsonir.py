@@ -14,8 +14,9 @@ Document (version 1)::
 ``{"tuple": [...]}``, ``{"dtype": "float32"}``, ``{"float": "inf" | "-inf" | "nan"}``.
 Values of variables and constants are not in the document; the reader asks for them.
 
-`graph_from_json` accepts exactly this schema (unknown or missing keys and wrong types are
-`SerializationError`s naming the JSON path) and rebuilds the nodes through their type rules.
+`graph_from_json` accepts exactly this schema (unknown or missing keys, wrong types and a
+signature name given twice are `SerializationError`s naming the JSON path) and rebuilds the
+nodes through their type rules.
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ def _signature(graph: Graph, item: Any, path: str) -> None:
         updates.append((_ref(graph, pair[0], f"{path}.updates"),
                         _ref(graph, pair[1], f"{path}.updates")))
     name = _str(item["name"], f"{path}.name")
+    # Graph.add_signature replaces a signature of the same name; a file that names two is
+    # ambiguous (which one did its writer mean?), and `graph_to_json` never writes one.
+    if name in graph.signatures:
+        raise SerializationError(f"{path}.name: signature {_short(name)} appears twice")
     try:
         graph.add_signature(name, ins, outs, updates)
     except GraphcError as exc:

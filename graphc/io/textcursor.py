@@ -20,7 +20,7 @@ from typing import Any
 from graphc.errors import SerializationError
 from graphc.ir import DType, TensorType
 
-__all__ = ["IDENT", "STRING", "LineCursor"]
+__all__ = ["IDENT", "MAX_NESTING", "STRING", "LineCursor"]
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = re.compile(r"-?\d+(\.\d*)?([eE][+-]?\d+)?")
@@ -29,6 +29,10 @@ _WORDS: dict[str, Any] = {"true": True, "false": False, "none": None, "inf": mat
                           "nan": math.nan}
 _DTYPES = {d.value: d for d in DType}
 _SHORT_DTYPES = {d.short: d for d in DType}
+# How deeply tuples and lists may nest in one value: a constant's inline value nests once
+# per dimension and numpy arrays have at most 64; attribute tuples nest far less (the JSON
+# reader allows 32). Values are parsed recursively, so untrusted text must not go deeper.
+MAX_NESTING = 64
 
 
 class LineCursor:
@@ -135,20 +139,26 @@ class LineCursor:
             if not self.accept(","):
                 raise self.expected(f"',' or {close!r}")
 
-    def value(self, allow_list: bool = False) -> Any:
-        """One attribute value (or, for constants, a nested list of numbers)."""
+    def value(self, allow_list: bool = False, depth: int = 0) -> Any:
+        """One attribute value (or, for constants, a nested list of numbers).
+
+        `depth` is how many tuples or lists enclose it; more than `MAX_NESTING` is an error.
+        """
         self.skip()
         start = self.pos
         if self.text.startswith('"', self.pos):
             return self.string("a string")
+        if self.text.startswith(("(", "["), self.pos) and depth >= MAX_NESTING:
+            raise self.error(f"value nested too deeply (more than {MAX_NESTING} levels of "
+                             "tuples or lists)")
         if self.accept("("):
-            return tuple(self._sequence(")", allow_list))
+            return tuple(self._sequence(")", allow_list, depth + 1))
         if self.text.startswith("[", self.pos):
             if not allow_list:
                 raise self.error("lists are only for constant values; "
                                  "attributes use tuples (...)")
             self.pos += 1
-            return self._sequence("]", allow_list)
+            return self._sequence("]", allow_list, depth + 1)
         if self.accept("-inf"):
             return -math.inf
         number = self.match(_NUMBER)
@@ -170,10 +180,10 @@ class LineCursor:
                              "true/false, none, inf, nan, dtypes or tuples)", start)
         raise self.expected("a value (number, string, true/false, none, dtype or tuple)")
 
-    def _sequence(self, close: str, allow_list: bool) -> list[Any]:
+    def _sequence(self, close: str, allow_list: bool, depth: int) -> list[Any]:
         items: list[Any] = []
         while not self.accept(close):
-            items.append(self.value(allow_list))
+            items.append(self.value(allow_list, depth))
             if not self.accept(",") and not self.text.startswith(close, self.pos):
                 raise self.expected(f"',' or {close!r}")
         return items
