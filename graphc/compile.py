@@ -3,21 +3,27 @@
     pipeline.lower (passes -> fuse -> memory plan) -> program cache hit?
         yes: load the cached object           no: pipeline.advance to "llvm" -> runtime.jit
     -> runtime.Executable
+
+A program-cache entry is used only if it verifies (`runtime.program_cache.load`: hashes,
+key, and exactly the layout this compile's memory plan implies) and LLVM loads it with the
+entry point defined; anything else is a miss, compiled again and written over the entry.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from graphc.errors import CompileError
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
-from graphc.pipeline import DEFAULT_OPTIONS, advance, lower
+from graphc.pipeline import DEFAULT_OPTIONS, Lowered, advance, lower
 from graphc.runtime import program_cache
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import CompileReport, Executable
-from graphc.runtime.jit import jit_compile, load_object
+from graphc.runtime.jit import JitModule, jit_compile, load_object
 
 
 def compile(
@@ -44,15 +50,12 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
     lowered = lower(graph, sig, options, "planned")
     assert lowered.optimized is not None and lowered.plan is not None
     assert lowered.optimized_signature is not None and lowered.report is not None
-    cache = Path(options.cache_dir) if options.cache_dir else None
-    key = program_cache.program_key(lowered.optimized, lowered.target,
-                                    lowered.settings.key) if cache is not None else ""
-    hit = program_cache.load(cache, key) if cache is not None else None
+    slot = _cache_slot(lowered)
     start = time.perf_counter()
+    hit = _program_cache_hit(lowered, slot) if slot is not None else None
     layout: program_cache.Layout
     if hit is not None:  # skip generating IR entirely
-        obj, layout = hit
-        jit = load_object(obj, lowered.target, options.opt_level)
+        jit, layout = hit
         codegen = 0.0
     else:
         advance(lowered, "llvm")
@@ -60,12 +63,14 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
         assert generated is not None
         codegen = lowered.seconds["llvm"]
         start = time.perf_counter()
-        jit = jit_compile(generated.ir_text, opt_level=options.opt_level, cache_dir=cache,
-                          target=lowered.target)
+        jit = jit_compile(generated.ir_text, opt_level=options.opt_level,
+                          cache_dir=slot.directory if slot is not None else None,
+                          target=lowered.target, symbols=(generated.entry,))
         layout = program_cache.Layout(generated.entry, tuple(generated.table),
                                       generated.arena_bytes, generated.scratch_offset)
-        if cache is not None:
-            program_cache.store(cache, key, jit.object_code, layout)
+        # An entry whose layout is not the expected one could never be loaded: skip it.
+        if slot is not None and layout == slot.expected:
+            program_cache.store(slot.directory, slot.key, jit.object_code, layout)
     seconds = {"passes": lowered.seconds["optimized"],
                "fuse_plan": lowered.seconds["fused"] + lowered.seconds["planned"],
                "codegen": codegen, "llvm": time.perf_counter() - start}
@@ -74,3 +79,38 @@ def compile_signature(graph: Graph, sig: Signature, single: bool,
                            seconds)
     return Executable(graph, lowered.optimized, lowered.optimized_signature, single, layout,
                       jit, report)
+
+
+@dataclass(frozen=True)
+class _CacheSlot:
+    """Where a compile's program-cache entry lives and the layout it must record."""
+
+    directory: Path
+    key: str
+    expected: program_cache.Layout
+
+
+def _cache_slot(lowered: Lowered) -> _CacheSlot | None:
+    """The program-cache slot of a planned compile, or None if its options disable caching."""
+    if not lowered.options.cache_dir:
+        return None
+    assert lowered.optimized is not None and lowered.plan is not None
+    settings = lowered.settings
+    key = program_cache.program_key(lowered.optimized, lowered.target, settings.key)
+    expected = program_cache.expected_layout(lowered.plan, lowered.target, settings.threads,
+                                             settings.conv_algorithm, lowered.entry)
+    return _CacheSlot(Path(lowered.options.cache_dir), key, expected)
+
+
+def _program_cache_hit(lowered: Lowered, slot: _CacheSlot
+                       ) -> tuple[JitModule, program_cache.Layout] | None:
+    """The loaded machine code and layout of a verified entry, or None (a miss)."""
+    obj = program_cache.load(slot.directory, slot.key, slot.expected)
+    if obj is None:
+        return None
+    try:
+        jit = load_object(obj, lowered.target, lowered.options.opt_level,
+                          (slot.expected.entry,))
+    except CompileError:
+        return None  # LLVM rejects it or the entry point is missing: compile over it
+    return jit, slot.expected

@@ -17,15 +17,18 @@ from __future__ import annotations
 import ctypes
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from graphc.codegen.lowering import lowering_of
 from graphc.codegen.module import PROFILE, GeneratedModule
 from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
+from graphc.passes.fuse import Kernel
 from graphc.passes.manager import PipelineReport
 from graphc.passes.memory_plan import MemoryPlan, Space
 from graphc.runtime.arguments import bind_arguments
@@ -149,6 +152,9 @@ class Executable:
         self._table[len(self._table_spec) - 1] = self._arena.ctypes.data
         self._bound_version = self.graph.variables.version
 
+    def _failure(self, status: int) -> GraphcError:
+        return kernel_failure(self.report.plan.program.kernels, status)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         arrays = args if not kwargs and self._exact(args) else bind_arguments(
             self.signature.inputs, args, kwargs, "compiled function")
@@ -164,10 +170,33 @@ class Executable:
                 table[n_in + i] = _address(o)
             status = self._fn(table)
         if status != 0:
-            raise GraphcError(f"compiled code returned error status {status}")
+            raise self._failure(status)
         if self.single_output:
             return outputs[0]
         return tuple(outputs)
+
+
+STOPPED = ("the call stopped there (no outputs; variable updates scheduled before it have "
+           "run)")
+
+
+def kernel_failure(kernels: Sequence[Kernel], status: int) -> GraphcError:
+    """The error a nonzero status of the entry point means: kernel `status - 1` found its
+    input invalid (`Lowering.failure`) and the call stopped after it."""
+    if not 1 <= status <= len(kernels):
+        return GraphcError(f"compiled code returned error status {status}")
+    kernel = kernels[status - 1]
+    node = kernel.anchor if kernel.anchor is not None else kernel.root
+    failure = lowering_of(kernel).failure
+    what = failure(node) if failure is not None else "an invalid input"
+    return GraphcError(f"{what}; {STOPPED}", op=node.op, loc=node.loc)
+
+
+def failure_messages(kernels: Sequence[Kernel]) -> tuple[tuple[int, str], ...]:
+    """(status, message) for every kernel that can fail: what an exported library reports
+    (`NAME_failure`), the text `kernel_failure` raises, with the op and the user's line."""
+    return tuple((i + 1, str(kernel_failure(kernels, i + 1)))
+                 for i, k in enumerate(kernels) if lowering_of(k).checks)
 
 
 def _address(a: np.ndarray) -> int:

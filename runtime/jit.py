@@ -7,17 +7,37 @@ and a shared one crashes when the first engine is freed).
 
 The on-disk compile cache maps sha256(IR text, target key, opt level, llvmlite version) to
 the object file, so rerunning a program skips LLVM entirely: a cache hit parses nothing and
-only links the cached object. Cache files are written atomically and are only ever handed to
-LLVM's object loader (never executed as Python, never unpickled).
+only links the cached object.
+
+A cache entry is untrusted input (another process, a full disk, a crash or a user may have
+damaged it), and LLVM's object loader trusts its input: a damaged object crashes the
+process. So an entry is two files, `<stem>.o` (the object, as emitted) and `<stem>.json`
+(its record), and nothing of it reaches LLVM unless the record verifies:
+
+    {"format": "graphc.object/1", "key": <the key the entry was stored under>,
+     "object_sha256": <hex>, "object_bytes": <int>, ...caller's fields...,
+     "record_sha256": <sha256 of the canonical JSON of every other field>}
+
+`read_entry` demands exactly these fields with exactly these JSON types, the format and key
+the caller asks for, the record's own hash and then the object's size and hash; anything
+else is a miss, which the caller answers by compiling again and overwriting the entry.
+Files are written atomically (`io.atomic`), the object before the record; as the record
+names the object's hash, a reader that pairs an old object with a new record (another
+process rewriting the entry meanwhile) sees a mismatch, i.e. a miss, never a wrong pair.
+Cache files are only ever handed to LLVM's object loader (never executed as Python, never
+unpickled).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -25,6 +45,14 @@ import llvmlite.binding as llvm
 from graphc.codegen.target import Target, create_target_machine, host_target
 from graphc.errors import CompileError
 from graphc.io.atomic import atomic_write
+
+# The record format of the object cache; a record of any other format is a miss.
+OBJECT_FORMAT = "graphc.object/1"
+
+# The fields every entry's record has, with their JSON types (checked with `type(v) is t`:
+# JSON `true` is no int here).
+_RECORD_FIELDS: dict[str, type] = {"format": str, "key": str, "object_sha256": str,
+                                   "object_bytes": int, "record_sha256": str}
 
 
 def default_cache_dir() -> Path:
@@ -77,6 +105,88 @@ def cache_key(ir_text: str, target: Target, opt_level: int) -> str:
         h.update(b"\0")
     return h.hexdigest()
 
+
+# --- cache entries: an object file and the record that vouches for it --------------------
+
+def write_entry(cache_dir: Path, stem: str, record: Mapping[str, Any], obj: bytes) -> None:
+    """Store `obj` as `<stem>.o` and `record` (which must hold "format" and "key"), completed
+    with the object's size and hash and its own hash, as `<stem>.json`.
+
+    Errors are ignored: a read-only or full cache directory must not break compilation.
+    """
+    full = {**record, "object_sha256": hashlib.sha256(obj).hexdigest(),
+            "object_bytes": len(obj)}
+    full["record_sha256"] = _record_digest(full)
+    text = json.dumps(full, sort_keys=True).encode()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_dir / f"{stem}.o", lambda f: f.write(obj))
+        atomic_write(cache_dir / f"{stem}.json", lambda f: f.write(text))
+    except OSError:
+        pass
+
+
+def read_entry(cache_dir: Path, stem: str, fmt: str, key: str,
+               fields: Mapping[str, type]) -> tuple[bytes, dict[str, Any]] | None:
+    """The verified object and record of `<stem>.o`/`<stem>.json`, or None (a miss).
+
+    The record must have exactly the common fields and `fields` (name -> JSON type), format
+    `fmt`, key `key` and a matching hash of itself; the object must have the recorded size
+    and sha256. The values of `fields` are the caller's to check.
+    """
+    try:
+        record = _verified_record((cache_dir / f"{stem}.json").read_bytes(), fmt, key, fields)
+        if record is None:
+            return None
+        obj = (cache_dir / f"{stem}.o").read_bytes()
+    except OSError:
+        return None
+    if len(obj) != record["object_bytes"] or \
+            hashlib.sha256(obj).hexdigest() != record["object_sha256"]:
+        return None
+    return obj, record
+
+
+def _verified_record(raw: bytes, fmt: str, key: str,
+                     fields: Mapping[str, type]) -> dict[str, Any] | None:
+    """`raw` parsed, if it is a record of exactly the expected schema, format, key and hash."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested absurdly deep
+        return None
+    schema = {**_RECORD_FIELDS, **fields}
+    if type(record) is not dict or record.keys() != schema.keys():
+        return None
+    if any(type(record[name]) is not t for name, t in schema.items()):
+        return None
+    if record["format"] != fmt or record["key"] != key:
+        return None  # e.g. another entry's files copied under this name
+    body = {name: value for name, value in record.items() if name != "record_sha256"}
+    return record if _record_digest(body) == record["record_sha256"] else None
+
+
+def _record_digest(body: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of `body` (sorted keys, no spaces)."""
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def canonical_json(value: object) -> str:
+    """One text per JSON value: sorted keys, no whitespace (for hashing and comparing)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def load_cached_object(cache_dir: Path, key: str) -> bytes | None:
+    """The object cache's verified object for `key` (`cache_key`), or None."""
+    hit = read_entry(cache_dir, key, OBJECT_FORMAT, key, {})
+    return hit[0] if hit is not None else None
+
+
+def store_cached_object(cache_dir: Path, key: str, obj: bytes) -> None:
+    """Store `obj` in the object cache under `key` (overwriting any entry there)."""
+    write_entry(cache_dir, key, {"format": OBJECT_FORMAT, "key": key}, obj)
+
+
+# --- compiling ------------------------------------------------------------------------------
 
 def optimize_and_emit(ir_text: str, target: Target, opt_level: int,
                       stats: CompileStats | None = None) -> bytes:
@@ -142,40 +252,61 @@ def jit_compile(
     opt_level: int = 3,
     cache_dir: Path | None = None,
     target: Target | None = None,
+    symbols: Sequence[str] = (),
 ) -> JitModule:
-    """Compile `ir_text` for `target` (the host by default) and load it for calling."""
+    """Compile `ir_text` for `target` (the host by default) and load it for calling.
+
+    `symbols` are the functions the caller will look up. A cached object that fails to
+    verify, that LLVM rejects or that lacks one of them is a miss: it is compiled again and
+    overwritten. Raises CompileError if the freshly compiled module lacks one.
+    """
     target = target or host_target()
     key = cache_key(ir_text, target, opt_level)
-    stats = CompileStats()
-    obj: bytes | None = None
-    cache_file = cache_dir / f"{key}.o" if cache_dir is not None else None
-    if cache_file is not None and cache_file.is_file():
+    obj = load_cached_object(cache_dir, key) if cache_dir is not None else None
+    if obj is not None:
         try:
-            obj = cache_file.read_bytes()
-            stats.cache_hit = True
-        except OSError:
-            obj = None
-    if obj is None:
-        obj = optimize_and_emit(ir_text, target, opt_level, stats)
-        if cache_file is not None:
-            try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(cache_file, lambda f: f.write(obj))
-            except OSError:
-                pass  # a read-only or full cache directory must not break compilation
+            return _loaded(obj, target, opt_level, key, symbols, CompileStats(cache_hit=True))
+        except CompileError:
+            pass  # bytes this key's IR never produced: compile them again, below
+    stats = CompileStats()
+    obj = optimize_and_emit(ir_text, target, opt_level, stats)
+    if cache_dir is not None:
+        store_cached_object(cache_dir, key, obj)
+    return _loaded(obj, target, opt_level, key, symbols, stats)
+
+
+def load_object(obj: bytes, target: Target, opt_level: int,
+                symbols: Sequence[str] = ()) -> JitModule:
+    """Load a verified object of `runtime.program_cache` (a hit of that cache).
+
+    Raises CompileError if LLVM rejects the object or it lacks one of `symbols`; the caller
+    treats that as a miss.
+    """
+    return _loaded(obj, target, opt_level, "program-cache", symbols,
+                   CompileStats(cache_hit=True))
+
+
+def defines(obj: bytes, target: Target, opt_level: int, symbols: Sequence[str]) -> bool:
+    """Whether LLVM loads the (verified) object `obj` and it defines all of `symbols`."""
+    try:
+        _loaded(obj, target, opt_level, "check", symbols, CompileStats())
+    except CompileError:
+        return False
+    return True
+
+
+def _loaded(obj: bytes, target: Target, opt_level: int, key: str, symbols: Sequence[str],
+            stats: CompileStats) -> JitModule:
+    """`obj` loaded into an engine of its own; CompileError if a symbol is missing."""
     t0 = time.perf_counter()
     engine = _load_object(obj, target, opt_level)
     stats.load = time.perf_counter() - t0
     stats.object_bytes = len(obj)
-    return JitModule(engine, obj, key, stats)
-
-
-def load_object(obj: bytes, target: Target, opt_level: int) -> JitModule:
-    """Load an object file produced earlier (a cache hit of `runtime.program_cache`)."""
-    t0 = time.perf_counter()
-    engine = _load_object(obj, target, opt_level)
-    stats = CompileStats(cache_hit=True, load=time.perf_counter() - t0, object_bytes=len(obj))
-    return JitModule(engine, obj, "program-cache", stats)
+    jit = JitModule(engine, obj, key, stats)
+    missing = [name for name in symbols if not jit.optional_address(name)]
+    if missing:
+        raise CompileError(f"the compiled module does not define {', '.join(missing)}")
+    return jit
 
 
 def _load_object(obj: bytes, target: Target, opt_level: int) -> llvm.ExecutionEngine:

@@ -7,13 +7,23 @@ built for this machine's architecture and for CPU features this machine has. Any
 a `GraphcError` naming the file and the reason; a file that is not a graphc library never
 reaches `dlopen` (whose constructors would run, and whose code could crash the process).
 
-Then the library is opened with ctypes, one context is created (its state: parameters,
-optimizer state, scratch arena), and calls go through ``NAME_run_arrays``. The call
-convention is `runtime.arguments`' (positional or by name, checked before native code
-runs); outputs are fresh numpy arrays. Calls are serialized by a lock because the context
-is one; load the library again for parallel calls (each `Library` has its own context).
-A training library updates its parameters in its context; read and write them through
-`Library.variables`.
+Then the library is opened with ctypes (its constructors run: the file passed the checks
+above) and, before any call, its metadata is checked against what its code was compiled for:
+the metadata is plain bytes in the file, which an edit or corruption can change without
+changing the code, and the calls below size every buffer from it. So each input, output and
+variable (name, dtype, shape, element and byte counts), the port counts, the context, arena
+and weights sizes and the weights checksum are compared with constants compiled into the
+code (``NAME_num_ports``, ``NAME_port_info``, ``NAME_context_bytes``, ...), and the whole
+metadata with the sha256 of its canonical text the code carries (``NAME_metadata_sha256``);
+any difference is a `GraphcError`. This is an integrity check, not a signature: it refuses
+edited or corrupted metadata, not a file whose code was rewritten to match.
+
+Then one context is created (its state: parameters, optimizer state, scratch arena), and
+calls go through ``NAME_run_arrays``. The call convention is `runtime.arguments'`
+(positional or by name, checked before native code runs); outputs are fresh numpy arrays.
+Calls are serialized by a lock because the context is one; load the library again for
+parallel calls (each `Library` has its own context). A training library updates its
+parameters in its context; read and write them through `Library.variables`.
 
 Note: the dynamic loader identifies libraries by path, so loading a file that was rewritten
 at the same path after an earlier `load` in this process would reuse the old code; `load`
@@ -23,12 +33,14 @@ refuses that case instead (the metadata would disagree) -- export to a new path.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
+import math
 import os
 import struct
 import threading
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +52,41 @@ from graphc.errors import ArgumentError, GraphcError
 from graphc.ir import DType, TensorType
 from graphc.runtime.arguments import bind_arguments
 
-ABI_VERSION = 1
+# Version 2: the code carries what it was compiled for (NAME_num_ports, NAME_port_info,
+# NAME_arena_bytes, NAME_weights_bytes, NAME_weights_checksum64, NAME_metadata_sha256) and
+# `load` refuses metadata that disagrees; version 1 libraries lack them: re-export.
+ABI_VERSION = 2
+_ERR_COMPUTE = 11  # NAME_ERR_COMPUTE (graphc.export.header.STATUS)
 SUPPORTED_ABI_VERSIONS = frozenset({ABI_VERSION})
 META_SECTION = ".graphc_meta"
 META_FORMAT = "graphc-library"
 MAX_META_BYTES = 16 << 20  # the metadata of a huge graph is far below this
 
 _SHN_XINDEX = 0xFFFF
+
+# The C ABI's element type codes (`NAME_port.dtype`, the header's NAME_DTYPE_* constants)
+# and port kinds (the `kind` of NAME_num_ports / NAME_port_info), by code. Part of the ABI:
+# changing a code changes ABI_VERSION.
+DTYPE_CODES: dict[DType, int] = {
+    DType.float32: 1, DType.float64: 2, DType.int32: 3, DType.int64: 4, DType.bool: 5,
+}
+PORT_KINDS: tuple[str, ...] = ("input", "output", "variable")
+
+
+def metadata_text(meta: Mapping[str, Any]) -> str:
+    """The canonical JSON text of a library's metadata (sorted keys, ASCII only).
+
+    `gc.export` stores exactly this text (in `.graphc_meta`, returned by ``NAME_metadata``)
+    and compiles its `metadata_sha256` into the code. Parsing the text and calling this on
+    the result gives the same text back, so a loader can recompute the digest from the
+    metadata it parsed: equal digests mean equal metadata, whatever the whitespace.
+    """
+    return json.dumps(meta, sort_keys=True)
+
+
+def metadata_sha256(meta: Mapping[str, Any]) -> str:
+    """The sha256 (hex) of `metadata_text(meta)`, which the library's code carries."""
+    return hashlib.sha256(metadata_text(meta).encode("ascii")).hexdigest()
 
 
 # --- reading the metadata without loading the file ------------------------------------------
@@ -202,13 +242,37 @@ class Port:
         return self.type.dtype
 
 
+class _CPort(ctypes.Structure):
+    """``NAME_port`` of the header: one input, output or variable as the code has it."""
+
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int32),
+        ("rank", ctypes.c_int32),
+        ("shape", ctypes.POINTER(ctypes.c_uint64)),
+        ("elements", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+    ]
+
+
+_MAX_RANK = 64  # far above any real rank: a bound on what we read through `shape`
+_DTYPE_NAMES = {code: dtype.value for dtype, code in DTYPE_CODES.items()}
+
 _P = ctypes.c_void_p
 _PP = ctypes.POINTER(ctypes.c_void_p)
 # role in the metadata's "entry_points" -> (restype, argtypes) of the C function.
 _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "abi_version": (ctypes.c_int, []),
     "metadata": (_P, []),
+    "metadata_sha256": (ctypes.c_char_p, []),
+    "context_bytes": (ctypes.c_size_t, []),
+    "arena_bytes": (ctypes.c_size_t, []),
+    "weights_bytes": (ctypes.c_size_t, []),
+    "weights_checksum64": (ctypes.c_uint64, []),
+    "num_ports": (ctypes.c_int, [ctypes.c_int]),
+    "port_info": (ctypes.POINTER(_CPort), [ctypes.c_int, ctypes.c_int]),
     "error_string": (ctypes.c_char_p, [ctypes.c_int]),
+    "failure": (ctypes.c_char_p, [_P]),
     "create": (ctypes.c_int, [_PP]),
     "init": (ctypes.c_int, [_P, ctypes.c_size_t, _PP]),
     "destroy": (None, [_P]),
@@ -217,8 +281,10 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "get_variable": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_size_t]),
     "set_variable": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_size_t]),
 }
-_REQUIRED_ENTRY_POINTS = ("abi_version", "metadata", "error_string", "create", "init",
-                          "destroy", "run_arrays", "get_variable", "set_variable")
+_REQUIRED_ENTRY_POINTS = ("abi_version", "metadata", "metadata_sha256", "context_bytes",
+                          "arena_bytes", "weights_bytes", "weights_checksum64", "num_ports",
+                          "port_info", "error_string", "failure", "create", "init", "destroy",
+                          "run_arrays", "get_variable", "set_variable")
 
 
 class Library:
@@ -257,6 +323,8 @@ class Library:
         if not same:
             raise GraphcError(f"{path}: the loaded code's metadata differs from the file's (a "
                               "library already loaded from this path? export to a new path)")
+        # Before any context or call: everything below sizes buffers from the metadata.
+        _check_metadata_matches_code(path, meta, self._call)
         self._ctx = ctypes.c_void_p()
         self._memory: np.ndarray | None = None
         if weights is None:
@@ -295,6 +363,10 @@ class Library:
         return fn
 
     def _check(self, status: int, what: str) -> None:
+        failure = self._call("failure")(self._ctx) if status == _ERR_COMPUTE else None
+        if failure is not None:  # the message names the op and the model's source line
+            raise GraphcError(f"library {self.name} ({self.path.name}): "
+                              f"{failure.decode(errors='replace')}")
         if status != 0:
             text = self._call("error_string")(status)
             raise GraphcError(f"library {self.name} ({self.path.name}): {what} failed: "
@@ -322,6 +394,77 @@ class Library:
 
     def __repr__(self) -> str:
         return f"<graphc Library {self.name!r} from {self.path}>"
+
+
+def _check_metadata_matches_code(path: Path, meta: Mapping[str, Any],
+                                 call: Callable[[str], Any]) -> None:
+    """Raise GraphcError unless `meta` states what the loaded code was compiled for.
+
+    `call(role)` is the code's entry point of `role`. First the facts the calls rely on for
+    memory safety, each against the constant the code carries, so that the message names
+    the fact: per port kind the count, per port its name (binding by name and variable
+    indices follow the order), dtype, shape, element count and byte count; the context and
+    arena sizes; the weights' size and checksum. Then every other fact at once: the sha256
+    of the metadata's canonical text against the one compiled into the code.
+    """
+    wrong: list[str] = []
+
+    def compare(what: str, says: Any, code: Any) -> bool:
+        # `type(...) is`: JSON `true` is a Python int equal to 1, and 1.0 == 1; neither is
+        # what gc.export wrote, so neither may pass for the code's integer.
+        if type(says) is not type(code) or says != code:
+            wrong.append(f"{what}: {says!r} in the metadata, {code!r} in the code")
+            return False
+        return True
+
+    for kind, name in enumerate(PORT_KINDS):
+        entries = meta[f"{name}s"]
+        count = call("num_ports")(kind)
+        compare(f"the number of {name}s", len(entries), count)
+        for index, entry in enumerate(entries[:max(count, 0)]):
+            _compare_port(f"{name} {index}", entry, call("port_info")(kind, index), compare)
+    compare("context_bytes", meta["context_bytes"], call("context_bytes")())
+    compare("arena_bytes", meta.get("arena_bytes"), call("arena_bytes")())
+    weights = meta["weights"]
+    compare("weights bytes", weights.get("bytes"), call("weights_bytes")())
+    compare("weights checksum64", weights.get("checksum64"),
+            f"{call('weights_checksum64')():016x}")
+    if not wrong:
+        code_sha = (call("metadata_sha256")() or b"").decode("ascii", "replace")
+        compare("the sha256 of the metadata", metadata_sha256(meta), code_sha)
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise GraphcError(f"{path}: its metadata does not match its code: "
+                          f"{'; '.join(wrong[:3])}{more}. The file was edited or corrupted "
+                          "after gc.export: export it again")
+
+
+def _compare_port(what: str, entry: Mapping[str, Any], port: Any,
+                  compare: Callable[[str, Any, Any], bool]) -> None:
+    """Compare metadata port `entry` (checked by `_check_schema`) with the code's `port`
+    (a pointer to `_CPort`, NULL if the code has no such port) through `compare`, up to
+    the first difference (one per port is enough to say what was edited)."""
+    if not port:  # NULL: the code has no such port
+        compare(what, entry["name"], None)
+        return
+    p = port.contents
+    ttype = _tensor_type(entry)
+    if not compare(f"{what} name", entry["name"], (p.name or b"").decode("utf-8", "replace")):
+        return
+    rank = p.rank if 0 <= p.rank <= _MAX_RANK else 0  # never read past a corrupt rank
+    label = f"{what} {entry['name']!r}"
+    facts = [
+        ("dtype", ttype.dtype.value, _DTYPE_NAMES.get(p.dtype, f"code {p.dtype}")),
+        ("shape", list(ttype.shape), [int(p.shape[i]) for i in range(rank)]),
+        ("rank", ttype.ndim, p.rank),
+        ("elements", math.prod(ttype.shape), int(p.elements)),
+        # The size numpy allocates for the port's arrays, then the size the metadata states.
+        ("array bytes", ttype.size * ttype.dtype.itemsize, int(p.bytes)),
+        ("bytes", entry.get("bytes"), int(p.bytes)),
+    ]
+    for fact, says, code in facts:
+        if not compare(f"{label} {fact}", says, code):
+            return
 
 
 class LibraryVariables(Mapping[str, np.ndarray]):

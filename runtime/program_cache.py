@@ -6,28 +6,40 @@ function of: the optimized graph's text IR (which includes its signature and the
 small constants; large constants and variables are passed by pointer), the target, the
 options that change code (opt level, threads, profiling), and a fingerprint of the code
 generator's own source files, so that editing graphc can never return stale code.
-An entry is the object file plus a small JSON record of the entry point's table layout.
+
+An entry is a `runtime.jit` cache entry (so verified the same way before LLVM sees a byte)
+with stem `<key>.prog`: the object `<key>.prog.o` and the record `<key>.prog.json`, whose
+fields beyond the common ones are the entry point's layout:
+
+    {"format": "graphc.program/1", "key": ..., "object_sha256": ..., "object_bytes": ...,
+     "entry": "graphc_entry", "table": [["input", 0], ..., ["variable", "w1"], ...,
+     ["arena", 0]], "arena_bytes": <int>, "scratch_offset": <int>, "record_sha256": ...}
+
+The layout is trusted by the Executable (table order, arena size) and by the machine code
+(which reads the table and writes the arena up to `arena_bytes`), so `load` demands that it
+be exactly the layout the caller's memory plan implies (`expected_layout`), not merely
+well-formed.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import graphc.codegen as codegen
 import graphc.ir as ir
 import graphc.ops as ops
 import graphc.passes as passes
 from graphc._version import __version__
-from graphc.codegen.module import TableEntry
+from graphc.codegen.module import ENTRY, TableEntry, arena_layout
 from graphc.codegen.target import Target
-from graphc.io.atomic import atomic_write
 from graphc.io.textir import format_graph
 from graphc.ir import Graph
-from graphc.passes.memory_plan import Space
+from graphc.passes.memory_plan import MemoryPlan
+from graphc.runtime.jit import canonical_json, read_entry, write_entry
 
 # The sources the generated code is a function of: these packages (wherever they are
 # installed: passes/ and runtime/ sit beside graphc/ in an editable install, inside it
@@ -35,6 +47,13 @@ from graphc.passes.memory_plan import Space
 _CODEGEN_PACKAGES = (codegen, ir, ops, passes)
 _CODEGEN_FILES = (Path(ir.__file__).resolve().parent.parent / "pipeline.py",
                   Path(__file__).resolve().parent / "jit.py")
+
+# The record format of this cache; a record of any other format is a miss.
+FORMAT = "graphc.program/1"
+
+# The layout fields of a record and their JSON types (`runtime.jit.read_entry` checks them).
+_LAYOUT_FIELDS: dict[str, type] = {"entry": str, "table": list, "arena_bytes": int,
+                                   "scratch_offset": int}
 
 
 @dataclass(frozen=True)
@@ -71,26 +90,34 @@ def program_key(graph: Graph, target: Target, settings: str) -> str:
     return h.hexdigest()
 
 
-def load(cache_dir: Path, key: str) -> tuple[bytes, Layout] | None:
-    """The cached object and layout for `key`, or None (a damaged entry is a miss)."""
-    obj_file, meta_file = cache_dir / f"{key}.prog.o", cache_dir / f"{key}.prog.json"
-    try:
-        meta = json.loads(meta_file.read_text())
-        layout = Layout(meta["entry"], tuple(TableEntry(Space(s), k) for s, k in meta["table"]),
-                        int(meta["arena_bytes"]), int(meta["scratch_offset"]))
-        return obj_file.read_bytes(), layout
-    except (OSError, ValueError, KeyError, TypeError):
+def expected_layout(plan: MemoryPlan, target: Target, threads: int, conv: str,
+                    entry: str = ENTRY) -> Layout:
+    """The layout `codegen.module.build_module` gives `plan` with these settings (both use
+    `codegen.module.arena_layout`)."""
+    arena = arena_layout(plan, target, threads, conv)
+    return Layout(entry, arena.table, arena.arena_bytes, arena.scratch_offset)
+
+
+def load(cache_dir: Path, key: str, expected: Layout) -> bytes | None:
+    """The cached object for `key` if its entry verifies and records exactly `expected`;
+    None otherwise (missing, damaged, another key's or another layout's entry: a miss)."""
+    hit = read_entry(cache_dir, f"{key}.prog", FORMAT, key, _LAYOUT_FIELDS)
+    if hit is None:
         return None
+    obj, record = hit
+    recorded = {name: record[name] for name in _LAYOUT_FIELDS}
+    # Compared as canonical JSON text, so types must match too (`true` is not 1).
+    return obj if canonical_json(recorded) == canonical_json(_fields(expected)) else None
 
 
 def store(cache_dir: Path, key: str, obj: bytes, layout: Layout) -> None:
-    """Write an entry (object first, then the record that makes it visible)."""
-    meta = {"entry": layout.entry, "arena_bytes": layout.arena_bytes,
+    """Write the entry for `key` atomically, replacing any entry there (errors ignored)."""
+    write_entry(cache_dir, f"{key}.prog", {"format": FORMAT, "key": key, **_fields(layout)},
+                obj)
+
+
+def _fields(layout: Layout) -> dict[str, Any]:
+    """The record fields of `layout` (JSON values)."""
+    return {"entry": layout.entry, "arena_bytes": layout.arena_bytes,
             "scratch_offset": layout.scratch_offset,
             "table": [[e.space.value, e.key] for e in layout.table]}
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache_dir / f"{key}.prog.o", lambda f: f.write(obj))
-        atomic_write(cache_dir / f"{key}.prog.json", lambda f: f.write(json.dumps(meta).encode()))
-    except OSError:
-        pass  # a read-only or full cache directory must not break compilation

@@ -373,35 +373,32 @@ def test_gather(gather_run: Compiled, label: str) -> None:
     _close(gather_run.actual[label], gather_run.expected[label])
 
 
-def _clamped(i: np.ndarray, n: int) -> np.ndarray:
-    """The documented compiled semantics: wrap negatives once, then clamp to [0, n-1]."""
-    return np.clip(np.where(i < 0, i + n, i), 0, n - 1)
-
-
-def test_out_of_range_indices_clamp() -> None:
-    """The reference raises; compiled code clamps and never touches memory out of bounds."""
+def test_out_of_range_indices_raise_like_the_reference() -> None:
+    """Compiled gathers and scatter-adds wrap negative indices once, like the reference, and
+    raise where it raises (an index outside [-n, n)); see tests/test_index_errors.py."""
     x = np.arange(5 * 6, dtype=np.float64).reshape(5, 6)
-    i = np.array([-100, -7, -6, -1, 0, 5, 6, 7, 10**9], np.int64)
-    ia = np.array([[9], [-9], [2], [6], [-1]], np.int32)
     g = np.arange(5 * 9, dtype=np.float64).reshape(5, 9)
     ga = np.ones((5, 1))
-    with gc.Graph("clamp") as graph:
-        px, pi, pia, pg, pga = (gc.placeholder(a.shape, a.dtype.name, name=n) for a, n in
-                                zip((x, i, ia, g, ga), ("x", "i", "ia", "g", "ga")))
+    with gc.Graph("wrap") as graph:
+        px = gc.placeholder(x.shape, "float64", name="x")
+        pi = gc.placeholder((9,), "int64", name="i")
+        pia = gc.placeholder((5, 1), "int32", name="ia")
+        pg = gc.placeholder(g.shape, "float64", name="g")
+        pga = gc.placeholder(ga.shape, "float64", name="ga")
         outs = [gc.take(px, pi, axis=1), gc.take_along_axis(px, pia, axis=1),
                 take_grad(pg, pi, 1, 6), take_along_axis_grad(pga, pia, 1, (5, 6))]
-    got = gc_compile(graph, [px, pi, pia, pg, pga], outs, options=OPTIONS)(x, i, ia, g, ga)
-    ci, cia = _clamped(i, 6), _clamped(ia, 6)
-    np.testing.assert_array_equal(got[0], x[:, ci])
-    np.testing.assert_array_equal(got[1], np.take_along_axis(x, cia, axis=1))
-    want = np.zeros((5, 6))
-    np.add.at(want, (slice(None), ci), g)
-    np.testing.assert_array_equal(got[2], want)
-    want = np.zeros((5, 6))
-    np.add.at(want, (np.arange(5)[:, None], cia), ga)
-    np.testing.assert_array_equal(got[3], want)
-    with pytest.raises(GraphcError, match="out of range"):
-        gc.reference(graph, [px, pi, pia, pg, pga], outs)(x, i, ia, g, ga)
+    inputs = [px, pi, pia, pg, pga]
+    run = gc_compile(graph, inputs, outs, options=OPTIONS)
+    ref = gc.reference(graph, inputs, outs)
+    i = np.array([-6, -5, -1, 0, 1, 5, 4, -3, 2], np.int64)
+    ia = np.array([[5], [-6], [2], [0], [-1]], np.int32)
+    for got, want in zip(run(x, i, ia, g, ga), ref(x, i, ia, g, ga)):
+        np.testing.assert_array_equal(got, want)
+    for bad_i, bad_ia in ((np.where(i == 5, 6, i), ia), (i, np.where(ia == 5, -7, ia))):
+        with pytest.raises(GraphcError, match="out of range"):
+            run(x, bad_i, bad_ia, g, ga)
+        with pytest.raises(GraphcError, match="out of range"):
+            ref(x, bad_i, bad_ia, g, ga)
 
 
 # --- a training step --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from graphc.cli.exported import main_export
 from graphc.codegen.target import host_target
 from graphc.io.textir import format_graph
 from graphc.pipeline import DEFAULT_OPTIONS
-from graphc.runtime.library import read_metadata
+from graphc.runtime.library import ABI_VERSION, read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "examples" / "c_client" / "main.c"
@@ -197,7 +197,7 @@ def test_loaded_library_is_called_like_the_executable(mlp: Exported) -> None:
 def test_loaded_library_metadata_and_read_only_variables(mlp: Exported) -> None:
     meta = read_metadata(mlp.lib.library)
     assert meta == mlp.lib.metadata
-    assert meta["abi_version"] == 1 and meta["graphc_version"] == gc.__version__
+    assert meta["abi_version"] == ABI_VERSION and meta["graphc_version"] == gc.__version__
     assert meta["inputs"] == [{"name": "x", "c_name": "x", "dtype": "float32",
                                "shape": [8, 64], "bytes": 8 * 64 * 4}]
     assert meta["target"]["features"] == host_target().features
@@ -222,8 +222,23 @@ def test_loaded_library_metadata_and_read_only_variables(mlp: Exported) -> None:
 
 def test_header_compiles_as_strict_c_and_cpp(mlp: Exported, tmp_path: Path) -> None:
     src = tmp_path / "use.c"
-    src.write_text('#include "mlp.h"\nint main(void) { return mlp_abi_version() != '
-                   'MLP_ABI_VERSION; }\n')
+    # The compiled-in facts (what gc.runtime.load checks the metadata against) agree with
+    # the header's macros.
+    src.write_text(r"""#include <string.h>
+#include "mlp.h"
+int main(void) {
+    const mlp_port *x = mlp_port_info(MLP_PORT_INPUT, 0);
+    const mlp_port *w = mlp_port_info(MLP_PORT_VARIABLE, MLP_VARIABLE_W1);
+    if (mlp_abi_version() != MLP_ABI_VERSION) return 1;
+    if (mlp_num_ports(MLP_PORT_INPUT) != MLP_NUM_INPUTS || mlp_num_ports(7) != -1) return 2;
+    if (x == NULL || strcmp(x->name, MLP_INPUT0_NAME) != 0 || x->bytes != MLP_INPUT0_BYTES ||
+        x->dtype != MLP_DTYPE_FLOAT32 || x->rank != 2 || x->shape[1] != 64) return 3;
+    if (w == NULL || w->bytes != MLP_VARIABLE_W1_BYTES || strcmp(w->name, "w1") != 0) return 4;
+    if (mlp_port_info(MLP_PORT_OUTPUT, MLP_NUM_OUTPUTS) != NULL) return 5;
+    if (mlp_port_info(-1, 0) != NULL || strlen(mlp_metadata_sha256()) != 64) return 6;
+    return mlp_arena_bytes() >= MLP_CONTEXT_BYTES;
+}
+""")
     _cc(tmp_path / "use", [src], mlp.dir, ["mlp"], ("-pedantic",))
     assert subprocess.run([str(tmp_path / "use")], check=False).returncode == 0
     cxx = shutil.which("c++")
@@ -492,6 +507,9 @@ def test_external_weights(mlp: Exported, tmp_path: Path) -> None:
     moved.write_bytes(bytes(data[:1000]))
     with pytest.raises(gc.GraphcError, match="not this library's"):
         gc.runtime.load(ext.library, weights=moved)
+    moved.write_bytes(ext.weights.read_bytes() + bytes(64))  # longer than its header says
+    with pytest.raises(gc.GraphcError, match="not this library's"):
+        gc.runtime.load(ext.library, weights=moved)
     with pytest.raises(gc.GraphcError, match="cannot open or read the weights file"):
         gc.runtime.load(ext.library, weights=tmp_path / "missing.bin")
     with pytest.raises(gc.ArgumentError, match="embeds its weights"):
@@ -522,7 +540,7 @@ def test_bad_files_give_graphc_errors(mlp: Exported, tmp_path: Path) -> None:
         "text": (b"this is not a library\n" * 10, "not an ELF file"),
         "libm": (_libm_path(), "no .graphc_meta section"),
     }
-    abi = b'"abi_version": 1,'
+    abi = f'"abi_version": {ABI_VERSION},'.encode()
     assert good.count(abi) == 1
     cases["abi"] = (good.replace(abi, b'"abi_version": 7,'), "ABI version 7 is not supported")
     feature = next(f[1:] for f in meta["target"]["features"].split(",") if f.startswith("+"))

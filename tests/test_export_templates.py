@@ -24,6 +24,7 @@ import pytest
 
 from graphc.export import csource, header
 from graphc.export import render as render_module
+from graphc.export.header import STATUS
 from graphc.export.library_layout import BufferSpec, Layout, PortSpec
 from graphc.ir import DType, TensorType
 
@@ -111,7 +112,7 @@ def rendered() -> Iterator[dict[str, Rendered]]:
             # csource and header import `render` from export.render: patch both names.
             mp.setattr(header, "render", recording)
             mp.setattr(csource, "render", recording)
-            source = csource.source_text(layout, META_JSON, 0x0123456789ABCDEF)
+            source = csource.source_text(layout, META_JSON, 0x0123456789ABCDEF, "ab" * 32)
             out[case] = Rendered(layout, source, header.header_text(layout, META), calls)
     yield out
 
@@ -165,12 +166,20 @@ def test_optional_parts_follow_the_layout(rendered: dict[str, Rendered], case: s
     assert (".incbin" in src) == embedded == ("memcpy(ctx->state + b->state_offset" in src)
     assert (" * Training:" in hdr) == lay.trains != (" * Variables (" in hdr)
     assert f"#define {up}_NUM_INPUTS {len(lay.inputs)}\n" in hdr
-    assert f'    case {up}_ERR_COMPUTE: return "the generated code reported a failure";' in src
-    assert f"    {up}_ERR_COMPUTE = 11,  /* the generated code reported a failure */" in hdr
-    assert ("placeholder: C has no empty arrays" in src) == (not lay.buffers)
+    assert f'    case {up}_ERR_COMPUTE: return "{dict(STATUS)["ERR_COMPUTE"]}";' in src
+    assert f"    {up}_ERR_COMPUTE = 11,  /* {dict(STATUS)['ERR_COMPUTE']} */" in hdr
+    assert ('{"", 0, 0, 0, 0, 0},  /* placeholder' in src) == (not lay.buffers)
+    assert ("{NULL, 0, 0, dims, 0, 0},  /* placeholder" in src) == (
+        not lay.inputs and not lay.outputs and not lay.variables)
+    assert "#define WEIGHTS_CHECKSUM64 UINT64_C(0x0123456789abcdef)" in src
+    assert f'#define METADATA_SHA256 "{"ab" * 32}"' in src
     if lay.inputs:  # a scalar has no SHAPE macro (C has no empty initializer)
         assert f"#define {up}_INPUT_IDX_2_SHAPE {up}_INPUT1_SHAPE\n" in hdr
         assert f"#define {up}_OUTPUT0_RANK 0\n#define {up}_OUTPUT0_ELEMENTS 1u\n" in hdr
+        # The compiled-in port table: inputs, outputs, then variables; rank 0 has no dims.
+        assert f'    {{"idx-2", {up}_DTYPE_INT32, 1, dims + 2, 3u, 12u}},  /* input 1 */' in src
+        assert f'    {{"out.sum", {up}_DTYPE_FLOAT64, 0, dims + 3, 1u, 8u}},  /* output 0 */' \
+            in src
     if lay.buffers:
         assert f"#define {up}_VARIABLE_STEP_BYTES 8u\n\n" in hdr  # rank 0: no SHAPE line
         assert f'    {{"layer.0/w", 4, {int(lay.external or lay.trains)}, 0u, 0u, 24u}},' in src

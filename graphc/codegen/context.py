@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.fused.expr import Evaluator
-from graphc.codegen.llvm_types import storage_type
+from graphc.codegen.llvm_types import I32, storage_type
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.ir import Node
@@ -36,6 +36,7 @@ class KernelContext:
     scratch: ir.Value | None
     threads: int = 1  # threads of the native pool parallel loops may use
     conv_algorithm: str = "auto"  # CompileOptions.conv_algorithm
+    status: ir.Value | None = None  # the call's status word, for kernels that `checks`
 
     @property
     def module(self) -> ir.Module:
@@ -68,6 +69,17 @@ class KernelContext:
                   flat: bool = False) -> Evaluator:
         return Evaluator(self.b, self.program, self.kernel, self.ptrs, lanes, overrides, flat)
 
+    def report_error(self, failed: ir.Value) -> None:
+        """Set the call's status word when `failed` (i1) is true: the entry point then stops
+        after this kernel and returns its number (`module.build_module`). Only kernels whose
+        `Lowering.checks` is set have a status word; several threads may store at once, so
+        the store is atomic (and always stores the same value)."""
+        assert self.status is not None, "a kernel that reports errors must declare `failure`"
+        b = self.b
+        with b.if_then(failed, likely=False):
+            # atomicrmw: llvmlite's store_atomic needs a typed pointer, ours are opaque.
+            b.atomic_rmw("xchg", self.status, ir.Constant(I32, 1), "monotonic")
+
     def lanes_for(self, nodes: list[Node]) -> int:
         """Vector lanes so that the widest element type in `nodes` fills one register."""
         widest = max((n.dtype.itemsize for n in nodes), default=4)
@@ -87,10 +99,18 @@ class Lowering:
     `ctx.b`; `scratch` says how many bytes of scratch it needs (none if absent: then
     `ctx.scratch` is None); `writes_once` says whether the kernel applies its epilogue
     exactly once per output element, at the final store (the memory planner may then update
-    a variable its epilogue reads in place).
+    a variable its epilogue reads in place); `failure` is set for a kernel that can find its
+    input invalid at run time (an index out of range) and report it (`report_error`): it
+    says what a reported error means, for the node the kernel computes.
     """
 
     key: KernelKind | str
     emit: Emitter
     scratch: ScratchRule | None = None
     writes_once: Callable[[Kernel, Target], bool] | None = None
+    failure: Callable[[Node], str] | None = None
+
+    @property
+    def checks(self) -> bool:
+        """Whether the kernel gets the call's status word (see `failure`)."""
+        return self.failure is not None

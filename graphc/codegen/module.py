@@ -5,7 +5,11 @@ per buffer, in the order of `GeneratedModule.table`: the inputs (signature order
 outputs (signature order), the variables and the large constants the code reads (by name),
 then the arena (`arena_bytes`, 64-byte aligned; the caller owns it). The entry point runs
 the `copies_before` of the memory plan, calls every kernel in schedule order, runs the
-`copies_after`, and returns 0.
+`copies_after`, and returns 0. A kernel that checks its inputs (`Lowering.checks`: gathers
+and scatter-adds check their indices) gets a pointer to a status word at the end of the
+arena; when it reports an error the entry point stops after it and returns the kernel's
+index + 1 (`GeneratedModule.failed_kernel`), so no later kernel (no variable update after
+it) runs on the bad input.
 
 Every kernel is an internal function whose arguments are its output buffer, its input
 buffers and, if it needs one, a scratch pointer into the arena (after the planned region:
@@ -64,6 +68,33 @@ def _table(plan: MemoryPlan) -> list[TableEntry]:
     return entries
 
 
+@dataclass(frozen=True)
+class ArenaLayout:
+    """Where a module's table points and how its arena is cut: the planned region
+    (`plan.arena_bytes`), the kernels' shared scratch at `scratch_offset`, and the status
+    word of checking kernels at `status_offset` (64 bytes, only when a kernel checks)."""
+
+    table: tuple[TableEntry, ...]
+    scratch: tuple[int, ...]  # per kernel, in schedule order
+    checks: tuple[bool, ...]  # per kernel: gets the status word
+    scratch_offset: int
+    status_offset: int
+    arena_bytes: int
+
+
+def arena_layout(plan: MemoryPlan, target: Target, threads: int = 1,
+                 conv: str = "auto") -> ArenaLayout:
+    """The layout `build_module` gives `plan` (the program cache checks entries against it)."""
+    kernels = plan.program.kernels
+    scratch = tuple(lowering.scratch_bytes(k, target, threads, conv) for k in kernels)
+    checks = tuple(lowering.lowering_of(k).checks for k in kernels)
+    scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
+    status_offset = (scratch_offset + max(scratch, default=0) + ALIGN - 1) // ALIGN * ALIGN
+    arena_bytes = status_offset + (ALIGN if any(checks) else 0)
+    return ArenaLayout(tuple(_table(plan)), scratch, checks, scratch_offset, status_offset,
+                       arena_bytes)
+
+
 def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
                  entry: str = ENTRY, threads: int = 1, profile: bool = False,
                  conv: str = "auto") -> GeneratedModule:
@@ -76,21 +107,21 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     program = plan.program
     module = ir.Module(name=name)
     module.triple = target.triple
-    table = _table(plan)
-    scratch_of = [lowering.scratch_bytes(k, target, threads, conv) for k in program.kernels]
-    scratch = max(scratch_of, default=0)
-    scratch_offset = (plan.arena_bytes + ALIGN - 1) // ALIGN * ALIGN
-    arena_bytes = scratch_offset + scratch
+    layout = arena_layout(plan, target, threads, conv)
+    table = list(layout.table)
+    scratch_of, checks = layout.scratch, layout.checks
+    scratch_offset, status_offset = layout.scratch_offset, layout.status_offset
 
     # Structurally identical kernels (an unrolled RNN's steps, repeated layers) share one
     # function: it is generated and optimized once and called with different buffers.
     shared: dict[tuple, ir.Function] = {}
     kernel_fns = []
-    for k, k_scratch in zip(program.kernels, scratch_of):
+    for k, k_scratch, k_checks in zip(program.kernels, scratch_of, checks):
         needs_scratch = k_scratch > 0
-        key = kernel_key(plan, k, needs_scratch)
+        key = (kernel_key(plan, k, needs_scratch), k_checks)
         if key not in shared:
-            shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads, conv)
+            shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads, conv,
+                                       k_checks)
         kernel_fns.append(shared[key])
 
     entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
@@ -114,6 +145,9 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
         b.call(memcpy, [pointer(c.dst), pointer(c.src_loc), ir.Constant(I64, c.nbytes),
                         ir.Constant(I1, 0)])
 
+    status = b.gep(arena, [ir.Constant(I64, status_offset)], inbounds=True, source_etype=I8)
+    if any(checks):
+        b.store(ir.Constant(I32, 0), status)
     for c in plan.copies_before:
         copy(c)
     counters = _profile_counters(module, len(program.kernels)) if profile else None
@@ -124,20 +158,26 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
         if scratch_of[index] > 0:
             args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
                               source_etype=I8))
+        if checks[index]:
+            args.append(status)
         if counters is None:
             b.call(fn, args)
-            continue
-        start = b.call(clock, [])
-        b.call(fn, args)
-        elapsed = b.sub(b.call(clock, []), start)
-        # Through an opaque pointer: llvmlite type-checks stores to typed global pointers.
-        base = b.inttoptr(b.ptrtoint(counters, I64), PTR)
-        slot = b.gep(base, [ir.Constant(I64, index)], inbounds=True, source_etype=I64)
-        b.store(b.add(b.load(slot, typ=I64), elapsed), slot)
+        else:
+            start = b.call(clock, [])
+            b.call(fn, args)
+            elapsed = b.sub(b.call(clock, []), start)
+            # Through an opaque pointer: llvmlite type-checks stores to typed global pointers.
+            base = b.inttoptr(b.ptrtoint(counters, I64), PTR)
+            slot = b.gep(base, [ir.Constant(I64, index)], inbounds=True, source_etype=I64)
+            b.store(b.add(b.load(slot, typ=I64), elapsed), slot)
+        if checks[index]:
+            failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
+            with b.if_then(failed, likely=False):
+                b.ret(ir.Constant(I32, index + 1))
     for c in plan.copies_after:
         copy(c)
     b.ret(ir.Constant(I32, 0))
-    return GeneratedModule(module, table, arena_bytes, scratch_offset, entry)
+    return GeneratedModule(module, table, layout.arena_bytes, scratch_offset, entry)
 
 
 PROFILE = "graphc_profile_cycles"
@@ -180,8 +220,8 @@ def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
 
 
 def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
-                 needs_scratch: bool, threads: int, conv: str) -> ir.Function:
-    n_args = 1 + len(kernel.inputs) + (1 if needs_scratch else 0)
+                 needs_scratch: bool, threads: int, conv: str, checks: bool) -> ir.Function:
+    n_args = 1 + len(kernel.inputs) + (1 if needs_scratch else 0) + (1 if checks else 0)
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), kernel.name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -197,8 +237,10 @@ def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Ta
     ptrs: dict[Node, ir.Value] = {kernel.root: fn.args[0]}
     for i, n in enumerate(kernel.inputs):
         ptrs[n] = fn.args[1 + i]
-    scratch = fn.args[-1] if needs_scratch else None
-    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads, conv)
+    rest = iter(fn.args[1 + len(kernel.inputs):])
+    scratch = next(rest) if needs_scratch else None
+    status = next(rest) if checks else None
+    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads, conv, status)
     lowering.lowering_of(kernel).emit(ctx)
     ctx.b.ret_void()
     return fn

@@ -56,11 +56,11 @@ def parallel_range(ctx: KernelContext, n: int, grain: int, body: Body, align: in
     task.attributes.add("nounwind")
     captured, t = task.args
 
-    # Capture every pointer the body may use: the kernel's buffers and its scratch.
+    # Capture every pointer the body may use: the kernel's buffers, its scratch, its status.
     nodes = list(ctx.ptrs)
     values = [ctx.ptrs[n_] for n_ in nodes]
-    if ctx.scratch is not None:
-        values.append(ctx.scratch)
+    extra = [p for p in (ctx.scratch, ctx.status) if p is not None]
+    values += extra
     slot = entry_alloca(ctx.b, PTR, name="captured", count=max(len(values), 1))
     for i, v in enumerate(values):
         addr = ctx.b.gep(slot, [ir.Constant(I64, i)], inbounds=True, source_etype=PTR)
@@ -72,9 +72,11 @@ def parallel_range(ctx: KernelContext, n: int, grain: int, body: Body, align: in
         addr = tb.gep(captured, [ir.Constant(I64, i)], inbounds=True, source_etype=PTR)
         loaded.append(tb.load(addr, typ=PTR))
     ptrs = dict(zip(nodes, loaded))
-    scratch = loaded[-1] if ctx.scratch is not None else None
+    rest = iter(loaded[len(nodes):])
+    scratch = next(rest) if ctx.scratch is not None else None
+    status = next(rest) if ctx.status is not None else None
     sub = KernelContext(tb, ctx.target, ctx.program, ctx.kernel, ptrs, scratch, ctx.threads,
-                        ctx.conv_algorithm)
+                        ctx.conv_algorithm, status)
     start = tb.mul(t, ir.Constant(I64, chunk))
     end = tb.add(start, ir.Constant(I64, chunk))
     over = tb.icmp_signed(">", end, ir.Constant(I64, n))

@@ -8,7 +8,10 @@ the same machine code, emitted as an object file instead of being loaded into a 
 system C compiler links it with a generated C wrapper (`csource`) that implements the ABI
 documented in the generated header: contexts, argument order, status codes, variables,
 metadata. The metadata (JSON) is returned by ``NAME_metadata()`` and stored in the ELF
-section `.graphc_meta`, where `gc.runtime.load` reads it before loading anything.
+section `.graphc_meta`, where `gc.runtime.load` reads it before loading anything. The
+wrapper also carries what the code was compiled for (every port's name, dtype, shape and
+size, the context, arena and weights sizes, the weights checksum, the metadata's sha256):
+after loading, `gc.runtime.load` refuses metadata that disagrees with it.
 
 Files are written atomically (a failed export leaves earlier files intact). The library
 depends only on libc and libm; it runs on CPUs with the features of the exporting machine
@@ -18,7 +21,6 @@ depends only on libc and libm; it runs on CPUs with the features of the exportin
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -45,7 +47,8 @@ from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.pipeline import DEFAULT_OPTIONS, lower
 from graphc.runtime.arguments import resolve_signature
-from graphc.runtime.library import ABI_VERSION, META_FORMAT
+from graphc.runtime.executable import failure_messages
+from graphc.runtime.library import ABI_VERSION, META_FORMAT, metadata_sha256, metadata_text
 
 WEIGHTS_MODES = ("embedded", "external")
 
@@ -108,13 +111,17 @@ def export(
 
     external = weights == "external"
     layout, blob = build_layout(name, lowered.optimized, sig, generated, external)
+    assert lowered.plan is not None
     layout = replace(layout, threads=threads,
-                     pool_shutdown=SHUTDOWN if SHUTDOWN in generated.module.globals else None)
+                     pool_shutdown=SHUTDOWN if SHUTDOWN in generated.module.globals else None,
+                     failures=failure_messages(lowered.plan.program.kernels))
     checksum = checksum64(blob)
     meta = _metadata(layout, graph, sig, single, ir_text, blob, checksum, target)
-    meta_json = json.dumps(meta, sort_keys=True)
+    # The stored text is the canonical one, whose digest the code carries: the loader
+    # recomputes it from the metadata it reads and refuses a library whose text was edited.
+    meta_json = metadata_text(meta)
     header = header_text(layout, meta)
-    source = source_text(layout, meta_json, checksum)
+    source = source_text(layout, meta_json, checksum, metadata_sha256(meta))
 
     with tempfile.TemporaryDirectory(prefix="graphc-export-") as tmp:
         built = link_shared(cc, Path(tmp), name, obj, source, header,

@@ -14,7 +14,7 @@ from string import Template
 from graphc.export.library_layout import BufferSpec, Layout, PortSpec
 from graphc.export.render import render
 from graphc.ir import DType, TensorType
-from graphc.runtime.library import ABI_VERSION, META_SECTION
+from graphc.runtime.library import ABI_VERSION, DTYPE_CODES, META_SECTION, PORT_KINDS
 
 CTYPES: dict[DType, str] = {
     DType.float32: "float",
@@ -37,13 +37,14 @@ STATUS: list[tuple[str, str]] = [
     ("ERR_WEIGHTS_MISMATCH", "the weights file is not this library's (size or checksum)"),
     ("ERR_BAD_INDEX", "no variable with this index"),
     ("ERR_READ_ONLY", "read-only variable (embedded weights of an inference library)"),
-    ("ERR_COMPUTE", "the generated code reported a failure"),
+    ("ERR_COMPUTE", "an input is invalid (an index out of range); _failure() says which"),
 ]
 
 # Short fragments: one or two lines, picked in `header_text`.
 _SHAPE_MACRO = Template("#define ${macro}_SHAPE ${shape}")
 _SHAPE_ALIAS = Template("#define ${by_name}_SHAPE ${by_index}_SHAPE")
 _STATUS_CODE = Template("${NAME}_${suffix} = ${code},  /* ${message} */")
+_ENUM_CONSTANT = Template("${constant} = ${code},${comment}")
 _EXTERNAL_WEIGHTS = Template(
     "read from a weights file (${name}.bin beside the library by default; ${name}_load_weights)"
 )
@@ -58,12 +59,39 @@ _LOAD_WEIGHTS = Template(
 
 def entry_points(layout: Layout) -> dict[str, str]:
     """Role -> exported symbol (also the linker's export list)."""
-    roles = ["abi_version", "metadata", "error_string", "context_bytes", "create", "destroy",
-             "init", "run", "run_arrays", "num_variables", "variable_name", "variable_index",
-             "variable_bytes", "get_variable", "set_variable"]
+    roles = ["abi_version", "metadata", "metadata_sha256", "error_string", "failure",
+             "context_bytes",
+             "arena_bytes", "weights_bytes", "weights_checksum64", "num_ports", "port_info",
+             "create", "destroy", "init", "run", "run_arrays", "num_variables",
+             "variable_name", "variable_index", "variable_bytes", "get_variable",
+             "set_variable"]
     if layout.external:
         roles.append("load_weights")
     return {r: f"{layout.name}_{r}" for r in roles}
+
+
+def dtype_constant(name: str, dtype: DType) -> str:
+    """The header's constant for `dtype` in library `name` (``MLP_DTYPE_FLOAT32``): its
+    code in `NAME_port.dtype` is `graphc.runtime.library.DTYPE_CODES[dtype]`."""
+    return f"{name.upper()}_DTYPE_{dtype.value.upper()}"
+
+
+def _port_kind_constants(name: str) -> str:
+    """The enum body of the port kinds (``MLP_PORT_INPUT = 0,`` ...), one per line."""
+    return "".join(
+        _ENUM_CONSTANT.substitute(constant=f"{name.upper()}_PORT_{kind.upper()}", code=code,
+                                  comment="") + "\n"
+        for code, kind in enumerate(PORT_KINDS)
+    )
+
+
+def _dtype_constants(name: str) -> str:
+    """The enum body of the element types (``MLP_DTYPE_FLOAT32 = 1,  /* float */`` ...)."""
+    return "".join(
+        _ENUM_CONSTANT.substitute(constant=dtype_constant(name, dtype), code=code,
+                                  comment=f"  /* {CTYPES[dtype]} */") + "\n"
+        for dtype, code in DTYPE_CODES.items()
+    )
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -149,6 +177,8 @@ def header_text(layout: Layout, meta: dict[str, object]) -> str:
             _STATUS_CODE.substitute(NAME=up, suffix=suffix, code=code, message=msg) + "\n"
             for code, (suffix, msg) in enumerate(STATUS)
         ),
+        port_kinds=_port_kind_constants(n),
+        dtype_codes=_dtype_constants(n),
         load_weights=_LOAD_WEIGHTS.substitute(name=n) if layout.external else "",
         run_note=" (one training step)" if trains else "",
         run_prototype=run_prototype(layout),

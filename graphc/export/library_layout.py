@@ -91,6 +91,8 @@ class Layout:
     entry_symbol: str
     threads: int = 1  # the code's thread count (compile option `threads`)
     pool_shutdown: str | None = None  # the worker pool's stop function, if the code has one
+    # (status the entry point returns, what it means): kernels that check their inputs.
+    failures: tuple[tuple[int, str], ...] = ()
 
     @property
     def variables(self) -> tuple[BufferSpec, ...]:

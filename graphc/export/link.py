@@ -2,10 +2,10 @@
 
 `object_code` emits the optimized module as a position-independent object for the host CPU
 (the same `runtime.jit.optimize_and_emit` that the JIT uses, so the machine code of the
-kernels is the JIT's), reusing the compile cache. `link_shared` compiles the wrapper with
-the system C compiler and links it with the object into a shared library that exports only
-the ABI functions (a version script makes everything else local, so two libraries never
-resolve each other's symbols) and needs nothing but libc and libm.
+kernels is the JIT's), reusing the compile cache after verifying its entry. `link_shared`
+compiles the wrapper with the system C compiler and links it with the object into a shared
+library that exports only the ABI functions (a version script makes everything else local,
+so two libraries never resolve each other's symbols) and needs nothing but libc and libm.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from pathlib import Path
 
 from graphc.codegen.target import Target
 from graphc.errors import CompileError, GraphcError
-from graphc.io.atomic import atomic_write
-from graphc.runtime.jit import cache_key, optimize_and_emit
+from graphc.runtime.jit import (
+    cache_key,
+    defines,
+    load_cached_object,
+    optimize_and_emit,
+    store_cached_object,
+)
 
 COMPILERS = ("cc", "gcc", "clang")
 
@@ -38,21 +43,22 @@ def find_c_compiler() -> str:
     raise GraphcError(INSTALL_CC.format(tried=", ".join(COMPILERS)))
 
 
-def object_code(ir_text: str, target: Target, opt_level: int, cache_dir: Path | None) -> bytes:
-    """The PIC object file of `ir_text` (from the compile cache when it has it)."""
-    cache_file = cache_dir / f"{cache_key(ir_text, target, opt_level)}.o" if cache_dir else None
-    if cache_file is not None and cache_file.is_file():
-        try:
-            return cache_file.read_bytes()
-        except OSError:
-            pass
+def object_code(ir_text: str, target: Target, opt_level: int, cache_dir: Path | None,
+                symbols: Sequence[str] = ()) -> bytes:
+    """The PIC object file of `ir_text` (from the compile cache when it has it).
+
+    A cache entry is used only if it verifies (`runtime.jit.load_cached_object`) and, when
+    `symbols` are given, LLVM loads it and it defines them all; otherwise the object is
+    emitted again and written over the entry.
+    """
+    key = cache_key(ir_text, target, opt_level)
+    if cache_dir is not None:
+        obj = load_cached_object(cache_dir, key)
+        if obj is not None and (not symbols or defines(obj, target, opt_level, symbols)):
+            return obj
     obj = optimize_and_emit(ir_text, target, opt_level)
-    if cache_file is not None:
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache_file, lambda f: f.write(obj))
-        except OSError:
-            pass  # a read-only or full cache must not break exporting
+    if cache_dir is not None:
+        store_cached_object(cache_dir, key, obj)  # a full or read-only cache is ignored
     return obj
 
 

@@ -180,7 +180,9 @@ def softmax_cross_entropy(
     """Per-example ``-log_softmax(logits)[label]``; the result has the shape of `labels`.
 
     `labels` are int32/int64 class indices shaped like `logits` without the class `axis`
-    (e.g. logits f32[N,C], labels i32[N]). Out-of-range labels fail at run time.
+    (e.g. logits f32[N,C], labels i32[N]). A label outside [-C, C) is a `GraphcError` at
+    run time, in the reference and in compiled code alike (the compiled call stops at the
+    gather that finds it, before any variable update).
     """
     op = "softmax_cross_entropy"
     logits = _float_operand(logits, "logits", op)

@@ -1,11 +1,12 @@
 """Gather and scatter-add kernels: take, take_along_axis, take_grad, take_along_axis_grad.
 
 Index semantics: an index i of an axis of size n is wrapped once if negative (i + n, as in
-numpy) and then **clamped** into [0, n-1]. The reference interpreter raises on an index
-outside [-n, n); compiled code has no error channel inside a kernel and must never read or
-write out of bounds, so it clamps instead (an out-of-range index reads/accumulates at the
-nearest end of the axis). Constant indices are range-checked when the graph is built.
-An axis of size 0 has no element to read: take/take_along_axis then produce zeros.
+numpy). An index outside [-n, n) is an error, as in the reference interpreter: the kernel
+reports it in the call's status word (`KernelContext.report_error`), the entry point stops
+after the kernel and the caller raises a `GraphcError` naming the op. The kernel itself
+still clamps every index into [0, n-1] so that it never reads or writes out of bounds
+before the call stops. Constant indices are range-checked when the graph is built. An axis
+of size 0 has no element to read: take/take_along_axis then produce zeros.
 
 Gathers loop over the output (innermost dimension vectorized, see `kernels.loop_nest`):
 where the index is the same for all lanes (the gathered axis is not the innermost one) the
@@ -29,32 +30,41 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.fused.loop_nests import loop_nest
 from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.llvm_types import I64
+from graphc.codegen.llvm_types import I1, I64, intrinsic
 from graphc.codegen.window import memset_zero
 from graphc.ir import DType, Node
 
 
-def _clamp(b: ir.IRBuilder, v: ir.Value, n: int) -> ir.Value:
-    """Wrap a negative index once, then clamp into [0, n-1] (scalar or vector i64)."""
+def _clamp(ctx: KernelContext, v: ir.Value, n: int) -> ir.Value:
+    """Wrap a negative index once, then clamp into [0, n-1] (scalar or vector i64); an index
+    outside [-n, n) is reported as the kernel's error."""
+    b = ctx.b
     lanes = v.type.count if isinstance(v.type, ir.VectorType) else 1
     zero, size, top = (splat(b, ir.Constant(I64, c), lanes) for c in (0, n, n - 1))
+    low = splat(b, ir.Constant(I64, -n), lanes)
+    bad = b.or_(b.icmp_signed("<", v, low), b.icmp_signed(">", v, top))
+    if lanes > 1:
+        reduce_or = intrinsic(b.module, "llvm.vector.reduce.or", I1, [bad.type], [bad.type])
+        bad = b.call(reduce_or, [bad])
+    ctx.report_error(bad)
     v = b.select(b.icmp_signed("<", v, zero), b.add(v, size), v)
     v = b.select(b.icmp_signed("<", v, zero), zero, v)
     return b.select(b.icmp_signed(">", v, top), top, v)
 
 
-def _index(ix: IndexBuilder, ptr: ir.Value, dtype: DType, offset: Idx, n: int) -> Idx:
+def _index(ctx: KernelContext, ix: IndexBuilder, ptr: ir.Value, dtype: DType, offset: Idx,
+           n: int) -> Idx:
     """The clamped index stored at `offset` of an index buffer, as an Idx for `ix`'s lanes:
     scalar (coefficient 0) when all lanes read the same index, else a per-lane vector."""
     b = ix.b
     if ix.lanes == 1 or (offset.vec is None and offset.coef == 0):
         raw = IndexBuilder(b, 1).load(ptr, dtype, Idx(offset.base))
         wide = b.sext(raw, I64) if dtype == DType.int32 else raw
-        return Idx(_clamp(b, wide, n), 0)
+        return Idx(_clamp(ctx, wide, n), 0)
     raw = ix.load(ptr, dtype, offset)
     if dtype == DType.int32:
         raw = b.sext(raw, ir.VectorType(I64, ix.lanes))
-    return ix.from_vector(_clamp(b, raw, n))
+    return ix.from_vector(_clamp(ctx, raw, n))
 
 
 def _lanes(ctx: KernelContext, nodes: Sequence[Node]) -> int:
@@ -96,8 +106,8 @@ def _take(ctx: KernelContext) -> None:
 
     def body(lanes: int, idx: list[Idx]) -> None:
         ix = IndexBuilder(ctx.b, lanes)
-        pos = _index(ix, ctx.ptr(ind), ind.dtype, ix.linear(idx[axis:axis + k],
-                                                            strides(ind.shape)), n)
+        pos = _index(ctx, ix, ctx.ptr(ind), ind.dtype, ix.linear(idx[axis:axis + k],
+                                                                 strides(ind.shape)), n)
         src = [*idx[:axis], pos, *idx[axis + k:]]
         value = ix.load(ctx.ptr(x), x.dtype, ix.linear(src, strides(x.shape)))
         ix.store(ctx.out, node.dtype, ix.linear(idx, strides(node.shape)), value)
@@ -120,7 +130,7 @@ def _take_along_axis(ctx: KernelContext) -> None:
     def body(lanes: int, idx: list[Idx]) -> None:
         ix = IndexBuilder(ctx.b, lanes)
         at = _broadcast_pick(idx, ind.shape, node.shape, ix)
-        pos = _index(ix, ctx.ptr(ind), ind.dtype, ix.linear(at, strides(ind.shape)), n)
+        pos = _index(ctx, ix, ctx.ptr(ind), ind.dtype, ix.linear(at, strides(ind.shape)), n)
         src = _broadcast_pick(idx, x.shape, node.shape, ix)
         src[axis] = pos
         value = ix.load(ctx.ptr(x), x.dtype, ix.linear(src, strides(x.shape)))
@@ -159,8 +169,8 @@ def _take_grad(ctx: KernelContext) -> None:
     lanes = _lanes(ctx, [g, ind]) if axis + k < g.ndim else 1
 
     def target(ix: IndexBuilder, idx: list[Idx]) -> list[Idx]:
-        pos = _index(ix, ctx.ptr(ind), ind.dtype, ix.linear(idx[axis:axis + k],
-                                                            strides(ind.shape)), size)
+        pos = _index(ctx, ix, ctx.ptr(ind), ind.dtype, ix.linear(idx[axis:axis + k],
+                                                                 strides(ind.shape)), size)
         return [*idx[:axis], pos, *idx[axis + k:]]
 
     _scatter_add(ctx, node, g, lanes, target)
@@ -178,7 +188,7 @@ def _take_along_axis_grad(ctx: KernelContext) -> None:
 
     def target(ix: IndexBuilder, idx: list[Idx]) -> list[Idx]:
         at = _broadcast_pick(idx, ind.shape, g.shape, ix)
-        pos = _index(ix, ctx.ptr(ind), ind.dtype, ix.linear(at, strides(ind.shape)),
+        pos = _index(ctx, ix, ctx.ptr(ind), ind.dtype, ix.linear(at, strides(ind.shape)),
                      shape[axis])
         dst = _broadcast_pick(idx, shape, g.shape, ix)
         dst[axis] = pos
@@ -187,9 +197,23 @@ def _take_along_axis_grad(ctx: KernelContext) -> None:
     _scatter_add(ctx, node, g, lanes, target)
 
 
+def _out_of_range(node: Node) -> str:
+    """What a reported error of `node`'s kernel means (the reference says the same)."""
+    ind = node.inputs[1]
+    axis = node.attrs["axis"]
+    if node.op in ("take", "take_along_axis"):
+        size = node.inputs[0].shape[axis]
+    elif node.op == "take_grad":
+        size = node.attrs["size"]
+    else:
+        size = node.attrs["shape"][axis]
+    return (f"an index in %{ind.name} is out of range for axis {axis} with size {size} "
+            f"(valid: -{size} <= i < {size})")
+
+
 LOWERINGS = (
-    Lowering("take", _take),
-    Lowering("take_along_axis", _take_along_axis),
-    Lowering("take_grad", _take_grad),
-    Lowering("take_along_axis_grad", _take_along_axis_grad),
+    Lowering("take", _take, failure=_out_of_range),
+    Lowering("take_along_axis", _take_along_axis, failure=_out_of_range),
+    Lowering("take_grad", _take_grad, failure=_out_of_range),
+    Lowering("take_along_axis_grad", _take_along_axis_grad, failure=_out_of_range),
 )
