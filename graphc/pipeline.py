@@ -27,7 +27,8 @@ from graphc.codegen.target import Target, host_target
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
 from graphc.options import CompileOptions
-from graphc.passes.fuse import FusedProgram, fuse
+from graphc.passes.fuse import fuse
+from graphc.passes.kernels import FusedProgram
 from graphc.passes.manager import PipelineReport, run_pipeline
 from graphc.passes.memory_plan import MemoryPlan, check_no_overlap, plan_memory
 from graphc.runtime.jit import default_cache_dir

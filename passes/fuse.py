@@ -24,145 +24,22 @@ materialized. Scalar constants are *immediates* in the generated code. Everythin
 its own (opaque) kernel.
 
 `explain()` gives, for each producer->consumer edge left unfused, the reason.
+
+Last, `multi_output.merge_outputs` joins elementwise kernels of one iteration space that
+share their inputs or feed each other into kernels with several outputs (an optimizer's
+update of a parameter and its slots becomes one pass over the gradient).
 """
 
 from __future__ import annotations
-
-import enum
-from dataclasses import dataclass, field
 
 from graphc.ir import SOURCE_OPS, Graph, Node, Signature
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import registry
 
+from .kernels import FusedProgram, Kernel, KernelKind, Unfused
+from .multi_output import merge_outputs
+
 DEFAULT_MAX_KERNEL_NODES = 48
-
-
-class KernelKind(enum.Enum):
-    """What a kernel computes; the anchored kinds are named by `Anchor` values."""
-
-    ELEMENTWISE = "elementwise"  # root evaluated by index over its shape
-    REDUCTION = Anchor.REDUCTION.value  # reduces an inlined input expression; epilogue
-    MATMUL = Anchor.MATMUL.value  # GEMM anchor with optional epilogue
-    CONV = Anchor.CONV.value  # conv2d anchor with optional epilogue
-    OPAQUE = "opaque"  # one op with its own lowering (keyed by op name)
-
-    @classmethod
-    def of_anchor(cls, anchor: Anchor) -> KernelKind:
-        return cls(anchor.value)
-
-
-@dataclass(eq=False)
-class Kernel:
-    """A group of nodes computed by one loop nest into the buffer of `root`."""
-
-    index: int
-    kind: KernelKind
-    root: Node
-    anchor: Node | None
-    nodes: list[Node] = field(default_factory=list)  # graph order; root last
-    inputs: list[Node] = field(default_factory=list)  # materialized nodes read (graph order)
-
-    @property
-    def name(self) -> str:
-        ops = [n.op for n in self.nodes if n.op != "constant"]
-        label = "_".join(dict.fromkeys(ops))[:40]
-        return f"k{self.index}_{label}"
-
-    @property
-    def epilogue(self) -> list[Node]:
-        """The nodes applied to the anchor's result (empty for plain kernels)."""
-        if self.anchor is None:
-            return []
-        return [n for n in self.nodes if _depends_on(n, self.anchor, self.nodes)]
-
-
-def _depends_on(n: Node, anchor: Node, within: list[Node]) -> bool:
-    if n is anchor:
-        return False
-    members = set(within)
-    stack = [n]
-    while stack:
-        cur = stack.pop()
-        for i in cur.inputs:
-            if i is anchor:
-                return True
-            if i in members:
-                stack.append(i)
-    return False
-
-
-@dataclass(frozen=True)
-class Unfused:
-    producer: Node
-    consumer: Node
-    reason: str
-
-
-@dataclass
-class FusedProgram:
-    """Kernels in a valid execution order, plus how every other needed node is provided."""
-
-    graph: Graph
-    signature: Signature
-    kernels: list[Kernel]
-    kernel_of: dict[Node, Kernel]  # every computed node -> its kernel
-    views: dict[Node, Node]  # reshape node -> the materialized node whose buffer it reads
-    immediates: set[Node]  # scalar constants emitted as immediates
-    unfused: list[Unfused]
-    spine: set[Node]  # nodes evaluated at their kernel root's own index (identity access)
-
-    def reads_at_root_index(self, kernel: Kernel, buffer_node: Node) -> bool:
-        """Whether `kernel` reads `buffer_node` only elementwise at its output index.
-
-        Then the kernel may write its output over that buffer (in-place), since each
-        element is read before it is overwritten, by the same loop iteration.
-        """
-        if kernel.kind != KernelKind.ELEMENTWISE or buffer_node.shape != kernel.root.shape:
-            return False
-        for n in kernel.nodes:
-            if any(i is buffer_node for i in n.inputs):
-                if n not in self.spine or not _op(n).fusion.pointwise:
-                    return False
-        return True
-
-    def reads_in_epilogue_at_root_index(self, kernel: Kernel, buffer_node: Node) -> bool:
-        """Whether `kernel` reads `buffer_node` only in its epilogue, at its output index.
-
-        Then a kernel that applies the epilogue exactly once per output element, as that
-        element is stored (a GEMM with one k block), may write its output over the buffer.
-        """
-        anchor = kernel.anchor
-        if anchor is None or buffer_node.shape != kernel.root.shape:
-            return False
-        if any(i is buffer_node for i in anchor.inputs):
-            return False
-        readers = [n for n in kernel.nodes if any(i is buffer_node for i in n.inputs)]
-        return bool(readers) and all(
-            n in self.spine and n is not anchor and _op(n).fusion.pointwise for n in readers)
-
-    def explain(self) -> str:
-        lines = []
-        for u in self.unfused:
-            lines.append(f"%{u.producer.name} ({u.producer.op}) -/-> %{u.consumer.name} "
-                         f"({u.consumer.op}): {u.reason}")
-        return "\n".join(lines)
-
-    def format(self) -> str:
-        """Text of the kernels, one block each (`graphc dump --stage fused`)."""
-        out = [f"fused {self.graph.name!r}: {len(self.kernels)} kernels"]
-        for k in self.kernels:
-            anchor = f" anchor=%{k.anchor.name}" if k.anchor is not None else ""
-            out.append(f"kernel {k.name} [{k.kind.value}]{anchor} -> %{k.root.name} : "
-                       f"{k.root.type}")
-            out.append(f"  reads: {', '.join('%' + n.name for n in k.inputs) or '-'}")
-            for n in k.nodes:
-                args = ", ".join("%" + i.name for i in n.inputs)
-                out.append(f"  %{n.name} = {n.op}({args}) : {n.type}")
-        if self.views:
-            out.append("views: " + ", ".join(f"%{v.name} -> %{b.name}"
-                                            for v, b in self.views.items()))
-        return "\n".join(out)
 
 
 # A variadic indexed op (concat) evaluated by index computes every operand at each element
@@ -192,9 +69,10 @@ def _reads_from_memory(anchor: Anchor | None) -> bool:
     return anchor is not None and anchor != Anchor.REDUCTION
 
 
-def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES
-         ) -> FusedProgram:
-    """Group the nodes `sig` needs into kernels (see the module docstring)."""
+def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES,
+         multi_output: bool = False) -> FusedProgram:
+    """Group the nodes `sig` needs into kernels (see the module docstring); `multi_output`
+    also merges kernels into multi-output kernels (`multi_output.merge_outputs`)."""
     needed = sig.needed_nodes()
     needed_set = set(needed)
     users: dict[Node, list[Node]] = {n: [] for n in needed}
@@ -292,4 +170,5 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
         k.index = i
     unfused.sort(key=lambda u: (position[u.producer], position[u.consumer]))
     assert all(n in kernel_of or n in views or n.op in SOURCE_OPS for n in needed_set)
-    return FusedProgram(graph, sig, kernels, kernel_of, views, immediates, unfused, spine)
+    program = FusedProgram(graph, sig, kernels, kernel_of, views, immediates, unfused, spine)
+    return merge_outputs(program, position, max_kernel_nodes) if multi_output else program

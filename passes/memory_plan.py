@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from graphc.ir import Node, Signature
-from graphc.passes.fuse import FusedProgram, Kernel
+from graphc.passes.kernels import FusedProgram, Kernel
 
 ALIGN = 64
 
@@ -104,8 +104,10 @@ class MemoryPlan:
             f"{len(self.in_place_updates)} in-place updates)"
         ]
         for k in self.program.kernels:
-            lines.append(f"  {k.index:3d} {k.name:<40} -> %{k.root.name} @ "
-                         f"{self.location[k.root]} ({k.root.type.nbytes} B)")
+            for i, out in enumerate(k.outputs):
+                head = f"  {k.index:3d} {k.name:<40}" if i == 0 else " " * 46
+                lines.append(f"{head} -> %{out.name} @ {self.location[out]} "
+                             f"({out.type.nbytes} B)")
         for s in sorted(self.slots, key=lambda s: s.offset):
             names = ", ".join("%" + n.name for n in s.nodes)
             lines.append(f"  slot [{s.offset}, {s.offset + s.nbytes}) live {s.start}..{s.end}: "
@@ -151,7 +153,7 @@ def plan_memory(program: FusedProgram,
     extend_to_end: set[Node] = set()
     output_root: dict[Node, int] = {}
     for i, out in enumerate(sig.outputs):
-        if out in program.kernel_of and program.kernel_of[out].root is out \
+        if out in program.kernel_of and out in program.kernel_of[out].outputs \
                 and out not in output_root:
             output_root[out] = i
             location[out] = Location(Space.OUTPUT, i)
@@ -165,25 +167,25 @@ def plan_memory(program: FusedProgram,
     slot_of: dict[Node, Slot] = {}
     in_place: list[tuple[Node, Node]] = []
     for k in kernels:
-        root = k.root
-        if root in location:
-            continue
-        var = _in_place_update_target(program, k, update_of.get(root, []), readers,
-                                      epilogue_writes_once)
-        if var is not None:
-            location[root] = Location(Space.VARIABLE, var.name)
-            in_place_updates.append(var)
-            continue
-        reuse = _reusable_slot(program, k, slot_of, readers)
-        if reuse is not None:
-            in_place.append((root, reuse.nodes[-1]))
-            reuse.nodes.append(root)
-            reuse.end = k.index
-            slot_of[root] = reuse
-            continue
-        slot = Slot([root], _align(root.type.nbytes), k.index, k.index)
-        slots.append(slot)
-        slot_of[root] = slot
+        for root in k.outputs:
+            if root in location:
+                continue
+            var = _in_place_update_target(program, k, update_of.get(root, []), readers,
+                                          epilogue_writes_once)
+            if var is not None:
+                location[root] = Location(Space.VARIABLE, var.name)
+                in_place_updates.append(var)
+                continue
+            reuse = _reusable_slot(program, k, root, slot_of, readers)
+            if reuse is not None:
+                in_place.append((root, reuse.nodes[-1]))
+                reuse.nodes.append(root)
+                reuse.end = k.index
+                slot_of[root] = reuse
+                continue
+            slot = Slot([root], _align(root.type.nbytes), k.index, k.index)
+            slots.append(slot)
+            slot_of[root] = slot
 
     # Outputs not written directly by their kernel are copied in.
     for i, out in enumerate(sig.outputs):
@@ -286,9 +288,10 @@ def _in_place_update_target(program: FusedProgram, k: Kernel, variables: list[No
     return None
 
 
-def _reusable_slot(program: FusedProgram, k: Kernel, slot_of: dict[Node, Slot],
+def _reusable_slot(program: FusedProgram, k: Kernel, root: Node, slot_of: dict[Node, Slot],
                    readers: dict[Node, list[int]]) -> Slot | None:
-    size = _align(k.root.type.nbytes)
+    """A slot of an input of `k` that output `root` can take over (in-place)."""
+    size = _align(root.type.nbytes)
     for n in k.inputs:
         if n not in slot_of or n in program.views:
             continue
@@ -297,7 +300,7 @@ def _reusable_slot(program: FusedProgram, k: Kernel, slot_of: dict[Node, Slot],
             continue
         # Element i of the output must land exactly on element i of the input, or writing
         # it would clobber input elements not read yet.
-        if n.dtype.itemsize != k.root.dtype.itemsize or n.shape != k.root.shape:
+        if n.dtype.itemsize != root.dtype.itemsize or n.shape != root.shape:
             continue
         if max(readers.get(n, [k.index])) != k.index:
             continue

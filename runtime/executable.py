@@ -28,7 +28,7 @@ from graphc.codegen.module import PROFILE, GeneratedModule
 from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
-from graphc.passes.fuse import Kernel
+from graphc.passes.kernels import Kernel
 from graphc.passes.manager import PipelineReport
 from graphc.passes.memory_plan import MemoryPlan, Space
 from graphc.runtime.arguments import bind_arguments

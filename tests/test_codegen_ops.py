@@ -24,7 +24,7 @@ from graphc.compile import compile as gc_compile
 from graphc.errors import GraphcError
 from graphc.ops.gather import take_along_axis_grad, take_grad
 from graphc.options import CompileOptions
-from graphc.passes.fuse import KernelKind
+from graphc.passes.kernels import KernelKind
 
 OPTIONS = CompileOptions(cache_dir=None)  # always run LLVM: the code under test
 DTYPES = ("float32", "float64")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.passes.fuse import KernelKind
+from graphc.passes.kernels import KernelKind
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -17,8 +17,8 @@ from graphc.codegen.fused import expr, op_table
 from graphc.ir import SOURCE_OPS
 from graphc.ir.opdef import Anchor, Fusion
 from graphc.ops import registry
-from graphc.passes import fuse
-from graphc.passes.fuse import KernelKind
+from graphc.passes import fuse, kernels, multi_output
+from graphc.passes.kernels import KernelKind
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN_KERNEL = (Fusion.OPAQUE, Fusion.INJECTIVE, Fusion.REDUCTION, Fusion.OUT_FUSABLE)
@@ -65,11 +65,12 @@ def test_anchors_are_exactly_the_ops_fusion_treats_as_anchors() -> None:
                         "matmul": Anchor.MATMUL, "conv2d": Anchor.CONV}
 
 
-def test_fusion_reads_facts_not_op_names() -> None:
-    """passes/fuse.py names no op (but the IR's source ops): its decisions come from
+@pytest.mark.parametrize("module", [fuse, kernels, multi_output], ids=lambda m: m.__name__)
+def test_fusion_reads_facts_not_op_names(module: object) -> None:
+    """The fusion passes name no op (but the IR's source ops): their decisions come from
     `OpDef.fusion` and `OpDef.anchor`, which the op owns."""
-    source = Path(fuse.__file__).read_text()
+    source = Path(module.__file__).read_text()  # type: ignore[attr-defined]
     ops = set(registry.OPS) - SOURCE_OPS
     named = sorted({node.value for node in ast.walk(ast.parse(source))
                     if isinstance(node, ast.Constant) and node.value in ops})
-    assert not named, f"passes/fuse.py decides by op names: {named}"
+    assert not named, f"{module.__name__} decides by op names: {named}"  # type: ignore

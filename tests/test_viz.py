@@ -28,7 +28,7 @@ import graphc as gc
 from graphc import pipeline
 from graphc.cli.command import load_model
 from graphc.ir import SOURCE_OPS
-from graphc.passes.fuse import FusedProgram, Unfused
+from graphc.passes.kernels import FusedProgram, Unfused
 from graphc.passes.memory_plan import MemoryPlan, Slot, lower_bound
 from graphc.viz import memory
 from graphc.viz.dot import to_dot

@@ -20,7 +20,7 @@ from graphc.codegen.llvm_types import I32, storage_type
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.ir import Node
-from graphc.passes.fuse import FusedProgram, Kernel, KernelKind
+from graphc.passes.kernels import FusedProgram, Kernel, KernelKind
 
 # Scratch bytes a kernel needs: (kernel, target, threads, CompileOptions.conv_algorithm).
 ScratchRule = Callable[[Kernel, Target, int, str], int]

@@ -17,7 +17,7 @@ from graphc.codegen.gemm import matmul
 from graphc.codegen.opaque import concat, pooling, pooling_grad, rows, scatter_gather
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
-from graphc.passes.fuse import Kernel, KernelKind
+from graphc.passes.kernels import Kernel, KernelKind
 
 MODULES = (loop_nests, matmul, direct, rows, concat, scatter_gather, pooling, pooling_grad)
 

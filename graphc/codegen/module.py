@@ -11,10 +11,11 @@ arena; when it reports an error the entry point stops after it and returns the k
 index + 1 (`GeneratedModule.failed_kernel`), so no later kernel (no variable update after
 it) runs on the bad input.
 
-Every kernel is an internal function whose arguments are its output buffer, its input
-buffers and, if it needs one, a scratch pointer into the arena (after the planned region:
-kernels run one after another, so they share it). Buffer arguments are `noalias` except
-where the memory plan placed an output over an input (in-place).
+Every kernel is an internal function whose arguments are its output buffers (one per
+`Kernel.outputs`), its input buffers and, if it needs one, a scratch pointer into the
+arena (after the planned region: kernels run one after another, so they share it). Buffer
+arguments are `noalias` except where the memory plan placed an output over an input
+(in-place).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.codegen.target import Target
 from graphc.ir import Node
-from graphc.passes.fuse import Kernel
+from graphc.passes.kernels import Kernel
 from graphc.passes.memory_plan import ALIGN, Location, MemoryPlan, Space
 
 ENTRY = "graphc_entry"
@@ -153,7 +154,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     counters = _profile_counters(module, len(program.kernels)) if profile else None
     clock = intrinsic(module, "llvm.readcyclecounter", I64, [], []) if profile else None
     for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
-        args = [pointer(plan.location[k.root])]
+        args = [pointer(plan.location[o]) for o in k.outputs]
         args += [pointer(plan.buffer_of(n)) for n in k.inputs]
         if scratch_of[index] > 0:
             args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
@@ -212,32 +213,34 @@ def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
 
     body = tuple((n.op, n.attrs, n.type, tuple(ref(i) for i in n.inputs))
                  for n in kernel.nodes)
-    out_loc = plan.location[kernel.root]
-    aliased = tuple(plan.buffer_of(n) == out_loc for n in kernel.inputs)
-    return (kernel.kind, body, position[kernel.root],
+    aliased = tuple(tuple(plan.buffer_of(n) == plan.location[o] for n in kernel.inputs)
+                    for o in kernel.outputs)
+    return (kernel.kind, body, tuple(position[o] for o in kernel.outputs),
             None if kernel.anchor is None else position[kernel.anchor],
             tuple(n.type for n in kernel.inputs), aliased, needs_scratch)
 
 
 def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
                  needs_scratch: bool, threads: int, conv: str, checks: bool) -> ir.Function:
-    n_args = 1 + len(kernel.inputs) + (1 if needs_scratch else 0) + (1 if checks else 0)
+    n_out = len(kernel.outputs)
+    n_args = n_out + len(kernel.inputs) + (1 if needs_scratch else 0) + (1 if checks else 0)
     fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), kernel.name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
-    out_loc = plan.location[kernel.root]
-    aliased = {i for i, n in enumerate(kernel.inputs) if plan.buffer_of(n) == out_loc}
-    if not aliased:
-        fn.args[0].add_attribute("noalias")
+    out_locs = [plan.location[o] for o in kernel.outputs]
+    aliased = {i for i, n in enumerate(kernel.inputs) if plan.buffer_of(n) in out_locs}
+    for j, loc in enumerate(out_locs):
+        if not any(plan.buffer_of(n) == loc for n in kernel.inputs):
+            fn.args[j].add_attribute("noalias")
     for i in range(len(kernel.inputs)):
         if i not in aliased:
-            fn.args[1 + i].add_attribute("noalias")
+            fn.args[n_out + i].add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    ptrs: dict[Node, ir.Value] = {kernel.root: fn.args[0]}
+    ptrs: dict[Node, ir.Value] = dict(zip(kernel.outputs, fn.args))
     for i, n in enumerate(kernel.inputs):
-        ptrs[n] = fn.args[1 + i]
-    rest = iter(fn.args[1 + len(kernel.inputs):])
+        ptrs[n] = fn.args[n_out + i]
+    rest = iter(fn.args[n_out + len(kernel.inputs):])
     scratch = next(rest) if needs_scratch else None
     status = next(rest) if checks else None
     ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads, conv, status)

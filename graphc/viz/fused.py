@@ -24,7 +24,7 @@ from __future__ import annotations
 import textwrap
 
 from graphc.ir import Node
-from graphc.passes.fuse import FusedProgram, Kernel, KernelKind
+from graphc.passes.kernels import FusedProgram, Kernel, KernelKind
 from graphc.viz.dotlib import (
     OUTPUT_STYLE,
     attrs,

@@ -48,7 +48,7 @@ from graphc.codegen.window import (
 )
 from graphc.ir import Node
 from graphc.ops.geometry import Window
-from graphc.passes.fuse import Kernel
+from graphc.passes.kernels import Kernel
 
 MAX_POSITIONS = 14  # vector accumulators per register block
 

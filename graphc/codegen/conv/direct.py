@@ -67,7 +67,7 @@ from graphc.codegen.window import (
 )
 from graphc.ir import DType, Node
 from graphc.ops.geometry import Window
-from graphc.passes.fuse import Kernel, KernelKind
+from graphc.passes.kernels import Kernel, KernelKind
 
 OUT_BLOCK = 8  # output channels per register block (conv2d, grad_input)
 

@@ -53,7 +53,7 @@ from graphc.codegen.window import (
 )
 from graphc.ir import DType, Node
 from graphc.ops.geometry import Window
-from graphc.passes.fuse import Kernel
+from graphc.passes.kernels import Kernel
 
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 # Below this many multiply-adds per task a split across threads is not worth a wake-up.

@@ -8,7 +8,9 @@ broadcasting drops or zeroes dimensions, transpose permutes them, slice scales a
 reverse mirrors, pad and concat select between operands with clamped indices.
 
 Every inlined node has exactly one user (see passes/fuse.py), so each is evaluated once per
-index point; nothing is memoized.
+index point. In flat mode (every node at the loop's own index) values are memoized per
+evaluator, so the outputs of a multi-output kernel (`passes.multi_output`) that read each
+other compute each node once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from graphc.codegen.index import Idx, IndexBuilder, splat
 from graphc.codegen.llvm_types import I64, const
 from graphc.errors import CompileError
 from graphc.ir import Node
-from graphc.passes.fuse import FusedProgram, Kernel
+from graphc.passes.kernels import FusedProgram, Kernel
 
 
 def strides(shape: Sequence[int]) -> list[int]:
@@ -58,6 +60,7 @@ class Evaluator:
         # Flat mode: every node has the root's shape or one element, and the index is one
         # flat element index (elementwise kernels over contiguous buffers).
         self.flat = flat
+        self._memo: dict[Node, ir.Value] = {}  # flat mode only: one index per evaluator
 
     def at(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         if node in self.overrides:
@@ -68,18 +71,24 @@ class Evaluator:
         if node not in self.members or node is self.kernel.anchor:
             return self.load(node, idx)
         if self.flat:
-            if node.op in ("random_uniform", "random_normal"):
-                return _random(self, node, idx)
-            args = [self.at(inp, [self.ix.const(0)] if inp.size == 1 else idx)
-                    for inp in node.inputs]
-            if node.op == "broadcast_to":  # of a one-element value, in flat mode
-                return args[0]
-            return ew.lower(self.b, node, args)
+            known = self._memo.get(node)
+            if known is None:
+                known = self._memo[node] = self._flat(node, idx)
+            return known
         handler = INDEX_RULES.get(node.op)
         if handler is not None:
             return handler(self, node, idx)
         args = [self.at(inp, broadcast_index(self.ix, idx, node.shape, inp.shape))
                 for inp in node.inputs]
+        return ew.lower(self.b, node, args)
+
+    def _flat(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
+        if node.op in ("random_uniform", "random_normal"):
+            return _random(self, node, idx)
+        args = [self.at(inp, [self.ix.const(0)] if inp.size == 1 else idx)
+                for inp in node.inputs]
+        if node.op == "broadcast_to":  # of a one-element value, in flat mode
+            return args[0]
         return ew.lower(self.b, node, args)
 
     def load(self, node: Node, idx: Sequence[Idx]) -> ir.Value:

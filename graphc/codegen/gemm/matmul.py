@@ -21,7 +21,7 @@ from graphc.codegen.llvm_types import I64, storage_type
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
-from graphc.passes.fuse import Kernel, KernelKind
+from graphc.passes.kernels import Kernel, KernelKind
 
 
 def gemm_spec(kernel: Kernel) -> GemmSpec:

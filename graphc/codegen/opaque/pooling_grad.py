@@ -38,7 +38,7 @@ from graphc.codegen.window import (
     transposed_phases,
 )
 from graphc.ir import DType
-from graphc.passes.fuse import Kernel
+from graphc.passes.kernels import Kernel
 
 
 def _max_pool_grad(ctx: KernelContext, planes: tuple[ir.Value, ir.Value]) -> None:
