@@ -70,7 +70,7 @@ def _reads_from_memory(anchor: Anchor | None) -> bool:
 
 
 def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES,
-         multi_output: bool = False) -> FusedProgram:
+         multi_output: bool = True) -> FusedProgram:
     """Group the nodes `sig` needs into kernels (see the module docstring); `multi_output`
     also merges kernels into multi-output kernels (`multi_output.merge_outputs`)."""
     needed = sig.needed_nodes()

@@ -20,6 +20,7 @@ class KernelKind(enum.Enum):
     MATMUL = Anchor.MATMUL.value  # GEMM anchor with optional epilogue
     CONV = Anchor.CONV.value  # conv2d anchor with optional epilogue
     OPAQUE = "opaque"  # one op with its own lowering (keyed by op name)
+    MULTI_OUTPUT = "multi_output"  # flat elementwise, several outputs (passes.multi_output)
 
     @classmethod
     def of_anchor(cls, anchor: Anchor) -> KernelKind:
@@ -102,7 +103,8 @@ class FusedProgram:
         Then the kernel may write its output over that buffer (in-place), since each
         element is read before it is overwritten, by the same loop iteration.
         """
-        if kernel.kind != KernelKind.ELEMENTWISE or buffer_node.shape != kernel.root.shape:
+        if kernel.kind not in (KernelKind.ELEMENTWISE, KernelKind.MULTI_OUTPUT) \
+                or buffer_node.shape != kernel.root.shape:
             return False
         for n in kernel.nodes:
             if any(i is buffer_node for i in n.inputs):

@@ -153,7 +153,7 @@ def plan_memory(program: FusedProgram,
     extend_to_end: set[Node] = set()
     output_root: dict[Node, int] = {}
     for i, out in enumerate(sig.outputs):
-        if out in program.kernel_of and out in program.kernel_of[out].outputs \
+        if out in program.kernel_of and any(o is out for o in program.kernel_of[out].outputs) \
                 and out not in output_root:
             output_root[out] = i
             location[out] = Location(Space.OUTPUT, i)

@@ -16,7 +16,8 @@ Two kernels merge when
 - the merged kernel has a place in the schedule: the earlier kernel's, if everything the
   later one reads is computed before that place (or by the earlier kernel); else the later
   kernel's, if no kernel in between reads an output of the earlier one.
-The merged kernel stores every output of both; an output the other reads is computed at the
+The merged kernel (`KernelKind.MULTI_OUTPUT`, emitted by `codegen.fused.multi_output`)
+stores every output of both; an output the other reads is computed at the
 index (once) instead of being loaded back. Each output is the same expression at the same
 index as before, so results are unchanged bit for bit. Code generation evaluates every
 output of an index before storing any, so an output may be written over a buffer the kernel
@@ -37,7 +38,7 @@ WINDOW = 16
 
 def is_flat(k: Kernel) -> bool:
     """Whether every node and input of `k` is read and written at the loop's flat index."""
-    if k.kind != KernelKind.ELEMENTWISE or k.root.size == 0:
+    if k.kind not in (KernelKind.ELEMENTWISE, KernelKind.MULTI_OUTPUT) or k.root.size == 0:
         return False
     shape = k.root.shape
     return (all(registry.OPS[n.op].fusion.pointwise and (n.shape == shape or n.size == 1)
@@ -115,7 +116,7 @@ def _union(program: FusedProgram, g: Kernel, k: Kernel, position: dict[Node, int
         for i in n.inputs:
             if i not in members and i not in program.immediates:
                 reads[i] = None
-    union = Kernel(g.index, KernelKind.ELEMENTWISE, outputs[-1], None, nodes,
+    union = Kernel(g.index, KernelKind.MULTI_OUTPUT, outputs[-1], None, nodes,
                    sorted(reads, key=position.__getitem__), outputs)
     for n in nodes:
         program.kernel_of[n] = union

@@ -44,6 +44,7 @@ KIND_STYLE: dict[KernelKind, tuple[str, str]] = {
     KernelKind.MATMUL: ("#fff8e1", "#b26a00"),
     KernelKind.CONV: ("#e3f2fd", "#1565c0"),
     KernelKind.OPAQUE: ("#eeeeee", "#555555"),
+    KernelKind.MULTI_OUTPUT: ("#e0f2f1", "#00695c"),
 }
 _UNFUSED_EDGE = {"color": "#b23b3b", "fontcolor": "#b23b3b", "penwidth": "1.4"}
 _READ_EDGE = {"color": "#888888"}
