@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from graphc.codegen.context import Lowering
 from graphc.codegen.conv import direct
-from graphc.codegen.fused import loop_nests, multi_output
+from graphc.codegen.fused import loop_nests, multi_output, reduction
 from graphc.codegen.gemm import matmul
 from graphc.codegen.opaque import concat, pooling, pooling_grad, rows, scatter_gather
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.passes.kernels import Kernel, KernelKind
 
-MODULES = (loop_nests, multi_output, matmul, direct, rows, concat, scatter_gather, pooling,
-           pooling_grad)
+MODULES = (loop_nests, reduction, multi_output, matmul, direct, rows, concat, scatter_gather,
+           pooling, pooling_grad)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

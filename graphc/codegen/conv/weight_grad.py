@@ -16,7 +16,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
-from graphc.codegen.fused.loop_nests import horizontal
+from graphc.codegen.fused.row_reduction import horizontal
 from graphc.codegen.index import Idx, IndexBuilder
 from graphc.codegen.llvm_types import storage_type
 from graphc.codegen.loops import entry_alloca, for_range

@@ -1,2 +1,4 @@
 """Fused kernels evaluated by index: the expression evaluator (`expr`), the elementwise
-op table (`op_table`), and the elementwise and reduction loop nests (`loop_nests`)."""
+op table (`op_table`), elementwise loop nests (`loop_nests`), reductions (`reduction`, built
+on `row_reduction` and `contract`), multi-output kernels (`multi_output`), random numbers
+(`rng`)."""

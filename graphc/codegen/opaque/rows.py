@@ -1,6 +1,8 @@
 """Row-wise kernels: softmax and log_softmax (three passes over each row: max, sum of exp,
-normalize; vectorized when the axis is the innermost one), argmax and argmin (first index of
-the extreme value; a NaN counts as the extreme, as in numpy).
+normalize; vectorized when the axis is the innermost one; the max and the sum are
+`RowReduction`s, so the sum of exp is blocked and pairwise like `gc.sum`), argmax and argmin
+(first index of the extreme value; a NaN counts as the extreme, as in numpy: a sequential
+scan, exact).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
-from graphc.codegen.fused.loop_nests import combine, horizontal, identity, nest_dims
+from graphc.codegen.fused.loop_nests import nest_dims
+from graphc.codegen.fused.row_reduction import RowReduction
 from graphc.codegen.index import Idx, IndexBuilder, splat
 from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.codegen.loops import entry_alloca, for_range
@@ -77,33 +80,27 @@ def _softmax(ctx: KernelContext) -> None:
 def _row_reduce(ctx: KernelContext, src: ir.Value, dtype: DType, base: ir.Value, stride: int,
                 n: int, lanes: int, op: str, f: Callable[[ir.Value, int], ir.Value],
                 store_to: ir.Value | None = None) -> ir.Value:
-    """op-reduce f(x[base + i*stride]) over i < n; optionally store f(x) to `store_to`."""
+    """op-reduce f(x[base + i*stride]) over i < n; optionally store f(x) to `store_to`.
+
+    The order is `RowReduction`'s (see `graphc.codegen.fused.reduction`): K accumulators per
+    block, float sums' blocks combined pairwise, so a sum of exp over a row of n elements has an
+    error of at most about (S + 3 + log2(n / S))·u relative to the sum, not n·u."""
     b = ctx.b
-    scalar_acc = entry_alloca(b, compute_type(dtype))
-    b.store(identity(op, dtype, 1), scalar_acc)
-    vec_end = (n // lanes) * lanes if lanes > 1 else 0
-    vec_acc = None
-    if vec_end:
-        vec_acc = entry_alloca(b, compute_type(dtype, lanes))
-        b.store(identity(op, dtype, lanes), vec_acc)
-        ix = IndexBuilder(b, lanes)
-        with for_range(b, 0, vec_end, lanes, name="rv") as i:
-            off = Idx(b.add(base, i), 1)
-            v = f(ix.load(src, dtype, off), lanes)
-            if store_to is not None:
-                ix.store(store_to, dtype, off, v)
-            b.store(combine(b, op, dtype, b.load(vec_acc), v), vec_acc)
-    ix1 = IndexBuilder(b, 1)
-    with for_range(b, vec_end, n, 1, name="r") as i:
-        off = Idx(b.add(base, b.mul(i, ir.Constant(I64, stride))))
-        v = f(ix1.load(src, dtype, off), 1)
+    red = RowReduction(b, op, dtype, lanes, n, 1)
+    red.begin()
+
+    def value(k: int, i: Idx) -> ir.Value:
+        # Vectors only when the row is contiguous (lanes > 1 only for stride 1).
+        step = i.base if stride == 1 else b.mul(i.base, ir.Constant(I64, stride))
+        off = Idx(b.add(base, step), 1 if k > 1 else 0)
+        ix = IndexBuilder(b, k)
+        v = f(ix.load(src, dtype, off), k)
         if store_to is not None:
-            ix1.store(store_to, dtype, off, v)
-        b.store(combine(b, op, dtype, b.load(scalar_acc), v), scalar_acc)
-    total = b.load(scalar_acc)
-    if vec_acc is not None:
-        total = combine(b, op, dtype, horizontal(b, op, dtype, b.load(vec_acc), lanes), total)
-    return total
+            ix.store(store_to, dtype, off, v)
+        return v
+
+    red.row(value)
+    return red.finish()
 
 
 def _row_map(ctx: KernelContext, src: ir.Value, dst: ir.Value, dtype: DType, base: ir.Value,
