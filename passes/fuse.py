@@ -27,7 +27,9 @@ its own (opaque) kernel.
 
 Last, `multi_output.merge_outputs` joins elementwise kernels of one iteration space that
 share their inputs or feed each other into kernels with several outputs (an optimizer's
-update of a parameter and its slots becomes one pass over the gradient).
+update of a parameter and its slots becomes one pass over the gradient), and
+`column_sums.merge_column_sums` merges an elementwise kernel into a reduction over all but
+the innermost axis of its output (a bias gradient's column sum), which then also stores it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from graphc.ir import SOURCE_OPS, Graph, Node, Signature
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import registry
 
+from .column_sums import merge_column_sums
 from .kernels import FusedProgram, Kernel, KernelKind, Unfused
 from .multi_output import merge_outputs
 
@@ -72,7 +75,8 @@ def _reads_from_memory(anchor: Anchor | None) -> bool:
 def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNEL_NODES,
          multi_output: bool = True) -> FusedProgram:
     """Group the nodes `sig` needs into kernels (see the module docstring); `multi_output`
-    also merges kernels into multi-output kernels (`multi_output.merge_outputs`)."""
+    also merges kernels into kernels with several outputs (`multi_output.merge_outputs`,
+    then `column_sums.merge_column_sums`); off, no kernels are merged."""
     needed = sig.needed_nodes()
     needed_set = set(needed)
     users: dict[Node, list[Node]] = {n: [] for n in needed}
@@ -171,4 +175,7 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
     unfused.sort(key=lambda u: (position[u.producer], position[u.consumer]))
     assert all(n in kernel_of or n in views or n.op in SOURCE_OPS for n in needed_set)
     program = FusedProgram(graph, sig, kernels, kernel_of, views, immediates, unfused, spine)
-    return merge_outputs(program, position, max_kernel_nodes) if multi_output else program
+    if not multi_output:
+        return program
+    program = merge_outputs(program, position, max_kernel_nodes)
+    return merge_column_sums(program, position, max_kernel_nodes)

@@ -32,8 +32,10 @@ class Kernel:
     """A group of nodes computed by one loop nest into the buffers of its `outputs`.
 
     `root` is the last output in graph order (the only one, but for multi-output
-    elementwise kernels: `multi_output.merge_outputs`). Every node of `nodes` is computed at
-    each index of the loop; the outputs are stored.
+    elementwise kernels, `multi_output.merge_outputs`, and for reductions that also store
+    the outputs of an elementwise kernel they absorbed, `column_sums.merge_column_sums`:
+    those come before the root and are computed at the reduction's input elements). Every
+    node of `nodes` is computed at each index of the loop; the outputs are stored.
     """
 
     index: int
@@ -101,7 +103,9 @@ class FusedProgram:
         """Whether `kernel` reads `buffer_node` only elementwise at its output index.
 
         Then the kernel may write its output over that buffer (in-place), since each
-        element is read before it is overwritten, by the same loop iteration.
+        element is read before it is overwritten, by the same loop iteration. Only
+        elementwise and multi-output kernels qualify: a reduction (side outputs included,
+        `column_sums`) never writes over a buffer it reads.
         """
         if kernel.kind not in (KernelKind.ELEMENTWISE, KernelKind.MULTI_OUTPUT) \
                 or buffer_node.shape != kernel.root.shape:

@@ -9,7 +9,9 @@ Input: a `FusedProgram` (kernels in execution order). Output: a `MemoryPlan`.
   an arena temporary that is copied into the variable after the last kernel.
 - Every other root gets an arena slot. A slot's live interval runs from the kernel that
   writes it to the last kernel that reads it (through views too). An elementwise kernel
-  reuses the slot of an input whose interval ends at that kernel (in-place).
+  reuses the slot of an input whose interval ends at that kernel (in-place); a kernel with
+  several outputs places each, and a reduction's outputs (side outputs too:
+  `passes.column_sums`) never reuse a slot the kernel reads.
 - Slots get 64-byte-aligned offsets by greedy-by-size best fit: largest first, each into the
   smallest gap between already placed slots whose intervals overlap it.
 

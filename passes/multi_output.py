@@ -22,6 +22,9 @@ index (once) instead of being loaded back. Each output is the same expression at
 index as before, so results are unchanged bit for bit. Code generation evaluates every
 output of an index before storing any, so an output may be written over a buffer the kernel
 reads (the memory planner's in-place rules hold per output).
+
+`passes.column_sums` then merges elementwise and multi-output kernels into reductions of
+their outputs that keep only the innermost axis (placed by the same rule, `schedule_place`).
 """
 
 from __future__ import annotations
@@ -97,6 +100,15 @@ def _placement(program: FusedProgram, order: list[Kernel], p: int, q: int,
         return None  # a view of g's output would be read while g writes it
     if not (reads_k & outs or reads_k & _reads(program, g)):
         return None  # unrelated: nothing to share
+    return schedule_place(program, order, p, q)
+
+
+def schedule_place(program: FusedProgram, order: list[Kernel], p: int, q: int) -> int | None:
+    """Where one kernel doing the work of `order[p]` and `order[q]` (p < q) may run: at `p`
+    if everything `order[q]` reads is computed before `p` (or by `order[p]`), else at `q` if
+    no kernel in between reads an output of `order[p]`; None if neither."""
+    outs = set(order[p].outputs)
+    reads_k = _reads(program, order[q])
     earlier = {id(j) for j in order[:p]}
     if all(n in outs or n not in program.kernel_of or id(program.kernel_of[n]) in earlier
            for n in reads_k):

@@ -17,7 +17,7 @@ from graphc.codegen.fused import expr, op_table
 from graphc.ir import SOURCE_OPS
 from graphc.ir.opdef import Anchor, Fusion
 from graphc.ops import registry
-from graphc.passes import fuse, kernels, multi_output
+from graphc.passes import column_sums, fuse, kernels, multi_output
 from graphc.passes.kernels import KernelKind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,8 @@ def test_anchors_are_exactly_the_ops_fusion_treats_as_anchors() -> None:
                         "matmul": Anchor.MATMUL, "conv2d": Anchor.CONV}
 
 
-@pytest.mark.parametrize("module", [fuse, kernels, multi_output], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [fuse, kernels, multi_output, column_sums],
+                         ids=lambda m: m.__name__)
 def test_fusion_reads_facts_not_op_names(module: object) -> None:
     """The fusion passes name no op (but the IR's source ops): their decisions come from
     `OpDef.fusion` and `OpDef.anchor`, which the op owns."""

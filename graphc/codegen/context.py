@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.fused.expr import Evaluator
+from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I32, storage_type
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
@@ -66,8 +67,11 @@ class KernelContext:
         raise CompileError(f"kernel {self.kernel.name}: no buffer for %{node.name}")
 
     def evaluator(self, lanes: int, overrides: dict[Node, ir.Value] | None = None,
-                  flat: bool = False) -> Evaluator:
-        return Evaluator(self.b, self.program, self.kernel, self.ptrs, lanes, overrides, flat)
+                  flat: bool = False, shape: tuple[int, ...] | None = None,
+                  position: Callable[[], list[Idx]] | None = None) -> Evaluator:
+        """An evaluator of this kernel's nodes (`flat`, `shape`, `position`: `Evaluator`)."""
+        return Evaluator(self.b, self.program, self.kernel, self.ptrs, lanes, overrides, flat,
+                         shape, position)
 
     def report_error(self, failed: ir.Value) -> None:
         """Set the call's status word when `failed` (i1) is true: the entry point then stops

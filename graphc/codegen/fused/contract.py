@@ -1,13 +1,32 @@
-"""Explicit FMA contraction of emitted reduction code, so that the result does not depend on
-how LLVM happened to shape the loops (and so on the thread count)."""
+"""Explicit FMA contraction of emitted fused-kernel code (elementwise, multi-output and
+reduction kernels), so that a result does not depend on how LLVM happened to shape the loops
+(and so on the thread count, or on which kernel computes an expression: a reduction storing
+an elementwise kernel's outputs, `passes.column_sums`, gives them the same bits)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import llvmlite.ir as ir
 
+from graphc.codegen.context import KernelContext
 from graphc.codegen.llvm_types import intrinsic
+
+
+def contracted(emit: Callable[[KernelContext], None]) -> Callable[[KernelContext], None]:
+    """`emit`, followed by `contract_explicitly` on the kernel's function and the task
+    functions it outlined."""
+
+    @functools.wraps(emit)
+    def emit_contracted(ctx: KernelContext) -> None:
+        before = set(ctx.module.globals)
+        emit(ctx)
+        tasks = [g for name, g in ctx.module.globals.items()
+                 if name not in before and isinstance(g, ir.Function)]
+        contract_explicitly([ctx.b.function, *tasks])
+
+    return emit_contracted
 
 
 def contract_explicitly(functions: Sequence[ir.Function]) -> None:
@@ -18,7 +37,10 @@ def contract_explicitly(functions: Sequence[ir.Function]) -> None:
     on the loop's shape and alias facts, which differ between the single-threaded kernel
     (constant bounds: the scalar tail columns unrolled and their products hoisted; noalias
     arguments) and a thread's task (bounds and pointers known at run time only): var over
-    axis 0 of (3000, 1000) differed in a few columns between 1 and 2 threads. So every
+    axis 0 of (3000, 1000) differed in a few columns between 1 and 2 threads. Likewise an
+    elementwise kernel's loop-invariant product (`x + s·t` of scalars, `x - r·r2` of a
+    (rows, 1) pair in a row's loop) was hoisted and not fused, while the same expression in
+    a reduction storing it as a side output (`passes.column_sums`) was. So every
     `fadd`/`fsub` with `contract` whose operand is a `contract` `fmul` used only there (an
     operand 0 multiply first), as LLVM would fuse them in one block, becomes an explicit
     `llvm.fma`, and no other instruction keeps `contract`: the same code at any thread

@@ -10,12 +10,14 @@ reverse mirrors, pad and concat select between operands with clamped indices.
 Every inlined node has exactly one user (see passes/fuse.py), so each is evaluated once per
 index point. In flat mode (every node at the loop's own index) values are memoized per
 evaluator, so the outputs of a multi-output kernel (`passes.multi_output`) that read each
-other compute each node once.
+other compute each node once. Given the iteration space's `shape`, flat mode also takes
+nodes and inputs of shapes that broadcast to it (each at the element's broadcast index):
+the side outputs of a reduction (`passes.column_sums`) may read a (rows, 1) operand.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import llvmlite.ir as ir
 
@@ -48,6 +50,8 @@ class Evaluator:
         lanes: int,
         overrides: dict[Node, ir.Value] | None = None,
         flat: bool = False,
+        shape: tuple[int, ...] | None = None,
+        position: Callable[[], list[Idx]] | None = None,
     ):
         self.b = b
         self.program = program
@@ -61,6 +65,12 @@ class Evaluator:
         # flat element index (elementwise kernels over contiguous buffers).
         self.flat = flat
         self._memo: dict[Node, ir.Value] = {}  # flat mode only: one index per evaluator
+        # Flat mode with `shape`: the iteration space. A node or input of another shape (it
+        # broadcasts to `shape`) is read at the broadcast index of the element's multi-index
+        # (`position()` if given, else unravelled from the flat index per lane).
+        self.shape = shape
+        self._position = position
+        self._multi: list[Idx] | None = None
 
     def at(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         if node in self.overrides:
@@ -98,6 +108,8 @@ class Evaluator:
             raise CompileError(f"kernel {self.kernel.name}: no buffer for %{node.name}") from None
         if self.flat:
             offset = idx[0] if node.size > 1 else self.ix.const(0)
+            if self._broadcast(node):
+                offset = self._broadcast_offset(node, idx[0])
         else:
             offset = self.ix.linear(idx, strides(node.shape))
         return self.ix.load(ptr, node.dtype, offset)
@@ -105,8 +117,44 @@ class Evaluator:
     def flat_index(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         """The C-order flat index of `idx` in `node`'s shape, per lane (i64 or vector)."""
         if self.flat:
+            if self._broadcast(node):
+                return self.ix.as_vector(self._broadcast_offset(node, idx[0]))
             return self.ix.as_vector(idx[0])
         return self.ix.as_vector(self.ix.linear(idx, strides(node.shape)))
+
+    def _broadcast(self, node: Node) -> bool:
+        """Flat mode: whether `node` is read at a broadcast index (not the flat one)."""
+        return self.shape is not None and node.size > 1 and node.shape != self.shape
+
+    def _broadcast_offset(self, node: Node, flat: Idx) -> Idx:
+        """The element of `node` (broadcast to `shape`) at the flat index `flat`."""
+        assert self.shape is not None
+        if self._multi is None:
+            self._multi = (self._position() if self._position is not None
+                           else self._unravel(flat))
+        at = broadcast_index(self.ix, self._multi, self.shape, node.shape)
+        return self.ix.linear(at, strides(node.shape))
+
+    def _unravel(self, flat: Idx) -> list[Idx]:
+        """The multi-index in `shape` of flat index `flat`, per lane (scalar arithmetic when
+        every lane has the same index)."""
+        assert self.shape is not None
+        b = self.b
+        scalar = self.lanes == 1 or (flat.vec is None and flat.coef == 0)
+        pos = flat.base if scalar else self.ix.as_vector(flat)
+
+        def c(v: int) -> ir.Constant:
+            if scalar:
+                return ir.Constant(I64, v)
+            return ir.Constant(ir.VectorType(I64, self.lanes), [ir.Constant(I64, v)] * self.lanes)
+
+        out: list[Idx] = []
+        for d, (size, stride) in enumerate(zip(self.shape, strides(self.shape))):
+            v = pos if stride == 1 else b.udiv(pos, c(stride))
+            if d > 0:
+                v = b.urem(v, c(size))
+            out.append(Idx(v, 0) if scalar else self.ix.from_vector(v))
+        return out
 
 
 def broadcast_index(ix: IndexBuilder, idx: Sequence[Idx], out_shape: Sequence[int],

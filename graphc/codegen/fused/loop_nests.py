@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
+from graphc.codegen.fused.contract import contracted
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I64
@@ -175,4 +176,6 @@ def nest_dims(ctx: KernelContext, shape: Sequence[int], body: Callable[[list[Idx
     level(0, [])
 
 
-LOWERINGS = (Lowering(KernelKind.ELEMENTWISE, emit_elementwise),)
+# FMAs decided on the emitted code (`contract.contracted`), as in reductions: an expression
+# gets the same bits in its own kernel and as a reduction's side output.
+LOWERINGS = (Lowering(KernelKind.ELEMENTWISE, contracted(emit_elementwise)),)

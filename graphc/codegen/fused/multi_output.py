@@ -14,6 +14,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
+from graphc.codegen.fused.contract import contracted
 from graphc.codegen.fused.loop_nests import PARALLEL_GRAIN, range_loop
 from graphc.codegen.index import Idx
 from graphc.codegen.parallel import parallel_range
@@ -37,4 +38,4 @@ def emit_multi_output(ctx: KernelContext) -> None:
     parallel_range(ctx, kernel.root.size, PARALLEL_GRAIN, chunk, align=lanes)
 
 
-LOWERINGS = (Lowering(KernelKind.MULTI_OUTPUT, emit_multi_output),)
+LOWERINGS = (Lowering(KernelKind.MULTI_OUTPUT, contracted(emit_multi_output)),)

@@ -2,8 +2,8 @@
 expression and optional elementwise epilogue; `mean`, `var`, `std` and `logsumexp` are built
 from `sum`). Each output element is reduced by one thread, in an order fixed by the shapes
 alone, and which multiplies are fused into FMAs is decided on the emitted code
-(`_contract_explicitly`), so results are bit-for-bit identical for any thread count. Three
-loop structures:
+(`contract.contract_explicitly`), so results are bit-for-bit identical for any thread
+count. Three loop structures:
 
 - Innermost input axis reduced (`RowReduction`): per output, the reduced elements are visited
   in index order (one flat row when the reduced axes are trailing and the input expression
@@ -42,22 +42,28 @@ numpy's pairwise sum has d ~ 8 + log2(n / 8). max and min are exact in any order
 sums exact (wrapping): they use the same loops without the cascade, as do float products,
 whose worst-case relative error, (n - 1)·u, is the same for every order. The epilogue then
 runs as an elementwise pass over the output, in place.
+
+Side outputs (`passes.column_sums`; only when the innermost axis is kept and the input
+expression is flat, `accepts_side_outputs`): both innermost-kept structures visit every
+input element once, and there the kernel's other outputs (an elementwise kernel merged in)
+are evaluated at the element's flat index and stored (`_visit`). The loops and vector width
+are those of the kernel without them (`own_part`), so the reduction keeps its bits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
-from graphc.codegen.fused.contract import contract_explicitly
-from graphc.codegen.fused.expr import strides
+from graphc.codegen.fused.contract import contracted
+from graphc.codegen.fused.expr import Evaluator, strides
 from graphc.codegen.fused.loop_nests import (
     PARALLEL_GRAIN,
     emit_elementwise,
-    flat_ok,
     nest_dims,
     range_loop,
 )
@@ -76,41 +82,13 @@ from graphc.codegen.llvm_types import I64, compute_type
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
+from graphc.errors import CompileError
 from graphc.ir import Node
+from graphc.passes.column_sums import accepts_side_outputs, flat_input, own_part
 from graphc.passes.kernels import Kernel, KernelKind
 
 # Adds the cascade's levels to a column's sum: fold(lanes, column, sum) -> sum.
 LevelFold = Callable[[int, Idx, ir.Value], ir.Value]
-
-
-def _expression(kernel_nodes: Sequence[Node], anchor: Node, src: Node
-                ) -> tuple[list[Node], list[Node]]:
-    """The kernel nodes the reduction's input expression evaluates, and the values it reads
-    (kernel inputs, immediates)."""
-    members = set(kernel_nodes) - {anchor}
-    nodes: list[Node] = []
-    leaves: list[Node] = []
-    seen: set[Node] = set()
-    stack = [src]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n in members:
-            nodes.append(n)
-            stack.extend(n.inputs)
-        else:
-            leaves.append(n)
-    return nodes, leaves
-
-
-def _flat_input(kernel_nodes: Sequence[Node], anchor: Node) -> bool:
-    """Whether the input expression can be evaluated at flat element indices of the input
-    (every node elementwise over the input's shape, or one element)."""
-    src = anchor.inputs[0]
-    nodes, leaves = _expression(kernel_nodes, anchor, src)
-    return flat_ok(nodes, leaves, src.shape)
 
 
 def _kept_plan(anchor: Node) -> tuple[int, int, int]:
@@ -149,6 +127,12 @@ def emit_reduction(ctx: KernelContext) -> None:
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None
+    side = kernel.outputs[:-1]
+    if side and not accepts_side_outputs(kernel):
+        raise CompileError(f"kernel {kernel.name}: side outputs of a reduction that does not "
+                           "visit each input element once at a flat index")
+    # Loops and vector width as without side outputs, so the result keeps its bits.
+    own = own_part(kernel)
     src = anchor.inputs[0]
     axes = set(anchor.attrs["axes"])
     rank = src.ndim
@@ -165,28 +149,25 @@ def emit_reduction(ctx: KernelContext) -> None:
         else:
             ostride.append(out_strides_full[j])
             j += 1
-    lanes = ctx.lanes_for([*kernel.nodes, *kernel.inputs])
+    lanes = ctx.lanes_for([*own.nodes, *own.inputs])
     # The anchor's value is read back from the output buffer by the epilogue.
     ctx.ptrs[anchor] = ctx.out
-    before = set(ctx.module.globals)
     if anchor.size == 0:
         pass  # no output element
     elif _innermost_reduced(anchor):
-        _emit_reduced_innermost(ctx, axes, lanes, ostride)
+        _emit_reduced_innermost(ctx, own, axes, lanes, ostride)
     else:
-        _emit_kept_innermost(ctx, axes, lanes, ostride)
+        _emit_kept_innermost(ctx, own, axes, lanes, ostride)
     if kernel.root is not anchor:
-        emit_elementwise(ctx)
-    tasks = [g for name, g in ctx.module.globals.items()
-             if name not in before and isinstance(g, ir.Function)]
-    contract_explicitly([ctx.b.function, *tasks])
+        # Over the output's shape: the epilogue alone, never the side outputs' nodes.
+        emit_elementwise(dataclasses.replace(ctx, kernel=own))
 
 
-def _emit_reduced_innermost(ctx: KernelContext, axes: set[int], lanes: int,
+def _emit_reduced_innermost(ctx: KernelContext, own: Kernel, axes: set[int], lanes: int,
                             ostride: list[int]) -> None:
     """Each output element is one `RowReduction` over its reduced elements."""
     anchor = ctx.kernel.anchor
-    assert anchor is not None
+    assert anchor is not None and len(ctx.kernel.outputs) == 1
     op, dtype, src = anchor.op, anchor.dtype, anchor.inputs[0]
     in_shape = src.shape
     rank = len(in_shape)
@@ -197,8 +178,7 @@ def _emit_reduced_innermost(ctx: KernelContext, axes: set[int], lanes: int,
     # One flat row per output when the reduced axes are the trailing ones and the expression
     # allows flat indices: (10^6, 10) summed whole is one vectorized row, not 10^6 rows of
     # 10 scalars.
-    flat = (rank > 0 and kept == list(range(len(kept)))
-            and _flat_input(ctx.kernel.nodes, anchor))
+    flat = rank > 0 and kept == list(range(len(kept))) and flat_input(own.nodes, anchor)
     if flat:
         row_len, outer = reduced_size, []
     else:
@@ -251,7 +231,7 @@ def _emit_reduced_innermost(ctx: KernelContext, axes: set[int], lanes: int,
     parallel_range(ctx, kept_shape[0], max(1, PARALLEL_GRAIN // work_per_row), kept_rows)
 
 
-def _emit_kept_innermost(ctx: KernelContext, axes: set[int], lanes: int,
+def _emit_kept_innermost(ctx: KernelContext, own: Kernel, axes: set[int], lanes: int,
                          ostride: list[int]) -> None:
     """Innermost axis kept. Narrow contiguous rows summed over more than one block go to
     `_emit_narrow_columns`. Otherwise threads split the columns (chunks of whole vectors),
@@ -260,7 +240,11 @@ def _emit_kept_innermost(ctx: KernelContext, axes: set[int], lanes: int,
     the module docstring says. Measured on 10^7 float32: adding 4 rows per sweep (fewer
     loads and stores of the partial sums) was up to 3x slower, and cutting the columns into
     tiles that keep the partial sums in L1 up to 1.4x slower, than one whole row after the
-    other: the hardware prefetcher follows one stream, not several interleaved ones."""
+    other: the hardware prefetcher follows one stream, not several interleaved ones.
+
+    Either way every input element is visited once, where its value is added (`element`
+    here, the row callback of `_emit_narrow_columns`): side outputs (`passes.column_sums`)
+    are evaluated and stored there (`_visit`)."""
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None
@@ -277,7 +261,9 @@ def _emit_kept_innermost(ctx: KernelContext, axes: set[int], lanes: int,
     cascade = cascades(op, dtype) and blocks > 1
     # Flat indices when the kept outer axes come first and the expression allows them: a
     # row's offset is then (kept index · rows + row) · inner, with no division.
-    flat = kept == list(range(len(kept))) and _flat_input(kernel.nodes, anchor)
+    flat = kept == list(range(len(kept))) and flat_input(own.nodes, anchor)
+    side = kernel.outputs[:-1]
+    assert flat or not side
     out_strides = [ostride[d] for d in kept] + [ostride[rank - 1]]
     if (flat and lanes > 1 and rows > block_rows and inner > 0
             and math.lcm(inner, lanes) // lanes <= MAX_COLUMN_VECTORS):
@@ -291,13 +277,8 @@ def _emit_kept_innermost(ctx: KernelContext, axes: set[int], lanes: int,
         def per_prefix(prefix: list[Idx]) -> None:
             kept_flat = c.evaluator(1).ix.linear(prefix, strides(kept_sizes)).base
 
-            def element(k: int, q: ir.Value, col: Idx) -> ir.Value:
-                """The input expression at (prefix, reduced row q, column(s) col)."""
-                ev = c.evaluator(k, flat=flat)
-                if flat:
-                    row = cb.mul(cb.add(cb.mul(kept_flat, ir.Constant(I64, rows)), q),
-                                 ir.Constant(I64, inner))
-                    return ev.at(src, [Idx(cb.add(row, col.base), col.coef)])
+            def position(q: ir.Value, col: Idx) -> list[Idx]:
+                """The input multi-index of (prefix, reduced row q, column(s) col)."""
                 at = dict(zip(kept, prefix))
                 rest = q
                 for d, size in reversed(list(zip(reduced, red_sizes))):
@@ -306,7 +287,18 @@ def _emit_kept_innermost(ctx: KernelContext, axes: set[int], lanes: int,
                     else:
                         at[d] = Idx(cb.urem(rest, ir.Constant(I64, size)))
                         rest = cb.udiv(rest, ir.Constant(I64, size))
-                return ev.at(src, [at[d] for d in range(rank - 1)] + [col])
+                return [at[d] for d in range(rank - 1)] + [col]
+
+            def element(k: int, q: ir.Value, col: Idx) -> ir.Value:
+                """The input expression at (prefix, reduced row q, column(s) col); the
+                side outputs there are stored."""
+                if flat:
+                    ev = c.evaluator(k, flat=True, shape=in_shape,
+                                     position=lambda: position(q, col))
+                    row = cb.mul(cb.add(cb.mul(kept_flat, ir.Constant(I64, rows)), q),
+                                 ir.Constant(I64, inner))
+                    return _visit(c, ev, src, Idx(cb.add(row, col.base), col.coef))
+                return c.evaluator(k).at(src, position(q, col))
 
             def to_out(col: Idx) -> tuple[ir.Value, Idx]:
                 return c.out, IndexBuilder(cb, 1).linear([*prefix, col], out_strides)
@@ -421,6 +413,11 @@ def _emit_narrow_columns(ctx: KernelContext, lanes: int, kept_sizes: list[int], 
     op, dtype, src = anchor.op, anchor.dtype, anchor.inputs[0]
     inner = src.shape[-1]
     kept_strides = strides(kept_sizes)
+    # `RowReduction` calls the row callback once per element of the run (so side outputs
+    # are stored once), its vectors at multiples of `lanes`: when `lanes` divides `inner`,
+    # each vector lies in one input row, and a (rows, 1) operand of a side output is one
+    # scalar load, not a gather.
+    one_row_per_vector = inner % lanes == 0
 
     def one(c: KernelContext, prefix: list[Idx]) -> None:
         cb = c.b
@@ -428,8 +425,14 @@ def _emit_narrow_columns(ctx: KernelContext, lanes: int, kept_sizes: list[int], 
         base = cb.mul(kept_flat, ir.Constant(I64, rows * inner))
         red = RowReduction(cb, op, dtype, lanes, rows * inner, 1, columns=inner)
         red.begin()
-        red.row(lambda k, i: c.evaluator(k, flat=True).at(
-            src, [Idx(cb.add(base, i.base), i.coef)]))
+
+        def value(k: int, i: Idx) -> ir.Value:
+            at = Idx(cb.add(base, i.base), i.coef)
+            ev = c.evaluator(k, flat=True, shape=src.shape, position=(
+                (lambda: _row_position(cb, at, src.shape)) if one_row_per_vector else None))
+            return _visit(c, ev, src, at)
+
+        red.row(value)
         ix = IndexBuilder(cb, 1)
         totals = red.finish_columns() if inner > 1 else [red.finish()]
         for col, total in enumerate(totals):
@@ -447,4 +450,30 @@ def _emit_narrow_columns(ctx: KernelContext, lanes: int, kept_sizes: list[int], 
     parallel_range(ctx, kept_sizes[0], max(1, PARALLEL_GRAIN // work), prefixes)
 
 
-LOWERINGS = (Lowering(KernelKind.REDUCTION, emit_reduction, scratch=_reduction_scratch),)
+def _row_position(b: ir.IRBuilder, at: Idx, shape: tuple[int, ...]) -> list[Idx]:
+    """The multi-index in `shape` of flat index `at` whose lanes all lie in one row of the
+    innermost axis: scalar outer indices, the innermost one affine like `at`."""
+    out: list[Idx] = []
+    last = len(shape) - 1
+    for d, (size, stride) in enumerate(zip(shape, strides(shape))):
+        v = at.base if stride == 1 else b.udiv(at.base, ir.Constant(I64, stride))
+        if d > 0:
+            v = b.urem(v, ir.Constant(I64, size))
+        out.append(Idx(v, at.coef if d == last else 0))
+    return out
+
+
+def _visit(c: KernelContext, ev: Evaluator, src: Node, at: Idx) -> ir.Value:
+    """The input expression `src` at flat input index `at` (flat evaluator `ev`); each side
+    output of the kernel is evaluated at `at` too (shared nodes once: `ev` memoizes) and,
+    after every value is computed, stored there."""
+    value = ev.at(src, [at])
+    side = c.kernel.outputs[:-1]
+    values = [ev.at(out, [at]) for out in side]
+    for out, v in zip(side, values):
+        ev.ix.store(c.ptr(out), out.dtype, at, v)
+    return value
+
+
+LOWERINGS = (Lowering(KernelKind.REDUCTION, contracted(emit_reduction),
+                      scratch=_reduction_scratch),)

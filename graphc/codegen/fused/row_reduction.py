@@ -110,8 +110,11 @@ class RowReduction:
 
     Use: `begin()`, then `row(value)` once per row (inside the caller's loops over rows),
     then `finish()`. `value(k, i)` emits the row's elements i .. i+k-1 (k = lanes with a
-    contiguous index, coef 1; or k = 1). The state lives in stack slots of the current
-    function, so one instance serves one output at a time.
+    contiguous index, coef 1, and i a multiple of lanes; or k = 1), and is called exactly
+    once for each element of the row (the vectors of the main loop and of the last partial
+    step, then the scalar tail: the row's own tail loop, or `finish_columns`). The state
+    lives in stack slots of the current function, so one instance serves one output at a
+    time.
 
     With `columns` = C > 1 (one row, lanes > 1), the row is a C-column matrix stored by rows
     and `finish_columns()` gives its C column sums: K is then lcm(C, lanes) / lanes, so the
