@@ -49,9 +49,10 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 accumulate: bool) -> None:
     """Emit the packed GEMM described by `plan` (see the module docstring).
 
-    With plan.pack_a False (all of N in one NR panel, so each A panel would be used once),
-    full MR-row tiles read A in place through a kernel specialised for A's strides, and only
-    the last, partial row tile is packed (zero rows past M).
+    With plan.pack_a False (see `plan_gemm`: all of N in one NR panel, or a row-major A
+    with one K block), full MR-row tiles read A in place through a kernel specialised for
+    A's strides, and only the last, partial row tile is packed (zero rows past M), once
+    per K block; B is packed.
     """
     dtype = spec.dtype
     ety = storage_type(dtype)
@@ -135,16 +136,19 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                     with otherwise:
                         b.call(store(), plain)
 
-            if not plan.pack_a:  # one column panel (n <= NR): read A in place
+            if not plan.pack_a:  # read A in place; B packed
                 in_place = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
                                         a_strides=(sa_i, sa_p))
                 full = spec.m - spec.m % plan.mr
-                with for_range(b, 0, full, plan.mr, name="ir") as ir_:
-                    tile_at(in_place, a_at(ir_), ir_, 0, plan.mr, nc)
                 if full < spec.m:
                     b.call(pack_a(), [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
                                       as_i64(kc), ap])
-                    tile_at(kernel(), ap, full, 0, spec.m - full, nc)
+                with for_range(b, 0, nc, plan.nr, name="jr") as jr:
+                    nr_eff = smin(b, plan.nr, b.sub(as_i64(nc), jr))
+                    with for_range(b, 0, full, plan.mr, name="ir") as ir_:
+                        tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff)
+                    if full < spec.m:
+                        tile_at(kernel(), ap, full, jr, spec.m - full, nr_eff)
             elif not plan.pack_b:
                 in_place_b = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
                                           b_stride=spec.ldb)
