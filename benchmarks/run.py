@@ -218,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                       "ORT_ENABLE_ALL, intra_op_num_threads = threads, 1 inter-op thread, "
                       "sequential; weights as initializers; timed run_with_iobinding with "
                       "input and output bound to preallocated arrays.")
-    header.append("Compile rows: graphc empties its cache before each call; torch times "
-                  "torch.compile's first call after torch._dynamo.reset() (later calls hit "
-                  "inductor's disk caches; max = the true first call); jax times jax.jit's "
-                  "first call of a fresh function.")
+    header.append("Compile rows: graphc empties its cache before each call (empty cache) or "
+                  "compiles with it warm (warm cache); torch times torch.compile's first call "
+                  "after torch._dynamo.reset(), with inductor's caches emptied before each "
+                  "call (empty cache: torch._inductor.utils.fresh_cache) or warm from the "
+                  "earlier calls (warm cache; max = its first, cold call); jax times "
+                  "jax.jit's first call of a fresh function (no persistent cache).")
     text = "\n".join(header) + "\n\n" + "\n".join(lines) + "\n"
     print()
     print(text)

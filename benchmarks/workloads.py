@@ -33,7 +33,7 @@ from benchmarks.workloads_data import (
     _mlp_params,
 )
 from benchmarks.workloads_torch import (
-    compile_jax_like_first_call,
+    compile_first_call,
     ew_torch,
     gemm_torch,
     lenet_torch,
@@ -300,10 +300,11 @@ WORKLOADS: list[Workload] = [
              3 * 2 * 128 * (784 * 512 + 512 * 512 + 512 * 10), 0,
              {"graphc": mlp_train_graphc, "numpy": mlp_train_numpy, "torch": mlp_train_torch}),
     Workload("compile_cold", "compile MLP training step, empty cache (torch: torch.compile "
-             "first call)", 0, 0,
-             {"graphc": compile_graphc(False), "torch": compile_jax_like_first_call}),
-    Workload("compile_cached", "compile MLP training step, warm cache", 0, 0,
-             {"graphc": compile_graphc(True)}),
+             "first call, empty inductor caches)", 0, 0,
+             {"graphc": compile_graphc(False), "torch": compile_first_call(cold=True)}),
+    Workload("compile_cached", "compile MLP training step, warm cache (torch: torch.compile "
+             "first call, warm inductor caches)", 0, 0,
+             {"graphc": compile_graphc(True), "torch": compile_first_call(cold=False)}),
     *(Workload(f"gemm_{n}", f"GEMM {n}x{n} f32", 2 * n**3, 0,
                {"graphc": gemm_graphc(n), "numpy": gemm_numpy(n), "torch": gemm_torch(n)})
       for n in (256, 512, 1024)),

@@ -113,13 +113,32 @@ def mlp_train_torch(threads: int, compiled: bool = False) -> Runner:
 
 # --- compile time ---------------------------------------------------------------------------
 
-def compile_jax_like_first_call(threads: int) -> Runner:
-    """torch.compile's first call is the closest installed peer to JAX's jit compile."""
+def compile_first_call(cold: bool) -> Callable[[int], Runner]:
+    """Seconds of torch.compile's first call of the MLP training step (after
+    torch._dynamo.reset(), so dynamo traces again): the closest peer to JAX's jit compile.
+
+    cold: inductor's caches (compiled C++ kernels, FX graphs; on disk and in memory) start
+    empty at every call (torch._inductor.utils.fresh_cache: a new cache directory), like
+    graphc's empty-cache row; else they are warm from the warm-up calls, like graphc's
+    warm-cache row.
+    """
+    return lambda threads: _compile_first_call(threads, cold)
+
+
+def _compile_first_call(threads: int, cold: bool) -> Runner:
     import torch
 
     torch.set_num_threads(threads)
 
     def run() -> object:
+        if cold:
+            from torch._inductor.utils import fresh_cache
+
+            with fresh_cache():
+                return first_call()
+        return first_call()
+
+    def first_call() -> float:
         torch._dynamo.reset()
         p = [torch.from_numpy(a.copy()).requires_grad_(True) for a in _mlp_params()]
         xb_np, yb_np = _mlp_batch(128)
