@@ -73,6 +73,11 @@ def _cases() -> list[Case]:
         for ta, tb in TRANSPOSES:
             cases.append(Case(_spec(19, 45, k, dtype, ta, tb, pad=1), epilogue=True,
                               accumulate=ta))
+    # B read in place with many rows (whole short rows: ldb == n): several MC and KC blocks,
+    # with and without a partial last panel; A read in place over several column panels.
+    cases.append(Case(_spec(200, 70, 1100, F32, False, False), epilogue=True, accumulate=True))
+    cases.append(Case(_spec(100, 64, 300, F64, False, False), epilogue=True))
+    cases.append(Case(_spec(45, 100, 60, F32, False, True), epilogue=True))
     # Several MC blocks, and several NC blocks.
     cases.append(Case(_spec(200, 40, 30, F32, False, False), epilogue=True))
     cases.append(Case(_spec(9, 4100, 5, F32, True, False, pad=1), epilogue=True))
@@ -207,9 +212,13 @@ def test_cases_cover_every_path() -> None:
             assert len({p.nr for _, p in mine}) == 2  # the wide and the narrow-N kernel
             assert any(not p.pack_a and s.m % p.mr for s, p in mine)  # A in place + edge
     assert any(s.m > p.mc for s, p in packed) and any(s.n > p.nc for s, p in packed)
-    # B read in place (few rows), with and without a partial last panel to pack.
+    # B read in place (few rows, or whole short rows), with and without a partial last
+    # panel to pack; with many rows over several MC and KC blocks.
     assert any(not p.pack_b and s.n % p.nr for s, p in packed)
     assert any(not p.pack_b and s.n % p.nr == 0 for s, p in packed)
+    assert any(not p.pack_b and s.m > p.mc and s.k > p.kc for s, p in packed)
+    # A read in place over several column panels (row-major A, one KC block).
+    assert any(not p.pack_a and s.n > p.nr and s.m % p.mr for s, p in packed)
 
 
 def test_kernels_are_shared_and_module_has_no_state(compiled: Compiled) -> None:

@@ -149,10 +149,15 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
     # NC: the packed B block (kc x nc) in L2/L3; all of N up to 4096 columns.
     nc = min(_round_up(n, nr), max(nr, 4096 // nr * nr))
-    # With few row panels each packed B panel would be used only a few times: for a
-    # row-major B, full NR-wide panels are read in place (an RNN's per-step h @ W repacked
-    # W at every step); a partial last panel is still packed.
-    pack_b = not (n > nr and sb_j == 1 and m <= _IN_PLACE_B_ROWS and n <= nc)
+    # For a row-major B in one NC block, full NR-wide panels are read in place (a partial
+    # last panel is still packed): with few row panels each packed panel would be used only
+    # a few times (an RNN's per-step h @ W repacked W at every step), and a whole B of
+    # short rows streams through the cache as well in place as packed, so packing is a
+    # pass saved (MLP layers 784x512, 512x512 at batch 128-256: 1.5% faster). Not for rows
+    # of 4 KiB or more (1024^3: 4% slower, every row of a panel in one cache set), nor for
+    # a column slice of a wider B (a thread's half of 256^3: up to 10% slower).
+    short_rows = spec.ldb == n and n * spec.dtype.itemsize < 4096
+    pack_b = not (n > nr and sb_j == 1 and n <= nc and (m <= _IN_PLACE_B_ROWS or short_rows))
     # A is read in place, only the partial last row panel packed, when all of N is one
     # panel (each A panel would be used once), and when A is row-major with one K block
     # (the kernel broadcasts each A element from its row, as ONNX Runtime's MLAS does):
