@@ -78,6 +78,10 @@ def _cases() -> list[Case]:
     cases.append(Case(_spec(200, 70, 1100, F32, False, False), epilogue=True, accumulate=True))
     cases.append(Case(_spec(100, 64, 300, F64, False, False), epilogue=True))
     cases.append(Case(_spec(45, 100, 60, F32, False, True), epilogue=True))
+    # Whole tiles (straight-line stores) over several KC blocks: the epilogue on the last
+    # block only, with and without accumulating into C.
+    cases.append(Case(_spec(64, 64, 1100, F32, False, False), epilogue=True, accumulate=True))
+    cases.append(Case(_spec(32, 32, 600, F64, True, False, pad=1), epilogue=True))
     # Several MC blocks, and several NC blocks.
     cases.append(Case(_spec(200, 40, 30, F32, False, False), epilogue=True))
     cases.append(Case(_spec(9, 4100, 5, F32, True, False, pad=1), epilogue=True))
@@ -212,6 +216,9 @@ def test_cases_cover_every_path() -> None:
             assert len({p.nr for _, p in mine}) == 2  # the wide and the narrow-N kernel
             assert any(not p.pack_a and s.m % p.mr for s, p in mine)  # A in place + edge
     assert any(s.m > p.mc for s, p in packed) and any(s.n > p.nc for s, p in packed)
+    # Whole tiles over several KC blocks, with the epilogue (straight-line stores).
+    assert any(s.m % p.mr == 0 and s.n % p.nr == 0 and s.k > p.kc and c.epilogue
+               for c, p in zip(CASES, plans) if p.path == "packed" for s in [c.spec])
     # B read in place (few rows, or whole short rows), with and without a partial last
     # panel to pack; with many rows over several MC and KC blocks.
     assert any(not p.pack_b and s.n % p.nr for s, p in packed)

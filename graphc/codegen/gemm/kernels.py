@@ -315,3 +315,36 @@ def store_tile_code(b: ir.IRBuilder, dtype: DType, lanes: int, nr: int, tile: ir
         with for_range(b, b.mul(nv, i64(lanes)), cols, name="ts") as j:
             x = b.load(elem_ptr(b, trow, j, ety), typ=ety, align=isz)
             finish(x, elem_ptr(b, crow, j, ety), row, j, 1)
+
+
+def store_full_tile(b: ir.IRBuilder, dtype: DType, lanes: int, mr: int, nr: int,
+                    tile: ir.Value, c: ir.Value, ldc: int, load_c: ir.Value | bool,
+                    epilogue: Epilogue | None, row0: Val, col0: Val) -> None:
+    """`store_tile_code` for a whole mr x nr tile: straight-line code (no loops, one branch
+    on `load_c` for the whole tile instead of one per vector)."""
+    ety = storage_type(dtype)
+    isz = dtype.itemsize
+    vty = compute_type(dtype, lanes)
+
+    def emit(add_c: bool) -> None:
+        for r in range(mr):
+            row = as_i64(add(b, row0, r))
+            for v in range(nr // lanes):
+                j = v * lanes
+                x = b.load(elem_ptr(b, tile, r * nr + j, ety), typ=vty,
+                           align=align_of(lanes * isz))
+                cptr = elem_ptr(b, c, r * ldc + j, ety)
+                if add_c:
+                    x = vadd(b, dtype, x, b.load(cptr, typ=vty, align=isz))
+                if epilogue is not None:
+                    x = epilogue(b, row, as_i64(add(b, col0, j)), x, lanes)
+                b.store(x, cptr, align=isz)
+
+    if isinstance(load_c, bool):
+        emit(load_c)
+        return
+    with b.if_else(load_c) as (then, otherwise):
+        with then:
+            emit(True)
+        with otherwise:
+            emit(False)

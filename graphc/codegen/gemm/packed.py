@@ -17,7 +17,7 @@ always sees the complete sum.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
@@ -26,11 +26,27 @@ from graphc.codegen.gemm.helpers import Val, add, as_i64, elem_ptr, for_range, m
 from graphc.codegen.gemm.kernels import (
     micro_kernel,
     pack_function,
+    store_full_tile,
     store_tile_code,
     store_tile_function,
 )
 from graphc.codegen.gemm.spec import Epilogue, GemmPlan, GemmSpec
 from graphc.codegen.llvm_types import I1, storage_type
+
+
+def _full(b: ir.IRBuilder, mr_eff: Val, mr: int, nr_eff: Val, nr: int) -> ir.Value | bool:
+    """Whether a tile is whole (mr_eff == mr and nr_eff == nr), at emission time when both
+    sizes are static."""
+    checks = []
+    for eff, whole in ((mr_eff, mr), (nr_eff, nr)):
+        if isinstance(eff, int):
+            if eff != whole:
+                return False
+        else:
+            checks.append(b.icmp_signed("==", eff, as_i64(whole)))
+    if not checks:
+        return True
+    return checks[0] if len(checks) == 1 else b.and_(checks[0], checks[1])
 
 
 @contextmanager
@@ -114,27 +130,51 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                         at = min(off // dtype.itemsize, plan.nr - 1) + r * spec.ldc
                         prefetch(b, b.gep(cptr, [as_i64(at)], source_etype=ety), True)
                 b.call(fn, [as_i64(kc), apanel, bpanel, tile])
+                full = _full(b, mr_eff, plan.mr, nr_eff, plan.nr)
+                if full is False:
+                    store_c(cptr, row, col, mr_eff, nr_eff)
+                    return
+                if full is True:
+                    store_full(cptr, row, col)
+                    return
+                with b.if_else(full) as (then, otherwise):
+                    with then:
+                        store_full(cptr, row, col)
+                    with otherwise:
+                        store_c(cptr, row, col, mr_eff, nr_eff)
+
+            def store_full(cptr: ir.Value, row: Val, col: Val) -> None:
+                """A whole tile (most of them): straight-line stores."""
+                def full_tile(load: ir.Value | bool, epi: Epilogue | None) -> None:
+                    store_full_tile(b, dtype, plan.lanes, plan.mr, plan.nr, tile, cptr,
+                                    spec.ldc, load, epi, row, col)
+
+                by_last(lambda: full_tile(accumulate or nkb > 1, epilogue),
+                        lambda: full_tile(load_c, None))
+
+            def store_c(cptr: ir.Value, row: Val, col: Val, mr_eff: Val, nr_eff: Val) -> None:
+                """A partial tile: loops over its rows and columns."""
                 sizes = [as_i64(spec.ldc), as_i64(mr_eff), as_i64(nr_eff)]
                 plain = [tile, cptr, *sizes,
                          ir.Constant(I1, load_c) if isinstance(load_c, bool) else load_c]
+                by_last(lambda: store_tile_code(b, dtype, plan.lanes, plan.nr, tile, cptr,
+                                                *sizes, accumulate or nkb > 1, epilogue,
+                                                row, col),
+                        lambda: b.call(store(), plain))
+
+            def by_last(fused: Callable[[], object], plain: Callable[[], object]) -> None:
+                """`fused` (the epilogue; only on the last KC block, where C holds earlier
+                partial sums unless this is also the first block) or `plain`."""
                 if epilogue is None:
-                    b.call(store(), plain)
-                    return
-
-                def fused() -> None:
-                    # Only reached on the last KC block, where C holds earlier partial sums
-                    # unless this is also the first block.
-                    store_tile_code(b, dtype, plan.lanes, plan.nr, tile, cptr, *sizes,
-                                    accumulate or nkb > 1, epilogue, row, col)
-
-                if isinstance(last, bool):
+                    plain()
+                elif isinstance(last, bool):
                     fused()
-                    return
-                with b.if_else(last) as (then, otherwise):
-                    with then:
-                        fused()
-                    with otherwise:
-                        b.call(store(), plain)
+                else:
+                    with b.if_else(last) as (then, otherwise):
+                        with then:
+                            fused()
+                        with otherwise:
+                            plain()
 
             if not plan.pack_a:  # read A in place; B packed
                 in_place = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
