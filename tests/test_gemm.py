@@ -76,8 +76,9 @@ def _cases() -> list[Case]:
     # B read in place with many rows (whole short rows: ldb == n): several MC and KC blocks,
     # with and without a partial last panel; A read in place over several column panels.
     cases.append(Case(_spec(200, 70, 1100, F32, False, False), epilogue=True, accumulate=True))
-    cases.append(Case(_spec(100, 64, 300, F64, False, False), epilogue=True))
-    cases.append(Case(_spec(45, 100, 60, F32, False, True), epilogue=True))
+    # (Both only from spec._IN_PLACE_MACS multiply-adds.)
+    cases.append(Case(_spec(100, 64, 700, F64, False, False), epilogue=True))
+    cases.append(Case(_spec(97, 100, 500, F32, False, True), epilogue=True))
     # Whole tiles (straight-line stores) over several KC blocks: the epilogue on the last
     # block only, with and without accumulating into C.
     cases.append(Case(_spec(64, 64, 1100, F32, False, False), epilogue=True, accumulate=True))

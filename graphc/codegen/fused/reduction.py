@@ -433,6 +433,14 @@ def _emit_narrow_columns(ctx: KernelContext, lanes: int, kept_sizes: list[int], 
             return _visit(c, ev, src, at)
 
         red.row(value)
+        vectors = (red.finish_column_vectors()
+                   if inner > 1 and out_strides[-1] == 1 else None)
+        if vectors is not None:  # whole vectors of contiguous columns: vector stores
+            vx = IndexBuilder(cb, lanes)
+            for q, total in enumerate(vectors):
+                vx.store(c.out, dtype, vx.linear([*prefix, Idx(ir.Constant(I64, q * lanes),
+                                                                1)], out_strides), total)
+            return
         ix = IndexBuilder(cb, 1)
         totals = red.finish_columns() if inner > 1 else [red.finish()]
         for col, total in enumerate(totals):

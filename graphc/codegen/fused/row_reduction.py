@@ -246,6 +246,19 @@ class RowReduction:
             totals[pos % columns] = x if t is None else combine(b, op, dtype, t, x)
         return [identity(op, dtype, 1) if t is None else t for t in totals]
 
+    def finish_column_vectors(self) -> list[ir.Value] | None:
+        """The column reductions as C / lanes vectors (column j at lane j mod lanes of vector
+        j // lanes), when `lanes` divides C (then no row has scalar tail elements); else
+        None (use `finish_columns`). The same additions as `finish_columns`, lane by lane:
+        vector q holds columns (q mod C/lanes)·lanes..., one phase of them, and a column's
+        phases are combined by the same pairwise tree."""
+        b, op, dtype, lanes, columns = self.b, self.op, self.dtype, self.lanes, self.columns
+        if columns % lanes or self.empty or self.tail:
+            return None
+        vectors = [b.load(a) for a in self.accs] if self.pushes <= 1 else self._collapse()
+        per_row = columns // lanes
+        return [tree(b, op, dtype, vectors[q::per_row]) for q in range(per_row)]
+
     def _collapse(self) -> list[ir.Value]:
         """Push the pending block if any, then add the levels the block count leaves
         occupied, from the smallest sum up."""

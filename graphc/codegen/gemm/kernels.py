@@ -320,20 +320,23 @@ def store_tile_code(b: ir.IRBuilder, dtype: DType, lanes: int, nr: int, tile: ir
 def store_full_tile(b: ir.IRBuilder, dtype: DType, lanes: int, mr: int, nr: int,
                     tile: ir.Value, c: ir.Value, ldc: int, load_c: ir.Value | bool,
                     epilogue: Epilogue | None, row0: Val, col0: Val) -> None:
-    """`store_tile_code` for a whole mr x nr tile: straight-line code (no loops, one branch
-    on `load_c` for the whole tile instead of one per vector)."""
+    """`store_tile_code` for a whole mr x nr tile: static trip counts, the row's vectors
+    unrolled, and one branch on `load_c` for the whole tile instead of one per vector.
+    The rows stay a loop: unrolling them too was no faster and repeats the epilogue's
+    code mr times (compile time)."""
     ety = storage_type(dtype)
     isz = dtype.itemsize
     vty = compute_type(dtype, lanes)
 
     def emit(add_c: bool) -> None:
-        for r in range(mr):
+        with for_range(b, 0, mr, name="tr") as r:
             row = as_i64(add(b, row0, r))
+            trow = elem_ptr(b, tile, b.mul(r, i64(nr)), ety)
+            crow = elem_ptr(b, c, b.mul(r, i64(ldc)), ety)
             for v in range(nr // lanes):
                 j = v * lanes
-                x = b.load(elem_ptr(b, tile, r * nr + j, ety), typ=vty,
-                           align=align_of(lanes * isz))
-                cptr = elem_ptr(b, c, r * ldc + j, ety)
+                x = b.load(elem_ptr(b, trow, j, ety), typ=vty, align=align_of(lanes * isz))
+                cptr = elem_ptr(b, crow, j, ety)
                 if add_c:
                     x = vadd(b, dtype, x, b.load(cptr, typ=vty, align=isz))
                 if epilogue is not None:

@@ -26,6 +26,9 @@ _SMALL = 4  # M or N up to this uses the direct (unpacked) paths when the layout
 _FEW_ROWS = 8
 # Up to this many rows (4 register blocks) B is read in place rather than packed.
 _IN_PLACE_B_ROWS = 32
+# From this many multiply-adds a row-major A (one K block), or a B of whole short rows, is
+# read in place (`plan_gemm`).
+_IN_PLACE_MACS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -156,14 +159,17 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     # pass saved (MLP layers 784x512, 512x512 at batch 128-256: 1.5% faster). Not for rows
     # of 4 KiB or more (1024^3: 4% slower, every row of a panel in one cache set), nor for
     # a column slice of a wider B (a thread's half of 256^3: up to 10% slower).
-    short_rows = spec.ldb == n and n * spec.dtype.itemsize < 4096
+    # Each in-place layout needs a micro-kernel specialised for its stride (~15 ms of
+    # compile time), so the two layouts below are for GEMMs big enough to gain from them.
+    big = m * n * k >= _IN_PLACE_MACS
+    short_rows = big and spec.ldb == n and n * spec.dtype.itemsize < 4096
     pack_b = not (n > nr and sb_j == 1 and n <= nc and (m <= _IN_PLACE_B_ROWS or short_rows))
     # A is read in place, only the partial last row panel packed, when all of N is one
     # panel (each A panel would be used once), and when A is row-major with one K block
     # (the kernel broadcasts each A element from its row, as ONNX Runtime's MLAS does):
     # 1.5% faster for 256^3 on one thread, and with threads splitting the columns no task
     # packs all of A. Several K blocks of a wide A (1024^3) measured 3% slower in place.
-    pack_a = n > nr and not (pack_b and sa_p == 1 and k <= kc_max)
+    pack_a = n > nr and not (big and pack_b and sa_p == 1 and k <= kc_max)
     if not pack_a:
         mc = mr
     a_bytes = _round_up(mc * kc * isz, 64)
