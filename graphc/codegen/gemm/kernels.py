@@ -230,40 +230,42 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
     vty = compute_type(dtype, s)
     fn = b.block.function
     fast = fn.append_basic_block("full")
-    slow = fn.append_basic_block("edge")
-    join = fn.append_basic_block("packed")
-    b.cbranch(b.icmp_signed("==", valid, i64(r)), fast, slow)
+    tail = fn.append_basic_block("tail")
+    entry = b.block
+    b.cbranch(b.icmp_signed("==", valid, i64(r)), fast, tail)
 
-    def scalar_columns(p_from: ir.Value | int, nvalid: ir.Value | int) -> None:
-        """Element copies for p in [p_from, kc); rows x >= nvalid become zero."""
-        with for_range(b, p_from, kc, name="pt") as p:
-            with for_range(b, 0, r, name="xt") as x:
-                ok = b.icmp_signed("<", x, nvalid) if not isinstance(nvalid, int) else None
-                # Clamp the row so the load stays in bounds; the select zeroes it.
-                xs = b.select(ok, x, i64(0)) if ok is not None else x
-                v = b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, xs), ld), p), ety),
-                           typ=ety, align=isz)
-                if ok is not None:
-                    v = b.select(ok, v, zero(dtype))
-                b.store(v, elem_ptr(b, panel, b.add(b.mul(p, i64(r)), x), ety), align=isz)
-
+    # Whole S x S blocks of full panels, one block of rows per iteration: unrolling the R/S
+    # blocks (or the tail below) was no faster and each copy costs compile time.
     b.position_at_end(fast)
     nblk = b.udiv(kc, i64(s))
     with for_range(b, 0, nblk, name="pb") as pb:
         p0 = b.mul(pb, i64(s))
-        for xb in range(0, r, s):
-            rows = [b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, i64(xb + j)), ld), p0), ety),
-                           typ=vty, align=isz) for j in range(s)]
+        with for_range(b, 0, r, s, name="xb") as xb:
+            rows = [b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, b.add(xb, i64(j))), ld),
+                                                  p0), ety), typ=vty, align=isz)
+                    for j in range(s)]
             for t, col in enumerate(transpose(b, rows)):
-                at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), i64(xb))
+                at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), xb)
                 b.store(col, elem_ptr(b, panel, at, ety), align=align_of(s * isz))
-    scalar_columns(b.mul(nblk, i64(s)), r)
-    b.branch(join)
-    b.position_at_end(slow)
-    scalar_columns(0, valid)
-    b.branch(join)
-    b.position_at_end(join)
+    p_done = b.mul(nblk, i64(s))
+    fast_end = b.block
+    b.branch(tail)
 
+    # Element copies for p in [p_from, kc): the p tail of a full panel, or all of an edge
+    # panel, whose rows x >= valid become zero. One loop nest serves both.
+    b.position_at_end(tail)
+    p_from = b.phi(I64, name="p_from")
+    p_from.add_incoming(i64(0), entry)
+    p_from.add_incoming(p_done, fast_end)
+    with for_range(b, p_from, kc, name="pt") as p:
+        with for_range(b, 0, r, name="xt") as x:
+            ok = b.icmp_signed("<", x, valid)
+            # Clamp the row so the load stays in bounds; the select zeroes it.
+            xs = b.select(ok, x, i64(0))
+            v = b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, xs), ld), p), ety),
+                       typ=ety, align=isz)
+            b.store(b.select(ok, v, zero(dtype)),
+                    elem_ptr(b, panel, b.add(b.mul(p, i64(r)), x), ety), align=isz)
 
 
 def store_tile_function(module: ir.Module, dtype: DType, lanes: int, nr: int) -> ir.Function:
