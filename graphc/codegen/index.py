@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.llvm_types import I1, I8, I64, PTR, compute_type, intrinsic, storage_type
+from graphc.codegen.llvm_types import (
+    I1,
+    I8,
+    I64,
+    PTR,
+    compute_type,
+    intrinsic,
+    shuffle_mask,
+    storage_type,
+)
 from graphc.ir import DType
 
 
@@ -176,8 +185,7 @@ def splat(b: ir.IRBuilder, v: ir.Value, lanes: int) -> ir.Value:
         return ir.Constant(vt, [v] * lanes)
     undef = ir.Constant(vt, ir.Undefined)
     one = b.insert_element(undef, v, ir.Constant(ir.IntType(32), 0))
-    zeros = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-    return b.shuffle_vector(one, undef, zeros)
+    return b.shuffle_vector(one, undef, shuffle_mask((0,) * lanes))
 
 
 def _is_zero(v: ir.Value) -> bool:

@@ -6,6 +6,8 @@ helpers in `codegen.memory` convert between the two.
 
 from __future__ import annotations
 
+import functools
+
 import llvmlite.ir as ir
 
 from graphc.ir import DType
@@ -55,8 +57,18 @@ def const(dtype: DType, value: float | int | bool, lanes: int = 1) -> ir.Constan
     return ir.Constant(ir.VectorType(t, lanes), [c] * lanes)
 
 
+@functools.lru_cache(maxsize=4096, typed=True)
 def i64(value: int) -> ir.Constant:
+    """The i64 constant `value`. Shared like `shuffle_mask`'s constants."""
     return ir.Constant(I64, value)
+
+
+@functools.lru_cache(maxsize=1024)
+def shuffle_mask(indices: tuple[int, ...]) -> ir.Constant:
+    """The <n x i32> shufflevector mask `indices`. One shared constant per mask: llvmlite
+    never mutates a constant and formats its text once, and splat and transpose masks recur
+    thousands of times in a module (a fifth of the module's text formatting time)."""
+    return ir.Constant(ir.VectorType(I32, len(indices)), list(indices))
 
 
 def mangle(t: ir.Type) -> str:

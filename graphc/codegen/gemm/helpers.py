@@ -11,7 +11,17 @@ from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
-from graphc.codegen.llvm_types import I1, I32, I64, PTR, VOID, compute_type, i64, intrinsic
+from graphc.codegen.llvm_types import (
+    I1,
+    I32,
+    I64,
+    PTR,
+    VOID,
+    compute_type,
+    i64,
+    intrinsic,
+    shuffle_mask,
+)
 from graphc.ir import DType
 
 Val = ir.Value | int
@@ -146,8 +156,7 @@ def splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
         return scalar
     vt = ir.VectorType(scalar.type, lanes)
     v = b.insert_element(ir.Constant(vt, ir.Undefined), scalar, i64(0))
-    return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
-                            ir.Constant(ir.VectorType(I32, lanes), [0] * lanes))
+    return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))
 
 
 def lane_mask(b: ir.IRBuilder, lanes: int, first: Val, count: Val) -> ir.Value:
@@ -221,7 +230,6 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
     two-input shuffles (unpack/permute instructions), log2(S) stages in all.
     """
     s = len(rows)
-    mask_t = ir.VectorType(I32, s)
     k = 1
     while k < s:
         out = list(rows)
@@ -231,8 +239,8 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
             r1 = r0 | k
             lo = [c if not c & k else s + c - k for c in range(s)]
             hi = [c + k if not c & k else s + c for c in range(s)]
-            out[r0] = b.shuffle_vector(rows[r0], rows[r1], ir.Constant(mask_t, lo))
-            out[r1] = b.shuffle_vector(rows[r0], rows[r1], ir.Constant(mask_t, hi))
+            out[r0] = b.shuffle_vector(rows[r0], rows[r1], shuffle_mask(tuple(lo)))
+            out[r1] = b.shuffle_vector(rows[r0], rows[r1], shuffle_mask(tuple(hi)))
         rows = out
         k *= 2
     return rows
