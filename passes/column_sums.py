@@ -8,7 +8,7 @@ A reduction kernel `k` absorbs an earlier kernel `g` when
 - `k`'s anchor reduces every axis of its input but the innermost (axes 0 .. rank-2 of a
   non-empty input of rank >= 2), and `k`'s own input expression is flat over the input's
   shape S (`flat_input`): code generation then visits every input element exactly once, at
-  its flat index (`codegen.fused.reduction`, both innermost-kept paths);
+  its flat index (`codegen.fused.column_reduction`, both innermost-kept paths);
 - `g` is an elementwise or multi-output kernel whose outputs have shape S and whose every
   node is pointwise, every node and input broadcastable to S: its values at an element of
   S come from that element alone (a broadcast operand, as the (rows, 1) factor of a softmax
@@ -199,12 +199,7 @@ def merge_column_sums(program: FusedProgram, position: dict[Node, int], max_node
                 break
         if not merged:
             q += 1
-    for i, k in enumerate(order):
-        k.index = i
-    program.kernels = order
-    program.unfused = [u for u in program.unfused
-                       if program.kernel_of.get(u.producer) is not
-                       program.kernel_of.get(u.consumer)]
+    program.reorder(order)
     return program
 
 

@@ -99,6 +99,16 @@ class FusedProgram:
     unfused: list[Unfused]
     spine: set[Node]  # nodes evaluated at their kernel root's own index (identity access)
 
+    def reorder(self, order: list[Kernel]) -> None:
+        """Make `order` the kernel sequence after merging passes (`multi_output`,
+        `column_sums`) joined kernels: renumber them, and drop the unfused edges that now
+        lie inside one kernel."""
+        for i, k in enumerate(order):
+            k.index = i
+        self.kernels = order
+        self.unfused = [u for u in self.unfused
+                        if self.kernel_of.get(u.producer) is not self.kernel_of.get(u.consumer)]
+
     def reads_at_root_index(self, kernel: Kernel, buffer_node: Node) -> bool:
         """Whether `kernel` reads `buffer_node` only elementwise at its output index.
 

@@ -72,12 +72,7 @@ def merge_outputs(program: FusedProgram, position: dict[Node, int], max_nodes: i
                 break
         if not merged:
             q += 1
-    for i, k in enumerate(order):
-        k.index = i
-    program.kernels = order
-    program.unfused = [u for u in program.unfused
-                       if program.kernel_of.get(u.producer) is not
-                       program.kernel_of.get(u.consumer)]
+    program.reorder(order)
     return program
 
 

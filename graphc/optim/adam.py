@@ -120,9 +120,16 @@ class AdamW(Adam):
                          clipnorm=clipnorm, name=name)
 
 
-def _decay_base(var: Node, ctx: StepContext, weight_decay: float) -> Node:
-    """``p·(1 − lr·wd)``: decoupled weight decay, applied before the step as torch does."""
-    return var * (1.0 - ctx.lr(var.dtype) * weight_decay)
+def _weight_decay(var: Node, g: Node, ctx: StepContext, weight_decay: float,
+                  decoupled: bool) -> tuple[Node, Node]:
+    """(the value the step starts from, the gradient it uses): weight decay coupled into
+    the gradient (``g + wd·p``), or decoupled, ``p·(1 − lr·wd)`` before the step, as torch's
+    ``decoupled_weight_decay`` does."""
+    if not weight_decay:
+        return var, g
+    if decoupled:
+        return var * (1.0 - ctx.lr(var.dtype) * weight_decay), g
+    return var, g + var * weight_decay
 
 
 class NAdam(Optimizer):
@@ -165,12 +172,7 @@ class NAdam(Optimizer):
 
     def _rule(self, var: Node, g: Node, ctx: StepContext) -> dict[Node, Node]:
         b1, b2 = self.betas
-        base = var
-        if self.weight_decay:
-            if self.decoupled_weight_decay:
-                base = _decay_base(var, ctx, self.weight_decay)
-            else:
-                g = g + var * self.weight_decay
+        base, g = _weight_decay(var, g, ctx, self.weight_decay, self.decoupled_weight_decay)
         m = self._make_slot(var, "nadam_m")
         v = self._make_slot(var, "nadam_v")
         new_m = m * b1 + g * (1.0 - b1)
@@ -249,12 +251,7 @@ class RAdam(Optimizer):
 
     def _rule(self, var: Node, g: Node, ctx: StepContext) -> dict[Node, Node]:
         b1, b2 = self.betas
-        base = var
-        if self.weight_decay:
-            if self.decoupled_weight_decay:
-                base = _decay_base(var, ctx, self.weight_decay)
-            else:
-                g = g + var * self.weight_decay
+        base, g = _weight_decay(var, g, ctx, self.weight_decay, self.decoupled_weight_decay)
         m = self._make_slot(var, "radam_m")
         v = self._make_slot(var, "radam_v")
         new_m = m * b1 + g * (1.0 - b1)
