@@ -48,7 +48,7 @@ from graphc.options import CompileOptions
 from graphc.pipeline import DEFAULT_OPTIONS, lower
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import failure_messages
-from graphc.runtime.library import ABI_VERSION, META_FORMAT, metadata_sha256, metadata_text
+from graphc.runtime.library_meta import ABI_VERSION, META_FORMAT, metadata_sha256, metadata_text
 
 WEIGHTS_MODES = ("embedded", "external")
 

@@ -3,7 +3,7 @@
 The wrapper is plain C compiled by the system compiler next to the LLVM object; it owns
 contexts, the weights, the metadata and argument checks, and calls the generated entry
 point (`Layout.entry_symbol`, local to the library). The header (`header`) documents the
-ABI; its version is `graphc.runtime.library.ABI_VERSION`.
+ABI; its version is `graphc.runtime.library_meta.ABI_VERSION`.
 
 The C text lives in templates (package data, `graphc/export/templates/wrapper*.c.in`,
 rendered by `render.render`); this module computes what varies per library (sizes, magic
@@ -21,7 +21,7 @@ from graphc.export.header import STATUS, dtype_constant, run_prototype
 from graphc.export.library_layout import CHECKSUM_C, BufferSpec, Layout
 from graphc.export.render import render
 from graphc.ir import TensorType
-from graphc.runtime.library import META_SECTION
+from graphc.runtime.library_meta import META_SECTION
 
 WEIGHTS_MAGIC = b"GRAPHCW1"
 WEIGHTS_HEADER_BYTES = 64
@@ -125,7 +125,7 @@ def source_text(layout: Layout, meta_json: str, blob_checksum: int, meta_sha256:
     """NAME.c: the wrapper. Embedded weights come from `weights.bin` via `.incbin`.
 
     `meta_json` is the metadata as stored in the library (it also keys the context magic);
-    `meta_sha256` its digest (`graphc.runtime.library.metadata_sha256`), compiled in for the
+    `meta_sha256` its digest (`graphc.runtime.library_meta.metadata_sha256`), compiled in for the
     loader to check the stored metadata against; `blob_checksum` is
     `graphc.export.library_layout.checksum64` of the weights blob, compiled in for the
     loader and checked by load_weights (external weights).

@@ -14,7 +14,7 @@ from string import Template
 from graphc.export.library_layout import BufferSpec, Layout, PortSpec
 from graphc.export.render import render
 from graphc.ir import DType, TensorType
-from graphc.runtime.library import ABI_VERSION, DTYPE_CODES, META_SECTION, PORT_KINDS
+from graphc.runtime.library_meta import ABI_VERSION, DTYPE_CODES, META_SECTION, PORT_KINDS
 
 CTYPES: dict[DType, str] = {
     DType.float32: "float",
@@ -72,7 +72,7 @@ def entry_points(layout: Layout) -> dict[str, str]:
 
 def dtype_constant(name: str, dtype: DType) -> str:
     """The header's constant for `dtype` in library `name` (``MLP_DTYPE_FLOAT32``): its
-    code in `NAME_port.dtype` is `graphc.runtime.library.DTYPE_CODES[dtype]`."""
+    code in `NAME_port.dtype` is `graphc.runtime.library_meta.DTYPE_CODES[dtype]`."""
     return f"{name.upper()}_DTYPE_{dtype.value.upper()}"
 
 
