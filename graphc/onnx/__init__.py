@@ -1,0 +1,12 @@
+"""ONNX models in graphc: `gc.onnx.load(path)` imports a model as a `Graph` with a signature
+"main" (`importer`), which compiles, exports and trains like any graphc graph.
+
+Needs the optional `onnx` package (`pip install 'graphc[onnx]'`); graphc imports without it
+and `gc.onnx.load` then says what to install. `backend` adapts graphc to ONNX's backend
+test suite (`onnx.backend.base.Backend`).
+"""
+
+from graphc.onnx.importer import load
+from graphc.onnx.model import OnnxError
+
+__all__ = ["OnnxError", "load"]

@@ -1,0 +1,159 @@
+"""Reading an ONNX model as untrusted input: the protobuf, its opset, its tensors.
+
+`onnx` is imported lazily (`require_onnx`): graphc imports without it, and `gc.onnx` says
+what to install. Every failure is a `GraphcError` naming the file or the tensor; protobuf
+and onnx exceptions never escape. Tensors with external data are refused (their files would
+be read outside the model's control); dtypes graphc has no type for are named in the error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphc.errors import GraphcError
+from graphc.ir import DType
+
+# A model file larger than this is refused before it is parsed (protobuf's own limit is 2 GiB).
+MAX_MODEL_BYTES = 2 << 30
+# The opset versions of the default domain the importer knows.
+MIN_OPSET, MAX_OPSET = 7, 28
+
+
+class OnnxError(GraphcError):
+    """An ONNX model graphc cannot read or import."""
+
+
+def require_onnx() -> Any:
+    """The `onnx` module, or a GraphcError saying how to install it."""
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxError("gc.onnx needs the onnx package: pip install 'graphc[onnx]'") from None
+    return onnx
+
+
+@dataclass(frozen=True)
+class OnnxModel:
+    """A parsed model: the protobuf and the opset of its default domain."""
+
+    proto: Any  # onnx.ModelProto
+    opset: int
+    origin: str  # for error messages: a path, "<bytes>" or "<ModelProto>"
+
+
+def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
+    """Parse `source` (a path, the serialized bytes, or an `onnx.ModelProto`)."""
+    onnx = require_onnx()
+    if isinstance(source, onnx.ModelProto):
+        proto, origin = source, "<ModelProto>"
+    else:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data, origin = bytes(source), "<bytes>"
+        elif isinstance(source, (str, os.PathLike)):
+            data, origin = _read_file(Path(source)), str(source)
+        else:
+            raise OnnxError("gc.onnx.load expects a path, bytes or an onnx.ModelProto, "
+                            f"got {type(source).__name__}")
+        proto = onnx.ModelProto()
+        try:
+            proto.ParseFromString(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError and friends
+            raise OnnxError(f"{origin}: not a valid ONNX model ({exc})") from None
+    if not proto.HasField("graph"):
+        raise OnnxError(f"{origin}: the model has no graph")
+    return OnnxModel(proto, _default_opset(proto, origin), origin)
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        if not path.is_file():
+            raise OnnxError(f"{path}: not a regular file")
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise OnnxError(f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES} an ONNX "
+                            "model can hold")
+        with path.open("rb") as f:
+            return f.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:
+        raise OnnxError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _default_opset(proto: Any, origin: str) -> int:
+    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        # ONNX: a model without an opset import for the default domain is opset 1; graphc's
+        # rules start at 7.
+        raise OnnxError(f"{origin}: the model imports no opset of the default ONNX domain")
+    opset = max(versions)
+    if opset < MIN_OPSET:
+        raise OnnxError(f"{origin}: opset {opset}; graphc imports opsets {MIN_OPSET} to "
+                        f"{MAX_OPSET}")
+    return opset
+
+
+# ONNX TensorProto.DataType -> graphc dtype; the others are named in errors.
+DTYPES: dict[int, DType] = {1: DType.float32, 6: DType.int32, 7: DType.int64, 9: DType.bool,
+                            11: DType.float64}
+DTYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16",
+               6: "INT32", 7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE",
+               12: "UINT32", 13: "UINT64", 14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16",
+               17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2",
+               20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1"}
+NUMPY_DTYPES = {DType.float32: np.float32, DType.float64: np.float64, DType.int32: np.int32,
+                DType.int64: np.int64, DType.bool: np.bool_}
+
+
+# Element types graphc computes in a wider type: float16/bfloat16 in float32, narrow and
+# unsigned integers in int32/int64. Values convert exactly (uint64 above 2^63 excepted);
+# arithmetic is done in the wider type (so no float16 rounding in between, no uint8
+# wrap-around), as ONNX Runtime's CPU kernels do for float16.
+WIDENED: dict[int, DType] = {10: DType.float32, 16: DType.float32, 2: DType.int32,
+                             3: DType.int32, 4: DType.int32, 5: DType.int32, 12: DType.int64,
+                             13: DType.int64}
+ONNX_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
+              7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
+              13: np.uint64}
+
+
+def graphc_dtype(elem_type: int, what: str) -> DType:
+    """The graphc dtype of ONNX element type `elem_type` (`WIDENED` for types graphc has no
+    type of its own for); `what` names the value in errors."""
+    dtype = DTYPES.get(elem_type) or WIDENED.get(elem_type)
+    if dtype is None:
+        name = DTYPE_NAMES.get(elem_type, str(elem_type))
+        raise OnnxError(f"{what}: element type {name} has no graphc dtype (graphc has "
+                        "float32, float64, int32, int64, bool)")
+    return dtype
+
+
+def numpy_dtype_ok(array: np.ndarray) -> bool:
+    return array.dtype.type in (np.float32, np.float64, np.int32, np.int64, np.bool_)
+
+
+def tensor_array(tensor: Any, what: str) -> np.ndarray:
+    """A TensorProto as a numpy array of a graphc dtype (a copy the caller owns)."""
+    onnx = require_onnx()
+    graphc_dtype(tensor.data_type, what)
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+        raise OnnxError(f"{what}: tensors with external data are not read yet (save the model "
+                        "with all tensors inside the file)")
+    count = 1
+    for d in tensor.dims:
+        if d < 0:
+            raise OnnxError(f"{what}: negative dimension {d}")
+        count *= d
+    if count > MAX_MODEL_BYTES:
+        raise OnnxError(f"{what}: {count} elements, more than a model file can hold")
+    try:
+        array = onnx.numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise OnnxError(f"{what}: malformed tensor ({exc})") from None
+    if array.size != count:
+        raise OnnxError(f"{what}: {array.size} values for shape {tuple(tensor.dims)}")
+    dtype = NUMPY_DTYPES[graphc_dtype(tensor.data_type, what)]
+    return np.array(array, dtype=dtype, copy=True)

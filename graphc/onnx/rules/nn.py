@@ -1,0 +1,262 @@
+"""Neural-network ONNX ops: MatMul, Gemm, Conv, pooling, normalizations, softmax (before
+opset 13), reductions and arg reductions. 2-D convolution and pooling map to graphc's
+kernels; other ranks, dilated pooling and ceil_mode are refused by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphc.ir import Node
+from graphc.onnx.convert import Context, Value, axis_of, ints, rule
+from graphc.ops import conv, layout, linalg, neural, pool, reduce
+from graphc.ops import elementwise as ew
+
+Inputs = list[Value | None]
+
+
+@rule("MatMul", 1)
+def _matmul(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    a, b = inputs[0], inputs[1]
+    if a is None or b is None:
+        raise ctx.error("needs two inputs")
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return [np.matmul(a, b)]
+    return [linalg.matmul(ctx.node(a), ctx.node(b))]
+
+
+@rule("Gemm", 7)
+def _gemm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    a, b = ctx.node(inputs[0]), ctx.node(inputs[1])
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    y = linalg.matmul(a, b, transpose_a=bool(attrs.get("transA", 0)),
+                      transpose_b=bool(attrs.get("transB", 0)))
+    if alpha != 1.0:
+        y = ew.mul(y, alpha)
+    c = inputs[2] if len(inputs) > 2 else None
+    if c is not None and beta != 0.0:
+        cn = ctx.node(c)
+        y = ew.add(y, cn if beta == 1.0 else ew.mul(cn, beta))
+    return [y]
+
+
+def _pads_2d(ctx: Context, attrs: dict[str, Any], x: Node, kernel: list[int],
+             strides: list[int], dilations: list[int]) -> Any:
+    auto = str(attrs.get("auto_pad", "NOTSET"))
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for i in range(2):
+            size = x.shape[2 + i]
+            out = -(-size // strides[i])
+            total = max((out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - size, 0)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            pads.append((lo, total - lo))
+        return tuple(pads)
+    if auto == "VALID":
+        return 0
+    p = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
+    if len(p) != 4:
+        raise ctx.error(f"pads {p} are not 2-D")
+    return ((p[0], p[2]), (p[1], p[3]))
+
+
+def _spatial_2d(ctx: Context, x: Node, what: str) -> None:
+    if x.ndim != 4:
+        raise ctx.error(f"only 2-D {what} (inputs of rank 4, NCHW) is supported; got rank "
+                        f"{x.ndim}")
+
+
+@rule("Conv", 1)
+def _conv(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x, w = ctx.node(inputs[0]), ctx.node(inputs[1])
+    _spatial_2d(ctx, x, "convolution")
+    kernel = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
+    strides = [int(s) for s in attrs.get("strides", [1, 1])]
+    dilations = [int(d) for d in attrs.get("dilations", [1, 1])]
+    padding = _pads_2d(ctx, attrs, x, kernel, strides, dilations)
+    bias = inputs[2] if len(inputs) > 2 else None
+    return [conv.conv2d(x, w, stride=strides, padding=padding, dilation=dilations,
+                        groups=int(attrs.get("group", 1)),
+                        bias=ctx.node(bias) if bias is not None else None)]
+
+
+def _pool_args(ctx: Context, x: Node, attrs: dict[str, Any]) -> tuple[list[int], list[int], Any]:
+    _spatial_2d(ctx, x, "pooling")
+    if int(attrs.get("ceil_mode", 0)):
+        raise ctx.error("ceil_mode=1 is not supported")
+    dilations = [int(d) for d in attrs.get("dilations", [1, 1])]
+    if dilations != [1, 1]:
+        raise ctx.error(f"dilations {dilations} are not supported in pooling")
+    if "kernel_shape" not in attrs:
+        raise ctx.error("attribute 'kernel_shape' is missing")
+    kernel = [int(k) for k in attrs["kernel_shape"]]
+    strides = [int(s) for s in attrs.get("strides", [1, 1])]
+    return kernel, strides, _pads_2d(ctx, attrs, x, kernel, strides, dilations)
+
+
+@rule("MaxPool", 1)
+def _max_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = ctx.node(inputs[0])
+    if ctx.num_outputs > 1:
+        raise ctx.error("the Indices output is not supported")
+    if int(attrs.get("storage_order", 0)):
+        raise ctx.error("storage_order=1 is not supported")
+    kernel, strides, padding = _pool_args(ctx, x, attrs)
+    return [pool.max_pool2d(x, kernel, strides, padding)]
+
+
+@rule("AveragePool", 1)
+def _avg_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = ctx.node(inputs[0])
+    kernel, strides, padding = _pool_args(ctx, x, attrs)
+    return [pool.avg_pool2d(x, kernel, strides, padding,
+                            count_include_pad=bool(attrs.get("count_include_pad", 0)))]
+
+
+@rule("GlobalAveragePool", 1)
+def _global_avg(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = ctx.node(inputs[0])
+    return [reduce.mean(x, tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@rule("GlobalMaxPool", 1)
+def _global_max(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = ctx.node(inputs[0])
+    return [reduce.max(x, tuple(range(2, x.ndim)), keepdims=True)]
+
+
+@rule("BatchNormalization", 7)
+def _batch_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    if int(attrs.get("training_mode", 0)) or ctx.num_outputs > 1:
+        raise ctx.error("training mode (running statistics outputs) is not supported yet")
+    x = ctx.node(inputs[0])
+    gamma, beta, mean, var = (ctx.node(v) for v in inputs[1:5])
+    return [neural.batch_norm(x, mean, var, gamma, beta, eps=float(attrs.get("epsilon", 1e-5)),
+                              axis=1)]
+
+
+@rule("InstanceNormalization", 6)
+def _instance_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x, gamma, beta = (ctx.node(v) for v in inputs[:3])
+    axes = tuple(range(2, x.ndim))
+    eps = float(attrs.get("epsilon", 1e-5))
+    mean = reduce.mean(x, axes, keepdims=True)
+    centered = ew.sub(x, mean)
+    var = reduce.mean(ew.mul(centered, centered), axes, keepdims=True)
+    norm = ew.mul(centered, ew.rsqrt(ew.add(var, eps)))
+    shape = [1, x.shape[1]] + [1] * (x.ndim - 2)
+    return [ew.add(ew.mul(norm, layout.reshape(gamma, shape)), layout.reshape(beta, shape))]
+
+
+@rule("LayerNormalization", 17)
+def _layer_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = ctx.node(inputs[0])
+    axis = axis_of(int(attrs.get("axis", -1)), x.ndim, ctx)
+    eps = float(attrs.get("epsilon", 1e-5))
+    if int(attrs.get("stash_type", 1)) != 1 and x.dtype.name != "float64":
+        raise ctx.error("stash_type other than float32 is not supported")
+    axes = tuple(range(axis, x.ndim))
+    mean = reduce.mean(x, axes, keepdims=True)
+    centered = ew.sub(x, mean)
+    var = reduce.mean(ew.mul(centered, centered), axes, keepdims=True)
+    inv_std = ew.rsqrt(ew.add(var, eps))
+    y = ew.mul(centered, inv_std)
+    if len(inputs) > 1 and inputs[1] is not None:
+        y = ew.mul(y, ctx.node(inputs[1]))
+    if len(inputs) > 2 and inputs[2] is not None:
+        y = ew.add(y, ctx.node(inputs[2]))
+    return [y, mean, inv_std][:ctx.num_outputs]
+
+
+def _flattened(ctx: Context, x: Node, axis: int, fn: Any) -> Node:
+    """Softmax before opset 13: over the input flattened to 2-D at `axis`."""
+    axis = axis_of(axis, x.ndim, ctx) if x.ndim else 0
+    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+    y = fn(layout.reshape(x, [outer, inner]), -1)
+    return layout.reshape(y, list(x.shape))
+
+
+@rule("Softmax", 1)
+def _softmax1(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    return [_flattened(ctx, ctx.node(inputs[0]), int(attrs.get("axis", 1)), neural.softmax)]
+
+
+@rule("LogSoftmax", 1)
+def _log_softmax1(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    return [_flattened(ctx, ctx.node(inputs[0]), int(attrs.get("axis", 1)),
+                       neural.log_softmax)]
+
+
+@rule("Hardmax", 13)
+def _hardmax(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = ctx.node(inputs[0])
+    axis = axis_of(int(attrs.get("axis", -1)), x.ndim, ctx)
+    idx = reduce.argmax(x, axis, keepdims=False)
+    from graphc.ops import gather
+
+    hot = gather.one_hot(idx, x.shape[axis], "bool", axis)
+    return [ew.where(hot, ew.add(ew.mul(x, 0.0), 1.0), ew.mul(x, 0.0))]
+
+
+# --- reductions ------------------------------------------------------------------------------
+
+def _reduce_axes(ctx: Context, inputs: Inputs, attrs: dict[str, Any], rank: int,
+                 from_input: bool) -> tuple[int, ...] | None:
+    """The reduced axes, or None for "all"; () for none (noop_with_empty_axes)."""
+    if from_input:
+        axes = (ints(ctx.need_known(inputs[1], "axes"))
+                if len(inputs) > 1 and inputs[1] is not None else [])
+    else:
+        axes = [int(a) for a in attrs.get("axes", [])]
+    if not axes:
+        return () if int(attrs.get("noop_with_empty_axes", 0)) else None
+    return tuple(sorted({axis_of(a, rank, ctx) for a in axes}))
+
+
+def _reduction(op: str, build: Any, since_input: int) -> None:
+    def make(from_input: bool) -> Any:
+        def convert(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+            x = ctx.node(inputs[0])
+            axes = _reduce_axes(ctx, inputs, attrs, x.ndim, from_input)
+            if axes == ():
+                return [x]
+            if axes is None:
+                axes = tuple(range(x.ndim))
+            return [build(x, axes, bool(attrs.get("keepdims", 1)))]
+        return convert
+    rule(op, 1)(make(False))
+    rule(op, since_input)(make(True))
+
+
+def _log_sum(x: Node, axes: tuple[int, ...], keep: bool) -> Node:
+    return ew.log(reduce.sum(x, axes, keep))
+
+
+_reduction("ReduceSum", lambda x, a, k: reduce.sum(x, a, k), 13)
+_reduction("ReduceMean", lambda x, a, k: reduce.mean(x, a, k), 18)
+_reduction("ReduceMax", lambda x, a, k: reduce.max(x, a, k), 18)
+_reduction("ReduceMin", lambda x, a, k: reduce.min(x, a, k), 18)
+_reduction("ReduceProd", lambda x, a, k: reduce.prod(x, a, k), 18)
+_reduction("ReduceSumSquare", lambda x, a, k: reduce.sum(ew.mul(x, x), a, k), 18)
+_reduction("ReduceL1", lambda x, a, k: reduce.sum(ew.abs(x), a, k), 18)
+_reduction("ReduceL2", lambda x, a, k: ew.sqrt(reduce.sum(ew.mul(x, x), a, k)), 18)
+_reduction("ReduceLogSum", _log_sum, 18)
+_reduction("ReduceLogSumExp", lambda x, a, k: reduce.logsumexp(x, a, k), 18)
+
+
+def _arg(op: str, fn: Any) -> None:
+    def convert(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+        x = ctx.node(inputs[0])
+        if int(attrs.get("select_last_index", 0)):
+            raise ctx.error("select_last_index=1 is not supported")
+        axis = axis_of(int(attrs.get("axis", 0)), x.ndim, ctx)
+        out = fn(x, axis, keepdims=bool(attrs.get("keepdims", 1)))
+        return [out if out.dtype.name == "int64" else ew.cast(out, "int64")]
+    rule(op, 1)(convert)
+
+
+_arg("ArgMax", reduce.argmax)
+_arg("ArgMin", reduce.argmin)

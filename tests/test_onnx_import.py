@@ -1,0 +1,114 @@
+"""`gc.onnx.load` on bad input: a clear `GraphcError`, never a raw exception.
+
+Missing onnx package, malformed bytes, unsupported ops (all listed in one error), unbound
+symbolic dims, inputs bound by `dims`/`shapes`/`constants`, names made valid.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.onnx.model import OnnxError
+
+
+def test_without_onnx_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails
+    with pytest.raises(gc.GraphcError, match=r"pip install 'graphc\[onnx\]'"):
+        gc.onnx.load(b"\x08\x07")
+
+
+onnx = pytest.importorskip("onnx", reason="needs onnx: pip install 'graphc[onnx]'")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+
+def _model(nodes: list, inputs: list, outputs: list, inits: list | None = None,
+           opset: int = 17) -> bytes:
+    graph = helper.make_graph(nodes, "m", inputs, outputs, inits or [])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]
+                             ).SerializeToString()
+
+
+def _vi(name: str, shape: list, elem: int = TensorProto.FLOAT) -> object:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xff\xff", b"\x0a\x05abc", bytes(range(256))])
+def test_malformed_bytes_are_a_graphc_error(data: bytes) -> None:
+    with pytest.raises(OnnxError):
+        gc.onnx.load(data)
+
+
+def test_truncated_models_are_graphc_errors() -> None:
+    good = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", [2, 3])], [_vi("y", [2, 3])])
+    for cut in range(0, len(good), 3):
+        try:
+            gc.onnx.load(good[:cut])
+        except gc.GraphcError:
+            pass  # refused cleanly (or, for some cuts, still a valid prefix)
+
+
+def test_every_unsupported_op_is_listed_at_once() -> None:
+    data = _model([helper.make_node("Relu", ["x"], ["a"]),
+                   helper.make_node("Unique", ["a"], ["b"], name="u1"),
+                   helper.make_node("NonZero", ["b"], ["c"], name="nz"),
+                   helper.make_node("Unique", ["c"], ["y"], name="u2")],
+                  [_vi("x", [4])], [_vi("y", [None])])
+    with pytest.raises(OnnxError) as info:
+        gc.onnx.load(data)
+    text = str(info.value)
+    assert "2 unsupported op(s)" in text
+    assert "Unique (opset 17): nodes 'u1', 'u2'" in text and "NonZero" in text
+
+
+def test_symbolic_dims_are_bound_or_named_in_the_error() -> None:
+    data = _model([helper.make_node("Relu", ["x:0"], ["y"])], [_vi("x:0", ["batch", 3])],
+                  [_vi("y", ["batch", 3])])
+    with pytest.raises(OnnxError, match="dimension 0 is 'batch' and unbound"):
+        gc.onnx.load(data)
+    g = gc.onnx.load(data, dims={"batch": 5})
+    (x,) = g.signatures["main"].inputs
+    assert x.shape == (5, 3) and x.name == "x_0"  # ':' is not a graphc name character
+    g = gc.onnx.load(data, shapes={"x:0": (2, 3)})
+    assert g.signatures["main"].inputs[0].shape == (2, 3)
+
+
+def test_a_shape_input_given_as_a_constant() -> None:
+    data = _model([helper.make_node("Reshape", ["x", "s"], ["y"])],
+                  [_vi("x", [2, 6]), _vi("s", [2], TensorProto.INT64)], [_vi("y", [3, 4])])
+    with pytest.raises(OnnxError, match="'shape' must be known"):
+        gc.onnx.load(data)
+    g = gc.onnx.load(data, constants={"s": [3, 4]})
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    (y,) = gc.reference(g, signature="main")(x)
+    np.testing.assert_array_equal(y, x.reshape(3, 4))
+
+
+def test_float16_is_computed_in_float32() -> None:
+    data = _model([helper.make_node("Add", ["x", "x"], ["y"])],
+                  [_vi("x", [3], TensorProto.FLOAT16)], [_vi("y", [3], TensorProto.FLOAT16)])
+    g = gc.onnx.load(data)
+    assert g.signatures["main"].inputs[0].dtype == gc.float32
+
+
+def test_initializers_are_variables_or_constants() -> None:
+    w = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    data = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [1, 3])],
+                  [_vi("y", [1, 3])], [w])
+    assert [v.name for v in gc.onnx.load(data).trainable_variables] == ["w"]
+    assert gc.onnx.load(data, trainable=False).trainable_variables == []
+
+
+def test_a_wrong_attribute_value_is_a_graphc_error() -> None:
+    data = _model([helper.make_node("Transpose", ["x"], ["y"], perm=[0, 0])], [_vi("x", [2, 3])],
+                  [_vi("y", [3, 2])])
+    with pytest.raises(OnnxError, match=r"Transpose node .*perm"):
+        gc.onnx.load(data)
+
+
+def test_a_path_that_is_not_a_file(tmp_path: object) -> None:
+    with pytest.raises(OnnxError, match="not a regular file"):
+        gc.onnx.load(str(tmp_path))
