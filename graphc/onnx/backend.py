@@ -33,7 +33,7 @@ class GraphcRep:
     Inputs arrive in the model's element types and are converted to the graph's (float16
     to float32, ...); outputs are converted back to the types the model declares. A model
     that needs an input's value at import (an axes or shape input) is imported again at each
-    `run` with its integer inputs given as `constants`.
+    `run` with its inputs given as `constants` (graphc graphs have static shapes).
     """
 
     def __init__(self, model: Any, mode: str, options: CompileOptions | None):
@@ -67,7 +67,7 @@ class GraphcRep:
         arrays = [np.asarray(a) for a in inputs]
         fn, given = self.fn, {}
         if fn is None:
-            given = {vi.name: a for vi, a in zip(self.inputs, arrays) if a.dtype.kind in "iub"}
+            given = {vi.name: a for vi, a in zip(self.inputs, arrays)}
             fn = self._build(given)
         args = []
         for vi, a in zip(self.inputs, arrays):

@@ -70,6 +70,10 @@ class Context:
     node_name: str = ""
     op_type: str = ""
     num_outputs: int = 1
+    # The ONNX element type of each input of the current node, where the model declares
+    # it (graphc computes some types in a wider one; a rule may need the declared width).
+    input_types: list[int | None] = field(default_factory=list)
+    value_types: dict[str, int] = field(default_factory=dict)
     used_names: set[str] = field(default_factory=set)
 
     def error(self, message: str) -> OnnxError:

@@ -56,6 +56,11 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     _check_supported(model.proto, model.opset, model.origin)
     g = Graph(name or _graph_name(graph_proto.name))
     ctx = Context(g, model.opset)
+    for vi in [*graph_proto.input, *graph_proto.value_info, *graph_proto.output]:
+        if vi.type.HasField("tensor_type"):
+            ctx.value_types[vi.name] = vi.type.tensor_type.elem_type
+    for t in graph_proto.initializer:
+        ctx.value_types[t.name] = t.data_type
     values: dict[str, Value] = {}
     with g:
         init_names = {t.name for t in graph_proto.initializer}
@@ -189,6 +194,7 @@ def _convert_node(ctx: Context, node: Any, index: int, values: dict[str, Value],
     ctx.node_name = node.name or f"#{index}"
     ctx.op_type = node.op_type
     ctx.num_outputs = len(node.output)
+    ctx.input_types = [ctx.value_types.get(name) for name in node.input]
     inputs: list[Value | None] = []
     for name in node.input:
         if not name:

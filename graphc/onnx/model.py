@@ -115,9 +115,15 @@ NUMPY_DTYPES = {DType.float32: np.float32, DType.float64: np.float64, DType.int3
 WIDENED: dict[int, DType] = {10: DType.float32, 16: DType.float32, 2: DType.int32,
                              3: DType.int32, 4: DType.int32, 5: DType.int32, 12: DType.int64,
                              13: DType.int64}
-ONNX_NUMPY = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
-              7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
-              13: np.uint64}
+ONNX_NUMPY: dict[int, Any] = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16,
+                              5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
+                              10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+try:  # bfloat16 as numpy sees it comes with onnx (ml_dtypes)
+    import ml_dtypes
+
+    ONNX_NUMPY[16] = ml_dtypes.bfloat16
+except ImportError:  # pragma: no cover - without onnx there is no model to convert
+    pass
 
 
 def graphc_dtype(elem_type: int, what: str) -> DType:

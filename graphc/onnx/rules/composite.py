@@ -93,7 +93,8 @@ def _lp_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]
         norm = ew.sqrt(reduce.sum(ew.mul(x, x), axis, keepdims=True))
     else:
         raise ctx.error(f"p={p}; ONNX allows 1 or 2")
-    return [ew.div(x, norm)]
+    zero = ew.equal(norm, 0.0)  # an all-zero slice stays zero (ONNX's reference), not NaN
+    return [ew.where(zero, ew.mul(x, 0.0), ew.div(x, ew.where(zero, 1.0, norm)))]
 
 
 @rule("MeanVarianceNormalization", 9)
@@ -124,8 +125,11 @@ def _attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
     past_v = inputs[5] if len(inputs) > 5 else None
     if len(inputs) > 6 and inputs[6] is not None:
         raise ctx.error("nonpad_kv_seqlen is not supported")
-    if int(attrs.get("qk_matmul_output_mode", 0)) and ctx.num_outputs > 3:
-        raise ctx.error("qk_matmul_output_mode other than 0 is not supported")
+    if ctx.num_outputs > 3:
+        raise ctx.error("the qk_matmul_output output is not supported")
+    for window in ("left_window_size", "right_window_size"):
+        if int(attrs.get(window, -1)) >= 0:
+            raise ctx.error(f"{window} (sliding-window attention) is not supported")
     three_d = q.ndim == 3
     if three_d:
         qh, kvh = int(attrs.get("q_num_heads", 0)), int(attrs.get("kv_num_heads", 0))
@@ -152,6 +156,9 @@ def _attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
     sq, sk = scores.shape[-2], scores.shape[-1]
+    softcap = float(attrs.get("softcap", 0.0))
+    if softcap > 0.0:  # before the masks, so that masked scores stay -inf
+        scores = ew.mul(ew.tanh(ew.div(scores, softcap)), softcap)
     if int(attrs.get("is_causal", 0)):
         # Query i sees keys up to past + i (ONNX's reference: the offset is the length of
         # the past key cache, 0 without one).
@@ -164,9 +171,6 @@ def _attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
             scores = ew.where(m, scores, -np.inf)
         else:
             scores = ew.add(scores, m)
-    softcap = float(attrs.get("softcap", 0.0))
-    if softcap > 0.0:
-        scores = ew.mul(ew.tanh(ew.div(scores, softcap)), softcap)
     probs = neural.softmax(scores, -1)
     # Rows whose every key is masked give zeros rather than NaN.
     probs = ew.where(ew.not_equal(probs, probs), ew.mul(scores, 0.0), probs)
@@ -260,14 +264,9 @@ def _quantize(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
         raise ctx.error("blocked or non-saturating quantization is not supported")
     axis = int(attrs.get("axis", 1))
     zp = inputs[2] if len(inputs) > 2 else None
-    out_type = int(attrs.get("output_dtype", 0)) or 2
-    if zp is not None:
-        from graphc.onnx.model import ONNX_NUMPY
-
-        known = ctx.known(zp)
-        src_type = {np.dtype(v): k for k, v in ONNX_NUMPY.items()}
-        if known is not None and known.dtype in src_type:
-            out_type = src_type[known.dtype]
+    # The output type: the zero point's declared type, else output_dtype, else uint8.
+    zp_type = ctx.input_types[2] if zp is not None and len(ctx.input_types) > 2 else None
+    out_type = zp_type or int(attrs.get("output_dtype", 0)) or 2
     if out_type not in _QRANGE:
         raise ctx.error(f"output element type {out_type} is not supported")
     lo, hi = _QRANGE[out_type]
@@ -298,6 +297,8 @@ _unary("Atanh", 9, lambda x: ew.mul(ew.log(ew.div(ew.add(x, 1.0), ew.sub(1.0, x)
 def _space_to_depth(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x = ctx.node(inputs[0])
     bs = int(attrs.get("blocksize", 0))
+    if str(attrs.get("mode", "DCR")) != "DCR":
+        raise ctx.error(f"mode '{attrs.get('mode')}' is not supported (DCR)")
     n, c, h, w = x.shape
     if bs <= 0 or h % bs or w % bs:
         raise ctx.error(f"blocksize {bs} does not divide {h}x{w}")

@@ -11,7 +11,7 @@ import numpy as np
 
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, ints, rule
-from graphc.ops import conv, layout, linalg, neural, pool, reduce
+from graphc.ops import conv, layout, linalg, neural, pool, reduce, slicing
 from graphc.ops import elementwise as ew
 
 Inputs = list[Value | None]
@@ -64,13 +64,38 @@ def _pads_2d(ctx: Context, attrs: dict[str, Any], x: Node, kernel: list[int],
 
 def _spatial_2d(ctx: Context, x: Node, what: str) -> None:
     if x.ndim != 4:
-        raise ctx.error(f"only 2-D {what} (inputs of rank 4, NCHW) is supported; got rank "
-                        f"{x.ndim}")
+        raise ctx.error(f"only 1-D and 2-D {what} (inputs of rank 3 or 4) is supported; got "
+                        f"rank {x.ndim}")
+
+
+def _as_2d(x: Node, attrs: dict[str, Any], w: Node | None = None
+           ) -> tuple[Node, dict[str, Any], Node | None]:
+    """A 1-D op (N, C, L) as the 2-D one over (N, C, 1, L): attributes get a leading 1 (0
+    for pads), the weights a height of 1."""
+    x4 = layout.reshape(x, [x.shape[0], x.shape[1], 1, x.shape[2]])
+    a = dict(attrs)
+    for key in ("kernel_shape", "strides", "dilations"):
+        if key in a:
+            a[key] = [1, *a[key]]
+    if "pads" in a:
+        p = list(a["pads"])
+        a["pads"] = [0, p[0], 0, p[1]]
+    w4 = layout.reshape(w, [w.shape[0], w.shape[1], 1, w.shape[2]]) if w is not None else None
+    return x4, a, w4
+
+
+def _from_2d(y: Node) -> Node:
+    return layout.reshape(y, [y.shape[0], y.shape[1], y.shape[3]])
 
 
 @rule("Conv", 1)
 def _conv(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x, w = ctx.node(inputs[0]), ctx.node(inputs[1])
+    if x.ndim == 3:
+        x4, attrs4, w4 = _as_2d(x, attrs, w)
+        assert w4 is not None
+        inputs4: Inputs = [x4, w4, *inputs[2:]]
+        return [_from_2d(ctx.node(_conv(ctx, inputs4, attrs4)[0]))]
     _spatial_2d(ctx, x, "convolution")
     kernel = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
     strides = [int(s) for s in attrs.get("strides", [1, 1])]
@@ -99,6 +124,9 @@ def _pool_args(ctx: Context, x: Node, attrs: dict[str, Any]) -> tuple[list[int],
 @rule("MaxPool", 1)
 def _max_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x = ctx.node(inputs[0])
+    if x.ndim == 3:
+        x4, attrs4, _ = _as_2d(x, attrs)
+        return [_from_2d(ctx.node(_max_pool(ctx, [x4], attrs4)[0]))]
     if ctx.num_outputs > 1:
         raise ctx.error("the Indices output is not supported")
     if int(attrs.get("storage_order", 0)):
@@ -110,6 +138,9 @@ def _max_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
 @rule("AveragePool", 1)
 def _avg_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x = ctx.node(inputs[0])
+    if x.ndim == 3:
+        x4, attrs4, _ = _as_2d(x, attrs)
+        return [_from_2d(ctx.node(_avg_pool(ctx, [x4], attrs4)[0]))]
     kernel, strides, padding = _pool_args(ctx, x, attrs)
     return [pool.avg_pool2d(x, kernel, strides, padding,
                             count_include_pad=bool(attrs.get("count_include_pad", 0)))]
@@ -250,10 +281,14 @@ _reduction("ReduceLogSumExp", lambda x, a, k: reduce.logsumexp(x, a, k), 18)
 def _arg(op: str, fn: Any) -> None:
     def convert(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         x = ctx.node(inputs[0])
-        if int(attrs.get("select_last_index", 0)):
-            raise ctx.error("select_last_index=1 is not supported")
         axis = axis_of(int(attrs.get("axis", 0)), x.ndim, ctx)
-        out = fn(x, axis, keepdims=bool(attrs.get("keepdims", 1)))
+        keep = bool(attrs.get("keepdims", 1))
+        if int(attrs.get("select_last_index", 0)):
+            # The last of equal extremes: the first one along the reversed axis.
+            first = fn(slicing.reverse(x, axis), axis, keepdims=keep)
+            out = ew.sub(x.shape[axis] - 1, ew.cast(first, "int64"))
+        else:
+            out = fn(x, axis, keepdims=keep)
         return [out if out.dtype.name == "int64" else ew.cast(out, "int64")]
     rule(op, 1)(convert)
 
