@@ -170,7 +170,7 @@ def test_ops_list_is_an_aligned_table_of_the_registry(capsys: pytest.CaptureFixt
     (["dump", "{dir}/missing.gcg"], 1, "cannot read {dir}/missing.gcg"),
     (["dump", "{model}"], 2, "names a Python file but no function"),
     (["dump", "{model}:not-a-name"], 2, "is not a function name"),
-    (["dump", "mystery"], 2, "neither a .gcg file nor path/to/file.py:function"),
+    (["dump", "mystery"], 2, "not a .gcg file, an .onnx model or path/to/file.py:function"),
     (["dump", "{model}:build", "--stage", "bogus"], 2, "invalid choice: 'bogus'"),
     (["dump", "{model}:build", "--format", "yaml"], 2, "invalid choice: 'yaml'"),
     (["viz", "{model}:build", "-o", "{dir}/g.txt"], 2, "must end in .dot"),

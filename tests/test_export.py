@@ -674,7 +674,7 @@ def test_cli_compile_info_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         (["run", str(lib), "--signature", "predict"], 2, "a library runs what it was"),
         (["run", str(lib), "--input", f"y={tmp_path / 'x.npy'}"], 1, "no input named 'y'"),
         (["info", str(tmp_path / "x.npy")], 1, "not a graphc graph file"),
-        (["info", str(tmp_path / "missing.so")], 2, "neither a .gcg file"),
+        (["info", str(tmp_path / "missing.so")], 2, "is not a .gcg file"),
         (["compile", f"{model}:nothing", "-o", str(lib)], 1, "has no function 'nothing'"),
     ]:
         assert main_export(argv) == code, argv

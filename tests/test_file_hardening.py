@@ -294,7 +294,7 @@ def test_special_files_are_refused_without_blocking(special_results: dict[str, A
         return
     assert result["outcome"] == "exit", result
     if loader == "model" and not path.endswith(".gcg"):
-        # `graphc run /dev/zero` is a usage error (neither a .gcg file nor file.py:function).
+        # `graphc run /dev/zero` is a usage error (no .gcg, .onnx or file.py:function).
         assert result["code"] == 2, result
     else:
         assert result["code"] == 1 and "not a regular file" in result["stderr"], result

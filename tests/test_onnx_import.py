@@ -112,3 +112,32 @@ def test_a_wrong_attribute_value_is_a_graphc_error() -> None:
 def test_a_path_that_is_not_a_file(tmp_path: object) -> None:
     with pytest.raises(OnnxError, match="not a regular file"):
         gc.onnx.load(str(tmp_path))
+
+
+def test_the_command_line_takes_onnx_models(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from graphc.cli import main as cli
+
+    tmp = Path(str(tmp_path))
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3) / 10, "w")
+    data = _model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                   helper.make_node("Relu", ["h"], ["y"])],
+                  [_vi("x", ["batch", 4])], [_vi("y", ["batch", 3])], [w])
+    model = tmp / "tiny.onnx"
+    model.write_bytes(data)
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    np.save(tmp / "x.npy", x)
+    assert cli.main(["dump", str(model), "--dim", "batch=2", "--stage", "fused"]) == 0
+    assert cli.main(["dump", str(model)]) == 1  # batch unbound: a GraphcError, exit 1
+    assert cli.main(["dump", str(model), "--dim", "batch"]) == 2  # usage
+    assert cli.main(["convert", str(model), str(tmp / "tiny.gcg"), "--dim", "batch=2"]) == 0
+    g = gc.load(str(tmp / "tiny.gcg"))
+    (y,) = gc.reference(g, signature="main")(x)
+    np.testing.assert_allclose(y, np.maximum(x @ (np.arange(12).reshape(4, 3) / 10), 0),
+                               rtol=1e-6)
+    out = tmp / "out.npz"
+    assert cli.main(["run", str(model), "--dim", "batch=2", "--input", f"x={tmp / 'x.npy'}",
+                     "--output", str(out)]) == 0
+    np.testing.assert_allclose(next(iter(np.load(out).values())), y, rtol=1e-6)
+    assert cli.main(["convert", str(model), str(tmp / "back.onnx"), "--dim", "batch=2"]) == 1

@@ -18,7 +18,8 @@ from graphc.errors import GraphcError
 from graphc.io.gcg import load
 from graphc.ir import Graph
 
-__all__ = ["Parser", "UsageError", "fail", "load_model", "run_command"]
+__all__ = ["MODEL_HELP", "Parser", "UsageError", "add_dim_argument", "fail", "load_model",
+           "parse_dims", "run_command"]
 
 
 class UsageError(Exception):
@@ -39,12 +40,40 @@ def fail(message: str, code: int) -> int:
 
 # --- MODEL ------------------------------------------------------------------------------------
 
-def load_model(spec: str) -> Graph:
-    """The graph named by MODEL: a `.gcg` file, or ``file.py:function`` called with no args.
+MODEL_HELP = "a saved graph (.gcg), an ONNX model (.onnx) or path/to/file.py:function"
 
-    Raises UsageError for a MODEL that is neither, GraphcError when the file is missing or
-    fails to import, the function is missing or fails, or returns something else than a Graph.
+
+def add_dim_argument(parser: argparse.ArgumentParser) -> None:
+    """`--dim NAME=SIZE`, repeatable: binds an ONNX model's symbolic dimension."""
+    parser.add_argument("--dim", action="append", default=[], metavar="NAME=SIZE",
+                        help="bind a symbolic dimension of an ONNX model (repeat for each)")
+
+
+def parse_dims(specs: Sequence[str]) -> dict[str, int]:
+    """{"batch": 8} from ["batch=8"]; UsageError for anything else."""
+    dims: dict[str, int] = {}
+    for spec in specs:
+        name, sep, size = spec.partition("=")
+        if not sep or not name or not size.strip().isdigit():
+            raise UsageError(f"--dim {spec!r}: expected NAME=SIZE with a non-negative size")
+        dims[name] = int(size)
+    return dims
+
+
+def load_model(spec: str, dims: Sequence[str] = ()) -> Graph:
+    """The graph named by MODEL: a `.gcg` file, an `.onnx` model (symbolic dims bound by
+    `dims`, "NAME=SIZE" each), or ``file.py:function`` called with no args.
+
+    Raises UsageError for a MODEL that is none of these, GraphcError when the file is
+    missing or fails to import, the function is missing or fails, or returns something else
+    than a Graph.
     """
+    if spec.endswith(".onnx"):
+        from graphc.onnx import load as load_onnx
+
+        return load_onnx(spec, dims=parse_dims(dims))
+    if dims:
+        raise UsageError("--dim applies to ONNX models (.onnx) only")
     path_text, sep, func = spec.rpartition(":")
     if sep and path_text.endswith(".py"):
         return _graph_from_function(Path(path_text), func)
@@ -53,7 +82,8 @@ def load_model(spec: str) -> Graph:
                          f"write {spec}:FUNCTION")
     path = Path(spec)
     if path.suffix != ".gcg" and not path.is_file():
-        raise UsageError(f"MODEL {spec!r} is neither a .gcg file nor path/to/file.py:function")
+        raise UsageError(f"MODEL {spec!r} is not a .gcg file, an .onnx model or "
+                         "path/to/file.py:function")
     return load(path)
 
 

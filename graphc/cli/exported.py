@@ -41,7 +41,14 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from graphc.cli.command import Parser, UsageError, load_model, run_command
+from graphc.cli.command import (
+    MODEL_HELP,
+    Parser,
+    UsageError,
+    add_dim_argument,
+    load_model,
+    run_command,
+)
 from graphc.compile import compile as compile_graph
 from graphc.errors import GraphcError, SerializationError
 from graphc.export.api import WEIGHTS_MODES, export
@@ -73,7 +80,8 @@ def _what_args(p: argparse.ArgumentParser) -> None:
 def add_subcommands(subparsers: Any) -> None:
     """Add `compile`, `info` and `run` to a `graphc` subparsers object (handler= each)."""
     c = subparsers.add_parser("compile", help="export a model as a shared library + C header")
-    c.add_argument("model", metavar="MODEL", help="a saved graph (.gcg) or file.py:function")
+    c.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    add_dim_argument(c)
     c.add_argument("-o", "--output", required=True, metavar="libNAME.so",
                    help="the library to write (NAME.h is written beside it)")
     _what_args(c)
@@ -90,11 +98,13 @@ def add_subcommands(subparsers: Any) -> None:
 
     i = subparsers.add_parser("info", help="print the metadata of a library or a model")
     i.add_argument("target", metavar="libNAME.so|MODEL")
+    add_dim_argument(i)
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(handler=_info)
 
     r = subparsers.add_parser("run", help="run a model or a library on .npy inputs")
     r.add_argument("target", metavar="MODEL|libNAME.so")
+    add_dim_argument(r)
     r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input by name (repeat for each)")
     r.add_argument("--output", metavar="OUT.npz", help="write the outputs here (else print)")
@@ -158,7 +168,7 @@ def _is_library(spec: str) -> bool:
 # --- commands --------------------------------------------------------------------------------
 
 def _compile(args: argparse.Namespace) -> int:
-    graph = load_model(args.model)
+    graph = load_model(args.model, args.dim)
     options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level, threads=args.threads,
                       conv_algorithm=args.conv_algorithm)
     done = export(graph, args.output, **select(graph, args), name=args.name,
@@ -182,7 +192,7 @@ def _info(args: argparse.Namespace) -> int:
         except GraphcError as exc:
             print(f"runs on this machine: no: {exc}")
         return 0
-    graph = load_model(args.target)
+    graph = load_model(args.target, args.dim)
     summary = _graph_summary(graph)
     print(json.dumps(summary, indent=2) if args.json else _format_graph(summary))
     return 0
@@ -335,7 +345,7 @@ def _run(args: argparse.Namespace) -> int:
             ports: Sequence[TensorSpec] = lib.inputs
             what = f"library {args.target}"
         else:
-            graph = load_model(args.target)
+            graph = load_model(args.target, args.dim)
             selection = select(graph, args)
             signature, _ = resolve_signature(
                 graph, selection.get("inputs"), selection.get("outputs"),

@@ -7,9 +7,11 @@
     graphc ops [--list]
     graphc passes [--list]
     graphc compile | info | run ...   (exported libraries: see `exported.py`)
+    graphc convert MODEL OUT.gcg [--dim NAME=SIZE ...]
 
-MODEL is a saved graph (a `.gcg` file) or ``path/to/file.py:function``: the file is imported
-from its path and the function called with no arguments; it must return a `gc.Graph`.
+MODEL is a saved graph (a `.gcg` file), an ONNX model (`.onnx`; `--dim NAME=SIZE` binds its
+symbolic dimensions) or ``path/to/file.py:function``: the file is imported from its path and
+the function called with no arguments; it must return a `gc.Graph`.
 `--signature` picks what to compile (default: the only signature, else every placeholder as
 input and every sink as output). `viz --stage fused` draws each kernel as a cluster and
 labels every unfused edge with the reason; `viz --stage planned -o FILE.svg` draws the
@@ -29,12 +31,21 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from graphc.cli.command import Parser, load_model, run_command
+from graphc.cli.command import (
+    MODEL_HELP,
+    Parser,
+    UsageError,
+    add_dim_argument,
+    load_model,
+    run_command,
+)
 from graphc.cli.exported import COMMANDS as EXPORT_COMMANDS
 from graphc.cli.exported import add_subcommands as add_export_commands
 from graphc.cli.stages import COMMANDS as STAGE_COMMANDS
 from graphc.cli.stages import FORMATS, STAGES
 from graphc.cli.stages import add_subcommands as add_stage_commands
+from graphc.errors import GraphcError
+from graphc.io.gcg import save
 from graphc.ops import registry
 from graphc.passes.manager import format_pass_list
 
@@ -53,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     passes = sub.add_parser("passes", help="the pass registry and the default pipeline")
     passes.add_argument("--list", action="store_true", help="list every pass (the default)")
     add_export_commands(sub)
+    convert = sub.add_parser("convert", help="save MODEL as a .gcg file")
+    convert.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    convert.add_argument("output", metavar="OUT.gcg", help="the graph file to write")
+    add_dim_argument(convert)
     return parser
 
 
@@ -74,6 +89,16 @@ def _ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    if args.output.endswith(".onnx"):
+        raise GraphcError("writing ONNX (gc.onnx.save) is not implemented yet; graphc convert "
+                          "writes .gcg")
+    if not args.output.endswith(".gcg"):
+        raise UsageError(f"OUT {args.output!r} must end in .gcg")
+    save(load_model(args.model, args.dim), args.output)
+    return 0
+
+
 def _passes(args: argparse.Namespace) -> int:
     sys.stdout.write(format_pass_list())
     return 0
@@ -83,6 +108,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **STAGE_COMMANDS,
     "ops": _ops,
     "passes": _passes,
+    "convert": _convert,
     **EXPORT_COMMANDS,
 }
 

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from graphc.cli.command import UsageError, load_model
+from graphc.cli.command import MODEL_HELP, UsageError, add_dim_argument, load_model
 from graphc.errors import GraphcError
 from graphc.io.atomic import atomic_write
 from graphc.io.gcg import dumps_json
@@ -98,8 +98,8 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _model_args(parser: argparse.ArgumentParser, stages: tuple[str, ...] = STAGES) -> None:
-    parser.add_argument("model", metavar="MODEL",
-                        help="a saved graph (.gcg) or path/to/file.py:function")
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    add_dim_argument(parser)
     # Every stage is a choice (viz explains why it cannot draw llvm or asm); the help lists
     # the stages the command shows.
     parser.add_argument("--stage", choices=list(STAGES), default="input",
@@ -120,7 +120,7 @@ def _model_args(parser: argparse.ArgumentParser, stages: tuple[str, ...] = STAGE
 
 def _lowered(args: argparse.Namespace, stage: str) -> Lowered:
     """Run the pipeline on MODEL up to `stage` with the options the flags give."""
-    graph = load_model(args.model)
+    graph = load_model(args.model, args.dim)
     options = replace(
         DEFAULT_OPTIONS,
         pipeline=getattr(args, "pipeline", None),

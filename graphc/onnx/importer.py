@@ -163,9 +163,14 @@ def _placeholder(ctx: Context, vi: Any, dims: Mapping[str, int],
             elif d.HasField("dim_param") and d.dim_param in dims:
                 shape.append(int(dims[d.dim_param]))
             else:
-                label = f"'{d.dim_param}'" if d.HasField("dim_param") else "unnamed"
-                raise OnnxError(f"{what}: dimension {k} is {label} and unbound; pass "
-                                f"dims={{'name': size}} or shapes={{'{vi.name}': (...)}}")
+                if d.HasField("dim_param"):
+                    raise OnnxError(
+                        f"{what}: dimension {k} is '{d.dim_param}' and unbound; bind it with "
+                        f"dims={{'{d.dim_param}': N}} (graphc command: --dim "
+                        f"{d.dim_param}=N) or give the shape with shapes={{'{vi.name}': "
+                        "(...)}")
+                raise OnnxError(f"{what}: dimension {k} is unnamed and unknown; give the "
+                                f"shape with shapes={{'{vi.name}': (...)}}")
     for d in shape:
         if not 0 <= d <= MAX_DIM:
             raise OnnxError(f"{what}: dimension {d} out of range")
