@@ -141,3 +141,58 @@ def test_the_command_line_takes_onnx_models(tmp_path: object) -> None:
                      "--output", str(out)]) == 0
     np.testing.assert_allclose(next(iter(np.load(out).values())), y, rtol=1e-6)
     assert cli.main(["convert", str(model), str(tmp / "back.onnx"), "--dim", "batch=2"]) == 1
+
+
+def _external_model(tmp: object, location: str = "weights.bin") -> object:
+    """A MatMul model whose weight lives in an external file `location` beside it."""
+    from pathlib import Path
+
+    folder = Path(str(tmp))
+    w = np.arange(12, dtype=np.float32).reshape(4, 3)
+    tensor = numpy_helper.from_array(w, "w")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(w.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    data = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [2, 4])],
+                  [_vi("y", [2, 3])], [tensor])
+    (folder / "model.onnx").write_bytes(data)
+    return folder, w
+
+
+def test_external_data_is_read_from_the_model_folder(tmp_path: object) -> None:
+    folder, w = _external_model(tmp_path)
+    (folder / "weights.bin").write_bytes(w.tobytes())
+    g = gc.onnx.load(str(folder / "model.onnx"))
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(gc.reference(g, signature="main")(x)[0], x @ w)
+    with pytest.raises(OnnxError, match="load the model from its path"):
+        gc.onnx.load((folder / "model.onnx").read_bytes())
+    (folder / "weights.bin").write_bytes(w.tobytes()[:20])
+    with pytest.raises(OnnxError, match="ends after 20 of 48 bytes"):
+        gc.onnx.load(str(folder / "model.onnx"))
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../x.bin"])
+def test_external_data_never_escapes_the_model_folder(tmp_path: object, location: str) -> None:
+    from pathlib import Path
+
+    inner = Path(str(tmp_path)) / "model"
+    inner.mkdir()
+    (Path(str(tmp_path)) / "outside.bin").write_bytes(bytes(48))
+    folder, _ = _external_model(inner, location)
+    with pytest.raises(OnnxError, match=r"relative path|outside the model's folder"):
+        gc.onnx.load(str(folder / "model.onnx"))
+
+
+def test_external_data_through_a_symlink_out_is_refused(tmp_path: object) -> None:
+    from pathlib import Path
+
+    inner = Path(str(tmp_path)) / "model"
+    inner.mkdir()
+    (Path(str(tmp_path)) / "secret.bin").write_bytes(bytes(48))
+    (inner / "weights.bin").symlink_to(Path(str(tmp_path)) / "secret.bin")
+    folder, _ = _external_model(inner)
+    with pytest.raises(OnnxError, match="outside the model's folder"):
+        gc.onnx.load(str(folder / "model.onnx"))

@@ -65,7 +65,7 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     with g:
         init_names = {t.name for t in graph_proto.initializer}
         for t in graph_proto.initializer:
-            values[t.name] = _initializer(ctx, t, trainable)
+            values[t.name] = _initializer(ctx, t, trainable, model.folder)
         inputs: list[Node] = []
         for vi in graph_proto.input:
             if vi.name in init_names:
@@ -120,8 +120,8 @@ def _check_supported(proto: Any, opset: int, origin: str) -> None:
     raise OnnxError(f"{origin}: {len(missing)} unsupported op(s):\n" + "\n".join(lines))
 
 
-def _initializer(ctx: Context, tensor: Any, trainable: bool) -> Value:
-    array = tensor_array(tensor, f"initializer '{tensor.name}'")
+def _initializer(ctx: Context, tensor: Any, trainable: bool, folder: Any) -> Value:
+    array = tensor_array(tensor, f"initializer '{tensor.name}'", folder)
     if array.dtype.kind == "f":
         name = ctx.unique_name(tensor.name)
         return gb.variable(array, name=name, trainable=trainable)

@@ -2,8 +2,9 @@
 
 `onnx` is imported lazily (`require_onnx`): graphc imports without it, and `gc.onnx` says
 what to install. Every failure is a `GraphcError` naming the file or the tensor; protobuf
-and onnx exceptions never escape. Tensors with external data are refused (their files would
-be read outside the model's control); dtypes graphc has no type for are named in the error.
+and onnx exceptions never escape. External data is read only from regular files inside the
+model's folder (symlinks resolved), bounded by the size the tensor's shape implies; dtypes
+graphc has no type for, and cannot widen, are named in the error.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ def require_onnx() -> Any:
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """A parsed model: the protobuf and the opset of its default domain."""
+    """A parsed model: the protobuf, the opset of its default domain, and the folder its
+    external data files must lie in (None unless it was read from a path)."""
 
     proto: Any  # onnx.ModelProto
     opset: int
     origin: str  # for error messages: a path, "<bytes>" or "<ModelProto>"
+    folder: Path | None = None
 
 
 def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
@@ -66,7 +69,8 @@ def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
             raise OnnxError(f"{origin}: not a valid ONNX model ({exc})") from None
     if not proto.HasField("graph"):
         raise OnnxError(f"{origin}: the model has no graph")
-    return OnnxModel(proto, _default_opset(proto, origin), origin)
+    folder = Path(source).parent if isinstance(source, (str, os.PathLike)) else None
+    return OnnxModel(proto, _default_opset(proto, origin), origin, folder)
 
 
 def _read_file(path: Path) -> bytes:
@@ -141,13 +145,12 @@ def numpy_dtype_ok(array: np.ndarray) -> bool:
     return array.dtype.type in (np.float32, np.float64, np.int32, np.int64, np.bool_)
 
 
-def tensor_array(tensor: Any, what: str) -> np.ndarray:
-    """A TensorProto as a numpy array of a graphc dtype (a copy the caller owns)."""
+def tensor_array(tensor: Any, what: str, folder: Path | None = None) -> np.ndarray:
+    """A TensorProto as a numpy array of a graphc dtype (a copy the caller owns). External
+    data is read from a regular file inside `folder` (the model's), bounded by the size
+    the tensor's shape implies."""
     onnx = require_onnx()
     graphc_dtype(tensor.data_type, what)
-    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-        raise OnnxError(f"{what}: tensors with external data are not read yet (save the model "
-                        "with all tensors inside the file)")
     count = 1
     for d in tensor.dims:
         if d < 0:
@@ -155,6 +158,8 @@ def tensor_array(tensor: Any, what: str) -> np.ndarray:
         count *= d
     if count > MAX_MODEL_BYTES:
         raise OnnxError(f"{what}: {count} elements, more than a model file can hold")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+        return _external(tensor, what, folder, count)
     try:
         array = onnx.numpy_helper.to_array(tensor)
     except Exception as exc:
@@ -163,3 +168,46 @@ def tensor_array(tensor: Any, what: str) -> np.ndarray:
         raise OnnxError(f"{what}: {array.size} values for shape {tuple(tensor.dims)}")
     dtype = NUMPY_DTYPES[graphc_dtype(tensor.data_type, what)]
     return np.array(array, dtype=dtype, copy=True)
+
+
+def _external(tensor: Any, what: str, folder: Path | None, count: int) -> np.ndarray:
+    """A tensor whose bytes live in a file beside the model: location, offset and length
+    from its `external_data`; the file must resolve (symlinks included) inside `folder`."""
+    if folder is None:
+        raise OnnxError(f"{what}: its data is in an external file; load the model from its "
+                        "path so that the file can be found")
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if not location or Path(location).is_absolute():
+        raise OnnxError(f"{what}: external data location {location!r} must be a relative path")
+    root = folder.resolve()
+    path = (root / location).resolve()
+    if root not in path.parents:
+        raise OnnxError(f"{what}: external data {location!r} lies outside the model's folder")
+    dtype = ONNX_NUMPY.get(tensor.data_type)
+    if dtype is None or tensor.data_type in (9,):
+        raise OnnxError(f"{what}: external data of this element type is not supported")
+    itemsize = np.dtype(dtype).itemsize
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else count * itemsize
+    except ValueError:
+        raise OnnxError(f"{what}: malformed external data offset or length") from None
+    if offset < 0 or length != count * itemsize:
+        raise OnnxError(f"{what}: external data of {length} bytes at offset {offset} for "
+                        f"{count} elements of {itemsize} bytes")
+    try:
+        if not path.is_file():
+            raise OnnxError(f"{what}: external data {location!r} is not a regular file")
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+    except OSError as exc:
+        raise OnnxError(f"{what}: cannot read external data {location!r} "
+                        f"({exc.strerror or exc})") from None
+    if len(data) != length:
+        raise OnnxError(f"{what}: external data {location!r} ends after {len(data)} of "
+                        f"{length} bytes")
+    array = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"))
+    array = array.reshape(tuple(tensor.dims))
+    return np.array(array, dtype=NUMPY_DTYPES[graphc_dtype(tensor.data_type, what)], copy=True)
