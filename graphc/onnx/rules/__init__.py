@@ -1,6 +1,6 @@
 """ONNX conversion rules by family; importing this package registers them all
 (`graphc.onnx.convert.RULES`)."""
 
-from graphc.onnx.rules import composite, elementwise, nn, spatial, tensor
+from graphc.onnx.rules import composite, elementwise, nn, recurrent, spatial, tensor
 
-__all__ = ["composite", "elementwise", "nn", "spatial", "tensor"]
+__all__ = ["composite", "elementwise", "nn", "recurrent", "spatial", "tensor"]
