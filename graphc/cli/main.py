@@ -7,7 +7,7 @@
     graphc ops [--list]
     graphc passes [--list]
     graphc compile | info | run ...   (exported libraries: see `exported.py`)
-    graphc convert MODEL OUT.gcg [--dim NAME=SIZE ...]
+    graphc convert MODEL OUT.gcg|OUT.onnx [--dim NAME=SIZE ...] [--signature S] [--opset N]
 
 MODEL is a saved graph (a `.gcg` file), an ONNX model (`.onnx`; `--dim NAME=SIZE` binds its
 symbolic dimensions) or ``path/to/file.py:function``: the file is imported from its path and
@@ -64,10 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     passes = sub.add_parser("passes", help="the pass registry and the default pipeline")
     passes.add_argument("--list", action="store_true", help="list every pass (the default)")
     add_export_commands(sub)
-    convert = sub.add_parser("convert", help="save MODEL as a .gcg file")
+    convert = sub.add_parser("convert", help="save MODEL as a .gcg graph or an .onnx model")
     convert.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    convert.add_argument("output", metavar="OUT.gcg", help="the graph file to write")
+    convert.add_argument("output", metavar="OUT.gcg|OUT.onnx", help="the file to write")
     add_dim_argument(convert)
+    convert.add_argument("--signature", default=None, metavar="NAME",
+                         help="the signature written to ONNX (default: main, or the only one)")
+    convert.add_argument("--opset", type=int, default=17, help="the ONNX opset (17-21)")
     return parser
 
 
@@ -90,12 +93,21 @@ def _ops(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if args.output.endswith(".onnx"):
-        raise GraphcError("writing ONNX (gc.onnx.save) is not implemented yet; graphc convert "
-                          "writes .gcg")
-    if not args.output.endswith(".gcg"):
-        raise UsageError(f"OUT {args.output!r} must end in .gcg")
-    save(load_model(args.model, args.dim), args.output)
+    graph = load_model(args.model, args.dim)
+    if args.output.endswith(".gcg"):
+        save(graph, args.output)
+        return 0
+    if not args.output.endswith(".onnx"):
+        raise UsageError(f"OUT {args.output!r} must end in .gcg or .onnx")
+    names = list(graph.signatures)
+    signature = args.signature or ("main" if "main" in names else
+                                   names[0] if len(names) == 1 else None)
+    if signature is None:
+        raise GraphcError(f"the model has signatures {', '.join(names) or 'none'}; pick one "
+                          "with --signature")
+    from graphc.onnx import save as save_onnx
+
+    save_onnx(graph, args.output, signature=signature, opset=args.opset)
     return 0
 
 

@@ -1,12 +1,14 @@
 """ONNX models in graphc: `gc.onnx.load(path)` imports a model as a `Graph` with a signature
-"main" (`importer`), which compiles, exports and trains like any graphc graph.
+"main" (`importer`), which compiles, exports and trains like any graphc graph;
+`gc.onnx.save(graph, path)` writes a signature as an ONNX model (`exporter`).
 
 Needs the optional `onnx` package (`pip install 'graphc[onnx]'`); graphc imports without it
 and `gc.onnx.load` then says what to install. `backend` adapts graphc to ONNX's backend
 test suite (`onnx.backend.base.Backend`).
 """
 
+from graphc.onnx.exporter import save, to_model
 from graphc.onnx.importer import load
 from graphc.onnx.model import OnnxError
 
-__all__ = ["OnnxError", "load"]
+__all__ = ["OnnxError", "load", "save", "to_model"]

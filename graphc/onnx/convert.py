@@ -99,6 +99,10 @@ class Context:
         """The value of `v`, which this rule needs at import (a shape, an axis list...)."""
         if v is None:
             raise self.error(f"input '{what}' is missing")
+        if isinstance(v, Node) and v.op == "variable":
+            # A float initializer (imported as a variable) that steers the op: its value at
+            # import is used, and training will not change that use.
+            return np.asarray(self.graph.variables[v.name])
         if not isinstance(v, np.ndarray):
             raise self.error(f"input '{what}' must be known when the model is imported (a "
                              "constant, an initializer or computed from shapes); it is "
