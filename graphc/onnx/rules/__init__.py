@@ -1,6 +1,7 @@
 """ONNX conversion rules by family; importing this package registers them all
 (`graphc.onnx.convert.RULES`)."""
 
-from graphc.onnx.rules import composite, elementwise, nn, recurrent, spatial, tensor
+from graphc.onnx.rules import composite, elementwise, indexing, nn, recurrent, spatial, tensor
 
-__all__ = ["composite", "elementwise", "nn", "recurrent", "spatial", "tensor"]
+__all__ = ["composite", "elementwise", "indexing", "nn", "recurrent", "spatial",
+           "tensor"]

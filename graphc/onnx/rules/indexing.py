@@ -1,0 +1,255 @@
+"""Indexing and joining ONNX ops: Concat, Split, Slice, Gather, GatherElements, Pad (constant,
+reflect, edge), Trilu, OneHot. Like `tensor`'s ops they fold with numpy when their data is
+known at import; indices, starts and pads that steer them must be known then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphc import builder as gb
+from graphc.ir import Node
+from graphc.onnx.convert import Context, Value, all_known, axis_of, ints, rule
+from graphc.ops import elementwise as ew
+from graphc.ops import gather, join, slicing
+
+Inputs = list[Value | None]
+
+@rule("Concat", 4)
+def _concat(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    xs = [x for x in inputs if x is not None]
+    if not xs:
+        raise ctx.error("needs at least one input")
+    if "axis" not in attrs:
+        raise ctx.error("attribute 'axis' is missing")
+    axis = axis_of(int(attrs["axis"]), len(xs[0].shape), ctx)
+    if all_known(xs):
+        return [np.concatenate(xs, axis=axis)]
+    xs = [x for x in xs if x.shape[axis] != 0]
+    if len(xs) == 1:
+        return [ctx.node(xs[0])]
+    return [join.concat([ctx.node(x) for x in xs], axis)]
+
+
+def _split_sizes(ctx: Context, size: int, inputs: Inputs, attrs: dict[str, Any],
+                 outputs: int, split_from_input: bool) -> list[int]:
+    split = None
+    if split_from_input and len(inputs) > 1 and inputs[1] is not None:
+        split = ints(ctx.need_known(inputs[1], "split"))
+    elif not split_from_input and "split" in attrs:
+        split = [int(s) for s in attrs["split"]]
+    if split is not None:
+        if sum(split) != size:
+            raise ctx.error(f"split sizes {split} do not add up to {size}")
+        return split
+    n = int(attrs.get("num_outputs", outputs))
+    chunk = -(-size // n)
+    sizes = [chunk] * (n - 1) + [size - chunk * (n - 1)]
+    if sizes[-1] < 0:
+        raise ctx.error(f"cannot split {size} into {n} parts")
+    return sizes
+
+
+def _split(ctx: Context, inputs: Inputs, attrs: dict[str, Any], from_input: bool
+           ) -> list[Value]:
+    x = inputs[0]
+    if x is None:
+        raise ctx.error("input is missing")
+    axis = axis_of(int(attrs.get("axis", 0)), len(x.shape), ctx)
+    sizes = _split_sizes(ctx, x.shape[axis], inputs, attrs, ctx.num_outputs, from_input)
+    outs: list[Value] = []
+    start = 0
+    for s in sizes:
+        stops = [None] * len(x.shape)
+        starts: list[int | None] = [None] * len(x.shape)
+        starts[axis], stops[axis] = start, start + s
+        if isinstance(x, np.ndarray):
+            index = tuple(slice(a, b) for a, b in zip(starts, stops))
+            outs.append(x[index].copy())
+        else:
+            outs.append(slicing.slice(x, starts, stops))
+        start += s
+    return outs
+
+
+@rule("Split", 2)
+def _split2(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    return _split(ctx, inputs, attrs, False)
+
+
+@rule("Split", 13)
+def _split13(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    return _split(ctx, inputs, attrs, True)
+
+
+def _slice(ctx: Context, x: Value | None, starts: list[int], ends: list[int],
+           axes: list[int] | None, steps: list[int] | None) -> Value:
+    if x is None:
+        raise ctx.error("input 'data' is missing")
+    rank = len(x.shape)
+    axes = list(range(len(starts))) if axes is None else [axis_of(a, rank, ctx) for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise ctx.error("starts, ends, axes and steps differ in length")
+    index: list[slice] = [slice(None)] * rank
+    big = 2 ** 62
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        if st == 0:
+            raise ctx.error("a step of 0")
+        # ONNX clamps like Python does; INT64_MAX/MIN mean "to the end".
+        index[a] = slice(max(min(s, big), -big), max(min(e, big), -big), st)
+    if isinstance(x, np.ndarray):
+        return x[tuple(index)].copy()
+    starts_f = [index[a].start for a in range(rank)]
+    stops_f = [index[a].stop for a in range(rank)]
+    steps_f = [index[a].step for a in range(rank)]
+    return slicing.slice(x, starts_f, stops_f, steps_f)
+
+
+@rule("Slice", 1)
+def _slice1(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    axes = [int(a) for a in attrs["axes"]] if "axes" in attrs else None
+    return [_slice(ctx, inputs[0], [int(s) for s in attrs.get("starts", [])],
+                   [int(e) for e in attrs.get("ends", [])], axes, None)]
+
+
+@rule("Slice", 10)
+def _slice10(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    def opt(i: int, what: str) -> list[int] | None:
+        if len(inputs) > i and inputs[i] is not None:
+            return ints(ctx.need_known(inputs[i], what))
+        return None
+    starts = ints(ctx.need_known(inputs[1], "starts"))
+    ends = ints(ctx.need_known(inputs[2], "ends"))
+    return [_slice(ctx, inputs[0], starts, ends, opt(3, "axes"), opt(4, "steps"))]
+
+
+@rule("Gather", 1)
+def _gather(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x, idx = inputs[0], inputs[1]
+    if x is None or idx is None:
+        raise ctx.error("data or indices missing")
+    axis = axis_of(int(attrs.get("axis", 0)), len(x.shape), ctx)
+    if isinstance(idx, np.ndarray):
+        bad = (idx < -x.shape[axis]) | (idx >= x.shape[axis])
+        if bad.any():
+            raise ctx.error(f"index {int(idx[bad].reshape(-1)[0])} out of range for axis "
+                            f"{axis} of size {x.shape[axis]}")
+        if isinstance(x, np.ndarray):
+            return [np.take(x, idx, axis=axis)]
+    return [gather.take(ctx.node(x), ctx.node(idx), axis)]
+
+
+@rule("GatherElements", 11)
+def _gather_elements(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x, idx = ctx.node(inputs[0]), ctx.node(inputs[1])
+    axis = axis_of(int(attrs.get("axis", 0)), x.ndim, ctx)
+    # Negative indices count from the end, as in Gather.
+    idx = ew.where(ew.less(idx, 0), ew.add(idx, x.shape[axis]), idx)
+    return [gather.take_along_axis(x, idx, axis)]
+
+
+@rule("Pad", 2)
+def _pad2(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    pads = [int(p) for p in attrs.get("pads", [])]
+    return [_pad(ctx, inputs[0], pads, float(attrs.get("value", 0.0)),
+                 str(attrs.get("mode", "constant")), None)]
+
+
+@rule("Pad", 11)
+def _pad11(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    pads = ints(ctx.need_known(inputs[1], "pads"))
+    value = 0.0
+    if len(inputs) > 2 and inputs[2] is not None:
+        v = ctx.need_known(inputs[2], "constant_value")
+        value = v.reshape(-1)[0].item() if v.size else 0.0
+    axes = None
+    if len(inputs) > 3 and inputs[3] is not None:
+        axes = ints(ctx.need_known(inputs[3], "axes"))
+    return [_pad(ctx, inputs[0], pads, value, str(attrs.get("mode", "constant")), axes)]
+
+
+def _pad(ctx: Context, x: Value | None, pads: list[int], value: Any, mode: str,
+         axes: list[int] | None) -> Value:
+    if x is None:
+        raise ctx.error("input is missing")
+    rank = len(x.shape)
+    axes = list(range(rank)) if axes is None else [axis_of(a, rank, ctx) for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise ctx.error(f"{len(pads)} pads for {len(axes)} axes")
+    width = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        width[a] = (pads[i], pads[i + len(axes)])
+    if any(lo < 0 or hi < 0 for lo, hi in width):
+        # Negative pads crop.
+        starts = [max(-lo, 0) for lo, _ in width]
+        stops = [d - max(-hi, 0) for (_, hi), d in zip(width, x.shape)]
+        x = (x[tuple(slice(a, b) for a, b in zip(starts, stops))].copy()
+             if isinstance(x, np.ndarray) else slicing.slice(x, starts, stops))
+        width = [(max(lo, 0), max(hi, 0)) for lo, hi in width]
+    if mode == "constant":
+        if isinstance(x, np.ndarray):
+            return np.pad(x, width, constant_values=value)
+        return slicing.pad(x, width, value) if any(w != (0, 0) for w in width) else x
+    if mode in ("reflect", "edge"):
+        if isinstance(x, np.ndarray):
+            return np.pad(x, width, mode=mode)
+        return _pad_gather(ctx, x, width, mode)
+    raise ctx.error(f"mode '{mode}' is not supported (constant, reflect, edge)")
+
+
+def _pad_gather(ctx: Context, x: Node, width: list[tuple[int, int]], mode: str) -> Node:
+    """Reflect/edge padding as a gather of source indices along each padded axis."""
+    out = x
+    for a, (lo, hi) in enumerate(width):
+        if lo == 0 and hi == 0:
+            continue
+        n = x.shape[a]
+        src = np.arange(-lo, n + hi)
+        if mode == "edge":
+            src = np.clip(src, 0, n - 1)
+        else:
+            if n == 1:
+                src = np.zeros_like(src)
+            else:
+                period = 2 * (n - 1)
+                src = np.abs(src) % period
+                src = np.where(src >= n, period - src, src)
+        out = gather.take(out, gb.constant(src.astype(np.int64)), a)
+    return out
+
+
+@rule("Trilu", 14)
+def _trilu(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    x = inputs[0]
+    if x is None or len(x.shape) < 2:
+        raise ctx.error("input of rank >= 2 needed")
+    k = 0
+    if len(inputs) > 1 and inputs[1] is not None:
+        k = int(ctx.need_known(inputs[1], "k").reshape(-1)[0])
+    rows, cols = x.shape[-2], x.shape[-1]
+    upper = bool(attrs.get("upper", 1))
+    mask = np.triu(np.ones((rows, cols), np.bool_), k) if upper else \
+        np.tril(np.ones((rows, cols), np.bool_), k)
+    if isinstance(x, np.ndarray):
+        return [np.where(mask, x, np.zeros_like(x))]
+    n = ctx.node(x)
+    zero = ew.sub(n, n) if not n.dtype.is_float else ew.mul(n, 0.0)
+    return [ew.where(gb.constant(mask), n, zero)]
+
+
+@rule("OneHot", 11)
+def _one_hot(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    idx = ctx.node(inputs[0])
+    depth = int(ctx.need_known(inputs[1], "depth").reshape(-1)[0])
+    values = ctx.need_known(inputs[2], "values").reshape(-1)
+    axis = int(attrs.get("axis", -1))
+    if idx.dtype.is_float:
+        idx = ew.cast(ew.floor(idx), "int64")
+    idx = ew.where(ew.less(idx, 0), ew.add(idx, depth), idx)
+    hot = gather.one_hot(idx, depth, "bool", axis)
+    dtype = values.dtype
+    return [ew.where(hot, gb.constant(values[1:2].reshape(()).astype(dtype)),
+                     gb.constant(values[0:1].reshape(()).astype(dtype)))]
