@@ -222,7 +222,8 @@ def _convert_node(ctx: Context, node: Any, index: int, values: dict[str, Value],
         raise ctx.error(f"{type(exc).__name__}: {exc}") from None
     for name, out in zip(node.output, outputs):
         if name:
-            values[name] = out
+            # numpy folds of 0-d values return scalars (np.int64), which are values too.
+            values[name] = np.asarray(out) if isinstance(out, np.generic) else out
     if len(outputs) < len([n for n in node.output if n]):
         raise ctx.error(f"{len(node.output)} outputs requested; graphc computes "
                         f"{len(outputs)}")
