@@ -13,7 +13,7 @@ from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, all_known, axis_of, ints, rule
 from graphc.ops import elementwise as ew
-from graphc.ops import gather, join, slicing
+from graphc.ops import gather, join, layout, reduce, slicing
 
 Inputs = list[Value | None]
 
@@ -253,3 +253,50 @@ def _one_hot(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]
     dtype = values.dtype
     return [ew.where(hot, gb.constant(values[1:2].reshape(()).astype(dtype)),
                      gb.constant(values[0:1].reshape(()).astype(dtype)))]
+
+
+def _scatter_result(ctx: Context, data: Node, scattered: Node, count: Node,
+                    reduction: str) -> Node:
+    """ONNX's reductions over the positions `count` marks (scatter-adds of the updates and
+    of ones): none replaces them (duplicates are undefined in ONNX), add adds."""
+    if reduction == "add":
+        return ew.add(data, scattered)
+    if reduction == "none":
+        return ew.where(ew.greater(count, 0.0), scattered, data)
+    raise ctx.error(f"reduction '{reduction}' is not supported (none, add)")
+
+
+@rule("Scatter", 9)  # deprecated in opset 11 for ScatterElements, the same op
+@rule("ScatterElements", 11)
+def _scatter_elements(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    data, idx, upd = (ctx.node(v) for v in inputs[:3])
+    axis = axis_of(int(attrs.get("axis", 0)), data.ndim, ctx)
+    idx = ew.where(ew.less(idx, 0), ew.add(idx, data.shape[axis]), idx)
+    fdt = "float64" if data.dtype.name == "float64" else "float32"
+    scattered = gather.take_along_axis_grad(upd, idx, axis, data.shape)
+    count = gather.take_along_axis_grad(ew.add(ew.mul(ew.cast(upd, fdt), 0.0), 1.0), idx, axis,
+                                        data.shape)
+    return [_scatter_result(ctx, data, scattered, count, str(attrs.get("reduction", "none")))]
+
+
+@rule("ScatterND", 11)
+def _scatter_nd(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    data, idx, upd = (ctx.node(v) for v in inputs[:3])
+    k = idx.shape[-1]
+    if k > data.ndim:
+        raise ctx.error(f"index tuples of length {k} for rank {data.ndim}")
+    lead = int(np.prod(data.shape[:k], dtype=np.int64))
+    rest = list(data.shape[k:])
+    n = int(np.prod(idx.shape[:-1], dtype=np.int64))
+    strides = [int(np.prod(data.shape[i + 1:k], dtype=np.int64)) for i in range(k)]
+    idx = ew.cast(idx, "int64") if idx.dtype.name != "int64" else idx
+    dims = gb.constant(np.array(data.shape[:k], np.int64))
+    idx = ew.where(ew.less(idx, 0), ew.add(idx, dims), idx)
+    lin = layout.reshape(reduce.sum(ew.mul(idx, gb.constant(np.array(strides, np.int64))), -1),
+                         [n])
+    flat_upd = layout.reshape(upd, [n, *rest])
+    fdt = "float64" if data.dtype.name == "float64" else "float32"
+    scattered = layout.reshape(gather.take_grad(flat_upd, lin, 0, lead), list(data.shape))
+    ones = ew.add(ew.mul(ew.cast(flat_upd, fdt), 0.0), 1.0)
+    count = layout.reshape(gather.take_grad(ones, lin, 0, lead), list(data.shape))
+    return [_scatter_result(ctx, data, scattered, count, str(attrs.get("reduction", "none")))]
