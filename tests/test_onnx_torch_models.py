@@ -3,8 +3,9 @@ imported with `gc.onnx.load`: compiled, they match torch within 1e-4; imported, 
 fine-tuned (the loss goes down). Skipped without torch or onnx.
 
 The fixtures are small versions of the issue's architectures (a LeNet-style CNN with batch
-norm, an LSTM classifier, a transformer encoder layer); the full-size ResNet-18,
-MobileNetV2 and d=256 encoders come with the benchmarks.
+norm, an LSTM classifier, a transformer encoder layer, MobileNetV2's inverted residual
+block, a causal decoder block); the full-size ResNet-18, MobileNetV2 and d=256 encoders
+come with the benchmarks.
 """
 
 from __future__ import annotations
@@ -58,10 +59,44 @@ class Encoder(nn.Module):
         return self.layer(x)
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand, 3x3 depthwise, 1x1 project, ReLU6, a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU6())
+        self.block = nn.Sequential(
+            nn.Conv2d(16, 64, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU6(),
+            nn.Conv2d(64, 64, 3, 1, 1, groups=64, bias=False), nn.BatchNorm2d(64), nn.ReLU6(),
+            nn.Conv2d(64, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.block(h)
+        return self.head(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+class CausalDecoder(nn.Module):
+    """A pre-norm transformer layer with a causal mask (a decoder-only block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True,
+                                                norm_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.layer(x, src_mask=mask, is_causal=True)
+
+
 FIXTURES = {
     "lenet_bn": (LeNetBN, (2, 1, 28, 28)),
     "lstm_classifier": (LSTMClassifier, (2, 5, 8)),
     "transformer_encoder_layer": (Encoder, (2, 7, 32)),
+    "inverted_residual": (InvertedResidual, (2, 3, 32, 32)),
+    "causal_decoder": (CausalDecoder, (2, 6, 32)),
 }
 
 
