@@ -39,7 +39,6 @@ class GraphcRep:
     def __init__(self, model: Any, mode: str, options: CompileOptions | None):
         if mode not in ("reference", "compile"):
             raise ValueError(f"mode must be 'reference' or 'compile', got {mode!r}")
-        self.model = model if not isinstance(model, (bytes, str)) else None
         self.mode, self.options = mode, options
         onnx = require_onnx()
         proto = model if isinstance(model, onnx.ModelProto) else read_model(model).proto

@@ -111,14 +111,18 @@ class Context:
 
     def unique_name(self, name: str) -> str:
         """`name` made a valid, unused graphc node name (ONNX allows any string)."""
-        base = _NAME_OK.sub("_", name) or "value"
-        if not base[0].isalpha() and base[0] != "_":
-            base = "v_" + base
+        base = valid_name(name)
         out, i = base, 1
         while out in self.used_names:
             out, i = f"{base}_{i}", i + 1
         self.used_names.add(out)
         return out
+
+
+def valid_name(name: str) -> str:
+    """`name` with the characters graphc names do not allow replaced by `_`."""
+    base = _NAME_OK.sub("_", name) or "value"
+    return base if base[0].isalpha() or base[0] == "_" else "v_" + base
 
 
 def shape_of(v: Value) -> tuple[int, ...]:

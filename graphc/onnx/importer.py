@@ -20,7 +20,7 @@ from graphc import builder as gb
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Node
 from graphc.onnx import rules as _rules  # noqa: F401 (registers the rules)
-from graphc.onnx.convert import Context, Value, lookup, versions
+from graphc.onnx.convert import Context, Value, lookup, valid_name, versions
 from graphc.onnx.model import (
     NUMPY_DTYPES,
     OnnxError,
@@ -54,7 +54,7 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     onnx = require_onnx()
     graph_proto = model.proto.graph
     _check_supported(model.proto, model.opset, model.origin)
-    g = Graph(name or _graph_name(graph_proto.name))
+    g = Graph(name or valid_name(graph_proto.name or "onnx_model"))
     ctx = Context(g, model.opset)
     for vi in [*graph_proto.input, *graph_proto.value_info, *graph_proto.output]:
         if vi.type.HasField("tensor_type"):
@@ -92,26 +92,21 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     return g
 
 
-def _graph_name(name: str) -> str:
-    ctx = Context(Graph("tmp"), 0)
-    return ctx.unique_name(name or "onnx_model")
-
-
 def _check_supported(proto: Any, opset: int, origin: str) -> None:
-    missing: dict[tuple[str, str], list[str]] = {}
+    missing: dict[str, list[str]] = {}  # op (domain-qualified outside ONNX's) -> nodes
     for i, node in enumerate(proto.graph.node):
         domain = node.domain or ""
         if domain not in ("", "ai.onnx"):
-            key = (f"{domain}.{node.op_type}", "")
+            op = f"{domain}.{node.op_type}"
         elif lookup(node.op_type, opset) is None:
-            key = (node.op_type, "")
+            op = node.op_type
         else:
             continue
-        missing.setdefault(key, []).append(node.name or f"#{i}")
+        missing.setdefault(op, []).append(node.name or f"#{i}")
     if not missing:
         return
     lines = []
-    for (op, _), names in sorted(missing.items()):
+    for op, names in sorted(missing.items()):
         have = versions(op)
         hint = (f"graphc has versions {', '.join(map(str, have))}" if have
                 else "graphc has no rule for it")
@@ -228,6 +223,3 @@ def _convert_node(ctx: Context, node: Any, index: int, values: dict[str, Value],
         raise ctx.error(f"{len(node.output)} outputs requested; graphc computes "
                         f"{len(outputs)}")
 
-
-def known_array(value: Value) -> np.ndarray | None:
-    return value if isinstance(value, np.ndarray) else None

@@ -12,7 +12,8 @@ import numpy as np
 
 from graphc import builder as gb
 from graphc.ir import Node
-from graphc.onnx.convert import Context, Value, axis_of, rule
+from graphc.onnx.convert import Context, Value, axis_of, dtype_of, rule
+from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
 from graphc.ops import elementwise as ew
 from graphc.ops import gather, join, layout, linalg, neural, reduce, slicing
 
@@ -328,10 +329,9 @@ def _eye_like(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
     x = inputs[0]
     if x is None or len(x.shape) != 2:
         raise ctx.error("input must be 2-D")
-    from graphc.onnx.model import ONNX_NUMPY
-
-    dtype = ONNX_NUMPY.get(int(attrs.get("dtype", 0))) or (
-        x.dtype if isinstance(x, np.ndarray) else np.dtype(x.dtype.name).type)
+    # The requested type as graphc holds it (uint8 in int32, ...), else x's.
+    elem = int(attrs.get("dtype", 0))
+    dtype = NUMPY_DTYPES[graphc_dtype(elem, ctx.node_name) if elem else dtype_of(x)]
     return [np.eye(x.shape[0], x.shape[1], int(attrs.get("k", 0)), dtype=dtype)]
 
 

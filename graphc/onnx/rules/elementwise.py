@@ -16,7 +16,6 @@ from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, all_known, dtype_of, rule
 from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
 from graphc.ops import elementwise as ew
-from graphc.ops import neural
 
 Inputs = list[Value | None]
 
@@ -329,15 +328,3 @@ def _dropout(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]
         raise ctx.error("input 'data' is missing")
     shape = tuple(x.shape)
     return [x, np.ones(shape, dtype=np.bool_)]
-
-
-# Ops graphc builds from others but that are registered here for completeness of the
-# activation family.
-@rule("LogSoftmax", 13)
-def _log_softmax13(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    return [neural.log_softmax(ctx.node(inputs[0]), int(attrs.get("axis", -1)))]
-
-
-@rule("Softmax", 13)
-def _softmax13(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    return [neural.softmax(ctx.node(inputs[0]), int(attrs.get("axis", -1)))]

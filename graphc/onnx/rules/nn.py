@@ -1,6 +1,6 @@
-"""Neural-network ONNX ops: MatMul, Gemm, Conv, pooling, normalizations, softmax (before
-opset 13), reductions and arg reductions. 2-D convolution and pooling map to graphc's
-kernels; other ranks, dilated pooling and ceil_mode are refused by name.
+"""Neural-network ONNX ops: MatMul, Gemm, Conv, pooling, normalizations, Softmax and
+LogSoftmax (both opset versions), reductions and arg reductions. 1-D and 2-D convolution and
+pooling map to graphc's kernels; other ranks, dilated pooling and ceil_mode are refused.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, ints, rule
-from graphc.ops import conv, layout, linalg, neural, pool, reduce, slicing
+from graphc.ops import conv, gather, layout, linalg, neural, pool, reduce, slicing
 from graphc.ops import elementwise as ew
 
 Inputs = list[Value | None]
@@ -221,13 +221,21 @@ def _log_softmax1(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[V
                        neural.log_softmax)]
 
 
+@rule("Softmax", 13)
+def _softmax13(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    return [neural.softmax(ctx.node(inputs[0]), int(attrs.get("axis", -1)))]
+
+
+@rule("LogSoftmax", 13)
+def _log_softmax13(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    return [neural.log_softmax(ctx.node(inputs[0]), int(attrs.get("axis", -1)))]
+
+
 @rule("Hardmax", 13)
 def _hardmax(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x = ctx.node(inputs[0])
     axis = axis_of(int(attrs.get("axis", -1)), x.ndim, ctx)
     idx = reduce.argmax(x, axis, keepdims=False)
-    from graphc.ops import gather
-
     hot = gather.one_hot(idx, x.shape[axis], "bool", axis)
     return [ew.where(hot, ew.add(ew.mul(x, 0.0), 1.0), ew.mul(x, 0.0))]
 

@@ -104,8 +104,9 @@ class _Setup:
                             "direction(s)")
         self.gates = gates
 
-    def projections(self, d: int) -> tuple[Node, Node, Node | None, Node | None]:
-        """(X·Wᵀ + Wb over the whole sequence (seq, batch, G·H), Rᵀ, Rb, the initial h)."""
+    def projections(self, d: int) -> tuple[Node, Node, Node | None, Node]:
+        """(X·Wᵀ + Wb over the whole sequence (seq, batch, G·H), Rᵀ, Rb, the initial h:
+        zeros unless given)."""
         g = self.gates * self.hidden
         w, r = _row(self.w, d), _row(self.r, d)
         flat = layout.reshape(self.x, [self.seq * self.batch, self.x.shape[2]])
@@ -116,8 +117,12 @@ class _Setup:
             xw = ew.add(xw, _cols(b, 0, g))
             rb = _cols(b, g, 2 * g)
         xw = layout.reshape(xw, [self.seq, self.batch, g])
-        h0 = _row(self.init_h, d) if self.init_h is not None else None
+        h0 = _row(self.init_h, d) if self.init_h is not None else _zeros(self, xw)
         return xw, layout.transpose(r, [1, 0]), rb, h0
+
+    def steps(self, d: int) -> range:
+        """The time steps of direction `d`, in the order it visits them."""
+        return range(self.seq - 1, -1, -1) if self.reverse[d] else range(self.seq)
 
     def clipped(self, x: Node) -> Node:
         if self.clip is None:
@@ -154,10 +159,8 @@ def _rnn(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     per_dir, finals = [], []
     for d in range(s.directions):
         xw, rt, rb, h = s.projections(d)
-        h = h if h is not None else _zeros(s, xw)
         hs: list[Node] = [h] * s.seq
-        order = range(s.seq - 1, -1, -1) if s.reverse[d] else range(s.seq)
-        for t in order:
+        for t in s.steps(d):
             pre = ew.add(_row(xw, t), linalg.matmul(h, rt))
             if rb is not None:
                 pre = ew.add(pre, rb)
@@ -177,11 +180,9 @@ def _gru(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     per_dir, finals = [], []
     for d in range(s.directions):
         xw, rt, rb, h = s.projections(d)
-        h = h if h is not None else _zeros(s, xw)
         f, g = acts[d]
         hs: list[Node] = [h] * s.seq
-        order = range(s.seq - 1, -1, -1) if s.reverse[d] else range(s.seq)
-        for t in order:
+        for t in s.steps(d):
             x = _row(xw, t)
             hr = linalg.matmul(h, _cols(rt, 0, 2 * hd))
             if rb is not None:
@@ -219,13 +220,11 @@ def _lstm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     per_dir, finals = [], []
     for d in range(s.directions):
         xw, rt, rb, h = s.projections(d)
-        h = h if h is not None else _zeros(s, xw)
         c = _row(ctx.node(init_c), d) if init_c is not None else _zeros(s, xw)
         p = _row(ctx.node(peep), d) if peep is not None else None
         f, g, hact = acts[d]
         hs: list[Node] = [h] * s.seq
-        order = range(s.seq - 1, -1, -1) if s.reverse[d] else range(s.seq)
-        for t in order:
+        for t in s.steps(d):
             gates = ew.add(_row(xw, t), linalg.matmul(h, rt))
             if rb is not None:
                 gates = ew.add(gates, rb)
