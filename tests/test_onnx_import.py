@@ -109,6 +109,92 @@ def test_a_wrong_attribute_value_is_a_graphc_error() -> None:
         gc.onnx.load(data)
 
 
+def test_opset_6_broadcasts_only_when_asked() -> None:
+    """Before opset 7, Add broadcasts only with broadcast=1, aligning B at `axis`."""
+    b = numpy_helper.from_array(np.arange(3, dtype=np.float32), "b")
+    asked = _model([helper.make_node("Add", ["x", "b"], ["y"], broadcast=1, axis=1)],
+                   [_vi("x", [2, 3, 4])], [_vi("y", [2, 3, 4])], [b], opset=6)
+    x = np.zeros((2, 3, 4), np.float32)
+    (y,) = gc.reference(gc.onnx.load(asked), signature="main")(x)
+    np.testing.assert_array_equal(y, np.broadcast_to(np.arange(3.0)[:, None], (2, 3, 4)))
+    unasked = _model([helper.make_node("Add", ["x", "b"], ["y"], name="plus")],
+                     [_vi("x", [2, 3, 4])], [_vi("y", [2, 3, 4])], [b], opset=6)
+    with pytest.raises(OnnxError, match=r"Add node 'plus'.*without broadcast=1"):
+        gc.onnx.load(unasked)
+
+
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_pooling_with_ceil_mode_dilation_and_3d_matches_onnx_reference(include_pad: int
+                                                                       ) -> None:
+    """Windows graphc's 2-D kernels do not take (3-D, dilated, ceil_mode with counted pads)
+    go through strided slices; onnx's reference evaluator is the oracle."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    cases = [("AveragePool", [1, 2, 7, 6], dict(kernel_shape=[3, 2], strides=[2, 2],
+                                                pads=[1, 0, 1, 1], ceil_mode=1,
+                                                count_include_pad=include_pad)),
+             ("MaxPool", [1, 2, 9, 8], dict(kernel_shape=[2, 3], dilations=[2, 2],
+                                            strides=[1, 2], pads=[1, 1, 0, 1])),
+             ("AveragePool", [1, 2, 5, 6, 7], dict(kernel_shape=[2, 3, 2], strides=[2, 1, 2],
+                                                   pads=[0, 1, 1, 1, 1, 0],
+                                                   count_include_pad=include_pad))]
+    for op, shape, attrs in cases:
+        data = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", shape)],
+                      [_vi("y", None)])
+        x = rng.normal(size=shape).astype(np.float32)
+        (want,) = ReferenceEvaluator(onnx.load_from_string(data)).run(None, {"x": x})
+        g = gc.onnx.load(data)
+        (got,) = gc.reference(g, signature="main")(x)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=op)
+        f = gc.compile(g, signature="main", options=gc.CompileOptions(threads=1,
+                                                                       cache_dir=None))
+        np.testing.assert_allclose(f(x)[0], want, rtol=1e-5, atol=1e-6, err_msg=op)
+
+
+def test_conv_3d_matches_onnx_reference_and_has_gradients() -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    from graphc.onnx.convert import Context
+    from graphc.onnx.rules.windows import conv3d
+
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(4, 1, 2, 3, 2)).astype(np.float32)
+    data = _model([helper.make_node("Conv", ["x", "w"], ["y"], group=2, strides=[2, 1, 2],
+                                    pads=[1, 0, 1, 0, 1, 1], dilations=[1, 2, 1])],
+                  [_vi("x", [2, 2, 5, 7, 6])], [_vi("y", None)],
+                  [numpy_helper.from_array(w, "w")])
+    x = rng.normal(size=(2, 2, 5, 7, 6)).astype(np.float32)
+    (want,) = ReferenceEvaluator(onnx.load_from_string(data)).run(None, {"x": x})
+    g = gc.onnx.load(data)
+    (got,) = gc.reference(g, signature="main")(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # A gradient flows through the composition (2-D convolutions of depth slices): the
+    # weight gradient of <y, r> matches central differences in float64.
+    r = rng.normal(size=want.shape)
+    with gc.Graph("conv3d") as g64:
+        xp = gc.placeholder(x.shape, gc.float64, name="x")
+        wv = gc.variable(w.astype(np.float64), name="w")
+        attrs = dict(group=2, strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1], dilations=[1, 2, 1])
+        y = conv3d(Context(g64, 17), xp, wv, None, attrs)
+        loss = gc.sum(y * gc.constant(r))
+        gw = gc.grad(loss, wv)
+    fn = gc.reference(g64, inputs=[xp], outputs=[loss, gw])
+    x64 = x.astype(np.float64)
+    _, got_gw = fn(x64)
+    idx, eps = (1, 0, 1, 2, 0), 1e-6
+
+    def loss_at(delta: float) -> float:
+        w2 = w.astype(np.float64)
+        w2[idx] += delta
+        return float(np.sum(ReferenceEvaluator(onnx.load_from_string(_model(
+            [helper.make_node("Conv", ["x", "w"], ["y"], **attrs)],
+            [_vi("x", list(x.shape), TensorProto.DOUBLE)], [_vi("y", None, TensorProto.DOUBLE)],
+            [numpy_helper.from_array(w2, "w")]))).run(None, {"x": x64})[0] * r))
+    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    assert got_gw[idx] == pytest.approx(numeric, rel=1e-6)
+
+
 def test_a_path_that_is_not_a_file(tmp_path: object) -> None:
     with pytest.raises(OnnxError, match="not a regular file"):
         gc.onnx.load(str(tmp_path))

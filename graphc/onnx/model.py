@@ -22,7 +22,7 @@ from graphc.ir import DType
 # A model file larger than this is refused before it is parsed (protobuf's own limit is 2 GiB).
 MAX_MODEL_BYTES = 2 << 30
 # The opset versions of the default domain the importer knows.
-MIN_OPSET, MAX_OPSET = 7, 28
+MIN_OPSET, MAX_OPSET = 6, 28
 
 
 class OnnxError(GraphcError):

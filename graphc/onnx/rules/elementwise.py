@@ -16,6 +16,7 @@ from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, all_known, dtype_of, rule
 from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
 from graphc.ops import elementwise as ew
+from graphc.ops import layout
 
 Inputs = list[Value | None]
 
@@ -33,12 +34,35 @@ def _np_binary(fn: Callable[..., np.ndarray]) -> Callable[[np.ndarray, np.ndarra
     return apply
 
 
+def _legacy_broadcast(ctx: Context, a: Value, b: Value, attrs: dict[str, Any]) -> Value:
+    """`b` aligned with `a` as opsets before 7 broadcast: only with `broadcast=1`, `b`'s dims
+    placed at `axis` of `a` (default: its trailing dims); otherwise the shapes must match."""
+    if not int(attrs.get("broadcast", 0)):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ctx.error(f"inputs of shapes {tuple(a.shape)} and {tuple(b.shape)} without "
+                            "broadcast=1 (opset < 7 broadcasts only when asked)")
+        return b
+    rank_a, rank_b = len(a.shape), len(b.shape)
+    axis = int(attrs.get("axis", rank_a - rank_b))
+    if axis < 0:
+        axis += rank_a
+    if not 0 <= axis <= rank_a - rank_b:
+        raise ctx.error(f"broadcast axis {attrs.get('axis')} does not fit shapes "
+                        f"{tuple(a.shape)} and {tuple(b.shape)}")
+    shape = (1,) * axis + tuple(b.shape) + (1,) * (rank_a - axis - rank_b)
+    if isinstance(b, np.ndarray):
+        return b.reshape(shape)
+    return layout.reshape(b, shape)
+
+
 def _binary(op: str, numpy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
-            graphc_fn: Callable[[Node, Node], Node], since: tuple[int, ...] = (7,)) -> None:
+            graphc_fn: Callable[[Node, Node], Node], since: tuple[int, ...] = (6, 7)) -> None:
     def convert(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         a, b = inputs[0], inputs[1]
         if a is None or b is None:
             raise ctx.error("needs two inputs")
+        if ctx.opset < 7:
+            b = _legacy_broadcast(ctx, a, b, attrs)
         if dtype_of(a) != dtype_of(b):
             raise ctx.error(f"inputs of different dtypes ({dtype_of(a)} and {dtype_of(b)})")
         if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
@@ -198,9 +222,13 @@ def _shrink(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
                      ew.where(ew.greater(x, lambd), ew.sub(x, bias), zero))]
 
 
+@rule("PRelu", 6)
 @rule("PRelu", 7)
 def _prelu(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x, slope = ctx.node(inputs[0]), ctx.node(inputs[1])
+    if ctx.opset < 7 and slope.ndim == 1 and x.ndim > 2 and slope.shape[0] == x.shape[1]:
+        # PRelu-6: a slope per channel (axis 1), as PyTorch exported nn.PReLU(C).
+        slope = layout.reshape(slope, (slope.shape[0],) + (1,) * (x.ndim - 2))
     return [ew.where(ew.less(x, 0.0), ew.mul(x, slope), x)]
 
 
@@ -305,6 +333,7 @@ def _variadic(op: str, numpy_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
         if mean:
             out = ew.div(out, float(len(xs)))
         return [out]
+    rule(op, 6)(convert)  # opset 6 requires equal shapes, which broadcasting keeps
     rule(op, 8)(convert)
 
 
@@ -314,6 +343,7 @@ _variadic("Sum", np.add, ew.add)
 _variadic("Mean", np.add, ew.add, mean=True)
 
 
+@rule("Dropout", 6)
 @rule("Dropout", 7)
 def _dropout(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     """Inference: the identity (training_mode, an input from opset 12, must be false); the

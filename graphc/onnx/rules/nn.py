@@ -11,6 +11,7 @@ import numpy as np
 
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, ints, rule
+from graphc.onnx.rules import windows
 from graphc.ops import conv, gather, layout, linalg, neural, pool, reduce, slicing
 from graphc.ops import elementwise as ew
 
@@ -27,6 +28,7 @@ def _matmul(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     return [linalg.matmul(ctx.node(a), ctx.node(b))]
 
 
+@rule("Gemm", 6)  # its `broadcast` attribute only allowed what broadcasting does
 @rule("Gemm", 7)
 def _gemm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     a, b = ctx.node(inputs[0]), ctx.node(inputs[1])
@@ -64,7 +66,8 @@ def _pads_2d(ctx: Context, attrs: dict[str, Any], x: Node, kernel: list[int],
 
 def _spatial_2d(ctx: Context, x: Node, what: str) -> None:
     if x.ndim != 4:
-        raise ctx.error(f"only 1-D and 2-D {what} (inputs of rank 3 or 4) is supported; got "
+        raise ctx.error(f"only 1-D, 2-D and 3-D {what} (inputs of rank 3, 4 or 5) is "
+                        f"supported; got "
                         f"rank {x.ndim}")
 
 
@@ -91,6 +94,10 @@ def _from_2d(y: Node) -> Node:
 @rule("Conv", 1)
 def _conv(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x, w = ctx.node(inputs[0]), ctx.node(inputs[1])
+    if x.ndim == 5:
+        bias5 = inputs[2] if len(inputs) > 2 else None
+        return [windows.conv3d(ctx, x, w, ctx.node(bias5) if bias5 is not None else None,
+                               attrs)]
     if x.ndim == 3:
         x4, attrs4, w4 = _as_2d(x, attrs, w)
         assert w4 is not None
@@ -107,43 +114,54 @@ def _conv(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
                         bias=ctx.node(bias) if bias is not None else None)]
 
 
-def _pool_args(ctx: Context, x: Node, attrs: dict[str, Any]) -> tuple[list[int], list[int], Any]:
-    _spatial_2d(ctx, x, "pooling")
-    if int(attrs.get("ceil_mode", 0)):
-        raise ctx.error("ceil_mode=1 is not supported")
-    dilations = [int(d) for d in attrs.get("dilations", [1, 1])]
-    if dilations != [1, 1]:
-        raise ctx.error(f"dilations {dilations} are not supported in pooling")
+def _pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any], kind: str) -> Node:
+    """MaxPool/AveragePool: graphc's 2-D pooling kernels for 1-D and 2-D windows without
+    dilation (ceil_mode as extra end padding where that is exact), else the strided-slice
+    composition of `windows.window_pool`."""
+    x = ctx.node(inputs[0])
+    if x.ndim < 3:
+        raise ctx.error(f"needs an input of rank >= 3 (N, C, spatial...); got rank {x.ndim}")
     if "kernel_shape" not in attrs:
         raise ctx.error("attribute 'kernel_shape' is missing")
     kernel = [int(k) for k in attrs["kernel_shape"]]
-    strides = [int(s) for s in attrs.get("strides", [1, 1])]
-    return kernel, strides, _pads_2d(ctx, attrs, x, kernel, strides, dilations)
+    win = windows.window(ctx, attrs, x.shape[2:], kernel)
+    ceil_mode = bool(int(attrs.get("ceil_mode", 0)))
+    include = bool(int(attrs.get("count_include_pad", 0)))
+    spatial = list(x.shape[2:])
+    out = windows.pooled_sizes(ctx, spatial, win, ceil_mode)
+    extra = [max((out[i] - 1) * win.strides[i] + win.span(i)
+                 - (spatial[i] + win.begin[i] + win.end[i]), 0) for i in range(len(spatial))]
+    native = (x.ndim in (3, 4) and x.dtype.is_float and all(d == 1 for d in win.dilations)
+              and not (kind == "avg" and include and any(extra))
+              and all(win.begin[i] < kernel[i] and win.end[i] + extra[i] < kernel[i]
+                      for i in range(len(spatial))))
+    if not native:
+        return windows.window_pool(ctx, x, win, kind, ceil_mode, include)
+    padding = [(win.begin[i], win.end[i] + extra[i]) for i in range(len(spatial))]
+    x4 = x if x.ndim == 4 else layout.reshape(x, [x.shape[0], x.shape[1], 1, x.shape[2]])
+    if x.ndim == 3:
+        kernel, strides, padding = [1, *kernel], [1, *win.strides], [(0, 0), *padding]
+    else:
+        strides = win.strides
+    if kind == "max":
+        y = pool.max_pool2d(x4, kernel, strides, tuple(padding))
+    else:
+        y = pool.avg_pool2d(x4, kernel, strides, tuple(padding), count_include_pad=include)
+    return y if x.ndim == 4 else _from_2d(y)
 
 
 @rule("MaxPool", 1)
 def _max_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    x = ctx.node(inputs[0])
-    if x.ndim == 3:
-        x4, attrs4, _ = _as_2d(x, attrs)
-        return [_from_2d(ctx.node(_max_pool(ctx, [x4], attrs4)[0]))]
     if ctx.num_outputs > 1:
         raise ctx.error("the Indices output is not supported")
     if int(attrs.get("storage_order", 0)):
         raise ctx.error("storage_order=1 is not supported")
-    kernel, strides, padding = _pool_args(ctx, x, attrs)
-    return [pool.max_pool2d(x, kernel, strides, padding)]
+    return [_pool(ctx, inputs, attrs, "max")]
 
 
 @rule("AveragePool", 1)
 def _avg_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    x = ctx.node(inputs[0])
-    if x.ndim == 3:
-        x4, attrs4, _ = _as_2d(x, attrs)
-        return [_from_2d(ctx.node(_avg_pool(ctx, [x4], attrs4)[0]))]
-    kernel, strides, padding = _pool_args(ctx, x, attrs)
-    return [pool.avg_pool2d(x, kernel, strides, padding,
-                            count_include_pad=bool(attrs.get("count_include_pad", 0)))]
+    return [_pool(ctx, inputs, attrs, "avg")]
 
 
 @rule("GlobalAveragePool", 1)
@@ -158,10 +176,15 @@ def _global_max(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Val
     return [reduce.max(x, tuple(range(2, x.ndim)), keepdims=True)]
 
 
+@rule("BatchNormalization", 6)
 @rule("BatchNormalization", 7)
 def _batch_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     if int(attrs.get("training_mode", 0)) or ctx.num_outputs > 1:
         raise ctx.error("training mode (running statistics outputs) is not supported yet")
+    if ctx.opset < 7 and not int(attrs.get("is_test", 0)):
+        raise ctx.error("is_test=0 (training mode) is not supported yet")
+    if not int(attrs.get("spatial", 1)):
+        raise ctx.error("spatial=0 (statistics per element, not per channel) is not supported")
     x = ctx.node(inputs[0])
     gamma, beta, mean, var = (ctx.node(v) for v in inputs[1:5])
     return [neural.batch_norm(x, mean, var, gamma, beta, eps=float(attrs.get("epsilon", 1e-5)),

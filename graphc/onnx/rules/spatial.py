@@ -1,6 +1,6 @@
 """Spatial ONNX ops built from graphc kernels: ConvTranspose (the convolution's input
 gradient), Resize/Upsample (separable gathers and interpolation weights computed at import),
-LpPool, CenterCropPad, and the integer bit shifts.
+CenterCropPad, and the integer bit shifts.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, ints, rule
-from graphc.ops import conv, gather, layout, pool, slicing
+from graphc.ops import conv, gather, layout, slicing
 from graphc.ops import elementwise as ew
 
 Inputs = list[Value | None]
@@ -55,13 +55,16 @@ def _conv_transpose(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
     c_out = w.shape[1] * groups
     # The convolution whose input gradient this is pads its input by `pads` and has the
     # output_padding rows as extra input rows at the bottom/right (they only see padding).
-    in_shape = [x.shape[0], c_out, out_hw[0], out_hw[1]]
-    padding = ((pads[0], pads[2] - out_pad[0]), (pads[1], pads[3] - out_pad[1]))
-    if padding[0][1] < 0 or padding[1][1] < 0:
-        # output_padding beyond the end pads: compute the larger output and pad with zeros.
-        raise ctx.error("output_padding larger than the end pads is not supported")
+    # Output rows past the end pads (output_padding beyond them) see no input: they are
+    # zeros appended after the gradient of the convolution over the rows that do.
+    short = [max(out_pad[i] - pads[i + 2], 0) for i in range(2)]
+    in_shape = [x.shape[0], c_out, out_hw[0] - short[0], out_hw[1] - short[1]]
+    padding = ((pads[0], pads[2] - out_pad[0] + short[0]),
+               (pads[1], pads[3] - out_pad[1] + short[1]))
     y = conv.conv2d_grad_input(x, w, in_shape, stride=strides, padding=padding,
                                dilation=dilations, groups=groups)
+    if any(short):
+        y = slicing.pad(y, [(0, 0), (0, 0), (0, short[0]), (0, short[1])])
     if len(inputs) > 2 and inputs[2] is not None:
         y = ew.add(y, layout.reshape(ctx.node(inputs[2]), [1, c_out, 1, 1]))
     return [y]
@@ -219,27 +222,6 @@ def _upsample(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
 
 
 # --- others ----------------------------------------------------------------------------------
-
-@rule("LpPool", 11)
-def _lp_pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    x = ctx.node(inputs[0])
-    if x.ndim != 4:
-        raise ctx.error(f"only 2-D pooling is supported; got rank {x.ndim}")
-    if int(attrs.get("ceil_mode", 0)) or [int(d) for d in attrs.get("dilations", [1, 1])] \
-            != [1, 1]:
-        raise ctx.error("ceil_mode and dilations are not supported")
-    if str(attrs.get("auto_pad", "NOTSET")) != "NOTSET":
-        raise ctx.error("auto_pad is not supported in LpPool")
-    p = float(attrs.get("p", 2))
-    kernel = [int(k) for k in attrs["kernel_shape"]]
-    strides = [int(s) for s in attrs.get("strides", [1, 1])]
-    pads = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
-    padding = ((pads[0], pads[2]), (pads[1], pads[3]))
-    powered = ew.pow(ew.abs(x), p)
-    summed = ew.mul(pool.avg_pool2d(powered, kernel, strides, padding,
-                                    count_include_pad=True), float(kernel[0] * kernel[1]))
-    return [ew.pow(summed, 1.0 / p)]
-
 
 @rule("Compress", 11)
 def _compress(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
