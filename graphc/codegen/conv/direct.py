@@ -21,6 +21,10 @@ conv2d_grad_weight, a reduction over batch and positions, is in `weight_grad`; c
 rows narrower than a vector is vectorized over output channels instead, in
 `channels`.
 
+Threads split (image, band of output rows) units; an image is cut into row bands only when
+there are fewer images than threads (batch-1 inference). Rows are independent, so the
+results do not depend on the split.
+
 The epilogue of a CONV kernel (bias, activation, ...) is evaluated on each finished vector
 of accumulators before it is stored. The last, partial chunk of a row stores the raw sums
 with a masked store and applies the epilogue in place with a scalar loop, because the
@@ -44,7 +48,7 @@ from graphc.codegen.conv.epilogue import EpilogueStore
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.loops import entry_alloca, for_range
-from graphc.codegen.parallel import parallel_range
+from graphc.codegen.parallel import CHUNKS_PER_THREAD, parallel_range
 from graphc.codegen.target import Target
 from graphc.codegen.window import (
     ChunkPlan,
@@ -165,9 +169,10 @@ def _grad_input_scratch(kernel: Kernel, target: Target) -> int:
 
 def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value,
                 out: ir.Value, dtype: DType, store: EpilogueStore,
-                images: tuple[ir.Value, ir.Value] | None = None) -> None:
+                units: tuple[ir.Value, ir.Value] | None = None, bands: int = 1) -> None:
     """The loop nest of `DirectConv` (see the module docstring), over all images or over
-    images [start, stop) when `images` is given (one task of a parallel split)."""
+    units [start, stop) when `units` is given (one task of a parallel split): unit u is
+    band u % bands of the output rows of image u // bands (`bands` row bands per image)."""
     b = ctx.b
     n_batch, co_total, ho, wo = spec.out_shape
     _, ci_total, hi, wi = spec.in_shape
@@ -211,21 +216,25 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
             col0 = lin(b, [(q0, phase.step)], phase.start)
             store(out_row, (n, co, y), col0, phase.step, b.load(a), lanes, limit)
 
-    batch = (for_range(b, images[0], images[1], 1, name="n") if images is not None
-             else loop(b, n_batch, "n"))
-    with batch as n, loop(b, spec.groups, "g") as g, \
-            for_range(b, 0, ho, 1, name="y") as y:
-        for phase in spec.phases:
-            offs = [off for _, off in phase.taps] or [0]
-            plan = plan_chunks(phase.count, lanes,
-                               safe_outputs(phase.stride, min(offs), max(offs), wi))
+    band = -(-ho // bands)  # output rows per band
+    start, stop = units if units is not None else (i64(0), i64(n_batch * bands))
+    with for_range(b, start, stop, 1, name="u") as u, loop(b, spec.groups, "g") as g:
+        n = b.sdiv(u, i64(bands)) if bands > 1 else u
+        y0 = b.mul(b.srem(u, i64(bands)), i64(band)) if bands > 1 else i64(0)
+        y1 = b.select(b.icmp_signed("<", b.add(y0, i64(band)), i64(ho)), b.add(y0, i64(band)),
+                      i64(ho)) if bands > 1 else i64(ho)
+        with for_range(b, y0, y1, 1, name="y") as y:
+            for phase in spec.phases:
+                offs = [off for _, off in phase.taps] or [0]
+                plan = plan_chunks(phase.count, lanes,
+                                   safe_outputs(phase.stride, min(offs), max(offs), wi))
 
-            def out_block(cb: ir.Value, count: int, phase: ColPhase = phase,
-                          plan: ChunkPlan = plan) -> None:
-                emit_chunks(b, plan, lambda q0, checked, limit: block(
-                    n, g, y, cb, count, phase, q0, checked, limit))
+                def out_block(cb: ir.Value, count: int, phase: ColPhase = phase,
+                              plan: ChunkPlan = plan) -> None:
+                    emit_chunks(b, plan, lambda q0, checked, limit: block(
+                        n, g, y, cb, count, phase, q0, checked, limit))
 
-            blocks(b, cog, OUT_BLOCK, out_block, name="cb")
+                blocks(b, cog, OUT_BLOCK, out_block, name="cb")
 
 
 def _conv2d(ctx: KernelContext) -> None:
@@ -241,11 +250,13 @@ def _conv2d(ctx: KernelContext) -> None:
         ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
     spec = _forward_spec(anchor)
 
-    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
-        emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
-                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop))
+    bands, grain = _split(anchor, w, ctx.threads)
 
-    parallel_range(ctx, spec.out_shape[0], _image_grain(anchor, w), images)
+    def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
+                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop), bands)
+
+    parallel_range(ctx, spec.out_shape[0] * bands, grain, units)
 
 
 def _grad_input(ctx: KernelContext) -> None:
@@ -255,18 +266,32 @@ def _grad_input(ctx: KernelContext) -> None:
     _pack_transposed(ctx, w, node.attrs["groups"])  # into scratch, before the split
     spec = _grad_input_spec(node)
 
-    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+    bands, grain = _split(node, w, ctx.threads)
+
+    def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         assert c.scratch is not None
         emit_direct(c, spec, c.ptr(g), c.scratch, c.out, node.dtype,
-                    EpilogueStore(c, node.dtype, False), (start, stop))
+                    EpilogueStore(c, node.dtype, False), (start, stop), bands)
 
-    parallel_range(ctx, spec.out_shape[0], _image_grain(node, w), images)
+    parallel_range(ctx, spec.out_shape[0] * bands, grain, units)
 
 
-def _image_grain(node: Node, w: Node) -> int:
-    """Images per task so that a task has at least ~2^17 multiply-adds of work."""
-    per_image = max(1, node.size // max(node.shape[0], 1)) * max(1, w.size // w.shape[0])
-    return max(1, -(-(1 << 17) // per_image))
+_TASK_MACS = 1 << 17  # a task has at least this many multiply-adds of work
+
+
+def _split(node: Node, w: Node, threads: int) -> tuple[int, int]:
+    """(row bands per image, units per task): with fewer images than threads, each image's
+    output rows are cut into bands so that every thread gets work (rows are independent:
+    no sums to merge, and the results do not depend on the split)."""
+    images, rows = node.shape[0], node.shape[2]
+    per_row = max(1, node.size // max(images * rows, 1)) * max(1, w.size // w.shape[0])
+    bands = 1
+    if 0 < images < threads:
+        bands = min(rows, -(-threads // images) * CHUNKS_PER_THREAD)
+        # No band below the task minimum.
+        bands = max(1, min(bands, rows * per_row // _TASK_MACS))
+    per_unit = per_row * -(-rows // bands)
+    return bands, max(1, -(-_TASK_MACS // per_unit))
 
 
 def _dispatch(op: str, direct: Emitter) -> Emitter:

@@ -18,8 +18,10 @@ activation, ...) is applied in a sweep over the block the GEMM just stored, whil
 still in cache; a CONV kernel never writes over its inputs (the memory planner reuses
 buffers in place only for elementwise kernels), so reading the raw sums back is safe.
 
-Threads: conv2d and grad_input split the images, grad_weight splits K (the columns of dW:
-each task builds only its rows of Col and sums all images in the same order), so results do
+Threads: grad_input splits the images; conv2d splits (image, block of output channels)
+units, the blocks only when there are fewer images than threads (batch-1 inference: each
+block is a GEMM over all of K, so nothing is merged); grad_weight splits K (the columns of
+dW: each task builds only its rows of Col and sums all images in the same order). Results do
 not depend on the thread count. Each task has its own Col and packing scratch.
 
 `choose` picks this path or the direct kernels (`conv`) per node: `CompileOptions.
@@ -140,8 +142,13 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     # a vector) their vectors are mostly idle: 4x4 outputs with 128-256 channels ran at
     # 37-67 GFLOP/s direct and 60-101 here. Few output channels per group or a shallow K
     # leave the GEMM's 8-row register block mostly padding.
+    # Batch-1 layers of ResNet-18 and MobileNetV2 (Zen 4, one thread): 3x3 convolutions
+    # with K >= 1152 ran 5-10% faster here (14x14x256: 98 vs 89 GFLOP/s; 28x28 stride 2:
+    # 94 vs 89), the 1x1 ones with K < 256 on 7x7 maps 10% slower (160 -> 960: 59 vs 66),
+    # with 64 channels and a 56x56 map the direct kernels stay ahead (100 vs 93).
     narrow = geo.wo <= target.lanes(geo.dtype.itemsize) // 2
-    return narrow and geo.og >= 16 and geo.k >= 64
+    deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
+    return (narrow and geo.og >= 16 and geo.k >= 256) or deep
 
 
 # --- scratch --------------------------------------------------------------------------------
@@ -151,10 +158,11 @@ def _aligned(n: int) -> int:
 
 
 def _specs(geo: Geometry, op: str, cols: int) -> list[GemmSpec]:
-    """The GEMM(s) of one task; `cols` is grad_weight's block of K (full block first)."""
+    """The GEMM(s) of one task; `cols` is grad_weight's block of K (full block first) and
+    conv2d's block of output channels."""
     m, k, p = geo.og, geo.k, geo.p
     if op == "conv2d":
-        return [GemmSpec(m, p, k, geo.dtype, False, False, k, p, p)]
+        return [GemmSpec(cols, p, k, geo.dtype, False, False, k, p, p)]
     if op == "conv2d_grad_input":
         return [GemmSpec(k, p, m, geo.dtype, True, False, k, p, p)]
     specs = [GemmSpec(m, cols, p, geo.dtype, False, True, p, p, k)]
@@ -167,22 +175,36 @@ def _specs(geo: Geometry, op: str, cols: int) -> list[GemmSpec]:
 class _Split:
     """What one task does and the scratch it owns."""
 
-    count: int  # images (conv2d, grad_input) or K (grad_weight) to split
+    count: int  # units: images (grad_input), (image, channel block) pairs (conv2d), K
+    # (grad_weight)
     grain: int
-    cols: int  # grad_weight's K block per task (K for the others)
+    cols: int  # grad_weight's K block per task, conv2d's channel block (K for grad_input)
     col_bytes: int
     gemm_bytes: int
     tasks: int
     chunk: int
+    blocks: int = 1  # conv2d: channel blocks per image
 
     @property
     def per_task(self) -> int:
         return self.col_bytes + self.gemm_bytes
 
 
+def _channel_blocks(geo: Geometry, threads: int, lanes: int) -> int:
+    """conv2d: output channel blocks per image, so that fewer images than threads still
+    keep every thread busy (each block is a GEMM over all of K: no sums to merge)."""
+    if geo.groups != 1 or geo.batch >= threads or geo.macs < 2 * _TASK_MACS:
+        return 1
+    blocks = max(1, threads // max(geo.batch, 1))
+    while blocks > 1 and geo.og % (blocks * lanes):
+        blocks -= 1
+    return blocks
+
+
 def _split(node: Node, target: Target, threads: int) -> _Split:
     geo = Geometry.of(node)
     lanes = target.lanes(geo.dtype.itemsize)
+    blocks = 1
     if node.op == "conv2d_grad_weight":
         count = geo.k
         # Blocks of K rounded to vectors; a block of K gets all images (P each).
@@ -191,15 +213,22 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
         if geo.cout * grain * geo.p * geo.batch < _TASK_MACS:
             grain = count
     else:
-        count = geo.batch
-        per_image = max(1, geo.macs // max(geo.batch, 1))
-        grain = max(-(-count // max(threads, 1)), -(-_TASK_MACS // per_image))
+        if node.op == "conv2d":
+            blocks = _channel_blocks(geo, threads, lanes)
+        count = geo.batch * blocks
+        per_unit = max(1, geo.macs // max(count, 1))
+        grain = max(-(-count // max(threads, 1)), -(-_TASK_MACS // per_unit))
     plan = split_plan(count, grain, threads)
     chunk, tasks = plan if plan is not None else (count, 1)
-    cols = min(chunk, geo.k) if node.op == "conv2d_grad_weight" else geo.k
-    col_bytes = 0 if geo.image_is_col else _aligned(cols * geo.p * geo.dtype.itemsize)
-    gemm_bytes = max(_aligned(s.scratch_bytes(target)) for s in _specs(geo, node.op, cols))
-    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk)
+    if node.op == "conv2d_grad_weight":
+        cols = min(chunk, geo.k)
+    else:
+        cols = geo.og // blocks if node.op == "conv2d" else geo.k
+    col_rows = cols if node.op == "conv2d_grad_weight" else geo.k
+    col_bytes = 0 if geo.image_is_col else _aligned(col_rows * geo.p * geo.dtype.itemsize)
+    gemm_bytes = max(_aligned(s.scratch_bytes(target))
+                     for s in _specs(geo, node.op, cols))
+    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks)
 
 
 def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
@@ -302,44 +331,50 @@ def _group_ptr(b: ir.IRBuilder, ptr: ir.Value, dt: DType, n: ir.Value, g: ir.Val
 
 
 def _conv2d(ctx: KernelContext) -> None:
+    """Per unit (image n, block of `s.cols` output channels from o0) and group: Col, then
+    W[o0:] @ Col into the output, and the epilogue swept over it."""
     kernel, node = ctx.kernel, ctx.kernel.anchor
     assert node is not None
     x, w = node.inputs
     geo = Geometry.of(node)
     dt = geo.dtype
     s = _split(node, ctx.target, ctx.threads)
-    (spec,) = _specs(geo, node.op, geo.k)
+    (spec,) = _specs(geo, node.op, s.cols)
     epilogue = kernel.root is not node
     if epilogue:
         ctx.ptrs[node] = ctx.out  # the sweep reads the raw sums back from the output
 
-    def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+    def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
         col, scratch = _task_scratch(c, s, start)
         store = EpilogueStore(c, dt, True)
-        with for_range(b, start, stop, 1, name="n") as n, \
+        with for_range(b, start, stop, 1, name="u") as u, \
                 for_range(b, 0, geo.groups, 1, name="g") as g:
+            n = b.sdiv(u, i64(s.blocks)) if s.blocks > 1 else u
+            o0 = b.mul(b.srem(u, i64(s.blocks)), i64(s.cols)) if s.blocks > 1 else i64(0)
             image = _group_ptr(b, c.ptr(x), dt, n, g, geo.cin, geo.cg, geo.hi * geo.wi)
             if geo.image_is_col:
                 col = image
             else:
                 _im2col(b, geo, _lanes(c, geo), image, col, i64(0), i64(geo.k))
-            weights = element_ptr(b, c.ptr(w), dt, b.mul(g, i64(geo.og * geo.k)))
-            out = _group_ptr(b, c.out, dt, n, g, geo.cout, geo.og, geo.p)
+            weights = element_ptr(b, c.ptr(w), dt, lin(b, [(g, geo.og * geo.k), (o0, geo.k)]))
+            out = element_ptr(b, _group_ptr(b, c.out, dt, n, g, geo.cout, geo.og, geo.p), dt,
+                              b.mul(o0, i64(geo.p)))
             emit_gemm(b, spec, weights, col, out, scratch, c.target)
             if epilogue:
-                _sweep(c, geo, store, n, g)
+                _sweep(c, geo, store, n, g, o0, s.cols)
 
-    parallel_range(ctx, s.count, s.grain, images)
+    parallel_range(ctx, s.count, s.grain, units)
 
 
 def _sweep(c: KernelContext, geo: Geometry, store: EpilogueStore, n: ir.Value,
-           g: ir.Value) -> None:
-    """Apply the epilogue to the group's raw sums, in place, a row chunk at a time."""
+           g: ir.Value, o0: ir.Value, count: int) -> None:
+    """Apply the epilogue to output channels [o0, o0 + count) of group g, in place from
+    their raw sums, a row chunk at a time."""
     b, dt = c.b, geo.dtype
     lanes = _lanes(c, geo)
-    with for_range(b, 0, geo.og, 1, name="o") as ol, for_range(b, 0, geo.ho, 1, name="y") as y:
-        co = lin(b, [(g, geo.og), (ol, 1)])
+    with for_range(b, 0, count, 1, name="o") as ol, for_range(b, 0, geo.ho, 1, name="y") as y:
+        co = lin(b, [(g, geo.og), (o0, 1), (ol, 1)])
         row = element_ptr(b, c.out, dt, lin(b, [(n, geo.cout * geo.p), (co, geo.p),
                                                  (y, geo.wo)]))
 
