@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks import workloads_onnx as wo
 from benchmarks.workloads_data import (
     EW_SHAPE,
     LSTM_BATCH,
@@ -317,4 +318,11 @@ WORKLOADS: list[Workload] = [
     Workload("lstm_train", "LSTM (in 64, hidden 128, seq 32, batch 32) training step",
              3 * 2 * LSTM_SEQ * LSTM_BATCH * 4 * LSTM_HIDDEN * (LSTM_IN + LSTM_HIDDEN), 0,
              {"graphc": lstm_graphc, "torch": lstm_torch}),
+    *(Workload(f"onnx_{name}", f"{title} (imported ONNX)", 2 * wo.MACS[name], 0,
+               {"graphc": wo.graphc_infer(name), "torch": wo.torch_infer(name)})
+      for name, title in wo.NETS.items()),
+    Workload("onnx_compile_cold", "import + compile ResNet-18 ONNX, empty cache (ORT: "
+             "session creation)", 0, 0, {"graphc": wo.graphc_import_compile(False)}),
+    Workload("onnx_compile_cached", "import + compile ResNet-18 ONNX, warm cache", 0, 0,
+             {"graphc": wo.graphc_import_compile(True)}),
 ]

@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks import workloads as w
 from benchmarks import workloads_data as d
+from benchmarks import workloads_onnx
 
 Runner = Callable[[], object]
 OPSET = 17
@@ -202,4 +203,5 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "gemm_1024": gemm(1024),
     "lenet_infer_1": lenet_infer(1),
     "lenet_infer_64": lenet_infer(64),
+    **workloads_onnx.ORT_PEERS,
 }

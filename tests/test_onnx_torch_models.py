@@ -5,7 +5,7 @@ fine-tuned (the loss goes down). Skipped without torch or onnx.
 The fixtures are small versions of the issue's architectures (a LeNet-style CNN with batch
 norm, an LSTM classifier, a transformer encoder layer, MobileNetV2's inverted residual
 block, a causal decoder block); the full-size ResNet-18, MobileNetV2 and d=256 encoders
-come with the benchmarks.
+are in tests/test_onnx_networks.py.
 """
 
 from __future__ import annotations
