@@ -286,3 +286,85 @@ def test_external_data_through_a_symlink_out_is_refused(tmp_path: object) -> Non
     folder, _ = _external_model(inner)
     with pytest.raises(OnnxError, match="outside the model's folder"):
         gc.onnx.load(str(folder / "model.onnx"))
+
+
+# --- narrow element types (float8, float4, int4, int2) ---------------------------------------
+
+def _narrow_grid() -> np.ndarray:
+    """Random values over many scales, every finite float8/float4 value, the midpoints
+    between neighbours (ties), infinities, NaN, huge values and signed zeros."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal(300).astype(np.float32) * s for s in (1e-4, 1e-2, 1, 1e2, 1e4)]
+    for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                 "float4_e2m1fn"):
+        values = np.arange(256, dtype=np.uint8).view(getattr(ml_dtypes, name))
+        grid = np.unique(values.astype(np.float32)[np.isfinite(values.astype(np.float32))])
+        parts += [grid, (grid[1:] + grid[:-1]) / 2]
+    parts.append(np.array([np.inf, -np.inf, np.nan, 1e30, -1e30, 0.0, -0.0], np.float32))
+    return np.concatenate(parts).astype(np.float32)
+
+
+@pytest.mark.parametrize("code,name", [(17, "float8_e4m3fn"), (18, "float8_e4m3fnuz"),
+                                       (19, "float8_e5m2"), (20, "float8_e5m2fnuz"),
+                                       (23, "float4_e2m1fn")])
+@pytest.mark.parametrize("saturate", [1, 0])
+def test_a_cast_to_a_narrow_float_rounds_inside_the_graph(code: int, name: str,
+                                                          saturate: int) -> None:
+    """Cast(float8) then Cast(float) in graphc gives exactly ml_dtypes' rounding (nearest
+    even), with ONNX's overflow: the largest value when saturating, else inf or NaN."""
+    import ml_dtypes
+
+    narrow = getattr(ml_dtypes, name)
+    x = _narrow_grid()
+    data = _model([helper.make_node("Cast", ["x"], ["q"], to=code, saturate=saturate),
+                   helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)],
+                  [_vi("x", [x.size])], [_vi("y", [x.size])], opset=21)
+    (got,) = gc.reference(gc.onnx.load(data), signature="main")(x)
+    largest = float(ml_dtypes.finfo(narrow).max)
+    clipped = np.clip(x, -largest, largest) if saturate or code == 23 else x
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = clipped.astype(narrow).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_cast_to_float8_rounds_the_same_compiled() -> None:
+    x = _narrow_grid()
+    data = _model([helper.make_node("Cast", ["x"], ["q"], to=19, saturate=0),
+                   helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)],
+                  [_vi("x", [x.size])], [_vi("y", [x.size])], opset=21)
+    g = gc.onnx.load(data)
+    (want,) = gc.reference(g, signature="main")(x)
+    (got,) = gc.compile(g, signature="main")(x)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_casts_to_narrow_integers_truncate_floats_and_wrap_integers() -> None:
+    x = np.array([-9.5, -8.7, -2.7, 0.4, 2.7, 7.9, 8.0, np.nan], np.float32)
+    i = np.array([-20, -9, -8, 7, 8, 200], np.int32)
+    data = _model([helper.make_node("Cast", ["x"], ["a"], to=TensorProto.INT4),
+                   helper.make_node("Cast", ["i"], ["b"], to=TensorProto.INT4),
+                   helper.make_node("Cast", ["x"], ["c"], to=TensorProto.UINT2)],
+                  [_vi("x", [8]), _vi("i", [6], TensorProto.INT32)],
+                  [_vi("a", [8], TensorProto.INT4), _vi("b", [6], TensorProto.INT4),
+                   _vi("c", [8], TensorProto.UINT2)], opset=21)
+    a, b, c = gc.reference(gc.onnx.load(data), signature="main")(x, i)
+    np.testing.assert_array_equal(a, [0, -8, -2, 0, 2, 7, 0, 0])  # out of range: 0
+    np.testing.assert_array_equal(b, [-4, 7, -8, 7, -8, -8])  # two's complement wrap
+    np.testing.assert_array_equal(c, [0, 0, 0, 0, 2, 0, 0, 0])
+
+
+def test_quantize_to_int4_and_float8_and_back() -> None:
+    x = np.array([0.0, 2.5, 4.8, 8.6, -30.0, 100.0, 1e5], np.float32)
+    zp4 = numpy_helper.from_array(np.array(1, np.int8), "zp4")
+    zp4.data_type = TensorProto.INT4
+    data = _model([helper.make_node("QuantizeLinear", ["x", "s", "zp4"], ["q4"]),
+                   helper.make_node("QuantizeLinear", ["x", "s"], ["q8"],
+                                    output_dtype=TensorProto.FLOAT8E4M3FN),
+                   helper.make_node("DequantizeLinear", ["q8", "s"], ["y"])],
+                  [_vi("x", [7]), _vi("s", [])],
+                  [_vi("q4", [7], TensorProto.INT4), _vi("y", [7])], [zp4], opset=21)
+    q4, y = gc.reference(gc.onnx.load(data), signature="main")(x, np.float32(2.0))
+    np.testing.assert_array_equal(q4, [1, 2, 3, 5, -8, 7, 7])  # round half even, + 1, clip
+    np.testing.assert_array_equal(y, [0.0, 2.5, 5.0, 9.0, -30.0, 96.0, 896.0])

@@ -107,26 +107,40 @@ DTYPE_NAMES = {0: "UNDEFINED", 1: "FLOAT", 2: "UINT8", 3: "INT8", 4: "UINT16", 5
                6: "INT32", 7: "INT64", 8: "STRING", 9: "BOOL", 10: "FLOAT16", 11: "DOUBLE",
                12: "UINT32", 13: "UINT64", 14: "COMPLEX64", 15: "COMPLEX128", 16: "BFLOAT16",
                17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2",
-               20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1"}
+               20: "FLOAT8E5M2FNUZ", 21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1",
+               24: "FLOAT8E8M0", 25: "UINT2", 26: "INT2", 27: "FLOAT6E2M3",
+               28: "FLOAT6E3M2"}
 NUMPY_DTYPES = {DType.float32: np.float32, DType.float64: np.float64, DType.int32: np.int32,
                 DType.int64: np.int64, DType.bool: np.bool_}
 
 
-# Element types graphc computes in a wider type: float16/bfloat16 in float32, narrow and
-# unsigned integers in int32/int64. Values convert exactly (uint64 above 2^63 excepted);
-# arithmetic is done in the wider type (so no float16 rounding in between, no uint8
-# wrap-around), as ONNX Runtime's CPU kernels do for float16.
+# Element types graphc computes in a wider type: float16/bfloat16 and the float8/float4
+# formats in float32, narrow and unsigned integers (int4, uint2, ...) in int32/int64. Values
+# convert exactly (uint64 above 2^63 excepted); arithmetic is done in the wider type (so no
+# float16 rounding in between, no uint8 wrap-around), as ONNX Runtime's CPU kernels do for
+# float16. A Cast *to* a narrow type rounds to it (`rules/narrow.py`).
 WIDENED: dict[int, DType] = {10: DType.float32, 16: DType.float32, 2: DType.int32,
                              3: DType.int32, 4: DType.int32, 5: DType.int32, 12: DType.int64,
-                             13: DType.int64}
+                             13: DType.int64, 17: DType.float32, 18: DType.float32,
+                             19: DType.float32, 20: DType.float32, 23: DType.float32,
+                             24: DType.float32, 21: DType.int32, 22: DType.int32,
+                             25: DType.int32, 26: DType.int32}
+# Element types packed several to a byte (external data of these is refused).
+PACKED = frozenset({21, 22, 23, 25, 26})
 ONNX_NUMPY: dict[int, Any] = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16,
                               5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
                               10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
-try:  # bfloat16 as numpy sees it comes with onnx (ml_dtypes)
+try:  # bfloat16, float8, int4, ... as numpy sees them come with onnx (ml_dtypes)
     import ml_dtypes
 
-    ONNX_NUMPY[16] = ml_dtypes.bfloat16
+    for _code, _name in ((16, "bfloat16"), (17, "float8_e4m3fn"), (18, "float8_e4m3fnuz"),
+                         (19, "float8_e5m2"), (20, "float8_e5m2fnuz"), (21, "uint4"),
+                         (22, "int4"), (23, "float4_e2m1fn"), (24, "float8_e8m0fnu"),
+                         (25, "uint2"), (26, "int2")):
+        ONNX_NUMPY[_code] = getattr(ml_dtypes, _name)
 except ImportError:  # pragma: no cover - without onnx there is no model to convert
+    pass
+except AttributeError:  # pragma: no cover - an ml_dtypes without the newest types
     pass
 
 
@@ -185,7 +199,7 @@ def _external(tensor: Any, what: str, folder: Path | None, count: int) -> np.nda
     if root not in path.parents:
         raise OnnxError(f"{what}: external data {location!r} lies outside the model's folder")
     dtype = ONNX_NUMPY.get(tensor.data_type)
-    if dtype is None or tensor.data_type in (9,):
+    if dtype is None or tensor.data_type == 9 or tensor.data_type in PACKED:
         raise OnnxError(f"{what}: external data of this element type is not supported")
     itemsize = np.dtype(dtype).itemsize
     try:

@@ -2,15 +2,23 @@
 (`graphc.onnx.convert.RULES`)."""
 
 from graphc.onnx.rules import (
+    attention,
+    bitwise,
     composite,
+    einsum,
     elementwise,
     indexing,
+    narrow,
     nn,
+    qlinear,
     recurrent,
+    recurrent_state,
     spatial,
     tensor,
+    topk,
     windows,
 )
 
-__all__ = ["composite", "elementwise", "indexing", "nn", "recurrent", "spatial",
-           "tensor", "windows"]
+__all__ = ["attention", "bitwise", "composite", "einsum", "elementwise", "indexing", "narrow",
+           "nn", "qlinear", "recurrent", "recurrent_state",
+           "spatial", "tensor", "topk", "windows"]

@@ -1,6 +1,7 @@
 """ONNX ops graphc writes as compositions of its own: losses (NegativeLogLikelihoodLoss,
-SoftmaxCrossEntropyLoss), normalizations (RMSNormalization, LpNormalization), Attention,
-cumulative sums and products, quantization, hyperbolic functions, depth/space shuffles.
+SoftmaxCrossEntropyLoss), normalizations (RMSNormalization, LpNormalization), cumulative
+sums and products, hyperbolic and inverse trigonometric functions, depth/space shuffles
+(Attention is in `attention`, quantization in `narrow`).
 """
 
 from __future__ import annotations
@@ -108,80 +109,6 @@ def _mvn(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     return [ew.div(centered, ew.add(ew.sqrt(var), 1e-9))]
 
 
-# --- attention -------------------------------------------------------------------------------
-
-def _heads(x: Node, heads: int) -> Node:
-    """(B, S, H·D) -> (B, H, S, D)."""
-    b, s, hd = x.shape
-    return layout.transpose(layout.reshape(x, [b, s, heads, hd // heads]), [0, 2, 1, 3])
-
-
-@rule("Attention", 23)
-def _attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """softmax(Q·Kᵀ·scale + mask) · V, with optional past key/value (concatenated along the
-    sequence), grouped-query heads, a causal mask and a softcap."""
-    q, k, v = (ctx.node(x) for x in inputs[:3])
-    mask = inputs[3] if len(inputs) > 3 else None
-    past_k = inputs[4] if len(inputs) > 4 else None
-    past_v = inputs[5] if len(inputs) > 5 else None
-    if len(inputs) > 6 and inputs[6] is not None:
-        raise ctx.error("nonpad_kv_seqlen is not supported")
-    if ctx.num_outputs > 3:
-        raise ctx.error("the qk_matmul_output output is not supported")
-    for window in ("left_window_size", "right_window_size"):
-        if int(attrs.get(window, -1)) >= 0:
-            raise ctx.error(f"{window} (sliding-window attention) is not supported")
-    three_d = q.ndim == 3
-    if three_d:
-        qh, kvh = int(attrs.get("q_num_heads", 0)), int(attrs.get("kv_num_heads", 0))
-        if not qh or not kvh:
-            raise ctx.error("3-D inputs need q_num_heads and kv_num_heads")
-        q, k, v = _heads(q, qh), _heads(k, kvh), _heads(v, kvh)
-    if past_k is not None:
-        k = join.concat([ctx.node(past_k), k], 2)
-    if past_v is not None:
-        v = join.concat([ctx.node(past_v), v], 2)
-    present_k, present_v = k, v
-    hq, hk = q.shape[1], k.shape[1]
-    if hq != hk:  # grouped-query attention: each K/V head serves hq / hk query heads
-        if hq % hk:
-            raise ctx.error(f"{hq} query heads do not divide into {hk} key/value heads")
-        rep = hq // hk
-
-        def repeat(t: Node) -> Node:
-            b, h, s, d = t.shape
-            wide = layout.broadcast_to(layout.reshape(t, [b, h, 1, s, d]), [b, h, rep, s, d])
-            return layout.reshape(wide, [b, h * rep, s, d])
-        k, v = repeat(k), repeat(v)
-    scale = attrs.get("scale")
-    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
-    sq, sk = scores.shape[-2], scores.shape[-1]
-    softcap = float(attrs.get("softcap", 0.0))
-    if softcap > 0.0:  # before the masks, so that masked scores stay -inf
-        scores = ew.mul(ew.tanh(ew.div(scores, softcap)), softcap)
-    if int(attrs.get("is_causal", 0)):
-        # Query i sees keys up to past + i (ONNX's reference: the offset is the length of
-        # the past key cache, 0 without one).
-        past_len = past_k.shape[2] if past_k is not None else 0
-        causal = np.tril(np.ones((sq, sk), np.bool_), past_len)
-        scores = ew.where(gb.constant(causal), scores, -np.inf)
-    if mask is not None:
-        m = ctx.node(mask)
-        if m.dtype.name == "bool":
-            scores = ew.where(m, scores, -np.inf)
-        else:
-            scores = ew.add(scores, m)
-    probs = neural.softmax(scores, -1)
-    # Rows whose every key is masked give zeros rather than NaN.
-    probs = ew.where(ew.not_equal(probs, probs), ew.mul(scores, 0.0), probs)
-    y = linalg.matmul(probs, v)
-    if three_d:
-        b, h, s, d = y.shape
-        y = layout.reshape(layout.transpose(y, [0, 2, 1, 3]), [b, s, h * d])
-    return [y, present_k, present_v, scores][:max(ctx.num_outputs, 1)]
-
-
 # --- cumulative ------------------------------------------------------------------------------
 
 def _cumulative(ctx: Context, inputs: Inputs, attrs: dict[str, Any], op: str) -> Node:
@@ -231,52 +158,6 @@ def _cumprod(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]
     return [_cumulative(ctx, inputs, attrs, "prod")]
 
 
-# --- quantization ----------------------------------------------------------------------------
-
-_QRANGE = {2: (0, 255), 3: (-128, 127), 4: (0, 65535), 5: (-32768, 32767)}
-
-
-def _per_axis(ctx: Context, x: Node, p: Node, axis: int) -> Node:
-    """A per-axis parameter (1-D of size x.shape[axis]) shaped to broadcast against x."""
-    if p.ndim != 1 or p.shape[0] == 1:
-        return p
-    shape = [1] * x.ndim
-    shape[axis_of(axis, x.ndim, ctx)] = p.shape[0]
-    return layout.reshape(p, shape)
-
-
-@rule("DequantizeLinear", 10)
-def _dequantize(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    x = ctx.node(inputs[0])
-    scale = ctx.node(inputs[1])
-    if int(attrs.get("block_size", 0)):
-        raise ctx.error("blocked quantization is not supported")
-    axis = int(attrs.get("axis", 1))
-    xf = ew.cast(x, scale.dtype)
-    if len(inputs) > 2 and inputs[2] is not None:
-        xf = ew.sub(xf, ew.cast(_per_axis(ctx, x, ctx.node(inputs[2]), axis), scale.dtype))
-    return [ew.mul(xf, _per_axis(ctx, x, scale, axis))]
-
-
-@rule("QuantizeLinear", 10)
-def _quantize(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    x, scale = ctx.node(inputs[0]), ctx.node(inputs[1])
-    if int(attrs.get("block_size", 0)) or int(attrs.get("saturate", 1)) != 1:
-        raise ctx.error("blocked or non-saturating quantization is not supported")
-    axis = int(attrs.get("axis", 1))
-    zp = inputs[2] if len(inputs) > 2 else None
-    # The output type: the zero point's declared type, else output_dtype, else uint8.
-    zp_type = ctx.input_types[2] if zp is not None and len(ctx.input_types) > 2 else None
-    out_type = zp_type or int(attrs.get("output_dtype", 0)) or 2
-    if out_type not in _QRANGE:
-        raise ctx.error(f"output element type {out_type} is not supported")
-    lo, hi = _QRANGE[out_type]
-    q = ew.round(ew.div(x, _per_axis(ctx, x, scale, axis)))
-    if zp is not None:
-        q = ew.add(q, ew.cast(_per_axis(ctx, x, ctx.node(zp), axis), x.dtype))
-    return [ew.cast(ew.clip(q, float(lo), float(hi)), "int32")]
-
-
 # --- hyperbolic and inverse functions ----------------------------------------------------------
 
 def _unary(op: str, since: int, fn: Any) -> None:
@@ -290,6 +171,54 @@ _unary("Cosh", 9, lambda x: ew.mul(ew.add(ew.exp(x), ew.exp(ew.neg(x))), 0.5))
 _unary("Asinh", 9, lambda x: ew.log(ew.add(x, ew.sqrt(ew.add(ew.mul(x, x), 1.0)))))
 _unary("Acosh", 9, lambda x: ew.log(ew.add(x, ew.sqrt(ew.sub(ew.mul(x, x), 1.0)))))
 _unary("Atanh", 9, lambda x: ew.mul(ew.log(ew.div(ew.add(x, 1.0), ew.sub(1.0, x))), 0.5))
+
+
+# Cephes' atan (double): a rational approximation on |t| <= 0.66 after reducing |x| by
+# atan(x) = pi/2 + atan(-1/x) (x > tan(3pi/8)) or pi/4 + atan((x-1)/(x+1)) (in between).
+_ATAN_P = (-8.750608600031904122785e-1, -1.615753718733365076637e1,
+           -7.500855792314704667340e1, -1.228866684490136173410e2,
+           -6.485021904942025371773e1)
+_ATAN_Q = (2.485846490142306297962e1, 1.650270098316988542046e2,
+           4.328810604912902668951e2, 4.853903996359136964868e2,
+           1.945506571482613964425e2)
+_TAN_3PI_8 = 2.41421356237309504880
+_PI_2_LOW = 6.123233995736765886130e-17  # pi/2 - float64(pi/2)
+
+
+def _atan(x: Node) -> Node:
+    """arctan(x), odd, with NaN in giving NaN and +-inf giving +-pi/2."""
+    ax = ew.abs(x)
+    big = ew.greater(ax, _TAN_3PI_8)
+    mid = ew.logical_and(ew.greater(ax, 0.66), ew.logical_not(big))
+    t = ew.where(big, ew.neg(ew.reciprocal(ew.where(big, ax, 1.0))),
+                 ew.where(mid, ew.div(ew.sub(ax, 1.0), ew.add(ax, 1.0)), ax))
+    z = ew.mul(t, t)
+    p = ew.add(ew.mul(z, _ATAN_P[0]), _ATAN_P[1])
+    for c in _ATAN_P[2:]:
+        p = ew.add(ew.mul(p, z), c)
+    q = ew.add(z, _ATAN_Q[0])
+    for c in _ATAN_Q[1:]:
+        q = ew.add(ew.mul(q, z), c)
+    r = ew.add(ew.mul(t, ew.div(ew.mul(z, p), q)), t)
+    base = ew.where(big, math.pi / 2 + _PI_2_LOW, ew.where(mid, math.pi / 4 + _PI_2_LOW / 2,
+                                                         ew.mul(ax, 0.0)))
+    y = ew.add(base, r)
+    return ew.where(ew.less(x, 0.0), ew.neg(y), y)
+
+
+def _asin(x: Node) -> Node:
+    """arcsin(x) = atan(x / sqrt((1 - x)(1 + x))): exact at +-1 (x / 0 = +-inf), NaN outside."""
+    return _atan(ew.div(x, ew.sqrt(ew.mul(ew.sub(1.0, x), ew.add(x, 1.0)))))
+
+
+def _acos(x: Node) -> Node:
+    """arccos(x) = 2 atan(sqrt((1 - x) / (1 + x))), accurate near 1 where acos -> 0."""
+    return ew.mul(_atan(ew.sqrt(ew.div(ew.sub(1.0, x), ew.add(x, 1.0)))), 2.0)
+
+
+_unary("Atan", 7, _atan)
+_unary("Asin", 7, _asin)
+_unary("Acos", 7, _acos)
 
 
 # --- layout shuffles -------------------------------------------------------------------------

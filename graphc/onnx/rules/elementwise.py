@@ -1,4 +1,4 @@
-"""Elementwise ONNX ops: arithmetic, comparisons, logic, activations, casts.
+"""Elementwise ONNX ops: arithmetic, comparisons, logic, activations (casts are in `narrow`).
 
 Each folds with numpy when every input is known at import (shape arithmetic), else builds
 graphc ops. Composite activations (HardSigmoid, Mish, Celu, ...) are written with graphc's
@@ -14,7 +14,6 @@ import numpy as np
 
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, all_known, dtype_of, rule
-from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
 from graphc.ops import elementwise as ew
 from graphc.ops import layout
 
@@ -95,7 +94,25 @@ def _div(a: Node, b: Node) -> Node:
 
 
 _binary("Div", _div_np, _div)
-_binary("Pow", _np_binary(np.power), ew.pow)
+def _pow(a: Node, b: Node) -> Node:
+    """a ** b in a's dtype. An integer base is raised in float64 and converted back as ONNX's
+    reference converts numpy's float power: truncated toward zero, except that a power
+    within 1e-12 (relative) of an integer is that integer (pow's last-bit error in 3 ** 4
+    must not truncate 81 to 80). Exact for results below 2^53."""
+    if a.dtype.is_float:
+        return ew.pow(a, b if b.dtype == a.dtype else ew.cast(b, a.dtype))
+    r = ew.pow(ew.cast(a, "float64"), ew.cast(b, "float64"))
+    near = ew.round(r)
+    whole = ew.less_equal(ew.abs(ew.sub(r, near)), ew.mul(ew.maximum(ew.abs(r), 1.0), 1e-12))
+    trunc = ew.where(ew.less(r, 0.0), ew.ceil(r), ew.floor(r))
+    return ew.cast(ew.where(whole, near, trunc), a.dtype)
+
+
+def _pow_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(np.power(a, b), dtype=a.dtype)
+
+
+_binary("Pow", _pow_np, _pow)
 _binary("Equal", _np_binary(np.equal), ew.equal)
 _binary("Less", _np_binary(np.less), ew.less)
 _binary("LessOrEqual", _np_binary(np.less_equal), ew.less_equal, (12,))
@@ -113,11 +130,8 @@ def _pow12(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     if a is None or b is None:
         raise ctx.error("needs two inputs")
     if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return [np.asarray(np.power(a, b.astype(a.dtype)), dtype=a.dtype)]
-    bn = ctx.node(b)
-    if bn.dtype != dtype_of(a):
-        bn = ew.cast(bn, dtype_of(a))
-    return [ew.pow(ctx.node(a), bn)]
+        return [_pow_np(a, b)]
+    return [_pow(ctx.node(a), ctx.node(b))]
 
 
 @rule("Mod", 10)
@@ -213,6 +227,16 @@ _attr_unary("Swish", 24, lambda x, a: ew.mul(x, ew.sigmoid(ew.mul(x, float(a.get
                                                                                    1.0))))))
 
 
+@rule("SwiGLU", 28)
+def _swiglu(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """a * sigmoid(alpha * a) * b, for a and b of one shape (ONNX does not broadcast)."""
+    a, b = ctx.node(inputs[0]), ctx.node(inputs[1])
+    if a.shape != b.shape:
+        raise ctx.error(f"A {a.shape} and B {b.shape} must have one shape")
+    alpha = float(attrs.get("alpha", 1.0))
+    return [ew.mul(ew.mul(a, ew.sigmoid(ew.mul(a, alpha))), b)]
+
+
 @rule("Shrink", 9)
 def _shrink(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     x = ctx.node(inputs[0])
@@ -254,34 +278,6 @@ def _where(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         assert isinstance(a, np.ndarray)
         return [np.asarray(np.where(c, a, b), dtype=a.dtype)]
     return [ew.where(ctx.node(c), ctx.node(a), ctx.node(b))]
-
-
-def _cast_to(ctx: Context, x: Value | None, elem_type: int) -> Value:
-    dtype = graphc_dtype(elem_type, f"{ctx.op_type} node '{ctx.node_name}'")
-    if isinstance(x, np.ndarray):
-        return x.astype(NUMPY_DTYPES[dtype])
-    n = ctx.node(x)
-    return n if n.dtype == dtype else ew.cast(n, dtype)
-
-
-@rule("Cast", 6)
-def _cast(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    if "to" not in attrs:
-        raise ctx.error("attribute 'to' is missing")
-    return [_cast_to(ctx, inputs[0], int(attrs["to"]))]
-
-
-@rule("CastLike", 15)
-def _cast_like(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    target = inputs[1]
-    if target is None:
-        raise ctx.error("input 'target_type' is missing")
-    dtype = dtype_of(target)
-    x = inputs[0]
-    if isinstance(x, np.ndarray):
-        return [x.astype(NUMPY_DTYPES[dtype])]
-    n = ctx.node(x)
-    return [n if n.dtype == dtype else ew.cast(n, dtype)]
 
 
 @rule("Clip", 6)
@@ -346,13 +342,18 @@ _variadic("Mean", np.add, ew.add, mean=True)
 @rule("Dropout", 6)
 @rule("Dropout", 7)
 def _dropout(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """Inference: the identity (training_mode, an input from opset 12, must be false); the
-    optional mask output is all true."""
+    """The identity, with an all-true mask: in inference (training_mode, an input from
+    opset 12, false or absent) and in training with ratio 0; training with a ratio above 0
+    draws random numbers, which an imported graph does not."""
     if len(inputs) > 2 and inputs[2] is not None:
-        mode = ctx.need_known(inputs[2], "training_mode")
-        if bool(mode.reshape(-1)[0]):
-            raise ctx.error("training_mode=True is not supported (graphc imports models for "
-                            "inference and fine-tuning with its own dropout)")
+        training = bool(ctx.need_known(inputs[2], "training_mode").reshape(-1)[0])
+        ratio = 0.5
+        if training and len(inputs) > 1 and inputs[1] is not None:
+            ratio = float(ctx.need_known(inputs[1], "ratio").reshape(-1)[0])
+        if training and ratio != 0.0:
+            raise ctx.error(f"training_mode=True with ratio {ratio} is not supported (graphc "
+                            "imports models for inference and fine-tuning with its own "
+                            "dropout)")
     x = inputs[0]
     if x is None:
         raise ctx.error("input 'data' is missing")
