@@ -21,7 +21,17 @@ from graphc.codegen.llvm_types import I64, storage_type
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
+from graphc.ir import Node
 from graphc.passes.kernels import Kernel, KernelKind
+
+
+def merged_batch(anchor: Node) -> bool:
+    """Whether a batched matmul is one GEMM: a 2-D b shared by every batch of a row-major,
+    unbroadcast a, whose rows then follow one another in memory, as do the output's (a
+    transformer's (T, B, d) @ (d, 3d) projection is one (T*B, d) GEMM, not T GEMVs)."""
+    a, b = anchor.inputs
+    return (anchor.ndim > 2 and b.ndim == 2 and not anchor.attrs["transpose_a"]
+            and a.shape[:-2] == anchor.shape[:-2])
 
 
 def gemm_spec(kernel: Kernel) -> GemmSpec:
@@ -33,8 +43,24 @@ def gemm_spec(kernel: Kernel) -> GemmSpec:
     rb, cb = b.shape[-2:]
     m, k = (ca, ra) if ta else (ra, ca)
     n = rb if tb else cb
+    if merged_batch(anchor):
+        m *= math.prod(anchor.shape[:-2])
     return GemmSpec(m=m, n=n, k=k, dtype=anchor.dtype, trans_a=ta, trans_b=tb,
                     lda=ca, ldb=cb, ldc=n)
+
+
+def _out_index(b: ir.IRBuilder, anchor: Node, row: ir.Value, col: ir.Value,
+               lanes: int) -> list[Idx]:
+    """The output index of GEMM element (row, col): with a merged batch the row runs over
+    (batch..., m) and is split back into one index per dimension."""
+    idx = []
+    if merged_batch(anchor):
+        rest = row
+        for size in strides(anchor.shape[:-1])[:-1]:
+            idx.append(Idx(b.sdiv(rest, ir.Constant(I64, size))))
+            rest = b.srem(rest, ir.Constant(I64, size))
+        row = rest
+    return [*idx, Idx(row), Idx(col, 1 if lanes > 1 else 0)]
 
 
 # Below this many multiply-adds a GEMM is not split across threads.
@@ -61,7 +87,8 @@ def split(kernel: Kernel, threads: int) -> Split | None:
     anchor = kernel.anchor
     assert anchor is not None
     spec = gemm_spec(kernel)
-    if threads <= 1 or anchor.ndim != 2 or spec.m * spec.n * spec.k < PARALLEL_MACS:
+    if threads <= 1 or (anchor.ndim != 2 and not merged_batch(anchor)) \
+            or spec.m * spec.n * spec.k < PARALLEL_MACS:
         return None
     t = threads
     by_n = spec.n % t == 0 and spec.n // t >= 32
@@ -83,7 +110,7 @@ def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:
     batch = math.prod(anchor.shape[:-2])
     spec = gemm_spec(kernel)
     macs = spec.m * spec.n * spec.k
-    if threads <= 1 or anchor.ndim <= 2 or batch * macs < PARALLEL_MACS:
+    if threads <= 1 or anchor.ndim <= 2 or merged_batch(anchor) or batch * macs < PARALLEL_MACS:
         return None
     # A task of at least a quarter of the threshold: enough to amortize its wake-up.
     return split_plan(batch, max(1, -(-(PARALLEL_MACS // 4) // max(macs, 1))), threads)
@@ -131,7 +158,7 @@ def emit_matmul(ctx: KernelContext) -> None:
     assert anchor is not None
     a, bnode = anchor.inputs
     spec = gemm_spec(kernel)
-    out_batch = anchor.shape[:-2]
+    out_batch = () if merged_batch(anchor) else anchor.shape[:-2]
     a_strides = _batch_strides(a.shape, out_batch)
     b_strides = _batch_strides(bnode.shape, out_batch)
     c_strides = [s * spec.m * spec.n for s in strides(out_batch)] if out_batch else []
@@ -158,7 +185,7 @@ def emit_matmul(ctx: KernelContext) -> None:
                 ev = c.evaluator(lanes, overrides={anchor: acc})
                 ev.b = b
                 ev.ix.b = b
-                idx = [Idx(i) for i in batch_idx] + [Idx(row), Idx(col, 1 if lanes > 1 else 0)]
+                idx = [Idx(i) for i in batch_idx] + _out_index(b, anchor, row, col, lanes)
                 return ev.at(root, idx)
 
         emit_gemm(builder, spec, pa, pb, pc, scratch, c.target, epilogue)
@@ -246,7 +273,7 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
                 ev = c.evaluator(lanes, overrides={anchor: acc})
                 ev.b = eb
                 ev.ix.b = eb
-                return ev.at(kernel.root, [Idx(row), Idx(col, 1 if lanes > 1 else 0)])
+                return ev.at(kernel.root, _out_index(eb, anchor, row, col, lanes))
 
         emit_gemm(b, s.spec, pa, pb, pc, scratch, c.target, epilogue)
 
