@@ -1,7 +1,10 @@
 """`gc.onnx.load` on bad input: a clear `GraphcError`, never a raw exception.
 
 Missing onnx package, malformed bytes, unsupported ops (all listed in one error), unbound
-symbolic dims, inputs bound by `dims`/`shapes`/`constants`, names made valid.
+symbolic dims, inputs bound by `dims`/`shapes`/`constants`, names made valid. Then the
+conversions ONNX's node suite checks only lightly: casts into narrow types (float8, int4)
+rounding inside the graph, and ops written as compositions (Einsum, TopK, bitwise ops,
+inverse trigonometry, quantized matmul, Attention's windows and padded keys).
 """
 
 from __future__ import annotations
@@ -368,3 +371,130 @@ def test_quantize_to_int4_and_float8_and_back() -> None:
     q4, y = gc.reference(gc.onnx.load(data), signature="main")(x, np.float32(2.0))
     np.testing.assert_array_equal(q4, [1, 2, 3, 5, -8, 7, 7])  # round half even, + 1, clip
     np.testing.assert_array_equal(y, [0.0, 2.5, 5.0, 9.0, -30.0, 96.0, 896.0])
+
+
+# --- ops written as compositions (Einsum, TopK, bitwise, inverse trigonometry, ...) ----------
+
+def _run_model(nodes: list, inputs: dict, outputs: list, opset: int = 21,
+               mode: str = "reference") -> list:
+    """Run a one-graph model in graphc; `inputs` maps names to arrays (element types from
+    their numpy dtypes), `outputs` lists (name, element type)."""
+    from graphc.onnx.backend import GraphcBackend
+
+    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+             np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
+             np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.uint64): TensorProto.UINT64,
+             np.dtype(np.bool_): TensorProto.BOOL}
+    graph = helper.make_graph(
+        nodes, "m", [_vi(n, list(a.shape), types[a.dtype]) for n, a in inputs.items()],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return list(GraphcBackend.prepare(model, mode=mode).run(list(inputs.values())))
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("ij->ji", [(3, 4)]), ("...ii->...i", [(2, 3, 3)]), ("i,i", [(5,), (5,)]),
+    ("bij,bjk->bik", [(2, 3, 4), (2, 4, 5)]), ("ij,kl->ijkl", [(2, 3), (4, 5)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (5, 4, 2)]),
+    ("abc,cd,de->abe", [(2, 3, 4), (4, 5), (5, 6)]),
+    ("iij->j", [(3, 3, 2)]), ("ba,b", [(3, 4), (3,)])])
+def test_einsum_matches_numpy(equation: str, shapes: list) -> None:
+    rng = np.random.default_rng(0)
+    xs = {f"x{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
+    (got,) = _run_model([helper.make_node("Einsum", list(xs), ["y"], equation=equation)], xs,
+                        [("y", TensorProto.FLOAT)], opset=13)
+    np.testing.assert_allclose(got, np.einsum(equation, *xs.values()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["reference", "compile"])
+def test_topk_breaks_ties_by_index_even_at_the_fill_value(mode: str) -> None:
+    x = np.array([[-np.inf, 2.0, -np.inf, 2.0, 1.0]], np.float32)
+    k = numpy_helper.from_array(np.array([5], np.int64), "k")
+    graph = helper.make_graph([helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)], "m",
+                              [_vi("x", [1, 5])], [_vi("v", [1, 5]),
+                                                   _vi("i", [1, 5], TensorProto.INT64)], [k])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    from graphc.onnx.backend import GraphcBackend
+
+    v, i = GraphcBackend.prepare(model, mode=mode).run([x])
+    np.testing.assert_array_equal(i, [[1, 3, 4, 0, 2]])
+    np.testing.assert_array_equal(v, [[2, 2, 1, -np.inf, -np.inf]])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.uint64])
+def test_bitwise_ops_match_numpy_over_the_whole_range(dtype: type) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    x = rng.integers(info.min, info.max, 64, dtype=dtype, endpoint=True)
+    y = rng.integers(info.min, info.max, 64, dtype=dtype, endpoint=True)
+    x[:2], y[:2] = [info.min, info.max], [info.max, info.min]
+    nodes = [helper.make_node(op, ["x", "y"][:n], [op]) for op, n in
+             (("BitwiseAnd", 2), ("BitwiseOr", 2), ("BitwiseXor", 2), ("BitwiseNot", 1))]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    got = _run_model(nodes, {"x": x, "y": y}, [(n.op_type, elem) for n in nodes], opset=18,
+                     mode="compile")
+    for out, want in zip(got, (x & y, x | y, x ^ y, ~x)):
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inverse_trigonometry_is_accurate_to_a_few_ulps(dtype: type) -> None:
+    x = np.concatenate([np.linspace(-1, 1, 2001), np.linspace(-50, 50, 2001),
+                        [np.inf, -np.inf, 1.5, 0.66, 2.4142135623730951]]).astype(dtype)
+    nodes = [helper.make_node(op, ["x"], [op]) for op in ("Atan", "Asin", "Acos")]
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    got = _run_model(nodes, {"x": x}, [(op, elem) for op in ("Atan", "Asin", "Acos")])
+    with np.errstate(invalid="ignore"):
+        wants = (np.arctan(x), np.arcsin(x), np.arccos(x))
+    for out, want in zip(got, wants):
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(out[ok], want[ok], rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+def test_integer_pow_and_requantized_matmul() -> None:
+    a = np.array([2, 3, -3, 7], np.int64)
+    got = _run_model([helper.make_node("Pow", ["a", "b"], ["p"]),
+                      helper.make_node("Pow", ["a", "f"], ["q"])],
+                     {"a": a, "b": np.array([10, 4, 3, 0], np.int64),
+                      "f": np.array([0.5, 2.0, 3.0, 1.5], np.float32)},
+                     [("p", TensorProto.INT64), ("q", TensorProto.INT64)], opset=15)
+    np.testing.assert_array_equal(got[0], [1024, 81, -27, 1])
+    np.testing.assert_array_equal(got[1], [1, 9, -27, 18])  # truncated: 2**0.5, 7**1.5
+    ua = np.array([[208, 236, 0, 238], [3, 214, 255, 29]], np.uint8)
+    ub = np.array([[152, 51, 244], [60, 26, 255], [0, 127, 246], [127, 254, 247]], np.uint8)
+    scalars = {"sa": np.float32(0.0066), "za": np.uint8(113), "sb": np.float32(0.00705),
+               "zb": np.uint8(114), "sy": np.float32(0.0107), "zy": np.uint8(118)}
+    inputs = {"a": ua, "sa": scalars["sa"], "za": scalars["za"], "b": ub,
+              "sb": scalars["sb"], "zb": scalars["zb"], "sy": scalars["sy"],
+              "zy": scalars["zy"]}
+    inputs = {n: np.asarray(v) for n, v in inputs.items()}
+    (y,) = _run_model([helper.make_node("QLinearMatMul", list(inputs), ["y"])], inputs,
+                      [("y", TensorProto.UINT8)])
+    acc = (ua.astype(np.int32) - 113) @ (ub.astype(np.int32) - 114)
+    want = np.clip(np.rint(acc * (np.float32(0.0066) * np.float32(0.00705) / np.float32(0.0107))
+                           + 118), 0, 255)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_attention_sliding_window_and_padded_keys_match_a_numpy_reference() -> None:
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 6, 4)).astype(np.float32)
+    v = rng.standard_normal((2, 2, 6, 4)).astype(np.float32)
+    nonpad = np.array([4, 6], np.int64)
+    y, qk = _run_model([helper.make_node("Attention", ["q", "k", "v", "", "", "", "n"],
+                                         ["y", "", "", "qk"], is_causal=1, left_window_size=1,
+                                         qk_matmul_output_mode=3)],
+                       {"q": q, "k": k, "v": v, "n": nonpad},
+                       [("y", TensorProto.FLOAT), ("qk", TensorProto.FLOAT)], opset=24)
+    scores = q @ k.transpose(0, 1, 3, 2) / 2.0
+    i, j = np.arange(3)[:, None], np.arange(6)[None, :]
+    for b in range(2):
+        diff = i + nonpad[b] - 3 - j  # the query block ends where the keys do
+        allowed = (diff >= 0) & (diff <= 1) & (j < nonpad[b])
+        s = np.where(allowed, scores[b], -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        np.testing.assert_allclose(qk[b], p, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(y[b], p @ v[b], rtol=1e-5, atol=1e-6)
