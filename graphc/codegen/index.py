@@ -38,9 +38,13 @@ class Idx:
 class IndexBuilder:
     """Builds index arithmetic and memory accesses for a fixed number of lanes."""
 
-    def __init__(self, b: ir.IRBuilder, lanes: int):
+    def __init__(self, b: ir.IRBuilder, lanes: int, mask: ir.Value | None = None):
         self.b = b
         self.lanes = lanes
+        # <lanes x i1>: only these lanes may be read (the live lanes of a row's last, partial
+        # chunk: a full vector there could run past the end of an operand). Loads of vectors
+        # then go through masked loads and gathers; dead lanes read 0.
+        self.mask = mask
 
     # --- index arithmetic --------------------------------------------------------------
     def const(self, c: int) -> Idx:
@@ -136,8 +140,13 @@ class IndexBuilder:
         if offset.vec is None and offset.coef == 1:
             addr = b.gep(ptr, [offset.base], inbounds=True, source_etype=st)
             vt = storage_type(dtype, self.lanes)
+            if self.mask is not None:
+                load = intrinsic(b.module, "llvm.masked.load", vt,
+                                 [PTR, ir.IntType(32), self.mask.type, vt], [vt, PTR])
+                return _to_compute(b, b.call(load, [addr, ir.Constant(ir.IntType(32), size),
+                                                    self.mask, ir.Constant(vt, None)]), dtype)
             return _to_compute(b, b.load(addr, typ=vt, align=size), dtype)
-        if offset.vec is None and offset.coef == -1:
+        if offset.vec is None and offset.coef == -1 and self.mask is None:
             # A mirrored run (reverse, negative-step slice): one load and a lane reversal.
             start = b.sub(offset.base, ir.Constant(I64, self.lanes - 1))
             addr = b.gep(ptr, [start], inbounds=True, source_etype=st)
@@ -158,9 +167,10 @@ class IndexBuilder:
         mask_t = ir.VectorType(I1, self.lanes)
         gather = intrinsic(b.module, "llvm.masked.gather", vt,
                            [ptr_vec, ir.IntType(32), mask_t, vt], [vt, ptr_vec])
-        mask = ir.Constant(mask_t, [ir.Constant(I1, 1)] * self.lanes)
+        mask = self.mask if self.mask is not None else ir.Constant(
+            mask_t, [ir.Constant(I1, 1)] * self.lanes)
         value = b.call(gather, [ptrs, ir.Constant(ir.IntType(32), size), mask,
-                                ir.Constant(vt, ir.Undefined)])
+                                ir.Constant(vt, None)])
         return _to_compute(b, value, dtype)
 
     def store(self, ptr: ir.Value, dtype: DType, offset: Idx, value: ir.Value) -> None:

@@ -52,12 +52,22 @@ class EpilogueStore:
 
     def _partial(self, out_row: ir.Value, idx: tuple[ir.Value, ir.Value, ir.Value],
                  q0: ir.Value, acc: ir.Value, lanes: int, limit: ir.Value) -> None:
-        """The last chunk of a row: raw sums stored for the live lanes, then the epilogue
-        in place, one element at a time (ctx.ptrs[anchor] is the output buffer, so the
+        """The last chunk of a row. A float epilogue is evaluated on the whole vector with
+        its operands read through masked loads (only the live lanes, which lie inside every
+        operand's row) and stored masked. Otherwise (an integer op in the epilogue could
+        trap on a dead lane) the raw sums are stored for the live lanes and the epilogue
+        runs in place, one element at a time (ctx.ptrs[anchor] is the output buffer, so the
         evaluator reads the anchor's value back from there)."""
         ctx, b = self.ctx, self.ctx.b
-        Run(b, lanes, q0, 1, 0, False, limit).store(out_row, self.dtype, acc)
         kernel = ctx.kernel
+        run = Run(b, lanes, q0, 1, 0, False, limit)
+        if all(n.dtype.is_float for n in kernel.nodes):
+            ev = ctx.evaluator(lanes, overrides={kernel.anchor: acc})
+            ev.ix.mask = run.lane_mask()
+            value = ev.at(kernel.root, [Idx(idx[0]), Idx(idx[1]), Idx(idx[2]), Idx(q0, 1)])
+            run.store(out_row, self.dtype, value)
+            return
+        run.store(out_row, self.dtype, acc)
         ev = ctx.evaluator(1)
         with for_range(b, q0, b.add(q0, limit), 1, name="ep") as q:
             index = [Idx(idx[0]), Idx(idx[1]), Idx(idx[2]), Idx(q)]
