@@ -7,18 +7,20 @@ from graphc.onnx.rules import (
     composite,
     einsum,
     elementwise,
+    grid_sample,
     indexing,
     narrow,
     nn,
     qlinear,
     recurrent,
     recurrent_state,
+    signal,
     spatial,
     tensor,
     topk,
     windows,
 )
 
-__all__ = ["attention", "bitwise", "composite", "einsum", "elementwise", "indexing", "narrow",
-           "nn", "qlinear", "recurrent", "recurrent_state",
+__all__ = ["attention", "bitwise", "composite", "einsum", "elementwise", "grid_sample",
+           "indexing", "narrow", "nn", "qlinear", "recurrent", "recurrent_state", "signal",
            "spatial", "tensor", "topk", "windows"]
