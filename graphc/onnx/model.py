@@ -21,8 +21,10 @@ from graphc.ir import DType
 
 # A model file larger than this is refused before it is parsed (protobuf's own limit is 2 GiB).
 MAX_MODEL_BYTES = 2 << 30
-# The opset versions of the default domain the importer knows.
-MIN_OPSET, MAX_OPSET = 6, 28
+# The opset versions of the default domain the importer knows. A model of an early opset
+# imports when each of its ops has a rule at that version (rules name the first version they
+# implement); the others are reported, as for any opset.
+MIN_OPSET, MAX_OPSET = 1, 28
 
 
 class OnnxError(GraphcError):
@@ -90,8 +92,8 @@ def _read_file(path: Path) -> bytes:
 def _default_opset(proto: Any, origin: str) -> int:
     versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     if not versions:
-        # ONNX: a model without an opset import for the default domain is opset 1; graphc's
-        # rules start at 7.
+        # ONNX: such a model is opset 1 of the default domain, but all its ops come from
+        # other domains (ai.onnx.ml, training), which graphc has no rules for.
         raise OnnxError(f"{origin}: the model imports no opset of the default ONNX domain")
     opset = max(versions)
     if opset < MIN_OPSET:

@@ -1,5 +1,5 @@
-"""ONNX's Attention (opsets 23 and 24), written with graphc's matmul and softmax, and
-RotaryEmbedding (at the end).
+"""ONNX's Attention (opsets 23 and 24), written with graphc's matmul and softmax, and at the
+end RotaryEmbedding and TensorScatter (the key/value cache update).
 
 softmax(Q·Kᵀ·scale [softcapped] + bias) · V, where the additive bias (0 where a key may be
 attended, -inf where not) combines, as ONNX's reference does:
@@ -253,3 +253,37 @@ def _rotary(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     if x.ndim == 3:
         return [layout.reshape(out, [b, s, h * d])]
     return [layout.transpose(out, [0, 2, 1, 3])]
+
+
+# --- key/value cache update ------------------------------------------------------------------
+
+@rule("TensorScatter", 24)
+def _tensor_scatter(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The cache (B, ..., M at `axis`, ...) with the update's S positions written at each
+    batch row's write index on (mode circular: modulo M): position m of row b takes update
+    position m - w[b] when that lies in 0..S-1, a gather along the axis."""
+    past, update = ctx.node(inputs[0]), ctx.node(inputs[1])
+    axis = int(attrs.get("axis", -2)) % max(past.ndim, 1)
+    mode = str(attrs.get("mode", "linear"))
+    if mode not in ("linear", "circular") or axis == 0 or update.ndim != past.ndim:
+        raise ctx.error(f"mode '{mode}', axis {attrs.get('axis', -2)}, cache "
+                        f"{tuple(past.shape)}, update {tuple(update.shape)}: expected mode "
+                        "linear or circular, a non-batch axis and equal ranks")
+    m, s = past.shape[axis], update.shape[axis]
+    if s > m or any(p != u for d, (p, u) in enumerate(zip(past.shape, update.shape))
+                    if d != axis):
+        raise ctx.error(f"update {tuple(update.shape)} does not fit cache {tuple(past.shape)}")
+    b = past.shape[0]
+    given = inputs[2] if len(inputs) > 2 else None
+    write = ctx.node(given) if given is not None else gb.constant(np.zeros(b, np.int64))
+    write = ew.cast(write, "int64") if write.dtype.name != "int64" else write
+    at = [1] * past.ndim
+    at[axis] = m
+    src = ew.sub(gb.constant(np.arange(m, dtype=np.int64).reshape(at)),
+                 layout.reshape(write, [b] + [1] * (past.ndim - 1)))  # (B, .., M, ..)
+    if mode == "circular":
+        src = ew.mod(src, m)
+    valid = ew.logical_and(ew.greater_equal(src, 0), ew.less(src, s))
+    index = ew.where(valid, src, ew.mul(src, 0))
+    picked = gather.take_along_axis(update, index, axis)
+    return [ew.where(valid, picked, past)]

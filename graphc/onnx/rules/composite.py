@@ -225,15 +225,18 @@ _unary("Acos", 7, _acos)
 
 @rule("SpaceToDepth", 1)
 def _space_to_depth(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """Blocks of bs x bs pixels become channels: DCR puts the block offset first (ONNX's
+    default), CRD the channel first."""
     x = ctx.node(inputs[0])
     bs = int(attrs.get("blocksize", 0))
-    if str(attrs.get("mode", "DCR")) != "DCR":
-        raise ctx.error(f"mode '{attrs.get('mode')}' is not supported (DCR)")
+    mode = str(attrs.get("mode", "DCR"))
+    if mode not in ("DCR", "CRD"):
+        raise ctx.error(f"mode '{mode}' is not DCR or CRD")
     n, c, h, w = x.shape
     if bs <= 0 or h % bs or w % bs:
         raise ctx.error(f"blocksize {bs} does not divide {h}x{w}")
     t = layout.reshape(x, [n, c, h // bs, bs, w // bs, bs])
-    t = layout.transpose(t, [0, 3, 5, 1, 2, 4])
+    t = layout.transpose(t, [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4])
     return [layout.reshape(t, [n, c * bs * bs, h // bs, w // bs])]
 
 
@@ -266,19 +269,55 @@ def _eye_like(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
 
 @rule("GatherND", 11)
 def _gather_nd(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The slices of data that the last axis of indices addresses, after `batch_dims`
+    leading axes that data and indices share (each batch row indexes its own data)."""
     x, idx = ctx.node(inputs[0]), inputs[1]
-    if int(attrs.get("batch_dims", 0)):
-        raise ctx.error("batch_dims other than 0 is not supported")
+    b = int(attrs.get("batch_dims", 0))
     ind = ctx.node(idx)
     k = ind.shape[-1]
-    if k > x.ndim:
-        raise ctx.error(f"index tuples of length {k} for rank {x.ndim}")
-    # Flatten the first k axes and gather by the linearized index.
-    strides = [int(np.prod(x.shape[i + 1:k], dtype=np.int64)) for i in range(k)]
-    lead = int(np.prod(x.shape[:k], dtype=np.int64))
-    flat = layout.reshape(x, [lead, *x.shape[k:]])
+    if b < 0 or b >= min(x.ndim, ind.ndim) or tuple(x.shape[:b]) != tuple(ind.shape[:b]):
+        raise ctx.error(f"batch_dims {b} for data {tuple(x.shape)} and indices "
+                        f"{tuple(ind.shape)}: the leading dims must match")
+    if b + k > x.ndim:
+        raise ctx.error(f"index tuples of length {k} after {b} batch dims for rank {x.ndim}")
+    # Flatten the batch axes and the k indexed axes; gather by the linearized index.
+    batch = int(np.prod(x.shape[:b], dtype=np.int64))
+    indexed = x.shape[b:b + k]
+    strides = [int(np.prod(indexed[i + 1:], dtype=np.int64)) for i in range(k)]
+    span = int(np.prod(indexed, dtype=np.int64))
+    flat = layout.reshape(x, [batch * span, *x.shape[b + k:]])
     ind = ew.cast(ind, "int64") if ind.dtype.name != "int64" else ind
-    dims = gb.constant(np.array(x.shape[:k], np.int64))
+    dims = gb.constant(np.array(indexed, np.int64))
     ind = ew.where(ew.less(ind, 0), ew.add(ind, dims), ind)
     lin = reduce.sum(ew.mul(ind, gb.constant(np.array(strides, np.int64))), -1)
+    if b:
+        rows = np.arange(batch, dtype=np.int64).reshape(*x.shape[:b],
+                                                        *([1] * (ind.ndim - 1 - b))) * span
+        lin = ew.add(lin, gb.constant(rows))
     return [gather.take(flat, lin, 0)]
+
+
+@rule("GroupNormalization", 18)
+def _group_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """Normalized over each group of C/G channels (and all spatial positions), then scaled
+    and shifted per channel (opset 21; opset 18's per-group scale and bias are repeated
+    over their group's channels)."""
+    x, scale, bias = (ctx.node(v) for v in inputs[:3])
+    groups = int(attrs.get("num_groups", 0))
+    n, c = x.shape[0], x.shape[1]
+    if groups <= 0 or c % groups or x.ndim < 2:
+        raise ctx.error(f"num_groups {groups} must divide the {c} channels")
+    eps = float(attrs.get("epsilon", 1e-5))
+    g = layout.reshape(x, [n, groups, int(np.prod(x.shape[1:], dtype=np.int64)) // groups])
+    mean = reduce.mean(g, 2, keepdims=True)
+    centered = ew.sub(g, mean)
+    var = reduce.mean(ew.mul(centered, centered), 2, keepdims=True)
+    y = layout.reshape(ew.div(centered, ew.sqrt(ew.add(var, eps))), list(x.shape))
+    per = [1, c] + [1] * (x.ndim - 2)
+
+    def channels(p: Node) -> Node:
+        if p.shape[0] == groups and groups != c:
+            p = layout.reshape(layout.broadcast_to(layout.reshape(p, [groups, 1]),
+                                                   [groups, c // groups]), [c])
+        return layout.reshape(p, per)
+    return [ew.add(ew.mul(y, channels(scale)), channels(bias))]

@@ -1,6 +1,8 @@
 """Indexing and joining ONNX ops: Concat, Split, Slice, Gather, GatherElements, Pad (constant,
-reflect, edge), Trilu, OneHot. Like `tensor`'s ops they fold with numpy when their data is
-known at import; indices, starts and pads that steer them must be known then.
+reflect, edge, wrap), Trilu, OneHot, ScatterElements and ScatterND. Like `tensor`'s ops they
+fold with numpy when their data is known at import; indices, starts and pads that steer them
+must be known then. Scatters with reduction none or add are graphc scatter-adds; mul, max and
+min select through a dense (updates x positions) mask.
 """
 
 from __future__ import annotations
@@ -193,15 +195,15 @@ def _pad(ctx: Context, x: Value | None, pads: list[int], value: Any, mode: str,
         if isinstance(x, np.ndarray):
             return np.pad(x, width, constant_values=value)
         return slicing.pad(x, width, value) if any(w != (0, 0) for w in width) else x
-    if mode in ("reflect", "edge"):
+    if mode in ("reflect", "edge", "wrap"):
         if isinstance(x, np.ndarray):
             return np.pad(x, width, mode=mode)
         return _pad_gather(ctx, x, width, mode)
-    raise ctx.error(f"mode '{mode}' is not supported (constant, reflect, edge)")
+    raise ctx.error(f"mode '{mode}' is not supported (constant, reflect, edge, wrap)")
 
 
 def _pad_gather(ctx: Context, x: Node, width: list[tuple[int, int]], mode: str) -> Node:
-    """Reflect/edge padding as a gather of source indices along each padded axis."""
+    """Reflect/edge/wrap padding as a gather of source indices along each padded axis."""
     out = x
     for a, (lo, hi) in enumerate(width):
         if lo == 0 and hi == 0:
@@ -210,6 +212,8 @@ def _pad_gather(ctx: Context, x: Node, width: list[tuple[int, int]], mode: str) 
         src = np.arange(-lo, n + hi)
         if mode == "edge":
             src = np.clip(src, 0, n - 1)
+        elif mode == "wrap":
+            src = src % n
         else:
             if n == 1:
                 src = np.zeros_like(src)
@@ -257,13 +261,41 @@ def _one_hot(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]
 
 def _scatter_result(ctx: Context, data: Node, scattered: Node, count: Node,
                     reduction: str) -> Node:
-    """ONNX's reductions over the positions `count` marks (scatter-adds of the updates and
-    of ones): none replaces them (duplicates are undefined in ONNX), add adds."""
+    """ONNX's reductions none and add over the positions `count` marks (scatter-adds of the
+    updates and of ones): none replaces them (duplicates are undefined in ONNX), add adds."""
     if reduction == "add":
         return ew.add(data, scattered)
-    if reduction == "none":
-        return ew.where(ew.greater(count, 0.0), scattered, data)
-    raise ctx.error(f"reduction '{reduction}' is not supported (none, add)")
+    return ew.where(ew.greater(count, 0.0), scattered, data)
+
+
+# The largest updates x positions product the dense max/min/mul scatter builds.
+_DENSE_LIMIT = 1 << 24
+
+
+def _scatter_dense(ctx: Context, data: Node, lin: Node, upd: Node, reduction: str) -> Node:
+    """Reductions max, min and mul: data (P, R) combined with the updates (n, R) that the
+    flat positions `lin` (n,) send to each row, through an (n, P, R) selection (graphc has
+    no scatter-max), so every update of a row takes part, duplicates included."""
+    if reduction not in ("max", "min", "mul"):
+        raise ctx.error(f"reduction '{reduction}' is not one of none, add, mul, max, min")
+    (n, r), p = upd.shape, data.shape[0]
+    if n * p * r > _DENSE_LIMIT:
+        raise ctx.error(f"reduction '{reduction}' of {n} updates into {p} positions: more "
+                        f"than the {_DENSE_LIMIT} elements graphc's dense scatter builds")
+    hit = ew.equal(layout.reshape(lin, [n, 1]), gb.constant(np.arange(p, dtype=np.int64)))
+    if reduction == "mul":
+        fill: float | int = 1
+    elif data.dtype.is_float:
+        fill = -np.inf if reduction == "max" else np.inf
+    else:
+        info = np.iinfo(data.dtype.np)
+        fill = int(info.min if reduction == "max" else info.max)
+    picked = ew.where(layout.reshape(hit, [n, p, 1]), layout.reshape(upd, [n, 1, r]),
+                      gb.constant(np.asarray(fill, data.dtype.np)))
+    combine = {"max": (reduce.max, ew.maximum), "min": (reduce.min, ew.minimum),
+               "mul": (reduce.prod, ew.mul)}[reduction]
+    touched = layout.reshape(reduce.max(ew.cast(hit, "int32"), 0), [p, 1])
+    return ew.where(ew.greater(touched, 0), combine[1](data, combine[0](picked, 0)), data)
 
 
 @rule("Scatter", 9)  # deprecated in opset 11 for ScatterElements, the same op
@@ -272,11 +304,25 @@ def _scatter_elements(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> li
     data, idx, upd = (ctx.node(v) for v in inputs[:3])
     axis = axis_of(int(attrs.get("axis", 0)), data.ndim, ctx)
     idx = ew.where(ew.less(idx, 0), ew.add(idx, data.shape[axis]), idx)
+    reduction = str(attrs.get("reduction", "none"))
+    if reduction not in ("none", "add"):
+        # Each update's flat position in data: its own coordinates, `idx` along the axis.
+        strides = np.array([int(np.prod(data.shape[d + 1:], dtype=np.int64))
+                            for d in range(data.ndim)], np.int64)
+        coords = np.indices(tuple(upd.shape), dtype=np.int64)
+        fixed = sum(coords[d] * strides[d] for d in range(data.ndim) if d != axis)
+        idx64 = ew.cast(idx, "int64") if idx.dtype.name != "int64" else idx
+        lin = ew.add(gb.constant(np.asarray(fixed, np.int64)), ew.mul(idx64, int(strides[axis])))
+        size = int(np.prod(data.shape, dtype=np.int64))
+        count = int(np.prod(upd.shape, dtype=np.int64))
+        out = _scatter_dense(ctx, layout.reshape(data, [size, 1]), layout.reshape(lin, [count]),
+                             layout.reshape(upd, [count, 1]), reduction)
+        return [layout.reshape(out, list(data.shape))]
     fdt = "float64" if data.dtype.name == "float64" else "float32"
     scattered = gather.take_along_axis_grad(upd, idx, axis, data.shape)
-    count = gather.take_along_axis_grad(ew.add(ew.mul(ew.cast(upd, fdt), 0.0), 1.0), idx, axis,
-                                        data.shape)
-    return [_scatter_result(ctx, data, scattered, count, str(attrs.get("reduction", "none")))]
+    count_n = gather.take_along_axis_grad(ew.add(ew.mul(ew.cast(upd, fdt), 0.0), 1.0), idx,
+                                          axis, data.shape)
+    return [_scatter_result(ctx, data, scattered, count_n, reduction)]
 
 
 @rule("ScatterND", 11)
@@ -295,8 +341,14 @@ def _scatter_nd(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Val
     lin = layout.reshape(reduce.sum(ew.mul(idx, gb.constant(np.array(strides, np.int64))), -1),
                          [n])
     flat_upd = layout.reshape(upd, [n, *rest])
+    reduction = str(attrs.get("reduction", "none"))
+    if reduction not in ("none", "add"):
+        width = int(np.prod(rest, dtype=np.int64))
+        out = _scatter_dense(ctx, layout.reshape(data, [lead, width]), lin,
+                             layout.reshape(upd, [n, width]), reduction)
+        return [layout.reshape(out, list(data.shape))]
     fdt = "float64" if data.dtype.name == "float64" else "float32"
     scattered = layout.reshape(gather.take_grad(flat_upd, lin, 0, lead), list(data.shape))
     ones = ew.add(ew.mul(ew.cast(flat_upd, fdt), 0.0), 1.0)
     count = layout.reshape(gather.take_grad(ones, lin, 0, lead), list(data.shape))
-    return [_scatter_result(ctx, data, scattered, count, str(attrs.get("reduction", "none")))]
+    return [_scatter_result(ctx, data, scattered, count, reduction)]

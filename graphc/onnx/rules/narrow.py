@@ -28,7 +28,7 @@ from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, dtype_of, rule
 from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
 from graphc.ops import elementwise as ew
-from graphc.ops import layout
+from graphc.ops import layout, slicing
 
 Inputs = list[Value | None]
 
@@ -166,8 +166,23 @@ def _cast_like(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
 
 # --- quantization ----------------------------------------------------------------------------
 
-def _per_axis(ctx: Context, x: Node, p: Node, axis: int) -> Node:
-    """A per-axis parameter (1-D of size x.shape[axis]) shaped to broadcast against x."""
+def _per_axis(ctx: Context, x: Node, p: Node, axis: int, block: int = 0) -> Node:
+    """A quantization parameter shaped to broadcast against x: a scalar, one value per
+    index of `axis` (1-D), or with `block` > 0 one per block of `block` indices along axis
+    (p has x's rank, ceil(x.shape[axis] / block) there), repeated over its block."""
+    if block:
+        ax = axis_of(axis, x.ndim, ctx)
+        blocks = -(-x.shape[ax] // block)
+        want = [d if i != ax else blocks for i, d in enumerate(x.shape)]
+        if list(p.shape) != want:
+            raise ctx.error(f"blocked parameter {tuple(p.shape)}; expected {tuple(want)} "
+                            f"(blocks of {block} along axis {ax})")
+        lead, tail = want[:ax + 1], want[ax + 1:]
+        p = layout.broadcast_to(layout.reshape(p, [*lead, 1, *tail]), [*lead, block, *tail])
+        p = layout.reshape(p, [*want[:ax], blocks * block, *tail])
+        if blocks * block != x.shape[ax]:
+            p = slicing.slice(p, [0], [x.shape[ax]], axes=[ax])
+        return p
     if p.ndim != 1 or p.shape[0] == 1:
         return p
     shape = [1] * x.ndim
@@ -177,17 +192,17 @@ def _per_axis(ctx: Context, x: Node, p: Node, axis: int) -> Node:
 
 @rule("DequantizeLinear", 10)
 def _dequantize(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """(x - zero_point) * scale, per tensor or per axis; x of any integer or narrow float
-    type (float8 zero points are 0 by ONNX's definition)."""
+    """(x - zero_point) * scale, per tensor, per axis or per block; x of any integer or
+    narrow float type (float8 zero points are 0 by ONNX's definition)."""
     x = ctx.node(inputs[0])
     scale = ctx.node(inputs[1])
-    if int(attrs.get("block_size", 0)):
-        raise ctx.error("blocked quantization is not supported")
+    block = int(attrs.get("block_size", 0))
     axis = int(attrs.get("axis", 1))
     xf = ew.cast(x, scale.dtype)
     if len(inputs) > 2 and inputs[2] is not None:
-        xf = ew.sub(xf, ew.cast(_per_axis(ctx, x, ctx.node(inputs[2]), axis), scale.dtype))
-    return [ew.mul(xf, _per_axis(ctx, x, scale, axis))]
+        zp = _per_axis(ctx, x, ctx.node(inputs[2]), axis, block)
+        xf = ew.sub(xf, ew.cast(zp, scale.dtype))
+    return [ew.mul(xf, _per_axis(ctx, x, scale, axis, block))]
 
 
 @rule("QuantizeLinear", 10)
@@ -195,16 +210,16 @@ def _quantize(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
     """Integers: round(x / scale) + zero_point, clipped to the type's range. Narrow floats:
     x / scale (+ zero_point for float4e2m1) rounded to the format, saturating as asked."""
     x, scale = ctx.node(inputs[0]), ctx.node(inputs[1])
-    if int(attrs.get("block_size", 0)):
-        raise ctx.error("blocked quantization is not supported")
+    block = int(attrs.get("block_size", 0))
     saturate = bool(attrs.get("saturate", 1))
     axis = int(attrs.get("axis", 1))
     zp = inputs[2] if len(inputs) > 2 else None
     # The output type: the zero point's declared type, else output_dtype, else uint8.
     zp_type = ctx.input_types[2] if zp is not None and len(ctx.input_types) > 2 else None
     out_type = zp_type or int(attrs.get("output_dtype", 0)) or 2
-    q = ew.div(x, _per_axis(ctx, x, scale, axis))
-    zpn = ew.cast(_per_axis(ctx, x, ctx.node(zp), axis), x.dtype) if zp is not None else None
+    q = ew.div(x, _per_axis(ctx, x, scale, axis, block))
+    zpn = (ew.cast(_per_axis(ctx, x, ctx.node(zp), axis, block), x.dtype) if zp is not None
+           else None)
     if out_type in FLOATS:
         if zpn is not None and out_type == 23:
             q = ew.add(q, zpn)  # float8 zero points must be 0; ONNX ignores them
