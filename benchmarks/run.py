@@ -77,9 +77,9 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     run = impl(threads)
     info["setup_s"] = time.perf_counter() - t0
-    if peer == "ort":
+    if peer == "ort" and hasattr(run, "sess"):
         info["provider"] = ",".join(run.sess.get_providers())
-    compile_workload = workload_key.startswith("compile")
+    compile_workload = "compile" in workload_key
     warmup = 0 if compile_workload else 3
     for _ in range(warmup):
         run()

@@ -1,7 +1,8 @@
 """The one stage sequence from a graph signature to an LLVM module: `lower`.
 
     input      the graph as built
-    optimized  after the pass pipeline (passes.manager: simplify, constant_fold, cse, prune)
+    optimized  after the pass pipeline (passes.manager: simplify, constant_fold, winograd, cse,
+               prune)
     fused      kernels (passes.fuse)
     planned    the memory plan (passes.memory_plan, told by codegen which kernels apply
                their epilogue once per element)

@@ -52,9 +52,10 @@ __all__ = [
     "select_signature",
 ]
 
-# simplify first (its rewrites expose constants: 1 * c becomes c), fold what is constant, merge
-# duplicates (folding makes equal constants), and prune last, after everything made dead.
-DEFAULT_PIPELINE = "simplify,constant_fold,cse,prune"
+# simplify first (its rewrites expose constants: 1 * c becomes c), fold what is constant,
+# rewrite convolutions whose weights are now constant as Winograd GEMMs, merge duplicates
+# (folding makes equal constants), and prune last, after everything made dead.
+DEFAULT_PIPELINE = "simplify,constant_fold,winograd,cse,prune"
 
 
 @dataclass(frozen=True)

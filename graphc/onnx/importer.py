@@ -117,9 +117,11 @@ def _check_supported(proto: Any, opset: int, origin: str) -> None:
 
 def _initializer(ctx: Context, tensor: Any, trainable: bool, folder: Any) -> Value:
     array = tensor_array(tensor, f"initializer '{tensor.name}'", folder)
-    if array.dtype.kind == "f":
-        name = ctx.unique_name(tensor.name)
-        return gb.variable(array, name=name, trainable=trainable)
+    if array.dtype.kind == "f" and trainable:
+        return gb.variable(array, name=ctx.unique_name(tensor.name), trainable=True)
+    # A value known at import: used as a constant, folded with what else is known
+    # (a transposed weight, batch-norm parameters), and open to the compiler's constant
+    # rewrites (Winograd convolutions need constant weights).
     return array
 
 
