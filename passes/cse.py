@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+import numpy as np
+
 from graphc.ir import Graph, Node, Signature
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
@@ -24,10 +26,24 @@ from .rewrite import PassContext, PassDef, Pending, Rebuilder
 __all__ = ["cse"]
 
 
+def _raw(array: np.ndarray) -> np.ndarray:
+    """The bytes of `array` as a flat uint8 view (no copy for a contiguous array)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
 def merge_constant(p: Pending) -> Hashable:
-    """c1 -> c0 where c0 has the same dtype, shape and bytes as c1 (the key)."""
+    """c1 -> c0 where c0 has the same dtype, shape and bytes as c1.
+
+    The key holds up to 256 evenly spaced bytes; constants with equal keys are compared in
+    full (`_same_bytes`). Hashing every byte of every constant in every run of the pass
+    cost 50 ms on a ResNet-18 whose Winograd weights are 70 MB."""
     assert p.value is not None
-    return ("constant", p.dtype, p.shape, p.value.tobytes())
+    raw = _raw(p.value)
+    return ("constant", p.dtype, p.shape, raw[::max(1, raw.size // 256)].tobytes())
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(_raw(a), _raw(b)))
 
 
 def merge_node(p: Pending) -> Hashable | None:
@@ -40,18 +56,30 @@ def merge_node(p: Pending) -> Hashable | None:
 def cse(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
     """Replace every node by the first earlier node with the same key."""
     table: dict[Hashable, Node] = {}
+    constants: dict[Hashable, list[Node]] = {}
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
-        rule = merge_constant if p.op == "constant" else merge_node
-        key = rule(p)
-        if key is None:
+        if p.op == "constant":
+            assert p.value is not None
+            key = merge_constant(p)
+            candidates = constants.setdefault(key, [])
+            for earlier in candidates:
+                value = rb.value(earlier)
+                if value is not None and _same_bytes(value, p.value):
+                    ctx.hit(merge_constant)
+                    return earlier
+            node = rb.keep(p)
+            candidates.append(node)
+            return node
+        node_key = merge_node(p)
+        if node_key is None:
             return rb.keep(p)
-        found = table.get(key)
+        found = table.get(node_key)
         if found is not None:
-            ctx.hit(rule)
+            ctx.hit(merge_node)
             return found
         node = rb.keep(p)
-        table[key] = node
+        table[node_key] = node
         return node
 
     return Rebuilder(graph, visit).run().finish(sig)
