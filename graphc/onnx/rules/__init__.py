@@ -8,7 +8,9 @@ from graphc.onnx.rules import (
     einsum,
     elementwise,
     grid_sample,
+    image,
     indexing,
+    matrix,
     narrow,
     nn,
     qlinear,
@@ -22,5 +24,5 @@ from graphc.onnx.rules import (
 )
 
 __all__ = ["attention", "bitwise", "composite", "einsum", "elementwise", "grid_sample",
-           "indexing", "narrow", "nn", "qlinear", "recurrent", "recurrent_state", "signal",
-           "spatial", "tensor", "topk", "windows"]
+           "image", "indexing", "matrix", "narrow", "nn", "qlinear", "recurrent",
+           "recurrent_state", "signal", "spatial", "tensor", "topk", "windows"]

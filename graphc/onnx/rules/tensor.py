@@ -1,8 +1,8 @@
 """Shape ONNX ops: Constant, Shape, Size, Reshape, Flatten, Squeeze, Unsqueeze, Transpose,
-Expand, Tile, ConstantOfShape, Range (indexing and joining ops are in `indexing`). Each
-folds with numpy when its data is known at import, so a model's shape arithmetic never
-reaches the graph; shapes and axes that steer an op must be known then (graphc graphs have
-static shapes).
+Expand, Tile, ConstantOfShape, Range, and NonZero and Unique, whose output shapes depend on
+their input's values (indexing and joining ops are in `indexing`). Each folds with numpy
+when its data is known at import, so a model's shape arithmetic never reaches the graph;
+shapes and axes that steer an op must be known then (graphc graphs have static shapes).
 """
 
 from __future__ import annotations
@@ -245,3 +245,35 @@ def _range(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         raise ctx.error("delta is 0")
     n = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
     return [(start + np.arange(n) * delta).astype(start.dtype)]
+
+
+# --- ops whose output shape depends on the values ---------------------------------------------
+
+@rule("NonZero", 9)
+def _nonzero(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The indices (rank, count) of the non-zero elements; the count depends on the
+    values, so x must be known at import."""
+    x = ctx.need_known(inputs[0], "X")
+    if x.ndim == 0:
+        return [np.zeros((0, int(np.count_nonzero(x))), np.int64)]
+    return [np.vstack(np.nonzero(x)).astype(np.int64)]
+
+
+@rule("Unique", 11)
+def _unique(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The distinct elements (or slices along `axis`) of X, sorted or in order of first
+    occurrence, with their first indices, the inverse indices and the counts; the number
+    of distinct values depends on the values, so X must be known at import."""
+    x = ctx.need_known(inputs[0], "X")
+    axis = attrs.get("axis")
+    if axis is not None:
+        axis = axis_of(int(axis), x.ndim, ctx)
+    y, first, inverse, counts = np.unique(x, True, True, True, axis=axis)
+    if not int(attrs.get("sorted", 1)):
+        order = np.argsort(first, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        first, counts, inverse = first[order], counts[order], rank[inverse.reshape(-1)]
+        y = np.take(x.reshape(-1) if axis is None else x, first, axis=axis or 0)
+    return [np.asarray(y, x.dtype), first.astype(np.int64),
+            inverse.reshape(-1).astype(np.int64), counts.astype(np.int64)]
