@@ -95,7 +95,10 @@ def test_network_saved_as_onnx_passes_the_checker_and_runs_in_onnxruntime(
 def test_exported_library_runs_resnet18_in_c(nets: dict[str, Imported], tmp_path: Path
                                              ) -> None:
     net = nets["resnet18"]
+    sig = net.graph.signatures["main"]
+    assert [n.name for n in (*sig.inputs, *sig.outputs)] == ["x", "y"]  # the ONNX names
     lib = gc.export(net.graph, tmp_path / "libresnet.so", signature="main")
+    assert "float *out_y" in (tmp_path / "resnet.h").read_text()
     exe = tmp_path / "client"
     cmd = ["cc", "-O2", "-std=c99", "-DMODEL=resnet", "-DMODEL_UP=RESNET", f"-I{tmp_path}",
            "-o", str(exe), str(ROOT / "examples" / "c_client" / "main.c"), f"-L{tmp_path}",

@@ -29,6 +29,7 @@ from graphc.onnx.model import (
     require_onnx,
     tensor_array,
 )
+from graphc.ops import layout
 
 MAX_DIM = 1 << 40  # a dimension beyond this is an error, not an allocation attempt
 
@@ -82,8 +83,12 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
         for vi in graph_proto.output:
             if vi.name not in values:
                 raise OnnxError(f"{model.origin}: output '{vi.name}' is computed by no node")
-            out = values[vi.name]
-            node = ctx.node(out)
+            node = ctx.node(values[vi.name])
+            want = valid_name(vi.name)
+            if node.name != want and want not in g:
+                # The output carries its ONNX name (the C header's port, a saved model's
+                # output): a same-shape reshape, a view that the compiler removes.
+                node = layout.reshape(node, node.shape, name=want)
             outputs.append(node)
     try:
         g.add_signature("main", inputs, outputs)
