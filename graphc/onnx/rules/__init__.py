@@ -5,6 +5,7 @@ from graphc.onnx.rules import (
     attention,
     bitwise,
     composite,
+    detection,
     einsum,
     elementwise,
     grid_sample,
@@ -23,6 +24,6 @@ from graphc.onnx.rules import (
     windows,
 )
 
-__all__ = ["attention", "bitwise", "composite", "einsum", "elementwise", "grid_sample",
-           "image", "indexing", "matrix", "narrow", "nn", "qlinear", "recurrent",
+__all__ = ["attention", "bitwise", "composite", "detection", "einsum", "elementwise",
+           "grid_sample", "image", "indexing", "matrix", "narrow", "nn", "qlinear", "recurrent",
            "recurrent_state", "signal", "spatial", "tensor", "topk", "windows"]

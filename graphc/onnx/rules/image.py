@@ -1,7 +1,7 @@
 """Image ops built from gathers and scatters over the flattened image: Col2Im and MaxUnpool
 are graphc scatter-adds (`gather.take_grad`) at positions known at import (Col2Im) or given
-at run time (MaxUnpool's indices); RoiAlign gathers the four bilinear corners of every
-sample point of every region of interest, all computed from the ROIs at run time.
+at run time (MaxUnpool's indices); RoiAlign and DeformConv gather the four bilinear
+corners of sample points computed at run time (from the ROIs, from the offsets).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, ints, rule
 from graphc.ops import elementwise as ew
-from graphc.ops import gather, layout, reduce, slicing
+from graphc.ops import gather, layout, linalg, reduce, slicing
 
 Inputs = list[Value | None]
 
@@ -178,3 +179,69 @@ def _roi_align(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
     if mode == "avg":
         return [ew.div(reduce.sum(grid, (3, 5)), float(ratio * ratio))]
     return [reduce.max(grid, (3, 5))]
+
+
+def _bilinear_taps(pos: Node, size: int) -> list[tuple[Node, Node]]:
+    """The two taps (int64 index, weight) of pixel coordinates `pos` along an axis of
+    `size`; a tap outside the image weighs 0 (zero padding)."""
+    low = ew.floor(pos)
+    frac = ew.sub(pos, low)
+    taps = []
+    for index, weight in ((low, ew.sub(1.0, frac)), (ew.add(low, 1.0), frac)):
+        inside = ew.logical_and(ew.greater_equal(index, 0.0), ew.less_equal(index, size - 1.0))
+        taps.append((ew.cast(ew.clip(index, 0.0, size - 1.0), "int64"),
+                     ew.where(inside, weight, 0.0)))
+    return taps
+
+
+@rule("DeformConv", 19)
+def _deform_conv(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """2-D deformable convolution: kernel tap (u, v) of output (i, j) reads X at
+    (i·stride - pad + u·dilation + offset_y, j·stride - pad + v·dilation + offset_x) by
+    bilinear interpolation (zero outside), times the optional mask; the samples of each
+    offset group's channels are then contracted with W per group as a batched matmul."""
+    x, w, off = ctx.node(inputs[0]), ctx.node(inputs[1]), ctx.node(inputs[2])
+    bias = inputs[3] if len(inputs) > 3 else None
+    mask = inputs[4] if len(inputs) > 4 else None
+    if x.ndim != 4 or w.ndim != 4 or off.ndim != 4:
+        raise ctx.error(f"X {tuple(x.shape)}, W {tuple(w.shape)}, offset {tuple(off.shape)}: "
+                        "only 2-D deformable convolution (rank-4 tensors) is supported")
+    n, ic, h, wd = x.shape
+    oc, icg, kh, kw = w.shape
+    group, og = int(attrs.get("group", 1)), int(attrs.get("offset_group", 1))
+    oh, ow = off.shape[2], off.shape[3]
+    if ic != icg * group or oc % group or ic % og or off.shape[1] != og * kh * kw * 2:
+        raise ctx.error(f"X {tuple(x.shape)}, W {tuple(w.shape)}, offset "
+                        f"{tuple(off.shape)} do not fit group {group}, offset_group {og}")
+    sh, sw = _spatial_attr(ctx, attrs, "strides", 2, 1)
+    dh, dw = _spatial_attr(ctx, attrs, "dilations", 2, 1)
+    pads = [int(v) for v in attrs.get("pads", [0, 0, 0, 0])]
+    k, p = kh * kw, oh * ow
+    offsets = layout.reshape(off, [n, og, k, 2, p])
+    base_y = (np.arange(kh)[:, None, None, None] * dh + np.arange(oh)[None, None, :, None] * sh
+              - pads[0]) + np.zeros((kh, kw, oh, ow))
+    base_x = (np.arange(kw)[None, :, None, None] * dw + np.arange(ow)[None, None, None, :] * sw
+              - pads[1]) + np.zeros((kh, kw, oh, ow))
+    pos = []
+    for axis, base in ((0, base_y), (1, base_x)):
+        shift = layout.reshape(slicing.slice(offsets, [axis], [axis + 1], axes=[3]),
+                               [n, og, k, p])
+        pos.append(ew.add(shift, gb.constant(base.reshape(k, p).astype(x.dtype.np))))
+    image = layout.reshape(x, [n, og, ic // og, h * wd])
+    sampled: Node | None = None
+    for yi, wy in _bilinear_taps(pos[0], h):
+        for xi, wx in _bilinear_taps(pos[1], wd):
+            index = layout.reshape(ew.add(ew.mul(yi, wd), xi), [n, og, 1, k * p])
+            value = gather.take_along_axis(
+                image, layout.broadcast_to(index, [n, og, ic // og, k * p]), 3)
+            term = ew.mul(value, layout.reshape(ew.mul(wy, wx), [n, og, 1, k * p]))
+            sampled = term if sampled is None else ew.add(sampled, term)
+    assert sampled is not None
+    if mask is not None:
+        sampled = ew.mul(sampled, layout.reshape(ctx.node(mask), [n, og, 1, k * p]))
+    cols = layout.reshape(sampled, [n, group, icg * k, p])
+    kernel = layout.reshape(w, [1, group, oc // group, icg * k])
+    y = layout.reshape(linalg.matmul(kernel, cols), [n, oc, oh, ow])
+    if bias is not None:
+        y = ew.add(y, layout.reshape(ctx.node(bias), [1, oc, 1, 1]))
+    return [y]
