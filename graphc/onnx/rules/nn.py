@@ -179,16 +179,34 @@ def _global_max(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Val
 @rule("BatchNormalization", 6)
 @rule("BatchNormalization", 7)
 def _batch_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    if int(attrs.get("training_mode", 0)) or ctx.num_outputs > 1:
-        raise ctx.error("training mode (running statistics outputs) is not supported yet")
-    if ctx.opset < 7 and not int(attrs.get("is_test", 0)):
-        raise ctx.error("is_test=0 (training mode) is not supported yet")
+    """Inference: the running statistics. Training mode (`training_mode=1` from opset 14,
+    `is_test=0` before 7): the batch's statistics (population variance over all axes but
+    the channels), and the running ones updated with `momentum` as extra outputs."""
     if not int(attrs.get("spatial", 1)):
         raise ctx.error("spatial=0 (statistics per element, not per channel) is not supported")
+    training = bool(int(attrs.get("training_mode", 0))) or ctx.num_outputs > 1 or (
+        ctx.opset < 7 and not int(attrs.get("is_test", 0)))
     x = ctx.node(inputs[0])
     gamma, beta, mean, var = (ctx.node(v) for v in inputs[1:5])
-    return [neural.batch_norm(x, mean, var, gamma, beta, eps=float(attrs.get("epsilon", 1e-5)),
-                              axis=1)]
+    eps = float(attrs.get("epsilon", 1e-5))
+    if not training:
+        return [neural.batch_norm(x, mean, var, gamma, beta, eps=eps, axis=1)]
+    if ctx.num_outputs > 3:
+        raise ctx.error("the saved_mean/saved_var outputs (opsets 6-13) are not supported")
+    axes = tuple(a for a in range(x.ndim) if a != 1)
+    shape = [1, x.shape[1]] + [1] * (x.ndim - 2)
+    batch_mean = reduce.mean(x, axes, keepdims=True)
+    centered = ew.sub(x, batch_mean)
+    batch_var = reduce.mean(ew.mul(centered, centered), axes, keepdims=True)
+    y = ew.add(ew.mul(ew.mul(centered, ew.rsqrt(ew.add(batch_var, eps))),
+                      layout.reshape(gamma, shape)), layout.reshape(beta, shape))
+    momentum = float(attrs.get("momentum", 0.9))
+    flat = [mean.shape[0]]
+    running_mean = ew.add(ew.mul(mean, momentum),
+                          ew.mul(layout.reshape(batch_mean, flat), 1.0 - momentum))
+    running_var = ew.add(ew.mul(var, momentum),
+                         ew.mul(layout.reshape(batch_var, flat), 1.0 - momentum))
+    return [y, running_mean, running_var][:max(ctx.num_outputs, 1)]
 
 
 @rule("InstanceNormalization", 6)
