@@ -13,6 +13,7 @@ import numpy as np
 from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, ints, rule
+from graphc.onnx.rules.resize_dense import resize_dense
 from graphc.ops import conv, gather, layout, slicing
 from graphc.ops import elementwise as ew
 
@@ -84,7 +85,10 @@ def _source_coords(mode: str, out_size: int, in_size: int, scale: float) -> np.n
     if mode == "pytorch_half_pixel":
         return (o + 0.5) / scale - 0.5 if out_size > 1 else np.zeros_like(o)
     if mode == "align_corners":
-        return o * (in_size - 1) / (out_size - 1) if out_size > 1 else np.zeros_like(o)
+        # The resized length is in_size * scale, unrounded (ONNX's definition: with scales
+        # 0.6 a length 4 becomes 2.4, not the 2 output elements).
+        length = in_size * scale
+        return o * (in_size - 1) / (length - 1) if length > 1 else np.zeros_like(o)
     if mode == "asymmetric":
         return o / scale
     raise ValueError(mode)
@@ -137,13 +141,11 @@ def _taps(ctx: Context, mode: str, coords: np.ndarray, in_size: int, attrs: dict
 
 
 def _resize(ctx: Context, x: Node, sizes: list[int], scales: list[float],
-            attrs: dict[str, Any]) -> Node:
+            attrs: dict[str, Any], roi: np.ndarray | None = None) -> Node:
     mode = str(attrs.get("mode", "nearest"))
     coord_mode = str(attrs.get("coordinate_transformation_mode", "half_pixel"))
-    if coord_mode == "tf_crop_and_resize":
-        raise ctx.error("coordinate_transformation_mode tf_crop_and_resize is not supported")
-    if int(attrs.get("antialias", 0)):
-        raise ctx.error("antialias=1 is not supported")
+    if coord_mode == "tf_crop_and_resize" or int(attrs.get("antialias", 0)):
+        return resize_dense(ctx, x, sizes, scales, attrs, roi)
     out = x
     for axis in range(x.ndim):
         n_in, n_out = x.shape[axis], sizes[axis]
@@ -189,7 +191,8 @@ def _resize11(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
     policy = str(attrs.get("keep_aspect_ratio_policy", "stretch"))
     sizes = list(x.shape)
     scales = [1.0] * x.ndim
-    known_scales = ctx.known(scales_in)
+    given = scales_in is not None and math.prod(scales_in.shape) > 0
+    known_scales = ctx.need_known(scales_in, "scales") if given else None
     if known_scales is not None and known_scales.size:
         for a, s in zip(axes, known_scales.reshape(-1)):
             scales[a] = float(s)
@@ -207,8 +210,14 @@ def _resize11(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
             if policy == "stretch":
                 scales[a] = s / x.shape[a]
     else:
-        raise ctx.error("needs scales or sizes known at import")
-    return [_resize(ctx, x, sizes, scales, attrs)]
+        raise ctx.error("needs one of the inputs scales and sizes")
+    roi = None
+    if str(attrs.get("coordinate_transformation_mode", "")) == "tf_crop_and_resize":
+        given = ctx.need_known(inputs[1] if len(inputs) > 1 else None, "roi").reshape(-1)
+        roi = np.concatenate([np.zeros(x.ndim), np.ones(x.ndim)])
+        for i, a in enumerate(axes):  # roi lists (starts, ends) of the resized axes
+            roi[a], roi[x.ndim + a] = given[i], given[len(axes) + i]
+    return [_resize(ctx, x, sizes, scales, attrs, roi)]
 
 
 @rule("Upsample", 9)
