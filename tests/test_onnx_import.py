@@ -384,7 +384,8 @@ def _run_model(nodes: list, inputs: dict, outputs: list, opset: int = 21,
     types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
              np.dtype(np.int32): TensorProto.INT32, np.dtype(np.int64): TensorProto.INT64,
              np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.uint64): TensorProto.UINT64,
-             np.dtype(np.bool_): TensorProto.BOOL}
+             np.dtype(np.bool_): TensorProto.BOOL, np.dtype(np.float16): TensorProto.FLOAT16,
+             np.dtype(np.uint16): TensorProto.UINT16}
     graph = helper.make_graph(
         nodes, "m", [_vi(n, list(a.shape), types[a.dtype]) for n, a in inputs.items()],
         [helper.make_tensor_value_info(n, t, None) for n, t in outputs])
@@ -498,3 +499,28 @@ def test_attention_sliding_window_and_padded_keys_match_a_numpy_reference() -> N
         p /= p.sum(-1, keepdims=True)
         np.testing.assert_allclose(qk[b], p, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(y[b], p @ v[b], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["reference", "compile"])
+@pytest.mark.parametrize("float_type,int_type", [(np.float64, np.int64), (np.float32, np.int32),
+                                                 (np.float16, np.uint16)])
+def test_bitcast_round_trips_every_kind_of_float(mode: str, float_type: type,
+                                                 int_type: type) -> None:
+    """Random bit patterns (NaNs aside), signed zeros, infinities, the extreme normals and
+    subnormals: float -> int gives numpy's view, int -> float gives the value back."""
+    info = np.finfo(float_type)
+    rng = np.random.default_rng(3)
+    unsigned = np.dtype(f"u{np.dtype(int_type).itemsize}")
+    bits = rng.integers(0, np.iinfo(unsigned).max, 500, dtype=np.uint64).astype(unsigned)
+    x = bits.view(float_type)
+    x = np.concatenate([x[~np.isnan(x)], np.array(
+        [0.0, -0.0, np.inf, -np.inf, info.max, -info.max, info.tiny, info.smallest_subnormal,
+         -info.smallest_subnormal], float_type)])
+    to_int = helper.np_dtype_to_tensor_dtype(np.dtype(int_type))
+    to_float = helper.np_dtype_to_tensor_dtype(np.dtype(float_type))
+    (got_bits,) = _run_model([helper.make_node("BitCast", ["x"], ["y"], to=to_int)], {"x": x},
+                             [("y", to_int)], opset=26, mode=mode)
+    np.testing.assert_array_equal(got_bits, x.view(int_type))
+    (back,) = _run_model([helper.make_node("BitCast", ["b"], ["y"], to=to_float)],
+                         {"b": x.view(int_type)}, [("y", to_float)], opset=26, mode=mode)
+    np.testing.assert_array_equal(back.view(unsigned), x.view(unsigned))

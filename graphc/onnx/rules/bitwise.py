@@ -127,10 +127,12 @@ def _float_bits(x: Node, width: int, exp_bits: int, man_bits: int) -> Node:
     normal = ew.greater_equal(a, tiny)
     safe = ew.where(ew.logical_and(normal, ew.less(a, np.inf)), a, 1.0)
     e = ew.floor(ew.div(ew.log(safe), float(np.log(2.0))))
-    e = ew.where(ew.greater(_pow2(e, -bias, bias), safe), ew.sub(e, 1.0), e)
-    e = ew.where(ew.less_equal(_pow2(ew.add(e, 1.0), -bias, bias + 1), safe), ew.add(e, 1.0), e)
-    man = ew.sub(ew.mul(safe, _pow2(ew.sub(float(man_bits), e), man_bits - bias,
-                                    man_bits + bias)), float(2 ** man_bits))
+    # log's rounding can put e one off either way (near powers of two): check against 2^e.
+    e = ew.where(ew.greater(_pow2(e, -bias - 1, bias + 1), safe), ew.sub(e, 1.0), e)
+    e = ew.where(ew.less_equal(_pow2(ew.add(e, 1.0), -bias - 1, bias + 1), safe),
+                 ew.add(e, 1.0), e)
+    significand = ew.mul(safe, _pow2(ew.neg(e), -bias, bias))  # in [1, 2)
+    man = ew.sub(ew.mul(significand, float(2 ** man_bits)), float(2 ** man_bits))
     exp = ew.add(e, float(bias))
     half = (bias - 1 + man_bits) // 2  # subnormals: E = 0, mantissa a·2^(bias-1+man_bits)
     sub = ew.mul(ew.mul(a, 2.0 ** half), 2.0 ** (bias - 1 + man_bits - half))
