@@ -83,3 +83,18 @@ def test_model_case(kind: str, name: str, mode: str, options: gc.CompileOptions)
     for inputs, outputs in data:
         got = rep.run(inputs)
         Runner.assert_similar_outputs(outputs, list(got), rtol=case.rtol, atol=case.atol)
+
+
+@pytest.mark.parametrize("name", sorted(SUITES["real"]))
+def test_light_real_networks_match_onnxruntime(name: str, options: gc.CompileOptions) -> None:
+    """The light networks (files nobody on this project wrote) against ONNX Runtime on the
+    same input: graphc compiled, ORT with all its graph optimizations."""
+    ort = pytest.importorskip("onnxruntime")
+    model, data = _model_and_data("real", SUITES["real"][name])
+    (inputs, _), = data
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
+    theirs = sess.run(None, feeds)
+    mine = GraphcBackend.prepare(model, mode="compile", options=options).run(inputs)
+    for a, b in zip(mine, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
