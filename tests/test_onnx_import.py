@@ -524,3 +524,19 @@ def test_bitcast_round_trips_every_kind_of_float(mode: str, float_type: type,
     (back,) = _run_model([helper.make_node("BitCast", ["b"], ["y"], to=to_float)],
                          {"b": x.view(int_type)}, [("y", to_float)], opset=26, mode=mode)
     np.testing.assert_array_equal(back.view(unsigned), x.view(unsigned))
+
+
+@pytest.mark.parametrize("round_mode", ["up", "down", "nearest"])
+@pytest.mark.parametrize("saturate", [1, 0])
+def test_a_cast_to_float8e8m0_matches_onnx_for_every_float32(round_mode: str,
+                                                            saturate: int) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 2 ** 32 - 1, 2000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = np.concatenate([x, np.array([0.0, -0.0, 1.5, 3.0, 3.4e38, np.inf, np.nan, 1e-45, -5.0],
+                                    np.float32)])
+    (got,) = _run_model([helper.make_node("Cast", ["x"], ["q"], to=TensorProto.FLOAT8E8M0,
+                                          saturate=saturate, round_mode=round_mode),
+                         helper.make_node("Cast", ["q"], ["y"], to=TensorProto.FLOAT)],
+                        {"x": x}, [("y", TensorProto.FLOAT)], opset=25)
+    want = numpy_helper.to_float8e8m0(x, bool(saturate), round_mode).astype(np.float32)
+    np.testing.assert_array_equal(got, want)

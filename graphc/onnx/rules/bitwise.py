@@ -96,7 +96,7 @@ FLOAT_BITS: dict[int, tuple[int, int, int]] = {10: (16, 5, 10), 16: (16, 8, 7), 
                                                11: (64, 11, 52)}
 
 
-def _pow2(k: Node, lo: int, hi: int) -> Node:
+def pow2(k: Node, lo: int, hi: int) -> Node:
     """2^k exactly, for an integer-valued float64 k in lo..hi: a product of the powers of
     two that k's binary digits select (its positive and negative parts apart, so that no
     partial product overflows or underflows)."""
@@ -115,7 +115,7 @@ def _pow2(k: Node, lo: int, hi: int) -> Node:
     return out
 
 
-def _float_bits(x: Node, width: int, exp_bits: int, man_bits: int) -> Node:
+def float_bits(x: Node, width: int, exp_bits: int, man_bits: int) -> Node:
     """The bits of float x (held in any float dtype, its value exact in the format) as an
     unsigned int64 below 2^width; for width 64, as int64 with the same bits."""
     bias = 2 ** (exp_bits - 1) - 1
@@ -128,10 +128,10 @@ def _float_bits(x: Node, width: int, exp_bits: int, man_bits: int) -> Node:
     safe = ew.where(ew.logical_and(normal, ew.less(a, np.inf)), a, 1.0)
     e = ew.floor(ew.div(ew.log(safe), float(np.log(2.0))))
     # log's rounding can put e one off either way (near powers of two): check against 2^e.
-    e = ew.where(ew.greater(_pow2(e, -bias - 1, bias + 1), safe), ew.sub(e, 1.0), e)
-    e = ew.where(ew.less_equal(_pow2(ew.add(e, 1.0), -bias - 1, bias + 1), safe),
+    e = ew.where(ew.greater(pow2(e, -bias - 1, bias + 1), safe), ew.sub(e, 1.0), e)
+    e = ew.where(ew.less_equal(pow2(ew.add(e, 1.0), -bias - 1, bias + 1), safe),
                  ew.add(e, 1.0), e)
-    significand = ew.mul(safe, _pow2(ew.neg(e), -bias, bias))  # in [1, 2)
+    significand = ew.mul(safe, pow2(ew.neg(e), -bias, bias))  # in [1, 2)
     man = ew.sub(ew.mul(significand, float(2 ** man_bits)), float(2 ** man_bits))
     exp = ew.add(e, float(bias))
     half = (bias - 1 + man_bits) // 2  # subnormals: E = 0, mantissa a·2^(bias-1+man_bits)
@@ -162,7 +162,7 @@ def _bits_float(u: Node, width: int, exp_bits: int, man_bits: int) -> Node:
     man = ew.cast(man_i, "float64")
     exp = ew.div(ew.cast(ew.sub(rest, man_i), "float64"), float(2 ** man_bits))
     top = float(2 ** exp_bits - 1)
-    scale = _pow2(ew.sub(ew.maximum(exp, 1.0), float(bias + man_bits)),
+    scale = pow2(ew.sub(ew.maximum(exp, 1.0), float(bias + man_bits)),
                   1 - bias - man_bits, bias - man_bits)
     value = ew.mul(ew.where(ew.equal(exp, 0.0), man, ew.add(man, float(2 ** man_bits))), scale)
     special = ew.where(ew.equal(man, 0.0), np.inf, gb.constant(np.float64(np.nan)))
@@ -186,7 +186,7 @@ def _bitcast(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]
                         "IEEE float types of one width")
     width = widths[source]
     if source in FLOAT_BITS:
-        u = _float_bits(x, *FLOAT_BITS[source])
+        u = float_bits(x, *FLOAT_BITS[source])
     else:
         u = ew.cast(x, "int64") if x.dtype.name != "int64" else x
         if width < 64:

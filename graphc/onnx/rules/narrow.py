@@ -26,7 +26,8 @@ import numpy as np
 from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, dtype_of, rule
-from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
+from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype, require_onnx
+from graphc.onnx.rules.bitwise import float_bits, pow2
 from graphc.ops import elementwise as ew
 from graphc.ops import layout, slicing
 
@@ -115,13 +116,47 @@ def to_int_np(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return ((x.astype(np.int64) - lo) % (hi - lo + 1) + lo).astype(np.int32)
 
 
-def cast_to(ctx: Context, x: Value | None, elem_type: int, saturate: bool = True) -> Value:
+def round_e8m0(x: Node, saturate: bool, mode: str) -> Node:
+    """`x` as FLOAT8E8M0 (a power of two, 2^-127..2^127, no sign) the way ONNX's reference
+    converts: float32's exponent field of |x| (zero and subnormals: 2^-127), moved up by
+    the mantissa as `mode` (up, down, nearest) says; infinities and NaN, and without
+    `saturate` a rounding past 2^127, give NaN."""
+    bits = float_bits(ew.cast(x, "float32") if x.dtype.name != "float32" else x, 32, 8, 23)
+    bits = ew.mod(bits, 2 ** 31)  # the sign is dropped
+    man = ew.mod(bits, 2 ** 23)
+    exp = ew.div(ew.cast(ew.sub(bits, man), "float64"), float(2 ** 23))
+    if mode == "up":
+        bump = ew.greater(man, 0)
+    elif mode == "nearest":
+        low = ew.mod(man, 2 ** 22)
+        bump = ew.logical_and(ew.greater_equal(man, 2 ** 22), ew.logical_or(
+            ew.logical_or(ew.greater_equal(low, 2 ** 21), ew.greater(ew.mod(low, 2 ** 21), 0)),
+            ew.greater(exp, 0.0)))
+    else:
+        bump = ew.less(man, 0)  # never: down truncates
+    special = ew.equal(exp, 255.0)
+    if saturate:
+        bump = ew.logical_and(bump, ew.less(exp, 254.0))
+    exp = ew.where(ew.logical_and(bump, ew.logical_not(special)), ew.add(exp, 1.0), exp)
+    value = pow2(ew.sub(exp, 127.0), -127, 128)
+    value = ew.where(ew.equal(exp, 255.0), gb.constant(np.float64(np.nan)), value)
+    return ew.cast(value, x.dtype)
+
+
+def cast_to(ctx: Context, x: Value | None, elem_type: int, saturate: bool = True,
+            round_mode: str = "up") -> Value:
     """`x` converted to ONNX element type `elem_type`, in the graphc dtype that holds it."""
     if x is None:
         raise ctx.error("input 'input' is missing")
     if elem_type == 24:
-        raise ctx.error("a cast to FLOAT8E8M0 (a power-of-two exponent, rounded by "
-                        "round_mode) is not supported")
+        if round_mode not in ("up", "down", "nearest"):
+            raise ctx.error(f"round_mode '{round_mode}' is not up, down or nearest")
+        if isinstance(x, np.ndarray):
+            helper = require_onnx().numpy_helper
+            return np.asarray(helper.to_float8e8m0(x, saturate, round_mode), np.float32)
+        n = ctx.node(x)
+        return round_e8m0(n if n.dtype.is_float else ew.cast(n, "float32"), saturate,
+                          round_mode)
     dtype = graphc_dtype(elem_type, f"{ctx.op_type} node '{ctx.node_name}'")
     fmt, span = FLOATS.get(elem_type), INTS.get(elem_type)
     if isinstance(x, np.ndarray):
@@ -144,7 +179,8 @@ def cast_to(ctx: Context, x: Value | None, elem_type: int, saturate: bool = True
 def _cast(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     if "to" not in attrs:
         raise ctx.error("attribute 'to' is missing")
-    return [cast_to(ctx, inputs[0], int(attrs["to"]), bool(attrs.get("saturate", 1)))]
+    return [cast_to(ctx, inputs[0], int(attrs["to"]), bool(attrs.get("saturate", 1)),
+                    str(attrs.get("round_mode", "up")))]
 
 
 @rule("CastLike", 15)
@@ -155,7 +191,8 @@ def _cast_like(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
     # The declared type of `target_type` (a narrow type is held in a wider graphc dtype).
     declared = ctx.input_types[1] if len(ctx.input_types) > 1 else None
     if declared is not None:
-        return [cast_to(ctx, inputs[0], declared, bool(attrs.get("saturate", 1)))]
+        return [cast_to(ctx, inputs[0], declared, bool(attrs.get("saturate", 1)),
+                        str(attrs.get("round_mode", "up")))]
     dtype = dtype_of(target)
     x = inputs[0]
     if isinstance(x, np.ndarray):
