@@ -540,3 +540,20 @@ def test_a_cast_to_float8e8m0_matches_onnx_for_every_float32(round_mode: str,
                         {"x": x}, [("y", TensorProto.FLOAT)], opset=25)
     want = numpy_helper.to_float8e8m0(x, bool(saturate), round_mode).astype(np.float32)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", ["TF", "IDF", "TFIDF"])
+def test_tfidf_vectorizer_matches_onnx_reference_with_skips_and_trigrams(mode: str) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    attrs = {"mode": mode, "min_gram_length": 1, "max_gram_length": 3, "max_skip_count": 2,
+             "ngram_counts": [0, 4, 12], "ngram_indexes": [9, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+             "pool_int64s": [2, 3, 5, 4, 5, 6, 7, 8, 6, 7, 3, 3, 3, 3, 3, 5, 6, 7],
+             "weights": [0.5, 1.5, 2.0, 3.0, 1.0, 1.0, 1.0, 2.0, 4.0, 5.0]}
+    x = np.random.default_rng(0).integers(2, 9, (3, 11)).astype(np.int64)
+    node = helper.make_node("TfIdfVectorizer", ["x"], ["y"], **attrs)
+    (got,) = _run_model([node], {"x": x}, [("y", TensorProto.FLOAT)], opset=13)
+    graph = helper.make_graph([node], "m", [_vi("x", [3, 11], TensorProto.INT64)],
+                              [_vi("y", [3, 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"x": x})[0])

@@ -20,10 +20,11 @@ from graphc.onnx.rules import (
     signal,
     spatial,
     tensor,
+    text,
     topk,
     windows,
 )
 
 __all__ = ["attention", "bitwise", "composite", "detection", "einsum", "elementwise",
            "grid_sample", "image", "indexing", "matrix", "narrow", "nn", "qlinear", "recurrent",
-           "recurrent_state", "signal", "spatial", "tensor", "topk", "windows"]
+           "recurrent_state", "signal", "spatial", "tensor", "text", "topk", "windows"]

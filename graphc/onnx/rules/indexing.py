@@ -1,8 +1,8 @@
 """Indexing and joining ONNX ops: Concat, Split, Slice, Gather, GatherElements, Pad (constant,
-reflect, edge, wrap), Trilu, OneHot, ScatterElements and ScatterND. Like `tensor`'s ops they
-fold with numpy when their data is known at import; indices, starts and pads that steer them
-must be known then. Scatters with reduction none or add are graphc scatter-adds; mul, max and
-min select through a dense (updates x positions) mask.
+reflect, edge, wrap), ReverseSequence, Trilu, OneHot, ScatterElements and ScatterND. Like
+`tensor`'s ops they fold with numpy when their data is known at import; indices, starts and
+pads that steer them must be known then. Scatters with reduction none or add are graphc
+scatter-adds; mul, max and min select through a dense (updates x positions) mask.
 """
 
 from __future__ import annotations
@@ -223,6 +223,26 @@ def _pad_gather(ctx: Context, x: Node, width: list[tuple[int, int]], mode: str) 
                 src = np.where(src >= n, period - src, src)
         out = gather.take(out, gb.constant(src.astype(np.int64)), a)
     return out
+
+
+@rule("ReverseSequence", 10)
+def _reverse_sequence(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """Each batch row's first sequence_lens[b] steps along time_axis reversed, the rest
+    kept: a gather along the time axis of index len - 1 - t (t < len) or t."""
+    x, lens = ctx.node(inputs[0]), ctx.node(inputs[1])
+    batch_axis = axis_of(int(attrs.get("batch_axis", 1)), x.ndim, ctx)
+    time_axis = axis_of(int(attrs.get("time_axis", 0)), x.ndim, ctx)
+    if batch_axis == time_axis or tuple(lens.shape) != (x.shape[batch_axis],):
+        raise ctx.error(f"batch_axis {batch_axis}, time_axis {time_axis}, sequence_lens "
+                        f"{tuple(lens.shape)} for input {tuple(x.shape)}")
+    shape = [1] * x.ndim
+    shape[time_axis] = x.shape[time_axis]
+    t = gb.constant(np.arange(x.shape[time_axis], dtype=np.int64).reshape(shape))
+    at = [1] * x.ndim
+    at[batch_axis] = x.shape[batch_axis]
+    n = layout.reshape(ew.cast(lens, "int64") if lens.dtype.name != "int64" else lens, at)
+    index = ew.where(ew.less(t, n), ew.sub(ew.sub(n, 1), t), ew.add(t, ew.mul(n, 0)))
+    return [gather.take_along_axis(x, index, time_axis)]
 
 
 @rule("Trilu", 14)

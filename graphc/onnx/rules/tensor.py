@@ -1,6 +1,7 @@
 """Shape ONNX ops: Constant, Shape, Size, Reshape, Flatten, Squeeze, Unsqueeze, Transpose,
-Expand, Tile, ConstantOfShape, Range, and NonZero and Unique, whose output shapes depend on
-their input's values (indexing and joining ops are in `indexing`). Each folds with numpy
+Expand, Tile, ConstantOfShape, Range, NonZero and Unique (whose output shapes depend on their
+input's values), OptionalHasElement and OptionalGetElement on tensors (indexing and joining
+ops are in `indexing`). Each folds with numpy
 when its data is known at import, so a model's shape arithmetic never reaches the graph;
 shapes and axes that steer an op must be known then (graphc graphs have static shapes).
 """
@@ -277,3 +278,21 @@ def _unique(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         y = np.take(x.reshape(-1) if axis is None else x, first, axis=axis or 0)
     return [np.asarray(y, x.dtype), first.astype(np.int64),
             inverse.reshape(-1).astype(np.int64), counts.astype(np.int64)]
+
+
+# --- optional values (tensors only; graphc has no optional or sequence types) ------------------
+
+@rule("OptionalHasElement", 15)
+def _optional_has_element(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """False for a missing input, true for a tensor (an empty optional input cannot reach
+    graphc: the importer takes tensor inputs only)."""
+    present = bool(inputs) and inputs[0] is not None
+    return [np.array(present)]
+
+
+@rule("OptionalGetElement", 15)
+def _optional_get_element(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The tensor itself (a tensor is an optional that holds it)."""
+    if not inputs or inputs[0] is None:
+        raise ctx.error("the optional input is empty (missing)")
+    return [inputs[0]]
