@@ -1,7 +1,7 @@
 """ONNX ops graphc writes as compositions of its own: losses (NegativeLogLikelihoodLoss,
-SoftmaxCrossEntropyLoss), normalizations (RMSNormalization, LpNormalization), cumulative
-sums and products, hyperbolic and inverse trigonometric functions, depth/space shuffles
-(Attention is in `attention`, quantization in `narrow`).
+SoftmaxCrossEntropyLoss), normalizations (RMS, Lp, mean-variance, group), cumulative sums
+and products, hyperbolic and inverse trigonometric functions, depth/space shuffles,
+EyeLike and GatherND (Attention is in `attention`, quantization in `narrow`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,32 @@ def _mvn(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     centered = ew.sub(x, mean)
     var = reduce.mean(ew.mul(centered, centered), axes, keepdims=True)
     return [ew.div(centered, ew.add(ew.sqrt(var), 1e-9))]
+
+
+@rule("GroupNormalization", 18)
+def _group_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """Normalized over each group of C/G channels (and all spatial positions), then scaled
+    and shifted per channel (opset 21; opset 18's per-group scale and bias are repeated
+    over their group's channels)."""
+    x, scale, bias = (ctx.node(v) for v in inputs[:3])
+    groups = int(attrs.get("num_groups", 0))
+    n, c = x.shape[0], x.shape[1]
+    if groups <= 0 or c % groups or x.ndim < 2:
+        raise ctx.error(f"num_groups {groups} must divide the {c} channels")
+    eps = float(attrs.get("epsilon", 1e-5))
+    g = layout.reshape(x, [n, groups, int(np.prod(x.shape[1:], dtype=np.int64)) // groups])
+    mean = reduce.mean(g, 2, keepdims=True)
+    centered = ew.sub(g, mean)
+    var = reduce.mean(ew.mul(centered, centered), 2, keepdims=True)
+    y = layout.reshape(ew.div(centered, ew.sqrt(ew.add(var, eps))), list(x.shape))
+    per = [1, c] + [1] * (x.ndim - 2)
+
+    def channels(p: Node) -> Node:
+        if p.shape[0] == groups and groups != c:
+            p = layout.reshape(layout.broadcast_to(layout.reshape(p, [groups, 1]),
+                                                   [groups, c // groups]), [c])
+        return layout.reshape(p, per)
+    return [ew.add(ew.mul(y, channels(scale)), channels(bias))]
 
 
 # --- cumulative ------------------------------------------------------------------------------
@@ -295,29 +321,3 @@ def _gather_nd(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
                                                         *([1] * (ind.ndim - 1 - b))) * span
         lin = ew.add(lin, gb.constant(rows))
     return [gather.take(flat, lin, 0)]
-
-
-@rule("GroupNormalization", 18)
-def _group_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """Normalized over each group of C/G channels (and all spatial positions), then scaled
-    and shifted per channel (opset 21; opset 18's per-group scale and bias are repeated
-    over their group's channels)."""
-    x, scale, bias = (ctx.node(v) for v in inputs[:3])
-    groups = int(attrs.get("num_groups", 0))
-    n, c = x.shape[0], x.shape[1]
-    if groups <= 0 or c % groups or x.ndim < 2:
-        raise ctx.error(f"num_groups {groups} must divide the {c} channels")
-    eps = float(attrs.get("epsilon", 1e-5))
-    g = layout.reshape(x, [n, groups, int(np.prod(x.shape[1:], dtype=np.int64)) // groups])
-    mean = reduce.mean(g, 2, keepdims=True)
-    centered = ew.sub(g, mean)
-    var = reduce.mean(ew.mul(centered, centered), 2, keepdims=True)
-    y = layout.reshape(ew.div(centered, ew.sqrt(ew.add(var, eps))), list(x.shape))
-    per = [1, c] + [1] * (x.ndim - 2)
-
-    def channels(p: Node) -> Node:
-        if p.shape[0] == groups and groups != c:
-            p = layout.reshape(layout.broadcast_to(layout.reshape(p, [groups, 1]),
-                                                   [groups, c // groups]), [c])
-        return layout.reshape(p, per)
-    return [ew.add(ew.mul(y, channels(scale)), channels(bias))]
