@@ -557,3 +557,62 @@ def test_tfidf_vectorizer_matches_onnx_reference_with_skips_and_trigrams(mode: s
                               [_vi("y", [3, 10])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"x": x})[0])
+
+
+def _reference_cases() -> list:
+    """(name, node, inputs, opset) for ops checked against onnx's reference evaluator with
+    random data beyond what ONNX's node suite covers."""
+    rng = np.random.default_rng(7)
+    f32 = np.float32
+    boxes = rng.uniform(-2, 12, (5, 4)).astype(f32)
+    rois = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]),
+                           np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
+    return [
+        ("gridsample-cubic-reflection",
+         helper.make_node("GridSample", ["x", "g"], ["y"], mode="cubic",
+                          padding_mode="reflection"),
+         {"x": rng.standard_normal((2, 3, 4, 5)).astype(f32),
+          "g": rng.uniform(-1.6, 1.6, (2, 3, 4, 2)).astype(f32)}, 22),
+        ("gridsample-3d-nearest-border",
+         helper.make_node("GridSample", ["x", "g"], ["y"], mode="nearest",
+                          padding_mode="border", align_corners=1),
+         {"x": rng.standard_normal((1, 2, 3, 4, 5)).astype(f32),
+          "g": rng.uniform(-1.6, 1.6, (1, 2, 3, 2, 3)).astype(f32)}, 22),
+        ("roialign-max", helper.make_node("RoiAlign", ["x", "r", "b"], ["y"], mode="max",
+                                          output_height=3, output_width=4, sampling_ratio=3,
+                                          spatial_scale=0.8),
+         {"x": rng.standard_normal((2, 3, 9, 11)).astype(f32), "r": rois,
+          "b": rng.integers(0, 2, 5).astype(np.int64)}, 22),
+        ("deformconv-groups-mask",
+         helper.make_node("DeformConv", ["x", "w", "o", "b", "m"], ["y"], group=2,
+                          offset_group=2, pads=[1, 2, 1, 0], strides=[2, 1], kernel_shape=[2, 3]),
+         {"x": rng.standard_normal((2, 4, 7, 8)).astype(f32),
+          "w": rng.standard_normal((6, 2, 2, 3)).astype(f32),
+          "o": rng.uniform(-2, 2, (2, 24, 4, 8)).astype(f32),
+          "b": rng.standard_normal(6).astype(f32),
+          "m": rng.uniform(0, 1, (2, 12, 4, 8)).astype(f32)}, 22),
+        ("scatternd-max-duplicates",
+         helper.make_node("ScatterND", ["d", "i", "u"], ["y"], reduction="max"),
+         {"d": rng.standard_normal((4, 5, 3)).astype(f32),
+          "i": rng.integers(0, 4, (6, 2)).astype(np.int64),
+          "u": rng.standard_normal((6, 3)).astype(f32)}, 18),
+        ("det-pivoting", helper.make_node("Det", ["x"], ["y"]),
+         {"x": np.concatenate([rng.standard_normal((2, 5, 5)),
+                               np.zeros((1, 5, 5))]).astype(np.float64)}, 22),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["reference", "compile"])
+@pytest.mark.parametrize("case", _reference_cases(), ids=lambda c: c[0])
+def test_ops_match_onnx_reference_evaluator(case: tuple, mode: str) -> None:
+    from onnx.reference import ReferenceEvaluator
+
+    _, node, inputs, opset = case
+    got = _run_model([node], inputs, [("y", TensorProto.FLOAT if node.op_type != "Det"
+                                       else TensorProto.DOUBLE)], opset=opset, mode=mode)[0]
+    graph = helper.make_graph([node], "m", [
+        _vi(n, list(a.shape), helper.np_dtype_to_tensor_dtype(a.dtype)) for n, a in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    want = ReferenceEvaluator(model).run(None, inputs)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
