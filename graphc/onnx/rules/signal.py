@@ -12,6 +12,7 @@ known at import.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -143,7 +144,7 @@ def _stft(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     return [_dft(ctx, framed, 2, length, False, bool(int(attrs.get("onesided", 1))))]
 
 
-def _window(op: str, values: Any) -> None:
+def _window(op: str, values: Callable[[np.ndarray, int], np.ndarray]) -> None:
     def convert(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         size = _known_int(ctx, inputs, 0, "size")
         if size is None or size < 0:
