@@ -616,3 +616,38 @@ def test_ops_match_onnx_reference_evaluator(case: tuple, mode: str) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     want = ReferenceEvaluator(model).run(None, inputs)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_ops_of_other_domains_import_by_their_domain_and_version() -> None:
+    """A training-domain Adam (no default-domain opset) at step 0 and step 3, against onnx's
+    reference; an op of an unknown domain is reported with its domain's version."""
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(5)
+    inputs = {"r": np.array(0.1, np.float32), "t": np.array(0, np.int64),
+              "x": rng.standard_normal(4).astype(np.float32),
+              "g": rng.standard_normal(4).astype(np.float32),
+              "v": rng.standard_normal(4).astype(np.float32),
+              "h": rng.uniform(0.1, 1, 4).astype(np.float32)}
+    node = helper.make_node("Adam", list(inputs), ["x2", "v2", "h2"], alpha=0.8, beta=0.9,
+                            epsilon=1e-3, norm_coefficient=0.01,
+                            domain="ai.onnx.preview.training")
+    graph = helper.make_graph([node], "m", [
+        _vi(n, list(a.shape), helper.np_dtype_to_tensor_dtype(a.dtype)) for n, a in inputs.items()],
+        [_vi(n, [4]) for n in ("x2", "v2", "h2")])
+    model = helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("ai.onnx.preview.training", 1)])
+    from graphc.onnx.backend import GraphcBackend
+
+    rep = GraphcBackend.prepare(model)
+    for step in (0, 3):
+        inputs["t"] = np.array(step, np.int64)
+        want = ReferenceEvaluator(model).run(None, inputs)
+        for got, expected in zip(rep.run(list(inputs.values())), want):
+            np.testing.assert_allclose(got, expected, rtol=1e-5)
+    other = _model([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")],
+                   [_vi("x", [2])], [_vi("y", [2])])
+    proto = onnx.load_from_string(other)
+    proto.opset_import.append(helper.make_opsetid("com.example", 3))
+    with pytest.raises(OnnxError, match=r"com\.example\.Frobnicate \(opset 3\)"):
+        gc.onnx.load(proto)

@@ -74,6 +74,8 @@ class Context:
     # it (graphc computes some types in a wider one; a rule may need the declared width).
     input_types: list[int | None] = field(default_factory=list)
     value_types: dict[str, int] = field(default_factory=dict)
+    # The opset version of each other domain the model imports (ai.onnx.ml, ...).
+    domain_opsets: dict[str, int] = field(default_factory=dict)
     used_names: set[str] = field(default_factory=set)
 
     def error(self, message: str) -> OnnxError:

@@ -27,6 +27,7 @@ from graphc.onnx.model import (
     graphc_dtype,
     read_model,
     require_onnx,
+    rule_key,
     tensor_array,
 )
 from graphc.ops import layout
@@ -56,7 +57,7 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     graph_proto = model.proto.graph
     _check_supported(model.proto, model.opset, model.origin)
     g = Graph(name or valid_name(graph_proto.name or "onnx_model"))
-    ctx = Context(g, model.opset)
+    ctx = Context(g, model.opset, domain_opsets=model.domains)
     for vi in [*graph_proto.input, *graph_proto.value_info, *graph_proto.output]:
         if vi.type.HasField("tensor_type"):
             ctx.value_types[vi.name] = vi.type.tensor_type.elem_type
@@ -99,15 +100,13 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
 
 def _check_supported(proto: Any, opset: int, origin: str) -> None:
     missing: dict[str, list[str]] = {}  # op (domain-qualified outside ONNX's) -> nodes
+    domains = {o.domain: o.version for o in proto.opset_import}
+    version: dict[str, int] = {}  # op -> the opset of its domain
     for i, node in enumerate(proto.graph.node):
-        domain = node.domain or ""
-        if domain not in ("", "ai.onnx"):
-            op = f"{domain}.{node.op_type}"
-        elif lookup(node.op_type, opset) is None:
-            op = node.op_type
-        else:
-            continue
-        missing.setdefault(op, []).append(node.name or f"#{i}")
+        op = rule_key(node.domain, node.op_type)
+        version[op] = opset if op == node.op_type else domains.get(node.domain, 1)
+        if lookup(op, version[op]) is None:
+            missing.setdefault(op, []).append(node.name or f"#{i}")
     if not missing:
         return
     lines = []
@@ -116,7 +115,7 @@ def _check_supported(proto: Any, opset: int, origin: str) -> None:
         hint = (f"graphc has versions {', '.join(map(str, have))}" if have
                 else "graphc has no rule for it")
         shown = ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
-        lines.append(f"  {op} (opset {opset}): nodes {shown}; {hint}")
+        lines.append(f"  {op} (opset {version[op]}): nodes {shown}; {hint}")
     raise OnnxError(f"{origin}: {len(missing)} unsupported op(s):\n" + "\n".join(lines))
 
 
@@ -212,7 +211,8 @@ def _convert_node(ctx: Context, node: Any, index: int, values: dict[str, Value],
         else:
             inputs.append(values[name])
     attrs = _attributes(ctx, node, onnx)
-    fn = lookup(node.op_type, ctx.opset)
+    op = rule_key(node.domain, node.op_type)
+    fn = lookup(op, ctx.opset if op == node.op_type else ctx.domain_opsets.get(node.domain, 1))
     assert fn is not None  # _check_supported ran
     try:
         outputs = fn(ctx, inputs, attrs)

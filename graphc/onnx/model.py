@@ -10,7 +10,7 @@ graphc has no type for, and cannot widen, are named in the error.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class OnnxModel:
     opset: int
     origin: str  # for error messages: a path, "<bytes>" or "<ModelProto>"
     folder: Path | None = None
+    # The opset version of every imported domain ("" for ONNX's own).
+    domains: dict[str, int] = field(default_factory=dict)
 
 
 def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
@@ -72,7 +74,17 @@ def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
     if not proto.HasField("graph"):
         raise OnnxError(f"{origin}: the model has no graph")
     folder = Path(source).parent if isinstance(source, (str, os.PathLike)) else None
-    return OnnxModel(proto, _default_opset(proto, origin), origin, folder)
+    domains: dict[str, int] = {}
+    for o in proto.opset_import:
+        key = "" if o.domain in ("", "ai.onnx") else o.domain
+        domains[key] = max(domains.get(key, 0), int(o.version))
+    return OnnxModel(proto, _default_opset(proto, origin), origin, folder, domains)
+
+
+def rule_key(domain: str, op_type: str) -> str:
+    """The rule registry's key of an op: ONNX's own by type, other domains' qualified by
+    the domain (`ai.onnx.ml.Binarizer`)."""
+    return op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
 
 
 def _read_file(path: Path) -> bytes:
@@ -92,9 +104,10 @@ def _read_file(path: Path) -> bytes:
 def _default_opset(proto: Any, origin: str) -> int:
     versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
     if not versions:
-        # ONNX: such a model is opset 1 of the default domain, but all its ops come from
-        # other domains (ai.onnx.ml, training), which graphc has no rules for.
-        raise OnnxError(f"{origin}: the model imports no opset of the default ONNX domain")
+        if not len(proto.opset_import):
+            raise OnnxError(f"{origin}: the model imports no opset")
+        # Only other domains (ai.onnx.ml, training): ONNX's own ops are then opset 1.
+        return MIN_OPSET
     opset = max(versions)
     if opset < MIN_OPSET:
         raise OnnxError(f"{origin}: opset {opset}; graphc imports opsets {MIN_OPSET} to "

@@ -12,6 +12,7 @@ from graphc.onnx.rules import (
     image,
     indexing,
     matrix,
+    ml,
     narrow,
     nn,
     qlinear,
@@ -22,9 +23,11 @@ from graphc.onnx.rules import (
     tensor,
     text,
     topk,
+    training,
     windows,
 )
 
 __all__ = ["attention", "bitwise", "composite", "detection", "einsum", "elementwise",
-           "grid_sample", "image", "indexing", "matrix", "narrow", "nn", "qlinear", "recurrent",
-           "recurrent_state", "signal", "spatial", "tensor", "text", "topk", "windows"]
+           "grid_sample", "image", "indexing", "matrix", "ml", "narrow", "nn", "qlinear",
+           "recurrent", "recurrent_state", "signal", "spatial", "tensor", "text", "topk",
+           "training", "windows"]

@@ -287,3 +287,26 @@ def _tensor_scatter(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
     index = ew.where(valid, src, ew.mul(src, 0))
     picked = gather.take_along_axis(update, index, axis)
     return [ew.where(valid, picked, past)]
+
+
+# --- FlexAttention (domain ai.onnx.preview) ----------------------------------------------------
+
+@rule("ai.onnx.preview.FlexAttention", 1)
+def _flex_attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """softmax(Q·Kᵀ·scale)·V for (B, H, L, E) inputs, key/value heads repeated for grouped
+    queries. The score_mod and prob_mod subgraphs are not supported."""
+    for mod in ("score_mod", "prob_mod"):
+        if mod in attrs:
+            raise ctx.error(f"the {mod} subgraph is not supported")
+    q, k, v = (ctx.node(x) for x in inputs[:3])
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ctx.error(f"Q, K, V of ranks {q.ndim}, {k.ndim}, {v.ndim}; expected 4")
+    hq, hk = q.shape[1], k.shape[1]
+    if hq != hk:
+        if hq % hk:
+            raise ctx.error(f"{hq} query heads do not divide into {hk} key/value heads")
+        k, v = _repeat_heads(k, hq // hk), _repeat_heads(v, hq // hk)
+    scale = attrs.get("scale")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
+    return [linalg.matmul(neural.softmax(scores, -1), v)]
