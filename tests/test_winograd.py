@@ -67,6 +67,7 @@ def test_which_convolutions_are_rewritten() -> None:
     ((1, 64, 14, 14), 64, 1, "float32"),
     ((1, 64, 7, 7), 96, 1, "float32"),  # odd output: the last tile row/column is cut
     ((2, 64, 9, 6), 64, 1, "float32"),  # a batch: V is transposed into GEMM layout
+    ((2, 64, 12, 12), 64, 1, "float32"),  # 72 tiles: the GEMMs as V^T U^T
     ((1, 64, 10, 11), 64, 0, "float32"),
     ((1, 64, 6, 8), 64, ((0, 2), (1, 0)), "float32"),  # asymmetric padding
     ((2, 64, 5, 5), 64, 1, "float64"),
