@@ -651,3 +651,32 @@ def test_ops_of_other_domains_import_by_their_domain_and_version() -> None:
     proto.opset_import.append(helper.make_opsetid("com.example", 3))
     with pytest.raises(OnnxError, match=r"com\.example\.Frobnicate \(opset 3\)"):
         gc.onnx.load(proto)
+
+
+@pytest.mark.parametrize("aggregate", [0, 1, 2, 3])
+def test_tree_ensemble_of_two_trees_matches_onnx_reference(aggregate: int) -> None:
+    """Two trees (node 0 and node 3 are roots) over two targets, with a missing value sent
+    down the true branch; AVERAGE, SUM, MIN and MAX."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=2,
+        aggregate_function=aggregate, post_transform=0, tree_roots=[0, 3],
+        nodes_featureids=[0, 1, 1, 1], nodes_truenodeids=[1, 0, 2, 4],
+        nodes_trueleafs=[0, 1, 1, 1], nodes_falsenodeids=[2, 1, 3, 5],
+        nodes_falseleafs=[1, 1, 1, 1], nodes_missing_value_tracks_true=[1, 0, 0, 0],
+        nodes_modes=numpy_helper.from_array(np.array([0, 3, 0, 1], np.uint8)),
+        nodes_splits=numpy_helper.from_array(np.array([0.5, -0.2, 0.0, 0.3], np.float32)),
+        leaf_targetids=[0, 1, 0, 1, 0, 1],
+        leaf_weights=numpy_helper.from_array(
+            np.array([1.5, -2.0, 3.0, 0.25, 7.0, -1.0], np.float32)))
+    x = np.random.default_rng(6).standard_normal((8, 2)).astype(np.float32)
+    x[0, 0] = np.nan
+    graph = helper.make_graph([node], "m", [_vi("X", [8, 2])], [_vi("Y", [8, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid("ai.onnx.ml", 5)])
+    from graphc.onnx.backend import GraphcBackend
+
+    got = GraphcBackend.prepare(model).run([x])[0]
+    np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"X": x})[0],
+                               rtol=1e-6)
