@@ -1,5 +1,6 @@
 """ONNX's Attention (opsets 23 and 24), written with graphc's matmul and softmax, and at the
-end RotaryEmbedding and TensorScatter (the key/value cache update).
+end RotaryEmbedding, TensorScatter (the key/value cache update) and FlexAttention (domain
+ai.onnx.preview, its score/probability subgraphs converted with graphc's rules).
 
 softmax(Q·Kᵀ·scale [softcapped] + bias) · V, where the additive bias (0 where a key may be
 attended, -inf where not) combines, as ONNX's reference does:
@@ -29,7 +30,8 @@ import numpy as np
 
 from graphc import builder as gb
 from graphc.ir import Node
-from graphc.onnx.convert import Context, Value, rule
+from graphc.onnx.convert import Context, Value, lookup, rule
+from graphc.onnx.model import require_onnx, rule_key, tensor_array
 from graphc.ops import elementwise as ew
 from graphc.ops import gather, join, layout, linalg, neural, reduce, slicing
 
@@ -291,13 +293,46 @@ def _tensor_scatter(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
 
 # --- FlexAttention (domain ai.onnx.preview) ----------------------------------------------------
 
+def _subgraph(ctx: Context, graph: Any, args: list[Node]) -> Node:
+    """The single output of an attribute subgraph (a function of its inputs and its own
+    initializers) applied to `args`, converted node by node with graphc's rules (its
+    attributes read as the importer reads a node's, which rules cannot import)."""
+    onnx = require_onnx()
+    saved = (ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types)
+    if len(graph.input) != len(args) or len(graph.output) != 1:
+        raise ctx.error(f"subgraph '{graph.name}' takes {len(graph.input)} inputs and gives "
+                        f"{len(graph.output)} outputs; expected {len(args)} and 1")
+    values: dict[str, Value] = {vi.name: a for vi, a in zip(graph.input, args)}
+    types = {t.name: t.data_type for t in graph.initializer}
+    for t in graph.initializer:
+        values[t.name] = tensor_array(t, f"initializer '{t.name}' of '{graph.name}'")
+    for i, node in enumerate(graph.node):
+        fn = lookup(rule_key(node.domain, node.op_type), ctx.opset)
+        if fn is None:
+            raise ctx.error(f"subgraph op {node.op_type} has no rule at opset {ctx.opset}")
+        attrs: dict[str, Any] = {}
+        for a in node.attribute:
+            value = onnx.helper.get_attribute_value(a)
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            elif isinstance(value, onnx.TensorProto):
+                value = tensor_array(value, f"attribute '{a.name}'")
+            attrs[a.name] = value
+        ctx.node_name, ctx.op_type = node.name or f"{graph.name}#{i}", node.op_type
+        ctx.num_outputs = len(node.output)
+        ctx.input_types = [types.get(n) for n in node.input]
+        outs = fn(ctx, [values[n] if n else None for n in node.input], attrs)
+        values.update({n: np.asarray(o) if isinstance(o, np.generic) else o
+                       for n, o in zip(node.output, outs) if n})
+    ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types = saved
+    return ctx.node(values[graph.output[0].name])
+
+
 @rule("ai.onnx.preview.FlexAttention", 1)
 def _flex_attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """softmax(Q·Kᵀ·scale)·V for (B, H, L, E) inputs, key/value heads repeated for grouped
-    queries. The score_mod and prob_mod subgraphs are not supported."""
-    for mod in ("score_mod", "prob_mod"):
-        if mod in attrs:
-            raise ctx.error(f"the {mod} subgraph is not supported")
+    """softmax(score_mod(Q·Kᵀ·scale))·V, the probabilities passed through prob_mod, for
+    (B, H, L, E) inputs, key/value heads repeated for grouped queries; score_mod and
+    prob_mod are subgraphs of one tensor, converted with graphc's rules."""
     q, k, v = (ctx.node(x) for x in inputs[:3])
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ctx.error(f"Q, K, V of ranks {q.ndim}, {k.ndim}, {v.ndim}; expected 4")
@@ -309,4 +344,9 @@ def _flex_attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
     scale = attrs.get("scale")
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
-    return [linalg.matmul(neural.softmax(scores, -1), v)]
+    if "score_mod" in attrs:
+        scores = _subgraph(ctx, attrs["score_mod"], [scores])
+    probs = neural.softmax(scores, -1)
+    if "prob_mod" in attrs:
+        probs = _subgraph(ctx, attrs["prob_mod"], [probs])
+    return [linalg.matmul(probs, v)]
