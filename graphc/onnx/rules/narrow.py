@@ -26,7 +26,7 @@ import numpy as np
 from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, dtype_of, rule
-from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype, require_onnx
+from graphc.onnx.model import NUMPY_DTYPES, ONNX_NUMPY, graphc_dtype, require_onnx
 from graphc.onnx.rules.bitwise import float_bits, pow2
 from graphc.ops import elementwise as ew
 from graphc.ops import layout, slicing
@@ -39,9 +39,8 @@ class FloatFormat:
     """A narrow float: `mantissa` stored bits, normal exponents `min_exp`..`max_exp`, the
     largest finite value, whether overflow without saturation gives infinity (else NaN),
     and whether it has no NaN at all (then overflow always saturates and NaN converts to
-    -0, as ml_dtypes converts). `numpy` names its ml_dtypes type."""
+    -0, as ml_dtypes converts)."""
 
-    numpy: str
     mantissa: int
     min_exp: int
     max_exp: int
@@ -51,11 +50,11 @@ class FloatFormat:
 
 
 FLOATS: dict[int, FloatFormat] = {
-    17: FloatFormat("float8_e4m3fn", 3, -6, 8, 448.0),
-    18: FloatFormat("float8_e4m3fnuz", 3, -7, 7, 240.0),
-    19: FloatFormat("float8_e5m2", 2, -14, 15, 57344.0, has_inf=True),
-    20: FloatFormat("float8_e5m2fnuz", 2, -15, 15, 57344.0),
-    23: FloatFormat("float4_e2m1fn", 1, 0, 2, 6.0, no_nan=True),
+    17: FloatFormat(3, -6, 8, 448.0),
+    18: FloatFormat(3, -7, 7, 240.0),
+    19: FloatFormat(2, -14, 15, 57344.0, has_inf=True),
+    20: FloatFormat(2, -15, 15, 57344.0),
+    23: FloatFormat(1, 0, 2, 6.0, no_nan=True),
 }
 # Narrow integers: (lowest, highest). uint8..int16 are wider than these but narrower than
 # graphc's int32; QuantizeLinear clips into all of them.
@@ -87,16 +86,14 @@ def round_float(x: Node, fmt: FloatFormat, saturate: bool) -> Node:
     return r
 
 
-def round_float_np(x: np.ndarray, fmt: FloatFormat, saturate: bool) -> np.ndarray:
-    """`round_float` of a known array."""
-    import ml_dtypes
-
-    target = getattr(ml_dtypes, fmt.numpy)
+def round_float_np(x: np.ndarray, code: int, saturate: bool) -> np.ndarray:
+    """`round_float` of a known array, to the format of ONNX element type `code`."""
+    fmt = FLOATS[code]
     work = x.astype(np.float32)
     if saturate:
         work = np.clip(work, -fmt.largest, fmt.largest)  # NaN stays NaN
     with np.errstate(invalid="ignore", over="ignore"):
-        return work.astype(target).astype(x.dtype)
+        return work.astype(ONNX_NUMPY[code]).astype(x.dtype)
 
 
 def to_int(x: Node, lo: int, hi: int) -> Node:
@@ -125,19 +122,17 @@ def round_e8m0(x: Node, saturate: bool, mode: str) -> Node:
     bits = ew.mod(bits, 2 ** 31)  # the sign is dropped
     man = ew.mod(bits, 2 ** 23)
     exp = ew.div(ew.cast(ew.sub(bits, man), "float64"), float(2 ** 23))
-    if mode == "up":
-        bump = ew.greater(man, 0)
-    elif mode == "nearest":
-        low = ew.mod(man, 2 ** 22)
-        bump = ew.logical_and(ew.greater_equal(man, 2 ** 22), ew.logical_or(
-            ew.logical_or(ew.greater_equal(low, 2 ** 21), ew.greater(ew.mod(low, 2 ** 21), 0)),
-            ew.greater(exp, 0.0)))
-    else:
-        bump = ew.less(man, 0)  # never: down truncates
-    special = ew.equal(exp, 255.0)
-    if saturate:
-        bump = ew.logical_and(bump, ew.less(exp, 254.0))
-    exp = ew.where(ew.logical_and(bump, ew.logical_not(special)), ew.add(exp, 1.0), exp)
+    if mode != "down":  # down truncates: the exponent field as it is
+        if mode == "up":
+            bump = ew.greater(man, 0)
+        else:  # nearest: the guard bit, and round, sticky or the exponent's low bit
+            low = ew.mod(man, 2 ** 22)
+            rest = ew.logical_or(ew.greater_equal(low, 2 ** 21),
+                                 ew.greater(ew.mod(low, 2 ** 21), 0))
+            bump = ew.logical_and(ew.greater_equal(man, 2 ** 22),
+                                  ew.logical_or(rest, ew.greater(exp, 0.0)))
+        bump = ew.logical_and(bump, ew.less(exp, 254.0 if saturate else 255.0))
+        exp = ew.where(bump, ew.add(exp, 1.0), exp)
     value = pow2(ew.sub(exp, 127.0), -127, 128)
     value = ew.where(ew.equal(exp, 255.0), gb.constant(np.float64(np.nan)), value)
     return ew.cast(value, x.dtype)
@@ -161,7 +156,7 @@ def cast_to(ctx: Context, x: Value | None, elem_type: int, saturate: bool = True
     fmt, span = FLOATS.get(elem_type), INTS.get(elem_type)
     if isinstance(x, np.ndarray):
         if fmt is not None:
-            return round_float_np(x.astype(NUMPY_DTYPES[dtype]), fmt, saturate)
+            return round_float_np(x.astype(NUMPY_DTYPES[dtype]), elem_type, saturate)
         if span is not None:
             return to_int_np(x, *span)
         return x.astype(NUMPY_DTYPES[dtype])
