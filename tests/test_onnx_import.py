@@ -680,3 +680,34 @@ def test_tree_ensemble_of_two_trees_matches_onnx_reference(aggregate: int) -> No
     got = GraphcBackend.prepare(model).run([x])[0]
     np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, {"X": x})[0],
                                rtol=1e-6)
+
+
+def test_if_takes_the_branch_its_import_time_condition_selects() -> None:
+    """The condition comes from x's shape (known at import); the branch reads x from the
+    enclosing graph and nests a second If; a run-time condition is refused."""
+    def branch(name: str, nodes: list, out: str) -> object:
+        return helper.make_graph(nodes, name, [], [_vi(out, None)])
+
+    inner = helper.make_node("If", ["c"], ["z"], then_branch=branch(
+        "t2", [helper.make_node("Neg", ["w"], ["z2"])], "z2"), else_branch=branch(
+        "e2", [helper.make_node("Abs", ["w"], ["z3"])], "z3"))
+    then = branch("t", [helper.make_node("Relu", ["x"], ["w"]), inner,
+                        helper.make_node("Identity", ["z"], ["y1"])], "y1")
+    other = branch("e", [helper.make_node("Sigmoid", ["x"], ["y2"])], "y2")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Constant", [], ["i"], value=numpy_helper.from_array(
+                 np.array(1, np.int64))),
+             helper.make_node("Gather", ["s", "i"], ["n"]),
+             helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
+                 np.array(2, np.int64))),
+             helper.make_node("Greater", ["n", "k"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    data = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])], opset=17)
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    (y,) = gc.reference(gc.onnx.load(data), signature="main")(x)
+    np.testing.assert_array_equal(y, -np.maximum(x, 0))  # 3 > 2: then, and inner then
+    runtime = _model([helper.make_node("If", ["b"], ["y"], then_branch=then,
+                                       else_branch=other)],
+                     [_vi("b", [], TensorProto.BOOL), _vi("x", [2, 3])], [_vi("y", [2, 3])])
+    with pytest.raises(OnnxError, match=r"'cond' must be known"):
+        gc.onnx.load(runtime)

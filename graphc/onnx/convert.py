@@ -15,7 +15,7 @@ own version resolution does, so a change of semantics is a second registration.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -76,6 +76,9 @@ class Context:
     value_types: dict[str, int] = field(default_factory=dict)
     # The opset version of each other domain the model imports (ai.onnx.ml, ...).
     domain_opsets: dict[str, int] = field(default_factory=dict)
+    # The values converted so far by ONNX name, for subgraphs (If's branches) that read
+    # values of the enclosing graph.
+    scope: MutableMapping[str, Value] = field(default_factory=dict)
     used_names: set[str] = field(default_factory=set)
 
     def error(self, message: str) -> OnnxError:

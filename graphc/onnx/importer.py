@@ -64,6 +64,7 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     for t in graph_proto.initializer:
         ctx.value_types[t.name] = t.data_type
     values: dict[str, Value] = {}
+    ctx.scope = values
     with g:
         init_names = {t.name for t in graph_proto.initializer}
         for t in graph_proto.initializer:

@@ -5,6 +5,7 @@ from graphc.onnx.rules import (
     attention,
     bitwise,
     composite,
+    control,
     detection,
     einsum,
     elementwise,
@@ -27,7 +28,7 @@ from graphc.onnx.rules import (
     windows,
 )
 
-__all__ = ["attention", "bitwise", "composite", "detection", "einsum", "elementwise",
+__all__ = ["attention", "bitwise", "composite", "control", "detection", "einsum", "elementwise",
            "grid_sample", "image", "indexing", "matrix", "ml", "narrow", "nn", "qlinear",
            "recurrent", "recurrent_state", "signal", "spatial", "tensor", "text", "topk",
            "training", "windows"]

@@ -1,6 +1,6 @@
 """ONNX's Attention (opsets 23 and 24), written with graphc's matmul and softmax, and at the
 end RotaryEmbedding, TensorScatter (the key/value cache update) and FlexAttention (domain
-ai.onnx.preview, its score/probability subgraphs converted with graphc's rules).
+ai.onnx.preview, its score/probability subgraphs converted by `control.run_subgraph`).
 
 softmax(Q·Kᵀ·scale [softcapped] + bias) · V, where the additive bias (0 where a key may be
 attended, -inf where not) combines, as ONNX's reference does:
@@ -30,8 +30,8 @@ import numpy as np
 
 from graphc import builder as gb
 from graphc.ir import Node
-from graphc.onnx.convert import Context, Value, lookup, rule
-from graphc.onnx.model import require_onnx, rule_key, tensor_array
+from graphc.onnx.convert import Context, Value, rule
+from graphc.onnx.rules.control import run_subgraph
 from graphc.ops import elementwise as ew
 from graphc.ops import gather, join, layout, linalg, neural, reduce, slicing
 
@@ -293,41 +293,6 @@ def _tensor_scatter(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
 
 # --- FlexAttention (domain ai.onnx.preview) ----------------------------------------------------
 
-def _subgraph(ctx: Context, graph: Any, args: list[Node]) -> Node:
-    """The single output of an attribute subgraph (a function of its inputs and its own
-    initializers) applied to `args`, converted node by node with graphc's rules (its
-    attributes read as the importer reads a node's, which rules cannot import)."""
-    onnx = require_onnx()
-    saved = (ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types)
-    if len(graph.input) != len(args) or len(graph.output) != 1:
-        raise ctx.error(f"subgraph '{graph.name}' takes {len(graph.input)} inputs and gives "
-                        f"{len(graph.output)} outputs; expected {len(args)} and 1")
-    values: dict[str, Value] = {vi.name: a for vi, a in zip(graph.input, args)}
-    types = {t.name: t.data_type for t in graph.initializer}
-    for t in graph.initializer:
-        values[t.name] = tensor_array(t, f"initializer '{t.name}' of '{graph.name}'")
-    for i, node in enumerate(graph.node):
-        fn = lookup(rule_key(node.domain, node.op_type), ctx.opset)
-        if fn is None:
-            raise ctx.error(f"subgraph op {node.op_type} has no rule at opset {ctx.opset}")
-        attrs: dict[str, Any] = {}
-        for a in node.attribute:
-            value = onnx.helper.get_attribute_value(a)
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            elif isinstance(value, onnx.TensorProto):
-                value = tensor_array(value, f"attribute '{a.name}'")
-            attrs[a.name] = value
-        ctx.node_name, ctx.op_type = node.name or f"{graph.name}#{i}", node.op_type
-        ctx.num_outputs = len(node.output)
-        ctx.input_types = [types.get(n) for n in node.input]
-        outs = fn(ctx, [values[n] if n else None for n in node.input], attrs)
-        values.update({n: np.asarray(o) if isinstance(o, np.generic) else o
-                       for n, o in zip(node.output, outs) if n})
-    ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types = saved
-    return ctx.node(values[graph.output[0].name])
-
-
 @rule("ai.onnx.preview.FlexAttention", 1)
 def _flex_attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     """softmax(score_mod(Q·Kᵀ·scale))·V, the probabilities passed through prob_mod, for
@@ -345,8 +310,8 @@ def _flex_attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
     if "score_mod" in attrs:
-        scores = _subgraph(ctx, attrs["score_mod"], [scores])
+        scores = ctx.node(run_subgraph(ctx, attrs["score_mod"], [scores])[0])
     probs = neural.softmax(scores, -1)
     if "prob_mod" in attrs:
-        probs = _subgraph(ctx, attrs["prob_mod"], [probs])
+        probs = ctx.node(run_subgraph(ctx, attrs["prob_mod"], [probs])[0])
     return [linalg.matmul(probs, v)]

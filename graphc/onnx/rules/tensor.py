@@ -239,9 +239,12 @@ def _constant_of_shape(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> l
 
 @rule("Range", 11)
 def _range(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    start = ctx.need_known(inputs[0], "start")
-    limit = ctx.need_known(inputs[1], "limit")
-    delta = ctx.need_known(inputs[2], "delta")
+    # Scalars (ONNX's reference takes one-element tensors too, as expanded functions pass).
+    start, limit, delta = (ctx.need_known(v, what) for v, what in
+                           zip(inputs[:3], ("start", "limit", "delta")))
+    if start.size != 1 or limit.size != 1 or delta.size != 1:
+        raise ctx.error("start, limit and delta must be scalars")
+    start, limit, delta = start.reshape(()), limit.reshape(()), delta.reshape(())
     if float(delta) == 0:
         raise ctx.error("delta is 0")
     n = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
