@@ -711,3 +711,37 @@ def test_if_takes_the_branch_its_import_time_condition_selects() -> None:
                      [_vi("b", [], TensorProto.BOOL), _vi("x", [2, 3])], [_vi("y", [2, 3])])
     with pytest.raises(OnnxError, match=r"'cond' must be known"):
         gc.onnx.load(runtime)
+
+
+def test_scan_and_loop_unroll_as_onnx_reference_runs_them() -> None:
+    """Scan: a running sum (state) over a reversed scan input, the partial sums stacked
+    along axis 1 in reverse (which onnx's reference evaluator does not run); Loop: 3
+    iterations of y += i with the per-step values."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x_t"], ["s_out"]),
+         helper.make_node("Identity", ["s_out"], ["y_t"])], "body",
+        [_vi("s_in", [2]), _vi("x_t", [2])], [_vi("s_out", [2]), _vi("y_t", [2])])
+    scan = helper.make_node("Scan", ["s0", "x"], ["s", "ys"], body=body, num_scan_inputs=1,
+                            scan_input_directions=[1], scan_output_axes=[1],
+                            scan_output_directions=[1])
+    loop_body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]),
+         helper.make_node("Cast", ["i"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("Add", ["y_in", "f"], ["y_out"]),
+         helper.make_node("Identity", ["y_out"], ["step"])], "loop_body",
+        [_vi("i", [], TensorProto.INT64), _vi("c_in", [], TensorProto.BOOL), _vi("y_in", [2])],
+        [_vi("c_out", [], TensorProto.BOOL), _vi("y_out", [2]), _vi("step", [2])])
+    loop = helper.make_node("Loop", ["m", "c", "s0"], ["y", "steps"], body=loop_body)
+    inits = [numpy_helper.from_array(np.array(3, np.int64), "m"),
+             numpy_helper.from_array(np.array(True), "c")]
+    graph = helper.make_graph([scan, loop], "m", [_vi("s0", [2]), _vi("x", [4, 2])],
+                              [_vi("s", [2]), _vi("ys", [2, 4]), _vi("y", [2]),
+                               _vi("steps", [3, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"s0": np.array([1.0, -1.0], np.float32),
+             "x": np.arange(8, dtype=np.float32).reshape(4, 2)}
+    s, ys, y, steps = gc.reference(gc.onnx.load(model), signature="main")(*feeds.values())
+    np.testing.assert_array_equal(s, [13, 15])  # 1 + 6 + 4 + 2 + 0, -1 + 7 + 5 + 3 + 1
+    np.testing.assert_array_equal(ys, [[13, 13, 11, 7], [15, 14, 11, 6]])
+    np.testing.assert_array_equal(y, [4, 2])
+    np.testing.assert_array_equal(steps, [[1, -1], [2, 0], [4, 2]])

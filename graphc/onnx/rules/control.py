@@ -1,5 +1,6 @@
-"""Subgraphs: ONNX's If with a condition known at import, and `run_subgraph`, which
-converts an attribute subgraph (If's branches, FlexAttention's score and probability
+"""Subgraphs: ONNX's If with a condition known at import, Scan unrolled over its static
+length, Loop unrolled over iterations known at import, and `run_subgraph`, which converts
+an attribute subgraph (If's branches, loop bodies, FlexAttention's score and probability
 modifiers) node by node with graphc's rules.
 
 graphc graphs are static, so If takes the branch its condition selects when the model is
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from graphc.onnx.convert import Context, Value, lookup, rule
+from graphc.onnx.convert import Context, Value, axis_of, lookup, rule
 from graphc.onnx.model import require_onnx, rule_key, tensor_array
+from graphc.ops import join, layout, slicing
 
 Inputs = list[Value | None]
 
@@ -87,3 +89,98 @@ def _if(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         raise ctx.error(f"the branch gives {len(outs)} outputs; the node has "
                         f"{ctx.num_outputs}")
     return outs
+
+
+def _slice_step(ctx: Context, x: Value, axis: int, index: int) -> Value:
+    """x's slice at `index` along `axis`, the axis removed."""
+    if isinstance(x, np.ndarray):
+        return np.take(x, index, axis=axis)
+    return layout.squeeze(slicing.slice(x, [index], [index + 1], axes=[axis]), axis)
+
+
+def _stack(ctx: Context, parts: list[Value], axis: int) -> Value:
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.stack([np.asarray(p) for p in parts], axis)
+    return join.stack([ctx.node(p) for p in parts], axis)
+
+
+@rule("Scan", 9)
+def _scan(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The body run once per step of the scan inputs (the static length of their scan
+    axes), unrolled: the state variables carried from step to step, the scan outputs
+    stacked along their axes (reversed where the directions say)."""
+    body = attrs.get("body")
+    m = int(attrs.get("num_scan_inputs", 0))
+    if body is None or not 0 < m <= len(inputs) or any(v is None for v in inputs):
+        raise ctx.error(f"expected a body and {m} > 0 scan inputs among {len(inputs)}")
+    n = len(inputs) - m
+    states: list[Value] = [v for v in inputs[:n] if v is not None]
+    scans = [v for v in inputs[n:] if v is not None]
+    axes = [int(a) for a in attrs.get("scan_input_axes", [0] * m)]
+    axes = [axis_of(a, len(s.shape), ctx) for a, s in zip(axes, scans)]
+    backward = [int(d) for d in attrs.get("scan_input_directions", [0] * m)]
+    lengths = {s.shape[a] for s, a in zip(scans, axes)}
+    if len(lengths) != 1:
+        raise ctx.error(f"the scan inputs have different lengths {sorted(lengths)}")
+    length = lengths.pop()
+    k = len(body.output) - n
+    out_axes = [int(a) for a in attrs.get("scan_output_axes", [0] * k)]
+    out_backward = [int(d) for d in attrs.get("scan_output_directions", [0] * k)]
+    collected: list[list[Value]] = [[] for _ in range(k)]
+    for t in range(length):
+        steps = [_slice_step(ctx, s, a, length - 1 - t if b else t)
+                 for s, a, b in zip(scans, axes, backward)]
+        outs = run_subgraph(ctx, body, [*states, *steps])
+        states = outs[:n]
+        for j in range(k):
+            collected[j].append(outs[n + j])
+    if length == 0:
+        raise ctx.error("a scan of length 0 gives empty outputs, which graphc does not build")
+    results: list[Value] = list(states)
+    for j in range(k):
+        parts = collected[j][::-1] if out_backward[j] else collected[j]
+        rank = len(parts[0].shape) + 1
+        results.append(_stack(ctx, parts, axis_of(out_axes[j], rank, ctx)))
+    return results
+
+
+# Unrolling beyond this many iterations is refused (the graph would grow without bound).
+MAX_UNROLL = 4096
+
+
+@rule("Loop", 1)
+def _loop(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """The body unrolled for as many iterations as the trip count and the condition allow,
+    both known at import (the body's condition output too, step by step): the loop-carried
+    values passed on, the scan outputs stacked along a new first axis."""
+    body = attrs.get("body")
+    if body is None:
+        raise ctx.error("the body is missing")
+    trip = inputs[0] if inputs else None
+    cond = inputs[1] if len(inputs) > 1 else None
+    states = [v for v in inputs[2:] if v is not None]
+    if trip is None and cond is None:
+        raise ctx.error("neither a trip count nor a condition: the loop does not end")
+    limit = int(ctx.need_known(trip, "M").reshape(-1)[0]) if trip is not None else None
+    go = bool(ctx.need_known(cond, "cond").reshape(-1)[0]) if cond is not None else True
+    n = len(states)
+    k = len(body.output) - 1 - n
+    collected: list[list[Value]] = [[] for _ in range(k)]
+    i = 0
+    while go and (limit is None or i < limit):
+        if i >= MAX_UNROLL:
+            raise ctx.error(f"more than {MAX_UNROLL} iterations to unroll")
+        outs = run_subgraph(ctx, body, [np.array(i, np.int64), np.array(go), *states])
+        flag = outs[0]
+        if not isinstance(flag, np.ndarray):
+            raise ctx.error("the body's condition is computed at run time; graphc unrolls "
+                            "loops whose iterations are known at import")
+        go = bool(flag.reshape(-1)[0])
+        states = outs[1:1 + n]
+        for j in range(k):
+            collected[j].append(outs[1 + n + j])
+        i += 1
+    if k and i == 0:
+        raise ctx.error("no iteration runs: the scan outputs would be empty, which graphc "
+                        "does not build")
+    return [*states, *(_stack(ctx, parts, 0) for parts in collected)]
