@@ -11,7 +11,7 @@ an emitter module (and the module here, if it is new).
 from __future__ import annotations
 
 from graphc.codegen.context import Lowering
-from graphc.codegen.conv import direct
+from graphc.codegen.conv import direct, winograd
 from graphc.codegen.fused import loop_nests, multi_output, reduction
 from graphc.codegen.gemm import matmul
 from graphc.codegen.opaque import concat, pooling, pooling_grad, rows, scatter_gather
@@ -19,8 +19,8 @@ from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.passes.kernels import Kernel, KernelKind
 
-MODULES = (loop_nests, reduction, multi_output, matmul, direct, rows, concat, scatter_gather,
-           pooling, pooling_grad)
+MODULES = (loop_nests, reduction, multi_output, matmul, direct, winograd, rows, concat,
+           scatter_gather, pooling, pooling_grad)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

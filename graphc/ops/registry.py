@@ -25,6 +25,7 @@ from graphc.ops import (
     random,
     reduce,
     slicing,
+    winograd,
 )
 
 
@@ -48,8 +49,8 @@ SOURCES = [
 
 # Families in registry order (and so `graphc ops --list`); a family module imports only the
 # families before it in `docs/architecture.md`'s order, never a later one.
-FAMILIES = (elementwise, reduce, layout, join, slicing, gather, linalg, conv, pool, neural,
-            random)
+FAMILIES = (elementwise, reduce, layout, join, slicing, gather, linalg, conv, winograd, pool,
+            neural, random)
 
 OPS: dict[str, OpDef] = {}
 for _op in [*SOURCES, *(op for family in FAMILIES for op in family.OPS)]:

@@ -26,7 +26,7 @@ from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import OpDef
 from graphc.ops.common import as_node, int_tuple, normalize_axes, normalize_axis, resolve, shape_op
 
-__all__ = ["pad", "reverse", "slice"]
+__all__ = ["pad", "pad_interior", "reverse", "slice"]
 
 OPS: list[OpDef] = []
 _op = functools.partial(shape_op, OPS)
@@ -242,6 +242,13 @@ def _resolve_pad_width(x: TensorType, pad_width: Any) -> tuple[tuple[int, int, i
     if (width < 0).any():
         raise AttrError(f"pad_width {pad_width!r} must be >= 0")
     return tuple((int(lo), int(hi), 0) for lo, hi in width)
+
+
+def pad_interior(x: Operand, pads: Any, value: float = 0.0) -> Node:
+    """Pad with (low, high, interior) per axis: `interior` copies of `value` between
+    neighbouring elements too (spreading x out), as XLA's pad does."""
+    x = as_node(x)
+    return _pad(x, tuple(tuple(int(v) for v in p) for p in pads), value)
 
 
 def pad(x: Operand, pad_width: Any, value: float = 0.0, name: str | None = None) -> Node:

@@ -298,4 +298,73 @@ POOL_CASES: list[OpCase] = [
               (Arg((1, 2, 3, 3)),)),
 ]
 
-CASES: list[OpCase] = CONV_CASES + POOL_CASES
+# --- the Winograd transforms --------------------------------------------------------------
+
+_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def np_winograd_input(x: np.ndarray, pads: PADS) -> np.ndarray:
+    """Tile by tile: d[i, j] = x[n, c, 2ty + i - pt, 2tx + j - pl] (0 outside), B^T d B."""
+    n, c, h, w = x.shape
+    (pt, pb), (pl, pr) = pads
+    th, tw = -(-(h + pt + pb - 2) // 2), -(-(w + pl + pr - 2) // 2)
+    out = np.zeros((16, c, n * th * tw), x.dtype)
+    for b in range(n):
+        for ch in range(c):
+            for ty in range(th):
+                for tx in range(tw):
+                    d = np.zeros((4, 4), x.dtype)
+                    for i in range(4):
+                        for j in range(4):
+                            iy, ix = 2 * ty + i - pt, 2 * tx + j - pl
+                            if 0 <= iy < h and 0 <= ix < w:
+                                d[i, j] = x[b, ch, iy, ix]
+                    out[:, ch, (b * th + ty) * tw + tx] = (_BT @ d @ _BT.T).reshape(16)
+    return out
+
+
+def np_winograd_output(m: np.ndarray, size: tuple[int, int, int], transposed: bool
+                       ) -> np.ndarray:
+    """Tile by tile: y = A^T M A, its 2x2 values at (2ty + a, 2tx + b) when inside."""
+    n, ho, wo = size
+    th, tw = -(-ho // 2), -(-wo // 2)
+    o = m.shape[2] if transposed else m.shape[1]
+    out = np.zeros((n, o, ho, wo), m.dtype)
+    for b in range(n):
+        for ch in range(o):
+            for ty in range(th):
+                for tx in range(tw):
+                    t = (b * th + ty) * tw + tx
+                    vals = m[:, t, ch] if transposed else m[:, ch, t]
+                    y = _AT @ vals.reshape(4, 4) @ _AT.T
+                    for a in range(2):
+                        for bb in range(2):
+                            if 2 * ty + a < ho and 2 * tx + bb < wo:
+                                out[b, ch, 2 * ty + a, 2 * tx + bb] = y[a, bb]
+    return out
+
+
+def _wino_in(pads: PADS) -> object:
+    from graphc.ops.winograd import winograd_input
+    return lambda x: winograd_input(x, pads)
+
+
+def _wino_out(size: tuple[int, int, int], transposed: bool) -> object:
+    from graphc.ops.winograd import winograd_output
+    return lambda m: winograd_output(m, size, transposed)
+
+
+WINOGRAD_CASES: list[OpCase] = [
+    OpCase("winograd_input", ("winograd_input",), _wino_in(((1, 1), (1, 1))),
+           lambda x: np_winograd_input(x, ((1, 1), (1, 1))), (Arg((2, 3, 5, 6)),), **_TOL32),
+    OpCase("winograd_input:asymmetric_pads", ("winograd_input",),
+           _wino_in(((0, 2), (1, 0))), lambda x: np_winograd_input(x, ((0, 2), (1, 0))),
+           (Arg((1, 2, 6, 7)),), **_TOL32),
+    OpCase("winograd_output", ("winograd_output",), _wino_out((2, 5, 6), False),
+           lambda m: np_winograd_output(m, (2, 5, 6), False), (Arg((16, 3, 18)),), **_TOL32),
+    OpCase("winograd_output:transposed", ("winograd_output",), _wino_out((1, 4, 3), True),
+           lambda m: np_winograd_output(m, (1, 4, 3), True), (Arg((16, 4, 5)),), **_TOL32),
+]
+
+CASES: list[OpCase] = CONV_CASES + POOL_CASES + WINOGRAD_CASES
