@@ -144,6 +144,30 @@ def _scan(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     return results
 
 
+@rule("Scan", 8)
+def _scan8(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """Scan-8: every input and output has a batch axis 0, the scan inputs their sequence on
+    axis 1; each batch row is scanned as Scan-9 scans (sequence_lens must be the full
+    length, when given)."""
+    lens = inputs[0] if inputs else None
+    rest = inputs[1:]
+    m = int(attrs.get("num_scan_inputs", 0))
+    if attrs.get("body") is None or not 0 < m <= len(rest) or any(v is None for v in rest):
+        raise ctx.error(f"expected a body and {m} > 0 scan inputs among {len(rest)}")
+    values = [v for v in rest if v is not None]
+    batch, length = values[-1].shape[0], values[-1].shape[1]
+    if lens is not None and np.any(ctx.need_known(lens, "sequence_lens") != length):
+        raise ctx.error(f"sequence_lens other than the full length {length} are not "
+                        "supported")
+    directions = [int(d) for d in attrs.get("directions", [0] * m)]
+    per_row = []
+    for b in range(batch):
+        row = [_slice_step(ctx, v, 0, b) for v in values]
+        per_row.append(_scan(ctx, row, {"body": attrs["body"], "num_scan_inputs": m,
+                                        "scan_input_directions": directions}))
+    return [_stack(ctx, [r[j] for r in per_row], 0) for j in range(len(per_row[0]))]
+
+
 # Unrolling beyond this many iterations is refused (the graph would grow without bound).
 MAX_UNROLL = 4096
 
