@@ -118,3 +118,22 @@ def test_epilogue_of_partial_row_chunks_reads_operands_masked(width: int) -> Non
         got = gc.compile(g, [x, r], [y], options=CompileOptions(
             cache_dir=None, threads=1, conv_algorithm=algorithm))(xv, rv)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=algorithm)
+
+
+def test_narrow_rows_path_packs_weights_in_parallel_with_identical_bits() -> None:
+    """Rows narrower than a vector (7x7) run vectorized over output channels, after a copy
+    of the weights into lane-major chunks that two threads share: same bits as one."""
+    from graphc.codegen.conv import channels
+
+    rng = np.random.default_rng(3)
+    xv = rng.standard_normal((1, 160, 7, 7)).astype(np.float32)
+    with gc.Graph("narrow") as g:
+        x = gc.placeholder(xv.shape, "float32", name="x")
+        w = gc.constant(rng.standard_normal((200, 160, 1, 1)).astype(np.float32) * 0.1)
+        y = gc.relu(gc.conv2d(x, w) + 0.5)
+    conv = next(n for n in gc.ir.ancestors([y]) if n.op == "conv2d")
+    assert channels.applies(conv, host_target())
+    outs = [gc.compile(g, [x], [y], options=CompileOptions(
+        cache_dir=None, threads=threads, conv_algorithm="direct"))(xv) for threads in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], gc.reference(g, [x], [y])(xv), rtol=2e-4, atol=2e-4)
