@@ -33,7 +33,10 @@ class GraphcRep:
     Inputs arrive in the model's element types and are converted to the graph's (float16
     to float32, ...); outputs are converted back to the types the model declares. A model
     that needs an input's value at import (an axes or shape input) is imported again at each
-    `run` with its inputs given as `constants` (graphc graphs have static shapes).
+    `run` with its integer and bool inputs given as `constants` (graphc graphs have static
+    shapes), the float inputs staying run-time inputs; only if that is not enough (an op
+    graphc computes on known float values only) are all inputs given.
+    `inputs_given`: None (a run-time input for every model input), "integer" or "all".
     """
 
     def __init__(self, model: Any, mode: str, options: CompileOptions | None):
@@ -47,12 +50,14 @@ class GraphcRep:
         self.inputs = [vi for vi in proto.graph.input if vi.name not in inits]
         self.out_types = [ONNX_NUMPY.get(vi.type.tensor_type.elem_type)
                           for vi in proto.graph.output]
+        self.inputs_given: str | None = None
         try:
             self.fn: Any = self._build(None)
         except OnnxError as exc:
-            if "must be known when the model is imported" not in exc.message:
+            if not _needs_values(exc):
                 raise
-            self.fn = None  # built per run, with the integer inputs' values
+            self.fn = None  # built per run, with the inputs' values
+            self.inputs_given = "integer"
 
     def _build(self, constants: dict[str, np.ndarray] | None) -> Any:
         graph = load(self.proto, constants=constants)
@@ -66,8 +71,18 @@ class GraphcRep:
         arrays = [np.asarray(a) for a in inputs]
         fn, given = self.fn, {}
         if fn is None:
-            given = {vi.name: a for vi, a in zip(self.inputs, arrays)}
-            fn = self._build(given)
+            if self.inputs_given == "integer":
+                given = {vi.name: a for vi, a in zip(self.inputs, arrays)
+                         if a.dtype.kind not in "fc"}
+                try:
+                    fn = self._build(given)
+                except OnnxError as exc:
+                    if not _needs_values(exc):
+                        raise
+                    self.inputs_given = "all"
+            if self.inputs_given == "all":
+                given = {vi.name: a for vi, a in zip(self.inputs, arrays)}
+                fn = self._build(given)
         args = []
         for vi, a in zip(self.inputs, arrays):
             if vi.name in given:
@@ -78,6 +93,11 @@ class GraphcRep:
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
         return tuple(o.astype(t) if t is not None and o.dtype != t else o
                      for o, t in zip(outs, self.out_types))
+
+
+def _needs_values(exc: OnnxError) -> bool:
+    """Whether an import failed only because an input's value is needed at import."""
+    return "must be known when the model is imported" in exc.message
 
 
 def _backend_base() -> Any:
