@@ -76,21 +76,38 @@ def variable(
     return node
 
 
-def constant(value: Any, dtype: DType | str | None = None, name: str | None = None) -> Node:
-    """A fixed value baked into the graph."""
+def constant(value: Any, dtype: DType | str | None = None, name: str | None = None, *,
+             copy: bool = True) -> Node:
+    """A fixed value baked into the graph. The graph keeps a read-only copy of `value`;
+    with `copy=False` a C-contiguous numpy array of a graphc dtype (and `dtype` None) is
+    kept itself, made read-only (for arrays nothing else will write, such as an imported
+    model's weights: copying 46 MB of them was a third of a cached import)."""
     graph = current_graph()
-    return _constant(graph, value, dtype, name, user_location())
+    return _constant(graph, value, dtype, name, user_location(), copy)
 
 
 def _constant(
-    graph: Graph, value: Any, dtype: DType | str | None, name: str | None, loc: SourceLoc | None
+    graph: Graph, value: Any, dtype: DType | str | None, name: str | None, loc: SourceLoc | None,
+    copy: bool = True,
 ) -> Node:
-    array = _to_array(value, dtype, "constant", loc)
+    if (not copy and dtype is None and isinstance(value, np.ndarray)
+            and value.flags.c_contiguous and _has_dtype(value)):
+        array = value
+    else:
+        array = _to_array(value, dtype, "constant", loc)
     array.flags.writeable = False
     ttype = TensorType(array.shape, DType.of(array.dtype))
     node = graph.add_node("constant", (), {}, ttype, name=name, loc=loc)
     graph.constants[node.name] = array
     return node
+
+
+def _has_dtype(array: np.ndarray) -> bool:
+    try:
+        DType.of(array.dtype)
+    except GraphcError:
+        return False
+    return True
 
 
 def _to_array(

@@ -141,3 +141,16 @@ def test_initializers_are_seeded_and_scaled() -> None:
 def test_unsupported_dtype() -> None:
     with gc.Graph("g"), pytest.raises(gc.DTypeError, match="unsupported dtype"):
         gc.constant(np.zeros(3, np.complex64))
+
+
+def test_constant_without_copy_keeps_a_contiguous_array_read_only() -> None:
+    """copy=False keeps a C-contiguous array of a graphc dtype itself (made read-only); any
+    other value is copied as with copy=True."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with gc.Graph("c") as g:
+        kept = gc.constant(a, copy=False)
+        copied = gc.constant(a.T, copy=False)  # not C-contiguous
+        cast = gc.constant(a, "float64", copy=False)  # a dtype asked for
+    assert g.constants[kept.name] is a and not a.flags.writeable
+    assert g.constants[copied.name] is not a and g.constants[copied.name].flags.c_contiguous
+    assert g.constants[cast.name].dtype == np.float64

@@ -93,7 +93,7 @@ class Context:
             return v
         if not numpy_dtype_ok(v):
             raise self.error(f"value of dtype {v.dtype} has no graphc dtype")
-        return gb.constant(v)
+        return gb.constant(v, copy=False)  # import's own arrays: nothing else writes them
 
     @staticmethod
     def known(v: Value | None) -> np.ndarray | None:
