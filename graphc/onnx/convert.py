@@ -23,7 +23,7 @@ import numpy as np
 
 from graphc import builder as gb
 from graphc.ir import DType, Graph, Node
-from graphc.onnx.model import NUMPY_DTYPES, OnnxError, numpy_dtype_ok
+from graphc.onnx.model import NUMPY_DTYPES, OnnxError, numpy_dtype_ok, tensor_array
 
 Value: TypeAlias = Node | np.ndarray
 Rule: TypeAlias = "Callable[[Context, list[Value | None], dict[str, Any]], list[Value]]"
@@ -156,3 +156,22 @@ def axis_of(axis: int, rank: int, ctx: Context) -> int:
     if not -rank <= axis < max(rank, 1):
         raise ctx.error(f"axis {axis} is out of range for rank {rank}")
     return axis % rank if rank else 0
+
+
+def read_attributes(ctx: Context, node: Any, onnx: Any) -> dict[str, Any]:
+    """A node's attributes as Python values (strings decoded, tensors as arrays); a
+    malformed one is an error naming it."""
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        try:
+            value = onnx.helper.get_attribute_value(a)
+        except Exception as exc:
+            raise ctx.error(f"attribute '{a.name}' is malformed ({exc})") from None
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        elif isinstance(value, onnx.TensorProto):
+            value = tensor_array(value, f"attribute '{a.name}' of node '{node.name}'")
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode("utf-8", "replace") for v in value]
+        out[a.name] = value
+    return out

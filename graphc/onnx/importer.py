@@ -20,7 +20,7 @@ from graphc import builder as gb
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Node
 from graphc.onnx import rules as _rules  # noqa: F401 (registers the rules)
-from graphc.onnx.convert import Context, Value, lookup, valid_name, versions
+from graphc.onnx.convert import Context, Value, lookup, read_attributes, valid_name, versions
 from graphc.onnx.model import (
     NUMPY_DTYPES,
     OnnxError,
@@ -179,23 +179,6 @@ def _placeholder(ctx: Context, vi: Any, dims: Mapping[str, int],
     return gb.placeholder(shape, dtype, name=ctx.unique_name(vi.name))
 
 
-def _attributes(ctx: Context, node: Any, onnx: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in node.attribute:
-        try:
-            value = onnx.helper.get_attribute_value(a)
-        except Exception as exc:
-            raise ctx.error(f"attribute '{a.name}' is malformed ({exc})") from None
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        elif isinstance(value, onnx.TensorProto):
-            value = tensor_array(value, f"attribute '{a.name}' of node '{node.name}'")
-        elif isinstance(value, list) and value and isinstance(value[0], bytes):
-            value = [v.decode("utf-8", "replace") for v in value]
-        out[a.name] = value
-    return out
-
-
 def _convert_node(ctx: Context, node: Any, index: int, values: dict[str, Value],
                   onnx: Any) -> None:
     ctx.node_name = node.name or f"#{index}"
@@ -211,7 +194,7 @@ def _convert_node(ctx: Context, node: Any, index: int, values: dict[str, Value],
                             "not in topological order, or the value does not exist)")
         else:
             inputs.append(values[name])
-    attrs = _attributes(ctx, node, onnx)
+    attrs = read_attributes(ctx, node, onnx)
     op = rule_key(node.domain, node.op_type)
     fn = lookup(op, ctx.opset if op == node.op_type else ctx.domain_opsets.get(node.domain, 1))
     assert fn is not None  # _check_supported ran

@@ -37,7 +37,7 @@ from graphc.codegen.window import (
     scatter,
     splat,
 )
-from graphc.ir import DType
+from graphc.ir import DType, Node
 from graphc.ops.winograd import AT, BT, tiles
 
 
@@ -121,17 +121,20 @@ def _tile_outputs(b: ir.IRBuilder, m: list[ir.Value]) -> list[list[ir.Value]]:
     return [[_combine(b, list(AT[bb]), s_[a]) for bb in range(2)] for a in range(2)]
 
 
+def _output_geometry(node: Node) -> tuple[Node, int, int, int, int, int, int, int, DType]:
+    """(M, N, O, Ho, Wo, th, tw, tiles, dtype) of a winograd_output node."""
+    n, o, ho, wo = node.shape
+    th, tw = -(-ho // 2), -(-wo // 2)
+    return node.inputs[0], n, o, ho, wo, th, tw, n * th * tw, node.dtype
+
+
 def _output(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     if node.attrs["transposed"]:
         _output_by_channel(ctx)
         return
-    m = node.inputs[0]
-    n, o, ho, wo = node.shape
-    th, tw = -(-ho // 2), -(-wo // 2)
-    count = n * th * tw
-    dt: DType = node.dtype
+    m, n, o, ho, wo, th, tw, count, dt = _output_geometry(node)
     lanes = pick_lanes(ctx.target.lanes(dt.itemsize), tw)
     plan = plan_chunks(tw, lanes, None)
 
@@ -172,11 +175,7 @@ def _output_by_channel(ctx: KernelContext) -> None:
     """M as (16, tiles, O): vectors of L output channels per tile, scattered to NCHW."""
     node = ctx.kernel.anchor
     assert node is not None
-    m = node.inputs[0]
-    n, o, ho, wo = node.shape
-    th, tw = -(-ho // 2), -(-wo // 2)
-    count = n * th * tw
-    dt: DType = node.dtype
+    m, _, o, ho, wo, th, tw, count, dt = _output_geometry(node)
     lanes = pick_lanes(ctx.target.lanes(dt.itemsize), o)
     plan = plan_chunks(o, lanes, None)
     plane = ho * wo

@@ -52,6 +52,20 @@ def _repeat_heads(t: Node, rep: int) -> Node:
     return layout.reshape(wide, [b, h * rep, s, d])
 
 
+def _scaled_scores(ctx: Context, q: Node, k: Node, v: Node, attrs: dict[str, Any]
+                   ) -> tuple[Node, Node, Node]:
+    """(Q·Kᵀ·scale, K, V) of (B, H, S, D) heads, K and V repeated for grouped-query
+    attention (each K/V head serving hq / hk query heads); scale defaults to 1/sqrt(D)."""
+    hq, hk = q.shape[1], k.shape[1]
+    if hq != hk:
+        if hq % hk:
+            raise ctx.error(f"{hq} query heads do not divide into {hk} key/value heads")
+        k, v = _repeat_heads(k, hq // hk), _repeat_heads(v, hq // hk)
+    scale = attrs.get("scale")
+    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return ew.mul(linalg.matmul(q, k, transpose_b=True), scale), k, v
+
+
 def _additive(allowed: Bias, dtype: Any) -> Bias:
     """A boolean "may attend" mask as an additive bias: 0 where true, -inf where false."""
     if isinstance(allowed, np.ndarray):
@@ -154,14 +168,7 @@ def _attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Valu
         k = join.concat([ctx.node(past_k), k], 2)
         v = join.concat([ctx.node(past_v), v], 2)
     present_k, present_v = k, v
-    hq, hk = q.shape[1], k.shape[1]
-    if hq != hk:  # grouped-query attention: each K/V head serves hq / hk query heads
-        if hq % hk:
-            raise ctx.error(f"{hq} query heads do not divide into {hk} key/value heads")
-        k, v = _repeat_heads(k, hq // hk), _repeat_heads(v, hq // hk)
-    scale = attrs.get("scale")
-    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
+    scores, k, v = _scaled_scores(ctx, q, k, v, attrs)
     softcap = float(attrs.get("softcap", 0.0))
     if softcap > 0.0:  # before the bias, so that masked scores stay -inf
         scores = ew.mul(ew.tanh(ew.div(scores, softcap)), softcap)
@@ -301,14 +308,7 @@ def _flex_attention(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
     q, k, v = (ctx.node(x) for x in inputs[:3])
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ctx.error(f"Q, K, V of ranks {q.ndim}, {k.ndim}, {v.ndim}; expected 4")
-    hq, hk = q.shape[1], k.shape[1]
-    if hq != hk:
-        if hq % hk:
-            raise ctx.error(f"{hq} query heads do not divide into {hk} key/value heads")
-        k, v = _repeat_heads(k, hq // hk), _repeat_heads(v, hq // hk)
-    scale = attrs.get("scale")
-    scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    scores = ew.mul(linalg.matmul(q, k, transpose_b=True), scale)
+    scores, k, v = _scaled_scores(ctx, q, k, v, attrs)
     if "score_mod" in attrs:
         scores = ctx.node(run_subgraph(ctx, attrs["score_mod"], [scores])[0])
     probs = neural.softmax(scores, -1)

@@ -15,26 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from graphc.onnx.convert import Context, Value, axis_of, lookup, rule
+from graphc.onnx.convert import Context, Value, axis_of, lookup, read_attributes, rule
 from graphc.onnx.model import require_onnx, rule_key, tensor_array
 from graphc.ops import join, layout, slicing
 
 Inputs = list[Value | None]
-
-
-def _attributes(node: Any, onnx: Any) -> dict[str, Any]:
-    """A subgraph node's attributes as the importer reads a model node's."""
-    attrs: dict[str, Any] = {}
-    for a in node.attribute:
-        value = onnx.helper.get_attribute_value(a)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        elif isinstance(value, onnx.TensorProto):
-            value = tensor_array(value, f"attribute '{a.name}'")
-        elif isinstance(value, list) and value and isinstance(value[0], bytes):
-            value = [v.decode("utf-8", "replace") for v in value]
-        attrs[a.name] = value
-    return attrs
 
 
 def run_subgraph(ctx: Context, graph: Any, args: list[Value]) -> list[Value]:
@@ -64,7 +49,7 @@ def run_subgraph(ctx: Context, graph: Any, args: list[Value]) -> list[Value]:
         ctx.num_outputs = len(node.output)
         ctx.input_types = [types.get(n, ctx.value_types.get(n)) for n in node.input]
         outs = fn(ctx, [values[n] if n else None for n in node.input],
-                  _attributes(node, onnx))
+                  read_attributes(ctx, node, onnx))
         local.update({n: np.asarray(o) if isinstance(o, np.generic) else o
                       for n, o in zip(node.output, outs) if n})
     ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types, ctx.scope = saved
