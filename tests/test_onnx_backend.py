@@ -37,7 +37,7 @@ with warnings.catch_warnings():
 _backend_test.include(r"^test_.*_cpu$")
 for _name in EXCLUDED:
     _backend_test.exclude(rf"^{re.escape(_name)}_cpu$")
-# The node cases only (the real, simple and pytorch model suites are not wired up yet), and
+# The node cases only (the real and pytorch model suites are in test_onnx_model_suites.py), and
 # only the ones that run: the CUDA variants and the excluded cases (whose reasons are in the
 # JSON file) are removed rather than reported as a thousand skips.
 OnnxBackendNodeModelTest = _backend_test.test_cases["OnnxBackendNodeModelTest"]
