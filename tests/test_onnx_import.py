@@ -9,6 +9,7 @@ suite checks only lightly are in tests/test_onnx_import_ops.py.
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -226,6 +227,18 @@ def test_the_command_line_takes_onnx_models(tmp_path: object) -> None:
     (y2,) = gc.reference(gc.onnx.load(str(back)), signature="main")(x)
     np.testing.assert_allclose(y2, y, rtol=1e-6)
     assert cli.main(["convert", str(model), str(tmp / "out.txt"), "--dim", "batch=2"]) == 2
+    # And back from the .gcg graph to ONNX.
+    assert cli.main(["convert", str(tmp / "tiny.gcg"), str(tmp / "again.onnx")]) == 0
+    (y3,) = gc.reference(gc.onnx.load(str(tmp / "again.onnx")), signature="main")(x)
+    np.testing.assert_allclose(y3, y, rtol=1e-6)
+    # Drawn (a .dot file needs no Graphviz) and compiled to a library with its header.
+    assert cli.main(["viz", str(model), "--dim", "batch=2", "--stage", "fused", "-o",
+                     str(tmp / "tiny.dot")]) == 0
+    assert "digraph" in (tmp / "tiny.dot").read_text()
+    if shutil.which("cc"):
+        assert cli.main(["compile", str(model), "--dim", "batch=2", "-o",
+                         str(tmp / "libtiny.so")]) == 0
+        assert (tmp / "libtiny.so").exists() and (tmp / "tiny.h").exists()
 
 
 def _external_model(tmp: object, location: str = "weights.bin") -> object:
