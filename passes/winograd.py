@@ -32,11 +32,10 @@ import numpy as np
 
 from graphc.ir import Graph, Node, Signature
 from graphc.ops.geometry import Window
-from graphc.ops.winograd import AT, BT
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
-__all__ = ["AT", "BT", "G", "applies", "rewrite", "weight_transform", "winograd"]
+__all__ = ["G", "applies", "rewrite", "weight_transform", "winograd"]
 
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 # Below these channel counts the transforms cost more than the GEMMs save.
@@ -69,7 +68,6 @@ def rewrite(rb: Rebuilder, p: Pending, weights: np.ndarray) -> Node:
     """The F(2x2, 3x3) form of conv2d `p` (see the module docstring)."""
     x = p.inputs[0]
     n = x.shape[0]
-    o = weights.shape[0]
     ho, wo = p.shape[2:]
     pads = Window.from_attrs(p.attrs, kernel=(3, 3)).pads
     tiles = -(-ho // 2) * -(-wo // 2)
@@ -84,7 +82,6 @@ def rewrite(rb: Rebuilder, p: Pending, weights: np.ndarray) -> Node:
         mm = rb.emit("matmul", (v, u), {"transpose_a": True, "transpose_b": True}, at=p)
     else:
         mm = rb.emit("matmul", (u, v), {"transpose_a": False, "transpose_b": False}, at=p)
-    del o
     return rb.emit("winograd_output", (mm,), {"size": (n, ho, wo), "transposed": transposed},
                    at=p, name=p.name)
 

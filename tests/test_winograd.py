@@ -9,9 +9,10 @@ import pytest
 
 import graphc as gc
 from graphc.ir import Graph
+from graphc.ops.winograd import AT, BT
 from graphc.options import CompileOptions
 from graphc.passes.manager import run_pipeline
-from graphc.passes.winograd import AT, BT, G, weight_transform
+from graphc.passes.winograd import G, weight_transform
 
 
 def test_one_tile_of_the_algebra_is_a_correlation() -> None:

@@ -91,24 +91,23 @@ def scratch_bytes(kernel: Kernel, target: Target) -> int:
     return _input_offset(anchor, lanes) + n * c * hp * wp * anchor.dtype.itemsize
 
 
-def _pack_weights(ctx: KernelContext, w: Node, groups: int, lanes: int, chunks: int,
-                  dst: ir.Value) -> None:
-    """w (O, Cg, kh, kw) -> dst [group][chunk][c][kh*kw][lanes], zero-padded chunks; dst is
-    the kernel's scratch."""
-    assert dst is ctx.scratch
+def _pack_weights(ctx: KernelContext, w: Node, groups: int, lanes: int, chunks: int) -> None:
+    """w (O, Cg, kh, kw) -> the kernel's scratch as [group][chunk][c][kh*kw][lanes],
+    zero-padded chunks."""
+    assert ctx.scratch is not None
     b = ctx.b
     o, cg, kh, kw = w.shape
     og, k = o // groups, kh * kw
     dtype = w.dtype
     if og % lanes:
-        memset_zero(b, dst, groups * chunks * cg * k * lanes * dtype.itemsize)
+        memset_zero(b, ctx.scratch, groups * chunks * cg * k * lanes * dtype.itemsize)
     # The copy is split across threads by chunk of `lanes` output channels, each chunk a
-    # contiguous block of dst (splitting single channels would have two threads write the
+    # contiguous block of scratch (splitting single channels would have two threads write the
     # same cache lines): a serial copy of a 960 x 160 layer's weights took a third of the
     # kernel on one thread, and kept two threads to 1.1x of it.
     def part(cx: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         cb = cx.b
-        src, to = cx.ptr(w), cx.scratch  # dst, as the task sees it
+        src, to = cx.ptr(w), cx.scratch
         assert to is not None
         with for_range(cb, start, stop, 1, name="pgc") as gc_, \
                 for_range(cb, 0, lanes, 1, name="pl") as lane:
@@ -161,7 +160,7 @@ def emit(ctx: KernelContext) -> None:
     if anchor.size == 0:
         return
     win = Window.from_attrs(anchor.attrs, kernel=(w.shape[2], w.shape[3]))
-    _pack_weights(ctx, w, groups, lanes, chunks, ctx.scratch)
+    _pack_weights(ctx, w, groups, lanes, chunks)
     _pad_input(ctx, x, win.pads, _padded_input(ctx, anchor, lanes))
     rows_total = n_batch * ho
     per_block = max(1, min(MAX_POSITIONS // wo, rows_total))

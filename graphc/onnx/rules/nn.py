@@ -129,8 +129,7 @@ def _pool(ctx: Context, inputs: Inputs, attrs: dict[str, Any], kind: str) -> Nod
     include = bool(int(attrs.get("count_include_pad", 0)))
     spatial = list(x.shape[2:])
     out = windows.pooled_sizes(ctx, spatial, win, ceil_mode)
-    extra = [max((out[i] - 1) * win.strides[i] + win.span(i)
-                 - (spatial[i] + win.begin[i] + win.end[i]), 0) for i in range(len(spatial))]
+    extra = windows.overhang(spatial, win, out)
     native = (x.ndim in (3, 4) and x.dtype.is_float and all(d == 1 for d in win.dilations)
               and not (kind == "avg" and include and any(extra))
               and all(win.begin[i] < kernel[i] and win.end[i] + extra[i] < kernel[i]

@@ -64,22 +64,26 @@ def _coeff_fn(ctx: Context, attrs: dict[str, Any]) -> Coeffs:
     raise ctx.error(f"mode '{mode}' with antialias={int(antialias)} is not supported")
 
 
-def _source(mode: str, o: int, n_in: int, n_out: int, scale: float,
-            roi: tuple[float, float]) -> float | None:
-    """The source coordinate of output `o` (None: outside tf_crop_and_resize's region)."""
+def source_coords(mode: str, n_out: int, n_in: int, scale: float,
+                  roi: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """The source coordinate of every output position along one axis, as ONNX's reference
+    defines each coordinate_transformation_mode (the resized length is n_in * scale,
+    unrounded); NaN where tf_crop_and_resize's region leaves the input. ValueError for an
+    unknown mode."""
+    o = np.arange(n_out, dtype=np.float64)
     length = scale * n_in
     if mode == "align_corners":
-        return 0.0 if length == 1 else o * (n_in - 1) / (length - 1)
+        return o * (n_in - 1) / (length - 1) if length != 1 else np.zeros_like(o)
     if mode == "asymmetric":
         return o / scale
     if mode == "tf_crop_and_resize":
         lo, hi = roi
         span = (hi - lo) * (n_in - 1)
-        x = span / 2 if length == 1 else o * span / (length - 1)
-        x += lo * (n_in - 1)
-        return None if x < 0 or x > n_in - 1 else x
+        x = (np.full_like(o, span / 2) if length == 1 else o * span / (length - 1)) \
+            + lo * (n_in - 1)
+        return np.where((x < 0) | (x > n_in - 1), np.nan, x)
     if mode == "pytorch_half_pixel":
-        return -0.5 if length == 1 else (o + 0.5) / scale - 0.5
+        return (o + 0.5) / scale - 0.5 if length != 1 else np.full_like(o, -0.5)
     if mode == "half_pixel":
         return (o + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
@@ -96,13 +100,13 @@ def axis_matrix(ctx: Context, attrs: dict[str, Any], n_in: int, n_out: int, scal
     exclude = bool(int(attrs.get("exclude_outside", 0)))
     w = np.zeros((n_out, n_in))
     outside = np.zeros(n_out, bool)
-    for o in range(n_out):
-        try:
-            x = _source(coord_mode, o, n_in, n_out, scale, roi)
-        except ValueError:
-            raise ctx.error(f"coordinate_transformation_mode '{coord_mode}' is not "
-                            "supported") from None
-        if x is None:
+    try:
+        coords = source_coords(coord_mode, n_out, n_in, scale, roi)
+    except ValueError:
+        raise ctx.error(f"coordinate_transformation_mode '{coord_mode}' is not "
+                        "supported") from None
+    for o, x in enumerate(coords.tolist()):
+        if math.isnan(x):
             outside[o] = True
             continue
         base = math.floor(x)

@@ -13,7 +13,7 @@ import numpy as np
 from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, ints, rule
-from graphc.onnx.rules.resize_dense import resize_dense
+from graphc.onnx.rules.resize_dense import resize_dense, source_coords
 from graphc.ops import conv, gather, layout, slicing
 from graphc.ops import elementwise as ew
 
@@ -73,27 +73,6 @@ def _conv_transpose(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list
 
 # --- Resize ----------------------------------------------------------------------------------
 
-def _source_coords(mode: str, out_size: int, in_size: int, scale: float) -> np.ndarray:
-    o = np.arange(out_size, dtype=np.float64)
-    if mode == "half_pixel":
-        return (o + 0.5) / scale - 0.5
-    if mode == "half_pixel_symmetric":
-        adj = out_size / (scale * in_size) if in_size else 1.0
-        center = in_size / 2
-        offset = center * (1 - adj)
-        return offset + (o + 0.5) / scale - 0.5
-    if mode == "pytorch_half_pixel":
-        return (o + 0.5) / scale - 0.5 if out_size > 1 else np.zeros_like(o)
-    if mode == "align_corners":
-        # The resized length is in_size * scale, unrounded (ONNX's definition: with scales
-        # 0.6 a length 4 becomes 2.4, not the 2 output elements).
-        length = in_size * scale
-        return o * (in_size - 1) / (length - 1) if length > 1 else np.zeros_like(o)
-    if mode == "asymmetric":
-        return o / scale
-    raise ValueError(mode)
-
-
 def _nearest(coords: np.ndarray, mode: str) -> np.ndarray:
     if mode == "round_prefer_floor":
         return np.where(coords - np.floor(coords) == 0.5, np.floor(coords), np.round(coords))
@@ -152,7 +131,7 @@ def _resize(ctx: Context, x: Node, sizes: list[int], scales: list[float],
         if n_in == n_out and scales[axis] == 1.0:
             continue
         try:
-            coords = _source_coords(coord_mode, n_out, n_in, scales[axis])
+            coords = source_coords(coord_mode, n_out, n_in, scales[axis])
         except ValueError:
             raise ctx.error(f"coordinate_transformation_mode '{coord_mode}' is not "
                             "supported") from None

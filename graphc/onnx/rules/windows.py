@@ -96,6 +96,13 @@ def pooled_sizes(ctx: Context, spatial: Sequence[int], w: Window, ceil_mode: boo
     return out
 
 
+def overhang(spatial: Sequence[int], w: Window, out: Sequence[int]) -> list[int]:
+    """Per axis, how far the last of `out` windows reaches past the end padding (ceil_mode
+    windows read that many filler elements)."""
+    return [max((out[i] - 1) * w.strides[i] + w.span(i)
+                - (spatial[i] + w.begin[i] + w.end[i]), 0) for i in range(len(spatial))]
+
+
 def _lowest(x: Node) -> float:
     if x.dtype.is_float:
         return -math.inf
@@ -109,9 +116,7 @@ def window_pool(ctx: Context, x: Node, w: Window, kind: str, ceil_mode: bool,
     spatial = list(x.shape[2:])
     out = pooled_sizes(ctx, spatial, w, ceil_mode)
     d = len(spatial)
-    # Windows that reach past the end padding (ceil_mode) read `extra` filler elements.
-    extra = [max((out[i] - 1) * w.strides[i] + w.span(i) - (spatial[i] + w.begin[i] + w.end[i]),
-                 0) for i in range(d)]
+    extra = overhang(spatial, w, out)
     fill = _lowest(x) if kind == "max" else 0.0
     widths = [(0, 0), (0, 0)] + [(w.begin[i], w.end[i] + extra[i]) for i in range(d)]
     xp = slicing.pad(x, widths, value=fill) if any(a or b for a, b in widths) else x
