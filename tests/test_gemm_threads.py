@@ -62,3 +62,22 @@ def test_split_gemms_match_numpy_and_each_other(dtype: str) -> None:
         want = np.maximum(a2 @ b2 - 0.5, 0)
         np.testing.assert_array_equal(results[0][i], results[1][i])
         np.testing.assert_allclose(results[1][i], want, rtol=rtol, atol=rtol * np.sqrt(k))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_matmul_with_a_2d_b_runs_as_one_gemm(threads: int) -> None:
+    """(T, B, k) @ (k, n) is one GEMM of T*B rows; the epilogue still sees each element's
+    (t, b, row, col) index: a residual varying over every batch dimension is added right."""
+    rng = np.random.default_rng(4)
+    av = rng.standard_normal((6, 2, 3, 40)).astype(np.float32)
+    rv = rng.standard_normal((6, 2, 3, 72)).astype(np.float32)
+    with gc.Graph("merged") as g:
+        a = gc.placeholder(av.shape, "float32", name="a")
+        r = gc.placeholder(rv.shape, "float32", name="r")
+        m = gc.matmul(a, gc.constant(rng.standard_normal((40, 72)).astype(np.float32)))
+        y = gc.relu(m + r)
+    assert matmul.merged_batch(m)
+    got = gc.compile(g, [a, r], [y], options=gc.CompileOptions(threads=threads,
+                                                              cache_dir=None))(av, rv)
+    np.testing.assert_allclose(got, gc.reference(g, [a, r], [y])(av, rv), rtol=1e-5,
+                               atol=1e-5)
