@@ -39,6 +39,7 @@ from graphc.ir import (
     int64,
 )
 from graphc.ops import registry as _registry  # fills the operator table of Node
+from graphc.ops.attention import *
 from graphc.ops.conv import *
 from graphc.ops.elementwise import *
 from graphc.ops.gather import *
@@ -46,9 +47,11 @@ from graphc.ops.join import *
 from graphc.ops.layout import *
 from graphc.ops.linalg import *
 from graphc.ops.neural import *
+from graphc.ops.norm import *
 from graphc.ops.pool import *
 from graphc.ops.random import *
 from graphc.ops.reduce import *
+from graphc.ops.sequence import *
 from graphc.ops.slicing import *
 from graphc.options import CompileOptions
 from graphc.passes.autodiff import grad

@@ -13,6 +13,7 @@ from graphc.ir import OPERATORS, Attrs, TensorType
 from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import (
+    attention,
     conv,
     elementwise,
     gather,
@@ -21,9 +22,11 @@ from graphc.ops import (
     layout,
     linalg,
     neural,
+    norm,
     pool,
     random,
     reduce,
+    sequence,
     slicing,
     winograd,
 )
@@ -50,7 +53,7 @@ SOURCES = [
 # Families in registry order (and so `graphc ops --list`); a family module imports only the
 # families before it in `docs/architecture.md`'s order, never a later one.
 FAMILIES = (elementwise, reduce, layout, join, slicing, gather, linalg, conv, winograd, pool,
-            neural, random)
+            neural, random, sequence, norm, attention)
 
 OPS: dict[str, OpDef] = {}
 for _op in [*SOURCES, *(op for family in FAMILIES for op in family.OPS)]:
