@@ -14,13 +14,22 @@ from graphc.codegen.context import Lowering
 from graphc.codegen.conv import direct, winograd
 from graphc.codegen.fused import loop_nests, multi_output, reduction
 from graphc.codegen.gemm import matmul
-from graphc.codegen.opaque import concat, pooling, pooling_grad, rows, scatter_gather
+from graphc.codegen.opaque import (
+    attention,
+    concat,
+    norms,
+    pooling,
+    pooling_grad,
+    rows,
+    scatter_gather,
+    sequence,
+)
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.passes.kernels import Kernel, KernelKind
 
 MODULES = (loop_nests, reduction, multi_output, matmul, direct, winograd, rows, concat,
-           scatter_gather, pooling, pooling_grad)
+           scatter_gather, pooling, pooling_grad, sequence, norms, attention)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

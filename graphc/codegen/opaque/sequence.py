@@ -1,0 +1,7 @@
+"""Kernels of the sequence ops (skeleton: filled in by the transformer work, issue 15)."""
+
+from __future__ import annotations
+
+from graphc.codegen.context import Lowering
+
+LOWERINGS: tuple[Lowering, ...] = ()
