@@ -4,7 +4,7 @@
     logits = net(x, training=True)
 
 Families: `core` (Dense, Flatten, Activation, Dropout, Embedding, Add), `conv` (Conv2D,
-DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D), `norm` (BatchNorm, LayerNorm),
+DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D), `norm` (BatchNorm, LayerNorm, RMSNorm),
 `recurrent` (SimpleRNN, LSTM, GRU), `container` (Sequential), `regularizers` (L1, L2,
 L1L2), `losses` (per-example losses by name, used by `gc.Model`).
 """
@@ -14,7 +14,7 @@ from graphc.nn.container import Sequential
 from graphc.nn.convolutional import AvgPool2D, Conv2D, DepthwiseConv2D, GlobalAvgPool2D, MaxPool2D
 from graphc.nn.core import Activation, Add, Dense, Dropout, Embedding, Flatten
 from graphc.nn.layer import Layer, Scope, current_scope
-from graphc.nn.norm import BatchNorm, LayerNorm
+from graphc.nn.norm import BatchNorm, LayerNorm, RMSNorm
 from graphc.nn.recurrent import GRU, LSTM, SimpleRNN
 from graphc.nn.regularizers import L1, L1L2, L2
 
@@ -38,6 +38,7 @@ __all__ = [
     "Layer",
     "LayerNorm",
     "MaxPool2D",
+    "RMSNorm",
     "Scope",
     "Sequential",
     "SimpleRNN",

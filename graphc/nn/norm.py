@@ -1,4 +1,4 @@
-"""Normalization layers: BatchNorm and LayerNorm.
+"""Normalization layers: BatchNorm, LayerNorm and RMSNorm.
 
 BatchNorm follows PyTorch's definitions (which the tests compare against):
 
@@ -7,6 +7,10 @@ BatchNorm follows PyTorch's definitions (which the tests compare against):
   with the *unbiased* batch variance (n / (n - 1) times the biased one) for running_var.
   Our ``momentum=0.9`` is PyTorch's ``momentum=0.1`` (Keras' convention for the number).
 - inference: normalize with the running statistics (`gc.batch_norm`).
+
+LayerNorm and RMSNorm normalize each example over its trailing axes with the fused ops
+`gc.layer_norm` and `gc.rms_norm` (one row kernel forward, one backward), the same in
+training and inference, as PyTorch's `nn.LayerNorm` and `nn.RMSNorm`.
 
 With a scope sample mask (a padded last batch, see `graphc.training`), the batch statistics
 count only the real examples, so padding changes neither the normalization nor the running
@@ -24,9 +28,10 @@ from graphc.nn.layer import Layer, Scope
 from graphc.ops import elementwise as ew
 from graphc.ops import layout
 from graphc.ops import neural as nn_ops
+from graphc.ops import norm as norm_ops
 from graphc.ops import reduce as rd
 
-__all__ = ["BatchNorm", "LayerNorm"]
+__all__ = ["BatchNorm", "LayerNorm", "RMSNorm"]
 
 
 def _check_eps(owner: str, eps: float) -> float:
@@ -123,6 +128,22 @@ def _along(v: Node, x: Node, axis: int) -> Node:
     return layout.reshape(v, tuple(d if i == axis else 1 for i, d in enumerate(x.shape)))
 
 
+def _trailing_shape(owner: str, axis: int | Sequence[int], x: Node) -> tuple[int, ...]:
+    """x's trailing shape that `axis` (an int or the last k axes) names; ShapeError if not."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    normalized = sorted(a % x.ndim for a in axes) if x.ndim else []
+    k = len(normalized)
+    if x.ndim == 0 or k == 0 or normalized != list(range(x.ndim - k, x.ndim)):
+        raise ShapeError(f"axis {axis!r} must name the trailing axes of x {x.type}", op=owner)
+    return x.shape[x.ndim - k:]
+
+
+def _axis_arg(shape: tuple[int, ...]) -> int | tuple[int, ...]:
+    """The `axis` argument of the norm ops for a normalized trailing `shape`."""
+    k = len(shape)
+    return tuple(range(-k, 0)) if k > 1 else -1
+
+
 class LayerNorm(Layer):
     """Normalize each example over its trailing `axis` (an int or the last k axes), then
     ``* gamma + beta`` (shape x.shape[-k:]); the same in training and inference."""
@@ -136,17 +157,8 @@ class LayerNorm(Layer):
         self.center = bool(center)
         self.scale = bool(scale)
 
-    def _shape(self, x: Node) -> tuple[int, ...]:
-        axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
-        normalized = sorted(a % x.ndim for a in axes) if x.ndim else []
-        k = len(normalized)
-        if x.ndim == 0 or normalized != list(range(x.ndim - k, x.ndim)):
-            raise ShapeError(f"axis {self.axis!r} must name the trailing axes of x {x.type}",
-                             op="LayerNorm")
-        return x.shape[x.ndim - k:]
-
     def build(self, x: Node) -> None:
-        shape = self._shape(x)
+        shape = _trailing_shape("LayerNorm", self.axis, x)
         dtype = self.weight_dtype(x)
         if self.scale:
             self.add_weight("gamma", shape, "ones", dtype)
@@ -154,7 +166,31 @@ class LayerNorm(Layer):
             self.add_weight("beta", shape, "zeros", dtype)
 
     def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
-        k = len(self._shape(x))
-        axes = tuple(range(-k, 0))
-        return nn_ops.layer_norm(x, self.weights.get("gamma"), self.weights.get("beta"),
-                                 axis=axes if k > 1 else -1, eps=self.eps)
+        shape = _trailing_shape("LayerNorm", self.axis, x)
+        return norm_ops.layer_norm(x, self.weights.get("gamma"), self.weights.get("beta"),
+                                   axis=_axis_arg(shape), eps=self.eps)
+
+
+class RMSNorm(Layer):
+    """Root-mean-square normalization (Llama's, PyTorch's `nn.RMSNorm`): each example over
+    its trailing `axis` (an int or the last k axes), ``x / sqrt(mean(x²) + eps) * gamma``
+    with a learned gamma (shape x.shape[-k:], initialized to ones) when `scale`; the same
+    in training and inference."""
+
+    def __init__(self, axis: int | Sequence[int] = -1, eps: float = 1e-6, *,
+                 scale: bool = True, name: str | None = None,
+                 dtype: DType | str | None = None):
+        super().__init__(name, dtype)
+        self.axis = axis
+        self.eps = _check_eps("RMSNorm", eps)
+        self.scale = bool(scale)
+
+    def build(self, x: Node) -> None:
+        shape = _trailing_shape("RMSNorm", self.axis, x)
+        if self.scale:
+            self.add_weight("gamma", shape, "ones", self.weight_dtype(x))
+
+    def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
+        shape = _trailing_shape("RMSNorm", self.axis, x)
+        return norm_ops.rms_norm(x, self.weights.get("gamma"), axis=_axis_arg(shape),
+                                 eps=self.eps)

@@ -5,9 +5,10 @@ max-shifted references; OPAQUE, because codegen lowers them as one row-wise kern
 `stop_gradient` (the identity with no gradient rule, so autodiff cuts it).
 
 Composites (built from other ops, so their gradients come for free): `softmax_cross_entropy`,
-`sigmoid_binary_cross_entropy`, `mse`, `mae`, `batch_norm` (inference form), `layer_norm`
-and `dropout`. They check their operands themselves and raise errors naming the composite,
-the operand, and the user's line, instead of letting a failing inner op report it.
+`sigmoid_binary_cross_entropy`, `mse`, `mae`, `batch_norm` (inference form) and `dropout`.
+They check their operands themselves and raise errors naming the composite, the operand, and
+the user's line, instead of letting a failing inner op report it. (`layer_norm` and
+`rms_norm` are fused ops of their own: `graphc.ops.norm`.)
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops import random as _random
 from graphc.ops import reduce as _reduce
-from graphc.ops.common import ALL, FLOATS, INTS, check_dtype, normalize_axes, normalize_axis
+from graphc.ops.common import ALL, FLOATS, INTS, check_dtype, normalize_axis
 from graphc.ops.gather import take_along_axis
 from graphc.ops.layout import expand_dims, reshape
 
 __all__ = [
     "batch_norm",
     "dropout",
-    "layer_norm",
     "log_softmax",
     "mae",
     "mse",
@@ -280,47 +280,6 @@ def batch_norm(
     if beta_n is None:
         return _ew.mul(centered, along_axis(scale), name=name)
     return _ew.add(centered * along_axis(scale), along_axis(beta_n), name=name)
-
-
-def layer_norm(
-    x: Operand,
-    gamma: Operand | None = None,
-    beta: Operand | None = None,
-    axis: int | Sequence[int] = -1,
-    eps: float = 1e-5,
-    name: str | None = None,
-) -> Node:
-    """``(x - mean) / sqrt(var + eps) * gamma + beta`` over the trailing `axis` (biased var).
-
-    `axis` is one axis or a tuple of axes that must be the last k axes of x (e.g. -1 or
-    (-2, -1)); gamma/beta have shape x.shape[-k:] and x's dtype (None: 1 and 0).
-    """
-    op = "layer_norm"
-    x = _float_operand(x, "x", op)
-    try:
-        axes = normalize_axes(axis, x.ndim)
-    except GraphcError as exc:
-        raise exc.with_context(op=op, loc=user_location()) from None
-    k = len(axes)
-    if k == 0 or axes != tuple(range(x.ndim - k, x.ndim)):
-        raise _fail(AttrError, f"axis must name the trailing axes of x ({x.type}), e.g. -1 or "
-                               f"(-2, -1); got {axis!r}", op)
-    eps = _eps(eps, op)
-    want = TensorType(x.shape[x.ndim - k:], x.dtype)
-    why = f"the normalized trailing shape of x {x.type}"
-    gamma_n = _vector(gamma, want, "gamma", why, op)
-    beta_n = _vector(beta, want, "beta", why, op)
-    centered = x - _reduce.mean(x, axis=axes, keepdims=True)
-    variance = _reduce.mean(_ew.square(centered), axis=axes, keepdims=True)
-    inv_std = _ew.rsqrt(variance + eps)
-    if gamma_n is None and beta_n is None:
-        return _ew.mul(centered, inv_std, name=name)
-    out = centered * inv_std
-    if beta_n is None:
-        return _ew.mul(out, gamma_n, name=name)
-    if gamma_n is not None:
-        out = out * gamma_n
-    return _ew.add(out, beta_n, name=name)
 
 
 # --- dropout --------------------------------------------------------------------------------
