@@ -16,6 +16,7 @@ from graphc.codegen.fused import loop_nests, multi_output, reduction
 from graphc.codegen.gemm import matmul
 from graphc.codegen.opaque import (
     attention,
+    attention_grad,
     concat,
     norms,
     pooling,
@@ -29,7 +30,7 @@ from graphc.errors import CompileError
 from graphc.passes.kernels import Kernel, KernelKind
 
 MODULES = (loop_nests, reduction, multi_output, matmul, direct, winograd, rows, concat,
-           scatter_gather, pooling, pooling_grad, sequence, norms, attention)
+           scatter_gather, pooling, pooling_grad, sequence, norms, attention, attention_grad)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

@@ -1,7 +1,441 @@
-"""Kernels of the attention ops (skeleton: filled in by the transformer work, issue 15)."""
+"""The fused attention kernels: `attention` and `attention_lse` (forward, online softmax).
+
+For each (batch·head, block of BR query rows), the kernel walks the keys in blocks of BC:
+
+    S  = Q_blk @ K_blkᵀ · scale (+ mask, causal -inf)     GEMM, epilogue applies the rest
+    m' = max(m, rowmax S);  P = exp(S - m');  α = exp(m - m')
+    l  = α·l + rowsum P;    O_blk = α·O_blk + P @ V_blk   GEMM accumulating into O
+    finally O_blk /= l, lse = m + log l
+
+so only a BR x BC tile of scores exists at a time (FlashAttention's online softmax; PyTorch's
+CPU flash kernel and ggml's tiled path do the same). O itself is the accumulator. The
+GEMMs are the packed register-blocked GEMM of `graphc.codegen.gemm` at static sizes: a
+block has BR or Tq % BR rows and BC or Tk % BC keys, and each of those (at most four)
+combinations gets its own code. With `causal`, a query block stops at its diagonal key
+block, and BC = BR so that block is the last one. Rows whose scores are all -inf (fully
+masked) have l = 0 and give 0 (lse -inf).
+
+Work items (batch·head, query block) are split across the thread pool; each task has its
+own scratch (score tile, running max and sum, GEMM packing buffers), so results do not
+depend on the thread count. The backward kernel is in `attention_grad`.
+"""
 
 from __future__ import annotations
 
-from graphc.codegen.context import Lowering
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
-LOWERINGS: tuple[Lowering, ...] = ()
+import llvmlite.ir as ir
+
+from graphc.codegen.context import KernelContext, Lowering
+from graphc.codegen.fused.expr import strides
+from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
+from graphc.codegen.gemm.helpers import elem_ptr, for_range, hsum, lane_mask, masked_load
+from graphc.codegen.index import splat
+from graphc.codegen.llvm_types import I64, compute_type, const
+from graphc.codegen.parallel import parallel_range, split_plan
+from graphc.codegen.target import Target
+from graphc.codegen.vecmath import functions as vecmath
+from graphc.ir import DType, Node
+from graphc.passes.kernels import Kernel
+
+BLOCK_Q = 64  # BR: query rows per block (a 64 x 64 float32 score tile is 16 KiB: L1)
+BLOCK_KV = 256  # BC without a causal mask (fewer online-softmax rescales)
+TASK_FLOPS = 1 << 19  # a task of at least this much work amortizes its wake-up
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The static facts of one attention node, shared by the forward and backward kernels."""
+
+    dtype: DType
+    lead: tuple[int, ...]  # leading dims and the query heads: (..., H)
+    heads: int
+    kv_heads: int
+    tq: int
+    tk: int
+    dk: int
+    dv: int
+    causal: bool
+    scale: float
+    mask_strides: tuple[int, ...] | None  # element strides over (..., H, Tq, Tk); 0: broadcast
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def batch(self) -> int:
+        """Query (batch·head) matrices."""
+        return math.prod(self.lead)
+
+    @property
+    def br(self) -> int:
+        return min(BLOCK_Q, self.tq) if self.tq else 1
+
+    @property
+    def bc(self) -> int:
+        full = BLOCK_Q if self.causal else BLOCK_KV
+        return min(full, self.tk) if self.tk else 1
+
+    @property
+    def ld(self) -> int:
+        """Row stride of a score tile: BC padded to 16 elements (a full vector of float32
+        on AVX-512), so a row's last vector never runs into the next row."""
+        return -(-self.bc // 16) * 16
+
+    def sizes(self, total: int, block: int) -> list[int]:
+        """The distinct static sizes of the blocks of [0, total) (full, then the tail)."""
+        out = [block] if total >= block else []
+        if total % block:
+            out.append(total % block)
+        return out
+
+
+def geometry(node: Node) -> Geometry:
+    q, k, v, *rest = node.inputs
+    mask = None
+    if node.op == "attention_grad":
+        mask = rest[3] if len(rest) > 3 else None
+    elif rest:
+        mask = rest[0]
+    mask_strides = None
+    if mask is not None:
+        scores = (*q.shape[:-1], k.shape[-2])
+        full = (1,) * (len(scores) - mask.ndim) + mask.shape
+        mask_strides = tuple(0 if d == 1 else s for d, s in zip(full, strides(full)))
+    return Geometry(q.dtype, q.shape[:-2], q.shape[-3], k.shape[-3], q.shape[-2], k.shape[-2],
+                    q.shape[-1], v.shape[-1], bool(node.attrs["causal"]),
+                    float(node.attrs["scale"]), mask_strides)
+
+
+def static_cases(b: ir.IRBuilder, value: ir.Value, cases: list[int],
+                 emit: Callable[[int], None]) -> None:
+    """Emit `emit(c)` for the static case `c` equal to the runtime `value` (the last case
+    runs when no earlier one matches: callers pass every value that can occur)."""
+    if len(cases) == 1:
+        emit(cases[0])
+        return
+    fn = b.block.function
+    done = fn.append_basic_block("case.done")
+    for c in cases[:-1]:
+        hit = fn.append_basic_block(f"case.{c}")
+        miss = fn.append_basic_block(f"case.not{c}")
+        b.cbranch(b.icmp_signed("==", value, ir.Constant(I64, c)), hit, miss)
+        b.position_at_end(hit)
+        emit(c)
+        b.branch(done)
+        b.position_at_end(miss)
+    emit(cases[-1])
+    b.branch(done)
+    b.position_at_end(done)
+
+
+def i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def at(b: ir.IRBuilder, ptr: ir.Value, index: ir.Value | int, dtype: DType) -> ir.Value:
+    return elem_ptr(b, ptr, index, compute_type(dtype))
+
+
+def head_offsets(b: ir.IRBuilder, g: Geometry, bh: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(key/value matrix index, mask offset) of query matrix `bh` (mask offset 0 if none)."""
+    head = b.urem(bh, i64(g.heads))
+    outer = b.udiv(bh, i64(g.heads))
+    kv = b.add(b.mul(outer, i64(g.kv_heads)), b.udiv(head, i64(g.group)))
+    offset: ir.Value = i64(0)
+    if g.mask_strides is not None:
+        rest = bh
+        for dim, stride in zip(reversed(g.lead), reversed(g.mask_strides[:len(g.lead)])):
+            if stride:
+                offset = b.add(offset, b.mul(b.urem(rest, i64(dim)), i64(stride)))
+            rest = b.udiv(rest, i64(dim))
+    return kv, offset
+
+
+def score_epilogue(g: Geometry, mask: ir.Value | None, mask_base: ir.Value, i0: ir.Value,
+                   j0: ir.Value) -> Callable[[ir.IRBuilder, ir.Value, ir.Value, ir.Value, int],
+                                             ir.Value]:
+    """The S GEMM's epilogue: acc · scale, plus the mask, and -inf where causal hides a key.
+    (`row`, `col` are the tile's; the block starts at query i0 and key j0.)"""
+    dtype = g.dtype
+
+    def epilogue(eb: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
+                 lanes: int) -> ir.Value:
+        s = eb.fmul(acc, const(dtype, g.scale, lanes))
+        i = eb.add(i0, row)
+        j = eb.add(j0, col)
+        if mask is not None and g.mask_strides is not None:
+            sq, sk = g.mask_strides[-2:]
+            off = eb.add(mask_base, eb.add(eb.mul(i, i64(sq)), eb.mul(j, i64(sk))))
+            ptr = at(eb, mask, off, dtype)
+            if lanes == 1 or sk == 0:
+                m = splat(eb, eb.load(ptr, typ=compute_type(dtype), align=dtype.itemsize), lanes)
+            else:
+                m = eb.load(ptr, typ=compute_type(dtype, lanes), align=dtype.itemsize)
+            s = eb.fadd(s, m)
+        if g.causal:
+            cols = splat(eb, j, lanes)
+            if lanes > 1:
+                cols = eb.add(cols, ir.Constant(ir.VectorType(I64, lanes), list(range(lanes))))
+            hidden = eb.icmp_signed(">", cols, splat(eb, i, lanes))
+            s = eb.select(hidden, const(dtype, -math.inf, lanes), s)
+        return s
+
+    return epilogue
+
+
+def row_vectors(b: ir.IRBuilder, g: Geometry, tile: ir.Value, row: ir.Value, n: int,
+                lanes: int, visit: Callable[[ir.Value, ir.Value, ir.Value], None]) -> None:
+    """visit(ptr, values, valid) over row `row` of a score tile (row stride `ld`) in vectors;
+    lanes at or past column n are not valid (their values are -inf)."""
+    dtype = g.dtype
+    vt = compute_type(dtype, lanes)
+    base = b.mul(row, i64(g.ld))
+    for c in range(0, n, lanes):
+        ptr = at(b, tile, b.add(base, i64(c)), dtype)
+        valid = lane_mask(b, lanes, c, n)
+        v = masked_load(b, ptr, vt, valid, dtype.itemsize) if c + lanes > n else \
+            b.load(ptr, typ=vt, align=dtype.itemsize)
+        if c + lanes > n:
+            v = b.select(valid, v, const(dtype, -math.inf, lanes))
+        visit(ptr, v, valid)
+
+
+def _vmax(b: ir.IRBuilder, dtype: DType, v: ir.Value) -> ir.Value:
+    """The largest lane of `v` (a scalar as is)."""
+    if not isinstance(v.type, ir.VectorType):
+        return v
+    n = v.type.count
+    while n > 1:
+        h = n // 2
+        lo = b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                              ir.Constant(ir.VectorType(ir.IntType(32), h), list(range(h))))
+        hi = b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                              ir.Constant(ir.VectorType(ir.IntType(32), h), list(range(h, n))))
+        v = b.select(b.fcmp_ordered(">", lo, hi), lo, hi)
+        n = h
+    return b.extract_element(v, i64(0))
+
+
+def vmax(b: ir.IRBuilder, dtype: DType, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.fcmp_ordered(">", x, y), x, y)
+
+
+def gemm_specs_forward(g: Geometry, m: int, n: int) -> list[GemmSpec]:
+    """S = Q Kᵀ (m x n, k = Dk) and O += P V (m x Dv, k = n) for a block of m rows, n keys."""
+    return [GemmSpec(m, n, g.dk, g.dtype, False, True, g.dk, g.dk, g.ld),
+            GemmSpec(m, g.dv, n, g.dtype, False, False, g.ld, g.dv, g.dv)]
+
+
+def _aligned(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+def _forward_layout(g: Geometry, target: Target, want_o: bool) -> tuple[int, int, int]:
+    """(tile bytes, stats bytes, GEMM scratch bytes) of one forward task."""
+    tile = _aligned(g.br * g.ld * g.dtype.itemsize)
+    stats = _aligned(2 * g.br * g.dtype.itemsize)
+    gemm = 0
+    for m in g.sizes(g.tq, g.br):
+        for n in g.sizes(g.tk, g.bc):
+            specs = gemm_specs_forward(g, m, n)
+            for spec in specs if want_o else specs[:1]:
+                gemm = max(gemm, _aligned(spec.scratch_bytes(target)))
+    return tile, stats, gemm
+
+
+def _forward_split(g: Geometry, threads: int) -> tuple[int, tuple[int, int] | None]:
+    """(work items, split_plan) of the forward kernel: one item per (matrix, query block)."""
+    blocks = -(-g.tq // g.br) if g.tq else 0
+    items = g.batch * blocks
+    item_flops = 2 * g.br * g.tk * (g.dk + g.dv)
+    return items, split_plan(items, max(1, TASK_FLOPS // max(item_flops, 1)), threads)
+
+
+def forward_scratch(kernel: Kernel, target: Target, threads: int = 1,
+                    conv: str = "auto") -> int:
+    node = kernel.anchor
+    assert node is not None
+    g = geometry(node)
+    per_task = sum(_forward_layout(g, target, node.op == "attention"))
+    _, split = _forward_split(g, threads)
+    return per_task * (split[1] if split else 1)
+
+
+def emit_forward(ctx: KernelContext) -> None:
+    node = ctx.kernel.anchor
+    assert node is not None
+    g = geometry(node)
+    want_o = node.op == "attention"
+    q, k, v, *rest = node.inputs
+    mask_node = rest[0] if rest else None
+    dtype = g.dtype
+    lanes = ctx.target.lanes(dtype.itemsize)
+    tile_bytes, stats_bytes, gemm_bytes = _forward_layout(g, ctx.target, want_o)
+    per_task = tile_bytes + stats_bytes + gemm_bytes
+    items, split = _forward_split(g, ctx.threads)
+    blocks = -(-g.tq // g.br) if g.tq else 0
+    if items == 0:
+        return
+
+    def task(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        assert c.scratch is not None
+        mine = c.scratch
+        if split is not None:
+            mine = b.gep(c.scratch, [b.mul(b.udiv(start, i64(split[0])), i64(per_task))],
+                         inbounds=True, source_etype=ir.IntType(8))
+        tile = mine
+        stats = b.gep(mine, [i64(tile_bytes)], inbounds=True, source_etype=ir.IntType(8))
+        gemm_scratch = b.gep(mine, [i64(tile_bytes + stats_bytes)], inbounds=True,
+                             source_etype=ir.IntType(8))
+        run_max, run_sum = stats, at(b, stats, g.br, dtype)
+        qp, kp, vp, out = c.ptr(q), c.ptr(k), c.ptr(v), c.out
+        mp = c.ptr(mask_node) if mask_node is not None else None
+        with for_range(b, start, stop, name="item") as item:
+            bh = b.udiv(item, i64(blocks))
+            i0 = b.mul(b.urem(item, i64(blocks)), i64(g.br))
+            kv, mask_base = head_offsets(b, g, bh)
+            q_blk = at(b, qp, b.add(b.mul(bh, i64(g.tq * g.dk)), b.mul(i0, i64(g.dk))), dtype)
+            k_mat = at(b, kp, b.mul(kv, i64(g.tk * g.dk)), dtype)
+            v_mat = at(b, vp, b.mul(kv, i64(g.tk * g.dv)), dtype)
+            if want_o:
+                o_blk = at(b, out, b.add(b.mul(bh, i64(g.tq * g.dv)), b.mul(i0, i64(g.dv))),
+                           dtype)
+            else:
+                o_blk = at(b, out, b.add(b.mul(bh, i64(g.tq)), i0), dtype)
+            rows = b.sub(ir.Constant(I64, g.tq), i0)
+            rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
+
+            def block(m: int) -> None:
+                _query_block(b, g, m, lanes, want_o, q_blk, k_mat, v_mat, o_blk, mp,
+                             mask_base, i0, tile, run_max, run_sum, gemm_scratch, ctx.target)
+
+            static_cases(b, rows, g.sizes(g.tq, g.br), block)
+
+    if split is None:
+        task(ctx, i64(0), i64(items))
+    else:
+        parallel_range(ctx, items, split[0], task)
+
+
+def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, want_o: bool,
+                 q_blk: ir.Value, k_mat: ir.Value, v_mat: ir.Value, o_blk: ir.Value,
+                 mask: ir.Value | None, mask_base: ir.Value, i0: ir.Value, tile: ir.Value,
+                 run_max: ir.Value, run_sum: ir.Value, gemm_scratch: ir.Value,
+                 target: Target) -> None:
+    """One block of m query rows: the key loop with the online softmax, then normalize."""
+    dtype = g.dtype
+    ct = compute_type(dtype)
+    isz = dtype.itemsize
+    with for_range(b, 0, m, name="init") as r:
+        b.store(const(dtype, -math.inf), at(b, run_max, r, dtype), align=isz)
+        b.store(const(dtype, 0.0), at(b, run_sum, r, dtype), align=isz)
+    if want_o:
+        _zero(b, dtype, lanes, o_blk, m * g.dv)
+    kv_end: ir.Value = i64(g.tk)
+    if g.causal:
+        last = b.add(i0, i64(m))
+        kv_end = b.select(b.icmp_signed("<", last, kv_end), last, kv_end)
+    with for_range(b, 0, kv_end, g.bc, name="kv") as j0:
+        keys = b.sub(i64(g.tk), j0)
+        keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
+
+        def kv_block(n: int) -> None:
+            s_spec, pv_spec = gemm_specs_forward(g, m, n)
+            k_blk = at(b, k_mat, b.mul(j0, i64(g.dk)), dtype)
+            emit_gemm(b, s_spec, q_blk, k_blk, tile, gemm_scratch, target,
+                      score_epilogue(g, mask, mask_base, i0, j0))
+            with for_range(b, 0, m, name="row") as r:
+                _softmax_row(b, g, n, lanes, want_o, tile, r, run_max, run_sum, o_blk)
+            if want_o:
+                v_blk = at(b, v_mat, b.mul(j0, i64(g.dv)), dtype)
+                emit_gemm(b, pv_spec, tile, v_blk, o_blk, gemm_scratch, target,
+                          accumulate=True)
+
+        static_cases(b, keys, g.sizes(g.tk, g.bc), kv_block)
+    with for_range(b, 0, m, name="fin") as r:
+        total = b.load(at(b, run_sum, r, dtype), typ=ct, align=isz)
+        empty = b.fcmp_ordered("==", total, const(dtype, 0.0))
+        if want_o:
+            inv = b.select(empty, const(dtype, 0.0), b.fdiv(const(dtype, 1.0), total))
+            _scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(g.dv)), dtype), g.dv, inv)
+        else:
+            top = b.load(at(b, run_max, r, dtype), typ=ct, align=isz)
+            safe = b.select(empty, const(dtype, 1.0), total)
+            lse = b.select(empty, const(dtype, -math.inf),
+                           b.fadd(top, vecmath.log(b, safe)))
+            b.store(lse, at(b, o_blk, r, dtype), align=isz)
+
+
+def _softmax_row(b: ir.IRBuilder, g: Geometry, n: int, lanes: int, want_o: bool,
+                 tile: ir.Value, r: ir.Value, run_max: ir.Value, run_sum: ir.Value,
+                 o_blk: ir.Value) -> None:
+    """Row r of the tile: scores -> probabilities (exp(s - m')), update the running max and
+    sum, rescale the row's output accumulator by exp(m - m')."""
+    dtype = g.dtype
+    ct = compute_type(dtype)
+    isz = dtype.itemsize
+    w = min(lanes, 1 << (n - 1).bit_length()) if n > 1 else 1
+    w = max(w, 2) if lanes > 1 else 1
+    best = [const(dtype, -math.inf, w)]
+
+    def take_max(ptr: ir.Value, v: ir.Value, valid: ir.Value) -> None:
+        best[0] = b.select(b.fcmp_ordered(">", v, best[0]), v, best[0])
+
+    row_vectors(b, g, tile, r, n, w, take_max)
+    old = b.load(at(b, run_max, r, dtype), typ=ct, align=isz)
+    new = vmax(b, dtype, old, _vmax(b, dtype, best[0]))
+    b.store(new, at(b, run_max, r, dtype), align=isz)
+    # All -inf so far: shift by 0, so exp gives 0 rather than nan.
+    finite = b.fcmp_ordered("!=", new, const(dtype, -math.inf))
+    shift = b.select(finite, new, const(dtype, 0.0))
+    total = [const(dtype, 0.0, w)]
+
+    def exp_store(ptr: ir.Value, v: ir.Value, valid: ir.Value) -> None:
+        p = vecmath.exp(b, b.fsub(v, splat(b, shift, w)))
+        p = b.select(valid, p, const(dtype, 0.0, w))
+        b.store(p, ptr, align=isz)
+        total[0] = b.fadd(total[0], p)
+
+    row_vectors(b, g, tile, r, n, w, exp_store)
+    alpha = vecmath.exp(b, b.fsub(old, shift))  # old = -inf: 0 (the accumulator is 0 too)
+    s = b.load(at(b, run_sum, r, dtype), typ=ct, align=isz)
+    b.store(b.fadd(b.fmul(s, alpha), hsum(b, dtype, total[0])), at(b, run_sum, r, dtype),
+            align=isz)
+    if want_o:
+        _scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(g.dv)), dtype), g.dv, alpha)
+
+
+def _zero(b: ir.IRBuilder, dtype: DType, lanes: int, ptr: ir.Value, count: int) -> None:
+    vt = compute_type(dtype, lanes)
+    full = count // lanes * lanes
+    with for_range(b, 0, full, lanes, name="z") as i:
+        b.store(ir.Constant(vt, None), at(b, ptr, i, dtype), align=dtype.itemsize)
+    for i in range(full, count):
+        b.store(const(dtype, 0.0), at(b, ptr, i, dtype), align=dtype.itemsize)
+
+
+def _scale_row(b: ir.IRBuilder, dtype: DType, lanes: int, ptr: ir.Value, count: int,
+               factor: ir.Value) -> None:
+    """ptr[0:count] *= factor (count static)."""
+    for c in range(0, count, lanes):
+        w = min(lanes, count - c)
+        if w != lanes:
+            for e in range(c, count):
+                p = at(b, ptr, e, dtype)
+                x = b.load(p, typ=compute_type(dtype), align=dtype.itemsize)
+                b.store(b.fmul(x, factor), p, align=dtype.itemsize)
+            break
+        p = at(b, ptr, c, dtype)
+        x = b.load(p, typ=compute_type(dtype, lanes), align=dtype.itemsize)
+        b.store(b.fmul(x, splat(b, factor, lanes)), p, align=dtype.itemsize)
+
+
+LOWERINGS: tuple[Lowering, ...] = (
+    Lowering("attention", emit_forward, forward_scratch),
+    Lowering("attention_lse", emit_forward, forward_scratch),
+)
