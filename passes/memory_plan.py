@@ -5,11 +5,13 @@ Input: a `FusedProgram` (kernels in execution order). Output: a `MemoryPlan`.
 - Kernel roots that are signature outputs are written straight into the caller's output
   arrays; roots that are update values are written straight into the variable's array when
   that is safe (every other reader of the old value runs earlier, and the writing kernel
-  itself reads the variable only elementwise at its output index); otherwise they go through
-  an arena temporary that is copied into the variable after the last kernel.
+  itself reads the variable only elementwise at its output index, or is an op that overwrites
+  it, `OpDef.overwrites`); otherwise they go through an arena temporary that is copied into
+  the variable after the last kernel.
 - Every other root gets an arena slot. A slot's live interval runs from the kernel that
   writes it to the last kernel that reads it (through views too). An elementwise kernel
-  reuses the slot of an input whose interval ends at that kernel (in-place); a kernel with
+  reuses the slot of an input whose interval ends at that kernel (in-place), and so does
+  the kernel of an op that overwrites that input (`dynamic_update_slice`); a kernel with
   several outputs places each, and a reduction's outputs (side outputs too:
   `passes.column_sums`) never reuse a slot the kernel reads.
 - Slots get 64-byte-aligned offsets by greedy-by-size best fit: largest first, each into the
@@ -30,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from graphc.ir import Node, Signature
-from graphc.passes.kernels import FusedProgram, Kernel
+from graphc.ops import registry
+from graphc.passes.kernels import FusedProgram, Kernel, KernelKind
 
 ALIGN = 64
 
@@ -282,7 +285,8 @@ def _in_place_update_target(program: FusedProgram, k: Kernel, variables: list[No
             reads_view = any(program.views.get(n) is var for n in k.inputs)
             in_epilogue = (epilogue_writes_once is not None and epilogue_writes_once(k)
                            and program.reads_in_epilogue_at_root_index(k, var))
-            if reads_view or not (program.reads_at_root_index(k, var) or in_epilogue):
+            if not overwrites(program, k, var) and (
+                    reads_view or not (program.reads_at_root_index(k, var) or in_epilogue)):
                 continue
         if any(var is program.views.get(o, o) for o in program.signature.outputs):
             continue  # the output must see the old value; keep it simple and copy
@@ -308,9 +312,25 @@ def _reusable_slot(program: FusedProgram, k: Kernel, root: Node, slot_of: dict[N
             continue
         if any(program.views.get(v) is n for v in program.views):
             continue
-        if program.reads_at_root_index(k, n):
+        if program.reads_at_root_index(k, n) or overwrites(program, k, n):
             return slot
     return None
+
+
+def overwrites(program: FusedProgram, k: Kernel, buffer_node: Node) -> bool:
+    """Whether `k` is the kernel of an op that may write its result over the buffer of its
+    operand `buffer_node` (`OpDef.overwrites`), which it reads through no other operand.
+
+    Such a kernel reads that operand only to copy it into its output, and skips the copy
+    when both are one buffer (`codegen.opaque.sequence`), so the result may live there.
+    """
+    anchor = k.anchor
+    if k.kind != KernelKind.OPAQUE or anchor is None:
+        return False
+    which = registry.OPS[anchor.op].overwrites
+    if which is None or anchor.inputs[which] is not buffer_node:
+        return False
+    return sum(program.views.get(n, n) is buffer_node for n in anchor.inputs) == 1
 
 
 def _assign_offsets(slots: list[Slot]) -> int:

@@ -80,7 +80,10 @@ GradRule = Callable[[Node, Node], Sequence["Node | None"]]
 class OpDef:
     """The single definition of an op. `arity` None means variadic (one or more inputs);
     `anchor` is set for ops that anchor a kernel with a fused epilogue (see `Anchor`);
-    `attrs` declares every attribute the op takes (see `graphc.ir.attrs`)."""
+    `attrs` declares every attribute the op takes (see `graphc.ir.attrs`). `overwrites` is
+    the operand whose buffer the result may take over (in place, `passes.memory_plan`): the
+    result equals that operand but where the op writes it, and the op's kernel reads it only
+    to copy it, which it skips when given the same buffer (`dynamic_update_slice`)."""
 
     name: str
     family: str
@@ -93,6 +96,7 @@ class OpDef:
     doc: str = ""
     anchor: Anchor | None = None
     attrs: tuple[AttrSpec, ...] = ()
+    overwrites: int | None = None
 
     @property
     def differentiable(self) -> bool:

@@ -24,7 +24,7 @@ import llvmlite.ir as ir
 from graphc.codegen.fused import op_table as ew
 from graphc.codegen.fused.rng import lower_random
 from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.llvm_types import I64, const
+from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.errors import CompileError
 from graphc.ir import Node
 from graphc.passes.kernels import FusedProgram, Kernel
@@ -260,6 +260,15 @@ def _concat(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
     return result
 
 
+def _iota(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
+    """The index along the iota's axis (it has no operands), in its dtype."""
+    i = ev.ix.as_vector(idx[node.attrs["axis"]])
+    t = compute_type(node.dtype, ev.lanes)
+    if node.dtype.is_float:
+        return ev.b.sitofp(i, t)
+    return i if t == i.type else ev.b.trunc(i, t)
+
+
 def _random(ev: Evaluator, node: Node, idx: Sequence[Idx]) -> ir.Value:
     key = ev.at(node.inputs[0], [ev.ix.const(0)] if ev.flat else [])  # the scalar key
     return lower_random(ev.b, ev.lanes, node, key, ev.flat_index(node, idx))
@@ -275,6 +284,7 @@ INDEX_RULES = {
     "broadcast_to": _broadcast_to,
     "pad": _pad,
     "concat": _concat,
+    "iota": _iota,
     "random_uniform": _random,
     "random_normal": _random,
 }
