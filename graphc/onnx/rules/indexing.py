@@ -15,7 +15,7 @@ from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, all_known, axis_of, ints, rule
 from graphc.ops import elementwise as ew
-from graphc.ops import gather, join, layout, reduce, slicing
+from graphc.ops import gather, join, layout, reduce, sequence, slicing
 
 Inputs = list[Value | None]
 
@@ -253,15 +253,11 @@ def _trilu(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     k = 0
     if len(inputs) > 1 and inputs[1] is not None:
         k = int(ctx.need_known(inputs[1], "k").reshape(-1)[0])
-    rows, cols = x.shape[-2], x.shape[-1]
     upper = bool(attrs.get("upper", 1))
-    mask = np.triu(np.ones((rows, cols), np.bool_), k) if upper else \
-        np.tril(np.ones((rows, cols), np.bool_), k)
     if isinstance(x, np.ndarray):
-        return [np.where(mask, x, np.zeros_like(x))]
-    n = ctx.node(x)
-    zero = ew.sub(n, n) if not n.dtype.is_float else ew.mul(n, 0.0)
-    return [ew.where(gb.constant(mask), n, zero)]
+        return [np.triu(x, k) if upper else np.tril(x, k)]
+    # The mask is iota-computed (fused into the select), not a (rows, cols) constant.
+    return [(sequence.triu if upper else sequence.tril)(ctx.node(x), k)]
 
 
 @rule("OneHot", 11)
