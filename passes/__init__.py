@@ -8,11 +8,10 @@ inside a graph and is not a pipeline pass.
 
 from __future__ import annotations
 
-from . import constant_fold, cse, prune, simplify, winograd
+from . import attention, constant_fold, cse, prune, simplify, winograd
 from .rewrite import PassDef
 
-PASSES: dict[str, PassDef] = {
-    module.PASS.name: module.PASS for module in (simplify, constant_fold, winograd, cse, prune)
-}
-for _module in (simplify, constant_fold, winograd, cse, prune):
+_MODULES = (simplify, constant_fold, attention, winograd, cse, prune)
+PASSES: dict[str, PassDef] = {module.PASS.name: module.PASS for module in _MODULES}
+for _module in _MODULES:
     assert _module.__name__.rsplit(".", 1)[1] == _module.PASS.name, "module name != pass name"
