@@ -69,6 +69,11 @@ class _Row:
                 off = Idx(b.add(self.base, i), coef)
                 IndexBuilder(b, k).store(self.c.out, self.dtype, off, f(k, Idx(i, coef)))
 
+    def centered(self, x: Node, mean: ir.Value | None, k: int, i: Idx) -> ir.Value:
+        """x - mean at row position i (x itself when mean is None: rms_norm)."""
+        v = self.load(x, k, i)
+        return v if mean is None else self.b.fsub(v, splat(self.b, mean, k))
+
     def mean_of(self, total: ir.Value) -> ir.Value:
         return self.b.fdiv(total, const(self.dtype, self.n))
 
@@ -81,21 +86,26 @@ def _fma(b: ir.IRBuilder, a: ir.Value, x: ir.Value, c: ir.Value) -> ir.Value:
 
 def _statistics(row: _Row, node: Node, centered: bool) -> tuple[ir.Value | None, ir.Value]:
     """(mean or None, rstd) of the row: the mean first, then the centered squares."""
-    b, dtype, x = row.b, row.dtype, node.inputs[0]
-    mean = row.mean_of(row.sum(lambda k, i: row.load(x, k, i))) if centered else None
+    x = node.inputs[0]
+    mean = _mean(row, x) if centered else None
+    return mean, _rstd(row, x, mean, node.attrs["eps"])
 
-    def centered_at(k: int, i: Idx) -> ir.Value:
-        v = row.load(x, k, i)
-        return v if mean is None else b.fsub(v, splat(b, mean, k))
+
+def _mean(row: _Row, x: Node) -> ir.Value:
+    return row.mean_of(row.sum(lambda k, i: row.load(x, k, i)))
+
+
+def _rstd(row: _Row, x: Node, mean: ir.Value | None, eps: float) -> ir.Value:
+    """1 / sqrt(Σ(x - mean)² / N + eps)."""
+    b = row.b
 
     def square(k: int, i: Idx) -> ir.Value:
-        v = centered_at(k, i)
+        v = row.centered(x, mean, k, i)
         return b.fmul(v, v)
 
     var = row.mean_of(row.sum(square))
-    eps = const(dtype, node.attrs["eps"])
-    rstd = b.fdiv(const(dtype, 1.0), unary_intrinsic(b, "llvm.sqrt", b.fadd(var, eps)))
-    return mean, rstd
+    root = unary_intrinsic(b, "llvm.sqrt", b.fadd(var, const(row.dtype, eps)))
+    return b.fdiv(const(row.dtype, 1.0), root)
 
 
 def _params(node: Node) -> dict[str, Node]:
@@ -109,17 +119,18 @@ def _params(node: Node) -> dict[str, Node]:
 
 
 def _emit_forward(row: _Row, node: Node) -> None:
-    b = row.b
-    x = node.inputs[0]
-    params = _params(node)
     mean, rstd = _statistics(row, node, node.op == "layer_norm")
+    row.store_each(_normalized(row, node, mean, rstd))
+
+
+def _normalized(row: _Row, node: Node, mean: ir.Value | None, rstd: ir.Value) -> RowLoad:
+    """The forward result at row position i: ((x - mean)·rstd)·gamma + beta."""
+    b, x = row.b, node.inputs[0]
+    params = _params(node)
+    gamma, beta = params.get("gamma"), params.get("beta")
 
     def out(k: int, i: Idx) -> ir.Value:
-        v = row.load(x, k, i)
-        if mean is not None:
-            v = b.fsub(v, splat(b, mean, k))
-        y = b.fmul(v, splat(b, rstd, k))
-        gamma, beta = params.get("gamma"), params.get("beta")
+        y = b.fmul(row.centered(x, mean, k, i), splat(b, rstd, k))
         g = row.load(gamma, k, i, per_row=False) if gamma is not None else None
         bias = row.load(beta, k, i, per_row=False) if beta is not None else None
         if g is not None and bias is not None:
@@ -128,48 +139,59 @@ def _emit_forward(row: _Row, node: Node) -> None:
             return b.fmul(y, g)
         return b.fadd(y, bias) if bias is not None else y
 
-    row.store_each(out)
+    return out
 
 
 def _emit_grad(row: _Row, node: Node) -> None:
-    b, dtype, n = row.b, row.dtype, row.n
-    x, dy = node.inputs[0], node.inputs[1]
-    gamma = _params(node).get("gamma")
-    centered = node.op == "layer_norm_grad"
-    mean, rstd = _statistics(row, node, centered)
+    mean, rstd = _statistics(row, node, node.op == "layer_norm_grad")
+    c0, c1 = _grad_coefs(row, node, mean, rstd)
+    row.store_each(_dx(row, node, mean, rstd, c0, c1))
 
-    def g_at(k: int, i: Idx) -> ir.Value:
+
+def _scaled_dy(row: _Row, node: Node) -> RowLoad:
+    """g = dy·gamma (dy without gamma) at row position i."""
+    dy, gamma = node.inputs[1], _params(node).get("gamma")
+
+    def g(k: int, i: Idx) -> ir.Value:
         d = row.load(dy, k, i)
-        return d if gamma is None else b.fmul(d, row.load(gamma, k, i, per_row=False))
+        return d if gamma is None else row.b.fmul(d, row.load(gamma, k, i, per_row=False))
 
-    def xc_at(k: int, i: Idx) -> ir.Value:
-        v = row.load(x, k, i)
-        return v if mean is None else b.fsub(v, splat(b, mean, k))
+    return g
 
-    s2 = row.sum(lambda k, i: b.fmul(g_at(k, i), xc_at(k, i)))
-    # dx = g·rstd + c0 + xc·c1 with c0 = -rstd·S1/N, c1 = -rstd³·S2/N.
-    c1 = b.fmul(b.fmul(b.fmul(rstd, rstd), rstd), b.fdiv(s2, const(dtype, -float(n))))
-    c0 = None
-    if centered:
-        s1 = row.sum(g_at)
-        c0 = b.fmul(rstd, b.fdiv(s1, const(dtype, -float(n))))
+
+def _grad_coefs(row: _Row, node: Node, mean: ir.Value | None, rstd: ir.Value
+                ) -> tuple[ir.Value | None, ir.Value]:
+    """(c0, c1) of dx = g·rstd + c0 + xc·c1: c0 = -rstd·S1/N (layer_norm; rms_norm: None),
+    c1 = -rstd³·S2/N, with S1 = Σg and S2 = Σg·xc."""
+    b, x, g = row.b, node.inputs[0], _scaled_dy(row, node)
+    minus_n = const(row.dtype, -float(row.n))
+    s2 = row.sum(lambda k, i: b.fmul(g(k, i), row.centered(x, mean, k, i)))
+    c1 = b.fmul(b.fmul(b.fmul(rstd, rstd), rstd), b.fdiv(s2, minus_n))
+    if mean is None:
+        return None, c1
+    return b.fmul(rstd, b.fdiv(row.sum(g), minus_n)), c1
+
+
+def _dx(row: _Row, node: Node, mean: ir.Value | None, rstd: ir.Value, c0: ir.Value | None,
+        c1: ir.Value) -> RowLoad:
+    b, x, g = row.b, node.inputs[0], _scaled_dy(row, node)
 
     def out(k: int, i: Idx) -> ir.Value:
-        shifted = b.fmul(xc_at(k, i), splat(b, c1, k))
+        shifted = b.fmul(row.centered(x, mean, k, i), splat(b, c1, k))
         if c0 is not None:
             shifted = b.fadd(shifted, splat(b, c0, k))
-        return _fma(b, g_at(k, i), splat(b, rstd, k), shifted)
+        return _fma(b, g(k, i), splat(b, rstd, k), shifted)
 
-    row.store_each(out)
+    return out
 
 
 def _emit(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     x = node.inputs[0]
-    n = math.prod(x.shape[x.ndim - len(node.attrs["axes"]):])
     if x.size == 0:
         return
+    n = math.prod(x.shape[x.ndim - len(node.attrs["axes"]):])
     rows = x.size // n
     dtype = node.dtype
     lanes = ctx.target.lanes(dtype.itemsize)
@@ -177,8 +199,7 @@ def _emit(ctx: KernelContext) -> None:
 
     def chunk(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         with for_range(c.b, start, stop, 1, name="row") as r:
-            base = c.b.mul(r, ir.Constant(I64, n))
-            emit_row(_Row(c, base, n, dtype, lanes), node)
+            emit_row(_Row(c, c.b.mul(r, ir.Constant(I64, n)), n, dtype, lanes), node)
 
     parallel_range(ctx, rows, max(1, PARALLEL_GRAIN // n), chunk)
 
