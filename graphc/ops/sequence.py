@@ -331,10 +331,10 @@ def rope(x: Operand, positions: Operand | None = None, *, base: float = 10000.0,
         fail("rope", AttrError(f"base must be a positive number, got {base!r}"))
     t, d = x.shape[-2], x.shape[-1]
     half = d // 2
-    inv_freq = np.float64(base) ** (-np.arange(half, dtype=np.float64) * 2.0 / d)
+    inv_freq = constant((np.float64(base) ** (-np.arange(half) * 2.0 / d)).astype(x.dtype.np))
     if positions is None:
-        angles: Node = constant((np.arange(t, dtype=np.float64)[:, None] * inv_freq)
-                                .astype(x.dtype.np))
+        # (T, 1) * (D/2,): an iota, so the graph holds D/2 numbers, not a (T, D/2) table.
+        angles = _ew.mul(iota((t, 1), 0, x.dtype), inv_freq)
     else:
         pos = as_node(positions)
         lead = x.shape[:-1]
@@ -342,8 +342,7 @@ def rope(x: Operand, positions: Operand | None = None, *, base: float = 10000.0,
                 p not in (1, s) for p, s in zip(pos.shape[::-1], lead[::-1])):
             fail("rope", ShapeError(f"positions: expected an int node broadcastable to "
                                     f"{list(lead)} (x {x.type}), got {pos.type}"))
-        angles = _ew.mul(expand_dims(_ew.cast(pos, x.dtype), -1),
-                         constant(inv_freq.astype(x.dtype.np)))
+        angles = _ew.mul(expand_dims(_ew.cast(pos, x.dtype), -1), inv_freq)
     cos, sin = _ew.cos(angles), _ew.sin(angles)
     last = [x.ndim - 1]
     if interleaved:
