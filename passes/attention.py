@@ -4,12 +4,13 @@
     softmax(where(keep, q @ kᵀ · s, -inf)) @ v  ->  attention(..., mask=where(keep, 0, -inf))
 
 The scale may be a multiplication by a scalar constant on either side or a division by one
-(or absent: s = 1); the mask an addition on either side, or a `where` against -inf
-(PyTorch's ``masked_fill``) in either orientation; a mask that is the causal pattern (0 on
-and below the diagonal, -inf above, from `tril` or a constant) becomes ``causal=True``, so
-the kernel skips the hidden key blocks. The softmax is over the last axis, the matmuls
+(or absent: s = 1), or be applied to q and kᵀ before the product (as PyTorch's ONNX export
+writes it); the mask an addition on either side, or a `where` against -inf (PyTorch's
+``masked_fill``) in either orientation; a mask that is the causal pattern (0 on and below
+the diagonal, -inf above, from `tril` or a constant) becomes ``causal=True``, so the
+kernel skips the hidden key blocks. The softmax is over the last axis, the matmuls
 carry no broadcasting (q, k, v share their batch dims) and k is read transposed
-(``q @ k.T`` after simplify's `matmul_transpose`).
+(``q @ k.T`` after simplify's `matmul_transpose`, or a transpose of its last two axes).
 
 The rewrite is made only when every intermediate (scores, scaled, masked, probabilities) has
 no user but the next step: a graph that differentiates the hand-written form keeps it (its
@@ -53,6 +54,21 @@ def _scalar(rb: Rebuilder, node: Node) -> float | None:
     if value is None or value.size != 1 or value.dtype.kind != "f":
         return None
     return float(value.reshape(()))
+
+
+def _scaled(rb: Rebuilder, x: Node) -> tuple[Node, float]:
+    """(y, s) with x = y · s for a scalar constant s (s = 1 when x is no such product)."""
+    if x.op == "mul":
+        a, b = x.inputs
+        for y, c in ((a, b), (b, a)):
+            s = _scalar(rb, c)
+            if s is not None and y.type == x.type:
+                return y, s
+    return x, 1.0
+
+
+def _swap_last_two(ndim: int) -> tuple[int, ...]:
+    return (*range(ndim - 2), ndim - 1, ndim - 2)
 
 
 def _is_neg_inf(rb: Rebuilder, node: Node) -> bool:
@@ -110,10 +126,18 @@ def match(p: Pending, rb: Rebuilder, uses: Counter[str]) -> Match | None:
             return None
         chain.append(x)
         scale, x = (s if x.op == "mul" else 1.0 / s), a
-    if x.op != "matmul" or x.attrs.get("transpose_a") or not x.attrs.get("transpose_b"):
+    if x.op != "matmul" or x.attrs.get("transpose_a"):
         return None
     chain.append(x)
     q, k = x.inputs
+    q, q_scale = _scaled(rb, q)
+    scale *= q_scale
+    if not x.attrs.get("transpose_b"):
+        # (k * s)ᵀ-like operands, as PyTorch's ONNX export of SDPA writes q·√s @ kᵀ·√s.
+        k, k_scale = _scaled(rb, k)
+        if k.op != "transpose" or k.attrs["perm"] != _swap_last_two(k.ndim):
+            return None
+        k, scale = k.inputs[0], scale * k_scale
     if any(uses[n.name] != 1 for n in chain):
         return None
     if not (q.ndim == k.ndim == v.ndim and q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):

@@ -46,7 +46,9 @@ PAD = np.array([True, True, True, False, True, False])
     lambda q, k, v: gc.softmax(gc.where(PAD, gc.matmul(q, k, transpose_b=True), -np.inf)) @ v,
     lambda q, k, v: gc.softmax(gc.where(~gc.constant(PAD), -np.inf,
                                         gc.matmul(q, k, transpose_b=True))) @ v,
-], ids=["mul", "mul_left", "div", "unscaled", "add_mask", "where_keep", "masked_fill"])
+    lambda q, k, v: gc.softmax((q * 0.7) @ (gc.transpose(k, (0, 1, 3, 2)) * 0.7) + PAD * 1.0) @ v,
+], ids=["mul", "mul_left", "div", "unscaled", "add_mask", "where_keep", "masked_fill",
+        "onnx_export"])
 def test_spellings_become_the_fused_op(spelling) -> None:
     exe = _compare(spelling)
     assert "attention" in _ops(exe) and "softmax" not in _ops(exe)
