@@ -72,6 +72,9 @@ CASES: dict[str, Build] = {
     "argmax": lambda a, b: gc.cast(gc.argmax(a, 1), F),
     "argmin": lambda a, b: gc.cast(gc.argmin(a, 0, keepdims=True), F),
     "softmax": lambda a, b: gc.softmax(a, 0), "log_softmax": lambda a, b: gc.log_softmax(a),
+    "layer_norm": lambda a, b: gc.layer_norm(a, beta=np.linspace(-1, 1, 4, dtype=F.np))
+    + gc.layer_norm(b, np.full((3, 4), 1.5, F.np), np.ones((3, 4), F.np), axis=(0, 1)),
+    "rms_norm": lambda a, b: gc.rms_norm(a, eps=0.1) + gc.rms_norm(b, np.full(4, 2.0, F.np)),
     "conv2d": lambda a, b: gc.conv2d(gc.reshape(a, (1, 1, 3, 4)),
                                      np.ones((2, 1, 2, 2), np.float32), padding=((1, 0), (0, 1)),
                                      stride=(1, 2)),

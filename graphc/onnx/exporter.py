@@ -265,6 +265,33 @@ def _log_softmax(w: _Writer, n: Node, ins: list[str], out: str) -> None:
     w.node("LogSoftmax", ins, out, axis=int(n.attrs["axis"]))
 
 
+@_emit("layer_norm")
+def _layer_norm(w: _Writer, n: Node, ins: list[str], out: str) -> None:
+    axes = list(n.attrs["axes"])
+    x, *params = ins
+    if not n.attrs["has_gamma"]:  # LayerNormalization's Scale is not optional
+        params.insert(0, w.const(np.ones(n.shape[axes[0]:], n.dtype.np), out))
+    w.node("LayerNormalization", [x, *params], out, axis=axes[0],
+           epsilon=float(n.attrs["eps"]))
+
+
+@_emit("rms_norm")
+def _rms_norm(w: _Writer, n: Node, ins: list[str], out: str) -> None:
+    # RMSNormalization is opset 23: x / sqrt(mean(x²) + eps) (* gamma) spelled out.
+    x, axes = ins[0], list(n.attrs["axes"])
+    square = w.tmp("Mul", [x, x], out)
+    if w.opset >= 18:
+        ms = w.tmp("ReduceMean", [square, w.ints(axes, out)], out, keepdims=1)
+    else:
+        ms = w.tmp("ReduceMean", [square], out, axes=axes, keepdims=1)
+    eps = w.const(np.array(n.attrs["eps"], n.dtype.np), out)
+    root = w.tmp("Sqrt", [w.tmp("Add", [ms, eps], out)], out)
+    if len(ins) == 1:
+        w.node("Div", [x, root], out)
+    else:
+        w.node("Mul", [w.tmp("Div", [x, root], out), ins[1]], out)
+
+
 def _spatial(n: Node) -> dict[str, Any]:
     (t, b), (left, r) = n.attrs["pads"]
     return {"pads": [t, left, b, r], "strides": list(n.attrs["strides"])}

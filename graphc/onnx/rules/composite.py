@@ -16,7 +16,7 @@ from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, dtype_of, rule
 from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype
 from graphc.ops import elementwise as ew
-from graphc.ops import gather, join, layout, linalg, neural, reduce, slicing
+from graphc.ops import gather, join, layout, linalg, neural, norm, reduce, slicing
 
 Inputs = list[Value | None]
 
@@ -80,6 +80,8 @@ def _rms_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value
     axis = axis_of(int(attrs.get("axis", -1)), x.ndim, ctx)
     eps = float(attrs.get("epsilon", 1e-5))
     axes = tuple(range(axis, x.ndim))
+    if scale.type == norm.param_type(x.type, axes):
+        return [norm.rms_norm(x, scale, axis=axes, eps=eps)]  # the fused kernel
     ms = reduce.mean(ew.mul(x, x), axes, keepdims=True)
     return [ew.mul(ew.mul(x, ew.rsqrt(ew.add(ms, eps))), scale)]
 

@@ -12,7 +12,7 @@ import numpy as np
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, ints, rule
 from graphc.onnx.rules import windows
-from graphc.ops import conv, gather, layout, linalg, neural, pool, reduce, slicing
+from graphc.ops import conv, gather, layout, linalg, neural, norm, pool, reduce, slicing
 from graphc.ops import elementwise as ew
 
 Inputs = list[Value | None]
@@ -229,6 +229,10 @@ def _layer_norm(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Val
     if int(attrs.get("stash_type", 1)) != 1 and x.dtype.name != "float64":
         raise ctx.error("stash_type other than float32 is not supported")
     axes = tuple(range(axis, x.ndim))
+    params = [ctx.node(p) if p is not None else None for p in (list(inputs) + [None] * 3)[1:3]]
+    if ctx.num_outputs == 1 and all(p is None or p.type == norm.param_type(x.type, axes)
+                                    for p in params):
+        return [norm.layer_norm(x, *params, axis=axes, eps=eps)]  # the fused kernel
     mean = reduce.mean(x, axes, keepdims=True)
     centered = ew.sub(x, mean)
     var = reduce.mean(ew.mul(centered, centered), axes, keepdims=True)
