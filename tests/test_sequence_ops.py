@@ -258,6 +258,57 @@ def test_attention_over_the_prefix_through_a_runtime_position_mask(backend: str)
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def _decode_with_caches(per_layer: bool) -> tuple[gc.Graph, int]:
+    """Two layers' caches as variables (one per layer and K/V, or one (layers, 2, ...)),
+    written at `pos`, each layer attending over [0, Tmax) through mask iota <= pos."""
+    layers, heads, tmax, dh = 2, 2, 8, 4
+    rng = np.random.default_rng(7)
+    with gc.Graph("decode") as g:
+        pos = gc.placeholder((), "int64", name="pos")
+        q = gc.placeholder((1, heads, 1, dh), "float64", name="q")
+        kv = gc.placeholder((layers, 2, heads, 1, dh), "float64", name="kv")
+        mask = gc.iota((tmax,)) <= pos
+        outs, updates = [], {}
+        if per_layer:
+            for i in range(layers * 2):
+                cache = gc.variable(rng.standard_normal((1, heads, tmax, dh)), name=f"c{i}")
+                new = kv[i // 2, i % 2][None]
+                updates[cache] = gc.dynamic_update_slice(cache, new, (0, 0, pos, 0))
+            values = list(updates.values())
+            layer_kv = [(values[2 * i], values[2 * i + 1]) for i in range(layers)]
+        else:
+            cache = gc.variable(rng.standard_normal((layers, 2, heads, tmax, dh)), name="c")
+            updates[cache] = gc.dynamic_update_slice(cache, kv, (0, 0, 0, pos, 0))
+            layer_kv = [(updates[cache][i, 0][None], updates[cache][i, 1][None])
+                        for i in range(layers)]
+        for k, v in layer_kv:
+            outs.append(gc.attention(q, k, v, mask=mask))
+        g.add_signature("decode", inputs=[pos, q, kv], outputs=outs, updates=updates)
+    return g, len(updates)
+
+
+@pytest.mark.parametrize("per_layer", [True, False], ids=["per_layer", "one_cache"])
+def test_a_compiled_decode_step_updates_its_caches_in_place(per_layer: bool) -> None:
+    if not attention_kernels.LOWERINGS:
+        pytest.skip("the attention kernel has not landed yet")
+    g, n_caches = _decode_with_caches(per_layer)
+    ref_graph, _ = _decode_with_caches(per_layer)
+    step = _compile(g, signature="decode")
+    reference = gc.reference(ref_graph, signature="decode")
+    plan = step.report.plan
+    assert len(plan.in_place_updates) == n_caches and not plan.copies_after
+    if per_layer:  # attention reads the variables themselves: no cache is copied per token
+        copies = [k.root for k in plan.program.kernels if k.root.op == "slice"]
+        assert copies and all(c.size == 2 * 4 for c in copies)  # only the new token's k, v
+    rng = np.random.default_rng(8)
+    for pos in (0, 1, 2, 5, 7):
+        q, kv = rng.standard_normal((1, 2, 1, 4)), rng.standard_normal((2, 2, 2, 1, 4))
+        for got, want in zip(step(np.int64(pos), q, kv), reference(np.int64(pos), q, kv)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    for name, value in g.variables.items():
+        np.testing.assert_array_equal(value, ref_graph.variables[name])
+
+
 # --- iota masks are computed, not stored ---------------------------------------------------
 
 def test_a_causal_mask_fuses_into_its_user() -> None:

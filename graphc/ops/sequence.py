@@ -17,6 +17,20 @@ rank. Unlike XLA, a start is never clamped: one outside ``0 <= start <= dim - si
 error (a `GraphcError` naming the op, raised by the reference and by compiled code at the
 call, `codegen.opaque.sequence`): a cache written past its end must not overwrite its last
 slot. Constant starts are checked when the graph is built.
+
+A decode step with a KV cache (compiled once for a fixed Tmax; `pos` a runtime scalar):
+
+    k_cache = gc.variable(np.zeros((1, heads, tmax, dh), np.float32))    # v_cache alike
+    pos = gc.placeholder((), gc.int64)
+    k = gc.dynamic_update_slice(k_cache, k_new, (0, 0, pos, 0))          # k_new: (1, heads, 1, dh)
+    mask = gc.iota((tmax,)) <= pos          # bool: True attends; slots after pos are hidden
+    out = gc.attention(q, k, v, mask=mask)  # q: (1, heads, 1, dh), over [0, Tmax)
+    g.add_signature("decode", ..., updates={k_cache: k, v_cache: v})
+
+Each update is planned into its variable and attention reads the variable's buffer: nothing
+is copied per token. One cache of shape (layers, 2, heads, Tmax, dh) is updated in place
+too, but reading a layer from it (``cache_new[l, 0]``) is a slice, which is a kernel that
+copies that layer today (tests/test_sequence_ops.py runs both patterns).
 """
 
 from __future__ import annotations
