@@ -118,7 +118,9 @@ def arange(start: float, stop: float | None = None, step: float = 1,
         dtype if dtype is not None else ("int64" if integral else "float32")))
     if the_dtype == DType.bool:
         fail("arange", DTypeError("dtype: expected a numeric dtype, got bool"))
-    count = max(0, math.ceil((stop - start) / step))
+    # Ints count exactly (a float quotient rounds past 2**53).
+    count = max(0, -((int(start) - int(stop)) // int(step)) if integral
+                else math.ceil((stop - start) / step))
     if integral and the_dtype.is_int:
         # Exact integer arithmetic, then narrowed (numpy wraps int32 the same way).
         values = _ew.add(_ew.mul(iota((count,), 0, "int64"), int(step)), int(start))
