@@ -7,9 +7,9 @@ The scale may be a multiplication by a scalar constant on either side or a divis
 (or absent: s = 1), or be applied to q and kᵀ before the product (as PyTorch's ONNX export
 writes it); the mask an addition on either side, or a `where` against -inf (PyTorch's
 ``masked_fill``) in either orientation; a mask that is the causal pattern (0 on and below
-the diagonal, -inf above, from `tril` or a constant) becomes ``causal=True``, so the
-kernel skips the hidden key blocks. The softmax is over the last axis, the matmuls
-carry no broadcasting (q, k, v share their batch dims) and k is read transposed
+the diagonal, -inf above: a constant, or computed from iotas as `gc.tril` does) becomes
+``causal=True``, so the kernel skips the hidden key blocks. The softmax is over the last
+axis, the matmuls carry no broadcasting (q, k, v share their batch dims) and k is read transposed
 (``q @ k.T`` after simplify's `matmul_transpose`, or a transpose of its last two axes).
 
 The rewrite is made only when every intermediate (scores, scaled, masked, probabilities) has
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.ir import Graph, Node, Signature
+from graphc.ops import registry
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder, live_nodes
 
@@ -90,6 +91,35 @@ def _causal(value: np.ndarray | None, tq: int, tk: int, keep_true: bool) -> bool
     return bool(np.all(kept.reshape(-1, tq, tk) == want))
 
 
+# Masks up to this many elements that are computed from iotas and constants (not folded:
+# too big) are evaluated at compile time to recognize the causal pattern.
+EVALUATE_MAX = 1 << 22
+
+
+def _static_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
+    """The value of `node` if it depends on constants and iotas only (a computed mask), by
+    the ops' references; None otherwise or when it is too big to evaluate."""
+    value = rb.value(node)
+    if value is not None or node.size > EVALUATE_MAX:
+        return value
+    memo: dict[Node, np.ndarray] = {}
+
+    def run(n: Node) -> np.ndarray | None:
+        if n in memo:
+            return memo[n]
+        if n.op == "constant":
+            return rb.value(n)
+        if n.op in ("placeholder", "variable") or registry.get(n.op).random:
+            return None
+        args = [run(i) for i in n.inputs]
+        if any(a is None for a in args):
+            return None
+        memo[n] = registry.get(n.op).reference(args, n.attrs)
+        return memo[n]
+
+    return run(node)
+
+
 def match(p: Pending, rb: Rebuilder, uses: Counter[str]) -> Match | None:
     """The attention that matmul `p` computes by hand, or None (see the module doc)."""
     if p.op != "matmul" or p.attrs.get("transpose_a") or p.attrs.get("transpose_b"):
@@ -146,9 +176,9 @@ def match(p: Pending, rb: Rebuilder, uses: Counter[str]) -> Match | None:
         return None
     tq, tk = x.shape[-2:]
     causal = False
-    if keep is not None and not keep_false and _causal(rb.value(keep), tq, tk, True):
+    if keep is not None and not keep_false and _causal(_static_value(rb, keep), tq, tk, True):
         causal, keep = True, None
-    if mask is not None and _causal(rb.value(mask), tq, tk, False):
+    if mask is not None and _causal(_static_value(rb, mask), tq, tk, False):
         causal, mask = True, None
     return Match(q, k, v, scale, mask, keep, keep_false, causal)
 

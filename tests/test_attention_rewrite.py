@@ -58,10 +58,22 @@ def test_spellings_become_the_fused_op(spelling) -> None:
     lambda q, k, v: gc.softmax(gc.where(CAUSAL_KEEP, gc.matmul(q, k, transpose_b=True) * 0.5,
                                         -np.inf)) @ v,
     lambda q, k, v: gc.softmax(gc.matmul(q, k, transpose_b=True) * 0.5 + CAUSAL_ADD) @ v,
-], ids=["where", "add"])
+    lambda q, k, v: gc.softmax(gc.where(gc.iota((6, 6), 0) >= gc.iota((6, 6), 1),
+                                        gc.matmul(q, k, transpose_b=True), -np.inf)) @ v,
+], ids=["where", "add", "iota"])
 def test_a_causal_mask_becomes_causal(spelling) -> None:
     exe = _compare(spelling, causal_hint=True)
     assert not any(n.op == "attention" and len(n.inputs) > 3 for n in exe.compiled_graph.nodes)
+
+
+def test_a_computed_causal_mask_too_big_to_fold_becomes_causal() -> None:
+    t = 300  # 90,000 elements: above constant folding's limit, so the iotas stay computed
+    with gc.Graph("big") as g:
+        q = gc.placeholder((1, 1, t, 4))
+        keep = gc.iota((t, t), 0) >= gc.iota((t, t), 1)
+        out = gc.softmax(gc.where(keep, gc.matmul(q, q, transpose_b=True), -np.inf)) @ q
+    (node,) = [n for n in gc.compile(g, [q], out).compiled_graph.nodes if n.op == "attention"]
+    assert node.attrs["causal"] and len(node.inputs) == 3
 
 
 def test_training_graph_keeps_the_hand_written_form() -> None:

@@ -54,5 +54,8 @@ def test_every_op_has_a_row() -> None:
 
 def test_every_differentiable_op_is_gradient_checked() -> None:
     checked = {op for c in CASES if c.grad for op in c.ops}
-    missing = sorted(n for n, op in registry.OPS.items() if op.differentiable and n not in checked)
+    # attention's two gradient ops refuse second derivatives (tests/test_attention.py).
+    refused = {"attention_lse", "attention_grad"}
+    missing = sorted(n for n, op in registry.OPS.items()
+                     if op.differentiable and n not in checked and n not in refused)
     assert not missing, f"differentiable ops without a gradient row: {missing}"
