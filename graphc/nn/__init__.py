@@ -5,11 +5,14 @@
 
 Families: `core` (Dense, Flatten, Activation, Dropout, Embedding, Add), `conv` (Conv2D,
 DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D), `norm` (BatchNorm, LayerNorm, RMSNorm),
-`recurrent` (SimpleRNN, LSTM, GRU), `container` (Sequential), `regularizers` (L1, L2,
-L1L2), `losses` (per-example losses by name, used by `gc.Model`).
+`recurrent` (SimpleRNN, LSTM, GRU), `attention` (MultiHeadAttention), `transformer`
+(TransformerEncoderLayer, TransformerDecoderLayer, PositionalEmbedding), `container`
+(Sequential), `regularizers` (L1, L2, L1L2), `losses` (per-example losses by name, used by
+`gc.Model`).
 """
 
 from graphc.nn import activations, initializers, losses, regularizers
+from graphc.nn.attention import MultiHeadAttention
 from graphc.nn.container import Sequential
 from graphc.nn.convolutional import AvgPool2D, Conv2D, DepthwiseConv2D, GlobalAvgPool2D, MaxPool2D
 from graphc.nn.core import Activation, Add, Dense, Dropout, Embedding, Flatten
@@ -17,6 +20,11 @@ from graphc.nn.layer import Layer, Scope, current_scope
 from graphc.nn.norm import BatchNorm, LayerNorm, RMSNorm
 from graphc.nn.recurrent import GRU, LSTM, SimpleRNN
 from graphc.nn.regularizers import L1, L1L2, L2
+from graphc.nn.transformer import (
+    PositionalEmbedding,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+)
 
 __all__ = [
     "GRU",
@@ -38,10 +46,14 @@ __all__ = [
     "Layer",
     "LayerNorm",
     "MaxPool2D",
+    "MultiHeadAttention",
+    "PositionalEmbedding",
     "RMSNorm",
     "Scope",
     "Sequential",
     "SimpleRNN",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
     "activations",
     "current_scope",
     "initializers",
