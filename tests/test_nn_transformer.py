@@ -320,10 +320,12 @@ def test_mha_gradients_check_in_float64() -> None:
     def fn(x: gc.Node, c: gc.Node) -> gc.Node:
         keep = np.array([[True, True, False, True]] * 2)
         self_attn = nn.MultiHeadAttention(2, num_kv_heads=1, causal=True, seed=1)
-        cross = nn.MultiHeadAttention(2, seed=2)
-        return cross(self_attn(x), c, padding_mask=keep)
+        cross = nn.MultiHeadAttention(2, seed=2)  # separate q and kv kernels (c is 3 wide)
+        fused_cross = nn.MultiHeadAttention(2, seed=3)  # column slices of one qkv kernel
+        h = self_attn(x)
+        return fused_cross(cross(h, c, padding_mask=keep), h, mask=np.triu(np.ones((3, 3))))
 
-    gc.check_grad(fn, [rand(2, 3, 4), rand(2, 4, 4)]).assert_ok(1e-6)
+    gc.check_grad(fn, [rand(2, 3, 4), rand(2, 4, 3)]).assert_ok(1e-6)
 
 
 def test_encoder_layer_gradients_check_in_float64() -> None:

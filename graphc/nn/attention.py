@@ -134,6 +134,8 @@ def _glorot_blocks(blocks: int) -> Initializer:
 # --- masks ----------------------------------------------------------------------------------
 
 def _mask_operand(owner: str, what: str, mask: Operand, dtype: DType) -> Node:
+    if not isinstance(mask, Node) and np.asarray(mask).dtype.kind == "f":
+        mask = np.asarray(mask, dtype.np)  # a literal additive mask takes the model's dtype
     node = as_node(mask)
     if node.dtype != DType.bool and node.dtype != dtype:
         raise DTypeError(f"{what}: expected bool (True: attend) or an additive {dtype.value} "
@@ -312,13 +314,14 @@ class MultiHeadAttention(KeywordInputsLayer):
         b, t, c = x.shape
         return linalg.linear(layout.reshape(x, (b * t, c)), kernel, bias)
 
-    def _heads(self, flat: Node, start: int, heads: int, batch: int, steps: int) -> Node:
-        """Columns [start, start + heads·Dh) of a (B·T, N) projection as (B, heads, T, Dh)."""
+    def _heads(self, flat: Node, first: int, heads: int, batch: int, steps: int) -> Node:
+        """Heads [first, first + heads) of a (B·S, N·Dh) projection as (B, heads, S, Dh)."""
         dh = self.head_dim
-        part = flat
-        if flat.shape[-1] != heads * dh:
-            part = slicing.slice(flat, [start], [start + heads * dh], axes=[1])
-        split = layout.reshape(part, (batch, steps, heads, dh))
+        split = layout.reshape(flat, (batch, steps, flat.shape[-1] // dh, dh))  # a view
+        if split.shape[2] != heads:
+            # Slicing after the reshape lets the slice fuse into the transpose's kernel: one
+            # copy per q, k, v.
+            split = slicing.slice(split, [first], [first + heads], axes=[2])
         return layout.transpose(split, (0, 2, 1, 3))
 
     def _qkv(self, call: AttentionInputs) -> tuple[Node, Node, Node]:
@@ -330,7 +333,7 @@ class MultiHeadAttention(KeywordInputsLayer):
         if ctx is None:  # one GEMM for q, k and v
             qkv = self._project(x, self.weights["qkv_kernel"], self.weights.get("qkv_bias"))
             q_flat = kv_flat = qkv
-            kv_start = inner
+            kv_first = h
         else:
             if "qkv_kernel" in self.weights:
                 q_w, q_b = self._columns("qkv", 0, inner)
@@ -340,10 +343,10 @@ class MultiHeadAttention(KeywordInputsLayer):
                 kv_w, kv_b = self.weights["kv_kernel"], self.weights.get("kv_bias")
             q_flat = self._project(x, q_w, q_b)
             kv_flat = self._project(ctx, kv_w, kv_b)
-            kv_start = 0
+            kv_first = 0
         q = self._heads(q_flat, 0, h, b, t)
-        k = self._heads(kv_flat, kv_start, hkv, b, s)
-        v = self._heads(kv_flat, kv_start + kv_inner, hkv, b, s)
+        k = self._heads(kv_flat, kv_first, hkv, b, s)
+        v = self._heads(kv_flat, kv_first + hkv, hkv, b, s)
         return q, k, v
 
     def _rotate(self, q: Node, k: Node) -> tuple[Node, Node]:

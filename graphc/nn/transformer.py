@@ -30,6 +30,7 @@ ones and zeros. Masks: True marks what may be attended (see `graphc.nn.attention
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,11 @@ from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
 from graphc.nn.norm import LayerNorm
 from graphc.ops import elementwise as ew
-from graphc.ops import gather, slicing
+from graphc.ops import gather, layout, slicing
 
 __all__ = ["PositionalEmbedding", "TransformerDecoderLayer", "TransformerEncoderLayer"]
+
+Block = Callable[[Node], Node]  # one residual branch on the (B·T, D) stream
 
 
 @dataclass(frozen=True)
@@ -164,16 +167,38 @@ class _Block(KeywordInputsLayer):
             self.state_updates.update(layer.state_updates)
         return y
 
-    def _feed_forward(self, x: Node, training: bool) -> Node:
-        h = self.activation(self._run("linear1", x, training))
-        return self._run("linear2", self._run("dropout", h, training), training)
+    def _ffn(self, training: bool) -> Block:
+        """linear2(dropout(activation(linear1(h)))) as a block on the (B·T, D) stream."""
+        def block(h: Node) -> Node:
+            inner = self.activation(self._run("linear1", h, training))
+            return self._run("linear2", self._run("dropout", inner, training), training)
+        return block
 
-    def _residual(self, x: Node, i: int, block: Any, training: bool) -> Node:
+    def _residual(self, x: Node, i: int, block: Block, training: bool) -> Node:
         """Sublayer block i with its norm, dropout and residual, pre- or post-norm."""
         norm = f"norm{i}"
         if self.norm_first:
             return x + self._run(f"dropout{i}", block(self._run(norm, x, training)), training)
         return self._run(norm, x + self._run(f"dropout{i}", block(x), training), training)
+
+    def _stack(self, x: Node, blocks: Sequence[Block], training: bool) -> Node:
+        """The residual blocks in order on x (B, T, D), the stream kept (B·T, D) between
+        them: each block's last GEMM then takes the residual add (and the FFN's first its
+        activation) as its epilogue, which a reshape in between would prevent."""
+        b, t, d = x.shape
+        stream = layout.reshape(x, (b * t, d))
+        for i, block in enumerate(blocks, start=1):
+            stream = self._residual(stream, i, block, training)
+        return layout.reshape(stream, (b, t, d))
+
+    def _attend(self, short: str, batch: int, training: bool, **kwargs: Any) -> Block:
+        """Attention sublayer `short` as a block on the (B·T, D) stream."""
+        def block(h: Node) -> Node:
+            steps = h.shape[0] // batch
+            out = self._run(short, layout.reshape(h, (batch, steps, self.d_model)), training,
+                            **kwargs)
+            return layout.reshape(out, h.shape)
+        return block
 
 
 class TransformerEncoderLayer(_Block):
@@ -211,13 +236,9 @@ class TransformerEncoderLayer(_Block):
         call = inputs if isinstance(inputs, AttentionInputs) else AttentionInputs(inputs)
         self._check_x(call.x)
         self.state_updates = {}
-
-        def attend(h: Node) -> Node:
-            return self._run("self_attn", h, training, mask=call.mask,
-                             padding_mask=call.padding_mask)
-
-        x = self._residual(call.x, 1, attend, training)
-        return self._residual(x, 2, lambda h: self._feed_forward(h, training), training)
+        attend = self._attend("self_attn", call.x.shape[0], training, mask=call.mask,
+                              padding_mask=call.padding_mask)
+        return self._stack(call.x, [attend, self._ffn(training)], training)
 
 
 class TransformerDecoderLayer(_Block):
@@ -274,18 +295,12 @@ class TransformerDecoderLayer(_Block):
                 scope: Scope | None) -> Node:
         call = self._call(inputs)
         self.state_updates = {}
-
-        def attend(h: Node) -> Node:
-            return self._run("self_attn", h, training, mask=call.mask,
-                             padding_mask=call.padding_mask)
-
-        def cross(h: Node) -> Node:
-            return self._run("multihead_attn", h, training, context=call.memory,
+        batch = call.x.shape[0]
+        attend = self._attend("self_attn", batch, training, mask=call.mask,
+                              padding_mask=call.padding_mask)
+        cross = self._attend("multihead_attn", batch, training, context=call.memory,
                              mask=call.memory_mask, padding_mask=call.memory_padding_mask)
-
-        x = self._residual(call.x, 1, attend, training)
-        x = self._residual(x, 2, cross, training)
-        return self._residual(x, 3, lambda h: self._feed_forward(h, training), training)
+        return self._stack(call.x, [attend, cross, self._ffn(training)], training)
 
 
 @dataclass(frozen=True)
