@@ -412,9 +412,12 @@ def test_positional_embedding_static_and_runtime_offsets() -> None:
     np.testing.assert_array_equal(first, x + table[:3])
     np.testing.assert_array_equal(fifth, x + table[5:8])
     np.testing.assert_array_equal(runtime, x + table[7:10])
+    compiled = gc.compile(g, [a, at], outs)
+    np.testing.assert_array_equal(compiled(x, np.int32(7))[2], runtime)
     for bad in (8, -1):  # past the table, and negative (take() would wrap it)
-        with pytest.raises(gc.GraphcError):
-            fn(x, np.int32(bad))
+        for run_fn in (fn, compiled):
+            with pytest.raises(gc.GraphcError):
+                run_fn(x, np.int32(bad))
     with gc.Graph("t2"), pytest.raises(gc.GraphcError, match=r"offset: expected an int in "
                                                               r"\[0, 7\]"):
         pos2 = nn.PositionalEmbedding(10, 4)
@@ -473,6 +476,19 @@ def test_model_fit_learns_a_sequence_task(backend: str) -> None:
     names = model.weight_names
     assert "transformer_encoder_layer/self_attn/qkv_kernel" in names
     assert "transformer_encoder_layer_1/dropout1/step" in names
+
+
+def test_mha_in_a_sequential_is_self_attention() -> None:
+    mha = nn.MultiHeadAttention(2, causal=True)
+    net = nn.Sequential([mha, nn.LayerNorm()])
+    x = rand(2, 4, 6)
+    out, g = run(net, x, training=True)
+    w = _weights(g, mha)
+    want = np_attention(x, x, w["qkv_kernel"][:, :6], w["qkv_bias"][:6],
+                        w["qkv_kernel"][:, 6:], w["qkv_bias"][6:], w["out_kernel"],
+                        w["out_bias"], 2, 2, causal=True)
+    want = (want - want.mean(-1, keepdims=True)) / np.sqrt(want.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-10)
 
 
 def test_names_seeds_and_variables_of_nested_layers() -> None:

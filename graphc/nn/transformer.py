@@ -78,10 +78,10 @@ def _check_int(owner: str, name: str, value: Any) -> int:
 
 
 class _Block(KeywordInputsLayer):
-    """A layer made of named sublayers (``<name>/<short>``), built at the first call."""
+    """A layer made of named sublayers (``<name>/<short>``), built at the first call; the
+    encoder's and decoder's shared options, checks and residual plumbing."""
 
-    kind = "TransformerEncoderLayer"
-    _sublayer_names: tuple[str, ...] = ()
+    kind = ""  # the public class name, for messages
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
                  activation: activations.ActivationLike, layer_norm_eps: float,
@@ -108,9 +108,11 @@ class _Block(KeywordInputsLayer):
         self.norm_first = norm_first
         self.causal = causal
         self.bias = bias
-        if num_kv_heads is not None and (_check_int(owner, "num_kv_heads", num_kv_heads)
-                                         and nhead % num_kv_heads):
-            raise AttrError(f"num_kv_heads {num_kv_heads} must divide nhead {nhead}", op=owner)
+        if num_kv_heads is not None:
+            _check_int(owner, "num_kv_heads", num_kv_heads)
+            if nhead % num_kv_heads:
+                raise AttrError(f"num_kv_heads {num_kv_heads} must divide nhead {nhead}",
+                                op=owner)
         if not isinstance(rope, bool):
             raise AttrError(f"rope must be a bool, got {rope!r}", op=owner)
         self.num_kv_heads = num_kv_heads
