@@ -81,6 +81,13 @@ CASES: dict[str, Build] = {
     "max_pool2d": lambda a, b: gc.max_pool2d(gc.reshape(a, (1, 1, 3, 4)), 2, padding=1),
     "avg_pool2d": lambda a, b: gc.avg_pool2d(gc.reshape(a, (1, 1, 3, 4)), 2, padding=1,
                                              count_include_pad=False),
+    "attention": lambda a, b: gc.reshape(gc.attention(
+        gc.reshape(a, (1, 2, 3, 2)), gc.reshape(b, (1, 1, 3, 4))[..., :2],
+        gc.reshape(a * b, (1, 1, 3, 4)), causal=True, mask=gc.less(b[:, :3], 1.5)), (3, 8)),
+    "iota": lambda a, b: a * gc.iota((3, 4), 1, F) + gc.cast(gc.iota((3, 4), 0), F),
+    "dynamic_slice": lambda a, b: gc.dynamic_slice(
+        gc.concat([a, b], 0), (gc.cast(gc.sum(gc.floor(b * 0.0)), gc.int64) + 2, 0),
+        (3, 4)),
 }
 
 
@@ -140,6 +147,33 @@ def test_what_cannot_be_written_is_refused() -> None:
     g.add_signature("train", [x], [loss], updates)
     with pytest.raises(OnnxError, match="updates variables"):
         gc.onnx.to_model(g, "train")
+
+
+def test_a_gpt_from_the_layers_saves_as_onnx(tmp_path: Path) -> None:
+    """Embedding, learned positions, causal pre-norm encoder layers with grouped-query
+    attention, final norm and head: ONNX Runtime matches graphc; imported back, the
+    attention pass fuses the spelled-out attention again."""
+    with gc.Graph("gpt") as g:
+        ids = gc.placeholder((2, 6), gc.int64, name="ids")
+        net = gc.nn.Sequential([
+            gc.nn.Embedding(50, 16), gc.nn.PositionalEmbedding(8, 16),
+            gc.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, causal=True,
+                                          num_kv_heads=2),
+            gc.nn.LayerNorm(), gc.nn.Dense(50)])
+        logits = net(ids)
+    g.add_signature("main", [ids], [logits])
+    x = np.random.default_rng(3).integers(0, 50, (2, 6))
+    (want,) = gc.reference(g, signature="main")(x)
+    path = tmp_path / "gpt.onnx"
+    gc.onnx.save(g, path)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    back = gc.onnx.load(path, trainable=False)  # initializers as constants, for inference
+    exe = gc.compile(back, signature="main")
+    np.testing.assert_allclose(exe(x)[0], want, rtol=1e-5, atol=1e-5)
+    assert "attention" in {n.op for n in exe.compiled_graph.nodes}
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"ids": x})[0], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("module", "builder", "shape"), [
