@@ -165,3 +165,78 @@ def export(name: str, shape: tuple[int, ...] | None = None, seed: int = 0,
         torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["x"],
                           output_names=["y"], opset_version=17)
     return buf.getvalue(), model, x
+
+
+# --- the transformer benchmarks' GPT (benchmarks/workloads_gpt.py) ---------------------------
+
+class TorchGPT(nn.Module):
+    """Token and learned position embeddings, `layers` pre-norm GELU encoder layers (torch's
+    own `nn.TransformerEncoderLayer`, dropout 0), final LayerNorm and vocabulary projection;
+    `causal` masks attention to earlier positions (a decoder-only GPT). `load(params)` takes
+    the benchmarks' canonical weights (`workloads_gpt.gpt_params`: kernels (in, out))."""
+
+    def __init__(self, vocab: int, d: int, heads: int, ffn: int, layers: int, max_len: int,
+                 causal: bool = True) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, heads, ffn, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+        self.causal = causal
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        steps = ids.shape[1]
+        x = self.wte(ids) + self.wpe.weight[:steps]
+        mask = None
+        if self.causal:
+            mask = nn.Transformer.generate_square_subsequent_mask(steps, dtype=x.dtype)
+        for block in self.blocks:
+            x = block(x, src_mask=mask, is_causal=self.causal)
+        return self.head(self.ln_f(x))
+
+    def load(self, params: dict) -> TorchGPT:
+        """Copy the canonical numpy weights in (kernels transposed to torch's (out, in))."""
+
+        def put(param: torch.Tensor, array: object, transpose: bool = False) -> None:
+            value = torch.from_numpy(array.T.copy() if transpose else array.copy())
+            with torch.no_grad():
+                param.copy_(value)
+
+        put(self.wte.weight, params["wte"])
+        put(self.wpe.weight, params["wpe"])
+        for i, block in enumerate(self.blocks):
+            pre = f"h{i}."
+            put(block.norm1.weight, params[pre + "ln1_g"])
+            put(block.norm1.bias, params[pre + "ln1_b"])
+            put(block.self_attn.in_proj_weight, params[pre + "qkv_w"], transpose=True)
+            put(block.self_attn.in_proj_bias, params[pre + "qkv_b"])
+            put(block.self_attn.out_proj.weight, params[pre + "out_w"], transpose=True)
+            put(block.self_attn.out_proj.bias, params[pre + "out_b"])
+            put(block.norm2.weight, params[pre + "ln2_g"])
+            put(block.norm2.bias, params[pre + "ln2_b"])
+            put(block.linear1.weight, params[pre + "fc1_w"], transpose=True)
+            put(block.linear1.bias, params[pre + "fc1_b"])
+            put(block.linear2.weight, params[pre + "fc2_w"], transpose=True)
+            put(block.linear2.bias, params[pre + "fc2_b"])
+        put(self.ln_f.weight, params["lnf_g"])
+        put(self.ln_f.bias, params["lnf_b"])
+        put(self.head.weight, params["head_w"], transpose=True)
+        put(self.head.bias, params["head_b"])
+        return self
+
+
+def export_gpt(model: nn.Module, ids: torch.Tensor, opset: int = 17) -> bytes:
+    """ONNX bytes of an eval-mode `TorchGPT` on int64 ids (input "ids", output "logits"), with
+    torch's TorchScript exporter like `export`. Not under no_grad: that would trace
+    the layers' inference fast path (`_transformer_encoder_layer_fwd`), which has no ONNX
+    symbolic."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (ids,), buf, dynamo=False, input_names=["ids"],
+                          output_names=["logits"], opset_version=opset)
+    return buf.getvalue()

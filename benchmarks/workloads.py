@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks import workloads_gpt as wg
 from benchmarks import workloads_onnx as wo
 from benchmarks.workloads_data import (
     EW_SHAPE,
@@ -34,9 +35,12 @@ from benchmarks.workloads_data import (
     _mlp_params,
 )
 from benchmarks.workloads_torch import (
+    attention_torch,
     compile_first_call,
     ew_torch,
     gemm_torch,
+    gpt_infer_torch,
+    gpt_train_torch,
     lenet_torch,
     lstm_torch,
     mlp_infer_torch,
@@ -285,6 +289,9 @@ def _lenet_flops(batch: int) -> float:
     return batch * (conv1 + conv2 + dense)
 
 
+_GPT = (f"{wg.GPT.layers} layers d={wg.GPT.d} {wg.GPT.heads} heads FFN {wg.GPT.ffn} "
+        f"vocab {wg.GPT.vocab} T={wg.GPT.steps}")
+
 WORKLOADS: list[Workload] = [
     Workload("ew", "elementwise tanh(x*a+b)*sigmoid(x)+0.5*x*x, 4096x1024 f32", 0,
              2 * 4 * EW_SHAPE[0] * EW_SHAPE[1],
@@ -325,4 +332,17 @@ WORKLOADS: list[Workload] = [
              "session creation)", 0, 0, {"graphc": wo.graphc_import_compile(False)}),
     Workload("onnx_compile_cached", "import + compile ResNet-18 ONNX, warm cache", 0, 0,
              {"graphc": wo.graphc_import_compile(True)}),
+    # The transformer rows (workloads_gpt.py: model, data, checks and FLOP counts).
+    Workload("gpt_infer_1", f"GPT inference (causal, ids -> logits), {_GPT}, batch 1",
+             wg.gpt_flops(wg.INFER_BATCH, train=False), 0,
+             {"graphc": wg.gpt_infer_graphc, "torch": gpt_infer_torch()}),
+    Workload("gpt_infer_1_onnx", f"GPT inference (causal), {_GPT}, batch 1, torch's ONNX "
+             "export (graphc: gc.onnx.load)", wg.gpt_flops(wg.INFER_BATCH, train=False), 0,
+             {"graphc": wg.gpt_onnx_graphc}),
+    Workload("gpt_train_8", f"GPT (causal) training step, {_GPT}, batch 8, AdamW",
+             wg.gpt_flops(wg.TRAIN_BATCH, train=True), 0,
+             {"graphc": wg.gpt_train_graphc, "torch": gpt_train_torch}),
+    Workload("attention_1024", "attention forward + backward (q, k, v grads), B=1 H=4 T=1024 "
+             "Dh=64, not causal (torch: scaled_dot_product_attention)", wg.attention_flops(), 0,
+             {"graphc": wg.attention_graphc, "torch": attention_torch}),
 ]

@@ -194,6 +194,18 @@ def lenet_infer(batch: int) -> Callable[[int], Runner]:
     return setup
 
 
+# --- the GPT (benchmarks.workloads_gpt) ----------------------------------------------------
+
+def gpt_infer(threads: int) -> Runner:
+    """The causal GPT as torch exported it (TorchScript exporter, opset 17; int64 ids),
+    checked against workloads_gpt's float64 numpy forward."""
+    from benchmarks import workloads_gpt as wg
+
+    expected = wg.infer_reference()
+    return _runner(wg.onnx_file().read_bytes(), {"ids": wg.onnx_ids()}, expected.shape,
+                   expected, threads)
+
+
 PEERS: dict[str, Callable[[int], Runner]] = {
     "ew": ew,
     "mlp_infer_1": mlp_infer(1),
@@ -204,4 +216,6 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "lenet_infer_1": lenet_infer(1),
     "lenet_infer_64": lenet_infer(64),
     **workloads_onnx.ORT_PEERS,
+    "gpt_infer_1": gpt_infer,
+    "gpt_infer_1_onnx": gpt_infer,
 }

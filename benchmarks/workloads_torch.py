@@ -244,3 +244,89 @@ def lstm_torch(threads: int, compiled: bool = False) -> Runner:
 
     f = _torch_fn(step, compiled)
     return lambda: float(f())
+
+
+# --- the GPT and fused attention (benchmarks.workloads_gpt) -------------------------------
+
+def _torch_gpt() -> object:
+    from benchmarks import workloads_gpt as wg
+    from benchmarks.torch_nets import TorchGPT
+
+    c = wg.GPT
+    return TorchGPT(c.vocab, c.d, c.heads, c.ffn, c.layers, c.steps).load(wg.gpt_params())
+
+
+def gpt_infer_torch(compiled: bool = False) -> Callable[[int], Runner]:
+    """The causal GPT's logits at batch 1 (eval mode, no_grad)."""
+
+    def setup(threads: int) -> Runner:
+        import torch
+
+        from benchmarks import workloads_gpt as wg
+
+        torch.set_num_threads(threads)
+        model = _torch_gpt().eval()  # type: ignore[attr-defined]
+        ids = torch.from_numpy(wg.gpt_tokens(wg.INFER_BATCH)[:, :-1].astype(np.int64))
+        f = _torch_fn(model, compiled)
+
+        def run() -> object:
+            with torch.no_grad():
+                return f(ids)
+
+        wg.check("torch-compile" if compiled else "torch", run().numpy(), wg.infer_reference())
+        return run
+
+    return setup
+
+
+def gpt_train_torch(threads: int, compiled: bool = False) -> Runner:
+    """One AdamW step of the causal GPT at batch 8 on next-token cross-entropy."""
+    import torch
+
+    from benchmarks import workloads_gpt as wg
+
+    torch.set_num_threads(threads)
+    model = _torch_gpt().train()  # type: ignore[attr-defined]
+    opt = torch.optim.AdamW(model.parameters(), **wg.ADAMW)  # type: ignore[arg-type]
+    tokens = wg.gpt_tokens(wg.TRAIN_BATCH).astype(np.int64)
+    ids, targets = torch.from_numpy(tokens[:, :-1].copy()), torch.from_numpy(tokens[:, 1:].copy())
+    vocab = wg.GPT.vocab
+
+    def step() -> object:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(ids).reshape(-1, vocab),
+                                                 targets.reshape(-1))
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    f = _torch_fn(step, compiled)
+
+    def run() -> float:
+        return float(f())
+
+    wg.check_training("torch-compile" if compiled else "torch", run)
+    return run
+
+
+def attention_torch(threads: int, compiled: bool = False) -> Runner:
+    """scaled_dot_product_attention forward and the gradients of q, k, v for a given output
+    gradient (torch.autograd.grad: no .grad accumulation)."""
+    import torch
+
+    from benchmarks import workloads_gpt as wg
+
+    torch.set_num_threads(threads)
+    arrays = wg.attention_data()
+    q, k, v = (torch.from_numpy(a).requires_grad_(True) for a in arrays[:3])
+    dout = torch.from_numpy(arrays[3])
+
+    def fwd_bwd() -> object:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return (out.detach(), *torch.autograd.grad(out, (q, k, v), dout))
+
+    f = _torch_fn(fwd_bwd, compiled)
+    got = f()
+    wg.check("torch-compile" if compiled else "torch", tuple(t.numpy() for t in got),
+             wg.attention_reference())
+    return f

@@ -71,4 +71,7 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "lenet_infer_1": _compiled(lambda c: wt.lenet_torch(1, False, compiled=c)),
     "lenet_infer_64": _compiled(lambda c: wt.lenet_torch(64, False, compiled=c)),
     "lstm_train": _compiled(_flat(wt.lstm_torch)),
+    "gpt_infer_1": _compiled(wt.gpt_infer_torch),
+    "gpt_train_8": _compiled(_flat(wt.gpt_train_torch)),
+    "attention_1024": _compiled(_flat(wt.attention_torch)),
 }
