@@ -6,7 +6,8 @@
 Families: `core` (Dense, Flatten, Activation, Dropout, Embedding, Add), `conv` (Conv2D,
 DepthwiseConv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D), `norm` (BatchNorm, LayerNorm, RMSNorm),
 `recurrent` (SimpleRNN, LSTM, GRU), `attention` (MultiHeadAttention), `transformer`
-(TransformerEncoderLayer, TransformerDecoderLayer, PositionalEmbedding), `container`
+(TransformerEncoderLayer, TransformerDecoderLayer, PositionalEmbedding), `kv_cache`
+(KVCache), `gpt` (GPT), `generate` (Generator: KV-cached sampling), `container`
 (Sequential), `regularizers` (L1, L2, L1L2), `losses` (per-example losses by name, used by
 `gc.Model`).
 """
@@ -16,6 +17,9 @@ from graphc.nn.attention import MultiHeadAttention
 from graphc.nn.container import Sequential
 from graphc.nn.convolutional import AvgPool2D, Conv2D, DepthwiseConv2D, GlobalAvgPool2D, MaxPool2D
 from graphc.nn.core import Activation, Add, Dense, Dropout, Embedding, Flatten
+from graphc.nn.generate import Generator
+from graphc.nn.gpt import GPT
+from graphc.nn.kv_cache import KVCache
 from graphc.nn.layer import Layer, Scope, current_scope
 from graphc.nn.norm import BatchNorm, LayerNorm, RMSNorm
 from graphc.nn.recurrent import GRU, LSTM, SimpleRNN
@@ -27,6 +31,7 @@ from graphc.nn.transformer import (
 )
 
 __all__ = [
+    "GPT",
     "GRU",
     "L1",
     "L1L2",
@@ -42,7 +47,9 @@ __all__ = [
     "Dropout",
     "Embedding",
     "Flatten",
+    "Generator",
     "GlobalAvgPool2D",
+    "KVCache",
     "Layer",
     "LayerNorm",
     "MaxPool2D",

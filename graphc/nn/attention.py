@@ -30,6 +30,11 @@ Dropout: PyTorch and Keras drop attention *probabilities*; the fused kernel neve
 them, so ``dropout`` here drops elements of the merged attention output (B, T, H·Dh),
 before the output projection, in training mode. At ``dropout=0`` (inference, or the parity
 tests) the layer computes exactly PyTorch's function.
+
+Incremental decoding (a causal layer): ``mha(x, cache=kv)`` is a prefill of x's T positions
+and ``mha(x, cache=kv, pos=pos)`` a decode step at runtime position `pos`; they write k/v
+into the `KVCache` variables and record the writes as state updates (see
+`graphc.nn.kv_cache`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
 from graphc.ir import DType, Node
 from graphc.nn import initializers
 from graphc.nn.initializers import Initializer, InitializerLike
+from graphc.nn.kv_cache import KVCache, cache_mask, check_cache, positions, write_cache
 from graphc.nn.layer import Layer, Scope
 from graphc.ops import attention as attention_ops
 from graphc.ops import elementwise as ew
@@ -55,7 +61,8 @@ from graphc.ops import layout, linalg, sequence, slicing
 from graphc.ops import neural as nn_ops
 from graphc.ops.common import as_node
 
-__all__ = ["CallInputs", "KeywordInputsLayer", "MultiHeadAttention", "torch_linear"]
+__all__ = ["CallInputs", "KVCache", "KeywordInputsLayer", "MultiHeadAttention",
+           "torch_linear"]
 
 
 # --- layers called with keyword inputs ------------------------------------------------------
@@ -95,11 +102,14 @@ class KeywordInputsLayer(Layer):
 
 @dataclass(frozen=True)
 class AttentionInputs(CallInputs):
-    """`MultiHeadAttention`'s call: x, an optional context (keys and values) and masks."""
+    """`MultiHeadAttention`'s call: x, an optional context (keys and values) and masks; or
+    a cache and the position of x's first step (incremental decoding)."""
 
     context: Node | None = None
     mask: Operand | None = None
     padding_mask: Operand | None = None
+    cache: KVCache | None = None
+    pos: Node | None = None
 
 
 # --- initializers ---------------------------------------------------------------------------
@@ -232,13 +242,20 @@ class MultiHeadAttention(KeywordInputsLayer):
 
     def __call__(self, x: Node, context: Node | None = None, *,  # type: ignore[override]
                  mask: Operand | None = None, padding_mask: Operand | None = None,
+                 cache: KVCache | None = None, pos: Node | None = None,
                  training: bool | None = None) -> Node:
         """Self-attention over x (B, T, D), or cross-attention of x over `context` (B, S, Dc);
-        `mask`/`padding_mask` as in the module docstring. Returns (B, T, D)."""
+        `mask`/`padding_mask` as in the module docstring. Returns (B, T, D).
+
+        With `cache` (a causal layer's `KVCache`, (B, Hkv, Tmax, Dh) variables): x's keys
+        and values are written into it at `pos` (None: a prefill at 0, attending causally
+        within x; an int scalar node: x's first step is at position pos and attends over
+        the cache up to its own position), and the writes become state updates."""
         if isinstance(context, bool):
             raise GraphcError("context must be a node (pass the mode as training=...)",
                               op="MultiHeadAttention")
-        return super().__call__(AttentionInputs(x, context, mask, padding_mask), training)
+        return super().__call__(AttentionInputs(x, context, mask, padding_mask, cache, pos),
+                                training)
 
     @property
     def head_dim(self) -> int:
@@ -359,18 +376,58 @@ class MultiHeadAttention(KeywordInputsLayer):
     def forward(self, inputs: AttentionInputs | Node, training: bool,
                 scope: Scope | None) -> Node:
         call = self._check(inputs)
-        q, k, v = self._qkv(call)
-        if self.rope:
-            q, k = self._rotate(q, k)
         b, t, width = call.x.shape
-        mask = attention_mask(f"MultiHeadAttention {self.name!r}", call.mask,
-                              call.padding_mask, q.dtype, (b, self.num_heads, t, k.shape[2]))
-        o = attention_ops.attention(q, k, v, mask=mask, causal=self.causal)
+        if call.cache is not None or call.pos is not None:
+            o = self._cached(call, training, scope)
+        else:
+            q, k, v = self._qkv(call)
+            if self.rope:
+                q, k = self._rotate(q, k)
+            mask = attention_mask(f"MultiHeadAttention {self.name!r}", call.mask,
+                                  call.padding_mask, q.dtype,
+                                  (b, self.num_heads, t, k.shape[2]))
+            o = attention_ops.attention(q, k, v, mask=mask, causal=self.causal)
         merged = layout.reshape(layout.transpose(o, (0, 2, 1, 3)), (b * t, -1))
         if training and self.dropout:
             merged = self._drop(merged, scope)
         out = linalg.linear(merged, self.weights["out_kernel"], self.weights.get("out_bias"))
         return layout.reshape(out, (b, t, width))
+
+    def _cached(self, call: AttentionInputs, training: bool, scope: Scope | None) -> Node:
+        """Attention of a prefill or decode call (see `graphc.nn.kv_cache`); records the
+        cache writes as state updates. Returns (B, H, T, Dh)."""
+        owner = f"MultiHeadAttention {self.name!r}"
+        b, t, _ = call.x.shape
+        if call.cache is None:
+            raise GraphcError("pos is given without a cache: pass cache=KVCache(...) too",
+                              op=owner)
+        if not self.causal:
+            raise GraphcError("cache: a KV cache serves a causal layer (causal=True) only",
+                              op=owner)
+        if call.context is not None or call.mask is not None \
+                or call.padding_mask is not None:
+            raise GraphcError("cache: a cached call takes no context, mask or padding_mask "
+                              "(the cache's position mask is the only one)", op=owner)
+        if training:
+            raise GraphcError("cache: a cached call is inference (training=False)", op=owner)
+        q, k, v = self._qkv(call)
+        check_cache(owner, call.cache, call.pos, (b, self.num_kv_heads, 0, self.head_dim), t,
+                    q.dtype)
+        pos = call.pos
+        if self.rope:
+            if pos is None:
+                q, k = self._rotate(q, k)
+            else:
+                at = positions(t, pos)
+                q, k = sequence.rope(q, positions=at), sequence.rope(k, positions=at)
+        new_k, new_v = write_cache(call.cache, k, v, pos)
+        self.state_updates = {}
+        self.add_state_update(scope, call.cache.k, new_k)
+        self.add_state_update(scope, call.cache.v, new_v)
+        if pos is None:  # a prefill attends within x: T x T scores, not T x Tmax
+            return attention_ops.attention(q, k, v, causal=True)
+        mask = cache_mask(t, call.cache.max_len, pos)
+        return attention_ops.attention(q, new_k, new_v, mask=mask)
 
     def _drop(self, x: Node, scope: Scope | None) -> Node:
         """Inverted dropout with fresh masks per step, as `gc.nn.Dropout` draws them."""

@@ -44,6 +44,7 @@ from graphc.nn.attention import (
     AttentionInputs,
     CallInputs,
     KeywordInputsLayer,
+    KVCache,
     MultiHeadAttention,
     check_rate,
     torch_linear,
@@ -51,7 +52,7 @@ from graphc.nn.attention import (
 from graphc.nn.core import Dense, Dropout
 from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
-from graphc.nn.norm import LayerNorm
+from graphc.nn.norm import LayerNorm, RMSNorm
 from graphc.ops import elementwise as ew
 from graphc.ops import gather, layout, slicing
 
@@ -71,6 +72,17 @@ class DecoderInputs(CallInputs):
     memory_padding_mask: Operand | None = None
 
 
+NORMS = ("layer", "rms")
+
+
+def make_norm(kind: str, eps: float, center: bool, name: str,
+              dtype: DType | None) -> LayerNorm | RMSNorm:
+    """A LayerNorm (`center`: with its bias) or an RMSNorm (scale only) over the last axis."""
+    if kind == "rms":
+        return RMSNorm(eps=eps, name=name, dtype=dtype)
+    return LayerNorm(eps=eps, center=center, name=name, dtype=dtype)
+
+
 def _check_int(owner: str, name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise AttrError(f"{name} must be an int >= 1, got {value!r}", op=owner)
@@ -86,7 +98,8 @@ class _Block(KeywordInputsLayer):
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float,
                  activation: activations.ActivationLike, layer_norm_eps: float,
                  norm_first: bool, causal: bool, bias: bool, num_kv_heads: int | None,
-                 rope: bool, name: str | None, dtype: DType | str | None, seed: int | None):
+                 rope: bool, norm: str, name: str | None, dtype: DType | str | None,
+                 seed: int | None):
         super().__init__(name, dtype, seed)
         owner = self.kind
         self.d_model = _check_int(owner, "d_model", d_model)
@@ -117,6 +130,10 @@ class _Block(KeywordInputsLayer):
             raise AttrError(f"rope must be a bool, got {rope!r}", op=owner)
         self.num_kv_heads = num_kv_heads
         self.rope = rope
+        if norm not in NORMS:
+            raise AttrError(f"norm must be one of {', '.join(map(repr, NORMS))}, got {norm!r}",
+                            op=owner)
+        self.norm = norm
         self.sublayers: dict[str, Layer] = {}
 
     @property
@@ -151,9 +168,8 @@ class _Block(KeywordInputsLayer):
                 bias_initializer=torch_linear(fan_in), name=self._path(short),
                 dtype=self.dtype, seed=self._child_seed(short))
         for i in range(1, norms + 1):
-            self.sublayers[f"norm{i}"] = LayerNorm(eps=self.layer_norm_eps, center=self.bias,
-                                                   name=self._path(f"norm{i}"),
-                                                   dtype=self.dtype)
+            self.sublayers[f"norm{i}"] = make_norm(self.norm, self.layer_norm_eps, self.bias,
+                                                   self._path(f"norm{i}"), self.dtype)
         if self.dropout:
             for short in ("dropout", *(f"dropout{i}" for i in range(1, norms + 1))):
                 self.sublayers[short] = Dropout(self.dropout, seed=self._child_seed(short),
@@ -165,7 +181,9 @@ class _Block(KeywordInputsLayer):
         if layer is None:
             return x
         y = layer(x, training=training, **kwargs)
-        if training:
+        # A layer's state_updates are its last training (or cached) call's: collect them
+        # only from such a call, never stale ones.
+        if training or kwargs.get("cache") is not None:
             self.state_updates.update(layer.state_updates)
         return y
 
@@ -209,7 +227,10 @@ class TransformerEncoderLayer(_Block):
 
     Called as ``layer(x, mask=None, padding_mask=None)`` on x (B, T, d_model); `causal`
     (constructor) makes the self-attention causal inside the fused kernel. Extra options:
-    `num_kv_heads` (grouped-query attention) and `rope` (rotary positions on q and k).
+    `num_kv_heads` (grouped-query attention), `rope` (rotary positions on q and k) and
+    `norm` ("layer": LayerNorm, PyTorch's; "rms": RMSNorm). ``layer(x, cache=kv, pos=pos)``
+    is a causal layer's prefill (pos None) or decode step with a `KVCache`, as
+    `MultiHeadAttention`'s (the cache writes become the layer's state updates).
     """
 
     kind = "TransformerEncoderLayer"
@@ -218,15 +239,18 @@ class TransformerEncoderLayer(_Block):
                  dropout: float = 0.1, activation: activations.ActivationLike = "gelu",
                  layer_norm_eps: float = 1e-5, norm_first: bool = True, causal: bool = False,
                  bias: bool = True, *, num_kv_heads: int | None = None, rope: bool = False,
-                 name: str | None = None, dtype: DType | str | None = None,
-                 seed: int | None = None):
+                 norm: str = "layer", name: str | None = None,
+                 dtype: DType | str | None = None, seed: int | None = None):
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-                         norm_first, causal, bias, num_kv_heads, rope, name, dtype, seed)
+                         norm_first, causal, bias, num_kv_heads, rope, norm, name, dtype, seed)
 
     def __call__(self, x: Node, *, mask: Operand | None = None,  # type: ignore[override]
-                 padding_mask: Operand | None = None, training: bool | None = None) -> Node:
-        """x (B, T, d_model) -> (B, T, d_model); masks as `MultiHeadAttention`'s."""
-        return super().__call__(AttentionInputs(x, None, mask, padding_mask), training)
+                 padding_mask: Operand | None = None, cache: KVCache | None = None,
+                 pos: Node | None = None, training: bool | None = None) -> Node:
+        """x (B, T, d_model) -> (B, T, d_model); masks, cache and pos as
+        `MultiHeadAttention`'s."""
+        return super().__call__(AttentionInputs(x, None, mask, padding_mask, cache, pos),
+                                training)
 
     def build(self, inputs: AttentionInputs | Node) -> None:
         x = inputs.x if isinstance(inputs, AttentionInputs) else inputs
@@ -238,8 +262,10 @@ class TransformerEncoderLayer(_Block):
         call = inputs if isinstance(inputs, AttentionInputs) else AttentionInputs(inputs)
         self._check_x(call.x)
         self.state_updates = {}
+        cached = {} if call.cache is None and call.pos is None else {"cache": call.cache,
+                                                                      "pos": call.pos}
         attend = self._attend("self_attn", call.x.shape[0], training, mask=call.mask,
-                              padding_mask=call.padding_mask)
+                              padding_mask=call.padding_mask, **cached)
         return self._stack(call.x, [attend, self._ffn(training)], training)
 
 
@@ -261,10 +287,10 @@ class TransformerDecoderLayer(_Block):
                  dropout: float = 0.1, activation: activations.ActivationLike = "gelu",
                  layer_norm_eps: float = 1e-5, norm_first: bool = True, causal: bool = True,
                  bias: bool = True, *, num_kv_heads: int | None = None, rope: bool = False,
-                 name: str | None = None, dtype: DType | str | None = None,
-                 seed: int | None = None):
+                 norm: str = "layer", name: str | None = None,
+                 dtype: DType | str | None = None, seed: int | None = None):
         super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-                         norm_first, causal, bias, num_kv_heads, rope, name, dtype, seed)
+                         norm_first, causal, bias, num_kv_heads, rope, norm, name, dtype, seed)
 
     def __call__(self, x: Node, memory: Node | None = None, *,  # type: ignore[override]
                  mask: Operand | None = None, padding_mask: Operand | None = None,
