@@ -19,6 +19,14 @@ from PyTorch's and Keras's attention layers match as they are imported.
 
 Exact in real arithmetic; the fused kernel sums in another order (online softmax), so
 results differ by rounding, as from any GEMM blocking.
+
+The pass also packs a training step's forward: `gc.grad` of an attention adds an
+`attention_lse` of the same inputs (the statistic the backward needs), which would compute
+every score a second time. When an `attention_grad` reads both, the pair becomes one
+`attention_with_lse` kernel writing [O | lse] rows; the attention's users read O through a
+slice (fused into the head-merging transpose that follows), and `attention_grad` reads the
+packed rows directly (``packed=True``). Results are bit-identical: the same kernel code
+computes O and the statistic.
 """
 
 from __future__ import annotations
@@ -183,16 +191,71 @@ def match(p: Pending, rb: Rebuilder, uses: Counter[str]) -> Match | None:
     return Match(q, k, v, scale, mask, keep, keep_false, causal)
 
 
+def _training_pairs(live: set[Node]) -> tuple[dict[str, str], dict[str, str]]:
+    """({attention: its attention_lse}, {attention_grad: its attention}) by name, for the
+    unpacked gradients whose o and lse are an attention and a log-sum-exp of the same
+    inputs and attributes."""
+    pairs: dict[str, str] = {}
+    grads: dict[str, str] = {}
+    for n in live:
+        if n.op != "attention_grad" or n.attrs["packed"]:
+            continue
+        o, lse = n.inputs[3], n.inputs[5]
+        if (o.op == "attention" and lse.op == "attention_lse" and o.inputs == lse.inputs
+                and o.attrs == lse.attrs):
+            pairs[o.name] = lse.name
+            grads[n.name] = o.name
+    return pairs, grads
+
+
+def _last_axis(rb: Rebuilder, x: Node, start: int, stop: int, at: Pending,
+               name: str | None = None) -> Node:
+    """x[..., start:stop]."""
+    nd = x.ndim
+    return rb.emit("slice", (x,), {"starts": (0,) * (nd - 1) + (start,),
+                                  "stops": (*x.shape[:-1], stop), "steps": (1,) * nd},
+                   at=at, name=name)
+
+
+def pack_statistics(rb: Rebuilder, p: Pending, packed_of: dict[str, Node],
+                    pairs: dict[str, str], grads: dict[str, str]) -> Node | None:
+    """The packed form of an attention, log-sum-exp or gradient of a training pair."""
+    if p.op == "attention" and p.name in pairs:
+        packed = rb.emit("attention_with_lse", p.inputs, p.attrs, at=p)
+        packed_of[p.name] = packed
+        packed_of[pairs[p.name]] = packed
+        return _last_axis(rb, packed, 0, p.shape[-1], p, name=p.name)
+    if p.op == "attention_lse" and p.name in packed_of:
+        packed = packed_of[p.name]
+        column = _last_axis(rb, packed, packed.shape[-1] - 1, packed.shape[-1], p)
+        return rb.emit("reshape", (column,), {"shape": p.shape}, at=p, name=p.name)
+    if (p.op == "attention_grad" and not p.attrs["packed"] and p.name in grads
+            and grads[p.name] in packed_of):
+        q, k, v, _o, do, _lse, *mask = p.inputs
+        return rb.emit("attention_grad", (q, k, v, packed_of[grads[p.name]], do, *mask),
+                       {**dict(p.attrs), "packed": True}, at=p, name=p.name)
+    return None
+
+
 def attention(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
-    """Rewrite every hand-written attention `match` finds."""
+    """Rewrite every hand-written attention `match` finds; pack training forwards."""
     uses: Counter[str] = Counter()
-    for n in live_nodes(graph, sig):
+    live = live_nodes(graph, sig)
+    for n in live:
         for i in n.inputs:
             uses[i.name] += 1
     for n in [*sig.outputs, *(value for _, value in sig.updates)]:
         uses[n.name] += 1
+    pairs, grads = _training_pairs(live)
+    packed_of: dict[str, Node] = {}
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
+        if p.op in ("attention", "attention_lse", "attention_grad"):
+            packed = pack_statistics(rb, p, packed_of, pairs, grads)
+            if packed is not None:
+                ctx.hit(pack_statistics)
+                return packed
+            return rb.keep(p)
         found = match(p, rb, uses) if p.op == "matmul" else None
         if found is None:
             return rb.keep(p)
@@ -213,5 +276,6 @@ def attention(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Si
 
 
 PASS = PassDef("attention", attention,
-               "hand-written softmax(q @ kᵀ · s + mask) @ v as the fused attention op",
+               "hand-written softmax(q @ kᵀ · s + mask) @ v as the fused attention op; a "
+               "training forward and its log-sum-exp as one kernel",
                enabled_by=frozenset({"simplify", "constant_fold"}))

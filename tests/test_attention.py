@@ -175,3 +175,19 @@ def test_matches_torch_sdpa(causal: bool) -> None:
     (to * torch.tensor(arrays[3])).sum().backward()
     for mine, theirs in ((o, to), (dq, tq.grad), (dk, tk.grad), (dv, tv.grad)):
         np.testing.assert_allclose(mine, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_a_training_forward_computes_the_statistic_once() -> None:
+    """gc.grad adds an attention_lse beside the attention; the attention pass makes the
+    pair one attention_with_lse kernel that the gradient reads packed."""
+    shapes = _shapes(1, 2, 2, 8, 8, 4, 4)
+    g, ins, outs = _graph(shapes, "float64", causal=True)
+    exe = gc.compile(g, ins, outs)
+    ops = [n.op for n in exe.compiled_graph.nodes]
+    assert ops.count("attention_with_lse") == 1
+    assert "attention_lse" not in ops and "attention" not in ops
+    (grad,) = [n for n in exe.compiled_graph.nodes if n.op == "attention_grad"]
+    assert grad.attrs["packed"]
+    arrays = _inputs(shapes, "float64")
+    for x, y in zip(exe(*arrays), gc.reference(g, ins, outs)(*arrays)):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)

@@ -5,6 +5,12 @@
     attention_grad(q, k, v, o, do, lse[, mask])
                                       dq, dk, dv flattened and concatenated (one buffer: a
                                       node has one output, and the three come from one pass)
+    attention_with_lse(q, k, v[, mask])
+                                      the result and each row's log-sum-exp side by side,
+                                      (..., Tq, Dv + 1): what a training step's forward
+                                      computes (the `attention` pass swaps it in for an
+                                      attention and its attention_lse, and gives
+                                      attention_grad that buffer with ``packed=True``)
 
 Shapes: q is (..., H, Tq, Dk), k is (..., Hkv, Tk, Dk), v is (..., Hkv, Tk, Dv) with the
 same leading dims; H is a multiple of Hkv (grouped-query attention: query head h reads
@@ -99,20 +105,36 @@ def _lse_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
     return TensorType(q.shape[:-1], q.dtype)
 
 
+def _with_lse_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
+    (q, k, v), mask = _split(types, 3)
+    _check_qkv(q, k, v, mask)
+    return TensorType((*q.shape[:-1], v.shape[-1] + 1), q.dtype)
+
+
 def grad_size(q: TensorType, k: TensorType, v: TensorType) -> int:
     """Elements of attention_grad's packed result: dq, dk, dv back to back."""
     return q.size + k.size + v.size
 
 
 def _grad_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
-    (q, k, v, o, do, lse), mask = _split(types, 6)
+    packed = attrs["packed"]
+    if packed:
+        (q, k, v, o, do), mask = _split(types, 5)
+    else:
+        (q, k, v, o, do, lse), mask = _split(types, 6)
     _check_qkv(q, k, v, mask)
     want_o = TensorType((*q.shape[:-1], v.shape[-1]), q.dtype)
-    for name, t in (("o", o), ("do", do)):
-        if t != want_o:
-            raise ShapeError(f"{name} must be the attention result's type {want_o}, got {t}")
-    if lse != TensorType(q.shape[:-1], q.dtype):
-        raise ShapeError(f"lse must be {TensorType(q.shape[:-1], q.dtype)}, got {lse}")
+    if do != want_o:
+        raise ShapeError(f"do must be the attention result's type {want_o}, got {do}")
+    if packed:
+        want = TensorType((*q.shape[:-1], v.shape[-1] + 1), q.dtype)
+        if o != want:
+            raise ShapeError(f"o must be attention_with_lse's type {want}, got {o}")
+    else:
+        if o != want_o:
+            raise ShapeError(f"o must be the attention result's type {want_o}, got {o}")
+        if lse != TensorType(q.shape[:-1], q.dtype):
+            raise ShapeError(f"lse must be {TensorType(q.shape[:-1], q.dtype)}, got {lse}")
     return TensorType((grad_size(q, k, v),), q.dtype)
 
 
@@ -153,6 +175,14 @@ def _attention_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     return (p @ _group(v, q.shape[-3]).astype(np.float64)).astype(q.dtype)
 
 
+def _with_lse_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    q, k, v, *mask = arrays
+    s = _scores(q, k, mask[0] if mask else None, attrs)
+    lse = _lse(s)
+    o = _probs(s, lse) @ _group(v, q.shape[-3]).astype(np.float64)
+    return np.concatenate([o, lse[..., None]], axis=-1).astype(q.dtype)
+
+
 def _lse_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     q, k, _v, *mask = arrays
     return _lse(_scores(q, k, mask[0] if mask else None, attrs)).astype(q.dtype)
@@ -166,7 +196,11 @@ def _ungroup(x: np.ndarray, kv_heads: int) -> np.ndarray:
 
 
 def _grad_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
-    q, k, v, o, do, lse, *mask = (a.astype(np.float64) for a in arrays)
+    if attrs["packed"]:
+        q, k, v, ol, do, *mask = (a.astype(np.float64) for a in arrays)
+        o, lse = ol[..., :-1], ol[..., -1]
+    else:
+        q, k, v, o, do, lse, *mask = (a.astype(np.float64) for a in arrays)
     heads, kv_heads = q.shape[-3], k.shape[-3]
     s = _scores(q, k, mask[0] if mask else None, attrs)
     p = _probs(s, lse)
@@ -234,9 +268,12 @@ LSE = OpDef("attention_lse", "attention", None, _lse_infer, _lse_ref, Fusion.OPA
             _no_second_order, attrs=ATTRS,
             doc="log-sum-exp of each attention score row (saved for the gradient)")
 GRAD = OpDef("attention_grad", "attention", None, _grad_infer, _grad_ref, Fusion.OPAQUE,
-             _no_second_order, attrs=ATTRS,
+             _no_second_order, attrs=(*ATTRS, AttrSpec("packed", Kind.BOOL, default=False)),
              doc="dq, dk, dv of attention, flattened and concatenated (FlashAttention-2)")
-OPS.extend([ATTENTION, LSE, GRAD])
+WITH_LSE = OpDef("attention_with_lse", "attention", None, _with_lse_infer, _with_lse_ref,
+                 Fusion.OPAQUE, _no_second_order, attrs=ATTRS,
+                 doc="attention's result and each row's log-sum-exp, (..., Dv + 1)")
+OPS.extend([ATTENTION, LSE, GRAD, WITH_LSE])
 
 
 # --- builder --------------------------------------------------------------------------------

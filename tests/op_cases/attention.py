@@ -56,8 +56,12 @@ def _grads(q: np.ndarray, k: np.ndarray, v: np.ndarray, do: np.ndarray,
     return np.concatenate([dq.ravel(), dk.ravel(), dv.ravel()])
 
 
-def _grad_op(q: gc.Node, k: gc.Node, v: gc.Node, do: gc.Node, causal: bool) -> gc.Node:
+def _grad_op(q: gc.Node, k: gc.Node, v: gc.Node, do: gc.Node, causal: bool,
+             packed: bool = False) -> gc.Node:
     attrs = {"causal": causal, "scale": 1 / np.sqrt(q.shape[-1])}
+    if packed:  # the training forward: [O | lse] rows from one kernel
+        ol = apply(att.WITH_LSE, [q, k, v], attrs)
+        return apply(att.GRAD, [q, k, v, ol, do], {**attrs, "packed": True})
     o = apply(att.ATTENTION, [q, k, v], attrs)
     lse = apply(att.LSE, [q, k, v], attrs)
     return apply(att.GRAD, [q, k, v, o, do, lse], attrs)
@@ -92,6 +96,15 @@ CASES = [
     OpCase("attention_lse", ("attention_lse",),
            lambda q, k, v: apply(att.LSE, [q, k, v], {"causal": True, "scale": 0.5}),
            lambda q, k, v: _lse(q * 0.5 * np.sqrt(D), k, True), SELF, grad=False),
+    OpCase("attention_with_lse", ("attention_with_lse",),
+           lambda q, k, v: apply(att.WITH_LSE, [q, k, v], {"causal": True, "scale": 0.5}),
+           lambda q, k, v: np.concatenate(
+               [_attn(q * 0.5 * np.sqrt(D), k, v, True),
+                _lse(q * 0.5 * np.sqrt(D), k, True)[..., None]], axis=-1), GQA, grad=False),
+    OpCase("attention_grad:packed", ("attention_grad", "attention_with_lse"),
+           lambda q, k, v, do: _grad_op(q, k, v, do, True, packed=True),
+           lambda q, k, v, do: _grads(q, k, v, do, True), (*GQA, Arg((B, 4, T, D))),
+           grad=False),
     OpCase("attention_grad", ("attention_grad",),
            lambda q, k, v, do: _grad_op(q, k, v, do, False),
            lambda q, k, v, do: _grads(q, k, v, do, False), (*QKV, Arg((B, H, T, 3))),

@@ -97,7 +97,8 @@ def geometry(node: Node) -> Geometry:
     q, k, v, *rest = node.inputs
     mask = None
     if node.op == "attention_grad":
-        mask = rest[3] if len(rest) > 3 else None
+        before = 2 if node.attrs["packed"] else 3  # o, do (and lse) precede the mask
+        mask = rest[before] if len(rest) > before else None
     elif rest:
         mask = rest[0]
     mask_strides = None
@@ -224,25 +225,43 @@ def vmax(b: ir.IRBuilder, dtype: DType, x: ir.Value, y: ir.Value) -> ir.Value:
     return b.select(b.fcmp_ordered(">", x, y), x, y)
 
 
-def gemm_specs_forward(g: Geometry, m: int, n: int) -> list[GemmSpec]:
+@dataclass(frozen=True)
+class Outputs:
+    """What a forward kernel writes: O with row stride `o_stride` (0: no O), the
+    log-sum-exp with stride `lse_stride` (0: none), at element `lse_offset` of the row."""
+
+    o_stride: int
+    lse_stride: int
+    lse_offset: int = 0
+
+
+def outputs_of(node: Node, g: Geometry) -> Outputs:
+    if node.op == "attention":
+        return Outputs(g.dv, 0)
+    if node.op == "attention_lse":
+        return Outputs(0, 1)
+    return Outputs(g.dv + 1, g.dv + 1, g.dv)  # attention_with_lse: [O | lse] rows
+
+
+def gemm_specs_forward(g: Geometry, m: int, n: int, o_stride: int) -> list[GemmSpec]:
     """S = Q Kᵀ (m x n, k = Dk) and O += P V (m x Dv, k = n) for a block of m rows, n keys."""
     return [GemmSpec(m, n, g.dk, g.dtype, False, True, g.dk, g.dk, g.ld),
-            GemmSpec(m, g.dv, n, g.dtype, False, False, g.ld, g.dv, g.dv)]
+            GemmSpec(m, g.dv, n, g.dtype, False, False, g.ld, g.dv, max(o_stride, g.dv))]
 
 
 def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _forward_layout(g: Geometry, target: Target, want_o: bool) -> tuple[int, int, int]:
+def _forward_layout(g: Geometry, target: Target, outs: Outputs) -> tuple[int, int, int]:
     """(tile bytes, stats bytes, GEMM scratch bytes) of one forward task."""
     tile = _aligned(g.br * g.ld * g.dtype.itemsize)
     stats = _aligned(2 * g.br * g.dtype.itemsize)
     gemm = 0
     for m in g.sizes(g.tq, g.br):
         for n in g.sizes(g.tk, g.bc):
-            specs = gemm_specs_forward(g, m, n)
-            for spec in specs if want_o else specs[:1]:
+            specs = gemm_specs_forward(g, m, n, outs.o_stride)
+            for spec in specs if outs.o_stride else specs[:1]:
                 gemm = max(gemm, _aligned(spec.scratch_bytes(target)))
     return tile, stats, gemm
 
@@ -260,7 +279,7 @@ def forward_scratch(kernel: Kernel, target: Target, threads: int = 1,
     node = kernel.anchor
     assert node is not None
     g = geometry(node)
-    per_task = sum(_forward_layout(g, target, node.op == "attention"))
+    per_task = sum(_forward_layout(g, target, outputs_of(node, g)))
     _, split = _forward_split(g, threads)
     return per_task * (split[1] if split else 1)
 
@@ -269,12 +288,12 @@ def emit_forward(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     g = geometry(node)
-    want_o = node.op == "attention"
+    outs = outputs_of(node, g)
     q, k, v, *rest = node.inputs
     mask_node = rest[0] if rest else None
     dtype = g.dtype
     lanes = ctx.target.lanes(dtype.itemsize)
-    tile_bytes, stats_bytes, gemm_bytes = _forward_layout(g, ctx.target, want_o)
+    tile_bytes, stats_bytes, gemm_bytes = _forward_layout(g, ctx.target, outs)
     per_task = tile_bytes + stats_bytes + gemm_bytes
     items, split = _forward_split(g, ctx.threads)
     blocks = -(-g.tq // g.br) if g.tq else 0
@@ -302,16 +321,16 @@ def emit_forward(ctx: KernelContext) -> None:
             q_blk = at(b, qp, b.add(b.mul(bh, i64(g.tq * g.dk)), b.mul(i0, i64(g.dk))), dtype)
             k_mat = at(b, kp, b.mul(kv, i64(g.tk * g.dk)), dtype)
             v_mat = at(b, vp, b.mul(kv, i64(g.tk * g.dv)), dtype)
-            if want_o:
-                o_blk = at(b, out, b.add(b.mul(bh, i64(g.tq * g.dv)), b.mul(i0, i64(g.dv))),
-                           dtype)
-            else:
-                o_blk = at(b, out, b.add(b.mul(bh, i64(g.tq)), i0), dtype)
+            # Row i0 of matrix bh: O's (or, for attention_lse, the log-sum-exp's) first
+            # element; the log-sum-exp of attention_with_lse sits after each O row.
+            row = b.add(b.mul(bh, i64(g.tq)), i0)
+            o_blk = at(b, out, b.mul(row, i64(max(outs.o_stride, 1))), dtype)
+            lse_blk = at(b, o_blk, outs.lse_offset, dtype)
             rows = b.sub(ir.Constant(I64, g.tq), i0)
             rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
 
             def block(m: int) -> None:
-                _query_block(b, g, m, lanes, want_o, q_blk, k_mat, v_mat, o_blk, mp,
+                _query_block(b, g, m, lanes, outs, q_blk, k_mat, v_mat, o_blk, lse_blk, mp,
                              mask_base, i0, tile, run_max, run_sum, gemm_scratch, ctx.target)
 
             static_cases(b, rows, g.sizes(g.tq, g.br), block)
@@ -322,11 +341,11 @@ def emit_forward(ctx: KernelContext) -> None:
         parallel_range(ctx, items, split[0], task)
 
 
-def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, want_o: bool,
+def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs,
                  q_blk: ir.Value, k_mat: ir.Value, v_mat: ir.Value, o_blk: ir.Value,
-                 mask: ir.Value | None, mask_base: ir.Value, i0: ir.Value, tile: ir.Value,
-                 run_max: ir.Value, run_sum: ir.Value, gemm_scratch: ir.Value,
-                 target: Target) -> None:
+                 lse_blk: ir.Value, mask: ir.Value | None, mask_base: ir.Value,
+                 i0: ir.Value, tile: ir.Value, run_max: ir.Value, run_sum: ir.Value,
+                 gemm_scratch: ir.Value, target: Target) -> None:
     """One block of m query rows: the key loop with the online softmax, then normalize."""
     dtype = g.dtype
     ct = compute_type(dtype)
@@ -334,8 +353,8 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, want_o: bool,
     with for_range(b, 0, m, name="init") as r:
         b.store(const(dtype, -math.inf), at(b, run_max, r, dtype), align=isz)
         b.store(const(dtype, 0.0), at(b, run_sum, r, dtype), align=isz)
-    if want_o:
-        _zero(b, dtype, lanes, o_blk, m * g.dv)
+    if outs.o_stride:
+        _zero(b, dtype, lanes, o_blk, m * outs.o_stride)
     kv_end: ir.Value = i64(g.tk)
     if g.causal:
         last = b.add(i0, i64(m))
@@ -345,13 +364,14 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, want_o: bool,
         keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
 
         def kv_block(n: int) -> None:
-            s_spec, pv_spec = gemm_specs_forward(g, m, n)
+            s_spec, pv_spec = gemm_specs_forward(g, m, n, outs.o_stride)
             k_blk = at(b, k_mat, b.mul(j0, i64(g.dk)), dtype)
             emit_gemm(b, s_spec, q_blk, k_blk, tile, gemm_scratch, target,
                       score_epilogue(g, mask, mask_base, i0, j0))
             with for_range(b, 0, m, name="row") as r:
-                _softmax_row(b, g, n, lanes, want_o, tile, r, run_max, run_sum, o_blk)
-            if want_o:
+                _softmax_row(b, g, n, lanes, outs.o_stride, tile, r, run_max, run_sum,
+                             o_blk)
+            if outs.o_stride:
                 v_blk = at(b, v_mat, b.mul(j0, i64(g.dv)), dtype)
                 emit_gemm(b, pv_spec, tile, v_blk, o_blk, gemm_scratch, target,
                           accumulate=True)
@@ -360,18 +380,19 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, want_o: bool,
     with for_range(b, 0, m, name="fin") as r:
         total = b.load(at(b, run_sum, r, dtype), typ=ct, align=isz)
         empty = b.fcmp_ordered("==", total, const(dtype, 0.0))
-        if want_o:
+        if outs.o_stride:
             inv = b.select(empty, const(dtype, 0.0), b.fdiv(const(dtype, 1.0), total))
-            _scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(g.dv)), dtype), g.dv, inv)
-        else:
+            _scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(outs.o_stride)), dtype),
+                       g.dv, inv)
+        if outs.lse_stride:
             top = b.load(at(b, run_max, r, dtype), typ=ct, align=isz)
             safe = b.select(empty, const(dtype, 1.0), total)
             lse = b.select(empty, const(dtype, -math.inf),
                            b.fadd(top, vecmath.log(b, safe)))
-            b.store(lse, at(b, o_blk, r, dtype), align=isz)
+            b.store(lse, at(b, lse_blk, b.mul(r, i64(outs.lse_stride)), dtype), align=isz)
 
 
-def _softmax_row(b: ir.IRBuilder, g: Geometry, n: int, lanes: int, want_o: bool,
+def _softmax_row(b: ir.IRBuilder, g: Geometry, n: int, lanes: int, o_stride: int,
                  tile: ir.Value, r: ir.Value, run_max: ir.Value, run_sum: ir.Value,
                  o_blk: ir.Value) -> None:
     """Row r of the tile: scores -> probabilities (exp(s - m')), update the running max and
@@ -406,8 +427,8 @@ def _softmax_row(b: ir.IRBuilder, g: Geometry, n: int, lanes: int, want_o: bool,
     s = b.load(at(b, run_sum, r, dtype), typ=ct, align=isz)
     b.store(b.fadd(b.fmul(s, alpha), hsum(b, dtype, total[0])), at(b, run_sum, r, dtype),
             align=isz)
-    if want_o:
-        _scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(g.dv)), dtype), g.dv, alpha)
+    if o_stride:
+        _scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(o_stride)), dtype), g.dv, alpha)
 
 
 def _zero(b: ir.IRBuilder, dtype: DType, lanes: int, ptr: ir.Value, count: int) -> None:
@@ -438,4 +459,5 @@ def _scale_row(b: ir.IRBuilder, dtype: DType, lanes: int, ptr: ir.Value, count: 
 LOWERINGS: tuple[Lowering, ...] = (
     Lowering("attention", emit_forward, forward_scratch),
     Lowering("attention_lse", emit_forward, forward_scratch),
+    Lowering("attention_with_lse", emit_forward, forward_scratch),
 )

@@ -87,8 +87,15 @@ def emit(ctx: KernelContext) -> None:
     node = ctx.kernel.anchor
     assert node is not None
     g = geometry(node)
-    q, k, v, o, do, lse, *rest = node.inputs
+    packed = bool(node.attrs["packed"])
+    if packed:  # o is attention_with_lse's [O | lse] rows
+        q, k, v, o, do, *rest = node.inputs
+        lse = o
+    else:
+        q, k, v, o, do, lse, *rest = node.inputs
     mask_node = rest[0] if rest else None
+    o_stride = g.dv + 1 if packed else g.dv
+    lse_stride = g.dv + 1 if packed else 1
     dtype = g.dtype
     lanes = ctx.target.lanes(dtype.itemsize)
     tile_bytes, rows_bytes, gemm_bytes = _layout(g, ctx.target)
@@ -113,6 +120,7 @@ def emit(ctx: KernelContext) -> None:
         p_tile, ds_tile = mine, region(tile_bytes)
         d_rows, gemm_scratch = region(2 * tile_bytes), region(2 * tile_bytes + rows_bytes)
         ptr = {n: c.ptr(n) for n in (q, k, v, o, do, lse)}
+        lse_base = at(b, ptr[lse], g.dv, dtype) if packed else ptr[lse]
         mp = c.ptr(mask_node) if mask_node is not None else None
         out = c.out
         with for_range(b, start, stop, name="kvh") as kv:
@@ -129,14 +137,15 @@ def emit(ctx: KernelContext) -> None:
             with for_range(b, 0, g.group, name="qh") as h:
                 bh = b.add(first_head, h)
                 _, mask_base = head_offsets(b, g, bh)
-                mats = {name: at(b, ptr[n], b.mul(bh, i64(g.tq * width)), dtype)
-                        for name, n, width in (("q", q, g.dk), ("o", o, g.dv),
-                                               ("do", do, g.dv), ("lse", lse, 1))}
+                mats = {name: at(b, base, b.mul(bh, i64(g.tq * width)), dtype)
+                        for name, base, width in (("q", ptr[q], g.dk), ("o", ptr[o], o_stride),
+                                                  ("do", ptr[do], g.dv),
+                                                  ("lse", lse_base, lse_stride))}
                 mats["dq"] = at(b, out, b.mul(bh, i64(g.tq * g.dk)), dtype)
                 zero(b, dtype, lanes, mats["dq"], g.tq * g.dk)
-                _row_dots(b, g, lanes, mats["o"], mats["do"], d_rows)
-                _head(b, g, lanes, mats, k_mat, v_mat, dk_mat, dv_mat, mp, mask_base,
-                      d_rows, p_tile, ds_tile, gemm_scratch, ctx.target)
+                _row_dots(b, g, lanes, mats["o"], o_stride, mats["do"], d_rows)
+                _head(b, g, lanes, mats, lse_stride, k_mat, v_mat, dk_mat, dv_mat, mp,
+                      mask_base, d_rows, p_tile, ds_tile, gemm_scratch, ctx.target)
 
     if split is None:
         task(ctx, i64(0), i64(items))
@@ -144,33 +153,34 @@ def emit(ctx: KernelContext) -> None:
         parallel_range(ctx, items, split[0], task)
 
 
-def _row_dots(b: ir.IRBuilder, g: Geometry, lanes: int, o: ir.Value, do: ir.Value,
-              d_rows: ir.Value) -> None:
-    """D[i] = sum(dO[i] ⊙ O[i]) for every query row of one head."""
+def _row_dots(b: ir.IRBuilder, g: Geometry, lanes: int, o: ir.Value, o_stride: int,
+              do: ir.Value, d_rows: ir.Value) -> None:
+    """D[i] = sum(dO[i] ⊙ O[i]) for every query row of one head (O rows `o_stride` apart)."""
     dtype = g.dtype
     isz = dtype.itemsize
     with for_range(b, 0, g.tq, name="drow") as i:
         base = b.mul(i, i64(g.dv))
+        o_base = b.mul(i, i64(o_stride))
         acc = const(dtype, 0.0, lanes)
         tail = const(dtype, 0.0)
         for c in range(0, g.dv, lanes):
             if c + lanes > g.dv:
                 for e in range(c, g.dv):
-                    x = b.load(at(b, o, b.add(base, i64(e)), dtype), typ=compute_type(dtype),
-                               align=isz)
+                    x = b.load(at(b, o, b.add(o_base, i64(e)), dtype),
+                               typ=compute_type(dtype), align=isz)
                     y = b.load(at(b, do, b.add(base, i64(e)), dtype), typ=compute_type(dtype),
                                align=isz)
                     tail = b.fadd(tail, b.fmul(x, y))
                 break
             vt = compute_type(dtype, lanes)
-            x = b.load(at(b, o, b.add(base, i64(c)), dtype), typ=vt, align=isz)
+            x = b.load(at(b, o, b.add(o_base, i64(c)), dtype), typ=vt, align=isz)
             y = b.load(at(b, do, b.add(base, i64(c)), dtype), typ=vt, align=isz)
             acc = b.fadd(acc, b.fmul(x, y))
         b.store(b.fadd(hsum(b, dtype, acc), tail), at(b, d_rows, i, dtype), align=isz)
 
 
 def _head(b: ir.IRBuilder, g: Geometry, lanes: int, mats: dict[str, ir.Value],
-          k_mat: ir.Value, v_mat: ir.Value, dk_mat: ir.Value, dv_mat: ir.Value,
+          lse_stride: int, k_mat: ir.Value, v_mat: ir.Value, dk_mat: ir.Value, dv_mat: ir.Value,
           mask: ir.Value | None, mask_base: ir.Value, d_rows: ir.Value, p_tile: ir.Value,
           ds_tile: ir.Value, gemm_scratch: ir.Value, target: Target) -> None:
     """Every (key block, query block) pair of one query head."""
@@ -198,8 +208,9 @@ def _head(b: ir.IRBuilder, g: Geometry, lanes: int, mats: dict[str, ir.Value],
                     emit_gemm(b, spec["s"], q_i, k_j, p_tile, gemm_scratch, target,
                               score_epilogue(g, mask, mask_base, i0, j0))
                     with for_range(b, 0, m, name="prow") as r:
+                        lse_at = b.mul(b.add(i0, r), i64(lse_stride))
                         _probabilities(b, g, n, lanes, p_tile, r,
-                                       at(b, mats["lse"], b.add(i0, r), dtype))
+                                       at(b, mats["lse"], lse_at, dtype))
                     emit_gemm(b, spec["dv"], p_tile, do_i, dv_j, gemm_scratch, target,
                               accumulate=True)
                     emit_gemm(b, spec["dp"], do_i, v_j, ds_tile, gemm_scratch, target)
