@@ -77,6 +77,7 @@ int main(int argc, char **argv) {
         if (i >= n_prompt) decode_us += now_us() - t0;  /* generated tokens only */
         if (rc != GPT_OK) {  /* e.g. a position past the cache: the library checks it */
             fprintf(stderr, "step %ld: %s\n", i, gpt_error_string(rc));
+            if (rc == GPT_ERR_COMPUTE) fprintf(stderr, "%s\n", gpt_failure(ctx));
             return 1;
         }
         if (i >= n_prompt - 1) out[i - (n_prompt - 1)] = next;
