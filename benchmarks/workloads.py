@@ -39,6 +39,7 @@ from benchmarks.workloads_torch import (
     compile_first_call,
     ew_torch,
     gemm_torch,
+    gpt_decode_torch,
     gpt_infer_torch,
     gpt_train_torch,
     lenet_torch,
@@ -345,4 +346,8 @@ WORKLOADS: list[Workload] = [
     Workload("attention_1024", "attention forward + backward (q, k, v grads), B=1 H=4 T=1024 "
              "Dh=64, not causal (torch: scaled_dot_product_attention)", wg.attention_flops(), 0,
              {"graphc": wg.attention_graphc, "torch": attention_torch}),
+    Workload("gpt_decode", f"GPT KV-cache decode, one token per call, {_GPT.split(' T=')[0]}, "
+             f"Tmax={wg.DECODE_MAX_LEN}, positions {wg.DECODE_PROMPT}..{wg.DECODE_MAX_LEN - 1} "
+             "after a prefill (graphc: gc.nn.Generator; torch: a hand-written cache)", 0,
+             wg.decode_bytes(), {"graphc": wg.gpt_decode_graphc, "torch": gpt_decode_torch}),
 ]

@@ -23,11 +23,18 @@ sequence and layer, counted in full although a causal kernel may skip half of it
 step is 3× the forward (backward 2×). Norms, GELU, softmax, the loss and AdamW are not counted.
 Fused attention forward + backward is 14·B·H·T²·Dh: forward 2 matmuls (4·B·H·T²·Dh), backward
 2.5× that (5 matmuls, q·kᵀ recomputed), FlashAttention-2's convention.
+
+KV-cache decode (`gpt_decode`): one call is one token, batch 1, greedy, at positions
+P=128 ... Tmax-1=255 in turn after a prefill of P tokens (teacher-forced from `decode_tokens`,
+so each position's logits are checked against one full forward pass); the position table has
+Tmax rows (`decode_params`). Its rate is GB/s of the bytes a step must read (`decode_bytes`:
+every matmul weight once, plus the K/V rows it attends over, on average), not FLOP/s.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -56,6 +63,7 @@ ADAMW = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 CHECK_STEPS = 2  # training steps setup compares with the reference before timing
 ATTENTION_SHAPE = (1, 4, 1024, 64)  # B, H, T, Dh: the GPT's 4 heads of 64 at T=1024
 ONNX_FORMAT = 1  # bump when the exported model changes (names the cached file)
+DECODE_MAX_LEN, DECODE_PROMPT = 256, 128  # Tmax of the KV cache; positions prefilled
 
 
 # --- data --------------------------------------------------------------------------------
@@ -89,6 +97,21 @@ def gpt_params() -> dict[str, np.ndarray]:
     return p
 
 
+def decode_params() -> dict[str, np.ndarray]:
+    """`gpt_params` with a position table of DECODE_MAX_LEN rows (the first T the same)."""
+    p = gpt_params()
+    extra = np.random.default_rng(23).standard_normal((DECODE_MAX_LEN - GPT.steps, GPT.d))
+    p["wpe"] = np.concatenate([p["wpe"], (0.1 * extra).astype(np.float32)])
+    return p
+
+
+def decode_tokens() -> np.ndarray:
+    """(1, DECODE_MAX_LEN) int32 ids (seed 24): the prompt, then the tokens fed at each
+    decode position (teacher forcing: the logits then match one full forward pass)."""
+    return np.random.default_rng(24).integers(0, GPT.vocab, (1, DECODE_MAX_LEN)).astype(
+        np.int32)
+
+
 def gpt_tokens(batch: int) -> np.ndarray:
     """(batch, T + 1) int32 token ids (seed 21): inputs [:, :-1], next-token targets [:, 1:]."""
     return np.random.default_rng(21).integers(0, GPT.vocab, (batch, GPT.steps + 1)).astype(
@@ -111,6 +134,16 @@ def gpt_flops(batch: int, train: bool) -> float:
     return float(3 * forward if train else forward)
 
 
+def decode_bytes() -> float:
+    """Bytes a decode step must read, averaged over the timed positions [P, Tmax): every
+    matmul weight once (the embedding rows and small vectors left out) and the K and V cache
+    rows [0, pos] of every layer, float32."""
+    c = GPT
+    weights = c.layers * (4 * c.d * c.d + 2 * c.d * c.ffn) + c.d * c.vocab
+    context = np.mean(np.arange(DECODE_PROMPT, DECODE_MAX_LEN) + 1)
+    return float(4 * (weights + c.layers * 2 * context * c.d))
+
+
 def attention_flops() -> float:
     b, h, t, dh = ATTENTION_SHAPE
     return float(14 * b * h * t * t * dh)
@@ -129,10 +162,17 @@ def _softmax(s: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf elementwise: scipy's, or math.erf per element (a second or so) without scipy."""
+    try:
+        from scipy.special import erf
+    except ImportError:
+        return np.vectorize(math.erf, otypes=[np.float64])(x)
+    return erf(x)
+
+
 def gpt_forward_numpy(params: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
     """The causal GPT's logits (B, T, vocab) in float64."""
-    from scipy.special import erf
-
     c = GPT
     p = {k: v.astype(np.float64) for k, v in params.items()}
     b, t = ids.shape
@@ -148,7 +188,7 @@ def gpt_forward_numpy(params: dict[str, np.ndarray], ids: np.ndarray) -> np.ndar
         o = (_softmax(s) @ v).transpose(0, 2, 1, 3).reshape(b, t, c.d)
         x = x + o @ w["out_w"] + w["out_b"]
         h = _layer_norm(x, w["ln2_g"], w["ln2_b"]) @ w["fc1_w"] + w["fc1_b"]
-        x = x + (0.5 * h * (1 + erf(h / np.sqrt(2)))) @ w["fc2_w"] + w["fc2_b"]
+        x = x + (0.5 * h * (1 + _erf(h / np.sqrt(2)))) @ w["fc2_w"] + w["fc2_b"]
     return _layer_norm(x, p["lnf_g"], p["lnf_b"]) @ p["head_w"] + p["head_b"]
 
 
@@ -198,6 +238,12 @@ def attention_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray, dout: np.ndarra
 
 
 @functools.lru_cache(maxsize=1)
+def decode_reference() -> np.ndarray:
+    """The logits (DECODE_MAX_LEN, vocab) at every position of `decode_tokens`, float64."""
+    return gpt_forward_numpy(decode_params(), decode_tokens())[0]
+
+
+@functools.lru_cache(maxsize=1)
 def attention_reference() -> tuple[np.ndarray, ...]:
     return attention_numpy(*attention_data())
 
@@ -230,6 +276,17 @@ def check_training(peer: str, step: Runner) -> None:
 
 # --- graphc ------------------------------------------------------------------------------
 
+def _graphc_block_weights(block: object) -> list:
+    """The variable nodes of a graphc encoder layer, in `_block_names` order."""
+    s = block.sublayers  # type: ignore[attr-defined]
+    return [s["norm1"].weights["gamma"], s["norm1"].weights["beta"],
+            s["self_attn"].weights["qkv_kernel"], s["self_attn"].weights["qkv_bias"],
+            s["self_attn"].weights["out_kernel"], s["self_attn"].weights["out_bias"],
+            s["norm2"].weights["gamma"], s["norm2"].weights["beta"],
+            s["linear1"].weights["kernel"], s["linear1"].weights["bias"],
+            s["linear2"].weights["kernel"], s["linear2"].weights["bias"]]
+
+
 def _graphc_gpt(batch: int, train: bool) -> tuple:
     """graphc's GPT (gc.nn layers) on (batch, T) int32 ids with the canonical weights; for
     training also next-token targets, the mean cross-entropy and AdamW's updates."""
@@ -257,14 +314,7 @@ def _graphc_gpt(batch: int, train: bool) -> tuple:
              "lnf_g": norm.weights["gamma"], "lnf_b": norm.weights["beta"],
              "head_w": head.weights["kernel"], "head_b": head.weights["bias"]}
     for i, block in enumerate(blocks):
-        s = block.sublayers
-        layer = [s["norm1"].weights["gamma"], s["norm1"].weights["beta"],
-                 s["self_attn"].weights["qkv_kernel"], s["self_attn"].weights["qkv_bias"],
-                 s["self_attn"].weights["out_kernel"], s["self_attn"].weights["out_bias"],
-                 s["norm2"].weights["gamma"], s["norm2"].weights["beta"],
-                 s["linear1"].weights["kernel"], s["linear1"].weights["bias"],
-                 s["linear2"].weights["kernel"], s["linear2"].weights["bias"]]
-        nodes.update(zip(_block_names(i), layer, strict=True))
+        nodes.update(zip(_block_names(i), _graphc_block_weights(block), strict=True))
     params = gpt_params()
     if set(nodes) != set(params) or len(g.variables) < len(params):
         raise AssertionError("graphc GPT: the weight mapping misses variables")
@@ -357,3 +407,50 @@ def gpt_onnx_graphc(threads: int) -> Runner:
     x = onnx_ids()
     check("graphc (imported ONNX)", f(x)[0], infer_reference())
     return lambda: f(x)
+
+
+# --- KV-cache decode --------------------------------------------------------------------
+
+def decode_positions() -> object:
+    """The positions the timed decode calls take, in turn: P, P + 1, ..., Tmax - 1, P, ...
+    (each call writes the cache row it attends up to, so the cycle stays consistent)."""
+    while True:
+        yield from range(DECODE_PROMPT, DECODE_MAX_LEN)
+
+
+def gpt_decode_graphc(threads: int) -> Runner:
+    """One token of `gc.nn.Generator`'s compiled decode step (greedy, logits returned for
+    the check) per call, after a prefill of P tokens; the executable is called directly
+    (what the exported C step does), not through Generator.step's Python checks."""
+    import graphc as gc
+
+    c = GPT
+    gpt = gc.nn.GPT(c.vocab, c.d, c.layers, c.heads, c.ffn, max_len=DECODE_MAX_LEN)
+    gen = gc.nn.Generator(gpt, max_len=DECODE_MAX_LEN, temperature=0.0, return_logits=True,
+                          options=gc.CompileOptions(threads=threads))
+    sub = gpt.sublayers
+    nodes = {"wte": sub["wte"].weights["embeddings"], "wpe": sub["wpe"].weights["embeddings"],
+             "lnf_g": sub["ln_f"].weights["gamma"], "lnf_b": sub["ln_f"].weights["beta"],
+             "head_w": sub["lm_head"].weights["kernel"], "head_b": sub["lm_head"].weights["bias"]}
+    for i, block in enumerate(gpt.blocks):
+        nodes.update(zip(_block_names(i), _graphc_block_weights(block), strict=True))
+    params = decode_params()
+    if set(nodes) != set(params):
+        raise AssertionError("graphc GPT: the weight mapping misses variables")
+    for name, node in nodes.items():
+        gen.graph.variables[node.name] = params[name]
+    tokens = decode_tokens().astype(np.int64)
+    want = decode_reference()
+    _, logits = gen.prefill(tokens[:, :DECODE_PROMPT])
+    check("graphc (prefill)", logits[0], want[DECODE_PROMPT - 1])
+    step = gen.decode_executable
+    got = [step(tokens[:, pos], np.int64(pos))[1][0]
+           for pos in range(DECODE_PROMPT, DECODE_MAX_LEN)]
+    check("graphc (decode)", np.stack(got), want[DECODE_PROMPT:])
+    positions = decode_positions()
+    feeds = [(tokens[:, pos].copy(), np.int64(pos)) for pos in range(DECODE_MAX_LEN)]
+
+    def run() -> object:
+        return step(*feeds[next(positions)])
+
+    return run

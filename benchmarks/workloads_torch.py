@@ -330,3 +330,56 @@ def attention_torch(threads: int, compiled: bool = False) -> Runner:
     wg.check("torch-compile" if compiled else "torch", tuple(t.numpy() for t in got),
              wg.attention_reference())
     return f
+
+
+def gpt_decode_torch(threads: int) -> Runner:
+    """One token of a hand-written KV-cache decode per call (torch eager, inference_mode):
+    the TorchGPT's weights, K and V of each layer preallocated (1, heads, Tmax, Dh), the
+    new row written at pos and scaled_dot_product_attention over rows [0, pos]; positions
+    as workloads_gpt.decode_positions. Setup fills the caches by decoding every position
+    once (the prompt too, one token at a time) and checks each position's logits."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    from benchmarks import workloads_gpt as wg
+    from benchmarks.torch_nets import TorchGPT
+
+    torch.set_num_threads(threads)
+    c = wg.GPT
+    model = TorchGPT(c.vocab, c.d, c.heads, c.ffn, c.layers, wg.DECODE_MAX_LEN)
+    model = model.load(wg.decode_params()).eval()
+    dh = c.d // c.heads
+    caches = [(torch.zeros(1, c.heads, wg.DECODE_MAX_LEN, dh),
+               torch.zeros(1, c.heads, wg.DECODE_MAX_LEN, dh)) for _ in model.blocks]
+
+    def decode(token: torch.Tensor, pos: int) -> torch.Tensor:
+        """Logits (1, vocab) of `token` (1,) at position `pos`; writes the caches at pos."""
+        x = model.wte(token) + model.wpe.weight[pos]  # (1, d)
+        for block, (k_cache, v_cache) in zip(model.blocks, caches, strict=True):
+            attn = block.self_attn
+            h = F.layer_norm(x, (c.d,), block.norm1.weight, block.norm1.bias)
+            q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(
+                3, c.heads, 1, dh)
+            k_cache[0, :, pos] = k[:, 0]
+            v_cache[0, :, pos] = v[:, 0]
+            o = F.scaled_dot_product_attention(q[None], k_cache[:, :, :pos + 1],
+                                               v_cache[:, :, :pos + 1])
+            x = x + F.linear(o.reshape(1, c.d), attn.out_proj.weight, attn.out_proj.bias)
+            h = F.layer_norm(x, (c.d,), block.norm2.weight, block.norm2.bias)
+            x = x + block.linear2(F.gelu(block.linear1(h)))
+        return model.head(model.ln_f(x))
+
+    tokens = torch.from_numpy(wg.decode_tokens().astype(np.int64))[0]
+    want = wg.decode_reference()
+    with torch.inference_mode():
+        got = [decode(tokens[pos:pos + 1], pos)[0].numpy() for pos in range(wg.DECODE_MAX_LEN)]
+    wg.check("torch (decode)", np.stack(got), want)
+    positions = wg.decode_positions()
+    feeds = [tokens[pos:pos + 1].clone() for pos in range(wg.DECODE_MAX_LEN)]
+
+    def run() -> object:
+        pos = next(positions)
+        with torch.inference_mode():
+            return decode(feeds[pos], pos).argmax(-1)
+
+    return run
