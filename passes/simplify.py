@@ -377,6 +377,27 @@ def add_disjoint_pads(p: Pending, rb: Rebuilder) -> Node | None:
     return rb.emit("pad", (joined,), {"pads": pads, "value": 0.0}, at=p, name=p.name)
 
 
+def add_reshaped_pads(p: Pending, rb: Rebuilder) -> Node | None:
+    """reshape(pad(a)) + reshape(pad(b)) -> reshape(pad(a) + pad(b))  (same shapes)
+
+    Exact (the same elementwise sum, viewed). Slicing a reshaped tensor (q, k and v from
+    one fused projection, split after the head reshape) has a gradient that adds the
+    pieces' pads back in the unsliced shape; lifting the add above the reshapes lets
+    `add_disjoint_pads` join them into one concat instead of three zero-padded buffers.
+    """
+    operands = binary_operands(p, "add")
+    if operands is None:
+        return None
+    a, b = operands
+    if a.op != "reshape" or b.op != "reshape" or a.type != p.type or b.type != p.type:
+        return None
+    x, y = a.inputs[0], b.inputs[0]
+    if x.type != y.type or x.op != "pad" or y.op != "pad":
+        return None
+    total = rb.emit("add", (x, y), at=p)
+    return rb.emit("reshape", (total,), {"shape": p.shape}, at=p, name=p.name)
+
+
 # A matmul of k up to this joins a sum with another matmul (see `add_matmuls`).
 THIN_K = 128
 
@@ -446,6 +467,7 @@ RULES: list[Rule] = [
     sum_broadcast,
     matmul_transpose,
     add_disjoint_pads,
+    add_reshaped_pads,
     add_matmuls,
 ]
 
