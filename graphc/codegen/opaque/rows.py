@@ -15,8 +15,9 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.fused.loop_nests import nest_dims
 from graphc.codegen.fused.row_reduction import RowReduction
+from graphc.codegen.gemm.helpers import carried_loop
 from graphc.codegen.index import Idx, IndexBuilder, splat
-from graphc.codegen.llvm_types import I64, compute_type, const
+from graphc.codegen.llvm_types import I64, compute_type, const, intrinsic
 from graphc.codegen.loops import entry_alloca, for_range
 from graphc.codegen.vecmath import functions as vecmath
 from graphc.ir import DType
@@ -132,7 +133,11 @@ def _argext(ctx: KernelContext) -> None:
     best_v = entry_alloca(b, compute_type(dtype))
     best_i = entry_alloca(b, I64)
 
+    lanes = ctx.target.lanes(dtype.itemsize) if dtype != DType.bool else 1
+
     def scan(base: ir.Value, stride: int, n: int) -> ir.Value:
+        if stride == 1 and lanes > 1 and n >= 2 * lanes:
+            return _vector_scan(b, src, dtype, base, n, lanes, better)
         ix = IndexBuilder(b, 1)
         b.store(ix.load(src, dtype, Idx(base)), best_v)
         b.store(ir.Constant(I64, 0), best_i)
@@ -175,6 +180,88 @@ def _argext(ctx: KernelContext) -> None:
         ix.store(out, DType.int64, Idx(offset), result)
 
     _outer_loops(ctx, x.shape, {axis}, row)
+
+
+def _vector_scan(b: ir.IRBuilder, src: ir.Value, dtype: DType, base: ir.Value, n: int,
+                 lanes: int, better: str) -> ir.Value:
+    """The index of the first extreme of src[base:base+n] (contiguous), as the sequential
+    scan defines it (a NaN counts as the extreme: the first NaN wins), in two vector passes:
+    the extreme (and whether any NaN occurs), then the smallest index holding it."""
+    vt = compute_type(dtype, lanes)
+    it = ir.VectorType(I64, lanes)
+    full = n // lanes * lanes
+    isz = dtype.itemsize
+
+    def vec(c: ir.Value) -> ir.Value:
+        ptr = b.gep(src, [b.add(base, c)], inbounds=True, source_etype=compute_type(dtype))
+        return b.load(ptr, typ=vt, align=isz)
+
+    def elem(c: ir.Value | int) -> ir.Value:
+        i = b.add(base, c if isinstance(c, ir.Value) else ir.Constant(I64, c))
+        ptr = b.gep(src, [i], inbounds=True, source_etype=compute_type(dtype))
+        return b.load(ptr, typ=compute_type(dtype), align=isz)
+
+    def pick(x: ir.Value, y: ir.Value) -> ir.Value:
+        take = b.fcmp_ordered(better, x, y) if dtype.is_float else b.icmp_signed(better, x, y)
+        return b.select(take, x, y)
+
+    def is_nan(x: ir.Value) -> ir.Value:
+        return b.fcmp_unordered("uno", x, x)
+
+    # Pass 1: the extreme of the non-NaN values, and any NaN.
+    first = vec(ir.Constant(I64, 0))
+    init = [first] + ([is_nan(first)] if dtype.is_float else [])
+
+    def step(c: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+        v = vec(c)
+        out = [pick(v, acc[0])]
+        if dtype.is_float:
+            out.append(b.or_(acc[1], is_nan(v)))
+        return out
+
+    acc = carried_loop(b, lanes, full, init, step, step=lanes, name="amx")
+    best = b.extract_element(acc[0], ir.Constant(I64, 0))
+    for lane in range(1, lanes):
+        best = pick(b.extract_element(acc[0], ir.Constant(I64, lane)), best)
+    any_nan = None
+    for i in range(full, n):
+        x = elem(i)
+        best = pick(x, best)
+        if dtype.is_float:
+            any_nan = is_nan(x) if any_nan is None else b.or_(any_nan, is_nan(x))
+    if dtype.is_float:
+        reduce_or = intrinsic(b.module, "llvm.vector.reduce.or", ir.IntType(1),
+                              [acc[1].type], [acc[1].type])
+        lanes_nan = b.call(reduce_or, [acc[1]])
+        any_nan = lanes_nan if any_nan is None else b.or_(any_nan, lanes_nan)
+
+    def hit(x: ir.Value, k: int) -> ir.Value:
+        target = splat(b, best, k)
+        if not dtype.is_float:
+            return b.icmp_signed("==", x, target)
+        nan_lanes = splat(b, any_nan, k)
+        return b.select(nan_lanes, is_nan(x), b.fcmp_ordered("==", x, target))
+
+    # Pass 2: the smallest index that holds it (lane-wise minimum of matching indices).
+    none = ir.Constant(it, [n] * lanes)
+    iota = ir.Constant(it, list(range(lanes)))
+
+    def find(c: ir.Value, acc2: list[ir.Value]) -> list[ir.Value]:
+        idx = b.add(iota, splat(b, c, lanes))
+        cand = b.select(hit(vec(c), lanes), idx, none)
+        return [b.select(b.icmp_signed("<", cand, acc2[0]), cand, acc2[0])]
+
+    (where,) = carried_loop(b, 0, full, [none], find, step=lanes, name="afd")
+    found = b.extract_element(where, ir.Constant(I64, 0))
+    for lane in range(1, lanes):
+        e = b.extract_element(where, ir.Constant(I64, lane))
+        found = b.select(b.icmp_signed("<", e, found), e, found)
+    for i in range(full, n):
+        x = elem(i)
+        match = hit(x, 1)
+        found = b.select(b.and_(match, b.icmp_signed("==", found, ir.Constant(I64, n))),
+                         ir.Constant(I64, i), found)
+    return found
 
 
 LOWERINGS = (
