@@ -24,7 +24,8 @@ Masks: `mask` keeps the True positions (as `gc.attention`, PyTorch's SDPA and Ke
 float mask is added to the scores. It broadcasts against the scores (B, H, T, S): a (T, S)
 mask for every example, (B, T, S) per example (a head axis is inserted, as Keras'
 ``attention_mask``), or (B|1, H|1, T|1, S|1). `padding_mask` (B, S) marks the real keys
-with True. `causal` (a constructor option) lets query i see keys j <= i, fused.
+with True (both checked and combined by `graphc.nn.masks`). `causal` (a constructor
+option) lets query i see keys j <= i, fused.
 
 Dropout: PyTorch and Keras drop attention *probabilities*; the fused kernel never forms
 them, so ``dropout`` here drops elements of the merged attention output (B, T, H·Dh),
@@ -49,17 +50,17 @@ import numpy as np
 
 from graphc import init
 from graphc.builder import Operand
-from graphc.errors import AttrError, DTypeError, GraphcError, ShapeError
+from graphc.errors import AttrError, GraphcError, ShapeError
 from graphc.ir import DType, Node
 from graphc.nn import initializers
 from graphc.nn.initializers import Initializer, InitializerLike
 from graphc.nn.kv_cache import KVCache, cache_mask, check_cache, positions, write_cache
 from graphc.nn.layer import Layer, Scope
+from graphc.nn.masks import attention_mask
 from graphc.ops import attention as attention_ops
 from graphc.ops import elementwise as ew
 from graphc.ops import layout, linalg, sequence, slicing
 from graphc.ops import neural as nn_ops
-from graphc.ops.common import as_node
 
 __all__ = ["CallInputs", "KVCache", "KeywordInputsLayer", "MultiHeadAttention",
            "torch_linear"]
@@ -139,52 +140,6 @@ def _glorot_blocks(blocks: int) -> Initializer:
         return np.ascontiguousarray(np.concatenate(parts, axis=1))
 
     return draw
-
-
-# --- masks ----------------------------------------------------------------------------------
-
-def _mask_operand(owner: str, what: str, mask: Operand, dtype: DType) -> Node:
-    if not isinstance(mask, Node) and np.asarray(mask).dtype.kind == "f":
-        mask = np.asarray(mask, dtype.np)  # a literal additive mask takes the model's dtype
-    node = as_node(mask)
-    if node.dtype != DType.bool and node.dtype != dtype:
-        raise DTypeError(f"{what}: expected bool (True: attend) or an additive {dtype.value} "
-                         f"mask, got {node.type}", op=owner)
-    return node
-
-
-def _additive(m: Node, dtype: DType) -> Node:
-    if m.dtype != DType.bool:
-        return m
-    return ew.where(m, np.zeros((), dtype.np), np.array(-np.inf, dtype.np))
-
-
-def attention_mask(owner: str, mask: Operand | None, padding_mask: Operand | None,
-                   dtype: DType, scores: tuple[int, int, int, int]) -> Node | None:
-    """One mask for `gc.attention` on scores (B, H, T, S) from a `mask` (T, S), (B, T, S) or
-    (B, H, T, S) (each dim may be 1) and a `padding_mask` (B, S) (True: a real key); None if
-    neither is given. Shapes are checked here, so errors name the layer and the argument."""
-    batch, _, tq, tk = scores
-    parts: list[Node] = []
-    if mask is not None:
-        m = _mask_operand(owner, "mask", mask, dtype)
-        want = {2: (tq, tk), 3: (batch, tq, tk), 4: scores}.get(m.ndim)
-        if want is None or any(d not in (1, w) for d, w in zip(m.shape, want)):
-            raise ShapeError(f"mask: expected (T, S) = ({tq}, {tk}), (B, T, S) = ({batch}, "
-                             f"{tq}, {tk}) or (B, H, T, S) = {scores}, each dim or 1; got "
-                             f"{m.type}", op=owner)
-        parts.append(layout.expand_dims(m, 1) if m.ndim == 3 else m)
-    if padding_mask is not None:
-        p = _mask_operand(owner, "padding_mask", padding_mask, dtype)
-        if p.shape != (batch, tk):
-            raise ShapeError(f"padding_mask: expected (B, S) = ({batch}, {tk}), got {p.type}",
-                             op=owner)
-        parts.append(layout.reshape(p, (batch, 1, 1, tk)))
-    if len(parts) < 2:
-        return parts[0] if parts else None
-    if all(p.dtype == DType.bool for p in parts):
-        return ew.logical_and(parts[0], parts[1])
-    return ew.add(_additive(parts[0], dtype), _additive(parts[1], dtype))
 
 
 # --- the layer ------------------------------------------------------------------------------

@@ -33,10 +33,11 @@ Sampling happens inside the graph on the logits of the last position:
   ``g = -log(-log(u))``, u from the counter-based `random_uniform` keyed by
   ``seed * max_len + position``: a draw from softmax(logits / temperature), the same for
   the same seed, prompt and position, on every backend and in the exported library;
-- ``top_k``: before the noise, logits below the k-th largest (counted with multiplicity:
-  k - 1 rounds, each removing one maximum by `argmax`) become -inf. Ties at the threshold
-  are all kept, as in Hugging Face's top-k filter, so more than k tokens stay only when
-  the k-th largest value is tied. Cost: 2(k - 1) small kernels over the vocabulary.
+- ``top_k``: before the noise, logits below the k-th largest (counted with multiplicity,
+  found without sorting: k rounds of a max reduction, then one count; `_kth_largest`)
+  become -inf. Ties at the threshold are all kept, as in Hugging Face's top-k filter, so
+  more than k tokens stay only when the k-th largest value is tied. Cost: about 2k
+  vectorized passes over the vocabulary per token.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from graphc.ir import DType, Graph, Node, Signature
 from graphc.nn.gpt import GPT
 from graphc.nn.kv_cache import KVCache
 from graphc.ops import elementwise as ew
-from graphc.ops import layout, random, reduce, sequence
+from graphc.ops import join, layout, random, reduce
 from graphc.options import CompileOptions
 from graphc.runtime.executable import Executable
 from graphc.runtime.reference import ReferenceFunction, reference
@@ -66,14 +67,24 @@ Runner = Executable | ReferenceFunction
 
 
 def _kth_largest(logits: Node, k: int) -> Node:
-    """(B, 1): the k-th largest logit of each row, counting equal values separately."""
-    rest = logits
-    ids = sequence.iota(logits.shape, 1, DType.int64)
+    """(B, 1): the k-th largest logit of each row, counting equal values separately.
+
+    k rounds find the row's k largest distinct values m1 > m2 > ... (a max, then every
+    element equal to it set to -inf); the answer is the largest m_i with at least k
+    elements >= m_i. Max reductions are vectorized kernels, unlike arg reductions, so this
+    costs a few vector passes over the row per round."""
     minus_inf = np.array(-np.inf, logits.dtype.np)
-    for _ in range(k - 1):
-        top = reduce.argmax(rest, axis=-1, keepdims=True)
-        rest = ew.where(ew.equal(ids, top), minus_inf, rest)
-    return reduce.max(rest, axis=-1, keepdims=True)
+    rest, maxima = logits, []
+    for i in range(k):
+        top = reduce.max(rest, axis=-1, keepdims=True)
+        maxima.append(top)
+        if i < k - 1:
+            rest = ew.where(ew.greater_equal(rest, top), minus_inf, rest)
+    distinct = join.concat(maxima, axis=-1)  # (B, k), descending (then -inf)
+    at_least = ew.greater_equal(layout.expand_dims(logits, 1), layout.expand_dims(distinct, 2))
+    counts = reduce.sum(ew.cast(at_least, logits.dtype), axis=-1)  # exact below 2**24
+    return reduce.max(ew.where(ew.greater_equal(counts, float(k)), distinct, minus_inf),
+                      axis=-1, keepdims=True)
 
 
 def sample(logits: Node, key: Node, *, temperature: float, top_k: int | None,
