@@ -296,9 +296,11 @@ class Generator:
     # --- export -------------------------------------------------------------------------
     def export(self, path: str | os.PathLike[str], *, name: str | None = None,
                options: CompileOptions | None = None) -> ExportedLibrary:
-        """`gc.export` of the decode step: ``NAME_run(ctx, ids, pos, next_ids[, logits])``;
-        the caches (zeros at export) live in the library's context, like a training
-        library's state, so a C loop passes only the token and its position (feed the
-        prompt one token per call: decode at pos attends to every earlier position)."""
+        """`gc.export` of the decode step: ``NAME_run(ctx, ids, pos, next_ids[, logits])``.
+        The caches live in the library's context, like a training library's state (their
+        values at export are irrelevant: rows past pos are masked until written), so a C
+        loop passes only the token and its position; feed the prompt one token per call
+        (decode at pos attends to every earlier position). The seed is the generator's
+        at export. See examples/gpt_generate_c."""
         return export(self.graph, path, signature=self.decode_signature.name, name=name,
                       options=options)
