@@ -31,7 +31,7 @@ from graphc.ir import Graph, Signature
 from graphc.passes.kernels import Kernel
 from graphc.passes.manager import PipelineReport
 from graphc.passes.memory_plan import MemoryPlan, Space
-from graphc.runtime.arguments import bind_arguments
+from graphc.runtime.arguments import bind_arguments, check_array
 from graphc.runtime.jit import JitModule
 from graphc.runtime.program_cache import Layout
 
@@ -126,15 +126,19 @@ class Executable:
     def input_names(self) -> list[str]:
         return [n.name for n in self.signature.inputs]
 
-    def _exact(self, args: tuple[Any, ...]) -> bool:
-        """The fast path: positional numpy arrays of exactly the right type and layout."""
-        if len(args) != self._n_in:
-            return False
-        for a, (shape, dtype) in zip(args, self._in_types):
-            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype \
-                    or not a.flags.c_contiguous:
-                return False
-        return True
+    def _positional(self, args: tuple[Any, ...]) -> list[Any]:
+        """The fast path for positional arguments: numpy arrays of exactly the right type
+        and layout are used as they are, and only the others are checked and converted
+        (a decode step's position as a numpy scalar costs one conversion, not a full
+        check of every argument)."""
+        out = []
+        for a, node, (shape, dtype) in zip(args, self.signature.inputs, self._in_types):
+            if type(a) is np.ndarray and a.shape == shape and a.dtype == dtype \
+                    and a.flags.c_contiguous:
+                out.append(a)
+            else:
+                out.append(check_array(node, a, "compiled function"))
+        return out
 
     def _bind_state(self) -> None:
         """Point the table at the live variable arrays and the constants (no copies)."""
@@ -156,8 +160,8 @@ class Executable:
         return kernel_failure(self.report.plan.program.kernels, status)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        arrays = args if not kwargs and self._exact(args) else bind_arguments(
-            self.signature.inputs, args, kwargs, "compiled function")
+        arrays = self._positional(args) if not kwargs and len(args) == self._n_in else \
+            bind_arguments(self.signature.inputs, args, kwargs, "compiled function")
         outputs = [np.empty(shape, dtype) for shape, dtype in self._out_types]
         with self._lock:
             table = self._table

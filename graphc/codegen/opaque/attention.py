@@ -34,6 +34,7 @@ from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
 from graphc.codegen.gemm.helpers import elem_ptr, for_range, hsum, lane_mask, masked_load
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I64, compute_type, const
+from graphc.codegen.loops import entry_alloca
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
 from graphc.codegen.vecmath import functions as vecmath
@@ -43,6 +44,7 @@ from graphc.passes.kernels import Kernel
 BLOCK_Q = 64  # BR: query rows per block (a 64 x 64 float32 score tile is 16 KiB: L1)
 BLOCK_KV = 256  # BC without a causal mask (fewer online-softmax rescales)
 TASK_FLOPS = 1 << 19  # a task of at least this much work amortizes its wake-up
+FEW_QUERIES = 16
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,16 @@ class Geometry:
 
     @property
     def bc(self) -> int:
-        full = BLOCK_Q if self.causal else BLOCK_KV
+        # Causal: BR, so a query block's last key block is its diagonal. A few queries (a
+        # decode step): small blocks too, so blocks a position mask hides are skipped.
+        full = BLOCK_Q if self.causal or self.tq <= FEW_QUERIES else BLOCK_KV
         return min(full, self.tk) if self.tk else 1
+
+    @property
+    def row_invariant_mask(self) -> bool:
+        """Whether the mask is the same for every query row (padding, a decode position):
+        then a key block it hides entirely is skipped."""
+        return self.mask_strides is not None and self.mask_strides[-2] == 0
 
     @property
     def ld(self) -> int:
@@ -364,6 +374,14 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs
         keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
 
         def kv_block(n: int) -> None:
+            if mask is not None and g.row_invariant_mask:
+                # Every score of the block -inf: it adds nothing to the softmax; skip it.
+                with b.if_then(_any_key_visible(b, g, mask, mask_base, j0, n)):
+                    key_block(n)
+            else:
+                key_block(n)
+
+        def key_block(n: int) -> None:
             s_spec, pv_spec = gemm_specs_forward(g, m, n, outs.o_stride)
             k_blk = at(b, k_mat, b.mul(j0, i64(g.dk)), dtype)
             emit_gemm(b, s_spec, q_blk, k_blk, tile, gemm_scratch, target,
@@ -390,6 +408,23 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs
             lse = b.select(empty, const(dtype, -math.inf),
                            b.fadd(top, vecmath.log(b, safe)))
             b.store(lse, at(b, lse_blk, b.mul(r, i64(outs.lse_stride)), dtype), align=isz)
+
+
+def _any_key_visible(b: ir.IRBuilder, g: Geometry, mask: ir.Value, mask_base: ir.Value,
+                     j0: ir.Value, n: int) -> ir.Value:
+    """Whether the row-invariant mask lets any of keys [j0, j0 + n) through (i1)."""
+    dtype = g.dtype
+    sk = g.mask_strides[-1] if g.mask_strides is not None else 0
+    if sk == 0:  # one value for every key of the row
+        m = b.load(at(b, mask, mask_base, dtype), typ=compute_type(dtype), align=dtype.itemsize)
+        return b.fcmp_ordered("!=", m, const(dtype, -math.inf))
+    seen = entry_alloca(b, ir.IntType(1))
+    b.store(ir.Constant(ir.IntType(1), 0), seen)
+    with for_range(b, 0, n, name="vis") as c:
+        off = b.add(mask_base, b.mul(b.add(j0, c), i64(sk)))
+        m = b.load(at(b, mask, off, dtype), typ=compute_type(dtype), align=dtype.itemsize)
+        b.store(b.or_(b.load(seen), b.fcmp_ordered("!=", m, const(dtype, -math.inf))), seen)
+    return b.load(seen)
 
 
 def _softmax_row(b: ir.IRBuilder, g: Geometry, n: int, lanes: int, o_stride: int,
