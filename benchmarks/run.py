@@ -118,6 +118,19 @@ def _run_child(workload: str, peer: str, threads: int, seconds: float) -> dict |
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _measure_peak() -> float | None:
+    """The fp32 FMA peak of one core (GFLOP/s), measured in a child pinned to core 0."""
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "peak.py")]
+    taskset = shutil.which("taskset")
+    if taskset:
+        cmd = [taskset, "-c", "0", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        sys.stderr.write(f"[peak] failed:\n{proc.stderr[-2000:]}\n")
+        return None
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def _fmt_time(s: float) -> str:
     if s >= 1:
         return f"{s:.2f} s"
@@ -158,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     only = {k for k in opts.only.split(",") if k}
     peers = [p for p in PEERS if _available(p)]
+    peak = _measure_peak()
     lines = ["| workload | threads | " + " | ".join(peers) + " | graphc / fastest peer | "
-             "graphc rate |", "|---|---|" + "---|" * (len(peers) + 2)]
+             "graphc rate | of peak |", "|---|---|" + "---|" * (len(peers) + 3)]
     notes: dict[str, str] = {}
     providers: set[str] = set()
     for w in WORKLOADS:
@@ -183,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append("-" if r is None else
                              f"{_fmt_time(r['median'])} ({_fmt_time(r['min'])}..."
                              f"{_fmt_time(r['max'])})")
-            ratio, rate = "-", "-"
+            ratio, rate, share = "-", "-", "-"
             if "graphc" in results:
                 g = results["graphc"]["median"]
                 others = [r["median"] for p, r in results.items() if p != "graphc"]
@@ -191,10 +205,12 @@ def main(argv: list[str] | None = None) -> int:
                     ratio = f"{g / min(others):.2f}"
                 if w.flops:
                     rate = f"{w.flops / g / 1e9:.1f} GFLOP/s"
+                    if peak:
+                        share = f"{100 * w.flops / g / 1e9 / (peak * threads):.0f} %"
                 elif w.bytes:
                     rate = f"{w.bytes / g / 1e9:.1f} GB/s"
             lines.append(f"| {w.title} | {threads} | " + " | ".join(cells) +
-                         f" | {ratio} | {rate} |")
+                         f" | {ratio} | {rate} | {share} |")
             print(lines[-1], flush=True)
     header = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -203,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         "Times: median (min...max) of repeated calls, each peer in its own process, pinned "
         "with taskset to as many cores as threads.",
     ]
+    if peak:
+        header.append(f"fp32 FMA peak measured in this run (benchmarks/peak.py, one core): "
+                      f"{peak:.1f} GFLOP/s per core; 'of peak' divides graphc's rate by it "
+                      "times the threads.")
     header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
     header.append("Versions: " + ", ".join(_versions()))
     header.append("OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)") +

@@ -101,6 +101,11 @@ class GemmPlan:
     scratch_bytes: int = 0
 
 
+# Bytes of one packed row of a KC block (see `plan_gemm`); a module constant so blocking
+# experiments can vary it (with the compile caches off).
+KC_BYTES = 2048
+
+
 def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
@@ -146,7 +151,7 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     # 192 KiB) stays in L2 while B micro-panels pass through L1/L2. KC 256-768 and MC 48-192
     # measured within noise of this on Zen 4. K is split into equal blocks rather than a long
     # one and a short tail.
-    kc_max = 2048 // isz
+    kc_max = KC_BYTES // isz
     nkb = -(-k // kc_max)
     kc = min(k, _round_up(-(-k // nkb), 8))
     mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
