@@ -390,6 +390,10 @@ def checked_signature(
             if n.graph is not graph:
                 raise ArgumentError(f"{what}: {kind} %{n.name} belongs to graph "
                                     f"{n.graph.name!r}, not {graph.name!r}")
+    for n in outs:
+        if not isinstance(n.type, TensorType):
+            raise ArgumentError(f"{what}: output %{n.name} has several results {n.type}; "
+                                "give the `get` node of the one to return")
     for n in ins:
         if n.op != "placeholder":
             raise ArgumentError(f"{what}: input %{n.name} is a {n.op}, not a placeholder "
