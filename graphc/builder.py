@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, GraphStructureError, ShapeError, SourceLoc
-from graphc.ir import DType, Graph, Node, TensorType, current_graph
+from graphc.ir import DType, Graph, Node, Region, TensorType, current_graph, target_graph
 from graphc.ir.opdef import OpDef
 
 _GRAPHC_DIR = Path(__file__).resolve().parent
@@ -153,16 +153,19 @@ def apply(
     inputs: Sequence[Operand],
     attrs: Mapping[str, Any] | None = None,
     name: str | None = None,
+    *,
+    regions: Sequence[Region] = (),
 ) -> Node:
     """Build one node of `op`: convert scalar operands, run the type rule, record the loc.
 
     Non-node operands (Python numbers, numpy arrays) become constants; Python numbers take
-    the dtype of the first node operand (weak typing).
+    the dtype of the first node operand (weak typing). A region op gets its bodies in
+    `regions`. While a body is traced the node goes into the body (`target_graph`).
     """
     loc = user_location()
     nodes = [x for x in inputs if isinstance(x, Node)]
-    graph = nodes[0].graph if nodes else current_graph()
-    like = nodes[0].dtype if nodes else None
+    graph = target_graph(nodes)
+    like = nodes[0].dtype if nodes and isinstance(nodes[0].type, TensorType) else None
     converted: list[Node] = []
     for x in inputs:
         if isinstance(x, Node):
@@ -179,10 +182,11 @@ def apply(
         raise GraphcError("expected at least one operand", op=op.name, loc=loc)
     try:
         frozen = op.check_attrs(attrs or {})
-        ttype = op.infer(tuple(n.type for n in converted), frozen)
+        ttype = op.infer_type(tuple(n.type for n in converted), frozen, regions)
     except GraphcError as exc:
         raise exc.with_context(op=op.name, loc=loc) from None
-    return graph.add_node(op.name, converted, frozen, ttype, name=name, loc=loc)
+    return graph.add_node(op.name, converted, frozen, ttype, name=name, loc=loc,
+                          regions=regions)
 
 
 def _scalar_fits(x: Any, dtype: DType) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from graphc.codegen.lowering import epilogue_writes_once
 from graphc.codegen.module import ENTRY, GeneratedModule, build_module
 from graphc.codegen.target import Target, host_target
-from graphc.errors import GraphcError
+from graphc.errors import CompileError, GraphcError
 from graphc.ir import Graph, Signature
 from graphc.options import CompileOptions
 from graphc.passes.fuse import fuse
@@ -126,6 +126,13 @@ def _optimize(s: Lowered) -> None:
 
 def _fuse(s: Lowered) -> None:
     assert s.optimized is not None and s.optimized_signature is not None
+    for node in s.optimized_signature.needed_nodes():
+        if node.regions:
+            # A pipeline without lower_control (options.pipeline spelled out by hand).
+            raise CompileError(f"{node.op} %{node.name} reached code generation: code "
+                               "generation has no native loops yet; run the pass "
+                               "lower_control first (the default pipeline does)",
+                               op=node.op, loc=node.loc)
     s.fused = fuse(s.optimized, s.optimized_signature)
 
 

@@ -9,12 +9,27 @@ these true; the pass manager runs `verify` after each pass in debug mode.
 from __future__ import annotations
 
 from graphc.errors import GraphcError, VerifyError
-from graphc.ir import DType, Graph, TensorType
+from graphc.ir import DType, Graph, Region, TensorType
 from graphc.ops import registry
+
+# How deeply bodies may nest (a scan in a cond in a scan is 3): a bound for the recursive
+# walkers (verify, printer, readers) and for hostile files.
+MAX_REGION_DEPTH = 32
 
 
 def verify(graph: Graph) -> None:
-    """Raise `VerifyError` naming the first broken node; return None if the graph is sound."""
+    """Raise `VerifyError` naming the first broken node; return None if the graph is sound.
+
+    Bodies of region ops are verified too, recursively: each is closed (its sources are its
+    params, which are exactly its placeholders, and its own constants), has no variables
+    or signatures, and its node types satisfy the region op's type rule.
+    """
+    _verify_graph(graph, 0)
+
+
+def _verify_graph(graph: Graph, depth: int) -> None:
+    if depth > MAX_REGION_DEPTH:
+        raise VerifyError(f"bodies nest deeper than {MAX_REGION_DEPTH} levels")
     seen: set[int] = set()
     names: set[str] = set()
     for node in graph.nodes:
@@ -43,10 +58,19 @@ def verify(graph: Graph) -> None:
             raise VerifyError(f"{where}: attributes {dict(node.attrs)} are not in canonical "
                               f"form {dict(canonical)}", op=node.op, loc=node.loc)
         if op.family == "source":
+            if not isinstance(node.type, TensorType):
+                raise VerifyError(f"{where} has the tuple type {node.type}", op=node.op)
             _verify_source(graph, node.op, node.name, node.type)
             continue
+        for i, region in enumerate(node.regions):
+            try:
+                _verify_region(region, depth)
+            except VerifyError as exc:
+                raise VerifyError(f"{where}, region {i} ({region.graph.name!r}): "
+                                  f"{exc.message}", op=node.op, loc=node.loc) from None
         try:
-            inferred = op.infer(tuple(i.type for i in node.inputs), node.attrs)
+            inferred = op.infer_type(tuple(i.type for i in node.inputs), node.attrs,
+                                     node.regions)
         except GraphcError as exc:
             raise VerifyError(f"{where}: type rule rejects its inputs: {exc.message}",
                               op=node.op, loc=node.loc) from None
@@ -57,6 +81,38 @@ def verify(graph: Graph) -> None:
         for n in (*sig.inputs, *sig.outputs, *(x for pair in sig.updates for x in pair)):
             if n.graph is not graph or (graph.nodes and n.name not in graph):
                 raise VerifyError(f"signature {sig.name!r} names %{n.name}, not in the graph")
+            if not isinstance(n.type, TensorType):
+                raise VerifyError(f"signature {sig.name!r} names %{n.name} of the tuple type "
+                                  f"{n.type}; name its `get` nodes instead")
+
+
+def _verify_region(region: Region, depth: int) -> None:
+    check_region(region)
+    _verify_graph(region.graph, depth + 1)
+
+
+def check_region(region: Region) -> None:
+    """The invariants of one body, not of its nodes: closed (its placeholders are exactly
+    its params, each listed once), no variables or signatures, results of its own graph
+    with tensor types. Raises VerifyError."""
+    body = region.graph
+    if len(body.variables) or any(n.op == "variable" for n in body.nodes):
+        raise VerifyError("a body has variables (outer state is passed in as operands)")
+    if body.signatures:
+        raise VerifyError("a body has signatures")
+    if len({id(p) for p in region.params}) != len(region.params):
+        raise VerifyError("a param is listed twice")
+    placeholders = {id(n) for n in body.nodes if n.op == "placeholder"}
+    for p in region.params:
+        if p.graph is not body or p.op != "placeholder":
+            raise VerifyError(f"param %{p.name} is not a placeholder of the body")
+    if placeholders != {id(p) for p in region.params}:
+        raise VerifyError("a placeholder of the body is not one of its params")
+    for r in region.results:
+        if r.graph is not body:
+            raise VerifyError(f"result %{r.name} is not a node of the body")
+        if not isinstance(r.type, TensorType):
+            raise VerifyError(f"result %{r.name} has the tuple type {r.type}")
 
 
 def _verify_source(graph: Graph, op: str, name: str, ttype: TensorType) -> None:

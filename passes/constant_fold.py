@@ -11,6 +11,8 @@ is stored, and the fuser treats a scalar constant as an immediate.
 
 Not folded:
 - sources (placeholders and variables change between calls; constants are already folded);
+- region ops and `get` (`Fusion.CONTROL`): a loop's bodies run, and fold, once unrolled
+  (`lower_control`), and a `get` reads no constant;
 - random ops (`OpDef.random`): they are pure, but computing them is cheaper than storing
   them, and a draw baked into the graph would hide where the randomness comes from;
 - results with more than `options.fold_max_elements` elements (a large constant costs
@@ -25,6 +27,7 @@ import numpy as np
 
 from graphc.errors import GraphcError
 from graphc.ir import SOURCE_OPS, Graph, Node, Signature
+from graphc.ir.opdef import Fusion
 from graphc.ops import registry
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
@@ -43,7 +46,8 @@ def constant_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
 def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
     """op(c1, ..., cn) -> c  (every input constant; c computed by the op's reference)"""
     op = registry.get(p.op)
-    if p.op in SOURCE_OPS or p.op == "broadcast_to" or op.random or p.type.size > max_elements:
+    if (p.op in SOURCE_OPS or p.op == "broadcast_to" or op.random or op.fusion == Fusion.CONTROL
+            or p.type.size > max_elements):
         return None
     values = [constant_value(rb, i) for i in p.inputs]
     if any(v is None for v in values):

@@ -50,7 +50,9 @@ def merge_node(p: Pending) -> Hashable | None:
     """op(a, b){attrs} -> an earlier op(a, b){attrs} (the key; None: never merge)."""
     if p.op in ("placeholder", "variable"):
         return None
-    return (p.op, p.attrs, tuple(id(i) for i in p.inputs))
+    # Regions by identity: two loops merge only if they share their bodies (as a pass's
+    # copies of one node do), never because two different bodies have equal attributes.
+    return (p.op, p.attrs, tuple(id(i) for i in p.inputs), tuple(id(r) for r in p.regions))
 
 
 def cse(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:

@@ -26,7 +26,18 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import CompileError, GraphStructureError, SourceLoc
-from graphc.ir import SOURCE_OPS, Attrs, DType, Graph, Node, Signature, TensorType, ancestors
+from graphc.ir import (
+    SOURCE_OPS,
+    Attrs,
+    DType,
+    Graph,
+    Node,
+    Region,
+    Signature,
+    TensorType,
+    TupleType,
+    ancestors,
+)
 from graphc.ops import registry
 from graphc.options import CompileOptions
 
@@ -42,16 +53,18 @@ class Pending:
     `op`, `attrs`, `type`, `name` and `loc` are the original node's (or, for a node a rule
     builds, the new one's); `inputs` are already nodes of the NEW graph, so a rule sees
     producers that are themselves already rewritten. `value` is the array of a variable or
-    constant (None for other ops).
+    constant (None for other ops). `regions` are a region op's bodies, shared with the
+    original node (bodies are immutable; passes leave them as they are).
     """
 
     op: str
     inputs: tuple[Node, ...]
     attrs: Attrs
-    type: TensorType
+    type: TensorType | TupleType
     name: str
     loc: SourceLoc | None
     value: np.ndarray | None = None
+    regions: tuple[Region, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -119,10 +132,15 @@ class Rebuilder:
     def run(self, nodes: Iterable[Node] | None = None) -> Rebuilder:
         """Visit `nodes` (default: all) of the source graph in graph order."""
         for old in self.source.nodes if nodes is None else nodes:
-            pending = Pending(old.op, tuple(self.mapping[i] for i in old.inputs), old.attrs,
-                              old.type, old.name, old.loc, self._source_value(old))
-            self.mapping[old] = self._offer(pending)
+            self.copy(old)
         return self
+
+    def copy(self, old: Node) -> Node:
+        """Visit one node of the source graph (its inputs already visited); its new node."""
+        pending = Pending(old.op, tuple(self.mapping[i] for i in old.inputs), old.attrs,
+                          old.type, old.name, old.loc, self._source_value(old), old.regions)
+        self.mapping[old] = self._offer(pending)
+        return self.mapping[old]
 
     def finish(self, sig: Signature) -> tuple[Graph, Signature]:
         """The new graph and `sig` mapped onto it (registered as its only signature)."""
@@ -150,7 +168,8 @@ class Rebuilder:
         name = p.name if p.name not in self.graph else self.fresh_name(p.op)
         if p.op == "variable" and name != p.name:
             raise GraphStructureError(f"variable %{p.name} cannot keep its name")
-        node = self.graph.add_node(p.op, p.inputs, p.attrs, p.type, name=name, loc=p.loc)
+        node = self.graph.add_node(p.op, p.inputs, p.attrs, p.type, name=name, loc=p.loc,
+                                   regions=p.regions)
         if p.op == "variable":
             assert p.value is not None
             self.graph.variables.bind(name, p.value)
@@ -167,7 +186,7 @@ class Rebuilder:
         """
         opdef = registry.get(op)
         frozen = opdef.check_attrs(attrs or {})
-        ttype = opdef.infer(tuple(i.type for i in inputs), frozen)
+        ttype = opdef.infer_type(tuple(i.type for i in inputs), frozen)
         return self._offer(Pending(op, tuple(inputs), frozen, ttype,
                                    name or self.fresh_name(op), at.loc))
 

@@ -3,53 +3,87 @@
 `reference(g, inputs, outputs, updates)` returns a callable with the calling convention of
 compiled executables (see `runtime.arguments`). It evaluates the nodes the outputs and
 updates need, in graph order, with each op's numpy reference, then writes all updates into
-`g.variables` at once (every update sees the variables' old values).
+`g.variables` at once (every update sees the variables' old values). Region ops run their
+bodies through `run_body` (only the taken branch of a cond; a while_loop to its end).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from graphc.errors import GraphcError
-from graphc.ir import Graph, Node, Signature
+from graphc.ir import Graph, Node, Region, Signature, TensorType, TupleType
 from graphc.ops import registry
 from graphc.runtime.arguments import bind_arguments, resolve_signature
 
 
-def evaluate(sig: Signature, feeds: Mapping[str, np.ndarray]) -> dict[Node, np.ndarray]:
-    """Values of every node the signature needs, given placeholder values by name."""
-    graph_values: dict[Node, np.ndarray] = {}
+def evaluate(sig: Signature, feeds: Mapping[str, np.ndarray]) -> dict[Node, Any]:
+    """Values of every node the signature needs, given placeholder values by name (a region
+    op's value is the list of its results' arrays)."""
+    values: dict[Node, Any] = {}
     for node in sig.needed_nodes():
-        graph = node.graph
         if node.op == "placeholder":
-            value = feeds[node.name]
-        elif node.op == "variable":
-            value = graph.variables[node.name]
-        elif node.op == "constant":
-            value = graph.constants[node.name]
+            values[node] = feeds[node.name]
         else:
-            op = registry.get(node.op)
-            args = [graph_values[i] for i in node.inputs]
-            try:
-                with np.errstate(all="ignore"):
-                    value = op.reference(args, node.attrs)
-            except GraphcError as exc:
-                raise exc.with_context(op=node.op, loc=node.loc) from None
-            except (IndexError, ValueError) as exc:
-                raise GraphcError(f"reference evaluation of %{node.name} failed: {exc}",
-                                  op=node.op, loc=node.loc) from None
-            value = np.asarray(value)
-            if value.shape != node.shape:
-                raise GraphcError(
-                    f"reference of %{node.name} returned shape {value.shape}, "
-                    f"its type is {node.type} (a bug in the op's reference)", op=node.op)
-            if value.dtype != node.dtype.np:
-                value = value.astype(node.dtype.np)
-        graph_values[node] = value
-    return graph_values
+            values[node] = _evaluate_node(node, values)
+    return values
+
+
+def run_body(region: Region, args: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run a body graph on arrays for its params; the arrays of its results."""
+    values: dict[Node, Any] = dict(zip(region.params, args))
+    for node in _body_order(region):
+        if node not in values:
+            values[node] = _evaluate_node(node, values)
+    return [values[r] for r in region.results]
+
+
+@functools.lru_cache(maxsize=1024)
+def _body_order(region: Region) -> tuple[Node, ...]:
+    # NOTE: a loop runs its body once per step; the walk over the body is done once.
+    return tuple(region.needed_nodes())
+
+
+def _evaluate_node(node: Node, values: Mapping[Node, Any]) -> Any:
+    graph = node.graph
+    if node.op == "variable":
+        return graph.variables[node.name]
+    if node.op == "constant":
+        return graph.constants[node.name]
+    op = registry.get(node.op)
+    args = [values[i] for i in node.inputs]
+    try:
+        with np.errstate(all="ignore"):
+            if op.region is not None:
+                return _checked(node, op.region.evaluate(args, node.attrs, node.regions,
+                                                         run_body))
+            value = op.reference(args, node.attrs)
+    except GraphcError as exc:
+        raise exc.with_context(op=node.op, loc=node.loc) from None
+    except (IndexError, ValueError) as exc:
+        raise GraphcError(f"reference evaluation of %{node.name} failed: {exc}",
+                          op=node.op, loc=node.loc) from None
+    return _cast(node, node.type, value)  # type: ignore[arg-type]
+
+
+def _checked(node: Node, results: list[np.ndarray]) -> list[np.ndarray]:
+    assert isinstance(node.type, TupleType)
+    return [_cast(node, t, v) for t, v in zip(node.type.elements, results, strict=True)]
+
+
+def _cast(node: Node, ttype: TensorType, value: Any) -> np.ndarray:
+    value = np.asarray(value)
+    if value.shape != ttype.shape:
+        raise GraphcError(
+            f"reference of %{node.name} returned shape {value.shape}, "
+            f"its type is {ttype} (a bug in the op's reference)", op=node.op)
+    if value.dtype != ttype.dtype.np:
+        value = value.astype(ttype.dtype.np)
+    return value
 
 
 class ReferenceFunction:

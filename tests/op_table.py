@@ -54,6 +54,7 @@ class OpCase:
     atol32: float = 1e-6
     compiled_rtol32: float = 1e-5  # compiled float32 vs the float32 reference
     compiled_atol32: float = 1e-6
+    compiled: bool = True  # False: compiled code refuses the row (while_loop, for now)
 
 
 def make_args(case: OpCase, dtype: str, seed: int = 0) -> list[np.ndarray]:

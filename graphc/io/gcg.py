@@ -4,7 +4,8 @@ A `.gcg` file is a zip archive holding
 - ``graph.json``: the format name and version, the graph name, the nodes in order (name, op,
   input names, attributes, type, source location) and the signatures (see `graph_to_json`),
   deflated;
-- ``values/<name>.npy``: one array per variable and constant node (numpy's .npy format,
+- ``values/<name>.npy``: one array per variable and constant node (a body's constant
+  under its scoped key ``node@i@name``, see `rebuild.body_prefix`) (numpy's .npy format,
   never pickled objects), stored uncompressed (`member_name` says which name holds which
   node: names with empty, ``.`` or ``..`` path segments are stored as
   ``values/~<hex of the UTF-8 name>.npy`` so that no member name can point outside
@@ -139,11 +140,12 @@ def save(graph: Graph, path: str | os.PathLike[str]) -> None:
     def write(f: BinaryIO) -> None:
         with zipfile.ZipFile(f, "w") as zf:
             zf.writestr(_info(GRAPH_MEMBER, zipfile.ZIP_DEFLATED), text)
-            for node in value_nodes(graph):
-                store = graph.variables if node.op == "variable" else graph.constants
+            for key, node in value_nodes(graph):
+                owner = node.graph  # a body's constants live in the body graph
+                store = owner.variables if node.op == "variable" else owner.constants
                 array = np.asarray(store[node.name], order="C")
                 big = array.nbytes + NPY_HEADER_ROOM >= 2**31
-                with zf.open(_info(member_name(node.name), zipfile.ZIP_STORED), "w",
+                with zf.open(_info(member_name(key), zipfile.ZIP_STORED), "w",
                              force_zip64=big) as out:
                     np.lib.format.write_array(out, array, allow_pickle=False)
 

@@ -9,8 +9,14 @@ Document (version 1)::
                 "type": {"dtype": "float32", "shape": [128, 512]},
                 "loc": {"file": "model.py", "line": 12, "func": "build"}}]}
 
-`loc` is null when unknown. Attribute values are plain JSON where JSON can say them exactly
-(ints, finite floats, bools, strings, null) and a one-key object otherwise:
+`loc` is null when unknown. A region op's node has the type ``{"tuple": [type, ...]}`` and
+a key "regions": one object per body, ``{"name": ..., "params": [names], "results":
+[names], "nodes": [...]}``, whose nodes are read like the graph's (names scoped to the
+body); other nodes have no "regions" key. A body constant's value is read under the key
+``node@i@name`` (`rebuild.body_prefix`).
+
+Attribute values are plain JSON where JSON can say them exactly (ints, finite floats,
+bools, strings, null) and a one-key object otherwise:
 ``{"tuple": [...]}``, ``{"dtype": "float32"}``, ``{"float": "inf" | "-inf" | "nan"}``.
 Values of variables and constants are not in the document; the reader asks for them.
 
@@ -28,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import GraphcError, SerializationError, SourceLoc
-from graphc.io.rebuild import add_checked_node, bind_value
-from graphc.ir import DType, Graph, Node, TensorType
+from graphc.io.rebuild import add_checked_node, bind_value, body_prefix, value_items
+from graphc.ir import DType, Graph, Node, Region, TensorType, TupleType
+from graphc.verify import MAX_REGION_DEPTH
 
 __all__ = ["graph_from_json", "graph_to_json", "value_nodes"]
 
@@ -39,9 +46,10 @@ _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 ValueReader = Callable[[str, TensorType], np.ndarray]
 
 
-def value_nodes(graph: Graph) -> list[Node]:
-    """The nodes whose values a file stores: variables and constants, in graph order."""
-    return [n for n in graph.nodes if n.op in ("variable", "constant")]
+def value_nodes(graph: Graph) -> list[tuple[str, Node]]:
+    """(key, node) of the values a file stores: variables and constants, in graph order,
+    those of bodies under their scoped keys (`rebuild.value_items`)."""
+    return value_items(graph)
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -61,19 +69,34 @@ def graph_to_json(graph: Graph, fmt: str, version: int) -> dict[str, Any]:
             }
             for s in graph.signatures.values()
         ],
-        "nodes": [
-            {
-                "name": n.name,
-                "op": n.op,
-                "inputs": [i.name for i in n.inputs],
-                "attrs": {k: encode_attr(v) for k, v in n.attrs.items()},
-                "type": {"dtype": n.dtype.value, "shape": list(n.shape)},
-                "loc": None if n.loc is None else
-                {"file": n.loc.file, "line": n.loc.line, "func": n.loc.func},
-            }
-            for n in graph.nodes
-        ],
+        "nodes": _nodes_to_json(graph),
     }
+
+
+def _nodes_to_json(graph: Graph) -> list[dict[str, Any]]:
+    nodes = []
+    for n in graph.nodes:
+        item = {
+            "name": n.name,
+            "op": n.op,
+            "inputs": [i.name for i in n.inputs],
+            "attrs": {k: encode_attr(v) for k, v in n.attrs.items()},
+            "type": _type_to_json(n.type),
+            "loc": None if n.loc is None else
+            {"file": n.loc.file, "line": n.loc.line, "func": n.loc.func},
+        }
+        if n.regions:
+            item["regions"] = [{"name": r.graph.name, "params": [p.name for p in r.params],
+                                "results": [x.name for x in r.results],
+                                "nodes": _nodes_to_json(r.graph)} for r in n.regions]
+        nodes.append(item)
+    return nodes
+
+
+def _type_to_json(t: TensorType | TupleType) -> dict[str, Any]:
+    if isinstance(t, TupleType):
+        return {"tuple": [_type_to_json(e) for e in t.elements]}
+    return {"dtype": t.dtype.value, "shape": list(t.shape)}
 
 
 def encode_attr(value: Any) -> Any:
@@ -99,15 +122,36 @@ def graph_from_json(doc: Any, read_value: ValueReader) -> Graph:
     """
     _keys(doc, "$", {"format", "version", "name", "signatures", "nodes"})
     graph = Graph(_str(doc["name"], "$.name"))
-    for i, item in enumerate(_list(doc["nodes"], "$.nodes")):
-        _node(graph, item, f"$.nodes[{i}]", read_value)
+    _read_nodes(graph, doc["nodes"], "$.nodes", read_value, "", 0)
     for i, item in enumerate(_list(doc["signatures"], "$.signatures")):
         _signature(graph, item, f"$.signatures[{i}]")
     return graph
 
 
-def _node(graph: Graph, item: Any, path: str, read_value: ValueReader) -> None:
-    _keys(item, path, {"name", "op", "inputs", "attrs", "type", "loc"})
+def _read_nodes(graph: Graph, items: Any, path: str, read_value: ValueReader, prefix: str,
+                depth: int) -> None:
+    for i, item in enumerate(_list(items, path)):
+        _node(graph, item, f"{path}[{i}]", read_value, prefix, depth)
+
+
+def _region(item: Any, path: str, read_value: ValueReader, prefix: str, depth: int) -> Region:
+    if depth >= MAX_REGION_DEPTH:
+        raise SerializationError(f"{path}: bodies nest deeper than {MAX_REGION_DEPTH} levels")
+    _keys(item, path, {"name", "params", "results", "nodes"})
+    body = Graph(_str(item["name"], f"{path}.name"))
+    _read_nodes(body, item["nodes"], f"{path}.nodes", read_value, prefix, depth + 1)
+    params = [_ref(body, x, f"{path}.params") for x in _list(item["params"], f"{path}.params")]
+    results = [_ref(body, x, f"{path}.results")
+               for x in _list(item["results"], f"{path}.results")]
+    return Region(body, tuple(params), tuple(results))
+
+
+def _node(graph: Graph, item: Any, path: str, read_value: ValueReader, prefix: str,
+          depth: int) -> None:
+    if not isinstance(item, dict) or "regions" not in item:
+        _keys(item, path, {"name", "op", "inputs", "attrs", "type", "loc"})
+    else:
+        _keys(item, path, {"name", "op", "inputs", "attrs", "type", "loc", "regions"})
     name = _str(item["name"], f"{path}.name")
     inputs = [_ref(graph, x, f"{path}.inputs[{j}]")
               for j, x in enumerate(_list(item["inputs"], f"{path}.inputs"))]
@@ -115,15 +159,19 @@ def _node(graph: Graph, item: Any, path: str, read_value: ValueReader) -> None:
     if not isinstance(attrs_doc, dict):
         raise SerializationError(f"{path}.attrs: expected an object")
     attrs = {k: decode_attr(v, f"{path}.attrs.{k}") for k, v in attrs_doc.items()}
-    ttype = _type(item["type"], f"{path}.type")
+    ttype = _value_type(item["type"], f"{path}.type")
     loc = _loc(item["loc"], f"{path}.loc")
+    regions = [_region(r, f"{path}.regions[{j}]", read_value, body_prefix(prefix, name, j),
+                       depth)
+               for j, r in enumerate(_list(item.get("regions", []), f"{path}.regions"))]
     try:
         node = add_checked_node(graph, _str(item["op"], f"{path}.op"), inputs, attrs, ttype,
-                                name, loc)
+                                name, loc, regions)
     except SerializationError as exc:
         raise SerializationError(f"{path}: {exc.message}") from None
     if node.op in ("variable", "constant"):
-        bind_value(graph, node, read_value(node.name, ttype), copy=False)
+        assert isinstance(ttype, TensorType)  # add_checked_node refuses tuple-typed sources
+        bind_value(graph, node, read_value(prefix + node.name, ttype), copy=False)
 
 
 def _signature(graph: Graph, item: Any, path: str) -> None:
@@ -164,6 +212,13 @@ def decode_attr(value: Any, path: str, depth: int = 0) -> Any:
     raise SerializationError(f"{path}: expected an attribute value (number, string, bool, null, "
                              "{\"tuple\": [...]}, {\"dtype\": name} or {\"float\": "
                              f"\"inf\"|\"-inf\"|\"nan\"}}), got {_short(value)}")
+
+
+def _value_type(item: Any, path: str) -> TensorType | TupleType:
+    if isinstance(item, dict) and set(item) == {"tuple"}:
+        elements = _list(item["tuple"], f"{path}.tuple")
+        return TupleType(tuple(_type(e, f"{path}.tuple[{i}]") for i, e in enumerate(elements)))
+    return _type(item, path)
 
 
 def _type(item: Any, path: str) -> TensorType:

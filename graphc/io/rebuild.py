@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import GraphcError, SerializationError, SourceLoc
-from graphc.ir import SOURCE_OPS, DType, Graph, Node, TensorType
+from graphc.ir import SOURCE_OPS, DType, Graph, Node, Region, TensorType, ValueType
 from graphc.ops import registry
+from graphc.verify import check_region
 
-__all__ = ["NodeError", "add_checked_node", "bind_value", "graph_diff", "graphs_equal"]
+__all__ = ["NodeError", "add_checked_node", "bind_value", "body_prefix", "graph_diff",
+           "graphs_equal", "value_items"]
 
 
 class NodeError(SerializationError):
@@ -42,15 +44,18 @@ def add_checked_node(
     op: str,
     inputs: Sequence[Node],
     attrs: Mapping[str, Any],
-    ttype: TensorType,
+    ttype: ValueType,
     name: str,
     loc: SourceLoc | None,
+    regions: Sequence[Region] = (),
 ) -> Node:
     """Add one node read from a file, after checking that its op accepts it.
 
-    The op must be registered, take this many inputs, and its type rule must infer exactly
-    `ttype` (source ops take no inputs and their recorded type is authoritative). Raises
-    `SerializationError` naming the node; never adds a node that fails a check.
+    The op must be registered, take this many inputs and regions, and its type rule must
+    infer exactly `ttype` (source ops take no inputs and their recorded type is
+    authoritative). Each region must be a well-formed closed body (`verify.check_region`;
+    its nodes were checked as they were read). Raises `SerializationError` naming the node;
+    never adds a node that fails a check.
     """
     where = f"node %{name}"
     opdef = registry.OPS.get(op)
@@ -65,9 +70,17 @@ def add_checked_node(
         frozen = opdef.check_attrs(attrs)
     except GraphcError as exc:
         raise NodeError(f"{where}: {exc.message}", part="attrs") from None
+    if op in SOURCE_OPS and not isinstance(ttype, TensorType):
+        raise NodeError(f"{where}: a {op} has a tensor type, not {ttype}", part="type")
+    for i, region in enumerate(regions):
+        try:
+            check_region(region)
+        except GraphcError as exc:
+            raise NodeError(f"{where}: region {i} ({region.graph.name!r}): {exc.message}",
+                            part="op") from None
     if op not in SOURCE_OPS:
         try:
-            inferred = opdef.infer(tuple(i.type for i in inputs), frozen)
+            inferred = opdef.infer_type(tuple(i.type for i in inputs), frozen, regions)
         except GraphcError as exc:
             raise NodeError(f"{where}: the type rule of {op} rejects it: {exc.message}",
                             part="op") from None
@@ -82,9 +95,29 @@ def add_checked_node(
                 f"{where}: the type rule of {op} infers {inferred}, the file says {ttype}",
                 part="type")
     try:
-        return graph.add_node(op, inputs, frozen, ttype, name=name, loc=loc)
+        return graph.add_node(op, inputs, frozen, ttype, name=name, loc=loc, regions=regions)
     except GraphcError as exc:
         raise NodeError(f"{where}: {exc.message}", part="name") from None
+
+
+def body_prefix(prefix: str, node: Node | str, index: int) -> str:
+    """The value-key prefix of region `index` of `node` in a graph whose keys start with
+    `prefix`: a body constant's value is stored under ``prefix + node@index@ + name``. Node
+    names never contain ``@``, so a key of a body never equals a top-level name."""
+    name = node if isinstance(node, str) else node.name
+    return f"{prefix}{name}@{index}@"
+
+
+def value_items(graph: Graph, prefix: str = "") -> list[tuple[str, Node]]:
+    """(value key, node) of every variable and constant of `graph` and of its bodies, in
+    graph order (a body's after its node): what a file stores values for."""
+    items: list[tuple[str, Node]] = []
+    for n in graph.nodes:
+        if n.op in ("variable", "constant"):
+            items.append((prefix + n.name, n))
+        for i, region in enumerate(n.regions):
+            items.extend(value_items(region.graph, body_prefix(prefix, n, i)))
+    return items
 
 
 def bind_value(graph: Graph, node: Node, value: Any, *, copy: bool) -> None:
@@ -130,6 +163,17 @@ def graph_diff(a: Graph, b: Graph, *, variables: bool = True) -> str | None:
     """
     if a.name != b.name:
         return f"graph names differ: {a.name!r} vs {b.name!r}"
+    found = _nodes_diff(a, b, variables)
+    if found is not None:
+        return found
+    sig_a = [_sig_key(s) for s in a.signatures.values()]
+    sig_b = [_sig_key(s) for s in b.signatures.values()]
+    if sig_a != sig_b:
+        return f"signatures differ: {sig_a} vs {sig_b}"
+    return None
+
+
+def _nodes_diff(a: Graph, b: Graph, variables: bool) -> str | None:
     if len(a.nodes) != len(b.nodes):
         return f"node counts differ: {len(a.nodes)} vs {len(b.nodes)}"
     for x, y in zip(a.nodes, b.nodes):
@@ -153,11 +197,22 @@ def graph_diff(a: Graph, b: Graph, *, variables: bool = True) -> str | None:
                 return f"{x.op} %{x.name}: value missing in one graph"
             if not same_array(u, v):
                 return f"{x.op} %{x.name}: values differ"
-    sig_a = [_sig_key(s) for s in a.signatures.values()]
-    sig_b = [_sig_key(s) for s in b.signatures.values()]
-    if sig_a != sig_b:
-        return f"signatures differ: {sig_a} vs {sig_b}"
+        if len(x.regions) != len(y.regions):
+            return f"node %{x.name}: region counts differ"
+        for i, (r, q) in enumerate(zip(x.regions, y.regions)):
+            found = _region_diff(r, q, variables)
+            if found is not None:
+                return f"node %{x.name}, region {i}: {found}"
     return None
+
+
+def _region_diff(r: Region, q: Region, variables: bool) -> str | None:
+    if r.graph.name != q.graph.name:
+        return f"body names differ: {r.graph.name!r} vs {q.graph.name!r}"
+    for what, u, v in (("params", r.params, q.params), ("results", r.results, q.results)):
+        if [n.name for n in u] != [n.name for n in v]:
+            return f"{what} differ: {[n.name for n in u]} vs {[n.name for n in v]}"
+    return _nodes_diff(r.graph, q.graph, variables)
 
 
 def graphs_equal(a: Graph, b: Graph, *, variables: bool = True) -> bool:

@@ -18,7 +18,7 @@ import re
 from typing import Any
 
 from graphc.errors import SerializationError
-from graphc.ir import DType, TensorType
+from graphc.ir import DType, TensorType, TupleType
 
 __all__ = ["IDENT", "MAX_NESTING", "STRING", "LineCursor"]
 
@@ -207,3 +207,14 @@ class LineCursor:
                     break
                 self.expect(",")
         return TensorType(tuple(dims), _SHORT_DTYPES[word])
+
+    def value_type(self) -> TensorType | TupleType:
+        """A tensor type, or a tuple of them ``(f32[2], i32[])`` (a region op's results)."""
+        if not self.accept("("):
+            return self.tensor_type()
+        elements: list[TensorType] = []
+        while not self.accept(")"):
+            elements.append(self.tensor_type())
+            if not self.accept(",") and not self.text.startswith(")", self.pos):
+                raise self.expected("',' or ')'")
+        return TupleType(tuple(elements))

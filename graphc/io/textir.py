@@ -18,7 +18,22 @@ floats (``1.0``, ``inf``, ``-inf``, ``nan``), ``true``/``false``, ``none``, quot
 (JSON escapes), dtypes (bare ``float32``) and tuples ``(1, 2)``. Constants of at most
 `INLINE_LIMIT` elements carry their value as the attribute ``value`` (nested ``[...]`` lists
 or a scalar); larger constants and all variables get their values from the `values` mapping
-given to `parse_graph`. ``#`` starts a comment.
+given to `parse_graph` (a constant of a body under the key ``node@i@name``, where `node`
+owns the body as its region `i`; see `rebuild.body_prefix`). ``#`` starts a comment.
+
+A region op's line ends with ``{``; each of its bodies follows as a line
+``region "name" (%params) -> (%results)`` and the body's nodes (names are scoped to the
+body, which is closed: it reads only its own nodes), and a line ``}`` ends them. Indentation
+is for the reader only::
+
+    %scan = scan(%w, %h0, %xs) {length=5, num_carry=1, num_consts=1, reverse=false,
+                                unroll=1} : (f32[3], f32[5,3]) {     # (one line)
+      region "scan_body" (%w, %h, %x) -> (%h2, %h2)
+        %w = placeholder : f32[3,3]
+        ...
+        %h2 = tanh(%a) : f32[3]
+    }
+    %h_T = get(%scan) {index=0} : f32[3]
 
 Parsing never evaluates code: it is a small hand-written recursive-descent parser. Each node
 goes through its op's type rule, which must reproduce the printed type. Every error is a
@@ -30,15 +45,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from graphc.errors import GraphcError, SerializationError, SourceLoc
-from graphc.io.rebuild import NodeError, add_checked_node, bind_value, graph_diff, graphs_equal
+from graphc.io.rebuild import (
+    NodeError,
+    add_checked_node,
+    bind_value,
+    body_prefix,
+    graph_diff,
+    graphs_equal,
+    value_items,
+)
 from graphc.io.textcursor import IDENT, STRING, LineCursor
-from graphc.ir import DType, Graph, Node, TensorType
+from graphc.ir import DType, Graph, Node, Region, TensorType, TupleType
+from graphc.verify import MAX_REGION_DEPTH
 
 __all__ = ["INLINE_LIMIT", "format_graph", "graph_diff", "graphs_equal", "parse_graph"]
 
@@ -57,8 +82,23 @@ def format_graph(graph: Graph) -> str:
             pairs = ", ".join(f"%{var.name} <- %{new.name}" for var, new in sig.updates)
             line += f" updates ({pairs})"
         lines.append(line)
-    lines.extend(format_node(node) for node in graph.nodes)
+    _format_nodes(graph, lines, "")
     return "\n".join(lines) + "\n"
+
+
+def _format_nodes(graph: Graph, lines: list[str], indent: str) -> None:
+    """One line per node; a region op's line ends with ``{``, its bodies follow, each
+    after a ``region "name" (%params) -> (%results)`` line, and ``}`` closes them."""
+    for node in graph.nodes:
+        if not node.regions:
+            lines.append(indent + format_node(node))
+            continue
+        lines.append(f"{indent}{format_node(node)} {{")
+        for region in node.regions:
+            lines.append(f"{indent}  region {_quote(region.graph.name)} "
+                         f"({_names(region.params)}) -> ({_names(region.results)})")
+            _format_nodes(region.graph, lines, indent + "    ")
+        lines.append(indent + "}")
 
 
 def format_node(node: Node) -> str:
@@ -134,13 +174,43 @@ def _format_key(key: str) -> str:
 
 # --- parsing ----------------------------------------------------------------------------------
 
+@dataclass
+class _Body:
+    """A body being read: its graph and its header line's params and results."""
+
+    graph: Graph
+    line: LineCursor
+    params: list[tuple[str, int]]
+    results: list[tuple[str, int]]
+
+
+@dataclass
+class _Owner:
+    """A region op whose line has been read and whose bodies are being read; its node is
+    added when ``}`` closes them (its type rule needs them)."""
+
+    line: LineCursor
+    pos: dict[str, int]
+    graph: Graph  # the graph the node goes into
+    prefix: str  # the value-key prefix of that graph
+    op: str
+    inputs: list[Node]
+    attrs: dict[str, Any]
+    ttype: TensorType | TupleType
+    name: str
+    loc: SourceLoc | None
+    bodies: list[_Body] = field(default_factory=list)
+
+
 class _Parser:
-    """Reads lines into a graph; signatures are resolved once every node is known."""
+    """Reads lines into a graph; signatures are resolved once every node is known, a
+    body's params and results once its last line is read."""
 
     def __init__(self, values: Mapping[str, np.ndarray]):
         self.values = values
         self.graph: Graph | None = None
         self.signatures: list[tuple[LineCursor, str, list[Any], list[Any], list[Any]]] = []
+        self.owners: list[_Owner] = []
 
     def parse(self, text: str) -> Graph:
         # Split on "\n" only: str.splitlines() would also split inside strings at U+2028 etc.
@@ -151,20 +221,39 @@ class _Parser:
             if self.graph is None:
                 self.header(line)
             elif line.accept("signature"):
+                if self.owners:
+                    raise line.error("a signature inside a body (bodies have none)", 0)
                 self.signature(line)
+            elif line.accept("region"):
+                self.region(line)
+            elif line.accept("}"):
+                self.close(line)
             else:
                 self.node(line)
             if not line.at_end():
                 raise line.expected("end of line")
         if self.graph is None:
             raise SerializationError('empty text IR: expected a header line `graph "name"`')
+        if self.owners:
+            owner = self.owners[-1]
+            raise owner.line.error(f"the bodies of %{owner.name} are not closed by '}}'", 0)
         self.resolve_signatures(self.graph)
-        unknown = sorted(set(self.values) - {n.name for n in self.graph.nodes
-                                              if n.op in ("variable", "constant")})
+        unknown = sorted(set(self.values) - {key for key, _ in value_items(self.graph)})
         if unknown:
             raise SerializationError(f"values given for names that are not variables or "
                                      f"constants of the graph: {', '.join(unknown)}")
         return self.graph
+
+    def scope(self, line: LineCursor) -> tuple[Graph, str]:
+        """The graph the next node belongs to, and its value-key prefix."""
+        if not self.owners:
+            assert self.graph is not None
+            return self.graph, ""
+        owner = self.owners[-1]
+        if not owner.bodies:
+            raise line.error(f"expected a `region` line starting a body of %{owner.name}", 0)
+        return owner.bodies[-1].graph, body_prefix(owner.prefix, owner.name,
+                                                   len(owner.bodies) - 1)
 
     def header(self, line: LineCursor) -> None:
         if not line.accept("graph"):
@@ -206,8 +295,7 @@ class _Parser:
                 raise line.error(f"signature {name!r}: {exc.message}", 0) from None
 
     def node(self, line: LineCursor) -> None:
-        assert self.graph is not None
-        graph = self.graph
+        graph, prefix = self.scope(line)
         name, name_pos = line.node_ref()
         line.expect("=")
         line.skip()
@@ -229,17 +317,56 @@ class _Parser:
         line.expect(":")
         line.skip()
         pos["type"] = line.pos
-        ttype = line.tensor_type()
+        ttype = line.value_type()
         loc = self.loc(line) if line.accept("loc") else None
+        if line.accept("{"):
+            if len(self.owners) >= MAX_REGION_DEPTH:
+                raise line.error(f"bodies nest deeper than {MAX_REGION_DEPTH} levels", 0)
+            self.owners.append(_Owner(line, pos, graph, prefix, op, inputs, attrs, ttype, name,
+                                      loc))
+            return
         value = attrs.pop("value", None) if op == "constant" else None
+        node = self.add(line, pos, graph, op, inputs, attrs, ttype, name, loc, ())
         try:
-            node = add_checked_node(graph, op, inputs, attrs, ttype, name, loc)
-        except NodeError as exc:
-            raise line.error(exc.message, pos[exc.part]) from None
-        try:
-            self.bind(node, value)
+            self.bind(graph, prefix + name, node, value)
         except SerializationError as exc:
             raise line.error(exc.message, pos["attrs" if value is not None else "type"]) from None
+
+    def add(self, line: LineCursor, pos: dict[str, int], graph: Graph, op: str,
+            inputs: list[Node], attrs: dict[str, Any], ttype: TensorType | TupleType,
+            name: str, loc: SourceLoc | None, regions: Sequence[Region]) -> Node:
+        try:
+            return add_checked_node(graph, op, inputs, attrs, ttype, name, loc, regions)
+        except NodeError as exc:
+            raise line.error(exc.message, pos[exc.part]) from None
+
+    def region(self, line: LineCursor) -> None:
+        if not self.owners:
+            raise line.error("a `region` line outside the bodies of a region op", 0)
+        owner = self.owners[-1]
+        name = line.string("the body's name as a quoted string")
+        line.expect("(")
+        params = line.names(")")
+        line.expect("->")
+        line.expect("(")
+        results = line.names(")")
+        owner.bodies.append(_Body(Graph(name), line, params, results))
+
+    def close(self, line: LineCursor) -> None:
+        if not self.owners:
+            raise line.error("'}' closes no bodies", 0)
+        owner = self.owners.pop()
+        regions = []
+        for body in owner.bodies:
+            def ref(r: tuple[str, int], body: _Body = body) -> Node:
+                if r[0] not in body.graph:
+                    raise body.line.error(f"%{r[0]} is not a node of body "
+                                          f"{body.graph.name!r}", r[1])
+                return body.graph[r[0]]
+            regions.append(Region(body.graph, tuple(ref(r) for r in body.params),
+                                  tuple(ref(r) for r in body.results)))
+        self.add(owner.line, owner.pos, owner.graph, owner.op, owner.inputs, owner.attrs,
+                 owner.ttype, owner.name, owner.loc, regions)
 
     def attrs(self, line: LineCursor) -> dict[str, Any]:
         attrs: dict[str, Any] = {}
@@ -265,20 +392,19 @@ class _Parser:
         line.expect(")")
         return SourceLoc(file, number, func)
 
-    def bind(self, node: Node, inline: Any) -> None:
-        assert self.graph is not None
+    def bind(self, graph: Graph, key: str, node: Node, inline: Any) -> None:
         if inline is not None:
-            bind_value(self.graph, node, _array_of(inline, node.type), copy=False)
-        elif node.name in self.values:
+            bind_value(graph, node, _array_of(inline, node.type), copy=False)  # type: ignore[arg-type]
+        elif key in self.values:
             if node.op not in ("variable", "constant"):
                 raise SerializationError(f"a value is given for %{node.name}, a {node.op}")
-            bind_value(self.graph, node, self.values[node.name], copy=True)
+            bind_value(graph, node, self.values[key], copy=True)
         elif node.op == "variable":
-            bind_value(self.graph, node, np.zeros(node.shape, node.dtype.np), copy=False)
+            bind_value(graph, node, np.zeros(node.shape, node.dtype.np), copy=False)
         elif node.op == "constant":
             raise SerializationError(
                 f"constant %{node.name} ({node.type}) has no value: constants with more than "
-                f"{INLINE_LIMIT} elements take theirs from values={{{node.name!r}: array}}")
+                f"{INLINE_LIMIT} elements take theirs from values={{{key!r}: array}}")
 
 
 def _array_of(value: Any, ttype: TensorType) -> np.ndarray:

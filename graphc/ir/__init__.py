@@ -1,13 +1,15 @@
 """The graph IR: dtypes, tensor types, nodes, graphs and signatures, and what an op is.
 
 A `Graph` is a DAG of immutable `Node`s in SSA form. Each node is one op applied to input
-nodes with hashable attributes and has exactly one output whose `TensorType` is static.
+nodes with hashable attributes and has exactly one output whose `TensorType` is static --
+except region ops (scan, cond, while_loop), which own body graphs (`Region`s) and whose
+`TupleType` of results `get` nodes read.
 The IR imports nothing from the rest of graphc but `errors`; `verify` lives in
 `graphc/verify.py` because it needs the op registry.
 
-    types.py      DType, TensorType, Attrs
-    graph.py      Node, Signature, Graph, OPERATORS (filled by graphc.ops), SOURCE_OPS,
-                  ancestors, normalize_updates, current_graph
+    types.py      DType, TensorType, TupleType, Attrs
+    graph.py      Node, Region, Signature, Graph, OPERATORS (filled by graphc.ops),
+                  SOURCE_OPS, ancestors, normalize_updates, current_graph, target_graph
     variables.py  VariableStore (the live variable arrays of a graph)
     opdef.py      OpDef (type rule, reference, gradient, fusion facts), Fusion, Anchor
 """
@@ -17,17 +19,21 @@ from graphc.ir.graph import (
     SOURCE_OPS,
     Graph,
     Node,
+    Region,
     Signature,
     ancestors,
     checked_signature,
     current_graph,
     normalize_updates,
+    target_graph,
 )
 from graphc.ir.types import (
     Attrs,
     AttrValue,
     DType,
     TensorType,
+    TupleType,
+    ValueType,
     bool_,
     float32,
     float64,

@@ -28,7 +28,7 @@ from graphc.errors import (
     ShapeError,
     SourceLoc,
 )
-from graphc.ir.types import Attrs, DType, TensorType
+from graphc.ir.types import Attrs, DType, TensorType, TupleType
 from graphc.ir.variables import VariableStore
 
 # Filled by graphc.ops.registry: maps a Python operator or Node method name ("add",
@@ -52,17 +52,20 @@ def _operator(name: str, *, reflected: bool = False) -> Callable[..., Node]:
 class Node:
     """One SSA value: `op` applied to `inputs` with `attrs`, producing one tensor of `type`.
 
-    Nodes compare and hash by identity (``==`` builds an `equal` node, like numpy). They are
-    immutable: passes build new nodes instead of editing old ones.
+    A region op (scan, cond, while_loop) also owns `regions`, its body graphs, and its type
+    is a `TupleType` of its results, which `get` nodes read. Nodes compare and hash by
+    identity (``==`` builds an `equal` node, like numpy). They are immutable: passes build
+    new nodes instead of editing old ones.
     """
 
     op: str
     inputs: tuple[Node, ...]
     attrs: Attrs
-    type: TensorType
+    type: TensorType | TupleType
     name: str
     loc: SourceLoc | None
     graph: Graph = field(repr=False)
+    regions: tuple[Region, ...] = field(default=(), repr=False)
 
     # numpy must not treat a Node as an array-like: `ndarray + node` defers to Node.__radd__.
     __array_ufunc__ = None
@@ -149,6 +152,37 @@ class Node:
 SOURCE_OPS = frozenset({"placeholder", "variable", "constant"})
 
 
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A body graph owned by a node (a loop body, a branch), closed like MLIR's
+    isolated-from-above regions and JAX's closed jaxprs.
+
+    `params` are placeholders of `graph`, in the order the owning node binds them (its op
+    says which operands, and loop-carried values, they receive); `results` are nodes of
+    `graph`, the body's outputs. A body reads nothing but its params, its own constants and
+    its own nodes: an outer value it uses is captured when it is traced and passed as an
+    extra operand of the owning node. It has no variables and no signatures. A region is
+    immutable once built, so a pass that keeps its node shares it with the new graph.
+    """
+
+    graph: Graph
+    params: tuple[Node, ...]
+    results: tuple[Node, ...]
+
+    @property
+    def param_types(self) -> tuple[TensorType | TupleType, ...]:
+        return tuple(p.type for p in self.params)
+
+    @property
+    def result_types(self) -> tuple[TensorType | TupleType, ...]:
+        return tuple(r.type for r in self.results)
+
+    def needed_nodes(self) -> list[Node]:
+        """The params and the nodes the results depend on, in graph order."""
+        needed = ancestors([*self.params, *self.results])
+        return [n for n in self.graph.nodes if n in needed]
+
+
 def ancestors(roots: Iterable[Node]) -> set[Node]:
     """`roots` and every node they depend on."""
     seen: set[Node] = set()
@@ -189,6 +223,9 @@ class Graph:
 
     def __init__(self, name: str = "graph"):
         self.name = name
+        # Set while a body is traced (graphc.ops.trace): maps a node of an enclosing graph to
+        # the body's param standing for it, so nodes built in the body may read outer values.
+        self.capture: Callable[[Node], Node] | None = None
         self.nodes: list[Node] = []
         self._by_name: dict[str, Node] = {}
         self._counters: dict[str, int] = {}
@@ -227,11 +264,16 @@ class Graph:
         *,
         name: str | None = None,
         loc: SourceLoc | None = None,
+        regions: Sequence[Region] = (),
     ) -> Node:
-        """Append a node. An explicit `name` must be unused; otherwise one is generated."""
+        """Append a node. An explicit `name` must be unused; otherwise one is generated.
+        While a body is traced, an input of an enclosing graph is replaced by its capture."""
+        inputs = list(inputs)
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Node):
                 raise GraphStructureError(f"input {i} is not a Node: {inp!r}", op=op, loc=loc)
+            if inp.graph is not self and self.capture is not None:
+                inputs[i] = inp = self.capture(inp)
             if inp.graph is not self:
                 raise GraphStructureError(
                     f"input {i} (%{inp.name}) belongs to graph {inp.graph.name!r}, "
@@ -251,7 +293,11 @@ class Graph:
             raise GraphNameError(f"the name {name!r} is already used in graph {self.name!r}",
                                  op=op, loc=loc)
         attrs = attrs if isinstance(attrs, Attrs) else Attrs(attrs)
-        node = Node(op, tuple(inputs), attrs, type, name, loc, self)
+        for region in regions:
+            if not isinstance(region, Region) or region.graph is self:
+                raise GraphStructureError(f"region {region!r} is not a body graph of its own",
+                                          op=op, loc=loc)
+        node = Node(op, tuple(inputs), attrs, type, name, loc, self, tuple(regions))
         self.nodes.append(node)
         self._by_name[name] = node
         return node
@@ -344,6 +390,10 @@ def checked_signature(
             if n.graph is not graph:
                 raise ArgumentError(f"{what}: {kind} %{n.name} belongs to graph "
                                     f"{n.graph.name!r}, not {graph.name!r}")
+    for n in outs:
+        if not isinstance(n.type, TensorType):
+            raise ArgumentError(f"{what}: output %{n.name} has several results {n.type}; "
+                                "give the `get` node of the one to return")
     for n in ins:
         if n.op != "placeholder":
             raise ArgumentError(f"{what}: input %{n.name} is a {n.op}, not a placeholder "
@@ -400,6 +450,15 @@ class _GraphStack(threading.local):
 
 # Per thread, so that two threads can build two graphs at once.
 _GRAPHS = _GraphStack()
+
+
+def target_graph(nodes: Sequence[Node]) -> Graph:
+    """The graph a new node reading `nodes` belongs to: the current graph while a body is
+    traced (the body captures outer values), else the graph of the first node."""
+    stack = _GRAPHS.stack
+    if stack and stack[-1].capture is not None:
+        return stack[-1]
+    return nodes[0].graph if nodes else current_graph()
 
 
 def current_graph() -> Graph:

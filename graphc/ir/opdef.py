@@ -19,6 +19,10 @@ Contracts of the callables:
   of `node` for the upstream gradient `g` (same type as `node`). ``None`` means "no
   gradient flows to this input" (an integer index, a non-differentiable input).
   An op without a grad rule is non-differentiable: all its inputs get zero gradient.
+
+A region op (scan, cond, while_loop: a node owning body graphs) has `region` rules instead,
+which also see the node's `Region`s; its `infer`/`reference`/`grad` fields refuse to be
+called without them. Its result is a `TupleType`, read by `get` nodes.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from graphc.errors import GraphcError
 from graphc.ir.attrs import AttrSpec, check_attrs
-from graphc.ir.graph import Node
-from graphc.ir.types import Attrs, TensorType
+from graphc.ir.graph import Node, Region
+from graphc.ir.types import Attrs, TensorType, TupleType, ValueType
 
 
 class Fusion(enum.Enum):
@@ -49,6 +54,8 @@ class Fusion(enum.Enum):
     REDUCTION = "reduction"  # reduces over axes
     OUT_FUSABLE = "out_fusable"  # matmul/conv: elementwise epilogues fuse into its stores
     OPAQUE = "opaque"  # everything else: its own kernel
+    CONTROL = "control"  # a region op or a `get` of its results: lowered to the ops above
+    #                      (passes/lower_control.py) before fusion, never a kernel
 
     @property
     def inlinable(self) -> bool:
@@ -75,6 +82,35 @@ InferRule = Callable[[Sequence[TensorType], Attrs], TensorType]
 ReferenceRule = Callable[[Sequence[np.ndarray], Attrs], np.ndarray]
 GradRule = Callable[[Node, Node], Sequence["Node | None"]]
 
+# The reference interpreter's callback for region ops: run a body on arrays for its params,
+# returning the arrays of its results (the op layer cannot import the runtime).
+RunBody = Callable[[Region, Sequence[np.ndarray]], list[np.ndarray]]
+# Autodiff's callback for region gradients: ``vjp(ys, cotangents, xs)`` builds, in the graph
+# of `ys`, the cotangents of `xs` (None: disconnected) given those of `ys` (None: zero).
+Vjp = Callable[[Sequence[Node], Sequence["Node | None"], Sequence[Node]], list["Node | None"]]
+
+
+@dataclass(frozen=True)
+class RegionRules:
+    """The rules of a region op: a node owning `count` body graphs.
+
+    - ``infer(types, attrs, regions) -> TupleType``: the result types, after checking the
+      operands against the bodies' params and results (errors name the op's argument, the
+      expected and the received type; the builder adds op and location).
+    - ``evaluate(arrays, attrs, regions, run) -> [array per result]``: numpy semantics,
+      running bodies through `run`.
+    - ``grad(node, cotangents, vjp) -> [Node | None per input]``: the VJP given one
+      cotangent per result (None: zero), built with ops and region ops; `vjp`
+      differentiates bodies. None: the op is not differentiable (autodiff says so).
+    """
+
+    count: int
+    infer: Callable[[Sequence[ValueType], Attrs, Sequence[Region]], TupleType]
+    evaluate: Callable[[Sequence[np.ndarray], Attrs, Sequence[Region], RunBody],
+                       list[np.ndarray]]
+    grad: Callable[[Node, Sequence[Node | None], Vjp], Sequence[Node | None]] | None
+    not_differentiable: str = ""  # why, when grad is None (the error autodiff raises)
+
 
 @dataclass(frozen=True)
 class OpDef:
@@ -97,10 +133,25 @@ class OpDef:
     anchor: Anchor | None = None
     attrs: tuple[AttrSpec, ...] = ()
     overwrites: int | None = None
+    region: RegionRules | None = None
 
     @property
     def differentiable(self) -> bool:
-        return self.grad is not None
+        return self.grad is not None or (self.region is not None and self.region.grad is not None)
+
+    def infer_type(self, types: Sequence[ValueType], attrs: Attrs,
+                   regions: Sequence[Region] = ()) -> ValueType:
+        """The node's type: `infer`, or the region rules' for a region op, after checking
+        that the node owns as many regions as the op takes (a GraphcError otherwise)."""
+        count = 0 if self.region is None else self.region.count
+        if len(regions) != count:
+            raise GraphcError(f"expected {count} region(s), got {len(regions)}")
+        if self.region is not None:
+            return self.region.infer(types, attrs, regions)
+        if self.fusion != Fusion.CONTROL and any(isinstance(t, TupleType) for t in types):
+            raise GraphcError("an operand has several results (a tuple type); only `get` "
+                              "reads such a value")
+        return self.infer(types, attrs)  # type: ignore[arg-type]
 
     def check_attrs(self, attrs: Mapping[str, Any]) -> Attrs:
         """`attrs` checked against `self.attrs` and normalized (defaults filled in); an

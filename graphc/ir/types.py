@@ -112,6 +112,53 @@ class TensorType:
         return f"{self.dtype.short}[{','.join(str(d) for d in self.shape)}]"
 
 
+@dataclass(frozen=True)
+class TupleType:
+    """The type of a node with several results: a region op (``scan``, ``cond``,
+    ``while_loop``). Printed as ``(f32[4], f32[10,4])``.
+
+    As in XLA's HLO (tuple-shaped ``while``/``conditional`` read by ``get-tuple-element``),
+    such a node is read only by ``get`` nodes, one per result used; every other node has a
+    `TensorType`. `shape` and `dtype` raise, so code that assumes a tensor fails clearly.
+    """
+
+    elements: tuple[TensorType, ...]
+
+    def __post_init__(self) -> None:
+        elements = tuple(self.elements)
+        if not all(isinstance(e, TensorType) for e in elements):
+            raise GraphcError(f"tuple elements must be tensor types, got {elements!r}")
+        object.__setattr__(self, "elements", elements)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        raise GraphcError(f"a value of type {self} has several results and no shape; "
+                          "read one with a `get` node")
+
+    @property
+    def dtype(self) -> DType:
+        raise GraphcError(f"a value of type {self} has several results and no dtype; "
+                          "read one with a `get` node")
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.elements)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.elements)
+
+    def __len__(self) -> int:
+        return len(self.elements)
+
+    def __str__(self) -> str:
+        inner = ", ".join(str(e) for e in self.elements)
+        return f"({inner},)" if len(self.elements) == 1 else f"({inner})"
+
+
+ValueType = TensorType | TupleType
+
+
 AttrValue = Any  # int | float | bool | str | None | DType | tuple[AttrValue, ...]
 
 
