@@ -38,6 +38,7 @@ from graphc.nn.transformer import (
     PositionalEmbedding,
     TransformerEncoderLayer,
     make_norm,
+    run_sublayer,
 )
 from graphc.ops import layout, linalg, slicing
 
@@ -185,13 +186,7 @@ class GPT(KeywordInputsLayer):
         return call
 
     def _run(self, short: str, x: Node, training: bool, **kwargs: Any) -> Node:
-        layer = self.sublayers.get(short)
-        if layer is None:
-            return x
-        y = layer(x, training=training, **kwargs)
-        if training or kwargs.get("cache") is not None:
-            self.state_updates.update(layer.state_updates)
-        return y
+        return run_sublayer(self, self.sublayers, short, x, training, **kwargs)
 
     def forward(self, inputs: GPTInputs | Node, training: bool, scope: Scope | None) -> Node:
         call = self._call(inputs)

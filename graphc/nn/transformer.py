@@ -89,6 +89,21 @@ def _check_int(owner: str, name: str, value: Any) -> int:
     return value
 
 
+def run_sublayer(owner: Layer, sublayers: dict[str, Layer], short: str, x: Node,
+                 training: bool, **kwargs: Any) -> Node:
+    """Call sublayer `short` of `owner` (absent ones, like Dropouts at rate 0, are the
+    identity), collecting its state updates into the owner's."""
+    layer = sublayers.get(short)
+    if layer is None:
+        return x
+    y = layer(x, training=training, **kwargs)
+    # A layer's state_updates are its last training (or cached) call's: collect them only
+    # from such a call, never stale ones.
+    if training or kwargs.get("cache") is not None:
+        owner.state_updates.update(layer.state_updates)
+    return y
+
+
 class _Block(KeywordInputsLayer):
     """A layer made of named sublayers (``<name>/<short>``), built at the first call; the
     encoder's and decoder's shared options, checks and residual plumbing."""
@@ -176,16 +191,7 @@ class _Block(KeywordInputsLayer):
                                                 name=self._path(short))
 
     def _run(self, short: str, x: Node, training: bool, **kwargs: Any) -> Node:
-        """Call sublayer `short` (Dropouts absent at rate 0 are the identity)."""
-        layer = self.sublayers.get(short)
-        if layer is None:
-            return x
-        y = layer(x, training=training, **kwargs)
-        # A layer's state_updates are its last training (or cached) call's: collect them
-        # only from such a call, never stale ones.
-        if training or kwargs.get("cache") is not None:
-            self.state_updates.update(layer.state_updates)
-        return y
+        return run_sublayer(self, self.sublayers, short, x, training, **kwargs)
 
     def _ffn(self, training: bool) -> Block:
         """linear2(dropout(activation(linear1(h)))) as a block on the (B·T, D) stream."""

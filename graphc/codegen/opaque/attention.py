@@ -143,6 +143,18 @@ def static_cases(b: ir.IRBuilder, value: ir.Value, cases: list[int],
     b.position_at_end(done)
 
 
+def task_scratch(c: KernelContext, start: ir.Value, split: tuple[int, int] | None,
+                 per_task: int) -> ir.Value:
+    """The scratch of the task whose range starts at `start` (`split_plan`'s chunks: task
+    start // chunk owns bytes [task · per_task, (task + 1) · per_task))."""
+    assert c.scratch is not None
+    if split is None:
+        return c.scratch
+    b = c.b
+    return b.gep(c.scratch, [b.mul(b.udiv(start, i64(split[0])), i64(per_task))],
+                 inbounds=True, source_etype=ir.IntType(8))
+
+
 def i64(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
 
@@ -312,11 +324,7 @@ def emit_forward(ctx: KernelContext) -> None:
 
     def task(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
-        assert c.scratch is not None
-        mine = c.scratch
-        if split is not None:
-            mine = b.gep(c.scratch, [b.mul(b.udiv(start, i64(split[0])), i64(per_task))],
-                         inbounds=True, source_etype=ir.IntType(8))
+        mine = task_scratch(c, start, split, per_task)
         tile = mine
         stats = b.gep(mine, [i64(tile_bytes)], inbounds=True, source_etype=ir.IntType(8))
         gemm_scratch = b.gep(mine, [i64(tile_bytes + stats_bytes)], inbounds=True,

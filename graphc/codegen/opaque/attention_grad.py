@@ -38,6 +38,7 @@ from graphc.codegen.opaque.attention import (
     row_vectors,
     score_epilogue,
     static_cases,
+    task_scratch,
 )
 from graphc.codegen.opaque.attention import _aligned as aligned
 from graphc.codegen.opaque.attention import _zero as zero
@@ -108,11 +109,7 @@ def emit(ctx: KernelContext) -> None:
 
     def task(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
-        assert c.scratch is not None
-        mine = c.scratch
-        if split is not None:
-            mine = b.gep(c.scratch, [b.mul(b.udiv(start, i64(split[0])), i64(per_task))],
-                         inbounds=True, source_etype=ir.IntType(8))
+        mine = task_scratch(c, start, split, per_task)
 
         def region(offset: int) -> ir.Value:
             return b.gep(mine, [i64(offset)], inbounds=True, source_etype=ir.IntType(8))
