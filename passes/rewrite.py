@@ -190,9 +190,16 @@ class Rebuilder:
         return self._offer(Pending(op, tuple(inputs), frozen, ttype,
                                    name or self.fresh_name(op), at.loc))
 
-    def constant(self, value: np.ndarray, *, at: Pending, name: str | None = None) -> Node:
-        """A new constant holding `value` (made read-only), located at `at`."""
-        array = np.array(value, order="C", copy=True)
+    def constant(self, value: np.ndarray, *, at: Pending, name: str | None = None,
+                 copy: bool = True) -> Node:
+        """A new constant holding `value` (made read-only), located at `at`. With
+        ``copy=False`` a C-contiguous array the caller hands over (a freshly computed one,
+        nobody else holds) is kept as it is: a pass computing tens of megabytes of
+        constants (Winograd's transformed weights) need not copy them again."""
+        if copy or not (isinstance(value, np.ndarray) and value.flags.c_contiguous):
+            array = np.array(value, order="C", copy=True)
+        else:
+            array = value
         array.flags.writeable = False
         ttype = TensorType(array.shape, DType.of(array.dtype))
         return self._offer(Pending("constant", (), Attrs(), ttype,

@@ -121,7 +121,11 @@ def _check_supported(proto: Any, opset: int, origin: str) -> None:
 
 
 def _initializer(ctx: Context, tensor: Any, trainable: bool, folder: Any) -> Value:
-    array = tensor_array(tensor, f"initializer '{tensor.name}'", folder)
+    # A trainable float initializer becomes a variable, which training writes: it gets its
+    # own copy; everything else becomes a constant, which may view the model's bytes.
+    what = f"initializer '{tensor.name}'"
+    floating = graphc_dtype(tensor.data_type, what).is_float
+    array = tensor_array(tensor, what, folder, copy=floating and trainable)
     if array.dtype.kind == "f" and trainable:
         return gb.variable(array, name=ctx.unique_name(tensor.name), trainable=True)
     # A value known at import: used as a constant, folded with what else is known

@@ -174,8 +174,11 @@ def numpy_dtype_ok(array: np.ndarray) -> bool:
     return array.dtype.type in (np.float32, np.float64, np.int32, np.int64, np.bool_)
 
 
-def tensor_array(tensor: Any, what: str, folder: Path | None = None) -> np.ndarray:
-    """A TensorProto as a numpy array of a graphc dtype (a copy the caller owns). External
+def tensor_array(tensor: Any, what: str, folder: Path | None = None,
+                 copy: bool = True) -> np.ndarray:
+    """A TensorProto as a numpy array of a graphc dtype: a copy the caller owns, or with
+    ``copy=False`` possibly a read-only view of the tensor's bytes (for values that become
+    constants: copying a model's weights again was a third of a cached import). External
     data is read from a regular file inside `folder` (the model's), bounded by the size
     the tensor's shape implies."""
     onnx = require_onnx()
@@ -196,6 +199,9 @@ def tensor_array(tensor: Any, what: str, folder: Path | None = None) -> np.ndarr
     if array.size != count:
         raise OnnxError(f"{what}: {array.size} values for shape {tuple(tensor.dims)}")
     dtype = NUMPY_DTYPES[graphc_dtype(tensor.data_type, what)]
+    if not copy and array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned:
+        array.flags.writeable = False
+        return array
     return np.array(array, dtype=dtype, copy=True)
 
 
