@@ -325,7 +325,14 @@ def test_mha_gradients_check_in_float64() -> None:
         h = self_attn(x)
         return fused_cross(cross(h, c, padding_mask=keep), h, mask=np.triu(np.ones((3, 3))))
 
-    gc.check_grad(fn, [rand(2, 3, 4), rand(2, 4, 3)]).assert_ok(1e-6)
+    # The data are this test's own (not the module's shared stream, which would make the
+    # result depend on which tests ran before). The context reaches the output through
+    # two attentions and a padding mask, so its directional derivatives are ~1e-5: the
+    # floor judges derivatives that small by their absolute error (~1e-10 here) instead
+    # of dividing finite-difference noise by them.
+    rng = np.random.default_rng(11)
+    args = [rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 3))]
+    gc.check_grad(fn, args, floor=1e-3).assert_ok(1e-6)
 
 
 def test_encoder_layer_gradients_check_in_float64() -> None:
