@@ -23,6 +23,7 @@ from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, GradRule, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import (
+    BF16,
     FLOATS,
     NUMERIC,
     as_node,
@@ -93,7 +94,8 @@ def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
         return result.reshape(reduced_shape(x.shape, axes, attrs["keepdims"]))
 
     op = OpDef(name, "reduce", 1, _reduce_infer(NUMERIC, nonempty), reference,
-               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION, attrs=AXES_ATTRS)
+               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION, attrs=AXES_ATTRS,
+               lowp=BF16)
     OPS.append(op)
     return op
 
