@@ -20,7 +20,7 @@ from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
-from graphc.ops.common import NUMERIC, check_dtype, same_dtype
+from graphc.ops.common import BF16, NUMERIC, check_dtype, same_dtype
 from graphc.ops.layout import reshape
 
 __all__ = ["linear", "matmul"]
@@ -77,7 +77,10 @@ def _matmul_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
     _check_inner(a, b, ta, tb)
     m = a.shape[-1] if ta else a.shape[-2]
     n = b.shape[-2] if tb else b.shape[-1]
-    return TensorType((*_batch_shape(a, b), m, n), dtype)
+    # bf16 operands accumulate in float32 and return it (JAX's preferred_element_type,
+    # oneDNN's f32 destination); cast the result for a bf16 one: that rounds once.
+    out = DType.float32 if dtype == DType.bfloat16 else dtype
+    return TensorType((*_batch_shape(a, b), m, n), out)
 
 
 def _matmul_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
@@ -98,6 +101,10 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
     """
     a, b = n.inputs
     ta, tb = bool(n.attrs.get("transpose_a", False)), bool(n.attrs.get("transpose_b", False))
+    if a.dtype == DType.bfloat16:
+        # bf16 backward GEMMs: the float32 cotangent rounded to bf16, the products rounded
+        # to the operands' dtype (each cotangent has its operand's type).
+        g = _elementwise.cast(g, DType.bfloat16)
     if not ta and not tb:
         ga, gb = _prim(g, b, False, True), _prim(a, g, True, False)
     elif not ta and tb:
@@ -106,16 +113,19 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
         ga, gb = _prim(b, g, False, True), _prim(a, g, False, False)
     else:
         ga, gb = _prim(b, g, True, True), _prim(g, a, True, True)
+    if a.dtype == DType.bfloat16:
+        ga, gb = _elementwise.cast(ga, a.dtype), _elementwise.cast(gb, b.dtype)
     return [_elementwise.unbroadcast(ga, a.shape), _elementwise.unbroadcast(gb, b.shape)]
 
 
 MATMUL = OpDef(
     "matmul", "linalg", 2, _matmul_infer, _matmul_reference, Fusion.OUT_FUSABLE, _matmul_grad,
-    anchor=Anchor.MATMUL,
+    anchor=Anchor.MATMUL, lowp=BF16,
     attrs=(AttrSpec("transpose_a", Kind.BOOL, default=False),
            AttrSpec("transpose_b", Kind.BOOL, default=False)),
     doc="batched matrix product of rank>=2 operands (batch dims broadcast); transpose_a/"
-        "transpose_b use an operand transposed in its last two axes",
+        "transpose_b use an operand transposed in its last two axes; bf16 operands give "
+        "a float32 result",
 )
 OPS.append(MATMUL)
 
