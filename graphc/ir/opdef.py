@@ -176,12 +176,13 @@ class OpDef:
         """`reference` with bf16 semantics: bf16 operands (uint16 bit patterns) widened to
         float32, a bf16 result rounded to nearest-even from the float32 the reference
         computes (`graphc.ir.bf16`). Everything else passes through unchanged."""
-        args = [from_bfloat16(a) if a.dtype == _BF16_BITS and DType.bfloat16 in self.lowp
-                else a
-                for a in (np.asarray(x) for x in arrays)]
-        # (only ops that accept bf16 get its bit patterns: no other type is stored as uint16)
-        value = np.asarray(self.reference(args, attrs))
-        if result.dtype == DType.bfloat16 and value.dtype != _BF16_BITS:
+        # (only ops that accept bf16 get its bit patterns: no other type is stored as uint16;
+        # a `get` reads a region op's list of arrays, passed through as is)
+        widen = DType.bfloat16 in self.lowp
+        args = [from_bfloat16(a) if widen and isinstance(a, np.ndarray) and a.dtype == _BF16_BITS
+                else a for a in arrays]
+        value = self.reference(args, attrs)
+        if result.dtype == DType.bfloat16 and np.asarray(value).dtype != _BF16_BITS:
             return to_bfloat16(value)
         return value
 
