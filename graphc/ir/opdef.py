@@ -139,7 +139,7 @@ class OpDef:
     region: RegionRules | None = None
     lowp: frozenset[DType] = frozenset()
 
-    def check_lowp(self, types: Sequence[ValueType], result: ValueType) -> None:
+    def check_lowp(self, types: Sequence[ValueType], result: ValueType | None) -> None:
         """Refuse a low-precision operand or result the op does not declare in `lowp`.
 
         bf16, int8 and uint8 reach only ops whose references, lowerings and gradients handle
@@ -167,8 +167,9 @@ class OpDef:
         if self.fusion != Fusion.CONTROL and any(isinstance(t, TupleType) for t in types):
             raise GraphcError("an operand has several results (a tuple type); only `get` "
                               "reads such a value")
+        self.check_lowp(types, None)  # before the type rule: its message is the clearer
         result = self.infer(types, attrs)  # type: ignore[arg-type]
-        self.check_lowp(types, result)
+        self.check_lowp((), result)
         return result
 
     def evaluate_reference(self, arrays: Sequence[np.ndarray], attrs: Attrs,
