@@ -189,3 +189,20 @@ def test_low_precision_values_survive_save_and_load(tmp_path) -> None:
     assert g2.variables["w"].dtype == np.int8
     assert np.array_equal(g2.constants["c"], gc.to_bfloat16([0.1, 2.5, -7.0]))
     assert "bf16[3]" in gc.format_graph(g2)
+
+
+def test_exported_library_declares_low_precision_ports(tmp_path) -> None:
+    with gc.Graph("lowpexp") as g:
+        a = gc.placeholder((4, 8), gc.uint8, name="a")
+        b = gc.variable(np.ones((8, 3), np.int8), name="b", trainable=False)
+        x = gc.placeholder((4, 3), gc.bfloat16, name="x")
+        y = gc.cast(gc.cast(gc.matmul_integer(a, b), gc.float32) + gc.cast(x, gc.float32),
+                    gc.bfloat16)
+    gc.export(g, tmp_path / "liblowp.so", inputs=[a, x], outputs=[y])
+    header = (tmp_path / "lowp.h").read_text()
+    assert "const uint8_t *in_a" in header and "const uint16_t *in_x" in header
+    lib = gc.runtime.load(tmp_path / "liblowp.so")
+    av = np.arange(32, dtype=np.uint8).reshape(4, 8)
+    (got,) = lib(av, gc.to_bfloat16(np.zeros((4, 3))))
+    np.testing.assert_array_equal(gc.from_bfloat16(got), np.repeat(av.sum(1, keepdims=True)
+                                                                  .astype(np.float32), 3, 1))
