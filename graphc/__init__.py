@@ -32,11 +32,16 @@ from graphc.ir import (
     Node,
     Signature,
     TensorType,
+    bfloat16,
     bool_,
     float32,
     float64,
+    from_bfloat16,
+    int8,
     int32,
     int64,
+    to_bfloat16,
+    uint8,
 )
 from graphc.ops import registry as _registry  # fills the operator table of Node
 from graphc.ops.attention import *

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, GraphStructureError, ShapeError, SourceLoc
-from graphc.ir import DType, Graph, Node, Region, TensorType, current_graph, target_graph
+from graphc.ir import (
+    DType,
+    Graph,
+    Node,
+    Region,
+    TensorType,
+    current_graph,
+    target_graph,
+    to_bfloat16,
+)
 from graphc.ir.opdef import OpDef
 
 _GRAPHC_DIR = Path(__file__).resolve().parent
@@ -117,6 +126,9 @@ def _to_array(
         raise GraphStructureError(f"expected a value, got node %{value.name}", op=what, loc=loc)
     try:
         target = None if dtype is None else DType.of(dtype).np
+        if dtype is not None and DType.of(dtype) == DType.bfloat16 and not (
+                isinstance(value, np.ndarray) and value.dtype == np.uint16):
+            value = to_bfloat16(value)  # numbers given for a bf16 value: round them
         array = np.array(value, dtype=target, copy=True, order="C")
     except (TypeError, ValueError) as exc:
         raise DTypeError(f"cannot convert {type(value).__name__} to an array: {exc}",

@@ -46,6 +46,9 @@ class CompileOptions:
       conv_algorithm   how convolutions are computed: "gemm" (im2col into the packed
                        GEMM), "direct" (register-blocked direct kernels) or "auto" (per
                        layer, by size: `graphc.codegen.conv.im2col.choose`).
+      disable_features CPU features the generated code must not use although the host
+                       has them (LLVM names: "avx512bf16", "avx512vnni"): code for an older
+                       CPU of the family, which runs the fallback kernels.
     """
 
     pipeline: str | None = None
@@ -62,10 +65,12 @@ class CompileOptions:
     threads: int | None = None
     profile: bool = False
     conv_algorithm: str = "auto"
+    disable_features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Accept any iterable of names (a list from argparse) but store a hashable tuple.
         object.__setattr__(self, "print_after", tuple(self.print_after))
+        object.__setattr__(self, "disable_features", tuple(self.disable_features))
         if self.max_iterations < 1:
             raise GraphcError(f"max_iterations must be >= 1, got {self.max_iterations}")
         if self.fold_max_elements < 0:

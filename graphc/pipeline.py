@@ -102,7 +102,8 @@ def lower(graph: Graph, signature: Signature, options: CompileOptions, until: st
     `entry` names the module's entry-point symbol (exported libraries prefix it with the
     library's name so that two libraries can live in one process).
     """
-    state = Lowered(graph, signature, options, CodegenSettings.of(options), host_target(), entry)
+    target = host_target().without(options.disable_features)
+    state = Lowered(graph, signature, options, CodegenSettings.of(options), target, entry)
     return advance(state, until)
 
 

@@ -122,7 +122,7 @@ def _static_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
         args = [run(i) for i in n.inputs]
         if any(a is None for a in args):
             return None
-        memo[n] = registry.get(n.op).reference(args, n.attrs)
+        memo[n] = registry.get(n.op).evaluate_reference(args, n.attrs, n.type)
         return memo[n]
 
     return run(node)

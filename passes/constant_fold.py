@@ -54,7 +54,7 @@ def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
         return None
     try:
         with np.errstate(all="ignore"):  # inf/nan are folded as the runtime computes them
-            result = np.asarray(op.reference(values, p.attrs))
+            result = np.asarray(op.evaluate_reference(values, p.attrs, p.type))
     except GraphcError:
         return None
     if result.shape != p.shape:

@@ -34,7 +34,7 @@ the innermost axis of its output (a bias gradient's column sum), which then also
 
 from __future__ import annotations
 
-from graphc.ir import SOURCE_OPS, Graph, Node, Signature
+from graphc.ir import SOURCE_OPS, DType, Graph, Node, Signature
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import registry
 
@@ -53,6 +53,15 @@ MAX_INLINE_OPERANDS = 4
 
 def _op(n: Node) -> OpDef:
     return registry.OPS[n.op]
+
+
+def _stores_once(anchor: Node) -> bool:
+    """Whether the anchor is a GEMM of low-precision operands (bf16, uint8 x int8): their
+    kernels keep each sum in registers over the whole K and store it once, through the
+    epilogue, so the epilogue may change the dtype (dequantize int32 to float32, round
+    float32 to bf16); float GEMMs may store partial sums of K blocks into the output."""
+    return (_op(anchor).anchor == Anchor.MATMUL
+            and anchor.inputs[0].dtype in (DType.bfloat16, DType.uint8))
 
 
 def _inlinable(n: Node) -> bool:
@@ -132,7 +141,8 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
                 reason = f"kernel {k.name} reached the size cap ({max_kernel_nodes} nodes)"
             elif _op(n).anchor is not None:
                 ok = (k.kind == KernelKind.ELEMENTWISE and u in spine and _op(u).fusion.pointwise
-                      and n.shape == u.shape == k.root.shape and n.dtype == k.root.dtype)
+                      and n.shape == u.shape == k.root.shape
+                      and (n.dtype == k.root.dtype or _stores_once(n)))
                 if ok:
                     k.kind = KernelKind.of_anchor(_op(n).anchor)
                     k.anchor = n
@@ -141,7 +151,8 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
                     spine.add(n)
                     continue
                 reason = (f"{n.op} is expensive and is fused only into an elementwise "
-                          "epilogue of its own shape and dtype")
+                          "epilogue of its own shape and dtype (any dtype for a "
+                          "low-precision GEMM)")
             elif not _inlinable(n):
                 reason = f"{n.op} has its own kernel"
             elif not _evaluates_by_index(u) or (u is k.anchor

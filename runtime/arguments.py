@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from graphc.errors import ArgumentError
-from graphc.ir import Graph, Node, Signature, TensorType, checked_signature
+from graphc.ir import DType, Graph, Node, Signature, TensorType, checked_signature
 
 
 class TensorSpec(Protocol):
@@ -60,6 +60,9 @@ def check_array(node: TensorSpec, value: Any, what: str) -> np.ndarray:
         array = np.asarray(value)
     except Exception as exc:
         raise ArgumentError(f"{what}: input {node.name!r} is not array-like ({exc})") from None
+    if array.dtype.name == "bfloat16" and array.dtype.itemsize == 2 \
+            and want.dtype == DType.bfloat16:
+        array = array.view(np.uint16)  # ml_dtypes' bfloat16: the same bits
     if array.dtype == object or array.dtype.kind not in "biuf":
         raise ArgumentError(
             f"{what}: input {node.name!r} expected {want}, got an array of {array.dtype}"
@@ -70,6 +73,10 @@ def check_array(node: TensorSpec, value: Any, what: str) -> np.ndarray:
             f"got {array.shape}"
         )
     target = want.dtype.np
+    if array.dtype != target and want.dtype == DType.bfloat16:
+        raise ArgumentError(
+            f"{what}: input {node.name!r} expected {want} (bf16 bit patterns as uint16), "
+            f"got {array.dtype}; convert it with gc.to_bfloat16(x)")
     if array.dtype != target:
         # Integer arrays convert when every value fits (labels often arrive as int64);
         # anything else must be converted by the caller, so no precision is lost silently.

@@ -38,6 +38,7 @@ _SHN_XINDEX = 0xFFFF
 # changing a code changes ABI_VERSION.
 DTYPE_CODES: dict[DType, int] = {
     DType.float32: 1, DType.float64: 2, DType.int32: 3, DType.int64: 4, DType.bool: 5,
+    DType.bfloat16: 6, DType.int8: 7, DType.uint8: 8,
 }
 PORT_KINDS: tuple[str, ...] = ("input", "output", "variable")
 

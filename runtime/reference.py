@@ -61,7 +61,7 @@ def _evaluate_node(node: Node, values: Mapping[Node, Any]) -> Any:
             if op.region is not None:
                 return _checked(node, op.region.evaluate(args, node.attrs, node.regions,
                                                          run_body))
-            value = op.reference(args, node.attrs)
+            value = op.evaluate_reference(args, node.attrs, node.type)
     except GraphcError as exc:
         raise exc.with_context(op=node.op, loc=node.loc) from None
     except (IndexError, ValueError) as exc:

@@ -62,7 +62,8 @@ def test_anchors_are_exactly_the_ops_fusion_treats_as_anchors() -> None:
     anchored = {op.name: op.anchor for op in registry.OPS.values() if op.anchor is not None}
     assert anchored == {"sum": Anchor.REDUCTION, "max": Anchor.REDUCTION,
                         "min": Anchor.REDUCTION, "prod": Anchor.REDUCTION,
-                        "matmul": Anchor.MATMUL, "conv2d": Anchor.CONV}
+                        "matmul": Anchor.MATMUL, "matmul_integer": Anchor.MATMUL,
+                        "conv2d": Anchor.CONV}
 
 
 @pytest.mark.parametrize("module", [fuse, kernels, multi_output, column_sums],

@@ -40,7 +40,7 @@ def test_ops_are_registered_with_their_fusion_kinds_and_exports() -> None:
                      "take_along_axis_grad": Fusion.OPAQUE}
     assert all(registry.OPS[n].differentiable for n in kinds)
     assert set(gather.__all__) == {"take", "take_along_axis", "one_hot"}
-    assert linalg.__all__ == ["linear", "matmul"]
+    assert linalg.__all__ == ["linear", "matmul", "matmul_integer"]
     assert gc.take is gather.take and gc.matmul is linalg.matmul
     assert not hasattr(gc, "getitem")
 

@@ -20,7 +20,7 @@ from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I32, storage_type
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
-from graphc.ir import Node
+from graphc.ir import DType, Node
 from graphc.passes.kernels import FusedProgram, Kernel, KernelKind
 
 # Scratch bytes a kernel needs: (kernel, target, threads, CompileOptions.conv_algorithm).
@@ -62,7 +62,8 @@ class KernelContext:
                 existing.global_constant = True
                 py = value.item()
                 existing.initializer = ir.Constant(
-                    st, float(py) if node.dtype.is_float else int(py))
+                    st, float(py) if node.dtype.is_float and node.dtype != DType.bfloat16
+                    else int(py))
             return existing
         raise CompileError(f"kernel {self.kernel.name}: no buffer for %{node.name}")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
+from graphc.codegen import bf16
 from graphc.codegen.llvm_types import (
     I1,
     I8,
@@ -203,6 +204,8 @@ def _is_zero(v: ir.Value) -> bool:
 
 
 def _to_compute(b: ir.IRBuilder, v: ir.Value, dtype: DType) -> ir.Value:
+    if dtype == DType.bfloat16:
+        return bf16.widen(b, v)
     if dtype != DType.bool:
         return v
     zero = ir.Constant(v.type, None)
@@ -210,6 +213,8 @@ def _to_compute(b: ir.IRBuilder, v: ir.Value, dtype: DType) -> ir.Value:
 
 
 def _to_storage(b: ir.IRBuilder, v: ir.Value, dtype: DType) -> ir.Value:
+    if dtype == DType.bfloat16:
+        return bf16.narrow(b, v)
     if dtype != DType.bool:
         return v
     lanes = v.type.count if isinstance(v.type, ir.VectorType) else 1

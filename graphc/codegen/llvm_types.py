@@ -1,7 +1,9 @@
 """LLVM types and constants for graphc dtypes.
 
-Booleans are stored as one byte (numpy's layout) and computed as `i1`; `load`/`store`
-helpers in `codegen.memory` convert between the two.
+Booleans are stored as one byte (numpy's layout) and computed as `i1`; bfloat16 is stored as
+`i16` bit patterns and computed as `float` (`codegen.bf16` converts); int8 and uint8 are `i8`
+(signedness is the dtype's, not the type's). The `load`/`store` helpers of
+`codegen.index` convert between storage and compute types.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ import functools
 
 import llvmlite.ir as ir
 
-from graphc.ir import DType
+from graphc.ir import DType, from_bfloat16, to_bfloat16
 
 I1 = ir.IntType(1)
 I8 = ir.IntType(8)
+I16 = ir.IntType(16)
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 F32 = ir.FloatType()
@@ -27,8 +30,28 @@ _COMPUTE = {
     DType.int32: I32,
     DType.int64: I64,
     DType.bool: I1,
+    DType.bfloat16: F32,
+    DType.int8: I8,
+    DType.uint8: I8,
 }
-_STORAGE = {**_COMPUTE, DType.bool: I8}
+_STORAGE = {**_COMPUTE, DType.bool: I8, DType.bfloat16: I16}
+
+
+class BFloatType(ir.Type):
+    """LLVM's `bfloat` (llvmlite has no class for it): the operand type of the AVX512_BF16
+    intrinsics and of `fptrunc`, which selects `vcvtneps2bf16`. Never a storage type."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BFloatType)
+
+    def __hash__(self) -> int:
+        return hash(BFloatType)
+
+
+BF16 = BFloatType()
 
 
 def compute_type(dtype: DType, lanes: int = 1) -> ir.Type:
@@ -46,7 +69,9 @@ def storage_type(dtype: DType, lanes: int = 1) -> ir.Type:
 def const(dtype: DType, value: float | int | bool, lanes: int = 1) -> ir.Constant:
     """A scalar constant, or a splat vector constant when lanes > 1."""
     t = _COMPUTE[dtype]
-    if dtype.is_float:
+    if dtype == DType.bfloat16:  # a bf16 value: the float rounded as storing it would
+        c = ir.Constant(t, float(from_bfloat16(to_bfloat16(float(value)))))
+    elif dtype.is_float:
         c = ir.Constant(t, float(value))
     elif dtype == DType.bool:
         c = ir.Constant(t, int(bool(value)))
@@ -79,6 +104,8 @@ def mangle(t: ir.Type) -> str:
         return "f32"
     if isinstance(t, ir.DoubleType):
         return "f64"
+    if isinstance(t, BFloatType):
+        return "bf16"
     if isinstance(t, ir.IntType):
         return f"i{t.width}"
     if isinstance(t, ir.PointerType):

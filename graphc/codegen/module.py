@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen import lowering
+from graphc.codegen import bf16, lowering
 from graphc.codegen.context import KernelContext
 from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.codegen.target import Target
@@ -108,6 +108,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     program = plan.program
     module = ir.Module(name=name)
     module.triple = target.triple
+    bf16.set_native(module, target.has("avx512bf16"))
     layout = arena_layout(plan, target, threads, conv)
     table = list(layout.table)
     scratch_of, checks = layout.scratch, layout.checks

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llvmlite.binding as llvm
 
@@ -24,6 +24,14 @@ class Target:
     def lanes(self, itemsize: int) -> int:
         """Vector lanes for elements of `itemsize` bytes (16 float32 lanes with AVX-512)."""
         return max(1, self.vector_bits // (8 * itemsize))
+
+    def without(self, features: tuple[str, ...]) -> Target:
+        """This target with `features` (LLVM names, no sign) turned off."""
+        if not features:
+            return self
+        off = set(features)
+        flags = [f"-{f[1:]}" if f[1:] in off else f for f in self.features.split(",")]
+        return replace(self, features=",".join(flags))
 
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")

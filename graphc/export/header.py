@@ -22,6 +22,9 @@ CTYPES: dict[DType, str] = {
     DType.int32: "int32_t",
     DType.int64: "int64_t",
     DType.bool: "uint8_t",  # numpy's bool: one byte, 0 or 1
+    DType.bfloat16: "uint16_t",  # bf16 bit patterns: the upper half of a float's
+    DType.int8: "int8_t",
+    DType.uint8: "uint8_t",
 }
 
 # (suffix, message) of each status code, in code order (code 0 is OK).

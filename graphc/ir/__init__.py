@@ -8,12 +8,14 @@ The IR imports nothing from the rest of graphc but `errors`; `verify` lives in
 `graphc/verify.py` because it needs the op registry.
 
     types.py      DType, TensorType, TupleType, Attrs
+    bf16.py       bfloat16 <-> float32 conversions (bf16 tensors are uint16 bit patterns)
     graph.py      Node, Region, Signature, Graph, OPERATORS (filled by graphc.ops),
                   SOURCE_OPS, ancestors, normalize_updates, current_graph, target_graph
     variables.py  VariableStore (the live variable arrays of a graph)
     opdef.py      OpDef (type rule, reference, gradient, fusion facts), Fusion, Anchor
 """
 
+from graphc.ir.bf16 import from_bfloat16, to_bfloat16
 from graphc.ir.graph import (
     OPERATORS,
     SOURCE_OPS,
@@ -34,10 +36,13 @@ from graphc.ir.types import (
     TensorType,
     TupleType,
     ValueType,
+    bfloat16,
     bool_,
     float32,
     float64,
+    int8,
     int32,
     int64,
+    uint8,
 )
 from graphc.ir.variables import VariableStore

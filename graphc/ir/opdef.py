@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphcError
+from graphc.errors import DTypeError, GraphcError
 from graphc.ir.attrs import AttrSpec, check_attrs
+from graphc.ir.bf16 import from_bfloat16, to_bfloat16
 from graphc.ir.graph import Node, Region
-from graphc.ir.types import Attrs, TensorType, TupleType, ValueType
+from graphc.ir.types import Attrs, DType, TensorType, TupleType, ValueType
 
 
 class Fusion(enum.Enum):
@@ -77,6 +78,8 @@ class Anchor(enum.Enum):
     MATMUL = "matmul"  # operands read from memory (packed by the GEMM)
     CONV = "conv"  # operands read from memory
 
+
+_BF16_BITS = np.dtype(np.uint16)
 
 InferRule = Callable[[Sequence[TensorType], Attrs], TensorType]
 ReferenceRule = Callable[[Sequence[np.ndarray], Attrs], np.ndarray]
@@ -134,6 +137,19 @@ class OpDef:
     attrs: tuple[AttrSpec, ...] = ()
     overwrites: int | None = None
     region: RegionRules | None = None
+    lowp: frozenset[DType] = frozenset()
+
+    def check_lowp(self, types: Sequence[ValueType], result: ValueType | None) -> None:
+        """Refuse a low-precision operand or result the op does not declare in `lowp`.
+
+        bf16, int8 and uint8 reach only ops whose references, lowerings and gradients handle
+        them; every other op names the dtype and says how to get a supported one."""
+        tensors = [t for t in (*types, result) if isinstance(t, TensorType)]
+        for t in tensors:
+            if t.dtype.is_low_precision and t.dtype not in self.lowp:
+                fix = ("cast it to float32 with gc.cast(x, gc.float32)" if t.dtype.is_float
+                       else "dequantize it first (or gc.cast it to int32)")
+                raise DTypeError(f"{self.name} does not support {t.dtype.value} ({t}); {fix}")
 
     @property
     def differentiable(self) -> bool:
@@ -151,7 +167,25 @@ class OpDef:
         if self.fusion != Fusion.CONTROL and any(isinstance(t, TupleType) for t in types):
             raise GraphcError("an operand has several results (a tuple type); only `get` "
                               "reads such a value")
-        return self.infer(types, attrs)  # type: ignore[arg-type]
+        self.check_lowp(types, None)  # before the type rule: its message is the clearer
+        result = self.infer(types, attrs)  # type: ignore[arg-type]
+        self.check_lowp((), result)
+        return result
+
+    def evaluate_reference(self, arrays: Sequence[np.ndarray], attrs: Attrs,
+                           result: TensorType) -> np.ndarray:
+        """`reference` with bf16 semantics: bf16 operands (uint16 bit patterns) widened to
+        float32, a bf16 result rounded to nearest-even from the float32 the reference
+        computes (`graphc.ir.bf16`). Everything else passes through unchanged."""
+        # (only ops that accept bf16 get its bit patterns: no other type is stored as uint16;
+        # a `get` reads a region op's list of arrays, passed through as is)
+        widen = DType.bfloat16 in self.lowp
+        args = [from_bfloat16(a) if widen and isinstance(a, np.ndarray) and a.dtype == _BF16_BITS
+                else a for a in arrays]
+        value = self.reference(args, attrs)
+        if result.dtype == DType.bfloat16 and np.asarray(value).dtype != _BF16_BITS:
+            return to_bfloat16(value)
+        return value
 
     def check_attrs(self, attrs: Mapping[str, Any]) -> Attrs:
         """`attrs` checked against `self.attrs` and normalized (defaults filled in); an

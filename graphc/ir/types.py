@@ -14,17 +14,39 @@ from graphc.errors import DTypeError, GraphcError, ShapeError
 
 
 class DType(enum.Enum):
-    """The element types graphc supports."""
+    """The element types graphc supports.
+
+    The low-precision types are storage types with their own arithmetic rules:
+    `bfloat16` is computed in float32 (every op widens its bf16 operands exactly and rounds
+    its bf16 result to nearest-even, `graphc.ir.bf16`); `int8`/`uint8` hold quantized values
+    for casts, layout ops and the integer GEMM. numpy has no bfloat16, so graphc carries
+    bf16 tensors as `uint16` arrays of their bit patterns (``DType.of(np.uint16)`` is
+    bfloat16; graphc has no uint16 type); `gc.to_bfloat16` / `gc.from_bfloat16` convert.
+    """
 
     float32 = "float32"
     float64 = "float64"
     int32 = "int32"
     int64 = "int64"
     bool = "bool"
+    bfloat16 = "bfloat16"
+    int8 = "int8"
+    uint8 = "uint8"
 
     @property
     def np(self) -> np.dtype:
-        return np.dtype(self.value)
+        """The numpy dtype of arrays holding values of this type (uint16 for bfloat16)."""
+        return _NUMPY[self]
+
+    @property
+    def compute_np(self) -> np.dtype:
+        """The numpy dtype op references compute in (float32 for bfloat16)."""
+        return np.dtype(np.float32) if self is DType.bfloat16 else _NUMPY[self]
+
+    @property
+    def is_low_precision(self) -> bool:
+        """bfloat16, int8, uint8: accepted only by ops that declare them (`OpDef.lowp`)."""
+        return self in (DType.bfloat16, DType.int8, DType.uint8)
 
     @property
     def short(self) -> str:
@@ -32,11 +54,17 @@ class DType(enum.Enum):
 
     @property
     def is_float(self) -> bool:
-        return self in (DType.float32, DType.float64)
+        return self in (DType.float32, DType.float64, DType.bfloat16)
 
     @property
     def is_int(self) -> bool:
+        """int32 and int64: the index and label types (int8/uint8 are `is_quantized`)."""
         return self in (DType.int32, DType.int64)
+
+    @property
+    def is_quantized(self) -> bool:
+        """int8 and uint8: the element types of quantized tensors."""
+        return self in (DType.int8, DType.uint8)
 
     @property
     def itemsize(self) -> int:
@@ -49,10 +77,14 @@ class DType(enum.Enum):
             return value
         if isinstance(value, str) and value in _FROM_SHORT:
             return _FROM_SHORT[value]
+        if isinstance(value, str) and value == "bfloat16":
+            return cls.bfloat16
         try:
             name = np.dtype(value).name
         except TypeError as exc:
             raise DTypeError(f"unknown dtype {value!r}") from exc
+        if name == "uint16":  # the bit patterns of bfloat16 values (see the class doc)
+            return cls.bfloat16
         try:
             return cls(name)
         except ValueError as exc:
@@ -72,7 +104,11 @@ _SHORT = {
     DType.int32: "i32",
     DType.int64: "i64",
     DType.bool: "bool",
+    DType.bfloat16: "bf16",
+    DType.int8: "i8",
+    DType.uint8: "u8",
 }
+_NUMPY = {d: np.dtype(np.uint16 if d.value == "bfloat16" else d.value) for d in DType}
 _FROM_SHORT = {v: k for k, v in _SHORT.items()}
 
 float32 = DType.float32
@@ -80,6 +116,9 @@ float64 = DType.float64
 int32 = DType.int32
 int64 = DType.int64
 bool_ = DType.bool
+bfloat16 = DType.bfloat16
+int8 = DType.int8
+uint8 = DType.uint8
 
 
 @dataclass(frozen=True)

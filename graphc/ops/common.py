@@ -21,10 +21,15 @@ from graphc.ir import DType, Node, TensorType
 from graphc.ir.attrs import AttrSpec
 from graphc.ir.opdef import Fusion, OpDef
 
-FLOATS = frozenset({DType.float32, DType.float64})
+FLOATS = frozenset({DType.float32, DType.float64, DType.bfloat16})
 INTS = frozenset({DType.int32, DType.int64})
+QUANTIZED = frozenset({DType.int8, DType.uint8})
 NUMERIC = FLOATS | INTS
-ALL = NUMERIC | {DType.bool}
+ALL = NUMERIC | {DType.bool} | QUANTIZED
+# What `OpDef.lowp` declares: ops computing in float32 on widened bf16 values (elementwise,
+# reductions) take BF16; ops that only move elements (layout) take every low-precision type.
+BF16 = frozenset({DType.bfloat16})
+LOWP = BF16 | QUANTIZED
 
 _KIND_NAMES = {FLOATS: "a float dtype", INTS: "an integer dtype", NUMERIC: "a numeric dtype"}
 
@@ -143,6 +148,7 @@ def shape_op(ops: list[OpDef], name: str, arity: int | None, infer: Any, referen
              grad: Any, fusion: Fusion = Fusion.INDEXED, doc: str = "",
              attrs: tuple[AttrSpec, ...] = ()) -> OpDef:
     """An OpDef of the "shape" family, appended to `ops` (the defining submodule's `OPS`)."""
-    op = OpDef(name, "shape", arity, infer, reference, fusion, grad, doc=doc, attrs=attrs)
+    op = OpDef(name, "shape", arity, infer, reference, fusion, grad, doc=doc, attrs=attrs,
+               lowp=LOWP)
     ops.append(op)
     return op

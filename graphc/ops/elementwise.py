@@ -21,7 +21,16 @@ from graphc.errors import DTypeError
 from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, GradRule, OpDef
-from graphc.ops.common import ALL, FLOATS, NUMERIC, broadcast_shapes, check_dtype, same_dtype
+from graphc.ops.common import (
+    ALL,
+    BF16,
+    FLOATS,
+    LOWP,
+    NUMERIC,
+    broadcast_shapes,
+    check_dtype,
+    same_dtype,
+)
 
 __all__ = [
     "abs",
@@ -108,7 +117,7 @@ def _unary(
         return np.asarray(fn(arrays[0], **dict(attrs)))
 
     op = OpDef(name, "elementwise", 1, _unary_infer(allowed, out), reference,
-               Fusion.ELEMENTWISE, grad, doc=doc, attrs=attrs)
+               Fusion.ELEMENTWISE, grad, doc=doc, attrs=attrs, lowp=BF16)
     OPS.append(op)
     return op
 
@@ -228,10 +237,21 @@ def _cast_grad(n: Node, g: Node) -> list[Node | None]:
     return [cast(g, source)] if source.is_float and n.dtype.is_float else [None]
 
 
-CAST = OpDef("cast", "elementwise", 1, _cast_infer,
-             lambda a, attrs: a[0].astype(attrs["dtype"].np), Fusion.ELEMENTWISE, _cast_grad,
-             doc="convert to dtype (float->int truncates toward zero)",
-             attrs=(AttrSpec("dtype", Kind.DTYPE),))
+def _cast_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    x, dtype = arrays[0], attrs["dtype"]
+    if x.dtype.kind == "f" and dtype.is_quantized:
+        # Saturating, as the generated code's fptosi.sat/fptoui.sat (NaN -> 0); numpy's
+        # astype leaves out-of-range values undefined.
+        info = np.iinfo(dtype.np)
+        return np.nan_to_num(np.clip(np.trunc(x), info.min, info.max)).astype(dtype.np)
+    return x.astype(dtype.compute_np)  # a bf16 result is rounded by the caller
+
+
+CAST = OpDef("cast", "elementwise", 1, _cast_infer, _cast_reference, Fusion.ELEMENTWISE,
+             _cast_grad,
+             doc="convert to dtype (float->int truncates toward zero; to int8/uint8 it "
+                 "saturates; to bfloat16 it rounds to nearest-even)",
+             attrs=(AttrSpec("dtype", Kind.DTYPE),), lowp=LOWP)
 OPS.append(CAST)
 
 
@@ -390,7 +410,7 @@ def _binary(
                     None if gb is None else unbroadcast(gb, b.shape)]
 
     op = OpDef(name, "elementwise", 2, _binary_infer(allowed, out), reference,
-               Fusion.BROADCAST, rule, doc=doc)
+               Fusion.BROADCAST, rule, doc=doc, lowp=BF16)
     OPS.append(op)
     return op
 
@@ -484,7 +504,7 @@ def _where_grad(n: Node, g: Node) -> list[Node | None]:
 
 WHERE = OpDef("where", "elementwise", 3, _where_infer,
               lambda arrays, attrs: np.where(*arrays), Fusion.BROADCAST, _where_grad,
-              doc="a where cond else b (broadcasting)")
+              doc="a where cond else b (broadcasting)", lowp=BF16)
 OPS.append(WHERE)
 
 

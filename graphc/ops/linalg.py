@@ -20,10 +20,10 @@ from graphc.ir import Attrs, DType, Node, TensorType
 from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
-from graphc.ops.common import NUMERIC, check_dtype, same_dtype
+from graphc.ops.common import BF16, NUMERIC, check_dtype, same_dtype
 from graphc.ops.layout import reshape
 
-__all__ = ["linear", "matmul"]
+__all__ = ["linear", "matmul", "matmul_integer"]
 
 OPS: list[OpDef] = []
 
@@ -77,7 +77,10 @@ def _matmul_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
     _check_inner(a, b, ta, tb)
     m = a.shape[-1] if ta else a.shape[-2]
     n = b.shape[-2] if tb else b.shape[-1]
-    return TensorType((*_batch_shape(a, b), m, n), dtype)
+    # bf16 operands accumulate in float32 and return it (JAX's preferred_element_type,
+    # oneDNN's f32 destination); cast the result for a bf16 one: that rounds once.
+    out = DType.float32 if dtype == DType.bfloat16 else dtype
+    return TensorType((*_batch_shape(a, b), m, n), out)
 
 
 def _matmul_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
@@ -98,6 +101,10 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
     """
     a, b = n.inputs
     ta, tb = bool(n.attrs.get("transpose_a", False)), bool(n.attrs.get("transpose_b", False))
+    if a.dtype == DType.bfloat16:
+        # bf16 backward GEMMs: the float32 cotangent rounded to bf16, the products rounded
+        # to the operands' dtype (each cotangent has its operand's type).
+        g = _elementwise.cast(g, DType.bfloat16)
     if not ta and not tb:
         ga, gb = _prim(g, b, False, True), _prim(a, g, True, False)
     elif not ta and tb:
@@ -106,18 +113,80 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
         ga, gb = _prim(b, g, False, True), _prim(a, g, False, False)
     else:
         ga, gb = _prim(b, g, True, True), _prim(g, a, True, True)
+    if a.dtype == DType.bfloat16:
+        ga, gb = _elementwise.cast(ga, a.dtype), _elementwise.cast(gb, b.dtype)
     return [_elementwise.unbroadcast(ga, a.shape), _elementwise.unbroadcast(gb, b.shape)]
 
 
 MATMUL = OpDef(
     "matmul", "linalg", 2, _matmul_infer, _matmul_reference, Fusion.OUT_FUSABLE, _matmul_grad,
-    anchor=Anchor.MATMUL,
+    anchor=Anchor.MATMUL, lowp=BF16,
     attrs=(AttrSpec("transpose_a", Kind.BOOL, default=False),
            AttrSpec("transpose_b", Kind.BOOL, default=False)),
     doc="batched matrix product of rank>=2 operands (batch dims broadcast); transpose_a/"
-        "transpose_b use an operand transposed in its last two axes",
+        "transpose_b use an operand transposed in its last two axes; bf16 operands give "
+        "a float32 result",
 )
 OPS.append(MATMUL)
+
+
+def _matmul_integer_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
+    a, b = types[:2]
+    check_dtype(a, {DType.uint8}, "a")
+    check_dtype(b, {DType.int8}, "b")
+    if a.ndim < 2 or b.ndim != 2:
+        raise ShapeError(f"expected a of rank >= 2 and b of rank 2, got a {a} and b {b}")
+    if len(types) == 3:
+        check_dtype(types[2], {DType.uint8}, "a_zero_point")
+        if types[2].shape != ():
+            raise ShapeError(f"a_zero_point: expected a scalar, got {types[2]}")
+    ta, tb = bool(attrs["transpose_a"]), bool(attrs["transpose_b"])
+    if ta and a.ndim > 2:
+        raise ShapeError(f"transpose_a needs a rank-2 a, got {a}")
+    _check_inner(a, b, ta, tb)
+    m = a.shape[-1] if ta else a.shape[-2]
+    n = b.shape[-2] if tb else b.shape[-1]
+    return TensorType((*a.shape[:-2], m, n), DType.int32)
+
+
+def _matmul_integer_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
+    a, b = (x.astype(np.int64) for x in arrays[:2])
+    if len(arrays) == 3:
+        a = a - int(arrays[2])
+    if attrs["transpose_a"]:
+        a = np.swapaxes(a, -1, -2)
+    if attrs["transpose_b"]:
+        b = b.T
+    # Exact in int64; the kernel's int32 sums wrap only past 2^31 (K >= 65536).
+    return np.matmul(a, b).astype(np.int32)
+
+
+MATMUL_INTEGER = OpDef(
+    "matmul_integer", "linalg", None, _matmul_integer_infer, _matmul_integer_reference,
+    Fusion.OUT_FUSABLE, None, anchor=Anchor.MATMUL, lowp=frozenset({DType.uint8, DType.int8}),
+    attrs=(AttrSpec("transpose_a", Kind.BOOL, default=False),
+           AttrSpec("transpose_b", Kind.BOOL, default=False)),
+    doc="(a - a_zero_point) @ b in int32, exactly, for uint8 a (rank >= 2, its rows "
+        "merged), int8 b (rank 2) and an optional uint8 scalar a_zero_point (ONNX "
+        "MatMulInteger with symmetric weights); dequantize with elementwise ops, which fuse "
+        "into the kernel's epilogue",
+)
+OPS.append(MATMUL_INTEGER)
+
+
+def matmul_integer(a: Operand, b: Operand, a_zero_point: Operand | None = None,
+                   transpose_a: bool = False, transpose_b: bool = False,
+                   name: str | None = None) -> Node:
+    """``(a - a_zero_point) @ b`` as exact int32 sums: uint8 activations `a` (rank >= 2),
+    int8 weights `b` (rank 2; `transpose_b` for weights stored (N, K)), an optional uint8
+    scalar zero point of `a` (a node: dynamic quantization computes it at run time).
+
+    Compiled on `vpdpbusd` (AVX512-VNNI), or exactly emulated without it. Dequantize as
+    ``gc.cast(acc, gc.float32) * (a_scale * b_scale) + bias``: those elementwise ops fuse
+    into the GEMM's epilogue. Not differentiable."""
+    operands = [a, b] if a_zero_point is None else [a, b, a_zero_point]
+    return apply(MATMUL_INTEGER, operands, {"transpose_a": bool(transpose_a),
+                                            "transpose_b": bool(transpose_b)}, name=name)
 
 
 def _prim(a: Operand, b: Operand, ta: bool, tb: bool, name: str | None = None) -> Node:

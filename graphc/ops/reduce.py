@@ -23,6 +23,7 @@ from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Anchor, Fusion, GradRule, OpDef
 from graphc.ops import elementwise as _ew
 from graphc.ops.common import (
+    BF16,
     FLOATS,
     NUMERIC,
     as_node,
@@ -85,7 +86,8 @@ AXES_ATTRS = (AttrSpec("axes", Kind.INTS, low=0), AttrSpec("keepdims", Kind.BOOL
 
 
 def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
-               nonempty: bool = False, doc: str = "") -> OpDef:
+               nonempty: bool = False, doc: str = "",
+               lowp: frozenset[DType] = frozenset()) -> OpDef:
     def reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
         x, axes = arrays[0], attrs["axes"]
         result = np.asarray(fn(x, axis=axes, keepdims=attrs["keepdims"]), dtype=x.dtype)
@@ -93,7 +95,8 @@ def _reduction(name: str, fn: Callable[..., np.ndarray], grad: GradRule | None,
         return result.reshape(reduced_shape(x.shape, axes, attrs["keepdims"]))
 
     op = OpDef(name, "reduce", 1, _reduce_infer(NUMERIC, nonempty), reference,
-               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION, attrs=AXES_ATTRS)
+               Fusion.REDUCTION, grad, doc=doc, anchor=Anchor.REDUCTION, attrs=AXES_ATTRS,
+               lowp=lowp)
     OPS.append(op)
     return op
 
@@ -150,9 +153,12 @@ def _np_prod(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray
 
 
 SUM = _reduction("sum", _np_sum, _sum_grad, doc="sum over axes")
-MAX = _reduction("max", np.max, _extremum_grad, nonempty=True,
+# max and min of bf16 values are exact in any order; sums are not: a bf16 sum would round
+# at every partial sum the column-reduction kernel keeps in its output, so bf16 sums and
+# products are refused (cast to float32 first: the accurate choice anyway).
+MAX = _reduction("max", np.max, _extremum_grad, nonempty=True, lowp=BF16,
                  doc="maximum over axes (ties share the gradient)")
-MIN = _reduction("min", np.min, _extremum_grad, nonempty=True,
+MIN = _reduction("min", np.min, _extremum_grad, nonempty=True, lowp=BF16,
                  doc="minimum over axes (ties share the gradient)")
 PROD = _reduction("prod", _np_prod, _prod_grad, doc="product over axes (zero-safe gradient)")
 

@@ -65,7 +65,30 @@ CASES: list[OpCase] = [
            lambda x: x * 2, (Arg(S),)),
     OpCase("cast_i_to_f", ("cast",), lambda i: gc.cast(i, gc.float32),
            lambda i: i.astype(np.float32), (Arg(S, "int", -5, 5),), grad=False),
+    # bf16 keeps 8 significant bits, rounded half to even (normal values: frexp's mantissa
+    # in [0.5, 1) scaled by 2^8 is rounded by np.round, which rounds half to even).
+    OpCase("cast_f_to_bf16_and_back", ("cast",),
+           lambda x: gc.cast(gc.cast(x * 3.0, gc.bfloat16), x.dtype), lambda x: _bf16(x * 3),
+           (Arg(S),), grad=False),
+    OpCase("bf16_arithmetic", ("cast", "mul", "add", "exp"),
+           lambda x: gc.cast(gc.exp(gc.cast(x, gc.bfloat16) * 0.5) + 1.0, gc.float32),
+           lambda x: _bf16(_bf16(np.exp(_bf16(_bf16(x) * 0.5))) + 1.0),
+           (Arg(S),), dtypes=("float32",), grad=False, rtol32=1e-2),
+    OpCase("cast_f_to_i8_saturates", ("cast",), lambda x: gc.cast(x * 100.0, gc.int8),
+           lambda x: np.clip(np.trunc(x * 100), -128, 127).astype(np.int8), (Arg(S),),
+           grad=False),
+    OpCase("cast_f_to_u8_saturates", ("cast",), lambda x: gc.cast(x * 100.0, gc.uint8),
+           lambda x: np.clip(np.trunc(x * 100), 0, 255).astype(np.uint8), (Arg(S),),
+           grad=False),
+    OpCase("cast_u8_to_i32", ("cast",), lambda i: gc.cast(i, gc.int32),
+           lambda i: i.astype(np.int32), (Arg(S, "int", 0, 256, "uint8"),), grad=False),
 ]
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """float32 x rounded to bf16 (8 significant bits, half to even), for normal values."""
+    m, e = np.frexp(np.asarray(x, np.float32).astype(np.float64))
+    return np.ldexp(np.round(m * 256) / 256, e).astype(x.dtype)
 
 
 def _b(name: str, fn, ref, a=S, b=S, ka="normal", kb="normal", grad=True, **kw) -> OpCase:

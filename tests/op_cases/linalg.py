@@ -52,6 +52,23 @@ CASES: list[OpCase] = [
            lambda x, y: np.einsum("ij,kj->ik", x, y),
            (Arg((3, 4), "int", -9, 9, "int64"), Arg((2, 4), "int", -9, 9, "int64")),
            grad=False),
+    OpCase("matmul:bf16", ("matmul", "cast"),
+           lambda x, y: gc.matmul(gc.cast(x, gc.bfloat16), gc.cast(y, gc.bfloat16),
+                                  transpose_b=True),
+           lambda x, y: np.einsum("ij,kj->ik", _bf16(x), _bf16(y)).astype(np.float32),
+           (Arg((5, 6)), Arg((7, 6))), dtypes=("float32",), grad=False, atol32=1e-5),
+    OpCase("matmul_integer", ("matmul_integer",),
+           lambda a, b, z: gc.matmul_integer(a, b, z),
+           lambda a, b, z: np.einsum("ij,jk->ik", a.astype(np.int64) - int(z),
+                                     b.astype(np.int64)).astype(np.int32),
+           (Arg((5, 9), "int", 0, 256, "uint8"), Arg((9, 7), "int", -128, 128, "int8"),
+            Arg((), "int", 0, 256, "uint8")), dtypes=("float32",), grad=False),
+    OpCase("matmul_integer:batched_transpose_b", ("matmul_integer",),
+           lambda a, b: gc.matmul_integer(a, b, transpose_b=True),
+           lambda a, b: np.einsum("bij,kj->bik", a.astype(np.int64),
+                                  b.astype(np.int64)).astype(np.int32),
+           (Arg((2, 3, 9), "int", 0, 256, "uint8"), Arg((4, 9), "int", -128, 128, "int8")),
+           dtypes=("float32",), grad=False),
     OpCase("linear", ("matmul", "add"), gc.linear,
            lambda x, w, b: np.einsum("bi,io->bo", x, w) + b,
            (Arg((3, 4)), Arg((4, 2)), Arg((2,))), atol32=1e-5),
@@ -59,3 +76,9 @@ CASES: list[OpCase] = [
            lambda x, w: np.einsum("bti,io->bto", x, w), (Arg((2, 3, 4)), Arg((4, 2))),
            atol32=1e-5),
 ]
+
+
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """float32 x rounded to bf16 (8 significant bits, half to even), for normal values."""
+    m, e = np.frexp(np.asarray(x, np.float32).astype(np.float64))
+    return np.ldexp(np.round(m * 256) / 256, e)

@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 
 import llvmlite.ir as ir
 
+from graphc.codegen import bf16
 from graphc.codegen.fused import op_table as ew
 from graphc.codegen.fused.rng import lower_random
 from graphc.codegen.index import Idx, IndexBuilder, splat
 from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.errors import CompileError
-from graphc.ir import Node
+from graphc.ir import DType, Node, from_bfloat16
 from graphc.passes.kernels import FusedProgram, Kernel
 
 
@@ -76,7 +77,8 @@ class Evaluator:
         if node in self.overrides:
             return self.overrides[node]
         if node in self.program.immediates:
-            value = self.program.graph.constants[node.name].reshape(()).item()
+            array = self.program.graph.constants[node.name].reshape(())
+            value = (from_bfloat16(array) if node.dtype == DType.bfloat16 else array).item()
             return const(node.dtype, value, self.lanes)
         if node not in self.members or node is self.kernel.anchor:
             return self.load(node, idx)
@@ -90,7 +92,15 @@ class Evaluator:
             return handler(self, node, idx)
         args = [self.at(inp, broadcast_index(self.ix, idx, node.shape, inp.shape))
                 for inp in node.inputs]
-        return ew.lower(self.b, node, args)
+        return self._computed(node, args)
+
+    def _computed(self, node: Node, args: list[ir.Value]) -> ir.Value:
+        """An elementwise op's value; a bf16 result rounded to bf16 as the reference rounds
+        every bf16 node (so fused and unfused code agree bit for bit)."""
+        value = ew.lower(self.b, node, args)
+        if node.dtype == DType.bfloat16:
+            value = bf16.round_float(self.b, value)
+        return value
 
     def _flat(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         if node.op in ("random_uniform", "random_normal"):
@@ -99,7 +109,7 @@ class Evaluator:
                 for inp in node.inputs]
         if node.op == "broadcast_to":  # of a one-element value, in flat mode
             return args[0]
-        return ew.lower(self.b, node, args)
+        return self._computed(node, args)
 
     def load(self, node: Node, idx: Sequence[Idx]) -> ir.Value:
         try:

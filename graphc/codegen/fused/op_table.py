@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
+from graphc.codegen import bf16
 from graphc.codegen.llvm_types import (
     binary_intrinsic,
     compute_type,
@@ -211,7 +212,8 @@ def _cast(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
 
 
 def convert(b: ir.IRBuilder, x: ir.Value, src: DType, dst: DType) -> ir.Value:
-    """numpy's astype between graphc dtypes (float->int truncates, saturating)."""
+    """numpy's astype between graphc dtypes, on compute types (float->int truncates,
+    saturating; uint8 extends and converts unsigned; a bf16 result is rounded to bf16)."""
     lanes = _lanes(x)
     to = compute_type(dst, lanes)
     if src == dst:
@@ -221,13 +223,28 @@ def convert(b: ir.IRBuilder, x: ir.Value, src: DType, dst: DType) -> ir.Value:
         return b.fcmp_unordered("!=", x, zero) if src.is_float else b.icmp_signed("!=", x, zero)
     if src == DType.bool:
         return b.uitofp(x, to) if dst.is_float else b.zext(x, to)
+    unsigned = src == DType.uint8
     if src.is_float and dst.is_float:
-        return b.fpext(x, to) if dst.itemsize > src.itemsize else b.fptrunc(x, to)
+        if x.type != to:
+            x = b.fpext(x, to) if _bits(to) > _bits(x.type) else b.fptrunc(x, to)
+        return bf16.round_float(b, x) if dst == DType.bfloat16 else x
     if src.is_float:
-        return b.call(intrinsic(b.module, "llvm.fptosi.sat", to, [x.type], [to, x.type]), [x])
+        sat = "llvm.fptoui.sat" if dst == DType.uint8 else "llvm.fptosi.sat"
+        return b.call(intrinsic(b.module, sat, to, [x.type], [to, x.type]), [x])
     if dst.is_float:
-        return b.sitofp(x, to)
-    return b.sext(x, to) if dst.itemsize > src.itemsize else b.trunc(x, to)
+        value = b.uitofp(x, to) if unsigned else b.sitofp(x, to)
+        return bf16.round_float(b, value) if dst == DType.bfloat16 else value
+    if _bits(to) > _bits(x.type):
+        return b.zext(x, to) if unsigned else b.sext(x, to)
+    return b.trunc(x, to) if _bits(to) < _bits(x.type) else x
+
+
+def _bits(t: ir.Type) -> int:
+    """The width of a scalar or vector element type (float 32, double 64, iN N)."""
+    e = t.element if isinstance(t, ir.VectorType) else t
+    if isinstance(e, ir.IntType):
+        return e.width
+    return 64 if isinstance(e, ir.DoubleType) else 32
 
 
 # --- binary ---------------------------------------------------------------------------------

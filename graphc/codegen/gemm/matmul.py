@@ -15,7 +15,8 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
-from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
+from graphc.codegen.gemm.emit import Epilogue, GemmSpec, emit_gemm, plan_gemm
+from graphc.codegen.gemm.lowp import LowpSpec, emit_lowp_gemm, spec_kind
 from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I64, storage_type
 from graphc.codegen.loops import for_range
@@ -29,15 +30,17 @@ def merged_batch(anchor: Node) -> bool:
     """Whether a batched matmul is one GEMM: a 2-D b shared by every batch of a row-major,
     unbroadcast a, whose rows then follow one another in memory, as do the output's (a
     transformer's (T, B, d) @ (d, 3d) projection is one (T*B, d) GEMM, not T GEMVs)."""
-    a, b = anchor.inputs
+    a, b = anchor.inputs[:2]
     return (anchor.ndim > 2 and b.ndim == 2 and not anchor.attrs["transpose_a"]
             and a.shape[:-2] == anchor.shape[:-2])
 
 
-def gemm_spec(kernel: Kernel) -> GemmSpec:
+def gemm_spec(kernel: Kernel) -> GemmSpec | LowpSpec:
+    """The GEMM of the kernel: a `LowpSpec` for bf16 or uint8 x int8 operands (their
+    kernels store the epilogue's dtype, the root's), else a `GemmSpec`."""
     anchor = kernel.anchor
     assert anchor is not None
-    a, b = anchor.inputs
+    a, b = anchor.inputs[:2]
     ta, tb = bool(anchor.attrs["transpose_a"]), bool(anchor.attrs["transpose_b"])
     ra, ca = a.shape[-2:]
     rb, cb = b.shape[-2:]
@@ -45,6 +48,10 @@ def gemm_spec(kernel: Kernel) -> GemmSpec:
     n = rb if tb else cb
     if merged_batch(anchor):
         m *= math.prod(anchor.shape[:-2])
+    kind = spec_kind(a.dtype)
+    if kind is not None:
+        return LowpSpec(m=m, n=n, k=k, kind=kind, trans_a=ta, trans_b=tb, lda=ca, ldb=cb,
+                        ldc=n, out=kernel.root.dtype, zero_point=len(anchor.inputs) > 2)
     return GemmSpec(m=m, n=n, k=k, dtype=anchor.dtype, trans_a=ta, trans_b=tb,
                     lda=ca, ldb=cb, ldc=n)
 
@@ -131,6 +138,8 @@ def epilogue_writes_once(kernel: Kernel, target: Target) -> bool:
     if kernel.kind != KernelKind.MATMUL:
         return False
     spec = gemm_spec(kernel)
+    if isinstance(spec, LowpSpec):
+        return True  # the whole K in registers (gemm/lowp.py)
     plan = plan_gemm(spec, target)
     return plan.path != "packed" or plan.kc >= spec.k
 
@@ -156,28 +165,28 @@ def emit_matmul(ctx: KernelContext) -> None:
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None
-    a, bnode = anchor.inputs
+    a, bnode = anchor.inputs[:2]
     spec = gemm_spec(kernel)
     out_batch = () if merged_batch(anchor) else anchor.shape[:-2]
     a_strides = _batch_strides(a.shape, out_batch)
     b_strides = _batch_strides(bnode.shape, out_batch)
     c_strides = [s * spec.m * spec.n for s in strides(out_batch)] if out_batch else []
-    elem = storage_type(anchor.dtype)
     root = kernel.root
 
     def one(c: KernelContext, batch_idx: list[ir.Value], scratch: ir.Value | None) -> None:
         builder = c.b
 
-        def offset(ptr: ir.Value, per_dim: list[int]) -> ir.Value:
+        def offset(ptr: ir.Value, per_dim: list[int], node: Node) -> ir.Value:
             total: ir.Value = ir.Constant(I64, 0)
             for i, s in zip(batch_idx, per_dim):
                 if s:
                     total = builder.add(total, builder.mul(i, ir.Constant(I64, s)))
-            return builder.gep(ptr, [total], inbounds=True, source_etype=elem)
+            return builder.gep(ptr, [total], inbounds=True,
+                               source_etype=storage_type(node.dtype))
 
-        pa = offset(c.ptr(a), a_strides)
-        pb = offset(c.ptr(bnode), b_strides)
-        pc = offset(c.out, c_strides)
+        pa = offset(c.ptr(a), a_strides, a)
+        pb = offset(c.ptr(bnode), b_strides, bnode)
+        pc = offset(c.out, c_strides, root)
         epilogue = None
         if root is not anchor:
             def epilogue(b: ir.IRBuilder, row: ir.Value, col: ir.Value, acc: ir.Value,
@@ -188,7 +197,7 @@ def emit_matmul(ctx: KernelContext) -> None:
                 idx = [Idx(i) for i in batch_idx] + _out_index(b, anchor, row, col, lanes)
                 return ev.at(root, idx)
 
-        emit_gemm(builder, spec, pa, pb, pc, scratch, c.target, epilogue)
+        _emit(c, builder, spec, pa, pb, pc, scratch, epilogue)
 
     def level(d: int, prefix: list[ir.Value]) -> None:
         if d == len(out_batch):
@@ -236,27 +245,26 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
     kernel = ctx.kernel
     anchor = kernel.anchor
     assert anchor is not None
-    a, bnode = anchor.inputs
+    a, bnode = anchor.inputs[:2]
     full = gemm_spec(kernel)
-    elem = storage_type(anchor.dtype)
     per_task = _aligned(s.spec.scratch_bytes(ctx.target))
 
     def task(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
         first = b.mul(start, ir.Constant(I64, s.size))  # first row or column of the block
 
-        def at(ptr: ir.Value, stride: int) -> ir.Value:
+        def at(ptr: ir.Value, stride: int, node: Node) -> ir.Value:
             return b.gep(ptr, [b.mul(first, ir.Constant(I64, stride))], inbounds=True,
-                         source_etype=elem)
+                         source_etype=storage_type(node.dtype))
 
         if s.dim == "n":
             pa = c.ptr(a)
-            pb = at(c.ptr(bnode), full.ldb if full.trans_b else 1)
-            pc = at(c.out, 1)
+            pb = at(c.ptr(bnode), full.ldb if full.trans_b else 1, bnode)
+            pc = at(c.out, 1, kernel.root)
         else:
-            pa = at(c.ptr(a), 1 if full.trans_a else full.lda)
+            pa = at(c.ptr(a), 1 if full.trans_a else full.lda, a)
             pb = c.ptr(bnode)
-            pc = at(c.out, full.ldc)
+            pc = at(c.out, full.ldc, kernel.root)
         scratch = None
         if per_task:
             assert c.scratch is not None
@@ -275,10 +283,24 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
                 ev.ix.b = eb
                 return ev.at(kernel.root, _out_index(eb, anchor, row, col, lanes))
 
-        emit_gemm(b, s.spec, pa, pb, pc, scratch, c.target, epilogue)
+        _emit(c, b, s.spec, pa, pb, pc, scratch, epilogue)
 
     # One task per block (grain 1): parallel_range gives task t the range [t, t + 1).
     parallel_range(ctx, s.tasks, 1, task)
+
+
+def _emit(c: KernelContext, b: ir.IRBuilder, spec: GemmSpec | LowpSpec, pa: ir.Value,
+          pb: ir.Value, pc: ir.Value, scratch: ir.Value | None,
+          epilogue: Epilogue | None) -> None:
+    """The GEMM of `spec`: the packed/direct float GEMM or a low-precision one (whose A
+    zero point, the anchor's third operand when present, is read at run time)."""
+    if isinstance(spec, LowpSpec):
+        assert scratch is not None and c.kernel.anchor is not None
+        inputs = c.kernel.anchor.inputs
+        zero = c.ptr(inputs[2]) if len(inputs) > 2 else None
+        emit_lowp_gemm(b, spec, pa, pb, pc, scratch, c.target, epilogue, zero)
+    else:
+        emit_gemm(b, spec, pa, pb, pc, scratch, c.target, epilogue)
 
 
 LOWERINGS = (Lowering(KernelKind.MATMUL, emit_matmul, scratch_bytes, epilogue_writes_once),)

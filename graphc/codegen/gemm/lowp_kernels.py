@@ -1,0 +1,192 @@
+"""The pieces of the low-precision GEMMs: packing into k-groups and the dot-product step.
+
+Both kinds multiply operands whose k axis is cut into groups of `g` elements that fill one
+32-bit lane (bf16: g = 2 elements of 2 bytes; u8 x s8: g = 4 elements of 1 byte), the
+layout `vdpbf16ps` and `vpdpbusd` consume: lane j of a B vector holds the g values
+B[q*g .. q*g+g-1, j] of column j, and one A element group, broadcast to every lane, holds
+A[i, q*g .. q*g+g-1]. One instruction then adds the g products of each lane into a float32
+(bf16) or int32 (u8 x s8) accumulator.
+
+Packed layouts (zero-padded, so every micro-kernel step is full; `kg` = ceil(K / g)):
+  B: panels of NR columns, panel p at p*kg*NR*4 bytes, group q of column j at
+     + q*NR*4 + j*4, element t of the group at + t*esize;
+  A: panels of MR rows, panel at r0/MR * kg*MR*4 bytes, group q of row r at + q*MR*4 + r*4.
+Reads of the operands clamp every index into the operand and select zero outside it, so
+packing never reads out of bounds and needs no branches; only group-aligned runs inside
+the operand are read as whole 32-bit words (unaligned loads: numpy buffers are aligned
+to their element only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from graphc.codegen.gemm.helpers import elem_ptr, for_range
+from graphc.codegen.llvm_types import BF16, F32, I8, I16, I32, i64, intrinsic, shuffle_mask
+
+
+@dataclass(frozen=True)
+class GroupKind:
+    """What one 32-bit lane holds: `g` elements of `esize` bytes; `acc` the accumulator type
+    ("f32" or "i32"); `native` the target feature of the one-instruction dot product."""
+
+    name: str
+    g: int
+    esize: int
+    acc: str
+    native: str
+
+    @property
+    def etype(self) -> ir.IntType:
+        return I16 if self.esize == 2 else I8
+
+
+BF16_PAIRS = GroupKind("bf16", 2, 2, "f32", "avx512bf16")
+U8S8_QUADS = GroupKind("u8s8", 4, 1, "i32", "avx512vnni")
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How to read element (x, p) of an operand (x: row of A / column of B, p: along k):
+    at x*sx + p*sp elements from `ptr`, inside `xs` x `k` elements."""
+
+    ptr: ir.Value
+    sx: int
+    sp: int
+    xs: int
+    k: int
+
+
+def _word_at(b: ir.IRBuilder, kind: GroupKind, op: Operand, x: ir.Value, q: ir.Value,
+             full_group: bool) -> ir.Value:
+    """The i32 holding the group q of row/column x (zero outside the operand)."""
+    inside_x = b.icmp_signed("<", x, i64(op.xs))
+    xc = b.select(inside_x, x, i64(op.xs - 1))
+    p0 = b.mul(q, i64(kind.g))
+    if full_group and op.sp == 1:
+        # A whole group in the operand, contiguous: one unaligned 32-bit load.
+        addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), p0), kind.etype)
+        word = b.load(addr, typ=I32, align=kind.esize)
+        return b.select(inside_x, word, ir.Constant(I32, 0))
+    word: ir.Value = ir.Constant(I32, 0)
+    for t in range(kind.g):
+        p = b.add(p0, i64(t))
+        inside = b.and_(inside_x, b.icmp_signed("<", p, i64(op.k)))
+        pc = b.select(b.icmp_signed("<", p, i64(op.k)), p, i64(op.k - 1))
+        addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), b.mul(pc, i64(op.sp))),
+                        kind.etype)
+        e = b.zext(b.load(addr, typ=kind.etype, align=kind.esize), I32)
+        e = b.select(inside, e, ir.Constant(I32, 0))
+        word = b.or_(word, b.shl(e, ir.Constant(I32, 8 * kind.esize * t)))
+    return word
+
+
+def pack_panels(b: ir.IRBuilder, kind: GroupKind, op: Operand, dst: ir.Value, x0: ir.Value,
+                panels: int, r: int) -> None:
+    """Pack `panels` panels of `r` rows/columns starting at x0 into dst (layout above).
+
+    A row-major B (columns contiguous: sx == 1) whose panel lies inside the operand is
+    packed with vector loads of g rows and an interleaving shuffle; everything else a word
+    per (x, group)."""
+    kg = -(-op.k // kind.g)
+    full_groups = op.k // kind.g
+    with for_range(b, 0, panels, name="pk.p") as pnl:
+        xp = b.add(x0, b.mul(pnl, i64(r)))
+        base = elem_ptr(b, dst, b.mul(pnl, i64(kg * r * 4)), I8)
+        vector_ok = op.sx == 1 and r * kind.esize * 8 <= 2048
+        if vector_ok:
+            whole = b.icmp_signed("<=", b.add(xp, i64(r)), i64(op.xs))
+            with b.if_else(whole) as (then, otherwise):
+                with then:
+                    _pack_rows_vector(b, kind, op, base, xp, r, full_groups)
+                    _pack_words(b, kind, op, base, xp, r, full_groups, kg)
+                with otherwise:
+                    _pack_words(b, kind, op, base, xp, r, 0, kg)
+        else:
+            _pack_words(b, kind, op, base, xp, r, 0, kg)
+
+
+def _pack_words(b: ir.IRBuilder, kind: GroupKind, op: Operand, base: ir.Value,
+                xp: ir.Value, r: int, q0: int, q1: int) -> None:
+    """Groups q0..q1 of the panel at xp, one 32-bit word per (x, group): the groups below
+    K // g whole, the partial last one element by element (so nothing past K is read)."""
+    split = min(max(q0, op.k // kind.g), q1)
+    for lo, hi, whole in ((q0, split, True), (split, q1, False)):
+        if lo >= hi:
+            continue
+        with for_range(b, lo, hi, name="pk.q") as q:
+            row = elem_ptr(b, base, b.mul(q, i64(r * 4)), I8)
+            for x in range(r):
+                word = _word_at(b, kind, op, b.add(xp, i64(x)), q, whole)
+                b.store(word, elem_ptr(b, row, x, I32), align=4)
+
+
+def _pack_rows_vector(b: ir.IRBuilder, kind: GroupKind, op: Operand, base: ir.Value,
+                      xp: ir.Value, r: int, full_groups: int) -> None:
+    """Full groups of a row-major panel inside the operand: load the g rows of the group
+    (r contiguous elements each), interleave them element-wise, store r words."""
+    g, et = kind.g, kind.etype
+    vt = ir.VectorType(et, r)
+    with for_range(b, 0, full_groups, name="pk.v") as q:
+        rows = []
+        for t in range(g):
+            p = b.add(b.mul(q, i64(g)), i64(t))
+            addr = elem_ptr(b, op.ptr, b.add(b.mul(p, i64(op.sp)), xp), et)
+            rows.append(b.load(addr, typ=vt, align=kind.esize))
+        # Concatenate the rows pairwise, then pick element j of row t for output j*g + t.
+        while len(rows) > 1:
+            n = rows[0].type.count
+            rows = [b.shuffle_vector(rows[i], rows[i + 1], shuffle_mask(tuple(range(2 * n))))
+                    for i in range(0, len(rows), 2)]
+        order = tuple(t * r + j for j in range(r) for t in range(g))
+        inter = b.shuffle_vector(rows[0], ir.Constant(rows[0].type, ir.Undefined),
+                                 shuffle_mask(order))
+        addr = elem_ptr(b, base, b.mul(q, i64(r * 4)), I8)
+        b.store(inter, addr, align=64 if (r * 4) % 64 == 0 else 4)
+
+
+def dot_step(b: ir.IRBuilder, kind: GroupKind, native: bool, acc: ir.Value, a_word: ir.Value,
+             b_words: ir.Value) -> ir.Value:
+    """acc + the group dot products: per lane, sum_t A_t * B_t over the g elements of the
+    lane's 32-bit word (`a_word` an i32 broadcast to every lane, `b_words` <W x i32>)."""
+    lanes = b_words.type.count
+    a_vec = b.bitcast(_splat(b, a_word, lanes), b_words.type)
+    if kind is BF16_PAIRS:
+        if native and lanes in (4, 8, 16):
+            pt = ir.VectorType(BF16, 2 * lanes)
+            fn = intrinsic(b.module, f"llvm.x86.avx512bf16.dpbf16ps.{lanes * 32}",
+                           acc.type, [acc.type, pt, pt], [])
+            return b.call(fn, [acc, b.bitcast(a_vec, pt), b.bitcast(b_words, pt)])
+        ft = ir.VectorType(F32, lanes)
+        hi_mask = ir.Constant(b_words.type, [ir.Constant(I32, 0xFFFF0000)] * lanes)
+        sixteen = ir.Constant(b_words.type, [ir.Constant(I32, 16)] * lanes)
+        a_lo = b.bitcast(b.shl(a_vec, sixteen), ft)
+        a_hi = b.bitcast(b.and_(a_vec, hi_mask), ft)
+        b_lo = b.bitcast(b.shl(b_words, sixteen), ft)
+        b_hi = b.bitcast(b.and_(b_words, hi_mask), ft)
+        fma = intrinsic(b.module, "llvm.fma", ft, [ft, ft, ft])
+        acc = b.call(fma, [a_lo, b_lo, acc])
+        return b.call(fma, [a_hi, b_hi, acc])
+    if native and lanes in (4, 8, 16):
+        fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
+                       [acc.type, acc.type, acc.type], [])
+        return b.call(fn, [acc, a_vec, b_words])
+    # Without VNNI: unpack the four bytes (A unsigned, B signed) and multiply-add in i32.
+    for t in range(4):
+        left = ir.Constant(b_words.type, [ir.Constant(I32, 24 - 8 * t)] * lanes)
+        right = ir.Constant(b_words.type, [ir.Constant(I32, 24)] * lanes)
+        ua = b.lshr(b.shl(a_vec, left), right)
+        sb = b.ashr(b.shl(b_words, left), right)
+        acc = b.add(acc, b.mul(ua, sb))
+    return acc
+
+
+def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
+    vt = ir.VectorType(scalar.type, lanes)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))
+
+
+__all__ = ["BF16_PAIRS", "U8S8_QUADS", "GroupKind", "Operand", "dot_step", "pack_panels"]
