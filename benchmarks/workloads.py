@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks import workloads_gpt as wg
+from benchmarks import workloads_lowp as wl
 from benchmarks import workloads_onnx as wo
 from benchmarks.workloads_data import (
     EW_SHAPE,
@@ -333,6 +334,14 @@ WORKLOADS: list[Workload] = [
              "session creation)", 0, 0, {"graphc": wo.graphc_import_compile(False)}),
     Workload("onnx_compile_cached", "import + compile ResNet-18 ONNX, warm cache", 0, 0,
              {"graphc": wo.graphc_import_compile(True)}),
+    # Low precision at the shape (workloads_lowp.py).
+    Workload("gemm_f32_512x1024", "GEMM M=512 K=N=1024 f32 (baseline of the two below)",
+             wl.FLOPS, 0, {"graphc": wl.f32_graphc, "torch": wl.f32_torch}),
+    Workload("gemm_bf16", "GEMM M=512 K=N=1024 bf16 inputs, f32 accumulation (torch: bf16 "
+             "tensors, oneDNN)", wl.FLOPS, 0, {"graphc": wl.bf16_graphc, "torch": wl.bf16_torch}),
+    Workload("gemm_int8", "GEMM M=512 K=N=1024 uint8 x int8 -> int32 (torch: _int_mm, int8 x "
+             "int8; ORT: MatMulInteger), rate in GOP/s", wl.FLOPS, 0,
+             {"graphc": wl.int8_graphc, "torch": wl.int8_torch}),
     # The transformer rows (workloads_gpt.py: model, data, checks and FLOP counts).
     Workload("gpt_infer_1", f"GPT inference (causal, ids -> logits), {_GPT}, batch 1",
              wg.gpt_flops(wg.INFER_BATCH, train=False), 0,

@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks import workloads as w
 from benchmarks import workloads_data as d
-from benchmarks import workloads_onnx
+from benchmarks import workloads_lowp, workloads_onnx
 
 Runner = Callable[[], object]
 OPSET = 17
@@ -218,4 +218,5 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     **workloads_onnx.ORT_PEERS,
     "gpt_infer_1": gpt_infer,
     "gpt_infer_1_onnx": gpt_infer,
+    "gemm_int8": workloads_lowp.int8_ort,
 }
