@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from graphc.ir import Graph, Node, Signature
 from graphc.ir.opdef import Anchor
 from graphc.ops import registry
+
+if TYPE_CHECKING:  # only for annotations: memory_plan imports this module
+    from graphc.passes.memory_plan import MemoryPlan
 
 
 class KernelKind(enum.Enum):
@@ -21,6 +25,7 @@ class KernelKind(enum.Enum):
     CONV = Anchor.CONV.value  # conv2d anchor with optional epilogue
     OPAQUE = "opaque"  # one op with its own lowering (keyed by op name)
     MULTI_OUTPUT = "multi_output"  # flat elementwise, several outputs (passes.multi_output)
+    LOOP = "loop"  # a region op (scan) run natively: its body compiled once, called per step
 
     @classmethod
     def of_anchor(cls, anchor: Anchor) -> KernelKind:
@@ -45,6 +50,7 @@ class Kernel:
     nodes: list[Node] = field(default_factory=list)  # graph order; root last
     inputs: list[Node] = field(default_factory=list)  # materialized nodes read (graph order)
     outputs: list[Node] = field(default_factory=list)  # stored nodes (graph order), root last
+    body: LoopBody | None = None  # LOOP kernels: the planned body
 
     def __post_init__(self) -> None:
         if not self.outputs:
@@ -62,6 +68,22 @@ class Kernel:
         if self.anchor is None:
             return []
         return [n for n in self.nodes if _depends_on(n, self.anchor, self.nodes)]
+
+
+@dataclass(eq=False)
+class LoopBody:
+    """The compiled form of a loop kernel's body, made by the pipeline (`graphc.pipeline`)
+    when it runs its stages on the body as a program of its own: signature inputs = the
+    body's params, outputs = its results.
+
+    `plan` is the body's memory plan (its program, kernels and nested loop bodies);
+    `arena_bytes` is the size of the body's arena as code generation lays it out
+    (`codegen.module.arena_layout`: planned region, kernel scratch, status word), which the
+    loop kernel reserves in its own scratch.
+    """
+
+    plan: MemoryPlan
+    arena_bytes: int
 
 
 def _depends_on(n: Node, anchor: Node, within: list[Node]) -> bool:
