@@ -24,7 +24,7 @@ again).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -33,10 +33,13 @@ from graphc.ir import Attrs, Graph, Node, Region, Signature
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
-__all__ = ["lower_control"]
+__all__ = ["lower_control", "unroll_control"]
+
+# Whether a region op (op name, attributes) stays in the graph rather than being lowered.
+Keep = Callable[[str, Attrs], bool]
 
 
-def unroll_scan(p: Pending, rb: Rebuilder) -> list[Node]:
+def unroll_scan(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
     """scan(consts, init, xs){length=T} -> T inlined bodies; the results of the scan"""
     nc, nk, length = p.attrs["num_consts"], p.attrs["num_carry"], p.attrs["length"]
     body = p.regions[0]
@@ -46,7 +49,7 @@ def unroll_scan(p: Pending, rb: Rebuilder) -> list[Node]:
     per_step: dict[int, list[Node]] = {}
     for t in steps:
         x_t = [_index(rb, x, t, p) for x in xs]
-        out = _inline(rb, body, [*consts, *carry, *x_t], p)
+        out = _inline(rb, body, [*consts, *carry, *x_t], p, keep)
         carry, per_step[t] = out[:nk], out[nk:]
     ys = []
     for j, y in enumerate(body.results[nk:]):
@@ -59,15 +62,15 @@ def unroll_scan(p: Pending, rb: Rebuilder) -> list[Node]:
     return [*carry, *ys]
 
 
-def select_cond(p: Pending, rb: Rebuilder) -> list[Node]:
+def select_cond(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
     """cond(p, operands) -> where(p, true branch, false branch), result by result"""
     pred, operands = p.inputs[0], list(p.inputs[1:])
-    taken = _inline(rb, p.regions[0], operands, p)
-    other = _inline(rb, p.regions[1], operands, p)
+    taken = _inline(rb, p.regions[0], operands, p, keep)
+    other = _inline(rb, p.regions[1], operands, p, keep)
     return [a if a is b else rb.emit("where", (pred, a, b), at=p) for a, b in zip(taken, other)]
 
 
-def refuse_while(p: Pending, rb: Rebuilder) -> list[Node]:
+def refuse_while(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
     """while_loop -> CompileError (not unrollable: its trip count depends on data)"""
     raise CompileError(f"while_loop %{p.name}: its trip count depends on data, so it cannot "
                        "be unrolled, and compiled code has no native loops yet; it runs in "
@@ -84,14 +87,14 @@ def kept(op: str, attrs: Attrs) -> bool:
     return op == "scan" and attrs["unroll"] < attrs["length"]
 
 
-def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None) -> list[Node]:
+def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None, keep: Keep) -> list[Node]:
     rule = LOWER.get(p.op)
     if rule is None:
         raise CompileError(f"no lowering for the region op {p.op} %{p.name}", op=p.op,
                            loc=p.loc)
     if ctx is not None:
         ctx.hit(rule)
-    return rule(p, rb)
+    return rule(p, rb, keep)
 
 
 def _keep_loop(p: Pending, rb: Rebuilder) -> list[Node]:
@@ -100,7 +103,8 @@ def _keep_loop(p: Pending, rb: Rebuilder) -> list[Node]:
     return [rb.emit("get", (node,), {"index": i}, at=p) for i in range(len(p.type))]  # type: ignore[arg-type]
 
 
-def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending) -> list[Node]:
+def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending, keep: Keep
+            ) -> list[Node]:
     """Copy `region`'s body into the new graph with its params bound to `args`; its
     results. Nested region ops are lowered on the way."""
     values: dict[Node, Node] = dict(zip(region.params, args))
@@ -117,8 +121,8 @@ def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending) ->
         elif n.regions:
             nested = Pending(n.op, inputs, n.attrs, n.type, rb.fresh_name(n.op),
                              _at(n, at).loc, None, n.regions)
-            tuples[n] = (_keep_loop(nested, rb) if kept(n.op, n.attrs)
-                         else _lower(nested, rb, None))
+            tuples[n] = (_keep_loop(nested, rb) if keep(n.op, n.attrs)
+                         else _lower(nested, rb, None, keep))
         else:
             values[n] = rb.emit(n.op, inputs, n.attrs, at=_at(n, at))
     return [values[r] for r in region.results]
@@ -145,11 +149,22 @@ def _zeros(rb: Rebuilder, shape: tuple[int, ...], like: Node, at: Pending) -> No
 def lower_control(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
     """Copy the graph, replacing every region op that is not kept by its lowering and each
     `get` of it by the lowered result; kept scans are merged into their widest twin."""
+    return _run(graph, sig, ctx, kept)
+
+
+def unroll_control(graph: Graph, sig: Signature) -> tuple[Graph, Signature]:
+    """`lower_control` keeping no loop: every scan unrolled, at every depth (for consumers
+    that take no region ops, such as the ONNX writer)."""
+    return _run(graph, sig, None, lambda op, attrs: False)
+
+
+def _run(graph: Graph, sig: Signature, ctx: PassContext | None, keep: Keep
+         ) -> tuple[Graph, Signature]:
     rb = Rebuilder(graph)
     tuples: dict[Node, list[Node]] = {}
-    twin_of = _widest_twins(graph)
+    twin_of = _widest_twins(graph, keep)
     for old in graph.nodes:
-        if old.regions and kept(old.op, old.attrs):
+        if old.regions and keep(old.op, old.attrs):
             twin = twin_of.get(old, old)
             if twin in rb.mapping:  # the twin took this loop's place already
                 rb.mapping[old] = rb.mapping[twin]
@@ -157,12 +172,13 @@ def lower_control(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph
             # The twin has the same operands, so it may take the first member's place.
             rb.mapping[old] = rb.copy(twin)
             if twin is not old:
-                ctx.hit(_widest_twins)
+                if ctx is not None:
+                    ctx.hit(_widest_twins)
                 rb.mapping[twin] = rb.mapping[old]
         elif old.regions:
             inputs = tuple(rb.mapping[i] for i in old.inputs)
             tuples[old] = _lower(Pending(old.op, inputs, old.attrs, old.type, old.name,
-                                         old.loc, None, old.regions), rb, ctx)
+                                         old.loc, None, old.regions), rb, ctx, keep)
         elif old.op == "get" and old.inputs[0] in tuples:
             rb.mapping[old] = tuples[old.inputs[0]][old.attrs["index"]]
         else:
@@ -170,13 +186,16 @@ def lower_control(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph
     return rb.finish(sig)
 
 
-def _widest_twins(graph: Graph) -> dict[Node, Node]:
-    """Each kept scan -> the scan it merges into: among scans of the same operands,
+def _widest_twins(graph: Graph, keep: Keep) -> dict[Node, Node]:
+    """scan_a(ops){body: r...}, scan_b(ops){body: r..., s...} -> scan_b; get i of scan_a
+    reads get i of scan_b.
+
+    Each kept scan maps to the scan it merges into: among scans of the same operands,
     attributes, body graph and params whose results extend one another, the one with the
     most results (a scan maps to itself when it has no wider twin)."""
     groups: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
-        if n.regions and kept(n.op, n.attrs):
+        if n.regions and keep(n.op, n.attrs):
             body = n.regions[0]
             key = (n.inputs, n.attrs, id(body.graph), body.params)
             groups.setdefault(key, []).append(n)
