@@ -166,3 +166,15 @@ def test_exported_library_runs_the_loop(tmp_path: Path) -> None:
     args = _rnn_args(6)
     for a, b in zip(loaded(*args), gc.reference(g, sig.inputs, sig.outputs)(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_stage_shows_the_loop_kernel() -> None:
+    from graphc.viz.fused import KIND_STYLE, fused_to_dot
+
+    g = _rnn(5)
+    lowered = lower(g, g.signatures["f"], OPTIONS, "planned")
+    assert lowered.fused is not None and lowered.plan is not None
+    loops = [k for k in lowered.fused.kernels if k.kind == KernelKind.LOOP]
+    assert all(k.body is not None and k.body.plan.program.kernels for k in loops)
+    assert KIND_STYLE[KernelKind.LOOP][0] in fused_to_dot(lowered.fused)
+    assert "[loop] anchor=%scan" in lowered.fused.format()
