@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from graphc.ir import Graph, Node, Signature
 from graphc.ir.opdef import Anchor
 from graphc.ops import registry
-
-if TYPE_CHECKING:  # only for annotations: memory_plan imports this module
-    from graphc.passes.memory_plan import MemoryPlan
 
 
 class KernelKind(enum.Enum):
@@ -82,7 +79,9 @@ class LoopBody:
     loop kernel reserves in its own scratch.
     """
 
-    plan: MemoryPlan
+    # A passes.memory_plan.MemoryPlan: memory_plan imports this module, so even a typing
+    # import of it here would be a cycle (tests/test_import_layers.py).
+    plan: Any
     arena_bytes: int
 
 
