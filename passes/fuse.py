@@ -62,6 +62,11 @@ def _inlinable(n: Node) -> bool:
     return op.fusion.inlinable
 
 
+def _reads_results(n: Node) -> bool:
+    """Whether `n` reads a result of a region op (a `get`: a control op owning no body)."""
+    return _op(n).fusion == Fusion.CONTROL and not n.regions
+
+
 def _evaluates_by_index(n: Node) -> bool:
     """Whether `n` reads its operands through the expression evaluator (not from memory)."""
     return _inlinable(n) or _op(n).anchor == Anchor.REDUCTION
@@ -96,7 +101,7 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
     # The one `get` that stores each result of a loop; another get of it is a view.
     loop_outputs: dict[Node, dict[int, Node]] = {}
     for n in needed:
-        if n.op == "get":
+        if _reads_results(n):
             first = loop_outputs.setdefault(n.inputs[0], {}).setdefault(n.attrs["index"], n)
             if first is not n:
                 views[n] = first
@@ -121,7 +126,7 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
         return k
 
     for n in reversed(needed):
-        if n.op in SOURCE_OPS or n in views or n.op == "get":
+        if n.op in SOURCE_OPS or n in views or _reads_results(n):
             continue
         if n.regions:  # a loop: one kernel storing the results the program reads
             outputs = sorted(loop_outputs.get(n, {}).values(), key=position.__getitem__)
