@@ -71,6 +71,11 @@ def _inlinable(n: Node) -> bool:
     return op.fusion.inlinable
 
 
+def _reads_results(n: Node) -> bool:
+    """Whether `n` reads a result of a region op (a `get`: a control op owning no body)."""
+    return _op(n).fusion == Fusion.CONTROL and not n.regions
+
+
 def _evaluates_by_index(n: Node) -> bool:
     """Whether `n` reads its operands through the expression evaluator (not from memory)."""
     return _inlinable(n) or _op(n).anchor == Anchor.REDUCTION
@@ -93,6 +98,7 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
         for i in n.inputs:
             users[i].append(n)
     required = {*sig.outputs, *(v for _, v in sig.updates)}
+    position = {n: i for i, n in enumerate(needed)}
     immediates = {n for n in needed if n.op == "constant" and n.size == 1}
     views: dict[Node, Node] = {}
     must_store: set[Node] = set()
@@ -101,6 +107,13 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
             base = n.inputs[0]
             views[n] = views.get(base, base)
             must_store.add(base)
+    # The one `get` that stores each result of a loop; another get of it is a view.
+    loop_outputs: dict[Node, dict[int, Node]] = {}
+    for n in needed:
+        if _reads_results(n):
+            first = loop_outputs.setdefault(n.inputs[0], {}).setdefault(n.attrs["index"], n)
+            if first is not n:
+                views[n] = first
 
     kernel_of: dict[Node, Kernel] = {}
     spine: set[Node] = set()  # nodes evaluated at their kernel root's index, same shape
@@ -122,7 +135,17 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
         return k
 
     for n in reversed(needed):
-        if n.op in SOURCE_OPS or n in views:
+        if n.op in SOURCE_OPS or n in views or _reads_results(n):
+            continue
+        if n.regions:  # a loop: one kernel storing the results the program reads
+            outputs = sorted(loop_outputs.get(n, {}).values(), key=position.__getitem__)
+            if not outputs:
+                continue  # no result is read (a signature never needs it then)
+            k = Kernel(len(kernels), KernelKind.LOOP, outputs[-1], n, [n, *outputs],
+                       outputs=outputs)
+            kernels.append(k)
+            for m in k.nodes:
+                kernel_of[m] = k
             continue
         the_users = users[n]
         reason = None
@@ -170,7 +193,6 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
             if u not in views:
                 unfused.append(Unfused(n, u, reason))
 
-    position = {n: i for i, n in enumerate(needed)}
     for k in kernels:
         k.nodes.sort(key=position.__getitem__)
         members = set(k.nodes)
@@ -180,7 +202,8 @@ def fuse(graph: Graph, sig: Signature, max_kernel_nodes: int = DEFAULT_MAX_KERNE
                 if i not in members and i not in immediates:
                     reads[i] = None
         k.inputs = sorted(reads, key=position.__getitem__)
-    kernels.sort(key=lambda k: position[k.root])
+    # A loop runs where its region op stands: its gets' readers may come before its root.
+    kernels.sort(key=lambda k: position[k.anchor if k.kind == KernelKind.LOOP else k.root])
     for i, k in enumerate(kernels):
         k.index = i
     unfused.sort(key=lambda u: (position[u.producer], position[u.consumer]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from graphc.ir import Graph, Node, Signature
 from graphc.ir.opdef import Anchor
@@ -21,6 +22,7 @@ class KernelKind(enum.Enum):
     CONV = Anchor.CONV.value  # conv2d anchor with optional epilogue
     OPAQUE = "opaque"  # one op with its own lowering (keyed by op name)
     MULTI_OUTPUT = "multi_output"  # flat elementwise, several outputs (passes.multi_output)
+    LOOP = "loop"  # a region op (scan) run natively: its body compiled once, called per step
 
     @classmethod
     def of_anchor(cls, anchor: Anchor) -> KernelKind:
@@ -45,6 +47,7 @@ class Kernel:
     nodes: list[Node] = field(default_factory=list)  # graph order; root last
     inputs: list[Node] = field(default_factory=list)  # materialized nodes read (graph order)
     outputs: list[Node] = field(default_factory=list)  # stored nodes (graph order), root last
+    body: LoopBody | None = None  # LOOP kernels: the planned body
 
     def __post_init__(self) -> None:
         if not self.outputs:
@@ -62,6 +65,24 @@ class Kernel:
         if self.anchor is None:
             return []
         return [n for n in self.nodes if _depends_on(n, self.anchor, self.nodes)]
+
+
+@dataclass(eq=False)
+class LoopBody:
+    """The compiled form of a loop kernel's body, made by the pipeline (`graphc.pipeline`)
+    when it runs its stages on the body as a program of its own: signature inputs = the
+    body's params, outputs = its results.
+
+    `plan` is the body's memory plan (its program, kernels and nested loop bodies);
+    `arena_bytes` is the size of the body's arena as code generation lays it out
+    (`codegen.module.arena_layout`: planned region, kernel scratch, status word), which the
+    loop kernel reserves in its own scratch.
+    """
+
+    # A passes.memory_plan.MemoryPlan: memory_plan imports this module, so even a typing
+    # import of it here would be a cycle (tests/test_import_layers.py).
+    plan: Any
+    arena_bytes: int
 
 
 def _depends_on(n: Node, anchor: Node, within: list[Node]) -> bool:

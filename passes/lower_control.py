@@ -1,41 +1,45 @@
-"""lower_control: region ops become plain ops, so code generation never sees a body.
+"""lower_control: region ops that code generation does not run natively become plain ops.
 
-    scan(consts, init, xs){length=T} -> T copies of the body, step t reading x[t]; the
-                                        carries chained, ys stacked
+    scan(consts, init, xs){length=T, unroll=k}
+        k >= T   -> T copies of the body, step t reading x[t]; the carries chained, ys
+                    stacked (T <= 1 always: a loop of one step is no loop)
+        else     -> kept: code generation compiles the body once and runs it in a native
+                    loop (`codegen/loop.py`); a scan that only adds results to another
+                    scan of the same operands and body (the residual-saving twin that
+                    its gradient builds) is merged into that twin, so the loop runs once
     cond(p, operands)                -> both branches, then where(p, true_i, false_i)
     while_loop                       -> CompileError (a trip count known only at run time)
-
-This is how `gc.compile` runs loops and branches until the native loop exists (the next
-step: the body compiled once into a function of its own, called T times). Until then the
-compiled graph holds T copies of a scan's body, so compile time grows with T, as it did for
-hand-unrolled RNNs; the passes after this one see the copies and optimize across steps
-(CSE merges a forward scan with the residual-saving twin its gradient builds).
 
 A cond computes both branches in compiled code (a select, as XLA lowers small conds on
 CPUs): the results are the taken branch's, bit for bit, but an error the untaken branch
 would raise (an index out of range) is raised too, and its cost is paid. The reference
 interpreter runs only the taken branch.
 
-Bodies nested in bodies are lowered as they are copied. Every copied node keeps its source
-location; new names are fresh. The pass runs first in the default pipeline and is
-idempotent (nothing gives it work again).
+Bodies nested in unrolled bodies are lowered as they are copied; the body of a kept scan is
+left as it is (the pipeline runs on it when code generation compiles it, so nested region
+ops are lowered there). Every copied node keeps its source location; new names are fresh.
+The pass runs first in the default pipeline and is idempotent (nothing gives it work
+again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from graphc.errors import CompileError
-from graphc.ir import Graph, Node, Region, Signature
+from graphc.ir import Attrs, Graph, Node, Region, Signature
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
-__all__ = ["lower_control"]
+__all__ = ["lower_control", "unroll_control"]
+
+# Whether a region op (op name, attributes) stays in the graph rather than being lowered.
+Keep = Callable[[str, Attrs], bool]
 
 
-def unroll_scan(p: Pending, rb: Rebuilder) -> list[Node]:
+def unroll_scan(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
     """scan(consts, init, xs){length=T} -> T inlined bodies; the results of the scan"""
     nc, nk, length = p.attrs["num_consts"], p.attrs["num_carry"], p.attrs["length"]
     body = p.regions[0]
@@ -45,7 +49,7 @@ def unroll_scan(p: Pending, rb: Rebuilder) -> list[Node]:
     per_step: dict[int, list[Node]] = {}
     for t in steps:
         x_t = [_index(rb, x, t, p) for x in xs]
-        out = _inline(rb, body, [*consts, *carry, *x_t], p)
+        out = _inline(rb, body, [*consts, *carry, *x_t], p, keep)
         carry, per_step[t] = out[:nk], out[nk:]
     ys = []
     for j, y in enumerate(body.results[nk:]):
@@ -58,15 +62,15 @@ def unroll_scan(p: Pending, rb: Rebuilder) -> list[Node]:
     return [*carry, *ys]
 
 
-def select_cond(p: Pending, rb: Rebuilder) -> list[Node]:
+def select_cond(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
     """cond(p, operands) -> where(p, true branch, false branch), result by result"""
     pred, operands = p.inputs[0], list(p.inputs[1:])
-    taken = _inline(rb, p.regions[0], operands, p)
-    other = _inline(rb, p.regions[1], operands, p)
+    taken = _inline(rb, p.regions[0], operands, p, keep)
+    other = _inline(rb, p.regions[1], operands, p, keep)
     return [a if a is b else rb.emit("where", (pred, a, b), at=p) for a, b in zip(taken, other)]
 
 
-def refuse_while(p: Pending, rb: Rebuilder) -> list[Node]:
+def refuse_while(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
     """while_loop -> CompileError (not unrollable: its trip count depends on data)"""
     raise CompileError(f"while_loop %{p.name}: its trip count depends on data, so it cannot "
                        "be unrolled, and compiled code has no native loops yet; it runs in "
@@ -77,17 +81,30 @@ def refuse_while(p: Pending, rb: Rebuilder) -> list[Node]:
 LOWER = {"scan": unroll_scan, "cond": select_cond, "while_loop": refuse_while}
 
 
-def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None) -> list[Node]:
+def kept(op: str, attrs: Attrs) -> bool:
+    """Whether a region op stays in the graph for code generation to run natively: a scan
+    that is not asked to unroll fully (`unroll` < `length`)."""
+    return op == "scan" and attrs["unroll"] < attrs["length"]
+
+
+def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None, keep: Keep) -> list[Node]:
     rule = LOWER.get(p.op)
     if rule is None:
         raise CompileError(f"no lowering for the region op {p.op} %{p.name}", op=p.op,
                            loc=p.loc)
     if ctx is not None:
         ctx.hit(rule)
-    return rule(p, rb)
+    return rule(p, rb, keep)
 
 
-def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending) -> list[Node]:
+def _keep_loop(p: Pending, rb: Rebuilder) -> list[Node]:
+    """The kept region op copied as it is (its bodies shared); its results as `get`s."""
+    node = rb.keep(p)
+    return [rb.emit("get", (node,), {"index": i}, at=p) for i in range(len(p.type))]  # type: ignore[arg-type]
+
+
+def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending, keep: Keep
+            ) -> list[Node]:
     """Copy `region`'s body into the new graph with its params bound to `args`; its
     results. Nested region ops are lowered on the way."""
     values: dict[Node, Node] = dict(zip(region.params, args))
@@ -102,8 +119,10 @@ def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending) ->
         if n.op == "constant":
             values[n] = rb.constant(n.graph.constants[n.name], at=_at(n, at))
         elif n.regions:
-            tuples[n] = _lower(Pending(n.op, inputs, n.attrs, n.type, n.name, _at(n, at).loc,
-                                       None, n.regions), rb, None)
+            nested = Pending(n.op, inputs, n.attrs, n.type, rb.fresh_name(n.op),
+                             _at(n, at).loc, None, n.regions)
+            tuples[n] = (_keep_loop(nested, rb) if keep(n.op, n.attrs)
+                         else _lower(nested, rb, None, keep))
         else:
             values[n] = rb.emit(n.op, inputs, n.attrs, at=_at(n, at))
     return [values[r] for r in region.results]
@@ -128,15 +147,38 @@ def _zeros(rb: Rebuilder, shape: tuple[int, ...], like: Node, at: Pending) -> No
 
 
 def lower_control(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
-    """Copy the graph, replacing every region op by its lowering and each `get` of it by
-    the lowered result."""
+    """Copy the graph, replacing every region op that is not kept by its lowering and each
+    `get` of it by the lowered result; kept scans are merged into their widest twin."""
+    return _run(graph, sig, ctx, kept)
+
+
+def unroll_control(graph: Graph, sig: Signature) -> tuple[Graph, Signature]:
+    """`lower_control` keeping no loop: every scan unrolled, at every depth (for consumers
+    that take no region ops, such as the ONNX writer)."""
+    return _run(graph, sig, None, lambda op, attrs: False)
+
+
+def _run(graph: Graph, sig: Signature, ctx: PassContext | None, keep: Keep
+         ) -> tuple[Graph, Signature]:
     rb = Rebuilder(graph)
     tuples: dict[Node, list[Node]] = {}
+    twin_of = _widest_twins(graph, keep)
     for old in graph.nodes:
-        if old.regions:
+        if old.regions and keep(old.op, old.attrs):
+            twin = twin_of.get(old, old)
+            if twin in rb.mapping:  # the twin took this loop's place already
+                rb.mapping[old] = rb.mapping[twin]
+                continue
+            # The twin has the same operands, so it may take the first member's place.
+            rb.mapping[old] = rb.copy(twin)
+            if twin is not old:
+                if ctx is not None:
+                    ctx.hit(_widest_twins)
+                rb.mapping[twin] = rb.mapping[old]
+        elif old.regions:
             inputs = tuple(rb.mapping[i] for i in old.inputs)
             tuples[old] = _lower(Pending(old.op, inputs, old.attrs, old.type, old.name,
-                                         old.loc, None, old.regions), rb, ctx)
+                                         old.loc, None, old.regions), rb, ctx, keep)
         elif old.op == "get" and old.inputs[0] in tuples:
             rb.mapping[old] = tuples[old.inputs[0]][old.attrs["index"]]
         else:
@@ -144,6 +186,30 @@ def lower_control(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph
     return rb.finish(sig)
 
 
+def _widest_twins(graph: Graph, keep: Keep) -> dict[Node, Node]:
+    """scan_a(ops){body: r...}, scan_b(ops){body: r..., s...} -> scan_b; get i of scan_a
+    reads get i of scan_b.
+
+    Each kept scan maps to the scan it merges into: among scans of the same operands,
+    attributes, body graph and params whose results extend one another, the one with the
+    most results (a scan maps to itself when it has no wider twin)."""
+    groups: dict[tuple, list[Node]] = {}
+    for n in graph.nodes:
+        if n.regions and keep(n.op, n.attrs):
+            body = n.regions[0]
+            key = (n.inputs, n.attrs, id(body.graph), body.params)
+            groups.setdefault(key, []).append(n)
+    twin_of: dict[Node, Node] = {}
+    for members in groups.values():
+        widest = max(members, key=lambda m: len(m.regions[0].results))
+        wide = widest.regions[0].results
+        for m in members:
+            results = m.regions[0].results
+            twin_of[m] = widest if wide[:len(results)] == results else m
+    return twin_of
+
+
 PASS = PassDef("lower_control", lower_control,
-               "unroll scans and turn conds into selects (until native loops exist); "
-               "while_loop is a CompileError", enabled_by=frozenset())
+               "unroll scans asked to unroll (others run as native loops; gradient twins "
+               "merged), turn conds into selects; while_loop is a CompileError",
+               enabled_by=frozenset())

@@ -88,7 +88,15 @@ CASES: dict[str, Build] = {
     "dynamic_slice": lambda a, b: gc.dynamic_slice(
         gc.concat([a, b], 0), (gc.cast(gc.sum(gc.floor(b * 0.0)), gc.int64) + 2, 0),
         (3, 4)),
+    "scan": lambda a, b: _scan_case(a, b), "get": lambda a, b: _scan_case(a, b),
 }
+
+
+def _scan_case(a: gc.Node, b: gc.Node) -> gc.Node:
+    """A reverse scan over a's rows with a carry, reading b (captured) and a body constant."""
+    carry, ys = gc.scan(lambda c, x: (gc.tanh(c * 0.5 + x * b[0]), c * np.arange(4.0, dtype=F.np)),
+                        b[1], a, reverse=True)
+    return ys + carry
 
 
 def test_every_emitted_op_has_a_case() -> None:

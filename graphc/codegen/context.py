@@ -22,9 +22,27 @@ from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.ir import DType, Node
 from graphc.passes.kernels import FusedProgram, Kernel, KernelKind
+from graphc.passes.memory_plan import Space
 
 # Scratch bytes a kernel needs: (kernel, target, threads, CompileOptions.conv_algorithm).
 ScratchRule = Callable[[Kernel, Target, int, str], int]
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """What one slot of an entry point's table points at (`codegen.module`)."""
+
+    space: Space
+    key: int | str
+
+
+@dataclass(frozen=True)
+class LoopCode:
+    """A loop kernel's body, emitted: ``int32_t fn(void **table)`` with the entry point's
+    ABI (`codegen.module`), and what each slot of its `table` holds."""
+
+    fn: ir.Function
+    table: tuple[TableEntry, ...]
 
 
 @dataclass
@@ -38,6 +56,7 @@ class KernelContext:
     threads: int = 1  # threads of the native pool parallel loops may use
     conv_algorithm: str = "auto"  # CompileOptions.conv_algorithm
     status: ir.Value | None = None  # the call's status word, for kernels that `checks`
+    body: LoopCode | None = None  # a loop kernel's body function
 
     @property
     def module(self) -> ir.Module:
@@ -54,7 +73,9 @@ class KernelContext:
         if node in self.program.immediates:
             value = self.program.graph.constants[node.name].reshape(())
             st = storage_type(node.dtype)
-            name = f"graphc.imm.{node.name}"
+            # Named by value: a loop body's constants share the module with the outer
+            # program's, and their names are scoped to their own graph.
+            name = f"graphc.imm.{node.dtype.name}.{value.tobytes().hex()}"
             existing = self.module.globals.get(name)
             if existing is None:
                 existing = ir.GlobalVariable(self.module, st, name)

@@ -10,6 +10,7 @@ an emitter module (and the module here, if it is new).
 
 from __future__ import annotations
 
+from graphc.codegen import loop
 from graphc.codegen.context import Lowering
 from graphc.codegen.conv import direct, winograd
 from graphc.codegen.fused import loop_nests, multi_output, reduction
@@ -30,7 +31,8 @@ from graphc.errors import CompileError
 from graphc.passes.kernels import Kernel, KernelKind
 
 MODULES = (loop_nests, reduction, multi_output, matmul, direct, winograd, rows, concat,
-           scatter_gather, pooling, pooling_grad, sequence, norms, attention, attention_grad)
+           scatter_gather, pooling, pooling_grad, sequence, norms, attention, attention_grad,
+           loop)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

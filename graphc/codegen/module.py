@@ -20,25 +20,19 @@ arguments are `noalias` except where the memory plan placed an output over an in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
 from graphc.codegen import bf16, lowering
-from graphc.codegen.context import KernelContext
+from graphc.codegen.context import KernelContext, LoopCode, TableEntry
 from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
 from graphc.codegen.target import Target
 from graphc.ir import Node
 from graphc.passes.kernels import Kernel
-from graphc.passes.memory_plan import ALIGN, Location, MemoryPlan, Space
+from graphc.passes.memory_plan import ALIGN, Copy, Location, MemoryPlan, Space
 
 ENTRY = "graphc_entry"
-
-
-@dataclass(frozen=True)
-class TableEntry:
-    space: Space
-    key: int | str
 
 
 @dataclass
@@ -103,83 +97,148 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
 
     `entry` names the entry-point symbol; exported libraries give each model its own so
     that two of them can be linked or loaded into one process. `conv` is
-    `CompileOptions.conv_algorithm`.
+    `CompileOptions.conv_algorithm`. The bodies of loop kernels become functions of the
+    same module, with the entry point's ABI (`emit_program`).
     """
-    program = plan.program
     module = ir.Module(name=name)
     module.triple = target.triple
     bf16.set_native(module, target.has("avx512bf16"))
     layout = arena_layout(plan, target, threads, conv)
-    table = list(layout.table)
-    scratch_of, checks = layout.scratch, layout.checks
-    scratch_offset, status_offset = layout.scratch_offset, layout.status_offset
+    emitter = ProgramEmitter(module, target, threads, conv)
+    emitter.emit_program(plan, layout, entry, prefix="", profile=profile)
+    return GeneratedModule(module, list(layout.table), layout.arena_bytes,
+                           layout.scratch_offset, entry)
 
-    # Structurally identical kernels (an unrolled RNN's steps, repeated layers) share one
-    # function: it is generated and optimized once and called with different buffers.
-    shared: dict[tuple, ir.Function] = {}
-    kernel_fns = []
-    for k, k_scratch, k_checks in zip(program.kernels, scratch_of, checks):
-        needs_scratch = k_scratch > 0
-        key = (kernel_key(plan, k, needs_scratch), k_checks)
-        if key not in shared:
-            shared[key] = _emit_kernel(module, plan, k, target, needs_scratch, threads, conv,
-                                       k_checks)
-        kernel_fns.append(shared[key])
 
-    entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
-    b = ir.IRBuilder(entry_fn.append_basic_block("entry"))
-    (table_ptr,) = entry_fn.args
-    base_ptrs: dict[tuple[Space, int | str], ir.Value] = {}
-    for i, e in enumerate(table):
-        addr = b.gep(table_ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=PTR)
-        base_ptrs[(e.space, e.key)] = b.load(addr, typ=PTR, name=f"{e.space.value}.{e.key}")
-    arena = base_ptrs[(Space.ARENA, 0)]
+@dataclass
+class ProgramEmitter:
+    """Emits programs into one module: the top-level one and, recursively, loop bodies.
 
-    def pointer(loc: Location) -> ir.Value:
-        if loc.space == Space.ARENA:
-            assert isinstance(loc.key, int) and loc.key >= 0
-            return b.gep(arena, [ir.Constant(I64, loc.key)], inbounds=True, source_etype=I8)
-        return base_ptrs[(loc.space, loc.key)]
+    Structurally identical kernels (repeated layers, a loop body's kernel equal to one
+    outside it) share one function across all of them: it is generated and optimized once
+    and called with different buffers (`kernel_key`).
+    """
 
-    memcpy = intrinsic(module, "llvm.memcpy", VOID, [PTR, PTR, I64, I1], [PTR, PTR, I64])
+    module: ir.Module
+    target: Target
+    threads: int
+    conv: str
+    shared: dict[tuple, ir.Function] = field(default_factory=dict)
 
-    def copy(c: object) -> None:
-        b.call(memcpy, [pointer(c.dst), pointer(c.src_loc), ir.Constant(I64, c.nbytes),
-                        ir.Constant(I1, 0)])
+    def emit_program(self, plan: MemoryPlan, layout: ArenaLayout, entry: str, prefix: str,
+                     profile: bool = False) -> ir.Function:
+        """``int32_t entry(void **table)`` running `plan` (see the module doc for the ABI);
+        its kernels' function names start with `prefix`."""
+        module, program = self.module, plan.program
+        table = list(layout.table)
+        scratch_of, checks = layout.scratch, layout.checks
+        kernel_fns = []
+        for k, k_scratch, k_checks in zip(program.kernels, scratch_of, checks):
+            needs_scratch = k_scratch > 0
+            key = (kernel_key(plan, k, needs_scratch), k_checks)
+            if key not in self.shared:
+                self.shared[key] = self._emit_kernel(plan, k, needs_scratch, k_checks, prefix)
+            kernel_fns.append(self.shared[key])
 
-    status = b.gep(arena, [ir.Constant(I64, status_offset)], inbounds=True, source_etype=I8)
-    if any(checks):
-        b.store(ir.Constant(I32, 0), status)
-    for c in plan.copies_before:
-        copy(c)
-    counters = _profile_counters(module, len(program.kernels)) if profile else None
-    clock = intrinsic(module, "llvm.readcyclecounter", I64, [], []) if profile else None
-    for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
-        args = [pointer(plan.location[o]) for o in k.outputs]
-        args += [pointer(plan.buffer_of(n)) for n in k.inputs]
-        if scratch_of[index] > 0:
-            args.append(b.gep(arena, [ir.Constant(I64, scratch_offset)], inbounds=True,
-                              source_etype=I8))
-        if checks[index]:
-            args.append(status)
-        if counters is None:
-            b.call(fn, args)
-        else:
-            start = b.call(clock, [])
-            b.call(fn, args)
-            elapsed = b.sub(b.call(clock, []), start)
-            # Through an opaque pointer: llvmlite type-checks stores to typed global pointers.
-            base = b.inttoptr(b.ptrtoint(counters, I64), PTR)
-            slot = b.gep(base, [ir.Constant(I64, index)], inbounds=True, source_etype=I64)
-            b.store(b.add(b.load(slot, typ=I64), elapsed), slot)
-        if checks[index]:
-            failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
-            with b.if_then(failed, likely=False):
-                b.ret(ir.Constant(I32, index + 1))
-    for c in plan.copies_after:
-        copy(c)
-    b.ret(ir.Constant(I32, 0))
-    return GeneratedModule(module, table, layout.arena_bytes, scratch_offset, entry)
+        entry_fn = ir.Function(module, ir.FunctionType(I32, [PTR]), entry)
+        if prefix:  # a loop body: called by its loop kernel only
+            entry_fn.linkage = "internal"
+            entry_fn.attributes.add("nounwind")
+        b = ir.IRBuilder(entry_fn.append_basic_block("entry"))
+        (table_ptr,) = entry_fn.args
+        base_ptrs: dict[tuple[Space, int | str], ir.Value] = {}
+        for i, e in enumerate(table):
+            addr = b.gep(table_ptr, [ir.Constant(I64, i)], inbounds=True, source_etype=PTR)
+            base_ptrs[(e.space, e.key)] = b.load(addr, typ=PTR,
+                                                 name=f"{e.space.value}.{e.key}")
+        arena = base_ptrs[(Space.ARENA, 0)]
+
+        def pointer(loc: Location) -> ir.Value:
+            if loc.space == Space.ARENA:
+                assert isinstance(loc.key, int) and loc.key >= 0
+                return b.gep(arena, [ir.Constant(I64, loc.key)], inbounds=True,
+                             source_etype=I8)
+            return base_ptrs[(loc.space, loc.key)]
+
+        memcpy = intrinsic(module, "llvm.memcpy", VOID, [PTR, PTR, I64, I1], [PTR, PTR, I64])
+
+        def copy(c: Copy) -> None:
+            b.call(memcpy, [pointer(c.dst), pointer(c.src_loc), ir.Constant(I64, c.nbytes),
+                            ir.Constant(I1, 0)])
+
+        status = b.gep(arena, [ir.Constant(I64, layout.status_offset)], inbounds=True,
+                       source_etype=I8)
+        if any(checks):
+            b.store(ir.Constant(I32, 0), status)
+        for c in plan.copies_before:
+            copy(c)
+        counters = _profile_counters(module, len(program.kernels)) if profile else None
+        clock = intrinsic(module, "llvm.readcyclecounter", I64, [], []) if profile else None
+        for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
+            args = [pointer(plan.location[o]) for o in k.outputs]
+            args += [pointer(plan.buffer_of(n)) for n in k.inputs]
+            if scratch_of[index] > 0:
+                args.append(b.gep(arena, [ir.Constant(I64, layout.scratch_offset)],
+                                  inbounds=True, source_etype=I8))
+            if checks[index]:
+                args.append(status)
+            if counters is None:
+                b.call(fn, args)
+            else:
+                start = b.call(clock, [])
+                b.call(fn, args)
+                elapsed = b.sub(b.call(clock, []), start)
+                # Through an opaque pointer: llvmlite type-checks stores to typed global
+                # pointers.
+                base = b.inttoptr(b.ptrtoint(counters, I64), PTR)
+                slot = b.gep(base, [ir.Constant(I64, index)], inbounds=True, source_etype=I64)
+                b.store(b.add(b.load(slot, typ=I64), elapsed), slot)
+            if checks[index]:
+                failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
+                with b.if_then(failed, likely=False):
+                    b.ret(ir.Constant(I32, index + 1))
+        for c in plan.copies_after:
+            copy(c)
+        b.ret(ir.Constant(I32, 0))
+        return entry_fn
+
+    def _emit_kernel(self, plan: MemoryPlan, kernel: Kernel, needs_scratch: bool,
+                     checks: bool, prefix: str) -> ir.Function:
+        module = self.module
+        n_out = len(kernel.outputs)
+        n_args = n_out + len(kernel.inputs) + (1 if needs_scratch else 0) + (1 if checks else 0)
+        name = module.get_unique_name(prefix + kernel.name)
+        fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), name)
+        fn.linkage = "internal"
+        fn.attributes.add("nounwind")
+        fn.attributes.add("noinline")
+        out_locs = [plan.location[o] for o in kernel.outputs]
+        aliased = {i for i, n in enumerate(kernel.inputs) if plan.buffer_of(n) in out_locs}
+        for j, loc in enumerate(out_locs):
+            if not any(plan.buffer_of(n) == loc for n in kernel.inputs):
+                fn.args[j].add_attribute("noalias")
+        for i in range(len(kernel.inputs)):
+            if i not in aliased:
+                fn.args[n_out + i].add_attribute("noalias")
+        body = None
+        if kernel.body is not None:  # a loop: its body first, a function of its own
+            body_layout = arena_layout(kernel.body.plan, self.target, self.threads, self.conv)
+            assert body_layout.arena_bytes == kernel.body.arena_bytes
+            body = LoopCode(self.emit_program(kernel.body.plan, body_layout,
+                                              f"{name}.body", prefix=f"{name}."),
+                            body_layout.table)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ptrs: dict[Node, ir.Value] = dict(zip(kernel.outputs, fn.args))
+        for i, n in enumerate(kernel.inputs):
+            ptrs[n] = fn.args[n_out + i]
+        rest = iter(fn.args[n_out + len(kernel.inputs):])
+        scratch = next(rest) if needs_scratch else None
+        status = next(rest) if checks else None
+        ctx = KernelContext(b, self.target, plan.program, kernel, ptrs, scratch, self.threads,
+                            self.conv, status, body)
+        lowering.lowering_of(kernel).emit(ctx)
+        ctx.b.ret_void()
+        return fn
 
 
 PROFILE = "graphc_profile_cycles"
@@ -199,6 +258,8 @@ def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
     same ops, attributes and types wired the same way, the same immediate values, the same
     input types and the same output/input aliasing (which decides `noalias`).
     """
+    if kernel.body is not None:  # a loop's code is its body's: never shared
+        return ("loop", id(kernel))
     program = plan.program
     position = {n: i for i, n in enumerate(kernel.nodes)}
     inputs = {n: i for i, n in enumerate(kernel.inputs)}
@@ -219,32 +280,3 @@ def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
     return (kernel.kind, body, tuple(position[o] for o in kernel.outputs),
             None if kernel.anchor is None else position[kernel.anchor],
             tuple(n.type for n in kernel.inputs), aliased, needs_scratch)
-
-
-def _emit_kernel(module: ir.Module, plan: MemoryPlan, kernel: Kernel, target: Target,
-                 needs_scratch: bool, threads: int, conv: str, checks: bool) -> ir.Function:
-    n_out = len(kernel.outputs)
-    n_args = n_out + len(kernel.inputs) + (1 if needs_scratch else 0) + (1 if checks else 0)
-    fn = ir.Function(module, ir.FunctionType(VOID, [PTR] * n_args), kernel.name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
-    out_locs = [plan.location[o] for o in kernel.outputs]
-    aliased = {i for i, n in enumerate(kernel.inputs) if plan.buffer_of(n) in out_locs}
-    for j, loc in enumerate(out_locs):
-        if not any(plan.buffer_of(n) == loc for n in kernel.inputs):
-            fn.args[j].add_attribute("noalias")
-    for i in range(len(kernel.inputs)):
-        if i not in aliased:
-            fn.args[n_out + i].add_attribute("noalias")
-    b = ir.IRBuilder(fn.append_basic_block("entry"))
-    ptrs: dict[Node, ir.Value] = dict(zip(kernel.outputs, fn.args))
-    for i, n in enumerate(kernel.inputs):
-        ptrs[n] = fn.args[n_out + i]
-    rest = iter(fn.args[n_out + len(kernel.inputs):])
-    scratch = next(rest) if needs_scratch else None
-    status = next(rest) if checks else None
-    ctx = KernelContext(b, target, plan.program, kernel, ptrs, scratch, threads, conv, status)
-    lowering.lowering_of(kernel).emit(ctx)
-    ctx.b.ret_void()
-    return fn

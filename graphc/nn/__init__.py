@@ -22,7 +22,7 @@ from graphc.nn.gpt import GPT
 from graphc.nn.kv_cache import KVCache
 from graphc.nn.layer import Layer, Scope, current_scope
 from graphc.nn.norm import BatchNorm, LayerNorm, RMSNorm
-from graphc.nn.recurrent import GRU, LSTM, SimpleRNN
+from graphc.nn.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from graphc.nn.regularizers import L1, L1L2, L2
 from graphc.nn.transformer import (
     PositionalEmbedding,
@@ -41,6 +41,7 @@ __all__ = [
     "Add",
     "AvgPool2D",
     "BatchNorm",
+    "Bidirectional",
     "Conv2D",
     "Dense",
     "DepthwiseConv2D",

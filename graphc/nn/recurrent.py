@@ -1,13 +1,20 @@
-"""Recurrent layers unrolled over the (static) sequence length: SimpleRNN, LSTM, GRU.
+"""Recurrent layers over the (static) sequence length: SimpleRNN, LSTM, GRU, Bidirectional.
 
 Input (batch, time, features), batch-first; the initial state is zero. The output is the
 last hidden state (batch, units), or every hidden state (batch, time, units) with
-`return_sequences`. The graph holds one copy of the cell per time step, so the sequence
-length is part of the compiled program (and its compile time grows with it).
+`return_sequences`. `reverse=True` runs from the last step to the first (the state after
+step 0 is the last hidden state; sequences stay aligned with the input's steps), as the
+backward half of `Bidirectional` does.
 
-The input projection of all time steps is one GEMM, ``x.reshape(B*T, F) @ kernel + bias``;
-each step then adds ``h @ recurrent_kernel``. At t = 0 the state is zero, so the first
-step skips that product.
+By default the cell is the body of one `gc.scan` over time: compiled once and run in a
+native loop, so compile time does not grow with the sequence length. `unroll=True` builds
+one copy of the cell per step instead (the graph, and compile time, grow with the length;
+at t = 0 the state is zero, so the first step skips the recurrent product). Both compute
+the same values: the scan's first step multiplies the zero state, which adds exact zeros.
+
+Either way the input projection of all time steps is one GEMM before the loop,
+``x.reshape(B*T, F) @ kernel + bias`` (loop-invariant work hoisted out by the layer, the
+way cuDNN does); each step then adds ``h @ recurrent_kernel``.
 
 Equations and weight layouts (G gates stacked along the last axis of kernel (F, G*U),
 recurrent_kernel (U, G*U) and bias (G*U,)), chosen to match PyTorch's modules so that
@@ -24,26 +31,28 @@ weights copy over (kernel = weight_ih.T, recurrent_kernel = weight_hh.T):
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 
+from graphc import builder
 from graphc.errors import AttrError, ShapeError
 from graphc.ir import DType, Node
 from graphc.nn import activations, regularizers
 from graphc.nn.initializers import InitializerLike
 from graphc.nn.layer import Layer, Scope
+from graphc.ops import control, join, layout, linalg
 from graphc.ops import elementwise as ew
-from graphc.ops import join, layout, linalg
 
-__all__ = ["GRU", "LSTM", "SimpleRNN"]
+__all__ = ["GRU", "LSTM", "Bidirectional", "SimpleRNN"]
 
 
 class _Recurrent(Layer):
     gates: int = 1
 
-    def __init__(self, units: int, *, return_sequences: bool = False,
-                 kernel_initializer: InitializerLike = "glorot_uniform",
+    def __init__(self, units: int, *, return_sequences: bool = False, unroll: bool = False,
+                 reverse: bool = False, kernel_initializer: InitializerLike = "glorot_uniform",
                  recurrent_initializer: InitializerLike = "orthogonal",
                  bias_initializer: InitializerLike = "zeros",
                  kernel_regularizer: Any = None, recurrent_regularizer: Any = None,
@@ -55,6 +64,8 @@ class _Recurrent(Layer):
             raise AttrError(f"units must be an int >= 1, got {units!r}", op=owner)
         self.units = units
         self.return_sequences = bool(return_sequences)
+        self.unroll = bool(unroll)
+        self.reverse = bool(reverse)
         self.kernel_initializer = kernel_initializer
         self.recurrent_initializer = recurrent_initializer
         self.bias_initializer = bias_initializer
@@ -98,15 +109,46 @@ class _Recurrent(Layer):
         width = self.gates * self.units
         flat = layout.reshape(x, (batch * steps, features))
         xp = layout.reshape(linalg.linear(flat, self.weights["kernel"], self.weights["bias"]),
-                         (batch, steps, width))
+                            (batch, steps, width))
+        if self.unroll:
+            return self._unrolled(xp)
+        zero = builder.constant(np.zeros((batch, self.units), xp.dtype.np))
+
+        def step(state: Any, xt: Node) -> tuple[Any, Node | None]:
+            state, h = self.cell(xt, state)
+            return state, (h if self.return_sequences else None)
+
+        final, hs = control.scan(step, self.zero_state(zero), layout.transpose(xp, (1, 0, 2)),
+                                 reverse=self.reverse)
+        if self.return_sequences:
+            return layout.transpose(hs, (1, 0, 2))
+        return self.hidden(final)
+
+    def _unrolled(self, xp: Node) -> Node:
+        steps = xp.shape[1]
         state: Any = None
         outputs: list[Node] = []
-        for t in range(steps):
+        for t in (range(steps - 1, -1, -1) if self.reverse else range(steps)):
             state, h = self.cell(xp[:, t, :], state)
             outputs.append(h)
         if self.return_sequences:
-            return join.stack(outputs, axis=1)
+            return join.stack(outputs[::-1] if self.reverse else outputs, axis=1)
         return outputs[-1]
+
+    def zero_state(self, zero: Node) -> Any:
+        """The state before the first step, given a zero (batch, units) array."""
+        return zero
+
+    def hidden(self, state: Any) -> Node:
+        """The hidden state h of a state."""
+        return state  # type: ignore[no-any-return]
+
+    def reversed_copy(self) -> _Recurrent:
+        """An unbuilt layer of the same configuration running the other way (own weights)."""
+        other = copy.copy(self)
+        Layer.__init__(other, None, self.dtype, self.seed)
+        other.reverse = not self.reverse
+        return other
 
     def recurrent(self, h: Node) -> Node:
         return linalg.matmul(h, self.weights["recurrent_kernel"])
@@ -155,6 +197,12 @@ class LSTM(_Recurrent):
 
         return forget_one
 
+    def zero_state(self, zero: Node) -> tuple[Node, Node]:
+        return (zero, zero)  # (c, h)
+
+    def hidden(self, state: Any) -> Node:
+        return state[1]  # type: ignore[no-any-return]
+
     def cell(self, xt: Node, state: tuple[Node, Node] | None) -> tuple[tuple[Node, Node], Node]:
         z = xt if state is None else xt + self.recurrent(state[1])
         i, f, g, o = join.split(z, 4, axis=1)
@@ -187,3 +235,46 @@ class GRU(_Recurrent):
         n = ew.tanh(xn + r * hn)
         h = (1.0 - z) * n if state is None else (1.0 - z) * n + z * state
         return h, h
+
+
+MERGE_MODES = ("concat", "sum", "mul", "ave")
+
+
+class Bidirectional(Layer):
+    """A recurrent layer run forward and, with its own weights, backward over the sequence;
+    the two outputs merged by `merge_mode` ("concat" along the last axis, "sum", "mul",
+    "ave"). With `return_sequences` both halves give every step (aligned with the input's
+    steps); otherwise each gives its last hidden state (the backward half's is the state
+    after step 0). `backward_layer` defaults to `layer`'s configuration, reversed.
+    """
+
+    def __init__(self, layer: _Recurrent, merge_mode: str = "concat", *,
+                 backward_layer: _Recurrent | None = None, name: str | None = None):
+        super().__init__(name)
+        if not isinstance(layer, _Recurrent) or layer.built:
+            raise AttrError(f"layer must be an unbuilt SimpleRNN, LSTM or GRU, got {layer!r}",
+                            op="Bidirectional")
+        if merge_mode not in MERGE_MODES:
+            raise AttrError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}",
+                            op="Bidirectional")
+        self.forward_layer = layer
+        self.backward_layer = backward_layer or layer.reversed_copy()
+        if not self.backward_layer.reverse:
+            raise AttrError("backward_layer must run backward (reverse=True)",
+                            op="Bidirectional")
+        self.merge_mode = merge_mode
+
+    @property
+    def variables(self) -> list[Node]:
+        return [*self.forward_layer.variables, *self.backward_layer.variables]
+
+    def forward(self, x: Node, training: bool, scope: Scope | None) -> Node:
+        f = self.forward_layer(x, training)
+        b = self.backward_layer(x, training)
+        if self.merge_mode == "concat":
+            return join.concat([f, b], axis=-1)
+        if self.merge_mode == "sum":
+            return f + b
+        if self.merge_mode == "mul":
+            return f * b
+        return (f + b) * 0.5

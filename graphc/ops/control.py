@@ -17,8 +17,9 @@ Consts are the outer values the bodies captured when they were traced (`ops.trac
 cond every branch gets params for every operand, each branch's captures included.
 
 Gradients are in `control_grad.py` (scan: a reverse scan over residuals saved per step;
-cond: a cond of the branches' VJPs; while_loop: not differentiable). Compiled code gets
-these ops unrolled / selected by `passes/lower_control.py` until native loops exist.
+cond: a cond of the branches' VJPs; while_loop: not differentiable). Compiled code runs a
+scan as a native loop over its body compiled once (`codegen/loop.py`) unless it is asked
+to unroll, and a cond as a select (`passes/lower_control.py`).
 """
 
 from __future__ import annotations
@@ -169,8 +170,10 @@ def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, *
     ``(new carry, y)`` with the carry of `init`'s structure and types (a GraphcError names
     the entry that changed). `fn` is traced once into a body graph; outer nodes it reads are
     passed to the loop as operands. `length` is required when `xs` is None, and must agree
-    with the leading axis of every x otherwise. `unroll` is a hint for native code (steps
-    per loop iteration). Returns ``(final carry, ys)``, ys stacked along a new leading axis.
+    with the leading axis of every x otherwise. `unroll` >= the length makes compiled code
+    unroll the loop fully (one copy of the body per step); otherwise it runs natively with
+    the body compiled once (partial unrolling is not implemented yet). Returns
+    ``(final carry, ys)``, ys stacked along a new leading axis.
     """
     op = "scan"
     init_leaves, init_tree = flatten(init, f"{op}: init")

@@ -12,9 +12,8 @@ scan
     forward node that depends only on consts is recomputed in the backward body instead.
     The backward scan runs the other way over (cotangents of ys, residuals), carrying the
     cotangents of the float carries and accumulating those of the float consts.
-    The rebuilt forward scan computes what the original computes, plus the residuals; until
-    a pass merges the two, the reference runs both, and compiled code (which unrolls
-    both, `passes/lower_control.py`) merges their steps by CSE.
+    The rebuilt forward scan computes what the original computes, plus the residuals; the
+    reference runs both, compiled code merges the original into it (`lower_control`).
 cond
     a cond on the same predicate whose branches are the VJPs of the two branches (each
     recomputes its forward part: nothing is saved), so only the taken branch's cotangents

@@ -3,7 +3,7 @@
 Layout (``graphc viz MODEL --stage fused``):
 
 - each kernel is a ``subgraph cluster_k<i>`` (filled by kind: elementwise green, reduction
-  purple, matmul amber, conv blue, opaque grey) labelled with the kernel's name, its kind
+  purple, matmul amber, conv blue, opaque grey, loop pink) labelled with the kernel's name, its kind
   and its anchor; inside it, its nodes (name, op, type), the anchor drawn bold, with plain
   edges between them: the values that never leave registers;
 - the sources a kernel reads from memory (placeholders, variables, non-scalar constants) are
@@ -45,6 +45,7 @@ KIND_STYLE: dict[KernelKind, tuple[str, str]] = {
     KernelKind.CONV: ("#e3f2fd", "#1565c0"),
     KernelKind.OPAQUE: ("#eeeeee", "#555555"),
     KernelKind.MULTI_OUTPUT: ("#e0f2f1", "#00695c"),
+    KernelKind.LOOP: ("#fce4ec", "#ad1457"),
 }
 _UNFUSED_EDGE = {"color": "#b23b3b", "fontcolor": "#b23b3b", "penwidth": "1.4"}
 _READ_EDGE = {"color": "#888888"}
