@@ -22,17 +22,9 @@ import pytest
 
 import graphc as gc
 from graphc import nn
-from graphc.codegen import lowering
 
 RNG = np.random.default_rng(15)
 
-HAS_ATTENTION = "attention" in lowering.TABLE
-HAS_ATTENTION_GRAD = HAS_ATTENTION and "attention_grad" in lowering.TABLE
-needs_kernel = pytest.mark.skipif(not HAS_ATTENTION,
-                                  reason="no compiled attention kernel yet "
-                                         "(graphc.codegen.opaque.attention.LOWERINGS)")
-needs_grad_kernel = pytest.mark.skipif(not HAS_ATTENTION_GRAD,
-                                       reason="no compiled attention_grad kernel yet")
 
 
 def _torch() -> Any:
@@ -76,7 +68,7 @@ def _gpt_graph(twin: Any, dtype: str, steps: int, training: bool = False) -> tup
     return config, g, ids, net, logits
 
 
-@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_kernel)],
+@pytest.mark.parametrize("compiled", [False, True],
                          ids=["reference", "compiled"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gpt_logits_match_the_torch_twin(dtype: str, compiled: bool) -> None:
@@ -124,7 +116,7 @@ def _torch_losses(twin: Any, config: Any, g: gc.Graph, net: nn.Sequential, dtype
     return _TORCH_LOSSES[dtype]
 
 
-@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_grad_kernel)],
+@pytest.mark.parametrize("compiled", [False, True],
                          ids=["reference", "compiled"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_gpt_adamw_steps_match_the_torch_twin(dtype: str, compiled: bool) -> None:
@@ -385,7 +377,6 @@ def test_decoder_layer_matches_torch() -> None:
     np.testing.assert_allclose(out, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
-@needs_grad_kernel
 def test_compiled_encoder_and_decoder_match_the_reference() -> None:
     enc = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, causal=True, num_kv_heads=2)
     dec = nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0)
@@ -464,7 +455,7 @@ def _tiny_gpt(vocab: int, steps: int, dropout: float) -> nn.Sequential:
 
 
 @pytest.mark.parametrize("backend", ["reference",
-                                     pytest.param("compiled", marks=needs_grad_kernel)])
+                                     "compiled"])
 def test_model_fit_learns_a_sequence_task(backend: str) -> None:
     """A tiny GPT in gc.Model learns to copy the previous token (needs attention)."""
     vocab, steps = 12, 8

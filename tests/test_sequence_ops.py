@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.codegen.opaque import attention as attention_kernels
 from graphc.io.textir import format_graph, parse_graph
 from graphc.passes.memory_plan import Space
 
@@ -239,8 +238,6 @@ def _decode_graph(heads: int, tmax: int, dh: int) -> tuple[gc.Graph, list[gc.Nod
 
 @pytest.mark.parametrize("backend", ["reference", "compiled"])
 def test_attention_over_the_prefix_through_a_runtime_position_mask(backend: str) -> None:
-    if backend == "compiled" and not attention_kernels.LOWERINGS:
-        pytest.skip("the attention kernel has not landed yet")
     heads, tmax, dh = 2, 12, 4
     g, inputs, out = _decode_graph(heads, tmax, dh)
     fn = gc.reference(g, inputs, out) if backend == "reference" else _compile(g, inputs, out)
@@ -289,8 +286,6 @@ def _decode_with_caches(per_layer: bool) -> tuple[gc.Graph, int]:
 
 @pytest.mark.parametrize("per_layer", [True, False], ids=["per_layer", "one_cache"])
 def test_a_compiled_decode_step_updates_its_caches_in_place(per_layer: bool) -> None:
-    if not attention_kernels.LOWERINGS:
-        pytest.skip("the attention kernel has not landed yet")
     g, n_caches = _decode_with_caches(per_layer)
     ref_graph, _ = _decode_with_caches(per_layer)
     step = _compile(g, signature="decode")

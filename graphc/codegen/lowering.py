@@ -16,7 +16,7 @@ from graphc.codegen.conv import direct, winograd
 from graphc.codegen.fused import loop_nests, multi_output, reduction
 from graphc.codegen.gemm import matmul
 from graphc.codegen.opaque import (
-    attention,
+    attention_forward,
     attention_grad,
     concat,
     norms,
@@ -31,8 +31,8 @@ from graphc.errors import CompileError
 from graphc.passes.kernels import Kernel, KernelKind
 
 MODULES = (loop_nests, reduction, multi_output, matmul, direct, winograd, rows, concat,
-           scatter_gather, pooling, pooling_grad, sequence, norms, attention, attention_grad,
-           loop)
+           scatter_gather, pooling, pooling_grad, sequence, norms, attention_forward,
+           attention_grad, loop)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

@@ -21,7 +21,8 @@ j <= i (PyTorch's top-left alignment). A row whose every score is -inf (fully ma
 gives 0, and its gradient is 0 (PyTorch gives NaN there).
 
 Each op is OPAQUE: codegen gives it one kernel that tiles q against blocks of k/v with an
-online softmax, so the Tq x Tk scores are never stored (graphc.codegen.opaque.attention).
+online softmax, so the Tq x Tk scores are never stored
+(graphc.codegen.opaque.attention_forward).
 The gradient recomputes the probabilities from the saved log-sum-exp (FlashAttention-2).
 """
 

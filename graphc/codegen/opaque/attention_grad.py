@@ -31,6 +31,7 @@ from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import compute_type, const
 from graphc.codegen.opaque.attention import (
     Geometry,
+    aligned,
     at,
     geometry,
     head_offsets,
@@ -39,9 +40,8 @@ from graphc.codegen.opaque.attention import (
     score_epilogue,
     static_cases,
     task_scratch,
+    zero_fill,
 )
-from graphc.codegen.opaque.attention import _aligned as aligned
-from graphc.codegen.opaque.attention import _zero as zero
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
 from graphc.codegen.vecmath import functions as vecmath
@@ -126,8 +126,8 @@ def emit(ctx: KernelContext) -> None:
             dk_mat = at(b, out, b.add(i64(q_size), b.mul(kv, i64(g.tk * g.dk))), dtype)
             dv_mat = at(b, out, b.add(i64(q_size + k_size), b.mul(kv, i64(g.tk * g.dv))),
                         dtype)
-            zero(b, dtype, lanes, dk_mat, g.tk * g.dk)
-            zero(b, dtype, lanes, dv_mat, g.tk * g.dv)
+            zero_fill(b, dtype, lanes, dk_mat, g.tk * g.dk)
+            zero_fill(b, dtype, lanes, dv_mat, g.tk * g.dv)
             outer = b.udiv(kv, i64(g.kv_heads))
             first_head = b.add(b.mul(outer, i64(g.heads)),
                                b.mul(b.urem(kv, i64(g.kv_heads)), i64(g.group)))
@@ -139,7 +139,7 @@ def emit(ctx: KernelContext) -> None:
                                                   ("do", ptr[do], g.dv),
                                                   ("lse", lse_base, lse_stride))}
                 mats["dq"] = at(b, out, b.mul(bh, i64(g.tq * g.dk)), dtype)
-                zero(b, dtype, lanes, mats["dq"], g.tq * g.dk)
+                zero_fill(b, dtype, lanes, mats["dq"], g.tq * g.dk)
                 _row_dots(b, g, lanes, mats["o"], o_stride, mats["do"], d_rows)
                 _head(b, g, lanes, mats, lse_stride, k_mat, v_mat, dk_mat, dv_mat, mp,
                       mask_base, d_rows, p_tile, ds_tile, gemm_scratch, ctx.target)
