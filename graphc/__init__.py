@@ -45,6 +45,7 @@ from graphc.ir import (
 )
 from graphc.ops import registry as _registry  # fills the operator table of Node
 from graphc.ops.attention import *
+from graphc.ops.collective import *
 from graphc.ops.control import *
 from graphc.ops.conv import *
 from graphc.ops.elementwise import *
