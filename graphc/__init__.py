@@ -4,7 +4,7 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import datasets, init, nn, onnx, optim
+from graphc import datasets, distributed, init, nn, onnx, optim
 from graphc._version import __version__
 from graphc.builder import constant, placeholder, variable
 from graphc.compile import compile
