@@ -172,9 +172,32 @@ def test_two_ranks_with_half_batches_equal_one_rank(tmp_path: Path, optimizer: s
 
 
 @needs_mpi
+def test_reference_interpreter_on_two_ranks_matches_compiled(tmp_path: Path) -> None:
+    args = ("--optimizer", "adam", "--dtype", "float64", "--steps", "5", "--batch", "8")
+    done = _run(2, tmp_path / "ref.npz", *args, "--reference")
+    assert done.returncode == 0, done.stderr
+    done = _run(2, tmp_path / "jit.npz", *args)
+    assert done.returncode == 0, done.stderr
+    ref, jit = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "jit.npz")
+    assert bool(ref["identical"])
+    for k in ("w1", "b2", "w1__adam_v"):
+        np.testing.assert_allclose(jit[k], ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@needs_mpi
 def test_a_rank_that_raises_ends_the_job(tmp_path: Path) -> None:
     done = _run(2, tmp_path / "f.npz", "--fail-at-step", "3", timeout=60)
     assert done.returncode != 0
     assert "rank 1 of 2 failed" in done.stderr
     assert "fails on purpose at step 3" in done.stderr
     assert not (tmp_path / "f.npz").exists()
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job(tmp_path: Path) -> None:
+    # SIGKILL: no excepthook, no MPI_Abort; the launcher must still end rank 0, which would
+    # otherwise wait in its next allreduce (1000 steps would outlast the timeout).
+    done = _run(2, tmp_path / "k.npz", "--kill-at-step", "3", "--steps", "1000", timeout=60)
+    assert done.returncode != 0
+    assert "signal 9" in done.stdout + done.stderr
+    assert not (tmp_path / "k.npz").exists()

@@ -5,12 +5,17 @@ builds the MLP from a rank-dependent seed (so `broadcast_variables` has somethin
 broadcasts rank 0's variables, then takes `--steps` steps of `--batch` samples in all (batch
 // N per rank, from `shard_batches`). After every step each rank's parameters are gathered
 and compared byte for byte. Rank 0 writes the final variables and the comparison's verdict.
-`--fail-at-step K` makes rank 1 raise at step K (the job must then end, not hang).
+`--fail-at-step K` makes rank 1 raise at step K (the job must then end, not hang);
+`--kill-at-step K` kills rank 1 with SIGKILL there; `--reference` runs the step on the
+numpy interpreter (its allreduce goes through mpi4py).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,8 +24,8 @@ import graphc as gc
 FEATURES, HIDDEN, CLASSES = 6, 16, 3
 
 
-def build(per_rank: int, dtype: gc.DType, optimizer: str, seed: int
-          ) -> tuple[gc.Graph, gc.Executable]:
+def build(per_rank: int, dtype: gc.DType, optimizer: str, seed: int, reference: bool
+          ) -> tuple[gc.Graph, Callable[..., object]]:
     np_dtype = dtype.np
     rng = np.random.default_rng(seed)
     with gc.Graph("mlp") as g:
@@ -35,7 +40,8 @@ def build(per_rank: int, dtype: gc.DType, optimizer: str, seed: int
         opt = (gc.optim.SGD(lr=0.1, momentum=0.9) if optimizer == "sgd"
                else gc.optim.Adam(lr=0.01))
         updates = opt.minimize(loss, distributed=True)
-    return g, gc.compile(g, inputs=[x, y], outputs=[loss], updates=updates)
+    run = gc.reference if reference else gc.compile
+    return g, run(g, inputs=[x, y], outputs=[loss], updates=updates)
 
 
 def main() -> None:
@@ -46,11 +52,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--fail-at-step", type=int, default=-1)
+    parser.add_argument("--kill-at-step", type=int, default=-1)
+    parser.add_argument("--reference", action="store_true", help="numpy interpreter")
     args = parser.parse_args()
 
     world = gc.distributed.init()
     dtype = gc.DType(args.dtype)
-    graph, step = build(args.batch // world.size, dtype, args.optimizer, seed=world.rank)
+    graph, step = build(args.batch // world.size, dtype, args.optimizer, seed=world.rank,
+                        reference=args.reference)
     gc.distributed.broadcast_variables(graph)
 
     data = np.random.default_rng(1234)
@@ -66,6 +75,8 @@ def main() -> None:
                 break
             if taken == args.fail_at_step and world.rank == 1:
                 raise RuntimeError(f"rank 1 fails on purpose at step {taken}")
+            if taken == args.kill_at_step and world.rank == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # no Python cleanup, no MPI_Abort
             step(xs[idx], ys[idx])
             taken += 1
             if world.comm is not None and world.size > 1:
