@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -182,6 +183,20 @@ def test_reference_interpreter_on_two_ranks_matches_compiled(tmp_path: Path) -> 
     assert bool(ref["identical"])
     for k in ("w1", "b2", "w1__adam_v"):
         np.testing.assert_allclose(jit[k], ref[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@needs_mpi
+def test_collectives_on_two_ranks(tmp_path: Path) -> None:
+    assert MPIEXEC is not None
+    out = tmp_path / "c.json"
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m",
+                           "tests.mpi_workers.collectives", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    verdicts = json.loads(out.read_text())
+    assert set(verdicts) == {"sum_float32", "mean_float32", "sum_float64", "mean_float64",
+                             "grad", "mismatch_refused", "broadcast"}
+    assert all(verdicts.values()), verdicts
 
 
 @needs_mpi
