@@ -223,3 +223,15 @@ def test_export_refuses_a_distributed_step_instead_of_training_ranks_alone(
     g, updates, x = _mlp(True)
     with pytest.raises(gc.CompileError, match="allreduce"):
         gc.export(g, tmp_path / "libdp.so", inputs=[x], outputs=[], updates=updates)
+
+
+@needs_mpi
+def test_distributed_digits_example_learns_on_two_ranks() -> None:
+    assert MPIEXEC is not None
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable,
+                           "examples/train_digits_distributed.py", "--epochs", "10"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("2 rank(s)"), done.stdout  # rank 0 only
+    assert float(lines[0].rsplit(" ", 1)[1]) >= 0.95
