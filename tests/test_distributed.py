@@ -235,3 +235,16 @@ def test_distributed_digits_example_learns_on_two_ranks() -> None:
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("2 rank(s)"), done.stdout  # rank 0 only
     assert float(lines[0].rsplit(" ", 1)[1]) >= 0.95
+
+
+@needs_mpi
+def test_graphc_mpi_reports_the_library_and_every_rank() -> None:
+    assert MPIEXEC is not None
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "graphc.cli", "mpi"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # The launcher forwards both ranks' stdout into one pipe and may split a line between
+    # chunks of the other rank's, so count the pieces rather than the lines.
+    out = done.stdout
+    assert out.count("MPI: ") == 2 and "MPI: none" not in out, out
+    assert "rank 0 of 2" in out and "rank 1 of 2" in out, out
