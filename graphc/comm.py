@@ -9,7 +9,9 @@ This is the lowest layer of data parallelism (it imports nothing of graphc but e
   process. Calling it again returns the same world.
 - `world()` is the current world; if `init` was never called it initializes MPI only when
   the process was started by an MPI launcher (`mpiexec` sets PMI_/OMPI_/PMIX_ variables), so
-  a plain ``python`` process never loads MPI just because a graph holds an allreduce.
+  a plain ``python`` process never loads MPI just because a graph holds an allreduce; a
+  launch with several ranks then requires mpi4py (a GraphcError without it, rather than
+  every rank training alone).
 - `allreduce_array` is the reference semantics of the op: the elementwise sum over ranks, or
   that sum divided by the number of ranks ("mean"), computed by MPI_Allreduce. It is the
   identity (a copy) in a world of one.
@@ -32,6 +34,7 @@ REDUCTIONS = ("sum", "mean")
 
 # Set by the MPI launchers we know of (MPICH/Hydra, Open MPI, PMIx-based launchers, Slurm).
 _LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,9 @@ def world() -> World:
     if _WORLD is not None:
         return _WORLD
     launched = any(v in os.environ for v in _LAUNCHER_VARIABLES)
-    return init(None if launched else False)
+    # Several ranks without mpi4py would each train alone, silently: require it then.
+    several = any(os.environ.get(v, "1") not in ("", "1") for v in _SIZE_VARIABLES)
+    return init(True if several else None if launched else False)
 
 
 def _make_world(use_mpi: bool | None) -> World:

@@ -248,3 +248,22 @@ def test_graphc_mpi_reports_the_library_and_every_rank() -> None:
     out = done.stdout
     assert out.count("MPI: ") == 2 and "MPI: none" not in out, out
     assert "rank 0 of 2" in out and "rank 1 of 2" in out, out
+
+
+def test_a_multi_rank_launch_without_mpi4py_is_an_error_not_ranks_training_alone() -> None:
+    # A fresh interpreter that cannot import mpi4py, told by the environment it is rank 0
+    # of 2 (what mpiexec sets): the first allreduce must refuse to run alone.
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "import numpy as np, graphc as gc\n"
+            "with gc.Graph('g') as g:\n"
+            "    x = gc.placeholder((2,), gc.float32, name='x')\n"
+            "    y = gc.allreduce(x)\n"
+            "try:\n"
+            "    gc.compile(g, inputs=[x], outputs=y)(np.ones(2, np.float32))\n"
+            "except gc.GraphcError as e:\n"
+            "    print('refused:', e)\n")
+    env = {**os.environ, "PMI_RANK": "0", "PMI_SIZE": "2"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "refused:" in done.stdout and "mpi4py" in done.stdout, done.stdout
