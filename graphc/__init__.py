@@ -4,7 +4,7 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import datasets, init, nn, onnx, optim
+from graphc import datasets, distributed, init, nn, onnx, optim
 from graphc._version import __version__
 from graphc.builder import constant, placeholder, variable
 from graphc.compile import compile
@@ -45,6 +45,7 @@ from graphc.ir import (
 )
 from graphc.ops import registry as _registry  # fills the operator table of Node
 from graphc.ops.attention import *
+from graphc.ops.collective import *
 from graphc.ops.control import *
 from graphc.ops.conv import *
 from graphc.ops.elementwise import *

@@ -13,6 +13,7 @@ Not folded:
 - sources (placeholders and variables change between calls; constants are already folded);
 - region ops and `get` (`Fusion.CONTROL`): a loop's bodies run, and fold, once unrolled
   (`lower_control`), and a `get` reads no constant;
+- collective ops (`OpDef.collective`, allreduce): their value comes from the other ranks;
 - random ops (`OpDef.random`): they are pure, but computing them is cheaper than storing
   them, and a draw baked into the graph would hide where the randomness comes from;
 - results with more than `options.fold_max_elements` elements (a large constant costs
@@ -46,7 +47,8 @@ def constant_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
 def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
     """op(c1, ..., cn) -> c  (every input constant; c computed by the op's reference)"""
     op = registry.get(p.op)
-    if (p.op in SOURCE_OPS or p.op == "broadcast_to" or op.random or op.fusion == Fusion.CONTROL
+    if (p.op in SOURCE_OPS or p.op == "broadcast_to" or op.random or op.collective
+            or op.fusion == Fusion.CONTROL
             or p.type.size > max_elements):
         return None
     values = [constant_value(rb, i) for i in p.inputs]

@@ -25,6 +25,7 @@ import numpy as np
 
 from graphc.codegen.lowering import lowering_of
 from graphc.codegen.module import PROFILE, GeneratedModule
+from graphc.codegen.opaque.collective import COMM_SLOT
 from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
@@ -33,6 +34,7 @@ from graphc.passes.manager import PipelineReport
 from graphc.passes.memory_plan import MemoryPlan, Space
 from graphc.runtime.arguments import bind_arguments, check_array
 from graphc.runtime.jit import JitModule
+from graphc.runtime.mpi import comm_address
 from graphc.runtime.program_cache import Layout
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
@@ -83,6 +85,11 @@ class Executable:
         shutdown = jit.optional_address(SHUTDOWN)
         if shutdown:
             weakref.finalize(self, _stop_pool, _SHUTDOWN_TYPE(shutdown), jit)
+        # A program with an allreduce reads its communicator from this slot: bind it to
+        # this process's world now (null in a world of one: the kernel then copies).
+        slot = _data_address(jit, COMM_SLOT)
+        if slot:
+            ctypes.c_void_p.from_address(slot).value = comm_address() or None
         self._table_spec = generated.table
         self._table = (ctypes.c_void_p * len(generated.table))()
         self._arena = _aligned_bytes(generated.arena_bytes)

@@ -25,6 +25,7 @@ PACKAGE_DIRS = {"graphc": "graphc", "graphc.passes": "passes", "graphc.runtime":
 # Mirrors docs/architecture.md ("Import rules"): lowest layer first, one tuple per rank.
 LAYERS = [
     ("graphc._version", "graphc.errors"),
+    ("graphc.comm",),
     ("graphc.ir",),
     ("graphc.options", "graphc.builder", "graphc.init"),
     ("graphc.ops",),
@@ -37,6 +38,7 @@ LAYERS = [
     ("graphc.pipeline",),
     ("graphc.viz", "graphc.compile", "graphc.export", "graphc.gradcheck"),
     ("graphc.cli", "graphc.optim", "graphc.onnx.backend"),
+    ("graphc.distributed",),
     ("graphc.nn",),
     ("graphc.training",),
     ("graphc.datasets",),

@@ -6,6 +6,7 @@
     graphc viz MODEL -o FILE.{dot,svg,png} [--stage input|optimized|fused|planned]
     graphc ops [--list]
     graphc passes [--list]
+    graphc mpi                        (under mpiexec: which MPI, this rank, how many ranks)
     graphc compile | info | run ...   (exported libraries: see `exported.py`)
     graphc convert MODEL OUT.gcg|OUT.onnx [--dim NAME=SIZE ...] [--signature S] [--opset N]
 
@@ -31,6 +32,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from graphc import comm
 from graphc.cli.command import (
     MODEL_HELP,
     Parser,
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="list every op (the default)")
     passes = sub.add_parser("passes", help="the pass registry and the default pipeline")
     passes.add_argument("--list", action="store_true", help="list every pass (the default)")
+    sub.add_parser("mpi", help="the MPI library and ranks found (run it under mpiexec)")
     add_export_commands(sub)
     convert = sub.add_parser("convert", help="save MODEL as a .gcg graph or an .onnx model")
     convert.add_argument("model", metavar="MODEL", help=MODEL_HELP)
@@ -111,6 +114,17 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mpi(args: argparse.Namespace) -> int:
+    # Initializes MPI when mpi4py is present, as a training script's gc.distributed.init does.
+    world = comm.init()
+    if world.comm is None:
+        print("MPI: none (mpi4py is not installed: pip install 'graphc[distributed]'); "
+              "a world of one process")
+    else:
+        print(f"MPI: {world.library}; rank {world.rank} of {world.size}")
+    return 0
+
+
 def _passes(args: argparse.Namespace) -> int:
     sys.stdout.write(format_pass_list())
     return 0
@@ -120,6 +134,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     **STAGE_COMMANDS,
     "ops": _ops,
     "passes": _passes,
+    "mpi": _mpi,
     "convert": _convert,
     **EXPORT_COMMANDS,
 }

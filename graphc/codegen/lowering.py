@@ -18,6 +18,7 @@ from graphc.codegen.gemm import matmul
 from graphc.codegen.opaque import (
     attention_forward,
     attention_grad,
+    collective,
     concat,
     norms,
     pooling,
@@ -32,7 +33,7 @@ from graphc.passes.kernels import Kernel, KernelKind
 
 MODULES = (loop_nests, reduction, multi_output, matmul, direct, winograd, rows, concat,
            scatter_gather, pooling, pooling_grad, sequence, norms, attention_forward,
-           attention_grad, loop)
+           attention_grad, collective, loop)
 
 TABLE: dict[KernelKind | str, Lowering] = {}
 for _module in MODULES:

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from graphc._version import __version__
+from graphc.codegen.opaque.collective import COMM_SLOT
 from graphc.codegen.threadpool import SHUTDOWN
-from graphc.errors import ArgumentError, GraphcError
+from graphc.errors import ArgumentError, CompileError, GraphcError
 from graphc.export.csource import source_text, weights_file_header
 from graphc.export.header import entry_points, header_text
 from graphc.export.library_layout import (
@@ -104,6 +105,13 @@ def export(
     lowered = lower(graph, sig, options, "llvm", entry=f"{name}_graphc_entry")
     generated, target = lowered.module, lowered.target
     assert generated is not None and lowered.optimized is not None
+    if COMM_SLOT in generated.module.globals:
+        # The library would hide the communicator slot and so reduce over one rank only:
+        # a distributed step would silently train each rank alone. Refuse until the library
+        # takes its communicator from the caller (issue 18).
+        raise CompileError("this signature has an allreduce (minimize(..., distributed=True)); "
+                           "exporting a data-parallel step is not supported yet: export the "
+                           "graph built with distributed=False", op="export")
     threads = lowered.settings.threads
     ir_text = generated.ir_text
     cache = Path(options.cache_dir) if options.cache_dir else None

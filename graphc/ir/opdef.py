@@ -119,8 +119,9 @@ class RegionRules:
 class OpDef:
     """The single definition of an op. `arity` None means variadic (one or more inputs);
     `anchor` is set for ops that anchor a kernel with a fused epilogue (see `Anchor`);
-    `attrs` declares every attribute the op takes (see `graphc.ir.attrs`). `overwrites` is
-    the operand whose buffer the result may take over (in place, `passes.memory_plan`): the
+    `attrs` declares every attribute the op takes (see `graphc.ir.attrs`). `collective`
+    marks an op whose value depends on other processes (never constant-folded). `overwrites`
+    is the operand whose buffer the result may take over (in place, `passes.memory_plan`): the
     result equals that operand but where the op writes it, and the op's kernel reads it only
     to copy it, which it skips when given the same buffer (`dynamic_update_slice`)."""
 
@@ -138,6 +139,9 @@ class OpDef:
     overwrites: int | None = None
     region: RegionRules | None = None
     lowp: frozenset[DType] = frozenset()
+    # A collective (allreduce): its value depends on the other ranks, so it is never
+    # evaluated at compile time (`passes/constant_fold.py`); every rank must run it.
+    collective: bool = False
 
     def check_lowp(self, types: Sequence[ValueType], result: ValueType | None) -> None:
         """Refuse a low-precision operand or result the op does not declare in `lowp`.

@@ -14,6 +14,7 @@ from graphc.ir.attrs import AttrSpec, Kind
 from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import (
     attention,
+    collective,
     control,
     conv,
     elementwise,
@@ -54,7 +55,7 @@ SOURCES = [
 # Families in registry order (and so `graphc ops --list`); a family module imports only the
 # families before it in `docs/architecture.md`'s order, never a later one.
 FAMILIES = (elementwise, reduce, layout, join, slicing, gather, linalg, conv, winograd, pool,
-            neural, random, sequence, norm, attention, control)
+            neural, random, sequence, norm, attention, control, collective)
 
 OPS: dict[str, OpDef] = {}
 for _op in [*SOURCES, *(op for family in FAMILIES for op in family.OPS)]:

@@ -36,6 +36,7 @@ from graphc import builder
 from graphc.errors import AttrError, GraphcError
 from graphc.ir import DType, Graph, Node
 from graphc.ops import elementwise as ew
+from graphc.ops.collective import allreduce
 from graphc.optim.clipping import clip_by_global_norm, clip_by_value
 from graphc.passes.autodiff import grad as _grad
 
@@ -173,10 +174,22 @@ class Optimizer:
                               op="optimizer") from None
 
     # --- building -------------------------------------------------------------------------
-    def minimize(self, loss: Node, var_list: Sequence[Node] | None = None) -> dict[Node, Node]:
+    def minimize(self, loss: Node, var_list: Sequence[Node] | None = None, *,
+                 distributed: bool = False) -> dict[Node, Node]:
         """Updates that take one step on `loss` for `var_list` (default: the graph's float
-        trainable variables, i.e. not those made with ``trainable=False``)."""
+        trainable variables, i.e. not those made with ``trainable=False``).
+
+        `distributed=True` (data parallelism): each gradient is replaced by its mean over the
+        ranks (`gc.allreduce(g, "mean")`) before clipping and the rule, so every rank applies
+        the same update and, with the loss a mean over each rank's equal share of the batch,
+        N ranks x batch B/N take the step 1 rank x batch B takes. The allreduces are nodes of
+        the step, so it stays one native call. In a world of one they are identities.
+        Learning-rate scaling with the number of ranks is left to the user.
+        """
         owner = type(self).__name__
+        if not isinstance(distributed, bool):
+            raise GraphcError(f"distributed must be True or False, got {distributed!r}",
+                              op=f"{owner}.minimize")
         if not isinstance(loss, Node):
             raise GraphcError(f"loss must be a node, got {loss!r}", op=f"{owner}.minimize")
         if loss.shape != () or not loss.dtype.is_float:
@@ -190,6 +203,11 @@ class Optimizer:
         variables = list(var_list)
         with loss.graph:  # gc.grad builds constants in the current graph
             grads = _grad(loss, variables) if variables else []
+            if distributed:
+                # One allreduce per gradient, for now: bucketing them into a contiguous
+                # region and overlapping them with the backward pass come later (issue 18).
+                grads = [allreduce(g, "mean", name=loss.graph.unique_name(f"{v.name}/allreduce"))
+                         for g, v in zip(grads, variables)]
         return self.apply_gradients(list(zip(grads, variables)))
 
     def apply_gradients(self, grads_and_vars: GradsAndVars) -> dict[Node, Node]:

@@ -1,0 +1,1 @@
+"""Programs that `tests/test_distributed.py` runs under ``mpiexec`` (not collected by pytest)."""
