@@ -39,6 +39,7 @@ import numpy as np
 from graphc.ir import Graph, Node, Signature
 from graphc.ops import registry
 
+from .constant_fold import evaluable
 from .rewrite import PassContext, PassDef, Pending, Rebuilder, live_nodes
 
 __all__ = ["attention", "match"]
@@ -117,12 +118,14 @@ def _static_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
             return memo[n]
         if n.op == "constant":
             return rb.value(n)
-        if n.op in ("placeholder", "variable") or registry.get(n.op).random:
+        op = registry.get(n.op)
+        if not evaluable(op):  # constant folding's rule: no inputs, randoms, loops, MPI
             return None
         args = [run(i) for i in n.inputs]
         if any(a is None for a in args):
             return None
-        memo[n] = registry.get(n.op).evaluate_reference(args, n.attrs, n.type)
+        with np.errstate(all="ignore"):
+            memo[n] = op.evaluate_reference(args, n.attrs, n.type)
         return memo[n]
 
     return run(node)

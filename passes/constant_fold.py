@@ -28,12 +28,12 @@ import numpy as np
 
 from graphc.errors import GraphcError
 from graphc.ir import SOURCE_OPS, Graph, Node, Signature
-from graphc.ir.opdef import Fusion
+from graphc.ir.opdef import Fusion, OpDef
 from graphc.ops import registry
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
-__all__ = ["constant_fold"]
+__all__ = ["constant_fold", "evaluable"]
 
 
 def constant_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
@@ -44,12 +44,18 @@ def constant_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
     return rb.value(node)
 
 
+def evaluable(op: OpDef) -> bool:
+    """Whether a node of `op` with known inputs may be computed at compile time by its
+    reference: not a source, not random, not a collective (its value is the whole world's)
+    and not a region op (its reference needs the interpreter to run bodies)."""
+    return not (op.name in SOURCE_OPS or op.random or op.collective
+                or op.fusion == Fusion.CONTROL)
+
+
 def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
     """op(c1, ..., cn) -> c  (every input constant; c computed by the op's reference)"""
     op = registry.get(p.op)
-    if (p.op in SOURCE_OPS or p.op == "broadcast_to" or op.random or op.collective
-            or op.fusion == Fusion.CONTROL
-            or p.type.size > max_elements):
+    if not evaluable(op) or p.op == "broadcast_to" or p.type.size > max_elements:
         return None
     values = [constant_value(rb, i) for i in p.inputs]
     if any(v is None for v in values):
