@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks import workloads_gpt as wg
 from benchmarks import workloads_lowp as wl
 from benchmarks import workloads_onnx as wo
+from benchmarks import workloads_scan as ws
 from benchmarks.workloads_data import (
     EW_SHAPE,
     LSTM_BATCH,
@@ -327,6 +328,14 @@ WORKLOADS: list[Workload] = [
     Workload("lstm_train", "LSTM (in 64, hidden 128, seq 32, batch 32) training step",
              3 * 2 * LSTM_SEQ * LSTM_BATCH * 4 * LSTM_HIDDEN * (LSTM_IN + LSTM_HIDDEN), 0,
              {"graphc": lstm_graphc, "torch": lstm_torch}),
+    # The same step with the recurrence in one gc.scan (workloads_scan.py); torch: nn.LSTM.
+    *(Workload(f"lstm_scan_{seq}", f"LSTM as lstm_train, recurrence in gc.scan, seq {seq} "
+               "(torch: nn.LSTM)", ws.flops(seq), 0,
+               {"graphc": ws.graphc_scan(seq), "torch": ws.torch_nn_lstm(seq)})
+      for seq in (LSTM_SEQ, ws.LONG_SEQ)),
+    *(Workload(f"compile_lstm_{seq}", f"build + compile gc.Model LSTM(64) training step, "
+               f"seq {seq}, no cache", 0, 0, {"graphc": ws.compile_model(seq)})
+      for seq in ws.COMPILE_SEQS),
     *(Workload(f"onnx_{name}", f"{title} (imported ONNX)", 2 * wo.MACS[name], 0,
                {"graphc": wo.graphc_infer(name), "torch": wo.torch_infer(name)})
       for name, title in wo.NETS.items()),
