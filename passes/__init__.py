@@ -13,6 +13,7 @@ from . import (
     constant_fold,
     cse,
     loop_hoist,
+    loop_sink,
     lower_control,
     prune,
     simplify,
@@ -20,7 +21,8 @@ from . import (
 )
 from .rewrite import PassDef
 
-_MODULES = (lower_control, loop_hoist, simplify, constant_fold, attention, winograd, cse, prune)
+_MODULES = (lower_control, loop_hoist, loop_sink, simplify, constant_fold, attention, winograd,
+            cse, prune)
 PASSES: dict[str, PassDef] = {module.PASS.name: module.PASS for module in _MODULES}
 for _module in _MODULES:
     assert _module.__name__.rsplit(".", 1)[1] == _module.PASS.name, "module name != pass name"

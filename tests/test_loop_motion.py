@@ -1,9 +1,11 @@
-"""loop_hoist: carry-independent work leaves kept scan bodies (passes/loop_hoist.py).
+"""Work moved out of kept scan bodies: loop_hoist (carry-independent work before the loop)
+and loop_sink (accumulated products after it).
 
 Checked on the optimized graph (what moved: invariants once before the loop, x_t @ W as one
-GEMM over every step, results and random ops left inside, the size bound) and on numbers:
+GEMM over every step, weight-gradient accumulations as one GEMM after the backward loop;
+results, random ops and carries read elsewhere left inside; the size bound) and on numbers:
 compiled against the reference interpreter in float64 (1e-12) with gradients, forward and
-reverse, nested loops, and against the same graph compiled without the pass."""
+reverse, nested loops, and against the same graph compiled without either pass."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from graphc.passes import loop_hoist
 from graphc.passes.manager import DEFAULT_PIPELINE, run_pipeline
 
 OPTIONS = gc.CompileOptions(cache_dir=None)
-NO_HOIST = dataclasses.replace(OPTIONS, pipeline=DEFAULT_PIPELINE.replace("loop_hoist,", ""))
+NO_HOIST = dataclasses.replace(
+    OPTIONS, pipeline=DEFAULT_PIPELINE.replace("loop_hoist,", "").replace("loop_sink,", ""))
 T, B, F, H = 7, 3, 5, 4
 
 
@@ -158,6 +161,71 @@ def test_nested_loops_hoist_at_every_level() -> None:
 
 def test_the_pass_is_idempotent() -> None:
     g = _optimized(_rnn())
-    again = run_pipeline(g, "f", dataclasses.replace(OPTIONS, pipeline="loop_hoist"))
-    assert not again.report.passes[0].rules
-    assert len(again.graph.nodes) == len(g.nodes)
+    for name in ("loop_hoist", "loop_sink"):
+        again = run_pipeline(g, "f", dataclasses.replace(OPTIONS, pipeline=name))
+        assert not again.report.passes[0].rules
+        assert len(again.graph.nodes) == len(g.nodes)
+
+
+# --- loop_sink ------------------------------------------------------------------------------
+
+def _backward(g: Graph) -> Node:
+    return next(s for s in _scans(g) if s.attrs["reverse"])
+
+
+def test_weight_gradients_finish_after_the_backward_loop() -> None:
+    """dW += h_{t-1}^T dz_t and dw += x_t^T dz_t: each one GEMM of depth T*B after the loop."""
+    before = run_pipeline(_rnn(), "f", NO_HOIST).graph
+    g = _optimized(_rnn())
+    old, new = _backward(before), _backward(g)
+    assert new.attrs["num_carry"] == old.attrs["num_carry"] - 2
+    assert not [n for n in new.regions[0].needed_nodes()
+                if n.op == "matmul" and n.attrs["transpose_a"]]
+    deep = [n for n in g.nodes if n.op == "matmul" and n.attrs["transpose_a"]
+            and n.inputs[0].shape[0] == T * B]
+    assert {n.shape for n in deep} == {(F, H), (H, H)}
+
+
+def test_sums_and_products_accumulated_over_steps() -> None:
+    rng = np.random.default_rng(6)
+    with gc.Graph("acc") as g:
+        xs = gc.placeholder((T, B, F), gc.float64, name="xs")
+        c = gc.placeholder((B, H), gc.float64, name="c")
+        w = gc.variable(rng.normal(size=(F, H)), name="w")
+
+        def step(carry: tuple, x: Node) -> tuple:
+            h, s, m = carry
+            z = gc.tanh(x @ w + h)
+            return (z, s + gc.sum(z * c, axis=0), gc.matmul(x, z, transpose_a=True) + m), z
+
+        init = (gc.constant(np.zeros((B, H))), gc.constant(np.ones(H)),
+                gc.constant(np.full((F, H), 2.0)))
+        (h, s, m), zs = gc.scan(step, init, xs)
+        g.add_signature("f", [xs, c], [h, s, m, zs])
+    (scan,) = _scans(_optimized(g))
+    assert scan.attrs["num_carry"] == 1
+    assert not {"sum", "matmul"} & set(_body_ops(scan))
+    _check(g, [rng.normal(size=(T, B, F)), rng.normal(size=(B, H))])
+
+
+def test_accumulations_read_inside_the_loop_stay() -> None:
+    rng = np.random.default_rng(7)
+    with gc.Graph("read") as g:
+        xs = gc.placeholder((T, B, F), gc.float64, name="xs")
+
+        def step(m: Node, x: Node) -> tuple[Node, Node]:
+            return m + gc.matmul(x, x, transpose_a=True), m * 2.0  # m is read by a result
+
+        m, ys = gc.scan(step, gc.constant(np.zeros((F, F))), xs)
+        g.add_signature("f", [xs], [m, ys])
+    (scan,) = _scans(_optimized(g))
+    assert scan.attrs["num_carry"] == 1 and "matmul" in _body_ops(scan)
+    _check(g, [rng.normal(size=(T, B, F))])
+
+
+def test_new_stacked_factors_over_the_size_bound_stay(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setattr(loop_hoist, "MAX_HOISTED_BYTES", 8)
+    g = _optimized(_rnn())
+    assert [n for n in _backward(g).regions[0].needed_nodes()
+            if n.op == "matmul" and n.attrs["transpose_a"]]
