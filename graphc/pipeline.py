@@ -3,8 +3,9 @@
     input      the graph as built
     optimized  after the pass pipeline (passes.manager: simplify, constant_fold, winograd, cse,
                prune)
-    fused      kernels (passes.fuse); the body of each loop kernel (a scan run natively)
-               goes through these same stages up to `planned`, as a program of its own
+    fused      kernels (passes.fuse); each region of a loop kernel (a scan, while_loop or
+               cond run natively) goes through these same stages up to `planned`, as a
+               program of its own
     planned    the memory plan (passes.memory_plan, told by codegen which kernels apply
                their epilogue once per element)
     llvm       the LLVM module (codegen.module.build_module)
@@ -23,14 +24,15 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
+from graphc.codegen.loop import NATIVE_REGION_OPS
 from graphc.codegen.lowering import epilogue_writes_once
 from graphc.codegen.module import ENTRY, GeneratedModule, arena_layout, build_module
 from graphc.codegen.target import Target, host_target
 from graphc.errors import CompileError, GraphcError
-from graphc.ir import Graph, Signature
+from graphc.ir import Graph, Region, Signature
 from graphc.options import CompileOptions
 from graphc.passes.fuse import fuse
-from graphc.passes.kernels import FusedProgram, Kernel, KernelKind, LoopBody
+from graphc.passes.kernels import FusedProgram, KernelKind, LoopBody
 from graphc.passes.manager import PipelineReport, run_pipeline
 from graphc.passes.memory_plan import MemoryPlan, check_no_overlap, plan_memory
 from graphc.runtime.jit import default_cache_dir
@@ -129,23 +131,23 @@ def _optimize(s: Lowered) -> None:
 def _fuse(s: Lowered) -> None:
     assert s.optimized is not None and s.optimized_signature is not None
     for node in s.optimized_signature.needed_nodes():
-        if node.regions and node.op != "scan":
-            # A pipeline without lower_control (options.pipeline spelled out by hand).
+        if node.regions and node.op not in NATIVE_REGION_OPS:
             raise CompileError(f"{node.op} %{node.name} reached code generation, which runs "
-                               "only scans natively; run the pass lower_control first (the "
-                               "default pipeline does)", op=node.op, loc=node.loc)
+                               f"only {', '.join(NATIVE_REGION_OPS)} natively; run the pass "
+                               "lower_control first (the default pipeline does)", op=node.op,
+                               loc=node.loc)
     s.fused = fuse(s.optimized, s.optimized_signature)
     for kernel in s.fused.kernels:
         if kernel.kind == KernelKind.LOOP:
-            kernel.body = _lower_body(s, kernel)
+            assert kernel.anchor is not None
+            kernel.bodies = [_lower_body(s, region) for region in kernel.anchor.regions]
 
 
-def _lower_body(s: Lowered, kernel: Kernel) -> LoopBody:
-    """A loop kernel's body through the same stages, up to its memory plan: a program whose
-    inputs are the body's params and whose outputs are its results. Its own loops are
-    lowered the same way, recursively (nesting is bounded by `verify.MAX_REGION_DEPTH`)."""
-    assert kernel.anchor is not None
-    region = kernel.anchor.regions[0]
+def _lower_body(s: Lowered, region: Region) -> LoopBody:
+    """A region of a loop kernel through the same stages, up to its memory plan: a program
+    whose inputs are the region's params and whose outputs are its results. Its own loops
+    are lowered the same way, recursively (nesting is bounded by
+    `verify.MAX_REGION_DEPTH`)."""
     body = lower(region.graph, Signature("body", region.params, region.results), s.options,
                  "planned")
     assert body.plan is not None
