@@ -61,7 +61,7 @@ class ScratchLayout:
     """Where a loop kernel's scratch holds the body's arena (at 0), each carry's second
     buffer (`carry`, per carry) and each result no one reads (`unread`, by result index)."""
 
-    carry: tuple[int, ...]
+    carry: tuple[int | None, ...]  # None: updated in place, one buffer
     unread: dict[int, int]
     nbytes: int
 
@@ -72,9 +72,13 @@ def scratch_layout(kernel: Kernel) -> ScratchLayout:
     scan = kernel.anchor
     results = _result_types(scan)
     num_carry = scan.attrs["num_carry"]
+    in_place = set(kernel.bodies[0].plan.in_place_carries)
     offset = aligned(kernel.bodies[0].arena_bytes)
-    carry = []
-    for t in results[:num_carry]:
+    carry: list[int | None] = []
+    for c, t in enumerate(results[:num_carry]):
+        if c in in_place:
+            carry.append(None)
+            continue
         carry.append(offset)
         offset += aligned(t.nbytes)
     unread, offset = unread_results(kernel, results, offset)
@@ -120,7 +124,7 @@ def _emit_scan(ctx: KernelContext) -> None:
 
     # The buffer step 0 reads is the one the last step does not write.
     final = [result_ptr[i] for i in range(nk)]
-    other = [scratch_at(ctx, off) for off in layout.carry]
+    other = [f if off is None else scratch_at(ctx, off) for f, off in zip(final, layout.carry)]
     first, second = (final, other) if length % 2 == 0 else (other, final)
     for dst, src, t in zip(first, init, results[:nk]):
         memcpy(ctx, dst, src, t.nbytes)

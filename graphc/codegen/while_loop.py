@@ -55,7 +55,7 @@ class WhileScratch:
     """Offsets in a while_loop kernel's scratch (see the module doc); the arena is at 0."""
 
     pred: int
-    carry: tuple[int, ...]
+    carry: tuple[int | None, ...]  # None: updated in place, one buffer
     unread: dict[int, int]
     nbytes: int
 
@@ -65,8 +65,12 @@ def scratch_layout(kernel: Kernel) -> WhileScratch:
     results = _results(kernel)
     pred = aligned(max(body.arena_bytes for body in kernel.bodies))
     offset = pred + ALIGN
-    carry = []
-    for t in results:
+    in_place = set(kernel.bodies[1].plan.in_place_carries)
+    carry: list[int | None] = []
+    for c, t in enumerate(results):
+        if c in in_place:
+            carry.append(None)
+            continue
         carry.append(offset)
         offset += aligned(t.nbytes)
     unread, offset = unread_results(kernel, results, offset)
@@ -90,7 +94,7 @@ def emit(ctx: KernelContext) -> None:
     operands = [ctx.ptr(n) for n in node.inputs]
     consts, init = operands[:nc], operands[nc:]
     final = [result_ptr[i] for i in range(len(results))]
-    other = [scratch_at(ctx, off) for off in layout.carry]
+    other = [f if off is None else scratch_at(ctx, off) for f, off in zip(final, layout.carry)]
     for dst, src, t in zip(final, init, results):
         memcpy(ctx, dst, src, t.nbytes)
 
@@ -132,5 +136,6 @@ def emit(ctx: KernelContext) -> None:
 
     b.position_at_end(done)
     with b.if_then(b.load(swapped, typ=I1)):
-        for dst, src, t in zip(final, other, results):
-            memcpy(ctx, dst, src, t.nbytes)
+        for dst, src, t, off in zip(final, other, results, layout.carry):
+            if off is not None:
+                memcpy(ctx, dst, src, t.nbytes)
