@@ -1,10 +1,13 @@
-"""Loop kernels: a `scan` run natively, its body compiled once and called per step.
+"""Loop kernels: region ops run natively, each region compiled once as a program of its own.
 
-The pipeline compiles a scan's body as a program of its own (inputs = the body's params,
+`KernelKind.LOOP` has this one `Lowering`; it dispatches on the region op: a `scan` is
+emitted here, a `while_loop` by `codegen/while_loop.py`, a `cond` kept as a branch by
+`codegen/branch.py` (`NATIVE_REGION_OPS`; how a region is called: `codegen/body_call.py`).
+
+The pipeline compiles each region as a program of its own (inputs = the region's params,
 outputs = its results: `passes.kernels.LoopBody`), and `codegen.module` emits it into the
 same module as ``int32_t body(void **table)``, with the entry point's ABI and kernels of
-its own (which use the thread pool as any kernel does). The scan's kernel, emitted here,
-owns the loop:
+its own (which use the thread pool as any kernel does). A scan's kernel owns the loop:
 
     copy init into the carry buffer step 0 reads
     for t in 0..T-1:                        step s = T-1-t when reverse, else t
@@ -16,14 +19,22 @@ owns the loop:
 
 The two carry buffers are the carry's result buffer and a scratch one, chosen by the parity
 of T so that the last step writes the result buffer: nothing is copied after the loop.
+A carry the body's memory plan writes over the buffer it read
+(`MemoryPlan.in_place_carries`: safe when no kernel reads the old value after the one
+writing the new, which reads it only at its own index or overwrites it, as
+dynamic_update_slice does) has one buffer, the result's: then a step that updates a row
+of a large carry writes that row, instead of copying the carry.
 
 Scratch of the kernel (64-byte aligned pieces): the body's arena (planned region, its
-kernels' scratch, its status word), then the second buffer of every carry, then the
-results no one reads (the loop still writes them).
+kernels' scratch, its status word), then the second buffer of every double-buffered
+carry, then the results no one reads (the loop still writes them).
 
 A body kernel that checks its input (a gather's indices) makes the body return non-zero;
 the loop kernel then sets its own status word, so the entry point stops after it as after
 any checking kernel. The loop kernel therefore always checks.
+
+Partial unrolling (`unroll=k`) happens before, in `passes/lower_control.py`: the kernel
+sees a scan whose body holds k steps.
 """
 
 from __future__ import annotations
