@@ -278,3 +278,30 @@ def test_lowered_regions_round_trip_and_the_pass_is_idempotent(tmp_path: Path) -
     run, ref = gc.compile(g, signature="f", options=OPTIONS), gc.reference(g, signature="f")
     for n in (0, 1, 4):
         _close(list(run(xv, np.int64(n))), list(ref(xv, np.int64(n))), "float64")
+
+
+def test_exported_library_runs_only_the_taken_branch(tmp_path: Path) -> None:
+    g = _gather_cond("float64")
+    lib = gc.export(g, tmp_path / "libcond.so", signature="f", options=OPTIONS)
+    loaded = gc.runtime.load(lib.library)
+    ref = gc.reference(g, signature="f")
+    x = np.random.default_rng(9).normal(size=(5, 3))
+    for i in (2, 50):
+        _close(list(loaded(x, np.int64(i))), list(ref(x, np.int64(i))), "float64")
+
+
+def test_while_loop_inside_a_scan_body() -> None:
+    with gc.Graph("g") as g:
+        xs = gc.placeholder((4, 3), gc.float64, name="xs")
+
+        def step(c: gc.Node, x: gc.Node) -> tuple[gc.Node, gc.Node]:
+            # Halve until below 1: a trip count that differs per step.
+            (v,) = gc.while_loop(lambda s: gc.sum(s[0] * s[0]) > 1.0,
+                                 lambda s: (s[0] * 0.5,), (c + x,))
+            return v, gc.sum(v)
+
+        h, ys = gc.scan(step, gc.constant(np.zeros(3)), xs)
+        g.add_signature("f", [xs], [h, ys])
+    xv = np.random.default_rng(10).normal(size=(4, 3)) * 5.0
+    _close(list(gc.compile(g, signature="f", options=OPTIONS)(xv)),
+           list(gc.reference(g, signature="f")(xv)), "float64")
