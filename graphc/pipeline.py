@@ -3,8 +3,9 @@
     input      the graph as built
     optimized  after the pass pipeline (passes.manager: simplify, constant_fold, winograd, cse,
                prune)
-    fused      kernels (passes.fuse); the body of each loop kernel (a scan run natively)
-               goes through these same stages up to `planned`, as a program of its own
+    fused      kernels (passes.fuse); each region of a loop kernel (a scan, while_loop or
+               cond run natively) goes through these same stages up to `planned`, as a
+               program of its own
     planned    the memory plan (passes.memory_plan, told by codegen which kernels apply
                their epilogue once per element)
     llvm       the LLVM module (codegen.module.build_module)
@@ -23,14 +24,15 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
+from graphc.codegen.loop import NATIVE_REGION_OPS
 from graphc.codegen.lowering import epilogue_writes_once
 from graphc.codegen.module import ENTRY, GeneratedModule, arena_layout, build_module
 from graphc.codegen.target import Target, host_target
 from graphc.errors import CompileError, GraphcError
-from graphc.ir import Graph, Signature
+from graphc.ir import Graph, Node, Region, Signature
 from graphc.options import CompileOptions
 from graphc.passes.fuse import fuse
-from graphc.passes.kernels import FusedProgram, Kernel, KernelKind, LoopBody
+from graphc.passes.kernels import FusedProgram, KernelKind, LoopBody
 from graphc.passes.manager import PipelineReport, run_pipeline
 from graphc.passes.memory_plan import MemoryPlan, check_no_overlap, plan_memory
 from graphc.runtime.jit import default_cache_dir
@@ -88,6 +90,7 @@ class Lowered:
     plan: MemoryPlan | None = None
     module: GeneratedModule | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    carries: dict[int, int] = field(default_factory=dict)  # a loop body's: output -> input
 
     @property
     def ir_text(self) -> str:
@@ -97,14 +100,17 @@ class Lowered:
 
 
 def lower(graph: Graph, signature: Signature, options: CompileOptions, until: str = "llvm",
-          *, entry: str = ENTRY) -> Lowered:
+          *, entry: str = ENTRY, carries: dict[int, int] | None = None) -> Lowered:
     """Run the compiler on `signature` of `graph` up to stage `until` (see STAGES).
 
     `entry` names the module's entry-point symbol (exported libraries prefix it with the
-    library's name so that two libraries can live in one process).
+    library's name so that two libraries can live in one process). `carries` is for a
+    loop body: which outputs its loop feeds back into which inputs (the memory plan may
+    write them in place, `passes.memory_plan.in_place_carries`).
     """
     target = host_target().without(options.disable_features)
-    state = Lowered(graph, signature, options, CodegenSettings.of(options), target, entry)
+    state = Lowered(graph, signature, options, CodegenSettings.of(options), target, entry,
+                    carries=dict(carries or {}))
     return advance(state, until)
 
 
@@ -129,25 +135,36 @@ def _optimize(s: Lowered) -> None:
 def _fuse(s: Lowered) -> None:
     assert s.optimized is not None and s.optimized_signature is not None
     for node in s.optimized_signature.needed_nodes():
-        if node.regions and node.op != "scan":
-            # A pipeline without lower_control (options.pipeline spelled out by hand).
+        if node.regions and node.op not in NATIVE_REGION_OPS:
             raise CompileError(f"{node.op} %{node.name} reached code generation, which runs "
-                               "only scans natively; run the pass lower_control first (the "
-                               "default pipeline does)", op=node.op, loc=node.loc)
+                               f"only {', '.join(NATIVE_REGION_OPS)} natively; run the pass "
+                               "lower_control first (the default pipeline does)", op=node.op,
+                               loc=node.loc)
     s.fused = fuse(s.optimized, s.optimized_signature)
     for kernel in s.fused.kernels:
         if kernel.kind == KernelKind.LOOP:
-            kernel.body = _lower_body(s, kernel)
+            assert kernel.anchor is not None
+            kernel.bodies = [_lower_body(s, region, _carries(kernel.anchor, i))
+                             for i, region in enumerate(kernel.anchor.regions)]
 
 
-def _lower_body(s: Lowered, kernel: Kernel) -> LoopBody:
-    """A loop kernel's body through the same stages, up to its memory plan: a program whose
-    inputs are the body's params and whose outputs are its results. Its own loops are
-    lowered the same way, recursively (nesting is bounded by `verify.MAX_REGION_DEPTH`)."""
-    assert kernel.anchor is not None
-    region = kernel.anchor.regions[0]
+def _carries(node: Node, region: int) -> dict[int, int]:
+    """Which results of region `region` of a loop the loop feeds back into which params:
+    a scan body's and a while_loop body's carries (params after the consts)."""
+    if (node.op, region) not in (("scan", 0), ("while_loop", 1)):
+        return {}
+    nc = node.attrs["num_consts"]
+    nk = node.attrs["num_carry"] if node.op == "scan" else len(node.type)  # type: ignore[arg-type]
+    return {c: nc + c for c in range(nk)}
+
+
+def _lower_body(s: Lowered, region: Region, carries: dict[int, int]) -> LoopBody:
+    """A region of a loop kernel through the same stages, up to its memory plan: a program
+    whose inputs are the region's params and whose outputs are its results. Its own loops
+    are lowered the same way, recursively (nesting is bounded by
+    `verify.MAX_REGION_DEPTH`)."""
     body = lower(region.graph, Signature("body", region.params, region.results), s.options,
-                 "planned")
+                 "planned", carries=carries)
     assert body.plan is not None
     cs = s.settings
     layout = arena_layout(body.plan, s.target, cs.threads, cs.conv_algorithm)
@@ -157,7 +174,7 @@ def _lower_body(s: Lowered, kernel: Kernel) -> LoopBody:
 def _plan(s: Lowered) -> None:
     assert s.fused is not None
     target = s.target
-    s.plan = plan_memory(s.fused, lambda k: epilogue_writes_once(k, target))
+    s.plan = plan_memory(s.fused, lambda k: epilogue_writes_once(k, target), s.carries)
     if s.options.verify_each:
         check_no_overlap(s.plan)  # cheap, and it guards every plan the test suite makes
 

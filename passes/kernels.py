@@ -22,7 +22,8 @@ class KernelKind(enum.Enum):
     CONV = Anchor.CONV.value  # conv2d anchor with optional epilogue
     OPAQUE = "opaque"  # one op with its own lowering (keyed by op name)
     MULTI_OUTPUT = "multi_output"  # flat elementwise, several outputs (passes.multi_output)
-    LOOP = "loop"  # a region op (scan) run natively: its body compiled once, called per step
+    LOOP = "loop"  # a region op (scan, while_loop, cond) run natively: its bodies compiled
+    #                once each, called per step (per branch taken)
 
     @classmethod
     def of_anchor(cls, anchor: Anchor) -> KernelKind:
@@ -47,7 +48,7 @@ class Kernel:
     nodes: list[Node] = field(default_factory=list)  # graph order; root last
     inputs: list[Node] = field(default_factory=list)  # materialized nodes read (graph order)
     outputs: list[Node] = field(default_factory=list)  # stored nodes (graph order), root last
-    body: LoopBody | None = None  # LOOP kernels: the planned body
+    bodies: list[LoopBody] = field(default_factory=list)  # LOOP kernels: one per region
 
     def __post_init__(self) -> None:
         if not self.outputs:
@@ -69,9 +70,10 @@ class Kernel:
 
 @dataclass(eq=False)
 class LoopBody:
-    """The compiled form of a loop kernel's body, made by the pipeline (`graphc.pipeline`)
-    when it runs its stages on the body as a program of its own: signature inputs = the
-    body's params, outputs = its results.
+    """The compiled form of one region of a loop kernel's region op (a scan's body, a
+    while_loop's cond and body, a cond's two branches), made by the pipeline
+    (`graphc.pipeline`) when it runs its stages on the region as a program of its own:
+    signature inputs = the region's params, outputs = its results.
 
     `plan` is the body's memory plan (its program, kernels and nested loop bodies);
     `arena_bytes` is the size of the body's arena as code generation lays it out

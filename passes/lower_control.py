@@ -1,25 +1,40 @@
-"""lower_control: region ops that code generation does not run natively become plain ops.
+"""lower_control: region ops become plain ops, or native loop kernels code generation runs.
 
     scan(consts, init, xs){length=T, unroll=k}
-        k >= T   -> T copies of the body, step t reading x[t]; the carries chained, ys
-                    stacked (T <= 1 always: a loop of one step is no loop)
-        else     -> kept: code generation compiles the body once and runs it in a native
-                    loop (`codegen/loop.py`); a scan that only adds results to another
-                    scan of the same operands and body (the residual-saving twin that
-                    its gradient builds) is merged into that twin, so the loop runs once
-    cond(p, operands)                -> both branches, then where(p, true_i, false_i)
-    while_loop                       -> CompileError (a trip count known only at run time)
+        k >= T     -> T copies of the body, step t reading x[t]; the carries chained, ys
+                      stacked (T <= 1 always: a loop of one step is no loop)
+        1 < k < T  -> JAX's partial unrolling: a scan of T // k trips whose body holds k
+                      copies of the step (reading rows of xs reshaped to (T // k, k, ...)),
+                      then the T % k remaining steps inlined after it; with reverse=True
+                      the loop covers the last T // k * k rows and the remainder the first
+                      (run last, as in JAX). The same steps in the same order: results
+                      equal unroll=1's. (T // k == 1: fully unrolled.)
+        k == 1     -> kept: code generation compiles the body once and runs it in a native
+                      loop (`codegen/loop.py`); a scan that only adds results to another
+                      scan of the same operands and body (the residual-saving twin that
+                      its gradient builds) is merged into that twin, so the loop runs once
+    cond(p, operands)
+        cheap branches -> both branches, then where(p, true_i, false_i)
+        otherwise      -> kept: code generation calls only the taken branch's program
+                          (`codegen/branch.py`)
+    while_loop      -> kept: a native loop running its cond and body programs
+                       (`codegen/while_loop.py`); `unroll_control` refuses it (a trip count
+                       known only at run time cannot be unrolled)
 
-A cond computes both branches in compiled code (a select, as XLA lowers small conds on
-CPUs): the results are the taken branch's, bit for bit, but an error the untaken branch
-would raise (an index out of range) is raised too, and its cost is paid. The reference
-interpreter runs only the taken branch.
+Which conds become selects (`branch_worthy` is false): both branches at most
+`MAX_SELECT_NODES` computing nodes, all pointwise (elementwise, broadcast) or reshapes.
+Such a select fuses into its neighbours' elementwise kernels and computes both branches
+in one pass over the data, which costs less than a kernel call, a predicate load and
+materialized results; and pointwise ops cannot fail, so computing the untaken branch
+raises nothing the reference would not. Anything else -- a matmul, a reduction, a gather
+that may find an index out of range, a nested region op, or a longer chain -- is a real
+branch, so the untaken branch neither runs nor raises.
 
-Bodies nested in unrolled bodies are lowered as they are copied; the body of a kept scan is
-left as it is (the pipeline runs on it when code generation compiles it, so nested region
-ops are lowered there). Every copied node keeps its source location; new names are fresh.
-The pass runs first in the default pipeline and is idempotent (nothing gives it work
-again).
+Bodies nested in unrolled bodies are lowered as they are copied; the bodies of kept region
+ops are left as they are (the pipeline runs on them when code generation compiles them,
+so nested region ops are lowered there). Every copied node keeps its source location; new
+names are fresh. The pass runs first in the default pipeline and is idempotent (what it
+keeps it keeps again; a partially unrolled scan becomes one with unroll=1).
 """
 
 from __future__ import annotations
@@ -29,14 +44,22 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from graphc.errors import CompileError
-from graphc.ir import Attrs, Graph, Node, Region, Signature
+from graphc.ir import Attrs, Graph, Node, Region, Signature, TensorType
+from graphc.ir.opdef import Fusion
+from graphc.ops import registry
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
 __all__ = ["lower_control", "unroll_control"]
 
-# Whether a region op (op name, attributes) stays in the graph rather than being lowered.
-Keep = Callable[[str, Attrs], bool]
+# Whether a region op (op name, attributes, regions) stays in the graph rather than being
+# lowered.
+Keep = Callable[[str, Attrs, Sequence[Region]], bool]
+
+# A cond whose branches each have at most this many computing nodes, all pointwise, is a
+# select (see the module doc).
+MAX_SELECT_NODES = 8
+_SELECTABLE = (Fusion.ELEMENTWISE, Fusion.BROADCAST, Fusion.VIEW)
 
 
 def unroll_scan(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
@@ -71,20 +94,121 @@ def select_cond(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
 
 
 def refuse_while(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
-    """while_loop -> CompileError (not unrollable: its trip count depends on data)"""
+    """while_loop -> CompileError when asked to unroll (its trip count depends on data)"""
     raise CompileError(f"while_loop %{p.name}: its trip count depends on data, so it cannot "
-                       "be unrolled, and compiled code has no native loops yet; it runs in "
-                       "the reference interpreter only (gc.reference), for now",
+                       "be unrolled; compiled code runs it as a native loop (lower_control "
+                       "keeps it), a consumer that takes no region ops cannot",
                        op="while_loop", loc=p.loc)
 
 
 LOWER = {"scan": unroll_scan, "cond": select_cond, "while_loop": refuse_while}
 
 
-def kept(op: str, attrs: Attrs) -> bool:
+def kept(op: str, attrs: Attrs, regions: Sequence[Region]) -> bool:
     """Whether a region op stays in the graph for code generation to run natively: a scan
-    that is not asked to unroll fully (`unroll` < `length`)."""
-    return op == "scan" and attrs["unroll"] < attrs["length"]
+    that is not asked to unroll fully (`unroll` < `length`; partial unrolling keeps a
+    loop too), every while_loop, a cond whose branches are worth a branch."""
+    if op == "scan":
+        return bool(attrs["unroll"] < attrs["length"])
+    if op == "cond":
+        return branch_worthy(regions)
+    return op == "while_loop"
+
+
+def branch_worthy(regions: Sequence[Region]) -> bool:
+    """Whether a cond with these branches runs as a real branch rather than a select: some
+    branch has more than `MAX_SELECT_NODES` computing nodes, or one that is not pointwise
+    (or a reshape), see the module doc."""
+    for region in regions:
+        nodes = [n for n in region.needed_nodes() if n.op not in ("placeholder", "constant")]
+        if len(nodes) > MAX_SELECT_NODES:
+            return True
+        if any(n.regions or registry.OPS[n.op].fusion not in _SELECTABLE for n in nodes):
+            return True
+    return False
+
+
+def _partial(p: Pending | Node) -> bool:
+    """Whether a kept scan is asked to unroll partially (1 < unroll < length)."""
+    return p.op == "scan" and 1 < p.attrs["unroll"] < p.attrs["length"]
+
+
+def unroll_partially(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
+    """scan(consts, init, xs){T, unroll=k} -> scan(consts, init, xs'){T // k, unroll=1}
+    with k steps per body, then the T % k remaining steps inlined (see the module doc)"""
+    nc, nk, length, k = (p.attrs["num_consts"], p.attrs["num_carry"], p.attrs["length"],
+                         p.attrs["unroll"])
+    reverse = p.attrs["reverse"]
+    trips, rem = divmod(length, k)
+    if trips <= 1:  # a loop of one trip is no loop
+        return unroll_scan(p, rb, keep)
+    body = p.regions[0]
+    consts, carry = list(p.inputs[:nc]), list(p.inputs[nc:nc + nk])
+    xs = list(p.inputs[nc + nk:])
+    looped = range(rem, length) if reverse else range(trips * k)
+    chunks = [_rows(rb, x, looped.start, looped.stop, (trips, k), p) for x in xs]
+    attrs = {**p.attrs, "length": trips, "unroll": 1}
+    region = _chunk_body(body, nc, nk, k, reverse, p, keep)
+    inputs = (*consts, *carry, *chunks)
+    scan = registry.get("scan")
+    frozen = scan.check_attrs(attrs)
+    node = rb.keep(Pending("scan", inputs, frozen,
+                           scan.infer_type(tuple(i.type for i in inputs), frozen, (region,)),
+                           rb.fresh_name(p.name), p.loc, None, (region,)))
+    out = [rb.emit("get", (node,), {"index": i}, at=p) for i in range(len(node.type))]  # type: ignore[arg-type]
+    carry = out[:nk]
+    ys_loop = [rb.emit("reshape", (y,), {"shape": (trips * k, *y.shape[2:])}, at=p)
+               for y in out[nk:]]
+    rest = range(rem - 1, -1, -1) if reverse else range(trips * k, length)
+    rows: dict[int, list[Node]] = {}
+    for t in rest:
+        step = _inline(rb, body, [*consts, *carry, *(_index(rb, x, t, p) for x in xs)], p,
+                       keep)
+        carry, rows[t] = step[:nk], step[nk:]
+    ys = []
+    for j, y in enumerate(ys_loop):
+        extra = [rb.emit("reshape", (rows[t][j],), {"shape": (1, *y.shape[1:])}, at=p)
+                 for t in sorted(rows)]
+        parts = [*extra, y] if reverse else [y, *extra]
+        ys.append(y if not extra else rb.emit("concat", parts, {"axis": 0}, at=p))
+    return [*carry, *ys]
+
+
+def _chunk_body(body: Region, nc: int, nk: int, k: int, reverse: bool, at: Pending,
+                keep: Keep) -> Region:
+    """A scan body running `k` steps of `body`: params (consts, carry, x chunks of k rows),
+    results (carry after the k steps, ys of the k steps stacked in row order)."""
+    crb = Rebuilder(body.graph)
+    params = []
+    for i, param in enumerate(body.params):
+        t = param.type
+        if i >= nc + nk:
+            assert isinstance(t, TensorType)
+            t = TensorType((k, *t.shape), t.dtype)
+        params.append(crb.graph.add_node("placeholder", (), {}, t,  # type: ignore[arg-type]
+                                         name=crb.fresh_name(param.name), loc=param.loc))
+    consts, carry, chunks = params[:nc], params[nc:nc + nk], params[nc + nk:]
+    rows: dict[int, list[Node]] = {}
+    for j in (range(k - 1, -1, -1) if reverse else range(k)):
+        step = _inline(crb, body, [*consts, *carry, *(_index(crb, x, j, at) for x in chunks)],
+                       at, keep)
+        carry, rows[j] = step[:nk], step[nk:]
+    ys = []
+    for i in range(len(body.results) - nk):
+        stacked = [crb.emit("reshape", (rows[j][i],), {"shape": (1, *rows[j][i].shape)}, at=at)
+                   for j in range(k)]
+        ys.append(crb.emit("concat", stacked, {"axis": 0}, at=at))
+    return Region(crb.graph, tuple(params), (*carry, *ys))
+
+
+def _rows(rb: Rebuilder, x: Node, start: int, stop: int, lead: tuple[int, int], at: Pending
+          ) -> Node:
+    """x[start:stop] reshaped to (*lead, *x.shape[1:])."""
+    if (start, stop) != (0, x.shape[0]):
+        x = rb.emit("slice", (x,), {"starts": (start, *(0 for _ in x.shape[1:])),
+                                    "stops": (stop, *x.shape[1:]),
+                                    "steps": tuple(1 for _ in x.shape)}, at=at)
+    return rb.emit("reshape", (x,), {"shape": (*lead, *x.shape[1:])}, at=at)
 
 
 def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None, keep: Keep) -> list[Node]:
@@ -97,8 +221,11 @@ def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None, keep: Keep) -> li
     return rule(p, rb, keep)
 
 
-def _keep_loop(p: Pending, rb: Rebuilder) -> list[Node]:
-    """The kept region op copied as it is (its bodies shared); its results as `get`s."""
+def _keep_loop(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
+    """The kept region op copied as it is (its bodies shared), or partially unrolled; its
+    results as `get`s."""
+    if _partial(p):
+        return unroll_partially(p, rb, keep)
     node = rb.keep(p)
     return [rb.emit("get", (node,), {"index": i}, at=p) for i in range(len(p.type))]  # type: ignore[arg-type]
 
@@ -121,7 +248,7 @@ def _inline(rb: Rebuilder, region: Region, args: Sequence[Node], at: Pending, ke
         elif n.regions:
             nested = Pending(n.op, inputs, n.attrs, n.type, rb.fresh_name(n.op),
                              _at(n, at).loc, None, n.regions)
-            tuples[n] = (_keep_loop(nested, rb) if keep(n.op, n.attrs)
+            tuples[n] = (_keep_loop(nested, rb, keep) if keep(n.op, n.attrs, n.regions)
                          else _lower(nested, rb, None, keep))
         else:
             values[n] = rb.emit(n.op, inputs, n.attrs, at=_at(n, at))
@@ -155,7 +282,7 @@ def lower_control(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph
 def unroll_control(graph: Graph, sig: Signature) -> tuple[Graph, Signature]:
     """`lower_control` keeping no loop: every scan unrolled, at every depth (for consumers
     that take no region ops, such as the ONNX writer)."""
-    return _run(graph, sig, None, lambda op, attrs: False)
+    return _run(graph, sig, None, lambda op, attrs, regions: False)
 
 
 def _run(graph: Graph, sig: Signature, ctx: PassContext | None, keep: Keep
@@ -164,10 +291,23 @@ def _run(graph: Graph, sig: Signature, ctx: PassContext | None, keep: Keep
     tuples: dict[Node, list[Node]] = {}
     twin_of = _widest_twins(graph, keep)
     for old in graph.nodes:
-        if old.regions and keep(old.op, old.attrs):
+        if old.regions and keep(old.op, old.attrs, old.regions):
             twin = twin_of.get(old, old)
             if twin in rb.mapping:  # the twin took this loop's place already
                 rb.mapping[old] = rb.mapping[twin]
+                continue
+            if twin in tuples:  # the same, partially unrolled
+                tuples[old] = tuples[twin]
+                continue
+            if _partial(twin):
+                inputs = tuple(rb.mapping[i] for i in twin.inputs)
+                tuples[old] = unroll_partially(Pending(
+                    twin.op, inputs, twin.attrs, twin.type, twin.name, twin.loc, None,
+                    twin.regions), rb, keep)
+                if twin is not old:
+                    if ctx is not None:
+                        ctx.hit(_widest_twins)
+                    tuples[twin] = tuples[old]
                 continue
             # The twin has the same operands, so it may take the first member's place.
             rb.mapping[old] = rb.copy(twin)
@@ -195,7 +335,7 @@ def _widest_twins(graph: Graph, keep: Keep) -> dict[Node, Node]:
     most results (a scan maps to itself when it has no wider twin)."""
     groups: dict[tuple, list[Node]] = {}
     for n in graph.nodes:
-        if n.regions and keep(n.op, n.attrs):
+        if n.op == "scan" and keep(n.op, n.attrs, n.regions):
             body = n.regions[0]
             key = (n.inputs, n.attrs, id(body.graph), body.params)
             groups.setdefault(key, []).append(n)
@@ -210,6 +350,7 @@ def _widest_twins(graph: Graph, keep: Keep) -> dict[Node, Node]:
 
 
 PASS = PassDef("lower_control", lower_control,
-               "unroll scans asked to unroll (others run as native loops; gradient twins "
-               "merged), turn conds into selects; while_loop is a CompileError",
+               "unroll scans asked to unroll (fully, or k steps per trip; others run as "
+               "native loops, gradient twins merged), turn conds of cheap branches into "
+               "selects (others and while_loops run natively)",
                enabled_by=frozenset())

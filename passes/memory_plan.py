@@ -28,7 +28,7 @@ variables run before the first kernel (they must see old values), others after t
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from graphc.ir import Node, Signature
@@ -94,6 +94,7 @@ class MemoryPlan:
     naive_bytes: int
     in_place: list[tuple[Node, Node]] = field(default_factory=list)  # (output, reused input)
     in_place_updates: list[Node] = field(default_factory=list)  # variables written directly
+    in_place_carries: list[int] = field(default_factory=list)  # outputs over their inputs
 
     def buffer_of(self, node: Node) -> Location:
         """Where `node`'s value can be read (views resolve to their base buffer)."""
@@ -106,7 +107,9 @@ class MemoryPlan:
             f"memory plan for {self.program.graph.name!r}: arena {self.arena_bytes} bytes, "
             f"lower bound {self.lower_bound}, naive {self.naive_bytes} "
             f"({len(self.slots)} slots, {len(self.in_place)} in-place reuses, "
-            f"{len(self.in_place_updates)} in-place updates)"
+            f"{len(self.in_place_updates)} in-place updates"
+            + (f", {len(self.in_place_carries)} in-place carries)" if self.in_place_carries
+               else ")")
         ]
         for k in self.program.kernels:
             for i, out in enumerate(k.outputs):
@@ -124,7 +127,8 @@ class MemoryPlan:
 
 
 def plan_memory(program: FusedProgram,
-                epilogue_writes_once: Callable[[Kernel], bool] | None = None) -> MemoryPlan:
+                epilogue_writes_once: Callable[[Kernel], bool] | None = None,
+                carries: Mapping[int, int] | None = None) -> MemoryPlan:
     """Assign a location to every materialized value (see the module docstring).
 
     `epilogue_writes_once(kernel)` (from code generation) says whether an anchored kernel
@@ -132,6 +136,11 @@ def plan_memory(program: FusedProgram,
     store; such a kernel may update a variable its epilogue reads in place (a momentum
     buffer updated in the epilogue of its gradient's GEMM). Without it, only elementwise
     kernels do.
+
+    `carries` (a loop body's program: output index -> input index) names the outputs that
+    the loop feeds back into an input at the next step; those for which it is safe
+    (`in_place_carries`) are written straight over that input's buffer, listed in
+    `MemoryPlan.in_place_carries`, and the loop kernel gives them one buffer, not two.
     """
     sig = program.signature
     kernels = program.kernels
@@ -156,8 +165,13 @@ def plan_memory(program: FusedProgram,
     before: list[_Pending] = []
     after: list[_Pending] = []
     extend_to_end: set[Node] = set()
+    carried = in_place_carries(program, carries or {}, readers)
+    for i, param in carried.items():
+        location[sig.outputs[i]] = location[param]
     output_root: dict[Node, int] = {}
     for i, out in enumerate(sig.outputs):
+        if i in carried:
+            continue
         if out in program.kernel_of and any(o is out for o in program.kernel_of[out].outputs) \
                 and out not in output_root:
             output_root[out] = i
@@ -194,7 +208,7 @@ def plan_memory(program: FusedProgram,
 
     # Outputs not written directly by their kernel are copied in.
     for i, out in enumerate(sig.outputs):
-        if output_root.get(out) == i:
+        if output_root.get(out) == i or i in carried:
             continue
         base = program.views.get(out, out)
         dst = Location(Space.OUTPUT, i)
@@ -244,7 +258,7 @@ def plan_memory(program: FusedProgram,
     naive = sum(_align(n.type.nbytes) for s in slots for n in s.nodes) + sum(
         s.nbytes for s in slots if not s.nodes)
     return MemoryPlan(program, location, slots, copies_before, copies_after, arena,
-                      lower_bound(slots), naive, in_place, in_place_updates)
+                      lower_bound(slots), naive, in_place, in_place_updates, sorted(carried))
 
 
 @dataclass
@@ -292,6 +306,36 @@ def _in_place_update_target(program: FusedProgram, k: Kernel, variables: list[No
             continue  # the output must see the old value; keep it simple and copy
         return var
     return None
+
+
+def in_place_carries(program: FusedProgram, carries: Mapping[int, int],
+                     readers: dict[Node, list[int]]) -> dict[int, Node]:
+    """Of a loop body's carries (output index -> input index), those whose output may be
+    written over its input's buffer: {output index: the input's placeholder}.
+
+    As for a variable updated in place: the output is stored by a kernel (not a copy of
+    something else), once; no kernel after that one reads the input, and that kernel reads
+    it only elementwise at its output index, or overwrites it (`dynamic_update_slice`: then
+    only the update is written, not the whole carry); and no output is a copy of the input
+    (copies run after the kernels).
+    """
+    sig = program.signature
+    found: dict[int, Node] = {}
+    for o, i in carries.items():
+        result, param = sig.outputs[o], sig.inputs[i]
+        k = program.kernel_of.get(result)
+        if k is None or not any(x is result for x in k.outputs) \
+                or sum(x is result for x in sig.outputs) != 1 \
+                or any(program.views.get(x, x) is param for x in sig.outputs):
+            continue
+        if any(r > k.index for r in readers.get(param, [])):
+            continue
+        if k.index in readers.get(param, []) and not overwrites(program, k, param):
+            reads_view = any(program.views.get(n) is param for n in k.inputs)
+            if reads_view or not program.reads_at_root_index(k, param):
+                continue
+        found[o] = param
+    return found
 
 
 def _reusable_slot(program: FusedProgram, k: Kernel, root: Node, slot_of: dict[Node, Slot],

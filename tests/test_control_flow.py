@@ -13,6 +13,7 @@ import pytest
 import graphc as gc
 from graphc.errors import CompileError, GraphcError, ShapeError
 from graphc.ir import TupleType
+from graphc.passes.lower_control import unroll_control
 
 RNG = np.random.default_rng(7)
 W = RNG.uniform(-0.8, 0.8, (3, 3))
@@ -130,14 +131,17 @@ def test_while_loop_runs_to_a_data_dependent_count() -> None:
         assert int(count) == expected and float(value) == 2.0 ** expected
 
 
-def test_while_loop_is_not_differentiable_and_not_compiled() -> None:
+def test_while_loop_is_not_differentiable_but_compiled() -> None:
     with gc.Graph("g") as g:
         x = gc.placeholder((), gc.float64, name="x")
         (v,) = gc.while_loop(lambda c: c[0] < 10.0, lambda c: (c[0] * 2.0,), (x,))
         with pytest.raises(GraphcError, match=r"not differentiable.*use scan"):
             gc.grad(v, x)
-    with pytest.raises(CompileError, match=r"while_loop.*reference interpreter only"):
-        gc.compile(g, [x], [v])
+    run, ref = gc.compile(g, [x], [v]), gc.reference(g, [x], [v])
+    for start in (0.6, 1.0, 20.0):  # 5, 4 and 0 trips
+        assert float(run(np.array(start))[0]) == float(ref(np.array(start))[0])
+    with pytest.raises(CompileError, match=r"while_loop.*cannot be unrolled"):
+        unroll_control(g, g.add_signature("s", [x], [v]))
 
 
 def test_compiled_scan_and_cond_equal_the_reference() -> None:

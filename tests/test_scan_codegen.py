@@ -175,6 +175,6 @@ def test_fused_stage_shows_the_loop_kernel() -> None:
     lowered = lower(g, g.signatures["f"], OPTIONS, "planned")
     assert lowered.fused is not None and lowered.plan is not None
     loops = [k for k in lowered.fused.kernels if k.kind == KernelKind.LOOP]
-    assert all(k.body is not None and k.body.plan.program.kernels for k in loops)
+    assert all(len(k.bodies) == 1 and k.bodies[0].plan.program.kernels for k in loops)
     assert KIND_STYLE[KernelKind.LOOP][0] in fused_to_dot(lowered.fused)
     assert "[loop] anchor=%scan" in lowered.fused.format()

@@ -11,7 +11,7 @@ A `Lowering` is registered next to its emitter, in the emitter module's `LOWERIN
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llvmlite.ir as ir
 
@@ -38,7 +38,7 @@ class TableEntry:
 
 @dataclass(frozen=True)
 class LoopCode:
-    """A loop kernel's body, emitted: ``int32_t fn(void **table)`` with the entry point's
+    """A region of a loop kernel, emitted: ``int32_t fn(void **table)`` with the entry point's
     ABI (`codegen.module`), and what each slot of its `table` holds."""
 
     fn: ir.Function
@@ -56,7 +56,7 @@ class KernelContext:
     threads: int = 1  # threads of the native pool parallel loops may use
     conv_algorithm: str = "auto"  # CompileOptions.conv_algorithm
     status: ir.Value | None = None  # the call's status word, for kernels that `checks`
-    body: LoopCode | None = None  # a loop kernel's body function
+    bodies: list[LoopCode] = field(default_factory=list)  # a loop kernel's region functions
 
     @property
     def module(self) -> ir.Module:

@@ -98,7 +98,7 @@ def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
     `entry` names the entry-point symbol; exported libraries give each model its own so
     that two of them can be linked or loaded into one process. `conv` is
     `CompileOptions.conv_algorithm`. The bodies of loop kernels become functions of the
-    same module, with the entry point's ABI (`emit_program`).
+    same module, with the entry point's ABI (`emit_program`), one per region.
     """
     module = ir.Module(name=name)
     module.triple = target.triple
@@ -220,13 +220,15 @@ class ProgramEmitter:
         for i in range(len(kernel.inputs)):
             if i not in aliased:
                 fn.args[n_out + i].add_attribute("noalias")
-        body = None
-        if kernel.body is not None:  # a loop: its body first, a function of its own
-            body_layout = arena_layout(kernel.body.plan, self.target, self.threads, self.conv)
-            assert body_layout.arena_bytes == kernel.body.arena_bytes
-            body = LoopCode(self.emit_program(kernel.body.plan, body_layout,
-                                              f"{name}.body", prefix=f"{name}."),
-                            body_layout.table)
+        bodies = []
+        for i, body in enumerate(kernel.bodies):  # a loop: its bodies first, functions
+            body_layout = arena_layout(body.plan, self.target, self.threads, self.conv)
+            assert body_layout.arena_bytes == body.arena_bytes
+            label = "body" if i == 0 else f"body{i}"
+            prefix_i = f"{name}." if i == 0 else f"{name}.{label}."
+            bodies.append(LoopCode(self.emit_program(body.plan, body_layout,
+                                                     f"{name}.{label}", prefix=prefix_i),
+                                   body_layout.table))
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         ptrs: dict[Node, ir.Value] = dict(zip(kernel.outputs, fn.args))
         for i, n in enumerate(kernel.inputs):
@@ -235,7 +237,7 @@ class ProgramEmitter:
         scratch = next(rest) if needs_scratch else None
         status = next(rest) if checks else None
         ctx = KernelContext(b, self.target, plan.program, kernel, ptrs, scratch, self.threads,
-                            self.conv, status, body)
+                            self.conv, status, bodies)
         lowering.lowering_of(kernel).emit(ctx)
         ctx.b.ret_void()
         return fn
@@ -258,7 +260,7 @@ def kernel_key(plan: MemoryPlan, kernel: Kernel, needs_scratch: bool) -> tuple:
     same ops, attributes and types wired the same way, the same immediate values, the same
     input types and the same output/input aliasing (which decides `noalias`).
     """
-    if kernel.body is not None:  # a loop's code is its body's: never shared
+    if kernel.bodies:  # a loop's code is its bodies': never shared
         return ("loop", id(kernel))
     program = plan.program
     position = {n: i for i, n in enumerate(kernel.nodes)}

@@ -19,7 +19,9 @@ cond every branch gets params for every operand, each branch's captures included
 Gradients are in `control_grad.py` (scan: a reverse scan over residuals saved per step;
 cond: a cond of the branches' VJPs; while_loop: not differentiable). Compiled code runs a
 scan as a native loop over its body compiled once (`codegen/loop.py`) unless it is asked
-to unroll, and a cond as a select (`passes/lower_control.py`).
+to unroll (fully, or k steps per trip), a while_loop as a native loop over its cond and
+body (`codegen/while_loop.py`), and a cond as a call of the taken branch's program
+(`codegen/branch.py`) or, for tiny pointwise branches, a select (`passes/lower_control.py`).
 """
 
 from __future__ import annotations
@@ -171,8 +173,10 @@ def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, *
     the entry that changed). `fn` is traced once into a body graph; outer nodes it reads are
     passed to the loop as operands. `length` is required when `xs` is None, and must agree
     with the leading axis of every x otherwise. `unroll` >= the length makes compiled code
-    unroll the loop fully (one copy of the body per step); otherwise it runs natively with
-    the body compiled once (partial unrolling is not implemented yet). Returns
+    unroll the loop fully (one copy of the body per step); 1 < `unroll` < the length runs
+    a native loop of length // unroll trips whose body holds `unroll` steps, the remaining
+    steps after it (JAX's semantics; the results equal unroll=1's); otherwise it runs
+    natively with the body compiled once. Returns
     ``(final carry, ys)``, ys stacked along a new leading axis.
     """
     op = "scan"
@@ -275,7 +279,9 @@ def cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any], *
     """``true_fn(*operands)`` if `pred` (a bool scalar node) else ``false_fn(*operands)``.
 
     Both functions are traced; they must return pytrees of the same structure and types.
-    Only the taken branch runs in the reference interpreter. Returns that pytree.
+    Only the taken branch runs, in the reference interpreter and in compiled code (where
+    branches of a few pointwise ops become a select instead, which cannot fail: see
+    `passes/lower_control.py`). Returns that pytree.
     """
     op = "cond"
     p = leaf_nodes([pred])[0]
@@ -365,8 +371,8 @@ def while_loop(cond_fn: Callable[[Any], Any], body_fn: Callable[[Any], Any], ini
     """``while cond_fn(carry): carry = body_fn(carry)``, starting from `init` (a pytree).
 
     `cond_fn` returns a bool scalar; `body_fn` a carry of `init`'s structure and types.
-    Forward only: gradients raise (use `scan` with a fixed length). Compiled code does not
-    run it yet (a CompileError); `gc.reference` does.
+    Forward only: gradients raise (use `scan` with a fixed length). Compiled code runs it
+    as a native loop (`codegen/while_loop.py`), the cond and the body compiled once each.
     """
     op = "while_loop"
     leaves, tree = flatten(init, f"{op}: init")

@@ -17,7 +17,8 @@ scan
 cond
     a cond on the same predicate whose branches are the VJPs of the two branches (each
     recomputes its forward part: nothing is saved), so only the taken branch's cotangents
-    are computed, and a compiled select picks them.
+    are computed (compiled code calls only the taken branch, or selects between tiny
+    pointwise ones: `lower_control`).
 
 Contracts as for `RegionRules.grad`: one cotangent per result (None: zero) in, one per
 input (None: no gradient, for non-float inputs) out.
