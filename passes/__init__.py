@@ -14,6 +14,7 @@ from . import (
     cse,
     loop_hoist,
     loop_sink,
+    loop_unroll,
     lower_control,
     prune,
     simplify,
@@ -21,8 +22,8 @@ from . import (
 )
 from .rewrite import PassDef
 
-_MODULES = (lower_control, loop_hoist, loop_sink, simplify, constant_fold, attention, winograd,
-            cse, prune)
+_MODULES = (lower_control, loop_hoist, loop_sink, loop_unroll, simplify, constant_fold,
+            attention, winograd, cse, prune)
 PASSES: dict[str, PassDef] = {module.PASS.name: module.PASS for module in _MODULES}
 for _module in _MODULES:
     assert _module.__name__.rsplit(".", 1)[1] == _module.PASS.name, "module name != pass name"

@@ -313,7 +313,7 @@ def loop_hoist(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, S
 
     rb = Rebuilder(graph, visit)
     for old in graph.nodes:
-        if old.op == "scan" and kept(old.op, old.attrs):
+        if old.op == "scan" and kept(old.op, old.attrs, old.regions):
             p = Pending(old.op, tuple(rb.mapping[i] for i in old.inputs), old.attrs,
                         old.type, old.name, old.loc, None, old.regions)
             rb.mapping[old] = _hoist(p, old, rb, ctx)

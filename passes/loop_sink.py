@@ -234,7 +234,7 @@ def loop_sink(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Si
     rb = Rebuilder(graph)
     values: dict[Node, list[Node]] = {}
     for old in graph.nodes:
-        if old.op == "scan" and kept(old.op, old.attrs):
+        if old.op == "scan" and kept(old.op, old.attrs, old.regions):
             p = Pending(old.op, tuple(rb.mapping[i] for i in old.inputs), old.attrs,
                         old.type, old.name, old.loc, None, old.regions)
             done = _sink(p, old, rb, ctx)

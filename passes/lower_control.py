@@ -3,16 +3,12 @@
     scan(consts, init, xs){length=T, unroll=k}
         k >= T     -> T copies of the body, step t reading x[t]; the carries chained, ys
                       stacked (T <= 1 always: a loop of one step is no loop)
-        1 < k < T  -> JAX's partial unrolling: a scan of T // k trips whose body holds k
-                      copies of the step (reading rows of xs reshaped to (T // k, k, ...)),
-                      then the T % k remaining steps inlined after it; with reverse=True
-                      the loop covers the last T // k * k rows and the remainder the first
-                      (run last, as in JAX). The same steps in the same order: results
-                      equal unroll=1's. (T // k == 1: fully unrolled.)
-        k == 1     -> kept: code generation compiles the body once and runs it in a native
+        k < T      -> kept: code generation compiles the body once and runs it in a native
                       loop (`codegen/loop.py`); a scan that only adds results to another
                       scan of the same operands and body (the residual-saving twin that
-                      its gradient builds) is merged into that twin, so the loop runs once
+                      its gradient builds) is merged into that twin, so the loop runs once;
+                      1 < k < T is partial unrolling, done later by `loop_unroll` (after
+                      loop_hoist and loop_sink, which then see the one-step body)
     cond(p, operands)
         cheap branches -> both branches, then where(p, true_i, false_i)
         otherwise      -> kept: code generation calls only the taken branch's program
@@ -34,7 +30,7 @@ Bodies nested in unrolled bodies are lowered as they are copied; the bodies of k
 ops are left as they are (the pipeline runs on them when code generation compiles them,
 so nested region ops are lowered there). Every copied node keeps its source location; new
 names are fresh. The pass runs first in the default pipeline and is idempotent (what it
-keeps it keeps again; a partially unrolled scan becomes one with unroll=1).
+keeps it keeps again).
 """
 
 from __future__ import annotations
@@ -44,7 +40,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from graphc.errors import CompileError
-from graphc.ir import Attrs, Graph, Node, Region, Signature, TensorType
+from graphc.ir import Attrs, Graph, Node, Region, Signature
 from graphc.ir.opdef import Fusion
 from graphc.ops import registry
 
@@ -128,89 +124,6 @@ def branch_worthy(regions: Sequence[Region]) -> bool:
     return False
 
 
-def _partial(p: Pending | Node) -> bool:
-    """Whether a kept scan is asked to unroll partially (1 < unroll < length)."""
-    return p.op == "scan" and 1 < p.attrs["unroll"] < p.attrs["length"]
-
-
-def unroll_partially(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
-    """scan(consts, init, xs){T, unroll=k} -> scan(consts, init, xs'){T // k, unroll=1}
-    with k steps per body, then the T % k remaining steps inlined (see the module doc)"""
-    nc, nk, length, k = (p.attrs["num_consts"], p.attrs["num_carry"], p.attrs["length"],
-                         p.attrs["unroll"])
-    reverse = p.attrs["reverse"]
-    trips, rem = divmod(length, k)
-    if trips <= 1:  # a loop of one trip is no loop
-        return unroll_scan(p, rb, keep)
-    body = p.regions[0]
-    consts, carry = list(p.inputs[:nc]), list(p.inputs[nc:nc + nk])
-    xs = list(p.inputs[nc + nk:])
-    looped = range(rem, length) if reverse else range(trips * k)
-    chunks = [_rows(rb, x, looped.start, looped.stop, (trips, k), p) for x in xs]
-    attrs = {**p.attrs, "length": trips, "unroll": 1}
-    region = _chunk_body(body, nc, nk, k, reverse, p, keep)
-    inputs = (*consts, *carry, *chunks)
-    scan = registry.get("scan")
-    frozen = scan.check_attrs(attrs)
-    node = rb.keep(Pending("scan", inputs, frozen,
-                           scan.infer_type(tuple(i.type for i in inputs), frozen, (region,)),
-                           rb.fresh_name(p.name), p.loc, None, (region,)))
-    out = [rb.emit("get", (node,), {"index": i}, at=p) for i in range(len(node.type))]  # type: ignore[arg-type]
-    carry = out[:nk]
-    ys_loop = [rb.emit("reshape", (y,), {"shape": (trips * k, *y.shape[2:])}, at=p)
-               for y in out[nk:]]
-    rest = range(rem - 1, -1, -1) if reverse else range(trips * k, length)
-    rows: dict[int, list[Node]] = {}
-    for t in rest:
-        step = _inline(rb, body, [*consts, *carry, *(_index(rb, x, t, p) for x in xs)], p,
-                       keep)
-        carry, rows[t] = step[:nk], step[nk:]
-    ys = []
-    for j, y in enumerate(ys_loop):
-        extra = [rb.emit("reshape", (rows[t][j],), {"shape": (1, *y.shape[1:])}, at=p)
-                 for t in sorted(rows)]
-        parts = [*extra, y] if reverse else [y, *extra]
-        ys.append(y if not extra else rb.emit("concat", parts, {"axis": 0}, at=p))
-    return [*carry, *ys]
-
-
-def _chunk_body(body: Region, nc: int, nk: int, k: int, reverse: bool, at: Pending,
-                keep: Keep) -> Region:
-    """A scan body running `k` steps of `body`: params (consts, carry, x chunks of k rows),
-    results (carry after the k steps, ys of the k steps stacked in row order)."""
-    crb = Rebuilder(body.graph)
-    params = []
-    for i, param in enumerate(body.params):
-        t = param.type
-        if i >= nc + nk:
-            assert isinstance(t, TensorType)
-            t = TensorType((k, *t.shape), t.dtype)
-        params.append(crb.graph.add_node("placeholder", (), {}, t,  # type: ignore[arg-type]
-                                         name=crb.fresh_name(param.name), loc=param.loc))
-    consts, carry, chunks = params[:nc], params[nc:nc + nk], params[nc + nk:]
-    rows: dict[int, list[Node]] = {}
-    for j in (range(k - 1, -1, -1) if reverse else range(k)):
-        step = _inline(crb, body, [*consts, *carry, *(_index(crb, x, j, at) for x in chunks)],
-                       at, keep)
-        carry, rows[j] = step[:nk], step[nk:]
-    ys = []
-    for i in range(len(body.results) - nk):
-        stacked = [crb.emit("reshape", (rows[j][i],), {"shape": (1, *rows[j][i].shape)}, at=at)
-                   for j in range(k)]
-        ys.append(crb.emit("concat", stacked, {"axis": 0}, at=at))
-    return Region(crb.graph, tuple(params), (*carry, *ys))
-
-
-def _rows(rb: Rebuilder, x: Node, start: int, stop: int, lead: tuple[int, int], at: Pending
-          ) -> Node:
-    """x[start:stop] reshaped to (*lead, *x.shape[1:])."""
-    if (start, stop) != (0, x.shape[0]):
-        x = rb.emit("slice", (x,), {"starts": (start, *(0 for _ in x.shape[1:])),
-                                    "stops": (stop, *x.shape[1:]),
-                                    "steps": tuple(1 for _ in x.shape)}, at=at)
-    return rb.emit("reshape", (x,), {"shape": (*lead, *x.shape[1:])}, at=at)
-
-
 def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None, keep: Keep) -> list[Node]:
     rule = LOWER.get(p.op)
     if rule is None:
@@ -222,10 +135,7 @@ def _lower(p: Pending, rb: Rebuilder, ctx: PassContext | None, keep: Keep) -> li
 
 
 def _keep_loop(p: Pending, rb: Rebuilder, keep: Keep) -> list[Node]:
-    """The kept region op copied as it is (its bodies shared), or partially unrolled; its
-    results as `get`s."""
-    if _partial(p):
-        return unroll_partially(p, rb, keep)
+    """The kept region op copied as it is (its bodies shared); its results as `get`s."""
     node = rb.keep(p)
     return [rb.emit("get", (node,), {"index": i}, at=p) for i in range(len(p.type))]  # type: ignore[arg-type]
 
@@ -295,19 +205,6 @@ def _run(graph: Graph, sig: Signature, ctx: PassContext | None, keep: Keep
             twin = twin_of.get(old, old)
             if twin in rb.mapping:  # the twin took this loop's place already
                 rb.mapping[old] = rb.mapping[twin]
-                continue
-            if twin in tuples:  # the same, partially unrolled
-                tuples[old] = tuples[twin]
-                continue
-            if _partial(twin):
-                inputs = tuple(rb.mapping[i] for i in twin.inputs)
-                tuples[old] = unroll_partially(Pending(
-                    twin.op, inputs, twin.attrs, twin.type, twin.name, twin.loc, None,
-                    twin.regions), rb, keep)
-                if twin is not old:
-                    if ctx is not None:
-                        ctx.hit(_widest_twins)
-                    tuples[twin] = tuples[old]
                 continue
             # The twin has the same operands, so it may take the first member's place.
             rb.mapping[old] = rb.copy(twin)

@@ -53,12 +53,13 @@ __all__ = [
 ]
 
 # lower_control first (loops unrolled or kept), loop_hoist and loop_sink (carry-independent
-# work before the kept loops, accumulated products after them), then simplify (its rewrites
+# work before the kept loops, accumulated products after them), loop_unroll (k steps per
+# trip where asked), then simplify (its rewrites
 # expose constants: 1 * c becomes c), fold what is constant, rewrite convolutions whose
 # weights are now constant as Winograd GEMMs, merge duplicates (folding makes equal
 # constants), and prune last, after everything made dead.
-DEFAULT_PIPELINE = ("lower_control,loop_hoist,loop_sink,simplify,constant_fold,attention,"
-                    "winograd,cse,prune")
+DEFAULT_PIPELINE = ("lower_control,loop_hoist,loop_sink,loop_unroll,simplify,constant_fold,"
+                    "attention,winograd,cse,prune")
 
 
 @dataclass(frozen=True)
