@@ -150,7 +150,7 @@ def _emit_dot_form(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value,
     `vdpbf16ps` pair layout and consecutive outputs read consecutive memory (one
     sequential stream of B). Blocks of `r` outputs keep r x m vector accumulators over k,
     then reduce them horizontally in one shuffle tree."""
-    r = max(1, min(8, _ACCUMULATORS // spec.m))
+    r = {1: 16, 2: 8}.get(spec.m, 4)  # a power of two: the reduction gives one vector
     blocks, rest = divmod(spec.n, r)
     if blocks:
         with for_range(b, 0, blocks, name="gd.j") as jb:
@@ -191,6 +191,10 @@ def _dot_block(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c: ir
         accs = step(i64(full), accs, part=tail)
     for i in range(m):
         sums = _reduce_lanes(b, accs[i * r:(i + 1) * r], w)
+        if sums.type.count == r and r > 1:
+            # A whole vector of outputs: the epilogue (a GELU, say) runs vectorized.
+            _put(b, spec, c, epilogue, i64(i), col0, sums, r)
+            continue
         for j in range(r):
             _put(b, spec, c, epilogue, i64(i), b.add(col0, i64(j)),
                  b.extract_element(sums, i64(j)), 1)
