@@ -77,7 +77,11 @@ class AutocastDecision:
 
 
 def _check(dtype: DType | str, weights: str) -> None:
-    if DType.of(dtype) != DType.bfloat16:
+    try:
+        target: DType | None = DType.of(dtype)
+    except GraphcError:
+        target = None
+    if target != DType.bfloat16:
         raise GraphcError(f"dtype: autocast supports 'bfloat16', got {dtype!r}", op="autocast")
     if weights not in WEIGHT_MODES:
         raise GraphcError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}",

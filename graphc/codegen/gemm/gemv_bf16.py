@@ -150,7 +150,9 @@ def _emit_dot_form(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value,
     `vdpbf16ps` pair layout and consecutive outputs read consecutive memory (one
     sequential stream of B). Blocks of `r` outputs keep r x m vector accumulators over k,
     then reduce them horizontally in one shuffle tree."""
-    r = {1: 16, 2: 8}.get(spec.m, 4)  # a power of two: the reduction gives one vector
+    # A power of two (the reduction gives one vector of r outputs); 16 rows would be more
+    # concurrent streams than the prefetchers follow (measured: half the bandwidth at K=2048).
+    r = 8 if spec.m <= 2 else 4
     blocks, rest = divmod(spec.n, r)
     if blocks:
         with for_range(b, 0, blocks, name="gd.j") as jb:
@@ -179,7 +181,8 @@ def _dot_block(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c: ir
         return as_, bs
 
     def step(q: ir.Value, accs: list[ir.Value], part: int = 0) -> list[ir.Value]:
-        as_, bs = rows_at(b.mul(q, i64(chunk)), part)
+        p0 = b.mul(q, i64(chunk))
+        as_, bs = rows_at(p0, part)
         out = list(accs)
         for i in range(m):
             for j in range(r):
