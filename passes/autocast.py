@@ -12,7 +12,7 @@ backward GEMMs `gc.grad` built -- reads bf16 operands and accumulates in float32
 
 How each float32 matmul operand becomes bf16:
 
-- a variable that no signature of the graph updates (a frozen weight: inference) is
+- a variable that no signature of the new graph updates (a frozen weight: inference) is
   *stored* in bf16 once, at autocast time, in a new non-trainable variable
   ``<name>/bf16`` (half the bytes per call, which is what a bandwidth-bound batch-1 GEMV
   needs). A weight read as the right operand of a matmul without ``transpose_b`` (a
@@ -170,7 +170,8 @@ def _run(graph: Graph, dtype: DType | str, signatures: Sequence[str] | None,
          weights: str) -> tuple[Graph, list[AutocastDecision]]:
     _check(dtype, weights)
     sigs = _selected(graph, signatures)
-    updated = {var.name for s in graph.signatures.values() for var, _ in s.updates}
+    # Frozen = updated by no signature the new graph holds (its weights are a snapshot).
+    updated = {var.name for s in sigs for var, _ in s.updates}
     caster = _Autocaster(updated, weights)
     rb = Rebuilder(graph, caster)
     if signatures is None:
