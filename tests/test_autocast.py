@@ -209,3 +209,20 @@ def test_bf16_generator_tracks_float32_and_compiles_once() -> None:
     assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.9
     with pytest.raises(gc.AttrError, match="precision must be one of"):
         gc.nn.Generator(gpt, max_len=8, precision="int4")
+
+
+def test_bf16_decode_step_exports_and_matches_python(tmp_path) -> None:
+    """The exported decode step of a bf16 generator holds the bf16 weights and computes
+    what the Python generator computes, token by token."""
+    _needs_bf16()
+    gpt = gc.nn.GPT(61, 32, 1, 2, 64, max_len=32, seed=5)
+    gen = gc.nn.Generator(gpt, max_len=32, temperature=0.0, precision="bfloat16",
+                          return_logits=True, options=ONE)
+    lib = gc.runtime.load(gen.export(tmp_path / "libgptbf16.so").library)
+    ids = np.array([3], np.int64)
+    for pos in range(12):
+        want_ids, want_logits = gen.step(ids, pos)
+        got_ids, got_logits = lib(ids, np.int64(pos))
+        assert np.array_equal(got_ids, want_ids)
+        np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+        ids = want_ids

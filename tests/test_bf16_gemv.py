@@ -47,6 +47,9 @@ def test_bf16_gemv_within_the_bf16_bound_of_f64(m, k, n, ta, tb, threads, disabl
     biasv = rng.standard_normal(n).astype(np.float32)
     opts = CompileOptions(threads=threads, disable_features=disabled)
     y, z = gc.compile(g, inputs=ins, outputs=outs, options=opts)(av, bv, biasv)
+    # z alone: bias, relu and the rounding run as the GEMV's epilogue (whole vectors).
+    fused = gc.compile(g, inputs=ins, outputs=outs[1], options=opts)(av, bv, biasv)
+    assert np.array_equal(fused, z)
     a64 = gc.from_bfloat16(av).astype(np.float64)
     b64 = gc.from_bfloat16(bv).astype(np.float64)
     a64, b64 = (a64.T if ta else a64), (b64.T if tb else b64)
