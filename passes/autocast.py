@@ -16,9 +16,10 @@ How each float32 matmul operand becomes bf16:
   *stored* in bf16 once, at autocast time, in a new non-trainable variable
   ``<name>/bf16`` (half the bytes per call, which is what a bandwidth-bound batch-1 GEMV
   needs). A weight read as the right operand of a matmul without ``transpose_b`` (a
-  `Dense` kernel, K x N) is stored transposed, as ``<name>/bf16_t`` (N x K) with
-  ``transpose_b``: the bf16 GEMV then reads it as one sequential stream
-  (`codegen/gemm/gemv_bf16.py`). The snapshot does not follow later assignments to the
+  `Dense` kernel, K x N) by at most GEMV_ROWS rows of A is stored transposed, as
+  ``<name>/bf16_t`` (N x K) with ``transpose_b``: the bf16 GEMV then reads it as one
+  sequential stream (`codegen/gemm/gemv_bf16.py`); for more rows the packed GEMM packs
+  the row-major copy faster. The snapshot does not follow later assignments to the
   float32 variable: autocast again after changing weights. ``weights="cast"`` casts them
   per call instead;
 - a variable that some signature updates (a trained weight: the float32 master) is cast
@@ -38,6 +39,7 @@ so caches, optimizer slots and master weights are the same memory in both graphs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +55,9 @@ from .rewrite import Pending, Rebuilder
 __all__ = ["AutocastDecision", "autocast", "autocast_decisions", "explain_autocast"]
 
 WEIGHT_MODES = ("auto", "cast")
+# Rows of A up to which a bf16 matmul runs on the GEMV (codegen/gemm/gemv_bf16.py
+# GEMV_MAX_ROWS; codegen is a later layer than passes).
+GEMV_ROWS = 4
 # Op families with GEMM-like work that autocast leaves in float32, and why.
 _KEPT_FAMILIES = {
     "conv": "no bf16 convolution kernel yet (conv2d refuses bf16 operands)",
@@ -129,8 +134,10 @@ class _Autocaster:
         a, b = p.inputs
         ta, tb = bool(p.attrs["transpose_a"]), bool(p.attrs["transpose_b"])
         new_a, _, what_a = self._operand(a, rb, p, transpose=False)
-        # Only a 2-D right operand may be stored transposed (flipping transpose_b).
-        may_flip = not tb and b.ndim == 2
+        # Only a 2-D right operand may be stored transposed (flipping transpose_b), and
+        # only for the GEMV: the packed GEMM of more rows packs row-major B faster.
+        rows = (a.shape[-1] if ta else a.shape[-2]) * math.prod(a.shape[:-2])
+        may_flip = not tb and b.ndim == 2 and rows <= GEMV_ROWS
         new_b, flipped, what_b = self._operand(b, rb, p, transpose=may_flip)
         how = f"a {what_a}, b {what_b}"
         self._decide(p, "bfloat16", f"bf16 operands, float32 accumulation ({how})")
