@@ -30,7 +30,8 @@ How each float32 matmul operand becomes bf16:
 
 Left in float32, with the reason in `explain_autocast`: float64 matmuls (autocast lowers
 float32 only), convolutions (no bf16 kernel yet: `conv2d` refuses bf16), the fused
-attention kernels (float32 only), integer matmuls.
+attention kernels (float32 only), matmuls inside control-flow bodies (a scan's; bodies are
+immutable and shared, not rewritten yet), integer matmuls.
 
 The new graph shares every other variable's array with `graph` (the Rebuilder's contract),
 so caches, optimizer slots and master weights are the same memory in both graphs; all of
@@ -81,6 +82,15 @@ class AutocastDecision:
         return f"%{self.node} ({self.op}): {self.precision} -- {self.reason}{where}"
 
 
+def _body_nodes(graph: Graph) -> list[Node]:
+    """Every node of a body graph, nested bodies included."""
+    nodes = list(graph.nodes)
+    for n in graph.nodes:
+        for region in n.regions:
+            nodes.extend(_body_nodes(region.graph))
+    return nodes
+
+
 def _check(dtype: DType | str, weights: str) -> None:
     try:
         target: DType | None = DType.of(dtype)
@@ -125,6 +135,10 @@ class _Autocaster:
                          "autocast lowers float32 matmuls only")
         elif family in _KEPT_FAMILIES:
             self._decide(p, "float32", _KEPT_FAMILIES[family])
+        elif any(n.op == "matmul" and n.inputs[0].dtype == DType.float32
+                 for region in p.regions for n in _body_nodes(region.graph)):
+            self._decide(p, "float32", "its body's matmuls stay float32 (autocast does not "
+                                       "rewrite control-flow bodies yet)")
         return rb.keep(p)
 
     def _decide(self, p: Pending, precision: str, reason: str) -> None:

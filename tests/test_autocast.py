@@ -35,7 +35,11 @@ def _mixed_graph() -> gc.Graph:
         a = gc.attention(q, q, q, causal=True, name="attn")
         d = gc.placeholder((3, 3), gc.float64, name="d")
         e = gc.matmul(d, d, name="f64mm")
-        g.add_signature("all", [x, img, q, d], [h, c, a, e])
+        xs = gc.placeholder((3, 2, 4), gc.float32, name="xs")
+        m = gc.constant(np.eye(4, dtype=np.float32))
+        carry, _ = gc.scan(lambda c, x: (c + gc.matmul(x, m), c), xs[0] * 0.0, xs,
+                           name="loop")
+        g.add_signature("all", [x, img, q, d, xs], [h, c, a, e, carry])
     return g
 
 
@@ -47,8 +51,10 @@ def test_policy_is_explained_per_gemm_like_node() -> None:
     assert decisions["conv"].precision == "float32" and "convolution" in decisions["conv"].reason
     assert decisions["attn"].precision == "float32" and "attention" in decisions["attn"].reason
     assert decisions["f64mm"].precision == "float64"
+    (loop,) = [d for d in decisions.values() if d.op == "scan"]
+    assert loop.precision == "float32" and "control-flow bodies" in loop.reason
     text = gc.explain_autocast(g)
-    assert "%proj (matmul): bfloat16" in text and "1 of 4 GEMM-like nodes in bf16" in text
+    assert "%proj (matmul): bfloat16" in text and "1 of 5 GEMM-like nodes in bf16" in text
 
 
 def test_frozen_weights_are_stored_bf16_transposed_and_the_source_is_unchanged() -> None:
@@ -70,7 +76,7 @@ def test_frozen_weights_are_stored_bf16_transposed_and_the_source_is_unchanged()
     wb = gc.from_bfloat16(stored).astype(np.float64).T
     assert np.all(np.abs(got[0] - xb @ wb) <= 16 * 2.0**-24 * (np.abs(xb) @ np.abs(wb)) + 1e-30)
     assert not np.array_equal(got[0], want[0])  # it did run in bf16
-    for kept in (1, 2, 3):  # conv, attention, float64: the same kernels, the same bits
+    for kept in (1, 2, 3, 4):  # conv, attention, float64, scan: the same kernels and bits
         assert np.array_equal(got[kept], want[kept])
 
 
