@@ -44,6 +44,8 @@ def test_compile_precision_bf16(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main_export(["compile", spec, "-o", str(b16), "--precision", "bf16"]) == 0
     err = capsys.readouterr().err
     assert "%out (matmul): bfloat16" in err and "frozen weight stored bf16" in err
+    measured = float(err.split("%out: bf16 output error ")[1].split()[0])
+    assert 0 < measured < 2e-2
     assert read_metadata(b16)["signature"] == "predict"
     x = np.random.default_rng(1).standard_normal((1, 40)).astype(np.float32)
     (want,) = gc.runtime.load(f32)(x)
@@ -60,5 +62,7 @@ def test_compile_precision_bf16(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert np.array_equal(again, got)
     assert main_export(["compile", spec, "--train", "-o", str(tmp_path / "libt.so"),
                         "--precision", "bf16"]) == 0
-    assert "trained weight (float32 master) cast per call" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trained weight (float32 master) cast per call" in err
+    assert "not measured: the inputs are not all floating point" in err  # y: int32 labels
     assert main_export(["compile", spec, "-o", str(b16), "--precision", "fp8"]) == 2
