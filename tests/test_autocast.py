@@ -232,3 +232,14 @@ def test_bf16_decode_step_exports_and_matches_python(tmp_path) -> None:
         assert np.array_equal(got_ids, want_ids)
         np.testing.assert_allclose(got_logits, want_logits, rtol=1e-5, atol=1e-5)
         ids = want_ids
+
+
+def test_bf16_generator_sampling_follows_the_seed() -> None:
+    """The autocast graphs share the seed variable's array with the GPT's graph, so
+    `generate(seed=...)` selects the noise in bf16 as in float32."""
+    _needs_bf16()
+    gpt = gc.nn.GPT(61, 32, 1, 2, 64, max_len=32, seed=5)
+    gen = gc.nn.Generator(gpt, max_len=32, temperature=1.0, precision="bfloat16", options=ONE)
+    first, again = gen.generate([1, 2], 20, seed=1), gen.generate([1, 2], 20, seed=1)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, gen.generate([1, 2], 20, seed=2))
