@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks import workloads_bf16 as wb
 from benchmarks import workloads_gpt as wg
 from benchmarks import workloads_lowp as wl
 from benchmarks import workloads_onnx as wo
@@ -351,6 +352,15 @@ WORKLOADS: list[Workload] = [
     Workload("gemm_int8", "GEMM M=512 K=N=1024 uint8 x int8 -> int32 (torch: _int_mm, int8 x "
              "int8; ORT: MatMulInteger), rate in GOP/s", wl.FLOPS, 0,
              {"graphc": wl.int8_graphc, "torch": wl.int8_torch}),
+    # bf16 at batch 1: GEMV and KV-cache decode (workloads_bf16.py).
+    Workload("gemv_f32_1", f"GEMV batch 1, K=N={wb.K} f32 frozen weight, rate: GB/s of W",
+             0, wb.gemv_bytes(4), {"graphc": wb.gemv_f32_graphc, "torch": wb.gemv_f32_torch}),
+    Workload("gemv_bf16_1", f"GEMV batch 1, K=N={wb.K}, gc.autocast bf16 weight, f32 "
+             "accumulation (torch: bf16 F.linear)", 0, wb.gemv_bytes(2),
+             {"graphc": wb.gemv_bf16_graphc, "torch": wb.gemv_bf16_torch}),
+    Workload("gpt_decode_bf16", "gpt_decode with bf16 weights (Generator(precision="
+             "'bfloat16')), rate: GB/s of bf16 weights + f32 cache rows", 0,
+             wb.decode_bytes_bf16(), {"graphc": wb.gpt_decode_bf16_graphc}),
     # The transformer rows (workloads_gpt.py: model, data, checks and FLOP counts).
     Workload("gpt_infer_1", f"GPT inference (causal, ids -> logits), {_GPT}, batch 1",
              wg.gpt_flops(wg.INFER_BATCH, train=False), 0,

@@ -61,6 +61,7 @@ from graphc.ops.reduce import *
 from graphc.ops.sequence import *
 from graphc.ops.slicing import *
 from graphc.options import CompileOptions
+from graphc.passes.autocast import AutocastDecision, autocast, autocast_decisions, explain_autocast
 from graphc.passes.autodiff import grad
 from graphc.runtime.executable import Executable
 from graphc.runtime.reference import reference

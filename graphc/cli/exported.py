@@ -2,6 +2,7 @@
 
     graphc compile MODEL -o libNAME.so [--signature S | --inputs x,y --outputs a,b]
                    [--train] [--name NAME] [--weights embedded|external] [-O 0-3]
+                   [--precision fp32|bf16]
     graphc info libNAME.so|MODEL [--json]
     graphc run MODEL|libNAME.so --input x=file.npy ... [--output out.npz]
                [--signature S | --inputs ... --outputs ...] [--train]
@@ -49,6 +50,7 @@ from graphc.cli.command import (
     load_model,
     run_command,
 )
+from graphc.cli.precision import PRECISIONS, with_precision
 from graphc.compile import compile as compile_graph
 from graphc.errors import GraphcError, SerializationError
 from graphc.export.api import WEIGHTS_MODES, export
@@ -94,6 +96,8 @@ def add_subcommands(subparsers: Any) -> None:
                    help="worker threads of the library (default 1: no background threads)")
     c.add_argument("--conv-algorithm", choices=CONV_ALGORITHMS, default="auto",
                    help="how convolutions are computed (default auto: per layer)")
+    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: gc.autocast the matmuls (bf16 weights, f32 accumulation)")
     c.set_defaults(handler=_compile)
 
     i = subparsers.add_parser("info", help="print the metadata of a library or a model")
@@ -171,7 +175,8 @@ def _compile(args: argparse.Namespace) -> int:
     graph = load_model(args.model, args.dim)
     options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level, threads=args.threads,
                       conv_algorithm=args.conv_algorithm)
-    done = export(graph, args.output, **select(graph, args), name=args.name,
+    graph, what = with_precision(graph, select(graph, args), args.precision)
+    done = export(graph, args.output, **what, name=args.name,
                   weights=args.weights, options=options)
     for path in (done.library, done.header, done.weights):
         if path is not None:

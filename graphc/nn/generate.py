@@ -58,12 +58,14 @@ from graphc.nn.kv_cache import KVCache
 from graphc.ops import elementwise as ew
 from graphc.ops import join, layout, random, reduce
 from graphc.options import CompileOptions
+from graphc.passes.autocast import autocast
 from graphc.runtime.executable import Executable
 from graphc.runtime.reference import ReferenceFunction, reference
 
 __all__ = ["Generator", "sample"]
 
 Runner = Executable | ReferenceFunction
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _kth_largest(logits: Node, k: int) -> Node:
@@ -126,12 +128,19 @@ class Generator:
     `generate`. `return_logits` adds the logits to the signatures' outputs (and `step`'s
     result). An unbuilt gpt is built in a new graph. `backend` "reference" runs the
     signatures on the numpy interpreter (the oracle; slow) instead of compiling them.
+    `precision` "bfloat16" runs each signature through `gc.autocast` when it is first
+    compiled: matmuls on bf16 weights stored once (a snapshot then: make a new generator
+    after changing the weights), float32 accumulation, caches and the rest in float32.
     """
 
     def __init__(self, gpt: GPT, *, max_len: int, batch: int = 1, temperature: float = 1.0,
                  top_k: int | None = None, seed: int = 0, return_logits: bool = False,
                  name: str = "generate", backend: str = "compiled",
-                 options: CompileOptions | None = None):
+                 options: CompileOptions | None = None, precision: str = "float32"):
+        if precision not in PRECISIONS:
+            raise AttrError(f"precision must be one of {PRECISIONS}, got {precision!r}",
+                            op="Generator")
+        self.precision = precision
         if not isinstance(gpt, GPT):
             raise GraphcError(f"gpt: expected a gc.nn.GPT, got {gpt!r}", op="Generator")
         for what, value in (("max_len", max_len), ("batch", batch)):
@@ -218,13 +227,21 @@ class Generator:
     def _executable(self, signature: str) -> Runner:
         exe = self._executables.get(signature)
         if exe is None:
+            graph = self._graph_for(signature)
             if self.backend == "reference":
-                exe = reference(self.graph, signature=signature)
+                exe = reference(graph, signature=signature)
             else:
-                exe = compile_graph(self.graph, signature=signature, options=self.options)
+                exe = compile_graph(graph, signature=signature, options=self.options)
             self._executables[signature] = exe
             self.compiles += 1
         return exe
+
+    def _graph_for(self, signature: str) -> Graph:
+        """The graph `signature` compiles from: the GPT's, or its bf16 autocast (which
+        shares the caches' and the seed's arrays with it)."""
+        if self.precision == "float32":
+            return self.graph
+        return autocast(self.graph, self.precision, signatures=[signature])
 
     @property
     def decode_executable(self) -> Runner:
@@ -302,5 +319,5 @@ class Generator:
         loop passes only the token and its position; feed the prompt one token per call
         (decode at pos attends to every earlier position). The seed is the generator's
         at export. See examples/gpt_generate_c."""
-        return export(self.graph, path, signature=self.decode_signature.name, name=name,
-                      options=options)
+        sig = self.decode_signature.name
+        return export(self._graph_for(sig), path, signature=sig, name=name, options=options)

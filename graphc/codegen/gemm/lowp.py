@@ -110,6 +110,11 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
     points to A's uint8 zero point when `spec.zero_point`."""
     if spec.m == 0 or spec.n == 0:
         return
+    from graphc.codegen.gemm.gemv_bf16 import emit_bf16_gemv, uses_gemv  # uses LowpSpec
+
+    if uses_gemv(spec):  # a few rows of A: stream B once, unpacked (gemm/gemv_bf16.py)
+        emit_bf16_gemv(b, spec, a, bm, c, target, epilogue)
+        return
     plan = plan_lowp(spec, target)
     kind = spec.kind
     native = target.has(kind.native) and target.vector_bits >= 512
