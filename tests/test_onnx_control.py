@@ -360,13 +360,21 @@ def test_a_loop_over_known_values_folds_at_import() -> None:
          helper.make_node("Mul", ["n_in", "two"], ["n_out"])], "body",
         [_vi("i", [], I64), _vi("c_in", [], B), _vi("n_in", [1], I64)],
         [_vi("c_out", [], B), _vi("n_out", [1], I64)])
+    running = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x_t"], ["s_out"]),
+         helper.make_node("Identity", ["s_out"], ["y_t"])], "running",
+        [_vi("s_in", [], I64), _vi("x_t", [], I64)], [_vi("s_out", [], I64), _vi("y_t", [], I64)])
     model = _model([_const("m", 3), _const("n0", [1]), _const("one", [1]),
                     helper.make_node("Loop", ["m", "", "n0"], ["n"], body=body),
                     helper.make_node("Concat", ["one", "n"], ["shape"], axis=0),
-                    helper.make_node("Reshape", ["x", "shape"], ["y"])],
-                   [_vi("x", [2, 4])], [_vi("y", [1, 8])])
+                    helper.make_node("Reshape", ["x", "shape"], ["y"]),
+                    _const("s0", 0), _const("parts", [4, -2]),
+                    helper.make_node("Scan", ["s0", "parts"], ["total", "sums"], body=running,
+                                     num_scan_inputs=1),  # sums = [4, 2]
+                    helper.make_node("Reshape", ["x", "sums"], ["z"])],
+                   [_vi("x", [2, 4])], [_vi("y", [1, 8]), _vi("z", [4, 2])])
     g = _check(model, {"x": np.arange(8.0, dtype=np.float32).reshape(2, 4)}, "reference")
-    assert "scan" not in _ops(g)
+    assert "scan" not in _ops(g) and "while_loop" not in _ops(g)
 
 
 # --- export: cond -> If, while_loop -> Loop, nested ------------------------------------------

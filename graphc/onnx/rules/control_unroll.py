@@ -45,7 +45,7 @@ class ScanSpec:
 def slice_step(x: Value, axis: int, index: int) -> Value:
     """x's slice at `index` along `axis`, the axis removed."""
     if isinstance(x, np.ndarray):
-        return np.take(x, index, axis=axis)
+        return np.asarray(np.take(x, index, axis=axis))  # a 0-d array, not a numpy scalar
     return layout.squeeze(slicing.slice(x, [index], [index + 1], axes=[axis]), axis)
 
 
