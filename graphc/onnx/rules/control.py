@@ -48,6 +48,10 @@ __all__ = ["MAX_UNROLL", "run_subgraph"]
 
 Inputs = list[Value | None]
 
+# A Loop of more iterations than this is no fixed-length scan (exporters write "forever" as
+# a trip count of 2**63 - 1 and stop on the condition): it becomes a while_loop.
+MAX_SCAN_LENGTH = 2**31 - 1
+
 
 def _folded(fn: Callable[[], list[Value]]) -> list[Value] | None:
     """`fn()`'s results if they are all known at import (see `fold_at_import`)."""
@@ -188,7 +192,7 @@ def _loop(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
         if folded is not None:
             return folded
     try:
-        if limit is not None and entered:
+        if limit is not None and entered and limit <= MAX_SCAN_LENGTH:
             try:
                 return loop_scan(ctx, body, limit, states)
             except NotAlwaysTrueError:
