@@ -420,3 +420,63 @@ def test_nested_regions_save_check_and_round_trip(opset: int) -> None:
     assert {"scan", "while_loop", "cond@1"} <= set(_ops(back))
     for a, b in zip(gc.reference(back, signature="main")(*feeds.values()), want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# --- training through imported control flow ------------------------------------------------
+
+def test_gradients_flow_through_an_imported_scan_holding_an_if() -> None:
+    """A float64 Scan whose body holds an If, both reading the initializer W (a trainable
+    variable, captured at two levels): gc.grad of a loss over the stacked outputs, with
+    respect to W and to the scanned input, matches central finite differences."""
+    f64 = TensorProto.DOUBLE
+    then = helper.make_graph([helper.make_node("MatMul", ["h", "W"], ["p"])], "pos", [],
+                             [_vi("p", [3], f64)])
+    other = helper.make_graph([helper.make_node("MatMul", ["h", "W"], ["q0"]),
+                               helper.make_node("Neg", ["q0"], ["q"])], "neg", [],
+                              [_vi("q", [3], f64)])
+    body = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x_t"], ["s"], keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["c"]),
+         helper.make_node("If", ["c"], ["hw"], then_branch=then, else_branch=other),
+         helper.make_node("Add", ["hw", "x_t"], ["a"]),
+         helper.make_node("Tanh", ["a"], ["h_out"]),
+         helper.make_node("Identity", ["h_out"], ["y"])], "body",
+        [_vi("h", [3], f64), _vi("x_t", [3], f64)], [_vi("h_out", [3], f64), _vi("y", [3], f64)],
+        [numpy_helper.from_array(np.array(0.0), "zero")])
+    w = RNG.standard_normal((3, 3)) * 0.5
+    model = _model([helper.make_node("Scan", ["h0", "xs"], ["h", "ys"], body=body,
+                                     num_scan_inputs=1)],
+                   [_vi("h0", [3], f64), _vi("xs", [6, 3], f64)],
+                   [_vi("h", [3], f64), _vi("ys", [6, 3], f64)],
+                   [numpy_helper.from_array(w, "W")])
+    g = gc.onnx.load(model)
+    (variable,) = g.trainable_variables
+    outputs = g.signatures["main"].outputs
+    r = RNG.standard_normal((6, 3))
+    with g:
+        xs = g.signatures["main"].inputs[1]
+        loss = gc.sum(outputs[1] * r)
+        dw, dxs = gc.grad(loss, [variable, xs])
+    g.add_signature("grads", list(g.signatures["main"].inputs), [loss, dw, dxs])
+    run = gc.reference(g, signature="grads")
+    h0, x = RNG.standard_normal(3), RNG.standard_normal((6, 3))
+    _, got_w, got_x = run(h0, x)
+    eps = 1e-6
+
+    def loss_at(wv: np.ndarray, xv: np.ndarray) -> float:
+        g.variables[variable.name] = wv
+        return float(run(h0, xv)[0])
+
+    num_w = np.zeros_like(w)
+    for idx in np.ndindex(*w.shape):
+        d = np.zeros_like(w)
+        d[idx] = eps
+        num_w[idx] = (loss_at(w + d, x) - loss_at(w - d, x)) / (2 * eps)
+    num_x = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        d = np.zeros_like(x)
+        d[idx] = eps
+        num_x[idx] = (loss_at(w, x + d) - loss_at(w, x - d)) / (2 * eps)
+    np.testing.assert_allclose(got_w, num_w, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(got_x, num_x, rtol=1e-6, atol=1e-8)
+    assert "cond@1" in _ops(g)  # the If is a cond in the scan body (and in its gradient's)
