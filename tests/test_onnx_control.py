@@ -480,3 +480,22 @@ def test_gradients_flow_through_an_imported_scan_holding_an_if() -> None:
     np.testing.assert_allclose(got_w, num_w, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(got_x, num_x, rtol=1e-6, atol=1e-8)
     assert "cond@1" in _ops(g)  # the If is a cond in the scan body (and in its gradient's)
+
+
+def test_a_loop_that_never_runs_returns_its_initial_values() -> None:
+    """M = 0 known at import: the states pass through, whatever the (run-time) condition;
+    with scan outputs that would be empty, a clear error."""
+    body = helper.make_graph([helper.make_node("Identity", ["c_in"], ["c_out"]),
+                              helper.make_node("Neg", ["y_in"], ["y_out"])], "body",
+                             [_vi("i", [], I64), _vi("c_in", [], B), _vi("y_in", [2])],
+                             [_vi("c_out", [], B), _vi("y_out", [2])])
+    model = _model([_const("m", 0), helper.make_node("Loop", ["m", "c", "y0"], ["y"], body=body)],
+                   [_vi("c", [], B), _vi("y0", [2])], [_vi("y", [2])])
+    _check(model, {"c": np.array(True), "y0": np.array([1.0, 2.0], np.float32)}, "reference")
+    body.output.append(_vi("y_t", [2]))
+    body.node.append(helper.make_node("Identity", ["y_out"], ["y_t"]))
+    empty = _model([_const("m", 0),
+                    helper.make_node("Loop", ["m", "c", "y0"], ["y", "ys"], body=body)],
+                   [_vi("c", [], B), _vi("y0", [2])], [_vi("y", [2]), _vi("ys", [0, 2])])
+    with pytest.raises(OnnxError, match=r"Loop node.*no iteration runs"):
+        gc.onnx.load(empty)

@@ -177,16 +177,19 @@ def _loop(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     entered = cond is None or go is True  # the first iteration runs if the count allows
 
     def unroll(why: str) -> list[Value]:
-        if trip is not None and limit is None and go is not False:
+        if trip is not None and limit is None:
             raise ctx.needs_value(f"input 'M' must be known when the model is imported: the "
                                   f"loop is unrolled because {why}")
         if cond is not None and go is None:
             raise ctx.needs_value(f"input 'cond' must be known when the model is imported: "
                                   f"the loop is unrolled because {why}")
-        return unroll_loop(ctx, body, limit, go is not False, states, why)
+        return unroll_loop(ctx, body, limit, True, states, why)
 
-    if go is False or limit == 0:
-        return unroll("no iteration runs")
+    if go is False or limit == 0:  # no iteration runs
+        if k:
+            raise ctx.error("no iteration runs: the scan outputs would be empty, which graphc "
+                            "does not build")
+        return list(states)
     if all_known(inputs) and limit is not None and limit <= MAX_UNROLL and entered:
         folded = _folded(lambda: unroll_loop(ctx, body, limit, True, states, "it folds"))
         if folded is not None:
