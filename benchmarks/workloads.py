@@ -20,6 +20,7 @@ from benchmarks import workloads_bf16 as wb
 from benchmarks import workloads_gpt as wg
 from benchmarks import workloads_lowp as wl
 from benchmarks import workloads_onnx as wo
+from benchmarks import workloads_onnx_loop as wol
 from benchmarks import workloads_scan as ws
 from benchmarks.workloads_data import (
     EW_SHAPE,
@@ -344,6 +345,10 @@ WORKLOADS: list[Workload] = [
              "session creation)", 0, 0, {"graphc": wo.graphc_import_compile(False)}),
     Workload("onnx_compile_cached", "import + compile ResNet-18 ONNX, warm cache", 0, 0,
              {"graphc": wo.graphc_import_compile(True)}),
+    Workload("onnx_loop_compile", f"import + compile an ONNX Loop RNN, T={wol.STEPS}, no cache "
+             "(ORT: session creation)", 0, 0, {"graphc": wol.graphc_compile}),
+    Workload("onnx_loop_run", f"an ONNX Loop RNN (hidden {wol.HIDDEN}, T={wol.STEPS}), imported",
+             0, 0, {"graphc": wol.graphc_run}),
     # Low precision at the shape (workloads_lowp.py).
     Workload("gemm_f32_512x1024", "GEMM M=512 K=N=1024 f32 (baseline of the two below)",
              wl.FLOPS, 0, {"graphc": wl.f32_graphc, "torch": wl.f32_torch}),

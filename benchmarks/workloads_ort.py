@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks import workloads as w
 from benchmarks import workloads_data as d
-from benchmarks import workloads_lowp, workloads_onnx
+from benchmarks import workloads_lowp, workloads_onnx, workloads_onnx_loop
 
 Runner = Callable[[], object]
 OPSET = 17
@@ -216,6 +216,7 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "lenet_infer_1": lenet_infer(1),
     "lenet_infer_64": lenet_infer(64),
     **workloads_onnx.ORT_PEERS,
+    **workloads_onnx_loop.ORT_PEERS,
     "gpt_infer_1": gpt_infer,
     "gpt_infer_1_onnx": gpt_infer,
     "gemm_int8": workloads_lowp.int8_ort,

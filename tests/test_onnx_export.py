@@ -89,6 +89,7 @@ CASES: dict[str, Build] = {
         gc.concat([a, b], 0), (gc.cast(gc.sum(gc.floor(b * 0.0)), gc.int64) + 2, 0),
         (3, 4)),
     "scan": lambda a, b: _scan_case(a, b), "get": lambda a, b: _scan_case(a, b),
+    "cond": lambda a, b: _cond_case(a, b), "while_loop": lambda a, b: _while_case(a, b),
 }
 
 
@@ -97,6 +98,26 @@ def _scan_case(a: gc.Node, b: gc.Node) -> gc.Node:
     carry, ys = gc.scan(lambda c, x: (gc.tanh(c * 0.5 + x * b[0]), c * np.arange(4.0, dtype=F.np)),
                         b[1], a, reverse=True)
     return ys + carry
+
+
+def _cond_case(a: gc.Node, b: gc.Node) -> gc.Node:
+    """A run-time predicate; the true branch reads b (captured), the false one a constant
+    and passes its operand through."""
+    y, z = gc.cond(gc.less(gc.sum(a), gc.sum(b)),
+                   lambda x: (gc.tanh(x) * b, x),
+                   lambda x: (x - np.linspace(0, 1, 4, dtype=F.np), x), a)
+    return y + z
+
+
+def _while_case(a: gc.Node, b: gc.Node) -> gc.Node:
+    """A data-dependent trip count (at most 6), a counter and a matrix carried, b
+    captured by both the test and the body."""
+    def test(carry: tuple[gc.Node, gc.Node]) -> gc.Node:
+        i, x = carry
+        return gc.logical_and(gc.less(i, 6), gc.less(gc.sum(gc.abs(x)), gc.sum(b * b) + 30.0))
+
+    _, x = gc.while_loop(test, lambda c: (c[0] + 1, c[1] * 1.5 + b), (np.array(0), a))
+    return x
 
 
 def test_every_emitted_op_has_a_case() -> None:

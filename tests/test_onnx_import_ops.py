@@ -412,7 +412,7 @@ def test_tree_ensemble_of_two_trees_matches_onnx_reference(aggregate: int) -> No
 
 def test_if_takes_the_branch_its_import_time_condition_selects() -> None:
     """The condition comes from x's shape (known at import); the branch reads x from the
-    enclosing graph and nests a second If; a run-time condition is refused."""
+    enclosing graph and nests a second If; a run-time condition selects at run time."""
     def branch(name: str, nodes: list, out: str) -> object:
         return helper.make_graph(nodes, name, [], [_vi(out, None)])
 
@@ -434,11 +434,13 @@ def test_if_takes_the_branch_its_import_time_condition_selects() -> None:
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     (y,) = gc.reference(gc.onnx.load(data), signature="main")(x)
     np.testing.assert_array_equal(y, -np.maximum(x, 0))  # 3 > 2: then, and inner then
-    runtime = _model([helper.make_node("If", ["b"], ["y"], then_branch=then,
-                                       else_branch=other)],
-                     [_vi("b", [], TensorProto.BOOL), _vi("x", [2, 3])], [_vi("y", [2, 3])])
-    with pytest.raises(OnnxError, match=r"'cond' must be known"):
-        gc.onnx.load(runtime)
+    # A run-time condition: a cond node of both branches (tests/test_onnx_control.py).
+    runtime = _model([helper.make_node("If", ["b"], ["y"], then_branch=branch(
+        "t", [helper.make_node("Relu", ["x"], ["y1"])], "y1"), else_branch=other)],
+        [_vi("b", [], TensorProto.BOOL), _vi("x", [2, 3])], [_vi("y", [2, 3])])
+    run = gc.reference(gc.onnx.load(runtime), signature="main")
+    np.testing.assert_array_equal(run(np.array(True), x)[0], np.maximum(x, 0))
+    np.testing.assert_allclose(run(np.array(False), x)[0], 1 / (1 + np.exp(-x)), rtol=1e-6)
 
 
 def test_scan_and_loop_unroll_as_onnx_reference_runs_them() -> None:

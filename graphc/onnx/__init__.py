@@ -7,10 +7,11 @@ and `gc.onnx.load` then says what to install. `backend` adapts graphc to ONNX's 
 test suite (`onnx.backend.base.Backend`).
 """
 
-# export_transformer registers the ONNX forms of the transformer ops into the exporter.
-from graphc.onnx import export_transformer
+# export_transformer and export_control register the ONNX forms of the transformer ops and
+# of the region ops (scan, cond, while_loop) into the exporter.
+from graphc.onnx import export_control, export_transformer
 from graphc.onnx.exporter import save, to_model
 from graphc.onnx.importer import load
 from graphc.onnx.model import OnnxError
 
-__all__ = ["OnnxError", "export_transformer", "load", "save", "to_model"]
+__all__ = ["OnnxError", "export_control", "export_transformer", "load", "save", "to_model"]

@@ -54,6 +54,12 @@ def lookup(op_type: str, opset: int) -> Rule | None:
     return best
 
 
+class NeedsValueError(OnnxError):
+    """An input's value is needed at import and is computed at run time. Loop and Scan
+    catch it to unroll a body that needs its iteration's values (`rules/control.py`); the
+    ONNX backend retries with the model's inputs given at import."""
+
+
 def versions(op_type: str) -> list[int]:
     return [v for v, _ in RULES.get(op_type, ())]
 
@@ -95,6 +101,11 @@ class Context:
             raise self.error(f"value of dtype {v.dtype} has no graphc dtype")
         return gb.constant(v, copy=False)  # import's own arrays: nothing else writes them
 
+    def needs_value(self, message: str) -> NeedsValueError:
+        """The error of a value needed at import and computed at run time; `message` says
+        "must be known when the model is imported", which the backend looks for."""
+        return NeedsValueError(self.error(message).message)
+
     @staticmethod
     def known(v: Value | None) -> np.ndarray | None:
         """The value of `v` if it is known at import, else None."""
@@ -109,9 +120,9 @@ class Context:
             # import is used, and training will not change that use.
             return np.asarray(self.graph.variables[v.name])
         if not isinstance(v, np.ndarray):
-            raise self.error(f"input '{what}' must be known when the model is imported (a "
-                             "constant, an initializer or computed from shapes); it is "
-                             "computed at run time")
+            raise self.needs_value(f"input '{what}' must be known when the model is imported "
+                                   "(a constant, an initializer or computed from shapes); it "
+                                   "is computed at run time")
         return v
 
     def unique_name(self, name: str) -> str:

@@ -1,10 +1,10 @@
 """`gc.onnx.save`: a graphc signature as an ONNX model (opsets 17 to 21).
 
 Placeholders become graph inputs, variables and constants initializers, and each graphc op
-one ONNX node or a short composition (`EMIT`; a scan is ONNX's Scan with its body as a
-subgraph); ops with no ONNX form (random numbers,
-gradient kernels) are listed together in one error. Node names are graphc's, so the model
-reads like `graphc dump`. The file is written atomically.
+one ONNX node or a short composition (`EMIT`; region ops, in `export_control.py`: scan is
+ONNX's Scan, cond If and while_loop Loop, their bodies subgraphs); ops with no ONNX form
+(random numbers, gradient kernels) are listed together in one error. Node names are
+graphc's, so the model reads like `graphc dump`. The file is written atomically.
 """
 
 from __future__ import annotations
@@ -334,52 +334,6 @@ def _write(w: _Writer, nodes: Sequence[Node], name: Callable[[Node], str]) -> No
                 np.asarray(values[n.name]), name(n)))
         elif n.op != "placeholder":
             EMIT[n.op](w, n, [name(i) for i in n.inputs], name(n))
-
-
-@_emit("get")
-def _get(w: _Writer, n: Node, ins: list[str], out: str) -> None:
-    w.node("Identity", [f"{ins[0]}#{n.attrs['index']}"], out)
-
-
-@_emit("scan")
-def _scan(w: _Writer, n: Node, ins: list[str], out: str) -> None:
-    """ONNX Scan (opset 9+): carries are its state variables, xs its scan inputs (axis 0);
-    the body's consts are read from the enclosing scope by name; result i is `out#i`
-    (read by the `get`s); a reverse scan runs and stacks in reverse directions."""
-    onnx = w.onnx
-    nc, nk, reverse = n.attrs["num_consts"], n.attrs["num_carry"], n.attrs["reverse"]
-    body = n.regions[0]
-    nx, ny = len(n.inputs) - nc - nk, len(body.results) - nk
-    if nx == 0:
-        raise OnnxError(f"scan %{n.name} has no xs; ONNX's Scan takes its length from them")
-    prefix = f"{out}@"
-    outer = dict(zip(body.params[:nc], ins[:nc]))  # captured: read from the outer scope
-
-    def name(m: Node) -> str:
-        return outer.get(m, prefix + m.name)
-
-    sub = _Writer(onnx, w.opset)
-    _write(sub, [m for m in body.needed_nodes() if m not in outer], name)
-    inputs = [onnx.helper.make_tensor_value_info(name(p), _ELEM[p.dtype], list(p.shape))
-              for p in body.params[nc:]]
-    outputs, used = [], set(outer.values())
-    for r in body.results:
-        result = name(r)
-        if r.op in ("placeholder", "constant") or result in used:
-            result = sub.node("Identity", [result], sub.fresh(prefix + "result"))
-        used.add(result)
-        outputs.append(onnx.helper.make_tensor_value_info(result, _ELEM[r.dtype],
-                                                          list(r.shape)))
-    graph = onnx.helper.make_graph(sub.nodes, f"{prefix}body", inputs, outputs,
-                                   sub.initializers)
-    directions: dict[str, list[int]] = {}
-    if reverse:  # forward is the default (and an empty list has no attribute type)
-        directions["scan_input_directions"] = [1] * nx
-        if ny:
-            directions["scan_output_directions"] = [1] * ny
-    w.nodes.append(onnx.helper.make_node(
-        "Scan", ins[nc:], [f"{out}#{i}" for i in range(nk + ny)], name=out, body=graph,
-        num_scan_inputs=nx, **directions))
 
 
 def to_model(graph: Graph, signature: str = "main", opset: int = 17) -> Any:

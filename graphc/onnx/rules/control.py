@@ -1,132 +1,128 @@
-"""Subgraphs: ONNX's If with a condition known at import, Scan unrolled over its static
-length, Loop unrolled over iterations known at import, and `run_subgraph`, which converts
-an attribute subgraph (If's branches, loop bodies, FlexAttention's score and probability
-modifiers) node by node with graphc's rules.
+"""ONNX's If, Scan and Loop: onto graphc's region ops, folded or unrolled where that is
+what the model needs.
 
-graphc graphs are static, so If takes the branch its condition selects when the model is
-imported; a condition computed at run time is refused. A subgraph reads its own inputs
-and initializers, then the enclosing graph's values by name (`Context.scope`).
+- **If**: a condition known at import takes its branch then (the other is never
+  converted); a run-time condition becomes a `cond` of both branches
+  (`control_regions.if_cond`).
+- **Scan** (opset 9; opset 8 per batch row): a `scan` over the body converted once
+  (`control_regions.scan_region`).
+- **Loop**: a trip count known at import and a condition provably always true make a
+  `scan` of that length, the scan outputs stacked; any other loop without scan outputs a
+  `while_loop`. A Loop with scan outputs whose condition is computed at run time has
+  outputs of a data-dependent length: it is unrolled when its trip count and conditions
+  fold at import and otherwise refused with an error saying they must be known then (the
+  ONNX backend then retries with the inputs given at import).
+
+A loop is unrolled at import instead (`control_unroll`) when every operand is known at
+import and the body reads nothing else (it then folds to arrays, as shape arithmetic
+does), or when the body cannot be a graphc body: it needs its iteration's values at import
+(a `Slice` whose starts are the iteration counter) or a carried value changes shape.
 """
 
 from __future__ import annotations
 
-from collections import ChainMap
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from graphc.onnx.convert import Context, Value, axis_of, lookup, read_attributes, rule
-from graphc.onnx.model import require_onnx, rule_key, tensor_array
-from graphc.ops import join, layout, slicing
+from graphc.onnx.convert import Context, Value, all_known, axis_of, rule
+from graphc.onnx.rules.control_regions import (
+    NotAlwaysTrueError,
+    if_cond,
+    loop_scan,
+    loop_while,
+    scan_region,
+)
+from graphc.onnx.rules.control_unroll import (
+    MAX_UNROLL,
+    ScanSpec,
+    slice_step,
+    stack,
+    unroll_loop,
+    unroll_scan,
+)
+from graphc.onnx.rules.subgraph import UnrollError, fold_at_import, run_subgraph
+
+__all__ = ["MAX_UNROLL", "run_subgraph"]
 
 Inputs = list[Value | None]
 
+# A Loop of more iterations than this is no fixed-length scan (exporters write "forever" as
+# a trip count of 2**63 - 1 and stop on the condition): it becomes a while_loop.
+MAX_SCAN_LENGTH = 2**31 - 1
 
-def run_subgraph(ctx: Context, graph: Any, args: list[Value]) -> list[Value]:
-    """The outputs of subgraph `graph` (a GraphProto) given its inputs `args`."""
-    onnx = require_onnx()
-    if len(graph.input) != len(args):
-        raise ctx.error(f"subgraph '{graph.name}' takes {len(graph.input)} inputs; "
-                        f"{len(args)} given")
-    saved = (ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types, ctx.scope)
-    local: dict[str, Value] = {vi.name: a for vi, a in zip(graph.input, args)}
-    types = {t.name: t.data_type for t in graph.initializer}
-    for t in graph.initializer:
-        local[t.name] = tensor_array(t, f"initializer '{t.name}' of '{graph.name}'")
-    values = ChainMap(local, ctx.scope)
-    ctx.scope = values  # a subgraph inside this one reads this one's values too
-    for i, node in enumerate(graph.node):
-        ctx.node_name, ctx.op_type = node.name or f"{graph.name}#{i}", node.op_type
-        op = rule_key(node.domain, node.op_type)
-        fn = lookup(op, ctx.opset if op == node.op_type
-                    else ctx.domain_opsets.get(node.domain, 1))
-        if fn is None:
-            raise ctx.error(f"subgraph op {op} has no rule at this opset")
-        missing = [n for n in node.input if n and n not in values]
-        if missing:
-            raise ctx.error(f"subgraph '{graph.name}' reads {missing[0]!r}, which is not "
-                            "computed before it")
-        ctx.num_outputs = len(node.output)
-        ctx.input_types = [types.get(n, ctx.value_types.get(n)) for n in node.input]
-        outs = fn(ctx, [values[n] if n else None for n in node.input],
-                  read_attributes(ctx, node, onnx))
-        local.update({n: np.asarray(o) if isinstance(o, np.generic) else o
-                      for n, o in zip(node.output, outs) if n})
-    ctx.node_name, ctx.op_type, ctx.num_outputs, ctx.input_types, ctx.scope = saved
-    absent = [o.name for o in graph.output if o.name not in values]
-    if absent:
-        raise ctx.error(f"subgraph '{graph.name}' does not compute {absent[0]!r}")
-    return [values[o.name] for o in graph.output]
+
+def _folded(fn: Callable[[], list[Value]]) -> list[Value] | None:
+    """`fn()`'s results if they are all known at import (see `fold_at_import`)."""
+    out = fold_at_import(fn)
+    return out if out is not None and all(isinstance(v, np.ndarray) for v in out) else None
 
 
 @rule("If", 1)
 def _if(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """The outputs of then_branch or else_branch, as the condition (known at import)
-    selects."""
-    cond = ctx.need_known(inputs[0] if inputs else None, "cond")
+    """then_branch or else_branch, as the condition selects: at import when it is known,
+    else a `cond`."""
+    then, other = attrs.get("then_branch"), attrs.get("else_branch")
+    if then is None or other is None:
+        raise ctx.error("then_branch or else_branch is missing")
+    if not inputs or inputs[0] is None:
+        raise ctx.error("input 'cond' is missing")
+    cond = ctx.known(inputs[0])
+    if cond is None:
+        return if_cond(ctx, inputs[0], then, other)
     if cond.size != 1:
         raise ctx.error(f"cond has {cond.size} values; expected one")
-    branch = attrs.get("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")
-    if branch is None:
-        raise ctx.error("then_branch or else_branch is missing")
-    outs = run_subgraph(ctx, branch, [])
+    outs = run_subgraph(ctx, then if bool(cond.reshape(-1)[0]) else other, [])
     if len(outs) < ctx.num_outputs:
         raise ctx.error(f"the branch gives {len(outs)} outputs; the node has "
                         f"{ctx.num_outputs}")
     return outs
 
 
-def _slice_step(ctx: Context, x: Value, axis: int, index: int) -> Value:
-    """x's slice at `index` along `axis`, the axis removed."""
-    if isinstance(x, np.ndarray):
-        return np.take(x, index, axis=axis)
-    return layout.squeeze(slicing.slice(x, [index], [index + 1], axes=[axis]), axis)
-
-
-def _stack(ctx: Context, parts: list[Value], axis: int) -> Value:
-    if all(isinstance(p, np.ndarray) for p in parts):
-        return np.stack([np.asarray(p) for p in parts], axis)
-    return join.stack([ctx.node(p) for p in parts], axis)
-
-
-@rule("Scan", 9)
-def _scan(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """The body run once per step of the scan inputs (the static length of their scan
-    axes), unrolled: the state variables carried from step to step, the scan outputs
-    stacked along their axes (reversed where the directions say)."""
+def _scan_spec(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> ScanSpec:
     body = attrs.get("body")
     m = int(attrs.get("num_scan_inputs", 0))
     if body is None or not 0 < m <= len(inputs) or any(v is None for v in inputs):
         raise ctx.error(f"expected a body and {m} > 0 scan inputs among {len(inputs)}")
     n = len(inputs) - m
-    states: list[Value] = [v for v in inputs[:n] if v is not None]
-    scans = [v for v in inputs[n:] if v is not None]
-    axes = [int(a) for a in attrs.get("scan_input_axes", [0] * m)]
-    axes = [axis_of(a, len(s.shape), ctx) for a, s in zip(axes, scans)]
-    backward = [int(d) for d in attrs.get("scan_input_directions", [0] * m)]
+    values = [v for v in inputs if v is not None]
+    states, scans = values[:n], values[n:]
+    axes = [axis_of(int(a), len(s.shape), ctx)
+            for a, s in zip(attrs.get("scan_input_axes", [0] * m), scans)]
+    backward = [bool(int(d)) for d in attrs.get("scan_input_directions", [0] * m)]
     lengths = {s.shape[a] for s, a in zip(scans, axes)}
     if len(lengths) != 1:
         raise ctx.error(f"the scan inputs have different lengths {sorted(lengths)}")
-    length = lengths.pop()
     k = len(body.output) - n
+    if k < 0 or len(body.input) != n + m:
+        raise ctx.error(f"the body takes {len(body.input)} inputs and gives "
+                        f"{len(body.output)} outputs; the node has {n} states and {m} scan "
+                        "inputs")
     out_axes = [int(a) for a in attrs.get("scan_output_axes", [0] * k)]
-    out_backward = [int(d) for d in attrs.get("scan_output_directions", [0] * k)]
-    collected: list[list[Value]] = [[] for _ in range(k)]
-    for t in range(length):
-        steps = [_slice_step(ctx, s, a, length - 1 - t if b else t)
-                 for s, a, b in zip(scans, axes, backward)]
-        outs = run_subgraph(ctx, body, [*states, *steps])
-        states = outs[:n]
-        for j in range(k):
-            collected[j].append(outs[n + j])
-    if length == 0:
+    out_backward = [bool(int(d)) for d in attrs.get("scan_output_directions", [0] * k)]
+    if len(axes) != m or len(backward) != m or len(out_axes) != k or len(out_backward) != k:
+        raise ctx.error("scan_input_axes/directions need one entry per scan input and "
+                        "scan_output_axes/directions one per scan output")
+    spec = ScanSpec(body, states, scans, axes, backward, out_axes, out_backward, lengths.pop())
+    if spec.length == 0:
         raise ctx.error("a scan of length 0 gives empty outputs, which graphc does not build")
-    results: list[Value] = list(states)
-    for j in range(k):
-        parts = collected[j][::-1] if out_backward[j] else collected[j]
-        rank = len(parts[0].shape) + 1
-        results.append(_stack(ctx, parts, axis_of(out_axes[j], rank, ctx)))
-    return results
+    return spec
+
+
+@rule("Scan", 9)
+def _scan(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
+    """A `scan` of the body (unrolled when everything is known at import, or when the body
+    cannot be a graphc body)."""
+    spec = _scan_spec(ctx, inputs, attrs)
+    if all_known(inputs) and spec.length <= MAX_UNROLL:
+        folded = _folded(lambda: unroll_scan(ctx, spec))
+        if folded is not None:
+            return folded
+    try:
+        return scan_region(ctx, spec)
+    except UnrollError:
+        return unroll_scan(ctx, spec)
 
 
 @rule("Scan", 8)
@@ -147,21 +143,21 @@ def _scan8(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     directions = [int(d) for d in attrs.get("directions", [0] * m)]
     per_row = []
     for b in range(batch):
-        row = [_slice_step(ctx, v, 0, b) for v in values]
+        row: Inputs = [slice_step(v, 0, b) for v in values]
         per_row.append(_scan(ctx, row, {"body": attrs["body"], "num_scan_inputs": m,
                                         "scan_input_directions": directions}))
-    return [_stack(ctx, [r[j] for r in per_row], 0) for j in range(len(per_row[0]))]
+    return [stack(ctx, [r[j] for r in per_row], 0) for j in range(len(per_row[0]))]
 
 
-# Unrolling beyond this many iterations is refused (the graph would grow without bound).
-MAX_UNROLL = 4096
+def _one(ctx: Context, v: np.ndarray, what: str) -> np.ndarray:
+    if v.size != 1:
+        raise ctx.error(f"{what} has {v.size} values; expected one")
+    return v.reshape(-1)[0]  # type: ignore[no-any-return]
 
 
 @rule("Loop", 1)
 def _loop(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
-    """The body unrolled for as many iterations as the trip count and the condition allow,
-    both known at import (the body's condition output too, step by step): the loop-carried
-    values passed on, the scan outputs stacked along a new first axis."""
+    """A `scan`, a `while_loop`, or the body unrolled (see the module docstring)."""
     body = attrs.get("body")
     if body is None:
         raise ctx.error("the body is missing")
@@ -170,26 +166,43 @@ def _loop(ctx: Context, inputs: Inputs, attrs: dict[str, Any]) -> list[Value]:
     states = [v for v in inputs[2:] if v is not None]
     if trip is None and cond is None:
         raise ctx.error("neither a trip count nor a condition: the loop does not end")
-    limit = int(ctx.need_known(trip, "M").reshape(-1)[0]) if trip is not None else None
-    go = bool(ctx.need_known(cond, "cond").reshape(-1)[0]) if cond is not None else True
     n = len(states)
     k = len(body.output) - 1 - n
-    collected: list[list[Value]] = [[] for _ in range(k)]
-    i = 0
-    while go and (limit is None or i < limit):
-        if i >= MAX_UNROLL:
-            raise ctx.error(f"more than {MAX_UNROLL} iterations to unroll")
-        outs = run_subgraph(ctx, body, [np.array(i, np.int64), np.array(go), *states])
-        flag = outs[0]
-        if not isinstance(flag, np.ndarray):
-            raise ctx.error("the body's condition is computed at run time; graphc unrolls "
-                            "loops whose iterations are known at import")
-        go = bool(flag.reshape(-1)[0])
-        states = outs[1:1 + n]
-        for j in range(k):
-            collected[j].append(outs[1 + n + j])
-        i += 1
-    if k and i == 0:
-        raise ctx.error("no iteration runs: the scan outputs would be empty, which graphc "
-                        "does not build")
-    return [*states, *(_stack(ctx, parts, 0) for parts in collected)]
+    if k < 0 or len(body.input) != 2 + n:
+        raise ctx.error(f"the body takes {len(body.input)} inputs and gives "
+                        f"{len(body.output)} outputs for {n} loop-carried values")
+    known_trip, known_cond = ctx.known(trip), ctx.known(cond)
+    limit = None if known_trip is None else int(_one(ctx, known_trip, "M"))
+    go = None if known_cond is None else bool(_one(ctx, known_cond, "cond"))
+    entered = cond is None or go is True  # the first iteration runs if the count allows
+
+    def unroll(why: str) -> list[Value]:
+        if trip is not None and limit is None:
+            raise ctx.needs_value(f"input 'M' must be known when the model is imported: the "
+                                  f"loop is unrolled because {why}")
+        if cond is not None and go is None:
+            raise ctx.needs_value(f"input 'cond' must be known when the model is imported: "
+                                  f"the loop is unrolled because {why}")
+        return unroll_loop(ctx, body, limit, True, states, why)
+
+    if go is False or limit == 0:  # no iteration runs
+        if k:
+            raise ctx.error("no iteration runs: the scan outputs would be empty, which graphc "
+                            "does not build")
+        return list(states)
+    if all_known(inputs) and limit is not None and limit <= MAX_UNROLL and entered:
+        folded = _folded(lambda: unroll_loop(ctx, body, limit, True, states, "it folds"))
+        if folded is not None:
+            return folded
+    try:
+        if limit is not None and entered and limit <= MAX_SCAN_LENGTH:
+            try:
+                return loop_scan(ctx, body, limit, states)
+            except NotAlwaysTrueError:
+                pass  # a while loop, or unrolled below
+        if k:
+            return unroll(f"its {k} scan output(s) would stop at a data-dependent iteration "
+                          "(graphc shapes are static)")
+        return loop_while(ctx, body, trip, cond, states)
+    except UnrollError as exc:
+        return unroll(str(exc))
