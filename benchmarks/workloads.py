@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks import workloads_gpt as wg
 from benchmarks import workloads_lowp as wl
 from benchmarks import workloads_onnx as wo
+from benchmarks import workloads_quant as wq
 from benchmarks.workloads_data import (
     EW_SHAPE,
     LSTM_BATCH,
@@ -342,6 +343,10 @@ WORKLOADS: list[Workload] = [
     Workload("gemm_int8", "GEMM M=512 K=N=1024 uint8 x int8 -> int32 (torch: _int_mm, int8 x "
              "int8; ORT: MatMulInteger), rate in GOP/s", wl.FLOPS, 0,
              {"graphc": wl.int8_graphc, "torch": wl.int8_torch}),
+    # int8 dynamic quantization (workloads_quant.py); the fp32 baselines are mlp_infer_*.
+    *(Workload(f"mlp_int8_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 dynamic "
+               f"(gc.quantize_dynamic; ORT: quantize_dynamic); fp32: mlp_infer_{b}",
+               wq.flops(b), 0, {"graphc": wq.graphc_int8(b)}) for b in (1, 256)),
     # The transformer rows (workloads_gpt.py: model, data, checks and FLOP counts).
     Workload("gpt_infer_1", f"GPT inference (causal, ids -> logits), {_GPT}, batch 1",
              wg.gpt_flops(wg.INFER_BATCH, train=False), 0,
