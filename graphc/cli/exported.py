@@ -2,6 +2,7 @@
 
     graphc compile MODEL -o libNAME.so [--signature S | --inputs x,y --outputs a,b]
                    [--train] [--name NAME] [--weights embedded|external] [-O 0-3]
+                   [--quantize dynamic|static [--calibration DATA.npz]]
     graphc info libNAME.so|MODEL [--json]
     graphc run MODEL|libNAME.so --input x=file.npy ... [--output out.npz]
                [--signature S | --inputs ... --outputs ...] [--train]
@@ -41,6 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from graphc.cli import quantize as quantize_cli
 from graphc.cli.command import (
     MODEL_HELP,
     Parser,
@@ -94,6 +96,7 @@ def add_subcommands(subparsers: Any) -> None:
                    help="worker threads of the library (default 1: no background threads)")
     c.add_argument("--conv-algorithm", choices=CONV_ALGORITHMS, default="auto",
                    help="how convolutions are computed (default auto: per layer)")
+    quantize_cli.add_arguments(c)
     c.set_defaults(handler=_compile)
 
     i = subparsers.add_parser("info", help="print the metadata of a library or a model")
@@ -171,6 +174,7 @@ def _compile(args: argparse.Namespace) -> int:
     graph = load_model(args.model, args.dim)
     options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level, threads=args.threads,
                       conv_algorithm=args.conv_algorithm)
+    graph = quantize_cli.apply(graph, args, select(graph, args), options)
     done = export(graph, args.output, **select(graph, args), name=args.name,
                   weights=args.weights, options=options)
     for path in (done.library, done.header, done.weights):
