@@ -8,10 +8,10 @@ inside a graph and is not a pipeline pass.
 
 from __future__ import annotations
 
-from . import attention, constant_fold, cse, lower_control, prune, simplify, winograd
+from . import attention, constant_fold, cse, lower_control, prune, qdq, simplify, winograd
 from .rewrite import PassDef
 
-_MODULES = (lower_control, simplify, constant_fold, attention, winograd, cse, prune)
+_MODULES = (qdq, lower_control, simplify, constant_fold, attention, winograd, cse, prune)
 PASSES: dict[str, PassDef] = {module.PASS.name: module.PASS for module in _MODULES}
 for _module in _MODULES:
     assert _module.__name__.rsplit(".", 1)[1] == _module.PASS.name, "module name != pass name"

@@ -55,7 +55,7 @@ __all__ = [
 # simplify first (its rewrites expose constants: 1 * c becomes c), fold what is constant,
 # rewrite convolutions whose weights are now constant as Winograd GEMMs, merge duplicates
 # (folding makes equal constants), and prune last, after everything made dead.
-DEFAULT_PIPELINE = "lower_control,simplify,constant_fold,attention,winograd,cse,prune"
+DEFAULT_PIPELINE = "qdq,lower_control,simplify,constant_fold,attention,winograd,cse,prune"
 
 
 @dataclass(frozen=True)

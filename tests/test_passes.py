@@ -95,7 +95,7 @@ def test_unknown_pass_lists_known_passes() -> None:
 
 
 def test_registry_names_match_modules() -> None:
-    assert set(PASSES) == {"lower_control", "simplify", "constant_fold", "attention",
+    assert set(PASSES) == {"qdq", "lower_control", "simplify", "constant_fold", "attention",
                            "winograd", "cse", "prune"}
     for name, p in PASSES.items():
         assert p.name == name
@@ -525,8 +525,8 @@ def test_the_default_pipeline_reaches_a_fixed_point() -> None:
     sig = g.add_signature("main", [x], [out])
     once = run_pipeline(g, sig)
     assert len(once.graph.nodes) == 1 and once.signature.outputs[0].op == "placeholder"
-    # lower_control runs once first; nothing gives it work again.
-    assert [p.label for p in once.report.passes][7] == "simplify #2"
+    # qdq and lower_control run once first; nothing gives them work again.
+    assert [p.label for p in once.report.passes][8] == "simplify #2"
     twice = run_pipeline(once.graph, once.signature)
     assert graph_diff(twice.graph, once.graph) is None
     # A pass whose enabling passes changed nothing since it ran is not run again.
