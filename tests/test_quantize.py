@@ -251,3 +251,68 @@ def test_float_to_byte_cast_saturates_in_vectors(dtype: gc.DType) -> None:
         y = gc.cast(x * 1.0, dtype)
     got = gc.compile(g, [x], y, options=gc.CompileOptions(threads=1))(xs)
     np.testing.assert_array_equal(got, gc.reference(g, [x], y)(xs))
+
+
+def _np_conv_int(q: np.ndarray, zp: int, wq: np.ndarray, stride: tuple[int, int],
+                 pads: tuple[int, int], dilation: int) -> np.ndarray:
+    """sum over (c, i, j) of (q_pad - zp) * wq in int64, q_pad padded with zp (float 0)."""
+    n, _, h, w = q.shape
+    o, _, kh, kw = wq.shape
+    qp = np.pad(q.astype(np.int64) - zp, ((0, 0), (0, 0), (pads[0],) * 2, (pads[1],) * 2))
+    ho = (h + 2 * pads[0] - dilation * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * pads[1] - dilation * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, o, ho, wo), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            tap = qp[:, :, i * dilation:i * dilation + (ho - 1) * stride[0] + 1:stride[0],
+                     j * dilation:j * dilation + (wo - 1) * stride[1] + 1:stride[1]]
+            out += np.einsum("nchw,oc->nohw", tap, wq[:, :, i, j].astype(np.int64))
+    return out
+
+
+@pytest.mark.parametrize("shape,k,stride,pads,dilation", [
+    ((2, 3, 8, 8), 3, (1, 1), (1, 1), 1), ((1, 4, 9, 7), 3, (2, 1), (1, 2), 1),
+    ((3, 2, 7, 6), 2, (1, 2), (0, 0), 2), ((1, 8, 5, 5), 1, (1, 1), (0, 0), 1)])
+def test_conv_integer_part_is_exact(shape: tuple[int, ...], k: int, stride: tuple[int, int],
+                                    pads: tuple[int, int], dilation: int) -> None:
+    rng = np.random.default_rng(8)
+    xs = rng.standard_normal(shape).astype(np.float32)
+    w = (rng.standard_normal((6, shape[1], k, k)) * 0.3).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    with gc.Graph("conv") as g:
+        x = gc.placeholder(shape, name="x")
+        y = gc.conv2d(x, gc.constant(w), stride=stride, padding=pads, dilation=dilation,
+                      name="conv")
+        y = gc.relu(y + gc.reshape(gc.constant(bias), (6, 1, 1)))
+    g.add_signature("main", [x], [y])
+    qg = gc.quantize_dynamic(g)
+    assert not any(n.op == "conv2d" for n in qg.nodes)
+    (exact,) = _exact_nodes(qg)
+    f = gc.compile(qg, [qg["x"]], [exact, qg[y.name]], options=gc.CompileOptions(threads=1))
+    got, out = f(xs)
+    q, _, zp = _np_quantize(xs)
+    wq, _ = weight_scales(w.transpose(2, 3, 1, 0).reshape(-1, 6))  # the (tap, c) x O matrix
+    wq4 = wq.reshape(k, k, shape[1], 6).transpose(3, 2, 0, 1)
+    want = _np_conv_int(q, int(zp), wq4, stride, pads, dilation)
+    np.testing.assert_array_equal(got.transpose(0, 3, 1, 2), want)
+    fp32 = gc.reference(g, signature="main")(xs)[0]
+    assert np.max(np.abs(out - fp32)) < 0.05 * np.max(np.abs(fp32))
+
+
+def test_grouped_conv_stays_float() -> None:
+    with gc.Graph("gconv") as g:
+        x = gc.placeholder((1, 4, 6, 6), name="x")
+        gc.conv2d(x, gc.constant(np.ones((4, 2, 3, 3), np.float32)), groups=2, name="conv")
+    (layer,) = quantize(g, "dynamic").layers
+    assert (layer.precision, layer.reason) == ("float32", "grouped convolution")
+
+
+def test_gemv_split_across_threads_is_exact() -> None:
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 256, (1, 784), dtype=np.uint8)
+    w = rng.integers(-128, 128, (512, 784), dtype=np.int8)
+    with gc.Graph("gemv2") as g:
+        pa = gc.placeholder((1, 784), gc.uint8)
+        acc = gc.matmul_integer(pa, gc.constant(w), transpose_b=True)
+    got = gc.compile(g, [pa], acc, options=gc.CompileOptions(threads=2))(a)
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ w.T.astype(np.int64))

@@ -59,3 +59,46 @@ def test_dynamic_int8_top1_within_half_a_point(trained: tuple) -> None:
     fp32 = _top1(g, test.images, test.labels)
     int8 = _top1(gc.quantize_dynamic(g), test.images, test.labels)
     assert abs(int8 - fp32) <= 0.005, (fp32, int8)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn() -> tuple[dict[str, np.ndarray], gc.datasets.Dataset, gc.datasets.Dataset]:
+    data = gc.datasets.digits(flatten=False)
+    train, test = gc.datasets.train_test_split(data, test_fraction=0.25, seed=0)
+    net = nn.Sequential([
+        nn.Conv2D(16, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+                  seed=0),
+        nn.Conv2D(32, 3, padding="same", activation="relu", kernel_initializer="he_normal",
+                  seed=1),
+        nn.MaxPool2D(2), nn.Flatten(), nn.Dense(10, seed=2)])
+    model = gc.Model(net, input_shape=(1, 8, 8), optimizer=gc.optim.Adam(2e-3),
+                     metrics=["accuracy"])
+    model.fit(train.images, train.labels, batch_size=32, epochs=6, seed=0, verbose=0)
+    return model.get_weights(), train, test
+
+
+def _cnn_graph(weights: dict[str, np.ndarray], batch: int) -> gc.Graph:
+    with gc.Graph("digits_cnn") as g:
+        x = gc.placeholder((batch, 1, 8, 8), name="x")
+        h = x
+        for layer in ("conv2d", "conv2d_1"):
+            h = gc.conv2d(h, gc.constant(weights[f"{layer}/kernel"]), padding=1, name=layer)
+            h = gc.relu(h + gc.reshape(gc.constant(weights[f"{layer}/bias"]), (-1, 1, 1)))
+        h = gc.reshape(gc.max_pool2d(h, 2), (batch, -1))
+        y = gc.linear(h, gc.constant(weights["dense/kernel"]), gc.constant(weights["dense/bias"]))
+    g.add_signature("main", [x], [y])
+    return g
+
+
+def test_cnn_static_int8_top1_within_half_a_point(trained_cnn: tuple) -> None:
+    weights, train, test = trained_cnn
+    n = len(test.images)
+    g = _cnn_graph(weights, n)
+    calibration = [train.images[i:i + n] for i in range(0, len(train.images) - n + 1, n)]
+    q = gc.quantize_static(g, calibration)
+    assert sum(node.op == "matmul_integer" for node in q.nodes) == 3  # two convs, the dense
+    assert not any(node.op == "conv2d" for node in q.nodes)
+    fp32 = _top1(g, test.images, test.labels)
+    int8 = _top1(q, test.images, test.labels)
+    assert fp32 > 0.95
+    assert abs(int8 - fp32) <= 0.005, (fp32, int8)

@@ -27,7 +27,7 @@ Matmuls that cannot be rewritten are kept in float32 and listed with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +35,9 @@ import numpy as np
 from graphc.codegen.gemm import lowp_gemv
 from graphc.ir import DType, Graph, Node, Signature, ancestors
 from graphc.ops import elementwise as ew
-from graphc.ops import linalg, reduce
+from graphc.ops import layout, linalg, reduce
 from graphc.passes.rewrite import Pending, Rebuilder
+from graphc.quant.conv import channels_last_padded, gather_taps, weight_matrix
 from graphc.runtime.reference import reference
 
 QMAX_WEIGHT = 127  # symmetric int8 weights in [-127, 127] (ONNX Runtime's default)
@@ -94,10 +95,10 @@ def activation_params(lo: float, hi: float) -> tuple[np.float32, np.float32]:
     return f(scale), f(zp)
 
 
-def _weight_value(graph: Graph, w: Node, freeze_variables: bool) -> tuple[np.ndarray | None,
-                                                                          str]:
+def _weight_value(graph: Graph, w: Node, freeze_variables: bool, rank: int = 2
+                  ) -> tuple[np.ndarray | None, str]:
     """The weight's value, or None and why not."""
-    if w.ndim != 2:
+    if w.ndim != rank:
         return None, f"weight of rank {w.ndim} (a batch of matrices)"
     for node in ancestors([w]):
         if node.op == "placeholder":
@@ -118,6 +119,9 @@ def find_layers(graph: Graph, freeze_variables: bool = True) -> tuple[
     weights: dict[str, np.ndarray] = {}
     layers: list[Layer] = []
     for node in graph.nodes:
+        if node.op == "conv2d" and node.dtype == DType.float32:
+            layers.append(_conv_layer(graph, node, freeze_variables, weights))
+            continue
         if node.op != "matmul" or node.dtype != DType.float32:
             continue
         a, b = node.inputs
@@ -136,6 +140,22 @@ def find_layers(graph: Graph, freeze_variables: bool = True) -> tuple[
     return weights, layers
 
 
+def _conv_layer(graph: Graph, node: Node, freeze_variables: bool,
+                weights: dict[str, np.ndarray]) -> Layer:
+    """The Layer of a float conv2d; its weight matrix goes into `weights` if it is int8."""
+    o, c, kh, kw = node.inputs[1].shape
+    k, n = c * kh * kw, o
+    shape = (int(np.prod(node.shape)) // n, k, n)
+    if node.attrs["groups"] != 1:
+        return Layer(node.name, "float32", "grouped convolution", shape)
+    w = node.inputs[1]
+    value, why = _weight_value(graph, w, freeze_variables, rank=4)
+    if value is None:
+        return Layer(node.name, "float32", why, shape)
+    weights[node.name] = weight_matrix(np.asarray(value, np.float32))
+    return Layer(node.name, "int8", "", shape)
+
+
 @dataclass(frozen=True)
 class Dynamic:
     """Activation scales computed in the graph at run time."""
@@ -148,18 +168,15 @@ class Static:
     ranges: Mapping[str, Range]
 
 
-def _quantize_activation(x: Node, mode: Dynamic | Static, layer: str,
-                         rb: Rebuilder) -> tuple[Node, Node | np.float32, Node | np.float32]:
-    """(q uint8, scale, zero point as float): nodes (dynamic) or numbers (static)."""
+def _activation_params(x: Node, mode: Dynamic | Static, layer: str, rb: Rebuilder
+                       ) -> tuple[Node | np.float32, Node | np.float32]:
+    """(scale, zero point as float) of x: nodes (dynamic) or numbers (static)."""
     def nm(what: str) -> str:
         return rb.fresh_name(f"{layer}.{what}")
 
     if isinstance(mode, Static):
         r = mode.ranges[layer]
-        scale, zp = activation_params(r.lo, r.hi)
-        shifted = ew.add(ew.round(ew.div(x, scale, name=nm("xs")), name=nm("xr")), zp,
-                         name=nm("xz"))
-        return ew.cast(shifted, DType.uint8, name=nm("xq")), scale, zp
+        return activation_params(r.lo, r.hi)
     lo = ew.minimum(reduce.min(x, name=nm("min")), 0.0, name=nm("lo"))
     hi = ew.maximum(reduce.max(x, name=nm("max")), 0.0, name=nm("hi"))
     span = ew.sub(hi, lo, name=nm("span"))
@@ -167,13 +184,16 @@ def _quantize_activation(x: Node, mode: Dynamic | Static, layer: str,
     scale_n = ew.div(safe, 255.0, name=nm("scale"))
     zp_n = ew.round(ew.clip(ew.neg(ew.div(lo, scale_n, name=nm("lz")), name=nm("nz")),
                             0.0, 255.0, name=nm("cz")), name=nm("zp"))
-    shifted = ew.add(ew.round(ew.div(x, scale_n, name=nm("xs")), name=nm("xr")), zp_n,
-                     name=nm("xz"))
-    return ew.cast(shifted, DType.uint8, name=nm("xq")), scale_n, zp_n
+    return scale_n, zp_n
 
 
-def _int8_matmul(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Static) -> Node:
-    """The int8 form of matmul `p` (module docstring), named as `p`."""
+def _int8_product(p: Pending, rb: Rebuilder, x: Node, rows: Node, w: np.ndarray,
+                  mode: Dynamic | Static, name: str,
+                  gather: Callable[[Node], Node] | None = None) -> Node:
+    """rows @ w in int8 (module docstring): `rows` (float, rank >= 2; `gather` maps its
+    uint8 quantization to the GEMM's rows, if given) quantized with the scale and zero
+    point of `x` (the layer's input, whose range `rows` shares), `w` (K, N); the result,
+    float32, is named `name`. Call inside ``with rb.graph``."""
     wq, sw = weight_scales(w)
     colsum = wq.astype(np.int32).sum(axis=0, dtype=np.int32)
     layer = p.name
@@ -181,28 +201,53 @@ def _int8_matmul(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Stati
     def nm(what: str) -> str:
         return rb.fresh_name(f"{layer}.{what}")
 
+    scale, zp = _activation_params(x, mode, layer, rb)
+    shifted = ew.add(ew.round(ew.div(rows, scale, name=nm("xs")), name=nm("xr")), zp,
+                     name=nm("xz"))
+    q = ew.cast(shifted, DType.uint8, name=nm("xq"))
+    if gather is not None:
+        q = gather(q)
+    # Few rows (batch-1 inference): the weight as (N, K), so the GEMV reads each output
+    # channel's bytes contiguously (`codegen/gemm/lowp_gemv.py`); else (K, N), which the
+    # packed GEMM packs fastest.
+    few = int(np.prod(rows.shape[:-1])) <= lowp_gemv.MAX_ROWS
+    stored = np.ascontiguousarray(wq.T) if few else wq
+    wq_node = rb.constant(stored, at=p, name=nm("wq"), copy=False)
+    acc = linalg.matmul_integer(q, wq_node, transpose_b=few, name=nm("acc"))
+    if isinstance(zp, Node):
+        zi = ew.cast(zp, DType.int32, name=nm("zi"))
+        corr = ew.mul(zi, rb.constant(colsum, at=p, name=nm("colsum")), name=nm("corr"))
+    else:
+        corr = rb.constant((np.int32(zp) * colsum).astype(np.int32), at=p, name=nm("corr"))
+    exact = ew.sub(acc, corr, name=nm("exact"))
+    if isinstance(scale, Node):
+        rescale = ew.mul(scale, rb.constant(sw, at=p, name=nm("sw")), name=nm("rescale"))
+    else:
+        rescale = rb.constant((scale * sw).astype(np.float32), at=p, name=nm("rescale"))
+    return ew.mul(ew.cast(exact, DType.float32, name=nm("accf")), rescale, name=name)
+
+
+def _int8_matmul(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Static) -> Node:
+    """The int8 form of matmul `p`, named as `p`."""
     with rb.graph:
         x = p.inputs[0]
-        q, scale, zp = _quantize_activation(x, mode, layer, rb)
-        # Few rows (batch-1 inference): the weight as (N, K), so the GEMV reads each output
-        # channel's bytes contiguously (`codegen/gemm/lowp_gemv.py`); else (K, N), which
-        # the packed GEMM packs fastest.
-        few = int(np.prod(p.shape[:-1])) <= lowp_gemv.MAX_ROWS
-        stored = np.ascontiguousarray(wq.T) if few else wq
-        wq_node = rb.constant(stored, at=p, name=nm("wq"), copy=False)
-        acc = linalg.matmul_integer(q, wq_node, transpose_b=few, name=nm("acc"))
-        if isinstance(zp, Node):
-            zi = ew.cast(zp, DType.int32, name=nm("zi"))
-            corr = ew.mul(zi, rb.constant(colsum, at=p, name=nm("colsum")), name=nm("corr"))
-        else:
-            corr = rb.constant((np.int32(zp) * colsum).astype(np.int32), at=p,
-                               name=nm("corr"))
-        exact = ew.sub(acc, corr, name=nm("exact"))
-        if isinstance(scale, Node):
-            rescale = ew.mul(scale, rb.constant(sw, at=p, name=nm("sw")), name=nm("rescale"))
-        else:
-            rescale = rb.constant((scale * sw).astype(np.float32), at=p, name=nm("rescale"))
-        return ew.mul(ew.cast(exact, DType.float32, name=nm("accf")), rescale, name=p.name)
+        return _int8_product(p, rb, x, x, w, mode, p.name)
+
+
+def _int8_conv(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Static) -> Node:
+    """The int8 form of conv2d `p` (`quant.conv`): the padded channels-last input
+    quantized, its taps gathered into GEMM rows, times the (kh*kw*C, O) weight matrix,
+    back to NCHW; named as `p`."""
+    x, kernel = p.inputs
+    shape = kernel.shape
+
+    def gather(q: Node) -> Node:
+        return gather_taps(q, shape, p.attrs, p.shape, rb.fresh_name)
+
+    with rb.graph:
+        rows = channels_last_padded(x, shape, p.attrs, rb.fresh_name)
+        y = _int8_product(p, rb, x, rows, w, mode, rb.fresh_name(f"{p.name}.nhwc"), gather)
+        return layout.transpose(y, (0, 3, 1, 2), name=p.name)
 
 
 def rewrite(graph: Graph, mode: Dynamic | Static, freeze_variables: bool = True,
@@ -219,8 +264,10 @@ def rewrite(graph: Graph, mode: Dynamic | Static, freeze_variables: bool = True,
             raise ValueError(f"no calibrated range for matmul(s) {missing}")
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
-        if p.op == "matmul" and p.name in weights and rb.source[p.name].op == "matmul":
+        if p.op == "matmul" and p.name in weights:
             return _int8_matmul(p, rb, weights[p.name], mode)
+        if p.op == "conv2d" and p.name in weights:
+            return _int8_conv(p, rb, weights[p.name], mode)
         return rb.keep(p)
 
     rb = Rebuilder(graph, visit).run()
