@@ -201,6 +201,12 @@ def test_percentile_calibration_clips_outliers() -> None:
 
 def test_calibration_errors() -> None:
     g, _ = _mlp(4, (8, 4))
+    xs = np.random.default_rng(10).standard_normal((4, 8)).astype(np.float32)
+    by_reference = quantize(g, "static", [xs], compiled=False).graph
+    by_compiled = quantize(g, "static", [xs]).graph
+    assert gc.format_graph(by_reference) == gc.format_graph(by_compiled)
+    with pytest.raises(gc.GraphcError, match="input 'x' expected shape"):
+        gc.quantize_static(g, [xs[:2]])
     with pytest.raises(gc.GraphcError, match="method"):
         gc.quantize_static(g, [np.zeros((4, 8), np.float32)], method="entropy")
     with pytest.raises(gc.GraphcError, match="no calibration batches"):
@@ -305,6 +311,21 @@ def test_grouped_conv_stays_float() -> None:
         gc.conv2d(x, gc.constant(np.ones((4, 2, 3, 3), np.float32)), groups=2, name="conv")
     (layer,) = quantize(g, "dynamic").layers
     assert (layer.precision, layer.reason) == ("float32", "grouped convolution")
+
+
+def test_rank3_activations_merge_rows() -> None:
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    with gc.Graph("seq") as g:
+        x = gc.placeholder((5, 3, 16), name="x")
+        y = gc.matmul(x, gc.constant(w), name="proj")
+    g.add_signature("main", [x], [y])
+    qg = gc.quantize_dynamic(g)
+    xs = rng.standard_normal((5, 3, 16)).astype(np.float32)
+    got = gc.compile(qg, signature="main", options=gc.CompileOptions(threads=1))(xs)[0]
+    np.testing.assert_allclose(got, gc.reference(qg, signature="main")(xs)[0], rtol=1e-5,
+                               atol=1e-5)
+    assert np.max(np.abs(got - xs @ w)) < 0.05 * np.max(np.abs(xs @ w))
 
 
 def test_gemv_split_across_threads_is_exact() -> None:

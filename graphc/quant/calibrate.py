@@ -15,15 +15,14 @@ from typing import Any
 import numpy as np
 
 from graphc.compile import compile as compile_graph
-from graphc.errors import GraphcError
 from graphc.ir import Graph, Node
-from graphc.quant.rewrite import Range, find_layers
+from graphc.quant.rewrite import QuantizationError, Range, find_layers
 from graphc.runtime.reference import reference
 
 METHODS = ("minmax", "percentile")
 
 
-class CalibrationError(GraphcError):
+class CalibrationError(QuantizationError):
     """Calibration data that does not fit the graph, or an unknown method."""
 
 

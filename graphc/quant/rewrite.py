@@ -28,17 +28,23 @@ Matmuls that cannot be rewritten are kept in float32 and listed with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from graphc.codegen.gemm import lowp_gemv
+from graphc.errors import GraphcError, SourceLoc
 from graphc.ir import DType, Graph, Node, Signature, ancestors
 from graphc.ops import elementwise as ew
 from graphc.ops import layout, linalg, reduce
 from graphc.passes.rewrite import Pending, Rebuilder
 from graphc.quant.conv import channels_last_padded, gather_taps, weight_matrix
 from graphc.runtime.reference import reference
+
+
+class QuantizationError(GraphcError):
+    """A graph or its calibration that the int8 rewrite cannot use as asked."""
+
 
 QMAX_WEIGHT = 127  # symmetric int8 weights in [-127, 127] (ONNX Runtime's default)
 
@@ -250,35 +256,33 @@ def _int8_conv(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Static)
         return layout.transpose(y, (0, 3, 1, 2), name=p.name)
 
 
-def rewrite(graph: Graph, mode: Dynamic | Static, freeze_variables: bool = True,
-            only: set[str] | None = None) -> Quantized:
-    """Quantize the float matmuls of `graph` (all that can be, or those named in `only`)."""
+def rewrite(graph: Graph, mode: Dynamic | Static, freeze_variables: bool = True) -> Quantized:
+    """Quantize every float matmul and convolution of `graph` that `find_layers` accepts."""
     weights, layers = find_layers(graph, freeze_variables)
-    if only is not None:
-        weights = {k: v for k, v in weights.items() if k in only}
-        layers = [lay if lay.name in weights or lay.precision != "int8"
-                  else Layer(lay.name, "float32", "not selected", lay.shape) for lay in layers]
     if isinstance(mode, Static):
         missing = [name for name in weights if name not in mode.ranges]
         if missing:
-            raise ValueError(f"no calibrated range for matmul(s) {missing}")
+            raise QuantizationError(f"no calibrated range for layer(s) {missing}")
+    made: dict[str, SourceLoc | None] = {}  # nodes a rewrite built -> the layer's location
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
-        if p.op == "matmul" and p.name in weights:
-            return _int8_matmul(p, rb, weights[p.name], mode)
-        if p.op == "conv2d" and p.name in weights:
-            return _int8_conv(p, rb, weights[p.name], mode)
-        return rb.keep(p)
+        if p.name not in weights or p.op not in ("matmul", "conv2d"):
+            return rb.keep(p)
+        first = len(rb.graph.nodes)
+        build = _int8_matmul if p.op == "matmul" else _int8_conv
+        node = build(p, rb, weights[p.name], mode)
+        made.update((n.name, p.loc) for n in rb.graph.nodes[first:])
+        return node
 
     rb = Rebuilder(graph, visit).run()
-    out = rb.graph
+    # The builder functions located the new nodes at the caller of the rewrite; as every
+    # pass's do, they take the location of the layer they replace (`passes/rewrite.py`).
+    relocated = Rebuilder(rb.graph, lambda p, r: r.keep(
+        replace(p, loc=made[p.name]) if p.name in made else p)).run()
+    out = relocated.graph
     for sig in graph.signatures.values():
-        out.signatures[sig.name] = _mapped(rb, sig)
+        m = {old: relocated.mapping[new] for old, new in rb.mapping.items()}
+        out.signatures[sig.name] = Signature(
+            sig.name, tuple(m[n] for n in sig.inputs), tuple(m[n] for n in sig.outputs),
+            tuple((m[v], m[u]) for v, u in sig.updates))
     return Quantized(out, tuple(layers))
-
-
-def _mapped(rb: Rebuilder, sig: Signature) -> Signature:
-    m = rb.mapping
-    return Signature(sig.name, tuple(m[n] for n in sig.inputs),
-                     tuple(m[n] for n in sig.outputs),
-                     tuple((m[v], m[u]) for v, u in sig.updates))
