@@ -3,6 +3,7 @@ the explanation of every pair it leaves (`graphc dump --stage optimized --explai
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,53 @@ def test_onnx_qdq_model_imports_folded(tmp_path: Path,
     assert cli_main(["dump", str(good), "--stage", "optimized", "--explain"]) == 0
     out = capsys.readouterr().out
     assert "matmul_integer(" in out and out.rstrip().endswith("none")
+
+
+def test_onnxruntime_qdq_model_runs_on_the_int8_gemm(tmp_path: Path) -> None:
+    """A model ONNX Runtime quantized statically in QDQ format (per-channel int8 weights,
+    uint8 activations, int32 biases): every Gemm folds; the result is ORT's."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(12)
+    sizes = (32, 24, 16, 10)
+    inits, nodes, h = [], [], "x"
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(
+                      np.float32), f"w{i}"),
+                  numpy_helper.from_array((rng.standard_normal(b) * 0.1).astype(np.float32),
+                                          f"b{i}")]
+        out = "y" if i == len(sizes) - 2 else f"z{i}"
+        nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [out]))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [out], [f"h{i}"]))
+            h = f"h{i}"
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 10])], initializer=inits)
+    float_model, qdq_model = tmp_path / "mlp.onnx", tmp_path / "mlp_qdq.onnx"
+    float_model.write_bytes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString())
+    xs = rng.standard_normal((16, 32)).astype(np.float32)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x": xs}])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    quantization.quantize_static(
+        str(float_model), str(qdq_model), Reader(), quant_format=quantization.QuantFormat.QDQ,
+        per_channel=True, activation_type=quantization.QuantType.QUInt8,
+        weight_type=quantization.QuantType.QInt8)
+    g = gc.onnx.load(str(qdq_model))
+    ops = _optimized_ops(g)
+    assert ops.count("matmul_integer") == 3 and "matmul" not in ops
+    assert all("not a matmul" in line for line in qdq.explain(g))  # the output's QDQ only
+    got = gc.compile(g, signature="main", options=gc.CompileOptions(threads=1))(xs)[0]
+    want = ort.InferenceSession(str(qdq_model), providers=["CPUExecutionProvider"]).run(
+        None, {"x": xs})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.max(np.abs(want)))
