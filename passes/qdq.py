@@ -1,4 +1,4 @@
-"""qdq: quantize -> dequantize pairs around a matmul folded into the int8 GEMM.
+"""qdq: quantize -> dequantize pairs around a matmul or conv2d folded into the int8 GEMM.
 
 A QDQ model (ONNX's QuantizeLinear/DequantizeLinear around MatMul, as `gc.onnx.load`
 imports them, or the same ops written by hand) computes in float what an int8 kernel
@@ -18,7 +18,8 @@ product and partial sum, so results differ by float32 rounding only (ONNX Runtim
 these pairs the same way). Scales and zero points may be any nodes (`gc.onnx.load` makes
 float initializers variables): quantize and dequantize must use the same node or equal
 constants. The weight's integers must be constant, with W - zw in int8's range; its scale
-one per tensor or per output channel.
+one per tensor or per output channel. A conv2d (one group) folds the same way on its
+im2col rows (`im2col.py`: the quantize re-applied to the padded channels-last input).
 
 `explain(graph)` lists every quantize -> dequantize pair the pass leaves as it is, with the
 reason (`graphc dump --explain`). Idempotent: what it folds is no longer a float matmul.
@@ -26,13 +27,15 @@ reason (`graphc dump --explain`). Idempotent: what it folds is no longer a float
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from graphc.ir import DType, Graph, Node, Signature
 
+from . import im2col
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
 __all__ = ["explain", "qdq"]
@@ -151,22 +154,26 @@ class Plan:
     weight: np.ndarray
     w_scale: Node
     w_scale_shape: tuple[int, ...]
+    conv: bool = False  # a conv2d through im2col (the weight is its (kh*kw*C, O) matrix)
 
 
-def plan(a: Node, b: Node, transpose_a: bool, transpose_b: bool, value: Known) -> Plan | str:
-    """How matmul(a, b) folds, or why it does not."""
-    if transpose_a:
-        return "the matmul reads its activation transposed"
+def _activation(a: Node, value: Known) -> tuple[Quant, Node] | str:
+    """The quantize of a dequantized activation `a` and its dequantize scale, or why not."""
     da = match_dequant(a)
     if da is None:
-        return "operand a is not dequantized"
+        return "the activation (operand a) is not dequantized"
     qa = match_quant(da.q, value)
     if isinstance(qa, str):
-        return f"operand a's dequantize input is {qa}"
+        return f"the activation's dequantize input is {qa}"
     if not (_same(value, qa.scale, da.scale) and _same(value, qa.zp, da.zp)):
         return "quantize and dequantize use different scales or zero points"
     if qa.scale.shape != () or (qa.zp is not None and qa.zp.shape != ()):
         return "the activation is quantized per channel (only per tensor folds)"
+    return qa, da.scale
+
+
+def _weight(b: Node, value: Known) -> tuple[np.ndarray, Node] | str:
+    """The centered integer weight (W - zw, int8) and its scale node, or why not."""
     db = match_dequant(b)
     if db is None:
         return "the weight (operand b) is not dequantized"
@@ -177,28 +184,79 @@ def plan(a: Node, b: Node, transpose_a: bool, transpose_b: bool, value: Known) -
     if zw is None:
         return "the weight's zero point is not constant"
     centered = w.astype(np.int64) - zw.astype(np.int64)
-    if centered.shape != w.shape or w.ndim != 2:
-        return "the weight is not one 2-D matrix"
+    if centered.shape != w.shape:
+        return "the weight's zero point has more elements than the weight"
     if centered.min(initial=0) < -128 or centered.max(initial=0) > 127:
         return "the weight minus its zero point does not fit int8"
-    n = w.shape[0] if transpose_b else w.shape[1]
-    s = db.scale.shape
+    return centered.astype(np.int8), db.scale
+
+
+def plan(a: Node, b: Node, transpose_a: bool, transpose_b: bool, value: Known) -> Plan | str:
+    """How matmul(a, b) folds, or why it does not."""
+    if transpose_a:
+        return "the matmul reads its activation transposed"
+    act = _activation(a, value)
+    if isinstance(act, str):
+        return act
+    wt = _weight(b, value)
+    if isinstance(wt, str):
+        return wt
+    centered, scale = wt
+    if centered.ndim != 2:
+        return "the weight is not one 2-D matrix"
+    n = centered.shape[0] if transpose_b else centered.shape[1]
+    s = scale.shape
     per_column = ((n, 1),) if transpose_b else ((n,), (1, n))
     if s != () and s not in per_column:
         return f"the weight scale {s} is neither per tensor nor per output channel"
     weight = centered.T if transpose_b else centered
-    return Plan(qa, da.scale, np.ascontiguousarray(weight, np.int8), db.scale,
-                () if s == () else (n,))
+    return Plan(act[0], act[1], np.ascontiguousarray(weight), scale, () if s == () else (n,))
+
+
+def plan_conv(p: Pending | Node, value: Known) -> Plan | str:
+    """How conv2d `p` folds (through `im2col`), or why it does not."""
+    if p.attrs["groups"] != 1:
+        return "a grouped convolution"
+    act = _activation(p.inputs[0], value)
+    if isinstance(act, str):
+        return act
+    wt = _weight(p.inputs[1], value)
+    if isinstance(wt, str):
+        return wt
+    centered, scale = wt
+    o = centered.shape[0]
+    if scale.shape not in ((), (o, 1, 1, 1), (o,)):
+        return f"the weight scale {scale.shape} is neither per tensor nor per output channel"
+    return Plan(act[0], act[1], im2col.weight_matrix(centered), scale,
+                () if scale.shape == () else (o,), conv=True)
+
+
+def _conv_rows(rb: Rebuilder, p: Pending, q: Quant) -> Node:
+    """The uint8 im2col rows of conv2d `p`: its input quantized as `q` quantizes it."""
+    def emit(op: str, inputs: Sequence[Node], attrs: dict[str, Any]) -> Node:
+        return rb.emit(op, inputs, attrs, at=p)
+
+    xp = im2col.channels_last_padded(emit, q.x, p.inputs[1].shape, p.attrs)
+    shifted = emit("round", (emit("div", (xp, q.scale), {}),), {})
+    if q.shifted.op == "add":  # + cast(zero point, f32), as the quantize adds it
+        shifted = emit("add", (shifted, q.shifted.inputs[1]), {})
+    if q.signed:
+        shifted = emit("add", (shifted, rb.constant(np.float32(128), at=p)), {})
+    xq = emit("cast", (shifted,), {"dtype": DType.uint8})
+    return im2col.gather_taps(emit, xq, p.inputs[1].shape, p.attrs, p.shape)
 
 
 def rewrite(rb: Rebuilder, p: Pending, pl: Plan) -> Node:
-    """The int8 form of matmul `p` (module docstring)."""
+    """The int8 form of matmul or conv2d `p` (module docstring)."""
     q = pl.quant
-    shifted = q.shifted
-    if q.signed:
-        shifted = rb.emit("add", (shifted, rb.constant(np.float32(128), at=p)), at=p)
-    xq = rb.emit("cast", (shifted,), {"dtype": DType.uint8}, at=p)
-    rows = int(np.prod(p.shape[:-1]))
+    if pl.conv:
+        xq = _conv_rows(rb, p, q)
+    else:
+        shifted = q.shifted
+        if q.signed:
+            shifted = rb.emit("add", (shifted, rb.constant(np.float32(128), at=p)), at=p)
+        xq = rb.emit("cast", (shifted,), {"dtype": DType.uint8}, at=p)
+    rows = int(np.prod(xq.shape[:-1]))
     few = rows <= FEW_ROWS
     w = rb.constant(np.ascontiguousarray(pl.weight.T) if few else pl.weight, at=p, copy=False)
     acc = rb.emit("matmul_integer", (xq, w), {"transpose_a": False, "transpose_b": few}, at=p)
@@ -219,20 +277,26 @@ def rewrite(rb: Rebuilder, p: Pending, pl: Plan) -> Node:
     if sw.shape != pl.w_scale_shape:
         sw = rb.emit("reshape", (sw,), {"shape": pl.w_scale_shape}, at=p)
     rescale = rb.emit("mul", (pl.act_scale, sw), at=p)
-    return rb.emit("mul", (accf, rescale), at=p, name=p.name)
+    if not pl.conv:
+        return rb.emit("mul", (accf, rescale), at=p, name=p.name)
+    nhwc = rb.emit("mul", (accf, rescale), at=p)
+    return rb.emit("transpose", (nhwc,), {"perm": (0, 3, 1, 2)}, at=p, name=p.name)
 
 
 def qdq(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
     """Fold every matmul `plan` accepts."""
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
+        pl: Plan | str = ""
         if p.op == "matmul" and p.dtype == DType.float32:
             a, b = p.inputs
             pl = plan(a, b, bool(p.attrs["transpose_a"]), bool(p.attrs["transpose_b"]),
                       rb.value)
-            if isinstance(pl, Plan):
-                ctx.hit(rewrite)
-                return rewrite(rb, p, pl)
+        elif p.op == "conv2d" and p.dtype == DType.float32:
+            pl = plan_conv(p, rb.value)
+        if isinstance(pl, Plan):
+            ctx.hit(rewrite)
+            return rewrite(rb, p, pl)
         return rb.keep(p)
 
     return Rebuilder(graph, visit).run().finish(sig)
@@ -254,13 +318,14 @@ def explain(graph: Graph) -> list[str]:
         if dq is None or isinstance(match_quant(dq.q, value), str):
             continue
         for user, index in users.get(node, []):
-            if user.op != "matmul":
-                why = f"feeds {user.op}, not a matmul"
+            if user.op not in ("matmul", "conv2d"):
+                why = f"feeds {user.op}, not a matmul or convolution"
             elif index != 0:
-                why = "is the matmul's operand b (only an activation, operand a, folds)"
+                why = f"is the {user.op}'s operand b (only an activation, operand a, folds)"
             else:
-                pl = plan(user.inputs[0], user.inputs[1], bool(user.attrs["transpose_a"]),
-                          bool(user.attrs["transpose_b"]), value)
+                pl = plan_conv(user, value) if user.op == "conv2d" else plan(
+                    user.inputs[0], user.inputs[1], bool(user.attrs["transpose_a"]),
+                    bool(user.attrs["transpose_b"]), value)
                 if isinstance(pl, Plan):
                     continue
                 why = pl

@@ -91,7 +91,7 @@ def test_per_tensor_weight_scale_folds() -> None:
     ({"wzp": 5}, "the weight minus its zero point does not fit int8"),
     ({"dq_scale": 0.07}, "quantize and dequantize use different scales or zero points"),
     ({"lo": 0.0, "hi": 15.0}, "not uint8's or int8's"),
-    ({"use": "add"}, "feeds add, not a matmul"),
+    ({"use": "add"}, "feeds add, not a matmul or convolution"),
 ])
 def test_pairs_left_alone_are_explained(kwargs: dict, reason: str) -> None:
     g, _, _, _ = _graph(**kwargs)
@@ -169,34 +169,22 @@ def test_onnx_qdq_model_imports_folded(tmp_path: Path,
     assert "matmul_integer(" in out and out.rstrip().endswith("none")
 
 
-def test_onnxruntime_qdq_model_runs_on_the_int8_gemm(tmp_path: Path) -> None:
-    """A model ONNX Runtime quantized statically in QDQ format (per-channel int8 weights,
-    uint8 activations, int32 biases): every Gemm folds; the result is ORT's."""
+def _ort_qdq(tmp_path: Path, nodes: list, inits: dict[str, np.ndarray], xs: np.ndarray,
+             out_shape: tuple[int, ...]) -> tuple[gc.Graph, np.ndarray]:
+    """The float ONNX model of `nodes` quantized by ONNX Runtime to QDQ (static, calibrated
+    on xs; per-channel int8 weights, uint8 activations), imported, and ORT's output."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     quantization = pytest.importorskip("onnxruntime.quantization")
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(12)
-    sizes = (32, 24, 16, 10)
-    inits, nodes, h = [], [], "x"
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / np.sqrt(a)).astype(
-                      np.float32), f"w{i}"),
-                  numpy_helper.from_array((rng.standard_normal(b) * 0.1).astype(np.float32),
-                                          f"b{i}")]
-        out = "y" if i == len(sizes) - 2 else f"z{i}"
-        nodes.append(helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [out]))
-        if out != "y":
-            nodes.append(helper.make_node("Relu", [out], [f"h{i}"]))
-            h = f"h{i}"
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [16, 10])], initializer=inits)
-    float_model, qdq_model = tmp_path / "mlp.onnx", tmp_path / "mlp_qdq.onnx"
+        nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(xs.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    float_model, qdq_model = tmp_path / "net.onnx", tmp_path / "net_qdq.onnx"
     float_model.write_bytes(helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString())
-    xs = rng.standard_normal((16, 32)).astype(np.float32)
 
     class Reader(quantization.CalibrationDataReader):
         def __init__(self) -> None:
@@ -209,11 +197,104 @@ def test_onnxruntime_qdq_model_runs_on_the_int8_gemm(tmp_path: Path) -> None:
         str(float_model), str(qdq_model), Reader(), quant_format=quantization.QuantFormat.QDQ,
         per_channel=True, activation_type=quantization.QuantType.QUInt8,
         weight_type=quantization.QuantType.QInt8)
-    g = gc.onnx.load(str(qdq_model))
+    want = ort.InferenceSession(str(qdq_model), providers=["CPUExecutionProvider"]).run(
+        None, {"x": xs})[0]
+    return gc.onnx.load(str(qdq_model)), want
+
+
+def _node(op: str, inputs: list[str], output: str, **attrs: object) -> object:
+    from onnx import helper
+
+    return helper.make_node(op, inputs, [output], **attrs)
+
+
+def test_onnxruntime_qdq_mlp_runs_on_the_int8_gemm(tmp_path: Path) -> None:
+    """ORT's QDQ MLP (int32 biases too): every Gemm folds; the result is ORT's."""
+    rng = np.random.default_rng(12)
+    sizes = (32, 24, 16, 10)
+    inits: dict[str, np.ndarray] = {}
+    nodes, h = [], "x"
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        inits[f"w{i}"] = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
+        inits[f"b{i}"] = (rng.standard_normal(b) * 0.1).astype(np.float32)
+        out = "y" if i == len(sizes) - 2 else f"z{i}"
+        nodes.append(_node("Gemm", [h, f"w{i}", f"b{i}"], out))
+        if out != "y":
+            nodes.append(_node("Relu", [out], f"h{i}"))
+            h = f"h{i}"
+    xs = rng.standard_normal((16, 32)).astype(np.float32)
+    g, want = _ort_qdq(tmp_path, nodes, inits, xs, (16, 10))
     ops = _optimized_ops(g)
     assert ops.count("matmul_integer") == 3 and "matmul" not in ops
     assert all("not a matmul" in line for line in qdq.explain(g))  # the output's QDQ only
     got = gc.compile(g, signature="main", options=gc.CompileOptions(threads=1))(xs)[0]
-    want = ort.InferenceSession(str(qdq_model), providers=["CPUExecutionProvider"]).run(
-        None, {"x": xs})[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.max(np.abs(want)))
+
+
+def test_onnxruntime_qdq_cnn_runs_on_the_int8_gemm(tmp_path: Path) -> None:
+    """ORT's QDQ CNN (padding, a strided conv): both convolutions fold through im2col."""
+    rng = np.random.default_rng(14)
+    inits = {"w0": (rng.standard_normal((8, 1, 3, 3)) * 0.5).astype(np.float32),
+             "b0": (rng.standard_normal(8) * 0.1).astype(np.float32),
+             "w1": (rng.standard_normal((16, 8, 3, 3)) * 0.2).astype(np.float32),
+             "b1": (rng.standard_normal(16) * 0.1).astype(np.float32)}
+    nodes = [_node("Conv", ["x", "w0", "b0"], "c0", pads=[1, 1, 1, 1]),
+             _node("Relu", ["c0"], "r0"),
+             _node("Conv", ["r0", "w1", "b1"], "c1", pads=[1, 1, 1, 1], strides=[2, 2]),
+             _node("Relu", ["c1"], "y")]
+    xs = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    g, want = _ort_qdq(tmp_path, nodes, inits, xs, (4, 16, 4, 4))
+    ops = _optimized_ops(g)
+    assert ops.count("matmul_integer") == 2 and "conv2d" not in ops
+    got = gc.compile(g, signature="main", options=gc.CompileOptions(threads=1))(xs)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.max(np.abs(want)))
+
+
+def _int_conv(q: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+    """Stride-1 convolution of integer arrays, exactly in int64 (q already centered)."""
+    n, _, h, wd = q.shape
+    o, _, kh, kw = w.shape
+    qp = np.pad(q.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
+    out = np.zeros((n, o, ho, wo), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nchw,oc->nohw", qp[:, :, i:i + ho, j:j + wo],
+                             w[:, :, i, j].astype(np.int64))
+    return out
+
+
+@pytest.mark.parametrize("zx,lo,hi", [(128, 0.0, 255.0), (0, -128.0, 127.0)])
+def test_conv_pair_folds_exactly(zx: int, lo: float, hi: float) -> None:
+    rng = np.random.default_rng(13)
+    wq = rng.integers(-128, 128, (6, 3, 3, 3)).astype(np.int32)
+    sw = (rng.random(6) * 0.02 + 0.01).astype(np.float32)
+    with gc.Graph("qdq_conv") as g:
+        x = gc.placeholder((2, 3, 7, 7), name="x")
+        s, z = gc.variable(np.asarray(SX), name="sx"), gc.constant(np.int32(zx))
+        xd = _dequantize(_quantize(x, s, z, lo, hi), s, z)
+        wd = gc.mul(gc.cast(gc.constant(wq), gc.float32),
+                    gc.reshape(gc.variable(sw, name="sw"), (6, 1, 1, 1)))
+        y = gc.relu(gc.conv2d(xd, wd, padding=1, name="conv"))
+    g.add_signature("main", [x], [y])
+    ops = _optimized_ops(g)
+    assert "matmul_integer" in ops and "conv2d" not in ops
+    assert qdq.explain(g) == []
+    xs = rng.standard_normal((2, 3, 7, 7)).astype(np.float32) * 3
+    got = gc.compile(g, signature="main", options=gc.CompileOptions(threads=1))(xs)[0]
+    q = np.clip(np.round(xs / SX) + zx, lo, hi).astype(np.int64) - zx
+    want = np.maximum(_int_conv(q, wq, 1).astype(np.float32)
+                      * (SX * sw).reshape(1, 6, 1, 1), 0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, gc.reference(g, signature="main")(xs)[0], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_grouped_conv_pair_is_explained() -> None:
+    with gc.Graph("qdq_gconv") as g:
+        x = gc.placeholder((1, 4, 5, 5), name="x")
+        s, z = gc.constant(SX), gc.constant(np.int32(128))
+        xd = _dequantize(_quantize(x, s, z, 0.0, 255.0), s, z)
+        wd = gc.mul(gc.cast(gc.constant(np.ones((4, 2, 3, 3), np.int32)), gc.float32), 0.5)
+        gc.conv2d(xd, wd, groups=2, name="conv")
+    assert qdq.explain(g) == [f"%{xd.name} -/-> %conv: a grouped convolution"]

@@ -22,13 +22,16 @@ s = (hi - lo) / 255, 1 when hi == lo, z = round(clip(-lo / s, 0, 255))) or fixed
 from calibration (`Static`: then q is an elementwise chain that fuses into the kernel
 producing x, storing uint8 straight from its epilogue).
 
-Matmuls that cannot be rewritten are kept in float32 and listed with the reason.
+A conv2d (one group, known weights) is the same product on its im2col rows
+(`passes/im2col.py`). Layers that cannot be rewritten are kept in float32 and listed with
+the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +40,8 @@ from graphc.errors import GraphcError, SourceLoc
 from graphc.ir import DType, Graph, Node, Signature, ancestors
 from graphc.ops import elementwise as ew
 from graphc.ops import layout, linalg, reduce
+from graphc.passes.im2col import channels_last_padded, gather_taps, weight_matrix
 from graphc.passes.rewrite import Pending, Rebuilder
-from graphc.quant.conv import channels_last_padded, gather_taps, weight_matrix
 from graphc.runtime.reference import reference
 
 
@@ -241,17 +244,20 @@ def _int8_matmul(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Stati
 
 
 def _int8_conv(p: Pending, rb: Rebuilder, w: np.ndarray, mode: Dynamic | Static) -> Node:
-    """The int8 form of conv2d `p` (`quant.conv`): the padded channels-last input
+    """The int8 form of conv2d `p` (`passes/im2col.py`): the padded channels-last input
     quantized, its taps gathered into GEMM rows, times the (kh*kw*C, O) weight matrix,
     back to NCHW; named as `p`."""
     x, kernel = p.inputs
     shape = kernel.shape
 
+    def emit(op: str, inputs: Sequence[Node], attrs: dict[str, Any]) -> Node:
+        return rb.emit(op, inputs, attrs, at=p, name=rb.fresh_name(f"{p.name}.{op}"))
+
     def gather(q: Node) -> Node:
-        return gather_taps(q, shape, p.attrs, p.shape, rb.fresh_name)
+        return gather_taps(emit, q, shape, p.attrs, p.shape)
 
     with rb.graph:
-        rows = channels_last_padded(x, shape, p.attrs, rb.fresh_name)
+        rows = channels_last_padded(emit, x, shape, p.attrs)
         y = _int8_product(p, rb, x, rows, w, mode, rb.fresh_name(f"{p.name}.nhwc"), gather)
         return layout.transpose(y, (0, 3, 1, 2), name=p.name)
 
