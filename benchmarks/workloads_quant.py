@@ -2,7 +2,8 @@
 
 graphc float32 (the baseline: the same graph as `mlp_infer_*`, weights as variables) and
 graphc int8 (`gc.quantize_dynamic` of that graph: per-channel int8 weights, uint8
-activations with scales computed at run time, `vpdpbusd` GEMMs and GEMVs). Peer: ONNX
+activations with scales computed at run time, `vpdpbusd` GEMMs and GEMVs; and
+`gc.quantize_static`, calibrated on four other batches of the same distribution). Peer: ONNX
 Runtime's dynamic int8 quantization (`onnxruntime.quantization.quantize_dynamic` of the
 float ONNX model: DynamicQuantizeLinear + MatMulInteger), when onnxruntime and onnx are
 installed. Every setup checks its output against numpy's float32 MLP first: float within
@@ -71,11 +72,18 @@ def graphc_f32(batch: int) -> Callable[[int], Runner]:
     return setup
 
 
-def graphc_int8(batch: int) -> Callable[[int], Runner]:
+def _calibration(batch: int) -> list[np.ndarray]:
+    """Four batches of the benchmark's input distribution (not the timed batch itself)."""
+    return [np.random.default_rng(100 + i).standard_normal((batch, SIZES[0])).astype(
+        np.float32) for i in range(4)]
+
+
+def graphc_int8(batch: int, static: bool = False) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
         import graphc as gc
 
-        q = gc.quantize_dynamic(_graph(batch))
+        g = _graph(batch)
+        q = gc.quantize_static(g, _calibration(batch)) if static else gc.quantize_dynamic(g)
         f = gc.compile(q, signature="main", options=gc.CompileOptions(threads=threads))
         xb, _ = _mlp_batch(batch)
         _check("graphc int8", f(xb)[0], _numpy(batch), INT8_RTOL)
@@ -131,7 +139,8 @@ def main() -> None:
 
     for batch in (256, 1):
         times = {}
-        for name, setup in (("f32", graphc_f32(batch)), ("int8", graphc_int8(batch))):
+        for name, setup in (("f32", graphc_f32(batch)), ("int8", graphc_int8(batch)),
+                            ("static", graphc_int8(batch, static=True))):
             run = setup(1)
             for _ in range(10):
                 run()
@@ -143,7 +152,8 @@ def main() -> None:
                 samples.append(time.perf_counter() - t0)
             times[name] = float(np.median(samples))
         print(f"MLP 784-512-512-10 batch {batch}: graphc f32 {times['f32'] * 1e3:.4f} ms, "
-              f"int8 {times['int8'] * 1e3:.4f} ms, speedup {times['f32'] / times['int8']:.2f}x")
+              f"int8 dynamic {times['int8'] * 1e3:.4f} ms ({times['f32'] / times['int8']:.2f}x),"
+              f" static {times['static'] * 1e3:.4f} ms ({times['f32'] / times['static']:.2f}x)")
 
 
 if __name__ == "__main__":
