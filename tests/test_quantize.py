@@ -19,6 +19,10 @@ from graphc.quant.calibrate import calibrate
 from graphc.quant.rewrite import activation_params, weight_scales
 
 NO_VNNI = ("avx512vnni",)
+# A 256-bit target (8 lanes, the 2-chunk blocks of the GEMV), without VNNI.
+AVX2_ONLY = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512vnni",
+             "avx512bf16", "avx512vbmi", "avx512vbmi2", "avx512bitalg", "avx512vpopcntdq",
+             "avx512ifma", "avxvnni")
 
 
 def _mlp(batch: int, sizes: tuple[int, ...] = (40, 33, 17, 5), seed: int = 0,
@@ -218,7 +222,7 @@ def test_calibration_errors() -> None:
 @pytest.mark.parametrize("m,k,n,tb", [(1, 784, 512, True), (1, 784, 512, False),
                                       (1, 5, 3, True), (1, 67, 33, True), (2, 130, 17, True),
                                       (4, 64, 48, False), (3, 1, 70, False)])
-@pytest.mark.parametrize("features", [(), NO_VNNI])
+@pytest.mark.parametrize("features", [(), NO_VNNI, AVX2_ONLY])
 def test_gemv_exact(m: int, k: int, n: int, tb: bool, features: tuple[str, ...]) -> None:
     rng = np.random.default_rng(m * 1000 + k + n)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
