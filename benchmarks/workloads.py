@@ -21,6 +21,7 @@ from benchmarks import workloads_gpt as wg
 from benchmarks import workloads_lowp as wl
 from benchmarks import workloads_onnx as wo
 from benchmarks import workloads_onnx_loop as wol
+from benchmarks import workloads_quant as wq
 from benchmarks import workloads_scan as ws
 from benchmarks.workloads_data import (
     EW_SHAPE,
@@ -366,6 +367,13 @@ WORKLOADS: list[Workload] = [
     Workload("gpt_decode_bf16", "gpt_decode with bf16 weights (Generator(precision="
              "'bfloat16')), rate: GB/s of bf16 weights + f32 cache rows", 0,
              wb.decode_bytes_bf16(), {"graphc": wb.gpt_decode_bf16_graphc}),
+    # int8 dynamic quantization (workloads_quant.py); the fp32 baselines are mlp_infer_*.
+    *(Workload(f"mlp_int8_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 dynamic "
+               f"(gc.quantize_dynamic; ORT: quantize_dynamic); fp32: mlp_infer_{b}",
+               wq.flops(b), 0, {"graphc": wq.graphc_int8(b)}) for b in (1, 256)),
+    *(Workload(f"mlp_int8_static_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 "
+               f"static (gc.quantize_static, minmax over 4 batches); fp32: mlp_infer_{b}",
+               wq.flops(b), 0, {"graphc": wq.graphc_int8(b, static=True)}) for b in (1, 256)),
     # The transformer rows (workloads_gpt.py: model, data, checks and FLOP counts).
     Workload("gpt_infer_1", f"GPT inference (causal, ids -> logits), {_GPT}, batch 1",
              wg.gpt_flops(wg.INFER_BATCH, train=False), 0,

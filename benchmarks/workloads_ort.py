@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks import workloads as w
 from benchmarks import workloads_data as d
-from benchmarks import workloads_lowp, workloads_onnx, workloads_onnx_loop
+from benchmarks import workloads_lowp, workloads_onnx, workloads_onnx_loop, workloads_quant
 
 Runner = Callable[[], object]
 OPSET = 17
@@ -220,4 +220,6 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "gpt_infer_1": gpt_infer,
     "gpt_infer_1_onnx": gpt_infer,
     "gemm_int8": workloads_lowp.int8_ort,
+    "mlp_int8_1": workloads_quant.ort_int8(1),
+    "mlp_int8_256": workloads_quant.ort_int8(256),
 }

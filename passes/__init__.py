@@ -17,12 +17,13 @@ from . import (
     loop_unroll,
     lower_control,
     prune,
+    qdq,
     simplify,
     winograd,
 )
 from .rewrite import PassDef
 
-_MODULES = (lower_control, loop_hoist, loop_sink, loop_unroll, simplify, constant_fold,
+_MODULES = (qdq, lower_control, loop_hoist, loop_sink, loop_unroll, simplify, constant_fold,
             attention, winograd, cse, prune)
 PASSES: dict[str, PassDef] = {module.PASS.name: module.PASS for module in _MODULES}
 for _module in _MODULES:

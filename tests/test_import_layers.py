@@ -37,6 +37,7 @@ LAYERS = [
     ("graphc.runtime",),
     ("graphc.pipeline",),
     ("graphc.viz", "graphc.compile", "graphc.export", "graphc.gradcheck"),
+    ("graphc.quant",),
     ("graphc.cli", "graphc.optim", "graphc.onnx.backend"),
     ("graphc.distributed",),
     ("graphc.nn",),

@@ -95,7 +95,7 @@ def test_unknown_pass_lists_known_passes() -> None:
 
 
 def test_registry_names_match_modules() -> None:
-    assert set(PASSES) == {"lower_control", "loop_hoist", "loop_sink", "loop_unroll",
+    assert set(PASSES) == {"qdq", "lower_control", "loop_hoist", "loop_sink", "loop_unroll",
                            "simplify", "constant_fold", "attention", "winograd", "cse",
                            "prune"}
     for name, p in PASSES.items():
@@ -526,8 +526,8 @@ def test_the_default_pipeline_reaches_a_fixed_point() -> None:
     sig = g.add_signature("main", [x], [out])
     once = run_pipeline(g, sig)
     assert len(once.graph.nodes) == 1 and once.signature.outputs[0].op == "placeholder"
-    # The four loop passes run once first; nothing gives them work again.
-    assert [p.label for p in once.report.passes][10] == "simplify #2"
+    # qdq and the four loop passes run once first; nothing gives them work again.
+    assert [p.label for p in once.report.passes][11] == "simplify #2"
     twice = run_pipeline(once.graph, once.signature)
     assert graph_diff(twice.graph, once.graph) is None
     # A pass whose enabling passes changed nothing since it ran is not run again.

@@ -2,7 +2,8 @@
 
     graphc compile MODEL -o libNAME.so [--signature S | --inputs x,y --outputs a,b]
                    [--train] [--name NAME] [--weights embedded|external] [-O 0-3]
-                   [--precision fp32|bf16]
+                   [--precision fp32|bf16 | --quantize dynamic|static
+                    [--calibration DATA.npz]]
     graphc info libNAME.so|MODEL [--json]
     graphc run MODEL|libNAME.so --input x=file.npy ... [--output out.npz]
                [--signature S | --inputs ... --outputs ...] [--train]
@@ -42,6 +43,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from graphc.cli import quantize as quantize_cli
 from graphc.cli.command import (
     MODEL_HELP,
     Parser,
@@ -98,6 +100,7 @@ def add_subcommands(subparsers: Any) -> None:
                    help="how convolutions are computed (default auto: per layer)")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: gc.autocast the matmuls (bf16 weights, f32 accumulation)")
+    quantize_cli.add_arguments(c)
     c.set_defaults(handler=_compile)
 
     i = subparsers.add_parser("info", help="print the metadata of a library or a model")
@@ -175,6 +178,9 @@ def _compile(args: argparse.Namespace) -> int:
     graph = load_model(args.model, args.dim)
     options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level, threads=args.threads,
                       conv_algorithm=args.conv_algorithm)
+    if args.quantize is not None and args.precision != "fp32":
+        raise UsageError("--quantize and --precision bf16 are exclusive: choose one")
+    graph = quantize_cli.apply(graph, args, select(graph, args), options)
     graph, what = with_precision(graph, select(graph, args), args.precision)
     done = export(graph, args.output, **what, name=args.name,
                   weights=args.weights, options=options)

@@ -228,6 +228,8 @@ def convert(b: ir.IRBuilder, x: ir.Value, src: DType, dst: DType) -> ir.Value:
         if x.type != to:
             x = b.fpext(x, to) if _bits(to) > _bits(x.type) else b.fptrunc(x, to)
         return bf16.round_float(b, x) if dst == DType.bfloat16 else x
+    if src.is_float and dst.is_quantized:
+        return _to_byte(b, x, dst, lanes)
     if src.is_float:
         sat = "llvm.fptoui.sat" if dst == DType.uint8 else "llvm.fptosi.sat"
         return b.call(intrinsic(b.module, sat, to, [x.type], [to, x.type]), [x])
@@ -237,6 +239,24 @@ def convert(b: ir.IRBuilder, x: ir.Value, src: DType, dst: DType) -> ir.Value:
     if _bits(to) > _bits(x.type):
         return b.zext(x, to) if unsigned else b.sext(x, to)
     return b.trunc(x, to) if _bits(to) < _bits(x.type) else x
+
+
+def _to_byte(b: ir.IRBuilder, x: ir.Value, dst: DType, lanes: int) -> ir.Value:
+    """fptoui.sat / fptosi.sat to 8 bits (NaN -> 0), as clamp + convert + truncate: LLVM
+    scalarizes the vector saturating conversions to i8 (16 cvttss2si per vector)."""
+    lo, hi = (0.0, 255.0) if dst == DType.uint8 else (-128.0, 127.0)
+    ft = x.type
+    x = b.select(b.fcmp_ordered("ord", x, x), x, ir.Constant(ft, None))
+    x = b.call(intrinsic(b.module, "llvm.maxnum", ft, [ft, ft]), [x, _splat_f(ft, lo, lanes)])
+    x = b.call(intrinsic(b.module, "llvm.minnum", ft, [ft, ft]), [x, _splat_f(ft, hi, lanes)])
+    wide = compute_type(DType.int32, lanes)
+    return b.trunc(b.fptosi(x, wide), compute_type(dst, lanes))
+
+
+def _splat_f(ft: ir.Type, value: float, lanes: int) -> ir.Constant:
+    if isinstance(ft, ir.VectorType):
+        return ir.Constant(ft, [ir.Constant(ft.element, value)] * lanes)
+    return ir.Constant(ft, value)
 
 
 def _bits(t: ir.Type) -> int:

@@ -1,0 +1,160 @@
+"""Quantized inference of the MLP 784-512-512-10 (the issue's acceptance rows).
+
+graphc float32 (the baseline: the same graph as `mlp_infer_*`, weights as variables) and
+graphc int8 (`gc.quantize_dynamic` of that graph: per-channel int8 weights, uint8
+activations with scales computed at run time, `vpdpbusd` GEMMs and GEMVs; and
+`gc.quantize_static`, calibrated on four other batches of the same distribution). Peer: ONNX
+Runtime's dynamic int8 quantization (`onnxruntime.quantization.quantize_dynamic` of the
+float ONNX model: DynamicQuantizeLinear + MatMulInteger), when onnxruntime and onnx are
+installed. Every setup checks its output against numpy's float32 MLP first: float within
+1e-4, int8 within 5% of the largest logit (quantization error, not a bug).
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.workloads_data import SIZES, _mlp_batch, _mlp_params
+
+Runner = Callable[[], object]
+INT8_RTOL = 5e-2
+
+
+def flops(batch: int) -> int:
+    return 2 * batch * sum(a * b for a, b in itertools.pairwise(SIZES))
+
+
+def _numpy(batch: int) -> np.ndarray:
+    w1, b1, w2, b2, w3, b3 = _mlp_params()
+    xb, _ = _mlp_batch(batch)
+    h = np.maximum(xb @ w1 + b1, 0)
+    h = np.maximum(h @ w2 + b2, 0)
+    return h @ w3 + b3
+
+
+def _check(name: str, got: np.ndarray, want: np.ndarray, rtol: float) -> None:
+    err = float(np.max(np.abs(got - want))) / max(float(np.max(np.abs(want))), 1e-30)
+    if not err <= rtol:
+        raise AssertionError(f"{name}: max error {err:.3g} of max |expected| (tolerance {rtol})")
+
+
+def _graph(batch: int):
+    import graphc as gc
+
+    with gc.Graph("mlp") as g:
+        x = gc.placeholder((batch, SIZES[0]), gc.float32, name="x")
+        h = x
+        params = _mlp_params()
+        for i in range(0, len(params), 2):
+            h = h @ gc.variable(params[i], name=f"p{i}") + gc.variable(params[i + 1],
+                                                                       name=f"p{i + 1}")
+            if i + 2 < len(params):
+                h = gc.relu(h)
+    g.add_signature("main", [x], [h])
+    return g
+
+
+def graphc_f32(batch: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+
+        f = gc.compile(_graph(batch), signature="main",
+                       options=gc.CompileOptions(threads=threads))
+        xb, _ = _mlp_batch(batch)
+        _check("graphc f32", f(xb)[0], _numpy(batch), 1e-4)
+        return lambda: f(xb)
+
+    return setup
+
+
+def _calibration(batch: int) -> list[np.ndarray]:
+    """Four batches of the benchmark's input distribution (not the timed batch itself)."""
+    return [np.random.default_rng(100 + i).standard_normal((batch, SIZES[0])).astype(
+        np.float32) for i in range(4)]
+
+
+def graphc_int8(batch: int, static: bool = False) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+
+        g = _graph(batch)
+        q = gc.quantize_static(g, _calibration(batch)) if static else gc.quantize_dynamic(g)
+        f = gc.compile(q, signature="main", options=gc.CompileOptions(threads=threads))
+        xb, _ = _mlp_batch(batch)
+        _check("graphc int8", f(xb)[0], _numpy(batch), INT8_RTOL)
+        return lambda: f(xb)
+
+    return setup
+
+
+def ort_int8(batch: int) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        from benchmarks.workloads_ort import _dense_nodes, _model
+
+        params = _mlp_params()
+        xb, _ = _mlp_batch(batch)
+        model = _model(_dense_nodes("x", 3), [("x", xb.shape)], ("y", (batch, SIZES[-1])),
+                       {f"p{i}": p for i, p in enumerate(params)})
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp, "mlp.onnx"), Path(tmp, "mlp_int8.onnx")
+            src.write_bytes(model)
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                             per_channel=True)
+            quantized = onnx.load(str(dst)).SerializeToString()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(quantized, sess_options=so,
+                                    providers=["CPUExecutionProvider"])
+        out = np.empty((batch, SIZES[-1]), np.float32)
+        binding = sess.io_binding()
+        binding.bind_cpu_input("x", xb)
+        binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, out.shape,
+                            out.ctypes.data)
+        sess.run_with_iobinding(binding)
+        _check("ort int8", out, _numpy(batch), INT8_RTOL)
+
+        def run() -> object:
+            sess.run_with_iobinding(binding)
+            return out, xb  # keeps the bound arrays alive
+
+        return run
+
+    return setup
+
+
+def main() -> None:
+    """Print graphc int8 against graphc float32 at both batches (1 thread, medians)."""
+    import time
+
+    for batch in (256, 1):
+        times = {}
+        for name, setup in (("f32", graphc_f32(batch)), ("int8", graphc_int8(batch)),
+                            ("static", graphc_int8(batch, static=True))):
+            run = setup(1)
+            for _ in range(10):
+                run()
+            samples = []
+            stop = time.perf_counter() + 2.0
+            while time.perf_counter() < stop or len(samples) < 20:
+                t0 = time.perf_counter()
+                run()
+                samples.append(time.perf_counter() - t0)
+            times[name] = float(np.median(samples))
+        print(f"MLP 784-512-512-10 batch {batch}: graphc f32 {times['f32'] * 1e3:.4f} ms, "
+              f"int8 dynamic {times['int8'] * 1e3:.4f} ms ({times['f32'] / times['int8']:.2f}x),"
+              f" static {times['static'] * 1e3:.4f} ms ({times['f32'] / times['static']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
