@@ -111,6 +111,7 @@ def test_two_ranks_with_half_batches_equal_one_rank(tmp_path: Path, model: str, 
     assert int(two["size"]) == 2 and int(one["size"]) == 1
     assert int(one["steps"]) == int(two["steps"]) == 20
     assert bool(two["identical"]), "variables differed between ranks after some step"
+    assert float(two["waited"]) > 0 and float(one["waited"]) == 0  # reported per step
     _assert_same_weights(one, two, tol)
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-5)  # the averaged logs
     start = _fit(1, tmp_path / "0.npz", *args[:4], "--epochs", "0")

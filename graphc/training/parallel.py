@@ -31,6 +31,8 @@ every rank. Semantics (what `tests/test_distributed_fit.py` checks):
 - **Metrics** are each rank's over its examples, then averaged over ranks weighted by their
   example counts (the loss is exactly the global mean; accuracy-like metrics too); the
   History and the returned logs are identical on every rank.
+  `History.allreduce_wait_seconds` is this rank's time spent waiting on the gradient
+  allreduces (`runtime.mpi.wait_seconds`), `allreduce_wait_per_step` its mean per step.
 
 A rank that raises calls MPI_Abort (`gc.distributed.init(abort_on_error=True)`), which ends
 the job; a rank that dies is detected by the launcher, which ends the others.
@@ -48,6 +50,7 @@ from graphc import comm
 from graphc.distributed.setup import broadcast_variables
 from graphc.distributed.setup import init as init_distributed
 from graphc.errors import ArgumentError
+from graphc.runtime import mpi
 from graphc.training.callbacks import CallbackList
 from graphc.training.data import pad_batch, train_val_split
 from graphc.training.history import History
@@ -172,7 +175,7 @@ def fit_distributed(model: Any, x: Any, y: Any, batch_size: int, epochs: int,
         loss_sum, seen = 0.0, 0
         bar = ProgressBar(epoch, int(epochs), steps, stream, verbose if root else 0)
         bar.begin()
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), mpi.wait_seconds()
         for s, idx in enumerate(shares):
             real = min(batch, n - s * batch)  # real examples of the global batch
             r = len(idx)
@@ -197,6 +200,7 @@ def fit_distributed(model: Any, x: Any, y: Any, batch_size: int, epochs: int,
                 running = {"loss": loss_sum / max(seen, 1)}
                 bar.update(s + 1, seen, lambda: running)  # noqa: B023 (called at once)
         history.train_seconds += time.perf_counter() - start
+        history.allreduce_wait_seconds += mpi.wait_seconds() - waited
         history.steps += steps
         history.samples += n
         logs = _combine(ranks, loss_sum, seen, outputs, targets, model.metrics)

@@ -128,7 +128,7 @@ def main() -> None:
         np.savez(a.out, identical=Checked.identical, size=world.size, steps=Checked.taken,
                  epochs=len(history.history.get("loss", [])),
                  loss=np.array(history.history.get("loss", [])),
-                 elapsed=elapsed,
+                 elapsed=elapsed, waited=history.allreduce_wait_per_step,
                  **{"v__" + k.replace("/", "__"): model.graph.variables[k]
                     for k in model.graph.variables})
 
