@@ -218,13 +218,6 @@ def test_a_killed_rank_ends_the_job(tmp_path: Path) -> None:
     assert not (tmp_path / "k.npz").exists()
 
 
-def test_export_refuses_a_distributed_step_instead_of_training_ranks_alone(
-        tmp_path: Path) -> None:
-    g, updates, x = _mlp(True)
-    with pytest.raises(gc.CompileError, match="allreduce"):
-        gc.export(g, tmp_path / "libdp.so", inputs=[x], outputs=[], updates=updates)
-
-
 @needs_mpi
 def test_distributed_digits_example_learns_on_two_ranks() -> None:
     assert MPIEXEC is not None
