@@ -165,6 +165,18 @@ def test_early_stopping_on_rank_zero_stops_every_rank(tmp_path: Path) -> None:
 
 
 @needs_mpi
+@pytest.mark.parametrize("unit", ["epoch", "step"])
+def test_a_learning_rate_set_by_rank_zeros_scheduler_reaches_every_rank(
+        tmp_path: Path, unit: str) -> None:
+    args = ("--model", "mlp", "--epochs", "3", "--lr-schedule", unit)
+    one = _fit(1, tmp_path / "1.npz", *args)
+    two = _fit(2, tmp_path / "2.npz", *args)
+    assert bool(two["identical"])  # rank 1 did not keep the old rate
+    assert float(two["v__optim__lr"]) < 0.05
+    _assert_same_weights(one, two, 1e-12)
+
+
+@needs_mpi
 def test_a_killed_rank_ends_the_fit_within_30_seconds(tmp_path: Path) -> None:
     start = time.perf_counter()
     done = _run(2, tmp_path / "k.npz", "--kill-at-step", "3", "--epochs", "100000",

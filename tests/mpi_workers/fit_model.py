@@ -9,6 +9,7 @@ gathered and compared byte for byte. Options:
 - `--load CKPT --initial-epoch E` resume from a checkpoint; `--checkpoint PATH` save one
   (ModelCheckpoint on rank 0) after every epoch;
 - `--early-stop` EarlyStopping(patience=0) monitoring a loss that rank 0 sees rising;
+- `--lr-schedule epoch|step` a LearningRateScheduler (on rank 0) decaying the rate;
 - `--kill-at-step K` SIGKILLs rank 1 at step K.
 """
 
@@ -93,6 +94,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default="")
     p.add_argument("--clipnorm", type=float, default=0.0)
     p.add_argument("--early-stop", action="store_true")
+    p.add_argument("--lr-schedule", choices=("", "epoch", "step"), default="")
     p.add_argument("--kill-at-step", type=int, default=-1)
     a = p.parse_args()
 
@@ -112,6 +114,9 @@ def main() -> None:
     callbacks: list[gc.callbacks.Callback] = []
     if a.checkpoint:
         callbacks.append(gc.callbacks.ModelCheckpoint(a.checkpoint, monitor="loss"))
+    if a.lr_schedule:  # runs on rank 0 only; the new rate must reach every rank
+        callbacks.append(gc.callbacks.LearningRateScheduler(
+            lambda i: 0.05 / (1 + i), unit=a.lr_schedule))
     if a.early_stop:
         callbacks.append(gc.callbacks.EarlyStopping(monitor="loss", patience=0,
                                                     min_delta=1e9))
