@@ -12,8 +12,9 @@ datatype, op, comm)``:
   MPI's pointers. They live in a context struct, not in the program, so the program (and
   its cache entry) is the same under every MPI.
 
-The non-blocking pair (`graphc_mpi_iallreduce`, `graphc_mpi_wait`: ``MPI_Iallreduce`` and
-``MPI_Wait``, the request stored in the 8 bytes the step gives it) serves gradient buckets.
+The non-blocking functions (`graphc_mpi_iallreduce`, `graphc_mpi_wait`, `graphc_mpi_test`:
+``MPI_Iallreduce``, ``MPI_Wait``, ``MPI_Test``, the request stored in the 8 bytes the step
+gives it) serve gradient buckets.
 Time spent in ``MPI_Wait`` and in the blocking ``MPI_Allreduce`` (measured with
 ``MPI_Wtime``) accumulates in the context: `wait_seconds()` reads it, so a training loop
 can report how long each step waited on the reduction.
@@ -45,6 +46,7 @@ from graphc.runtime.jit import JitModule, jit_compile
 BINDING = "graphc_mpi_allreduce"
 START = "graphc_mpi_iallreduce"
 WAIT = "graphc_mpi_wait"
+TEST = "graphc_mpi_test"
 _STATUS_BYTES = 256  # room for any MPI_Status (MPICH: 20 bytes, Open MPI: 24)
 _INT_MAX = 2**31 - 1
 
@@ -54,7 +56,7 @@ class CommStruct(ctypes.Structure):
 
     _fields_ = [("allreduce", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
                 ("size", ctypes.c_int64), ("iallreduce", ctypes.c_void_p),
-                ("wait", ctypes.c_void_p)]
+                ("wait", ctypes.c_void_p), ("test", ctypes.c_void_p)]
 
 
 class _MpiContext(ctypes.Structure):
@@ -64,7 +66,8 @@ class _MpiContext(ctypes.Structure):
                 ("float64", ctypes.c_uint64), ("sum", ctypes.c_uint64),
                 ("comm", ctypes.c_uint64), ("mpi_iallreduce", ctypes.c_void_p),
                 ("mpi_wait", ctypes.c_void_p), ("mpi_wtime", ctypes.c_void_p),
-                ("status", ctypes.c_void_p), ("waited", ctypes.c_double)]
+                ("status", ctypes.c_void_p), ("waited", ctypes.c_double),
+                ("mpi_test", ctypes.c_void_p)]
 
 
 _OFFSETS = {name: getattr(_MpiContext, name).offset for name, _ in _MpiContext._fields_}
@@ -96,7 +99,7 @@ def _bind(w: World) -> tuple[World, CommStruct, _MpiContext, JitModule]:
     try:
         library = ctypes.CDLL(MPI.__file__)
         functions = [ctypes.cast(getattr(library, f"MPI_{name}"), ctypes.c_void_p).value
-                     for name in ("Allreduce", "Iallreduce", "Wait", "Wtime")]
+                     for name in ("Allreduce", "Iallreduce", "Wait", "Wtime", "Test")]
     except (OSError, AttributeError) as exc:
         raise GraphcError(f"cannot find MPI_Allreduce, MPI_Iallreduce, MPI_Wait or "
                           f"MPI_Wtime in the MPI library mpi4py loaded ({exc})",
@@ -105,14 +108,14 @@ def _bind(w: World) -> tuple[World, CommStruct, _MpiContext, JitModule]:
     if MPI._sizeof(MPI.Request) > 8 or MPI._sizeof(MPI.Status) > _STATUS_BYTES:
         raise GraphcError("this MPI's MPI_Request or MPI_Status is larger than graphc "
                           "reserves for it", op="allreduce")
-    jit = jit_compile(_binding_ir(*widths), symbols=[BINDING, START, WAIT])
+    jit = jit_compile(_binding_ir(*widths), symbols=[BINDING, START, WAIT, TEST])
     status = ctypes.create_string_buffer(_STATUS_BYTES)
     context = _MpiContext(functions[0], _unsigned(MPI._handleof(MPI.FLOAT)),
                           _unsigned(MPI._handleof(MPI.DOUBLE)), _unsigned(MPI._handleof(MPI.SUM)),
                           _unsigned(MPI._handleof(w.comm)), functions[1], functions[2],
-                          functions[3], ctypes.addressof(status), 0.0)
+                          functions[3], ctypes.addressof(status), 0.0, functions[4])
     comm = CommStruct(jit.address(BINDING), ctypes.addressof(context), w.size,
-                      jit.address(START), jit.address(WAIT))
+                      jit.address(START), jit.address(WAIT), jit.address(TEST))
     return w, comm, context, jit, status
 
 
@@ -174,6 +177,15 @@ def _binding_ir(datatype_bytes: int, op_bytes: int, comm_bytes: int) -> str:
     wait = field(b, ctx, "mpi_wait", PTR)
     b.ret(timed(b, ctx, lambda: call_pointer(b, wait, ir.FunctionType(I32, [PTR, PTR]),
                                              [request, field(b, ctx, "status", PTR)])))
+    # MPI_Test(request, &flag, status): progress only; a completed request becomes
+    # MPI_REQUEST_NULL, which the later MPI_Wait returns at once for.
+    fn = ir.Function(module, WAIT_TYPE, TEST)
+    ctx, request = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    flag = b.alloca(I32)
+    test = field(b, ctx, "mpi_test", PTR)
+    b.ret(call_pointer(b, test, ir.FunctionType(I32, [PTR, PTR, PTR]),
+                       [request, flag, field(b, ctx, "status", PTR)]))
     return str(module)
 
 

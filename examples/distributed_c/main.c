@@ -36,6 +36,12 @@ static int32_t comm_wait(void *ctx, void *request) {
     (void)ctx;
     return MPI_Wait((MPI_Request *)request, MPI_STATUS_IGNORE);
 }
+
+static int32_t comm_test(void *ctx, void *request) { /* lets MPI progress between kernels */
+    int done;
+    (void)ctx;
+    return MPI_Test((MPI_Request *)request, &done, MPI_STATUS_IGNORE);
+}
 /* ------------------------------------------------------------------------------------ */
 
 static void fail(const char *what, int rc) {
@@ -51,7 +57,7 @@ int main(int argc, char **argv) {
     if (argc != 2 || size > MAX_RANKS) fail("usage: mpiexec -n N<=4 train DIR", 2);
     _Static_assert(sizeof(MPI_Request) <= 8, "dp_comm gives a request 8 bytes");
     MPI_Comm world = MPI_COMM_WORLD;
-    dp_comm comm = {comm_allreduce, &world, size, comm_iallreduce, comm_wait};
+    dp_comm comm = {comm_allreduce, &world, size, comm_iallreduce, comm_wait, comm_test};
     dp_set_communicator(&comm);
 
     /* data.bin: x (STEPS, MAX_RANKS * PER_RANK, FEATURES) float32, then y int32 */

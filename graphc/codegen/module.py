@@ -31,7 +31,11 @@ import llvmlite.ir as ir
 from graphc.codegen import bf16, lowering
 from graphc.codegen.context import KernelContext, LoopCode, TableEntry
 from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
-from graphc.codegen.opaque.collective import emit_bucket_start, emit_bucket_wait
+from graphc.codegen.opaque.collective import (
+    emit_bucket_poke,
+    emit_bucket_start,
+    emit_bucket_wait,
+)
 from graphc.codegen.target import Target
 from graphc.ir import Node
 from graphc.passes.kernels import Kernel
@@ -191,6 +195,12 @@ class ProgramEmitter:
                 emit = emit_bucket_wait if when == "wait" else emit_bucket_start
                 with b.if_then(emit(b, module, bucket, arena), likely=False):
                     b.ret(ir.Constant(I32, bucket.first_kernel + 1))
+            if when == "start":  # after a kernel: poke the oldest bucket in flight
+                flying = [bk for bk in plan.buckets if bk.ready < index < bk.needed - 1]
+                if flying:
+                    bucket = flying[0]
+                    with b.if_then(emit_bucket_poke(b, module, bucket, arena), likely=False):
+                        b.ret(ir.Constant(I32, bucket.first_kernel + 1))
 
         for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
             buckets_at(index, "wait")

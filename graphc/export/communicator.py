@@ -38,6 +38,8 @@ typedef struct ${name}_comm {
     int32_t (*iallreduce)(void *ctx, const void *send, void *recv, int64_t count,
                           int32_t dtype, int32_t op, void *request);
     int32_t (*wait)(void *ctx, void *request);
+    /* optional (NULL: none): progress a started reduction without blocking (MPI_Test) */
+    int32_t (*test)(void *ctx, void *request);
 } ${name}_comm;
 void ${name}_set_communicator(const ${name}_comm *comm);
 """)

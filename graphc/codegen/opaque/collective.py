@@ -15,6 +15,9 @@ Its C layout, the ABI between generated code and whoever binds it:
         int32_t (*iallreduce)(void *ctx, const void *send, void *recv, int64_t count,
                               int32_t dtype, int32_t op, void *request);
         int32_t (*wait)(void *ctx, void *request);
+        /* optional (may be NULL): let a started reduction progress without blocking (an
+           MPI_Test); called between the kernels that run while a bucket is in flight */
+        int32_t (*test)(void *ctx, void *request);
     } graphc_comm;
     extern graphc_comm *graphc_comm;   /* the slot */
 
@@ -48,7 +51,7 @@ COMM_SLOT = "graphc_comm"
 DTYPE_CODES = {DType.float32: 1, DType.float64: 2}
 OP_SUM = 0
 # Byte offsets of the communicator's fields (x86-64 / aarch64 LP64 layout).
-_FN, _CTX, _SIZE, _IFN, _WAIT = 0, 8, 16, 24, 32
+_FN, _CTX, _SIZE, _IFN, _WAIT, _TEST = 0, 8, 16, 24, 32, 40
 ALLREDUCE_TYPE = ir.FunctionType(I32, [PTR, PTR, PTR, I64, I32, I32])
 IALLREDUCE_TYPE = ir.FunctionType(I32, [PTR, PTR, PTR, I64, I32, I32, PTR])
 WAIT_TYPE = ir.FunctionType(I32, [PTR, PTR])
@@ -175,4 +178,24 @@ def emit_bucket_wait(b: ir.IRBuilder, module: ir.Module, bucket: Bucket,
             with for_range(b, 0, bucket.count, 1, name="m") as i:
                 p = b.gep(recv, [i], inbounds=True, source_etype=ftype)
                 b.store(b.fdiv(b.load(p, typ=ftype, align=align), size), p, align=align)
+    return b.icmp_signed("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
+
+
+def emit_bucket_poke(b: ir.IRBuilder, module: ir.Module, bucket: Bucket,
+                     arena: ir.Value) -> ir.Value:
+    """Let `bucket`'s reduction progress (`test`), if it was started non-blocking and the
+    communicator has `test`: MPI implementations without a progress thread move a
+    non-blocking collective forward only inside MPI calls, so without these calls between
+    the backward kernels most of the transfer would happen in `wait`. An i1: it failed."""
+    request = _at(b, arena, bucket.request)
+    status = _status_var(b)
+    comm = b.load(comm_slot(module), typ=PTR, align=8)
+    with b.if_then(b.icmp_unsigned("!=", comm, ir.Constant(PTR, None))):
+        test = _field(b, comm, _TEST, PTR)
+        usable = b.and_(
+            b.icmp_unsigned("!=", _field(b, comm, _IFN, PTR), ir.Constant(PTR, None)),
+            b.icmp_unsigned("!=", test, ir.Constant(PTR, None)))
+        with b.if_then(usable):
+            b.store(call_pointer(b, test, WAIT_TYPE, [_field(b, comm, _CTX, PTR), request]),
+                    status)
     return b.icmp_signed("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
