@@ -86,6 +86,20 @@ def test_bucketed_allreduce_kernels_are_not_emitted() -> None:
     assert 'load ptr, ptr @"graphc_comm"' in text  # the entry reads the communicator slot
 
 
+def test_buckets_in_flight_are_tested_between_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(allreduce_buckets, "BUCKET_BYTES", 1)
+    lowered = _plan(_mlp(True), "llvm")
+    assert lowered.plan is not None
+    buckets = lowered.plan.buckets
+    entry = lowered.ir_text.split('define i32 @"graphc_entry"')[1]
+    # the communicator's `test` field (byte 40) is read after every kernel that runs while
+    # a bucket is in flight (not right before its wait)
+    kernels = {i for i in range(len(lowered.plan.program.kernels))
+               if any(b.ready < i < b.needed - 1 for b in buckets)}
+    skipped = {m.kernel for b in buckets for m in b.members}
+    assert entry.count("i64 40") == len(kernels - skipped) > 0
+
+
 @pytest.mark.parametrize("bucket_bytes", [1, 1 << 20])
 @pytest.mark.parametrize("dtype", [gc.float32, gc.float64])
 def test_bucketed_step_alone_is_the_plain_step_bitwise(monkeypatch: pytest.MonkeyPatch,
