@@ -133,6 +133,18 @@ def test_short_last_batch_adam_and_clipping_by_global_norm_match_one_rank(
 
 
 @needs_mpi
+def test_validation_and_metrics_are_combined_over_ranks(tmp_path: Path) -> None:
+    # 21 validation examples: 11 on rank 0, 10 on rank 1 (weighted by their counts)
+    args = ("--model", "mlp", "--epochs", "2", "--validate", "21")
+    one = _fit(1, tmp_path / "1.npz", *args)
+    two = _fit(2, tmp_path / "2.npz", *args)
+    assert len(two["val_loss"]) == 2
+    np.testing.assert_allclose(two["val_loss"], one["val_loss"], rtol=1e-9)
+    np.testing.assert_allclose(two["val_accuracy"], one["val_accuracy"], rtol=1e-12)
+    np.testing.assert_allclose(two["accuracy"], one["accuracy"], rtol=1e-12)
+
+
+@needs_mpi
 def test_batchnorm_per_rank_mode_keeps_ranks_identical(tmp_path: Path) -> None:
     args = ("--model", "bn", "--batch", "16", "--epochs", "2")
     one = _fit(1, tmp_path / "1.npz", *args)

@@ -95,6 +95,7 @@ def main() -> None:
     p.add_argument("--clipnorm", type=float, default=0.0)
     p.add_argument("--early-stop", action="store_true")
     p.add_argument("--lr-schedule", choices=("", "epoch", "step"), default="")
+    p.add_argument("--validate", type=int, default=0, help="validation examples")
     p.add_argument("--kill-at-step", type=int, default=-1)
     a = p.parse_args()
 
@@ -120,11 +121,15 @@ def main() -> None:
     if a.early_stop:
         callbacks.append(gc.callbacks.EarlyStopping(monitor="loss", patience=0,
                                                     min_delta=1e9))
+    validation = None
+    if a.validate:
+        xv, yv = data_of(a.model, a.batch * a.steps_per_epoch + a.validate, a.dtype)
+        validation = (xv[-a.validate:], yv[-a.validate:])
     start = time.perf_counter()
     try:
         history = model.fit(x, y, batch_size=a.batch, epochs=a.epochs, seed=3,
                             initial_epoch=a.initial_epoch, callbacks=callbacks, verbose=0,
-                            distributed=True)
+                            distributed=True, validation_data=validation)
     except gc.GraphcError as exc:
         print(f"rank {world.rank}: {exc}", flush=True)
         raise
@@ -133,6 +138,9 @@ def main() -> None:
         np.savez(a.out, identical=Checked.identical, size=world.size, steps=Checked.taken,
                  epochs=len(history.history.get("loss", [])),
                  loss=np.array(history.history.get("loss", [])),
+                 val_loss=np.array(history.history.get("val_loss", [])),
+                 val_accuracy=np.array(history.history.get("val_accuracy", [])),
+                 accuracy=np.array(history.history.get("accuracy", [])),
                  elapsed=elapsed, waited=history.allreduce_wait_per_step,
                  **{"v__" + k.replace("/", "__"): model.graph.variables[k]
                     for k in model.graph.variables})
