@@ -1,7 +1,7 @@
 """Run the benchmark suite: every workload x peer in its own process, side by side.
 
     python benchmarks/run.py [--only ew,mlp_train] [--threads 1] [--repeat-seconds 1.0]
-                             [--write benchmarks/RESULTS.md]
+                             [--write benchmarks/RESULTS.md] [--mpi]
 
 Peers: graphc; numpy as is (here OpenBLAS is pinned to its Haswell/AVX2 kernel by
 OPENBLAS_CORETYPE) and `numpy-avx512`, the same with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1", help="comma-separated thread counts")
     parser.add_argument("--repeat-seconds", type=float, default=1.0)
     parser.add_argument("--write", default="", help="also write the table to this file")
+    parser.add_argument("--mpi", action="store_true",
+                        help="then run the data-parallel scaling table (bench_mpi.py)")
     opts = parser.parse_args(args)
     sys.path.insert(0, str(ROOT))
     from benchmarks.workloads import WORKLOADS
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if opts.write:
         Path(opts.write).write_text(text)
+    if opts.mpi:  # its own mpiexec jobs: see benchmarks/bench_mpi.py
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_mpi"], check=False,
+                       cwd=Path(__file__).resolve().parent.parent)
     return 0
 
 

@@ -14,6 +14,9 @@ Input: a `FusedProgram` (kernels in execution order). Output: a `MemoryPlan`.
   the kernel of an op that overwrites that input (`dynamic_update_slice`); a kernel with
   several outputs places each, and a reduction's outputs (side outputs too:
   `passes.column_sums`) never reuse a slot the kernel reads.
+- The gradients a data-parallel step reduces across ranks, and the reductions' results, get
+  one contiguous region each (`passes/allreduce_buckets.py`), so each bucket of gradients
+  is one non-blocking allreduce with no packing copy.
 - Slots get 64-byte-aligned offsets by greedy-by-size best fit: largest first, each into the
   smallest gap between already placed slots whose intervals overlap it.
 
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 
 from graphc.ir import Node, Signature
 from graphc.ops import registry
+from graphc.passes.allreduce_buckets import Bucket, find_buckets, region_bytes
 from graphc.passes.kernels import FusedProgram, Kernel, KernelKind
 
 ALIGN = 64
@@ -95,6 +99,7 @@ class MemoryPlan:
     in_place: list[tuple[Node, Node]] = field(default_factory=list)  # (output, reused input)
     in_place_updates: list[Node] = field(default_factory=list)  # variables written directly
     in_place_carries: list[int] = field(default_factory=list)  # outputs over their inputs
+    buckets: list[Bucket] = field(default_factory=list)  # gradient allreduces, bucketed
 
     def buffer_of(self, node: Node) -> Location:
         """Where `node`'s value can be read (views resolve to their base buffer)."""
@@ -120,6 +125,7 @@ class MemoryPlan:
             names = ", ".join("%" + n.name for n in s.nodes)
             lines.append(f"  slot [{s.offset}, {s.offset + s.nbytes}) live {s.start}..{s.end}: "
                          f"{names}")
+        lines += ["  " + bucket.format() for bucket in self.buckets]
         for title, copies in (("before", self.copies_before), ("after", self.copies_after)):
             for c in copies:
                 lines.append(f"  copy {title}: %{c.src.name} {c.src_loc} -> {c.dst}")
@@ -185,9 +191,13 @@ def plan_memory(program: FusedProgram,
     slots: list[Slot] = []
     slot_of: dict[Node, Slot] = {}
     in_place: list[tuple[Node, Node]] = []
+    # Gradients reduced across ranks go to one contiguous region (`allreduce_buckets`).
+    fixed = {program.views.get(n, n) for n in (*sig.outputs, *update_of)}
+    buckets = find_buckets(program, readers, fixed)
+    grouped = {n for b in buckets for m in b.members for n in (m.grad, m.result)}
     for k in kernels:
         for root in k.outputs:
-            if root in location:
+            if root in location or root in grouped:
                 continue
             var = _in_place_update_target(program, k, update_of.get(root, []), readers,
                                           epilogue_writes_once)
@@ -248,17 +258,44 @@ def plan_memory(program: FusedProgram,
                 last = n_kernels
             slot.end = max(slot.end, last)
 
+    regions = _bucket_regions(buckets, readers, n_kernels)
+    slots += regions
     arena = _assign_offsets(slots)
     for slot in slots:
         for n in slot.nodes:
             location[n] = Location(Space.ARENA, slot.offset)
+    if regions:
+        send, recv, requests = regions
+        for i, bucket in enumerate(buckets):
+            bucket.send, bucket.recv = send.offset + bucket.offset, recv.offset + bucket.offset
+            bucket.request = requests.offset + 8 * i
+            for m in bucket.members:
+                location[m.grad] = Location(Space.ARENA, send.offset + m.offset)
+                location[m.result] = Location(Space.ARENA, recv.offset + m.offset)
 
     copies_before = [c.resolve(location) for c in before]
     copies_after = [c.resolve(location) for c in after]
     naive = sum(_align(n.type.nbytes) for s in slots for n in s.nodes) + sum(
         s.nbytes for s in slots if not s.nodes)
     return MemoryPlan(program, location, slots, copies_before, copies_after, arena,
-                      lower_bound(slots), naive, in_place, in_place_updates, sorted(carried))
+                      lower_bound(slots), naive, in_place, in_place_updates, sorted(carried),
+                      buckets)
+
+
+def _bucket_regions(buckets: list[Bucket], readers: dict[Node, list[int]], n_kernels: int
+                    ) -> list[Slot]:
+    """The send and recv regions of `buckets` and their request handles (8 bytes each):
+    live from the first gradient's kernel until the last reader (the wait, for send)."""
+    if not buckets:
+        return []
+    size = region_bytes(buckets)
+    members = [m for b in buckets for m in b.members]
+    first = min(m.producer for m in members)
+    last_wait = max(b.needed for b in buckets)
+    send_end = max([last_wait, *(i for m in members for i in readers.get(m.grad, []))])
+    recv_end = max([last_wait, *(i for m in members for i in readers.get(m.result, []))])
+    return [Slot([], size, first, send_end), Slot([], size, first, recv_end),
+            Slot([], _align(8 * len(buckets)), 0, n_kernels)]
 
 
 @dataclass

@@ -119,6 +119,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "run_arrays": (ctypes.c_int, [_P, _PP, _PP]),
     "get_variable": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_size_t]),
     "set_variable": (ctypes.c_int, [_P, ctypes.c_int, _P, ctypes.c_size_t]),
+    "set_communicator": (None, [_P]),
 }
 _REQUIRED_ENTRY_POINTS = ("abi_version", "metadata", "metadata_sha256", "context_bytes",
                           "arena_bytes", "weights_bytes", "weights_checksum64", "num_ports",
@@ -182,6 +183,10 @@ class Library:
         self._finalizer = weakref.finalize(self, _destroy, self._call("destroy"),
                                            self._ctx.value, self._memory)
         self.variables = LibraryVariables(self, meta["variables"])
+        if "set_communicator" in self._fn:  # a data-parallel step: reduce over this job
+            from graphc.runtime import mpi  # MPI (and the JIT) only for such libraries
+
+            self._call("set_communicator")(mpi.comm_address() or None)
 
     def _bind(self, role: str) -> Any:
         symbol = self.metadata["entry_points"].get(role)

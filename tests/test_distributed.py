@@ -162,7 +162,7 @@ def test_two_ranks_with_half_batches_equal_one_rank(tmp_path: Path, optimizer: s
     assert int(two["size"]) == 2 and int(one["size"]) == 1
     assert bool(two["identical"]), "parameters differed between ranks after some step"
     assert int(two["optim__step"]) == 20
-    names = [k for k in one.files if k not in ("identical", "size")]
+    names = [k for k in one.files if k not in ("identical", "size", "waited")]
     assert "w1" in names and ("w1__adam_m" in names or "w1__momentum" in names)
     for k in names:
         np.testing.assert_allclose(two[k], one[k], rtol=0, atol=tol, err_msg=k)
@@ -216,13 +216,6 @@ def test_a_killed_rank_ends_the_job(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "signal 9" in done.stdout + done.stderr
     assert not (tmp_path / "k.npz").exists()
-
-
-def test_export_refuses_a_distributed_step_instead_of_training_ranks_alone(
-        tmp_path: Path) -> None:
-    g, updates, x = _mlp(True)
-    with pytest.raises(gc.CompileError, match="allreduce"):
-        gc.export(g, tmp_path / "libdp.so", inputs=[x], outputs=[], updates=updates)
 
 
 @needs_mpi

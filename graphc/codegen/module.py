@@ -16,6 +16,10 @@ Every kernel is an internal function whose arguments are its output buffers (one
 arena (after the planned region: kernels run one after another, so they share it). Buffer
 arguments are `noalias` except where the memory plan placed an output over an input
 (in-place).
+
+Gradient buckets (`MemoryPlan.buckets`): the allreduce kernels they cover are not called;
+the entry point starts each bucket after the kernel that writes its last gradient and waits
+for it before the first kernel that reads a result (`codegen/opaque/collective.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ import llvmlite.ir as ir
 from graphc.codegen import bf16, lowering
 from graphc.codegen.context import KernelContext, LoopCode, TableEntry
 from graphc.codegen.llvm_types import I1, I8, I32, I64, PTR, VOID, intrinsic
+from graphc.codegen.opaque.collective import (
+    emit_bucket_poke,
+    emit_bucket_start,
+    emit_bucket_wait,
+)
 from graphc.codegen.target import Target
 from graphc.ir import Node
 from graphc.passes.kernels import Kernel
@@ -132,8 +141,12 @@ class ProgramEmitter:
         module, program = self.module, plan.program
         table = list(layout.table)
         scratch_of, checks = layout.scratch, layout.checks
-        kernel_fns = []
+        kernel_fns: list[ir.Function | None] = []
+        bucketed = {m.kernel for bucket in plan.buckets for m in bucket.members}
         for k, k_scratch, k_checks in zip(program.kernels, scratch_of, checks):
+            if k.index in bucketed:
+                kernel_fns.append(None)  # its bucket does the work
+                continue
             needs_scratch = k_scratch > 0
             key = (kernel_key(plan, k, needs_scratch), k_checks)
             if key not in self.shared:
@@ -174,7 +187,25 @@ class ProgramEmitter:
             copy(c)
         counters = _profile_counters(module, len(program.kernels)) if profile else None
         clock = intrinsic(module, "llvm.readcyclecounter", I64, [], []) if profile else None
+
+        def buckets_at(index: int, when: str) -> None:
+            for bucket in plan.buckets:
+                if (bucket.needed if when == "wait" else bucket.ready) != index:
+                    continue
+                emit = emit_bucket_wait if when == "wait" else emit_bucket_start
+                with b.if_then(emit(b, module, bucket, arena), likely=False):
+                    b.ret(ir.Constant(I32, bucket.first_kernel + 1))
+            if when == "start":  # after a kernel: poke the oldest bucket in flight
+                flying = [bk for bk in plan.buckets if bk.ready < index < bk.needed - 1]
+                if flying:
+                    bucket = flying[0]
+                    with b.if_then(emit_bucket_poke(b, module, bucket, arena), likely=False):
+                        b.ret(ir.Constant(I32, bucket.first_kernel + 1))
+
         for index, (k, fn) in enumerate(zip(program.kernels, kernel_fns)):
+            buckets_at(index, "wait")
+            if fn is None:
+                continue
             args = [pointer(plan.location[o]) for o in k.outputs]
             args += [pointer(plan.buffer_of(n)) for n in k.inputs]
             if scratch_of[index] > 0:
@@ -197,6 +228,8 @@ class ProgramEmitter:
                 failed = b.icmp_unsigned("!=", b.load(status, typ=I32), ir.Constant(I32, 0))
                 with b.if_then(failed, likely=False):
                     b.ret(ir.Constant(I32, index + 1))
+            buckets_at(index, "start")
+        buckets_at(len(program.kernels), "wait")
         for c in plan.copies_after:
             copy(c)
         b.ret(ir.Constant(I32, 0))

@@ -15,7 +15,8 @@ after loading, `gc.runtime.load` refuses metadata that disagrees with it.
 
 Files are written atomically (a failed export leaves earlier files intact). The library
 depends only on libc and libm; it runs on CPUs with the features of the exporting machine
-(recorded in the metadata and checked by `gc.runtime.load`).
+(recorded in the metadata and checked by `gc.runtime.load`). A data-parallel training step
+(with allreduces) takes its communicator from its caller (`export/communicator.py`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any, BinaryIO
 from graphc._version import __version__
 from graphc.codegen.opaque.collective import COMM_SLOT
 from graphc.codegen.threadpool import SHUTDOWN
-from graphc.errors import ArgumentError, CompileError, GraphcError
+from graphc.errors import ArgumentError, GraphcError
+from graphc.export import communicator
 from graphc.export.csource import source_text, weights_file_header
 from graphc.export.header import entry_points, header_text
 from graphc.export.library_layout import (
@@ -105,13 +107,6 @@ def export(
     lowered = lower(graph, sig, options, "llvm", entry=f"{name}_graphc_entry")
     generated, target = lowered.module, lowered.target
     assert generated is not None and lowered.optimized is not None
-    if COMM_SLOT in generated.module.globals:
-        # The library would hide the communicator slot and so reduce over one rank only:
-        # a distributed step would silently train each rank alone. Refuse until the library
-        # takes its communicator from the caller (issue 18).
-        raise CompileError("this signature has an allreduce (minimize(..., distributed=True)); "
-                           "exporting a data-parallel step is not supported yet: export the "
-                           "graph built with distributed=False", op="export")
     threads = lowered.settings.threads
     ir_text = generated.ir_text
     cache = Path(options.cache_dir) if options.cache_dir else None
@@ -122,7 +117,9 @@ def export(
     assert lowered.plan is not None
     layout = replace(layout, threads=threads,
                      pool_shutdown=SHUTDOWN if SHUTDOWN in generated.module.globals else None,
-                     failures=failure_messages(lowered.plan.program.kernels))
+                     failures=failure_messages(lowered.plan.program.kernels),
+                     # an allreduce: the caller provides the communicator (communicator.py)
+                     communicator=COMM_SLOT in generated.module.globals)
     checksum = checksum64(blob)
     meta = _metadata(layout, graph, sig, single, ir_text, blob, checksum, target)
     # The stored text is the canonical one, whose digest the code carries: the loader
@@ -130,6 +127,9 @@ def export(
     meta_json = metadata_text(meta)
     header = header_text(layout, meta)
     source = source_text(layout, meta_json, checksum, metadata_sha256(meta))
+    if layout.communicator:
+        header = communicator.add_to_header(header, name)
+        source += communicator.source_part(name)
 
     with tempfile.TemporaryDirectory(prefix="graphc-export-") as tmp:
         built = link_shared(cc, Path(tmp), name, obj, source, header,

@@ -70,6 +70,8 @@ def entry_points(layout: Layout) -> dict[str, str]:
              "set_variable"]
     if layout.external:
         roles.append("load_weights")
+    if layout.communicator:
+        roles.append("set_communicator")
     return {r: f"{layout.name}_{r}" for r in roles}
 
 

@@ -93,6 +93,7 @@ class Layout:
     pool_shutdown: str | None = None  # the worker pool's stop function, if the code has one
     # (status the entry point returns, what it means): kernels that check their inputs.
     failures: tuple[tuple[int, str], ...] = ()
+    communicator: bool = False  # a data-parallel step: NAME_set_communicator (communicator.py)
 
     @property
     def variables(self) -> tuple[BufferSpec, ...]:

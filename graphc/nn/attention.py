@@ -55,7 +55,7 @@ from graphc.ir import DType, Node
 from graphc.nn import initializers
 from graphc.nn.initializers import Initializer, InitializerLike
 from graphc.nn.kv_cache import KVCache, cache_mask, check_cache, positions, write_cache
-from graphc.nn.layer import Layer, Scope
+from graphc.nn.layer import Layer, Scope, dropout_seed
 from graphc.nn.masks import attention_mask
 from graphc.ops import attention as attention_ops
 from graphc.ops import elementwise as ew
@@ -389,6 +389,6 @@ class MultiHeadAttention(KeywordInputsLayer):
         counter = self.weights["step"]
         base = self.seed if self.seed is not None else zlib.crc32(self.name.encode())
         call = scope.calls.get(id(self), 1) - 1 if scope is not None else 0
-        out = nn_ops.dropout(x, self.dropout, seed=(base + call) % (1 << 32), key=counter)
+        out = nn_ops.dropout(x, self.dropout, seed=dropout_seed(scope, base + call), key=counter)
         self.add_state_update(scope, counter, ew.add(counter, 1), shared=True)
         return out

@@ -14,7 +14,7 @@ from graphc.errors import AttrError, GraphcError, ShapeError
 from graphc.ir import DType, Node
 from graphc.nn import activations, regularizers
 from graphc.nn.initializers import InitializerLike
-from graphc.nn.layer import Layer, Scope
+from graphc.nn.layer import Layer, Scope, dropout_seed
 from graphc.ops import elementwise as ew
 from graphc.ops import gather, layout, linalg
 from graphc.ops import neural as nn_ops
@@ -113,7 +113,7 @@ class Dropout(Layer):
         counter = self.weights["step"]
         base = self.seed if self.seed is not None else zlib.crc32(self.name.encode())
         call = scope.calls.get(id(self), 1) - 1 if scope is not None else 0
-        out = nn_ops.dropout(x, self.rate, seed=(base + call) % (1 << 32), key=counter)
+        out = nn_ops.dropout(x, self.rate, seed=dropout_seed(scope, base + call), key=counter)
         self.add_state_update(scope, counter, ew.add(counter, 1), shared=True)
         return out
 

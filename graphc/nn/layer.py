@@ -36,7 +36,7 @@ from graphc.ir import DType, Graph, Node
 from graphc.nn import initializers
 from graphc.ops import elementwise as ew
 
-__all__ = ["Layer", "Scope", "current_scope"]
+__all__ = ["Layer", "Scope", "current_scope", "dropout_seed"]
 
 Regularizer = Callable[[Node], Node]
 
@@ -60,6 +60,9 @@ class Scope:
     updates: dict[Node, Node] = field(default_factory=dict)
     layers: list[Layer] = field(default_factory=list)
     calls: dict[int, int] = field(default_factory=dict)  # id(layer) -> calls in this scope
+    # Which random stream the forward draws from: 0 alone, the rank in data-parallel
+    # training (`Model.fit(distributed=True)`), so each rank drops different units.
+    stream: int = 0
 
     def __enter__(self) -> Scope:
         _stack().append(self)
@@ -83,6 +86,13 @@ class Scope:
     def regularization_losses(self) -> list[Node]:
         """The regularization terms of every layer called in this scope (each layer once)."""
         return [term for layer in self.layers for term in layer.losses]
+
+
+def dropout_seed(scope: Scope | None, seed: int) -> int:
+    """The seed of a random mask drawn in `scope`: `seed` itself in stream 0 (one process),
+    shifted by a large odd multiple of the scope's stream otherwise (per-rank masks)."""
+    stream = scope.stream if scope is not None else 0
+    return (seed + stream * 0x9E3779B1) % (1 << 32)
 
 
 def _stack() -> list[Scope]:

@@ -23,6 +23,8 @@ class History:
     samples: int = 0
     train_seconds: float = 0.0
     compile_seconds: float = 0.0
+    # fit(distributed=True): seconds this rank's steps waited on gradient allreduces
+    allreduce_wait_seconds: float = 0.0
 
     def append(self, epoch: int, logs: Mapping[str, float]) -> None:
         """Record one epoch; a key first seen late is padded with NaN for earlier epochs."""
@@ -50,6 +52,11 @@ class History:
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+    @property
+    def allreduce_wait_per_step(self) -> float:
+        """Mean seconds a step waited on its gradient allreduces (0 alone)."""
+        return self.allreduce_wait_seconds / self.steps if self.steps else 0.0
 
     def last(self) -> dict[str, float]:
         """The final epoch's values."""

@@ -42,7 +42,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from graphc import optim
+from graphc import comm, optim
 from graphc.builder import placeholder
 from graphc.compile import compile as gc_compile
 from graphc.errors import ArgumentError, GraphcError
@@ -54,9 +54,10 @@ from graphc.nn import losses as losses_mod
 from graphc.nn.layer import Scope
 from graphc.ops import elementwise as ew
 from graphc.ops import reduce as rd
+from graphc.ops.collective import allreduce
 from graphc.options import CompileOptions
 from graphc.runtime.reference import reference
-from graphc.training import loop
+from graphc.training import loop, parallel
 from graphc.training.history import History
 from graphc.training.metrics import resolve
 
@@ -116,6 +117,7 @@ class Model:
         self.stop_training = False
         self.default_batch_size = 32
         self._train: dict[int, _TrainGraph] = {}
+        self._train_dp: dict[int, _TrainGraph] = {}  # data-parallel steps, by per-rank batch
         self._infer: dict[int, _InferGraph] = {}
 
     # --- building ----------------------------------------------------------------------
@@ -134,34 +136,56 @@ class Model:
         dtype = out.dtype if want.dtype.is_float else want.dtype
         return placeholder(want.shape, dtype, name=self.graph.unique_name(f"{prefix}y"))
 
-    def train_graph(self, batch_size: int) -> _TrainGraph:
-        """The training step's nodes for `batch_size` (built on first request)."""
-        if batch_size in self._train:
-            return self._train[batch_size]
+    def train_graph(self, batch_size: int, distributed: bool = False) -> _TrainGraph:
+        """The training step's nodes for `batch_size` (built on first request).
+
+        `distributed` builds the data-parallel step of this rank (`batch_size` is then the
+        per-rank batch; see `graphc.training.parallel` for the semantics): the loss is this
+        rank's masked sum over the *global* count of real examples times the number of
+        ranks (so the mean over ranks of the gradients is the gradient of the global mean,
+        even for a padded last batch split unevenly), the optimizer averages every gradient
+        over the ranks before clipping (`minimize(distributed=True)`), float layer state
+        (BatchNorm's running statistics) is averaged over the ranks each step so every
+        variable stays bitwise identical on all ranks, and dropout draws from stream
+        `rank`.
+        """
+        cache = self._train_dp if distributed else self._train
+        if batch_size in cache:
+            return cache[batch_size]
         g = self.graph
+        prefix = "train_dp/" if distributed else "train/"
         with g:
             x = placeholder((batch_size, *self.input_shape), self.input_dtype,
-                            name=g.unique_name("train/x"))
+                            name=g.unique_name(f"{prefix}x"))
             mask = placeholder((batch_size,), self._mask_dtype(),
-                               name=g.unique_name("train/sample_mask"))
-        scope = Scope(training=True, sample_mask=mask)
+                               name=g.unique_name(f"{prefix}sample_mask"))
+        scope = Scope(training=True, sample_mask=mask,
+                      stream=comm.world().rank if distributed else 0)
         out = self._forward(x, scope)
         with g:
-            y = self._targets(out, "train/")
+            y = self._targets(out, prefix)
             per_example = self.loss(out, y)
             m = mask if mask.dtype == per_example.dtype else ew.cast(mask, per_example.dtype)
-            loss = rd.sum(per_example * m) / rd.sum(m)
+            count = rd.sum(m)
+            if distributed:  # the global count of real examples / ranks (equal shares)
+                count = allreduce(count, "mean", name=g.unique_name(f"{prefix}count"))
+            loss = rd.sum(per_example * m) / count
             loss = self._with_regularization(loss, scope.regularization_losses())
             trainable = [v for v in g.trainable_variables if v.dtype.is_float]
-            updates = self.optimizer.minimize(loss, trainable)
-        clash = [v.name for v in scope.updates if v in updates]
+            updates = self.optimizer.minimize(loss, trainable, distributed=distributed)
+            state = dict(scope.updates)
+            if distributed:
+                state = {v: allreduce(new, "mean") if new.dtype.is_float else new
+                         for v, new in state.items()}
+        clash = [v.name for v in state if v in updates]
         if clash:
             raise GraphcError(f"variables updated both by the optimizer and by a layer: {clash}",
                               op="Model")
-        updates.update(scope.updates)
+        updates.update(state)
         built = _TrainGraph(x, y, mask, loss, out, updates)
-        g.add_signature(f"train_b{batch_size}", [x, y, mask], [loss, out], updates)
-        self._train[batch_size] = built
+        name = f"train_dp_b{batch_size}" if distributed else f"train_b{batch_size}"
+        g.add_signature(name, [x, y, mask], [loss, out], updates)
+        cache[batch_size] = built
         return built
 
     def infer_graph(self, batch_size: int) -> _InferGraph:
@@ -206,9 +230,9 @@ class Model:
         return gc_compile(self.graph, inputs, outputs, updates=updates,
                           options=self.compile_options)
 
-    def train_step_fn(self, batch_size: int) -> Any:
+    def train_step_fn(self, batch_size: int, distributed: bool = False) -> Any:
         """The compiled training step ``(x, y, mask) -> (loss, outputs)`` (cached)."""
-        t = self.train_graph(batch_size)
+        t = self.train_graph(batch_size, distributed)
         if t.fn is None:
             t.fn = self._compile([t.x, t.y, t.mask], [t.loss, t.outputs], t.updates)
         return t.fn
@@ -255,8 +279,8 @@ class Model:
     def fit(self, x: Any, y: Any, batch_size: int = 32, epochs: int = 1, *,
             validation_data: tuple[Any, Any] | None = None, validation_split: float = 0.0,
             shuffle: bool = True, seed: int = 0, callbacks: Sequence[Any] = (),
-            verbose: int = 1, initial_epoch: int = 0, stream: TextIO | None = None
-            ) -> History:
+            verbose: int = 1, initial_epoch: int = 0, stream: TextIO | None = None,
+            distributed: bool = False) -> History:
         """Train for `epochs` epochs (counting from `initial_epoch`); return the History.
 
         Each epoch visits every example once, in an order drawn from ``default_rng(seed)``
@@ -264,7 +288,18 @@ class Model:
         no `validation_data` is given. Validation runs after every epoch and adds
         ``val_<name>`` entries. `callbacks` get the Keras hooks; a callback may set
         ``model.stop_training``. Progress goes to `stream` (default sys.stdout).
+
+        `distributed=True` trains data-parallel over the ranks of an MPI job (launch with
+        ``mpiexec -n N``): `batch_size` is then the global batch, split between the ranks;
+        progress and callbacks run on rank 0. See `graphc.training.parallel`.
         """
+        if not isinstance(distributed, bool):
+            raise GraphcError(f"distributed must be True or False, got {distributed!r}",
+                              op="Model.fit")
+        if distributed:
+            return parallel.fit_distributed(
+                self, x, y, batch_size, epochs, validation_data, validation_split, shuffle,
+                seed, list(callbacks), verbose, initial_epoch, stream or sys.stdout)
         return loop.fit(self, x, y, batch_size, epochs, validation_data, validation_split,
                         shuffle, seed, list(callbacks), verbose, initial_epoch,
                         stream or sys.stdout)
@@ -291,7 +326,7 @@ class Model:
 
     # --- weights and files -------------------------------------------------------------
     def _ensure_built(self) -> None:
-        if not self._train:
+        if not self._train and not self._train_dp:
             self.train_graph(self.default_batch_size)
 
     @property

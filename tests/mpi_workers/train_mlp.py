@@ -7,7 +7,9 @@ broadcasts rank 0's variables, then takes `--steps` steps of `--batch` samples i
 and compared byte for byte. Rank 0 writes the final variables and the comparison's verdict.
 `--fail-at-step K` makes rank 1 raise at step K (the job must then end, not hang);
 `--kill-at-step K` kills rank 1 with SIGKILL there; `--reference` runs the step on the
-numpy interpreter (its allreduce goes through mpi4py).
+numpy interpreter (its allreduce goes through mpi4py). `--bucket-bytes N` sets the gradient
+bucket size of the compiled step (`passes/allreduce_buckets.py`: small values make one
+bucket per gradient).
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def main() -> None:
     parser.add_argument("--fail-at-step", type=int, default=-1)
     parser.add_argument("--kill-at-step", type=int, default=-1)
     parser.add_argument("--reference", action="store_true", help="numpy interpreter")
+    parser.add_argument("--bucket-bytes", type=int, default=0)
     args = parser.parse_args()
+    if args.bucket_bytes:
+        from graphc.passes import allreduce_buckets
+        allreduce_buckets.BUCKET_BYTES = args.bucket_bytes
 
     world = gc.distributed.init()
     dtype = gc.DType(args.dtype)
@@ -84,7 +90,8 @@ def main() -> None:
                 identical &= len(set(world.comm.allgather(mine))) == 1
         epoch += 1
     if world.rank == 0:
-        np.savez(args.out, identical=identical, size=world.size,
+        from graphc.runtime import mpi
+        np.savez(args.out, identical=identical, size=world.size, waited=mpi.wait_seconds(),
                  **{k.replace("/", "__"): graph.variables[k] for k in graph.variables})
 
 
