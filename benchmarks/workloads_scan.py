@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from benchmarks.workloads_data import LSTM_BATCH, LSTM_HIDDEN, LSTM_IN
+from benchmarks.workloads_data import _lstm_params as _params
 
 Runner = Callable[[], object]
 
@@ -21,17 +22,8 @@ LONG_SEQ = 1024
 COMPILE_SEQS = (32, 1024, 4096)
 
 
-def _params() -> list[np.ndarray]:
-    rng = np.random.default_rng(6)
-    s = 1 / np.sqrt(LSTM_HIDDEN)
-    return [rng.uniform(-s, s, (LSTM_IN, 4 * LSTM_HIDDEN)).astype(np.float32),
-            rng.uniform(-s, s, (LSTM_HIDDEN, 4 * LSTM_HIDDEN)).astype(np.float32),
-            np.zeros(4 * LSTM_HIDDEN, np.float32),
-            rng.uniform(-s, s, (LSTM_HIDDEN, 10)).astype(np.float32),
-            np.zeros(10, np.float32)]
-
-
 def _batch(seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """`lstm_train`'s batch at another length (the same generator and seed)."""
     rng = np.random.default_rng(7)
     return (rng.standard_normal((seq, LSTM_BATCH, LSTM_IN)).astype(np.float32),
             rng.integers(0, 10, LSTM_BATCH).astype(np.int32))

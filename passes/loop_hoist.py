@@ -38,11 +38,11 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from graphc.ir import Attrs, Graph, Node, Region, Signature, TensorType
+from graphc.ir import Attrs, Graph, Node, Region, Signature
 from graphc.ops import registry
 
 from .constant_fold import evaluable
-from .lower_control import kept
+from .loop_rewrite import rebuild_region, rewrite_kept_scans
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
 __all__ = ["MAX_HOISTED_BYTES", "loop_hoist"]
@@ -223,12 +223,13 @@ def plan(scan: Node) -> Plan | None:
 
 # --- rewriting -------------------------------------------------------------------------------
 
-def _hoist(p: Pending, old: Node, rb: Rebuilder, ctx: PassContext) -> Node:
-    """Emit the hoisted nodes before the loop, then the loop with its new body."""
+def _hoist(p: Pending, old: Node, rb: Rebuilder, ctx: PassContext) -> list[Node] | None:
+    """Emit the hoisted nodes before the loop, then the loop with its new body; the loop's
+    results (None: nothing moves)."""
     body = old.regions[0]
     found = plan(old)
     if found is None:
-        return rb.keep(p)
+        return None
     nc, nk, steps = old.attrs["num_consts"], old.attrs["num_carry"], old.attrs["length"]
     outer: dict[Node, Node] = dict(zip(body.params, p.inputs))
 
@@ -254,9 +255,9 @@ def _hoist(p: Pending, old: Node, rb: Rebuilder, ctx: PassContext) -> Node:
             ctx.hit(hoist_mapped)
     region, operands, num_consts = _new_body(body, found, outer, nc, nk)
     attrs = {**old.attrs, "num_consts": num_consts}
-    new = Pending(p.op, tuple(operands), registry.get(p.op).check_attrs(attrs), p.type,
-                  p.name, p.loc, None, (region,))
-    return rb.keep(new)
+    new = rb.keep(Pending(p.op, tuple(operands), registry.get(p.op).check_attrs(attrs),
+                          p.type, p.name, p.loc, None, (region,)))
+    return [rb.emit("get", (new,), {"index": i}, at=p) for i in range(len(p.type))]  # type: ignore[arg-type]
 
 
 def hoist_invariant() -> None:
@@ -270,56 +271,24 @@ def hoist_mapped() -> None:
 def _new_body(body: Region, found: Plan, outer: dict[Node, Node], nc: int, nk: int
               ) -> tuple[Region, list[Node], int]:
     """The body without the hoisted nodes, reading the boundary through new params; its
-    operands (consts, carries, xs) and how many consts it has."""
+    operands (consts, carries, xs) and how many consts it has. Params no one reads any
+    more are dropped (never carries)."""
     chosen = set(found.hoisted)
     inside = [n for n in body.needed_nodes() if n not in chosen]
     read = {i for n in inside for i in n.inputs} | set(body.results)
-    params, old_params = list(body.params), set(body.params)
+    params = list(body.params)
     consts = [q for q in params[:nc] if q in read]
     xs = [q for q in params[nc + nk:] if q in read]
     new_consts = [b for b in found.boundary if found.kinds[b] == Kind.INVARIANT]
     new_xs = [b for b in found.boundary if found.kinds[b] == Kind.MAPPED]
-    graph = Graph(body.graph.name)
-    copies: dict[Node, Node] = {}
-
-    def param(like: Node, ttype: TensorType) -> Node:
-        return graph.add_node("placeholder", (), {}, ttype, name=graph.unique_name("arg"),
-                              loc=like.loc)
-
     order = [*consts, *new_consts, *params[nc:nc + nk], *xs, *new_xs]
-    for q in order:
-        copies[q] = param(q, q.type)  # type: ignore[arg-type]
-    for n in inside:
-        if n in copies:
-            continue
-        if n in old_params:  # a param no one reads any more
-            continue
-        copies[n] = graph.add_node(n.op, [copies[i] for i in n.inputs], n.attrs, n.type,  # type: ignore[arg-type]
-                                   name=n.name if n.name not in graph else None, loc=n.loc,
-                                   regions=n.regions)
-        if n.op == "constant":
-            graph.constants[copies[n].name] = body.graph.constants[n.name]
-    region = Region(graph, tuple(copies[q] for q in order),
-                    tuple(copies[r] for r in body.results))
-    operands = [outer[q] for q in (*consts, *new_consts, *params[nc:nc + nk], *xs, *new_xs)]
-    return region, operands, len(consts) + len(new_consts)
+    region = rebuild_region(body, order, body.results)
+    return region, [outer[q] for q in order], len(consts) + len(new_consts)
 
 
 def loop_hoist(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
     """Copy the graph, hoisting carry-independent work out of every kept scan's body."""
-
-    def visit(p: Pending, rb: Rebuilder) -> Node:
-        return rb.keep(p)
-
-    rb = Rebuilder(graph, visit)
-    for old in graph.nodes:
-        if old.op == "scan" and kept(old.op, old.attrs, old.regions):
-            p = Pending(old.op, tuple(rb.mapping[i] for i in old.inputs), old.attrs,
-                        old.type, old.name, old.loc, None, old.regions)
-            rb.mapping[old] = _hoist(p, old, rb, ctx)
-        else:
-            rb.copy(old)
-    return rb.finish(sig)
+    return rewrite_kept_scans(graph, sig, lambda p, old, rb: _hoist(p, old, rb, ctx))
 
 
 PASS = PassDef("loop_hoist", loop_hoist,

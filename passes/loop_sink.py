@@ -26,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from graphc.ir import Graph, Node, Region, Signature, TensorType, TupleType, ancestors
+from graphc.ir import Graph, Node, Region, Signature, TensorType, TupleType
 from graphc.ops import registry
 
 from . import loop_hoist
-from .lower_control import kept
+from .loop_rewrite import rebuild_region, rewrite_kept_scans
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
 __all__ = ["loop_sink"]
@@ -141,26 +141,13 @@ def plan(scan: Node) -> Plan | None:
 
 
 def _new_body(body: Region, found: Plan, nc: int, nk: int) -> Region:
+    """The body without the sunk carries, stacking the new factors as extra results."""
     gone = {s.index for s in found.sunk}
     keep_carry = [k for k in range(nk) if k not in gone]
     params = [*body.params[:nc], *(body.params[nc + k] for k in keep_carry),
               *body.params[nc + nk:]]
     results = [*(body.results[k] for k in keep_carry), *body.results[nk:], *found.new_ys]
-    graph = Graph(body.graph.name)
-    copies: dict[Node, Node] = {}
-    for p in params:
-        copies[p] = graph.add_node("placeholder", (), {}, p.type,  # type: ignore[arg-type]
-                                   name=graph.unique_name("arg"), loc=p.loc)
-    needed = ancestors([*params, *results])
-    for n in body.graph.nodes:
-        if n in copies or n not in needed or n.op == "placeholder":
-            continue
-        copies[n] = graph.add_node(n.op, [copies[i] for i in n.inputs], n.attrs, n.type,  # type: ignore[arg-type]
-                                   name=n.name if n.name not in graph else None, loc=n.loc,
-                                   regions=n.regions)
-        if n.op == "constant":
-            graph.constants[copies[n].name] = body.graph.constants[n.name]
-    return Region(graph, tuple(copies[p] for p in params), tuple(copies[r] for r in results))
+    return rebuild_region(body, params, results)
 
 
 def _sink(p: Pending, old: Node, rb: Rebuilder, ctx: PassContext) -> list[Node] | None:
@@ -231,22 +218,7 @@ def sink_accumulation() -> None:
 
 def loop_sink(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
     """Copy the graph, finishing every sinkable carry accumulation after its loop."""
-    rb = Rebuilder(graph)
-    values: dict[Node, list[Node]] = {}
-    for old in graph.nodes:
-        if old.op == "scan" and kept(old.op, old.attrs, old.regions):
-            p = Pending(old.op, tuple(rb.mapping[i] for i in old.inputs), old.attrs,
-                        old.type, old.name, old.loc, None, old.regions)
-            done = _sink(p, old, rb, ctx)
-            if done is None:
-                rb.copy(old)
-            else:
-                values[old] = done
-        elif old.op == "get" and old.inputs[0] in values:
-            rb.mapping[old] = values[old.inputs[0]][old.attrs["index"]]
-        else:
-            rb.copy(old)
-    return rb.finish(sig)
+    return rewrite_kept_scans(graph, sig, lambda p, old, rb: _sink(p, old, rb, ctx))
 
 
 PASS = PassDef("loop_sink", loop_sink,

@@ -18,6 +18,7 @@ from __future__ import annotations
 from graphc.ir import Graph, Node, Region, Signature, TensorType
 from graphc.ops import registry
 
+from .loop_rewrite import rewrite_kept_scans
 from .lower_control import Keep, _index, _inline, kept, unroll_scan
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
@@ -109,20 +110,14 @@ def _rows(rb: Rebuilder, x: Node, start: int, stop: int, lead: tuple[int, int], 
 
 def loop_unroll(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signature]:
     """Copy the graph, unrolling every kept scan with 1 < unroll < length partially."""
-    rb = Rebuilder(graph)
-    tuples: dict[Node, list[Node]] = {}
-    for old in graph.nodes:
-        if _partial(old) and kept(old.op, old.attrs, old.regions):
-            inputs = tuple(rb.mapping[i] for i in old.inputs)
-            tuples[old] = unroll_partially(Pending(old.op, inputs, old.attrs, old.type,
-                                                   old.name, old.loc, None, old.regions),
-                                           rb, kept)
-            ctx.hit(unroll_partially)
-        elif old.op == "get" and old.inputs[0] in tuples:
-            rb.mapping[old] = tuples[old.inputs[0]][old.attrs["index"]]
-        else:
-            rb.copy(old)
-    return rb.finish(sig)
+
+    def rewrite(p: Pending, old: Node, rb: Rebuilder) -> list[Node] | None:
+        if not _partial(old):
+            return None
+        ctx.hit(unroll_partially)
+        return unroll_partially(p, rb, kept)
+
+    return rewrite_kept_scans(graph, sig, rewrite)
 
 
 PASS = PassDef("loop_unroll", loop_unroll,
