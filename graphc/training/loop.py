@@ -104,6 +104,22 @@ class _EpochState:
         return logs
 
 
+def checked_data(model: Fittable, target: Node, x: Any, y: Any,
+                 validation_data: tuple[Any, Any] | None, validation_split: float, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """The training arrays and the validation pair (given, split off with `seed`, or None),
+    each checked against the model's input and `target`'s per-example type."""
+    xs = model.check_x(x)
+    ys = model.check_y(y, len(xs), target)
+    if validation_data is not None:
+        xv = model.check_x(validation_data[0])
+        return xs, ys, (xv, model.check_y(validation_data[1], len(xv), target))
+    if validation_split > 0:
+        (xs, ys), validation = train_val_split(xs, ys, validation_split, seed=seed)
+        return xs, ys, validation
+    return xs, ys, None
+
+
 def fit(model: Fittable, x: Any, y: Any, batch_size: int, epochs: int,
         validation_data: tuple[Any, Any] | None, validation_split: float, shuffle: bool,
         seed: int, callbacks: list[Any], verbose: int, initial_epoch: int, stream: TextIO
@@ -113,14 +129,8 @@ def fit(model: Fittable, x: Any, y: Any, batch_size: int, epochs: int,
     epochs = int(epochs)
     model.default_batch_size = batch
     graph = model.train_graph(batch)
-    xs = model.check_x(x)
-    ys = model.check_y(y, len(xs), graph.y)
-    validation: tuple[np.ndarray, np.ndarray] | None = None
-    if validation_data is not None:
-        xv = model.check_x(validation_data[0])
-        validation = (xv, model.check_y(validation_data[1], len(xv), graph.y))
-    elif validation_split > 0:
-        (xs, ys), validation = train_val_split(xs, ys, validation_split, seed=seed)
+    xs, ys, validation = checked_data(model, graph.y, x, y, validation_data,
+                                      validation_split, seed)
 
     history = History()
     t0 = time.perf_counter()

@@ -52,8 +52,9 @@ from graphc.distributed.setup import init as init_distributed
 from graphc.errors import ArgumentError
 from graphc.runtime import mpi
 from graphc.training.callbacks import CallbackList
-from graphc.training.data import pad_batch, train_val_split
+from graphc.training.data import pad_batch
 from graphc.training.history import History
+from graphc.training.loop import checked_data
 from graphc.training.progress import ProgressBar
 
 __all__ = ["fit_distributed"]
@@ -136,14 +137,8 @@ def fit_distributed(model: Any, x: Any, y: Any, batch_size: int, epochs: int,
     per_rank = batch // ranks.size
     model.default_batch_size = per_rank
     graph = model.train_graph(per_rank, True)
-    xs = model.check_x(x)
-    ys = model.check_y(y, len(xs), graph.y)
-    validation: tuple[np.ndarray, np.ndarray] | None = None
-    if validation_data is not None:
-        xv = model.check_x(validation_data[0])
-        validation = (xv, model.check_y(validation_data[1], len(xv), graph.y))
-    elif validation_split > 0:
-        (xs, ys), validation = train_val_split(xs, ys, validation_split, seed=seed)
+    xs, ys, validation = checked_data(model, graph.y, x, y, validation_data,
+                                      validation_split, seed)
 
     history = History()
     t0 = time.perf_counter()
