@@ -366,7 +366,10 @@ WORKLOADS: list[Workload] = [
              {"graphc": wb.gemv_bf16_graphc, "torch": wb.gemv_bf16_torch}),
     Workload("gpt_decode_bf16", "gpt_decode with bf16 weights (Generator(precision="
              "'bfloat16')), rate: GB/s of bf16 weights + f32 cache rows", 0,
-             wb.decode_bytes_bf16(), {"graphc": wb.gpt_decode_bf16_graphc}),
+             wb.decode_bytes_bf16(), {"graphc": wb.gpt_decode_lowp_graphc("bfloat16")}),
+    Workload("gpt_decode_int8", "gpt_decode with int8 weights (Generator(precision="
+             "'int8'): gc.quantize_dynamic)", 0, 0,
+             {"graphc": wb.gpt_decode_lowp_graphc("int8")}),
     # int8 dynamic quantization (workloads_quant.py); the fp32 baselines are mlp_infer_*.
     *(Workload(f"mlp_int8_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 dynamic "
                f"(gc.quantize_dynamic; ORT: quantize_dynamic); fp32: mlp_infer_{b}",

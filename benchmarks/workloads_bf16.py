@@ -21,7 +21,9 @@ from benchmarks import workloads_gpt as wg
 
 Runner = Callable[[], object]
 K = N = 1024
-DECODE_RTOL = 2e-2  # of max |logit|: bf16 weights and activations, float32 sums
+# Of max |logit|: bf16 weights and activations with float32 sums; int8 weights and uint8
+# activations (per tensor, per call) with int32 sums.
+DECODE_RTOL = {"bfloat16": 2e-2, "int8": 5e-2}
 
 
 def gemv_bytes(itemsize: int) -> float:
@@ -91,42 +93,49 @@ def decode_bytes_bf16() -> float:
     return wg.decode_bytes() - 2.0 * weights
 
 
-def gpt_decode_bf16_graphc(threads: int) -> Runner:
-    """`wg.gpt_decode_graphc` with bf16 weights (`Generator(precision="bfloat16")`)."""
-    import graphc as gc
+def gpt_decode_lowp_graphc(precision: str) -> Callable[[int], Runner]:
+    """`wg.gpt_decode_graphc` with `Generator(precision=...)`: "bfloat16" (autocast) or
+    "int8" (quantize_dynamic); its logits are checked against float64 first."""
 
-    c = wg.GPT
-    gpt = gc.nn.GPT(c.vocab, c.d, c.layers, c.heads, c.ffn, max_len=wg.DECODE_MAX_LEN)
-    gen = gc.nn.Generator(gpt, max_len=wg.DECODE_MAX_LEN, temperature=0.0,
-                          return_logits=True, precision="bfloat16",
-                          options=gc.CompileOptions(threads=threads))
-    sub = gpt.sublayers
-    nodes = {"wte": sub["wte"].weights["embeddings"], "wpe": sub["wpe"].weights["embeddings"],
-             "lnf_g": sub["ln_f"].weights["gamma"], "lnf_b": sub["ln_f"].weights["beta"],
-             "head_w": sub["lm_head"].weights["kernel"], "head_b": sub["lm_head"].weights["bias"]}
-    for i, block in enumerate(gpt.blocks):
-        nodes.update(zip(wg._block_names(i), wg._graphc_block_weights(block), strict=True))
-    params = wg.decode_params()
-    for name, node in nodes.items():
-        gen.graph.variables[node.name] = params[name]  # before the first compile: snapshot
-    tokens = wg.decode_tokens().astype(np.int64)
-    want = wg.decode_reference()
-    gen.prefill(tokens[:, :wg.DECODE_PROMPT])
-    step = gen.decode_executable
-    got = np.stack([step(tokens[:, pos], np.int64(pos))[1][0]
-                    for pos in range(wg.DECODE_PROMPT, wg.DECODE_MAX_LEN)])
-    ref = want[wg.DECODE_PROMPT:]
-    err = float(np.max(np.abs(got - ref))) / float(np.max(np.abs(ref)))
-    if not err <= DECODE_RTOL:
-        raise AssertionError(f"graphc bf16 decode: max error {err:.2e} of max |logit| "
-                             f"exceeds {DECODE_RTOL}")
-    agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
-    print(f"graphc bf16 decode: logits within {err:.2e} of max |logit|, top-1 agreement "
-          f"with float64 {agree:.3f} over {len(ref)} positions")
-    positions = wg.decode_positions()
-    feeds = [(tokens[:, pos].copy(), np.int64(pos)) for pos in range(wg.DECODE_MAX_LEN)]
+    def setup(threads: int) -> Runner:
+        import graphc as gc
 
-    def run() -> object:
-        return step(*feeds[next(positions)])
+        c = wg.GPT
+        gpt = gc.nn.GPT(c.vocab, c.d, c.layers, c.heads, c.ffn, max_len=wg.DECODE_MAX_LEN)
+        gen = gc.nn.Generator(gpt, max_len=wg.DECODE_MAX_LEN, temperature=0.0,
+                              return_logits=True, precision=precision,
+                              options=gc.CompileOptions(threads=threads))
+        sub = gpt.sublayers
+        nodes = {"wte": sub["wte"].weights["embeddings"],
+                 "wpe": sub["wpe"].weights["embeddings"],
+                 "lnf_g": sub["ln_f"].weights["gamma"], "lnf_b": sub["ln_f"].weights["beta"],
+                 "head_w": sub["lm_head"].weights["kernel"],
+                 "head_b": sub["lm_head"].weights["bias"]}
+        for i, block in enumerate(gpt.blocks):
+            nodes.update(zip(wg._block_names(i), wg._graphc_block_weights(block), strict=True))
+        params = wg.decode_params()
+        for name, node in nodes.items():
+            gen.graph.variables[node.name] = params[name]  # before the first compile
+        tokens = wg.decode_tokens().astype(np.int64)
+        want = wg.decode_reference()
+        gen.prefill(tokens[:, :wg.DECODE_PROMPT])
+        step = gen.decode_executable
+        got = np.stack([step(tokens[:, pos], np.int64(pos))[1][0]
+                        for pos in range(wg.DECODE_PROMPT, wg.DECODE_MAX_LEN)])
+        ref = want[wg.DECODE_PROMPT:]
+        err = float(np.max(np.abs(got - ref))) / float(np.max(np.abs(ref)))
+        if not err <= DECODE_RTOL[precision]:
+            raise AssertionError(f"graphc {precision} decode: max error {err:.2e} of max "
+                                 f"|logit| exceeds {DECODE_RTOL[precision]}")
+        agree = float(np.mean(got.argmax(1) == ref.argmax(1)))
+        print(f"graphc {precision} decode: logits within {err:.2e} of max |logit|, top-1 "
+              f"agreement with float64 {agree:.3f} over {len(ref)} positions")
+        positions = wg.decode_positions()
+        feeds = [(tokens[:, pos].copy(), np.int64(pos)) for pos in range(wg.DECODE_MAX_LEN)]
 
-    return run
+        def run() -> object:
+            return step(*feeds[next(positions)])
+
+        return run
+
+    return setup

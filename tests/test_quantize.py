@@ -341,3 +341,33 @@ def test_gemv_split_across_threads_is_exact() -> None:
         acc = gc.matmul_integer(pa, gc.constant(w), transpose_b=True)
     got = gc.compile(g, [pa], acc, options=gc.CompileOptions(threads=2))(a)
     np.testing.assert_array_equal(got, a.astype(np.int64) @ w.T.astype(np.int64))
+
+
+# --- int8 generation ------------------------------------------------------------------------
+
+def test_int8_generator_tracks_float32_and_compiles_once() -> None:
+    """Generator(precision="int8") decodes through gc.quantize_dynamic: teacher-forced with
+    float32's greedy sequence, its logits stay close and its top-1 token agrees at most
+    steps; its matmuls are matmul_integer; decoding never recompiles; it samples from the
+    seed as float32 does (the quantized graphs share the caches' and the seed's arrays)."""
+    gpt = gc.nn.GPT(97, 64, 2, 4, 128, max_len=96, seed=3)
+    one = gc.CompileOptions(threads=1, cache_dir=None)
+    gens = {p: gc.nn.Generator(gpt, max_len=96, temperature=0.0, precision=p,
+                               return_logits=True, name=f"gen_{p}", options=one)
+            for p in ("float32", "int8")}
+    tokens = gens["float32"].generate(np.arange(5)[None, :], 80)[0]
+    logits = {}
+    for p, gen in gens.items():
+        gen.prefill(tokens[None, :5])
+        logits[p] = np.array([gen.step(tokens[i:i + 1], i)[1][0] for i in range(5, 84)])
+        assert gen.compiles == 2
+    a, b = logits["float32"], logits["int8"]
+    assert not np.array_equal(a, b)
+    assert np.abs(a - b).max() <= 0.1 * np.abs(a).max()
+    assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.9
+    decode = gens["int8"]._graph_for(gens["int8"].decode_signature.name)
+    assert "matmul_integer" in {n.op for n in decode.nodes}
+    sampler = gc.nn.Generator(gpt, max_len=32, temperature=1.0, precision="int8", options=one)
+    first, again = sampler.generate([1, 2], 20, seed=1), sampler.generate([1, 2], 20, seed=1)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, sampler.generate([1, 2], 20, seed=2))

@@ -59,13 +59,14 @@ from graphc.ops import elementwise as ew
 from graphc.ops import join, layout, random, reduce
 from graphc.options import CompileOptions
 from graphc.passes.autocast import autocast
+from graphc.quant import quantize_dynamic
 from graphc.runtime.executable import Executable
 from graphc.runtime.reference import ReferenceFunction, reference
 
 __all__ = ["Generator", "sample"]
 
 Runner = Executable | ReferenceFunction
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 def _kth_largest(logits: Node, k: int) -> Node:
@@ -131,6 +132,9 @@ class Generator:
     `precision` "bfloat16" runs each signature through `gc.autocast` when it is first
     compiled: matmuls on bf16 weights stored once (a snapshot then: make a new generator
     after changing the weights), float32 accumulation, caches and the rest in float32.
+    `precision` "int8" runs them through `gc.quantize_dynamic` instead: weights quantized
+    per output channel to int8 once (a snapshot too), each matmul's activations to uint8
+    per call, int32 accumulation (the u8 x s8 GEMV at batch 1); caches stay float32.
     """
 
     def __init__(self, gpt: GPT, *, max_len: int, batch: int = 1, temperature: float = 1.0,
@@ -237,10 +241,12 @@ class Generator:
         return exe
 
     def _graph_for(self, signature: str) -> Graph:
-        """The graph `signature` compiles from: the GPT's, or its bf16 autocast (which
-        shares the caches' and the seed's arrays with it)."""
+        """The graph `signature` compiles from: the GPT's, or its bf16 autocast or int8
+        quantization (each sharing the caches' and the seed's arrays with it)."""
         if self.precision == "float32":
             return self.graph
+        if self.precision == "int8":
+            return quantize_dynamic(self.graph)
         return autocast(self.graph, self.precision, signatures=[signature])
 
     @property
