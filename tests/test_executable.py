@@ -225,3 +225,20 @@ def test_bind_checks_the_array(array: object, pattern: str) -> None:
         gc.variable(np.ones(2, np.float32), name="w")
     with pytest.raises(gc.GraphcError, match=pattern):
         g.variables.bind("w", array)  # type: ignore[arg-type]
+
+
+def test_numpy_scalars_bind_scalar_inputs() -> None:
+    """A numpy scalar of exactly a scalar input's dtype takes the fast path and computes
+    what the 0-d array computes; a scalar of another dtype still goes through the checks
+    (an int32 converts, a float64 for an int64 input is refused by name)."""
+    with gc.Graph("scalars") as g:
+        pos = gc.placeholder((), gc.int64, name="pos")
+        x = gc.placeholder((3,), gc.float32, name="x")
+        out = x * gc.cast(pos, gc.float32)
+    f = gc.compile(g, [x, pos], [out])
+    xv = np.arange(3, dtype=np.float32)
+    want = f(xv, np.array(5, np.int64))
+    for value in (np.int64(5), np.int32(5), 5):
+        np.testing.assert_array_equal(f(xv, value), want)
+    with pytest.raises(gc.ArgumentError, match="pos"):
+        f(xv, np.float64(5.0))
