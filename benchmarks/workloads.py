@@ -377,6 +377,9 @@ WORKLOADS: list[Workload] = [
     *(Workload(f"mlp_int8_static_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 "
                f"static (gc.quantize_static, minmax over 4 batches); fp32: mlp_infer_{b}",
                wq.flops(b), 0, {"graphc": wq.graphc_int8(b, static=True)}) for b in (1, 256)),
+    Workload("onnx_encoder_int8", "2-layer transformer encoder d=256 (imported ONNX), int8 "
+             "dynamic (gc.quantize_dynamic; ORT: quantize_dynamic per channel)",
+             2 * wo.MACS["encoder"], 0, {"graphc": wq.encoder_graphc_int8}),
     # The transformer rows (workloads_gpt.py: model, data, checks and FLOP counts).
     Workload("gpt_infer_1", f"GPT inference (causal, ids -> logits), {_GPT}, batch 1",
              wg.gpt_flops(wg.INFER_BATCH, train=False), 0,

@@ -222,4 +222,5 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "gemm_int8": workloads_lowp.int8_ort,
     "mlp_int8_1": workloads_quant.ort_int8(1),
     "mlp_int8_256": workloads_quant.ort_int8(256),
+    "onnx_encoder_int8": workloads_quant.encoder_ort_int8,
 }

@@ -158,3 +158,40 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# --- the imported 2-layer transformer encoder (issue 17's int8 encoder row) -------------------
+
+def encoder_graphc_int8(threads: int) -> Runner:
+    """The `onnx_encoder` model imported, then `gc.quantize_dynamic`."""
+    import graphc as gc
+    from benchmarks.workloads_onnx import model_file
+
+    path, x, y = model_file("encoder")
+    q = gc.quantize_dynamic(gc.onnx.load(path, trainable=False))
+    f = gc.compile(q, signature="main", options=gc.CompileOptions(threads=threads))
+    _check("graphc int8 encoder", f(x)[0], y, INT8_RTOL)
+    return lambda: f(x)
+
+
+def encoder_ort_int8(threads: int) -> Runner:
+    """ONNX Runtime on `onnxruntime.quantization.quantize_dynamic` of the same file
+    (per-channel int8 weights), sequential with `threads` intra-op threads."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from benchmarks.workloads_onnx import model_file
+
+    path, x, y = model_file("encoder")
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp, "encoder_int8.onnx")
+        quantize_dynamic(str(path), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        quantized = dst.read_bytes()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(quantized, sess_options=so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    _check("ort int8 encoder", sess.run(None, {name: x})[0], y, INT8_RTOL)
+    return lambda: sess.run(None, {name: x})
