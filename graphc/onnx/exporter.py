@@ -20,7 +20,8 @@ from graphc.ir import DType, Graph, Node, Signature
 from graphc.onnx.model import OnnxError, require_onnx
 
 MIN_SAVE_OPSET, MAX_SAVE_OPSET = 17, 21
-_ELEM = {DType.float32: 1, DType.int32: 6, DType.int64: 7, DType.bool: 9, DType.float64: 11}
+_ELEM = {DType.float32: 1, DType.int32: 6, DType.int64: 7, DType.bool: 9, DType.float64: 11,
+         DType.uint8: 2, DType.int8: 3, DType.bfloat16: 16}
 
 
 class _Writer:
@@ -169,6 +170,18 @@ def _matmul(w: _Writer, n: Node, ins: list[str], out: str) -> None:
             name = w.tmp("Transpose", [ins[i]], out, perm=perm)
             a, b = (name, b) if i == 0 else (a, name)
     w.node("MatMul", [a, b], out)
+
+
+@_emit("matmul_integer")
+def _matmul_integer(w: _Writer, n: Node, ins: list[str], out: str) -> None:
+    """uint8 x int8 -> int32 (ONNX MatMulInteger; its optional a_zero_point is graphc's)."""
+    ins = list(ins)
+    for i, flag in ((0, "transpose_a"), (1, "transpose_b")):
+        if n.attrs[flag]:
+            rank = n.inputs[i].ndim
+            perm = [*range(rank - 2), rank - 1, rank - 2]
+            ins[i] = w.tmp("Transpose", [ins[i]], out, perm=perm)
+    w.node("MatMulInteger", ins, out)
 
 
 @_emit("reshape")
@@ -330,10 +343,20 @@ def _write(w: _Writer, nodes: Sequence[Node], name: Callable[[Node], str]) -> No
     for n in nodes:
         if n.op in ("variable", "constant"):
             values = n.graph.variables if n.op == "variable" else n.graph.constants
-            w.initializers.append(w.onnx.numpy_helper.from_array(
-                np.asarray(values[n.name]), name(n)))
+            w.initializers.append(_initializer(w.onnx, np.asarray(values[n.name]), n,
+                                               name(n)))
         elif n.op != "placeholder":
             EMIT[n.op](w, n, [name(i) for i in n.inputs], name(n))
+
+
+def _initializer(onnx: Any, array: np.ndarray, n: Node, name: str) -> Any:
+    """A TensorProto of `n`'s type: bfloat16 arrays (graphc keeps their bits as uint16)
+    are written as BFLOAT16 raw data, not as UINT16."""
+    if n.dtype == DType.bfloat16:
+        return onnx.helper.make_tensor(name, _ELEM[DType.bfloat16], list(array.shape),
+                                       np.ascontiguousarray(array, "<u2").tobytes(),
+                                       raw=True)
+    return onnx.numpy_helper.from_array(array, name)
 
 
 def to_model(graph: Graph, signature: str = "main", opset: int = 17) -> Any:
