@@ -122,7 +122,7 @@ def main() -> None:
         return
     base = rows[0]["examples_per_s"]
     print(f"MLP 784-512-512-10 training step, batch {args.batch} per rank "
-          "(indicative: timings on a shared machine)")
+          "(medians; run on a quiet machine, nothing else timing)")
     print(f"{'config':<20}{'examples/s':>12}{'speed-up':>10}{'step ms':>10}"
           f"{'wait ms':>10}{'wait %':>8}")
     for r in rows:
