@@ -57,6 +57,10 @@ CASES: dict[str, Build] = {
     "gelu": lambda a, b: gc.gelu(a) + gc.gelu(b, "tanh"),
     "mod": lambda a, b: gc.mod(a, gc.abs(b) + 0.5),
     "cast": lambda a, b: gc.cast(gc.cast(a * 4.0, gc.int32), F),
+    # uint8 x int8 with a zero point, both operands from floats in about [-3, 3].
+    "matmul_integer": lambda a, b: gc.cast(gc.matmul_integer(
+        gc.cast(a * 20.0 + 100.0, gc.uint8), gc.cast(b * 20.0, gc.int8),
+        gc.cast(gc.constant(np.float32(7.0)), gc.uint8), transpose_b=True), F),
     "matmul": lambda a, b: gc.matmul(a, b, transpose_b=True) + gc.sum(
         gc.matmul(a, b, transpose_a=True)),
     "reshape": lambda a, b: gc.reshape(a, (4, 3)), "transpose": lambda a, b: gc.transpose(a),

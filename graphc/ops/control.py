@@ -149,7 +149,8 @@ SCAN = OpDef(
     "scan", "control", None, _region_only, _region_only, Fusion.CONTROL,
     attrs=(AttrSpec("num_consts", Kind.INT, low=0), AttrSpec("num_carry", Kind.INT, low=0),
            AttrSpec("length", Kind.INT, low=0), AttrSpec("reverse", Kind.BOOL, default=False),
-           AttrSpec("unroll", Kind.INT, default=1, low=1)),
+           AttrSpec("unroll", Kind.INT, default=1, low=1),
+           AttrSpec("remat", Kind.BOOL, default=False)),
     region=RegionRules(1, _scan_infer, _scan_eval, lambda n, cts, vjp: _grad.scan_grad(
         n, cts, vjp, SCAN, GET)),
     doc="loop with a carry over the leading axis of xs, stacking outputs (JAX's lax.scan)")
@@ -158,7 +159,7 @@ OPS.append(SCAN)
 
 def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, *,
          length: int | None = None, reverse: bool = False, unroll: int = 1,
-         name: str | None = None) -> tuple[Any, Any]:
+         remat: bool = False, name: str | None = None) -> tuple[Any, Any]:
     """Loop `fn` over the leading axis of `xs`, carrying state (JAX's ``lax.scan``)::
 
         def scan(fn, init, xs):
@@ -176,7 +177,10 @@ def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, *
     unroll the loop fully (one copy of the body per step); 1 < `unroll` < the length runs
     a native loop of length // unroll trips whose body holds `unroll` steps, the remaining
     steps after it (JAX's semantics; the results equal unroll=1's); otherwise it runs
-    natively with the body compiled once. Returns
+    natively with the body compiled once. `remat=True` (JAX's ``scan(jax.checkpoint(fn))``)
+    makes the gradient save only the carry of every step and recompute the body's
+    intermediates from it in the backward loop: less memory (one carry per step instead
+    of every intermediate the backward reads), one more forward body per step. Returns
     ``(final carry, ys)``, ys stacked along a new leading axis.
     """
     op = "scan"
@@ -219,7 +223,7 @@ def scan(fn: Callable[[Any, Any], tuple[Any, Any]], init: Any, xs: Any = None, *
     num_carry = len(init_nodes)
     _check_carry(init_nodes, traced.region.results[:num_carry], op)
     attrs = {"num_consts": len(traced.captured), "num_carry": num_carry, "length": steps,
-             "reverse": reverse, "unroll": unroll}
+             "reverse": reverse, "unroll": unroll, "remat": remat}
     node = apply(SCAN, [*traced.captured, *init_nodes, *xs_nodes], attrs, name=name,
                  regions=[_reorder_scan(traced.region, num_carry, len(xs_nodes))])
     results = _results(node)

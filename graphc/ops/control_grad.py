@@ -11,7 +11,10 @@ scan
     output them, stacked per step (an x param is not stacked again: xs is the stack); a
     forward node that depends only on consts is recomputed in the backward body instead.
     The backward scan runs the other way over (cotangents of ys, residuals), carrying the
-    cotangents of the float carries and accumulating those of the float consts.
+    cotangents of the float carries and accumulating those of the float consts. With the
+    scan's `remat`, the residuals are the carry (and x) params themselves, each step's
+    value saved, and the backward body recomputes the forward nodes it reads from them
+    (JAX's checkpointed scan body).
     The rebuilt forward scan computes what the original computes, plus the residuals; the
     reference runs both, compiled code merges the original into it (`lower_control`).
 cond
@@ -29,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from graphc.builder import apply
-from graphc.ir import Attrs, Graph, Node, Region, TensorType, TupleType
+from graphc.ir import Attrs, Graph, Node, Region, TensorType, TupleType, ancestors
 from graphc.ir.copy import copy_needed
 from graphc.ir.opdef import OpDef, Vjp
 from graphc.ops import elementwise as _ew
@@ -105,7 +108,14 @@ def scan_grad(node: Node, cts: Sequence[Node | None], vjp: Vjp, scan: OpDef, get
         if any(i in varying for i in n.inputs):
             varying.add(n)
     read = joint.read_by_backward()
-    residuals = [n for n in joint.forward_nodes() if n in read and n in varying]
+    if attrs["remat"]:
+        # Save the carry and x params' values of every step the backward depends on; the
+        # backward body recomputes every other forward node from them (copy_needed stops
+        # at the residuals, so whatever lies between is copied, i.e. recomputed).
+        needed = ancestors(read)
+        residuals = [p for p in jp[nc:] if p in needed]
+    else:
+        residuals = [n for n in joint.forward_nodes() if n in read and n in varying]
     x_params = {p: j for j, p in enumerate(jp[nc + nk:])}
     stacked = [r for r in residuals if r not in x_params]
     original = {new: old for old, new in joint.forward.items()}
@@ -130,7 +140,7 @@ def scan_grad(node: Node, cts: Sequence[Node | None], vjp: Vjp, scan: OpDef, get
                                        f"{body.graph.name}_bwd")
         bwd_attrs = {"num_consts": nc, "num_carry": len(ct_carry) + len(acc_init),
                      "length": length, "reverse": not attrs["reverse"],
-                     "unroll": attrs["unroll"]}
+                     "unroll": attrs["unroll"], "remat": attrs["remat"]}
         bwd = _results(apply(scan, [*consts, *ct_carry, *acc_init, *ct_ys, *res_inputs],
                              bwd_attrs, regions=[backward_body]), get)
     out: list[Node | None] = [None] * len(node.inputs)
