@@ -23,9 +23,9 @@ import llvmlite.ir as ir
 
 from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range, lane_mask, masked_load
 from graphc.codegen.gemm.lowp import LowpSpec, _store_tile
-from graphc.codegen.gemm.lowp_kernels import U8S8_QUADS, dot_step
+from graphc.codegen.gemm.lowp_kernels import U8S8_QUADS, dot_step, u8s8_dot
 from graphc.codegen.gemm.spec import Epilogue
-from graphc.codegen.llvm_types import I8, I32, i64, intrinsic, shuffle_mask
+from graphc.codegen.llvm_types import I8, I32, i64, shuffle_mask
 from graphc.codegen.target import Target
 
 __all__ = ["MAX_ROWS", "applies", "emit_lowp_gemv", "scratch_bytes"]
@@ -170,29 +170,12 @@ def emit_dot_gemv(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c:
                     return b.bitcast(v, wt)
 
                 av = load(arow)
-                return [_dot_vec(b, native, acc, av, load(r)) for acc, r in zip(accs, rows)]
+                return [u8s8_dot(b, native, acc, av, load(r)) for acc, r in zip(accs, rows)]
 
             accs = carried_loop(b, 0, full_k, [ir.Constant(wt, None)] * w, step, name="gd.k")
             if tail_k:
                 accs = step(i64(full_k), accs, lane_mask(b, chunk, 0, tail_k))
             _store_tile(b, spec, c, epilogue, [_lane_sums(b, accs)], row, j0, 1, 1, w)
-
-
-def _dot_vec(b: ir.IRBuilder, native: bool, acc: ir.Value, a_words: ir.Value,
-             b_words: ir.Value) -> ir.Value:
-    """acc + per lane the 4 products of unsigned a bytes and signed b bytes."""
-    lanes = acc.type.count
-    if native and lanes in (4, 8, 16):
-        fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
-                       [acc.type, acc.type, acc.type], [])
-        return b.call(fn, [acc, a_words, b_words])
-    for t in range(4):
-        left = ir.Constant(acc.type, [ir.Constant(I32, 24 - 8 * t)] * lanes)
-        right = ir.Constant(acc.type, [ir.Constant(I32, 24)] * lanes)
-        ua = b.lshr(b.shl(a_words, left), right)
-        sb = b.ashr(b.shl(b_words, left), right)
-        acc = b.add(acc, b.mul(ua, sb))
-    return acc
 
 
 def _lane_sums(b: ir.IRBuilder, vecs: list[ir.Value]) -> ir.Value:

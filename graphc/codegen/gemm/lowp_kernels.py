@@ -169,15 +169,23 @@ def dot_step(b: ir.IRBuilder, kind: GroupKind, native: bool, acc: ir.Value, a_wo
         fma = intrinsic(b.module, "llvm.fma", ft, [ft, ft, ft])
         acc = b.call(fma, [a_lo, b_lo, acc])
         return b.call(fma, [a_hi, b_hi, acc])
+    return u8s8_dot(b, native, acc, a_vec, b_words)
+
+
+def u8s8_dot(b: ir.IRBuilder, native: bool, acc: ir.Value, a_words: ir.Value,
+             b_words: ir.Value) -> ir.Value:
+    """acc + per lane the 4 products of the unsigned bytes of `a_words` and the signed
+    bytes of `b_words` (<W x i32> each): `vpdpbusd`, or its emulation without VNNI."""
+    lanes = acc.type.count
     if native and lanes in (4, 8, 16):
         fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
                        [acc.type, acc.type, acc.type], [])
-        return b.call(fn, [acc, a_vec, b_words])
+        return b.call(fn, [acc, a_words, b_words])
     # Without VNNI: unpack the four bytes (A unsigned, B signed) and multiply-add in i32.
     for t in range(4):
-        left = ir.Constant(b_words.type, [ir.Constant(I32, 24 - 8 * t)] * lanes)
-        right = ir.Constant(b_words.type, [ir.Constant(I32, 24)] * lanes)
-        ua = b.lshr(b.shl(a_vec, left), right)
+        left = ir.Constant(acc.type, [ir.Constant(I32, 24 - 8 * t)] * lanes)
+        right = ir.Constant(acc.type, [ir.Constant(I32, 24)] * lanes)
+        ua = b.lshr(b.shl(a_words, left), right)
         sb = b.ashr(b.shl(b_words, left), right)
         acc = b.add(acc, b.mul(ua, sb))
     return acc
