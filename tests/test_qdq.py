@@ -203,8 +203,10 @@ def _ort_qdq(tmp_path: Path, nodes: list, inits: dict[str, np.ndarray], xs: np.n
 
 
 def _node(op: str, inputs: list[str], output: str, **attrs: object) -> object:
-    from onnx import helper
-
+    """An ONNX node; skips the calling test when onnx is not installed (the fixtures are
+    built before `_ort_qdq` would skip it)."""
+    helper = pytest.importorskip("onnx.helper", reason="needs onnx: pip install "
+                                 "'graphc[onnx]'")
     return helper.make_node(op, inputs, [output], **attrs)
 
 
