@@ -49,6 +49,20 @@ def memcpy(ctx: KernelContext, dst: ir.Value, src: ir.Value, nbytes: int) -> Non
     ctx.b.call(fn, [dst, src, ir.Constant(I64, nbytes), ir.Constant(I1, 0)])
 
 
+def carry_buffers(carries: list[TensorType], in_place: set[int], offset: int
+                  ) -> tuple[tuple[int | None, ...], int]:
+    """Scratch offsets, from `offset` on, of each carry's second buffer (None for a carry
+    the body updates in place: it has one buffer); the end offset."""
+    second: list[int | None] = []
+    for c, t in enumerate(carries):
+        if c in in_place:
+            second.append(None)
+            continue
+        second.append(offset)
+        offset += aligned(t.nbytes)
+    return tuple(second), offset
+
+
 def unread_results(kernel: Kernel, results: list[TensorType], offset: int
                    ) -> tuple[dict[int, int], int]:
     """Scratch offsets, from `offset` on, for the results of a loop kernel's region op that

@@ -48,6 +48,7 @@ from graphc.codegen.body_call import (
     BodyTable,
     aligned,
     call_checked,
+    carry_buffers,
     memcpy,
     result_pointers,
     scratch_at,
@@ -85,15 +86,9 @@ def scratch_layout(kernel: Kernel) -> ScratchLayout:
     num_carry = scan.attrs["num_carry"]
     in_place = set(kernel.bodies[0].plan.in_place_carries)
     offset = aligned(kernel.bodies[0].arena_bytes)
-    carry: list[int | None] = []
-    for c, t in enumerate(results[:num_carry]):
-        if c in in_place:
-            carry.append(None)
-            continue
-        carry.append(offset)
-        offset += aligned(t.nbytes)
+    carry, offset = carry_buffers(results[:num_carry], in_place, offset)
     unread, offset = unread_results(kernel, results, offset)
-    return ScratchLayout(tuple(carry), unread, offset)
+    return ScratchLayout(carry, unread, offset)
 
 
 def _scratch_bytes(kernel: Kernel, target: Target, threads: int, conv: str) -> int:

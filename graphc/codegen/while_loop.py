@@ -35,6 +35,7 @@ from graphc.codegen.body_call import (
     BodyTable,
     aligned,
     call_checked,
+    carry_buffers,
     memcpy,
     result_pointers,
     scratch_at,
@@ -66,15 +67,9 @@ def scratch_layout(kernel: Kernel) -> WhileScratch:
     pred = aligned(max(body.arena_bytes for body in kernel.bodies))
     offset = pred + ALIGN
     in_place = set(kernel.bodies[1].plan.in_place_carries)
-    carry: list[int | None] = []
-    for c, t in enumerate(results):
-        if c in in_place:
-            carry.append(None)
-            continue
-        carry.append(offset)
-        offset += aligned(t.nbytes)
+    carry, offset = carry_buffers(results, in_place, offset)
     unread, offset = unread_results(kernel, results, offset)
-    return WhileScratch(pred, tuple(carry), unread, offset)
+    return WhileScratch(pred, carry, unread, offset)
 
 
 def _results(kernel: Kernel) -> list[TensorType]:
