@@ -137,3 +137,52 @@ def test_narrow_rows_path_packs_weights_in_parallel_with_identical_bits() -> Non
         cache_dir=None, threads=threads, conv_algorithm="direct"))(xv) for threads in (1, 2)]
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_allclose(outs[0], gc.reference(g, [x], [y])(xv), rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("batch", "hw", "threads"),
+                         [(1, 7, 1), (1, 7, 2), (3, 5, 2), (2, 9, 1), (1, 3, 1)])
+def test_1x1_on_small_maps_runs_transposed_and_matches_the_reference(
+        dtype: str, batch: int, hw: int, threads: int) -> None:
+    """A 1x1 convolution whose positions fill the GEMM's vector columns badly (49, 25, 81,
+    9) computes Out^T with the positions as rows and is transposed into NCHW in register
+    tiles (`conv.transposed`): every position (whole tiles and the masked tail) and channel
+    block lands in place, under an epilogue with a bias, a residual and a clip, for any
+    thread split, with the same bits for one and two threads."""
+    rng = np.random.default_rng(hw)
+    cin, cout = 48, 64
+    xv = rng.standard_normal((batch, cin, hw, hw)).astype(dtype)
+    rv = rng.standard_normal((batch, cout, hw, hw)).astype(dtype)
+    with gc.Graph("flipped") as g:
+        x = gc.placeholder(xv.shape, dtype, name="x")
+        r = gc.placeholder(rv.shape, dtype, name="r")
+        w = gc.constant(rng.standard_normal((cout, cin, 1, 1)).astype(dtype) * 0.2)
+        b = gc.constant(rng.standard_normal((1, cout, 1, 1)).astype(dtype))
+        raw = gc.conv2d(x, w)
+        y = gc.minimum(gc.maximum(raw + b + r, 0.0), 6.0)
+    conv = next(n for n in gc.ir.ancestors([y]) if n.op == "conv2d")
+    assert im2col._split(conv, host_target(), threads).transposed
+    want = gc.reference(g, [x, r], [y, raw])(xv, rv)
+    runs = []
+    for t in sorted({1, threads}):
+        runs.append(gc.compile(g, [x, r], [y, raw], options=CompileOptions(
+            cache_dir=None, threads=t, conv_algorithm="gemm"))(xv, rv))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for got, ref in zip(runs[-1], want):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    for one, other in zip(runs[0], runs[-1]):
+        np.testing.assert_array_equal(one, other)
+
+
+def test_auto_takes_the_transposed_gemm_for_deep_1x1_on_small_maps() -> None:
+    """MobileNetV2's deep 1x1 layers on 7x7 and 14x14 maps go through the transposed GEMM
+    (measured faster), its shallow 14x14 expansions and wide maps stay direct."""
+    target = host_target()
+    assert im2col.choose(_conv((1, 576, 14, 14), 96, 1), target)
+    assert im2col.choose(_conv((1, 160, 7, 7), 960, 1), target) == (
+        im2col.Geometry.of(_conv((1, 160, 7, 7), 960, 1)).k >= 192)
+    assert im2col.choose(_conv((1, 320, 7, 7), 1280, 1), target)
+    assert not im2col.choose(_conv((1, 64, 14, 14), 384, 1), target)
+    assert not im2col.choose(_conv((1, 576, 32, 32), 96, 1), target)  # 1024 positions
+    # A strided or padded 1x1 needs a Col: never transposed.
+    assert not im2col._split(_conv((1, 576, 14, 14), 96, 1, stride=2), target, 1).transposed

@@ -68,6 +68,12 @@ def _cases() -> list[Case]:
                             (45, 70, 50)]:
                 cases.append(Case(_spec(m, n, k, dtype, ta, tb, pad=j % 2),
                                   epilogue=(m + j) % 2 == 0, accumulate=(n + j) % 3 == 0))
+    # Row counts that a register block of 7 or 6 rows fits with less padding than 8
+    # (`fitted_rows`): 49 = 7 x 7, 13 -> 14, 9 -> 12.
+    for j, (ta, tb) in enumerate(TRANSPOSES):
+        for m, n, k, dtype in [(49, 70, 45, F32), (13, 40, 30, F64), (9, 50, 33, F32)]:
+            cases.append(Case(_spec(m, n, k, dtype, ta, tb, pad=j % 2),
+                              epilogue=j % 2 == 0, accumulate=j == 3))
     # Several KC blocks (first / middle / last store modes), with epilogue and accumulate.
     for dtype, k in ((F32, 1100), (F64, 600)):
         for ta, tb in TRANSPOSES:
@@ -225,6 +231,8 @@ def test_cases_cover_every_path() -> None:
     assert any(not p.pack_b and s.n % p.nr for s, p in packed)
     assert any(not p.pack_b and s.n % p.nr == 0 for s, p in packed)
     assert any(not p.pack_b and s.m > p.mc and s.k > p.kc for s, p in packed)
+    # Register blocks of 8, 7 and 6 rows.
+    assert {p.mr for _, p in packed} >= {6, 7, 8}
     # A read in place over several column panels (row-major A, one KC block).
     assert any(not p.pack_a and s.n > p.nr and s.m % p.mr for s, p in packed)
 
@@ -305,3 +313,12 @@ def test_avx2_target() -> None:
     compiled = Compiled(jit_compile(str(module), target=target), module)
     for n, case in enumerate(cases):
         _run(compiled, n, case, target)
+
+
+def test_fitted_rows_pads_least() -> None:
+    """The register block's rows: 8 unless 7 or 6 compute at least 2% fewer padded rows."""
+    from graphc.codegen.gemm.spec import fitted_rows
+
+    assert [fitted_rows(m, 8) for m in (1024, 49, 196, 100, 13, 9, 12544)] == [
+        8, 7, 7, 8, 7, 6, 8]
+    assert fitted_rows(49, 16) == 16  # only the 8-row block is refitted

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
+from graphc.codegen.conv import transposed as transposed_path
 from graphc.codegen.conv.epilogue import EpilogueStore
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
 from graphc.codegen.llvm_types import I8
@@ -146,9 +147,16 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     # with K >= 1152 ran 5-10% faster here (14x14x256: 98 vs 89 GFLOP/s; 28x28 stride 2:
     # 94 vs 89), the 1x1 ones with K < 256 on 7x7 maps 10% slower (160 -> 960: 59 vs 66),
     # with 64 channels and a 56x56 map the direct kernels stay ahead (100 vs 93).
-    narrow = geo.wo <= target.lanes(geo.dtype.itemsize) // 2
+    # A 1x1 convolution on a small map computed transposed (`conv.transposed`) with
+    # K >= 192 beat the direct kernels on every MobileNetV2 layer (7x7: 576 -> 160 in 96
+    # vs 144 us, 320 -> 1280 in 415 vs 507; 14x14: 576 -> 96 216 vs 242, 384 -> 64 102 vs
+    # 120); with K 64-96 (14x14 expansions) the direct kernels stay ahead (132 vs 158 us).
+    lanes = target.lanes(geo.dtype.itemsize)
+    narrow = geo.wo <= lanes // 2
     deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
-    return (narrow and geo.og >= 16 and geo.k >= 256) or deep
+    flipped = geo.k >= 192 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
+                                                        geo.og, lanes)
+    return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped
 
 
 # --- scratch --------------------------------------------------------------------------------
@@ -157,10 +165,14 @@ def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _specs(geo: Geometry, op: str, cols: int) -> list[GemmSpec]:
+def _specs(geo: Geometry, op: str, cols: int, transposed: bool = False) -> list[GemmSpec]:
     """The GEMM(s) of one task; `cols` is grad_weight's block of K (full block first) and
-    conv2d's block of output channels."""
+    conv2d's block of output channels; `transposed`: conv2d computes Out^T
+    (`conv.transposed`)."""
     m, k, p = geo.og, geo.k, geo.p
+    if op == "conv2d" and transposed:
+        # Out^T (P x cols) = X^T (X stored K x P) @ W^T (W stored cols x K), into scratch.
+        return [GemmSpec(p, cols, k, geo.dtype, True, True, p, k, cols)]
     if op == "conv2d":
         return [GemmSpec(cols, p, k, geo.dtype, False, False, k, p, p)]
     if op == "conv2d_grad_input":
@@ -184,6 +196,7 @@ class _Split:
     tasks: int
     chunk: int
     blocks: int = 1  # conv2d: channel blocks per image
+    transposed: bool = False  # conv2d: Out^T into the Col scratch (`conv.transposed`)
 
     @property
     def per_task(self) -> int:
@@ -224,11 +237,14 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
         cols = min(chunk, geo.k)
     else:
         cols = geo.og // blocks if node.op == "conv2d" else geo.k
-    col_rows = cols if node.op == "conv2d_grad_weight" else geo.k
-    col_bytes = 0 if geo.image_is_col else _aligned(col_rows * geo.p * geo.dtype.itemsize)
+    transposed = node.op == "conv2d" and transposed_path.worth_it(
+        geo.image_is_col, geo.groups, geo.p, cols, lanes)
+    col_rows = cols if node.op == "conv2d_grad_weight" or transposed else geo.k
+    col_bytes = (_aligned(col_rows * geo.p * geo.dtype.itemsize)
+                 if transposed or not geo.image_is_col else 0)
     gemm_bytes = max(_aligned(s.scratch_bytes(target))
-                     for s in _specs(geo, node.op, cols))
-    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks)
+                     for s in _specs(geo, node.op, cols, transposed))
+    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks, transposed)
 
 
 def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
@@ -339,7 +355,7 @@ def _conv2d(ctx: KernelContext) -> None:
     geo = Geometry.of(node)
     dt = geo.dtype
     s = _split(node, ctx.target, ctx.threads)
-    (spec,) = _specs(geo, node.op, s.cols)
+    (spec,) = _specs(geo, node.op, s.cols, s.transposed)
     epilogue = kernel.root is not node
     if epilogue:
         ctx.ptrs[node] = ctx.out  # the sweep reads the raw sums back from the output
@@ -353,14 +369,20 @@ def _conv2d(ctx: KernelContext) -> None:
             n = b.sdiv(u, i64(s.blocks)) if s.blocks > 1 else u
             o0 = b.mul(b.srem(u, i64(s.blocks)), i64(s.cols)) if s.blocks > 1 else i64(0)
             image = _group_ptr(b, c.ptr(x), dt, n, g, geo.cin, geo.cg, geo.hi * geo.wi)
-            if geo.image_is_col:
-                col = image
-            else:
-                _im2col(b, geo, _lanes(c, geo), image, col, i64(0), i64(geo.k))
             weights = element_ptr(b, c.ptr(w), dt, lin(b, [(g, geo.og * geo.k), (o0, geo.k)]))
             out = element_ptr(b, _group_ptr(b, c.out, dt, n, g, geo.cout, geo.og, geo.p), dt,
                               b.mul(o0, i64(geo.p)))
-            emit_gemm(b, spec, weights, col, out, scratch, c.target)
+            if s.transposed:  # Out^T into scratch, then moved into the output
+                assert col is not None
+                emit_gemm(b, spec, image, weights, col, scratch, c.target)
+                transposed_path.store_transposed(b, dt, c.target.lanes(dt.itemsize), col,
+                                                 s.cols, out, geo.p)
+            else:
+                if geo.image_is_col:
+                    col = image
+                else:
+                    _im2col(b, geo, _lanes(c, geo), image, col, i64(0), i64(geo.k))
+                emit_gemm(b, spec, weights, col, out, scratch, c.target)
             if epilogue:
                 _sweep(c, geo, store, n, g, o0, s.cols)
 
