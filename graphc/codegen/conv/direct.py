@@ -19,7 +19,7 @@ weights, transposed per group, into its scratch so that it walks them contiguous
 
 conv2d_grad_weight, a reduction over batch and positions, is in `weight_grad`; conv2d on
 rows narrower than a vector is vectorized over output channels instead, in
-`channels`.
+`channels`, and a depthwise conv2d on wider rows has its own kernel, `depthwise`.
 
 Threads split (image, band of output rows) units; an image is cut into row bands only when
 there are fewer images than threads (batch-1 inference). Rows are independent, so the
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.context import Emitter, KernelContext, Lowering, ScratchRule
-from graphc.codegen.conv import channels, im2col, weight_grad
+from graphc.codegen.conv import channels, depthwise, im2col, weight_grad
 from graphc.codegen.conv.epilogue import EpilogueStore
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I1, I64, PTR, VOID, intrinsic, storage_type
@@ -244,6 +244,9 @@ def _conv2d(ctx: KernelContext) -> None:
     if channels.applies(anchor, ctx.target):
         channels.emit(ctx)
         return
+    if depthwise.applies(anchor, ctx.target):
+        depthwise.emit(ctx)
+        return
     x, w = anchor.inputs
     epilogue = kernel.root is not anchor
     if epilogue:
@@ -315,9 +318,14 @@ def _scratch(direct: Callable[[Kernel, Target], int] | None) -> ScratchRule:
     return scratch
 
 
+def _forward_scratch(kernel: Kernel, target: Target) -> int:
+    """Scratch of conv2d's direct lowering: the narrow-rows or the depthwise kernel's."""
+    return channels.scratch_bytes(kernel, target) or depthwise.scratch_bytes(kernel, target)
+
+
 # conv2d anchors CONV kernels (with their epilogue); its gradients are kernels of their own.
 LOWERINGS = (
-    Lowering(KernelKind.CONV, _dispatch("conv2d", _conv2d), _scratch(channels.scratch_bytes)),
+    Lowering(KernelKind.CONV, _dispatch("conv2d", _conv2d), _scratch(_forward_scratch)),
     Lowering("conv2d_grad_input", _dispatch("conv2d_grad_input", _grad_input),
              _scratch(_grad_input_scratch)),
     Lowering("conv2d_grad_weight", _dispatch("conv2d_grad_weight", weight_grad.emit_grad_weight),

@@ -1,0 +1,155 @@
+"""Depthwise conv2d (each output channel reads only its own input channel) on wide rows.
+
+The general direct kernel (`conv.direct`) treats a depthwise layer as groups of one channel:
+per output vector it walks the kernel rows with a branch each, reloads every weight as a
+scalar and broadcasts it, and keeps the accumulator in a stack slot. Here one (image,
+channel) plane is a unit of work:
+
+    w[0..kh*kw) broadcast into vectors once per plane
+    for each output row y:
+        the kh input rows it reads, a row of zeros for those in the padding (no branches)
+        for each chunk of L outputs: acc = sum over taps of w[i, j] * x[row_i, q*s + j - pl]
+        (masked loads at the row ends, stride 2 by a wide load and a shuffle: `window.Run`)
+        epilogue, store
+
+so each output vector costs its kh*kw loads and FMAs and nothing else. Units are (image,
+channel) planes, split across threads; each output is computed the same way whatever the
+split. Stride 1 or 2 (MobileNet's), no dilation, rows at least half a vector wide (on
+narrower rows the direct kernel's blocking over rows wastes as few lanes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import llvmlite.ir as ir
+
+from graphc.codegen.context import KernelContext
+from graphc.codegen.conv.epilogue import EpilogueStore
+from graphc.codegen.index import splat
+from graphc.codegen.loops import for_range
+from graphc.codegen.parallel import parallel_range
+from graphc.codegen.target import Target
+from graphc.codegen.window import (
+    ChunkPlan,
+    Run,
+    const_splat,
+    element_ptr,
+    fma,
+    i64,
+    in_range,
+    load_scalar,
+    memset_zero,
+    pick_lanes,
+    plan_chunks,
+    safe_outputs,
+)
+from graphc.ir import Node
+from graphc.ops.geometry import Window
+from graphc.passes.kernels import Kernel
+
+MAX_TAPS = 49  # kernels up to 7x7: each tap's weight vector is held across the plane
+_TASK_MACS = 1 << 15  # multiply-adds per task at least (a plane of 56x56x9 is 28k)
+
+
+def applies(anchor: Node, target: Target) -> bool:
+    """Whether conv2d `anchor` takes this path (see the module docstring)."""
+    if anchor.op != "conv2d" or not anchor.dtype.is_float or anchor.size == 0:
+        return False
+    x, w = anchor.inputs
+    _, kh, kw = w.shape[1:]
+    win = Window.from_attrs(anchor.attrs, kernel=(kh, kw))
+    lanes = target.lanes(anchor.dtype.itemsize)
+    return (anchor.attrs["groups"] == x.shape[1] == anchor.shape[1] and w.shape[1] == 1
+            and win.dilation == (1, 1) and win.strides in ((1, 1), (2, 2))
+            and kh * kw <= MAX_TAPS and 2 * anchor.shape[3] >= lanes)
+
+
+def scratch_bytes(kernel: Kernel, target: Target) -> int:
+    """One input row of zeros, read in place of rows in the vertical padding."""
+    anchor = kernel.anchor
+    assert anchor is not None
+    if not applies(anchor, target):
+        return 0
+    return (anchor.inputs[0].shape[3] * anchor.dtype.itemsize + 63) // 64 * 64
+
+
+def emit(ctx: KernelContext) -> None:
+    """The CONV kernel of `ctx` (its anchor satisfies `applies`)."""
+    kernel = ctx.kernel
+    anchor = kernel.anchor
+    assert anchor is not None and ctx.scratch is not None
+    x, w = anchor.inputs
+    dtype = anchor.dtype
+    n_batch, chans, hi, wi = x.shape
+    _, _, ho, wo = anchor.shape
+    kh, kw = w.shape[2], w.shape[3]
+    win = Window.from_attrs(anchor.attrs, kernel=(kh, kw))
+    (sh, sw), ((pt, _), (pl, _)) = win.strides, win.pads
+    epilogue = kernel.root is not anchor
+    if epilogue:
+        ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
+    memset_zero(ctx.b, ctx.scratch, wi * dtype.itemsize)
+    lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
+    plan = plan_chunks(wo, lanes, safe_outputs(sw, -pl, kw - 1 - pl, wi))
+
+    def planes(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
+        b = c.b
+        assert c.scratch is not None
+        store = EpilogueStore(c, dtype, epilogue)
+        with for_range(b, start, stop, 1, name="plane") as u:
+            image, ch = b.udiv(u, i64(chans)), b.urem(u, i64(chans))
+            taps = [splat(b, load_scalar(b, c.ptr(w), dtype,
+                                         b.add(b.mul(ch, i64(kh * kw)), i64(t))), lanes)
+                    for t in range(kh * kw)]
+            src = element_ptr(b, c.ptr(x), dtype, b.mul(u, i64(hi * wi)))
+            with for_range(b, 0, ho, 1, name="y") as y:
+                rows = []
+                for i in range(kh):
+                    iy = b.add(b.mul(y, i64(sh)), i64(i - pt))
+                    row = element_ptr(b, src, dtype, b.mul(iy, i64(wi)), inbounds=False)
+                    rows.append(b.select(in_range(b, iy, 0, hi), row, c.scratch))
+                out_row = element_ptr(b, c.out, dtype, b.mul(b.add(b.mul(u, i64(ho)), y),
+                                                             i64(wo)))
+
+                def chunk(q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
+                    # One chain of FMAs per kernel row, summed at the end: a single chain
+                    # of kh*kw dependent FMAs bounds the loop by their latency.
+                    partial = []
+                    for i, row in enumerate(rows):
+                        acc = const_splat(dtype, 0.0, lanes)
+                        for j in range(kw):
+                            col0 = b.add(b.mul(q0, i64(sw)), i64(j - pl))
+                            xv = Run(b, lanes, col0, sw, wi, checked, limit).load(
+                                row, dtype, 0.0)
+                            acc = fma(b, taps[i * kw + j], xv, acc)
+                        partial.append(acc)
+                    while len(partial) > 1:
+                        pairs = [b.fadd(partial[k], partial[k + 1])
+                                 for k in range(0, len(partial) - 1, 2)]
+                        partial = pairs + partial[len(partial) - len(partial) % 2:]
+                    store(out_row, (image, ch, y), q0, 1, partial[0], lanes, limit)
+
+                _row_chunks(b, plan, chunk)
+
+    per_plane = max(1, ho * wo * kh * kw)
+    parallel_range(ctx, n_batch * chans, max(1, -(-_TASK_MACS // per_plane)), planes)
+
+
+def _row_chunks(b: ir.IRBuilder, plan: ChunkPlan,
+                body: Callable[[ir.Value, bool, ir.Value | None], None]) -> None:
+    """body(q0, checked, limit) over the chunks of `plan`, like `window.emit_chunks`, but
+    with the checked chunks (the row's ends) emitted apart with constant q0 and limit, so
+    that their border masks fold to constants, and only the unchecked middle in a loop."""
+    lanes = plan.lanes
+    starts = [k * lanes for k in range(plan.n_chunks)]
+    fast = [q for q in starts if plan.fast_start <= q < plan.fast_stop]
+    for q in starts:
+        if q < plan.fast_start or q >= plan.fast_stop:
+            body(i64(q), True, i64(min(lanes, plan.n - q)))
+        elif q == fast[0]:
+            if len(fast) == 1:
+                body(i64(q), False, None)
+            else:
+                with for_range(b, fast[0], fast[-1] + lanes, lanes, name="q") as q0:
+                    body(q0, False, None)
