@@ -12,7 +12,7 @@ Three tables, medians of one call in ms (one thread, the calling thread's CPU ti
 - a `cond` whose branches hold a 256x256 GEMM, run as a branch vs as a select of both.
 
 The "double-buffered" and "select" variants are made by switching off, in this process
-only, the rule that picks the faster form (`memory_plan.in_place_carries`,
+only, the rule that picks the faster form (`passes.in_place.in_place_carries`,
 `lower_control.branch_worthy`). A benchmark: it prints figures and asserts nothing.
 """
 

@@ -106,7 +106,7 @@ def lower(graph: Graph, signature: Signature, options: CompileOptions, until: st
     `entry` names the module's entry-point symbol (exported libraries prefix it with the
     library's name so that two libraries can live in one process). `carries` is for a
     loop body: which outputs its loop feeds back into which inputs (the memory plan may
-    write them in place, `passes.memory_plan.in_place_carries`).
+    write them in place, `passes.in_place.in_place_carries`).
     """
     target = host_target().without(options.disable_features)
     state = Lowered(graph, signature, options, CodegenSettings.of(options), target, entry,
