@@ -12,11 +12,16 @@ normal as its floor, so subnormal results count in absolute terms): AVX-512 0.99
 1.115e-7 rel (the latter next to the smallest normal; 7.7e-8 elsewhere); portable 1.333 ulp
 and 1.133e-7 rel. Exact: +-1 where float32 erf rounds to 1 (|x| >= 3.9192059) and at
 +-inf, NaN for NaN, -0 for -0, erf(-x) = -erf(x) bit for bit, |erf| <= 1.
+
+`GRAPHC_VECMATH_EXHAUSTIVE=1` (as for tests/test_vecmath_exhaustive.py) also runs every
+float32 in [0, 4.5] (a few minutes per variant; negative inputs are the mirror image,
+checked bit for bit on the sweep, and beyond 4.5 the result is exactly 1).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import llvmlite.ir as ir
 import numpy as np
@@ -163,3 +168,27 @@ def test_avx512_erf_is_one_table_polynomial() -> None:
     assert "llvm.rint" not in table  # no exponential's range reduction
     for name in ("graphc.vm.erf.v8f64", "graphc.vm.erf.v16f32.generic"):
         assert "permvar" not in body(name) and "llvm.rint" in body(name)
+
+
+@pytest.mark.skipif(os.environ.get("GRAPHC_VECMATH_EXHAUSTIVE") != "1",
+                    reason="set GRAPHC_VECMATH_EXHAUSTIVE=1 (takes minutes)")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_erf_every_input_up_to_4_5(jit: object, variant: str) -> None:
+    fn = KERNEL(jit.address(f"k_{variant}_16"))
+    end = int(np.array([4.5], dtype=np.float32).view(np.uint32)[0]) + 1
+    chunk = 1 << 22
+    out = np.empty(chunk, np.float32)
+    worst_ulp, worst_rel = 0.0, 0.0
+    for start in range(0, end, chunk):
+        x = np.arange(start, min(start + chunk, end), dtype=np.uint32).view(np.float32)
+        n = len(x) - len(x) % 16  # drops at most 15 floats just below 4.5 (erf = 1 there)
+        fn(x.ctypes.data, out.ctypes.data, n)
+        y, ref = out[:n].astype(np.float64), _erf(x[:n].astype(np.float64)).astype(np.float64)
+        err = np.abs(y - ref)
+        worst_rel = max(worst_rel, float((err / np.maximum(ref, TINY)).max()))
+        worst_ulp = max(worst_ulp, float((err / np.spacing(ref.astype(np.float32))
+                                          .astype(np.float64)).max()))
+        assert (y <= 1.0).all()
+    algorithm = _algorithm(variant)
+    print(f"\nerf float32 {algorithm}: max {worst_ulp:.4g} ulp, max rel {worst_rel:.4g}")
+    assert worst_ulp <= ULP_BOUND[algorithm] and worst_rel <= REL_BOUND[algorithm]
