@@ -20,22 +20,19 @@ Contract as in `attention_forward`: same results up to rounding order; per-task 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.gemm.helpers import carried_loop, for_range, hsum, smin
+from graphc.codegen.gemm.helpers import carried_loop, for_range, hsum, masked_load, smin
 from graphc.codegen.gemm.kernels import (
     micro_kernel,
     pack_function,
-    store_full_tile,
-    store_tile_code,
     store_tile_function,
 )
-from graphc.codegen.gemm.spec import Epilogue, kernel_shape
+from graphc.codegen.gemm.spec import kernel_shape
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.codegen.opaque.attention import (
@@ -46,7 +43,6 @@ from graphc.codegen.opaque.attention import (
     i64,
     lanes_max,
     scale_row,
-    score_epilogue,
     vmax,
     zero_fill,
 )
@@ -71,6 +67,7 @@ class TileLayout:
     nr: int
     lanes: int
     rows: int
+    ld: int  # the score tile's row stride: BC rounded up to whole register blocks
     k_pack: int
     v_pack: int
     q_pack: int
@@ -84,12 +81,13 @@ def tile_layout(g: Geometry, target: Target, with_v: bool) -> TileLayout:
     mr, nr, lanes = kernel_shape(g.dtype, target, 1 << 30)
     isz = g.dtype.itemsize
     rows = -(-g.br // mr) * mr
+    ld = -(-g.bc // nr) * nr
     sizes = [aligned(-(-g.tk // nr) * nr * g.dk * isz),
              aligned(-(-g.dv // nr) * nr * g.tk * isz) if with_v else 0,
-             aligned(rows * g.dk * isz), aligned(rows * g.ld * isz),
+             aligned(rows * g.dk * isz), aligned(rows * ld * isz),
              aligned(2 * g.br * isz), aligned(mr * nr * isz)]
     offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    return TileLayout(mr, nr, lanes, rows, *offsets)
+    return TileLayout(mr, nr, lanes, rows, ld, *offsets)
 
 
 @dataclass(frozen=True)
@@ -117,7 +115,7 @@ def regions(b: ir.IRBuilder, g: Geometry, lay: TileLayout, mine: ir.Value) -> Re
 def init_task(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions) -> None:
     """Zero the score tile: P's in-place reads of a partial row tile load rows past the
     block (their products are discarded, but stale bits could be slow denormals)."""
-    zero_fill(b, g.dtype, lay.lanes, r.tile, lay.rows * g.ld)
+    zero_fill(b, g.dtype, lay.lanes, r.tile, lay.rows * lay.ld)
 
 
 def pack_head(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, k_mat: ir.Value,
@@ -155,6 +153,61 @@ def key_block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int,
             _block(b, g, lay, r, m, n, i0, j0, mask, mask_base, o_blk, o_stride, None)
 
 
+def seen_keys(b: ir.IRBuilder, n: int, mr: int, diag: ir.Value | None,
+              t: ir.Value) -> ir.Value | int:
+    """How many keys of an n-key block the row tile [t, t + mr) sees (a prefix): all n, or
+    with the causal cut at `diag` = i0 - j0, those up to its last row's diagonal."""
+    if diag is None:
+        return n
+    end = b.add(b.add(t, i64(mr)), diag)
+    end = b.select(b.icmp_signed("<", end, i64(0)), i64(0), end)
+    return smin(b, n, end)
+
+
+def tile_product(b: ir.IRBuilder, g: Geometry, lay: TileLayout, acc: ir.Value, a: ir.Value,
+                 a_strides: tuple[int, int] | None, bp: ir.Value, kc: ir.Value | int,
+                 c: ir.Value, ldc: int, rows: int, cols: int, accumulate: bool) -> None:
+    """C[:rows, :cols] (+)= A · B for one mr x nr register block (k = kc): A an mr-row
+    packed panel (a_strides None) or read in place, B an nr-wide packed panel. A whole
+    block goes straight into C; a partial one through the `acc` tile."""
+    dtype = g.dtype
+    module = b.module
+    kc_v = kc if isinstance(kc, ir.Value) else i64(kc)
+    if rows == lay.mr and cols == lay.nr:
+        uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides,
+                          c_stride=ldc, accumulate=accumulate)
+        b.call(uk, [kc_v, a, bp, c])
+        return
+    uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides)
+    b.call(uk, [kc_v, a, bp, acc])
+    b.call(store_tile_function(module, dtype, lay.lanes, lay.nr),
+           [acc, c, i64(ldc), i64(rows), i64(cols), ir.Constant(ir.IntType(1), accumulate)])
+
+
+def row_tiles(b: ir.IRBuilder, m: int, mr: int,
+              body: Callable[[ir.Value, int], None]) -> None:
+    """body(t, rows) for each mr-row tile of m rows: the full ones in a loop, then the
+    partial one (rows < mr)."""
+    full = m - m % mr
+    with for_range(b, 0, full, mr, name="rt") as t:
+        body(t, mr)
+    if full < m:
+        body(i64(full), m - full)
+
+
+def key_panels(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, a_panel: ir.Value,
+               k: int, packed_t: ir.Value, j0: ir.Value, cols: ir.Value | int,
+               c_row: ir.Value) -> None:
+    """Row tile of a score-like tile: C[:, jr:jr + nr] = A · Bᵀ panel for the key panels
+    jr < cols of the block at j0 (`packed_t`: a head's keys in nr-wide panels, k long).
+    The tile has room for whole register blocks, so every store is direct."""
+    dtype = g.dtype
+    with for_range(b, 0, cols, lay.nr, name="jr") as jr:
+        bp = at(b, packed_t, b.mul(b.add(j0, jr), i64(k)), dtype)
+        tile_product(b, g, lay, r.acc, a_panel, None, bp, k, at(b, c_row, jr, dtype),
+                     lay.ld, lay.mr, lay.nr, False)
+
+
 def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int, n: int,
            i0: ir.Value, j0: ir.Value, mask: ir.Value | None, mask_base: ir.Value,
            o_blk: ir.Value | None, o_stride: int, diag: ir.Value | None) -> None:
@@ -162,134 +215,130 @@ def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int, n:
     [t, t + mr) then sees keys [0, clamp(t + mr + diag, 0, n)) of it), None when it does
     not (every row sees all n keys: no causal select)."""
     dtype = g.dtype
-    module = b.module
-    mr, nr = lay.mr, lay.nr
-    epi = score_epilogue(g if diag is not None else dataclasses.replace(g, causal=False),
-                         mask, mask_base, i0, j0)
-    uk = micro_kernel(module, dtype, mr, nr, lay.lanes)
+    mr = lay.mr
 
-    def seen(t: ir.Value) -> ir.Value | int:
-        """Keys of this block that row tile t sees (a prefix)."""
-        if diag is None:
-            return n
-        end = b.add(b.add(t, i64(mr)), diag)
-        end = b.select(b.icmp_signed("<", end, i64(0)), i64(0), end)
-        return smin(b, n, end)
-
-    def store(c: ir.Value, ldc: int, t: ir.Value, col: ir.Value | int, rows: int, cols: int,
-              load_c: bool, epilogue: Epilogue | None) -> None:
-        """The acc tile into C (rows x cols of it in bounds: `rows` rows of a row tile,
-        static; `cols` columns up to the static panel width)."""
-        if rows == mr and cols == nr:
-            store_full_tile(b, dtype, lay.lanes, mr, nr, r.acc, c, ldc, load_c, epilogue, t,
-                            col)
-        elif epilogue is None:
-            b.call(store_tile_function(module, dtype, lay.lanes, nr),
-                   [r.acc, c, i64(ldc), i64(rows), i64(cols), ir.Constant(ir.IntType(1),
-                                                                        load_c)])
-        else:
-            store_tile_code(b, dtype, lay.lanes, nr, r.acc, c, i64(ldc), i64(rows), i64(cols),
-                            load_c, epilogue, t, col)
-
-    def row_tiles(body: Callable[[ir.Value, int], None]) -> None:
-        """body(t, rows) for each row tile: the full ones in a loop, the partial one after."""
-        full = m - m % mr
-        with for_range(b, 0, full, mr, name="rt") as t:
-            body(t, mr)
-        if full < m:
-            body(i64(full), m - full)
-
-    # S = Q Kᵀ · scale (+ mask, causal -inf), only the key panels a row tile sees.
-    def scores(t: ir.Value, rows: int) -> None:
+    # S = Q Kᵀ (raw sums: the softmax scales and masks), only the key panels a tile sees.
+    with for_range(b, 0, m, mr, name="st") as t:
         a_panel = at(b, r.q_pack, b.mul(t, i64(g.dk)), dtype)
-        cols = seen(t)
-        full = n - n % nr
-
-        def panel(jr: ir.Value | int, width: int) -> None:
-            kp = at(b, r.k_pack, b.mul(b.add(j0, i64(jr) if isinstance(jr, int) else jr),
-                                       i64(g.dk)), dtype)
-            b.call(uk, [i64(g.dk), a_panel, kp, r.acc])
-            c = at(b, r.tile, b.add(b.mul(t, i64(g.ld)), i64(jr) if isinstance(jr, int)
-                                    else jr), dtype)
-            store(c, g.ld, t, jr, rows, width, False, epi)
-
-        with for_range(b, 0, smin(b, full, cols), nr, name="jr") as jr:
-            panel(jr, nr)
-        if full < n:
-            with b.if_then(b.icmp_signed(">", cols if isinstance(cols, ir.Value)
-                                         else i64(cols), i64(full))):
-                panel(full, n - full)
-
-    row_tiles(scores)
+        key_panels(b, g, lay, r, a_panel, g.dk, r.k_pack, j0, seen_keys(b, n, mr, diag, t),
+                   at(b, r.tile, b.mul(t, i64(lay.ld)), dtype))
 
     # The online softmax, row by row, over the keys each row's tile sees.
+    scores = Scores(g, lay, n, mask, mask_base, i0, j0, diag)
     with for_range(b, 0, m, name="row") as row:
         tile_start = b.mul(b.udiv(row, i64(mr)), i64(mr))
-        _softmax_row(b, g, n, seen(tile_start), lay.lanes, o_stride, r.tile, row,
+        _softmax_row(b, scores, seen_keys(b, n, mr, diag, tile_start), o_stride, r.tile, row,
                      r.run_max, r.run_sum, o_blk)
     if o_blk is None:
         return
 
     # O += P V over the keys each row tile sees; P read in place from the score tile.
-    uk_p = micro_kernel(module, dtype, mr, nr, lay.lanes, a_strides=(g.ld, 1))
-
     def values(t: ir.Value, rows: int) -> None:
-        kc = seen(t)
-        a_rows = at(b, r.tile, b.mul(t, i64(g.ld)), dtype)
-        full = g.dv - g.dv % nr
-        for jq in range(0, g.dv, nr):
-            vp = at(b, r.v_pack, b.add(i64(jq * g.tk), b.mul(j0, i64(nr))), dtype)
-            b.call(uk_p, [kc if isinstance(kc, ir.Value) else i64(kc), a_rows, vp, r.acc])
+        kc = seen_keys(b, n, mr, diag, t)
+        a_rows = at(b, r.tile, b.mul(t, i64(lay.ld)), dtype)
+        for jq in range(0, g.dv, lay.nr):
+            vp = at(b, r.v_pack, b.add(i64(jq * g.tk), b.mul(j0, i64(lay.nr))), dtype)
             c = at(b, o_blk, b.add(b.mul(t, i64(o_stride)), i64(jq)), dtype)
-            store(c, o_stride, t, jq, rows, nr if jq < full else g.dv - full, True, None)
+            tile_product(b, g, lay, r.acc, a_rows, (lay.ld, 1), vp, kc, c, o_stride, rows,
+                         min(lay.nr, g.dv - jq), True)
 
-    row_tiles(values)
+    row_tiles(b, m, mr, values)
 
 
-def _softmax_row(b: ir.IRBuilder, g: Geometry, n: int, width: ir.Value | int, lanes: int,
-                 o_stride: int, tile: ir.Value, r: ir.Value, run_max: ir.Value,
-                 run_sum: ir.Value, o_blk: ir.Value | None) -> None:
-    """Row r of the score tile, keys [0, width) (width <= n; later keys of the row are not
-    read by P V): scores -> exp(s - m'); update the running max and sum; rescale the
-    row of O by exp(m - m'). Vectors past `width` but inside the tile's row get P = 0."""
-    dtype = g.dtype
-    ct = compute_type(dtype)
-    isz = dtype.itemsize
-    vt = compute_type(dtype, lanes)
-    base = b.mul(r, i64(g.ld))
-    count = b.udiv(b.add(width if isinstance(width, ir.Value) else i64(width),
-                         i64(lanes - 1)), i64(lanes))
-    iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+@dataclass(frozen=True)
+class Scores:
+    """How a row of raw Q Kᵀ sums in a tile becomes scores: · scale, + the mask, -inf past
+    the block's n keys and (diag not None) right of the causal diagonal."""
 
-    def load(v: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    g: Geometry
+    lay: TileLayout
+    n: int
+    mask: ir.Value | None
+    mask_base: ir.Value
+    i0: ir.Value
+    j0: ir.Value
+    diag: ir.Value | None
+
+    def vector(self, b: ir.IRBuilder, tile: ir.Value, r: ir.Value, v: ir.Value
+               ) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(pointer, scores, valid lanes) of vector v of row r."""
+        g, lanes = self.g, self.lay.lanes
+        dtype = g.dtype
         col = b.mul(v, i64(lanes))
-        ptr = at(b, tile, b.add(base, col), dtype)
-        x = b.load(ptr, typ=vt, align=isz)
-        valid = b.icmp_signed("<", b.add(splat(b, col, lanes), iota), splat(b, i64(n), lanes))
+        ptr = at(b, tile, b.add(b.mul(r, i64(self.lay.ld)), col), dtype)
+        x = b.fmul(b.load(ptr, typ=compute_type(dtype, lanes), align=dtype.itemsize),
+                   const(dtype, g.scale, lanes))
+        cols = b.add(splat(b, col, lanes),
+                     ir.Constant(ir.VectorType(I64, lanes), list(range(lanes))))
+        valid = b.icmp_signed("<", cols, splat(b, i64(self.n), lanes))
+        if self.mask is not None and g.mask_strides is not None:
+            sq, sk = g.mask_strides[-2:]
+            off = b.add(self.mask_base, b.add(b.mul(b.add(self.i0, r), i64(sq)),
+                                              b.mul(b.add(self.j0, col), i64(sk))))
+            mp = at(b, self.mask, off, dtype)
+            if sk == 0:
+                mv = splat(b, b.load(mp, typ=compute_type(dtype), align=dtype.itemsize),
+                           lanes)
+            else:
+                mv = masked_load(b, mp, compute_type(dtype, lanes), valid, dtype.itemsize)
+            x = b.fadd(x, mv)
+        if self.diag is not None:  # key j0 + c is hidden from query i0 + r when c > r + diag
+            seen = b.icmp_signed("<=", cols, splat(b, b.add(r, self.diag), lanes))
+            x = b.select(seen, x, const(dtype, -math.inf, lanes))
         return ptr, b.select(valid, x, const(dtype, -math.inf, lanes)), valid
 
+
+def _softmax_row(b: ir.IRBuilder, sc: Scores, width: ir.Value | int, o_stride: int,
+                 tile: ir.Value, r: ir.Value, run_max: ir.Value, run_sum: ir.Value,
+                 o_blk: ir.Value | None) -> None:
+    """Row r of the score tile, keys [0, width) (width <= n; later keys of the row are not
+    read by P V): raw sums -> scores -> exp(s - m'); update the running max and sum;
+    rescale the row of O by exp(m - m'). Lanes past `width` in its last vector get P = 0."""
+    g = sc.g
+    dtype = g.dtype
+    lanes = sc.lay.lanes
+    ct = compute_type(dtype)
+    isz = dtype.itemsize
+    count = (-(-width // lanes) if isinstance(width, int)
+             else b.udiv(b.add(width, i64(lanes - 1)), i64(lanes)))
+
     def take_max(v: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        x = load(v)[1]
+        x = sc.vector(b, tile, r, v)[1]
         return [b.select(b.fcmp_ordered(">", x, acc[0]), x, acc[0])]
 
-    (best,) = carried_loop(b, 0, count, [const(dtype, -math.inf, lanes)], take_max, name="mx")
+    (best,) = vector_loop(b, count, [const(dtype, -math.inf, lanes)], take_max, "mx")
     old = b.load(at(b, run_max, r, dtype), typ=ct, align=isz)
     new = vmax(b, dtype, old, lanes_max(b, dtype, best))
     b.store(new, at(b, run_max, r, dtype), align=isz)
     # All -inf so far: shift by 0, so exp gives 0 rather than nan.
     finite = b.fcmp_ordered("!=", new, const(dtype, -math.inf))
-    shift = splat(b, b.select(finite, new, const(dtype, 0.0)), lanes)
+    shift = b.select(finite, new, const(dtype, 0.0))
+    shifts = splat(b, shift, lanes)
 
     def exp_store(v: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
-        ptr, x, valid = load(v)
-        p = b.select(valid, vecmath.exp(b, b.fsub(x, shift)), const(dtype, 0.0, lanes))
+        ptr, x, valid = sc.vector(b, tile, r, v)
+        p = b.select(valid, vecmath.exp(b, b.fsub(x, shifts)), const(dtype, 0.0, lanes))
         b.store(p, ptr, align=isz)
         return [b.fadd(acc[0], p)]
 
-    (total,) = carried_loop(b, 0, count, [const(dtype, 0.0, lanes)], exp_store, name="ex")
-    alpha = vecmath.exp(b, b.fsub(old, b.extract_element(shift, i64(0))))
+    (total,) = vector_loop(b, count, [const(dtype, 0.0, lanes)], exp_store, "ex")
+    alpha = vecmath.exp(b, b.fsub(old, shift))
     s = b.load(at(b, run_sum, r, dtype), typ=ct, align=isz)
     b.store(b.fadd(b.fmul(s, alpha), hsum(b, dtype, total)), at(b, run_sum, r, dtype),
             align=isz)
-    if o_blk is not None:
-        scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(o_stride)), dtype), g.dv, alpha)
+    if o_blk is not None:  # (O is still 0 at the first key block)
+        with b.if_then(b.icmp_signed("!=", sc.j0, i64(0))):
+            scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(o_stride)), dtype), g.dv,
+                      alpha)
+
+
+def vector_loop(b: ir.IRBuilder, count: ir.Value | int, init: list[ir.Value],
+                body: Callable[[ir.Value, list[ir.Value]], list[ir.Value]],
+                name: str) -> list[ir.Value]:
+    """`carried_loop` over [0, count), unrolled when count is static (a row's whole
+    width: the column checks against n then fold away)."""
+    if isinstance(count, ir.Value):
+        return carried_loop(b, 0, count, init, body, name=name)
+    for v in range(count):
+        init = body(i64(v), init)
+    return init
