@@ -57,17 +57,28 @@ def use_tiles(g: Geometry) -> bool:
 
 
 @dataclass(frozen=True)
-class TileLayout:
-    """Register block (mr x nr of `lanes`-wide vectors) and one task's scratch regions
-    (byte offsets): packed K and V of a head, packed Q block, score tile (rows padded to a
-    multiple of mr, so P's in-place reads of a last partial row tile stay inside), running
-    max and sum, the micro-kernel's output tile."""
+class Blocking:
+    """The register block (mr x nr of `lanes`-wide vectors) and a score tile's shape: rows
+    (BR padded to a multiple of mr, so in-place reads of a last partial row tile stay
+    inside) and row stride ld (BC padded to whole register blocks)."""
 
     mr: int
     nr: int
     lanes: int
     rows: int
-    ld: int  # the score tile's row stride: BC rounded up to whole register blocks
+    ld: int
+
+
+def blocking(g: Geometry, target: Target) -> Blocking:
+    mr, nr, lanes = kernel_shape(g.dtype, target, 1 << 30)
+    return Blocking(mr, nr, lanes, -(-g.br // mr) * mr, -(-g.bc // nr) * nr)
+
+
+@dataclass(frozen=True)
+class TileLayout(Blocking):
+    """One forward task's scratch regions (byte offsets): packed K and V of a head, packed
+    Q block, score tile, running max and sum, the micro-kernel's output tile."""
+
     k_pack: int
     v_pack: int
     q_pack: int
@@ -78,16 +89,14 @@ class TileLayout:
 
 
 def tile_layout(g: Geometry, target: Target, with_v: bool) -> TileLayout:
-    mr, nr, lanes = kernel_shape(g.dtype, target, 1 << 30)
+    k = blocking(g, target)
     isz = g.dtype.itemsize
-    rows = -(-g.br // mr) * mr
-    ld = -(-g.bc // nr) * nr
-    sizes = [aligned(-(-g.tk // nr) * nr * g.dk * isz),
-             aligned(-(-g.dv // nr) * nr * g.tk * isz) if with_v else 0,
-             aligned(rows * g.dk * isz), aligned(rows * ld * isz),
-             aligned(2 * g.br * isz), aligned(mr * nr * isz)]
+    sizes = [aligned(-(-g.tk // k.nr) * k.nr * g.dk * isz),
+             aligned(-(-g.dv // k.nr) * k.nr * g.tk * isz) if with_v else 0,
+             aligned(k.rows * g.dk * isz), aligned(k.rows * k.ld * isz),
+             aligned(2 * g.br * isz), aligned(k.mr * k.nr * isz)]
     offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    return TileLayout(mr, nr, lanes, rows, ld, *offsets)
+    return TileLayout(k.mr, k.nr, k.lanes, k.rows, k.ld, *offsets)
 
 
 @dataclass(frozen=True)
@@ -164,7 +173,7 @@ def seen_keys(b: ir.IRBuilder, n: int, mr: int, diag: ir.Value | None,
     return smin(b, n, end)
 
 
-def tile_product(b: ir.IRBuilder, g: Geometry, lay: TileLayout, acc: ir.Value, a: ir.Value,
+def tile_product(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value, a: ir.Value,
                  a_strides: tuple[int, int] | None, bp: ir.Value, kc: ir.Value | int,
                  c: ir.Value, ldc: int, rows: int, cols: int, accumulate: bool) -> None:
     """C[:rows, :cols] (+)= A · B for one mr x nr register block (k = kc): A an mr-row
@@ -195,7 +204,7 @@ def row_tiles(b: ir.IRBuilder, m: int, mr: int,
         body(i64(full), m - full)
 
 
-def key_panels(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, a_panel: ir.Value,
+def key_panels(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value, a_panel: ir.Value,
                k: int, packed_t: ir.Value, j0: ir.Value, cols: ir.Value | int,
                c_row: ir.Value) -> None:
     """Row tile of a score-like tile: C[:, jr:jr + nr] = A · Bᵀ panel for the key panels
@@ -204,7 +213,7 @@ def key_panels(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, a_pane
     dtype = g.dtype
     with for_range(b, 0, cols, lay.nr, name="jr") as jr:
         bp = at(b, packed_t, b.mul(b.add(j0, jr), i64(k)), dtype)
-        tile_product(b, g, lay, r.acc, a_panel, None, bp, k, at(b, c_row, jr, dtype),
+        tile_product(b, g, lay, acc, a_panel, None, bp, k, at(b, c_row, jr, dtype),
                      lay.ld, lay.mr, lay.nr, False)
 
 
@@ -220,7 +229,7 @@ def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int, n:
     # S = Q Kᵀ (raw sums: the softmax scales and masks), only the key panels a tile sees.
     with for_range(b, 0, m, mr, name="st") as t:
         a_panel = at(b, r.q_pack, b.mul(t, i64(g.dk)), dtype)
-        key_panels(b, g, lay, r, a_panel, g.dk, r.k_pack, j0, seen_keys(b, n, mr, diag, t),
+        key_panels(b, g, lay, r.acc, a_panel, g.dk, r.k_pack, j0, seen_keys(b, n, mr, diag, t),
                    at(b, r.tile, b.mul(t, i64(lay.ld)), dtype))
 
     # The online softmax, row by row, over the keys each row's tile sees.
@@ -251,7 +260,7 @@ class Scores:
     the block's n keys and (diag not None) right of the causal diagonal."""
 
     g: Geometry
-    lay: TileLayout
+    lay: Blocking
     n: int
     mask: ir.Value | None
     mask_base: ir.Value
