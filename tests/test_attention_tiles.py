@@ -1,9 +1,10 @@
 """The attention kernels' register-blocked paths (`attention_tiles` for the forward,
 `attention_grad_tiles` for the backward: operands packed once per head, causal-cut blocks
-trimmed to the key panels each row tile sees) against the reference interpreter, over shapes that hit each branch: query and key counts that are
-and are not multiples of the block and of the register block, fewer keys than queries
-and the reverse (so a cut block need not sit on the diagonal), Dv that is not a multiple
-of the panel width, masks, the three forward ops, float32 and float64."""
+trimmed to the key panels each row tile sees) against the reference interpreter, over
+shapes that hit each branch: query and key counts that are and are not multiples of the
+block and of the register block, fewer keys than queries and the reverse (so a cut block
+need not sit on the diagonal), Dv that is not a multiple of the panel width, masks, the
+three forward ops and the gradient, float32 and float64."""
 
 from __future__ import annotations
 
