@@ -52,12 +52,13 @@ from graphc.codegen.opaque.attention import (
     zero_fill,
 )
 from graphc.codegen.opaque.attention_tiles import (
+    BlockPtrs,
     Regions,
     TileLayout,
     init_task,
     key_block,
     pack_head,
-    pack_queries,
+    pack_tail,
     regions,
     tile_layout,
     use_tiles,
@@ -184,8 +185,8 @@ def emit_forward(ctx: KernelContext) -> None:
 
             def block(m: int) -> None:
                 if tiles is not None:
-                    _tiled_query_block(b, g, m, lanes, outs, tiles, regs, q_blk, o_blk,
-                                       lse_blk, mp, mask_base, i0)
+                    _tiled_query_block(b, g, m, lanes, outs, tiles, regs, q_blk, v_mat,
+                                       o_blk, lse_blk, mp, mask_base, i0)
                     return
                 _query_block(b, g, m, lanes, outs, q_blk, k_mat, v_mat, o_blk, lse_blk, mp,
                              mask_base, i0, tile, run_max, run_sum, gemm_scratch, ctx.target)
@@ -279,11 +280,13 @@ def _finish_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Output
 
 
 def _tiled_query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs,
-                       lay: TileLayout, regs: Regions, q_blk: ir.Value, o_blk: ir.Value,
-                       lse_blk: ir.Value, mask: ir.Value | None, mask_base: ir.Value,
-                       i0: ir.Value) -> None:
+                       lay: TileLayout, regs: Regions, q_blk: ir.Value, v_mat: ir.Value,
+                       o_blk: ir.Value, lse_blk: ir.Value, mask: ir.Value | None,
+                       mask_base: ir.Value, i0: ir.Value) -> None:
     """`_query_block` on `attention_tiles`' register blocks (K and V of the head packed)."""
-    pack_queries(b, g, lay, regs, q_blk, m)
+    pack_tail(b, g, lay, q_blk, g.dk, m, regs.q_pack)
+    ptrs = BlockPtrs(q_blk, v_mat, o_blk if outs.o_stride else None, outs.o_stride, mask,
+                     mask_base)
     _init_block(b, g, m, lanes, outs, o_blk, regs.run_max, regs.run_sum)
     with for_range(b, 0, _kv_end(b, g, m, i0), g.bc, name="kv") as j0:
         keys = b.sub(i64(g.tk), j0)
@@ -291,8 +294,7 @@ def _tiled_query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: O
 
         def kv_block(n: int) -> None:
             def run() -> None:
-                key_block(b, g, lay, regs, m, n, i0, j0, mask, mask_base,
-                          o_blk if outs.o_stride else None, outs.o_stride)
+                key_block(b, g, lay, regs, ptrs, m, n, i0, j0)
 
             if mask is not None and g.row_invariant_mask:
                 # Every score of the block -inf: it adds nothing to the softmax; skip it.

@@ -159,7 +159,8 @@ def emit(ctx: KernelContext) -> None:
                 if lay is not None:
                     tiles.pack_query_head(b, g, lay, regs, mats["q"], mats["do"])
                     tiles.head(b, g, lay, regs, tiles.HeadPtrs(
-                        mats["lse"], lse_stride, mats["dq"], dk_mat, dv_mat, mp, mask_base))
+                        mats["q"], mats["do"], k_mat, mats["lse"], lse_stride, mats["dq"],
+                        dk_mat, dv_mat, mp, mask_base))
                 else:
                     _head(b, g, lanes, mats, lse_stride, k_mat, v_mat, dk_mat, dv_mat, mp,
                           mask_base, d_rows, p_tile, ds_tile, gemm_scratch, ctx.target)

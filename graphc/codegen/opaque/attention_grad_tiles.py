@@ -42,6 +42,8 @@ from graphc.codegen.opaque.attention_tiles import (
     Scores,
     blocking,
     key_panels,
+    pack_tail,
+    row_operand,
     row_tiles,
     seen_keys,
     tile_product,
@@ -76,9 +78,11 @@ def grad_layout(g: Geometry, target: Target) -> GradLayout:
     blocks = -(-g.tq // g.br) if g.tq else 0
     # A tile has one spare row: a transposed read of the last key tile runs past BC.
     tile = aligned((k.rows + 1) * k.ld * isz)
-    sizes = [keys * g.dk, keys * g.dv, -(-g.dk // k.nr) * k.nr * g.tk,
-             blocks * k.rows * g.dk, blocks * k.rows * g.dv,
-             -(-g.dk // k.nr) * k.nr * g.tq, -(-g.dv // k.nr) * k.nr * g.tq]
+    def panels(width: int, long: int) -> int:  # a row-major operand as B: packed or not
+        return 0 if k.in_place(width) else -(-width // k.nr) * k.nr * long
+
+    sizes = [keys * g.dk, keys * g.dv, panels(g.dk, g.tk), blocks * k.mr * g.dk,
+             blocks * k.mr * g.dv, panels(g.dk, g.tq), panels(g.dv, g.tq)]
     sizes = [aligned(s * isz) for s in sizes] + [tile, tile, aligned(g.tq * isz),
                                                  aligned(k.mr * k.nr * isz)]
     offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
@@ -106,30 +110,40 @@ def pack_kv_head(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.
     col_panels_of = pack_function(module, g.dtype, lay.nr, lay.lanes, transposed=False)
     b.call(key_panels_of, [k_mat, i64(g.dk), i64(g.tk), i64(g.dk), r["kt"]])
     b.call(key_panels_of, [v_mat, i64(g.dv), i64(g.tk), i64(g.dv), r["vt"]])
-    b.call(col_panels_of, [k_mat, i64(g.dk), i64(g.dk), i64(g.tk), r["k_rows"]])
+    if not lay.in_place(g.dk):
+        b.call(col_panels_of, [k_mat, i64(g.dk), i64(g.dk), i64(g.tk), r["k_rows"]])
 
 
 def pack_query_head(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
                     q_mat: ir.Value, do_mat: ir.Value) -> None:
-    module = b.module
+    """Each query block's last partial row tile of Q and dO (whole ones are read in
+    place), and Q and dO as B panels unless read in place."""
     dtype = g.dtype
-    row_panels_of = pack_function(module, dtype, lay.mr, lay.lanes, transposed=True)
-    col_panels_of = pack_function(module, dtype, lay.nr, lay.lanes, transposed=False)
+    col_panels_of = pack_function(b.module, dtype, lay.nr, lay.lanes, transposed=False)
     with for_range(b, 0, g.tq, g.br, name="qpk") as i0:
         rows = b.sub(i64(g.tq), i0)
         rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
-        blk = b.mul(b.udiv(i0, i64(g.br)), i64(lay.rows))
-        for src, width, dst in ((q_mat, g.dk, "q_a"), (do_mat, g.dv, "do_a")):
-            b.call(row_panels_of, [at(b, src, b.mul(i0, i64(width)), dtype), i64(width), rows,
-                                   i64(width), at(b, r[dst], b.mul(blk, i64(width)), dtype)])
-    b.call(col_panels_of, [q_mat, i64(g.dk), i64(g.dk), i64(g.tq), r["q_rows"]])
-    b.call(col_panels_of, [do_mat, i64(g.dv), i64(g.dv), i64(g.tq), r["do_rows"]])
+        blk = b.udiv(i0, i64(g.br))
+
+        def tails(m: int) -> None:
+            for src, width, dst in ((q_mat, g.dk, "q_a"), (do_mat, g.dv, "do_a")):
+                pack_tail(b, g, lay, at(b, src, b.mul(i0, i64(width)), dtype), width, m,
+                          at(b, r[dst], b.mul(blk, i64(lay.mr * width)), dtype))
+
+        static_cases(b, rows, g.sizes(g.tq, g.br), tails)
+    for src, width, dst in ((q_mat, g.dk, "q_rows"), (do_mat, g.dv, "do_rows")):
+        if not lay.in_place(width):
+            b.call(col_panels_of, [src, i64(width), i64(width), i64(g.tq), r[dst]])
 
 
 @dataclass(frozen=True)
 class HeadPtrs:
-    """One query head's operands and results (`lse` rows `lse_stride` apart)."""
+    """One query head's operands and results (`lse` rows `lse_stride` apart), and its key
+    and value head's K."""
 
+    q: ir.Value
+    do: ir.Value
+    k: ir.Value
     lse: ir.Value
     lse_stride: int
     dq: ir.Value
@@ -175,9 +189,9 @@ def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
     causal mask cuts it (see `attention_tiles.seen_keys`), else None."""
     dtype = g.dtype
     mr, ld = lay.mr, lay.ld
-    blk = b.mul(b.udiv(i0, i64(g.br)), i64(lay.rows))
-    q_a = at(b, r["q_a"], b.mul(blk, i64(g.dk)), dtype)
-    do_a = at(b, r["do_a"], b.mul(blk, i64(g.dv)), dtype)
+    blk = b.mul(b.udiv(i0, i64(g.br)), i64(mr))
+    q_tail = at(b, r["q_a"], b.mul(blk, i64(g.dk)), dtype)
+    do_tail = at(b, r["do_a"], b.mul(blk, i64(g.dv)), dtype)
     p_tile, ds_tile = r["p_tile"], r["ds_tile"]
 
     def seen(t: ir.Value) -> ir.Value | int:
@@ -186,13 +200,28 @@ def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
     def row_seen(row: ir.Value) -> ir.Value | int:
         return seen(b.mul(b.udiv(row, i64(mr)), i64(mr)))
 
-    def scores_like(a_blk: ir.Value, k: int, packed: str, tile: ir.Value) -> None:
-        with for_range(b, 0, m, mr, name="st") as t:
-            key_panels(b, g, lay, r["acc"], at(b, a_blk, b.mul(t, i64(k)), dtype), k,
+    def scores_like(mat: ir.Value, tail: ir.Value, k: int, packed: str,
+                    tile: ir.Value) -> None:
+        """tile = mat Bᵀ on the key panels each row tile sees (mat: the block's rows)."""
+        src = at(b, mat, b.mul(i0, i64(k)), dtype)
+
+        def body(t: ir.Value, rows: int) -> None:
+            key_panels(b, g, lay, r["acc"], row_operand(b, g, lay, src, k, tail, t, rows), k,
                        r[packed], j0, seen(t), at(b, tile, b.mul(t, i64(ld)), dtype))
 
-    def by_keys(tile: ir.Value, packed: str, out: ir.Value, width: int) -> None:
-        """out[j0 + u, :] += tileᵀ · packed rows, for each row tile u of keys, over the
+        row_tiles(b, m, mr, body)
+
+    def b_rows(mat: ir.Value, packed: str, width: int, long: int, start: ir.Value,
+               jq: int) -> tuple[ir.Value, int | None]:
+        """B = rows [start, ...) of a row-major `long` x `width` operand, columns
+        [jq, jq + nr): in place, or its packed panels."""
+        if lay.in_place(width):
+            return at(b, mat, b.add(b.mul(start, i64(width)), i64(jq)), dtype), width
+        return at(b, r[packed], b.add(i64(jq * long), b.mul(start, i64(lay.nr))), dtype), None
+
+    def by_keys(tile: ir.Value, mat: ir.Value, packed: str, out: ir.Value,
+                width: int) -> None:
+        """out[j0 + u, :] += tileᵀ · mat rows, for each row tile u of keys, over the
         queries that see any of its keys."""
         def body(u: ir.Value, rows: int) -> None:
             p0: ir.Value = i64(0)
@@ -202,21 +231,20 @@ def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
                 p0 = b.select(b.icmp_signed(">", p0, i64(m)), i64(m), p0)
             a = at(b, tile, b.add(b.mul(p0, i64(ld)), u), dtype)
             for jq in range(0, width, lay.nr):
-                bp = at(b, r[packed], b.add(i64(jq * g.tq),
-                                            b.mul(b.add(i0, p0), i64(lay.nr))), dtype)
+                bp, bs = b_rows(mat, packed, width, g.tq, b.add(i0, p0), jq)
                 c = at(b, out, b.add(b.mul(b.add(j0, u), i64(width)), i64(jq)), dtype)
-                tile_product(b, g, lay, r["acc"], a, (1, ld), bp, b.sub(i64(m), p0), c, width,
-                             rows, min(lay.nr, width - jq), True)
+                tile_product(b, g, lay, r["acc"], a, (1, ld), bp, bs, b.sub(i64(m), p0), c,
+                             width, rows, min(lay.nr, width - jq), True)
 
         row_tiles(b, n, mr, body)
 
-    scores_like(q_a, g.dk, "kt", p_tile)  # S = Q Kᵀ (raw sums)
+    scores_like(h.q, q_tail, g.dk, "kt", p_tile)  # S = Q Kᵀ (raw sums)
     sc = Scores(g, lay, n, h.mask, h.mask_base, i0, j0, diag)
     with for_range(b, 0, m, name="prow") as row:
         lse_at = at(b, h.lse, b.mul(b.add(i0, row), i64(h.lse_stride)), dtype)
         _probabilities(b, sc, row_seen(row), p_tile, row, lse_at)
-    by_keys(p_tile, "do_rows", h.dv, g.dv)  # dV_j += Pᵀ dO_i
-    scores_like(do_a, g.dv, "vt", ds_tile)  # dP = dO Vᵀ
+    by_keys(p_tile, h.do, "do_rows", h.dv, g.dv)  # dV_j += Pᵀ dO_i
+    scores_like(h.do, do_tail, g.dv, "vt", ds_tile)  # dP = dO Vᵀ
     with for_range(b, 0, m, name="dsrow") as row:
         _score_grads(b, g, lay, n, row_seen(row), p_tile, ds_tile, row,
                      at(b, r["d_rows"], b.add(i0, row), dtype))
@@ -224,13 +252,13 @@ def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
     def queries(t: ir.Value, rows: int) -> None:  # dQ_i += dS K_j over the seen keys
         a = at(b, ds_tile, b.mul(t, i64(ld)), dtype)
         for jq in range(0, g.dk, lay.nr):
-            bp = at(b, r["k_rows"], b.add(i64(jq * g.tk), b.mul(j0, i64(lay.nr))), dtype)
+            bp, bs = b_rows(h.k, "k_rows", g.dk, g.tk, j0, jq)
             c = at(b, h.dq, b.add(b.mul(b.add(i0, t), i64(g.dk)), i64(jq)), dtype)
-            tile_product(b, g, lay, r["acc"], a, (ld, 1), bp, seen(t), c, g.dk, rows,
+            tile_product(b, g, lay, r["acc"], a, (ld, 1), bp, bs, seen(t), c, g.dk, rows,
                          min(lay.nr, g.dk - jq), True)
 
     row_tiles(b, m, mr, queries)
-    by_keys(ds_tile, "q_rows", h.dk, g.dk)  # dK_j += dSᵀ Q_i
+    by_keys(ds_tile, h.q, "q_rows", h.dk, g.dk)  # dK_j += dSᵀ Q_i
 
 
 def _vectors(lanes: int, width: ir.Value | int, b: ir.IRBuilder) -> ir.Value | int:

@@ -68,6 +68,11 @@ class Blocking:
     rows: int
     ld: int
 
+    def in_place(self, width: int) -> bool:
+        """Whether a row-major operand `width` columns wide is read in place as B (whole
+        nr-wide panels: no column past a row's end) rather than packed."""
+        return width % self.nr == 0
+
 
 def blocking(g: Geometry, target: Target) -> Blocking:
     mr, nr, lanes = kernel_shape(g.dtype, target, 1 << 30)
@@ -76,8 +81,9 @@ def blocking(g: Geometry, target: Target) -> Blocking:
 
 @dataclass(frozen=True)
 class TileLayout(Blocking):
-    """One forward task's scratch regions (byte offsets): packed K and V of a head, packed
-    Q block, score tile, running max and sum, the micro-kernel's output tile."""
+    """One forward task's scratch regions (byte offsets): packed K (and V unless read in
+    place) of a head, the packed last partial row tile of a Q block (whole ones are read
+    in place), score tile, running max and sum, the micro-kernel's output tile."""
 
     k_pack: int
     v_pack: int
@@ -92,8 +98,9 @@ def tile_layout(g: Geometry, target: Target, with_v: bool) -> TileLayout:
     k = blocking(g, target)
     isz = g.dtype.itemsize
     sizes = [aligned(-(-g.tk // k.nr) * k.nr * g.dk * isz),
-             aligned(-(-g.dv // k.nr) * k.nr * g.tk * isz) if with_v else 0,
-             aligned(k.rows * g.dk * isz), aligned(k.rows * k.ld * isz),
+             aligned(-(-g.dv // k.nr) * k.nr * g.tk * isz)
+             if with_v and not k.in_place(g.dv) else 0,
+             aligned(k.mr * g.dk * isz), aligned(k.rows * k.ld * isz),
              aligned(2 * g.br * isz), aligned(k.mr * k.nr * isz)]
     offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
     return TileLayout(k.mr, k.nr, k.lanes, k.rows, k.ld, *offsets)
@@ -133,33 +140,58 @@ def pack_head(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, k_mat: 
     module = b.module
     pack_k = pack_function(module, g.dtype, lay.nr, lay.lanes, transposed=True)
     b.call(pack_k, [k_mat, i64(g.dk), i64(g.tk), i64(g.dk), r.k_pack])
-    if v_mat is not None:
+    if v_mat is not None and not lay.in_place(g.dv):
         pack_v = pack_function(module, g.dtype, lay.nr, lay.lanes, transposed=False)
         b.call(pack_v, [v_mat, i64(g.dv), i64(g.dv), i64(g.tk), r.v_pack])
 
 
-def pack_queries(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, q_blk: ir.Value,
-                 m: int) -> None:
-    pack_q = pack_function(b.module, g.dtype, lay.mr, lay.lanes, transposed=True)
-    b.call(pack_q, [q_blk, i64(g.dk), i64(m), i64(g.dk), r.q_pack])
+def pack_tail(b: ir.IRBuilder, g: Geometry, lay: Blocking, src: ir.Value, width: int, m: int,
+              dst: ir.Value) -> None:
+    """The last, partial mr-row tile of an m-row block (rows `width` apart) into an
+    mr-row panel, zero-padded (whole row tiles are read in place)."""
+    full = m - m % lay.mr
+    if full < m:
+        pack = pack_function(b.module, g.dtype, lay.mr, lay.lanes, transposed=True)
+        b.call(pack, [at(b, src, full * width, g.dtype), i64(width), i64(m - full),
+                      i64(width), dst])
 
 
-def key_block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int, n: int,
-              i0: ir.Value, j0: ir.Value, mask: ir.Value | None, mask_base: ir.Value,
-              o_blk: ir.Value | None, o_stride: int) -> None:
-    """Key block [j0, j0 + n) of the query block [i0, i0 + m) (Q packed): scores, the online
-    softmax update (which rescales O's rows) and O += P V. A block the causal mask cuts
-    takes the trimmed variant."""
+def row_operand(b: ir.IRBuilder, g: Geometry, lay: Blocking, src: ir.Value, width: int,
+                tail: ir.Value, t: ir.Value, rows: int) -> tuple[ir.Value, tuple[int, int] | None]:
+    """(A, its strides) of row tile t of a row-major block: in place when whole, else
+    the packed tail (`pack_tail`)."""
+    if rows == lay.mr:
+        return at(b, src, b.mul(t, i64(width)), g.dtype), (width, 1)
+    return tail, None
+
+
+@dataclass(frozen=True)
+class BlockPtrs:
+    """A query block's operands: its Q rows, its head's V, its O (or None: only the
+    log-sum-exp is wanted), rows `o_stride` apart, and the mask."""
+
+    q_blk: ir.Value
+    v_mat: ir.Value
+    o_blk: ir.Value | None
+    o_stride: int
+    mask: ir.Value | None
+    mask_base: ir.Value
+
+
+def key_block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, p: BlockPtrs,
+              m: int, n: int, i0: ir.Value, j0: ir.Value) -> None:
+    """Key block [j0, j0 + n) of the query block [i0, i0 + m) (its tail packed): scores,
+    the online softmax update (which rescales O's rows) and O += P V. A block the causal
+    mask cuts takes the trimmed variant."""
     if not g.causal:
-        _block(b, g, lay, r, m, n, i0, j0, mask, mask_base, o_blk, o_stride, None)
+        _block(b, g, lay, r, p, m, n, i0, j0, None)
         return
     cut = b.icmp_signed(">", b.add(j0, i64(n)), b.add(i0, i64(1)))
     with b.if_else(cut) as (then, otherwise):
         with then:
-            _block(b, g, lay, r, m, n, i0, j0, mask, mask_base, o_blk, o_stride,
-                   b.sub(i0, j0))
+            _block(b, g, lay, r, p, m, n, i0, j0, b.sub(i0, j0))
         with otherwise:
-            _block(b, g, lay, r, m, n, i0, j0, mask, mask_base, o_blk, o_stride, None)
+            _block(b, g, lay, r, p, m, n, i0, j0, None)
 
 
 def seen_keys(b: ir.IRBuilder, n: int, mr: int, diag: ir.Value | None,
@@ -174,20 +206,23 @@ def seen_keys(b: ir.IRBuilder, n: int, mr: int, diag: ir.Value | None,
 
 
 def tile_product(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value, a: ir.Value,
-                 a_strides: tuple[int, int] | None, bp: ir.Value, kc: ir.Value | int,
-                 c: ir.Value, ldc: int, rows: int, cols: int, accumulate: bool) -> None:
+                 a_strides: tuple[int, int] | None, bp: ir.Value, b_stride: int | None,
+                 kc: ir.Value | int, c: ir.Value, ldc: int, rows: int, cols: int,
+                 accumulate: bool) -> None:
     """C[:rows, :cols] (+)= A · B for one mr x nr register block (k = kc): A an mr-row
-    packed panel (a_strides None) or read in place, B an nr-wide packed panel. A whole
-    block goes straight into C; a partial one through the `acc` tile."""
+    packed panel (a_strides None) or read in place, B an nr-wide packed panel (b_stride
+    None) or nr columns of a row-major operand. A whole block goes straight into C; a
+    partial one through the `acc` tile."""
     dtype = g.dtype
     module = b.module
     kc_v = kc if isinstance(kc, ir.Value) else i64(kc)
     if rows == lay.mr and cols == lay.nr:
         uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides,
-                          c_stride=ldc, accumulate=accumulate)
+                          b_stride=b_stride, c_stride=ldc, accumulate=accumulate)
         b.call(uk, [kc_v, a, bp, c])
         return
-    uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides)
+    uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides,
+                      b_stride=b_stride)
     b.call(uk, [kc_v, a, bp, acc])
     b.call(store_tile_function(module, dtype, lay.lanes, lay.nr),
            [acc, c, i64(ldc), i64(rows), i64(cols), ir.Constant(ir.IntType(1), accumulate)])
@@ -204,36 +239,38 @@ def row_tiles(b: ir.IRBuilder, m: int, mr: int,
         body(i64(full), m - full)
 
 
-def key_panels(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value, a_panel: ir.Value,
-               k: int, packed_t: ir.Value, j0: ir.Value, cols: ir.Value | int,
-               c_row: ir.Value) -> None:
+def key_panels(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value,
+               a: tuple[ir.Value, tuple[int, int] | None], k: int, packed_t: ir.Value,
+               j0: ir.Value, cols: ir.Value | int, c_row: ir.Value) -> None:
     """Row tile of a score-like tile: C[:, jr:jr + nr] = A · Bᵀ panel for the key panels
     jr < cols of the block at j0 (`packed_t`: a head's keys in nr-wide panels, k long).
     The tile has room for whole register blocks, so every store is direct."""
     dtype = g.dtype
     with for_range(b, 0, cols, lay.nr, name="jr") as jr:
         bp = at(b, packed_t, b.mul(b.add(j0, jr), i64(k)), dtype)
-        tile_product(b, g, lay, acc, a_panel, None, bp, k, at(b, c_row, jr, dtype),
+        tile_product(b, g, lay, acc, a[0], a[1], bp, None, k, at(b, c_row, jr, dtype),
                      lay.ld, lay.mr, lay.nr, False)
 
 
-def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int, n: int,
-           i0: ir.Value, j0: ir.Value, mask: ir.Value | None, mask_base: ir.Value,
-           o_blk: ir.Value | None, o_stride: int, diag: ir.Value | None) -> None:
+def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, p: BlockPtrs, m: int,
+           n: int, i0: ir.Value, j0: ir.Value, diag: ir.Value | None) -> None:
     """`key_block` with `diag` = i0 - j0 when the causal mask cuts the block (row tile
     [t, t + mr) then sees keys [0, clamp(t + mr + diag, 0, n)) of it), None when it does
     not (every row sees all n keys: no causal select)."""
     dtype = g.dtype
     mr = lay.mr
+    o_blk, o_stride = p.o_blk, p.o_stride
 
     # S = Q Kᵀ (raw sums: the softmax scales and masks), only the key panels a tile sees.
-    with for_range(b, 0, m, mr, name="st") as t:
-        a_panel = at(b, r.q_pack, b.mul(t, i64(g.dk)), dtype)
-        key_panels(b, g, lay, r.acc, a_panel, g.dk, r.k_pack, j0, seen_keys(b, n, mr, diag, t),
+    def scores_of(t: ir.Value, rows: int) -> None:
+        key_panels(b, g, lay, r.acc, row_operand(b, g, lay, p.q_blk, g.dk, r.q_pack, t, rows),
+                   g.dk, r.k_pack, j0, seen_keys(b, n, mr, diag, t),
                    at(b, r.tile, b.mul(t, i64(lay.ld)), dtype))
 
+    row_tiles(b, m, mr, scores_of)
+
     # The online softmax, row by row, over the keys each row's tile sees.
-    scores = Scores(g, lay, n, mask, mask_base, i0, j0, diag)
+    scores = Scores(g, lay, n, p.mask, p.mask_base, i0, j0, diag)
     with for_range(b, 0, m, name="row") as row:
         tile_start = b.mul(b.udiv(row, i64(mr)), i64(mr))
         _softmax_row(b, scores, seen_keys(b, n, mr, diag, tile_start), o_stride, r.tile, row,
@@ -246,9 +283,13 @@ def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, m: int, n:
         kc = seen_keys(b, n, mr, diag, t)
         a_rows = at(b, r.tile, b.mul(t, i64(lay.ld)), dtype)
         for jq in range(0, g.dv, lay.nr):
-            vp = at(b, r.v_pack, b.add(i64(jq * g.tk), b.mul(j0, i64(lay.nr))), dtype)
+            if lay.in_place(g.dv):
+                vp, vs = at(b, p.v_mat, b.add(b.mul(j0, i64(g.dv)), i64(jq)), dtype), g.dv
+            else:
+                vp = at(b, r.v_pack, b.add(i64(jq * g.tk), b.mul(j0, i64(lay.nr))), dtype)
+                vs = None
             c = at(b, o_blk, b.add(b.mul(t, i64(o_stride)), i64(jq)), dtype)
-            tile_product(b, g, lay, r.acc, a_rows, (lay.ld, 1), vp, kc, c, o_stride, rows,
+            tile_product(b, g, lay, r.acc, a_rows, (lay.ld, 1), vp, vs, kc, c, o_stride, rows,
                          min(lay.nr, g.dv - jq), True)
 
     row_tiles(b, m, mr, values)
