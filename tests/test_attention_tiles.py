@@ -79,3 +79,17 @@ def test_threads_split_heads_across_tasks() -> None:
     np.testing.assert_array_equal(one[0], two[0])
     expected = gc.reference(g, [q, k, v], [o])(*arrays)[0]
     np.testing.assert_allclose(one[0], expected, atol=2e-5, rtol=0)
+
+
+def test_no_keys_give_zeros() -> None:
+    """Tk = 0: every row sees nothing, so (as for a fully masked row) O, dQ are 0."""
+    with gc.Graph("attn") as g:
+        q = gc.placeholder((1, 2, FEW_QUERIES + 1, 8), "float64", name="q")
+        k, v = (gc.placeholder((1, 2, 0, 8), "float64", name=n) for n in "kv")
+        o = gc.attention(q, k, v, causal=True)
+        outs = [o, *gc.grad(gc.sum(o * o), [q, k, v])]
+    x = np.random.default_rng(0).standard_normal(q.shape)
+    o_val, dq, dk, dv = gc.compile(g, [q, k, v], outs)(x, np.zeros(k.shape), np.zeros(v.shape))
+    np.testing.assert_array_equal(o_val, 0.0)
+    np.testing.assert_array_equal(dq, 0.0)
+    assert dk.shape == k.shape and dv.shape == v.shape

@@ -104,7 +104,10 @@ def geometry(node: Node) -> Geometry:
 def static_cases(b: ir.IRBuilder, value: ir.Value, cases: list[int],
                  emit: Callable[[int], None]) -> None:
     """Emit `emit(c)` for the static case `c` equal to the runtime `value` (the last case
-    runs when no earlier one matches: callers pass every value that can occur)."""
+    runs when no earlier one matches: callers pass every value that can occur). No cases
+    (the blocks of an empty range, whose loop never runs): nothing."""
+    if not cases:
+        return
     if len(cases) == 1:
         emit(cases[0])
         return
