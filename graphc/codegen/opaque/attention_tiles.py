@@ -244,12 +244,34 @@ def key_panels(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value,
                j0: ir.Value, cols: ir.Value | int, c_row: ir.Value) -> None:
     """Row tile of a score-like tile: C[:, jr:jr + nr] = A · Bᵀ panel for the key panels
     jr < cols of the block at j0 (`packed_t`: a head's keys in nr-wide panels, k long).
-    The tile has room for whole register blocks, so every store is direct."""
+    The tile has room for whole register blocks, so every store is direct. When `cols`
+    (a causal cut) ends in the first half of a two-vector panel, that panel is computed
+    half wide (the same throughput per FMA; the other half would be masked anyway)."""
     dtype = g.dtype
-    with for_range(b, 0, cols, lay.nr, name="jr") as jr:
+    half = lay.nr // 2
+    if isinstance(cols, int) or half != lay.lanes:
+        with for_range(b, 0, cols, lay.nr, name="jr") as jr:
+            bp = at(b, packed_t, b.mul(b.add(j0, jr), i64(k)), dtype)
+            tile_product(b, g, lay, acc, a[0], a[1], bp, None, k, at(b, c_row, jr, dtype),
+                         lay.ld, lay.mr, lay.nr, False)
+        return
+    whole = b.sub(cols, b.urem(cols, i64(lay.nr)))
+    with for_range(b, 0, whole, lay.nr, name="jr") as jr:
         bp = at(b, packed_t, b.mul(b.add(j0, jr), i64(k)), dtype)
         tile_product(b, g, lay, acc, a[0], a[1], bp, None, k, at(b, c_row, jr, dtype),
                      lay.ld, lay.mr, lay.nr, False)
+    rest = b.sub(cols, whole)
+    bp = at(b, packed_t, b.mul(b.add(j0, whole), i64(k)), dtype)
+    c = at(b, c_row, whole, dtype)
+    with b.if_then(b.icmp_signed(">", rest, i64(0))):
+        with b.if_else(b.icmp_signed("<=", rest, i64(half))) as (narrow, wide):
+            with narrow:  # the first `half` columns of the packed panel (row stride nr)
+                uk = micro_kernel(b.module, dtype, lay.mr, half, lay.lanes, a_strides=a[1],
+                                  b_stride=lay.nr, c_stride=lay.ld)
+                b.call(uk, [i64(k), a[0], bp, c])
+            with wide:
+                tile_product(b, g, lay, acc, a[0], a[1], bp, None, k, c, lay.ld, lay.mr,
+                             lay.nr, False)
 
 
 def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, p: BlockPtrs, m: int,
