@@ -9,8 +9,10 @@ For each (batch·head, block of BR query rows), the kernel walks the keys in blo
     finally O_blk /= l, lse = m + log l
 
 so only a BR x BC tile of scores exists at a time (FlashAttention's online softmax; PyTorch's
-CPU flash kernel and ggml's tiled path do the same). O itself is the accumulator. The
-GEMMs are the packed register-blocked GEMM of `graphc.codegen.gemm` at static sizes: a
+CPU flash kernel and ggml's tiled path do the same). O itself is the accumulator. With more
+than FEW_QUERIES queries the block runs on the GEMM's micro-kernel directly, K and V packed
+once per head and causal-cut blocks trimmed (`attention_tiles`); a decode step's few rows
+use the packed register-blocked GEMM of `graphc.codegen.gemm` at static sizes: a
 block has BR or Tq % BR rows and BC or Tk % BC keys, and each of those (at most four)
 combinations gets its own code. With `causal`, a query block stops at its diagonal key
 block, and BC = BR so that block is the last one. Rows whose scores are all -inf (fully

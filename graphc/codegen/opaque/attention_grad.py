@@ -14,6 +14,9 @@ query heads of a group, which share it, add into its dK and dV without a race):
                 dS = scale · P ⊙ (dP - D_i)
                 dQ_i += dS K_j;  dK_j += dSᵀ Q_i     GEMMs accumulating into the output
 
+With more than FEW_QUERIES queries the pairs run on the GEMM's micro-kernel directly, operands
+packed once per head and causal-cut pairs trimmed (`attention_grad_tiles`).
+
 Memory is O(T): two BR x BC tiles per task. The result is dq, dk, dv flattened back to
 back (`graphc.ops.attention`); every region is zeroed by the task that owns it first.
 """

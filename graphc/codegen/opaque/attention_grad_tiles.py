@@ -31,15 +31,16 @@ from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import compute_type, const
 from graphc.codegen.opaque.attention import (
     Geometry,
+    Scores,
     aligned,
     at,
     i64,
     static_cases,
+    vector_loop,
     zero_fill,
 )
 from graphc.codegen.opaque.attention_tiles import (
     Blocking,
-    Scores,
     blocking,
     key_panels,
     pack_tail,
@@ -47,7 +48,6 @@ from graphc.codegen.opaque.attention_tiles import (
     row_tiles,
     seen_keys,
     tile_product,
-    vector_loop,
 )
 from graphc.codegen.target import Target
 from graphc.codegen.vecmath import functions as vecmath
@@ -239,10 +239,10 @@ def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
         row_tiles(b, n, mr, body)
 
     scores_like(h.q, q_tail, g.dk, "kt", p_tile)  # S = Q Kᵀ (raw sums)
-    sc = Scores(g, lay, n, h.mask, h.mask_base, i0, j0, diag)
+    sc = Scores(g, lay.ld, lay.lanes, n, h.mask, h.mask_base, i0, j0, diag)
     with for_range(b, 0, m, name="prow") as row:
         lse_at = at(b, h.lse, b.mul(b.add(i0, row), i64(h.lse_stride)), dtype)
-        _probabilities(b, sc, row_seen(row), p_tile, row, lse_at)
+        _probabilities(b, sc, lay, row_seen(row), p_tile, row, lse_at)
     by_keys(p_tile, h.do, "do_rows", h.dv, g.dv)  # dV_j += Pᵀ dO_i
     scores_like(h.do, do_tail, g.dv, "vt", ds_tile)  # dP = dO Vᵀ
     with for_range(b, 0, m, name="dsrow") as row:
@@ -280,11 +280,11 @@ def _zero_rest(b: ir.IRBuilder, g: Geometry, lay: Blocking, tile: ir.Value, row:
         b.store(ir.Constant(vt, None), ptr, align=g.dtype.itemsize)
 
 
-def _probabilities(b: ir.IRBuilder, sc: Scores, width: ir.Value | int, tile: ir.Value,
-                   row: ir.Value, lse_ptr: ir.Value) -> None:
+def _probabilities(b: ir.IRBuilder, sc: Scores, lay: Blocking, width: ir.Value | int,
+                   tile: ir.Value, row: ir.Value, lse_ptr: ir.Value) -> None:
     """Row `row` of the score tile becomes P = exp(s - lse) over keys [0, width), 0 past
     it (and 0 for a fully masked row)."""
-    g, lay = sc.g, sc.lay
+    g = sc.g
     dtype = g.dtype
     lse = b.load(lse_ptr, typ=compute_type(dtype), align=dtype.itemsize)
     finite = b.fcmp_ordered("!=", lse, const(dtype, float("-inf")))

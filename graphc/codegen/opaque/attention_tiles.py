@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import llvmlite.ir as ir
 
-from graphc.codegen.gemm.helpers import carried_loop, for_range, hsum, masked_load, smin
+from graphc.codegen.gemm.helpers import for_range, hsum, smin
 from graphc.codegen.gemm.kernels import (
     micro_kernel,
     pack_function,
@@ -34,15 +34,17 @@ from graphc.codegen.gemm.kernels import (
 )
 from graphc.codegen.gemm.spec import kernel_shape
 from graphc.codegen.index import splat
-from graphc.codegen.llvm_types import I64, compute_type, const
+from graphc.codegen.llvm_types import compute_type, const
 from graphc.codegen.opaque.attention import (
     FEW_QUERIES,
     Geometry,
+    Scores,
     aligned,
     at,
     i64,
     lanes_max,
     scale_row,
+    vector_loop,
     vmax,
     zero_fill,
 )
@@ -292,7 +294,7 @@ def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, p: BlockPt
     row_tiles(b, m, mr, scores_of)
 
     # The online softmax, row by row, over the keys each row's tile sees.
-    scores = Scores(g, lay, n, p.mask, p.mask_base, i0, j0, diag)
+    scores = Scores(g, lay.ld, lay.lanes, n, p.mask, p.mask_base, i0, j0, diag)
     with for_range(b, 0, m, name="row") as row:
         tile_start = b.mul(b.udiv(row, i64(mr)), i64(mr))
         _softmax_row(b, scores, seen_keys(b, n, mr, diag, tile_start), o_stride, r.tile, row,
@@ -317,49 +319,6 @@ def _block(b: ir.IRBuilder, g: Geometry, lay: TileLayout, r: Regions, p: BlockPt
     row_tiles(b, m, mr, values)
 
 
-@dataclass(frozen=True)
-class Scores:
-    """How a row of raw Q Kᵀ sums in a tile becomes scores: · scale, + the mask, -inf past
-    the block's n keys and (diag not None) right of the causal diagonal."""
-
-    g: Geometry
-    lay: Blocking
-    n: int
-    mask: ir.Value | None
-    mask_base: ir.Value
-    i0: ir.Value
-    j0: ir.Value
-    diag: ir.Value | None
-
-    def vector(self, b: ir.IRBuilder, tile: ir.Value, r: ir.Value, v: ir.Value
-               ) -> tuple[ir.Value, ir.Value, ir.Value]:
-        """(pointer, scores, valid lanes) of vector v of row r."""
-        g, lanes = self.g, self.lay.lanes
-        dtype = g.dtype
-        col = b.mul(v, i64(lanes))
-        ptr = at(b, tile, b.add(b.mul(r, i64(self.lay.ld)), col), dtype)
-        x = b.fmul(b.load(ptr, typ=compute_type(dtype, lanes), align=dtype.itemsize),
-                   const(dtype, g.scale, lanes))
-        cols = b.add(splat(b, col, lanes),
-                     ir.Constant(ir.VectorType(I64, lanes), list(range(lanes))))
-        valid = b.icmp_signed("<", cols, splat(b, i64(self.n), lanes))
-        if self.mask is not None and g.mask_strides is not None:
-            sq, sk = g.mask_strides[-2:]
-            off = b.add(self.mask_base, b.add(b.mul(b.add(self.i0, r), i64(sq)),
-                                              b.mul(b.add(self.j0, col), i64(sk))))
-            mp = at(b, self.mask, off, dtype)
-            if sk == 0:
-                mv = splat(b, b.load(mp, typ=compute_type(dtype), align=dtype.itemsize),
-                           lanes)
-            else:
-                mv = masked_load(b, mp, compute_type(dtype, lanes), valid, dtype.itemsize)
-            x = b.fadd(x, mv)
-        if self.diag is not None:  # key j0 + c is hidden from query i0 + r when c > r + diag
-            seen = b.icmp_signed("<=", cols, splat(b, b.add(r, self.diag), lanes))
-            x = b.select(seen, x, const(dtype, -math.inf, lanes))
-        return ptr, b.select(valid, x, const(dtype, -math.inf, lanes)), valid
-
-
 def _softmax_row(b: ir.IRBuilder, sc: Scores, width: ir.Value | int, o_stride: int,
                  tile: ir.Value, r: ir.Value, run_max: ir.Value, run_sum: ir.Value,
                  o_blk: ir.Value | None) -> None:
@@ -368,7 +327,7 @@ def _softmax_row(b: ir.IRBuilder, sc: Scores, width: ir.Value | int, o_stride: i
     rescale the row of O by exp(m - m'). Lanes past `width` in its last vector get P = 0."""
     g = sc.g
     dtype = g.dtype
-    lanes = sc.lay.lanes
+    lanes = sc.lanes
     ct = compute_type(dtype)
     isz = dtype.itemsize
     count = (-(-width // lanes) if isinstance(width, int)
@@ -402,15 +361,3 @@ def _softmax_row(b: ir.IRBuilder, sc: Scores, width: ir.Value | int, o_stride: i
         with b.if_then(b.icmp_signed("!=", sc.j0, i64(0))):
             scale_row(b, dtype, lanes, at(b, o_blk, b.mul(r, i64(o_stride)), dtype), g.dv,
                       alpha)
-
-
-def vector_loop(b: ir.IRBuilder, count: ir.Value | int, init: list[ir.Value],
-                body: Callable[[ir.Value, list[ir.Value]], list[ir.Value]],
-                name: str) -> list[ir.Value]:
-    """`carried_loop` over [0, count), unrolled when count is static (a row's whole
-    width: the column checks against n then fold away)."""
-    if isinstance(count, ir.Value):
-        return carried_loop(b, 0, count, init, body, name=name)
-    for v in range(count):
-        init = body(i64(v), init)
-    return init
