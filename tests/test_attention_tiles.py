@@ -8,12 +8,16 @@ three forward ops and the gradient, float32 and float64."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import pipeline
 from graphc.builder import apply
 from graphc.codegen.opaque.attention import BLOCK_Q, FEW_QUERIES
+from graphc.codegen.vecmath import emitter
 from graphc.ops.attention import LSE
 
 # (tq, tk, d, dv, causal, mask)
@@ -93,3 +97,17 @@ def test_no_keys_give_zeros() -> None:
     np.testing.assert_array_equal(o_val, 0.0)
     np.testing.assert_array_equal(dq, 0.0)
     assert dk.shape == k.shape and dv.shape == v.shape
+
+
+def test_avx2_register_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2 target the register block is 6 x 16 (float32): 6 does not divide the
+    block, so row tiles straddle the causal diagonal's offset and the backward zeroes the
+    keys it did not compute. (AVX2 code runs on AVX-512 hosts too.)"""
+    host = pipeline.host_target()
+    avx512 = tuple(f[1:] for f in host.features.split(",") if f.startswith("+avx512"))
+    avx2 = dataclasses.replace(host.without(avx512), vector_bits=min(host.vector_bits, 256))
+    monkeypatch.setattr(pipeline, "host_target", lambda: avx2)
+    monkeypatch.setattr(emitter, "use_avx512", lambda: False)  # vecmath's scalef
+    for case in (CASES[1], CASES[4], CASES[6]):
+        test_forward_and_gradients_match_reference(case, "float32")
+    test_forward_and_gradients_match_reference(CASES[0], "float64")

@@ -30,6 +30,7 @@ from graphc.codegen.gemm.kernels import pack_function
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import compute_type, const
 from graphc.codegen.opaque.attention import (
+    BLOCK_Q,
     Geometry,
     Scores,
     aligned,
@@ -270,9 +271,14 @@ def _vectors(lanes: int, width: ir.Value | int, b: ir.IRBuilder) -> ir.Value | i
 def _zero_rest(b: ir.IRBuilder, g: Geometry, lay: Blocking, tile: ir.Value, row: ir.Value,
                count: ir.Value | int, n: int) -> None:
     """Vectors [count, ceil(n / lanes)) of a tile row become 0 (keys no query of the row
-    tile sees: never computed, but read by the transposed products)."""
-    if isinstance(count, int):
-        return  # the whole row was computed
+    tile sees: never computed, but read by the transposed products).
+
+    Not needed when mr divides BLOCK_Q: the causal diagonal's offset i0 - j0 is then a
+    multiple of mr (block starts are multiples of BLOCK_Q, or 0), so every row p that the
+    key tile [u, u + mr) reads (p >= u - diag) is in a row tile that computed keys up to
+    floor(p / mr) * mr + mr + diag >= u + mr: past the keys it reads."""
+    if isinstance(count, int) or BLOCK_Q % lay.mr == 0:
+        return  # the whole row was computed, or no product reads past what was
     vt = compute_type(g.dtype, lay.lanes)
     base = b.mul(row, i64(lay.ld))
     with for_range(b, count, -(-n // lay.lanes), name="z") as v:
