@@ -43,6 +43,7 @@ from graphc.codegen.opaque.attention import (
 from graphc.codegen.opaque.attention_tiles import (
     Blocking,
     blocking,
+    causal_cut,
     key_panels,
     pack_tail,
     row_operand,
@@ -169,15 +170,9 @@ def head(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
                 rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
 
                 def pair(m: int) -> None:
-                    if not g.causal:
-                        _pair(b, g, lay, r, h, m, n, i0, j0, None)
-                        return
-                    cut = b.icmp_signed(">", b.add(j0, i64(n)), b.add(i0, i64(1)))
-                    with b.if_else(cut) as (then, otherwise):
-                        with then:
-                            _pair(b, g, lay, r, h, m, n, i0, j0, b.sub(i0, j0))
-                        with otherwise:
-                            _pair(b, g, lay, r, h, m, n, i0, j0, None)
+                    causal_cut(b, g, n, i0, j0,
+                               lambda diag: _pair(b, g, lay, r, h, m, n, i0, j0, diag),
+                               split=False)
 
                 static_cases(b, rows, g.sizes(g.tq, g.br), pair)
 
