@@ -6,11 +6,12 @@ transformer's small shapes (T = 128: a third of the pairs are diagonal, each pro
 64 x 64 x 64) that is a third of the time. As in the forward (`attention_tiles`), the
 kernel here drives the micro-kernel itself:
 
-- per key/value head: Kᵀ and Vᵀ in NR-wide key panels (for S = Q Kᵀ and dP = dO Vᵀ) and
-  K in NR-wide Dk panels over all keys (dQ += dS K); per query head: Q and dO in MR-row
-  panels, each query block its own (the A of S and dP), and in NR-wide panels over all
-  queries (dK += dSᵀ Q, dV += Pᵀ dO). P and dS are read in place from their tiles
-  (transposed reads for dSᵀ and Pᵀ: the micro-kernel specialised for those strides);
+- per key/value head: Kᵀ and Vᵀ in NR-wide key panels (the B of S = Q Kᵀ, dP = dO Vᵀ);
+  K, Q and dO are read in place as B (dQ += dS K, dK += dSᵀ Q, dV += Pᵀ dO) when their
+  width is whole NR panels, else packed once per head; whole MR-row tiles of Q and dO are
+  read in place as A (S, dP), only each query block's partial last tile packed. P and dS
+  are read in place from their tiles (transposed reads for dSᵀ and Pᵀ: the micro-kernel
+  specialised for those strides);
 - in a pair the causal mask cuts, a row tile of queries computes S and dP only on the key
   panels it sees and dQ only over those keys, and a row tile of keys takes dK and dV only
   from the queries that see it. P and dS are exactly 0 wherever they are not computed, so
@@ -62,8 +63,8 @@ class GradLayout(Blocking):
     kt: int
     vt: int
     k_rows: int
-    q_a: int
-    do_a: int
+    q_tail: int
+    do_tail: int
     q_rows: int
     do_rows: int
     p_tile: int
@@ -80,6 +81,7 @@ def grad_layout(g: Geometry, target: Target) -> GradLayout:
     blocks = -(-g.tq // g.br) if g.tq else 0
     # A tile has one spare row: a transposed read of the last key tile runs past BC.
     tile = aligned((k.rows + 1) * k.ld * isz)
+
     def panels(width: int, long: int) -> int:  # a row-major operand as B: packed or not
         return 0 if k.in_place(width) else -(-width // k.nr) * k.nr * long
 
@@ -128,7 +130,7 @@ def pack_query_head(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, 
         blk = b.udiv(i0, i64(g.br))
 
         def tails(m: int) -> None:
-            for src, width, dst in ((q_mat, g.dk, "q_a"), (do_mat, g.dv, "do_a")):
+            for src, width, dst in ((q_mat, g.dk, "q_tail"), (do_mat, g.dv, "do_tail")):
                 pack_tail(b, g, lay, at(b, src, b.mul(i0, i64(width)), dtype), width, m,
                           at(b, r[dst], b.mul(blk, i64(lay.mr * width)), dtype))
 
@@ -186,8 +188,8 @@ def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
     dtype = g.dtype
     mr, ld = lay.mr, lay.ld
     blk = b.mul(b.udiv(i0, i64(g.br)), i64(mr))
-    q_tail = at(b, r["q_a"], b.mul(blk, i64(g.dk)), dtype)
-    do_tail = at(b, r["do_a"], b.mul(blk, i64(g.dv)), dtype)
+    q_tail = at(b, r["q_tail"], b.mul(blk, i64(g.dk)), dtype)
+    do_tail = at(b, r["do_tail"], b.mul(blk, i64(g.dv)), dtype)
     p_tile, ds_tile = r["p_tile"], r["ds_tile"]
 
     def seen(t: ir.Value) -> ir.Value | int:
