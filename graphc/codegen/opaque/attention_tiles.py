@@ -1,19 +1,21 @@
 """The attention forward's query block at many queries, on the GEMM's register blocks.
 
-`attention_forward` computes a block's two products S = Q Kᵀ and O += P V with `emit_gemm`,
-which packs its operands again for every (query block, key block) pair, and computes every
-score of a causal diagonal block although half of them are masked. At the small shapes of
-a transformer (T = 128: a third of the blocks are diagonal, and each product is only
-64 x 64 x 64) both cost a third of the time. Here the kernel drives the packed GEMM's
-micro-kernel (`graphc.codegen.gemm.kernels`) itself:
+`emit_gemm` would pack a block's operands of S = Q Kᵀ and O += P V again for every (query
+block, key block) pair, and compute every score of a causal diagonal block although half
+of them are masked: at a transformer's small shapes (T = 128: a third of the blocks are
+diagonal, each product only 64 x 64 x 64) that was a third of the time. Here the kernel
+drives the packed GEMM's micro-kernel (`graphc.codegen.gemm.kernels`) itself:
 
-- K (as Kᵀ's NR-wide panels) and V (as NR-wide panels over Dv, all Tk keys long) are packed
-  once per key/value head and task, Q once per query block; P is read in place from the
-  score tile (the micro-kernel specialised for its row stride);
+- Kᵀ is packed into NR-wide key panels once per key/value head and task; V is read in
+  place (or packed likewise when Dv is not whole panels); whole MR-row tiles of Q are
+  read in place, only a block's partial last tile packed; S goes straight into the score
+  tile, whose softmax applies scale, mask and the causal cut, and P is read from it in
+  place (the micro-kernel specialised for its row stride); O accumulates in place;
 - in a block that the causal mask cuts (`j0 + n > i0 + 1`), each MR-row tile of queries
-  computes only the NR-wide key panels that hold a key it sees, the softmax covers only
-  those keys, and P V runs over only those keys (the micro-kernel's k is a runtime count).
-  Blocks wholly below the diagonal have no causal select at all.
+  computes only the key panels that hold a key it sees (the last one half wide when
+  that covers them), the softmax covers only those keys, and P V runs over only those
+  keys (the micro-kernel's k is a runtime count). Blocks wholly below the diagonal have
+  no causal select and static widths.
 
 Contract as in `attention_forward`: same results up to rounding order; per-task scratch.
 """
