@@ -57,7 +57,8 @@ def _new_function(module: ir.Module, name: str, args: list[ir.Type],
 
 def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
                  a_strides: tuple[int, int] | None = None, unroll: int = 4,
-                 b_stride: int | None = None) -> ir.Function:
+                 b_stride: int | None = None, c_stride: int | None = None,
+                 accumulate: bool = False) -> ir.Function:
     """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p A(r, p)*bp[p*nr+j].
 
     The mr x nr block lives in mr*(nr/lanes) vector accumulators across the whole k loop
@@ -67,12 +68,15 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
     panel) or, with a_strides=(rs, ps), ap[r*rs + p*ps] read straight from the operand
     (static strides: every row is a constant displacement from one pointer). Likewise B
     is bp[p*nr + j] (a packed panel) or, with b_stride=ld, bp[p*ld + j]: nr contiguous
-    columns of each row of a row-major operand, read in place.
+    columns of each row of a row-major operand, read in place. With c_stride=ldc, `tile`
+    is the caller's C instead: tile[r*ldc + j] (+= when accumulating) = the sum, with
+    element alignment only (for callers whose whole tiles need no epilogue: attention).
     """
     rs, ps = a_strides if a_strides is not None else (1, mr)
     bs = b_stride if b_stride is not None else nr
     direct = "" if a_strides is None else f".a{rs}_{ps}"
     direct += "" if b_stride is None else f".b{bs}"
+    direct += "" if c_stride is None else f".c{c_stride}{'a' if accumulate else ''}"
     name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}{direct}"
     fn = module.globals.get(name)
     if fn is not None:
@@ -146,10 +150,15 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
     accs, ap, bp = loop("main", main, unroll, accs, ap0, bp0)
     rest = b.sub(kc, b.mul(main, i64(unroll)))
     accs, _, _ = loop("rest", rest, 1, accs, ap, bp)
+    cs = c_stride if c_stride is not None else nr
+    c_align = align_of(lanes * isz) if c_stride is None else isz
     for r in range(mr):
         for v in range(nv):
-            b.store(accs[r * nv + v], elem_ptr(b, tile, r * nr + v * lanes, ety),
-                    align=align_of(lanes * isz))
+            ptr = elem_ptr(b, tile, r * cs + v * lanes, ety)
+            acc = accs[r * nv + v]
+            if accumulate:
+                acc = vadd(b, dtype, acc, b.load(ptr, typ=vty, align=c_align))
+            b.store(acc, ptr, align=c_align)
     b.ret_void()
     return fn
 

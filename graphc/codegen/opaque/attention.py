@@ -1,9 +1,11 @@
 """What the attention kernels share: a node's static geometry (`Geometry`), block sizes,
 static-size dispatch (`static_cases`), per-task scratch, addressing, the score epilogue
-(scale, mask, causal -inf) and row helpers.
+(scale, mask, causal -inf), its row-wise form for the register-blocked paths (`Scores`)
+and row helpers.
 
 The kernels themselves: `attention_forward` (attention, attention_lse, attention_with_lse:
-an online softmax over key blocks) and `attention_grad` (the FlashAttention-2 backward).
+an online softmax over key blocks; `attention_tiles` its many-query path) and
+`attention_grad` (the FlashAttention-2 backward; `attention_grad_tiles` likewise).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
 from graphc.codegen.fused.expr import strides
-from graphc.codegen.gemm.helpers import elem_ptr, for_range, lane_mask, masked_load
+from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range, lane_mask, masked_load
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.ir import DType, Node
@@ -104,7 +106,10 @@ def geometry(node: Node) -> Geometry:
 def static_cases(b: ir.IRBuilder, value: ir.Value, cases: list[int],
                  emit: Callable[[int], None]) -> None:
     """Emit `emit(c)` for the static case `c` equal to the runtime `value` (the last case
-    runs when no earlier one matches: callers pass every value that can occur)."""
+    runs when no earlier one matches: callers pass every value that can occur). No cases
+    (the blocks of an empty range, whose loop never runs): nothing."""
+    if not cases:
+        return
     if len(cases) == 1:
         emit(cases[0])
         return
@@ -254,3 +259,59 @@ def scale_row(b: ir.IRBuilder, dtype: DType, lanes: int, ptr: ir.Value, count: i
         p = at(b, ptr, c, dtype)
         x = b.load(p, typ=compute_type(dtype, lanes), align=dtype.itemsize)
         b.store(b.fmul(x, splat(b, factor, lanes)), p, align=dtype.itemsize)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """How a row of raw Q Kᵀ sums in a tile becomes scores: · scale, + the mask, -inf past
+    the block's n keys and (diag not None) right of the causal diagonal."""
+
+    g: Geometry
+    ld: int  # the tile's row stride
+    lanes: int
+    n: int
+    mask: ir.Value | None
+    mask_base: ir.Value
+    i0: ir.Value
+    j0: ir.Value
+    diag: ir.Value | None
+
+    def vector(self, b: ir.IRBuilder, tile: ir.Value, r: ir.Value, v: ir.Value
+               ) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(pointer, scores, valid lanes) of vector v of row r."""
+        g, lanes = self.g, self.lanes
+        dtype = g.dtype
+        col = b.mul(v, i64(lanes))
+        ptr = at(b, tile, b.add(b.mul(r, i64(self.ld)), col), dtype)
+        x = b.fmul(b.load(ptr, typ=compute_type(dtype, lanes), align=dtype.itemsize),
+                   const(dtype, g.scale, lanes))
+        cols = b.add(splat(b, col, lanes),
+                     ir.Constant(ir.VectorType(I64, lanes), list(range(lanes))))
+        valid = b.icmp_signed("<", cols, splat(b, i64(self.n), lanes))
+        if self.mask is not None and g.mask_strides is not None:
+            sq, sk = g.mask_strides[-2:]
+            off = b.add(self.mask_base, b.add(b.mul(b.add(self.i0, r), i64(sq)),
+                                              b.mul(b.add(self.j0, col), i64(sk))))
+            mp = at(b, self.mask, off, dtype)
+            if sk == 0:
+                mv = splat(b, b.load(mp, typ=compute_type(dtype), align=dtype.itemsize),
+                           lanes)
+            else:
+                mv = masked_load(b, mp, compute_type(dtype, lanes), valid, dtype.itemsize)
+            x = b.fadd(x, mv)
+        if self.diag is not None:  # key j0 + c is hidden from query i0 + r when c > r + diag
+            seen = b.icmp_signed("<=", cols, splat(b, b.add(r, self.diag), lanes))
+            x = b.select(seen, x, const(dtype, -math.inf, lanes))
+        return ptr, b.select(valid, x, const(dtype, -math.inf, lanes)), valid
+
+
+def vector_loop(b: ir.IRBuilder, count: ir.Value | int, init: list[ir.Value],
+                body: Callable[[ir.Value, list[ir.Value]], list[ir.Value]],
+                name: str) -> list[ir.Value]:
+    """`carried_loop` over [0, count), unrolled when count is static (a row's whole
+    width: the column checks against n then fold away)."""
+    if isinstance(count, ir.Value):
+        return carried_loop(b, 0, count, init, body, name=name)
+    for v in range(count):
+        init = body(i64(v), init)
+    return init

@@ -9,8 +9,10 @@ For each (batch·head, block of BR query rows), the kernel walks the keys in blo
     finally O_blk /= l, lse = m + log l
 
 so only a BR x BC tile of scores exists at a time (FlashAttention's online softmax; PyTorch's
-CPU flash kernel and ggml's tiled path do the same). O itself is the accumulator. The
-GEMMs are the packed register-blocked GEMM of `graphc.codegen.gemm` at static sizes: a
+CPU flash kernel and ggml's tiled path do the same). O itself is the accumulator. With more
+than FEW_QUERIES queries the block runs on the GEMM's micro-kernel directly, K and V packed
+once per head and causal-cut blocks trimmed (`attention_tiles`); a decode step's few rows
+use the packed register-blocked GEMM of `graphc.codegen.gemm` at static sizes: a
 block has BR or Tq % BR rows and BC or Tk % BC keys, and each of those (at most four)
 combinations gets its own code. With `causal`, a query block stops at its diagonal key
 block, and BC = BR so that block is the last one. Rows whose scores are all -inf (fully
@@ -50,6 +52,18 @@ from graphc.codegen.opaque.attention import (
     task_scratch,
     vmax,
     zero_fill,
+)
+from graphc.codegen.opaque.attention_tiles import (
+    BlockPtrs,
+    Regions,
+    TileLayout,
+    init_task,
+    key_block,
+    pack_head,
+    pack_tail,
+    regions,
+    tile_layout,
+    use_tiles,
 )
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
@@ -103,12 +117,18 @@ def _forward_split(g: Geometry, threads: int) -> tuple[int, tuple[int, int] | No
     return items, split_plan(items, max(1, TASK_FLOPS // max(item_flops, 1)), threads)
 
 
+def _per_task(g: Geometry, target: Target, outs: Outputs) -> int:
+    if use_tiles(g):
+        return tile_layout(g, target, bool(outs.o_stride)).total
+    return sum(_forward_layout(g, target, outs))
+
+
 def forward_scratch(kernel: Kernel, target: Target, threads: int = 1,
                     conv: str = "auto") -> int:
     node = kernel.anchor
     assert node is not None
     g = geometry(node)
-    per_task = sum(_forward_layout(g, target, outputs_of(node, g)))
+    per_task = _per_task(g, target, outputs_of(node, g))
     _, split = _forward_split(g, threads)
     return per_task * (split[1] if split else 1)
 
@@ -122,8 +142,9 @@ def emit_forward(ctx: KernelContext) -> None:
     mask_node = rest[0] if rest else None
     dtype = g.dtype
     lanes = ctx.target.lanes(dtype.itemsize)
-    tile_bytes, stats_bytes, gemm_bytes = _forward_layout(g, ctx.target, outs)
-    per_task = tile_bytes + stats_bytes + gemm_bytes
+    tile_bytes, stats_bytes, _ = _forward_layout(g, ctx.target, outs)
+    per_task = _per_task(g, ctx.target, outs)
+    tiles = tile_layout(g, ctx.target, bool(outs.o_stride)) if use_tiles(g) else None
     items, split = _forward_split(g, ctx.threads)
     blocks = -(-g.tq // g.br) if g.tq else 0
     if items == 0:
@@ -139,6 +160,11 @@ def emit_forward(ctx: KernelContext) -> None:
         run_max, run_sum = stats, at(b, stats, g.br, dtype)
         qp, kp, vp, out = c.ptr(q), c.ptr(k), c.ptr(v), c.out
         mp = c.ptr(mask_node) if mask_node is not None else None
+        if tiles is not None:
+            regs = regions(b, g, tiles, mine)
+            init_task(b, g, tiles, regs)
+            packed_kv = entry_alloca(b, I64, "packed_kv")
+            b.store(i64(-1), packed_kv)
         with for_range(b, start, stop, name="item") as item:
             bh = b.udiv(item, i64(blocks))
             i0 = b.mul(b.urem(item, i64(blocks)), i64(g.br))
@@ -154,7 +180,16 @@ def emit_forward(ctx: KernelContext) -> None:
             rows = b.sub(ir.Constant(I64, g.tq), i0)
             rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
 
+            if tiles is not None:  # K and V of this head packed, unless the last item's
+                with b.if_then(b.icmp_signed("!=", b.load(packed_kv), kv)):
+                    pack_head(b, g, tiles, regs, k_mat, v_mat if outs.o_stride else None)
+                    b.store(kv, packed_kv)
+
             def block(m: int) -> None:
+                if tiles is not None:
+                    _tiled_query_block(b, g, m, lanes, outs, tiles, regs, q_blk, v_mat,
+                                       o_blk, lse_blk, mp, mask_base, i0)
+                    return
                 _query_block(b, g, m, lanes, outs, q_blk, k_mat, v_mat, o_blk, lse_blk, mp,
                              mask_base, i0, tile, run_max, run_sum, gemm_scratch, ctx.target)
 
@@ -173,18 +208,8 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs
                  gemm_scratch: ir.Value, target: Target) -> None:
     """One block of m query rows: the key loop with the online softmax, then normalize."""
     dtype = g.dtype
-    ct = compute_type(dtype)
-    isz = dtype.itemsize
-    with for_range(b, 0, m, name="init") as r:
-        b.store(const(dtype, -math.inf), at(b, run_max, r, dtype), align=isz)
-        b.store(const(dtype, 0.0), at(b, run_sum, r, dtype), align=isz)
-    if outs.o_stride:
-        zero_fill(b, dtype, lanes, o_blk, m * outs.o_stride)
-    kv_end: ir.Value = i64(g.tk)
-    if g.causal:
-        last = b.add(i0, i64(m))
-        kv_end = b.select(b.icmp_signed("<", last, kv_end), last, kv_end)
-    with for_range(b, 0, kv_end, g.bc, name="kv") as j0:
+    _init_block(b, g, m, lanes, outs, o_blk, run_max, run_sum)
+    with for_range(b, 0, _kv_end(b, g, m, i0), g.bc, name="kv") as j0:
         keys = b.sub(i64(g.tk), j0)
         keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
 
@@ -210,6 +235,37 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs
                           accumulate=True)
 
         static_cases(b, keys, g.sizes(g.tk, g.bc), kv_block)
+    _finish_block(b, g, m, lanes, outs, o_blk, lse_blk, run_max, run_sum)
+
+
+def _init_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs,
+                o_blk: ir.Value, run_max: ir.Value, run_sum: ir.Value) -> None:
+    """Running max -inf, sum 0 and O 0 for a block of m rows."""
+    dtype = g.dtype
+    isz = dtype.itemsize
+    with for_range(b, 0, m, name="init") as r:
+        b.store(const(dtype, -math.inf), at(b, run_max, r, dtype), align=isz)
+        b.store(const(dtype, 0.0), at(b, run_sum, r, dtype), align=isz)
+    if outs.o_stride:
+        zero_fill(b, dtype, lanes, o_blk, m * outs.o_stride)
+
+
+def _kv_end(b: ir.IRBuilder, g: Geometry, m: int, i0: ir.Value) -> ir.Value:
+    """Where a query block's keys end: Tk, or with `causal` its last row's diagonal."""
+    kv_end: ir.Value = i64(g.tk)
+    if g.causal:
+        last = b.add(i0, i64(m))
+        kv_end = b.select(b.icmp_signed("<", last, kv_end), last, kv_end)
+    return kv_end
+
+
+def _finish_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs,
+                  o_blk: ir.Value, lse_blk: ir.Value, run_max: ir.Value,
+                  run_sum: ir.Value) -> None:
+    """O /= the running sum; the log-sum-exp m + log l (-inf and O = 0 for empty rows)."""
+    dtype = g.dtype
+    ct = compute_type(dtype)
+    isz = dtype.itemsize
     with for_range(b, 0, m, name="fin") as r:
         total = b.load(at(b, run_sum, r, dtype), typ=ct, align=isz)
         empty = b.fcmp_ordered("==", total, const(dtype, 0.0))
@@ -223,6 +279,34 @@ def _query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs
             lse = b.select(empty, const(dtype, -math.inf),
                            b.fadd(top, vecmath.log(b, safe)))
             b.store(lse, at(b, lse_blk, b.mul(r, i64(outs.lse_stride)), dtype), align=isz)
+
+
+def _tiled_query_block(b: ir.IRBuilder, g: Geometry, m: int, lanes: int, outs: Outputs,
+                       lay: TileLayout, regs: Regions, q_blk: ir.Value, v_mat: ir.Value,
+                       o_blk: ir.Value, lse_blk: ir.Value, mask: ir.Value | None,
+                       mask_base: ir.Value, i0: ir.Value) -> None:
+    """`_query_block` on `attention_tiles`' register blocks (K and V of the head packed)."""
+    pack_tail(b, g, lay, q_blk, g.dk, m, regs.q_pack)
+    ptrs = BlockPtrs(q_blk, v_mat, o_blk if outs.o_stride else None, outs.o_stride, mask,
+                     mask_base)
+    _init_block(b, g, m, lanes, outs, o_blk, regs.run_max, regs.run_sum)
+    with for_range(b, 0, _kv_end(b, g, m, i0), g.bc, name="kv") as j0:
+        keys = b.sub(i64(g.tk), j0)
+        keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
+
+        def kv_block(n: int) -> None:
+            def run() -> None:
+                key_block(b, g, lay, regs, ptrs, m, n, i0, j0)
+
+            if mask is not None and g.row_invariant_mask:
+                # Every score of the block -inf: it adds nothing to the softmax; skip it.
+                with b.if_then(_any_key_visible(b, g, mask, mask_base, j0, n)):
+                    run()
+            else:
+                run()
+
+        static_cases(b, keys, g.sizes(g.tk, g.bc), kv_block)
+    _finish_block(b, g, m, lanes, outs, o_blk, lse_blk, regs.run_max, regs.run_sum)
 
 
 def _any_key_visible(b: ir.IRBuilder, g: Geometry, mask: ir.Value, mask_base: ir.Value,

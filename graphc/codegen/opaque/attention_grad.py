@@ -14,6 +14,9 @@ query heads of a group, which share it, add into its dK and dV without a race):
                 dS = scale · P ⊙ (dP - D_i)
                 dQ_i += dS K_j;  dK_j += dSᵀ Q_i     GEMMs accumulating into the output
 
+With more than FEW_QUERIES queries the pairs run on the GEMM's micro-kernel directly, operands
+packed once per head and causal-cut pairs trimmed (`attention_grad_tiles`).
+
 Memory is O(T): two BR x BC tiles per task. The result is dq, dk, dv flattened back to
 back (`graphc.ops.attention`); every region is zeroed by the task that owns it first.
 """
@@ -29,6 +32,7 @@ from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
 from graphc.codegen.gemm.helpers import for_range, hsum
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import compute_type, const
+from graphc.codegen.opaque import attention_grad_tiles as tiles
 from graphc.codegen.opaque.attention import (
     Geometry,
     aligned,
@@ -42,6 +46,7 @@ from graphc.codegen.opaque.attention import (
     task_scratch,
     zero_fill,
 )
+from graphc.codegen.opaque.attention_tiles import use_tiles
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
 from graphc.codegen.vecmath import functions as vecmath
@@ -75,13 +80,19 @@ def _split(g: Geometry, threads: int) -> tuple[int, tuple[int, int] | None]:
     return items, split_plan(items, 1, threads)
 
 
+def _per_task(g: Geometry, target: Target) -> int:
+    if use_tiles(g):
+        return tiles.grad_layout(g, target).total
+    tile, rows, gemm = _layout(g, target)
+    return 2 * tile + rows + gemm
+
+
 def scratch(kernel: Kernel, target: Target, threads: int = 1, conv: str = "auto") -> int:
     node = kernel.anchor
     assert node is not None
     g = geometry(node)
-    tile, rows, gemm = _layout(g, target)
     _, split = _split(g, threads)
-    return (2 * tile + rows + gemm) * (split[1] if split else 1)
+    return _per_task(g, target) * (split[1] if split else 1)
 
 
 def emit(ctx: KernelContext) -> None:
@@ -99,8 +110,9 @@ def emit(ctx: KernelContext) -> None:
     lse_stride = g.dv + 1 if packed else 1
     dtype = g.dtype
     lanes = ctx.target.lanes(dtype.itemsize)
-    tile_bytes, rows_bytes, gemm_bytes = _layout(g, ctx.target)
-    per_task = 2 * tile_bytes + rows_bytes + gemm_bytes
+    tile_bytes, rows_bytes, _ = _layout(g, ctx.target)
+    per_task = _per_task(g, ctx.target)
+    lay = tiles.grad_layout(g, ctx.target) if use_tiles(g) else None
     items, split = _split(g, ctx.threads)
     q_size = g.batch * g.tq * g.dk
     k_size = items * g.tk * g.dk
@@ -116,6 +128,10 @@ def emit(ctx: KernelContext) -> None:
 
         p_tile, ds_tile = mine, region(tile_bytes)
         d_rows, gemm_scratch = region(2 * tile_bytes), region(2 * tile_bytes + rows_bytes)
+        if lay is not None:
+            regs = tiles.regions(b, lay, mine)
+            d_rows = regs["d_rows"]
+            tiles.init_task(b, g, lay, regs)
         ptr = {n: c.ptr(n) for n in (q, k, v, o, do, lse)}
         lse_base = at(b, ptr[lse], g.dv, dtype) if packed else ptr[lse]
         mp = c.ptr(mask_node) if mask_node is not None else None
@@ -128,6 +144,8 @@ def emit(ctx: KernelContext) -> None:
                         dtype)
             zero_fill(b, dtype, lanes, dk_mat, g.tk * g.dk)
             zero_fill(b, dtype, lanes, dv_mat, g.tk * g.dv)
+            if lay is not None:
+                tiles.pack_kv_head(b, g, lay, regs, k_mat, v_mat)
             outer = b.udiv(kv, i64(g.kv_heads))
             first_head = b.add(b.mul(outer, i64(g.heads)),
                                b.mul(b.urem(kv, i64(g.kv_heads)), i64(g.group)))
@@ -141,8 +159,14 @@ def emit(ctx: KernelContext) -> None:
                 mats["dq"] = at(b, out, b.mul(bh, i64(g.tq * g.dk)), dtype)
                 zero_fill(b, dtype, lanes, mats["dq"], g.tq * g.dk)
                 _row_dots(b, g, lanes, mats["o"], o_stride, mats["do"], d_rows)
-                _head(b, g, lanes, mats, lse_stride, k_mat, v_mat, dk_mat, dv_mat, mp,
-                      mask_base, d_rows, p_tile, ds_tile, gemm_scratch, ctx.target)
+                if lay is not None:
+                    tiles.pack_query_head(b, g, lay, regs, mats["q"], mats["do"])
+                    tiles.head(b, g, lay, regs, tiles.HeadPtrs(
+                        mats["q"], mats["do"], k_mat, mats["lse"], lse_stride, mats["dq"],
+                        dk_mat, dv_mat, mp, mask_base))
+                else:
+                    _head(b, g, lanes, mats, lse_stride, k_mat, v_mat, dk_mat, dv_mat, mp,
+                          mask_base, d_rows, p_tile, ds_tile, gemm_scratch, ctx.target)
 
     if split is None:
         task(ctx, i64(0), i64(items))
