@@ -25,6 +25,7 @@ from graphc.codegen.gemm.helpers import (
     elem_ptr,
     for_range,
     if_value,
+    keep_rolled,
     lane_mask,
     madd,
     masked_load,
@@ -125,7 +126,7 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
         it.add_incoming(nit, body)
         pa.add_incoming(na, body)
         pb.add_incoming(nb, body)
-        b.cbranch(b.icmp_signed("<", nit, trips), body, done)
+        keep_rolled(b.cbranch(b.icmp_signed("<", nit, trips), body, done))
         b.position_at_end(done)
         out = []
         for v_in, v_new in zip(accs, new, strict=True):
