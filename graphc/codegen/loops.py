@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import llvmlite.ir as ir
 
-from graphc.codegen.llvm_types import I64
+from graphc.codegen.llvm_types import I1, I64
 
 
 def _i64(v: ir.Value | int) -> ir.Value:
@@ -25,9 +25,13 @@ def _i64(v: ir.Value | int) -> ir.Value:
 @contextmanager
 def for_range(
     b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int = 1,
-    name: str = "i",
+    name: str = "i", rolled: bool = False,
 ) -> Iterator[ir.Value]:
-    """Loop i = start, start+step, ... while i < stop (nothing when start >= stop)."""
+    """Loop i = start, start+step, ... while i < stop (nothing when start >= stop).
+
+    rolled forbids LLVM to unroll or vectorize the loop (`keep_rolled`): for loops the
+    generator has vectorized already, where LLVM's unroller only adds compile time.
+    """
     start_v, stop_v = _i64(start), _i64(stop)
     if isinstance(start, int) and isinstance(stop, int) and start >= stop:
         # Statically empty: emit the body into an unreachable block so callers need no
@@ -55,8 +59,24 @@ def for_range(
     yield i
     nxt = b.add(i, ir.Constant(I64, step), name=f"{name}.next")
     i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, stop_v), loop, after)
+    back = b.cbranch(b.icmp_signed("<", nxt, stop_v), loop, after)
+    if rolled:
+        keep_rolled(back)
     b.position_at_end(after)
+
+
+def keep_rolled(br: ir.Instruction) -> None:
+    """Attach loop metadata to a loop's back-edge branch: LLVM must neither unroll nor
+    vectorize it. Used on loops whose static trip counts would otherwise invite full
+    unrolling of big bodies (compile time grows with every GEMM for no speed)."""
+    module = br.parent.parent.module
+    opts = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]),
+            module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"),
+                                 ir.Constant(I1, 0)])]
+    # A loop ID is a self-referential node; llvmlite's add_metadata cannot build cycles.
+    loop_id = ir.values.MDValue(module, [], name=str(len(module.metadata)))
+    loop_id.operands = (loop_id, *opts)
+    br.set_metadata("llvm.loop", loop_id)
 
 
 def entry_alloca(b: ir.IRBuilder, typ: ir.Type, name: str = "", count: int = 1) -> ir.Value:

@@ -29,7 +29,12 @@ Body = Callable[[int, list[Idx]], None]
 
 
 def loop_nest(ctx: KernelContext, shape: Sequence[int], lanes: int, body: Body) -> None:
-    """Call `body(lanes, idx)` over all indices of `shape`, innermost dim vectorized."""
+    """Call `body(lanes, idx)` over all indices of `shape`, innermost dim vectorized.
+
+    Every loop is kept rolled (`loops.keep_rolled`): the body is vectorized already, and
+    LLVM's unrolling of it only cost compile time (an MLP training step: 12% of LLVM's time,
+    runtime within noise).
+    """
     b = ctx.b
 
     def level(d: int, prefix: list[Idx]) -> None:
@@ -37,13 +42,13 @@ def loop_nest(ctx: KernelContext, shape: Sequence[int], lanes: int, body: Body) 
             n = shape[d]
             vec_end = (n // lanes) * lanes if lanes > 1 else 0
             if vec_end:
-                with for_range(b, 0, vec_end, lanes, name=f"d{d}v") as i:
+                with for_range(b, 0, vec_end, lanes, name=f"d{d}v", rolled=True) as i:
                     body(lanes, [*prefix, Idx(i, 1)])
             if vec_end < n:
-                with for_range(b, vec_end, n, 1, name=f"d{d}") as i:
+                with for_range(b, vec_end, n, 1, name=f"d{d}", rolled=True) as i:
                     body(1, [*prefix, Idx(i, 0)])
             return
-        with for_range(b, 0, shape[d], 1, name=f"d{d}") as i:
+        with for_range(b, 0, shape[d], 1, name=f"d{d}", rolled=True) as i:
             level(d + 1, [*prefix, Idx(i, 0)])
 
     if len(shape) == 0:
@@ -61,11 +66,11 @@ def range_loop(b: ir.IRBuilder, start: ir.Value, stop: ir.Value, lanes: int,
         count = b.sub(stop, start)
         vec_end = b.add(start, b.mul(b.sdiv(count, ir.Constant(I64, lanes)),
                                      ir.Constant(I64, lanes)))
-        with for_range(b, start, vec_end, lanes, name=f"{name}v") as i:
+        with for_range(b, start, vec_end, lanes, name=f"{name}v", rolled=True) as i:
             body(lanes, Idx(i, 1))
     else:
         vec_end = start
-    with for_range(b, vec_end, stop, 1, name=name) as i:
+    with for_range(b, vec_end, stop, 1, name=name, rolled=True) as i:
         body(1, Idx(i, 0))
 
 
@@ -170,7 +175,7 @@ def nest_dims(ctx: KernelContext, shape: Sequence[int], body: Callable[[list[Idx
         if d == len(shape):
             body(prefix)
             return
-        with for_range(b, 0, shape[d], 1, name=f"o{d}") as i:
+        with for_range(b, 0, shape[d], 1, name=f"o{d}", rolled=True) as i:
             level(d + 1, [*prefix, Idx(i, 0)])
 
     level(0, [])

@@ -200,7 +200,7 @@ def _emit_reduced_innermost(ctx: KernelContext, own: Kernel, axes: set[int], lan
     work_per_row = max(1, math.prod(rest) * reduced_size)
 
     def kept_rows(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
-        with for_range(c.b, start, stop, 1, name="k0") as i0:
+        with for_range(c.b, start, stop, 1, name="k0", rolled=True) as i0:
             nest_dims(c, rest, lambda idx: per_output(
                 c, {d: i for d, i in zip(kept, [Idx(i0), *idx])}))
 

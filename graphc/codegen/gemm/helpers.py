@@ -22,6 +22,7 @@ from graphc.codegen.llvm_types import (
     intrinsic,
     shuffle_mask,
 )
+from graphc.codegen.loops import keep_rolled
 from graphc.ir import DType
 
 Val = ir.Value | int
@@ -68,20 +69,6 @@ def elem_ptr(b: ir.IRBuilder, base: ir.Value, index: Val, ety: ir.Type) -> ir.Va
     if isinstance(index, int) and index == 0:
         return base
     return b.gep(base, [as_i64(index)], inbounds=True, source_etype=ety)
-
-
-def keep_rolled(br: ir.Instruction) -> None:
-    """Attach loop metadata to a loop's back-edge branch: LLVM must neither unroll nor
-    vectorize it. Used on loops whose static trip counts would otherwise invite full
-    unrolling of big bodies (compile time grows with every GEMM for no speed)."""
-    module = br.parent.parent.module
-    opts = [module.add_metadata([ir.MetaDataString(module, "llvm.loop.unroll.disable")]),
-            module.add_metadata([ir.MetaDataString(module, "llvm.loop.vectorize.enable"),
-                                 ir.Constant(I1, 0)])]
-    # A loop ID is a self-referential node; llvmlite's add_metadata cannot build cycles.
-    loop_id = ir.values.MDValue(module, [], name=str(len(module.metadata)))
-    loop_id.operands = (loop_id, *opts)
-    br.set_metadata("llvm.loop", loop_id)
 
 
 @contextmanager

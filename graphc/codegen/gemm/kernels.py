@@ -25,6 +25,7 @@ from graphc.codegen.gemm.helpers import (
     elem_ptr,
     for_range,
     if_value,
+    keep_rolled,
     lane_mask,
     madd,
     masked_load,
@@ -56,46 +57,52 @@ def _new_function(module: ir.Module, name: str, args: list[ir.Type],
 
 
 def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
-                 a_strides: tuple[int, int] | None = None, unroll: int = 4,
-                 b_stride: int | None = None, c_stride: int | None = None,
+                 row_stride: int = 1, unroll: int = 4, c_stride: int | None = None,
                  accumulate: bool = False) -> ir.Function:
-    """`void uk(i64 kc, ptr ap, ptr bp, ptr tile)`: tile[r*nr + j] = sum_p A(r, p)*bp[p*nr+j].
+    """`void uk(i64 kc, ptr ap, ptr bp, ptr tile, i64 a_step, i64 b_step)`:
+    tile[r*nr + j] = sum_p A(r, p) * B(p, j), with A(r, p) = ap[r*row_stride + p*a_step]
+    and B(p, j) = bp[p*b_step + j].
 
     The mr x nr block lives in mr*(nr/lanes) vector accumulators across the whole k loop
     (unrolled `unroll` times, plus a remainder loop); each step broadcasts one A element per
-    row against nr/lanes B vectors with llvm.fma. `bp` is a packed panel (64-byte aligned
-    panel blocks), `tile` is 64-byte aligned scratch. A(r, p) is ap[p*mr + r] (a packed
-    panel) or, with a_strides=(rs, ps), ap[r*rs + p*ps] read straight from the operand
-    (static strides: every row is a constant displacement from one pointer). Likewise B
-    is bp[p*nr + j] (a packed panel) or, with b_stride=ld, bp[p*ld + j]: nr contiguous
-    columns of each row of a row-major operand, read in place. With c_stride=ldc, `tile`
-    is the caller's C instead: tile[r*ldc + j] (+= when accumulating) = the sum, with
-    element alignment only (for callers whose whole tiles need no epilogue: attention).
+    row against nr/lanes B vectors with llvm.fma. `tile` is 64-byte aligned scratch.
+
+    One function serves every layout of one row stride: a packed A panel (row_stride 1,
+    a_step mr), a transposed A read in place (1, lda) and a row-major A read in place
+    (row_stride lda: every row a constant displacement from one pointer, a_step 1); a packed
+    B panel (b_step nr) and nr columns of a row-major B read in place (b_step ldb). The
+    steps are loop-invariant runtime arguments: as fast as static ones (GEMM rows within
+    noise), and each micro-kernel fewer saves ~20 ms of a cold compile.
+
+    With c_stride=ldc, `tile` is the caller's C instead: tile[r*ldc + j] (+= when
+    accumulating) = the sum, with element alignment only (for callers whose whole tiles need
+    no epilogue: attention).
     """
-    rs, ps = a_strides if a_strides is not None else (1, mr)
-    bs = b_stride if b_stride is not None else nr
-    direct = "" if a_strides is None else f".a{rs}_{ps}"
-    direct += "" if b_stride is None else f".b{bs}"
-    direct += "" if c_stride is None else f".c{c_stride}{'a' if accumulate else ''}"
-    name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}{direct}"
+    rs = row_stride
+    name = f"graphc.gemm.uk.{dtype.short}.{mr}x{nr}.w{lanes}.u{unroll}"
+    name += "" if rs == 1 else f".r{rs}"
+    name += "" if c_stride is None else f".c{c_stride}{'a' if accumulate else ''}"
     fn = module.globals.get(name)
     if fn is not None:
         return fn
-    fn = _new_function(module, name, [I64, PTR, PTR, PTR], noalias=(1, 2, 3))
-    kc, ap0, bp0, tile = fn.args
+    fn = _new_function(module, name, [I64, PTR, PTR, PTR, I64, I64], noalias=(1, 2, 3))
+    kc, ap0, bp0, tile, ps, bs = fn.args
     ety = storage_type(dtype)
     vty = compute_type(dtype, lanes)
     isz = dtype.itemsize
     nv = nr // lanes
-    b_align = align_of(lanes * isz) if b_stride is None else isz
     b = ir.IRBuilder(fn.append_basic_block("entry"))
 
+    def at(base: ir.Value, u: int, step: ir.Value, disp: int) -> ir.Value:
+        """&base[u*step + disp]."""
+        ptr = base if u == 0 else elem_ptr(b, base, b.mul(step, i64(u)), ety)
+        return elem_ptr(b, ptr, disp, ety)
+
     def step(accs: list[ir.Value], ap: ir.Value, bp: ir.Value, u: int) -> list[ir.Value]:
-        bvs = [b.load(elem_ptr(b, bp, u * bs + v * lanes, ety), typ=vty, align=b_align)
-               for v in range(nv)]
+        bvs = [b.load(at(bp, u, bs, v * lanes), typ=vty, align=isz) for v in range(nv)]
         out = list(accs)
         for r in range(mr):
-            a = b.load(elem_ptr(b, ap, u * ps + r * rs, ety), typ=ety, align=isz)
+            a = b.load(at(ap, u, ps, r * rs), typ=ety, align=isz)
             av = splat(b, a, lanes)
             for v in range(nv):
                 out[r * nv + v] = madd(b, dtype, av, bvs[v], out[r * nv + v])
@@ -121,15 +128,15 @@ def micro_kernel(module: ir.Module, dtype: DType, mr: int, nr: int, lanes: int,
         new = list(phis)
         for j in range(u):
             new = step(new, pa, pb, j)
-        na = elem_ptr(b, pa, u * ps, ety)
-        nb = elem_ptr(b, pb, u * bs, ety)
+        na = elem_ptr(b, pa, b.mul(ps, i64(u)), ety)
+        nb = elem_ptr(b, pb, b.mul(bs, i64(u)), ety)
         nit = b.add(it, i64(1))
         for phi, v in zip(phis, new, strict=True):
             phi.add_incoming(v, body)
         it.add_incoming(nit, body)
         pa.add_incoming(na, body)
         pb.add_incoming(nb, body)
-        b.cbranch(b.icmp_signed("<", nit, trips), body, done)
+        keep_rolled(b.cbranch(b.icmp_signed("<", nit, trips), body, done))
         b.position_at_end(done)
         out = []
         for v_in, v_new in zip(accs, new, strict=True):

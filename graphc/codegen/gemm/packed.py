@@ -67,7 +67,7 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
 
     With plan.pack_a False (see `plan_gemm`: all of N in one NR panel, or a row-major A
     with one K block), full MR-row tiles read A in place through a kernel specialised for
-    A's strides, and only the last, partial row tile is packed (zero rows past M), once
+    A's row stride, and only the last, partial row tile is packed (zero rows past M), once
     per K block; B is packed.
     """
     dtype = spec.dtype
@@ -118,7 +118,10 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 return elem_ptr(b, a, add(b, mul(b, row, sa_i), mul(b, pc, sa_p)), ety)
 
             def tile_at(fn: ir.Function, apanel: ir.Value, row: Val, jr: Val, mr_eff: Val,
-                        nr_eff: Val, bpanel: ir.Value | None = None) -> None:
+                        nr_eff: Val, bpanel: ir.Value | None = None, a_step: int = plan.mr,
+                        b_step: int = plan.nr) -> None:
+                """One tile through micro-kernel `fn`; A and B are packed panels unless
+                a_step / b_step say otherwise (see `micro_kernel`)."""
                 if bpanel is None:
                     bpanel = elem_ptr(b, bp, mul(b, jr, kc), ety)
                 col = add(b, jc, jr)
@@ -129,7 +132,8 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                     for off in range(0, plan.nr * dtype.itemsize + 63, 64):
                         at = min(off // dtype.itemsize, plan.nr - 1) + r * spec.ldc
                         prefetch(b, b.gep(cptr, [as_i64(at)], source_etype=ety), True)
-                b.call(fn, [as_i64(kc), apanel, bpanel, tile])
+                b.call(fn, [as_i64(kc), apanel, bpanel, tile, as_i64(a_step),
+                            as_i64(b_step)])
                 full = _full(b, mr_eff, plan.mr, nr_eff, plan.nr)
                 if full is False:
                     store_c(cptr, row, col, mr_eff, nr_eff)
@@ -178,7 +182,7 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
 
             if not plan.pack_a:  # read A in place; B packed
                 in_place = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
-                                        a_strides=(sa_i, sa_p))
+                                        row_stride=sa_i)
                 full = spec.m - spec.m % plan.mr
                 if full < spec.m:
                     b.call(pack_a(), [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
@@ -186,12 +190,11 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 with for_range(b, 0, nc, plan.nr, name="jr") as jr:
                     nr_eff = smin(b, plan.nr, b.sub(as_i64(nc), jr))
                     with for_range(b, 0, full, plan.mr, name="ir") as ir_:
-                        tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff)
+                        tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff, a_step=sa_p)
                     if full < spec.m:
                         tile_at(kernel(), ap, full, jr, spec.m - full, nr_eff)
             elif not plan.pack_b:
-                in_place_b = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
-                                          b_stride=spec.ldb)
+                in_place_b = kernel()  # the packed-panel kernel, with B's row stride
                 with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
                     b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
                     if full_n:
@@ -200,7 +203,7 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                             apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
                             tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
                                     smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
-                                    bpanel=elem_ptr(b, src_b, jr, ety))
+                                    bpanel=elem_ptr(b, src_b, jr, ety), b_step=spec.ldb)
                     if full_n < spec.n:
                         with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
                             apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)

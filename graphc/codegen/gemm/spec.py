@@ -182,8 +182,9 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     # pass saved (MLP layers 784x512, 512x512 at batch 128-256: 1.5% faster). Not for rows
     # of 4 KiB or more (1024^3: 4% slower, every row of a panel in one cache set), nor for
     # a column slice of a wider B (a thread's half of 256^3: up to 10% slower).
-    # Each in-place layout needs a micro-kernel specialised for its stride (~15 ms of
-    # compile time), so the two layouts below are for GEMMs big enough to gain from them.
+    # A row-major A read in place needs a micro-kernel specialised for its row stride (~20 ms
+    # of compile time; B read in place shares the packed kernel: `micro_kernel`), so the two
+    # layouts below are for GEMMs big enough to gain from them.
     big = m * n * k >= _IN_PLACE_MACS
     short_rows = big and spec.ldb == n and n * spec.dtype.itemsize < 4096
     pack_b = not (n > nr and sb_j == 1 and n <= nc and (m <= _IN_PLACE_B_ROWS or short_rows))

@@ -52,6 +52,7 @@ from graphc.codegen.opaque.attention import (
 )
 from graphc.codegen.target import Target
 from graphc.codegen.vecmath import functions as vecmath
+from graphc.ir import DType
 
 
 def use_tiles(g: Geometry) -> bool:
@@ -224,6 +225,19 @@ def seen_keys(b: ir.IRBuilder, n: int, mr: int, diag: ir.Value | None,
     return smin(b, n, end)
 
 
+def call_micro_kernel(b: ir.IRBuilder, dtype: DType, mr: int, nr: int, lanes: int,
+                      a_strides: tuple[int, int] | None, b_stride: int | None,
+                      args: list[ir.Value], c_stride: int | None = None,
+                      accumulate: bool = False) -> None:
+    """Call the GEMM micro-kernel on (kc, A, B, C) = `args`: A an mr-row packed panel
+    (a_strides None) or read in place with (row, k) strides, B an nr-wide packed panel
+    (b_stride None) or nr columns of rows b_stride apart."""
+    rs, a_step = a_strides if a_strides is not None else (1, mr)
+    uk = micro_kernel(b.module, dtype, mr, nr, lanes, row_stride=rs, c_stride=c_stride,
+                      accumulate=accumulate)
+    b.call(uk, [*args, i64(a_step), i64(b_stride if b_stride is not None else nr)])
+
+
 def tile_product(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value, a: ir.Value,
                  a_strides: tuple[int, int] | None, bp: ir.Value, b_stride: int | None,
                  kc: ir.Value | int, c: ir.Value, ldc: int, rows: int, cols: int,
@@ -236,13 +250,11 @@ def tile_product(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value, a: 
     module = b.module
     kc_v = kc if isinstance(kc, ir.Value) else i64(kc)
     if rows == lay.mr and cols == lay.nr:
-        uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides,
-                          b_stride=b_stride, c_stride=ldc, accumulate=accumulate)
-        b.call(uk, [kc_v, a, bp, c])
+        call_micro_kernel(b, dtype, lay.mr, lay.nr, lay.lanes, a_strides, b_stride,
+                          [kc_v, a, bp, c], c_stride=ldc, accumulate=accumulate)
         return
-    uk = micro_kernel(module, dtype, lay.mr, lay.nr, lay.lanes, a_strides=a_strides,
-                      b_stride=b_stride)
-    b.call(uk, [kc_v, a, bp, acc])
+    call_micro_kernel(b, dtype, lay.mr, lay.nr, lay.lanes, a_strides, b_stride,
+                      [kc_v, a, bp, acc])
     b.call(store_tile_function(module, dtype, lay.lanes, lay.nr),
            [acc, c, i64(ldc), i64(rows), i64(cols), ir.Constant(ir.IntType(1), accumulate)])
 
@@ -285,9 +297,8 @@ def key_panels(b: ir.IRBuilder, g: Geometry, lay: Blocking, acc: ir.Value,
     with b.if_then(b.icmp_signed(">", rest, i64(0))):
         with b.if_else(b.icmp_signed("<=", rest, i64(half))) as (narrow, wide):
             with narrow:  # the first `half` columns of the packed panel (row stride nr)
-                uk = micro_kernel(b.module, dtype, lay.mr, half, lay.lanes, a_strides=a[1],
-                                  b_stride=lay.nr, c_stride=lay.ld)
-                b.call(uk, [i64(k), a[0], bp, c])
+                call_micro_kernel(b, dtype, lay.mr, half, lay.lanes, a[1], lay.nr,
+                                  [i64(k), a[0], bp, c], c_stride=lay.ld)
             with wide:
                 tile_product(b, g, lay, acc, a[0], a[1], bp, None, k, c, lay.ld, lay.mr,
                              lay.nr, False)

@@ -110,11 +110,11 @@ def _row_map(ctx: KernelContext, src: ir.Value, dst: ir.Value, dtype: DType, bas
     vec_end = (n // lanes) * lanes if lanes > 1 else 0
     if vec_end:
         ix = IndexBuilder(b, lanes)
-        with for_range(b, 0, vec_end, lanes, name="mv") as i:
+        with for_range(b, 0, vec_end, lanes, name="mv", rolled=True) as i:
             off = Idx(b.add(base, i), 1)
             ix.store(dst, dtype, off, f(ix.load(src, dtype, off), lanes))
     ix1 = IndexBuilder(b, 1)
-    with for_range(b, vec_end, n, 1, name="m") as i:
+    with for_range(b, vec_end, n, 1, name="m", rolled=True) as i:
         off = Idx(b.add(base, b.mul(i, ir.Constant(I64, stride))))
         ix1.store(dst, dtype, off, f(ix1.load(src, dtype, off), 1))
 
