@@ -9,7 +9,8 @@ channel) plane is a unit of work:
     for each output row y:
         the kh input rows it reads, a row of zeros for those in the padding (no branches)
         for each chunk of L outputs: acc = sum over taps of w[i, j] * x[row_i, q*s + j - pl]
-        (masked loads at the row ends, stride 2 by a wide load and a shuffle: `window.Run`)
+        (masked loads at the row ends, stride 2 by a wide load and a shuffle: `window.Run`;
+        the ends' masks are constants: `window.emit_chunks(..., ends_apart=True)`)
         epilogue, store
 
 so each output vector costs its kh*kw loads and FMAs and nothing else. Units are (image,
@@ -20,8 +21,6 @@ narrower rows the direct kernel's blocking over rows wastes as few lanes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
@@ -31,10 +30,10 @@ from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
 from graphc.codegen.window import (
-    ChunkPlan,
     Run,
     const_splat,
     element_ptr,
+    emit_chunks,
     fma,
     i64,
     in_range,
@@ -130,26 +129,8 @@ def emit(ctx: KernelContext) -> None:
                         partial = pairs + partial[len(partial) - len(partial) % 2:]
                     store(out_row, (image, ch, y), q0, 1, partial[0], lanes, limit)
 
-                _row_chunks(b, plan, chunk)
+                emit_chunks(b, plan, chunk, ends_apart=True)
 
     per_plane = max(1, ho * wo * kh * kw)
     parallel_range(ctx, n_batch * chans, max(1, -(-_TASK_MACS // per_plane)), planes)
 
-
-def _row_chunks(b: ir.IRBuilder, plan: ChunkPlan,
-                body: Callable[[ir.Value, bool, ir.Value | None], None]) -> None:
-    """body(q0, checked, limit) over the chunks of `plan`, like `window.emit_chunks`, but
-    with the checked chunks (the row's ends) emitted apart with constant q0 and limit, so
-    that their border masks fold to constants, and only the unchecked middle in a loop."""
-    lanes = plan.lanes
-    starts = [k * lanes for k in range(plan.n_chunks)]
-    fast = [q for q in starts if plan.fast_start <= q < plan.fast_stop]
-    for q in starts:
-        if q < plan.fast_start or q >= plan.fast_stop:
-            body(i64(q), True, i64(min(lanes, plan.n - q)))
-        elif q == fast[0]:
-            if len(fast) == 1:
-                body(i64(q), False, None)
-            else:
-                with for_range(b, fast[0], fast[-1] + lanes, lanes, name="q") as q0:
-                    body(q0, False, None)

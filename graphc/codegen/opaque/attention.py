@@ -103,6 +103,26 @@ def geometry(node: Node) -> Geometry:
                     float(node.attrs["scale"]), mask_strides)
 
 
+def grad_block_pairs(b: ir.IRBuilder, g: Geometry,
+                     pair: Callable[[int, int, ir.Value, ir.Value], None]) -> None:
+    """pair(m, n, i0, j0) for every (query block [i0, i0 + m), key block [j0, j0 + n)) of
+    one head the backward visits: key blocks outermost (each accumulates its dK, dV), and
+    with a causal mask only the query blocks from the one holding j0 (earlier rows see
+    none of its keys). m and n are static (`static_cases` over the blocks' sizes)."""
+    with for_range(b, 0, g.tk, g.bc, name="kb") as j0:
+        keys = b.sub(i64(g.tk), j0)
+        keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
+        i_start = b.mul(b.udiv(j0, i64(g.br)), i64(g.br)) if g.causal else i64(0)
+
+        def key_block(n: int) -> None:
+            with for_range(b, i_start, g.tq, g.br, name="qb") as i0:
+                rows = b.sub(i64(g.tq), i0)
+                rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
+                static_cases(b, rows, g.sizes(g.tq, g.br), lambda m: pair(m, n, i0, j0))
+
+        static_cases(b, keys, g.sizes(g.tk, g.bc), key_block)
+
+
 def static_cases(b: ir.IRBuilder, value: ir.Value, cases: list[int],
                  emit: Callable[[int], None]) -> None:
     """Emit `emit(c)` for the static case `c` equal to the runtime `value` (the last case

@@ -38,11 +38,11 @@ from graphc.codegen.opaque.attention import (
     aligned,
     at,
     geometry,
+    grad_block_pairs,
     head_offsets,
     i64,
     row_vectors,
     score_epilogue,
-    static_cases,
     task_scratch,
     zero_fill,
 )
@@ -206,46 +206,29 @@ def _head(b: ir.IRBuilder, g: Geometry, lanes: int, mats: dict[str, ir.Value],
           ds_tile: ir.Value, gemm_scratch: ir.Value, target: Target) -> None:
     """Every (key block, query block) pair of one query head."""
     dtype = g.dtype
-    with for_range(b, 0, g.tk, g.bc, name="kb") as j0:
-        keys = b.sub(i64(g.tk), j0)
-        keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
-        # Causal: the rows before j0 see none of these keys.
-        i_start = b.mul(b.udiv(j0, i64(g.br)), i64(g.br)) if g.causal else i64(0)
 
-        def key_block(n: int) -> None:
-            with for_range(b, i_start, g.tq, g.br, name="qb") as i0:
-                rows = b.sub(i64(g.tq), i0)
-                rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
+    def pair(m: int, n: int, i0: ir.Value, j0: ir.Value) -> None:
+        spec = _specs(g, m, n)
+        q_i = at(b, mats["q"], b.mul(i0, i64(g.dk)), dtype)
+        do_i = at(b, mats["do"], b.mul(i0, i64(g.dv)), dtype)
+        dq_i = at(b, mats["dq"], b.mul(i0, i64(g.dk)), dtype)
+        k_j = at(b, k_mat, b.mul(j0, i64(g.dk)), dtype)
+        v_j = at(b, v_mat, b.mul(j0, i64(g.dv)), dtype)
+        dk_j = at(b, dk_mat, b.mul(j0, i64(g.dk)), dtype)
+        dv_j = at(b, dv_mat, b.mul(j0, i64(g.dv)), dtype)
+        emit_gemm(b, spec["s"], q_i, k_j, p_tile, gemm_scratch, target,
+                  score_epilogue(g, mask, mask_base, i0, j0))
+        with for_range(b, 0, m, name="prow") as r:
+            lse_at = b.mul(b.add(i0, r), i64(lse_stride))
+            _probabilities(b, g, n, lanes, p_tile, r, at(b, mats["lse"], lse_at, dtype))
+        emit_gemm(b, spec["dv"], p_tile, do_i, dv_j, gemm_scratch, target, accumulate=True)
+        emit_gemm(b, spec["dp"], do_i, v_j, ds_tile, gemm_scratch, target)
+        with for_range(b, 0, m, name="dsrow") as r:
+            _score_grads(b, g, n, lanes, p_tile, ds_tile, r, at(b, d_rows, b.add(i0, r), dtype))
+        emit_gemm(b, spec["dq"], ds_tile, k_j, dq_i, gemm_scratch, target, accumulate=True)
+        emit_gemm(b, spec["dk"], ds_tile, q_i, dk_j, gemm_scratch, target, accumulate=True)
 
-                def pair(m: int) -> None:
-                    spec = _specs(g, m, n)
-                    q_i = at(b, mats["q"], b.mul(i0, i64(g.dk)), dtype)
-                    do_i = at(b, mats["do"], b.mul(i0, i64(g.dv)), dtype)
-                    dq_i = at(b, mats["dq"], b.mul(i0, i64(g.dk)), dtype)
-                    k_j = at(b, k_mat, b.mul(j0, i64(g.dk)), dtype)
-                    v_j = at(b, v_mat, b.mul(j0, i64(g.dv)), dtype)
-                    dk_j = at(b, dk_mat, b.mul(j0, i64(g.dk)), dtype)
-                    dv_j = at(b, dv_mat, b.mul(j0, i64(g.dv)), dtype)
-                    emit_gemm(b, spec["s"], q_i, k_j, p_tile, gemm_scratch, target,
-                              score_epilogue(g, mask, mask_base, i0, j0))
-                    with for_range(b, 0, m, name="prow") as r:
-                        lse_at = b.mul(b.add(i0, r), i64(lse_stride))
-                        _probabilities(b, g, n, lanes, p_tile, r,
-                                       at(b, mats["lse"], lse_at, dtype))
-                    emit_gemm(b, spec["dv"], p_tile, do_i, dv_j, gemm_scratch, target,
-                              accumulate=True)
-                    emit_gemm(b, spec["dp"], do_i, v_j, ds_tile, gemm_scratch, target)
-                    with for_range(b, 0, m, name="dsrow") as r:
-                        _score_grads(b, g, n, lanes, p_tile, ds_tile, r,
-                                     at(b, d_rows, b.add(i0, r), dtype))
-                    emit_gemm(b, spec["dq"], ds_tile, k_j, dq_i, gemm_scratch, target,
-                              accumulate=True)
-                    emit_gemm(b, spec["dk"], ds_tile, q_i, dk_j, gemm_scratch, target,
-                              accumulate=True)
-
-                static_cases(b, rows, g.sizes(g.tq, g.br), pair)
-
-        static_cases(b, keys, g.sizes(g.tk, g.bc), key_block)
+    grad_block_pairs(b, g, pair)
 
 
 def _probabilities(b: ir.IRBuilder, g: Geometry, n: int, lanes: int, tile: ir.Value,

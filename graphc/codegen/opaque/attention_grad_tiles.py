@@ -36,6 +36,7 @@ from graphc.codegen.opaque.attention import (
     Scores,
     aligned,
     at,
+    grad_block_pairs,
     i64,
     static_cases,
     vector_loop,
@@ -160,25 +161,11 @@ class HeadPtrs:
 def head(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value],
          h: HeadPtrs) -> None:
     """Every (key block, query block) pair of one query head (its operands packed)."""
-    with for_range(b, 0, g.tk, g.bc, name="kb") as j0:
-        keys = b.sub(i64(g.tk), j0)
-        keys = b.select(b.icmp_signed("<", keys, i64(g.bc)), keys, i64(g.bc))
-        # Causal: the rows before j0 see none of these keys.
-        i_start = b.mul(b.udiv(j0, i64(g.br)), i64(g.br)) if g.causal else i64(0)
+    def pair(m: int, n: int, i0: ir.Value, j0: ir.Value) -> None:
+        causal_cut(b, g, n, i0, j0, lambda diag: _pair(b, g, lay, r, h, m, n, i0, j0, diag),
+                   split=False)
 
-        def key_block(n: int) -> None:
-            with for_range(b, i_start, g.tq, g.br, name="qb") as i0:
-                rows = b.sub(i64(g.tq), i0)
-                rows = b.select(b.icmp_signed("<", rows, i64(g.br)), rows, i64(g.br))
-
-                def pair(m: int) -> None:
-                    causal_cut(b, g, n, i0, j0,
-                               lambda diag: _pair(b, g, lay, r, h, m, n, i0, j0, diag),
-                               split=False)
-
-                static_cases(b, rows, g.sizes(g.tq, g.br), pair)
-
-        static_cases(b, keys, g.sizes(g.tk, g.bc), key_block)
+    grad_block_pairs(b, g, pair)
 
 
 def _pair(b: ir.IRBuilder, g: Geometry, lay: GradLayout, r: dict[str, ir.Value], h: HeadPtrs,
