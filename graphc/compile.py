@@ -18,14 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphc.errors import CompileError
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.pipeline import DEFAULT_OPTIONS, Lowered, advance, lower
 from graphc.runtime import program_cache
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import CompileReport, Executable
-from graphc.runtime.jit import JitModule, jit_compile, load_object
+from graphc.runtime.jit import JitModule
+from graphc.runtime.kernel_library import compile_program, load_program
 
 
 def compile(
@@ -90,14 +90,15 @@ def _compile_signature(graph: Graph, sig: Signature, single: bool,
         assert generated is not None
         codegen = lowered.seconds["llvm"]
         start = time.perf_counter()
-        jit = jit_compile(generated.ir_text, opt_level=options.opt_level,
-                          cache_dir=slot.directory if slot is not None else None,
-                          target=lowered.target, symbols=(generated.entry,))
+        jit = compile_program(generated.ir_text, opt_level=options.opt_level,
+                              cache_dir=slot.directory if slot is not None else None,
+                              target=lowered.target, symbols=(generated.entry,))
         layout = program_cache.Layout(generated.entry, tuple(generated.table),
                                       generated.arena_bytes, generated.scratch_offset)
         # An entry whose layout is not the expected one could never be loaded: skip it.
         if slot is not None and layout == slot.expected:
-            program_cache.store(slot.directory, slot.key, jit.object_code, layout)
+            program_cache.store(slot.directory, slot.key, jit.object_code, layout,
+                                jit.libraries)
     seconds = {"passes": lowered.seconds["optimized"],
                "fuse_plan": lowered.seconds["fused"] + lowered.seconds["planned"],
                "codegen": codegen, "llvm": time.perf_counter() - start}
@@ -132,12 +133,11 @@ def _cache_slot(lowered: Lowered) -> _CacheSlot | None:
 def _program_cache_hit(lowered: Lowered, slot: _CacheSlot
                        ) -> tuple[JitModule, program_cache.Layout] | None:
     """The loaded machine code and layout of a verified entry, or None (a miss)."""
-    obj = program_cache.load(slot.directory, slot.key, slot.expected)
-    if obj is None:
+    hit = program_cache.load(slot.directory, slot.key, slot.expected)
+    if hit is None:
         return None
-    try:
-        jit = load_object(obj, lowered.target, lowered.options.opt_level,
-                          (slot.expected.entry,))
-    except CompileError:
-        return None  # LLVM rejects it or the entry point is missing: compile over it
-    return jit, slot.expected
+    obj, libraries = hit
+    # None if LLVM rejects it, the entry point or a library object is missing: compile over it
+    jit = load_program(obj, libraries, lowered.target, lowered.options.opt_level,
+                       slot.directory, (slot.expected.entry,))
+    return (jit, slot.expected) if jit is not None else None

@@ -62,6 +62,8 @@ class CompileReport:
             f"llvm: {'cache hit' if s.cache_hit else 'compiled'}; parse+verify "
             f"{s.parse_verify:.3f}s, optimize {s.optimize:.3f}s, emit {s.emit:.3f}s, load "
             f"{s.load:.3f}s, object {s.object_bytes} B",
+            f"shared GEMM functions: {s.library_objects} linked, {s.library_compiled} of them "
+            "compiled now (the others compiled earlier in this process or cached)",
             "stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items()),
         ]
         return "\n".join(lines)

@@ -45,6 +45,7 @@ import llvmlite.binding as llvm
 from graphc.codegen.target import Target, create_target_machine, host_target
 from graphc.errors import CompileError
 from graphc.io.atomic import atomic_write
+from graphc.runtime.object_symbols import is_elf64, object_symbols
 
 # The record format of the object cache; a record of any other format is a miss.
 OBJECT_FORMAT = "graphc.object/1"
@@ -71,6 +72,10 @@ class CompileStats:
     emit: float = 0.0
     load: float = 0.0
     object_bytes: int = 0
+    # Shared GEMM functions (`runtime.kernel_library`): how many this compile loaded, and
+    # how many of them it had to compile (the others were compiled earlier or cached).
+    library_objects: int = 0
+    library_compiled: int = 0
 
     @property
     def total(self) -> float:
@@ -85,6 +90,9 @@ class JitModule:
     object_code: bytes
     key: str
     stats: CompileStats = field(default_factory=CompileStats)
+    # The library objects loaded beside `object_code`, as "key:function"
+    # (`runtime.kernel_library` sets it).
+    libraries: tuple[str, ...] = ()
     _keepalive: list[object] = field(default_factory=list)
 
     def optional_address(self, name: str) -> int:
@@ -253,37 +261,45 @@ def jit_compile(
     cache_dir: Path | None = None,
     target: Target | None = None,
     symbols: Sequence[str] = (),
+    libraries: Sequence[tuple[str, bytes]] = (),
+    stats: CompileStats | None = None,
 ) -> JitModule:
     """Compile `ir_text` for `target` (the host by default) and load it for calling.
 
-    `symbols` are the functions the caller will look up. A cached object that fails to
-    verify, that LLVM rejects or that lacks one of them is a miss: it is compiled again and
-    overwritten. Raises CompileError if the freshly compiled module lacks one.
+    `symbols` are the functions the caller will look up. `libraries` are (key, object)
+    pairs loaded into the same engine, defining the functions `ir_text` declares for them
+    (`runtime.kernel_library`). A cached object that fails to verify, that LLVM rejects or
+    that lacks one of `symbols` is a miss: it is compiled again and overwritten. Raises
+    CompileError if the freshly compiled module lacks one.
     """
     target = target or host_target()
+    stats = stats if stats is not None else CompileStats()
     key = cache_key(ir_text, target, opt_level)
     obj = load_cached_object(cache_dir, key) if cache_dir is not None else None
     if obj is not None:
         try:
-            return _loaded(obj, target, opt_level, key, symbols, CompileStats(cache_hit=True))
+            hit = CompileStats(cache_hit=True, library_objects=stats.library_objects,
+                               library_compiled=stats.library_compiled)
+            return _loaded(obj, target, opt_level, key, symbols, hit, libraries)
         except CompileError:
             pass  # bytes this key's IR never produced: compile them again, below
-    stats = CompileStats()
     obj = optimize_and_emit(ir_text, target, opt_level, stats)
     if cache_dir is not None:
         store_cached_object(cache_dir, key, obj)
-    return _loaded(obj, target, opt_level, key, symbols, stats)
+    return _loaded(obj, target, opt_level, key, symbols, stats, libraries)
 
 
 def load_object(obj: bytes, target: Target, opt_level: int,
-                symbols: Sequence[str] = ()) -> JitModule:
-    """Load a verified object of `runtime.program_cache` (a hit of that cache).
+                symbols: Sequence[str] = (),
+                libraries: Sequence[tuple[str, bytes]] = ()) -> JitModule:
+    """Load a verified object of `runtime.program_cache` (a hit of that cache), with the
+    library objects it declares.
 
     Raises CompileError if LLVM rejects the object or it lacks one of `symbols`; the caller
     treats that as a miss.
     """
     return _loaded(obj, target, opt_level, "program-cache", symbols,
-                   CompileStats(cache_hit=True))
+                   CompileStats(cache_hit=True), libraries)
 
 
 def defines(obj: bytes, target: Target, opt_level: int, symbols: Sequence[str]) -> bool:
@@ -296,12 +312,14 @@ def defines(obj: bytes, target: Target, opt_level: int, symbols: Sequence[str]) 
 
 
 def _loaded(obj: bytes, target: Target, opt_level: int, key: str, symbols: Sequence[str],
-            stats: CompileStats) -> JitModule:
-    """`obj` loaded into an engine of its own; CompileError if a symbol is missing."""
+            stats: CompileStats, libraries: Sequence[tuple[str, bytes]] = ()) -> JitModule:
+    """`obj` (and `libraries`) loaded into an engine of its own; CompileError if a symbol
+    is missing."""
     t0 = time.perf_counter()
-    engine = _load_object(obj, target, opt_level)
+    engine = _load_object([obj, *(lib for _, lib in libraries)], target, opt_level)
     stats.load = time.perf_counter() - t0
     stats.object_bytes = len(obj)
+    stats.library_objects = len(libraries)
     jit = JitModule(engine, obj, key, stats)
     missing = [name for name in symbols if not jit.optional_address(name)]
     if missing:
@@ -309,12 +327,34 @@ def _loaded(obj: bytes, target: Target, opt_level: int, key: str, symbols: Seque
     return jit
 
 
-def _load_object(obj: bytes, target: Target, opt_level: int) -> llvm.ExecutionEngine:
+def _load_object(objects: Sequence[bytes], target: Target, opt_level: int
+                 ) -> llvm.ExecutionEngine:
     tm = create_target_machine(target, opt_level, jit=True)
+    # Creating the engine also makes the process's own symbols (libc) resolvable.
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+    _check_links(objects)
     try:
-        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        for obj in objects:
+            engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         engine.finalize_object()
     except RuntimeError as exc:
         raise CompileError(f"could not load the compiled object: {exc}") from None
     return engine
+
+
+def _check_links(objects: Sequence[bytes]) -> None:
+    """CompileError unless every symbol the objects call is defined by one of them or by the
+    process: LLVM's loader aborts the process on an unresolved call. (Objects of another
+    format than ELF64 are left to the loader, which rejects what it cannot read.)"""
+    if not all(is_elf64(obj) for obj in objects):
+        return
+    try:
+        tables = [object_symbols(obj) for obj in objects]
+    except ValueError as exc:
+        raise CompileError(f"could not load the compiled object: {exc}") from None
+    defined = set().union(*(t.defined for t in tables))
+    needed = set().union(*(t.undefined for t in tables)) - defined
+    missing = sorted(n for n in needed if not llvm.address_of_symbol(n))
+    if missing:
+        raise CompileError(f"the compiled object calls {', '.join(missing)}, which neither "
+                           "it, the objects loaded with it nor the process define")

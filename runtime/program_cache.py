@@ -13,7 +13,12 @@ fields beyond the common ones are the entry point's layout:
 
     {"format": "graphc.program/1", "key": ..., "object_sha256": ..., "object_bytes": ...,
      "entry": "graphc_entry", "table": [["input", 0], ..., ["variable", "w1"], ...,
-     ["arena", 0]], "arena_bytes": <int>, "scratch_offset": <int>, "record_sha256": ...}
+     ["arena", 0]], "arena_bytes": <int>, "scratch_offset": <int>,
+     "libraries": ["<object-cache key>:<function>", ...], "record_sha256": ...}
+
+`libraries` are the shared GEMM functions the object declares, each with the object-cache
+key of its library object (`runtime.kernel_library`); a hit needs every one of them, from
+this process or from the object cache, or it is a miss.
 
 The layout is trusted by the Executable (table order, arena size) and by the machine code
 (which reads the table and writes the arena up to `arena_bytes`), so `load` demands that it
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,14 +53,17 @@ from graphc.runtime.jit import canonical_json, read_entry, write_entry
 # otherwise), the stage sequence and the JIT.
 _CODEGEN_PACKAGES = (codegen, ir, ops, passes)
 _CODEGEN_FILES = (Path(ir.__file__).resolve().parent.parent / "pipeline.py",
-                  Path(__file__).resolve().parent / "jit.py")
+                  Path(__file__).resolve().parent / "jit.py",
+                  Path(__file__).resolve().parent / "kernel_library.py")
 
 # The record format of this cache; a record of any other format is a miss.
-FORMAT = "graphc.program/1"
+FORMAT = "graphc.program/2"
 
 # The layout fields of a record and their JSON types (`runtime.jit.read_entry` checks them).
 _LAYOUT_FIELDS: dict[str, type] = {"entry": str, "table": list, "arena_bytes": int,
                                    "scratch_offset": int}
+_FIELDS: dict[str, type] = {**_LAYOUT_FIELDS, "libraries": list}
+_LIBRARY = re.compile(r"[0-9a-f]{64}:graphc\.gemm\.[\w.]+")
 
 
 @dataclass(frozen=True)
@@ -98,22 +108,29 @@ def expected_layout(plan: MemoryPlan, target: Target, threads: int, conv: str,
     return Layout(entry, arena.table, arena.arena_bytes, arena.scratch_offset)
 
 
-def load(cache_dir: Path, key: str, expected: Layout) -> bytes | None:
-    """The cached object for `key` if its entry verifies and records exactly `expected`;
-    None otherwise (missing, damaged, another key's or another layout's entry: a miss)."""
-    hit = read_entry(cache_dir, f"{key}.prog", FORMAT, key, _LAYOUT_FIELDS)
+def load(cache_dir: Path, key: str, expected: Layout) -> tuple[bytes, tuple[str, ...]] | None:
+    """The cached object for `key` and the keys of the library objects it declares, if its
+    entry verifies and records exactly `expected`; None otherwise (missing, damaged, another
+    key's or another layout's entry: a miss)."""
+    hit = read_entry(cache_dir, f"{key}.prog", FORMAT, key, _FIELDS)
     if hit is None:
         return None
     obj, record = hit
     recorded = {name: record[name] for name in _LAYOUT_FIELDS}
     # Compared as canonical JSON text, so types must match too (`true` is not 1).
-    return obj if canonical_json(recorded) == canonical_json(_fields(expected)) else None
+    if canonical_json(recorded) != canonical_json(_fields(expected)):
+        return None
+    libraries = record["libraries"]
+    if not all(type(k) is str and _LIBRARY.fullmatch(k) for k in libraries):
+        return None
+    return obj, tuple(libraries)
 
 
-def store(cache_dir: Path, key: str, obj: bytes, layout: Layout) -> None:
+def store(cache_dir: Path, key: str, obj: bytes, layout: Layout,
+          libraries: Sequence[str] = ()) -> None:
     """Write the entry for `key` atomically, replacing any entry there (errors ignored)."""
-    write_entry(cache_dir, f"{key}.prog", {"format": FORMAT, "key": key, **_fields(layout)},
-                obj)
+    write_entry(cache_dir, f"{key}.prog", {"format": FORMAT, "key": key, **_fields(layout),
+                                           "libraries": list(libraries)}, obj)
 
 
 def _fields(layout: Layout) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """The compile cache treats its entries as untrusted input (issue 13, item 1).
 
-Both levels (`runtime.jit`'s object cache keyed by LLVM IR, `runtime.program_cache` keyed by
-the optimized graph) are damaged in generated ways: empty, truncated, random, bit-flipped
-files, another program's files under this key, records of the wrong schema, types or
-layout, records whose hashes do not match, objects without the entry point. After each, the
-compile must succeed with the reference's results, must not have trusted the entry, and
-must have overwritten it so the next compile is a clean hit.
+All levels (`runtime.jit`'s object cache keyed by LLVM IR, `runtime.program_cache` keyed by
+the optimized graph, and the library objects of shared GEMM functions that
+`runtime.kernel_library` keeps beside them) are damaged in generated ways: empty, truncated,
+random, bit-flipped files, another program's files under this key, records of the wrong
+schema, types or layout, records whose hashes do not match, objects without the entry
+point. After each, the compile must succeed with the reference's results, must not have
+trusted the entry, and must have overwritten it so the next compile is a clean hit.
 
 LLVM's object loader and the Executable crash on bad input, so the damage is done in a
 subprocess: this file doubles as the probe script (`python test_compile_cache.py corrupt
@@ -34,7 +35,7 @@ from graphc.codegen.module import ENTRY
 from graphc.codegen.target import host_target
 from graphc.passes.memory_plan import Space
 from graphc.pipeline import lower
-from graphc.runtime import jit, program_cache
+from graphc.runtime import jit, kernel_library, program_cache
 from graphc.runtime.arguments import resolve_signature
 
 THIS = Path(__file__).resolve()
@@ -43,6 +44,8 @@ PROBE_TIMEOUT = 300  # seconds; a probe normally takes a few
 # Which cache level each file belongs to (program-cache files are consulted first).
 PROGRAM_ROLES = ("prog", "prog_record")
 OBJECT_ROLES = ("obj", "obj_record")
+# A library object and its record (the program entry stays: a hit must link against it).
+LIBRARY_ROLES = ("lib", "lib_record")
 
 # An object file that defines a function, but not the entry point.
 NO_ENTRY_IR = "define i32 @not_the_entry(ptr %t) {\n  ret i32 0\n}\n"
@@ -99,14 +102,20 @@ class Program:
 # --- the probe (runs in a subprocess) ------------------------------------------------------
 
 def entry_files(cache: Path, before: set[str]) -> dict[str, Path]:
-    """The cache files a compile added to `cache` (not in `before`), by role."""
+    """The cache files a compile added to `cache` (not in `before`), by role; of several
+    library objects the first (by name) has the roles "lib" and "lib_record", the second
+    "other_lib" and "other_lib_record"."""
     roles: dict[str, Path] = {}
-    for name in sorted(set(os.listdir(cache)) - before):
+    for name in sorted(set(os.listdir(cache)) - before, reverse=True):
         if name.startswith("."):
             continue  # another process's temporary file
         role = ("prog" if name.endswith(".prog.o") else
                 "prog_record" if name.endswith(".prog.json") else
+                "lib" if name.endswith(".lib.o") else
+                "lib_record" if name.endswith(".lib.json") else
                 "obj" if name.endswith(".o") else "obj_record")
+        if role in roles and role.startswith("lib"):
+            roles[f"other_{role}"] = roles[role]
         roles[role] = cache / name
     return roles
 
@@ -127,6 +136,9 @@ class Probe:
                         for role, path in entry_files(cache, before).items()}
         self.prog_key = self.files["prog"].name.removesuffix(".prog.o")
         self.obj_key = self.files["obj"].name.removesuffix(".o")
+        self.lib_key = self.files["lib"].name.removesuffix(".lib.o")
+        self.lib_name = json.loads(self.pristine["lib_record"])["symbol"]
+        self.other_lib_name = json.loads(self.pristine["other_lib_record"])["symbol"]
 
     def restore(self, role: str) -> None:
         """Every file of A as compiled; without the program entry if `role` is below it."""
@@ -135,17 +147,26 @@ class Probe:
         if role in OBJECT_ROLES:  # else the program cache answers and the object is unread
             for r in PROGRAM_ROLES:
                 self.files[r].unlink()
+        # Else this process's copies of the library objects answer and the files are unread.
+        kernel_library.forget_library_objects()
 
     def variant(self, role: str, op: str, arg: Any) -> None:
         """Damage `role`'s file (or entry) by `op`; see `test_*` below for the list."""
         path = self.files[role]
         if op == "delete":
             path.unlink()
+        elif op == "foreign" and role in LIBRARY_ROLES:
+            path.write_bytes(self.pristine[f"other_{role}"])
         elif op == "foreign":
             path.write_bytes(self.foreign[role])
+        elif op == "foreign_entry" and role in LIBRARY_ROLES:
+            for r in LIBRARY_ROLES:
+                self.files[r].write_bytes(self.pristine[f"other_{r}"])
         elif op == "foreign_entry":
             for r in (PROGRAM_ROLES if role in PROGRAM_ROLES else OBJECT_ROLES):
                 self.files[r].write_bytes(self.foreign[r])
+        elif op == "other_symbol":  # every hash right, but it names another function
+            self.store_library(self.other_lib_name, self.pristine["other_lib"])
         elif op == "no_entry":
             self.store_object_without_entry(role)
         elif op == "json":
@@ -159,16 +180,27 @@ class Probe:
         """A valid object, stored with every hash right, that lacks the entry point."""
         obj = jit.optimize_and_emit(NO_ENTRY_IR, host_target(), 2)
         if role in PROGRAM_ROLES:
-            program_cache.store(self.cache, self.prog_key, obj,
-                                layout_of(json.loads(self.pristine["prog_record"])))
+            record = json.loads(self.pristine["prog_record"])
+            program_cache.store(self.cache, self.prog_key, obj, layout_of(record),
+                                record["libraries"])
+        elif role in LIBRARY_ROLES:
+            self.store_library(self.lib_name, obj)
         elif hasattr(jit, "store_cached_object"):
             jit.store_cached_object(self.cache, self.obj_key, obj)
         else:  # the entry format before issue 13
             self.files["obj"].write_bytes(obj)
 
+    def store_library(self, symbol: str, obj: bytes) -> None:
+        """`obj` stored with every hash right as the library object of `symbol` under A's
+        library key."""
+        jit.write_entry(self.cache, f"{self.lib_key}.lib",
+                        {"format": kernel_library.LIBRARY_FORMAT, "key": self.lib_key,
+                         "symbol": symbol}, obj)
+
     def store_layout(self, fields: dict[str, Any]) -> None:
-        """A's object stored with every hash right under a wrong layout."""
-        program_cache.store(self.cache, self.prog_key, self.pristine["prog"], layout_of(fields))
+        """A's object stored with every hash right under a wrong layout (or library list)."""
+        program_cache.store(self.cache, self.prog_key, self.pristine["prog"], layout_of(fields),
+                            fields["libraries"])
 
     def check(self, role: str) -> None:
         """Compile A: reference results, the damaged level missed, then a clean hit."""
@@ -179,6 +211,16 @@ class Probe:
             assert exe.report.jit.key != "program-cache", "the damaged entry was used"
             again = self.a.compile()
             assert again.report.jit.key == "program-cache", "the entry was not rewritten"
+        elif role in LIBRARY_ROLES:
+            assert exe.report.jit.key != "program-cache", "linked against the damaged object"
+            assert stats.library_compiled == 1, "the damaged library object was used"
+            kernel_library.forget_library_objects()
+            rewritten = kernel_library.cached_library_object(
+                self.lib_key, self.lib_name, host_target(), self.a.options.opt_level,
+                self.cache)
+            assert rewritten is not None, "the library object was not rewritten"
+            again = self.a.compile()
+            assert again.report.jit.key == "program-cache", "the program entry was lost"
         else:
             assert not stats.cache_hit, "the damaged object was used"
             rewritten = jit.load_cached_object(self.cache, self.obj_key)
@@ -217,6 +259,7 @@ def layout_edit(record: dict[str, Any], edit: str) -> dict[str, Any]:
     variables = [i for i, (space, _) in enumerate(table) if space == "variable"]
     v, w = variables[0], variables[-1]
     arena, scratch = fields["arena_bytes"], fields["scratch_offset"]
+    libraries: list[Any] = fields["libraries"]
     changes: dict[str, dict[str, Any]] = {
         "swap_variables": {"table": _swapped(table, v, w)},
         "swap_input_output": {"table": _swapped(table, 1, 2)},
@@ -245,6 +288,15 @@ def layout_edit(record: dict[str, Any], edit: str) -> dict[str, Any]:
         "table_item_short": {"table": _replaced(table, 0, ["input"])},
         "table_dict": {"table": {"0": table[0]}},
         "table_empty": {"table": []},
+        "libraries_dropped": {"libraries": libraries[1:]},
+        "libraries_empty": {"libraries": []},
+        "libraries_keys_swapped": {"libraries": [f"{k}:{n}" for k, n in zip(
+            [e.split(":")[0] for e in libraries[::-1]], [e.split(":")[1] for e in libraries],
+            strict=True)]},
+        "libraries_unknown_key": {"libraries": ["0" * 64 + ":" + libraries[0].split(":")[1],
+                                                *libraries[1:]]},
+        "libraries_bad_name": {"libraries": [libraries[0] + " x", *libraries[1:]]},
+        "libraries_int": {"libraries": [1, *libraries[1:]]},
     }
     return {**fields, **changes[edit]}
 
@@ -405,7 +457,8 @@ def binary_variants(length: int, thorough: bool = True) -> list[list[Any]]:
 
 
 RECORD_FIELDS = ("format", "key", "object_sha256", "object_bytes", "record_sha256")
-LAYOUT_FIELDS = ("entry", "table", "arena_bytes", "scratch_offset")
+LIBRARY_FIELDS = (*RECORD_FIELDS, "symbol")
+LAYOUT_FIELDS = ("entry", "table", "arena_bytes", "scratch_offset", "libraries")
 # Wrong layouts: reordered tables, wrong arenas, other entry points, wrong types.
 LAYOUT_EDITS = ("swap_variables", "swap_input_output", "arena_first", "arena_zero",
                 "arena_short", "arena_negative", "arena_huge", "arena_str", "arena_float",
@@ -413,7 +466,9 @@ LAYOUT_EDITS = ("swap_variables", "swap_input_output", "arena_first", "arena_zer
                 "entry_other_function", "entry_null", "variable_unknown", "variable_dropped",
                 "variable_duplicated", "variable_as_constant", "input_key_str",
                 "input_key_bool", "input_out_of_range", "space_unknown", "table_item_dict",
-                "table_item_short", "table_dict", "table_empty")
+                "table_item_short", "table_dict", "table_empty", "libraries_dropped",
+                "libraries_empty", "libraries_keys_swapped", "libraries_unknown_key",
+                "libraries_bad_name", "libraries_int")
 # Those `program_cache.store` can write (it needs a valid `Space` for each table entry).
 RESIGNABLE = tuple(e for e in LAYOUT_EDITS if e not in {"space_unknown", "table_item_dict",
                                                         "table_item_short", "table_dict"})
@@ -483,6 +538,19 @@ def test_damaged_object_records_are_recompiled(tmp_path: Path) -> None:
     as each costs a cold compile."""
     corrupt(tmp_path, "obj_record", record_variants(
         ("key", "object_sha256"), RECORD_EDITS[:-2], thorough=False))
+
+
+def test_damaged_library_objects_are_recompiled(tmp_path: Path) -> None:
+    """A shared GEMM function's object: damaged, another function's, one without the
+    function, or stored under a record naming another: the program entry that links
+    against it misses and the function is compiled again."""
+    corrupt(tmp_path, "lib", [*OBJECT_VARIANTS,
+                              ["a record naming another function", "other_symbol", 0]])
+
+
+def test_damaged_library_records_are_recompiled(tmp_path: Path) -> None:
+    corrupt(tmp_path, "lib_record", record_variants(LIBRARY_FIELDS, RECORD_EDITS,
+                                                    thorough=False))
 
 
 def test_export_recompiles_damaged_objects(tmp_path: Path) -> None:
