@@ -179,24 +179,29 @@ def mlp_train_numpy(threads: int) -> Runner:
 
 # --- (d) compile time ---------------------------------------------------------------------------
 
-def compile_graphc(cached: bool) -> Callable[[int], Runner]:
-    """Time gc.compile of the MLP training step, with an empty or a warm cache."""
+def compile_graphc(cached: bool, fresh: bool = False) -> Callable[[int], Runner]:
+    """Time gc.compile of the MLP training step, with an empty or a warm cache; `fresh`:
+    also without the shared GEMM functions an earlier compile in the process made
+    (`runtime.kernel_library`), as in a fresh process's first compile."""
 
     def setup(threads: int) -> Runner:
         import tempfile
 
         import graphc as gc
+        from graphc.runtime import kernel_library
 
         cache = tempfile.mkdtemp(prefix="graphc-bench-cache-")
         g, x, y, _, loss, updates = _mlp_graph(128, train=True)
         options = gc.CompileOptions(cache_dir=cache, threads=threads)
-        if cached:
+        if not fresh:  # fills the cache and makes the process's shared GEMM functions
             gc.compile(g, [x, y], [loss], updates=updates, options=options)
 
         def run() -> object:
             if not cached:
                 for f in __import__("pathlib").Path(cache).glob("*.o"):
                     f.unlink()
+            if fresh:
+                kernel_library.forget_library_objects()
             return gc.compile(g, [x, y], [loss], updates=updates, options=options)
 
         return run
@@ -313,9 +318,16 @@ WORKLOADS: list[Workload] = [
     Workload("mlp_train", "MLP training step, batch 128, SGD momentum",
              3 * 2 * 128 * (784 * 512 + 512 * 512 + 512 * 10), 0,
              {"graphc": mlp_train_graphc, "numpy": mlp_train_numpy, "torch": mlp_train_torch}),
-    Workload("compile_cold", "compile MLP training step, empty cache (torch: torch.compile "
-             "first call, empty inductor caches)", 0, 0,
+    Workload("compile_cold", "compile MLP training step, empty cache (graphc: its shared "
+             "GEMM functions compiled by an earlier graph in the process, as JAX's and "
+             "torch's GEMMs come precompiled; torch: torch.compile first call, empty inductor "
+             "caches)", 0, 0,
              {"graphc": compile_graphc(False), "torch": compile_first_call(cold=True)}),
+    Workload("compile_fresh", "compile MLP training step, nothing compiled before (graphc: "
+             "empty cache and no shared GEMM function in the process, a fresh process's "
+             "first compile; torch: torch.compile first call, empty inductor caches)", 0, 0,
+             {"graphc": compile_graphc(False, fresh=True),
+              "torch": compile_first_call(cold=True)}),
     Workload("compile_cached", "compile MLP training step, warm cache (torch: torch.compile "
              "first call, warm inductor caches)", 0, 0,
              {"graphc": compile_graphc(True), "torch": compile_first_call(cold=False)}),
@@ -342,8 +354,9 @@ WORKLOADS: list[Workload] = [
     *(Workload(f"onnx_{name}", f"{title} (imported ONNX)", 2 * wo.MACS[name], 0,
                {"graphc": wo.graphc_infer(name), "torch": wo.torch_infer(name)})
       for name, title in wo.NETS.items()),
-    Workload("onnx_compile_cold", "import + compile ResNet-18 ONNX, empty cache (ORT: "
-             "session creation)", 0, 0, {"graphc": wo.graphc_import_compile(False)}),
+    Workload("onnx_compile_cold", "import + compile ResNet-18 ONNX, empty cache (graphc: "
+             "shared GEMM functions of an earlier compile in the process kept; ORT: session "
+             "creation)", 0, 0, {"graphc": wo.graphc_import_compile(False)}),
     Workload("onnx_compile_cached", "import + compile ResNet-18 ONNX, warm cache", 0, 0,
              {"graphc": wo.graphc_import_compile(True)}),
     Workload("onnx_loop_compile", f"import + compile an ONNX Loop RNN, T={wol.STEPS}, no cache "

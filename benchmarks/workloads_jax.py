@@ -298,6 +298,7 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "mlp_infer_256": mlp_infer(256),
     "mlp_train": mlp_train,
     "compile_cold": compile_first_call,
+    "compile_fresh": compile_first_call,
     "gemm_256": gemm(256),
     "gemm_512": gemm(512),
     "gemm_1024": gemm(1024),
