@@ -174,15 +174,45 @@ def test_1x1_on_small_maps_runs_transposed_and_matches_the_reference(
         np.testing.assert_array_equal(one, other)
 
 
-def test_auto_takes_the_transposed_gemm_for_deep_1x1_on_small_maps() -> None:
-    """MobileNetV2's deep 1x1 layers on 7x7 and 14x14 maps go through the transposed GEMM
-    (measured faster), its shallow 14x14 expansions and wide maps stay direct."""
+def test_auto_takes_the_transposed_gemm_for_1x1_on_small_maps() -> None:
+    """MobileNetV2's 1x1 layers on 7x7 and 14x14 maps, deep and expanding, go through the
+    transposed GEMM (measured faster); K < 16 and wide maps stay direct."""
     target = host_target()
     assert im2col.choose(_conv((1, 576, 14, 14), 96, 1), target)
-    assert im2col.choose(_conv((1, 160, 7, 7), 960, 1), target) == (
-        im2col.Geometry.of(_conv((1, 160, 7, 7), 960, 1)).k >= 192)
+    assert im2col.choose(_conv((1, 160, 7, 7), 960, 1), target)
     assert im2col.choose(_conv((1, 320, 7, 7), 1280, 1), target)
-    assert not im2col.choose(_conv((1, 64, 14, 14), 384, 1), target)
+    assert im2col.choose(_conv((1, 64, 14, 14), 384, 1), target)
+    assert not im2col.choose(_conv((1, 8, 7, 7), 64, 1), target)
     assert not im2col.choose(_conv((1, 576, 32, 32), 96, 1), target)  # 1024 positions
     # A strided or padded 1x1 needs a Col: never transposed.
     assert not im2col._split(_conv((1, 576, 14, 14), 96, 1, stride=2), target, 1).transposed
+
+
+@pytest.mark.parametrize("operand", [(1, 24, 1, 1), (2, 24, 7, 7), (24, 1, 1), (1, 1, 7, 1),
+                                     (1, 1, 1, 7), (7, 1)])
+@pytest.mark.parametrize("algorithm", ["gemm", "direct"])
+def test_epilogue_sweeps_planes_only_where_its_operands_allow(
+        operand: tuple[int, ...], algorithm: str) -> None:
+    """The GEMM path applies the epilogue a whole (H, W) plane at a time when every operand
+    spans the plane or is broadcast over all of it (a bias, a residual), else a row at a
+    time (an operand varying along only H or W): values match the reference either way."""
+    from graphc.codegen.conv.epilogue import reads_planes
+    from graphc.pipeline import lower
+    from graphc.runtime.arguments import resolve_signature
+
+    rng = np.random.default_rng(len(operand))
+    xv = rng.standard_normal((2, 16, 7, 7)).astype(np.float32)
+    with gc.Graph("planes") as g:
+        x = gc.placeholder(xv.shape, "float32", name="x")
+        w = gc.constant(rng.standard_normal((24, 16, 1, 1)).astype(np.float32) * 0.3)
+        other = gc.constant(rng.standard_normal(operand).astype(np.float32))
+        y = gc.minimum(gc.maximum(gc.conv2d(x, w) * other + 0.25, 0.0), 6.0)
+    options = CompileOptions(cache_dir=None, threads=1, conv_algorithm=algorithm)
+    sig, _ = resolve_signature(g, [x], [y], None, None)
+    fused = lower(g, sig, options, "fused").fused
+    assert fused is not None
+    (kernel,) = [k for k in fused.kernels if k.anchor is not None and k.anchor.op == "conv2d"]
+    spans = tuple((1, 1, *operand)[-2:]) in {(1, 1), (7, 7)}
+    assert reads_planes(kernel) == spans
+    got = gc.compile(g, [x], [y], options=options)(xv)
+    np.testing.assert_allclose(got, gc.reference(g, [x], [y])(xv), rtol=1e-5, atol=1e-5)

@@ -14,6 +14,29 @@ from graphc.codegen.index import Idx
 from graphc.codegen.loops import for_range
 from graphc.codegen.window import Run, element_ptr, i64
 from graphc.ir import DType
+from graphc.ops import registry
+from graphc.passes.kernels import Kernel
+
+
+def reads_planes(kernel: Kernel) -> bool:
+    """Whether the epilogue of a convolution kernel may be evaluated along whole (H, W)
+    output planes, as if each were one row of H*W elements (index (n, c, 0, q)): every
+    epilogue op is pointwise and each operand either spans the output's whole plane or is
+    broadcast over all of it (a bias), so its element at (y, x) is at y*W + x or at 0."""
+    root, anchor = kernel.root, kernel.anchor
+    if anchor is None or root is anchor or root.shape != anchor.shape or len(root.shape) != 4:
+        return True
+    plane = tuple(root.shape[2:])
+    for node in kernel.nodes:
+        if node is anchor:
+            continue
+        if not registry.OPS[node.op].fusion.pointwise:
+            return False
+        for operand in node.inputs:
+            shape = (1, 1, *operand.shape)[-2:]
+            if shape != (1, 1) and shape != plane:
+                return False
+    return True
 
 
 class EpilogueStore:

@@ -38,7 +38,7 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
 from graphc.codegen.conv import transposed as transposed_path
-from graphc.codegen.conv.epilogue import EpilogueStore
+from graphc.codegen.conv.epilogue import EpilogueStore, reads_planes
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
 from graphc.codegen.llvm_types import I8
 from graphc.codegen.loops import for_range
@@ -147,14 +147,16 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     # with K >= 1152 ran 5-10% faster here (14x14x256: 98 vs 89 GFLOP/s; 28x28 stride 2:
     # 94 vs 89), the 1x1 ones with K < 256 on 7x7 maps 10% slower (160 -> 960: 59 vs 66),
     # with 64 channels and a 56x56 map the direct kernels stay ahead (100 vs 93).
-    # A 1x1 convolution on a small map computed transposed (`conv.transposed`) with
-    # K >= 192 beat the direct kernels on every MobileNetV2 layer (7x7: 576 -> 160 in 96
-    # vs 144 us, 320 -> 1280 in 415 vs 507; 14x14: 576 -> 96 216 vs 242, 384 -> 64 102 vs
-    # 120); with K 64-96 (14x14 expansions) the direct kernels stay ahead (132 vs 158 us).
+    # A 1x1 convolution on a small map computed transposed (`conv.transposed`) beat the
+    # direct kernels on every MobileNetV2 layer (7x7: 576 -> 160 in 96 vs 144 us, 320 ->
+    # 1280 in 415 vs 507, 160 -> 960 in 166 vs 226; 14x14: 576 -> 96 216 vs 242, 96 -> 576
+    # 234 vs 269, 64 -> 384 113 vs 133) and on expansions down to K = 16 (14x14: 16 -> 96
+    # 14 vs 18 us, 32 -> 192 36 vs 44; 7x7: 32 -> 128 9 vs 12), once its epilogue sweeps
+    # whole planes (`_sweep`).
     lanes = target.lanes(geo.dtype.itemsize)
     narrow = geo.wo <= lanes // 2
     deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
-    flipped = geo.k >= 192 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
+    flipped = geo.k >= 16 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
                                                         geo.og, lanes)
     return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped
 
@@ -392,19 +394,24 @@ def _conv2d(ctx: KernelContext) -> None:
 def _sweep(c: KernelContext, geo: Geometry, store: EpilogueStore, n: ir.Value,
            g: ir.Value, o0: ir.Value, count: int) -> None:
     """Apply the epilogue to output channels [o0, o0 + count) of group g, in place from
-    their raw sums, a row chunk at a time."""
+    their raw sums: a whole channel plane at a time where the epilogue allows it
+    (`epilogue.reads_planes`), else a row at a time. (On a 7x7 map a row is 7 elements:
+    one masked vector per row made the sweep cost a third of a 1x1 layer's time.)"""
     b, dt = c.b, geo.dtype
     lanes = _lanes(c, geo)
-    with for_range(b, 0, count, 1, name="o") as ol, for_range(b, 0, geo.ho, 1, name="y") as y:
+    planes = reads_planes(c.kernel)
+    width, rows = (geo.p, 1) if planes else (geo.wo, geo.ho)
+    plan = plan_chunks(width, lanes, (0, width - 1))
+    with for_range(b, 0, count, 1, name="o") as ol, for_range(b, 0, rows, 1, name="y") as y:
         co = lin(b, [(g, geo.og), (o0, 1), (ol, 1)])
         row = element_ptr(b, c.out, dt, lin(b, [(n, geo.cout * geo.p), (co, geo.p),
                                                  (y, geo.wo)]))
 
-        def chunk(q0: ir.Value, limit: ir.Value | None, lanes: int) -> None:
-            acc = Run(b, lanes, q0, 1, geo.wo, False, limit).load(row, dt, 0.0)
+        def chunk(q0: ir.Value, _checked: bool, limit: ir.Value | None) -> None:
+            acc = Run(b, lanes, q0, 1, width, False, limit).load(row, dt, 0.0)
             store(row, (n, co, y), q0, 1, acc, lanes, limit)
 
-        _chunks(b, geo, lanes, chunk)
+        emit_chunks(b, plan, chunk)
 
 
 def _grad_input(ctx: KernelContext) -> None:

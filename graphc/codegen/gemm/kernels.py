@@ -29,6 +29,7 @@ from graphc.codegen.gemm.helpers import (
     lane_mask,
     madd,
     masked_load,
+    prefetch,
     smin,
     splat,
     transpose,
@@ -211,6 +212,8 @@ def pack_function(module: ir.Module, dtype: DType, r: int, lanes: int,
 
 
 _PACK_ROWS = 16
+# How far ahead of its loads a transposing pack prefetches each source row (bytes).
+_PREFETCH_AHEAD = 256
 
 
 def _pack_n_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
@@ -257,9 +260,13 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
     with for_range(b, 0, nblk, name="pb") as pb:
         p0 = b.mul(pb, i64(s))
         with for_range(b, 0, r, s, name="xb") as xb:
-            rows = [b.load(elem_ptr(b, src, b.add(b.mul(b.add(x0, b.add(xb, i64(j))), ld),
-                                                  p0), ety), typ=vty, align=isz)
-                    for j in range(s)]
+            starts = [elem_ptr(b, src, b.add(b.mul(b.add(x0, b.add(xb, i64(j))), ld), p0),
+                               ety) for j in range(s)]
+            # R rows advance together here: more concurrent streams than the hardware
+            # prefetchers follow, so weights arriving from memory stalled every block.
+            for ptr in starts:
+                prefetch(b, elem_ptr(b, ptr, _PREFETCH_AHEAD // isz, ety), False)
+            rows = [b.load(ptr, typ=vty, align=isz) for ptr in starts]
             for t, col in enumerate(transpose(b, rows)):
                 at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), xb)
                 b.store(col, elem_ptr(b, panel, at, ety), align=align_of(s * isz))
