@@ -164,10 +164,12 @@ def masked_load(b: ir.IRBuilder, ptr: ir.Value, vt: ir.VectorType, mask: ir.Valu
     return b.call(fn, [ptr, ir.Constant(I32, align), mask, ir.Constant(vt, None)])
 
 
-def prefetch(b: ir.IRBuilder, ptr: ir.Value, write: bool) -> None:
-    """A cache-line prefetch hint (never faults, so `ptr` may be past the end)."""
+def prefetch(b: ir.IRBuilder, ptr: ir.Value, write: bool, locality: int = 3) -> None:
+    """A cache-line prefetch hint (never faults, so `ptr` may be past the end); locality 3
+    fetches into L1, 2 into L2."""
     fn = intrinsic(b.module, "llvm.prefetch", VOID, [PTR, I32, I32, I32], [PTR])
-    b.call(fn, [ptr, ir.Constant(I32, int(write)), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+    b.call(fn, [ptr, ir.Constant(I32, int(write)), ir.Constant(I32, locality),
+                ir.Constant(I32, 1)])
 
 
 def hsum(b: ir.IRBuilder, dtype: DType, v: ir.Value) -> ir.Value:

@@ -266,6 +266,8 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
             # prefetchers follow, so weights arriving from memory stalled every block.
             for ptr in starts:
                 prefetch(b, elem_ptr(b, ptr, _PREFETCH_AHEAD // isz, ety), False)
+            for ptr in starts:  # the same lines of the next panel, into L2
+                prefetch(b, elem_ptr(b, ptr, b.mul(ld, i64(2 * r)), ety), False, 2)
             rows = [b.load(ptr, typ=vty, align=isz) for ptr in starts]
             for t, col in enumerate(transpose(b, rows)):
                 at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), xb)
