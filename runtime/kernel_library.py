@@ -41,11 +41,12 @@ from graphc.runtime.jit import (
     write_entry,
 )
 
-# A shared GEMM function as llvmlite prints it: the header line, then "{" ... "}" lines.
-_SHARED = re.compile(
-    r'^define linkonce_odr hidden (?P<rest>[^\n]*?@"(?P<name>graphc\.gemm\.[^"]+)"[^\n]*)\n'
-    r'\{\n.*?^\}\n', re.S | re.M)
-_DECLARE = re.compile(r'^declare [^\n]*?@"(?P<name>[^"]+)"[^\n]*$', re.M)
+# llvmlite prints a function as its header line, "{", the body and "}" on lines of their
+# own; declarations one per line; numbered metadata after every function. The module is
+# scanned with str.find for these line starts (full-text multiline regexes cost ~4 ms each
+# on a 600 KB module).
+_SHARED_START = "\ndefine linkonce_odr hidden "
+_NAME = re.compile(r'@"([^"]+)"')
 _METADATA = re.compile(r"^!(\d+) = ([^\n]*)$", re.M)
 _GLOBAL_REF = re.compile(r'@"([^"]+)"|@([\w.$]+)')
 _METADATA_REF = re.compile(r"!(\d+)\b")
@@ -77,21 +78,58 @@ def split_module(ir_text: str, target: Target, opt_level: int) -> SplitModule:
     """
     header = "".join(line + "\n" for line in ir_text.splitlines()[:4]
                      if line.startswith("target "))
-    declarations = {m.group("name"): m.group(0) for m in _DECLARE.finditer(ir_text)}
-    metadata = {int(m.group(1)): m.group(2) for m in _METADATA.finditer(ir_text)}
-    found = list(_SHARED.finditer(ir_text))
-    program = ir_text
+    declarations = dict(_declarations(ir_text))
+    first_metadata = ir_text.find("\n!")
+    metadata = ({int(m.group(1)): m.group(2)
+                 for m in _METADATA.finditer(ir_text, first_metadata + 1)}
+                if first_metadata >= 0 else {})
+    pieces: list[str] = []
     library: list[LibraryModule] = []
-    for m in reversed(found):  # back to front, so earlier offsets stay valid
-        name = m.group("name")
-        body = m.group(0).replace("define linkonce_odr hidden ", "define hidden ", 1)
+    done = 0  # ir_text[:done] is in `pieces`
+    for start, end, head in _shared_functions(ir_text):
+        name_match = _NAME.search(head)
+        if name_match is None or not name_match.group(1).startswith("graphc.gemm."):
+            continue
+        name = name_match.group(1)
+        body = "define hidden " + ir_text[start + len(_SHARED_START):end] + "\n"
         text = _library_text(header, name, body, declarations, metadata)
         if text is None:
             continue
-        declaration = f"declare hidden {m.group('rest')}\n"
-        program = program[:m.start()] + declaration + program[m.end():]
+        pieces += [ir_text[done:start], f"\ndeclare hidden {head}"]
+        done = end
         library.append(LibraryModule(name, text, cache_key(text, target, opt_level)))
-    return SplitModule(program, tuple(reversed(library)))
+    pieces.append(ir_text[done:])
+    return SplitModule("".join(pieces), tuple(library))
+
+
+def _declarations(ir_text: str) -> list[tuple[str, str]]:
+    """(name, line) of every `declare` line."""
+    out = []
+    at = ir_text.find("\ndeclare ")
+    while at >= 0:
+        end = ir_text.find("\n", at + 1)
+        line = ir_text[at + 1:end if end >= 0 else len(ir_text)]
+        found = _NAME.search(line)
+        if found is not None:
+            out.append((found.group(1), line))
+        at = ir_text.find("\ndeclare ", at + 1)
+    return out
+
+
+def _shared_functions(ir_text: str) -> list[tuple[int, int, str]]:
+    """(start, end, header after the linkage) of every `define linkonce_odr hidden`
+    function: ir_text[start:end] is "\ndefine ... }" (its last line), end at the newline
+    after the closing brace."""
+    out = []
+    at = ir_text.find(_SHARED_START)
+    while at >= 0:
+        head_end = ir_text.find("\n", at + 1)
+        close = ir_text.find("\n}\n", head_end)
+        if head_end < 0 or close < 0:
+            break
+        out.append((at, close + 2, ir_text[at + len(_SHARED_START):head_end]))
+        at = ir_text.find(_SHARED_START, close)
+    return out
 
 
 def _library_text(header: str, name: str, body: str, declarations: dict[str, str],
