@@ -187,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                 if w.key not in _peer_setups(peer, w):
                     continue
                 r = _run_child(w.key, peer, threads, opts.repeat_seconds)
+                if r is not None and threads > 1 and "compile" not in w.key:
+                    # This host sometimes runs a process's two threads for seconds at a time
+                    # as if cross-core traffic were slow (every peer: graphc and ONNX Runtime
+                    # alike, 1.6-1.8x): each peer gets a second process, the faster counts.
+                    again = _run_child(w.key, peer, threads, opts.repeat_seconds)
+                    if again is not None and again["median"] < r["median"]:
+                        r = again
                 if r is not None:
                     results[peer] = r
                     if "kernel" in r:
@@ -219,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "Times: median (min...max) of repeated calls, each peer in its own process, pinned "
-        "with taskset to as many cores as threads.",
+        "with taskset to as many cores as threads; at 2 threads every peer runs in two "
+        "processes and the one with the lower median counts (this host has spells in which "
+        "a process's two threads run 1.6-1.8x slower, for graphc and ONNX Runtime alike).",
     ]
     if peak:
         header.append(f"fp32 FMA peak measured in this run (benchmarks/peak.py, one core): "
