@@ -1,12 +1,16 @@
 """`gc.compile`: the pipeline's LLVM module, JIT-compiled, as a callable `Executable`.
 
     pipeline.lower (passes -> fuse -> memory plan) -> program cache hit?
-        yes: load the cached object           no: pipeline.advance to "llvm" -> runtime.jit
+        yes: load the cached object           no: pipeline.advance to "llvm"
+             and its library objects              -> runtime.kernel_library.compile_program
     -> runtime.Executable
 
+The shared GEMM functions are library objects compiled once per process
+(`runtime.kernel_library`); a program object is always loaded beside the ones it declares.
 A program-cache entry is used only if it verifies (`runtime.program_cache.load`: hashes,
-key, and exactly the layout this compile's memory plan implies) and LLVM loads it with the
-entry point defined; anything else is a miss, compiled again and written over the entry.
+key, and exactly the layout this compile's memory plan implies), its library objects are at
+hand and LLVM loads it with the entry point defined; anything else is a miss, compiled
+again and written over the entry.
 """
 
 from __future__ import annotations
