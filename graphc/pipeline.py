@@ -2,7 +2,8 @@
 
     input      the graph as built
     optimized  after the pass pipeline (passes.manager: simplify, constant_fold, winograd, cse,
-               prune)
+               prune), then the target's layouts of constant weights (codegen.conv.prepack:
+               `conv2d ... weight_panels=(block, panel)` on a prepacked constant)
     fused      kernels (passes.fuse); each region of a loop kernel (a scan, while_loop or
                cond run natively) goes through these same stages up to `planned`, as a
                program of its own
@@ -24,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 
+from graphc.codegen.conv.prepack import prepack_weights
 from graphc.codegen.loop import NATIVE_REGION_OPS
 from graphc.codegen.lowering import epilogue_writes_once
 from graphc.codegen.module import ENTRY, GeneratedModule, arena_layout, build_module
@@ -91,6 +93,7 @@ class Lowered:
     module: GeneratedModule | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     carries: dict[int, int] = field(default_factory=dict)  # a loop body's: output -> input
+    prepacked: int = 0  # convolutions whose constant weights were prepacked (`optimized`)
 
     @property
     def ir_text(self) -> str:
@@ -128,8 +131,12 @@ def advance(state: Lowered, until: str) -> Lowered:
 
 
 def _optimize(s: Lowered) -> None:
-    result = run_pipeline(s.graph, replace(s.signature, name="main"), s.options)
-    s.optimized, s.optimized_signature, s.report = result
+    graph, sig, s.report = run_pipeline(s.graph, replace(s.signature, name="main"), s.options)
+    cs = s.settings
+    # The target's layouts of constant weights (after the target-independent passes).
+    graph, sig, s.prepacked = prepack_weights(graph, sig, s.target, cs.threads,
+                                              cs.conv_algorithm)
+    s.optimized, s.optimized_signature = graph, sig
 
 
 def _fuse(s: Lowered) -> None:

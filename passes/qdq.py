@@ -217,6 +217,8 @@ def plan_conv(p: Pending | Node, value: Known) -> Plan | str:
     """How conv2d `p` folds (through `im2col`), or why it does not."""
     if p.attrs["groups"] != 1:
         return "a grouped convolution"
+    if p.attrs["weight_panels"]:
+        return "weights prepacked for the float GEMM (weight_panels)"
     act = _activation(p.inputs[0], value)
     if isinstance(act, str):
         return act

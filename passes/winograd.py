@@ -50,8 +50,8 @@ def applies(p: Pending, weights: np.ndarray | None) -> bool:
     o, c, kh, kw = weights.shape
     win = Window.from_attrs(p.attrs, kernel=(kh, kw))
     return ((kh, kw) == (3, 3) and win.strides == (1, 1) and win.dilation == (1, 1)
-            and p.attrs["groups"] == 1 and min(o, c) >= MIN_CHANNELS
-            and min(p.shape[2:]) >= 2)
+            and p.attrs["groups"] == 1 and not p.attrs["weight_panels"]
+            and min(o, c) >= MIN_CHANNELS and min(p.shape[2:]) >= 2)
 
 
 def weight_transform(w: np.ndarray) -> np.ndarray:

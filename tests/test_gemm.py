@@ -10,17 +10,18 @@ come back unchanged (no stray writes).
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import llvmlite.ir as ir
 import numpy as np
 import pytest
 
-from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, plan_gemm
+from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, kernel_shape, plan_gemm
 from graphc.codegen.gemm.helpers import elem_ptr, splat
 from graphc.codegen.llvm_types import PTR, VOID, compute_type, storage_type
 from graphc.codegen.target import Target, host_target
 from graphc.ir import DType
+from graphc.ops.panels import pack_panels
 from graphc.runtime.jit import JitModule, jit_compile
 
 F32, F64, I32, I64 = DType.float32, DType.float64, DType.int32, DType.int64
@@ -104,7 +105,26 @@ def _cases() -> list[Case]:
             cases.append(Case(_spec(m, n, k, I32, ta, tb, pad=j % 2), epilogue=j == 1))
     cases.append(Case(_spec(13, 21, 10, I64, False, True), epilogue=True))
     cases.append(Case(_spec(13, 21, 10, I64, True, False), accumulate=True))
+    cases += _panel_cases(host_target())
     return cases
+
+
+def _panels(spec: GemmSpec, target: Target) -> GemmSpec:
+    """`spec` with B stored in the panels its plan reads (`GemmSpec.b_panels`)."""
+    nr = kernel_shape(spec.dtype, target, spec.n)[1]
+    return replace(spec, trans_b=False, ldb=spec.n, b_panels=nr)
+
+
+def _panel_cases(target: Target) -> list[Case]:
+    """B prepacked in panels (a constant conv weight): whole panels only, a narrower last
+    panel, the narrow-N block (NR = one vector), several KC and MC blocks, A transposed
+    or not, with and without the epilogue and accumulation."""
+    shapes = [(49, 96, 45, F32, True), (49, 80, 320, F32, True), (13, 16, 40, F32, False),
+              (97, 40, 1100, F32, True), (30, 24, 600, F64, False), (196, 70, 33, F64, True),
+              (9, 5, 7, F32, False)]
+    return [Case(_panels(_spec(m, n, k, dt, ta, False, pad=j % 2), target),
+                 epilogue=j % 2 == 0, accumulate=j % 3 == 1)
+            for j, (m, n, k, dt, ta) in enumerate(shapes)]
 
 
 CASES = _cases()
@@ -171,6 +191,10 @@ def _run(compiled: Compiled, n: int, case: Case, target: Target | None = None) -
     rng = np.random.default_rng(n)
     a = _operand(rng, s.k if s.trans_a else s.m, s.m if s.trans_a else s.k, s.lda, dt)
     b = _operand(rng, s.n if s.trans_b else s.k, s.k if s.trans_b else s.n, s.ldb, dt)
+    b_arg = b
+    if s.b_panels:  # the same B in panels, then a NaN guard
+        b_arg = np.concatenate([pack_panels(b[:s.k, :s.n], s.b_panels),
+                                np.full(s.n + 1, np.nan, dt.np)])
     c = _operand(rng, s.m, s.n, s.ldc, dt)
     bias = _operand(rng, 1, s.n, max(s.n, 1), dt)[0]
     rbias = _operand(rng, 1, s.m, max(s.m, 1), dt)[0]
@@ -179,7 +203,8 @@ def _run(compiled: Compiled, n: int, case: Case, target: Target | None = None) -
     scratch = np.full(nbytes + 128, 0xFF, dtype=np.uint8)  # garbage: must not leak into C
     at = scratch.ctypes.data + (-scratch.ctypes.data) % 64
     fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 6)(compiled.jit.address(f"g{n}"))
-    fn(a.ctypes.data, b.ctypes.data, c.ctypes.data, at, bias.ctypes.data, rbias.ctypes.data)
+    fn(a.ctypes.data, b_arg.ctypes.data, c.ctypes.data, at, bias.ctypes.data,
+       rbias.ctypes.data)
 
     la = a[:s.k, :s.m].T if s.trans_a else a[:s.m, :s.k]
     lb = b[:s.n, :s.k].T if s.trans_b else b[:s.k, :s.n]
@@ -235,6 +260,12 @@ def test_cases_cover_every_path() -> None:
     assert {p.mr for _, p in packed} >= {6, 7, 8}
     # A read in place over several column panels (row-major A, one KC block).
     assert any(not p.pack_a and s.n > p.nr and s.m % p.mr for s, p in packed)
+    # B in panels: with and without a narrower last panel, over several KC and MC blocks,
+    # with both register blocks.
+    panels = [(s, p) for s, p in packed if s.b_panels]
+    assert any(s.n % p.nr for s, p in panels) and any(s.n % p.nr == 0 for s, p in panels)
+    assert any(s.k > p.kc for s, p in panels) and any(s.m > p.mc for s, p in panels)
+    assert len({p.nr for _, p in panels}) == 2 and all(not p.pack_b for _, p in panels)
 
 
 def test_kernels_are_shared_and_module_has_no_state(compiled: Compiled) -> None:
@@ -280,6 +311,11 @@ def test_missing_scratch_and_bad_strides_are_rejected() -> None:
         GemmSpec(4, 4, 5, F32, False, False, lda=3, ldb=4, ldc=4)
     with pytest.raises(ValueError, match="bool"):
         GemmSpec(4, 4, 5, DType.bool, False, False, lda=5, ldb=4, ldc=4)
+    with pytest.raises(ValueError, match="not transposed"):
+        GemmSpec(4, 4, 5, F32, False, True, lda=5, ldb=5, ldc=4, b_panels=32)
+    wrong = GemmSpec(40, 64, 5, F32, False, False, 5, 64, 64, b_panels=48)
+    with pytest.raises(ValueError, match="register block"):
+        plan_gemm(wrong, target)
 
 
 def test_avx2_target() -> None:

@@ -313,6 +313,10 @@ def _spatial(n: Node) -> dict[str, Any]:
 
 @_emit("conv2d")
 def _conv2d(w: _Writer, n: Node, ins: list[str], out: str) -> None:
+    if n.attrs["weight_panels"]:
+        raise OnnxError(f"conv2d node '{n.name}' reads its weights in the compiler's packed "
+                        f"layout (weight_panels={n.attrs['weight_panels']}); save the graph "
+                        "as built, before gc.compile's passes")
     w.node("Conv", ins, out, dilations=list(n.attrs["dilation"]), group=int(n.attrs["groups"]),
            kernel_shape=list(n.inputs[1].shape[2:]), **_spatial(n))
 

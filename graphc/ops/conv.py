@@ -47,6 +47,7 @@ from graphc.ops.geometry import (
     tap,
 )
 from graphc.ops.layout import reshape
+from graphc.ops.panels import unpack_conv_weights
 
 __all__ = ["conv2d", "conv2d_grad_input", "conv2d_grad_weight"]
 
@@ -86,11 +87,25 @@ def _conv_types(types: Sequence[TensorType], names: tuple[str, str], layouts: tu
     same_dtype(types, names)
 
 
+def _check_panels(attrs: Attrs, w: TensorType, groups: int) -> None:
+    """`weight_panels`: () or (block, panel), block a divisor of O, one group."""
+    panels = attrs.get("weight_panels", ())
+    if not panels:
+        return
+    if len(panels) != 2:
+        raise AttrError(f"weight_panels: expected () or (block, panel), got {panels!r}")
+    block = panels[0]
+    if groups != 1 or w.shape[0] % block:
+        raise AttrError(f"weight_panels={panels!r}: needs one group and a block dividing the "
+                        f"{w.shape[0]} output channels of w {w} (groups={groups})")
+
+
 def _conv_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
     x, w = types
     _conv_types(types, ("x", "w"), ("NCHW", "OIHW"))
     groups = _groups(attrs)
     _check_channels(x.shape[1], f"x {x}", w.shape, w, groups)
+    _check_panels(attrs, w, groups)
     win = Window.from_attrs(attrs, kernel=(w.shape[2], w.shape[3]))
     ho, wo = win.out_size(x.shape[2:], "x", x)
     return TensorType((x.shape[0], w.shape[0], ho, wo), x.dtype)
@@ -143,6 +158,8 @@ def _padded_shape(x_shape: Sequence[int], win: Window) -> tuple[int, int, int, i
 
 def _conv_ref(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
     x, w = arrays
+    if attrs.get("weight_panels"):
+        w = unpack_conv_weights(w, *attrs["weight_panels"])
     win, groups, (ho, wo) = _setup(attrs, x.shape, w.shape)
     n = x.shape[0]
     o, cg, kh, kw = w.shape
@@ -200,6 +217,11 @@ def _geometry(attrs: Attrs) -> dict[str, Any]:
 
 def _conv_grad(n: Node, g: Node) -> list[Node | None]:
     x, w = n.inputs
+    if n.attrs.get("weight_panels"):
+        raise GraphcError(f"conv2d %{n.name} has prepacked weights (weight_panels="
+                          f"{n.attrs['weight_panels']}, a layout the compiler gives constant "
+                          "weights); it has no gradient: differentiate the graph before it "
+                          "is compiled", op="conv2d", loc=n.loc)
     geo = _geometry(n.attrs)
     return [apply(CONV2D_GRAD_INPUT, [g, w], {**geo, "input_shape": x.shape}),
             apply(CONV2D_GRAD_WEIGHT, [x, g], {**geo, "weight_shape": w.shape})]
@@ -226,9 +248,13 @@ CONV_ATTRS = (
     AttrSpec("dilation", Kind.INTS, low=1, length=2),
     AttrSpec("groups", Kind.INT, low=1),
 )
+# () or (block, panel): the weights are stored in GEMM panels (`graphc.ops.panels`), set by
+# the compiler on constant weights (`graphc.codegen.conv.prepack`).
+WEIGHT_PANELS = AttrSpec("weight_panels", Kind.INTS, default=(), low=1)
 CONV2D = OpDef("conv2d", "conv", 2, _conv_infer, _conv_ref, Fusion.OUT_FUSABLE, _conv_grad,
-               anchor=Anchor.CONV, attrs=CONV_ATTRS,
-               doc="2-D convolution, NCHW x OIHW -> NCHW (strides, pads, dilation, groups)")
+               anchor=Anchor.CONV, attrs=(*CONV_ATTRS, WEIGHT_PANELS),
+               doc="2-D convolution, NCHW x OIHW -> NCHW (strides, pads, dilation, groups; "
+                   "weight_panels: the compiler's prepacked weight layout)")
 CONV2D_GRAD_INPUT = OpDef(
     "conv2d_grad_input", "conv", 2, _grad_input_infer, _grad_input_ref, Fusion.OPAQUE,
     _grad_input_grad, doc="gradient of conv2d w.r.t. its input: a transposed convolution",

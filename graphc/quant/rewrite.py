@@ -157,6 +157,8 @@ def _conv_layer(graph: Graph, node: Node, freeze_variables: bool,
     shape = (int(np.prod(node.shape)) // n, k, n)
     if node.attrs["groups"] != 1:
         return Layer(node.name, "float32", "grouped convolution", shape)
+    if node.attrs["weight_panels"]:
+        return Layer(node.name, "float32", "weights prepacked (weight_panels)", shape)
     w = node.inputs[1]
     value, why = _weight_value(graph, w, freeze_variables, rank=4)
     if value is None:

@@ -39,7 +39,7 @@ import llvmlite.ir as ir
 from graphc.codegen.context import KernelContext
 from graphc.codegen.conv import transposed as transposed_path
 from graphc.codegen.conv.epilogue import EpilogueStore, reads_planes
-from graphc.codegen.gemm.emit import GemmSpec, emit_gemm
+from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, kernel_shape
 from graphc.codegen.llvm_types import I8
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
@@ -54,6 +54,7 @@ from graphc.codegen.window import (
     pick_lanes,
     plan_chunks,
 )
+from graphc.errors import CompileError
 from graphc.ir import DType, Node
 from graphc.ops.geometry import Window
 from graphc.passes.kernels import Kernel
@@ -132,10 +133,12 @@ class Geometry:
 def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     """Whether `node` runs through the GEMM: never unless it is one of OPS; always with
     "gemm", never with "direct"; with "auto" where it measured faster (below)."""
-    if node.op not in OPS or algorithm == "direct" or node.size == 0:
+    if node.op not in OPS or node.size == 0:
         return False
-    if algorithm == "gemm":
-        return True
+    if algorithm == "gemm" or node.attrs.get("weight_panels"):
+        return True  # prepacked weights are only read here (`_conv2d` checks their layout)
+    if algorithm == "direct":
+        return False
     geo = Geometry.of(node)
     # Measured with benchmarks/bench_conv.py (Zen 5, one thread): on rows of 10 or more
     # outputs the direct kernels run at 50-97 GFLOP/s, at or above this path (im2col plus
@@ -167,13 +170,18 @@ def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _specs(geo: Geometry, op: str, cols: int, transposed: bool = False) -> list[GemmSpec]:
+def _specs(geo: Geometry, op: str, cols: int, transposed: bool = False, panel: int = 0
+           ) -> list[GemmSpec]:
     """The GEMM(s) of one task; `cols` is grad_weight's block of K (full block first) and
     conv2d's block of output channels; `transposed`: conv2d computes Out^T
-    (`conv.transposed`)."""
+    (`conv.transposed`); `panel`: its weights are prepacked in panels of that width."""
     m, k, p = geo.og, geo.k, geo.p
     if op == "conv2d" and transposed:
-        # Out^T (P x cols) = X^T (X stored K x P) @ W^T (W stored cols x K), into scratch.
+        # Out^T (P x cols) = X^T (X stored K x P) @ W^T (W stored cols x K), into scratch;
+        # prepacked, W^T is already the GEMM's panels (`graphc.ops.panels`).
+        if panel:
+            return [GemmSpec(p, cols, k, geo.dtype, True, False, p, cols, cols,
+                             b_panels=panel)]
         return [GemmSpec(p, cols, k, geo.dtype, True, True, p, k, cols)]
     if op == "conv2d":
         return [GemmSpec(cols, p, k, geo.dtype, False, False, k, p, p)]
@@ -199,6 +207,7 @@ class _Split:
     chunk: int
     blocks: int = 1  # conv2d: channel blocks per image
     transposed: bool = False  # conv2d: Out^T into the Col scratch (`conv.transposed`)
+    panel: int = 0  # conv2d: its weights are prepacked in panels this wide (`weight_layout`)
 
     @property
     def per_task(self) -> int:
@@ -241,12 +250,39 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
         cols = geo.og // blocks if node.op == "conv2d" else geo.k
     transposed = node.op == "conv2d" and transposed_path.worth_it(
         geo.image_is_col, geo.groups, geo.p, cols, lanes)
+    panels = node.attrs.get("weight_panels") if node.op == "conv2d" else ()
+    panel = 0
+    if panels:
+        layout = (cols, kernel_shape(geo.dtype, target, cols)[1])
+        if not transposed or tuple(panels) != layout:
+            want = f"weight_panels={layout}" if transposed else "its weights unpacked"
+            raise CompileError(f"conv2d %{node.name} has weight_panels={tuple(panels)}, but "
+                               f"with {threads} thread(s) on this target it is computed with "
+                               f"{want}", op="conv2d", loc=node.loc)
+        panel = layout[1]
     col_rows = cols if node.op == "conv2d_grad_weight" or transposed else geo.k
     col_bytes = (_aligned(col_rows * geo.p * geo.dtype.itemsize)
                  if transposed or not geo.image_is_col else 0)
     gemm_bytes = max(_aligned(s.scratch_bytes(target))
-                     for s in _specs(geo, node.op, cols, transposed))
-    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks, transposed)
+                     for s in _specs(geo, node.op, cols, transposed, panel))
+    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks, transposed,
+                  panel)
+
+
+def weight_layout(node: Node, target: Target, threads: int, algorithm: str
+                  ) -> tuple[int, int] | None:
+    """The `weight_panels` (block, panel) in which this path would read the weights of
+    conv2d `node` if they were prepacked (`conv.prepack`), or None where it reads them
+    otherwise: only the transposed 1x1 path (`conv.transposed`) takes W^T as the GEMM's B,
+    in blocks of `block` output channels (a thread's share) and panels of the register
+    block's width."""
+    if node.op != "conv2d" or node.attrs.get("weight_panels") or not choose(
+            node, target, algorithm):
+        return None
+    s = _split(node, target, threads)
+    if not s.transposed:
+        return None
+    return s.cols, kernel_shape(node.dtype, target, s.cols)[1]
 
 
 def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1) -> int:
@@ -357,7 +393,7 @@ def _conv2d(ctx: KernelContext) -> None:
     geo = Geometry.of(node)
     dt = geo.dtype
     s = _split(node, ctx.target, ctx.threads)
-    (spec,) = _specs(geo, node.op, s.cols, s.transposed)
+    (spec,) = _specs(geo, node.op, s.cols, s.transposed, s.panel)
     epilogue = kernel.root is not node
     if epilogue:
         ctx.ptrs[node] = ctx.out  # the sweep reads the raw sums back from the output

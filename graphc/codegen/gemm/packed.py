@@ -60,6 +60,19 @@ def _blocks(b: ir.IRBuilder, total: int, step: int, name: str) -> Iterator[tuple
         yield start, smin(b, step, b.sub(as_i64(total), start))
 
 
+def _in_place_b(b: ir.IRBuilder, spec: GemmSpec, bm: ir.Value, src_b: ir.Value, pc: Val
+                ) -> tuple[Callable[[Val], ir.Value], int]:
+    """(the address of B's full NR-wide panel at column jr for K block pc, B's row stride
+    there) when full panels are read in place: in the row-major B, or in its own panel of a
+    B stored in panels (`GemmSpec.b_panels`)."""
+    ety = storage_type(spec.dtype)
+    if spec.b_panels:
+        return (lambda jr: elem_ptr(b, bm, add(b, mul(b, jr, spec.k),
+                                                mul(b, pc, spec.b_panels)), ety),
+                spec.b_panels)
+    return (lambda jr: elem_ptr(b, src_b, jr, ety)), spec.ldb
+
+
 def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm: ir.Value,
                 c: ir.Value, scratch: ir.Value, epilogue: Epilogue | None,
                 accumulate: bool) -> None:
@@ -108,11 +121,16 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 load_c = True if accumulate else b.icmp_signed(">", pcv, as_i64(0))
                 last = b.icmp_signed(">=", b.add(pcv, as_i64(kc)), as_i64(spec.k))
             src_b = elem_ptr(b, bm, add(b, mul(b, pc, sb_p), mul(b, jc, sb_j)), ety)
+            b_full, b_step = _in_place_b(b, spec, bm, src_b, pc)
             if plan.pack_b:
                 b.call(pack_b, [src_b, as_i64(spec.ldb), as_i64(nc), as_i64(kc), bp])
-            elif full_n < spec.n:
-                b.call(pack_b, [elem_ptr(b, src_b, full_n, ety), as_i64(spec.ldb),
-                                as_i64(spec.n - full_n), as_i64(kc), bp])
+            elif full_n < spec.n:  # the narrower last panel
+                tail, tail_ld = ((elem_ptr(b, bm, add(b, full_n * spec.k,
+                                                      mul(b, pc, spec.n - full_n)), ety),
+                                  spec.n - full_n) if spec.b_panels
+                                 else (elem_ptr(b, src_b, full_n, ety), spec.ldb))
+                b.call(pack_b, [tail, as_i64(tail_ld), as_i64(spec.n - full_n), as_i64(kc),
+                                bp])
 
             def a_at(row: Val) -> ir.Value:
                 return elem_ptr(b, a, add(b, mul(b, row, sa_i), mul(b, pc, sa_p)), ety)
@@ -203,7 +221,7 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                             apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
                             tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
                                     smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
-                                    bpanel=elem_ptr(b, src_b, jr, ety), b_step=spec.ldb)
+                                    bpanel=b_full(jr), b_step=b_step)
                     if full_n < spec.n:
                         with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
                             apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)

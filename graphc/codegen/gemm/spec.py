@@ -38,6 +38,11 @@ class GemmSpec:
     trans_a=False: A is stored m x k (A[i, p] at i*lda + p); True: stored k x m (p*lda + i).
     trans_b=False: B is stored k x n (B[p, j] at p*ldb + j); True: stored n x k (j*ldb + p).
     C[i, j] is at i*ldc + j.
+    b_panels=P > 0: B is stored as the packed GEMM reads it (`graphc.ops.panels`; trans_b
+    False, ldb unused): column panels of P, each k x width row-major, panel q at q*P*k;
+    width P except a narrower last panel. P must be the register block's NR for this spec
+    (`kernel_shape`); such a B (a constant weight, prepacked at compile time) is never
+    packed again, only its narrower last panel.
     """
 
     m: int
@@ -49,6 +54,7 @@ class GemmSpec:
     lda: int
     ldb: int
     ldc: int
+    b_panels: int = 0
 
     def __post_init__(self) -> None:
         if self.dtype not in (DType.float32, DType.float64, DType.int32, DType.int64):
@@ -61,6 +67,8 @@ class GemmSpec:
             if getattr(self, name) < width:
                 raise ValueError(f"{name}={getattr(self, name)} is less than the row width "
                                  f"{width} of {self}")
+        if self.b_panels < 0 or (self.b_panels and self.trans_b):
+            raise ValueError(f"b_panels={self.b_panels} needs a B that is not transposed")
 
     @property
     def a_strides(self) -> tuple[int, int]:
@@ -154,16 +162,19 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     sb_p, sb_j = spec.b_strides
     k_contig = (sa_p == 1 or k == 1) and (sb_p == 1 or k == 1)
     j_contig = sb_j == 1 or n == 1
-    if n <= _SMALL and k_contig:
+    if n <= _SMALL and k_contig and not spec.b_panels:
         return GemmPlan("kdot", w)
-    if m <= _SMALL and j_contig:
-        return GemmPlan("nvec", w)
-    if m <= _SMALL and k_contig:
-        return GemmPlan("kdot", w)
-    if m <= _FEW_ROWS and j_contig:
-        return GemmPlan("nvec", w)
+    if not spec.b_panels:  # the direct paths read B by rows or columns
+        if m <= _SMALL and j_contig:
+            return GemmPlan("nvec", w)
+        if m <= _SMALL and k_contig:
+            return GemmPlan("kdot", w)
+        if m <= _FEW_ROWS and j_contig:
+            return GemmPlan("nvec", w)
     mr, nr, w = kernel_shape(spec.dtype, target, n)
     mr = fitted_rows(m, mr)
+    if spec.b_panels:
+        return _plan_panels(spec, target, mr, nr, w)
     isz = spec.dtype.itemsize
     # KC 512 float32 / 256 float64 (2 KiB of each packed row), MC 96: the A block (mc x kc,
     # 192 KiB) stays in L2 while B micro-panels pass through L1/L2. KC 256-768 and MC 48-192
@@ -202,3 +213,24 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=pack_a, pack_b=pack_b,
                     b_offset=a_bytes,
                     tile_offset=a_bytes + b_bytes, scratch_bytes=a_bytes + b_bytes + tile)
+
+
+def _plan_panels(spec: GemmSpec, target: Target, mr: int, nr: int, w: int) -> GemmPlan:
+    """The packed plan of a B stored in panels (`GemmSpec.b_panels`): its full panels are
+    read in place (one NC block of all of N), A is packed in MC x KC blocks as usual."""
+    if spec.b_panels != nr:
+        raise ValueError(f"b_panels={spec.b_panels} but the register block of {spec} on "
+                         f"this target is {nr} columns wide")
+    isz = spec.dtype.itemsize
+    kc_max = KC_BYTES // isz
+    nkb = -(-spec.k // kc_max)
+    kc = min(spec.k, _round_up(-(-spec.k // nkb), 8))
+    mc = min(_round_up(spec.m, mr), max(mr, (96 // mr) * mr))
+    nc = _round_up(spec.n, nr)
+    a_bytes = _round_up(mc * kc * isz, 64)
+    b_bytes = _round_up(nr * kc * isz, 64) if spec.n % nr else 0  # the narrower last panel
+    tile = _round_up(mr * nr * isz, 64)
+    return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=True, pack_b=False,
+                    b_offset=a_bytes, tile_offset=a_bytes + b_bytes,
+                    scratch_bytes=a_bytes + b_bytes + tile)
+

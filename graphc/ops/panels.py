@@ -1,0 +1,71 @@
+"""The panel layout of a GEMM operand, for constant weights packed once at compile time.
+
+The packed GEMM (`graphc.codegen.gemm`) reads its B operand (k x n) in column panels of NR,
+each k x NR row-major, so that its micro-kernel loads one contiguous NR-wide row of B per
+step. A B that is a constant can be stored that way once, when the program is compiled,
+instead of being packed again at every call (ONNX Runtime's MLAS prepacks its weights the
+same way when a session is created):
+
+    pack_panels(b, panel)        B (k x n) -> a flat array: panel q (columns [q*P, q*P + P))
+                                 at q*P*k, each k x P row-major; a narrower last panel is
+                                 k x (n mod P) row-major after the full ones
+    unpack_panels(flat, k, n, panel)     the inverse
+
+A convolution whose weights are stored so (`conv2d`'s attribute `weight_panels` =
+(block, panel), set by `graphc.codegen.conv.prepack` on constant weights) holds, for each
+block of `block` output channels, B = W[block]^T (K x block, W the weights as an O x K
+matrix, K = C*kh*kw) in panels of `panel`; the blocks are the channel ranges that the
+threads of the compiled code compute. The array keeps the weights' shape (O, C, kh, kw).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["pack_conv_weights", "pack_panels", "unpack_conv_weights", "unpack_panels"]
+
+
+def pack_panels(b: np.ndarray, panel: int) -> np.ndarray:
+    """B (k x n) in panels of `panel` columns (see the module docstring), as a flat array."""
+    k, n = b.shape
+    full = n - n % panel
+    parts = [b[:, :full].reshape(k, full // panel, panel).transpose(1, 0, 2).ravel(),
+             b[:, full:].ravel()]
+    return np.concatenate(parts)
+
+
+def unpack_panels(flat: np.ndarray, k: int, n: int, panel: int) -> np.ndarray:
+    """B (k x n) from its panel layout: the inverse of `pack_panels`."""
+    full = n - n % panel
+    out = np.empty((k, n), flat.dtype)
+    out[:, :full] = (flat[:full * k].reshape(full // panel, k, panel).transpose(1, 0, 2)
+                     .reshape(k, full))
+    out[:, full:] = flat[full * k:k * n].reshape(k, n - full)
+    return out
+
+
+def _blocks(shape: Sequence[int], block: int) -> tuple[int, int, int]:
+    o = shape[0]
+    k = int(np.prod(shape[1:]))
+    if block < 1 or o % block:
+        raise ValueError(f"a block of {block} output channels does not divide {o}")
+    return o // block, k, block
+
+
+def pack_conv_weights(w: np.ndarray, block: int, panel: int) -> np.ndarray:
+    """Convolution weights (O, C, kh, kw) in the layout `weight_panels=(block, panel)`
+    describes (same shape, same values, another order)."""
+    nb, k, _ = _blocks(w.shape, block)
+    rows = w.reshape(nb, block, k)
+    flat = np.concatenate([pack_panels(rows[i].T, panel) for i in range(nb)])
+    return flat.reshape(w.shape)
+
+
+def unpack_conv_weights(w: np.ndarray, block: int, panel: int) -> np.ndarray:
+    """The OIHW weights of weights stored as `weight_panels=(block, panel)` says."""
+    nb, k, _ = _blocks(w.shape, block)
+    flat = w.reshape(nb, block * k)
+    rows = [unpack_panels(flat[i], k, block, panel).T for i in range(nb)]
+    return np.ascontiguousarray(np.stack(rows).reshape(w.shape))
