@@ -93,14 +93,18 @@ def test_prepacked_convolutions_match_the_reference(dtype: str, threads: int) ->
     g, x, outs, xv = _net(dtype)
     target = host_target()
     layouts = _prepacked(g, x, outs, _options(threads))
-    # Each in the layout its lowering reads: blocks of a thread's channels (at 2 threads
-    # at least the two big ones are split), NR-wide panels.
-    for (o, *_), (block, panel) in layouts.items():
-        assert block in (o, o // threads) and panel == kernel_shape(
-            gc.DType.of(dtype), target, block)[1], o
+    splits = {n.inputs[1].shape: im2col._split(n, target, threads)
+              for n in gc.ir.ancestors(outs) if n.op == "conv2d"}
+    # Each in the layout its lowering reads: the channels of a task (all of them, or at 2
+    # threads a block of them, or all of them for a block of output rows), NR-wide panels.
     assert len(layouts) == 4
-    split = sum(block < o for (o, *_), (block, _) in layouts.items())
-    assert split >= 2 if threads == 2 else split == 0
+    for shape, layout in layouts.items():
+        s = splits[shape]
+        assert layout == (s.cols, kernel_shape(gc.DType.of(dtype), target, s.cols)[1])
+        assert s.cols == shape[0] // (s.blocks if not s.rows else 1)
+    if threads == 2:  # both splits occur, each over two tasks
+        assert any(s.rows and s.tasks == 2 for s in splits.values())
+        assert any(s.blocks == 2 and not s.rows and s.tasks == 2 for s in splits.values())
     got = gc.compile(g, [x], outs, options=_options(threads))(xv)
     want = gc.reference(g, [x], outs)(xv)
     tol = 1e-5 if dtype == "float32" else 1e-12
@@ -192,3 +196,38 @@ def test_weight_layout_is_only_for_the_transposed_path() -> None:
     assert im2col.weight_layout(big_map, target, 1, "auto") is None
     assert im2col.weight_layout(three, target, 1, "auto") is None
     assert im2col.weight_layout(small, target, 1, "direct") is None
+
+
+@pytest.mark.parametrize("operand", ["plane", "row"])
+def test_blocks_of_output_rows_sweep_their_epilogue_in_place(operand: str) -> None:
+    """At 2 threads a 1x1 convolution on a 14x14 map (576 -> 96, MobileNetV2's) splits its
+    output rows, not its channels: each task computes all 96 channels of 7 rows. Its
+    epilogue reads an operand that spans each plane (swept a block of rows at a time) or
+    varies along H only (swept row by row); either way the values are the reference's and
+    the bits those of one thread. A 7x7 map (7 rows: blocks of 4 and 3) likewise."""
+    rng = np.random.default_rng(7)
+    for c, o, hw in ((576, 96, 14), (192, 80, 7)):
+        xv = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+        shape = (1, o, hw, hw) if operand == "plane" else (1, o, hw, 1)
+        with gc.Graph("rows") as g:
+            x = gc.placeholder(xv.shape, "float32", name="x")
+            w = gc.constant((rng.standard_normal((o, c, 1, 1)) / np.sqrt(c)).astype(np.float32))
+            r = gc.constant(rng.standard_normal(shape).astype(np.float32))
+            y = gc.relu(gc.conv2d(x, w) + r)
+        conv = next(n for n in gc.ir.ancestors([y]) if n.op == "conv2d")
+        s = im2col._split(conv, host_target(), 2)
+        assert s.rows == -(-hw // 2) and s.blocks == 2 and s.cols == o, (c, o, hw)
+        want = gc.reference(g, [x], [y])(xv)
+        one, two = (gc.compile(g, [x], [y], options=_options(t))(xv) for t in (1, 2))
+        np.testing.assert_allclose(two, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(one, two)
+
+
+def test_channel_blocks_stay_where_they_waste_less() -> None:
+    """320 -> 1280 on 7x7 at 2 threads: 640 channels each (20 whole panels over 49 rows)
+    pad less than 25 and 24 rows of all 1280, so the channels are split."""
+    with gc.Graph("probe"):
+        conv = gc.conv2d(gc.placeholder((1, 320, 7, 7)),
+                         gc.constant(np.ones((1280, 320, 1, 1), np.float32)))
+    s = im2col._split(conv, host_target(), 2)
+    assert (s.rows, s.blocks, s.cols) == (0, 2, 640)

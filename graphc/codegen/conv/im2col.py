@@ -20,7 +20,8 @@ buffers in place only for elementwise kernels), so reading the raw sums back is 
 
 Threads: grad_input splits the images; conv2d splits (image, block of output channels)
 units, the blocks only when there are fewer images than threads (batch-1 inference: each
-block is a GEMM over all of K, so nothing is merged); grad_weight splits K (the columns of
+block is a GEMM over all of K, so nothing is merged), or, computed transposed, (image,
+block of output rows) units where that pads less (`_position_rows`); grad_weight splits K (the columns of
 dW: each task builds only its rows of Col and sums all images in the same order). Results do
 not depend on the thread count. Each task has its own Col and packing scratch.
 
@@ -40,6 +41,7 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.conv import transposed as transposed_path
 from graphc.codegen.conv.epilogue import EpilogueStore, reads_planes
 from graphc.codegen.gemm.emit import GemmSpec, emit_gemm, kernel_shape
+from graphc.codegen.gemm.spec import fitted_rows
 from graphc.codegen.llvm_types import I8
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
@@ -170,19 +172,22 @@ def _aligned(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _specs(geo: Geometry, op: str, cols: int, transposed: bool = False, panel: int = 0
-           ) -> list[GemmSpec]:
+def _specs(geo: Geometry, op: str, cols: int, transposed: bool = False, panel: int = 0,
+           rows: int = 0) -> list[GemmSpec]:
     """The GEMM(s) of one task; `cols` is grad_weight's block of K (full block first) and
     conv2d's block of output channels; `transposed`: conv2d computes Out^T
-    (`conv.transposed`); `panel`: its weights are prepacked in panels of that width."""
+    (`conv.transposed`); `panel`: its weights are prepacked in panels of that width;
+    `rows`: it computes blocks of that many output rows (full block first)."""
     m, k, p = geo.og, geo.k, geo.p
     if op == "conv2d" and transposed:
-        # Out^T (P x cols) = X^T (X stored K x P) @ W^T (W stored cols x K), into scratch;
-        # prepacked, W^T is already the GEMM's panels (`graphc.ops.panels`).
+        # Out^T (positions x cols) = X^T (X stored K x P) @ W^T (W stored cols x K), into
+        # scratch; prepacked, W^T is already the GEMM's panels (`graphc.ops.panels`).
+        sizes = [p] if not rows else sorted({rows * geo.wo, (geo.ho - (geo.ho - 1) // rows
+                                                            * rows) * geo.wo}, reverse=True)
         if panel:
-            return [GemmSpec(p, cols, k, geo.dtype, True, False, p, cols, cols,
-                             b_panels=panel)]
-        return [GemmSpec(p, cols, k, geo.dtype, True, True, p, k, cols)]
+            return [GemmSpec(q, cols, k, geo.dtype, True, False, p, cols, cols,
+                             b_panels=panel) for q in sizes]
+        return [GemmSpec(q, cols, k, geo.dtype, True, True, p, k, cols) for q in sizes]
     if op == "conv2d":
         return [GemmSpec(cols, p, k, geo.dtype, False, False, k, p, p)]
     if op == "conv2d_grad_input":
@@ -205,7 +210,8 @@ class _Split:
     gemm_bytes: int
     tasks: int
     chunk: int
-    blocks: int = 1  # conv2d: channel blocks per image
+    blocks: int = 1  # conv2d: channel (or, with `rows`, position) blocks per image
+    rows: int = 0  # conv2d, transposed: output rows per position block (0: channel blocks)
     transposed: bool = False  # conv2d: Out^T into the Col scratch (`conv.transposed`)
     panel: int = 0  # conv2d: its weights are prepacked in panels this wide (`weight_layout`)
 
@@ -225,10 +231,44 @@ def _channel_blocks(geo: Geometry, threads: int, lanes: int) -> int:
     return blocks
 
 
+def _padded_rows(m: int, dtype: DType, target: Target, n: int) -> int:
+    """The rows a GEMM of M = m computes, its last register block padded."""
+    fr = fitted_rows(m, kernel_shape(dtype, target, n)[0])
+    return -(-m // fr) * fr
+
+
+def _position_rows(geo: Geometry, threads: int, target: Target) -> int:
+    """conv2d computed transposed with fewer images than threads: output rows per block
+    when splitting the positions (the GEMM's M) beats splitting the channels, else 0.
+
+    Each thread computes its block of Out^T against all of W^T; it packs only its rows of
+    X^T, and its columns are all the channels in whole panels. A channel split packs all of
+    X^T in every thread and may end each block in a part-filled panel (14x14, 576 -> 96 at
+    2 threads: blocks of 48 = 32 + 16 columns, 25% of the work padding, and 1.3x the one
+    thread speed). Cost per thread: padded multiply-adds plus 4 per packed element of X^T
+    (a transposing copy). Blocks are whole output rows, so the epilogue sweep works row by
+    row or plane by plane as on the whole image."""
+    lanes = target.lanes(geo.dtype.itemsize)
+    if (geo.groups != 1 or geo.batch >= threads or geo.macs < 2 * _TASK_MACS
+            or not transposed_path.worth_it(geo.image_is_col, 1, geo.p, geo.og, lanes)):
+        return 0
+    rows = -(-geo.ho // max(1, threads // geo.batch))
+    nr = kernel_shape(geo.dtype, target, geo.og)[1]
+    per_block = rows * geo.wo
+    by_rows = (_padded_rows(per_block, geo.dtype, target, geo.og) * -(-geo.og // nr) * nr
+               * geo.k + 4 * per_block * geo.k)
+    cblocks = _channel_blocks(geo, threads, lanes)
+    cols = geo.og // cblocks
+    by_cols = (_padded_rows(geo.p, geo.dtype, target, cols) * -(-cols // nr) * nr * geo.k
+               + 4 * geo.p * geo.k)
+    return rows if by_rows < by_cols else 0
+
+
 def _split(node: Node, target: Target, threads: int) -> _Split:
     geo = Geometry.of(node)
     lanes = target.lanes(geo.dtype.itemsize)
     blocks = 1
+    rows = 0
     if node.op == "conv2d_grad_weight":
         count = geo.k
         # Blocks of K rounded to vectors; a block of K gets all images (P each).
@@ -238,7 +278,8 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
             grain = count
     else:
         if node.op == "conv2d":
-            blocks = _channel_blocks(geo, threads, lanes)
+            rows = _position_rows(geo, threads, target)
+            blocks = -(-geo.ho // rows) if rows else _channel_blocks(geo, threads, lanes)
         count = geo.batch * blocks
         per_unit = max(1, geo.macs // max(count, 1))
         grain = max(-(-count // max(threads, 1)), -(-_TASK_MACS // per_unit))
@@ -247,7 +288,8 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
     if node.op == "conv2d_grad_weight":
         cols = min(chunk, geo.k)
     else:
-        cols = geo.og // blocks if node.op == "conv2d" else geo.k
+        cols = geo.og // blocks if node.op == "conv2d" and not rows else geo.og
+        cols = cols if node.op == "conv2d" else geo.k
     transposed = node.op == "conv2d" and transposed_path.worth_it(
         geo.image_is_col, geo.groups, geo.p, cols, lanes)
     panels = node.attrs.get("weight_panels") if node.op == "conv2d" else ()
@@ -261,12 +303,13 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
                                f"{want}", op="conv2d", loc=node.loc)
         panel = layout[1]
     col_rows = cols if node.op == "conv2d_grad_weight" or transposed else geo.k
-    col_bytes = (_aligned(col_rows * geo.p * geo.dtype.itemsize)
+    positions = rows * geo.wo if rows else geo.p
+    col_bytes = (_aligned(col_rows * positions * geo.dtype.itemsize)
                  if transposed or not geo.image_is_col else 0)
     gemm_bytes = max(_aligned(s.scratch_bytes(target))
-                     for s in _specs(geo, node.op, cols, transposed, panel))
-    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks, transposed,
-                  panel)
+                     for s in _specs(geo, node.op, cols, transposed, panel, rows))
+    return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks, rows,
+                  transposed, panel)
 
 
 def weight_layout(node: Node, target: Target, threads: int, algorithm: str
@@ -385,15 +428,17 @@ def _group_ptr(b: ir.IRBuilder, ptr: ir.Value, dt: DType, n: ir.Value, g: ir.Val
 
 
 def _conv2d(ctx: KernelContext) -> None:
-    """Per unit (image n, block of `s.cols` output channels from o0) and group: Col, then
-    W[o0:] @ Col into the output, and the epilogue swept over it."""
+    """Per unit (image n, block of `s.cols` output channels from o0, or with `s.rows` a
+    block of output rows from y0) and group: Col, then W[o0:] @ Col into the output, and
+    the epilogue swept over it."""
     kernel, node = ctx.kernel, ctx.kernel.anchor
     assert node is not None
     x, w = node.inputs
     geo = Geometry.of(node)
     dt = geo.dtype
     s = _split(node, ctx.target, ctx.threads)
-    (spec,) = _specs(geo, node.op, s.cols, s.transposed, s.panel)
+    specs = _specs(geo, node.op, s.cols, s.transposed, s.panel, s.rows)
+    spec = specs[0]
     epilogue = kernel.root is not node
     if epilogue:
         ctx.ptrs[node] = ctx.out  # the sweep reads the raw sums back from the output
@@ -402,50 +447,81 @@ def _conv2d(ctx: KernelContext) -> None:
         b = c.b
         col, scratch = _task_scratch(c, s, start)
         store = EpilogueStore(c, dt, True)
+        lanes = c.target.lanes(dt.itemsize)
         with for_range(b, start, stop, 1, name="u") as u, \
                 for_range(b, 0, geo.groups, 1, name="g") as g:
             n = b.sdiv(u, i64(s.blocks)) if s.blocks > 1 else u
-            o0 = b.mul(b.srem(u, i64(s.blocks)), i64(s.cols)) if s.blocks > 1 else i64(0)
+            block = b.srem(u, i64(s.blocks)) if s.blocks > 1 else i64(0)
+            o0 = b.mul(block, i64(s.cols)) if s.blocks > 1 and not s.rows else i64(0)
             image = _group_ptr(b, c.ptr(x), dt, n, g, geo.cin, geo.cg, geo.hi * geo.wi)
             weights = element_ptr(b, c.ptr(w), dt, lin(b, [(g, geo.og * geo.k), (o0, geo.k)]))
             out = element_ptr(b, _group_ptr(b, c.out, dt, n, g, geo.cout, geo.og, geo.p), dt,
                               b.mul(o0, i64(geo.p)))
-            if s.transposed:  # Out^T into scratch, then moved into the output
+            if s.rows:  # rows [y0, y0 + rows) of Out^T, moved into the output
+                assert col is not None
+                y0 = b.mul(block, i64(s.rows))
+
+                def rows_block(spec: GemmSpec, y0: ir.Value = y0) -> None:
+                    at = b.mul(y0, i64(geo.wo))
+                    emit_gemm(b, spec, element_ptr(b, image, dt, at), weights, col, scratch,
+                              c.target)
+                    transposed_path.store_transposed(b, dt, lanes, col, s.cols,
+                                                     element_ptr(b, out, dt, at), spec.m,
+                                                     geo.p)
+                    if epilogue:
+                        _sweep(c, geo, store, n, g, o0, s.cols, y0, spec.m // geo.wo)
+
+                if len(specs) == 1:
+                    rows_block(specs[0])
+                else:  # the last block is shorter
+                    last = b.icmp_signed("==", block, i64(s.blocks - 1))
+                    with b.if_else(last) as (then, otherwise):
+                        with then:
+                            rows_block(specs[1])
+                        with otherwise:
+                            rows_block(specs[0])
+            elif s.transposed:  # Out^T into scratch, then moved into the output
                 assert col is not None
                 emit_gemm(b, spec, image, weights, col, scratch, c.target)
-                transposed_path.store_transposed(b, dt, c.target.lanes(dt.itemsize), col,
-                                                 s.cols, out, geo.p)
+                transposed_path.store_transposed(b, dt, lanes, col, s.cols, out, geo.p)
+                if epilogue:
+                    _sweep(c, geo, store, n, g, o0, s.cols)
             else:
                 if geo.image_is_col:
                     col = image
                 else:
                     _im2col(b, geo, _lanes(c, geo), image, col, i64(0), i64(geo.k))
                 emit_gemm(b, spec, weights, col, out, scratch, c.target)
-            if epilogue:
-                _sweep(c, geo, store, n, g, o0, s.cols)
+                if epilogue:
+                    _sweep(c, geo, store, n, g, o0, s.cols)
 
     parallel_range(ctx, s.count, s.grain, units)
 
 
 def _sweep(c: KernelContext, geo: Geometry, store: EpilogueStore, n: ir.Value,
-           g: ir.Value, o0: ir.Value, count: int) -> None:
-    """Apply the epilogue to output channels [o0, o0 + count) of group g, in place from
-    their raw sums: a whole channel plane at a time where the epilogue allows it
-    (`epilogue.reads_planes`), else a row at a time. (On a 7x7 map a row is 7 elements:
-    one masked vector per row made the sweep cost a third of a 1x1 layer's time.)"""
+           g: ir.Value, o0: ir.Value, count: int, y0: ir.Value | None = None,
+           nrows: int | None = None) -> None:
+    """Apply the epilogue to output channels [o0, o0 + count) of group g, output rows
+    [y0, y0 + nrows) (default: all), in place from their raw sums: all those rows of a
+    channel plane at a time where the epilogue allows it (`epilogue.reads_planes`), else a
+    row at a time. (On a 7x7 map a row is 7 elements: one masked vector per row made the
+    sweep cost a third of a 1x1 layer's time.)"""
     b, dt = c.b, geo.dtype
     lanes = _lanes(c, geo)
     planes = reads_planes(c.kernel)
-    width, rows = (geo.p, 1) if planes else (geo.wo, geo.ho)
+    first = i64(0) if y0 is None else y0
+    nrows = geo.ho if nrows is None else nrows
+    width, rows = (nrows * geo.wo, 1) if planes else (geo.wo, nrows)
     plan = plan_chunks(width, lanes, (0, width - 1))
     with for_range(b, 0, count, 1, name="o") as ol, for_range(b, 0, rows, 1, name="y") as y:
         co = lin(b, [(g, geo.og), (o0, 1), (ol, 1)])
+        yy = b.add(first, y)
         row = element_ptr(b, c.out, dt, lin(b, [(n, geo.cout * geo.p), (co, geo.p),
-                                                 (y, geo.wo)]))
+                                                 (yy, geo.wo)]))
 
         def chunk(q0: ir.Value, _checked: bool, limit: ir.Value | None) -> None:
             acc = Run(b, lanes, q0, 1, width, False, limit).load(row, dt, 0.0)
-            store(row, (n, co, y), q0, 1, acc, lanes, limit)
+            store(row, (n, co, yy), q0, 1, acc, lanes, limit)
 
         emit_chunks(b, plan, chunk)
 

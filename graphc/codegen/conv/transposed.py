@@ -59,11 +59,13 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value], lanes: int) -> list[ir.Val
 
 
 def store_transposed(b: ir.IRBuilder, dtype: DType, lanes: int, src: ir.Value, cols: int,
-                     dst: ir.Value, positions: int) -> None:
-    """dst[o * positions + p] = src[p * cols + o] for o < cols, p < positions.
+                     dst: ir.Value, positions: int, dst_stride: int | None = None) -> None:
+    """dst[o * dst_stride + p] = src[p * cols + o] for o < cols, p < positions (dst_stride:
+    `positions` unless given; a block of an image's positions has the whole plane's).
 
     `cols` is a multiple of `lanes`; src rows are whole vectors (`cols` elements each).
     """
+    stride = positions if dst_stride is None else dst_stride
     assert cols % lanes == 0 and lanes & (lanes - 1) == 0
     ety = storage_type(dtype)
     vty = ir.VectorType(ety, lanes)
@@ -83,7 +85,7 @@ def store_transposed(b: ir.IRBuilder, dtype: DType, lanes: int, src: ir.Value, c
                 rows.append(b.load(element_ptr(b, src, dtype, at), typ=vty,
                                    align=dtype.itemsize))
             for j, col in enumerate(_transpose(b, rows, lanes)):
-                at = b.add(b.mul(b.add(o0, i64(j)), i64(positions)), p0)
+                at = b.add(b.mul(b.add(o0, i64(j)), i64(stride)), p0)
                 ptr = element_ptr(b, dst, dtype, at)
                 if mask is None:
                     b.store(col, ptr, align=dtype.itemsize)
