@@ -45,6 +45,7 @@ import llvmlite.ir as ir
 from graphc.codegen.context import Emitter, KernelContext, Lowering, ScratchRule
 from graphc.codegen.conv import channels, depthwise, im2col, weight_grad
 from graphc.codegen.conv.epilogue import EpilogueStore
+from graphc.codegen.gemm.helpers import prefetch
 from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I1, I64, PTR, VOID, intrinsic, storage_type
 from graphc.codegen.loops import entry_alloca, for_range
@@ -74,6 +75,12 @@ from graphc.ops.geometry import Window
 from graphc.passes.kernels import Kernel, KernelKind
 
 OUT_BLOCK = 8  # output channels per register block (conv2d, grad_input)
+# Each input vector's line this many output rows ahead is prefetched into L1 as it is
+# loaded: a row of a 1x1 layer reads one line of each of its C input rows, C streams that
+# the hardware prefetchers do not all follow (0 turns it off). MobileNetV2 at one thread
+# (Zen 4, A/B in one process): 1 and 2 rows ahead 2-3% faster, 4 rows 1%; ResNet-18
+# unchanged.
+PREFETCH_ROWS = 1
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,10 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
                                     (i, spec.kw)])
                     for j, off in phase.taps:
                         col0 = lin(b, [(q0, phase.stride)], off)
+                        if PREFETCH_ROWS and j == phase.taps[0][0]:
+                            ahead = b.add(col0, i64(PREFETCH_ROWS * rows.a * wi))
+                            prefetch(b, element_ptr(b, row, dtype, ahead, inbounds=False),
+                                     False)
                         xv = Run(b, lanes, col0, phase.stride, wi, checked, limit).load(
                             row, dtype, 0.0)
                         for k, a in enumerate(accs):

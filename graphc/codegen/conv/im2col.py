@@ -21,9 +21,9 @@ buffers in place only for elementwise kernels), so reading the raw sums back is 
 Threads: grad_input splits the images; conv2d splits (image, block of output channels)
 units, the blocks only when there are fewer images than threads (batch-1 inference: each
 block is a GEMM over all of K, so nothing is merged), or, computed transposed, (image,
-block of output rows) units where that pads less (`_position_rows`); grad_weight splits K (the columns of
-dW: each task builds only its rows of Col and sums all images in the same order). Results do
-not depend on the thread count. Each task has its own Col and packing scratch.
+block of output rows) units where that pads less (`_position_rows`); grad_weight splits K
+(the columns of dW: each task builds only its rows of Col and sums all images in the same
+order). Results do not depend on the thread count. Each task has its own Col and packing scratch.
 
 `choose` picks this path or the direct kernels (`conv`) per node: `CompileOptions.
 conv_algorithm` forces one ("gemm", "direct"); "auto" takes the GEMM where it measured
