@@ -442,6 +442,11 @@ def _conv2d(ctx: KernelContext) -> None:
     epilogue = kernel.root is not node
     if epilogue:
         ctx.ptrs[node] = ctx.out  # the sweep reads the raw sums back from the output
+    # Computed transposed, an epilogue that reads whole planes runs on the transposed
+    # vectors as they are stored (`_put`) instead of in a sweep over the stored sums: one
+    # pass over the output instead of two (MobileNetV2, A/B in one process: 1% faster at
+    # one thread, 5-8% at two).
+    in_store = epilogue and s.transposed and reads_planes(kernel)
 
     def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
@@ -465,10 +470,11 @@ def _conv2d(ctx: KernelContext) -> None:
                     at = b.mul(y0, i64(geo.wo))
                     emit_gemm(b, spec, element_ptr(b, image, dt, at), weights, col, scratch,
                               c.target)
-                    transposed_path.store_transposed(b, dt, lanes, col, s.cols,
-                                                     element_ptr(b, out, dt, at), spec.m,
-                                                     geo.p)
-                    if epilogue:
+                    dst = element_ptr(b, out, dt, at)
+                    transposed_path.store_transposed(
+                        b, dt, lanes, col, s.cols, dst, spec.m, geo.p,
+                        put=_put(c, geo, store, dst, n, g, o0, y0) if in_store else None)
+                    if epilogue and not in_store:
                         _sweep(c, geo, store, n, g, o0, s.cols, y0, spec.m // geo.wo)
 
                 if len(specs) == 1:
@@ -483,8 +489,10 @@ def _conv2d(ctx: KernelContext) -> None:
             elif s.transposed:  # Out^T into scratch, then moved into the output
                 assert col is not None
                 emit_gemm(b, spec, image, weights, col, scratch, c.target)
-                transposed_path.store_transposed(b, dt, lanes, col, s.cols, out, geo.p)
-                if epilogue:
+                transposed_path.store_transposed(
+                    b, dt, lanes, col, s.cols, out, geo.p,
+                    put=_put(c, geo, store, out, n, g, o0, i64(0)) if in_store else None)
+                if epilogue and not in_store:
                     _sweep(c, geo, store, n, g, o0, s.cols)
             else:
                 if geo.image_is_col:
@@ -496,6 +504,22 @@ def _conv2d(ctx: KernelContext) -> None:
                     _sweep(c, geo, store, n, g, o0, s.cols)
 
     parallel_range(ctx, s.count, s.grain, units)
+
+
+def _put(c: KernelContext, geo: Geometry, store: EpilogueStore, dst: ir.Value, n: ir.Value,
+         g: ir.Value, o0: ir.Value, y0: ir.Value) -> transposed_path.Put:
+    """The epilogue's store of a transposed vector: positions [p0, p0 + live) after output
+    row y0 of channel o0 + o (of group g, image n), whose plane starts at dst + o*P.
+    Evaluated at index (n, channel, y0, p0) as along a plane (`epilogue.reads_planes`)."""
+    b = c.b
+    lanes = c.target.lanes(geo.dtype.itemsize)
+
+    def put(o: ir.Value, p0: ir.Value, value: ir.Value, live: int) -> None:
+        co = lin(b, [(g, geo.og), (o0, 1), (o, 1)])
+        row = element_ptr(b, dst, geo.dtype, b.mul(o, i64(geo.p)))
+        store(row, (n, co, y0), p0, 1, value, lanes, None if live == lanes else i64(live))
+
+    return put
 
 
 def _sweep(c: KernelContext, geo: Geometry, store: EpilogueStore, n: ir.Value,

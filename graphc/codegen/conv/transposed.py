@@ -16,6 +16,8 @@ which LLVM scalarizes on Zen 4 (measured ~4x slower than this).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import llvmlite.ir as ir
 
 from graphc.codegen.gemm.helpers import lane_mask
@@ -58,10 +60,17 @@ def _transpose(b: ir.IRBuilder, rows: list[ir.Value], lanes: int) -> list[ir.Val
     return v
 
 
+Put = Callable[[ir.Value, ir.Value, ir.Value, int], None]
+"""put(o, p0, column, live): store `column`, positions [p0, p0 + live) of channel o (lanes
+past `live` are dead), in place of the plain store (a convolution's epilogue)."""
+
+
 def store_transposed(b: ir.IRBuilder, dtype: DType, lanes: int, src: ir.Value, cols: int,
-                     dst: ir.Value, positions: int, dst_stride: int | None = None) -> None:
+                     dst: ir.Value, positions: int, dst_stride: int | None = None,
+                     put: Put | None = None) -> None:
     """dst[o * dst_stride + p] = src[p * cols + o] for o < cols, p < positions (dst_stride:
-    `positions` unless given; a block of an image's positions has the whole plane's).
+    `positions` unless given; a block of an image's positions has the whole plane's), or
+    `put` of each vector of channel o's positions instead of the store.
 
     `cols` is a multiple of `lanes`; src rows are whole vectors (`cols` elements each).
     """
@@ -85,6 +94,9 @@ def store_transposed(b: ir.IRBuilder, dtype: DType, lanes: int, src: ir.Value, c
                 rows.append(b.load(element_ptr(b, src, dtype, at), typ=vty,
                                    align=dtype.itemsize))
             for j, col in enumerate(_transpose(b, rows, lanes)):
+                if put is not None:
+                    put(b.add(o0, i64(j)), p0, col, live)
+                    continue
                 at = b.add(b.mul(b.add(o0, i64(j)), i64(stride)), p0)
                 ptr = element_ptr(b, dst, dtype, at)
                 if mask is None:
