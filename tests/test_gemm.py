@@ -266,6 +266,11 @@ def test_cases_cover_every_path() -> None:
     assert any(s.n % p.nr for s, p in panels) and any(s.n % p.nr == 0 for s, p in panels)
     assert any(s.k > p.kc for s, p in panels) and any(s.m > p.mc for s, p in panels)
     assert len({p.nr for _, p in panels}) == 2 and all(not p.pack_b for _, p in panels)
+    # A transposed is read in place beside them, with a packed partial row block, over
+    # several KC blocks; a row-major A is packed.
+    in_place = [(s, p) for s, p in panels if not p.pack_a]
+    assert all(s.trans_a for s, _ in in_place) and any(p.pack_a for _, p in panels)
+    assert any(s.m % p.mr for s, p in in_place) and any(s.k > p.kc for s, p in in_place)
 
 
 def test_kernels_are_shared_and_module_has_no_state(compiled: Compiled) -> None:

@@ -287,9 +287,10 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
     chunk, tasks = plan if plan is not None else (count, 1)
     if node.op == "conv2d_grad_weight":
         cols = min(chunk, geo.k)
+    elif node.op == "conv2d":
+        cols = geo.og if rows else geo.og // blocks
     else:
-        cols = geo.og // blocks if node.op == "conv2d" and not rows else geo.og
-        cols = cols if node.op == "conv2d" else geo.k
+        cols = geo.k
     transposed = node.op == "conv2d" and transposed_path.worth_it(
         geo.image_is_col, geo.groups, geo.p, cols, lanes)
     panels = node.attrs.get("weight_panels") if node.op == "conv2d" else ()
@@ -317,8 +318,8 @@ def weight_layout(node: Node, target: Target, threads: int, algorithm: str
     """The `weight_panels` (block, panel) in which this path would read the weights of
     conv2d `node` if they were prepacked (`conv.prepack`), or None where it reads them
     otherwise: only the transposed 1x1 path (`conv.transposed`) takes W^T as the GEMM's B,
-    in blocks of `block` output channels (a thread's share) and panels of the register
-    block's width."""
+    in blocks of `block` output channels (all of them, or a thread's share when the
+    threads split the channels) and panels of the register block's width."""
     if node.op != "conv2d" or node.attrs.get("weight_panels") or not choose(
             node, target, algorithm):
         return None

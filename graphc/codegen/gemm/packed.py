@@ -198,19 +198,32 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                         with otherwise:
                             plain()
 
-            if not plan.pack_a:  # read A in place; B packed
+            if not plan.pack_a:  # read A in place; B packed, or its full panels in place
                 in_place = micro_kernel(module, dtype, plan.mr, plan.nr, plan.lanes,
                                         row_stride=sa_i)
                 full = spec.m - spec.m % plan.mr
                 if full < spec.m:
                     b.call(pack_a(), [a_at(full), as_i64(spec.lda), as_i64(spec.m - full),
                                       as_i64(kc), ap])
-                with for_range(b, 0, nc, plan.nr, name="jr") as jr:
-                    nr_eff = smin(b, plan.nr, b.sub(as_i64(nc), jr))
+
+                def column(jr: Val, nr_eff: Val, bpanel: ir.Value | None,
+                           b_step: int) -> None:
                     with for_range(b, 0, full, plan.mr, name="ir") as ir_:
-                        tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff, a_step=sa_p)
+                        tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff, bpanel,
+                                a_step=sa_p, b_step=b_step)
                     if full < spec.m:
-                        tile_at(kernel(), ap, full, jr, spec.m - full, nr_eff)
+                        tile_at(kernel(), ap, full, jr, spec.m - full, nr_eff, bpanel,
+                                b_step=b_step)
+
+                if plan.pack_b:
+                    with for_range(b, 0, nc, plan.nr, name="jr") as jr:
+                        column(jr, smin(b, plan.nr, b.sub(as_i64(nc), jr)), None, plan.nr)
+                else:  # B in panels (`GemmSpec.b_panels`): a narrower last one packed
+                    if full_n:
+                        with for_range(b, 0, full_n, plan.nr, name="jr") as jr:
+                            column(jr, plan.nr, b_full(jr), b_step)
+                    if full_n < spec.n:
+                        column(full_n, spec.n - full_n, bp, plan.nr)
             elif not plan.pack_b:
                 in_place_b = kernel()  # the packed-panel kernel, with B's row stride
                 with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):

@@ -112,6 +112,7 @@ class GemmPlan:
 # Bytes of one packed row of a KC block (see `plan_gemm`); a module constant so blocking
 # experiments can vary it (with the compile caches off).
 KC_BYTES = 2048
+IN_PLACE_TRANS_A = True
 
 
 def _round_up(x: int, m: int) -> int:
@@ -225,12 +226,16 @@ def _plan_panels(spec: GemmSpec, target: Target, mr: int, nr: int, w: int) -> Ge
     kc_max = KC_BYTES // isz
     nkb = -(-spec.k // kc_max)
     kc = min(spec.k, _round_up(-(-spec.k // nkb), 8))
-    mc = min(_round_up(spec.m, mr), max(mr, (96 // mr) * mr))
+    # A stored transposed (k x m: a convolution's X^T) has each k step's MR elements
+    # contiguous, as a packed panel has them: read in place, only a partial last row
+    # block is packed.
+    pack_a = not (spec.trans_a and IN_PLACE_TRANS_A)
+    mc = min(_round_up(spec.m, mr), max(mr, (96 // mr) * mr)) if pack_a else mr
     nc = _round_up(spec.n, nr)
     a_bytes = _round_up(mc * kc * isz, 64)
     b_bytes = _round_up(nr * kc * isz, 64) if spec.n % nr else 0  # the narrower last panel
     tile = _round_up(mr * nr * isz, 64)
-    return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=True, pack_b=False,
+    return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=pack_a, pack_b=False,
                     b_offset=a_bytes, tile_offset=a_bytes + b_bytes,
                     scratch_bytes=a_bytes + b_bytes + tile)
 
