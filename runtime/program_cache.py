@@ -94,7 +94,11 @@ def program_key(graph: Graph, target: Target, settings: str) -> str:
     """The key of an optimized graph compiled for `target` with code-changing `settings`
     (`pipeline.CodegenSettings.key`: every option that changes the generated code)."""
     h = hashlib.sha256()
-    for part in (format_graph(graph), target.key, settings, codegen_fingerprint()):
+    # Without source locations: the code does not depend on them (errors found at run
+    # time are reported from the graph the executable holds), and a graph built again
+    # from another line of a script (an import in a loop) hits the same entry.
+    for part in (format_graph(graph, locations=False), target.key, settings,
+                 codegen_fingerprint()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

@@ -639,5 +639,32 @@ def test_a_clean_entry_is_a_hit_of_the_program_cache(tmp_path: Path) -> None:
         next(tmp_path.glob("*.prog.o")).read_bytes()).hexdigest()
 
 
+def test_the_program_cache_does_not_key_on_source_locations(tmp_path: Path) -> None:
+    """The same graph built from another line of the user's script (a model imported
+    again inside a loop) is a hit: where a node was built does not change its code, and
+    the executable binds the new graph's own constants. A graph whose code differs (another
+    scalar, an immediate of the code) is a miss."""
+    options = gc.CompileOptions(cache_dir=str(tmp_path), threads=1)
+    w = np.full((8, 3), 0.5, np.float32)
+    graphs = []
+    with gc.Graph("relocated") as g:
+        x = gc.placeholder((4, 8), gc.float32, name="x")
+        graphs.append((g, x, gc.relu(x @ gc.constant(w)) * 2.0))
+    with gc.Graph("relocated") as g:
+        x = gc.placeholder((4, 8), gc.float32, name="x")
+        graphs.append((g, x, gc.relu(x @ gc.constant(w)) * 2.0))
+    with gc.Graph("relocated") as g:
+        x = gc.placeholder((4, 8), gc.float32, name="x")
+        graphs.append((g, x, gc.relu(x @ gc.constant(w / 2)) * 3.0))
+    (_, _, y1), (_, _, y2), (g3, x3, y3) = graphs
+    assert y1.loc is not None and y2.loc is not None and y1.loc != y2.loc
+    first, second, third = (gc.compile(g, [x], [y], options=options) for g, x, y in graphs)
+    assert not first.report.jit.stats.cache_hit
+    assert second.report.jit.key == "program-cache"
+    assert third.report.jit.key != "program-cache"
+    xv = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
+    np.testing.assert_array_equal(second(xv), first(xv))
+    np.testing.assert_allclose(third(xv), gc.reference(g3, [x3], [y3])(xv), rtol=1e-6)
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

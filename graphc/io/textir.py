@@ -72,8 +72,10 @@ INLINE_LIMIT = 16
 
 # --- printing ---------------------------------------------------------------------------------
 
-def format_graph(graph: Graph) -> str:
-    """The text IR of `graph`: a header, its signatures, then one line per node in order."""
+def format_graph(graph: Graph, locations: bool = True) -> str:
+    """The text IR of `graph`: a header, its signatures, then one line per node in order
+    (without source locations if `locations` is False: what the program cache keys on,
+    since where a node was built does not change its code)."""
     lines = [f"graph {_quote(graph.name)}"]
     for sig in graph.signatures.values():
         line = (f"signature {_quote(sig.name)} ({_names(sig.inputs)}) -> "
@@ -82,27 +84,29 @@ def format_graph(graph: Graph) -> str:
             pairs = ", ".join(f"%{var.name} <- %{new.name}" for var, new in sig.updates)
             line += f" updates ({pairs})"
         lines.append(line)
-    _format_nodes(graph, lines, "")
+    _format_nodes(graph, lines, "", locations)
     return "\n".join(lines) + "\n"
 
 
-def _format_nodes(graph: Graph, lines: list[str], indent: str) -> None:
+def _format_nodes(graph: Graph, lines: list[str], indent: str, locations: bool = True
+                  ) -> None:
     """One line per node; a region op's line ends with ``{``, its bodies follow, each
     after a ``region "name" (%params) -> (%results)`` line, and ``}`` closes them."""
     for node in graph.nodes:
         if not node.regions:
-            lines.append(indent + format_node(node))
+            lines.append(indent + format_node(node, locations))
             continue
-        lines.append(f"{indent}{format_node(node)} {{")
+        lines.append(f"{indent}{format_node(node, locations)} {{")
         for region in node.regions:
             lines.append(f"{indent}  region {_quote(region.graph.name)} "
                          f"({_names(region.params)}) -> ({_names(region.results)})")
-            _format_nodes(region.graph, lines, indent + "    ")
+            _format_nodes(region.graph, lines, indent + "    ", locations)
         lines.append(indent + "}")
 
 
-def format_node(node: Node) -> str:
-    """One node's line (a constant's value inline if it has at most `INLINE_LIMIT` elements)."""
+def format_node(node: Node, locations: bool = True) -> str:
+    """One node's line (a constant's value inline if it has at most `INLINE_LIMIT` elements;
+    its source location unless `locations` is False)."""
     text = f"%{node.name} = {node.op}"
     if node.inputs:
         text += f"({_names(node.inputs)})"
@@ -114,7 +118,7 @@ def format_node(node: Node) -> str:
     if items:
         text += " {" + ", ".join(items) + "}"
     text += f" : {node.type}"
-    if node.loc is not None:
+    if node.loc is not None and locations:
         func = f" in {_quote(node.loc.func)}" if node.loc.func else ""
         text += f"  loc({_quote(node.loc.file)}:{node.loc.line}{func})"
     return text
