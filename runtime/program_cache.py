@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import graphc.codegen as codegen
 import graphc.ir as ir
 import graphc.ops as ops
@@ -90,15 +92,35 @@ def codegen_fingerprint() -> str:
     return h.hexdigest()
 
 
+def _region_constants(graph: Graph) -> str:
+    """sha256 over the values of the constants inside `graph`'s regions (loop bodies and
+    branches, at any depth), which `codegen.body_call` compiles into the code as globals."""
+    h = hashlib.sha256()
+
+    def visit(g: Graph, top: bool) -> None:
+        for node in g.nodes:
+            if node.op == "constant" and not top:
+                value = np.ascontiguousarray(g.constants[node.name])
+                h.update(f"%{node.name}:{value.dtype.str}:{value.shape}".encode())
+                h.update(value.tobytes())
+            for region in node.regions:
+                visit(region.graph, False)
+
+    visit(graph, True)
+    return h.hexdigest()
+
+
 def program_key(graph: Graph, target: Target, settings: str) -> str:
     """The key of an optimized graph compiled for `target` with code-changing `settings`
     (`pipeline.CodegenSettings.key`: every option that changes the generated code)."""
     h = hashlib.sha256()
     # Without source locations: the code does not depend on them (errors found at run
     # time are reported from the graph the executable holds), and a graph built again
-    # from another line of a script (an import in a loop) hits the same entry.
-    for part in (format_graph(graph, locations=False), target.key, settings,
-                 codegen_fingerprint()):
+    # from another line of a script (an import in a loop) hits the same entry. The text
+    # shows constants of up to `INLINE_LIMIT` elements; larger ones at the top level are
+    # passed by pointer, but a region's are compiled into the code: their bytes count.
+    for part in (format_graph(graph, locations=False), _region_constants(graph), target.key,
+                 settings, codegen_fingerprint()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()

@@ -666,5 +666,28 @@ def test_the_program_cache_does_not_key_on_source_locations(tmp_path: Path) -> N
     np.testing.assert_array_equal(second(xv), first(xv))
     np.testing.assert_allclose(third(xv), gc.reference(g3, [x3], [y3])(xv), rtol=1e-6)
 
+
+def test_a_loop_body_constant_is_part_of_the_program_key(tmp_path: Path) -> None:
+    """A loop body's constants are compiled into the code (not passed by pointer), so two
+    graphs that differ only in one must not share a program-cache entry, wherever they
+    were built: the second compile misses and computes with its own constant."""
+    options = gc.CompileOptions(cache_dir=str(tmp_path), threads=1)
+    steps = 8
+    compiled = []
+    for v in (2.0, 1.5):
+        with gc.Graph("loop_const") as g:
+            h = gc.placeholder((32,), gc.float32, name="h")
+            xs = gc.placeholder((steps, 32), gc.float32, name="xs")
+            carry, _ = gc.scan(lambda c, x, v=v: (c * gc.constant(np.full(32, v, np.float32))
+                                                  + x, None), h, xs)
+        compiled.append((g, h, xs, carry, gc.compile(g, [h, xs], [carry], options=options)))
+    assert compiled[1][4].report.jit.key != "program-cache"
+    hv, xv = np.ones(32, np.float32), np.zeros((steps, 32), np.float32)
+    for g, h, xs, carry, f in compiled:
+        np.testing.assert_allclose(f(hv, xv), gc.reference(g, [h, xs], [carry])(hv, xv),
+                                   rtol=1e-6)
+    assert not np.allclose(compiled[0][4](hv, xv), compiled[1][4](hv, xv))
+
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
