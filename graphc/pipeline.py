@@ -93,7 +93,6 @@ class Lowered:
     module: GeneratedModule | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     carries: dict[int, int] = field(default_factory=dict)  # a loop body's: output -> input
-    prepacked: int = 0  # convolutions whose constant weights were prepacked (`optimized`)
 
     @property
     def ir_text(self) -> str:
@@ -134,8 +133,7 @@ def _optimize(s: Lowered) -> None:
     graph, sig, s.report = run_pipeline(s.graph, replace(s.signature, name="main"), s.options)
     cs = s.settings
     # The target's layouts of constant weights (after the target-independent passes).
-    graph, sig, s.prepacked = prepack_weights(graph, sig, s.target, cs.threads,
-                                              cs.conv_algorithm)
+    graph, sig = prepack_weights(graph, sig, s.target, cs.threads, cs.conv_algorithm)
     s.optimized, s.optimized_signature = graph, sig
 
 

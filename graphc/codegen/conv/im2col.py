@@ -463,9 +463,9 @@ def _conv2d(ctx: KernelContext) -> None:
             weights = element_ptr(b, c.ptr(w), dt, lin(b, [(g, geo.og * geo.k), (o0, geo.k)]))
             out = element_ptr(b, _group_ptr(b, c.out, dt, n, g, geo.cout, geo.og, geo.p), dt,
                               b.mul(o0, i64(geo.p)))
-            if s.rows:  # rows [y0, y0 + rows) of Out^T, moved into the output
+            if s.transposed:  # rows [y0, y0 + spec.m / Wo) of Out^T, moved into the output
                 assert col is not None
-                y0 = b.mul(block, i64(s.rows))
+                y0 = b.mul(block, i64(s.rows)) if s.rows else i64(0)
 
                 def rows_block(spec: GemmSpec, y0: ir.Value = y0) -> None:
                     at = b.mul(y0, i64(geo.wo))
@@ -480,21 +480,13 @@ def _conv2d(ctx: KernelContext) -> None:
 
                 if len(specs) == 1:
                     rows_block(specs[0])
-                else:  # the last block is shorter
+                else:  # the last block of rows is shorter
                     last = b.icmp_signed("==", block, i64(s.blocks - 1))
                     with b.if_else(last) as (then, otherwise):
                         with then:
                             rows_block(specs[1])
                         with otherwise:
                             rows_block(specs[0])
-            elif s.transposed:  # Out^T into scratch, then moved into the output
-                assert col is not None
-                emit_gemm(b, spec, image, weights, col, scratch, c.target)
-                transposed_path.store_transposed(
-                    b, dt, lanes, col, s.cols, out, geo.p,
-                    put=_put(c, geo, store, out, n, g, o0, i64(0)) if in_store else None)
-                if epilogue and not in_store:
-                    _sweep(c, geo, store, n, g, o0, s.cols)
             else:
                 if geo.image_is_col:
                     col = image

@@ -31,8 +31,8 @@ __all__ = ["prepack_weights"]
 
 
 def prepack_weights(graph: Graph, sig: Signature, target: Target, threads: int,
-                    algorithm: str) -> tuple[Graph, Signature, int]:
-    """(graph, signature, convolutions prepacked): `graph` unchanged when none applies."""
+                    algorithm: str) -> tuple[Graph, Signature]:
+    """`graph` and `sig` with the weights packed (both unchanged when none applies)."""
     live = live_nodes(graph, sig)
     readers: dict[Node, list[Node]] = {}
     for n in graph.nodes:
@@ -51,7 +51,7 @@ def prepack_weights(graph: Graph, sig: Signature, target: Target, threads: int,
         u.name in layouts and u.inputs[1] is w and layouts[u.name] == layouts[users[0].name]
         for u in users)}
     if not packed:
-        return graph, sig, 0
+        return graph, sig
     done: dict[str, Node] = {}
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
@@ -74,5 +74,4 @@ def prepack_weights(graph: Graph, sig: Signature, target: Target, threads: int,
     g1, s1 = Rebuilder(graph, visit).run(n for n in graph.nodes if n in live).finish(sig)
     # Drop the unpacked weights nothing reads any more.
     live1 = live_nodes(g1, s1)
-    g2, s2 = Rebuilder(g1).run(n for n in g1.nodes if n in live1).finish(s1)
-    return g2, s2, len(layouts.keys() & {u.name for w in packed for u in readers[w]})
+    return Rebuilder(g1).run(n for n in g1.nodes if n in live1).finish(s1)

@@ -112,7 +112,6 @@ class GemmPlan:
 # Bytes of one packed row of a KC block (see `plan_gemm`); a module constant so blocking
 # experiments can vary it (with the compile caches off).
 KC_BYTES = 2048
-IN_PLACE_TRANS_A = True
 
 
 def _round_up(x: int, m: int) -> int:
@@ -174,8 +173,6 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
             return GemmPlan("nvec", w)
     mr, nr, w = kernel_shape(spec.dtype, target, n)
     mr = fitted_rows(m, mr)
-    if spec.b_panels:
-        return _plan_panels(spec, target, mr, nr, w)
     isz = spec.dtype.itemsize
     # KC 512 float32 / 256 float64 (2 KiB of each packed row), MC 96: the A block (mc x kc,
     # 192 KiB) stays in L2 while B micro-panels pass through L1/L2. KC 256-768 and MC 48-192
@@ -185,6 +182,8 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     nkb = -(-k // kc_max)
     kc = min(k, _round_up(-(-k // nkb), 8))
     mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
+    if spec.b_panels:
+        return _plan_panels(spec, mr, nr, w, kc, mc)
     # NC: the packed B block (kc x nc) in L2/L3; all of N up to 4096 columns.
     nc = min(_round_up(n, nr), max(nr, 4096 // nr * nr))
     # For a row-major B in one NC block, full NR-wide panels are read in place (a partial
@@ -216,21 +215,18 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
                     tile_offset=a_bytes + b_bytes, scratch_bytes=a_bytes + b_bytes + tile)
 
 
-def _plan_panels(spec: GemmSpec, target: Target, mr: int, nr: int, w: int) -> GemmPlan:
+def _plan_panels(spec: GemmSpec, mr: int, nr: int, w: int, kc: int, mc: int) -> GemmPlan:
     """The packed plan of a B stored in panels (`GemmSpec.b_panels`): its full panels are
-    read in place (one NC block of all of N), A is packed in MC x KC blocks as usual."""
+    read in place (one NC block of all of N); A is packed in MC x KC blocks as usual, or,
+    stored transposed (k x m: a convolution's X^T), read in place, since each k step's MR
+    elements are contiguous as in a packed panel (only a partial last row block packed)."""
     if spec.b_panels != nr:
         raise ValueError(f"b_panels={spec.b_panels} but the register block of {spec} on "
                          f"this target is {nr} columns wide")
     isz = spec.dtype.itemsize
-    kc_max = KC_BYTES // isz
-    nkb = -(-spec.k // kc_max)
-    kc = min(spec.k, _round_up(-(-spec.k // nkb), 8))
-    # A stored transposed (k x m: a convolution's X^T) has each k step's MR elements
-    # contiguous, as a packed panel has them: read in place, only a partial last row
-    # block is packed.
-    pack_a = not (spec.trans_a and IN_PLACE_TRANS_A)
-    mc = min(_round_up(spec.m, mr), max(mr, (96 // mr) * mr)) if pack_a else mr
+    pack_a = not spec.trans_a
+    if not pack_a:
+        mc = mr
     nc = _round_up(spec.n, nr)
     a_bytes = _round_up(mc * kc * isz, 64)
     b_bytes = _round_up(nr * kc * isz, 64) if spec.n % nr else 0  # the narrower last panel
@@ -238,4 +234,3 @@ def _plan_panels(spec: GemmSpec, target: Target, mr: int, nr: int, w: int) -> Ge
     return GemmPlan("packed", w, mr, nr, mc, kc, nc, pack_a=pack_a, pack_b=False,
                     b_offset=a_bytes, tile_offset=a_bytes + b_bytes,
                     scratch_bytes=a_bytes + b_bytes + tile)
-
