@@ -66,7 +66,7 @@ def _cases() -> list[Case]:
     for dtype in (F32, F64):
         for j, (ta, tb) in enumerate(TRANSPOSES):
             for m, n, k in [(3, 70, 45), (1, 300, 20), (70, 3, 45), (37, 1, 19), (29, 6, 33),
-                            (45, 70, 50)]:
+                            (29, 4, 33), (45, 70, 50)]:
                 cases.append(Case(_spec(m, n, k, dtype, ta, tb, pad=j % 2),
                                   epilogue=(m + j) % 2 == 0, accumulate=(n + j) % 3 == 0))
     # Row counts that a register block of 7 or 6 rows fits with less padding than 8
@@ -245,7 +245,12 @@ def test_cases_cover_every_path() -> None:
             mine = [(s, p) for s, p in packed if (s.dtype, s.trans_a, s.trans_b) == (dtype, ta, tb)]
             assert any(s.m % p.mr and s.n % p.nr for s, p in mine), (dtype, ta, tb)
             assert any(s.k > p.kc for s, p in mine), (dtype, ta, tb)  # several KC blocks
-            assert len({p.nr for _, p in mine}) == 2  # the wide and the narrow-N kernel
+            # The wide and the narrow-N kernel (NR one vector, for N up to a vector; with
+            # 4-lane float64 (AVX2), N <= 4 with K contiguous takes `kdot` instead).
+            lanes = target.lanes(dtype.itemsize)
+            narrow = any(s.n <= lanes for s, _ in mine)
+            assert narrow or dtype == F64, (dtype, ta, tb)
+            assert {p.nr for _, p in mine} == ({lanes, 2 * lanes} if narrow else {2 * lanes})
             assert any(not p.pack_a and s.m % p.mr for s, p in mine)  # A in place + edge
     assert any(s.m > p.mc for s, p in packed) and any(s.n > p.nc for s, p in packed)
     # Whole tiles over several KC blocks, with the epilogue (straight-line stores).

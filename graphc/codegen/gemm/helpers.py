@@ -151,8 +151,17 @@ def lane_mask(b: ir.IRBuilder, lanes: int, first: Val, count: Val) -> ir.Value:
     if isinstance(first, int) and isinstance(count, int):
         return ir.Constant(ir.VectorType(I1, lanes), [int(first + j < count) for j in range(lanes)])
     iota = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
-    idx = b.add(iota, splat(b, as_i64(first), lanes)) if first != 0 else iota
-    return b.icmp_signed("<", idx, splat(b, as_i64(count), lanes))
+    idx = b.add(iota, _vector_splat(b, as_i64(first), lanes)) if first != 0 else iota
+    return b.icmp_signed("<", idx, _vector_splat(b, as_i64(count), lanes))
+
+
+def _vector_splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
+    """`splat`, but a vector also for one lane (a mask of one lane is <1 x i1>: a panel of
+    7 float64 rows on 4-lane AVX2 packs one lane at a time)."""
+    if lanes > 1:
+        return splat(b, scalar, lanes)
+    return b.insert_element(ir.Constant(ir.VectorType(scalar.type, 1), ir.Undefined), scalar,
+                            i64(0))
 
 
 def masked_load(b: ir.IRBuilder, ptr: ir.Value, vt: ir.VectorType, mask: ir.Value,
