@@ -11,7 +11,7 @@ import pytest
 
 import graphc as gc
 from graphc.codegen.conv import depthwise
-from graphc.codegen.target import host_target
+from graphc.codegen.target import Target, host_target
 from graphc.options import CompileOptions
 
 
@@ -22,11 +22,16 @@ def _depthwise(shape: tuple[int, int, int, int], k: int, dtype: str = "float32",
         return gc.conv2d(gc.placeholder(shape, dtype), w, groups=shape[1], **kw)
 
 
-def test_applies_to_depthwise_layers_on_wide_rows_only() -> None:
-    target = host_target()
+@pytest.mark.parametrize("bits", [256, 512])
+def test_applies_to_depthwise_layers_on_wide_rows_only(bits: int) -> None:
+    host = host_target()  # only the vector width matters to the choice
+    target = Target(host.triple, host.cpu, host.features, bits)
+    narrow = bits // 64 - 1  # rows shorter than half a vector
     assert depthwise.applies(_depthwise((1, 144, 56, 56), 3, padding=1), target)
     assert depthwise.applies(_depthwise((1, 96, 112, 112), 3, stride=2, padding=1), target)
-    assert not depthwise.applies(_depthwise((1, 960, 7, 7), 3, padding=1), target)  # narrow
+    assert depthwise.applies(_depthwise((1, 960, narrow + 1, narrow + 1), 3, padding=1),
+                             target)
+    assert not depthwise.applies(_depthwise((1, 960, narrow, narrow), 3, padding=1), target)
     assert not depthwise.applies(_depthwise((1, 32, 40, 40), 3, dilation=2), target)
     assert not depthwise.applies(_depthwise((1, 32, 40, 40), 3, stride=3), target)
     with gc.Graph("probe"):  # two output channels per group: not depthwise

@@ -14,6 +14,7 @@ import graphc as gc
 
 onnx = pytest.importorskip("onnx", reason="needs onnx: pip install 'graphc[onnx]'")
 
+from graphc.codegen.target import host_target  # noqa: E402
 from graphc.onnx.exporter import EMIT, MAX_SAVE_OPSET, MIN_SAVE_OPSET  # noqa: E402
 from graphc.onnx.model import OnnxError  # noqa: E402
 
@@ -265,6 +266,12 @@ def test_int8_quantized_graph_exports_and_runs_in_onnx_runtime() -> None:
     ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is the oracle of this check")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"x": xv})
+    assert got.shape == want.shape
+    host = host_target()
+    if not (host.has("avx512vnni") or host.has("avxvnni")):
+        # Without VNNI, ONNX Runtime multiplies u8 x s8 with vpmaddubsw, whose int16 pair
+        # sums saturate: 0.17 off here, so it is no oracle of the values on this host.
+        pytest.skip("ONNX Runtime's u8s8 MatMulInteger saturates on a host without VNNI")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -102,7 +102,9 @@ def test_prepacked_convolutions_match_the_reference(dtype: str, threads: int) ->
         s = splits[shape]
         assert layout == (s.cols, kernel_shape(gc.DType.of(dtype), target, s.cols)[1])
         assert s.cols == shape[0] // (s.blocks if not s.rows else 1)
-    if threads == 2:  # both splits occur, each over two tasks
+    if threads == 2 and dtype == "float32":  # both splits occur, each over two tasks
+        # (float64 on 4-lane AVX2 splits only channels: its 8-wide panels pad 49 positions
+        # too little for the transposed path to pay for rows.)
         assert any(s.rows and s.tasks == 2 for s in splits.values())
         assert any(s.blocks == 2 and not s.rows and s.tasks == 2 for s in splits.values())
     got = gc.compile(g, [x], outs, options=_options(threads))(xv)
@@ -200,13 +202,15 @@ def test_weight_layout_is_only_for_the_transposed_path() -> None:
 
 @pytest.mark.parametrize("operand", ["plane", "row"])
 def test_blocks_of_output_rows_sweep_their_epilogue_in_place(operand: str) -> None:
-    """At 2 threads a 1x1 convolution on a 14x14 map (576 -> 96, MobileNetV2's) splits its
-    output rows, not its channels: each task computes all 96 channels of 7 rows. Its
-    epilogue reads an operand that spans each plane (swept a block of rows at a time) or
-    varies along H only (swept row by row); either way the values are the reference's and
-    the bits those of one thread. A 7x7 map (7 rows: blocks of 4 and 3) likewise."""
+    """At 2 threads a 1x1 convolution on a 14x14 map (576 -> 96, MobileNetV2's; with AVX-512) splits
+    its output rows, not its channels: each task computes all 96 channels of 7 rows. Its epilogue
+    reads an operand that spans each plane (swept a block of rows at a time) or varies along H only
+    (swept row by row); either way the values are the reference's and the bits those of one thread.
+    A 7x7 map (7 rows: blocks of 4 and 3) and a 6x6 one (3 and 3) likewise, on 256-bit targets too
+    (where 14x14 keeps the channel split)."""
     rng = np.random.default_rng(7)
-    for c, o, hw in ((576, 96, 14), (192, 80, 7)):
+    wide = host_target().vector_bits >= 512
+    for c, o, hw in ((576, 96, 14), (192, 80, 7), (192, 80, 6))[0 if wide else 1:]:
         xv = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
         shape = (1, o, hw, hw) if operand == "plane" else (1, o, hw, 1)
         with gc.Graph("rows") as g:
