@@ -17,9 +17,9 @@ from graphc.compile import compile as gc_compile
 from graphc.onnx.importer import load
 from graphc.onnx.model import (
     NUMPY_DTYPES,
-    ONNX_NUMPY,
     OnnxError,
     graphc_dtype,
+    onnx_numpy,
     read_model,
     require_onnx,
 )
@@ -48,7 +48,7 @@ class GraphcRep:
         self.proto = proto
         inits = {t.name for t in proto.graph.initializer}
         self.inputs = [vi for vi in proto.graph.input if vi.name not in inits]
-        self.out_types = [ONNX_NUMPY.get(vi.type.tensor_type.elem_type)
+        self.out_types = [onnx_numpy(vi.type.tensor_type.elem_type)
                           for vi in proto.graph.output]
         self.inputs_given: str | None = None
         try:

@@ -52,7 +52,7 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     float32, uint8 in int32, ...).
     Raises `GraphcError` for anything graphc cannot import, naming the node and the reason.
     """
-    model = read_model(source)
+    model = read_model(source, lift=True)
     onnx = require_onnx()
     graph_proto = model.proto.graph
     _check_supported(model.proto, model.opset, model.origin)
@@ -67,8 +67,8 @@ def load(source: str | os.PathLike[str] | bytes | Any, *,
     ctx.scope = values
     with g:
         init_names = {t.name for t in graph_proto.initializer}
-        for t in graph_proto.initializer:
-            values[t.name] = _initializer(ctx, t, trainable, model.folder)
+        for i, t in enumerate(graph_proto.initializer):
+            values[t.name] = _initializer(ctx, t, trainable, model.folder, model.data.get(i))
         inputs: list[Node] = []
         for vi in graph_proto.input:
             if vi.name in init_names:
@@ -120,12 +120,13 @@ def _check_supported(proto: Any, opset: int, origin: str) -> None:
     raise OnnxError(f"{origin}: {len(missing)} unsupported op(s):\n" + "\n".join(lines))
 
 
-def _initializer(ctx: Context, tensor: Any, trainable: bool, folder: Any) -> Value:
+def _initializer(ctx: Context, tensor: Any, trainable: bool, folder: Any,
+                 lifted: np.ndarray | None) -> Value:
     # A trainable float initializer becomes a variable, which training writes: it gets its
     # own copy; everything else becomes a constant, which may view the model's bytes.
     what = f"initializer '{tensor.name}'"
     floating = graphc_dtype(tensor.data_type, what).is_float
-    array = tensor_array(tensor, what, folder, copy=floating and trainable)
+    array = tensor_array(tensor, what, folder, copy=floating and trainable, values=lifted)
     if array.dtype.kind == "f" and trainable:
         return gb.variable(array, name=ctx.unique_name(tensor.name), trainable=True)
     # A value known at import: used as a constant, folded with what else is known

@@ -9,7 +9,9 @@ graphc has no type for, and cannot widen, are named in the error.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ import numpy as np
 
 from graphc.errors import GraphcError
 from graphc.ir import DType
+
+from .wire import Source, split_raw_data
 
 # A model file larger than this is refused before it is parsed (protobuf's own limit is 2 GiB).
 MAX_MODEL_BYTES = 2 << 30
@@ -51,26 +55,38 @@ class OnnxModel:
     folder: Path | None = None
     # The opset version of every imported domain ("" for ONNX's own).
     domains: dict[str, int] = field(default_factory=dict)
+    # Lifted initializers' values by index in graph.initializer (`read_model(lift=True)`).
+    data: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
-    """Parse `source` (a path, the serialized bytes, or an `onnx.ModelProto`)."""
+def read_model(source: str | os.PathLike[str] | bytes | Any, *,
+               lift: bool = False) -> OnnxModel:
+    """Parse `source` (a path, the serialized bytes, or an `onnx.ModelProto`).
+
+    With `lift`, the large initializers' bytes are read straight into arrays (`wire`) and
+    left out of the parsed message: `OnnxModel.data` holds them by initializer index, and
+    the message's tensors have no data, so only a reader that looks there (the importer's
+    `tensor_array(..., values=model.data.get(i))`) may ask for it."""
     onnx = require_onnx()
+    data: dict[int, np.ndarray] = {}
     if isinstance(source, onnx.ModelProto):
         proto, origin = source, "<ModelProto>"
-    else:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            data, origin = bytes(source), "<bytes>"
-        elif isinstance(source, (str, os.PathLike)):
-            data, origin = _read_file(Path(source)), str(source)
-        else:
-            raise OnnxError("gc.onnx.load expects a path, bytes or an onnx.ModelProto, "
-                            f"got {type(source).__name__}")
+    elif isinstance(source, (bytes, bytearray, memoryview, str, os.PathLike)):
+        is_path = isinstance(source, (str, os.PathLike))
+        origin = str(source) if is_path else "<bytes>"
+        with _source(source) as src:
+            lifted = split_raw_data(src) if lift else None
+            serialized = lifted.model if lifted else src.read_all()
+        if lifted:
+            data = lifted.data
         proto = onnx.ModelProto()
         try:
-            proto.ParseFromString(data)
+            proto.ParseFromString(serialized)
         except Exception as exc:  # google.protobuf.message.DecodeError and friends
             raise OnnxError(f"{origin}: not a valid ONNX model ({exc})") from None
+    else:
+        raise OnnxError("gc.onnx.load expects a path, bytes or an onnx.ModelProto, "
+                        f"got {type(source).__name__}")
     if not proto.HasField("graph"):
         raise OnnxError(f"{origin}: the model has no graph")
     folder = Path(source).parent if isinstance(source, (str, os.PathLike)) else None
@@ -78,7 +94,7 @@ def read_model(source: str | os.PathLike[str] | bytes | Any) -> OnnxModel:
     for o in proto.opset_import:
         key = "" if o.domain in ("", "ai.onnx") else o.domain
         domains[key] = max(domains.get(key, 0), int(o.version))
-    return OnnxModel(proto, _default_opset(proto, origin), origin, folder, domains)
+    return OnnxModel(proto, _default_opset(proto, origin), origin, folder, domains, data)
 
 
 def rule_key(domain: str, op_type: str) -> str:
@@ -87,16 +103,24 @@ def rule_key(domain: str, op_type: str) -> str:
     return op_type if domain in ("", "ai.onnx") else f"{domain}.{op_type}"
 
 
-def _read_file(path: Path) -> bytes:
+@contextlib.contextmanager
+def _source(source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+            ) -> Iterator[Source]:
+    """The serialized model as a `wire.Source`: a path is opened (a regular file, at most
+    MAX_MODEL_BYTES) and read by position, not read whole."""
+    if not isinstance(source, (str, os.PathLike)):
+        yield Source(source if isinstance(source, bytes) else bytes(source))
+        return
+    path = Path(source)
     try:
         if not path.is_file():
             raise OnnxError(f"{path}: not a regular file")
-        size = path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise OnnxError(f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES} an ONNX "
-                            "model can hold")
         with path.open("rb") as f:
-            return f.read(MAX_MODEL_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_MODEL_BYTES:
+                raise OnnxError(f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES} an "
+                                "ONNX model can hold")
+            yield Source(fd=f.fileno(), size=size)
     except OSError as exc:
         raise OnnxError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -142,21 +166,29 @@ WIDENED: dict[int, DType] = {10: DType.float32, 16: DType.float32, 2: DType.int3
                              25: DType.int32, 26: DType.int32}
 # Element types packed several to a byte (external data of these is refused).
 PACKED = frozenset({21, 22, 23, 25, 26})
-ONNX_NUMPY: dict[int, Any] = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16,
-                              5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
-                              10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
-try:  # bfloat16, float8, int4, ... as numpy sees them come with onnx (ml_dtypes)
-    import ml_dtypes
+_NUMPY_TYPES: dict[int, Any] = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16,
+                                5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
+                                10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+# bfloat16, float8, int4, ... as numpy sees them: ml_dtypes' types (it comes with onnx).
+_ML_DTYPES = {16: "bfloat16", 17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2",
+              20: "float8_e5m2fnuz", 21: "uint4", 22: "int4", 23: "float4_e2m1fn",
+              24: "float8_e8m0fnu", 25: "uint2", 26: "int2"}
 
-    for _code, _name in ((16, "bfloat16"), (17, "float8_e4m3fn"), (18, "float8_e4m3fnuz"),
-                         (19, "float8_e5m2"), (20, "float8_e5m2fnuz"), (21, "uint4"),
-                         (22, "int4"), (23, "float4_e2m1fn"), (24, "float8_e8m0fnu"),
-                         (25, "uint2"), (26, "int2")):
-        ONNX_NUMPY[_code] = getattr(ml_dtypes, _name)
-except ImportError:  # pragma: no cover - without onnx there is no model to convert
-    pass
-except AttributeError:  # pragma: no cover - an ml_dtypes without the newest types
-    pass
+
+def onnx_numpy(elem_type: int) -> Any | None:
+    """numpy's type of ONNX element type `elem_type`, or None when numpy has none. The
+    narrow types come from ml_dtypes, imported on first use: importing it took 0.7 s,
+    which every `import graphc` paid while it was imported with this module."""
+    if elem_type in _NUMPY_TYPES:
+        return _NUMPY_TYPES[elem_type]
+    name = _ML_DTYPES.get(elem_type)
+    if name is None:
+        return None
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - without onnx there is no model to convert
+        return None
+    return getattr(ml_dtypes, name, None)  # None: an ml_dtypes without the newest types
 
 
 def graphc_dtype(elem_type: int, what: str) -> DType:
@@ -175,12 +207,13 @@ def numpy_dtype_ok(array: np.ndarray) -> bool:
 
 
 def tensor_array(tensor: Any, what: str, folder: Path | None = None,
-                 copy: bool = True) -> np.ndarray:
+                 copy: bool = True, values: np.ndarray | None = None) -> np.ndarray:
     """A TensorProto as a numpy array of a graphc dtype: a copy the caller owns, or with
     ``copy=False`` possibly a read-only view of the tensor's bytes (for values that become
     constants: copying a model's weights again was a third of a cached import). External
     data is read from a regular file inside `folder` (the model's), bounded by the size
-    the tensor's shape implies."""
+    the tensor's shape implies. `values`: the tensor's data lifted out of the message by
+    `read_model(lift=True)` (flat, owned by the caller, used without a copy)."""
     onnx = require_onnx()
     graphc_dtype(tensor.data_type, what)
     count = 1
@@ -190,6 +223,12 @@ def tensor_array(tensor: Any, what: str, folder: Path | None = None,
         count *= d
     if count > MAX_MODEL_BYTES:
         raise OnnxError(f"{what}: {count} elements, more than a model file can hold")
+    if values is not None:
+        if values.size != count:
+            raise OnnxError(f"{what}: {values.size} values for shape {tuple(tensor.dims)}")
+        array = values.reshape(tuple(tensor.dims))
+        array.flags.writeable = copy
+        return array
     if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
         return _external(tensor, what, folder, count)
     try:
@@ -219,7 +258,7 @@ def _external(tensor: Any, what: str, folder: Path | None, count: int) -> np.nda
     path = (root / location).resolve()
     if root not in path.parents:
         raise OnnxError(f"{what}: external data {location!r} lies outside the model's folder")
-    dtype = ONNX_NUMPY.get(tensor.data_type)
+    dtype = onnx_numpy(tensor.data_type)
     if dtype is None or tensor.data_type == 9 or tensor.data_type in PACKED:
         raise OnnxError(f"{what}: external data of this element type is not supported")
     itemsize = np.dtype(dtype).itemsize
