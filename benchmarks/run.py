@@ -151,6 +151,15 @@ def _versions() -> list[str]:
     return out
 
 
+def _cpu() -> str:
+    """The host's LLVM CPU name and vector width, as graphc targets it (machines differ
+    between runs: a znver3 has no AVX-512, VNNI or BF16)."""
+    from graphc.codegen.target import host_target
+
+    target = host_target()
+    return f"LLVM {target.cpu}, {target.vector_bits}-bit vectors"
+
+
 def _available(peer: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in REQUIRES.get(peer, ()))
 
@@ -222,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                          f" | {ratio} | {rate} | {share} |")
             print(lines[-1], flush=True)
     header = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Machine: {platform.processor() or platform.machine()} ({_cpu()}), "
+        f"{os.cpu_count()} cores, "
         f"Python {platform.python_version()}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
         "Times: median (min...max) of repeated calls, each peer in its own process, pinned "
