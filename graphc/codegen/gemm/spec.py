@@ -195,8 +195,12 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     # a column slice of a wider B (a thread's half of 256^3: up to 10% slower).
     # A row-major A read in place needs a micro-kernel specialised for its row stride (~20 ms
     # of compile time; B read in place shares the packed kernel: `micro_kernel`), so the two
-    # layouts below are for GEMMs big enough to gain from them.
-    big = m * n * k >= _IN_PLACE_MACS
+    # layouts below are for GEMMs big enough to gain from them, and only with 32 vector
+    # registers: the 6 x 16 AVX2 kernel reads twice the B vectors per FMA, and on Zen 3
+    # (one thread) reading a big GEMM's A or B in place lost 15-30% (512^3: 55-65 ->
+    # 76-86 GFLOP/s packed; 256x512x512: 52-60 -> 63-71), while B in place for few rows
+    # still gained (32x512x512: 42 -> 51).
+    big = m * n * k >= _IN_PLACE_MACS and target.vector_bits >= 512
     short_rows = big and spec.ldb == n and n * spec.dtype.itemsize < 4096
     pack_b = not (n > nr and sb_j == 1 and n <= nc and (m <= _IN_PLACE_B_ROWS or short_rows))
     # A is read in place, only the partial last row panel packed, when all of N is one
