@@ -177,11 +177,16 @@ def test_1x1_on_small_maps_runs_transposed_and_matches_the_reference(
 def test_auto_takes_the_transposed_gemm_for_1x1_on_small_maps() -> None:
     """MobileNetV2's 1x1 layers on 7x7 and 14x14 maps, deep and expanding, go through the
     transposed GEMM (measured faster on Zen 4, AVX-512); K < 16 and wide maps stay
-    direct. With 8-lane vectors 14x14 = 196 positions fill 16-wide panels to 93%: direct."""
+    direct. With 256-bit vectors (16 registers, Zen 3) every 1x1 layer with K >= 16 takes
+    the GEMM, transposed up to 256 positions."""
     host = host_target()
     narrow = Target(host.triple, host.cpu, host.features, 256)
-    assert not im2col.choose(_conv((1, 576, 14, 14), 96, 1), narrow)
-    assert im2col.choose(_conv((1, 160, 7, 7), 960, 1), narrow)
+    for shape, o, flipped in (((1, 576, 14, 14), 96, True), ((1, 160, 7, 7), 960, True),
+                              ((1, 32, 28, 28), 192, False), ((1, 144, 56, 56), 24, False)):
+        conv = _conv(shape, o, 1)
+        assert im2col.choose(conv, narrow)
+        assert im2col._split(conv, narrow, 1).transposed == flipped
+    assert not im2col.choose(_conv((1, 8, 7, 7), 64, 1), narrow)
     target = Target(host.triple, host.cpu, host.features, 512)  # only the width matters
     assert im2col.choose(_conv((1, 576, 14, 14), 96, 1), target)
     assert im2col.choose(_conv((1, 160, 7, 7), 960, 1), target)

@@ -158,12 +158,17 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     # 234 vs 269, 64 -> 384 113 vs 133) and on expansions down to K = 16 (14x14: 16 -> 96
     # 14 vs 18 us, 32 -> 192 36 vs 44; 7x7: 32 -> 128 9 vs 12), once its epilogue sweeps
     # whole planes (`_sweep`).
+    # With 16 vector registers (Zen 3, AVX2) the direct kernels are slower on every 1x1
+    # layer of MobileNetV2 (one thread, bias + ReLU): 56x56 144 -> 24 534 vs 397 us here,
+    # 28x28 32 -> 192 339 vs 189, 14x14 576 -> 96 569 vs 347 (transposed).
     lanes = target.lanes(geo.dtype.itemsize)
+    wide = target.vector_bits >= 512
     narrow = geo.wo <= lanes // 2
     deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
     flipped = geo.k >= 16 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
-                                                        geo.og, lanes)
-    return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped
+                                                        geo.og, lanes, wide)
+    one_by_one = not wide and geo.image_is_col and geo.groups == 1 and geo.k >= 16
+    return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped or one_by_one
 
 
 # --- scratch --------------------------------------------------------------------------------
@@ -250,7 +255,8 @@ def _position_rows(geo: Geometry, threads: int, target: Target) -> int:
     row or plane by plane as on the whole image."""
     lanes = target.lanes(geo.dtype.itemsize)
     if (geo.groups != 1 or geo.batch >= threads or geo.macs < 2 * _TASK_MACS
-            or not transposed_path.worth_it(geo.image_is_col, 1, geo.p, geo.og, lanes)):
+            or not transposed_path.worth_it(geo.image_is_col, 1, geo.p, geo.og, lanes,
+                                            target.vector_bits >= 512)):
         return 0
     rows = -(-geo.ho // max(1, threads // geo.batch))
     nr = kernel_shape(geo.dtype, target, geo.og)[1]
@@ -292,7 +298,7 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
     else:
         cols = geo.k
     transposed = node.op == "conv2d" and transposed_path.worth_it(
-        geo.image_is_col, geo.groups, geo.p, cols, lanes)
+        geo.image_is_col, geo.groups, geo.p, cols, lanes, target.vector_bits >= 512)
     panels = node.attrs.get("weight_panels") if node.op == "conv2d" else ()
     panel = 0
     if panels:
