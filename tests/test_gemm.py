@@ -92,7 +92,8 @@ def _cases() -> list[Case]:
     cases.append(Case(_spec(32, 32, 600, F64, True, False, pad=1), epilogue=True))
     # Several MC blocks, and several NC blocks.
     cases.append(Case(_spec(200, 40, 30, F32, False, False), epilogue=True))
-    cases.append(Case(_spec(9, 4100, 5, F32, True, False, pad=1), epilogue=True))
+    cases.append(Case(_spec(9, 4100, 5, F32, True, False, pad=1), epilogue=True))  # B in place
+    cases.append(Case(_spec(40, 4100, 5, F32, True, False, pad=1), epilogue=True))
     # K == 0: C = epilogue(0), C unchanged, C = epilogue(C).
     for epi, acc in ((False, False), (True, False), (False, True), (True, True)):
         cases.append(Case(_spec(7, 37, 0, F32, acc, epi), epilogue=epi, accumulate=acc))

@@ -26,7 +26,6 @@ from graphc.codegen.loops import for_range
 from graphc.codegen.window import element_ptr, i64, masked_store
 from graphc.ir import DType
 
-
 # With 16 vector registers (AVX2), maps of up to this many positions compute Out^T.
 NARROW_MAX_POSITIONS = 256
 
