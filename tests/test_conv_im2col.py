@@ -226,3 +226,29 @@ def test_epilogue_sweeps_planes_only_where_its_operands_allow(
     assert reads_planes(kernel) == spans
     got = gc.compile(g, [x], [y], options=options)(xv)
     np.testing.assert_allclose(got, gc.reference(g, [x], [y])(xv), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("operand", ["plane", "row"])
+def test_1x1_in_the_ordinary_orientation_splits_its_rows_when_channels_cannot(
+        operand: str) -> None:
+    """At 2 threads a 1x1 convolution whose 24 output channels are not two whole vectors
+    per thread (MobileNetV2's 144 -> 24 on 56x56, here 40 -> 24 on 29x29: blocks of 15 and
+    14 rows) splits its positions: each task computes all channels of a block of output
+    rows, the image's and the output's columns read in place, and sweeps its epilogue over
+    them. Values are the reference's, and the bits those of one thread."""
+    rng = np.random.default_rng(5)
+    xv = rng.standard_normal((1, 40, 29, 29)).astype(np.float32)
+    shape = (1, 24, 29, 29) if operand == "plane" else (1, 24, 29, 1)
+    with gc.Graph("plain_rows") as g:
+        x = gc.placeholder(xv.shape, "float32", name="x")
+        w = gc.constant((rng.standard_normal((24, 40, 1, 1)) / 6).astype(np.float32))
+        r = gc.constant(rng.standard_normal(shape).astype(np.float32))
+        y = gc.relu(gc.conv2d(x, w) + r)
+    conv = next(n for n in gc.ir.ancestors([y]) if n.op == "conv2d")
+    s = im2col._split(conv, host_target(), 2)
+    assert (s.rows, s.blocks, s.cols, s.transposed, s.tasks) == (15, 2, 24, False, 2)
+    want = gc.reference(g, [x], [y])(xv)
+    one, two = (gc.compile(g, [x], [y], options=CompileOptions(
+        cache_dir=None, threads=t, conv_algorithm="gemm"))(xv) for t in (1, 2))
+    np.testing.assert_allclose(two, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(one, two)
