@@ -500,15 +500,7 @@ def _conv2d(ctx: KernelContext) -> None:
                     if epilogue and not in_store:
                         _sweep(c, geo, store, n, g, o0, s.cols, y0, spec.m // geo.wo)
 
-                if len(specs) == 1:
-                    rows_block(specs[0])
-                else:  # the last block of rows is shorter
-                    last = b.icmp_signed("==", block, i64(s.blocks - 1))
-                    with b.if_else(last) as (then, otherwise):
-                        with then:
-                            rows_block(specs[1])
-                        with otherwise:
-                            rows_block(specs[0])
+                _by_block(b, specs, block, s.blocks, rows_block)
             elif s.rows:  # output rows [y0, y0 + spec.n / Wo): columns of image and out
                 y0 = b.mul(block, i64(s.rows))
                 at = b.mul(y0, i64(geo.wo))
@@ -519,15 +511,7 @@ def _conv2d(ctx: KernelContext) -> None:
                     if epilogue:
                         _sweep(c, geo, store, n, g, o0, s.cols, y0, spec.n // geo.wo)
 
-                if len(specs) == 1:
-                    columns(specs[0])
-                else:  # the last block of rows is shorter
-                    last = b.icmp_signed("==", block, i64(s.blocks - 1))
-                    with b.if_else(last) as (then, otherwise):
-                        with then:
-                            columns(specs[1])
-                        with otherwise:
-                            columns(specs[0])
+                _by_block(b, specs, block, s.blocks, columns)
             else:
                 if geo.image_is_col:
                     col = image
@@ -538,6 +522,21 @@ def _conv2d(ctx: KernelContext) -> None:
                     _sweep(c, geo, store, n, g, o0, s.cols)
 
     parallel_range(ctx, s.count, s.grain, units)
+
+
+def _by_block(b: ir.IRBuilder, specs: list[GemmSpec], block: ir.Value, blocks: int,
+              body: Callable[[GemmSpec], None]) -> None:
+    """body(spec) of a block of output rows: specs[0] (the full block), or with a shorter
+    last block specs[1] for that one."""
+    if len(specs) == 1:
+        body(specs[0])
+        return
+    last = b.icmp_signed("==", block, i64(blocks - 1))
+    with b.if_else(last) as (then, otherwise):
+        with then:
+            body(specs[1])
+        with otherwise:
+            body(specs[0])
 
 
 def _put(c: KernelContext, geo: Geometry, store: EpilogueStore, dst: ir.Value, n: ir.Value,
