@@ -349,7 +349,10 @@ def test_avx2_target() -> None:
              Case(_spec(29, 6, 33, F32, True, True), accumulate=True),
              Case(_spec(37, 41, 300, F64, False, True, pad=1), epilogue=True, accumulate=True),
              Case(_spec(3, 70, 45, F64, True, False)),
-             Case(_spec(70, 3, 45, F32, False, True), epilogue=True)]
+             Case(_spec(70, 3, 45, F32, False, True), epilogue=True),
+             # 7-row float64 blocks on 4 lanes pack one lane at a time (`lane_mask`).
+             Case(_spec(13, 4, 33, F64, False, False), epilogue=True)]
+    assert plan_gemm(cases[-1].spec, target).mr == 7
     module = ir.Module("test_gemm_avx2")
     module.triple = target.triple
     for n, case in enumerate(cases):

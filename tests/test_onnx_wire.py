@@ -185,3 +185,68 @@ def test_a_file_that_shrinks_while_it_is_read_is_a_clean_error(tmp_path: Path) -
         src = Source(fd=f.fileno(), size=len(data))
         path.write_bytes(data[: len(data) // 2])  # truncated under the open descriptor
         assert split_raw_data(src) is None
+
+
+def test_a_tensor_with_external_data_or_segments_keeps_its_bytes(tmp_path: Path) -> None:
+    """Both import paths give a tensor the same meaning: one that names external data is
+    read from its file (even with raw_data beside it), one with a segment is refused, lifted
+    or not."""
+    proto = _model()
+    t = proto.graph.initializer[0]  # w_big, raw_data of 4800 bytes
+    (tmp_path / "w.bin").write_bytes(np.full(t.dims, 7, np.float32).tobytes())
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", "w.bin"
+    path = tmp_path / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    assert 0 not in read_model(path, lift=True).data
+    g = gc.onnx.load(path, trainable=False)
+    x = np.ones((2, 40), np.float32)
+    np.testing.assert_allclose(gc.reference(g, signature="main")(x)[0], np.full((2, 30), 280.0))
+    del t.external_data[:]
+    t.segment.begin, t.segment.end = 0, 1200
+    lifted = split_raw_data(Source(proto.SerializeToString()))
+    assert lifted is not None and 0 not in lifted.data and 2 in lifted.data
+    with pytest.raises(gc.GraphcError, match="segment"):
+        gc.onnx.load(proto.SerializeToString())
+
+
+def test_keys_and_lengths_longer_than_protobuf_allows_are_refused() -> None:
+    """A length written in 7 bytes (protobuf accepts 5): the walk must not re-encode it
+    into a model that protobuf would have refused."""
+    proto = _model()
+    head = onnx.ModelProto()
+    head.CopyFrom(proto)
+    head.ClearField("graph")
+    graph = proto.graph.SerializeToString()
+    n = len(graph)
+    seven = bytes([(n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                   0x80, 0x80, 0x80, 0x00])
+    data = head.SerializeToString() + b"\x3a" + seven + graph
+    assert split_raw_data(Source(data)) is None
+    with pytest.raises(gc.GraphcError):
+        gc.onnx.load(data)
+
+
+def test_the_walk_gives_up_after_its_field_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Millions of two-byte fields cost the walk microseconds each and protobuf nanoseconds:
+    past MAX_FIELDS it gives up and protobuf parses the model whole (here: refuses it)."""
+    from graphc.onnx import wire
+
+    monkeypatch.setattr(wire, "MAX_FIELDS", 1000)
+    flood = b"\x08\x07" * 1001 + _model().SerializeToString()
+    assert split_raw_data(Source(flood)) is None
+    assert split_raw_data(Source(b"\x08\x07" * 10 + _model().SerializeToString())) is not None
+    with pytest.raises(gc.GraphcError):
+        gc.onnx.load(b"\x08\x07" * 5000)  # no graph
+
+
+def test_every_kind_of_source_imports_the_same_graph(tmp_path: Path) -> None:
+    proto = _model()
+    data = proto.SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    x = _RNG.standard_normal((2, 40)).astype(np.float32)
+    outs = [gc.reference(gc.onnx.load(s, trainable=False), signature="main")(x)[0]
+            for s in (proto, data, bytearray(data), memoryview(data), path, str(path))]
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])

@@ -120,7 +120,9 @@ def _source(source: str | os.PathLike[str] | bytes | bytearray | memoryview,
             if size > MAX_MODEL_BYTES:
                 raise OnnxError(f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES} an "
                                 "ONNX model can hold")
-            yield Source(fd=f.fileno(), size=size)
+            # os.pread and os.preadv are POSIX (preadv: macOS 11+); elsewhere, read whole.
+            yield (Source(fd=f.fileno(), size=size) if hasattr(os, "preadv")
+                   else Source(f.read(MAX_MODEL_BYTES + 1)))
     except OSError as exc:
         raise OnnxError(f"{path}: cannot read ({exc.strerror or exc})") from None
 

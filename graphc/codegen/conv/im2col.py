@@ -167,7 +167,8 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
     flipped = geo.k >= 16 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
                                                         geo.og, lanes, wide)
-    one_by_one = not wide and geo.image_is_col and geo.groups == 1 and geo.k >= 16
+    one_by_one = (not wide and node.op == "conv2d" and geo.image_is_col and geo.groups == 1
+                  and geo.k >= 16)  # measured on inference; gradients keep their rule
     return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped or one_by_one
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from graphc import builder as gb
 from graphc.ir import Node
 from graphc.onnx.convert import Context, Value, axis_of, dtype_of, rule
-from graphc.onnx.model import NUMPY_DTYPES, graphc_dtype, onnx_numpy, require_onnx
+from graphc.onnx.model import NUMPY_DTYPES, OnnxError, graphc_dtype, onnx_numpy, require_onnx
 from graphc.onnx.rules.bitwise import float_bits, pow2
 from graphc.ops import elementwise as ew
 from graphc.ops import layout, slicing
@@ -92,8 +92,12 @@ def round_float_np(x: np.ndarray, code: int, saturate: bool) -> np.ndarray:
     work = x.astype(np.float32)
     if saturate:
         work = np.clip(work, -fmt.largest, fmt.largest)  # NaN stays NaN
+    target = onnx_numpy(code)
+    if target is None:  # an ml_dtypes without this format: refuse rather than not round
+        raise OnnxError(f"rounding to ONNX element type {code} needs ml_dtypes with that "
+                        "type (pip install -U ml_dtypes)")
     with np.errstate(invalid="ignore", over="ignore"):
-        return work.astype(onnx_numpy(code)).astype(x.dtype)
+        return work.astype(target).astype(x.dtype)
 
 
 def to_int(x: Node, lo: int, hi: int) -> Node:
