@@ -267,6 +267,9 @@ def test_int8_quantized_graph_exports_and_runs_in_onnx_runtime() -> None:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {"x": xv})
     assert got.shape == want.shape
+    # The written model, read back, computes graphc's values (the reference of the import).
+    (back,) = gc.reference(gc.onnx.load(model.SerializeToString()), signature="main")(xv)
+    np.testing.assert_allclose(back, want, rtol=1e-5, atol=1e-5)
     host = host_target()
     if not (host.has("avx512vnni") or host.has("avxvnni")):
         # Without VNNI, ONNX Runtime multiplies u8 x s8 with vpmaddubsw, whose int16 pair

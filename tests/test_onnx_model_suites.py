@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 onnx = pytest.importorskip("onnx", reason="the ONNX tests need onnx: pip install 'graphc[onnx]'")
+threadpool_limits = pytest.importorskip(
+    "threadpoolctl", reason="needs threadpoolctl (a dev dependency: pip install -e '.[dev]')"
+).threadpool_limits
 
 from onnx import numpy_helper  # noqa: E402
 from onnx.backend.test.loader import load_model_tests  # noqa: E402
