@@ -102,7 +102,7 @@ def test_prepacked_convolutions_match_the_reference(dtype: str, threads: int) ->
         s = splits[shape]
         assert layout == (s.cols, kernel_shape(gc.DType.of(dtype), target, s.cols)[1])
         assert s.cols == shape[0] // (s.blocks if not s.rows else 1)
-    wide = target.vector_bits >= 512
+    wide = target.registers == 32
     if threads == 2 and (wide or dtype == "float32"):  # both splits, each over two tasks
         # (float64 on 4-lane AVX2 splits only channels: its 8-wide panels pad 49 positions
         # too little for the transposed path to pay for rows.)
@@ -210,7 +210,7 @@ def test_blocks_of_output_rows_sweep_their_epilogue_in_place(operand: str) -> No
     A 7x7 map (7 rows: blocks of 4 and 3) and a 6x6 one (3 and 3) likewise, on 256-bit targets too
     (where 14x14 keeps the channel split)."""
     rng = np.random.default_rng(7)
-    wide = host_target().vector_bits >= 512
+    wide = host_target().registers == 32
     for c, o, hw in ((576, 96, 14), (192, 80, 7), (192, 80, 6))[0 if wide else 1:]:
         xv = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
         shape = (1, o, hw, hw) if operand == "plane" else (1, o, hw, 1)

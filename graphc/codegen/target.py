@@ -33,6 +33,12 @@ class Target:
         flags = [f"-{f[1:]}" if f[1:] in off else f for f in self.features.split(",")]
         return replace(self, features=",".join(flags))
 
+    @property
+    def registers(self) -> int:
+        """Vector registers: 32 with 512-bit vectors (AVX-512), else 16 (AVX2). Register
+        blocks and the GEMM's in-place layouts are chosen by it."""
+        return 32 if self.vector_bits >= 512 else 16
+
     def has(self, feature: str) -> bool:
         return f"+{feature}" in self.features.split(",")
 

@@ -162,11 +162,11 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     # layer of MobileNetV2 (one thread, bias + ReLU): 56x56 144 -> 24 534 vs 397 us here,
     # 28x28 32 -> 192 339 vs 189, 14x14 576 -> 96 569 vs 347 (transposed).
     lanes = target.lanes(geo.dtype.itemsize)
-    wide = target.vector_bits >= 512
+    wide = target.registers == 32
     narrow = geo.wo <= lanes // 2
     deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
     flipped = geo.k >= 16 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
-                                                        geo.og, lanes, wide)
+                                                        geo.og, lanes, wide=wide)
     one_by_one = (not wide and node.op == "conv2d" and geo.image_is_col and geo.groups == 1
                   and geo.k >= 16)  # measured on inference; gradients keep their rule
     return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped or one_by_one
@@ -257,7 +257,7 @@ def _position_rows(geo: Geometry, threads: int, target: Target) -> int:
     lanes = target.lanes(geo.dtype.itemsize)
     if (geo.groups != 1 or geo.batch >= threads or geo.macs < 2 * _TASK_MACS
             or not transposed_path.worth_it(geo.image_is_col, 1, geo.p, geo.og, lanes,
-                                            target.vector_bits >= 512)):
+                                            wide=target.registers == 32)):
         return 0
     rows = -(-geo.ho // max(1, threads // geo.batch))
     nr = kernel_shape(geo.dtype, target, geo.og)[1]
@@ -279,10 +279,10 @@ def _plain_rows(geo: Geometry, threads: int, target: Target) -> int:
     threads on Zen 3: its 24 channels ran on one thread; MobileNetV2 at 2 threads, A/B
     in one process: 7.18 / 7.28 -> 6.93 / 7.10 ms)."""
     lanes = target.lanes(geo.dtype.itemsize)
-    wide = target.vector_bits >= 512
+    wide = target.registers == 32
     if (not geo.image_is_col or geo.groups != 1 or geo.batch >= threads
             or geo.macs < 2 * _TASK_MACS or _channel_blocks(geo, threads, lanes) > 1
-            or transposed_path.worth_it(True, 1, geo.p, geo.og, lanes, wide)):
+            or transposed_path.worth_it(True, 1, geo.p, geo.og, lanes, wide=wide)):
         return 0
     return -(-geo.ho // max(1, threads // geo.batch))
 
@@ -315,7 +315,7 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
     else:
         cols = geo.k
     transposed = node.op == "conv2d" and transposed_path.worth_it(
-        geo.image_is_col, geo.groups, geo.p, cols, lanes, target.vector_bits >= 512)
+        geo.image_is_col, geo.groups, geo.p, cols, lanes, wide=target.registers == 32)
     panels = node.attrs.get("weight_panels") if node.op == "conv2d" else ()
     panel = 0
     if panels:

@@ -30,8 +30,8 @@ from graphc.ir import DType
 NARROW_MAX_POSITIONS = 256
 
 
-def worth_it(image_is_col: bool, groups: int, positions: int, cols: int, lanes: int,
-             wide: bool = True) -> bool:
+def worth_it(image_is_col: bool, groups: int, positions: int, cols: int, lanes: int, *,
+             wide: bool) -> bool:
     """Whether conv2d should compute Out^T: a 1x1 convolution whose image is its own Col,
     one group, a channel block of whole vectors, and positions that waste at least 10% of
     the 2-vector column panels of the ordinary orientation. Measured on MobileNetV2's

@@ -127,7 +127,7 @@ def kernel_shape(dtype: DType, target: Target, n: int) -> tuple[int, int, int]:
     padding. With 16 registers (AVX2 and older): 6 x 2 vectors, 12 accumulators.
     """
     w = target.lanes(dtype.itemsize)
-    wide = target.vector_bits >= 512
+    wide = target.registers == 32
     if n <= w:
         return (16 if wide else 8), w, w
     return (8 if wide else 6), 2 * w, w
@@ -183,7 +183,7 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     kc = min(k, _round_up(-(-k // nkb), 8))
     mc = min(_round_up(m, mr), max(mr, (96 // mr) * mr))
     if spec.b_panels:
-        return _plan_panels(spec, mr, nr, w, kc, mc, target.vector_bits >= 512)
+        return _plan_panels(spec, mr, nr, w, kc, mc, wide=target.registers == 32)
     # NC: the packed B block (kc x nc) in L2/L3; all of N up to 4096 columns.
     nc = min(_round_up(n, nr), max(nr, 4096 // nr * nr))
     # For a row-major B in one NC block, full NR-wide panels are read in place (a partial
@@ -200,7 +200,7 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
     # (one thread) reading a big GEMM's A or B in place lost 15-30% (512^3: 55-65 ->
     # 76-86 GFLOP/s packed; 256x512x512: 52-60 -> 63-71), while B in place for few rows
     # still gained (32x512x512: 42 -> 51).
-    big = m * n * k >= _IN_PLACE_MACS and target.vector_bits >= 512
+    big = m * n * k >= _IN_PLACE_MACS and target.registers == 32
     short_rows = big and spec.ldb == n and n * spec.dtype.itemsize < 4096
     # With few rows, B is read in place at any width, as one NC block: NC only sizes the
     # packed B block, and packing a wide B that few rows use costs more than it saves (Zen
@@ -226,8 +226,8 @@ def plan_gemm(spec: GemmSpec, target: Target) -> GemmPlan:
                     tile_offset=a_bytes + b_bytes, scratch_bytes=a_bytes + b_bytes + tile)
 
 
-def _plan_panels(spec: GemmSpec, mr: int, nr: int, w: int, kc: int, mc: int,
-                 wide: bool = True) -> GemmPlan:
+def _plan_panels(spec: GemmSpec, mr: int, nr: int, w: int, kc: int, mc: int, *,
+                 wide: bool) -> GemmPlan:
     """The packed plan of a B stored in panels (`GemmSpec.b_panels`): its full panels are
     read in place (one NC block of all of N); A is packed in MC x KC blocks as usual, or,
     stored transposed (k x m: a convolution's X^T) on a `wide` target (32 registers), read
