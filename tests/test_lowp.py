@@ -134,9 +134,11 @@ def test_bf16_gemm(m, k, n, ta, tb, threads, disabled) -> None:
 @pytest.mark.parametrize("m,k,n,tb,zp", [(5, 7, 3, False, True), (33, 1, 70, True, True),
                                          (64, 130, 96, False, False), (100, 301, 130, True, True)])
 def test_integer_gemm_is_bit_exact(m, k, n, tb, zp, threads, disabled) -> None:
-    """u8 x s8 -> s32 equals the integer numpy sum exactly (with the zero point), native
-    and emulated; a dequantizing epilogue fuses into the kernel."""
-    _needs("avx512vnni")
+    """u8 x s8 -> s32 equals the integer numpy sum exactly (with the zero point), with
+    `vpdpbusd` and with the widened pairs of `pmaddwd` (every x86 host); a dequantizing
+    epilogue fuses into the kernel."""
+    if not disabled:
+        _needs("avx512vnni")
     rng = np.random.default_rng(m * n + k)
     with gc.Graph("q") as g:
         a = gc.placeholder((m, k), gc.uint8, name="a")
@@ -154,6 +156,31 @@ def test_integer_gemm_is_bit_exact(m, k, n, tb, zp, threads, disabled) -> None:
     want = (av.astype(np.int64) - (int(zv) if zp else 0)) @ (bv.T if tb else bv)
     assert np.array_equal(got_acc, want.astype(np.int32))
     np.testing.assert_array_equal(got_deq, np.maximum(want.astype(np.float32) * sv, 0))
+
+
+@pytest.mark.parametrize("disabled", [pytest.param((), id="vnni"),
+                                      pytest.param(NO_LOWP, id="pairs"),
+                                      pytest.param((*NO_LOWP, "avx2"), id="plain-ir")])
+@pytest.mark.parametrize("tb", [False, True])
+def test_integer_gemm_extremes_do_not_saturate(disabled, tb) -> None:
+    """Products of 255 and -128 or 127 in every lane, whose pair sums overflow int16 (the
+    class `pmaddubsw` saturates), sum exactly: with `vpdpbusd`, with `pmaddwd` on widened
+    pairs, and with the plain-IR pair product of a target without AVX2."""
+    if not disabled:
+        _needs("avx512vnni")
+    m, k, n = 13, 1001, 37
+    rng = np.random.default_rng(k)
+    av = np.where(rng.random((m, k)) < 0.9, 255, rng.integers(0, 256, (m, k))).astype(np.uint8)
+    bv = rng.choice(np.array([-128, 127, -127, 1], np.int8), (n, k) if tb else (k, n))
+    with gc.Graph("sat") as g:
+        a = gc.placeholder((m, k), gc.uint8, name="a")
+        b = gc.placeholder(bv.shape, gc.int8, name="b")
+        z = gc.placeholder((), gc.uint8, name="z")
+        acc = gc.matmul_integer(a, b, z, transpose_b=tb)
+    opts = CompileOptions(disable_features=disabled)
+    (got,) = gc.compile(g, inputs=[a, b, z], outputs=[acc], options=opts)(av, bv, np.uint8(3))
+    want = (av.astype(np.int64) - 3) @ (bv.T if tb else bv).astype(np.int64)
+    assert np.array_equal(got, want.astype(np.int32))
 
 
 def test_dequantize_epilogue_fuses_into_the_integer_gemm() -> None:

@@ -23,6 +23,8 @@ NO_VNNI = ("avx512vnni",)
 AVX2_ONLY = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512vnni",
              "avx512bf16", "avx512vbmi", "avx512vbmi2", "avx512bitalg", "avx512vpopcntdq",
              "avx512ifma", "avxvnni")
+# No AVX2 either: the widened pairs' product in plain IR (`lowp_kernels.pair_products`).
+NO_AVX2 = (*AVX2_ONLY, "avx2")
 
 
 def _mlp(batch: int, sizes: tuple[int, ...] = (40, 33, 17, 5), seed: int = 0,
@@ -222,7 +224,7 @@ def test_calibration_errors() -> None:
 @pytest.mark.parametrize("m,k,n,tb", [(1, 784, 512, True), (1, 784, 512, False),
                                       (1, 5, 3, True), (1, 67, 33, True), (2, 130, 17, True),
                                       (4, 64, 48, False), (3, 1, 70, False)])
-@pytest.mark.parametrize("features", [(), NO_VNNI, AVX2_ONLY])
+@pytest.mark.parametrize("features", [(), NO_VNNI, AVX2_ONLY, NO_AVX2])
 def test_gemv_exact(m: int, k: int, n: int, tb: bool, features: tuple[str, ...]) -> None:
     rng = np.random.default_rng(m * 1000 + k + n)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
@@ -238,6 +240,23 @@ def test_gemv_exact(m: int, k: int, n: int, tb: bool, features: tuple[str, ...])
     want = a.astype(np.int64) @ (w.T if tb else w).astype(np.int64)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(gy, np.maximum(want.astype(np.float32) * 0.25 + bias, 0))
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("features", [(), NO_VNNI, AVX2_ONLY, NO_AVX2])
+def test_gemv_extremes_do_not_saturate(tb: bool, features: tuple[str, ...]) -> None:
+    """Bytes of 255 against -128 and 127, whose pair sums leave int16 (what `pmaddubsw`
+    saturates), sum exactly in every GEMV variant; odd K pairs the last row with zero."""
+    rng = np.random.default_rng(11)
+    m, k, n = 2, 301, 75
+    a = np.where(rng.random((m, k)) < 0.9, 255, 0).astype(np.uint8)
+    w = rng.choice(np.array([-128, 127, -1], np.int8), (n, k) if tb else (k, n))
+    with gc.Graph("gemv_sat") as g:
+        pa = gc.placeholder((m, k), gc.uint8)
+        acc = gc.matmul_integer(pa, gc.constant(w), transpose_b=tb)
+    (got,) = gc.compile(g, [pa], [acc],
+                        options=gc.CompileOptions(threads=1, disable_features=features))(a)
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ (w.T if tb else w).astype(np.int64))
 
 
 def test_gemv_transposed_vector_operand() -> None:

@@ -15,9 +15,11 @@ u8 x s8 with an activation zero point za: C = (A - za) @ B = A @ B - za * colsum
 column sums are computed from the packed B with the same instruction (A = all ones), so
 the result is the exact integer sum (int32 wraps only past 2^31: K < 65536 is safe).
 
-On a target without the instruction (`avx512bf16` / `avx512vnni`) the same code runs with
-the step emulated: bf16 pairs widened to float and two FMAs per lane; bytes unpacked and
-multiplied in int32 (still exact). Every operand is read with element alignment only.
+On a target without the instruction (`avx512bf16` / `avx512vnni`) the bf16 step is
+emulated (pairs widened to float, two FMAs per lane), and u8 x s8 is packed as pairs of
+bytes widened to int16 for `pmaddwd` (`lowp_kernels.U8S8_PAIRS`: still exact; half the
+products of `vpdpbusd` per instruction, 3-4x those of unpacking bytes into int32 lanes).
+Every operand is read with element alignment only.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import llvmlite.ir as ir
 from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range
 from graphc.codegen.gemm.lowp_kernels import (
     BF16_PAIRS,
+    PMADDWD,
+    U8S8_PAIRS,
     U8S8_QUADS,
     GroupKind,
     Operand,
@@ -72,9 +76,13 @@ class LowpSpec:
 
 @dataclass(frozen=True)
 class LowpPlan:
-    """Register block (mr rows x nr columns, `lanes`-wide vectors), A block rows, and the
-    scratch layout: packed B at 0, packed A at `a_offset`, column sums at `sum_offset`."""
+    """Register block (mr rows x nr columns, `lanes`-wide vectors), A block rows, the
+    packed groups (`kind`: the spec's, or u8 x s8 as widened pairs without VNNI), whether
+    the target has their dot-product instruction (`native`), and the scratch layout:
+    packed B at 0, packed A at `a_offset`, column sums at `sum_offset`."""
 
+    kind: GroupKind
+    native: bool
     lanes: int
     mr: int
     nr: int
@@ -93,13 +101,26 @@ def plan_lowp(spec: LowpSpec, target: Target) -> LowpPlan:
     """MR x NR = 8 x 2 vectors (16 accumulators) with 32 registers, 6 x 2 with 16."""
     lanes = target.lanes(4)
     wide = target.vector_bits >= 512
+    kind, native = group_kind(spec.kind, target)
     mr, nr = (8 if wide else 6), 2 * lanes
     mc = min(_round_up(max(spec.m, 1), mr), (_MC_ROWS // mr) * mr)
-    kg = -(-spec.k // spec.kind.g)
+    kg = -(-spec.k // kind.g)
     b_bytes = _round_up(_round_up(spec.n, nr) * kg * 4, 64)
     a_bytes = _round_up(mc * kg * 4, 64)
     sums = _round_up(_round_up(spec.n, nr) * 4, 64) if spec.zero_point else 0
-    return LowpPlan(lanes, mr, nr, mc, kg, b_bytes, b_bytes + a_bytes, b_bytes + a_bytes + sums)
+    return LowpPlan(kind, native, lanes, mr, nr, mc, kg, b_bytes, b_bytes + a_bytes,
+                    b_bytes + a_bytes + sums)
+
+
+def group_kind(kind: GroupKind, target: Target) -> tuple[GroupKind, bool]:
+    """The groups a GEMM of operand pair `kind` packs on `target`, and whether the target
+    has their one-instruction dot product: u8 x s8 without 512-bit VNNI becomes widened
+    pairs, whose `pmaddwd` every x86 vector width has."""
+    native = target.has(kind.native) and target.vector_bits >= 512
+    if kind is U8S8_QUADS and not native:
+        lanes = target.lanes(4)
+        return U8S8_PAIRS, lanes in PMADDWD and target.has(PMADDWD[lanes][0])
+    return kind, native
 
 
 def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c: ir.Value,
@@ -116,8 +137,7 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
         emit_bf16_gemv(b, spec, a, bm, c, target, epilogue)
         return
     plan = plan_lowp(spec, target)
-    kind = spec.kind
-    native = target.has(kind.native) and target.vector_bits >= 512
+    kind, native = plan.kind, plan.native
     w, mr, nr, kg = plan.lanes, plan.mr, plan.nr, plan.kg
     nv = nr // w
     acc_elem = F32 if kind.acc == "f32" else I32
@@ -126,7 +146,8 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
     b_panels = -(-spec.n // nr)
     bpack = scratch
     apack = elem_ptr(b, scratch, plan.a_offset, I8)
-    b_op = Operand(bm, *((spec.ldb, 1) if spec.trans_b else (1, spec.ldb)), spec.n, spec.k)
+    b_op = Operand(bm, *((spec.ldb, 1) if spec.trans_b else (1, spec.ldb)), spec.n, spec.k,
+                   signed=True)
     a_op = Operand(a, *((1, spec.lda) if spec.trans_a else (spec.lda, 1)), spec.m, spec.k)
     pack_panels(b, kind, b_op, bpack, i64(0), b_panels, nr)
     sums = None
@@ -178,7 +199,7 @@ def _column_sums(b: ir.IRBuilder, kind: GroupKind, native: bool, bpack: ir.Value
                  sums: ir.Value, panels: int, kg: int, nr: int, w: int) -> None:
     """sums[j] = sum over k of B[k, j], from the packed panels (dot with all-ones A)."""
     wt = ir.VectorType(I32, w)
-    ones = ir.Constant(I32, 0x01010101)
+    ones = ir.Constant(I32, kind.ones)
     with for_range(b, 0, panels, name="cs.p") as p:
         bp = elem_ptr(b, bpack, b.mul(p, i64(kg * nr * 4)), I8)
         for v in range(nr // w):

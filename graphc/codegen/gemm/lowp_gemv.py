@@ -15,6 +15,13 @@ Blocks of CB chunks of 4W columns run over the whole K (4 x CB accumulators); th
 partial block reads B with masked loads (no byte past column N is touched). Sums are exact
 int32 (as the GEMM; K < 65536 cannot wrap), and the epilogue runs once per element on
 the complete sum through `lowp._store_tile`, as in the GEMM.
+
+Without VNNI (`lowp.group_kind`: widened pairs) each k step takes two rows of B: 2W
+columns of each are sign-extended to int16 and interleaved, so lane j holds the pair
+(B[k, j], B[k+1, j]), and `pmaddwd` against the broadcast pair (a[k], a[k+1]) adds both
+products into column j's int32 lane; the table then holds one pair word per two k. A B
+stored (N, K) sums 2W products of two contiguous rows per `pmaddwd` on their widened
+halves. Both stay exact (no 16-bit sum: `pmaddubsw` would saturate).
 """
 
 from __future__ import annotations
@@ -22,10 +29,16 @@ from __future__ import annotations
 import llvmlite.ir as ir
 
 from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range, lane_mask, masked_load
-from graphc.codegen.gemm.lowp import LowpSpec, _store_tile
-from graphc.codegen.gemm.lowp_kernels import U8S8_QUADS, dot_step, u8s8_dot
+from graphc.codegen.gemm.lowp import LowpSpec, _store_tile, group_kind
+from graphc.codegen.gemm.lowp_kernels import (
+    U8S8_PAIRS,
+    U8S8_QUADS,
+    dot_step,
+    pair_products,
+    u8s8_dot,
+)
 from graphc.codegen.gemm.spec import Epilogue
-from graphc.codegen.llvm_types import I8, I32, i64, shuffle_mask
+from graphc.codegen.llvm_types import I8, I16, I32, i64, shuffle_mask
 from graphc.codegen.target import Target
 
 __all__ = ["MAX_ROWS", "applies", "emit_lowp_gemv", "scratch_bytes"]
@@ -53,7 +66,10 @@ def emit_lowp_gemv(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value,
     # The word table lives in the GEMM's scratch (its packed B alone is >= 32 K bytes).
     assert scratch_bytes(spec) <= spec.scratch_bytes(target)
     w = target.lanes(4)
-    native = target.has(U8S8_QUADS.native) and target.vector_bits >= 512
+    kind, native = group_kind(U8S8_QUADS, target)
+    if kind is U8S8_PAIRS:
+        _emit_pairs(b, spec, a, bm, c, scratch, w, native, epilogue)
+        return
     cb = 4 if target.vector_bits >= 512 else 2  # 4 x cb accumulators
     chunk = 4 * w  # columns (bytes of B) per vector
     block = cb * chunk
@@ -138,11 +154,14 @@ def _columns(b: ir.IRBuilder, accs: list[ir.Value], w: int) -> list[ir.Value]:
 
 
 def emit_dot_gemv(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c: ir.Value,
-                  w: int, native: bool, epilogue: Epilogue | None) -> None:
+                  w: int, native: bool, epilogue: Epilogue | None, *,
+                  pairs: bool = False) -> None:
     """B stored (N, K) (`trans_b`: a weight's rows are output channels): every column of C
     is a dot product of two contiguous byte rows, 4w bytes per `vpdpbusd` with all its
-    products useful. w columns at a time (one accumulator each) run over the whole K, then
-    `_lane_sums` folds the w accumulators into one vector of w consecutive columns."""
+    products useful (or, with `pairs`, per two `pmaddwd` on their widened halves: only an
+    accumulator's total matters). w columns at a time (one accumulator each) run over the
+    whole K, then `_lane_sums` folds the w accumulators into one vector of w consecutive
+    columns."""
     chunk = 4 * w
     bt = ir.VectorType(I8, chunk)
     wt = ir.VectorType(I32, w)
@@ -170,12 +189,38 @@ def emit_dot_gemv(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c:
                     return b.bitcast(v, wt)
 
                 av = load(arow)
+                if pairs:
+                    halves = _widened_halves(b, av, w, signed=False)
+                    return [_pairs_dot(b, native, acc, halves, load(r), w)
+                            for acc, r in zip(accs, rows)]
                 return [u8s8_dot(b, native, acc, av, load(r)) for acc, r in zip(accs, rows)]
 
             accs = carried_loop(b, 0, full_k, [ir.Constant(wt, None)] * w, step, name="gd.k")
             if tail_k:
                 accs = step(i64(full_k), accs, lane_mask(b, chunk, 0, tail_k))
             _store_tile(b, spec, c, epilogue, [_lane_sums(b, accs)], row, j0, 1, 1, w)
+
+
+def _widened_halves(b: ir.IRBuilder, words: ir.Value, w: int, *,
+                    signed: bool) -> tuple[ir.Value, ir.Value]:
+    """The 4w bytes of `words` (<w x i32>) extended to int16, as two <w x i32> halves."""
+    bytes_ = b.bitcast(words, ir.VectorType(I8, 4 * w))
+    wide = ir.VectorType(I16, 4 * w)
+    ext = b.sext(bytes_, wide) if signed else b.zext(bytes_, wide)
+    as_words = b.bitcast(ext, ir.VectorType(I32, 2 * w))
+    undef = ir.Constant(as_words.type, ir.Undefined)
+    return (b.shuffle_vector(as_words, undef, shuffle_mask(tuple(range(w)))),
+            b.shuffle_vector(as_words, undef, shuffle_mask(tuple(range(w, 2 * w)))))
+
+
+def _pairs_dot(b: ir.IRBuilder, native: bool, acc: ir.Value,
+               a_halves: tuple[ir.Value, ir.Value], b_words: ir.Value, w: int) -> ir.Value:
+    """acc + the 4w products of A's and B's bytes, spread over the lanes (their total is
+    the dot product's): `pmaddwd` on each widened half."""
+    b_halves = _widened_halves(b, b_words, w, signed=True)
+    for ah, bh in zip(a_halves, b_halves):
+        acc = b.add(acc, pair_products(b, ah, bh, native))
+    return acc
 
 
 def _lane_sums(b: ir.IRBuilder, vecs: list[ir.Value]) -> ir.Value:
@@ -195,3 +240,96 @@ def _lane_sums(b: ir.IRBuilder, vecs: list[ir.Value]) -> ir.Value:
                 for x, y in zip(vecs[0::2], vecs[1::2])]
         g = half
     return vecs[0]
+
+
+# Chunks of 2W columns per block of the pairs GEMV (2 accumulators each): 64 columns and
+# 8 accumulators with AVX2, as the quads' 2 chunks of 4W.
+_PAIR_CHUNKS = 4
+
+
+def _emit_pairs(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c: ir.Value,
+                scratch: ir.Value, w: int, native: bool, epilogue: Epilogue | None) -> None:
+    """The GEMV on widened pairs (module docstring): B (K, N) by pairs of rows, or (N, K)
+    by dot products."""
+    if spec.trans_b:
+        emit_dot_gemv(b, spec, a, bm, c, w, native, epilogue, pairs=True)
+        return
+    chunk = 2 * w
+    block = _PAIR_CHUNKS * chunk
+    full, rest = divmod(spec.n, block)
+    with for_range(b, 0, spec.m, name="gp.m") as row:
+        _pair_table(b, spec, a, row, scratch)
+        if full:
+            with for_range(b, 0, full, name="gp.j") as jb:
+                j0 = b.mul(jb, i64(block))
+                _pair_block(b, spec, bm, c, scratch, epilogue, row, j0, _PAIR_CHUNKS, w,
+                            native, None)
+        if rest:
+            _pair_block(b, spec, bm, c, scratch, epilogue, row, i64(full * block),
+                        -(-rest // chunk), w, native, rest)
+
+
+def _pair_table(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, row: ir.Value,
+                table: ir.Value) -> None:
+    """table[q] = a[row, 2q] | a[row, 2q + 1] << 16 (zero past K)."""
+    step_k = spec.lda if spec.trans_a else 1
+    base = row if spec.trans_a else b.mul(row, i64(spec.lda))
+
+    def byte(k: ir.Value) -> ir.Value:
+        at = elem_ptr(b, a, b.add(base, b.mul(k, i64(step_k))), I8)
+        return b.zext(b.load(at, typ=I8, align=1), I32)
+
+    with for_range(b, 0, spec.k // 2, name="gp.t") as q:
+        k = b.mul(q, i64(2))
+        word = b.or_(byte(k), b.shl(byte(b.add(k, i64(1))), ir.Constant(I32, 16)))
+        b.store(word, elem_ptr(b, table, q, I32), align=4)
+    if spec.k % 2:
+        b.store(byte(i64(spec.k - 1)), elem_ptr(b, table, spec.k // 2, I32), align=4)
+
+
+def _pair_block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value,
+                table: ir.Value, epilogue: Epilogue | None, row: ir.Value, j0: ir.Value,
+                chunks: int, w: int, native: bool, valid: int | None) -> None:
+    """Columns j0 .. j0 + chunks*2w of one row; `valid` columns only (masked) if given."""
+    chunk = 2 * w
+    bt = ir.VectorType(I8, chunk)
+    ht = ir.VectorType(I16, chunk)
+    wt = ir.VectorType(I32, w)
+    masks = None
+    if valid is not None:
+        masks = [lane_mask(b, chunk, 0, max(0, min(chunk, valid - ch * chunk)))
+                 for ch in range(chunks)]
+    lo = shuffle_mask(tuple(x for j in range(w) for x in (j, chunk + j)))
+    hi = shuffle_mask(tuple(x for j in range(w, chunk) for x in (j, chunk + j)))
+
+    def step(q: ir.Value, accs: list[ir.Value], last: bool = False) -> list[ir.Value]:
+        k = b.mul(q, i64(2))
+        rows = [elem_ptr(b, bm, b.add(b.mul(k, i64(spec.ldb)), j0), I8)]
+        # An odd K's last step pairs row K-1 with itself; the table's high half is zero.
+        rows.append(rows[0] if last else elem_ptr(b, rows[0], spec.ldb, I8))
+        aw = b.load(elem_ptr(b, table, q, I32), typ=I32, align=4)
+        av = b.bitcast(_splat_word(b, aw, w), wt)
+        out = list(accs)
+        for ch in range(chunks):
+            vs = []
+            for r in rows:
+                at = elem_ptr(b, r, ch * chunk, I8)
+                v = (b.load(at, typ=bt, align=1) if masks is None
+                     else masked_load(b, at, bt, masks[ch], 1))
+                vs.append(b.sext(v, ht))
+            for h, order in enumerate((lo, hi)):
+                pairs = b.bitcast(b.shuffle_vector(vs[0], vs[1], order), wt)
+                out[2 * ch + h] = b.add(out[2 * ch + h], pair_products(b, av, pairs, native))
+        return out
+
+    zero = ir.Constant(wt, None)
+    accs = carried_loop(b, 0, spec.k // 2, [zero] * (2 * chunks), step, name="gp.k")
+    if spec.k % 2:
+        accs = step(i64(spec.k // 2), accs, last=True)
+    _store_tile(b, spec, c, epilogue, accs, row, j0, 1, len(accs), w)
+
+
+def _splat_word(b: ir.IRBuilder, word: ir.Value, lanes: int) -> ir.Value:
+    vt = ir.VectorType(I32, lanes)
+    one = b.insert_element(ir.Constant(vt, ir.Undefined), word, ir.Constant(I32, 0))
+    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))

@@ -15,6 +15,12 @@ Reads of the operands clamp every index into the operand and select zero outside
 packing never reads out of bounds and needs no branches; only group-aligned runs inside
 the operand are read as whole 32-bit words (unaligned loads: numpy buffers are aligned
 to their element only).
+
+Without VNNI, u8 x s8 is packed as `U8S8_PAIRS`: each byte widened to 16 bits (A zero-,
+B sign-extended) and two per lane, the layout of `pmaddwd`, whose pairs of 16-bit products
+add into int32 exactly (|255 * -128| * 2 < 2^31). `pmaddubsw`, which ONNX Runtime uses
+there, multiplies the bytes as they are but saturates its 16-bit pair sums (255 * 127 * 2
+> 2^15), so its results depend on the values; graphc's integer GEMM stays exact.
 """
 
 from __future__ import annotations
@@ -37,26 +43,56 @@ class GroupKind:
     esize: int
     acc: str
     native: str
+    src_esize: int = 0  # bytes of an operand element when packing widens it (0: esize)
 
     @property
     def etype(self) -> ir.IntType:
+        """The packed element's type."""
         return I16 if self.esize == 2 else I8
+
+    @property
+    def src_type(self) -> ir.IntType:
+        """The operand element's type, which packing reads."""
+        return I8 if (self.src_esize or self.esize) == 1 else I16
+
+    @property
+    def widens(self) -> bool:
+        return self.src_esize not in (0, self.esize)
+
+    @property
+    def ones(self) -> int:
+        """The 32-bit word of g elements equal to 1 (a column sum's A)."""
+        return sum(1 << (8 * self.esize * t) for t in range(self.g))
 
 
 BF16_PAIRS = GroupKind("bf16", 2, 2, "f32", "avx512bf16")
 U8S8_QUADS = GroupKind("u8s8", 4, 1, "i32", "avx512vnni")
+# u8 x s8 on a target without VNNI: pairs of bytes widened to int16, for `pmaddwd`.
+U8S8_PAIRS = GroupKind("u8s8w", 2, 2, "i32", "", src_esize=1)
 
 
 @dataclass(frozen=True)
 class Operand:
     """How to read element (x, p) of an operand (x: row of A / column of B, p: along k):
-    at x*sx + p*sp elements from `ptr`, inside `xs` x `k` elements."""
+    at x*sx + p*sp elements from `ptr`, inside `xs` x `k` elements; `signed`: whether a
+    widening pack sign-extends its elements (B of u8 x s8) or zero-extends them."""
 
     ptr: ir.Value
     sx: int
     sp: int
     xs: int
     k: int
+    signed: bool = False
+
+
+def _widen(b: ir.IRBuilder, kind: GroupKind, op: Operand, value: ir.Value) -> ir.Value:
+    """An operand element (or vector of them) as packed elements."""
+    if not kind.widens:
+        return value
+    to = kind.etype
+    if isinstance(value.type, ir.VectorType):
+        to = ir.VectorType(to, value.type.count)
+    return b.sext(value, to) if op.signed else b.zext(value, to)
 
 
 def _word_at(b: ir.IRBuilder, kind: GroupKind, op: Operand, x: ir.Value, q: ir.Value,
@@ -65,19 +101,21 @@ def _word_at(b: ir.IRBuilder, kind: GroupKind, op: Operand, x: ir.Value, q: ir.V
     inside_x = b.icmp_signed("<", x, i64(op.xs))
     xc = b.select(inside_x, x, i64(op.xs - 1))
     p0 = b.mul(q, i64(kind.g))
+    src, src_size = kind.src_type, kind.src_esize or kind.esize
     if full_group and op.sp == 1:
-        # A whole group in the operand, contiguous: one unaligned 32-bit load.
-        addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), p0), kind.etype)
-        word = b.load(addr, typ=I32, align=kind.esize)
+        # A whole group in the operand, contiguous: one unaligned load of g elements.
+        addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), p0), src)
+        group = b.load(addr, typ=ir.VectorType(src, kind.g), align=src_size)
+        word = b.bitcast(_widen(b, kind, op, group), I32)
         return b.select(inside_x, word, ir.Constant(I32, 0))
     word: ir.Value = ir.Constant(I32, 0)
     for t in range(kind.g):
         p = b.add(p0, i64(t))
         inside = b.and_(inside_x, b.icmp_signed("<", p, i64(op.k)))
         pc = b.select(b.icmp_signed("<", p, i64(op.k)), p, i64(op.k - 1))
-        addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), b.mul(pc, i64(op.sp))),
-                        kind.etype)
-        e = b.zext(b.load(addr, typ=kind.etype, align=kind.esize), I32)
+        addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), b.mul(pc, i64(op.sp))), src)
+        e = _widen(b, kind, op, b.load(addr, typ=src, align=src_size))
+        e = b.zext(e, I32)
         e = b.select(inside, e, ir.Constant(I32, 0))
         word = b.or_(word, b.shl(e, ir.Constant(I32, 8 * kind.esize * t)))
     return word
@@ -127,14 +165,15 @@ def _pack_rows_vector(b: ir.IRBuilder, kind: GroupKind, op: Operand, base: ir.Va
                       xp: ir.Value, r: int, full_groups: int) -> None:
     """Full groups of a row-major panel inside the operand: load the g rows of the group
     (r contiguous elements each), interleave them element-wise, store r words."""
-    g, et = kind.g, kind.etype
-    vt = ir.VectorType(et, r)
+    g, src = kind.g, kind.src_type
+    vt = ir.VectorType(src, r)
     with for_range(b, 0, full_groups, name="pk.v") as q:
         rows = []
         for t in range(g):
             p = b.add(b.mul(q, i64(g)), i64(t))
-            addr = elem_ptr(b, op.ptr, b.add(b.mul(p, i64(op.sp)), xp), et)
-            rows.append(b.load(addr, typ=vt, align=kind.esize))
+            addr = elem_ptr(b, op.ptr, b.add(b.mul(p, i64(op.sp)), xp), src)
+            rows.append(_widen(b, kind, op, b.load(addr, typ=vt,
+                                                   align=kind.src_esize or kind.esize)))
         # Concatenate the rows pairwise, then pick element j of row t for output j*g + t.
         while len(rows) > 1:
             n = rows[0].type.count
@@ -169,7 +208,35 @@ def dot_step(b: ir.IRBuilder, kind: GroupKind, native: bool, acc: ir.Value, a_wo
         fma = intrinsic(b.module, "llvm.fma", ft, [ft, ft, ft])
         acc = b.call(fma, [a_lo, b_lo, acc])
         return b.call(fma, [a_hi, b_hi, acc])
+    if kind is U8S8_PAIRS:
+        return b.add(acc, pair_products(b, a_vec, b_words, native))
     return u8s8_dot(b, native, acc, a_vec, b_words)
+
+
+# `pmaddwd` by vector width (lanes of 32 bits): the LLVM feature that has it, its intrinsic.
+PMADDWD = {4: ("sse2", "llvm.x86.sse2.pmadd.wd"), 8: ("avx2", "llvm.x86.avx2.pmadd.wd"),
+           16: ("avx512bw", "llvm.x86.avx512.pmaddw.d.512")}
+
+
+def pair_products(b: ir.IRBuilder, a_words: ir.Value, b_words: ir.Value,
+                  native: bool) -> ir.Value:
+    """Per 32-bit lane, a0*b0 + a1*b1 of its two signed 16-bit halves, in int32 (exact for
+    widened bytes): the `pmaddwd` intrinsic if `native` (the target has `PMADDWD`'s feature
+    for this width)."""
+    wt = a_words.type
+    lanes = wt.count
+    ht = ir.VectorType(I16, 2 * lanes)
+    a16, b16 = b.bitcast(a_words, ht), b.bitcast(b_words, ht)
+    if native and lanes in PMADDWD:
+        fn = intrinsic(b.module, PMADDWD[lanes][1], wt, [ht, ht], [])
+        return b.call(fn, [a16, b16])
+    # Other widths: the same in plain IR (x86 selects pmaddwd for this pattern).
+    t32 = ir.VectorType(I32, 2 * lanes)
+    prod = b.mul(b.sext(a16, t32), b.sext(b16, t32))
+    undef = ir.Constant(t32, ir.Undefined)
+    even = b.shuffle_vector(prod, undef, shuffle_mask(tuple(range(0, 2 * lanes, 2))))
+    odd = b.shuffle_vector(prod, undef, shuffle_mask(tuple(range(1, 2 * lanes, 2))))
+    return b.add(even, odd)
 
 
 def u8s8_dot(b: ir.IRBuilder, native: bool, acc: ir.Value, a_words: ir.Value,
@@ -197,4 +264,5 @@ def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
     return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))
 
 
-__all__ = ["BF16_PAIRS", "U8S8_QUADS", "GroupKind", "Operand", "dot_step", "pack_panels"]
+__all__ = ["BF16_PAIRS", "PMADDWD", "U8S8_PAIRS", "U8S8_QUADS", "GroupKind", "Operand", "dot_step",
+           "pack_panels", "pair_products"]
