@@ -351,8 +351,12 @@ def test_avx2_target() -> None:
              Case(_spec(3, 70, 45, F64, True, False)),
              Case(_spec(70, 3, 45, F32, False, True), epilogue=True),
              # 7-row float64 blocks on 4 lanes pack one lane at a time (`lane_mask`).
-             Case(_spec(13, 4, 33, F64, False, False), epilogue=True)]
-    assert plan_gemm(cases[-1].spec, target).mr == 7
+             Case(_spec(13, 4, 33, F64, False, False), epilogue=True),
+             # 49 rows in 5-row blocks (`fitted_rows`), float32 and float64.
+             Case(_spec(49, 37, 40, F32, False, False), epilogue=True, accumulate=True),
+             Case(_spec(49, 20, 9, F64, True, False), epilogue=True)]
+    assert plan_gemm(cases[5].spec, target).mr == 7
+    assert [plan_gemm(c.spec, target).mr for c in cases[6:]] == [5, 5]
     module = ir.Module("test_gemm_avx2")
     module.triple = target.triple
     for n, case in enumerate(cases):
@@ -362,8 +366,11 @@ def test_avx2_target() -> None:
         epi = _bias_relu(case.spec.dtype, bias, rbias) if case.epilogue else None
         emit_gemm(builder, case.spec, a, b, c, scratch, target, epi, case.accumulate)
         builder.ret_void()
+    from graphc.codegen.gemm.spec import kernel_shape
+
+    assert kernel_shape(F32, target, 50) == (6, 16, 8)  # the 6 x 2-vector block
     plan = plan_gemm(cases[0].spec, target)
-    assert (plan.lanes, plan.mr, plan.nr) == (8, 6, 16)
+    assert (plan.lanes, plan.mr, plan.nr) == (8, 5, 16)  # 45 rows: 9 blocks of 5
     compiled = Compiled(jit_compile(str(module), target=target), module)
     for n, case in enumerate(cases):
         _run(compiled, n, case, target)
@@ -375,4 +382,6 @@ def test_fitted_rows_pads_least() -> None:
 
     assert [fitted_rows(m, 8) for m in (1024, 49, 196, 100, 13, 9, 12544)] == [
         8, 7, 7, 8, 7, 6, 8]
-    assert fitted_rows(49, 16) == 16  # only the 8-row block is refitted
+    assert fitted_rows(49, 16) == 16  # only the 8- and 6-row blocks are refitted
+    # 16 registers: 6 rows, or 5 (49 rows in 50, not 54); never 4.
+    assert [fitted_rows(m, 6) for m in (49, 196, 784, 7, 8, 12)] == [5, 6, 6, 5, 5, 6]
