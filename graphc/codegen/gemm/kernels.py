@@ -37,7 +37,16 @@ from graphc.codegen.gemm.helpers import (
     zero,
 )
 from graphc.codegen.gemm.spec import Epilogue
-from graphc.codegen.llvm_types import I1, I64, PTR, VOID, compute_type, i64, storage_type
+from graphc.codegen.llvm_types import (
+    I1,
+    I64,
+    PTR,
+    VOID,
+    compute_type,
+    i64,
+    shuffle_mask,
+    storage_type,
+)
 from graphc.ir import DType
 
 
@@ -219,24 +228,39 @@ _PREFETCH_AHEAD = 256
 def _pack_n_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Value,
                   ld: ir.Value, x0: ir.Value, valid: ir.Value, p0: ir.Value, p1: ir.Value,
                   panel: ir.Value) -> None:
-    """Rows p0 <= p < p1 of one panel; lanes at x >= valid are zero (masked loads)."""
-    ety = storage_type(dtype)
+    """Rows p0 <= p < p1 of one panel; lanes at x >= valid are zero (masked loads, only in
+    a partial panel: masked loads of whole panels made B's packing a fifth of a 49 x 960 x
+    160 GEMM on Zen 3)."""
     s = min(r, lanes)
     while r % s:
         s //= 2
+    with b.if_else(b.icmp_signed("==", valid, i64(r))) as (whole, part):
+        with whole:
+            _pack_n_rows(b, dtype, r, s, src, ld, x0, p0, p1, panel, None)
+        with part:
+            masks = [lane_mask(b, s, c * s, valid) for c in range(r // s)]
+            _pack_n_rows(b, dtype, r, s, src, ld, x0, p0, p1, panel, masks)
+
+
+def _pack_n_rows(b: ir.IRBuilder, dtype: DType, r: int, s: int, src: ir.Value, ld: ir.Value,
+                 x0: ir.Value, p0: ir.Value, p1: ir.Value, panel: ir.Value,
+                 masks: list[ir.Value] | None) -> None:
+    """Copy rows p0 <= p < p1 of one panel in vectors of s lanes, through `masks` if given."""
+    ety = storage_type(dtype)
     vty = compute_type(dtype, s)
-    masks = [lane_mask(b, s, c * s, valid) for c in range(r // s)]
     with for_range(b, p0, p1, name="p") as p:
         row = elem_ptr(b, src, b.add(b.mul(p, ld), x0), ety)
         out = elem_ptr(b, panel, b.mul(p, i64(r)), ety)
-        for c, mask in enumerate(masks):
+        for c in range(r // s):
+            at = elem_ptr(b, row, c * s, ety)
             if s == 1:
-                v = b.select(b.extract_element(mask, i64(0)),
-                             b.load(elem_ptr(b, row, c, ety), typ=ety, align=dtype.itemsize),
-                             zero(dtype))
-                b.store(v, elem_ptr(b, out, c, ety), align=dtype.itemsize)
-                continue
-            v = masked_load(b, elem_ptr(b, row, c * s, ety), vty, mask, dtype.itemsize)
+                v = b.load(at, typ=ety, align=dtype.itemsize)
+                if masks is not None:
+                    v = b.select(b.extract_element(masks[c], i64(0)), v, zero(dtype))
+            elif masks is None:
+                v = b.load(at, typ=vty, align=dtype.itemsize)
+            else:
+                v = masked_load(b, at, vty, masks[c], dtype.itemsize)
             b.store(v, elem_ptr(b, out, c * s, ety), align=align_of(s * dtype.itemsize))
 
 
@@ -246,6 +270,12 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
     ety = storage_type(dtype)
     isz = dtype.itemsize
     s = min(r & -r, lanes)  # the largest power of two dividing R, at most one register
+    if s < lanes:
+        # Rows that are no multiple of a vector (AVX2's 6- and 5-row blocks): transpose
+        # full-width blocks of up to `lanes` rows, padded with undefined rows, and store
+        # each column's real rows; S x S blocks of the largest power of two dividing R
+        # (2 x 2 for 6 rows, 1 x 1 for 5) were a third of a 49 x 960 x 160 GEMM.
+        s = lanes
     vty = compute_type(dtype, s)
     fn = b.block.function
     fast = fn.append_basic_block("full")
@@ -253,15 +283,16 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
     entry = b.block
     b.cbranch(b.icmp_signed("==", valid, i64(r)), fast, tail)
 
-    # Whole S x S blocks of full panels, one block of rows per iteration: unrolling the R/S
-    # blocks (or the tail below) was no faster and each copy costs compile time.
+    # Whole S x S blocks of full panels, the R/S blocks of rows (1 or 2) emitted in turn;
+    # unrolling along p (or the tail below) was no faster and each copy costs compile time.
     b.position_at_end(fast)
     nblk = b.udiv(kc, i64(s))
     with for_range(b, 0, nblk, name="pb") as pb:
         p0 = b.mul(pb, i64(s))
-        with for_range(b, 0, r, s, name="xb") as xb:
-            starts = [elem_ptr(b, src, b.add(b.mul(b.add(x0, b.add(xb, i64(j))), ld), p0),
-                               ety) for j in range(s)]
+        for xb in range(0, r, s):  # static: R / S blocks, or one partial block
+            cs = min(s, r - xb)
+            starts = [elem_ptr(b, src, b.add(b.mul(b.add(x0, i64(xb + j)), ld), p0), ety)
+                      for j in range(cs)]
             # R rows advance together here: more concurrent streams than the hardware
             # prefetchers follow, so weights arriving from memory stalled every block.
             for ptr in starts:
@@ -269,9 +300,15 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
             for ptr in starts:  # the same lines of the next panel, into L2
                 prefetch(b, elem_ptr(b, ptr, b.mul(ld, i64(2 * r)), ety), False, 2)
             rows = [b.load(ptr, typ=vty, align=isz) for ptr in starts]
+            rows += [ir.Constant(vty, ir.Undefined)] * (s - cs)
             for t, col in enumerate(transpose(b, rows)):
-                at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), xb)
-                b.store(col, elem_ptr(b, panel, at, ety), align=align_of(s * isz))
+                at = b.add(b.mul(b.add(p0, i64(t)), i64(r)), i64(xb))
+                if cs < s:  # the real rows only: the next column starts cs elements on
+                    col = b.shuffle_vector(col, ir.Constant(vty, ir.Undefined),
+                                           shuffle_mask(tuple(range(cs))))
+                # Columns R elements apart are vector-aligned only when S divides R.
+                align = align_of(s * isz) if r % s == 0 else isz
+                b.store(col, elem_ptr(b, panel, at, ety), align=align)
     p_done = b.mul(nblk, i64(s))
     fast_end = b.block
     b.branch(tail)
