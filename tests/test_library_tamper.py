@@ -10,8 +10,10 @@ first call; edits that change nothing (whitespace) may load and must compute the
 Each variant is a copy of an exported library with its metadata section rewritten in place
 (same length: bytes edited where they are; other lengths: the JSON written again, padded
 with NULs, which the section allows), or with its external weights file edited. Variants are
-loaded and called in child processes (`CHILD`), so a crash is a failed variant with its
-signal, not a dead test session; the children run in parallel, once per module.
+loaded and called in child processes, so a crash is a failed variant with its signal, not
+a dead test session: one process imports graphc once (`SERVER`) and forks a child per
+variant (`check`), a few at a time, once per module (a fresh interpreter per variant spent
+most of a minute importing).
 
 Libraries: `tam` (inference, embedded weights; float32 and int32 inputs and outputs, two
 variables) and `tamx` (a training step with weights="external").
@@ -29,7 +31,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,39 +45,74 @@ CC = shutil.which("cc")
 pytestmark = pytest.mark.skipif(CC is None, reason="exporting a library needs a C compiler "
                                                    "`cc` on PATH")
 
-# The child: load the library (`weights` file if given), call it once on the saved inputs,
-# compare outputs and variables with `gc.compile`'s, bit for bit. One line on stdout:
-# "refused: MESSAGE" (GraphcError from load), "loaded: same", "loaded: different: WHAT" or
-# "loaded: error: ..." (the call failed); exit status 0 unless the process crashed.
-CHILD = r"""
-import json, sys
+# The server: imports graphc, then forks a child per request (a JSON list of variants on
+# stdin), at most `jobs` at a time. The child loads the library (`weights` file if given),
+# calls it once on the saved inputs and compares outputs and variables with `gc.compile`'s,
+# bit for bit, writing one line to its `out` file: "refused: MESSAGE" (GraphcError from
+# load), "loaded: same", "loaded: different: WHAT" or "loaded: error: ..." (the call
+# failed), and its stderr to `err`. The server prints one JSON object: each variant's exit
+# status, as subprocess reports it (negative: the signal that killed the child).
+SERVER = r"""
+import json, os, sys
 import numpy as np
 import graphc as gc
 
-args = json.loads(sys.argv[1])
-data = np.load(args["data"])
-try:
-    lib = gc.runtime.load(args["library"], weights=args["weights"])
-except gc.GraphcError as exc:
-    print("refused:", str(exc).replace("\n", " "))
-    raise SystemExit(0)
-try:
-    inputs = [data[f"in{i}"] for i in range(args["num_inputs"])]
-    got = lib(*inputs)
-    got = list(got) if isinstance(got, tuple) else [got]
-    want = [data[f"out{i}"] for i in range(args["num_outputs"])]
-    wrong = [f"output {i}" for i, (g, w) in enumerate(zip(got, want))
-             if g.shape != w.shape or g.dtype != w.dtype or not np.array_equal(g, w)]
-    if len(got) != len(want):
-        wrong.append(f"{len(got)} outputs, not {len(want)}")
-    for name in args["variables"]:
-        v, w = lib.variables[name], data[f"var:{name}"]
-        if v.shape != w.shape or v.dtype != w.dtype or not np.array_equal(v, w):
-            wrong.append(f"variable {name}")
-except Exception as exc:
-    print(f"loaded: error: {type(exc).__name__}: {exc}".replace("\n", " "))
-    raise SystemExit(0)
-print("loaded: different: " + ", ".join(wrong) if wrong else "loaded: same")
+def check(args):
+    data = np.load(args["data"])
+    try:
+        lib = gc.runtime.load(args["library"], weights=args["weights"])
+    except gc.GraphcError as exc:
+        return "refused: " + str(exc).replace("\n", " ")
+    try:
+        inputs = [data[f"in{i}"] for i in range(args["num_inputs"])]
+        got = lib(*inputs)
+        got = list(got) if isinstance(got, tuple) else [got]
+        want = [data[f"out{i}"] for i in range(args["num_outputs"])]
+        wrong = [f"output {i}" for i, (g, w) in enumerate(zip(got, want))
+                 if g.shape != w.shape or g.dtype != w.dtype or not np.array_equal(g, w)]
+        if len(got) != len(want):
+            wrong.append(f"{len(got)} outputs, not {len(want)}")
+        for name in args["variables"]:
+            v, w = lib.variables[name], data[f"var:{name}"]
+            if v.shape != w.shape or v.dtype != w.dtype or not np.array_equal(v, w):
+                wrong.append(f"variable {name}")
+    except Exception as exc:
+        return f"loaded: error: {type(exc).__name__}: {exc}".replace("\n", " ")
+    return "loaded: different: " + ", ".join(wrong) if wrong else "loaded: same"
+
+def child(args):
+    err = os.open(args["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(err, 2)
+    os.chdir(args["cwd"])
+    try:
+        line = check(args)
+        with open(args["out"], "w") as f:
+            f.write(line + "\n")
+        status = 0
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        status = 1
+    sys.stderr.flush()
+    os._exit(status)
+
+requests, jobs = json.load(sys.stdin), int(sys.argv[1])
+running, status = {}, {}
+def reap():
+    pid, code = os.wait()
+    status[running.pop(pid)] = (-os.WTERMSIG(code) if os.WIFSIGNALED(code)
+                                else os.WEXITSTATUS(code))
+for key, args in requests.items():
+    while len(running) >= jobs:
+        reap()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(args)
+    running[pid] = key
+while running:
+    reap()
+print(json.dumps(status))
 """
 
 MISMATCH = "its metadata does not match its code"  # the loader's check against the code
@@ -545,13 +581,13 @@ class Outcome:
         return f"{self.variant.id}: {how}\nstdout: {self.stdout}\nstderr: {self.stderr[-2000:]}"
 
 
-def _run(variant: Variant, b: Built, root: Path) -> Outcome:
-    """Make `variant`'s files under `root` and load them in a child process. A variant
-    that cannot be made (its edit does not apply) is an outcome too: its test fails."""
+def _prepare(variant: Variant, b: Built, root: Path) -> tuple[Tampered | str, dict[str, Any]]:
+    """Make `variant`'s files under `root`: (its files, the server's request), or (why it
+    could not be made, {}): an edit that does not apply is an outcome too, and fails."""
     try:
         files = variant.make(b)
     except (AssertionError, KeyError, StopIteration, ValueError) as exc:
-        return Outcome(variant, 0, f"not made: {type(exc).__name__}: {exc}", "", b"")
+        return f"not made: {type(exc).__name__}: {exc}", {}
     d = root / variant.id
     d.mkdir()
     library = d / f"lib{b.name}.so"  # a fresh path: the dynamic loader keys on paths
@@ -560,26 +596,40 @@ def _run(variant: Variant, b: Built, root: Path) -> Outcome:
     if files.weights is not None:
         weights = d / ("elsewhere.bin" if files.weights_argument else f"{b.name}.bin")
         weights.write_bytes(files.weights)
-    args = {"library": str(library), "data": str(b.data),
-            "weights": str(weights) if files.weights_argument else None,
-            "num_inputs": len(b.meta["inputs"]), "num_outputs": len(b.meta["outputs"]),
-            "variables": [v["name"] for v in b.meta["variables"]]}
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], capture_output=True,
-                          text=True, check=False, timeout=300, cwd=d)
-    start = b.library.find(b.text)  # edits keep the section where it is
-    text = files.library[start:start + len(b.text)].rstrip(b"\0")
-    return Outcome(variant, done.returncode, done.stdout.strip(), done.stderr, text)
+    return files, {"library": str(library), "data": str(b.data), "cwd": str(d),
+                   "weights": str(weights) if files.weights_argument else None,
+                   "num_inputs": len(b.meta["inputs"]),
+                   "num_outputs": len(b.meta["outputs"]),
+                   "variables": [v["name"] for v in b.meta["variables"]],
+                   "out": str(d / "out.txt"), "err": str(d / "err.txt")}
 
 
 @pytest.fixture(scope="module")
 def outcomes(built: dict[str, Built], tmp_path_factory: pytest.TempPathFactory
              ) -> dict[str, Outcome]:
-    """Every variant, run in its own child process (a few at a time)."""
+    """Every variant, run in its own forked child of one server process."""
     root = tmp_path_factory.mktemp("variants")
-    workers = max(2, min(8, 2 * (os.cpu_count() or 1)))
-    with ThreadPoolExecutor(workers) as pool:
-        done = pool.map(lambda v: _run(v, built[v.lib], root), ALL)
-        return {o.variant.id: o for o in done}
+    prepared = {v.id: (v, *_prepare(v, built[v.lib], root)) for v in ALL}
+    requests = {key: req for key, (_, _, req) in prepared.items() if req}
+    jobs = max(2, min(8, 2 * (os.cpu_count() or 1)))
+    done = subprocess.run([sys.executable, "-c", SERVER, str(jobs)], input=json.dumps(requests),
+                          capture_output=True, text=True, check=False, timeout=600,
+                          cwd=root)
+    assert done.returncode == 0, f"the variant server failed:\n{done.stderr[-4000:]}"
+    status = json.loads(done.stdout.strip().splitlines()[-1])
+    result = {}
+    for key, (variant, files, req) in prepared.items():
+        if isinstance(files, str):
+            result[key] = Outcome(variant, 0, files, "", b"")
+            continue
+        out, err = Path(req["out"]), Path(req["err"])
+        b = built[variant.lib]
+        start = b.library.find(b.text)  # edits keep the section where it is
+        text = files.library[start:start + len(b.text)].rstrip(b"\0")
+        result[key] = Outcome(variant, status[key],
+                              out.read_text().strip() if out.exists() else "",
+                              err.read_text() if err.exists() else "", text)
+    return result
 
 
 def _check_refused(o: Outcome) -> None:
