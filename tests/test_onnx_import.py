@@ -215,6 +215,7 @@ def test_the_command_line_takes_onnx_models(tmp_path: object) -> None:
     assert cli.main(["dump", str(model), "--dim", "batch"]) == 2  # usage
     assert cli.main(["convert", str(model), str(tmp / "tiny.gcg"), "--dim", "batch=2"]) == 0
     g = gc.load(str(tmp / "tiny.gcg"))
+    assert list(g.variables) == ["w"]  # converted to fine-tune: its weights stay variables
     (y,) = gc.reference(g, signature="main")(x)
     np.testing.assert_allclose(y, np.maximum(x @ (np.arange(12).reshape(4, 3) / 10), 0),
                                rtol=1e-6)
@@ -238,6 +239,11 @@ def test_the_command_line_takes_onnx_models(tmp_path: object) -> None:
     if shutil.which("cc"):
         assert cli.main(["compile", str(model), "--dim", "batch=2", "-o",
                          str(tmp / "libtiny.so")]) == 0
+        # Compiled for inference, as ONNX Runtime would: the weights are constants.
+        lib = gc.runtime.load(tmp / "libtiny.so")
+        assert not lib.variables
+        (got,) = lib(x)
+        np.testing.assert_allclose(got, y, rtol=1e-6)
         assert (tmp / "libtiny.so").exists() and (tmp / "tiny.h").exists()
 
 

@@ -96,7 +96,7 @@ def _ops(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    graph = load_model(args.model, args.dim)
+    graph = load_model(args.model, args.dim, trainable=True)
     if args.output.endswith(".gcg"):
         save(graph, args.output)
         return 0
