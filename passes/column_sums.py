@@ -80,6 +80,28 @@ def flat_input(kernel_nodes: Sequence[Node], anchor: Node) -> bool:
             and all(n.shape == shape or n.size == 1 for n in leaves))
 
 
+def row_flat_input(kernel_nodes: Sequence[Node], anchor: Node) -> bool:
+    """Whether a reduction over trailing axes can evaluate its input expression at flat
+    indices of each output's row of reduced elements: as `flat_input`, but a node or value
+    may also broadcast over the reduced axes only (one element per row: a per-channel
+    bias before a global pool), which is then read at its row's index."""
+    src = anchor.inputs[0]
+    shape = src.shape
+    axes = set(anchor.attrs["axes"])
+
+    def per_row(n: Node) -> bool:
+        if n.shape == shape or n.size == 1:
+            return True
+        if not broadcasts_to(n.shape, shape):
+            return False
+        padded = (1,) * (len(shape) - len(n.shape)) + tuple(n.shape)
+        return all(padded[d] == 1 for d in axes)
+
+    nodes, leaves = input_expression(kernel_nodes, anchor)
+    return (all(registry.OPS[n.op].fusion.pointwise and per_row(n) for n in nodes)
+            and all(per_row(n) for n in leaves))
+
+
 def keeps_only_innermost(anchor: Node) -> bool:
     """Whether `anchor` reduces every axis of a non-empty input of rank >= 2 but the last."""
     src = anchor.inputs[0]

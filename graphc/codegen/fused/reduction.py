@@ -76,7 +76,12 @@ from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
 from graphc.ir import Node
-from graphc.passes.column_sums import accepts_side_outputs, flat_input, own_part
+from graphc.passes.column_sums import (
+    accepts_side_outputs,
+    flat_input,
+    own_part,
+    row_flat_input,
+)
 from graphc.passes.kernels import Kernel, KernelKind
 
 
@@ -153,9 +158,13 @@ def _emit_reduced_innermost(ctx: KernelContext, own: Kernel, axes: set[int], lan
     reduced_size = math.prod(in_shape[d] for d in reduced)
     # One flat row per output when the reduced axes are the trailing ones and the expression
     # allows flat indices: (10^6, 10) summed whole is one vectorized row, not 10^6 rows of
-    # 10 scalars.
-    flat = rank > 0 and kept == list(range(len(kept))) and flat_input(own.nodes, anchor)
-    if flat:
+    # 10 scalars. Values constant along a row (a (1, C, 1, 1) bias before a global average
+    # pool of (1, C, 7, 7)) are read at the row's index: 49 elements per row in vectors,
+    # not 7 rows of 7 scalars (MobileNetV2's last pool: 74 -> 6 us on Zen 3).
+    trailing = rank > 0 and kept == list(range(len(kept)))
+    flat = trailing and flat_input(own.nodes, anchor)
+    by_row = trailing and not flat and row_flat_input(own.nodes, anchor)
+    if flat or by_row:
         row_len, outer = reduced_size, []
     else:
         row_len, outer = (in_shape[-1] if rank else 1), reduced[:-1]
@@ -166,12 +175,17 @@ def _emit_reduced_innermost(ctx: KernelContext, own: Kernel, axes: set[int], lan
         cb = c.b
         red = RowReduction(cb, op, dtype, lanes, row_len, rows)
         red.begin()
-        if flat:
+        if flat or by_row:
             base = c.evaluator(1).ix.linear([prefix[d] for d in kept],
                                             [in_strides[d] for d in kept]).base
+            # by_row: the reduced axes' indices never matter (row-constant values only).
+            row_position = [prefix[d] if d in prefix else Idx(ir.Constant(ir.IntType(64), 0))
+                            for d in range(rank)]
 
             def flat_value(k: int, i: Idx) -> ir.Value:
-                return c.evaluator(k, flat=True).at(src, [Idx(cb.add(base, i.base), i.coef)])
+                ev = (c.evaluator(k, flat=True, shape=in_shape, position=lambda: row_position)
+                      if by_row else c.evaluator(k, flat=True))
+                return ev.at(src, [Idx(cb.add(base, i.base), i.coef)])
 
             red.row(flat_value)
         else:
