@@ -26,6 +26,8 @@ halves. Both stay exact (no 16-bit sum: `pmaddubsw` would saturate).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import llvmlite.ir as ir
 
 from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range, lane_mask, masked_load
@@ -108,12 +110,8 @@ def _block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value, table: ir
            native: bool, valid: int | None) -> None:
     """Columns j0 .. j0 + chunks*4w of one row; `valid` columns only (masked) if given."""
     chunk = 4 * w
-    bt = ir.VectorType(I8, chunk)
     wt = ir.VectorType(I32, w)
-    masks = None
-    if valid is not None:
-        masks = [lane_mask(b, chunk, 0, max(0, min(chunk, valid - ch * chunk)))
-                 for ch in range(chunks)]
+    load = _chunk_loader(b, chunk, chunks, valid)
 
     def step(k: ir.Value, accs: list[ir.Value]) -> list[ir.Value]:
         brow = elem_ptr(b, bm, b.add(b.mul(k, i64(spec.ldb)), j0), I8)
@@ -122,12 +120,7 @@ def _block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value, table: ir
         aw = [b.load(elem_ptr(b, words, t, I32), typ=I32, align=4) for t in range(4)]
         out = list(accs)
         for ch in range(chunks):
-            at = elem_ptr(b, brow, ch * chunk, I8)
-            if masks is None:
-                v = b.load(at, typ=bt, align=1)
-            else:
-                v = masked_load(b, at, bt, masks[ch], 1)
-            v = b.bitcast(v, wt)
+            v = b.bitcast(load(brow, ch), wt)
             for t in range(4):
                 out[ch * 4 + t] = dot_step(b, U8S8_QUADS, native, out[ch * 4 + t], aw[t], v)
         return out
@@ -138,6 +131,25 @@ def _block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value, table: ir
     for ch in range(chunks):
         vecs.extend(_columns(b, accs[ch * 4:ch * 4 + 4], w))
     _store_tile(b, spec, c, epilogue, vecs, row, j0, 1, len(vecs), w)
+
+
+def _chunk_loader(b: ir.IRBuilder, chunk: int, chunks: int, valid: int | None
+                  ) -> Callable[[ir.Value, int], ir.Value]:
+    """load(row, ch): chunk `ch` (`chunk` bytes) of a row of B; with `valid`, only the bytes
+    of the first `valid` columns of the block are read (masked loads, zeros past them)."""
+    bt = ir.VectorType(I8, chunk)
+    masks = None
+    if valid is not None:
+        masks = [lane_mask(b, chunk, 0, max(0, min(chunk, valid - ch * chunk)))
+                 for ch in range(chunks)]
+
+    def load(row: ir.Value, ch: int) -> ir.Value:
+        at = elem_ptr(b, row, ch * chunk, I8)
+        if masks is None:
+            return b.load(at, typ=bt, align=1)
+        return masked_load(b, at, bt, masks[ch], 1)
+
+    return load
 
 
 def _columns(b: ir.IRBuilder, accs: list[ir.Value], w: int) -> list[ir.Value]:
@@ -292,13 +304,9 @@ def _pair_block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value,
                 chunks: int, w: int, native: bool, valid: int | None) -> None:
     """Columns j0 .. j0 + chunks*2w of one row; `valid` columns only (masked) if given."""
     chunk = 2 * w
-    bt = ir.VectorType(I8, chunk)
     ht = ir.VectorType(I16, chunk)
     wt = ir.VectorType(I32, w)
-    masks = None
-    if valid is not None:
-        masks = [lane_mask(b, chunk, 0, max(0, min(chunk, valid - ch * chunk)))
-                 for ch in range(chunks)]
+    load = _chunk_loader(b, chunk, chunks, valid)
     lo = shuffle_mask(tuple(x for j in range(w) for x in (j, chunk + j)))
     hi = shuffle_mask(tuple(x for j in range(w, chunk) for x in (j, chunk + j)))
 
@@ -311,12 +319,7 @@ def _pair_block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value,
         av = b.bitcast(_splat_word(b, aw, w), wt)
         out = list(accs)
         for ch in range(chunks):
-            vs = []
-            for r in rows:
-                at = elem_ptr(b, r, ch * chunk, I8)
-                v = (b.load(at, typ=bt, align=1) if masks is None
-                     else masked_load(b, at, bt, masks[ch], 1))
-                vs.append(b.sext(v, ht))
+            vs = [b.sext(load(r, ch), ht) for r in rows]
             for h, order in enumerate((lo, hi)):
                 pairs = b.bitcast(b.shuffle_vector(vs[0], vs[1], order), wt)
                 out[2 * ch + h] = b.add(out[2 * ch + h], pair_products(b, av, pairs, native))
