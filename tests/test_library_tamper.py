@@ -51,9 +51,10 @@ pytestmark = pytest.mark.skipif(CC is None, reason="exporting a library needs a 
 # bit for bit, writing one line to its `out` file: "refused: MESSAGE" (GraphcError from
 # load), "loaded: same", "loaded: different: WHAT" or "loaded: error: ..." (the call
 # failed), and its stderr to `err`. The server prints one JSON object: each variant's exit
-# status, as subprocess reports it (negative: the signal that killed the child).
+# status, as subprocess reports it (negative: the signal that killed the child; a child
+# still running after the time limit, argv[2] seconds, is killed and says so in `err`).
 SERVER = r"""
-import json, os, sys
+import ctypes, json, os, signal, sys, time
 import numpy as np
 import graphc as gc
 
@@ -94,24 +95,39 @@ def child(args):
         traceback.print_exc()
         status = 1
     sys.stderr.flush()
-    os._exit(status)
+    # libc's exit: the loaded library's destructors run (its worker pool stops), as at the
+    # end of a process of its own, so a crash or hang while unloading is this variant's.
+    ctypes.CDLL(None).exit(status)
 
-requests, jobs = json.load(sys.stdin), int(sys.argv[1])
+requests, jobs, limit = json.load(sys.stdin), int(sys.argv[1]), float(sys.argv[2])
 running, status = {}, {}
-def reap():
-    pid, code = os.wait()
-    status[running.pop(pid)] = (-os.WTERMSIG(code) if os.WIFSIGNALED(code)
-                                else os.WEXITSTATUS(code))
+def reap(block):
+    pid, code = os.waitpid(-1, 0 if block else os.WNOHANG)
+    if pid == 0:
+        return False
+    key, _ = running.pop(pid)
+    status[key] = (-os.WTERMSIG(code) if os.WIFSIGNALED(code) else os.WEXITSTATUS(code))
+    return True
+def wait_for_slot(slots):
+    # A child past its time limit is killed (reported as SIGKILL, "timeout" in its err).
+    while len(running) > slots:
+        if reap(False):
+            continue
+        for pid, (key, start) in list(running.items()):
+            if time.monotonic() - start > limit:
+                with open(requests[key]["err"], "a") as f:
+                    f.write(f"timeout: still running after {limit:g} s\n")
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
 for key, args in requests.items():
-    while len(running) >= jobs:
-        reap()
+    wait_for_slot(jobs - 1)
     sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         child(args)
-    running[pid] = key
-while running:
-    reap()
+    running[pid] = (key, time.monotonic())
+wait_for_slot(0)
 print(json.dumps(status))
 """
 
@@ -612,9 +628,9 @@ def outcomes(built: dict[str, Built], tmp_path_factory: pytest.TempPathFactory
     prepared = {v.id: (v, *_prepare(v, built[v.lib], root)) for v in ALL}
     requests = {key: req for key, (_, _, req) in prepared.items() if req}
     jobs = max(2, min(8, 2 * (os.cpu_count() or 1)))
-    done = subprocess.run([sys.executable, "-c", SERVER, str(jobs)], input=json.dumps(requests),
-                          capture_output=True, text=True, check=False, timeout=600,
-                          cwd=root)
+    done = subprocess.run([sys.executable, "-c", SERVER, str(jobs), "120"],
+                          input=json.dumps(requests), capture_output=True, text=True,
+                          check=False, timeout=900, cwd=root)
     assert done.returncode == 0, f"the variant server failed:\n{done.stderr[-4000:]}"
     status = json.loads(done.stdout.strip().splitlines()[-1])
     result = {}

@@ -11,6 +11,9 @@ from graphc.codegen.target import host_target
 from graphc.options import CompileOptions
 
 NO_LOWP = ("avx512bf16", "avx512vnni")
+# No AVX-512 and no AVX2: the widened pairs' product in plain IR on 128-bit vectors.
+NO_AVX2 = (*NO_LOWP, "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512vbmi",
+           "avx512vbmi2", "avx512bitalg", "avx512vpopcntdq", "avx512ifma", "avxvnni", "avx2")
 TARGETS = [pytest.param((), id="native"), pytest.param(NO_LOWP, id="fallback")]
 
 
@@ -160,7 +163,7 @@ def test_integer_gemm_is_bit_exact(m, k, n, tb, zp, threads, disabled) -> None:
 
 @pytest.mark.parametrize("disabled", [pytest.param((), id="vnni"),
                                       pytest.param(NO_LOWP, id="pairs"),
-                                      pytest.param((*NO_LOWP, "avx2"), id="plain-ir")])
+                                      pytest.param(NO_AVX2, id="plain-ir")])
 @pytest.mark.parametrize("tb", [False, True])
 def test_integer_gemm_extremes_do_not_saturate(disabled, tb) -> None:
     """Products of 255 and -128 or 127 in every lane, whose pair sums overflow int16 (the
@@ -181,6 +184,23 @@ def test_integer_gemm_extremes_do_not_saturate(disabled, tb) -> None:
     (got,) = gc.compile(g, inputs=[a, b, z], outputs=[acc], options=opts)(av, bv, np.uint8(3))
     want = (av.astype(np.int64) - 3) @ (bv.T if tb else bv).astype(np.int64)
     assert np.array_equal(got, want.astype(np.int32))
+
+
+def test_integer_gemm_packs_widened_pairs_without_vnni() -> None:
+    """The plan packs k-quads for `vpdpbusd` only with 512-bit VNNI; else bytes widened to
+    int16 pairs, with `pmaddwd` where the target has it for its width."""
+    from graphc.codegen.gemm.lowp import LowpSpec, plan_lowp
+    from graphc.codegen.gemm.lowp_kernels import U8S8_PAIRS, U8S8_QUADS
+    from graphc.codegen.target import Target
+
+    host = host_target()
+    spec = LowpSpec(64, 96, 130, U8S8_QUADS, False, False, 130, 96, 96, gc.int32)
+    vnni = Target(host.triple, "znver4", "+avx2,+avx512f,+avx512bw,+avx512vnni", 512)
+    avx2 = Target(host.triple, "znver3", "+avx2,-avx512f,-avx512vnni", 256)
+    plain = Target(host.triple, "x86-64", "-avx2,-avx512f", 256)
+    kinds = [(p.kind, p.native, p.kg) for p in map(lambda t: plan_lowp(spec, t),
+                                                     (vnni, avx2, plain))]
+    assert kinds == [(U8S8_QUADS, True, 33), (U8S8_PAIRS, True, 65), (U8S8_PAIRS, False, 65)]
 
 
 def test_dequantize_epilogue_fuses_into_the_integer_gemm() -> None:

@@ -244,6 +244,10 @@ def test_the_command_line_takes_onnx_models(tmp_path: object) -> None:
         assert not lib.variables
         (got,) = lib(x)
         np.testing.assert_allclose(got, y, rtol=1e-6)
+        # Asked for external weights, the library keeps the model's as variables in NAME.bin.
+        assert cli.main(["compile", str(model), "--dim", "batch=2", "--weights", "external",
+                         "-o", str(tmp / "libtinyx.so")]) == 0
+        assert list(gc.runtime.load(tmp / "libtinyx.so").variables) == ["w"]
         assert (tmp / "libtiny.so").exists() and (tmp / "tiny.h").exists()
 
 

@@ -65,7 +65,8 @@ def load_model(spec: str, dims: Sequence[str] = (), *, trainable: bool = False) 
     `dims`, "NAME=SIZE" each), or ``file.py:function`` called with no args.
 
     An ONNX model's float initializers become constants unless `trainable` (`convert`
-    keeps them variables, to fine-tune the saved graph): the commands that compile, run,
+    keeps them variables, to fine-tune the saved graph, and so does `compile --weights
+    external`, whose NAME.bin holds the model's weights): the commands that compile, run,
     dump or draw it see what an inference runtime sees, so constant-weight rewrites
     (Winograd, prepacked convolution weights, folding) apply. Loaded with variables,
     ResNet-18 ran 1.5x slower on Zen 3.

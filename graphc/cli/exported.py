@@ -175,7 +175,8 @@ def _is_library(spec: str) -> bool:
 # --- commands --------------------------------------------------------------------------------
 
 def _compile(args: argparse.Namespace) -> int:
-    graph = load_model(args.model, args.dim)
+    # External weights are the model's own, replaceable without recompiling: variables.
+    graph = load_model(args.model, args.dim, trainable=args.weights == "external")
     options = replace(DEFAULT_OPTIONS, opt_level=args.opt_level, threads=args.threads,
                       conv_algorithm=args.conv_algorithm)
     if args.quantize is not None and args.precision != "fp32":

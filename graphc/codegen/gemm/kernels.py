@@ -254,9 +254,12 @@ def _pack_n_rows(b: ir.IRBuilder, dtype: DType, r: int, s: int, src: ir.Value, l
         for c in range(r // s):
             at = elem_ptr(b, row, c * s, ety)
             if s == 1:
-                v = b.load(at, typ=ety, align=dtype.itemsize)
-                if masks is not None:
-                    v = b.select(b.extract_element(masks[c], i64(0)), v, zero(dtype))
+                if masks is None:
+                    v = b.load(at, typ=ety, align=dtype.itemsize)
+                else:  # a column past the panel's rows reads column 0 (in bounds), zeroed
+                    live = b.extract_element(masks[c], i64(0))
+                    at = elem_ptr(b, row, b.select(live, i64(c), i64(0)), ety)
+                    v = b.select(live, b.load(at, typ=ety, align=dtype.itemsize), zero(dtype))
             elif masks is None:
                 v = b.load(at, typ=vty, align=dtype.itemsize)
             else:
@@ -270,8 +273,8 @@ def _pack_t_panel(b: ir.IRBuilder, dtype: DType, r: int, lanes: int, src: ir.Val
     ety = storage_type(dtype)
     isz = dtype.itemsize
     s = min(r & -r, lanes)  # the largest power of two dividing R, at most one register
-    if s < lanes:
-        # Rows that are no multiple of a vector (AVX2's 6- and 5-row blocks): transpose
+    if s < lanes and r & (r - 1):
+        # R not a power of two (AVX2's 6- and 5-row blocks, AVX-512's fitted 7 and 6): transpose
         # full-width blocks of up to `lanes` rows, padded with undefined rows, and store
         # each column's real rows; S x S blocks of the largest power of two dividing R
         # (2 x 2 for 6 rows, 1 x 1 for 5) were a third of a 49 x 960 x 160 GEMM.

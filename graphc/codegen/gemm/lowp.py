@@ -25,6 +25,7 @@ Every operand is read with element alignment only.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -171,7 +172,7 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
                 def step(q: ir.Value, accs: list[ir.Value], ap: ir.Value = ap,
                          bp: ir.Value = bp) -> list[ir.Value]:
                     brow = elem_ptr(b, bp, b.mul(q, i64(nr * 4)), I8)
-                    bws = [b.load(elem_ptr(b, brow, v * w, I32), typ=wt, align=64)
+                    bws = [b.load(elem_ptr(b, brow, v * w, I32), typ=wt, align=_align(v, w))
                            for v in range(nv)]
                     arow = elem_ptr(b, ap, b.mul(q, i64(mr * 4)), I8)
                     out = list(accs)
@@ -189,7 +190,7 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
                     zv = _splat(b, za, w)
                     for v in range(nv):
                         s = b.load(elem_ptr(b, sums, b.add(col0, i64(v * w)), I32), typ=wt,
-                                   align=64)
+                                   align=_align(v, w))
                         for r in range(mr):
                             accs[r * nv + v] = b.sub(accs[r * nv + v], b.mul(zv, s))
                 _store_tile(b, spec, c, epilogue, accs, row0, col0, mr, nv, w)
@@ -205,12 +206,18 @@ def _column_sums(b: ir.IRBuilder, kind: GroupKind, native: bool, bpack: ir.Value
         for v in range(nr // w):
             def step(q: ir.Value, acc: list[ir.Value], v: int = v) -> list[ir.Value]:
                 at = elem_ptr(b, bp, b.add(b.mul(q, i64(nr)), i64(v * w)), I32)
-                words = b.load(at, typ=wt, align=64)
+                words = b.load(at, typ=wt, align=_align(v, w))
                 return [dot_step(b, kind, native, acc[0], ones, words)]
 
             total = carried_loop(b, 0, kg, [ir.Constant(wt, None)], step, name="cs.k")[0]
             dst = elem_ptr(b, sums, b.add(b.mul(p, i64(nr)), i64(v * w)), I32)
-            b.store(total, dst, align=64)
+            b.store(total, dst, align=_align(v, w))
+
+
+def _align(v: int, w: int) -> int:
+    """The alignment of vector v of a packed row of 2 vectors of w int32 lanes (NR = 2w
+    columns), rows back to back from a 64-byte aligned start."""
+    return math.gcd(64, 2 * w * 4, v * w * 4)
 
 
 def _store_tile(b: ir.IRBuilder, spec: LowpSpec, c: ir.Value, epilogue: Epilogue | None,
