@@ -30,7 +30,14 @@ from collections.abc import Callable
 
 import llvmlite.ir as ir
 
-from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range, lane_mask, masked_load
+from graphc.codegen.gemm.helpers import (
+    carried_loop,
+    elem_ptr,
+    for_range,
+    lane_mask,
+    masked_load,
+    splat,
+)
 from graphc.codegen.gemm.lowp import LowpSpec, _store_tile, group_kind
 from graphc.codegen.gemm.lowp_kernels import (
     U8S8_PAIRS,
@@ -316,7 +323,7 @@ def _pair_block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value,
         # An odd K's last step pairs row K-1 with itself; the table's high half is zero.
         rows.append(rows[0] if last else elem_ptr(b, rows[0], spec.ldb, I8))
         aw = b.load(elem_ptr(b, table, q, I32), typ=I32, align=4)
-        av = b.bitcast(_splat_word(b, aw, w), wt)
+        av = splat(b, aw, w)
         out = list(accs)
         for ch in range(chunks):
             vs = [b.sext(load(r, ch), ht) for r in rows]
@@ -330,9 +337,3 @@ def _pair_block(b: ir.IRBuilder, spec: LowpSpec, bm: ir.Value, c: ir.Value,
     if spec.k % 2:
         accs = step(i64(spec.k // 2), accs, last=True)
     _store_tile(b, spec, c, epilogue, accs, row, j0, 1, len(accs), w)
-
-
-def _splat_word(b: ir.IRBuilder, word: ir.Value, lanes: int) -> ir.Value:
-    vt = ir.VectorType(I32, lanes)
-    one = b.insert_element(ir.Constant(vt, ir.Undefined), word, ir.Constant(I32, 0))
-    return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))

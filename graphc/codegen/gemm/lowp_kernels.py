@@ -242,20 +242,15 @@ def pair_products(b: ir.IRBuilder, a_words: ir.Value, b_words: ir.Value,
 def u8s8_dot(b: ir.IRBuilder, native: bool, acc: ir.Value, a_words: ir.Value,
              b_words: ir.Value) -> ir.Value:
     """acc + per lane the 4 products of the unsigned bytes of `a_words` and the signed
-    bytes of `b_words` (<W x i32> each): `vpdpbusd`, or its emulation without VNNI."""
+    bytes of `b_words` (<W x i32> each): `vpdpbusd`. Targets without it pack widened pairs
+    instead (`lowp.group_kind`), so `native` must hold."""
     lanes = acc.type.count
-    if native and lanes in (4, 8, 16):
-        fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
-                       [acc.type, acc.type, acc.type], [])
-        return b.call(fn, [acc, a_words, b_words])
-    # Without VNNI: unpack the four bytes (A unsigned, B signed) and multiply-add in i32.
-    for t in range(4):
-        left = ir.Constant(acc.type, [ir.Constant(I32, 24 - 8 * t)] * lanes)
-        right = ir.Constant(acc.type, [ir.Constant(I32, 24)] * lanes)
-        ua = b.lshr(b.shl(a_words, left), right)
-        sb = b.ashr(b.shl(b_words, left), right)
-        acc = b.add(acc, b.mul(ua, sb))
-    return acc
+    if not native or lanes not in (4, 8, 16):
+        raise ValueError(f"u8 x s8 k-quads need vpdpbusd on 4, 8 or 16 lanes (native={native}, "
+                         f"lanes={lanes}); without VNNI the GEMMs pack U8S8_PAIRS")
+    fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
+                   [acc.type, acc.type, acc.type], [])
+    return b.call(fn, [acc, a_words, b_words])
 
 
 def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
