@@ -198,6 +198,24 @@ def test_auto_takes_the_transposed_gemm_for_1x1_on_small_maps() -> None:
     assert not im2col._split(_conv((1, 576, 14, 14), 96, 1, stride=2), target, 1).transposed
 
 
+def test_auto_takes_the_gemm_for_strided_convolutions_with_16_registers() -> None:
+    """ResNet's strided layers (a 3x3 and the 1x1 downsample) go through the GEMM with
+    256-bit vectors, where the direct kernel pays a shuffle per tap; a stem with 3 input
+    channels, a depthwise layer and AVX-512 targets keep the direct kernels."""
+    host = host_target()
+    narrow = Target(host.triple, host.cpu, host.features, 256)
+    wide = Target(host.triple, host.cpu, host.features, 512)
+    layer = _conv((1, 64, 56, 56), 128, 3, stride=2, padding=1)
+    downsample = _conv((1, 64, 56, 56), 128, 1, stride=2)
+    assert im2col.choose(layer, narrow) and im2col.choose(downsample, narrow)
+    assert not im2col.choose(layer, wide) and not im2col.choose(downsample, wide)
+    stem = _conv((1, 3, 224, 224), 64, 7, stride=2, padding=3)
+    depthwise = _conv((1, 64, 56, 56), 64, 3, stride=2, padding=1, groups=64)
+    unit_stride = _conv((1, 64, 56, 56), 64, 3, padding=1)
+    for conv in (stem, depthwise, unit_stride):
+        assert not im2col.choose(conv, narrow)
+
+
 @pytest.mark.parametrize("operand", [(1, 24, 1, 1), (2, 24, 7, 7), (24, 1, 1), (1, 1, 7, 1),
                                      (1, 1, 1, 7), (7, 1)])
 @pytest.mark.parametrize("algorithm", ["gemm", "direct"])

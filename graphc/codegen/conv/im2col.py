@@ -64,6 +64,9 @@ from graphc.passes.kernels import Kernel
 OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 # Below this many multiply-adds per task a split across threads is not worth a wake-up.
 _TASK_MACS = 1 << 17
+# A strided conv2d with at least this many input channels takes the GEMM on 16-register
+# targets (see `choose`).
+STRIDED_MIN_CHANNELS = 16
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,14 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
                                                         geo.og, lanes, wide=wide)
     one_by_one = (not wide and node.op == "conv2d" and geo.image_is_col and geo.groups == 1
                   and geo.k >= 16)  # measured on inference; gradients keep their rule
-    return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped or one_by_one
+    # Strided rows cost the direct kernel a de-interleaving shuffle per tap, which 16
+    # registers cannot amortize over enough output channels. ResNet-18's strided layers on
+    # Zen 3 (one thread, bias + ReLU): 3x3 64 -> 128 from 56x56 2833 -> 1506 us here, 1x1
+    # downsamples 380 -> 187, 346 -> 182, 328 -> 225. A stem (3 input channels, K = 27 or
+    # 147) stays direct: 470 vs 638 us, 4.4 vs 5.4 ms.
+    strided = (not wide and node.op == "conv2d" and (geo.sh, geo.sw) != (1, 1)
+               and geo.groups == 1 and geo.cg >= STRIDED_MIN_CHANNELS)
+    return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped or one_by_one or strided
 
 
 # --- scratch --------------------------------------------------------------------------------
