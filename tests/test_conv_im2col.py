@@ -7,12 +7,16 @@ convolution through both lowerings.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import pipeline
 from graphc.codegen.conv import im2col
 from graphc.codegen.target import Target, host_target
+from graphc.codegen.vecmath import emitter
 from graphc.options import CompileOptions
 
 
@@ -167,6 +171,61 @@ def test_1x1_on_small_maps_runs_transposed_and_matches_the_reference(
     for t in sorted({1, threads}):
         runs.append(gc.compile(g, [x, r], [y, raw], options=CompileOptions(
             cache_dir=None, threads=t, conv_algorithm="gemm"))(xv, rv))
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for got, ref in zip(runs[-1], want):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    for one, other in zip(runs[0], runs[-1]):
+        np.testing.assert_array_equal(one, other)
+
+
+def _avx2(monkeypatch: pytest.MonkeyPatch) -> Target:
+    """Compile for a 256-bit target (16 registers) on any host: AVX2 code runs on AVX-512
+    hosts too."""
+    host = pipeline.host_target()
+    if not host.has("avx2") or not host.has("fma"):
+        pytest.skip("needs an AVX2+FMA host")
+    avx512 = tuple(f[1:] for f in host.features.split(",") if f.startswith("+avx512"))
+    avx2 = dataclasses.replace(host.without(avx512), vector_bits=256)
+    monkeypatch.setattr(pipeline, "host_target", lambda: avx2)
+    monkeypatch.setattr(emitter, "use_avx512", lambda: False)  # vecmath's scalef
+    return avx2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("hw", "k", "stride", "threads"),
+                         [(14, 3, 2, 1), (14, 3, 2, 2), (9, 3, 1, 2), (13, 1, 2, 1),
+                          (5, 3, 2, 2)])
+def test_strided_convolutions_compute_out_transposed_from_their_col(
+        monkeypatch: pytest.MonkeyPatch, dtype: str, hw: int, k: int, stride: int,
+        threads: int) -> None:
+    """With 16 registers a convolution that needs a Col (3x3, strided 1x1) on a small map
+    builds the Col, computes Out^T from it with the positions as the GEMM's rows, and
+    moves it into NCHW (`conv.transposed.col_worth_it`): every position, channel block and
+    thread split lands in place, with constant (prepacked) and placeholder weights, under
+    an epilogue with a bias, a residual and a clip; one and two threads give the same
+    bits."""
+    target = _avx2(monkeypatch)
+    rng = np.random.default_rng(hw * 10 + k)
+    batch, cin, cout = 2, 24, 32
+    xv = rng.standard_normal((batch, cin, hw, hw)).astype(dtype)
+    wv = (rng.standard_normal((cout, cin, k, k)) * 0.2).astype(dtype)
+    with gc.Graph("flipped_col") as g:
+        x = gc.placeholder(xv.shape, dtype, name="x")
+        wp = gc.placeholder(wv.shape, dtype, name="w")
+        b = gc.constant(rng.standard_normal((1, cout, 1, 1)).astype(dtype))
+        conv = gc.conv2d(x, gc.constant(wv), stride=stride, padding=k // 2)
+        r = gc.placeholder(conv.shape, dtype, name="r")
+        y = gc.minimum(gc.maximum(conv + b + r, 0.0), 6.0)
+        free = gc.conv2d(x, wp, stride=stride, padding=k // 2)
+    rv = rng.standard_normal(conv.shape).astype(dtype)
+    for t in (1, threads):
+        assert im2col._split(conv, target, t).transposed
+        assert im2col._split(conv, target, t).im2col_bytes
+    want = gc.reference(g, [x, wp, r], [y, free])(xv, wv, rv)
+    runs = []
+    for t in sorted({1, threads}):
+        runs.append(gc.compile(g, [x, wp, r], [y, free], options=CompileOptions(
+            cache_dir=None, threads=t, conv_algorithm="gemm"))(xv, wv, rv))
     tol = 1e-5 if dtype == "float32" else 1e-12
     for got, ref in zip(runs[-1], want):
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)

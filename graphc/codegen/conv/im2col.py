@@ -230,10 +230,11 @@ class _Split:
     rows: int = 0  # conv2d: output rows per position block (0: channel blocks)
     transposed: bool = False  # conv2d: Out^T into the Col scratch (`conv.transposed`)
     panel: int = 0  # conv2d: its weights are prepacked in panels this wide (`weight_layout`)
+    im2col_bytes: int = 0  # transposed conv2d that needs a Col: the Col's (after Out^T's)
 
     @property
     def per_task(self) -> int:
-        return self.col_bytes + self.gemm_bytes
+        return self.col_bytes + self.im2col_bytes + self.gemm_bytes
 
 
 def _channel_blocks(geo: Geometry, threads: int, lanes: int) -> int:
@@ -266,7 +267,8 @@ def _position_rows(geo: Geometry, threads: int, target: Target) -> int:
     row or plane by plane as on the whole image."""
     lanes = target.lanes(geo.dtype.itemsize)
     if (geo.groups != 1 or geo.batch >= threads or geo.macs < 2 * _TASK_MACS
-            or not transposed_path.worth_it(geo.image_is_col, 1, geo.p, geo.og, lanes,
+            or not geo.image_is_col  # a block of rows reads the image as its own Col
+            or not transposed_path.worth_it(True, 1, geo.p, geo.og, lanes,
                                             wide=target.registers == 32)):
         return 0
     rows = -(-geo.ho // max(1, threads // geo.batch))
@@ -324,8 +326,11 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
         cols = geo.og if rows else geo.og // blocks
     else:
         cols = geo.k
-    transposed = node.op == "conv2d" and transposed_path.worth_it(
-        geo.image_is_col, geo.groups, geo.p, cols, lanes, wide=target.registers == 32)
+    wide = target.registers == 32
+    transposed = node.op == "conv2d" and (
+        transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p, cols, lanes, wide=wide)
+        or (not geo.image_is_col and transposed_path.col_worth_it(
+            geo.groups, geo.p, cols, lanes, wide=wide)))
     panels = node.attrs.get("weight_panels") if node.op == "conv2d" else ()
     panel = 0
     if panels:
@@ -340,10 +345,12 @@ def _split(node: Node, target: Target, threads: int) -> _Split:
     positions = rows * geo.wo if rows else geo.p
     col_bytes = (_aligned(col_rows * positions * geo.dtype.itemsize)
                  if transposed or not geo.image_is_col else 0)
+    im2col_bytes = (_aligned(geo.k * geo.p * geo.dtype.itemsize)
+                    if transposed and not geo.image_is_col else 0)
     gemm_bytes = max(_aligned(s.scratch_bytes(target))
                      for s in _specs(geo, node.op, cols, transposed, panel, rows))
     return _Split(count, grain, cols, col_bytes, gemm_bytes, tasks, chunk, blocks, rows,
-                  transposed, panel)
+                  transposed, panel, im2col_bytes)
 
 
 def weight_layout(node: Node, target: Target, threads: int, algorithm: str
@@ -444,15 +451,18 @@ def _lanes(c: KernelContext, geo: Geometry) -> int:
 
 
 def _task_scratch(c: KernelContext, s: _Split, start: ir.Value
-                  ) -> tuple[ir.Value | None, ir.Value | None]:
-    """(Col, GEMM scratch) of the task whose range starts at `start` (None: not needed)."""
+                  ) -> tuple[ir.Value | None, ir.Value | None, ir.Value | None]:
+    """(Col or Out^T, transposed conv2d's Col, GEMM scratch) of the task whose range
+    starts at `start` (None: not needed)."""
     if s.per_task == 0:
-        return None, None
+        return None, None, None
     assert c.scratch is not None
     b = c.b
     task = b.sdiv(start, i64(s.chunk)) if s.tasks > 1 else i64(0)
     base = b.gep(c.scratch, [b.mul(task, i64(s.per_task))], inbounds=True, source_etype=I8)
-    return base, b.gep(base, [i64(s.col_bytes)], inbounds=True, source_etype=I8)
+    col = b.gep(base, [i64(s.col_bytes)], inbounds=True, source_etype=I8)
+    gemm = b.gep(col, [i64(s.im2col_bytes)], inbounds=True, source_etype=I8)
+    return base, col if s.im2col_bytes else None, gemm
 
 
 def _group_ptr(b: ir.IRBuilder, ptr: ir.Value, dt: DType, n: ir.Value, g: ir.Value,
@@ -484,7 +494,7 @@ def _conv2d(ctx: KernelContext) -> None:
 
     def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
-        col, scratch = _task_scratch(c, s, start)
+        col, own_col, scratch = _task_scratch(c, s, start)
         store = EpilogueStore(c, dt, True)
         lanes = c.target.lanes(dt.itemsize)
         with for_range(b, start, stop, 1, name="u") as u, \
@@ -499,10 +509,15 @@ def _conv2d(ctx: KernelContext) -> None:
             if s.transposed:  # rows [y0, y0 + spec.m / Wo) of Out^T, moved into the output
                 assert col is not None
                 y0 = b.mul(block, i64(s.rows)) if s.rows else i64(0)
+                source = image
+                if not geo.image_is_col:  # all of Col (no row blocks: `_position_rows`)
+                    assert own_col is not None and not s.rows
+                    _im2col(b, geo, _lanes(c, geo), image, own_col, i64(0), i64(geo.k))
+                    source = own_col
 
                 def rows_block(spec: GemmSpec, y0: ir.Value = y0) -> None:
                     at = b.mul(y0, i64(geo.wo))
-                    emit_gemm(b, spec, element_ptr(b, image, dt, at), weights, col, scratch,
+                    emit_gemm(b, spec, element_ptr(b, source, dt, at), weights, col, scratch,
                               c.target)
                     dst = element_ptr(b, out, dt, at)
                     transposed_path.store_transposed(
@@ -605,7 +620,7 @@ def _grad_input(ctx: KernelContext) -> None:
 
     def images(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
-        col, scratch = _task_scratch(c, s, start)
+        col, _, scratch = _task_scratch(c, s, start)
         with for_range(b, start, stop, 1, name="n") as n:
             plane = geo.cin * geo.hi * geo.wi
             if not geo.image_is_col:
@@ -634,7 +649,7 @@ def _grad_weight(ctx: KernelContext) -> None:
 
     def block(c: KernelContext, p0: ir.Value, p1: ir.Value) -> None:
         b = c.b
-        col, scratch = _task_scratch(c, s, p0)
+        col, _, scratch = _task_scratch(c, s, p0)
         with for_range(b, 0, geo.cout, 1, name="o") as o:
             row = element_ptr(b, c.out, dt, lin(b, [(o, geo.k), (p0, 1)]))
             memset_zero(b, row, b.mul(b.sub(p1, p0), i64(dt.itemsize)))

@@ -1,11 +1,13 @@
-"""A 1x1 convolution computed transposed: Out^T = X^T W^T, then moved into NCHW.
+"""A convolution computed transposed: Out^T = X^T W^T (X: the image of a 1x1, or a Col),
+then moved into NCHW.
 
 On a small map the output positions fill the GEMM's vector columns badly (7x7: 49 columns
 in 64, 77%; 14x14: 196 in 224), while its rows take any count with little padding
 (`gemm.spec.fitted_rows`: 49 = 7 x 7). So `im2col` may compute Out^T (positions x output
 channels, row-major) into scratch with the positions as the GEMM's rows and the channels as
 its vector columns, and `store_transposed` moves it into the NCHW output, where the
-epilogue sweep then runs in place as on the ordinary path.
+epilogue sweep then runs in place as on the ordinary path. With 16 registers a convolution
+that needs a Col (kxk, strided) on a small map does the same from its Col (`col_worth_it`).
 
 `store_transposed` transposes L x L tiles (L = the vector width) in registers: L row loads,
 log2(L) rounds of L two-source interleaves (the perfect shuffle: applied log2(L) times it
@@ -47,6 +49,16 @@ def worth_it(image_is_col: bool, groups: int, positions: int, cols: int, lanes: 
         return positions <= NARROW_MAX_POSITIONS
     padded = -(-positions // (2 * lanes)) * (2 * lanes)
     return 10 * padded >= 11 * positions
+
+
+def col_worth_it(groups: int, positions: int, cols: int, lanes: int, *, wide: bool) -> bool:
+    """Whether a conv2d that needs a Col (kxk, strided or padded) and runs through the GEMM
+    should compute Out^T from it: with 16 registers, a map of up to NARROW_MAX_POSITIONS
+    positions, one group and a channel block of whole vectors. Measured on Zen 3 (one
+    thread) as GEMMs of ResNet-18's strided 3x3 layers: 512 x 2304 x 49 1849 -> 1490 us
+    transposed, 256 x 1152 x 196 1408 -> 1316 us. (Untried with 32 registers.)"""
+    return (not wide and groups == 1 and cols % lanes == 0
+            and positions <= NARROW_MAX_POSITIONS)
 
 
 def _interleave(b: ir.IRBuilder, lo_half: bool, x: ir.Value, y: ir.Value, lanes: int
