@@ -7,17 +7,14 @@ convolution through both lowerings.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 import graphc as gc
-from graphc import pipeline
 from graphc.codegen.conv import im2col
 from graphc.codegen.target import Target, host_target
-from graphc.codegen.vecmath import emitter
 from graphc.options import CompileOptions
+from tests import targets
 
 
 def _conv(x: tuple[int, ...], out_ch: int, k: int, **kw: object) -> gc.Node:
@@ -178,19 +175,6 @@ def test_1x1_on_small_maps_runs_transposed_and_matches_the_reference(
         np.testing.assert_array_equal(one, other)
 
 
-def _avx2(monkeypatch: pytest.MonkeyPatch) -> Target:
-    """Compile for a 256-bit target (16 registers) on any host: AVX2 code runs on AVX-512
-    hosts too."""
-    host = pipeline.host_target()
-    if not host.has("avx2") or not host.has("fma"):
-        pytest.skip("needs an AVX2+FMA host")
-    avx512 = tuple(f[1:] for f in host.features.split(",") if f.startswith("+avx512"))
-    avx2 = dataclasses.replace(host.without(avx512), vector_bits=256)
-    monkeypatch.setattr(pipeline, "host_target", lambda: avx2)
-    monkeypatch.setattr(emitter, "use_avx512", lambda: False)  # vecmath's scalef
-    return avx2
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("hw", "k", "stride", "threads"),
                          [(14, 3, 2, 1), (14, 3, 2, 2), (9, 3, 1, 2), (13, 1, 2, 1),
@@ -204,7 +188,7 @@ def test_strided_convolutions_compute_out_transposed_from_their_col(
     thread split lands in place, with constant (prepacked) and placeholder weights, under
     an epilogue with a bias, a residual and a clip; one and two threads give the same
     bits."""
-    target = _avx2(monkeypatch)
+    target = targets.avx2(monkeypatch)
     rng = np.random.default_rng(hw * 10 + k)
     batch, cin, cout = 2, 24, 32
     xv = rng.standard_normal((batch, cin, hw, hw)).astype(dtype)

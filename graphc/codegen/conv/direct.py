@@ -13,9 +13,11 @@ over the input channels of its group and the kernel taps (i, j) of ``w * input``
   contributes, and reads *contiguous* g columns, so no lane needs a gather; the results
   are stored with a stride (a scatter) once per chunk.
 Each input vector loaded feeds OB (`OUT_BLOCK`) `llvm.fma`s with broadcast weights, one per
-output channel of the register block. Borders and the partial last chunk of a row use
-masked loads (see `window`), so nothing outside a row is read. grad_input first copies the
-weights, transposed per group, into its scratch so that it walks them contiguously.
+output channel of the register block. With 16 registers a conv2d with a column stride > 1
+first copies its input into phase rows (`phases`) and loads whole vectors from them.
+Borders and the partial last chunk of a row use masked loads (see `window`), so nothing
+outside a row is read. grad_input first copies the weights, transposed per group, into its
+scratch so that it walks them contiguously.
 
 conv2d_grad_weight, a reduction over batch and positions, is in `weight_grad`; conv2d on
 rows narrower than a vector is vectorized over output channels instead, in
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.context import Emitter, KernelContext, Lowering, ScratchRule
-from graphc.codegen.conv import channels, depthwise, im2col, weight_grad
+from graphc.codegen.conv import channels, depthwise, im2col, phases, weight_grad
 from graphc.codegen.conv.epilogue import EpilogueStore
 from graphc.codegen.gemm.helpers import prefetch
 from graphc.codegen.index import splat
@@ -176,10 +178,13 @@ def _grad_input_scratch(kernel: Kernel, target: Target) -> int:
 
 def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value,
                 out: ir.Value, dtype: DType, store: EpilogueStore,
-                units: tuple[ir.Value, ir.Value] | None = None, bands: int = 1) -> None:
+                units: tuple[ir.Value, ir.Value] | None = None, bands: int = 1,
+                split: tuple[ir.Value, phases.PhaseRows] | None = None) -> None:
     """The loop nest of `DirectConv` (see the module docstring), over all images or over
     units [start, stop) when `units` is given (one task of a parallel split): unit u is
-    band u % bands of the output rows of image u // bands (`bands` row bands per image)."""
+    band u % bands of the output rows of image u // bands (`bands` row bands per image).
+    With `split` (conv2d only) the input is read from its phase rows (`phases`) at that
+    pointer instead of from `inp`."""
     b = ctx.b
     n_batch, co_total, ho, wo = spec.out_shape
     _, ci_total, hi, wi = spec.in_shape
@@ -189,6 +194,7 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
     rows = spec.rows
     lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), max(p.count for p in spec.phases))
     vt = ir.VectorType(storage_type(dtype), lanes)
+    assert split is None or (len(spec.phases) == 1 and split[1].lanes == lanes)
 
     def block(n: ir.Value, g: ir.Value, y: ir.Value, cb: ir.Value, count: int,
               phase: ColPhase, q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
@@ -204,18 +210,25 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
                 r = b.sdiv(num, i64(rows.d)) if rows.d > 1 else num
                 with loop(b, cig, "ci") as ci:
                     cin = lin(b, [(g, cig), (ci, 1)])
-                    row = element_ptr(b, inp, dtype, b.mul(
-                        lin(b, [(n, ci_total * hi), (cin, hi), (r, 1)]), i64(wi)))
+                    in_row = lin(b, [(n, ci_total * hi), (cin, hi), (r, 1)])
+                    row = element_ptr(b, inp, dtype, b.mul(in_row, i64(wi)))
                     wbase = lin(b, [(g, spec.w_group), (cb, spec.w_out), (ci, spec.w_in),
                                     (i, spec.kw)])
                     for j, off in phase.taps:
-                        col0 = lin(b, [(q0, phase.stride)], off)
-                        if PREFETCH_ROWS and j == phase.taps[0][0]:
-                            ahead = b.add(col0, i64(PREFETCH_ROWS * rows.a * wi))
-                            prefetch(b, element_ptr(b, row, dtype, ahead, inbounds=False),
-                                     False)
-                        xv = Run(b, lanes, col0, phase.stride, wi, checked, limit).load(
-                            row, dtype, 0.0)
+                        if split is not None:  # one whole vector of a phase row
+                            ptr, layout = split
+                            f, shift = layout.tap(j)
+                            at = b.add(layout.row_offset(b, in_row, f), b.add(q0, i64(shift)))
+                            xv = b.load(element_ptr(b, ptr, dtype, at), typ=vt,
+                                        align=dtype.itemsize)
+                        else:
+                            col0 = lin(b, [(q0, phase.stride)], off)
+                            if PREFETCH_ROWS and j == phase.taps[0][0]:
+                                ahead = b.add(col0, i64(PREFETCH_ROWS * rows.a * wi))
+                                prefetch(b, element_ptr(b, row, dtype, ahead, inbounds=False),
+                                         False)
+                            xv = Run(b, lanes, col0, phase.stride, wi, checked, limit).load(
+                                row, dtype, 0.0)
                         for k, a in enumerate(accs):
                             wk = load_scalar(b, w, dtype, lin(b, [(wbase, 1)],
                                                               k * spec.w_out + j))
@@ -237,8 +250,10 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
         with for_range(b, y0, y1, 1, name="y") as y:
             for phase in spec.phases:
                 offs = [off for _, off in phase.taps] or [0]
-                plan = plan_chunks(phase.count, lanes,
-                                   safe_outputs(phase.stride, min(offs), max(offs), wi))
+                # Phase rows are padded: every output's loads are inside them.
+                safe = (0, phase.count - 1) if split is not None else safe_outputs(
+                    phase.stride, min(offs), max(offs), wi)
+                plan = plan_chunks(phase.count, lanes, safe)
 
                 def out_block(cb: ir.Value, count: int, phase: ColPhase = phase,
                               plan: ChunkPlan = plan) -> None:
@@ -263,12 +278,15 @@ def _conv2d(ctx: KernelContext) -> None:
     if epilogue:
         ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
     spec = _forward_spec(anchor)
+    layout = phases.layout(anchor, ctx.target)
+    split = None if layout is None else (phases.emit_copy(ctx, anchor, layout), layout)
 
     bands, grain = _split(anchor, w, ctx.threads)
 
     def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
-                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop), bands)
+                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop), bands,
+                    None if split is None else (c.scratch, split[1]))
 
     parallel_range(ctx, spec.out_shape[0] * bands, grain, units)
 
@@ -330,8 +348,12 @@ def _scratch(direct: Callable[[Kernel, Target], int] | None) -> ScratchRule:
 
 
 def _forward_scratch(kernel: Kernel, target: Target) -> int:
-    """Scratch of conv2d's direct lowering: the narrow-rows or the depthwise kernel's."""
-    return channels.scratch_bytes(kernel, target) or depthwise.scratch_bytes(kernel, target)
+    """Scratch of conv2d's direct lowering: the narrow-rows or the depthwise kernel's, or
+    the phase rows of a strided input."""
+    anchor = kernel.anchor
+    assert anchor is not None
+    return (channels.scratch_bytes(kernel, target) or depthwise.scratch_bytes(kernel, target)
+            or phases.scratch_bytes(anchor, target))
 
 
 # conv2d anchors CONV kernels (with their epilogue); its gradients are kernels of their own.
