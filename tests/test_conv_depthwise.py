@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc import pipeline
 from graphc.codegen.conv import depthwise
 from graphc.codegen.target import Target, host_target
 from graphc.options import CompileOptions
+from tests import targets
 
 
 def _depthwise(shape: tuple[int, int, int, int], k: int, dtype: str = "float32",
@@ -55,6 +57,26 @@ CASES = [
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_matches_the_reference_with_an_epilogue(case: tuple, dtype: str) -> None:
+    _check_against_reference(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[5] == 2] + [(2, 3, 21, 13, 3, 2, 2)],
+                         ids=str)
+def test_stride_2_reads_phase_rows_with_16_registers(
+        monkeypatch: pytest.MonkeyPatch, case: tuple, dtype: str) -> None:
+    """With 16 registers each plane's rows are split by column phase once (`phases`),
+    then every tap loads whole vectors; also with more padding than a vector's reach."""
+    target = targets.avx2(monkeypatch)
+    n, c, h, w_, k, stride, padding = case
+    with gc.Graph("probe"):
+        conv = gc.conv2d(gc.placeholder((n, c, h, w_)), gc.placeholder((c, 1, k, k)),
+                         stride=stride, padding=padding, groups=c)
+    assert depthwise._phase_rows(conv, target) is not None
+    _check_against_reference(case, dtype)
+
+
+def _check_against_reference(case: tuple, dtype: str) -> None:
     n, c, h, w_, k, stride, padding = case
     rng = np.random.default_rng(h * w_ + k)
     xv = rng.standard_normal((n, c, h, w_)).astype(dtype)
@@ -65,7 +87,7 @@ def test_matches_the_reference_with_an_epilogue(case: tuple, dtype: str) -> None
         raw = gc.conv2d(x, w, stride=stride, padding=padding, groups=c)
         y = gc.minimum(gc.maximum(raw + b, 0.0), 6.0)
     conv = next(node for node in gc.ir.ancestors([y]) if node.op == "conv2d")
-    assert depthwise.applies(conv, host_target())
+    assert depthwise.applies(conv, pipeline.host_target())
     want = gc.reference(g, [x], [y, raw])(xv)
     runs = [gc.compile(g, [x], [y, raw], options=CompileOptions(
         cache_dir=None, threads=t, conv_algorithm="direct"))(xv) for t in (1, 2)]

@@ -171,7 +171,7 @@ def _pack_transposed(ctx: KernelContext, w: Node, groups: int) -> ir.Value:
     return ctx.scratch
 
 
-def _grad_input_scratch(kernel: Kernel, target: Target) -> int:
+def _grad_input_scratch(kernel: Kernel, target: Target, threads: int) -> int:
     assert kernel.anchor is not None
     return kernel.anchor.inputs[1].type.nbytes
 
@@ -337,22 +337,23 @@ def _dispatch(op: str, direct: Emitter) -> Emitter:
     return lower
 
 
-def _scratch(direct: Callable[[Kernel, Target], int] | None) -> ScratchRule:
+def _scratch(direct: Callable[[Kernel, Target, int], int] | None) -> ScratchRule:
     """Scratch of the algorithm `im2col.choose` picks for the kernel's anchor."""
     def scratch(kernel: Kernel, target: Target, threads: int, algorithm: str) -> int:
         assert kernel.anchor is not None
         if im2col.choose(kernel.anchor, target, algorithm):
             return im2col.scratch_bytes(kernel, target, threads)
-        return direct(kernel, target) if direct is not None else 0
+        return direct(kernel, target, threads) if direct is not None else 0
     return scratch
 
 
-def _forward_scratch(kernel: Kernel, target: Target) -> int:
+def _forward_scratch(kernel: Kernel, target: Target, threads: int) -> int:
     """Scratch of conv2d's direct lowering: the narrow-rows or the depthwise kernel's, or
     the phase rows of a strided input."""
     anchor = kernel.anchor
     assert anchor is not None
-    return (channels.scratch_bytes(kernel, target) or depthwise.scratch_bytes(kernel, target)
+    return (channels.scratch_bytes(kernel, target)
+            or depthwise.scratch_bytes(kernel, target, threads)
             or phases.scratch_bytes(anchor, target))
 
 

@@ -33,8 +33,17 @@ from graphc.codegen.context import KernelContext
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
-from graphc.codegen.window import Run, element_ptr, i64, lin, pick_lanes
-from graphc.ir import Node
+from graphc.codegen.window import (
+    Run,
+    element_ptr,
+    emit_chunks,
+    i64,
+    lin,
+    pick_lanes,
+    plan_chunks,
+    safe_outputs,
+)
+from graphc.ir import DType, Node
 from graphc.ops.geometry import Window
 
 # Rows copied per task at least (a row of a 224-wide image is ~1 KB).
@@ -67,23 +76,30 @@ class PhaseRows:
         return self.rows * self.stride * self.width
 
 
-def layout(anchor: Node, target: Target) -> PhaseRows | None:
-    """The phase rows of conv2d `anchor` on the direct path, or None where it keeps strided
-    loads (unit column stride, or 32 vector registers)."""
-    if anchor.op != "conv2d" or target.registers != 16:
-        return None
+def row_layout(anchor: Node, target: Target, rows: int) -> PhaseRows:
+    """Phase rows of `rows` input rows of conv2d `anchor` (strided along its columns), for
+    vectors as wide as a kernel's along its output rows (`pick_lanes`)."""
     x, w = anchor.inputs
-    n, c, hi, wi = x.shape
     kw = w.shape[3]
     win = Window.from_attrs(anchor.attrs, kernel=(w.shape[2], kw))
     sw, dw, pl = win.strides[1], win.dilation[1], win.pads[1][0]
-    if sw == 1 or anchor.size == 0:
-        return None
     wo = anchor.shape[3]
     lanes = pick_lanes(target.lanes(anchor.dtype.itemsize), wo)
     reach = -(-wo // lanes) * lanes + (kw - 1) * dw // sw  # elements a phase row must hold
     width = -(-reach // lanes) * lanes
-    return PhaseRows(sw, pl, dw, width, lanes, n * c * hi, wi)
+    return PhaseRows(sw, pl, dw, width, lanes, rows, x.shape[3])
+
+
+def layout(anchor: Node, target: Target) -> PhaseRows | None:
+    """The phase rows of all input rows of conv2d `anchor` on the direct path, or None where
+    it keeps strided loads (unit column stride, or 32 vector registers)."""
+    if anchor.op != "conv2d" or target.registers != 16 or anchor.size == 0:
+        return None
+    win = Window.from_attrs(anchor.attrs, kernel=anchor.inputs[1].shape[2:])
+    if win.strides[1] == 1:
+        return None
+    n, c, hi, _ = anchor.inputs[0].shape
+    return row_layout(anchor, target, n * c * hi)
 
 
 def scratch_bytes(anchor: Node, target: Target) -> int:
@@ -91,27 +107,39 @@ def scratch_bytes(anchor: Node, target: Target) -> int:
     return 0 if rows is None else rows.elements * anchor.dtype.itemsize
 
 
+def copy_rows(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows: PhaseRows,
+              dtype: DType, start: ir.Value, stop: ir.Value) -> None:
+    """Phase rows [start, stop) of the row-major rows at `src` (`rows.in_width` elements
+    each) into `dst`, laid out as `rows.row_offset` says."""
+    s, lanes = rows.stride, rows.lanes
+    with for_range(b, start, stop, 1, name="row") as row:
+        line = element_ptr(b, src, dtype, b.mul(row, i64(rows.in_width)))
+        for phase in range(s):
+            out = element_ptr(b, dst, dtype, rows.row_offset(b, row, phase))
+            first = phase - rows.pad_left  # input column of element 0
+            # Masks only where a vector's wide load would leave the row (its ends, with
+            # constant masks); the middle loads plainly.
+            plan = plan_chunks(rows.width, lanes,
+                               safe_outputs(s, first, first + s - 1, rows.in_width))
+
+            def chunk(t0: ir.Value, checked: bool, limit: ir.Value | None,
+                      out: ir.Value = out, first: int = first) -> None:
+                run = Run(b, lanes, lin(b, [(t0, s)], first), s, rows.in_width, checked)
+                b.store(run.load(line, dtype, 0.0), element_ptr(b, out, dtype, t0),
+                        align=dtype.itemsize)
+
+            emit_chunks(b, plan, chunk, ends_apart=True)
+
+
 def emit_copy(ctx: KernelContext, anchor: Node, rows: PhaseRows) -> ir.Value:
     """Fill the phase rows of `anchor`'s input at the start of the kernel's scratch (rows
     split across the threads); return that pointer."""
     assert ctx.scratch is not None
     x = anchor.inputs[0]
-    dt = anchor.dtype
-    lanes = rows.lanes
 
     def body(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
-        b = c.b
         assert c.scratch is not None
-        src_base = c.ptr(x)
-        with for_range(b, start, stop, 1, name="row") as row:
-            src = element_ptr(b, src_base, dt, b.mul(row, i64(rows.in_width)))
-            for phase in range(rows.stride):
-                dst = element_ptr(b, c.scratch, dt, rows.row_offset(b, row, phase))
-                with for_range(b, 0, rows.width // lanes, 1, name="t") as t:
-                    t0 = b.mul(t, i64(lanes))
-                    col0 = lin(b, [(t0, rows.stride)], phase - rows.pad_left)
-                    v = Run(b, lanes, col0, rows.stride, rows.in_width, True).load(src, dt, 0.0)
-                    b.store(v, element_ptr(b, dst, dt, t0), align=dt.itemsize)
+        copy_rows(c.b, c.ptr(x), c.scratch, rows, anchor.dtype, start, stop)
 
     parallel_range(ctx, rows.rows, _ROWS_PER_TASK, body)
     return ctx.scratch
