@@ -1,7 +1,7 @@
 """prepack: constant convolution weights stored in the GEMM's panels once, at compile time.
 
 A 1x1 convolution on a small map is computed transposed (`conv.transposed`): Out^T = X^T W^T,
-with W^T as the GEMM's B operand. The GEMM reads B in panels of NR columns (its register
+with W^T as the GEMM's B operand (with 16 registers also a kxk or strided one, X its Col). The GEMM reads B in panels of NR columns (its register
 block's width), so at every call it would pack W^T first: a transposing copy of all the
 weights, which on a late MobileNetV2 layer (320 -> 1280 channels, 1.6 MB of weights arriving
 from L3) cost as much as a third of the layer. When the weights are a constant, this step
