@@ -11,7 +11,7 @@ import pytest
 
 import graphc as gc
 from graphc import pipeline
-from graphc.codegen.conv import depthwise
+from graphc.codegen.conv import depthwise, phases
 from graphc.codegen.target import Target, host_target
 from graphc.options import CompileOptions
 from tests import targets
@@ -73,7 +73,11 @@ def test_stride_2_reads_phase_rows_with_16_registers(
         conv = gc.conv2d(gc.placeholder((n, c, h, w_)), gc.placeholder((c, 1, k, k)),
                          stride=stride, padding=padding, groups=c)
     assert depthwise._phase_rows(conv, target) is not None
+    taps: list[int] = []
+    tap = phases.PhaseRows.tap
+    monkeypatch.setattr(phases.PhaseRows, "tap", lambda self, j: taps.append(j) or tap(self, j))
     _check_against_reference(case, dtype)
+    assert taps, "the kernel did not read its phase rows"
 
 
 def _check_against_reference(case: tuple, dtype: str) -> None:

@@ -176,21 +176,22 @@ def test_1x1_on_small_maps_runs_transposed_and_matches_the_reference(
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize(("hw", "k", "stride", "threads"),
-                         [(14, 3, 2, 1), (14, 3, 2, 2), (9, 3, 1, 2), (13, 1, 2, 1),
-                          (5, 3, 2, 2)])
+@pytest.mark.parametrize(("batch", "hw", "k", "stride", "threads"),
+                         [(2, 14, 3, 2, 1), (2, 14, 3, 2, 2), (2, 9, 3, 1, 2), (2, 13, 1, 2, 1),
+                          (2, 5, 3, 2, 2), (1, 14, 3, 2, 2), (1, 10, 3, 1, 2)])
 def test_strided_convolutions_compute_out_transposed_from_their_col(
-        monkeypatch: pytest.MonkeyPatch, dtype: str, hw: int, k: int, stride: int,
-        threads: int) -> None:
+        monkeypatch: pytest.MonkeyPatch, dtype: str, batch: int, hw: int, k: int,
+        stride: int, threads: int) -> None:
     """With 16 registers a convolution that needs a Col (3x3, strided 1x1) on a small map
     builds the Col, computes Out^T from it with the positions as the GEMM's rows, and
     moves it into NCHW (`conv.transposed.col_worth_it`): every position, channel block and
     thread split lands in place, with constant (prepacked) and placeholder weights, under
     an epilogue with a bias, a residual and a clip; one and two threads give the same
-    bits."""
+    bits. One image at 2 threads splits the output channels (each block its own Col and
+    its own prepacked panels)."""
     target = targets.avx2(monkeypatch)
     rng = np.random.default_rng(hw * 10 + k)
-    batch, cin, cout = 2, 24, 32
+    cin, cout = 24, 32
     xv = rng.standard_normal((batch, cin, hw, hw)).astype(dtype)
     wv = (rng.standard_normal((cout, cin, k, k)) * 0.2).astype(dtype)
     with gc.Graph("flipped_col") as g:
@@ -203,8 +204,9 @@ def test_strided_convolutions_compute_out_transposed_from_their_col(
         free = gc.conv2d(x, wp, stride=stride, padding=k // 2)
     rv = rng.standard_normal(conv.shape).astype(dtype)
     for t in (1, threads):
-        assert im2col._split(conv, target, t).transposed
-        assert im2col._split(conv, target, t).im2col_bytes
+        split = im2col._split(conv, target, t)
+        assert split.transposed and split.im2col_bytes
+        assert split.blocks == (2 if batch < t else 1)
     want = gc.reference(g, [x, wp, r], [y, free])(xv, wv, rv)
     runs = []
     for t in sorted({1, threads}):
@@ -255,8 +257,15 @@ def test_auto_takes_the_gemm_for_strided_convolutions_with_16_registers() -> Non
     stem = _conv((1, 3, 224, 224), 64, 7, stride=2, padding=3)
     depthwise = _conv((1, 64, 56, 56), 64, 3, stride=2, padding=1, groups=64)
     unit_stride = _conv((1, 64, 56, 56), 64, 3, padding=1)
-    for conv in (stem, depthwise, unit_stride):
+    rows_only = _conv((1, 64, 56, 56), 128, 3, stride=(2, 1), padding=1)  # no shuffle
+    huge = _conv((1, 64, 512, 512), 128, 3, stride=2, padding=1)  # a 150 MB Col
+    for conv in (stem, depthwise, unit_stride, rows_only, huge):
         assert not im2col.choose(conv, narrow)
+    # One image on 2 threads: only channel blocks of whole vectors split the GEMM; 24
+    # channels would leave a thread idle, so the direct kernel (which splits rows) stays.
+    odd = _conv((1, 32, 56, 56), 24, 3, stride=2, padding=1)
+    assert im2col.choose(odd, narrow, threads=1) and not im2col.choose(odd, narrow, threads=2)
+    assert im2col.choose(layer, narrow, threads=2)
 
 
 @pytest.mark.parametrize("operand", [(1, 24, 1, 1), (2, 24, 7, 7), (24, 1, 1), (1, 1, 7, 1),

@@ -61,12 +61,44 @@ def test_strided_direct_convolutions_read_phase_rows(
         bias = gc.constant(rng.standard_normal((1, c.out_ch, 1, 1)).astype(dtype))
         y = gc.minimum(gc.maximum(raw + bias, 0.0), 6.0)
     assert phases.layout(raw, target) is not None
+    taps = _count_taps(monkeypatch)
     want = gc.reference(g, [x, w], [raw, y])(xv, wv)
     got = gc.compile(g, [x, w], [raw, y], options=CompileOptions(
         cache_dir=None, threads=threads, conv_algorithm="direct"))(xv, wv)
+    assert taps, "the kernel did not read its phase rows"
     tol = 1e-4 if dtype == "float32" else 1e-11
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def _count_taps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one per phase-row tap a kernel emits (`PhaseRows.tap`)."""
+    calls: list[int] = []
+    tap = phases.PhaseRows.tap
+
+    def counted(self: phases.PhaseRows, j: int) -> tuple[int, int]:
+        calls.append(j)
+        return tap(self, j)
+
+    monkeypatch.setattr(phases.PhaseRows, "tap", counted)
+    return calls
+
+
+def test_empty_rows_and_large_inputs_keep_strided_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input without rows (the output is all padding) compiles and gives the reference's
+    zeros; an input whose phase rows would exceed MAX_BYTES is read in place."""
+    target = targets.avx2(monkeypatch)
+    with gc.Graph("empty") as g:
+        x = gc.placeholder((1, 3, 0, 40), name="x")
+        w = gc.placeholder((2, 3, 1, 1), name="w")
+        y = gc.conv2d(x, w, stride=(1, 2), padding=1)
+        big = gc.conv2d(gc.placeholder((8, 3, 512, 512)), gc.placeholder((4, 3, 3, 3)),
+                        stride=2)
+    assert phases.layout(y, target) is None and phases.layout(big, target) is None
+    xv, wv = np.zeros((1, 3, 0, 40), np.float32), np.ones((2, 3, 1, 1), np.float32)
+    (got,) = gc.compile(g, [x, w], [y], options=CompileOptions(
+        cache_dir=None, conv_algorithm="direct"))(xv, wv)
+    np.testing.assert_array_equal(got, gc.reference(g, [x, w], [y])(xv, wv)[0])
 
 
 def test_phase_rows_only_for_strided_columns_with_16_registers(
@@ -84,6 +116,12 @@ def test_phase_rows_only_for_strided_columns_with_16_registers(
     assert layout.width == 120 and layout.rows == 3 * 224
     assert [layout.tap(j) for j in range(7)] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2),
                                                  (1, 2), (0, 3)]
+    assert layout.used == (0, 1)
+    with gc.Graph("probe"):  # 1x1, stride 2: only phase 0 is read, so only it is filled
+        one = gc.conv2d(gc.placeholder((1, 3, 224, 224)), gc.placeholder((8, 3, 1, 1)),
+                        stride=2)
+    one_layout = phases.layout(one, target)
+    assert one_layout is not None and one_layout.used == (0,)
     assert phases.layout(rows_only, target) is None
     wide = Target(target.triple, target.cpu, target.features, 512)
     assert phases.layout(stem, wide) is None

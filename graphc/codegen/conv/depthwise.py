@@ -84,11 +84,11 @@ def _layout(anchor: Node, target: Target, threads: int) -> tuple[int, int, int]:
     rows = _phase_rows(anchor, target)
     isz = anchor.dtype.itemsize
     zeros = max(anchor.inputs[0].shape[3], rows.stride * rows.width if rows else 0) * isz
+    zeros = (zeros + 63) // 64 * 64
     if rows is None:
-        return (zeros + 63) // 64 * 64, 0, 1
-    split = split_plan(anchor.shape[0] * anchor.shape[1], _grain(anchor), threads)
-    return (zeros + 63) // 64 * 64, (rows.elements * isz + 63) // 64 * 64, \
-        1 if split is None else split[1]
+        return zeros, 0, 1
+    plan = split_plan(anchor.shape[0] * anchor.shape[1], _grain(anchor), threads)
+    return zeros, (rows.elements * isz + 63) // 64 * 64, 1 if plan is None else plan[1]
 
 
 def _grain(anchor: Node) -> int:
@@ -124,22 +124,22 @@ def emit(ctx: KernelContext) -> None:
     epilogue = kernel.root is not anchor
     if epilogue:
         ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
-    split = _phase_rows(anchor, ctx.target)
+    phase_rows = _phase_rows(anchor, ctx.target)
     zeros, plane_bytes, _ = _layout(anchor, ctx.target, ctx.threads)
     memset_zero(ctx.b, ctx.scratch, zeros)
     lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
-    assert split is None or split.lanes == lanes
+    assert phase_rows is None or phase_rows.lanes == lanes
     # Phase rows are padded: every output's loads are inside them.
-    plan = plan_chunks(wo, lanes, (0, wo - 1) if split is not None else
+    plan = plan_chunks(wo, lanes, (0, wo - 1) if phase_rows is not None else
                        safe_outputs(sw, -pl, kw - 1 - pl, wi))
     grain = _grain(anchor)
-    tasks = split_plan(n_batch * chans, grain, ctx.threads)
+    task_split = split_plan(n_batch * chans, grain, ctx.threads)  # as parallel_range's
 
     def planes(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
         assert c.scratch is not None
         store = EpilogueStore(c, dtype, epilogue)
-        task = b.sdiv(start, i64(tasks[0])) if tasks is not None else i64(0)
+        task = b.sdiv(start, i64(task_split[0])) if task_split is not None else i64(0)
         vt = ir.VectorType(storage_type(dtype), lanes)
         with for_range(b, start, stop, 1, name="plane") as u:
             image, ch = b.udiv(u, i64(chans)), b.urem(u, i64(chans))
@@ -147,12 +147,12 @@ def emit(ctx: KernelContext) -> None:
                                          b.add(b.mul(ch, i64(kh * kw)), i64(t))), lanes)
                     for t in range(kh * kw)]
             src = element_ptr(b, c.ptr(x), dtype, b.mul(u, i64(hi * wi)))
-            if split is not None:  # this plane's rows, each split by column phase once
+            if phase_rows is not None:  # this plane's rows, each split by column phase once
                 src = b.gep(c.scratch, [b.add(i64(zeros), b.mul(task, i64(plane_bytes)))],
                             inbounds=True, source_etype=I8)
                 phases.copy_rows(b, element_ptr(b, c.ptr(x), dtype, b.mul(u, i64(hi * wi))),
-                                 src, split, dtype, i64(0), i64(hi))
-            line = wi if split is None else split.stride * split.width
+                                 src, phase_rows, dtype, i64(0), i64(hi))
+            line = wi if phase_rows is None else phase_rows.stride * phase_rows.width
             with for_range(b, 0, ho, 1, name="y") as y:
                 rows = []
                 for i in range(kh):
@@ -169,9 +169,9 @@ def emit(ctx: KernelContext) -> None:
                     for i, row in enumerate(rows):
                         acc = const_splat(dtype, 0.0, lanes)
                         for j in range(kw):
-                            if split is not None:  # a whole vector of a phase row
-                                f, shift = split.tap(j)
-                                at = b.add(q0, i64(f * split.width + shift))
+                            if phase_rows is not None:  # a whole vector of a phase row
+                                f, shift = phase_rows.tap(j)
+                                at = b.add(q0, i64(f * phase_rows.width + shift))
                                 xv = b.load(element_ptr(b, row, dtype, at), typ=vt,
                                             align=dtype.itemsize)
                             else:

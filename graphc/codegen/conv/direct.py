@@ -279,14 +279,15 @@ def _conv2d(ctx: KernelContext) -> None:
         ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
     spec = _forward_spec(anchor)
     layout = phases.layout(anchor, ctx.target)
-    split = None if layout is None else (phases.emit_copy(ctx, anchor, layout), layout)
+    if layout is not None:
+        phases.emit_copy(ctx, anchor, layout)  # at the start of the scratch
 
     bands, grain = _split(anchor, w, ctx.threads)
 
     def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
                     EpilogueStore(c, anchor.dtype, epilogue), (start, stop), bands,
-                    None if split is None else (c.scratch, split[1]))
+                    None if layout is None else (c.scratch, layout))
 
     parallel_range(ctx, spec.out_shape[0] * bands, grain, units)
 
@@ -330,7 +331,7 @@ def _dispatch(op: str, direct: Emitter) -> Emitter:
     """The lowering of `op`: through the GEMM when `im2col.choose` says so."""
     def lower(ctx: KernelContext) -> None:
         assert ctx.kernel.anchor is not None
-        if im2col.choose(ctx.kernel.anchor, ctx.target, ctx.conv_algorithm):
+        if im2col.choose(ctx.kernel.anchor, ctx.target, ctx.conv_algorithm, ctx.threads):
             im2col.EMIT[op](ctx)
         else:
             direct(ctx)
@@ -341,7 +342,7 @@ def _scratch(direct: Callable[[Kernel, Target, int], int] | None) -> ScratchRule
     """Scratch of the algorithm `im2col.choose` picks for the kernel's anchor."""
     def scratch(kernel: Kernel, target: Target, threads: int, algorithm: str) -> int:
         assert kernel.anchor is not None
-        if im2col.choose(kernel.anchor, target, algorithm):
+        if im2col.choose(kernel.anchor, target, algorithm, threads):
             return im2col.scratch_bytes(kernel, target, threads)
         return direct(kernel, target, threads) if direct is not None else 0
     return scratch

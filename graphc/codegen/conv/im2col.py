@@ -65,8 +65,9 @@ OPS = ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")
 # Below this many multiply-adds per task a split across threads is not worth a wake-up.
 _TASK_MACS = 1 << 17
 # A strided conv2d with at least this many input channels takes the GEMM on 16-register
-# targets (see `choose`).
+# targets (see `choose`), where its Col takes at most COL_MAX_BYTES per task.
 STRIDED_MIN_CHANNELS = 16
+COL_MAX_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,10 @@ class Geometry:
                    node.attrs["groups"], node.dtype)
 
 
-def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
+def choose(node: Node, target: Target, algorithm: str = "auto", threads: int = 1) -> bool:
     """Whether `node` runs through the GEMM: never unless it is one of OPS; always with
-    "gemm", never with "direct"; with "auto" where it measured faster (below)."""
+    "gemm", never with "direct"; with "auto" where it measured faster (below), for a
+    kernel split across `threads`."""
     if node.op not in OPS or node.size == 0:
         return False
     if algorithm == "gemm" or node.attrs.get("weight_panels"):
@@ -176,9 +178,15 @@ def choose(node: Node, target: Target, algorithm: str = "auto") -> bool:
     # registers cannot amortize over enough output channels. ResNet-18's strided layers on
     # Zen 3 (one thread, bias + ReLU): 3x3 64 -> 128 from 56x56 2833 -> 1506 us here, 1x1
     # downsamples 380 -> 187, 346 -> 182, 328 -> 225. A stem (3 input channels, K = 27 or
-    # 147) stays direct: 470 vs 638 us, 4.4 vs 5.4 ms.
-    strided = (not wide and node.op == "conv2d" and (geo.sh, geo.sw) != (1, 1)
-               and geo.groups == 1 and geo.cg >= STRIDED_MIN_CHANNELS)
+    # 147) stays direct: 470 vs 638 us, 4.4 vs 5.4 ms. Not where this path would leave
+    # threads idle (with fewer images than threads it splits only whole vectors of output
+    # channels; the direct kernel splits rows), nor where each task's Col would exceed
+    # COL_MAX_BYTES (high-resolution maps: the direct kernel needs none).
+    strided = (not wide and node.op == "conv2d" and geo.sw > 1 and geo.groups == 1
+               and geo.cg >= STRIDED_MIN_CHANNELS
+               and geo.k * geo.p * geo.dtype.itemsize <= COL_MAX_BYTES
+               and (geo.batch >= threads or geo.batch * _channel_blocks(
+                   geo, threads, target.lanes(geo.dtype.itemsize)) >= threads))
     return (narrow and geo.og >= 16 and geo.k >= 256) or deep or flipped or one_by_one or strided
 
 
@@ -357,11 +365,12 @@ def weight_layout(node: Node, target: Target, threads: int, algorithm: str
                   ) -> tuple[int, int] | None:
     """The `weight_panels` (block, panel) in which this path would read the weights of
     conv2d `node` if they were prepacked (`conv.prepack`), or None where it reads them
-    otherwise: only the transposed 1x1 path (`conv.transposed`) takes W^T as the GEMM's B,
-    in blocks of `block` output channels (all of them, or a thread's share when the
-    threads split the channels) and panels of the register block's width."""
+    otherwise: only the transposed paths (`conv.transposed`: a 1x1 conv, or with 16
+    registers a conv's Col) take W^T as the GEMM's B, in blocks of `block` output channels
+    (all of them, or a thread's share when the threads split the channels) and panels of
+    the register block's width."""
     if node.op != "conv2d" or node.attrs.get("weight_panels") or not choose(
-            node, target, algorithm):
+            node, target, algorithm, threads):
         return None
     s = _split(node, target, threads)
     if not s.transposed:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext
+from graphc.codegen.llvm_types import I32, storage_type
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range
 from graphc.codegen.target import Target
@@ -48,6 +49,9 @@ from graphc.ops.geometry import Window
 
 # Rows copied per task at least (a row of a 224-wide image is ~1 KB).
 _ROWS_PER_TASK = 64
+# A conv2d's phase rows take at most this much scratch (ResNet's stem: 0.6 MB per image);
+# a larger input (high resolution, big batches) keeps the strided loads.
+MAX_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class PhaseRows:
     lanes: int  # the direct kernel's vector width along an output row
     rows: int  # N * C * Hi input rows
     in_width: int  # Wi
+    used: tuple[int, ...]  # the phases some kernel column reads (only these are filled)
 
     def tap(self, j: int) -> tuple[int, int]:
         """(phase, first element) of kernel column j for output 0."""
@@ -87,24 +92,29 @@ def row_layout(anchor: Node, target: Target, rows: int) -> PhaseRows:
     lanes = pick_lanes(target.lanes(anchor.dtype.itemsize), wo)
     reach = -(-wo // lanes) * lanes + (kw - 1) * dw // sw  # elements a phase row must hold
     width = -(-reach // lanes) * lanes
-    return PhaseRows(sw, pl, dw, width, lanes, rows, x.shape[3])
+    used = tuple(sorted({j * dw % sw for j in range(kw)}))
+    return PhaseRows(sw, pl, dw, width, lanes, rows, x.shape[3], used)
 
 
 def layout(anchor: Node, target: Target) -> PhaseRows | None:
     """The phase rows of all input rows of conv2d `anchor` on the direct path, or None where
-    it keeps strided loads (unit column stride, or 32 vector registers)."""
-    if anchor.op != "conv2d" or target.registers != 16 or anchor.size == 0:
+    it keeps strided loads (unit column stride, 32 vector registers, an empty input or
+    output, or phase rows beyond MAX_BYTES)."""
+    x = anchor.inputs[0]
+    if anchor.op != "conv2d" or target.registers != 16 or anchor.size == 0 or x.size == 0:
         return None
     win = Window.from_attrs(anchor.attrs, kernel=anchor.inputs[1].shape[2:])
     if win.strides[1] == 1:
         return None
-    n, c, hi, _ = anchor.inputs[0].shape
-    return row_layout(anchor, target, n * c * hi)
+    n, c, hi, _ = x.shape
+    rows = row_layout(anchor, target, n * c * hi)
+    return rows if rows.elements * anchor.dtype.itemsize <= MAX_BYTES else None
 
 
 def scratch_bytes(anchor: Node, target: Target) -> int:
+    """Scratch of the phase rows of conv2d `anchor` on the direct path (0: none)."""
     rows = layout(anchor, target)
-    return 0 if rows is None else rows.elements * anchor.dtype.itemsize
+    return 0 if rows is None else (rows.elements * anchor.dtype.itemsize + 63) // 64 * 64
 
 
 def copy_rows(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows: PhaseRows,
@@ -112,28 +122,35 @@ def copy_rows(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows: PhaseRows,
     """Phase rows [start, stop) of the row-major rows at `src` (`rows.in_width` elements
     each) into `dst`, laid out as `rows.row_offset` says."""
     s, lanes = rows.stride, rows.lanes
+    wide = ir.VectorType(storage_type(dtype), lanes * s)
+    pick = ir.Constant(ir.VectorType(I32, lanes), [t * s for t in range(lanes)])
     with for_range(b, start, stop, 1, name="row") as row:
         line = element_ptr(b, src, dtype, b.mul(row, i64(rows.in_width)))
-        for phase in range(s):
+        for phase in rows.used:
             out = element_ptr(b, dst, dtype, rows.row_offset(b, row, phase))
             first = phase - rows.pad_left  # input column of element 0
-            # Masks only where a vector's wide load would leave the row (its ends, with
-            # constant masks); the middle loads plainly.
+            # Masks only where a vector's L*s elements would leave the row (its ends, with
+            # constant masks); the middle loads them plainly and keeps every s-th.
             plan = plan_chunks(rows.width, lanes,
                                safe_outputs(s, first, first + s - 1, rows.in_width))
 
             def chunk(t0: ir.Value, checked: bool, limit: ir.Value | None,
                       out: ir.Value = out, first: int = first) -> None:
-                run = Run(b, lanes, lin(b, [(t0, s)], first), s, rows.in_width, checked)
-                b.store(run.load(line, dtype, 0.0), element_ptr(b, out, dtype, t0),
-                        align=dtype.itemsize)
+                col0 = lin(b, [(t0, s)], first)
+                if checked or s > 4:  # a border, or a gather (`Run`)
+                    v = Run(b, lanes, col0, s, rows.in_width, checked).load(line, dtype, 0.0)
+                else:
+                    whole = b.load(element_ptr(b, line, dtype, col0), typ=wide,
+                                   align=dtype.itemsize)
+                    v = b.shuffle_vector(whole, ir.Constant(wide, ir.Undefined), pick)
+                b.store(v, element_ptr(b, out, dtype, t0), align=dtype.itemsize)
 
             emit_chunks(b, plan, chunk, ends_apart=True)
 
 
-def emit_copy(ctx: KernelContext, anchor: Node, rows: PhaseRows) -> ir.Value:
+def emit_copy(ctx: KernelContext, anchor: Node, rows: PhaseRows) -> None:
     """Fill the phase rows of `anchor`'s input at the start of the kernel's scratch (rows
-    split across the threads); return that pointer."""
+    split across the threads)."""
     assert ctx.scratch is not None
     x = anchor.inputs[0]
 
@@ -142,4 +159,3 @@ def emit_copy(ctx: KernelContext, anchor: Node, rows: PhaseRows) -> ir.Value:
         copy_rows(c.b, c.ptr(x), c.scratch, rows, anchor.dtype, start, stop)
 
     parallel_range(ctx, rows.rows, _ROWS_PER_TASK, body)
-    return ctx.scratch

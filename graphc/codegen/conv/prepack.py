@@ -1,14 +1,15 @@
 """prepack: constant convolution weights stored in the GEMM's panels once, at compile time.
 
 A 1x1 convolution on a small map is computed transposed (`conv.transposed`): Out^T = X^T W^T,
-with W^T as the GEMM's B operand (with 16 registers also a kxk or strided one, X its Col). The GEMM reads B in panels of NR columns (its register
-block's width), so at every call it would pack W^T first: a transposing copy of all the
-weights, which on a late MobileNetV2 layer (320 -> 1280 channels, 1.6 MB of weights arriving
-from L3) cost as much as a third of the layer. When the weights are a constant, this step
-packs them once instead, with numpy, into exactly the panels the GEMM reads in place
-(`graphc.ops.panels`), and marks the convolution `weight_panels=(block, panel)`; its
-reference and its lowering read the weights that way. ONNX Runtime's MLAS prepacks constant
-weights the same way when a session is created.
+with W^T as the GEMM's B operand (with 16 registers also a kxk or strided one, X its Col).
+The GEMM reads B in panels of NR columns (its register block's width), so at every call
+it would pack W^T first: a transposing copy of all the weights, which on a late
+MobileNetV2 layer (320 -> 1280 channels, 1.6 MB of weights arriving from L3) cost as much
+as a third of the layer. When the weights are a constant, this step packs them once
+instead, with numpy, into exactly the panels the GEMM reads in place (`graphc.ops.panels`),
+and marks the convolution `weight_panels=(block, panel)`; its reference and its lowering
+read the weights that way. ONNX Runtime's MLAS prepacks constant weights the same way when
+a session is created.
 
 The layout depends on the target (NR) and on the thread count (each thread computes a
 block of output channels with its own GEMM, and each block is packed on its own), so this
