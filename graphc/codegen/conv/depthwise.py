@@ -79,16 +79,16 @@ def _phase_rows(anchor: Node, target: Target) -> phases.PhaseRows | None:
     return phases.row_layout(anchor, target, anchor.inputs[0].shape[2])
 
 
-def _layout(anchor: Node, target: Target, threads: int) -> tuple[int, int, int]:
-    """(bytes of the row of zeros, bytes of one task's phase rows, tasks)."""
+def _layout(anchor: Node, target: Target, threads: int
+            ) -> tuple[int, int, tuple[int, int] | None]:
+    """(bytes of the row of zeros, bytes of one task's phase rows (0: none), the planes'
+    split across threads: `split_plan`'s (chunk, tasks), None for one task)."""
     rows = _phase_rows(anchor, target)
     isz = anchor.dtype.itemsize
     zeros = max(anchor.inputs[0].shape[3], rows.stride * rows.width if rows else 0) * isz
-    zeros = (zeros + 63) // 64 * 64
-    if rows is None:
-        return zeros, 0, 1
-    plan = split_plan(anchor.shape[0] * anchor.shape[1], _grain(anchor), threads)
-    return zeros, (rows.elements * isz + 63) // 64 * 64, 1 if plan is None else plan[1]
+    plane = 0 if rows is None else (rows.elements * isz + 63) // 64 * 64
+    split = split_plan(anchor.shape[0] * anchor.shape[1], _grain(anchor), threads)
+    return (zeros + 63) // 64 * 64, plane, split
 
 
 def _grain(anchor: Node) -> int:
@@ -105,8 +105,8 @@ def scratch_bytes(kernel: Kernel, target: Target, threads: int) -> int:
     assert anchor is not None
     if not applies(anchor, target):
         return 0
-    zeros, plane, tasks = _layout(anchor, target, threads)
-    return zeros + plane * tasks
+    zeros, plane, split = _layout(anchor, target, threads)
+    return zeros + plane * (1 if split is None else split[1])
 
 
 def emit(ctx: KernelContext) -> None:
@@ -125,15 +125,14 @@ def emit(ctx: KernelContext) -> None:
     if epilogue:
         ctx.ptrs[anchor] = ctx.out  # the tail's in-place epilogue reads the raw sums here
     phase_rows = _phase_rows(anchor, ctx.target)
-    zeros, plane_bytes, _ = _layout(anchor, ctx.target, ctx.threads)
+    zeros, plane_bytes, task_split = _layout(anchor, ctx.target, ctx.threads)
     memset_zero(ctx.b, ctx.scratch, zeros)
     lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), wo)
     assert phase_rows is None or phase_rows.lanes == lanes
     # Phase rows are padded: every output's loads are inside them.
     plan = plan_chunks(wo, lanes, (0, wo - 1) if phase_rows is not None else
                        safe_outputs(sw, -pl, kw - 1 - pl, wi))
-    grain = _grain(anchor)
-    task_split = split_plan(n_batch * chans, grain, ctx.threads)  # as parallel_range's
+    grain = _grain(anchor)  # parallel_range splits as `task_split` says
 
     def planes(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         b = c.b
@@ -148,10 +147,10 @@ def emit(ctx: KernelContext) -> None:
                     for t in range(kh * kw)]
             src = element_ptr(b, c.ptr(x), dtype, b.mul(u, i64(hi * wi)))
             if phase_rows is not None:  # this plane's rows, each split by column phase once
-                src = b.gep(c.scratch, [b.add(i64(zeros), b.mul(task, i64(plane_bytes)))],
+                own = b.gep(c.scratch, [b.add(i64(zeros), b.mul(task, i64(plane_bytes)))],
                             inbounds=True, source_etype=I8)
-                phases.copy_rows(b, element_ptr(b, c.ptr(x), dtype, b.mul(u, i64(hi * wi))),
-                                 src, phase_rows, dtype, i64(0), i64(hi))
+                phases.copy_rows(b, src, own, phase_rows, dtype, i64(0), i64(hi))
+                src = own
             line = wi if phase_rows is None else phase_rows.stride * phase_rows.width
             with for_range(b, 0, ho, 1, name="y") as y:
                 rows = []

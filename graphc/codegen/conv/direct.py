@@ -179,12 +179,12 @@ def _grad_input_scratch(kernel: Kernel, target: Target, threads: int) -> int:
 def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value,
                 out: ir.Value, dtype: DType, store: EpilogueStore,
                 units: tuple[ir.Value, ir.Value] | None = None, bands: int = 1,
-                split: tuple[ir.Value, phases.PhaseRows] | None = None) -> None:
+                split: phases.PhaseRows | None = None) -> None:
     """The loop nest of `DirectConv` (see the module docstring), over all images or over
     units [start, stop) when `units` is given (one task of a parallel split): unit u is
     band u % bands of the output rows of image u // bands (`bands` row bands per image).
-    With `split` (conv2d only) the input is read from its phase rows (`phases`) at that
-    pointer instead of from `inp`."""
+    With `split` (conv2d only) the input is read from its phase rows (`phases`) at the
+    start of the scratch instead of from `inp`."""
     b = ctx.b
     n_batch, co_total, ho, wo = spec.out_shape
     _, ci_total, hi, wi = spec.in_shape
@@ -194,7 +194,8 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
     rows = spec.rows
     lanes = pick_lanes(ctx.target.lanes(dtype.itemsize), max(p.count for p in spec.phases))
     vt = ir.VectorType(storage_type(dtype), lanes)
-    assert split is None or (len(spec.phases) == 1 and split[1].lanes == lanes)
+    assert split is None or (len(spec.phases) == 1 and split.lanes == lanes
+                             and ctx.scratch is not None)
 
     def block(n: ir.Value, g: ir.Value, y: ir.Value, cb: ir.Value, count: int,
               phase: ColPhase, q0: ir.Value, checked: bool, limit: ir.Value | None) -> None:
@@ -216,10 +217,9 @@ def emit_direct(ctx: KernelContext, spec: DirectConv, inp: ir.Value, w: ir.Value
                                     (i, spec.kw)])
                     for j, off in phase.taps:
                         if split is not None:  # one whole vector of a phase row
-                            ptr, layout = split
-                            f, shift = layout.tap(j)
-                            at = b.add(layout.row_offset(b, in_row, f), b.add(q0, i64(shift)))
-                            xv = b.load(element_ptr(b, ptr, dtype, at), typ=vt,
+                            f, shift = split.tap(j)
+                            at = b.add(split.row_offset(b, in_row, f), b.add(q0, i64(shift)))
+                            xv = b.load(element_ptr(b, ctx.scratch, dtype, at), typ=vt,
                                         align=dtype.itemsize)
                         else:
                             col0 = lin(b, [(q0, phase.stride)], off)
@@ -286,8 +286,7 @@ def _conv2d(ctx: KernelContext) -> None:
 
     def units(c: KernelContext, start: ir.Value, stop: ir.Value) -> None:
         emit_direct(c, spec, c.ptr(x), c.ptr(w), c.out, anchor.dtype,
-                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop), bands,
-                    None if layout is None else (c.scratch, layout))
+                    EpilogueStore(c, anchor.dtype, epilogue), (start, stop), bands, layout)
 
     parallel_range(ctx, spec.out_shape[0] * bands, grain, units)
 
