@@ -25,7 +25,7 @@ from pathlib import Path
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
 from graphc.pipeline import DEFAULT_OPTIONS, Lowered, advance, lower
-from graphc.runtime import program_cache
+from graphc.runtime import process_pool, program_cache
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import CompileReport, Executable
 from graphc.runtime.jit import JitModule
@@ -83,6 +83,9 @@ def _compile_signature(graph: Graph, sig: Signature, single: bool,
     assert lowered.optimized_signature is not None and lowered.report is not None
     slot = _cache_slot(lowered)
     start = time.perf_counter()
+    # The program's parallel kernels call the process pool of its thread count: the loader
+    # must find it defined.
+    process_pool.ensure(lowered.settings.threads)
     hit = _program_cache_hit(lowered, slot) if slot is not None else None
     layout: program_cache.Layout
     if hit is not None:  # skip generating IR entirely

@@ -15,7 +15,8 @@ Everything that turns a graph into code goes through `lower`: `gc.compile` (then
 program cache, the JIT and an Executable), `gc.export` (then the object file, the C wrapper
 and the linker) and every `graphc dump` / `graphc viz` stage. So the code the CLI shows,
 the code `gc.compile` runs and the code `gc.export` links are the same for the same
-options. `CodegenSettings` holds every option that changes the generated code; the program
+options, but for where the worker pool lives (an export embeds its own; the JIT's programs
+call the process's). `CodegenSettings` holds every option that changes the generated code; the program
 cache keys on it, so nothing can change the code without changing the key.
 """
 
@@ -61,17 +62,22 @@ class CodegenSettings:
     conv_algorithm: str
     profile: bool
     opt_level: int
+    # Whether the module defines a worker pool of its own (an exported library) or calls the
+    # process's pool of its thread count (the JIT: `runtime.process_pool`).
+    embedded_pool: bool = False
 
     @classmethod
-    def of(cls, options: CompileOptions) -> CodegenSettings:
+    def of(cls, options: CompileOptions, embedded_pool: bool = False) -> CodegenSettings:
         threads = default_threads() if options.threads is None else max(1, int(options.threads))
-        return cls(threads, options.conv_algorithm, options.profile, options.opt_level)
+        return cls(threads, options.conv_algorithm, options.profile, options.opt_level,
+                   embedded_pool)
 
     @property
     def key(self) -> str:
         """A stable text of the settings, for cache keys."""
+        pool = "embedded" if self.embedded_pool else "process"
         return (f"threads={self.threads};conv={self.conv_algorithm};profile={self.profile};"
-                f"O{self.opt_level}")
+                f"O{self.opt_level};pool={pool}")
 
 
 @dataclass
@@ -102,17 +108,20 @@ class Lowered:
 
 
 def lower(graph: Graph, signature: Signature, options: CompileOptions, until: str = "llvm",
-          *, entry: str = ENTRY, carries: dict[int, int] | None = None) -> Lowered:
+          *, entry: str = ENTRY, carries: dict[int, int] | None = None,
+          embedded_pool: bool = False) -> Lowered:
     """Run the compiler on `signature` of `graph` up to stage `until` (see STAGES).
 
     `entry` names the module's entry-point symbol (exported libraries prefix it with the
     library's name so that two libraries can live in one process). `carries` is for a
     loop body: which outputs its loop feeds back into which inputs (the memory plan may
-    write them in place, `passes.in_place.in_place_carries`).
+    write them in place, `passes.in_place.in_place_carries`). `embedded_pool`: the module
+    defines its own worker pool (an exported library must be self-contained); otherwise its
+    parallel kernels call the process's pool, which the JIT's loader provides.
     """
     target = host_target().without(options.disable_features)
-    state = Lowered(graph, signature, options, CodegenSettings.of(options), target, entry,
-                    carries=dict(carries or {}))
+    state = Lowered(graph, signature, options, CodegenSettings.of(options, embedded_pool),
+                    target, entry, carries=dict(carries or {}))
     return advance(state, until)
 
 
@@ -188,7 +197,8 @@ def _build(s: Lowered) -> None:
     assert s.plan is not None
     cs = s.settings
     s.module = build_module(s.plan, s.target, name=s.graph.name, entry=s.entry,
-                            threads=cs.threads, profile=cs.profile, conv=cs.conv_algorithm)
+                            threads=cs.threads, profile=cs.profile, conv=cs.conv_algorithm,
+                            embedded_pool=cs.embedded_pool)
 
 
 _RUN = {"optimized": _optimize, "fused": _fuse, "planned": _plan, "llvm": _build}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,6 @@ import numpy as np
 from graphc.codegen.lowering import lowering_of
 from graphc.codegen.module import PROFILE, GeneratedModule
 from graphc.codegen.opaque.collective import COMM_SLOT
-from graphc.codegen.threadpool import SHUTDOWN
 from graphc.errors import GraphcError
 from graphc.ir import Graph, Signature
 from graphc.passes.kernels import Kernel
@@ -38,7 +36,6 @@ from graphc.runtime.mpi import comm_address
 from graphc.runtime.program_cache import Layout
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p)
-_SHUTDOWN_TYPE = ctypes.CFUNCTYPE(None)
 
 
 @dataclass
@@ -82,11 +79,8 @@ class Executable:
         self.report = report
         self._jit = jit  # owns the machine code: must outlive _fn
         self._fn = _ENTRY_TYPE(jit.address(generated.entry))
-        # Worker threads run code inside `jit`: stop them before it can be freed (at
-        # garbage collection or interpreter exit, whichever comes first).
-        shutdown = jit.optional_address(SHUTDOWN)
-        if shutdown:
-            weakref.finalize(self, _stop_pool, _SHUTDOWN_TYPE(shutdown), jit)
+        # (Its parallel kernels run on the process pool, `runtime.process_pool`, whose code
+        # outlives every executable.)
         # A program with an allreduce reads its communicator from this slot: bind it to
         # this process's world now (null in a world of one: the kernel then copies).
         slot = _data_address(jit, COMM_SLOT)
@@ -228,12 +222,6 @@ def _data_address(jit: JitModule, name: str) -> int:
         return jit.engine.get_global_value_address(name)
     except (RuntimeError, AttributeError):
         return 0
-
-
-def _stop_pool(shutdown: ctypes._CFuncPtr, jit: JitModule) -> None:
-    """Join the native workers; `jit` is an argument only to keep the code alive until now."""
-    shutdown()
-    del jit
 
 
 def _aligned_bytes(n: int, align: int = 64) -> np.ndarray:

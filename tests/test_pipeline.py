@@ -1,8 +1,9 @@
 """One stage sequence: `graphc dump`, `gc.compile` and `gc.export` see the same program.
 
-The LLVM IR printed by `graphc dump --stage llvm`, the IR `gc.compile` JIT-compiled and the
-IR `gc.export` linked are the same text (up to the entry symbol's name) for an MLP training
-step and a LeNet training step at 2 threads with convolutions through the GEMM; the arena
+The LLVM IR printed by `graphc dump --stage llvm` and the IR `gc.compile` JIT-compiled are
+the same text, and the IR `gc.export` linked defines the same functions and globals (up to
+the entry symbol's name and the worker pool it embeds) for an MLP training step and a LeNet
+training step at 2 threads with convolutions through the GEMM; the arena
 `graphc dump --stage planned` reports is the one the executable runs with.
 """
 
@@ -21,6 +22,7 @@ from graphc import pipeline
 from graphc.cli import main as cli
 from graphc.cli.command import load_model
 from graphc.codegen.module import GeneratedModule
+from graphc.codegen.threadpool import PARALLEL_FOR, SHUTDOWN, process_pool_symbols
 from graphc.export import api as export_module
 from tests.test_cli_stages import MLP
 
@@ -73,6 +75,15 @@ def _entry_renamed(ir_text: str, entry: str) -> str:
     return renamed
 
 
+def _definitions(ir_text: str) -> dict[str, str]:
+    """Every function definition and global variable of a module, by name."""
+    found = {m.group(1): m.group(0) for m in
+             re.finditer(r'^define [^@]*@"([^"]+)"\(.*?^}$', ir_text, re.M | re.S)}
+    found.update((m.group(1), m.group(0))
+                 for m in re.finditer(r'^@"([^"]+)" = .*$', ir_text, re.M))
+    return found
+
+
 @pytest.mark.parametrize("function", ["mlp", "lenet"])
 def test_dump_compile_and_export_build_the_same_llvm_module(
         function: str, models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -98,7 +109,16 @@ def test_dump_compile_and_export_build_the_same_llvm_module(
     monkeypatch.setattr(export_module, "object_code", spy)
     lib = gc.export(graph, tmp_path / f"lib{function}.so", signature="train", options=OPTIONS)
     assert len(linked) == 1
-    assert _entry_renamed(linked[0], f"{function}_graphc_entry") == dumped
+    # The same kernels; the library defines its own worker pool where the JIT's program
+    # calls the process's.
+    exported = _entry_renamed(linked[0], f"{function}_graphc_entry")
+    jit_code = dumped.replace(f'@"{process_pool_symbols(2)[0]}"', f'@"{PARALLEL_FOR}"')
+    exported_defs, jit_defs = _definitions(exported), _definitions(jit_code)
+    own_pool = {name for name in exported_defs
+                if name.startswith("graphc.pool") or name in (PARALLEL_FOR, SHUTDOWN)}
+    if f'call void @"{PARALLEL_FOR}"' in exported:
+        assert own_pool >= {"graphc.pool", PARALLEL_FOR, SHUTDOWN}
+    assert {k: v for k, v in exported_defs.items() if k not in own_pool} == jit_defs
     # The library records the hash of the module it was built from.
     assert lib.metadata["module_sha256"] == hashlib.sha256(linked[0].encode()).hexdigest()
     assert lib.metadata["threads"] == 2

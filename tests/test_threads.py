@@ -96,7 +96,7 @@ def test_concurrent_calls_from_python_threads(executables) -> None:
     assert not errors
 
 
-def test_dropping_an_executable_stops_its_workers() -> None:
+def test_dropping_an_executable_leaves_the_process_pool_working() -> None:
     before = threading.active_count()
     g, inputs, outputs = _program()
     exe = gc.compile(g, inputs, outputs, options=gc.CompileOptions(threads=2))
@@ -104,11 +104,75 @@ def test_dropping_an_executable_stops_its_workers() -> None:
     del exe
     pygc.collect()
     # Native workers are not Python threads; the check is that nothing crashes or hangs
-    # after the code is freed, and that Python's own thread count is unchanged.
+    # after the program's code is freed, and that Python's own thread count is unchanged.
     assert threading.active_count() == before
     g2, inputs2, outputs2 = _program()
     again = gc.compile(g2, inputs2, outputs2, options=gc.CompileOptions(threads=2))
     assert again(np.ones((256, 384), np.float32))[0].shape == (256, 256)
+
+
+SHARED_POOL = textwrap.dedent("""\
+    import os, time
+    import numpy as np
+    import graphc as gc
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    def state(tid):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+
+    before = threads()
+    exes = []
+    for k in range(4):
+        with gc.Graph(f"g{k}") as g:
+            x = gc.placeholder((256, 512), gc.float32, name="x")
+            w = gc.variable(np.full((512, 384), 0.01 * (k + 1), np.float32), name="w")
+            y = gc.tanh(x @ w)
+        exes.append(gc.compile(g, [x], [y], options=gc.CompileOptions(threads=3)))
+    x = np.ones((256, 512), np.float32)
+    first = []
+    for k, exe in enumerate(exes):
+        first.append(exe(x)[0])
+        np.testing.assert_allclose(first[-1], np.tanh(np.full((256, 384), 0.01 * (k + 1) * 512)),
+                                   rtol=1e-6)
+    print("workers", threads() - before)
+    # Idle workers spin for a moment, then sleep (state S), not forever.
+    workers = sorted(int(t) for t in os.listdir("/proc/self/task"))[-2:]
+    deadline = time.time() + 10
+    while time.time() < deadline and any(state(t) != "S" for t in workers):
+        time.sleep(0.01)
+    print("asleep", all(state(t) == "S" for t in workers))
+    print("again", all(np.array_equal(exe(x)[0], f) for exe, f in zip(exes, first)))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts threads in /proc")
+def test_programs_share_one_process_pool() -> None:
+    """Four executables at 3 threads start 2 native workers in all (one pool per thread
+    count per process), not 2 each; idle workers go to sleep and wake for the next call."""
+    done = subprocess.run([sys.executable, "-c", SHARED_POOL], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["workers", "2", "asleep", "True", "again", "True"]
+
+
+def test_jit_programs_call_the_process_pool_and_exports_embed_one() -> None:
+    from graphc.codegen.threadpool import PARALLEL_FOR, process_pool_symbols
+    from graphc.pipeline import lower
+    from graphc.runtime.arguments import resolve_signature
+
+    g, inputs, outputs = _program()
+    sig, _ = resolve_signature(g, inputs, outputs, None, None)
+    options = gc.CompileOptions(threads=2)
+    jit_ir = lower(g, sig, options, "llvm").ir_text.replace('"', "")
+    export_ir = lower(g, sig, options, "llvm", embedded_pool=True).ir_text.replace('"', "")
+    shared = process_pool_symbols(2)[0]
+    assert f"declare void @{shared}(" in jit_ir and f"call void @{shared}(" in jit_ir
+    assert f"define void @{shared}(" not in jit_ir
+    assert f"@{PARALLEL_FOR}(" not in jit_ir and "@graphc.pool" not in jit_ir
+    assert f"define void @{PARALLEL_FOR}(" in export_ir and shared not in export_ir
 
 
 def test_clean_exit_with_live_workers() -> None:

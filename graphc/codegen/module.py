@@ -37,6 +37,7 @@ from graphc.codegen.opaque.collective import (
     emit_bucket_wait,
 )
 from graphc.codegen.target import Target
+from graphc.codegen.threadpool import declare_process_pool
 from graphc.ir import Node
 from graphc.passes.kernels import Kernel
 from graphc.passes.memory_plan import ALIGN, Copy, Location, MemoryPlan, Space
@@ -101,17 +102,22 @@ def arena_layout(plan: MemoryPlan, target: Target, threads: int = 1,
 
 def build_module(plan: MemoryPlan, target: Target, name: str = "graphc",
                  entry: str = ENTRY, threads: int = 1, profile: bool = False,
-                 conv: str = "auto") -> GeneratedModule:
+                 conv: str = "auto", embedded_pool: bool = True) -> GeneratedModule:
     """Generate the LLVM module for a planned program (verified by the caller via LLVM).
 
     `entry` names the entry-point symbol; exported libraries give each model its own so
     that two of them can be linked or loaded into one process. `conv` is
     `CompileOptions.conv_algorithm`. The bodies of loop kernels become functions of the
-    same module, with the entry point's ABI (`emit_program`), one per region.
+    same module, with the entry point's ABI (`emit_program`), one per region. Parallel
+    kernels call a worker pool the module defines (`embedded_pool`, self-contained) or the
+    process pool of `threads` threads (`threadpool.declare_process_pool`; the loader must
+    provide it: `runtime.process_pool`).
     """
     module = ir.Module(name=name)
     module.triple = target.triple
     bf16.set_native(module, target.has("avx512bf16"))
+    if not embedded_pool and threads > 1:
+        declare_process_pool(module, threads)
     layout = arena_layout(plan, target, threads, conv)
     emitter = ProgramEmitter(module, target, threads, conv)
     emitter.emit_program(plan, layout, entry, prefix="", profile=profile)

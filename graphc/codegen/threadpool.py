@@ -1,15 +1,18 @@
-"""A persistent worker pool inside the generated code (pthreads, spin-then-sleep).
+"""A persistent worker pool in generated code (pthreads, spin-then-sleep).
 
-Emitted into every module that has a parallel kernel, so it works the same in the JIT and in
-exported libraries (which link libc's pthreads). Functions defined in the module:
+The same code serves two homes. An exported library defines a pool of its own in its module
+(`ensure_pool`: it links nothing but libc's pthreads). A JIT program only declares the pool
+of its thread count (`declare_process_pool`), which `runtime.process_pool` defines once per
+process (`define_pool` under `process_pool_symbols`), so every program of a process shares
+one set of workers. The functions, under their exported library names:
 
     void graphc_parallel_for(void (*fn)(void *ctx, int64_t task), void *ctx, int64_t n)
         Runs fn(ctx, t) for t in [0, n) on the pool and the calling thread; returns when all
         tasks are done. If another thread is already running a region on this pool, the call
         runs its tasks serially instead (correct, never blocked).
     void graphc_pool_shutdown(void)
-        Stops and joins the workers (the executable calls it before its code is freed; an
-        exported library calls it from its destructor). The next parallel_for restarts them.
+        Stops and joins the workers (an exported library calls it from its destructor,
+        `runtime.process_pool` at interpreter exit). The next parallel_for restarts them.
 
 Protocol (all shared fields are accessed with sequentially consistent atomics):
 - `gen` counts region transitions; it is odd while the master sets a region up and even
@@ -19,8 +22,8 @@ Protocol (all shared fields are accessed with sequentially consistent atomics):
 - The master opens a region: gen += 1 (odd); wait for active == 0 (late workers of the
   previous region retreat or finish); store fn, ctx, n, done = 0, next = 0; gen += 1 (even);
   broadcast the condition variable; run tasks itself; wait for done == n and active == 0.
-- Idle workers spin (with `pause`) for a while, then sleep on a condition variable; the
-  master's broadcast holds the mutex, so no wake-up is lost.
+- Idle workers spin (with `pause`) for SPIN_TICKS of the time-stamp counter, then sleep on
+  a condition variable; the master's broadcast holds the mutex, so no wake-up is lost.
 Which task runs on which thread varies, but every task is the same computation, so results
 do not depend on the thread count as long as tasks write disjoint outputs (they do: the
 kernels split work by output ranges).
@@ -37,7 +40,13 @@ PARALLEL_FOR = "graphc_parallel_for"
 SHUTDOWN = "graphc_pool_shutdown"
 WORKER = "graphc.pool.worker"
 MAX_WORKERS = 63
-SPINS = 4096
+# How long an idle worker spins before it sleeps, in time-stamp-counter ticks (about 2 ms at
+# the 2-4 GHz TSC rates of x86 servers). Waking a sleeping worker costs 0.2-0.5 ms on the VMs
+# we measured (the vCPU is halted), which made 2-thread calls after a short pause in the
+# caller run at 1-thread speed; a worker that is still spinning joins within a microsecond.
+SPIN_TICKS = 6_000_000
+# Pauses between two reads of the time-stamp counter.
+SPIN_BATCH = 64
 
 # Byte offsets of the pool's fields (counters on their own cache lines).
 _STATE, _NWORK, _SHUTDOWN, _BUSY = 0, 4, 8, 12
@@ -47,6 +56,7 @@ _MUTEX, _COND, _THREADS = 320, 384, 448  # glibc x86-64: mutex 40 B, cond 48 B
 _SIZE = _THREADS + 8 * MAX_WORKERS
 
 TASK_FN = ir.FunctionType(VOID, [PTR, I64])
+TASK_FOR_FN = ir.FunctionType(VOID, [PTR, PTR, I64])  # parallel_for(task, ctx, n)
 
 
 class _IndirectCallee:
@@ -79,24 +89,47 @@ def call_pointer(b: ir.IRBuilder, pointer: ir.Value, fnty: ir.FunctionType,
     return b.call(_IndirectCallee(pointer, fnty), args)  # type: ignore[arg-type]
 
 
+def process_pool_symbols(threads: int) -> tuple[str, str]:
+    """The names under which the process pool of `threads` threads (`runtime.process_pool`)
+    exports its `parallel_for` and its shutdown."""
+    return f"graphc_process_parallel_for_{threads}", f"graphc_process_pool_shutdown_{threads}"
+
+
+def declare_process_pool(module: ir.Module, threads: int) -> None:
+    """Make `module`'s parallel kernels call the process's pool of `threads` threads (an
+    external function the loader resolves) instead of a pool of the module's own."""
+    ir.Function(module, TASK_FOR_FN, process_pool_symbols(threads)[0])
+
+
 def ensure_pool(module: ir.Module, threads: int) -> ir.Function:
-    """Define the pool in `module` (once) and return `graphc_parallel_for`."""
-    existing = module.globals.get(PARALLEL_FOR)
+    """The `parallel_for` that `module`'s kernels call: the process pool's if the module
+    declares it (`declare_process_pool`), else a pool of the module's own, defined once."""
+    existing = module.globals.get(process_pool_symbols(threads)[0]) \
+        or module.globals.get(PARALLEL_FOR)
     if existing is not None:
         return existing
+    define_pool(module, threads)
+    return module.globals[PARALLEL_FOR]
+
+
+def define_pool(module: ir.Module, threads: int,
+                names: tuple[str, str] = (PARALLEL_FOR, SHUTDOWN)) -> None:
+    """Define a pool of `threads` threads in `module`, its `parallel_for` and shutdown
+    exported as `names`."""
     pool = ir.GlobalVariable(module, ir.ArrayType(I8, _SIZE), POOL)
     pool.linkage = "internal"
     pool.align = 64
     pool.initializer = ir.Constant(ir.ArrayType(I8, _SIZE), None)
-    _Emitter(module, pool, max(1, min(threads, MAX_WORKERS + 1))).emit()
-    return module.globals[PARALLEL_FOR]
+    _Emitter(module, pool, max(1, min(threads, MAX_WORKERS + 1)), names).emit()
 
 
 class _Emitter:
-    def __init__(self, module: ir.Module, pool: ir.GlobalVariable, threads: int):
+    def __init__(self, module: ir.Module, pool: ir.GlobalVariable, threads: int,
+                 names: tuple[str, str]):
         self.m = module
         self.pool = pool
         self.threads = threads
+        self.parallel_for_name, self.shutdown_name = names
         self.ext = {
             "pthread_create": ir.FunctionType(I32, [PTR, PTR, PTR, PTR]),
             "pthread_join": ir.FunctionType(I32, [I64, PTR]),
@@ -130,6 +163,10 @@ class _Emitter:
 
     def pause(self, b: ir.IRBuilder) -> None:
         b.call(intrinsic(self.m, "llvm.x86.sse2.pause", VOID, [], []), [])
+
+    def ticks(self, b: ir.IRBuilder) -> ir.Value:
+        """The time-stamp counter (`rdtsc`: constant-rate on every x86 CPU we target)."""
+        return b.call(intrinsic(self.m, "llvm.readcyclecounter", I64, [], []), [])
 
     def function(self, name: str, fnty: ir.FunctionType, internal: bool) -> ir.Function:
         fn = ir.Function(self.m, fnty, name)
@@ -184,8 +221,10 @@ class _Emitter:
         b = ir.IRBuilder(entry)
         local = b.alloca(I64)
         spins = b.alloca(I32)
+        since = b.alloca(I64)  # the time-stamp counter when this worker last went idle
         b.store(self.load(b, _GEN, I64), local)
         b.store(ir.Constant(I32, 0), spins)
+        b.store(self.ticks(b), since)
         b.branch(wait)
 
         # wait: a new, even generation -> join; shutdown -> exit; else spin, then sleep.
@@ -200,12 +239,18 @@ class _Emitter:
         b.position_at_end(not_fresh)
         b.cbranch(stop, exit_, spin)
 
+        # spin: pause; every SPIN_BATCH pauses, sleep if idle for SPIN_TICKS.
         b.position_at_end(spin)
         count = b.add(b.load(spins), ir.Constant(I32, 1))
         b.store(count, spins)
-        keep_spinning = b.icmp_unsigned("<", count, ir.Constant(I32, SPINS))
+        check = b.icmp_unsigned("==", b.and_(count, ir.Constant(I32, SPIN_BATCH - 1)),
+                                ir.Constant(I32, 0))
+        spin_check = fn.append_basic_block("spin.check")
         spin_more = fn.append_basic_block("spin.more")
-        b.cbranch(keep_spinning, spin_more, sleep)
+        b.cbranch(check, spin_check, spin_more)
+        b.position_at_end(spin_check)
+        idle = b.sub(self.ticks(b), b.load(since))
+        b.cbranch(b.icmp_unsigned("<", idle, ir.Constant(I64, SPIN_TICKS)), spin_more, sleep)
         b.position_at_end(spin_more)
         self.pause(b)
         b.branch(wait)
@@ -227,6 +272,7 @@ class _Emitter:
         b.position_at_end(sleep_done)
         self.call(b, "pthread_mutex_unlock", [mutex])
         b.store(ir.Constant(I32, 0), spins)
+        b.store(self.ticks(b), since)
         b.branch(wait)
 
         # join: announce, re-check the generation, then run tasks.
@@ -242,6 +288,7 @@ class _Emitter:
         b.call(self.run_tasks, [])
         self.rmw(b, "sub", _ACTIVE, ir.Constant(I64, 1))
         b.store(ir.Constant(I32, 0), spins)
+        b.store(self.ticks(b), since)
         b.branch(wait)
 
         b.position_at_end(exit_)
@@ -282,7 +329,7 @@ class _Emitter:
         b.ret_void()
 
     def _emit_parallel_for(self) -> None:
-        fn = self.function(PARALLEL_FOR, ir.FunctionType(VOID, [PTR, PTR, I64]), False)
+        fn = self.function(self.parallel_for_name, TASK_FOR_FN, False)
         task_fn, ctx, n = fn.args
         entry = fn.append_basic_block("entry")
         serial = fn.append_basic_block("serial")
@@ -358,7 +405,7 @@ class _Emitter:
         b.ret_void()
 
     def _emit_shutdown(self) -> None:
-        fn = self.function(SHUTDOWN, ir.FunctionType(VOID, []), False)
+        fn = self.function(self.shutdown_name, ir.FunctionType(VOID, []), False)
         entry = fn.append_basic_block("entry")
         stop = fn.append_basic_block("stop")
         done = fn.append_basic_block("done")

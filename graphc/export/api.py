@@ -104,7 +104,8 @@ def export(
     # worker pool (shared by the library's contexts, joined by the library's destructor).
     if options.threads is None:
         options = replace(options, threads=1)
-    lowered = lower(graph, sig, options, "llvm", entry=f"{name}_graphc_entry")
+    lowered = lower(graph, sig, options, "llvm", entry=f"{name}_graphc_entry",
+                    embedded_pool=True)
     generated, target = lowered.module, lowered.target
     assert generated is not None and lowered.optimized is not None
     threads = lowered.settings.threads
