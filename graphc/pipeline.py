@@ -16,8 +16,8 @@ program cache, the JIT and an Executable), `gc.export` (then the object file, th
 and the linker) and every `graphc dump` / `graphc viz` stage. So the code the CLI shows,
 the code `gc.compile` runs and the code `gc.export` links are the same for the same
 options, but for where the worker pool lives (an export embeds its own; the JIT's programs
-call the process's). `CodegenSettings` holds every option that changes the generated code; the program
-cache keys on it, so nothing can change the code without changing the key.
+call the process's). `CodegenSettings` holds every option that changes the generated code;
+the program cache keys on it, so nothing can change the code without changing the key.
 """
 
 from __future__ import annotations
