@@ -85,6 +85,26 @@ def test_threads_give_identical_bits() -> None:
         np.testing.assert_array_equal(x, y)
 
 
+def test_a_decode_step_splits_its_heads_across_threads() -> None:
+    """One query per head reads all of its keys and values: that read, not its few flops,
+    makes the heads worth a task each (`attention_forward._forward_split`)."""
+    from graphc.codegen.opaque.attention import geometry
+    from graphc.codegen.opaque.attention_forward import _forward_split
+
+    shapes = _shapes(1, 4, 4, 1, 256, 64, 64)
+    keep = np.zeros((1, 1, 1, 256), bool)
+    keep[..., :150] = True  # a decode position: the keys written so far
+    with gc.Graph("decode") as g:
+        q, k, v = (gc.placeholder(s, "float32", name=n) for s, n in zip(shapes, "qkv"))
+        o = gc.attention(q, k, v, mask=gc.constant(keep))
+    assert _forward_split(geometry(o), 2)[1] is not None
+    arrays = _inputs(shapes[:3], "float32", seed=5)
+    one, two = (gc.compile(g, [q, k, v], [o], options=gc.CompileOptions(threads=t))(*arrays)
+                for t in (1, 2))
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(two, gc.reference(g, [q, k, v], [o])(*arrays), atol=2e-6)
+
+
 def test_fully_masked_rows_give_zeros_not_nan() -> None:
     shapes = _shapes(2, 2, 2, 4, 6, 8, 8)
     keep = np.ones((2, 1, 4, 6), bool)

@@ -81,3 +81,40 @@ def test_batched_matmul_with_a_2d_b_runs_as_one_gemm(threads: int) -> None:
                                                               cache_dir=None))(av, rv)
     np.testing.assert_allclose(got, gc.reference(g, [a, r], [y])(av, rv), rtol=1e-5,
                                atol=1e-5)
+
+
+# (k, n, dtype, split at 2 threads): few-row GEMMs split by the bytes of B they read (or the
+# multiply-adds of an int8 one), not by the multiply-adds that decide for bigger GEMMs.
+FEW_ROW_CASES = [
+    (256, 256, "float32", True),  # 256 KiB of B: a decode step's output projection
+    (256, 1000, "float32", True),  # a vocabulary projection: under PARALLEL_MACS, split
+    (400, 120, "float32", False),  # 188 KiB: read from L2 at batch 1, not worth a region
+    (256, 768, "int8", True),  # 196 K multiply-adds of int8 (13 per cycle without VNNI)
+    (256, 256, "int8", False),
+]
+
+
+@pytest.mark.parametrize("k,n,dtype,splits", FEW_ROW_CASES)
+def test_few_row_gemms_split_by_the_bytes_they_read(k: int, n: int, dtype: str,
+                                                    splits: bool) -> None:
+    rng = np.random.default_rng(k + n)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    with gc.Graph("few_rows") as g:
+        x = gc.placeholder((1, k), "float32", name="x")
+        y = gc.relu(x @ gc.constant(w) + gc.constant(bias))
+    if dtype == "int8":
+        q = gc.quant.quantize(g)
+        g, y, x = q.graph, q.graph[y.name], q.graph[x.name]
+    xv = rng.standard_normal((1, k)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        exe = gc.compile(g, [x], [y], options=gc.CompileOptions(cache_dir=None,
+                                                                threads=threads))
+        results.append(exe(xv)[0])
+        gemms = [kern for kern in exe.report.plan.program.kernels if kern.kind.name == "MATMUL"]
+        assert len(gemms) == 1
+        assert (matmul.split(gemms[0], threads) is not None) == (splits and threads == 2)
+    np.testing.assert_array_equal(results[0], results[1])
+    want = gc.reference(g, [x], [y])(xv)[0]
+    np.testing.assert_allclose(results[1], want, rtol=1e-5, atol=1e-4)

@@ -73,6 +73,14 @@ def _out_index(b: ir.IRBuilder, anchor: Node, row: ir.Value, col: ir.Value,
 
 # Below this many multiply-adds a GEMM is not split across threads.
 PARALLEL_MACS = 1 << 18
+# A GEMM of at most FEW_ROWS rows (batch-1 inference, a decode step) reads B once: it is
+# split from PARALLEL_B_BYTES of B (about 5 us of streaming from L3 on one core; a region
+# costs about 1 us while the workers spin; a smaller B read from L2 by a small network at
+# batch 1 lost more to the region than it gained) or FEW_ROWS_MACS multiply-adds (an int8
+# GEMV without VNNI runs at about 13 per cycle).
+FEW_ROWS = 4
+PARALLEL_B_BYTES = 1 << 18
+FEW_ROWS_MACS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,7 @@ def split(kernel: Kernel, threads: int) -> Split | None:
     anchor = kernel.anchor
     assert anchor is not None
     spec = gemm_spec(kernel)
-    if threads <= 1 or (anchor.ndim != 2 and not merged_batch(anchor)) \
-            or spec.m * spec.n * spec.k < PARALLEL_MACS:
+    if threads <= 1 or (anchor.ndim != 2 and not merged_batch(anchor)) or not _worth_split(spec):
         return None
     t = threads
     by_n = spec.n % t == 0 and spec.n // t >= 32
@@ -108,6 +115,19 @@ def split(kernel: Kernel, threads: int) -> Split | None:
     if by_m:
         return Split("m", t, spec.m // t, replace(spec, m=spec.m // t))
     return None
+
+
+def _worth_split(spec: GemmSpec | LowpSpec) -> bool:
+    """Whether the GEMM is big enough to split: by its bytes of B with few rows (a read of B
+    is its cost), else by its multiply-adds."""
+    macs = spec.m * spec.n * spec.k
+    if spec.m <= FEW_ROWS:
+        if isinstance(spec, LowpSpec):
+            b_bytes = spec.kind.src_esize or spec.kind.esize
+        else:
+            b_bytes = spec.dtype.itemsize
+        return spec.k * spec.n * b_bytes >= PARALLEL_B_BYTES or macs >= FEW_ROWS_MACS
+    return macs >= PARALLEL_MACS
 
 
 def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:

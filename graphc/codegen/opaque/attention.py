@@ -26,6 +26,9 @@ from graphc.ir import DType, Node
 BLOCK_Q = 64  # BR: query rows per block (a 64 x 64 float32 score tile is 16 KiB: L1)
 BLOCK_KV = 256  # BC without a causal mask (fewer online-softmax rescales)
 TASK_FLOPS = 1 << 19  # a task of at least this much work amortizes its wake-up
+# Flops a core could do in the time it streams one byte from L3 (Zen 3: ~64 flops and
+# ~18 bytes per cycle): what a byte of K or V read costs, in TASK_FLOPS' units.
+KV_BYTE_FLOPS = 4
 FEW_QUERIES = 16
 
 

@@ -37,6 +37,7 @@ from graphc.codegen.index import splat
 from graphc.codegen.llvm_types import I64, compute_type, const
 from graphc.codegen.loops import entry_alloca
 from graphc.codegen.opaque.attention import (
+    KV_BYTE_FLOPS,
     TASK_FLOPS,
     Geometry,
     aligned,
@@ -113,7 +114,10 @@ def _forward_split(g: Geometry, threads: int) -> tuple[int, tuple[int, int] | No
     """(work items, split_plan) of the forward kernel: one item per (matrix, query block)."""
     blocks = -(-g.tq // g.br) if g.tq else 0
     items = g.batch * blocks
-    item_flops = 2 * g.br * g.tk * (g.dk + g.dv)
+    # An item reads its matrix's keys and values whole: with few queries (a decode step)
+    # that read, not the arithmetic, is its cost (KV_BYTE_FLOPS flops' worth per byte).
+    item_flops = max(2 * g.br * g.tk * (g.dk + g.dv),
+                     KV_BYTE_FLOPS * g.tk * (g.dk + g.dv) * g.dtype.itemsize)
     return items, split_plan(items, max(1, TASK_FLOPS // max(item_flops, 1)), threads)
 
 
