@@ -16,7 +16,9 @@ once share it: one gets the workers, the other runs its tasks on its own thread
 (`threadpool`: correct, never blocked).
 
 The pools live until the interpreter exits; `atexit` stops and joins their workers before
-the engines holding their code can be freed. Exported libraries embed a pool of their own
+the engines holding their code can be freed. A forked child resets every pool to a stopped
+one (the parent's workers are not in the child), so its first parallel region starts
+workers of its own. Exported libraries embed a pool of their own
 (they must need nothing but libc).
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 
@@ -31,7 +34,7 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 
 from graphc.codegen.target import host_target
-from graphc.codegen.threadpool import define_pool, process_pool_symbols
+from graphc.codegen.threadpool import POOL_BYTES, define_pool, process_pool_symbols
 from graphc.runtime.jit import CompileStats, JitModule, load_object, optimize_and_emit
 
 _SHUTDOWN_TYPE = ctypes.CFUNCTYPE(None)
@@ -41,6 +44,7 @@ _SHUTDOWN_TYPE = ctypes.CFUNCTYPE(None)
 class _Pool:
     jit: JitModule  # owns the pool's code: kept for the life of the process
     shutdown: ctypes._CFuncPtr
+    state: int  # the address of its POOL_BYTES of state
 
 
 _pools: dict[int, _Pool] = {}
@@ -56,17 +60,19 @@ def ensure(threads: int) -> None:
     with _lock:
         if threads in _pools:
             return
-        run, stop = process_pool_symbols(threads)
+        run, stop, state = process_pool_symbols(threads)
         module = ir.Module(name=f"graphc.process_pool.{threads}")
         target = host_target()
         module.triple = target.triple
-        define_pool(module, threads, (run, stop))
+        define_pool(module, threads, (run, stop), state)
         obj = optimize_and_emit(str(module), target, 2, CompileStats())
         jit = load_object(obj, target, 2, (run, stop))
         llvm.add_symbol(run, jit.address(run))
         if not _pools:
             atexit.register(_stop_all)
-        _pools[threads] = _Pool(jit, _SHUTDOWN_TYPE(jit.address(stop)))
+            os.register_at_fork(after_in_child=_reset_all)
+        _pools[threads] = _Pool(jit, _SHUTDOWN_TYPE(jit.address(stop)),
+                                jit.engine.get_global_value_address(state))
 
 
 def _stop_all() -> None:
@@ -74,3 +80,11 @@ def _stop_all() -> None:
     with _lock:
         for pool in _pools.values():
             pool.shutdown()
+
+
+def _reset_all() -> None:
+    """In a forked child: the parent's workers do not exist here, and its pools' state may
+    be mid-region (a fork from another Python thread): make every pool a stopped one, which
+    its next region starts with workers of the child's own."""
+    for pool in _pools.values():
+        ctypes.memset(pool.state, 0, POOL_BYTES)

@@ -158,6 +158,35 @@ def test_programs_share_one_process_pool() -> None:
     assert done.stdout.split() == ["workers", "2", "asleep", "True", "again", "True"]
 
 
+FORKED = textwrap.dedent("""\
+    import os
+    import numpy as np
+    import graphc as gc
+
+    with gc.Graph("fork") as g:
+        x = gc.placeholder((256, 512), gc.float32, name="x")
+        y = gc.tanh(x @ gc.constant(np.full((512, 384), 0.002, np.float32)))
+    f = gc.compile(g, [x], [y], options=gc.CompileOptions(threads=2))
+    xs = np.ones((256, 512), np.float32)
+    want = f(xs)[0]
+    pid = os.fork()
+    if pid == 0:
+        ok = all(np.array_equal(f(xs)[0], want) for _ in range(20))
+        # The parent's worker is not in the child: the pool started one of its own.
+        os._exit(0 if ok and len(os.listdir("/proc/self/task")) == 2 else 1)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status), np.array_equal(f(xs)[0], want))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks, reads /proc")
+def test_a_forked_child_starts_workers_of_its_own() -> None:
+    done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["child", "0", "True"]
+
+
 def test_jit_programs_call_the_process_pool_and_exports_embed_one() -> None:
     from graphc.codegen.threadpool import PARALLEL_FOR, process_pool_symbols
     from graphc.pipeline import lower

@@ -54,6 +54,7 @@ _FN, _CTX, _NTASKS = 16, 24, 32
 _GEN, _NEXT, _DONE, _ACTIVE = 64, 128, 192, 256
 _MUTEX, _COND, _THREADS = 320, 384, 448  # glibc x86-64: mutex 40 B, cond 48 B
 _SIZE = _THREADS + 8 * MAX_WORKERS
+POOL_BYTES = _SIZE
 
 TASK_FN = ir.FunctionType(VOID, [PTR, I64])
 TASK_FOR_FN = ir.FunctionType(VOID, [PTR, PTR, I64])  # parallel_for(task, ctx, n)
@@ -89,10 +90,11 @@ def call_pointer(b: ir.IRBuilder, pointer: ir.Value, fnty: ir.FunctionType,
     return b.call(_IndirectCallee(pointer, fnty), args)  # type: ignore[arg-type]
 
 
-def process_pool_symbols(threads: int) -> tuple[str, str]:
+def process_pool_symbols(threads: int) -> tuple[str, str, str]:
     """The names under which the process pool of `threads` threads (`runtime.process_pool`)
-    exports its `parallel_for` and its shutdown."""
-    return f"graphc_process_parallel_for_{threads}", f"graphc_process_pool_shutdown_{threads}"
+    exports its `parallel_for`, its shutdown and its state."""
+    return (f"graphc_process_parallel_for_{threads}", f"graphc_process_pool_shutdown_{threads}",
+            f"graphc_process_pool_state_{threads}")
 
 
 def declare_process_pool(module: ir.Module, threads: int) -> None:
@@ -113,11 +115,15 @@ def ensure_pool(module: ir.Module, threads: int) -> ir.Function:
 
 
 def define_pool(module: ir.Module, threads: int,
-                names: tuple[str, str] = (PARALLEL_FOR, SHUTDOWN)) -> None:
+                names: tuple[str, str] = (PARALLEL_FOR, SHUTDOWN),
+                state: str | None = None) -> None:
     """Define a pool of `threads` threads in `module`, its `parallel_for` and shutdown
-    exported as `names`."""
-    pool = ir.GlobalVariable(module, ir.ArrayType(I8, _SIZE), POOL)
-    pool.linkage = "internal"
+    exported as `names`; its state (POOL_BYTES, all zeros when stopped) is internal, or
+    exported as `state` (for a reset after fork: zeros are a stopped pool with fresh
+    mutex and condition variable)."""
+    pool = ir.GlobalVariable(module, ir.ArrayType(I8, _SIZE), state or POOL)
+    if state is None:
+        pool.linkage = "internal"
     pool.align = 64
     pool.initializer = ir.Constant(ir.ArrayType(I8, _SIZE), None)
     _Emitter(module, pool, max(1, min(threads, MAX_WORKERS + 1)), names).emit()
