@@ -9,7 +9,9 @@ runs the whole graph, and variable updates land in the graph's own arrays in pla
 Thread safety: the arena (the temporaries of one call) belongs to the executable, so calls
 are serialized by a lock. Argument checking and output allocation run outside the lock.
 Concurrent calls are therefore safe but not parallel; compile one executable per thread
-for parallel inference.
+for parallel inference. (Executables of more than one thread share the process's worker
+pool of their thread count: while one call's kernel runs a parallel region on it, a
+concurrent call's kernels run their tasks on their own calling thread.)
 """
 
 from __future__ import annotations

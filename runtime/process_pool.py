@@ -68,13 +68,11 @@ def ensure(threads: int) -> None:
         obj = optimize_and_emit(str(module), target, 2, CompileStats())
         jit = load_object(obj, target, 2, (run, stop))
         llvm.add_symbol(run, jit.address(run))
-        if not _pools:
-            atexit.register(_stop_all)
-            os.register_at_fork(after_in_child=_reset_all)
         _pools[threads] = _Pool(jit, _SHUTDOWN_TYPE(jit.address(stop)),
                                 jit.engine.get_global_value_address(state))
 
 
+@atexit.register
 def _stop_all() -> None:
     """Join every pool's workers (at interpreter exit, before any engine is freed)."""
     with _lock:
@@ -84,7 +82,14 @@ def _stop_all() -> None:
 
 def _reset_all() -> None:
     """In a forked child: the parent's workers do not exist here, and its pools' state may
-    be mid-region (a fork from another Python thread): make every pool a stopped one, which
-    its next region starts with workers of the child's own."""
+    be mid-region (a fork from another Python thread): make every pool a stopped one (all
+    zeros: a fresh mutex and condition variable), which its next region starts with
+    workers of the child's own. The lock may have been held by a parent thread inside
+    `ensure` at the fork, and that thread is not here to release it: a new one."""
+    global _lock
+    _lock = threading.Lock()
     for pool in _pools.values():
         ctypes.memset(pool.state, 0, POOL_BYTES)
+
+
+os.register_at_fork(after_in_child=_reset_all)

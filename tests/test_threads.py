@@ -179,6 +179,35 @@ FORKED = textwrap.dedent("""\
 """)
 
 
+FORK_IN_ENSURE = textwrap.dedent("""\
+    import os
+    import numpy as np
+    import graphc as gc
+    from graphc.runtime import process_pool
+
+    # A fork while another thread defines a pool: the child gets the lock held.
+    with process_pool._lock:
+        pid = os.fork()
+        if pid == 0:
+            with gc.Graph("child") as g:
+                x = gc.placeholder((256, 512), gc.float32, name="x")
+                y = gc.tanh(x @ gc.constant(np.full((512, 384), 0.002, np.float32)))
+            f = gc.compile(g, [x], [y], options=gc.CompileOptions(threads=3))
+            got = f(np.ones((256, 512), np.float32))[0]
+            os._exit(0 if np.allclose(got, np.tanh(1.024)) else 1)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks")
+def test_a_fork_while_a_pool_is_being_defined_does_not_hang_the_child() -> None:
+    done = subprocess.run([sys.executable, "-c", FORK_IN_ENSURE], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["child", "0"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks, reads /proc")
 def test_a_forked_child_starts_workers_of_its_own() -> None:
     done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True,

@@ -4,7 +4,8 @@
 of [0, n). When the work is too small (n < 2 * grain) or the target has one thread, it emits
 `body(ctx, 0, n)` inline. Otherwise it outlines the body into a task function
 `void task(void **captured, int64_t t)` whose context re-binds every buffer pointer from
-`captured`, and the kernel calls `graphc_parallel_for(task, captured, ntasks)`.
+`captured`, and the kernel calls the pool's `parallel_for(task, captured, ntasks)` (the
+process pool's in a JIT program, the library's own in an export: `threadpool`).
 
 Chunks are multiples of `align` (vector lanes) so only the last chunk has a vector tail, and
 every output element is computed by exactly the same instructions whatever the thread count:

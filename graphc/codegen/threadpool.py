@@ -118,9 +118,9 @@ def define_pool(module: ir.Module, threads: int,
                 names: tuple[str, str] = (PARALLEL_FOR, SHUTDOWN),
                 state: str | None = None) -> None:
     """Define a pool of `threads` threads in `module`, its `parallel_for` and shutdown
-    exported as `names`; its state (POOL_BYTES, all zeros when stopped) is internal, or
-    exported as `state` (for a reset after fork: zeros are a stopped pool with fresh
-    mutex and condition variable)."""
+    exported as `names`; its state (POOL_BYTES; all zeros is a stopped pool with a fresh
+    mutex and condition variable) is internal, or exported as `state` (for a reset after
+    a fork)."""
     pool = ir.GlobalVariable(module, ir.ArrayType(I8, _SIZE), state or POOL)
     if state is None:
         pool.linkage = "internal"
