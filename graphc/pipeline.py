@@ -3,7 +3,8 @@
     input      the graph as built
     optimized  after the pass pipeline (passes.manager: simplify, constant_fold, winograd, cse,
                prune), then the target's layouts of constant weights (codegen.conv.prepack:
-               `conv2d ... weight_panels=(block, panel)` on a prepacked constant)
+               `conv2d ... weight_panels=(block, panel)` on a prepacked constant;
+               codegen.gemm.prepack: `matmul ... b_panels=NR`)
     fused      kernels (passes.fuse); each region of a loop kernel (a scan, while_loop or
                cond run natively) goes through these same stages up to `planned`, as a
                program of its own
@@ -27,6 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from graphc.codegen.conv.prepack import prepack_weights
+from graphc.codegen.gemm.prepack import prepack_matmul_weights
 from graphc.codegen.loop import NATIVE_REGION_OPS
 from graphc.codegen.lowering import epilogue_writes_once
 from graphc.codegen.module import ENTRY, GeneratedModule, arena_layout, build_module
@@ -143,6 +145,7 @@ def _optimize(s: Lowered) -> None:
     cs = s.settings
     # The target's layouts of constant weights (after the target-independent passes).
     graph, sig = prepack_weights(graph, sig, s.target, cs.threads, cs.conv_algorithm)
+    graph, sig = prepack_matmul_weights(graph, sig, s.target, cs.threads)
     s.optimized, s.optimized_signature = graph, sig
 
 

@@ -133,7 +133,8 @@ def _static_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
 
 def match(p: Pending, rb: Rebuilder, uses: Counter[str]) -> Match | None:
     """The attention that matmul `p` computes by hand, or None (see the module doc)."""
-    if p.op != "matmul" or p.attrs.get("transpose_a") or p.attrs.get("transpose_b"):
+    if p.op != "matmul" or p.attrs.get("transpose_a") or p.attrs.get("transpose_b") \
+            or p.attrs.get("b_panels"):
         return None
     probs, v = p.inputs
     if probs.op != "softmax" or probs.attrs["axis"] != probs.ndim - 1 or probs.ndim < 3:
@@ -167,7 +168,7 @@ def match(p: Pending, rb: Rebuilder, uses: Counter[str]) -> Match | None:
             return None
         chain.append(x)
         scale, x = (s if x.op == "mul" else 1.0 / s), a
-    if x.op != "matmul" or x.attrs.get("transpose_a"):
+    if x.op != "matmul" or x.attrs.get("transpose_a") or x.attrs.get("b_panels"):
         return None
     chain.append(x)
     q, k = x.inputs

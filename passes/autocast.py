@@ -145,6 +145,9 @@ class _Autocaster:
         self.decisions.append(AutocastDecision(p.name, p.op, precision, reason, p.loc))
 
     def _matmul(self, p: Pending, rb: Rebuilder) -> Node:
+        if p.attrs["b_panels"]:
+            self._decide(p, "float32", "b is stored in the compiler's panels (b_panels)")
+            return rb.keep(p)
         a, b = p.inputs
         ta, tb = bool(p.attrs["transpose_a"]), bool(p.attrs["transpose_b"])
         new_a, _, what_a = self._operand(a, rb, p, transpose=False)

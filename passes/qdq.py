@@ -290,7 +290,7 @@ def qdq(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Signatur
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
         pl: Plan | str = ""
-        if p.op == "matmul" and p.dtype == DType.float32:
+        if p.op == "matmul" and p.dtype == DType.float32 and not p.attrs["b_panels"]:
             a, b = p.inputs
             pl = plan(a, b, bool(p.attrs["transpose_a"]), bool(p.attrs["transpose_b"]),
                       rb.value)
@@ -324,6 +324,8 @@ def explain(graph: Graph) -> list[str]:
                 why = f"feeds {user.op}, not a matmul or convolution"
             elif index != 0:
                 why = f"is the {user.op}'s operand b (only an activation, operand a, folds)"
+            elif user.op == "matmul" and user.attrs["b_panels"]:
+                why = "its b is stored in the compiler's panels (b_panels)"
             else:
                 pl = plan_conv(user, value) if user.op == "conv2d" else plan(
                     user.inputs[0], user.inputs[1], bool(user.attrs["transpose_a"]),

@@ -324,6 +324,8 @@ def matmul_transpose(p: Pending, rb: Rebuilder) -> Node | None:
     flags = [bool(p.attrs.get("transpose_a", False)), bool(p.attrs.get("transpose_b", False))]
     changed = False
     for i, x in enumerate(operands):
+        if i == 1 and p.attrs.get("b_panels"):
+            continue  # b in the compiler's panels: a layout, not a matrix to transpose
         if x.op == "transpose" and x.attrs["perm"] == _swap_last_two(x.ndim):
             operands[i] = x.inputs[0]
             flags[i] = not flags[i]
@@ -418,6 +420,8 @@ def add_matmuls(p: Pending, rb: Rebuilder) -> Node | None:
     a, b = operands
     if a.op != "matmul" or b.op != "matmul" or a.type != p.type or b.type != p.type:
         return None
+    if a.attrs.get("b_panels") or b.attrs.get("b_panels"):
+        return None  # panels do not concatenate as rows
     flags = [(bool(m.attrs.get("transpose_a", False)), bool(m.attrs.get("transpose_b", False)))
              for m in (a, b)]
     if flags[0] != flags[1] or any(x.ndim != 2 for m in (a, b) for x in m.inputs):

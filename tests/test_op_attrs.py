@@ -167,4 +167,4 @@ def test_defaults_fill_in_and_values_normalize() -> None:
     text = ('graph "g"\n%a = placeholder : f32[2,3]\n%b = placeholder : f32[3,4]\n'
             "%c = matmul(%a, %b) : f32[2,4]\n")
     node = parse_graph(text)["c"]
-    assert dict(node.attrs) == {"transpose_a": False, "transpose_b": False}
+    assert dict(node.attrs) == {"transpose_a": False, "transpose_b": False, "b_panels": 0}

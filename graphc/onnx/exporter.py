@@ -162,6 +162,10 @@ def _cast(w: _Writer, n: Node, ins: list[str], out: str) -> None:
 
 @_emit("matmul")
 def _matmul(w: _Writer, n: Node, ins: list[str], out: str) -> None:
+    if n.attrs["b_panels"]:
+        raise OnnxError(f"matmul node '{n.name}' reads b in the compiler's packed layout "
+                        f"(b_panels={n.attrs['b_panels']}); save the graph as built, before "
+                        "gc.compile's passes")
     a, b = ins
     for i, flag in ((0, "transpose_a"), (1, "transpose_b")):
         if n.attrs[flag]:

@@ -22,6 +22,7 @@ from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops.common import BF16, NUMERIC, check_dtype, same_dtype
 from graphc.ops.layout import reshape
+from graphc.ops.panels import unpack_panels
 
 __all__ = ["linear", "matmul", "matmul_integer"]
 
@@ -75,6 +76,10 @@ def _matmul_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorType:
             raise ShapeError(f"{operand}: expected rank >= 2, got {t}")
     dtype = same_dtype(types, ("a", "b"))
     _check_inner(a, b, ta, tb)
+    panels = int(attrs.get("b_panels", 0))
+    if panels and (b.ndim != 2 or tb or dtype not in (DType.float32, DType.float64)):
+        raise AttrError(f"b_panels={panels}: needs a float32 or float64 b of rank 2 that is "
+                        f"not transposed, got b {b} (transpose_b={tb})")
     m = a.shape[-1] if ta else a.shape[-2]
     n = b.shape[-2] if tb else b.shape[-1]
     # bf16 operands accumulate in float32 and return it (JAX's preferred_element_type,
@@ -89,6 +94,8 @@ def _matmul_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.ndarray:
         a = np.swapaxes(a, -1, -2)
     if attrs.get("transpose_b", False):
         b = np.swapaxes(b, -1, -2)
+    if attrs.get("b_panels", 0):
+        b = unpack_panels(b.ravel(), b.shape[0], b.shape[1], attrs["b_panels"])
     return np.matmul(a, b)
 
 
@@ -101,6 +108,11 @@ def _matmul_grad(n: Node, g: Node) -> list[Node | None]:
     """
     a, b = n.inputs
     ta, tb = bool(n.attrs.get("transpose_a", False)), bool(n.attrs.get("transpose_b", False))
+    if n.attrs.get("b_panels", 0):
+        raise GraphcError(f"matmul %{n.name} has a prepacked b (b_panels="
+                          f"{n.attrs['b_panels']}, a layout the compiler gives constant "
+                          "weights); it has no gradient: differentiate the graph before it "
+                          "is compiled", op="matmul", loc=n.loc)
     if a.dtype == DType.bfloat16:
         # bf16 backward GEMMs: the float32 cotangent rounded to bf16, the products rounded
         # to the operands' dtype (each cotangent has its operand's type).
@@ -122,10 +134,14 @@ MATMUL = OpDef(
     "matmul", "linalg", 2, _matmul_infer, _matmul_reference, Fusion.OUT_FUSABLE, _matmul_grad,
     anchor=Anchor.MATMUL, lowp=BF16,
     attrs=(AttrSpec("transpose_a", Kind.BOOL, default=False),
-           AttrSpec("transpose_b", Kind.BOOL, default=False)),
+           AttrSpec("transpose_b", Kind.BOOL, default=False),
+           # 0, or the GEMM's panel width P: a 2-D b is stored in its panels
+           # (`graphc.ops.panels`), set by the compiler on constant weights
+           # (`graphc.codegen.gemm.prepack`).
+           AttrSpec("b_panels", Kind.INT, default=0, low=0)),
     doc="batched matrix product of rank>=2 operands (batch dims broadcast); transpose_a/"
         "transpose_b use an operand transposed in its last two axes; bf16 operands give "
-        "a float32 result",
+        "a float32 result; b_panels: the compiler's prepacked layout of a constant b",
 )
 OPS.append(MATMUL)
 

@@ -140,6 +140,9 @@ def find_layers(graph: Graph, freeze_variables: bool = True) -> tuple[
         if ta:
             layers.append(Layer(node.name, "float32", "transpose_a", shape))
             continue
+        if node.attrs["b_panels"]:
+            layers.append(Layer(node.name, "float32", "b prepacked (b_panels)", shape))
+            continue
         value, why = _weight_value(graph, b, freeze_variables)
         if value is None:
             layers.append(Layer(node.name, "float32", why, shape))

@@ -18,12 +18,14 @@ from graphc.codegen.fused.expr import strides
 from graphc.codegen.gemm import lowp_gemv
 from graphc.codegen.gemm.emit import Epilogue, GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.gemm.lowp import LowpSpec, emit_lowp_gemm, spec_kind
+from graphc.codegen.gemm.spec import kernel_shape
 from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I64, storage_type
 from graphc.codegen.loops import for_range
 from graphc.codegen.parallel import parallel_range, split_plan
 from graphc.codegen.target import Target
-from graphc.ir import Node
+from graphc.errors import CompileError
+from graphc.ir import DType, Node
 from graphc.passes.kernels import Kernel, KernelKind
 
 
@@ -39,8 +41,12 @@ def merged_batch(anchor: Node) -> bool:
 def gemm_spec(kernel: Kernel) -> GemmSpec | LowpSpec:
     """The GEMM of the kernel: a `LowpSpec` for bf16 or uint8 x int8 operands (their
     kernels store the epilogue's dtype, the root's), else a `GemmSpec`."""
-    anchor = kernel.anchor
-    assert anchor is not None
+    assert kernel.anchor is not None
+    return anchor_spec(kernel.anchor, kernel.root.dtype)
+
+
+def anchor_spec(anchor: Node, out: DType) -> GemmSpec | LowpSpec:
+    """The GEMM of a matmul node whose kernel stores `out` (`gemm_spec`)."""
     a, b = anchor.inputs[:2]
     ta, tb = bool(anchor.attrs["transpose_a"]), bool(anchor.attrs["transpose_b"])
     ra, ca = a.shape[-2:]
@@ -52,9 +58,9 @@ def gemm_spec(kernel: Kernel) -> GemmSpec | LowpSpec:
     kind = spec_kind(a.dtype)
     if kind is not None:
         return LowpSpec(m=m, n=n, k=k, kind=kind, trans_a=ta, trans_b=tb, lda=ca, ldb=cb,
-                        ldc=n, out=kernel.root.dtype, zero_point=len(anchor.inputs) > 2)
+                        ldc=n, out=out, zero_point=len(anchor.inputs) > 2)
     return GemmSpec(m=m, n=n, k=k, dtype=anchor.dtype, trans_a=ta, trans_b=tb,
-                    lda=ca, ldb=cb, ldc=n)
+                    lda=ca, ldb=cb, ldc=n, b_panels=int(anchor.attrs.get("b_panels", 0)))
 
 
 def _out_index(b: ir.IRBuilder, anchor: Node, row: ir.Value, col: ir.Value,
@@ -98,18 +104,27 @@ def split(kernel: Kernel, threads: int) -> Split | None:
 
     Blocks are equal, so one GEMM body serves every task. Every task packs its own panels:
     splitting columns makes each pack all of A (m x k), splitting rows all of B (k x n),
-    so the split duplicates the smaller of the two (columns on a tie).
+    so the split duplicates the smaller of the two (columns on a tie). A B stored in panels
+    (`b_panels`) is never packed: rows first, and columns only in whole panels.
     """
     anchor = kernel.anchor
     assert anchor is not None
     spec = gemm_spec(kernel)
-    if threads <= 1 or (anchor.ndim != 2 and not merged_batch(anchor)) or not _worth_split(spec):
+    if threads <= 1 or (anchor.ndim != 2 and not merged_batch(anchor)):
+        return None
+    return split_spec(spec, threads)
+
+
+def split_spec(spec: GemmSpec | LowpSpec, threads: int) -> Split | None:
+    """`split` of a 2-D GEMM (or one of merged batches)."""
+    if threads <= 1 or not _worth_split(spec):
         return None
     t = threads
-    by_n = spec.n % t == 0 and spec.n // t >= 32
+    panels = isinstance(spec, GemmSpec) and spec.b_panels
+    by_n = spec.n % t == 0 and spec.n // t >= 32 and (not panels or spec.n // t % panels == 0)
     by_m = spec.m % t == 0 and spec.m // t >= 16
     if by_n and by_m:
-        by_n = spec.m <= spec.n
+        by_n = spec.m <= spec.n and not panels
     if by_n:
         return Split("n", t, spec.n // t, replace(spec, n=spec.n // t))
     if by_m:
@@ -144,7 +159,24 @@ def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:
     return split_plan(batch, max(1, -(-(PARALLEL_MACS // 4) // max(macs, 1))), threads)
 
 
+def check_panels(kernel: Kernel, target: Target) -> None:
+    """CompileError unless a B stored in panels (`b_panels`, set by `gemm.prepack` for the
+    target it compiled for) has this target's panel width: a graph compiled on one machine
+    and compiled again on another."""
+    spec = gemm_spec(kernel)
+    if isinstance(spec, GemmSpec) and spec.b_panels:
+        nr = kernel_shape(spec.dtype, target, spec.n)[1]
+        if spec.b_panels != nr:
+            anchor = kernel.anchor
+            assert anchor is not None
+            raise CompileError(f"matmul %{anchor.name} reads b in panels of {spec.b_panels} "
+                               f"columns (b_panels), but this target's GEMM reads panels of "
+                               f"{nr}: compile the graph as built, not one compiled for "
+                               "another machine", op="matmul", loc=anchor.loc)
+
+
 def scratch_bytes(kernel: Kernel, target: Target, threads: int = 1, conv: str = "auto") -> int:
+    check_panels(kernel, target)
     s = split(kernel, threads)
     if s is not None:
         return _aligned(s.spec.scratch_bytes(target)) * s.tasks
@@ -184,6 +216,7 @@ def _batch_strides(shape: tuple[int, ...], out_batch: tuple[int, ...]) -> list[i
 
 def emit_matmul(ctx: KernelContext) -> None:
     kernel = ctx.kernel
+    check_panels(kernel, ctx.target)
     anchor = kernel.anchor
     assert anchor is not None
     a, bnode = anchor.inputs[:2]
@@ -280,7 +313,10 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
 
         if s.dim == "n":
             pa = c.ptr(a)
-            pb = at(c.ptr(bnode), full.ldb if full.trans_b else 1, bnode)
+            # (Panels: a block of whole panels starts at its first column times K.)
+            column_stride = (full.k if isinstance(full, GemmSpec) and full.b_panels
+                             else full.ldb if full.trans_b else 1)
+            pb = at(c.ptr(bnode), column_stride, bnode)
             pc = at(c.out, 1, kernel.root)
         else:
             pa = at(c.ptr(a), 1 if full.trans_a else full.lda, a)
