@@ -22,6 +22,12 @@ other than such convolutions reads.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import cast
+
+import numpy as np
+
+from graphc.codegen.constant_layouts import store_constants
 from graphc.codegen.conv.im2col import weight_layout
 from graphc.codegen.target import Target
 from graphc.ir import Graph, Node, Signature
@@ -35,44 +41,21 @@ def prepack_weights(graph: Graph, sig: Signature, target: Target, threads: int,
                     algorithm: str) -> tuple[Graph, Signature]:
     """`graph` and `sig` with the weights packed (both unchanged when none applies)."""
     live = live_nodes(graph, sig)
-    readers: dict[Node, list[Node]] = {}
-    for n in graph.nodes:
-        if n in live:
-            for i in n.inputs:
-                readers.setdefault(i, []).append(n)
     layouts: dict[str, tuple[int, int]] = {}
     for n in graph.nodes:
         if n in live and n.op == "conv2d" and n.inputs[1].op == "constant":
             layout = weight_layout(n, target, threads, algorithm)
             if layout is not None:
                 layouts[n.name] = layout
-    # A weight read by anything else (or by two convolutions wanting different layouts)
-    # stays as it is.
-    packed = {w for w, users in readers.items() if w.op == "constant" and users and all(
-        u.name in layouts and u.inputs[1] is w and layouts[u.name] == layouts[users[0].name]
-        for u in users)}
-    if not packed:
-        return graph, sig
-    done: dict[str, Node] = {}
 
-    def visit(p: Pending, rb: Rebuilder) -> Node:
-        if p.op != "conv2d" or p.name not in layouts or p.attrs.get("weight_panels"):
-            return rb.keep(p)
-        old_w = graph[p.name].inputs[1]
-        if old_w not in packed:
-            return rb.keep(p)
-        layout = layouts[p.name]
-        w = done.get(old_w.name)
-        if w is None:
-            value = rb.value(p.inputs[1])
-            assert value is not None
-            w = rb.constant(pack_conv_weights(value, *layout), at=p, copy=False,
-                            name=rb.fresh_name(f"{old_w.name}.panels"))
-            done[old_w.name] = w
+    def store(value: np.ndarray, layout: Hashable) -> np.ndarray:
+        block, panel = cast(tuple[int, int], layout)
+        return pack_conv_weights(value, block, panel)
+
+    def rebuild(p: Pending, rb: Rebuilder, w: Node, layout: Hashable) -> Node:
         return rb.emit("conv2d", (p.inputs[0], w), {**p.attrs, "weight_panels": layout},
                        at=p, name=p.name)
 
-    g1, s1 = Rebuilder(graph, visit).run(n for n in graph.nodes if n in live).finish(sig)
-    # Drop the unpacked weights nothing reads any more.
-    live1 = live_nodes(g1, s1)
-    return Rebuilder(g1).run(n for n in g1.nodes if n in live1).finish(s1)
+    # A weight read by anything else (or by two convolutions wanting different layouts)
+    # stays as it is.
+    return store_constants(graph, sig, layouts, 1, store, rebuild)

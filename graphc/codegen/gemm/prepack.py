@@ -22,10 +22,13 @@ passes. Variables are never packed (training and `VariableStore.bind` replace th
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 
+from graphc.codegen.constant_layouts import store_constants
 from graphc.codegen.gemm.emit import GemmSpec, plan_gemm
 from graphc.codegen.gemm.matmul import anchor_spec, merged_batch, split_spec
 from graphc.codegen.gemm.spec import kernel_shape
@@ -65,47 +68,18 @@ def prepack_matmul_weights(graph: Graph, sig: Signature, target: Target, threads
     """`graph` and `sig` with the constant B of every matmul that gains stored in panels
     (both unchanged when none does)."""
     live = live_nodes(graph, sig)
-    readers: dict[Node, list[Node]] = {}
-    for n in graph.nodes:
-        if n in live:
-            for i in n.inputs:
-                readers.setdefault(i, []).append(n)
-    widths = {n.name: w for n in graph.nodes if n in live
-              and (w := panel_width(n, target, threads))}
+    # By node: (NR, transpose_b); a constant read as B and as Bᵀ stays as it is.
+    layouts = {n.name: (w, bool(n.attrs["transpose_b"])) for n in graph.nodes
+               if n in live and (w := panel_width(n, target, threads))}
 
-    def layout(user: Node) -> tuple[int, bool] | None:
-        if user.name not in widths:
-            return None
-        return widths[user.name], bool(user.attrs["transpose_b"])
+    def store(value: np.ndarray, layout: Hashable) -> np.ndarray:
+        nr, transposed = cast(tuple[int, bool], layout)
+        matrix = np.ascontiguousarray(value.T if transposed else value)
+        return pack_panels(matrix, nr).reshape(matrix.shape)
 
-    # A constant read by anything else, or as two layouts, stays as it is.
-    packed = {b for b, users in readers.items() if b.op == "constant" and users and all(
-        layout(u) is not None and u.inputs[1] is b and u.inputs[0] is not b
-        and layout(u) == layout(users[0]) for u in users)}
-    if not packed:
-        return graph, sig
-    done: dict[str, Node] = {}
-
-    def visit(p: Pending, rb: Rebuilder) -> Node:
-        if p.op != "matmul" or p.name not in widths:
-            return rb.keep(p)
-        old_b = graph[p.name].inputs[1]
-        if old_b not in packed:
-            return rb.keep(p)
-        nr = widths[p.name]
-        b = done.get(old_b.name)
-        if b is None:
-            value = rb.value(p.inputs[1])
-            assert value is not None
-            matrix = value.T if p.attrs["transpose_b"] else value
-            flat = pack_panels(np.ascontiguousarray(matrix), nr)
-            b = rb.constant(flat.reshape(matrix.shape), at=p, copy=False,
-                            name=rb.fresh_name(f"{old_b.name}.panels"))
-            done[old_b.name] = b
+    def rebuild(p: Pending, rb: Rebuilder, b: Node, layout: Hashable) -> Node:
+        nr, _ = cast(tuple[int, bool], layout)
         return rb.emit("matmul", (p.inputs[0], b),
                        {**p.attrs, "transpose_b": False, "b_panels": nr}, at=p, name=p.name)
 
-    g1, s1 = Rebuilder(graph, visit).run(n for n in graph.nodes if n in live).finish(sig)
-    # Drop the unpacked weights nothing reads any more.
-    live1 = live_nodes(g1, s1)
-    return Rebuilder(g1).run(n for n in g1.nodes if n in live1).finish(s1)
+    return store_constants(graph, sig, layouts, 1, store, rebuild)
