@@ -10,16 +10,17 @@ Why one pool per process and not one per program: idle workers spin for about 2 
 they sleep (waking a sleeping one costs 0.2-0.5 ms on a VM), so with a pool per program, the
 workers of the program that ran last would keep spinning on the cores that the next program
 (an evaluation graph beside a training step, a generator's prefill then decode) needs. A
-shared pool has one set of workers, so the cores are never oversubscribed and a second
-program finds them awake. Two Python threads calling programs of the same thread count at
+shared pool has one set of workers, so programs of one thread count never oversubscribe the
+cores (programs of different thread counts still have a pool each) and a second program
+finds the workers awake. Two Python threads calling programs of the same thread count at
 once share it: one gets the workers, the other runs its tasks on its own thread
 (`threadpool`: correct, never blocked).
 
 The pools live until the interpreter exits; `atexit` stops and joins their workers before
 the engines holding their code can be freed. A forked child resets every pool to a stopped
 one (the parent's workers are not in the child), so its first parallel region starts
-workers of its own. Exported libraries embed a pool of their own
-(they must need nothing but libc).
+workers of its own. Exported libraries embed a pool of their own (they must need nothing
+but libc).
 """
 
 from __future__ import annotations
