@@ -1,7 +1,7 @@
 """Run the benchmark suite: every workload x peer in its own process, side by side.
 
     python benchmarks/run.py [--only ew,mlp_train] [--threads 1] [--repeat-seconds 1.0]
-                             [--write benchmarks/RESULTS.md] [--mpi]
+                             [--rounds 10] [--write benchmarks/RESULTS.md] [--mpi]
 
 Peers: graphc; numpy as is (here OpenBLAS is pinned to its Haswell/AVX2 kernel by
 OPENBLAS_CORETYPE) and `numpy-avx512`, the same with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
@@ -10,11 +10,13 @@ unset in that child process only; and, each when installed: torch (eager), `torc
 workloads_torch_compile.py), jax (workloads_jax.py) and `ort`, ONNX Runtime's CPU execution
 provider on the inference workloads (workloads_ort.py). Threads: torch.set_num_threads, ORT's
 intra_op_num_threads, XLA flags for jax at 1 thread, OMP/OpenBLAS/MKL_NUM_THREADS for all. Each
-child warms up, then times calls until `--repeat-seconds` have passed (at least 5 calls) and
-reports median, min and max. The table gives each peer's median and graphc's ratio to the
-fastest other peer (< 1 means graphc is faster). This is a benchmark: it prints figures, it
-asserts nothing (the ort and torch-compile setups do check their result against numpy/torch
-eager, and such a child fails, leaving its cell empty, rather than time a wrong peer).
+peer's child sets up and warms up once; the peers of a row then take turns in `--rounds`
+bursts that together last about `--repeat-seconds` per peer (benchmarks/alternate.py says
+why), and each reports the median, min and max of its pooled calls. The table gives each
+peer's median and graphc's ratio to the fastest other peer (< 1 means graphc is faster).
+This is a benchmark: it prints figures, it asserts nothing (the ort and torch-compile setups
+do check their result against numpy/torch eager, and such a child fails, leaving its cell
+empty, rather than time a wrong peer).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ if TYPE_CHECKING:
     from benchmarks.workloads import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the package lives next to this folder
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import alternate as alternate_module  # noqa: E402
+from benchmarks.alternate import PeerProcess, alternate, child_command, serve  # noqa: E402
+
 PEERS = ("graphc", "numpy", "numpy-avx512", "torch", "torch-compile", "jax", "ort")
 # Peers implemented in their own module (a PEERS dict: workload key -> setup), and the
 # modules each peer needs installed to be run at all.
@@ -58,7 +66,9 @@ def _peer_setups(peer: str, workload: Workload) -> dict[str, Callable[[int], Cal
     return {} if setup is None else {workload.key: setup}
 
 
-def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
+def _setup(workload_key: str, peer: str, threads: int) -> tuple[Callable[[], object], dict]:
+    """`peer`'s runner of the workload (set up, not yet warmed up) and its info record: the
+    BLAS kernel of numpy, ORT's provider, the setup time."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.workloads import WORKLOADS
 
@@ -79,24 +89,25 @@ def _child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
     info["setup_s"] = time.perf_counter() - t0
     if peer == "ort" and hasattr(run, "sess"):
         info["provider"] = ",".join(run.sess.get_providers())
-    compile_workload = "compile" in workload_key
-    warmup = 0 if compile_workload else 3
-    for _ in range(warmup):
-        run()
+    return run, info
+
+
+def _compile_child(workload_key: str, peer: str, threads: int, seconds: float) -> dict:
+    """A compile row, in a process of its own: every call is a compile, no warm-up."""
+    run, info = _setup(workload_key, peer, threads)
     times: list[float] = []
     start = time.perf_counter()
-    min_calls = 3 if compile_workload else 5
-    while len(times) < min_calls or (time.perf_counter() - start < seconds and len(times) < 500):
+    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < 500):
         t = time.perf_counter()
         result = run()
         elapsed = time.perf_counter() - t
         # compile_cold's torch and jax runners time their own first call and return the seconds.
-        times.append(result if compile_workload and isinstance(result, float) else elapsed)
+        times.append(result if isinstance(result, float) else elapsed)
     return {"median": statistics.median(times), "min": min(times), "max": max(times),
             "calls": len(times), **info}
 
 
-def _run_child(workload: str, peer: str, threads: int, seconds: float) -> dict | None:
+def _child_env(peer: str, threads: int) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
@@ -105,17 +116,46 @@ def _run_child(workload: str, peer: str, threads: int, seconds: float) -> dict |
         env.pop("OPENBLAS_L2_SIZE", None)
     if peer == "jax" and threads == 1:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + XLA_ONE_THREAD).strip()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, peer,
-           str(threads), str(seconds)]
-    taskset = shutil.which("taskset")
-    if taskset and threads < (os.cpu_count() or 1):
-        # Pin the child to `threads` cores, whatever its library does with thread flags.
-        cmd = [taskset, "-c", ",".join(str(c) for c in range(threads)), *cmd]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    return env
+
+
+def _run_compile_child(workload: str, peer: str, threads: int, seconds: float) -> dict | None:
+    cmd = child_command(Path(__file__).resolve(),
+                        ["--child", workload, peer, str(threads), str(seconds)], threads)
+    proc = subprocess.run(cmd, env=_child_env(peer, threads), capture_output=True, text=True,
+                          timeout=900)
     if proc.returncode != 0:
         sys.stderr.write(f"[{workload}/{peer}] failed:\n{proc.stderr[-2000:]}\n")
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _measure(workload: str, peers: list[str], threads: int, rounds: int,
+             seconds: float) -> dict[str, dict]:
+    """Every peer's result on one row: compile rows one peer after the other, all other rows
+    in alternated bursts (benchmarks/alternate.py)."""
+    if "compile" in workload:
+        results = {p: _run_compile_child(workload, p, threads, seconds) for p in peers}
+        return {p: r for p, r in results.items() if r is not None}
+    script = Path(__file__).resolve()
+    procs = [PeerProcess(f"{workload}/{p}",
+                         child_command(script, ["--serve", workload, p, str(threads)], threads),
+                         _child_env(p, threads)) for p in peers]
+    results = alternate(procs, rounds, seconds, threads)
+    return {p: results[f"{workload}/{p}"] for p in peers if f"{workload}/{p}" in results}
+
+
+def _round_spread(results: dict[str, dict]) -> str:
+    """ " (lo-hi)": the range of graphc's ratio to the fastest other peer, round by round
+    (alternated rows only), which shows how far the host's drift moves the ratio."""
+    rounds = [r.get("rounds", []) for r in results.values()]
+    n = min(len(r) for r in rounds)
+    if n < 2:
+        return ""
+    ratios = [results["graphc"]["rounds"][i] /
+              min(r["rounds"][i] for p, r in results.items() if p != "graphc")
+              for i in range(n)]
+    return f" ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def _measure_peak() -> float | None:
@@ -167,12 +207,18 @@ def _available(peer: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "--child":
-        print(json.dumps(_child(args[1], args[2], int(args[3]), float(args[4]))))
+        print(json.dumps(_compile_child(args[1], args[2], int(args[3]), float(args[4]))))
+        return 0
+    if args and args[0] == "--serve":
+        serve(lambda: _setup(args[1], args[2], int(args[3])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated workload keys")
     parser.add_argument("--threads", default="1", help="comma-separated thread counts")
-    parser.add_argument("--repeat-seconds", type=float, default=1.0)
+    parser.add_argument("--repeat-seconds", type=float, default=1.0,
+                        help="timed seconds per peer and row, over all rounds")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="bursts per peer and row, alternated between the peers")
     parser.add_argument("--write", default="", help="also write the table to this file")
     parser.add_argument("--mpi", action="store_true",
                         help="then run the data-parallel scaling table (bench_mpi.py)")
@@ -183,32 +229,23 @@ def main(argv: list[str] | None = None) -> int:
     only = {k for k in opts.only.split(",") if k}
     peers = [p for p in PEERS if _available(p)]
     peak = _measure_peak()
-    lines = ["| workload | threads | " + " | ".join(peers) + " | graphc / fastest peer | "
-             "graphc rate | of peak |", "|---|---|" + "---|" * (len(peers) + 3)]
+    lines = ["| workload | threads | " + " | ".join(peers) +
+             " | graphc / fastest peer (per round) | graphc rate | of peak |",
+             "|---|---|" + "---|" * (len(peers) + 3)]
     notes: dict[str, str] = {}
     providers: set[str] = set()
     for w in WORKLOADS:
         if only and w.key not in only:
             continue
         for threads in (int(t) for t in opts.threads.split(",")):
-            results: dict[str, dict] = {}
-            for peer in peers:
-                if w.key not in _peer_setups(peer, w):
-                    continue
-                r = _run_child(w.key, peer, threads, opts.repeat_seconds)
-                if r is not None and threads > 1 and "compile" not in w.key:
-                    # This host sometimes runs a process's two threads for seconds at a time
-                    # as if cross-core traffic were slow (every peer: graphc and ONNX Runtime
-                    # alike, 1.6-1.8x): each peer gets a second process, the faster counts.
-                    again = _run_child(w.key, peer, threads, opts.repeat_seconds)
-                    if again is not None and again["median"] < r["median"]:
-                        r = again
-                if r is not None:
-                    results[peer] = r
-                    if "kernel" in r:
-                        notes[peer] = r["kernel"]
-                    if "provider" in r:
-                        providers.add(r["provider"])
+            row_peers = [p for p in peers if w.key in _peer_setups(p, w)]
+            results = _measure(w.key, row_peers, threads, max(opts.rounds, 1),
+                               opts.repeat_seconds)
+            for peer, r in results.items():
+                if "kernel" in r:
+                    notes[peer] = r["kernel"]
+                if "provider" in r:
+                    providers.add(r["provider"])
             cells = []
             for peer in peers:
                 r = results.get(peer)
@@ -220,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 g = results["graphc"]["median"]
                 others = [r["median"] for p, r in results.items() if p != "graphc"]
                 if others:
-                    ratio = f"{g / min(others):.2f}"
+                    ratio = f"{g / min(others):.2f}" + _round_spread(results)
                 if w.flops:
                     rate = f"{w.flops / g / 1e9:.1f} GFLOP/s"
                     if peak:
@@ -235,15 +272,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores, "
         f"Python {platform.python_version()}, "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC.",
-        "Times: median (min...max) of repeated calls, each peer in its own process, pinned "
-        "with taskset to as many cores as threads; at 2 threads every peer runs in two "
-        "processes and the one with the lower median counts (this host has spells in which "
-        "a process's two threads run 1.6-1.8x slower, for graphc and ONNX Runtime alike).",
+        "Times: median (min...max) of repeated calls. Each peer runs in its own process, "
+        "pinned with taskset to as many cores as threads, set up and warmed up once; the "
+        f"peers of a row then take turns, {opts.rounds} bursts each in a rotating order with "
+        f"{alternate_module.GAP_S} s idle before each burst at 2 threads "
+        f"({alternate_module.GAP_ONE_THREAD_S} s at 1), and a peer's calls are pooled "
+        "(benchmarks/alternate.py), so that this host's drift lands on every peer alike. "
+        "The ratio's range is over the rounds: graphc's burst median over the fastest other "
+        "peer's in the same round. Compile rows run each peer once, one after the other.",
     ]
     if peak:
         header.append(f"fp32 FMA peak measured in this run (benchmarks/peak.py, one core): "
                       f"{peak:.1f} GFLOP/s per core; 'of peak' divides graphc's rate by it "
                       "times the threads.")
+    header.append("graphc's inference rows of models built with its own layers compile "
+                  "gc.freeze(g): the trained weights as constants, stored in the kernels' "
+                  "layouts once (as ONNX Runtime's initializers are); training rows read "
+                  "variables.")
     header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
     header.append("Versions: " + ", ".join(_versions()))
     header.append("OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)") +
