@@ -108,7 +108,9 @@ def mlp_infer_graphc(batch: int) -> Callable[[int], Runner]:
         import graphc as gc
 
         g, x, _, logits, _, _ = _mlp_graph(batch, train=False)
-        f = gc.compile(g, [x], logits, options=gc.CompileOptions(threads=threads))
+        g = gc.freeze(g)  # serving: weights as constants (prepacked), as ORT's initializers
+        f = gc.compile(g, [g[x.name]], g[logits.name],
+                       options=gc.CompileOptions(threads=threads))
         xb, _ = _mlp_batch(batch)
         return lambda: f(xb)
 
@@ -258,7 +260,8 @@ def lenet_graphc(batch: int, train: bool) -> Callable[[int], Runner]:
         if train:
             f = gc.compile(g, [x, y], [loss], updates=updates, options=options)
             return lambda: f(xb, yb)
-        f = gc.compile(g, [x], logits, options=options)
+        g = gc.freeze(g)  # serving: weights as constants (prepacked), as ORT's initializers
+        f = gc.compile(g, [g[x.name]], g[logits.name], options=options)
         return lambda: f(xb)
 
     return setup

@@ -327,7 +327,8 @@ def gpt_infer_graphc(threads: int) -> Runner:
     import graphc as gc
 
     g, ids, logits, *_ = _graphc_gpt(INFER_BATCH, train=False)
-    f = gc.compile(g, [ids], [logits], options=gc.CompileOptions(threads=threads))
+    g = gc.freeze(g)  # serving: weights as constants (prepacked), as ORT's initializers
+    f = gc.compile(g, [g[ids.name]], [g[logits.name]], options=gc.CompileOptions(threads=threads))
     x = gpt_tokens(INFER_BATCH)[:, :-1].copy()
     check("graphc", f(x)[0], infer_reference())
     return lambda: f(x)

@@ -63,6 +63,7 @@ from graphc.ops.slicing import *
 from graphc.options import CompileOptions
 from graphc.passes.autocast import AutocastDecision, autocast, autocast_decisions, explain_autocast
 from graphc.passes.autodiff import grad
+from graphc.passes.freeze import freeze, frozen_variables
 from graphc.quant import quantize_dynamic, quantize_static
 from graphc.runtime.executable import Executable
 from graphc.runtime.reference import reference
