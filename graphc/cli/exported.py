@@ -2,7 +2,7 @@
 
     graphc compile MODEL -o libNAME.so [--signature S | --inputs x,y --outputs a,b]
                    [--train] [--name NAME] [--weights embedded|external] [-O 0-3]
-                   [--precision fp32|bf16 | --quantize dynamic|static
+                   [--freeze] [--precision fp32|bf16 | --quantize dynamic|static
                     [--calibration DATA.npz]]
     graphc info libNAME.so|MODEL [--json]
     graphc run MODEL|libNAME.so --input x=file.npy ... [--output out.npz]
@@ -60,6 +60,7 @@ from graphc.io.atomic import atomic_write
 from graphc.io.untrusted import NpyHeader, npy_array, open_regular_file, read_npy_header
 from graphc.ir import Graph
 from graphc.options import CONV_ALGORITHMS
+from graphc.passes.freeze import freeze
 from graphc.pipeline import DEFAULT_OPTIONS
 from graphc.runtime.arguments import TensorSpec, resolve_signature
 from graphc.runtime.library import check_compatible, load, read_metadata
@@ -98,6 +99,10 @@ def add_subcommands(subparsers: Any) -> None:
                    help="worker threads of the library (default 1: no background threads)")
     c.add_argument("--conv-algorithm", choices=CONV_ALGORITHMS, default="auto",
                    help="how convolutions are computed (default auto: per layer)")
+    c.add_argument("--freeze", action="store_true",
+                   help="store the trained weights as constants (gc.freeze): fixed in the "
+                        "library and kept in the kernels' layouts; not with --train or "
+                        "--weights external")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: gc.autocast the matmuls (bf16 weights, f32 accumulation)")
     quantize_cli.add_arguments(c)
@@ -181,6 +186,8 @@ def _compile(args: argparse.Namespace) -> int:
                       conv_algorithm=args.conv_algorithm)
     if args.quantize is not None and args.precision != "fp32":
         raise UsageError("--quantize and --precision bf16 are exclusive: choose one")
+    if args.freeze:
+        graph = _frozen(graph, args)
     graph = quantize_cli.apply(graph, args, select(graph, args), options)
     graph, what = with_precision(graph, select(graph, args), args.precision)
     done = export(graph, args.output, **what, name=args.name,
@@ -189,6 +196,19 @@ def _compile(args: argparse.Namespace) -> int:
         if path is not None:
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _frozen(graph: Graph, args: argparse.Namespace) -> Graph:
+    """`graph` frozen for `--freeze`: the selected signature kept (with --inputs/--outputs,
+    none, so that no training signature keeps its weights variables)."""
+    if args.train:
+        raise UsageError("--freeze fixes the weights, which --train updates: choose one")
+    if args.weights == "external":
+        raise UsageError("--freeze stores the weights as constants in the library; "
+                         "--weights external keeps them in NAME.bin: choose one")
+    what = select(graph, args)
+    kept = [what["signature"]] if "signature" in what else []
+    return freeze(graph, signatures=kept)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -1,0 +1,59 @@
+"""`graphc compile MODEL --freeze`: the library holds the weights as constants (no weight
+variables in its metadata) and computes what the unfrozen library computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import graphc as gc
+from graphc.cli.exported import main_export
+from graphc.runtime.library import read_metadata
+
+MODEL_PY = """
+import numpy as np
+import graphc as gc
+
+def build():
+    rng = np.random.default_rng(0)
+    with gc.Graph("mlp") as g:
+        x = gc.placeholder((4, 40), gc.float32, name="x")
+        y = gc.placeholder((4,), gc.int32, name="y")
+        w = gc.variable(rng.standard_normal((40, 48)).astype(np.float32), name="w")
+        out = gc.relu(gc.matmul(x, w), name="out")
+        loss = gc.mean(gc.softmax_cross_entropy(out, y), name="loss")
+        updates = gc.optim.SGD(lr=0.1).minimize(loss)
+    g.add_signature("predict", [x], [out])
+    g.add_signature("train", [x, y], [loss], updates)
+    return g
+"""
+
+
+def test_compile_freeze(tmp_path: Path) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(MODEL_PY)
+    spec = f"{model}:build"
+    plain, frozen, io = (tmp_path / f"lib{n}.so" for n in ("plain", "frozen", "io"))
+    assert main_export(["compile", spec, "-o", str(plain)]) == 0
+    assert main_export(["compile", spec, "-o", str(frozen), "--freeze"]) == 0
+    assert main_export(["compile", spec, "--inputs", "x", "--outputs", "out", "-o", str(io),
+                        "--freeze"]) == 0
+    assert "w" in [v["name"] for v in read_metadata(plain)["variables"]]
+    for lib in (frozen, io):
+        assert "w" not in [v["name"] for v in read_metadata(lib)["variables"]]
+    x = np.random.default_rng(1).standard_normal((4, 40)).astype(np.float32)
+    (want,) = gc.runtime.load(plain)(x)
+    for lib in (frozen, io):
+        (got,) = gc.runtime.load(lib)(x)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_freeze_refuses_what_would_need_the_weights_variable(tmp_path: Path) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(MODEL_PY)
+    spec = f"{model}:build"
+    out = str(tmp_path / "lib.so")
+    assert main_export(["compile", spec, "-o", out, "--freeze", "--train"]) == 2
+    assert main_export(["compile", spec, "-o", out, "--freeze", "--weights", "external"]) == 2
+    assert not Path(out).exists()
