@@ -16,13 +16,16 @@ the same share.
 
 Protocol (one JSON object per line, after the "@@ " prefix, on the child's stdout; anything
 else a library prints there is ignored): the child prints its setup record once ready, then
-answers each request line (seconds, a float) with {"times": [...]} and exits on "quit" or
-end of input.
+answers each request line ("SECONDS MAX_CALLS": time calls until SECONDS have passed, at
+least MIN_CALLS and at most MAX_CALLS of them) with {"times": [...]}, and exits on "quit" or
+end of input. Each burst may take `MAX_CALLS / rounds` calls, so a fast peer's calls are
+spread over all rounds as a slow one's are.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import shutil
@@ -35,14 +38,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 PREFIX = "@@ "
 GAP_S = 0.2  # idle time before each burst at > 1 thread: the peers' spin-then-sleep windows
 GAP_ONE_THREAD_S = 0.02  # ... at 1 thread (no worker threads to wait for)
 WARM_CALLS = 2  # untimed calls at the start of each burst
 MIN_CALLS = 3  # timed calls per burst, however long a call takes
-MAX_CALLS = 500  # timed calls per peer and row, over all bursts
+MAX_CALLS = 500  # timed calls per peer and row, over all bursts (a share of it per burst)
 SETUP_TIMEOUT_S = 900.0
 BURST_TIMEOUT_S = 600.0
 
@@ -71,8 +74,9 @@ def serve(setup: Callable[[], tuple[Callable[[], object], dict]]) -> None:
         _send({"times": times})
 
 
-def _send(record: dict) -> None:
-    sys.stdout.write(PREFIX + json.dumps(record) + "\n")
+def _send(record: dict[str, Any]) -> None:
+    # The leading newline ends whatever a library left unterminated on stdout.
+    sys.stdout.write("\n" + PREFIX + json.dumps(record) + "\n")
     sys.stdout.flush()
 
 
@@ -83,11 +87,11 @@ class PeerProcess:
     name: str
     command: list[str]
     env: dict[str, str]
-    info: dict = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
     rounds: list[float] = field(default_factory=list)  # the median of each burst
-    _proc: subprocess.Popen | None = None
-    _lines: queue.Queue = field(default_factory=queue.Queue)
+    _proc: subprocess.Popen[str] | None = None
+    _lines: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
     _stderr: IO[str] | None = None
 
     def start(self) -> bool:
@@ -102,12 +106,12 @@ class PeerProcess:
         self.info = record
         return True
 
-    def burst(self, seconds: float) -> bool:
-        """One timed burst; False (reported, child stopped) when the child failed."""
+    def burst(self, seconds: float, max_calls: int) -> bool:
+        """One timed burst of at most `max_calls` calls; False (reported, child stopped)
+        when the child failed."""
         assert self._proc is not None and self._proc.stdin is not None
-        left = MAX_CALLS - len(self.times)
         try:
-            self._proc.stdin.write(f"{seconds} {max(left, MIN_CALLS)}\n")
+            self._proc.stdin.write(f"{seconds} {max(max_calls, MIN_CALLS)}\n")
             self._proc.stdin.flush()
         except OSError:
             self._failed()
@@ -115,8 +119,9 @@ class PeerProcess:
         record = self._receive(BURST_TIMEOUT_S)
         if record is None:
             return False
-        self.times += record["times"]
-        self.rounds.append(statistics.median(record["times"]))
+        times = [float(t) for t in record["times"]]
+        self.times += times
+        self.rounds.append(statistics.median(times))
         return True
 
     def stop(self) -> None:
@@ -134,18 +139,23 @@ class PeerProcess:
             self._stderr.close()
         self._proc = None
 
-    def result(self) -> dict:
+    def result(self) -> dict[str, Any]:
         return {"median": statistics.median(self.times), "min": min(self.times),
                 "max": max(self.times), "calls": len(self.times), "rounds": self.rounds,
                 **self.info}
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            if line.startswith(PREFIX):
-                self._lines.put(json.loads(line[len(PREFIX):]))
-        self._lines.put(None)  # end of output: the child exited
+        try:
+            for line in stream:
+                if line.startswith(PREFIX):
+                    try:
+                        self._lines.put(json.loads(line[len(PREFIX):]))
+                    except json.JSONDecodeError:
+                        continue  # not ours: something else printed the prefix
+        finally:
+            self._lines.put(None)  # end of output: the child exited
 
-    def _receive(self, timeout: float) -> dict | None:
+    def _receive(self, timeout: float) -> dict[str, Any] | None:
         try:
             record = self._lines.get(timeout=timeout)
         except queue.Empty:
@@ -159,20 +169,23 @@ class PeerProcess:
         assert self._proc is not None
         if self._proc.poll() is None:
             self._proc.kill()
-        self._proc.wait()
+        code = self._proc.wait()
         err = ""
         if self._stderr is not None:
             self._stderr.seek(0)
             err = self._stderr.read()[-2000:]
-        sys.stderr.write(f"[{self.name}] failed:\n{err}\n")
+        sys.stderr.write(f"[{self.name}] failed (exit code {code}):\n{err}\n")
         self.stop()
 
 
 def alternate(peers: list[PeerProcess], rounds: int, seconds: float,
-              threads: int) -> dict[str, dict]:
+              threads: int) -> dict[str, dict[str, Any]]:
     """Start every peer (one at a time, so setups do not overlap), then `rounds` bursts of
-    `seconds / rounds` each, in an order rotated every round; the peers' pooled results."""
+    `seconds / rounds` and at most MAX_CALLS / rounds calls each, in an order rotated every
+    round; the pooled results of the peers that answered every burst (a peer that failed
+    part-way is reported on stderr and left out, rather than compared on fewer rounds)."""
     gap = GAP_S if threads > 1 else GAP_ONE_THREAD_S
+    per_burst = max(MIN_CALLS, math.ceil(MAX_CALLS / rounds))
     live = [p for p in peers if p.start()]
     try:
         for r in range(rounds):
@@ -181,11 +194,11 @@ def alternate(peers: list[PeerProcess], rounds: int, seconds: float,
                 if peer._proc is None:
                     continue
                 time.sleep(gap)
-                peer.burst(seconds / rounds)
+                peer.burst(seconds / rounds, per_burst)
     finally:
         for peer in live:
             peer.stop()
-    return {p.name: p.result() for p in live if p.times}
+    return {p.name: p.result() for p in live if len(p.rounds) == rounds}
 
 
 def child_command(script: Path, args: list[str], threads: int) -> list[str]:

@@ -145,6 +145,13 @@ def _measure(workload: str, peers: list[str], threads: int, rounds: int,
     return {p: results[f"{workload}/{p}"] for p in peers if f"{workload}/{p}" in results}
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _round_spread(results: dict[str, dict]) -> str:
     """ " (lo-hi)": the range of graphc's ratio to the fastest other peer, round by round
     (alternated rows only), which shows how far the host's drift moves the ratio."""
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1", help="comma-separated thread counts")
     parser.add_argument("--repeat-seconds", type=float, default=1.0,
                         help="timed seconds per peer and row, over all rounds")
-    parser.add_argument("--rounds", type=int, default=10,
+    parser.add_argument("--rounds", type=_positive, default=10,
                         help="bursts per peer and row, alternated between the peers")
     parser.add_argument("--write", default="", help="also write the table to this file")
     parser.add_argument("--mpi", action="store_true",
@@ -239,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for threads in (int(t) for t in opts.threads.split(",")):
             row_peers = [p for p in peers if w.key in _peer_setups(p, w)]
-            results = _measure(w.key, row_peers, threads, max(opts.rounds, 1),
-                               opts.repeat_seconds)
+            results = _measure(w.key, row_peers, threads, opts.rounds, opts.repeat_seconds)
             for peer, r in results.items():
                 if "kernel" in r:
                     notes[peer] = r["kernel"]
@@ -285,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         header.append(f"fp32 FMA peak measured in this run (benchmarks/peak.py, one core): "
                       f"{peak:.1f} GFLOP/s per core; 'of peak' divides graphc's rate by it "
                       "times the threads.")
-    header.append("graphc's inference rows of models built with its own layers compile "
-                  "gc.freeze(g): the trained weights as constants, stored in the kernels' "
-                  "layouts once (as ONNX Runtime's initializers are); training rows read "
-                  "variables.")
+    header.append("graphc's float32 MLP, LeNet and GPT inference rows compile gc.freeze(g): "
+                  "the trained weights as constants, stored in the kernels' layouts once (as "
+                  "ONNX Runtime's initializers are); training, decode and quantization rows "
+                  "read variables or their own snapshots.")
     header += [f"BLAS kernel of {p}: {k}" for p, k in notes.items()]
     header.append("Versions: " + ", ".join(_versions()))
     header.append("OPENBLAS_CORETYPE=" + os.environ.get("OPENBLAS_CORETYPE", "(unset)") +

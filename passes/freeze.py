@@ -11,12 +11,14 @@ the GEMM's panels (`codegen/gemm/prepack.py`), a convolution's filters in its ke
 layout or Winograd domain (`codegen/conv/prepack.py`, `passes/winograd.py`), and constant
 folding runs through the weights' transposes and reshapes.
 
-`freeze` turns every trainable variable (a weight) that the kept signatures do not update
-into a constant holding a copy of its current value. The others stay variables and share
-their arrays with `graph`: those a kept signature updates (a KV cache, a running mean), so a
-decode step keeps writing its cache, and non-trainable ones, which are state set between
-calls (an optimizer's learning rate, which a schedule assigns; a position counter). `keep`
-names more variables to leave alone. The copy is a snapshot: later training or
+`freeze` turns every trainable floating-point variable (a weight: what an optimizer would
+train) that the kept signatures do not update into a constant holding a copy of its current
+value. The others stay variables and share their arrays with `graph`: those a kept
+signature updates (a KV cache, a running mean), so a decode step keeps writing its cache,
+non-trainable ones, which are state set between calls (an optimizer's learning rate, which
+a schedule assigns), and integer ones (a position or step counter). `keep` names more
+variables to leave alone. With `signatures`, the new graph holds only what those
+signatures compute. The copy is a snapshot: later training or
 assignment of `graph`'s variables does not reach the frozen graph; freeze again after
 changing weights. Nodes keep their names (``served[node.name]`` is a node's counterpart) and
 locations, and the kept signatures are carried over.
@@ -32,20 +34,21 @@ import numpy as np
 from graphc.errors import GraphcError, GraphNameError
 from graphc.ir import Attrs, Graph, Node, Signature
 
-from .rewrite import Pending, Rebuilder
+from .rewrite import Pending, Rebuilder, live_nodes
 
 __all__ = ["freeze", "frozen_variables"]
 
 
 def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
            keep: Iterable[str] = ()) -> Graph:
-    """A new graph in which the trainable variables that no kept signature updates, except
-    those named in `keep`, are constants holding a copy of their current values (module
-    docstring). `signatures` limits the new graph to those signatures (default: all of
-    `graph`'s). Raises GraphNameError for an unknown signature or `keep` name, GraphcError
-    for a `keep` name that is not a variable."""
+    """A new graph in which the trainable float variables that no kept signature updates,
+    except those named in `keep`, are constants holding a copy of their current values
+    (module docstring). `signatures` limits the new graph to those signatures and the nodes
+    they need (default: all of `graph`'s signatures and nodes). Raises GraphNameError for
+    an unknown signature or `keep` name, GraphcError for a `keep` name that is not a
+    variable or a string passed where a list of names is expected."""
     chosen = _signatures(graph, signatures)
-    frozen = frozen_variables(graph, signatures=signatures, keep=keep)
+    frozen = set(frozen_variables(graph, signatures=signatures, keep=keep))
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
         if p.op == "variable" and p.name in frozen:
@@ -55,7 +58,12 @@ def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
             return rb.keep(replace(p, op="constant", attrs=Attrs(), value=value))
         return rb.keep(p)
 
-    rb = Rebuilder(graph, visit).run()
+    rb = Rebuilder(graph, visit)
+    if signatures is None:
+        rb.run()
+    else:
+        needed = set().union(*(live_nodes(graph, sig) for sig in chosen))
+        rb.run(n for n in graph.nodes if n in needed)
     out, m = rb.graph, rb.mapping
     out.signatures = {sig.name: Signature(sig.name, tuple(m[n] for n in sig.inputs),
                                           tuple(m[n] for n in sig.outputs),
@@ -68,7 +76,10 @@ def frozen_variables(graph: Graph, *, signatures: Sequence[str] | None = None,
                      keep: Iterable[str] = ()) -> list[str]:
     """The names of the variables `freeze` turns into constants, in graph order."""
     chosen = _signatures(graph, signatures)
-    kept = set()
+    if isinstance(keep, str):
+        raise GraphcError(f"freeze: keep must be a list of names, got the string {keep!r} "
+                          f"(write [{keep!r}])")
+    kept: set[str] = set()
     for name in keep:
         if name not in graph:
             raise GraphNameError(f"freeze: keep names {name!r}, which is no node of graph "
@@ -79,8 +90,8 @@ def frozen_variables(graph: Graph, *, signatures: Sequence[str] | None = None,
         kept.add(name)
     updated = {var.name for sig in chosen for var, _ in sig.updates}
     return [n.name for n in graph.nodes
-            if n.op == "variable" and n.attrs.get("trainable", True) and n.name not in updated
-            and n.name not in kept]
+            if n.op == "variable" and n.attrs.get("trainable", True) and n.dtype.is_float
+            and n.name not in updated and n.name not in kept]
 
 
 def _signatures(graph: Graph, names: Sequence[str] | None) -> list[Signature]:

@@ -56,4 +56,17 @@ def test_compile_freeze_refuses_what_would_need_the_weights_variable(tmp_path: P
     out = str(tmp_path / "lib.so")
     assert main_export(["compile", spec, "-o", out, "--freeze", "--train"]) == 2
     assert main_export(["compile", spec, "-o", out, "--freeze", "--weights", "external"]) == 2
+    assert main_export(["compile", spec, "-o", out, "--freeze", "--signature", "train"]) == 2
     assert not Path(out).exists()
+
+
+def test_compile_freeze_after_autocast_keeps_its_bf16_weight_copies(tmp_path: Path) -> None:
+    """--precision bf16 stores the weight as a bf16 snapshot of its own (`w/bf16_t`, laid
+    out for the batch-1 GEMV); --freeze runs after it and fixes what is left."""
+    model = tmp_path / "model.py"
+    model.write_text(MODEL_PY.replace("(4, 40)", "(1, 40)").replace("(4,)", "(1,)"))
+    lib = tmp_path / "lib.so"
+    assert main_export(["compile", f"{model}:build", "-o", str(lib), "--freeze",
+                        "--precision", "bf16"]) == 0
+    names = [v["name"] for v in read_metadata(lib)["variables"]]
+    assert "w/bf16_t" in names and "w" not in names

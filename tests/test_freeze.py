@@ -85,10 +85,11 @@ def test_variables_a_kept_signature_updates_stay_shared_variables() -> None:
     assert both.variables["w1"] is g.variables["w1"]
     gc.compile(both, signature="train", options=OPTIONS)(xv, yv)
     np.testing.assert_array_equal(both.variables["w1"], g.variables["w1"])
+    assert both["optim/lr"].op == "variable"  # not trainable: state, not a weight
     part = gc.freeze(g, signatures=["predict"], keep=["b1"])
     assert part["b1"].op == "variable" and part["w1"].op == "constant"
     assert part.variables["b1"] is g.variables["b1"]
-    assert part["optim/lr"].op == "variable"  # not trainable: state, not a weight
+    assert "optim/lr" not in part  # only "train" reads it
 
 
 def test_freeze_errors_name_what_is_wrong() -> None:
@@ -104,12 +105,40 @@ def test_freeze_errors_name_what_is_wrong() -> None:
 
 
 def test_updating_a_frozen_weight_is_a_clean_error() -> None:
-    g, x, labels, _ = _mlp()
+    g, x, _, logits = _mlp()
     served = gc.freeze(g, signatures=["predict"])
-    loss = served[g.signatures["train"].outputs[0].name]
     with pytest.raises(GraphcError, match="w1"):
-        gc.compile(served, [served[x.name], served[labels.name]], [loss],
+        gc.compile(served, [served[x.name]], [served[logits.name]],
                    updates={served["w1"]: served["w1"] * 0.5}, options=OPTIONS)
+
+
+def test_signatures_prune_and_state_stays_variable() -> None:
+    """With `signatures`, only what they compute is copied (a weight only a dropped
+    signature reads is not frozen into the new graph); integer and non-trainable variables
+    are state and stay variables."""
+    rng = np.random.default_rng(4)
+    with gc.Graph("state") as g:
+        x = gc.placeholder((2, 8), name="x")
+        w = gc.variable(rng.standard_normal((8, 8)).astype(np.float32), name="w")
+        stats_w = gc.variable(np.ones((8, 8), np.float32), name="stats_w")
+        step = gc.variable(np.int32(3), name="step")
+        scale = gc.variable(np.float32(2.0), name="scale", trainable=False)
+        y = (x @ w) * scale + gc.cast(step, gc.float32)
+        stats = gc.sum(x @ stats_w)
+    g.add_signature("predict", [x], [y])
+    g.add_signature("stats", [x], [stats])
+    assert gc.frozen_variables(g) == ["w", "stats_w"]
+    served = gc.freeze(g, signatures=["predict"])
+    assert "stats_w" not in served and "stats" not in served.signatures
+    assert served["w"].op == "constant"
+    assert served["step"].op == "variable" and served["scale"].op == "variable"
+    f = gc.compile(served, signature="predict", options=OPTIONS)
+    xv = rng.standard_normal((2, 8)).astype(np.float32)
+    before = f(xv)[0]
+    g.variables["step"] = np.int32(5)  # state set between calls reaches the frozen graph
+    np.testing.assert_allclose(f(xv)[0], before + 2, rtol=1e-5, atol=1e-5)
+    with pytest.raises(GraphcError, match=r"keep must be a list.*\['w'\]"):
+        gc.freeze(g, keep="w")  # type: ignore[arg-type]
 
 
 def test_a_frozen_convolution_and_a_kv_cache_decode_step() -> None:

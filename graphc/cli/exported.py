@@ -186,10 +186,15 @@ def _compile(args: argparse.Namespace) -> int:
                       conv_algorithm=args.conv_algorithm)
     if args.quantize is not None and args.precision != "fp32":
         raise UsageError("--quantize and --precision bf16 are exclusive: choose one")
-    if args.freeze:
-        graph = _frozen(graph, args)
+    if args.freeze and args.train:
+        raise UsageError("--freeze fixes the weights, which --train updates: choose one")
+    if args.freeze and args.weights == "external":
+        raise UsageError("--freeze stores the weights as constants in the library; "
+                         "--weights external keeps them in NAME.bin: choose one")
     graph = quantize_cli.apply(graph, args, select(graph, args), options)
     graph, what = with_precision(graph, select(graph, args), args.precision)
+    if args.freeze:  # last: autocast's bf16 weight copies keep the layout it chose
+        graph, what = _frozen(graph, what)
     done = export(graph, args.output, **what, name=args.name,
                   weights=args.weights, options=options)
     for path in (done.library, done.header, done.weights):
@@ -198,17 +203,24 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frozen(graph: Graph, args: argparse.Namespace) -> Graph:
-    """`graph` frozen for `--freeze`: the selected signature kept (with --inputs/--outputs,
-    none, so that no training signature keeps its weights variables)."""
-    if args.train:
-        raise UsageError("--freeze fixes the weights, which --train updates: choose one")
-    if args.weights == "external":
-        raise UsageError("--freeze stores the weights as constants in the library; "
-                         "--weights external keeps them in NAME.bin: choose one")
-    what = select(graph, args)
-    kept = [what["signature"]] if "signature" in what else []
-    return freeze(graph, signatures=kept)
+def _frozen(graph: Graph, what: dict[str, Any]) -> tuple[Graph, dict[str, Any]]:
+    """(graph, export keyword arguments) for `--freeze`: the selected signature (a new one
+    for --inputs/--outputs) kept and frozen. A training step is refused: its weights would
+    stay variables, and the flag would do nothing."""
+    if "signature" in what:
+        name = what["signature"]
+    else:
+        name = "frozen"
+        while name in graph.signatures:
+            name += "_"
+        graph.add_signature(name, what.get("inputs", []), what["outputs"],
+                            what.get("updates"))
+    trained = [v.name for v, _ in graph.signatures[name].updates
+               if v.attrs.get("trainable", True) and v.dtype.is_float]
+    if trained:
+        raise UsageError(f"--freeze: signature {name!r} trains weights ({', '.join(trained)}"
+                         "), which freezing would fix; freeze an inference signature")
+    return freeze(graph, signatures=[name]), {"signature": name}
 
 
 def _info(args: argparse.Namespace) -> int:
