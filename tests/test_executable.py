@@ -242,3 +242,34 @@ def test_numpy_scalars_bind_scalar_inputs() -> None:
         np.testing.assert_array_equal(f(xv, value), want)
     with pytest.raises(gc.ArgumentError, match="pos"):
         f(xv, np.float64(5.0))
+    # The fast path copies the scalar into the executable's own buffer under the call's
+    # lock: threads passing different positions each get their own result.
+    errors: list[int] = []
+
+    def worker(k: int) -> None:
+        for _ in range(300):
+            if not np.array_equal(f(xv, np.int64(k))[0], xv * k):
+                errors.append(k)
+                return
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_array_addresses_are_the_arrays_data() -> None:
+    """`_address` (the data pointer read from the array object when its offset was
+    verified at import) equals numpy's own for every kind of array a call passes."""
+    from graphc.runtime.executable import _address
+
+    base = np.zeros((6, 8), np.float32)
+    readonly = np.arange(5.0)
+    readonly.flags.writeable = False
+    cases = [base, base[2:], base[:, 3:][1:], np.zeros(0, np.int64), readonly,
+             np.empty((), np.int64), np.ascontiguousarray(np.ones((3, 3)).T)]
+    for a in cases:
+        if a.size:
+            assert _address(a) == a.ctypes.data
