@@ -181,7 +181,7 @@ class Executable:
             if self._bound_version != self.graph.variables.version:
                 self._bind_state()
             for i, a in enumerate(arrays):
-                if type(a) is not np.ndarray:  # a numpy scalar (`_positional`)
+                if not isinstance(a, np.ndarray):  # a numpy scalar (`_positional`)
                     buf = self._scalar_bufs[i]
                     buf[()] = a
                     a = buf
