@@ -10,24 +10,7 @@ import numpy as np
 import graphc as gc
 from graphc.cli.exported import main_export
 from graphc.runtime.library import read_metadata
-
-MODEL_PY = """
-import numpy as np
-import graphc as gc
-
-def build():
-    rng = np.random.default_rng(0)
-    with gc.Graph("mlp") as g:
-        x = gc.placeholder((4, 40), gc.float32, name="x")
-        y = gc.placeholder((4,), gc.int32, name="y")
-        w = gc.variable(rng.standard_normal((40, 48)).astype(np.float32), name="w")
-        out = gc.relu(gc.matmul(x, w), name="out")
-        loss = gc.mean(gc.softmax_cross_entropy(out, y), name="loss")
-        updates = gc.optim.SGD(lr=0.1).minimize(loss)
-    g.add_signature("predict", [x], [out])
-    g.add_signature("train", [x, y], [loss], updates)
-    return g
-"""
+from tests.test_cli_precision import MODEL_PY  # predict (batch 1) and train signatures
 
 
 def test_compile_freeze(tmp_path: Path) -> None:
@@ -42,7 +25,7 @@ def test_compile_freeze(tmp_path: Path) -> None:
     assert "w" in [v["name"] for v in read_metadata(plain)["variables"]]
     for lib in (frozen, io):
         assert "w" not in [v["name"] for v in read_metadata(lib)["variables"]]
-    x = np.random.default_rng(1).standard_normal((4, 40)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, 40)).astype(np.float32)
     (want,) = gc.runtime.load(plain)(x)
     for lib in (frozen, io):
         (got,) = gc.runtime.load(lib)(x)
@@ -64,7 +47,7 @@ def test_compile_freeze_after_autocast_keeps_its_bf16_weight_copies(tmp_path: Pa
     """--precision bf16 stores the weight as a bf16 snapshot of its own (`w/bf16_t`, laid
     out for the batch-1 GEMV); --freeze runs after it and fixes what is left."""
     model = tmp_path / "model.py"
-    model.write_text(MODEL_PY.replace("(4, 40)", "(1, 40)").replace("(4,)", "(1,)"))
+    model.write_text(MODEL_PY)
     lib = tmp_path / "lib.so"
     assert main_export(["compile", f"{model}:build", "-o", str(lib), "--freeze",
                         "--precision", "bf16"]) == 0

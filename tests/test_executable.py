@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -244,20 +245,11 @@ def test_numpy_scalars_bind_scalar_inputs() -> None:
         f(xv, np.float64(5.0))
     # The fast path copies the scalar into the executable's own buffer under the call's
     # lock: threads passing different positions each get their own result.
-    errors: list[int] = []
+    def right_every_time(k: int) -> bool:
+        return all(np.array_equal(f(xv, np.int64(k))[0], xv * k) for _ in range(300))
 
-    def worker(k: int) -> None:
-        for _ in range(300):
-            if not np.array_equal(f(xv, np.int64(k))[0], xv * k):
-                errors.append(k)
-                return
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(right_every_time, range(6)))
 
 
 def test_array_addresses_are_the_arrays_data() -> None:

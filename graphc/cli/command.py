@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from graphc.errors import GraphcError
 from graphc.io.gcg import load
@@ -158,3 +158,16 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return exc.code if isinstance(exc.code, int) else 0
     except BrokenPipeError:  # `graphc dump ... | head`
         return 0
+
+
+def selected_signature(graph: Graph, what: Mapping[str, Any], base: str) -> str:
+    """The name of the signature that `what` (`gc.compile`/`gc.export` keyword arguments,
+    `exported.select`) selects: its "signature", or one added to `graph` for its
+    inputs, outputs and updates, named `base` (then base_, base__, ... while taken)."""
+    if "signature" in what:
+        return str(what["signature"])
+    name = base
+    while name in graph.signatures:
+        name += "_"
+    graph.add_signature(name, what.get("inputs", []), what["outputs"], what.get("updates"))
+    return name

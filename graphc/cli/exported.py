@@ -51,6 +51,7 @@ from graphc.cli.command import (
     add_dim_argument,
     load_model,
     run_command,
+    selected_signature,
 )
 from graphc.cli.precision import PRECISIONS, with_precision
 from graphc.compile import compile as compile_graph
@@ -207,14 +208,7 @@ def _frozen(graph: Graph, what: dict[str, Any]) -> tuple[Graph, dict[str, Any]]:
     """(graph, export keyword arguments) for `--freeze`: the selected signature (a new one
     for --inputs/--outputs) kept and frozen. A training step is refused: its weights would
     stay variables, and the flag would do nothing."""
-    if "signature" in what:
-        name = what["signature"]
-    else:
-        name = "frozen"
-        while name in graph.signatures:
-            name += "_"
-        graph.add_signature(name, what.get("inputs", []), what["outputs"],
-                            what.get("updates"))
+    name = selected_signature(graph, what, "frozen")
     trained = [v.name for v, _ in graph.signatures[name].updates
                if v.attrs.get("trainable", True) and v.dtype.is_float]
     if trained:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from graphc.cli.command import selected_signature
 from graphc.compile import compile as compile_graph
 from graphc.ir import Graph
 from graphc.options import CompileOptions
@@ -28,14 +29,7 @@ def with_precision(graph: Graph, what: dict[str, Any],
     """(graph, export keyword arguments) for `precision`; fp32 returns them unchanged."""
     if precision == "fp32":
         return graph, what
-    if "signature" in what:
-        name = what["signature"]
-    else:
-        name = "bf16"
-        while name in graph.signatures:
-            name += "_"
-        graph.add_signature(name, what.get("inputs", []), what["outputs"],
-                            what.get("updates"))
+    name = selected_signature(graph, what, "bf16")
     new = autocast(graph, signatures=[name])
     print(explain_autocast(graph, signatures=[name]), file=sys.stderr)
     for line in measured_errors(graph, new, name):
