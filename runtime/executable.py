@@ -221,7 +221,10 @@ def failure_messages(kernels: Sequence[Kernel]) -> tuple[tuple[int, str], ...]:
 
 
 def _address(a: np.ndarray) -> int:
-    """The address of a contiguous array's data. `ndarray.ctypes.data` builds a helper
+    """The address of a contiguous array's data; `a` must be a numpy array (of any
+    subclass), never a scalar or other object: its object is read as an array's. (A
+    numpy scalar input goes through the executable's 0-d buffer first.)
+    `ndarray.ctypes.data` builds a helper
     object (~1.5 us, a fifth of a batch-1 call); a ctypes view of a writable buffer is ~3x
     cheaper, and reading the array object's data field (`_DATA_OFFSET`, found and checked at
     import) ~5x. Empty arrays, whose data pointer nothing reads, and read-only ones (which

@@ -15,7 +15,8 @@ from tests.test_cli_precision import MODEL_PY  # predict (batch 1) and train sig
 
 def test_compile_freeze(tmp_path: Path) -> None:
     model = tmp_path / "model.py"
-    model.write_text(MODEL_PY)
+    # Batch 4: the matmul runs on the packed GEMM, whose frozen weight is prepacked.
+    model.write_text(MODEL_PY.replace("(1, 40)", "(4, 40)").replace("(1,)", "(4,)"))
     spec = f"{model}:build"
     plain, frozen, io = (tmp_path / f"lib{n}.so" for n in ("plain", "frozen", "io"))
     assert main_export(["compile", spec, "-o", str(plain)]) == 0
@@ -25,7 +26,7 @@ def test_compile_freeze(tmp_path: Path) -> None:
     assert "w" in [v["name"] for v in read_metadata(plain)["variables"]]
     for lib in (frozen, io):
         assert "w" not in [v["name"] for v in read_metadata(lib)["variables"]]
-    x = np.random.default_rng(1).standard_normal((1, 40)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((4, 40)).astype(np.float32)
     (want,) = gc.runtime.load(plain)(x)
     for lib in (frozen, io):
         (got,) = gc.runtime.load(lib)(x)

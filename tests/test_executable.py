@@ -252,16 +252,30 @@ def test_numpy_scalars_bind_scalar_inputs() -> None:
         assert all(pool.map(right_every_time, range(6)))
 
 
-def test_array_addresses_are_the_arrays_data() -> None:
+def test_array_addresses_are_the_arrays_data(monkeypatch: pytest.MonkeyPatch) -> None:
     """`_address` (the data pointer read from the array object when its offset was
-    verified at import) equals numpy's own for every kind of array a call passes."""
-    from graphc.runtime.executable import _address
+    verified at import) equals numpy's own for every kind of array a call passes, and calls
+    give the same results through the ctypes fallback used when the offset is unknown."""
+    import sys
 
+    from graphc.runtime import executable
+
+    if sys.implementation.name == "cpython" and sys.maxsize > 2**32:
+        assert executable._DATA_OFFSET > 0  # the fast path is on where it can be
     base = np.zeros((6, 8), np.float32)
     readonly = np.arange(5.0)
     readonly.flags.writeable = False
     cases = [base, base[2:], base[:, 3:][1:], np.zeros(0, np.int64), readonly,
              np.empty((), np.int64), np.ascontiguousarray(np.ones((3, 3)).T)]
     for a in cases:
-        if a.size:
-            assert _address(a) == a.ctypes.data
+        assert executable._address(a) == a.ctypes.data
+    with gc.Graph("fallback") as g:
+        pos = gc.placeholder((), gc.int64, name="pos")
+        x = gc.placeholder((4,), gc.float32, name="x")
+        out = x * gc.cast(pos, gc.float32)
+    f = gc.compile(g, [x, pos], out)
+    xv = np.arange(4, dtype=np.float32)
+    want = f(xv, np.int64(3))
+    monkeypatch.setattr(executable, "_DATA_OFFSET", 0)
+    np.testing.assert_array_equal(f(xv, np.int64(3)), want)
+    np.testing.assert_array_equal(want, xv * 3)

@@ -19,7 +19,7 @@ from graphc.io.gcg import load
 from graphc.ir import Graph
 
 __all__ = ["MODEL_HELP", "Parser", "UsageError", "add_dim_argument", "fail", "load_model",
-           "parse_dims", "run_command"]
+           "parse_dims", "run_command", "selected_signature"]
 
 
 class UsageError(Exception):
