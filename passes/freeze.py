@@ -18,10 +18,10 @@ signature updates (a KV cache, a running mean), so a decode step keeps writing i
 non-trainable ones, which are state set between calls (an optimizer's learning rate, which
 a schedule assigns), and integer ones (a position or step counter). `keep` names more
 variables to leave alone. With `signatures`, the new graph holds only what those
-signatures compute. The copy is a snapshot: later training or
-assignment of `graph`'s variables does not reach the frozen graph; freeze again after
-changing weights. Nodes keep their names (``served[node.name]`` is a node's counterpart) and
-locations, and the kept signatures are carried over.
+signatures compute. The copy is a snapshot: later training or assignment of `graph`'s
+variables does not reach the frozen graph; freeze again after changing weights. Nodes keep
+their names (``served[node.name]`` is a node's counterpart) and locations, and the kept
+signatures are carried over.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
     variable or a string passed where a list of names is expected."""
     chosen = _signatures(graph, signatures)
     frozen = set(frozen_variables(graph, signatures=signatures, keep=keep))
+    needed = None if signatures is None else set().union(
+        *(live_nodes(graph, sig) for sig in chosen))
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
         if p.op == "variable" and p.name in frozen:
@@ -59,11 +61,7 @@ def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
         return rb.keep(p)
 
     rb = Rebuilder(graph, visit)
-    if signatures is None:
-        rb.run()
-    else:
-        needed = set().union(*(live_nodes(graph, sig) for sig in chosen))
-        rb.run(n for n in graph.nodes if n in needed)
+    rb.run(None if needed is None else (n for n in graph.nodes if n in needed))
     out, m = rb.graph, rb.mapping
     out.signatures = {sig.name: Signature(sig.name, tuple(m[n] for n in sig.inputs),
                                           tuple(m[n] for n in sig.outputs),
@@ -74,7 +72,8 @@ def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
 
 def frozen_variables(graph: Graph, *, signatures: Sequence[str] | None = None,
                      keep: Iterable[str] = ()) -> list[str]:
-    """The names of the variables `freeze` turns into constants, in graph order."""
+    """The names of the variables `freeze` turns into constants (with `signatures`, those
+    the signatures read), in graph order."""
     chosen = _signatures(graph, signatures)
     if isinstance(keep, str):
         raise GraphcError(f"freeze: keep must be a list of names, got the string {keep!r} "
@@ -89,9 +88,12 @@ def frozen_variables(graph: Graph, *, signatures: Sequence[str] | None = None,
                               "variable")
         kept.add(name)
     updated = {var.name for sig in chosen for var, _ in sig.updates}
+    needed = None if signatures is None else set().union(
+        *(live_nodes(graph, sig) for sig in chosen))
     return [n.name for n in graph.nodes
             if n.op == "variable" and n.attrs.get("trainable", True) and n.dtype.is_float
-            and n.name not in updated and n.name not in kept]
+            and n.name not in updated and n.name not in kept
+            and (needed is None or n in needed)]
 
 
 def _signatures(graph: Graph, names: Sequence[str] | None) -> list[Signature]:

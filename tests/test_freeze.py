@@ -128,6 +128,7 @@ def test_signatures_prune_and_state_stays_variable() -> None:
     g.add_signature("predict", [x], [y])
     g.add_signature("stats", [x], [stats])
     assert gc.frozen_variables(g) == ["w", "stats_w"]
+    assert gc.frozen_variables(g, signatures=["predict"]) == ["w"]
     served = gc.freeze(g, signatures=["predict"])
     assert "stats_w" not in served and "stats" not in served.signatures
     assert served["w"].op == "constant"
