@@ -9,10 +9,13 @@ on every peer about alike, and a ratio of medians is a ratio of code.
 
 Between two bursts the parent waits `GAP_S` (at more than one thread), so that the previous
 peer's spinning threads (graphc's pool, OpenMP and OpenBLAS workers) have gone to sleep and
-do not take the cores of the next; each burst starts with `WARM_CALLS` untimed calls, which
-wake them again. Many short bursts beat a few long ones: this host's slow spells (calls 25 %
-slower for a few tenths of a second, for every peer alike) then fall on each peer in about
-the same share.
+do not take the cores of the next; each burst starts with `WARM_S` of untimed calls (at
+least `WARM_CALLS`), which wake them again: on this VM the calls after a core slept run up
+to 2x slower for a few milliseconds (a halted vCPU wakes slowly; a 0.46 ms GEMM at 2 threads
+took 1.08, then 0.74 ms, and settled by its 12th call), which a burst of fifty 80 us calls
+would otherwise count. Many short bursts beat a few long ones: this
+host's slow spells (calls 25 % slower for a few tenths of a second, for every peer alike)
+then fall on each peer in about the same share.
 
 Protocol (one JSON object per line, after the "@@ " prefix, on the child's stdout; anything
 else a library prints there is ignored): the child prints its setup record once ready, then
@@ -43,7 +46,8 @@ from typing import IO, Any
 PREFIX = "@@ "
 GAP_S = 0.2  # idle time before each burst at > 1 thread: the peers' spin-then-sleep windows
 GAP_ONE_THREAD_S = 0.02  # ... at 1 thread (no worker threads to wait for)
-WARM_CALLS = 2  # untimed calls at the start of each burst
+WARM_CALLS = 2  # untimed calls at the start of each burst, at least ...
+WARM_S = 0.01  # ... and for this long
 MIN_CALLS = 3  # timed calls per burst, however long a call takes
 MAX_CALLS = 500  # timed calls per peer and row, over all bursts (a share of it per burst)
 SETUP_TIMEOUT_S = 900.0
@@ -62,8 +66,11 @@ def serve(setup: Callable[[], tuple[Callable[[], object], dict]]) -> None:
         if line == "quit":
             break
         seconds, max_calls = (float(v) for v in line.split())
-        for _ in range(WARM_CALLS):
+        warm_start = time.perf_counter()
+        warm = 0
+        while warm < WARM_CALLS or time.perf_counter() - warm_start < WARM_S:
             run()
+            warm += 1
         times: list[float] = []
         start = time.perf_counter()
         while len(times) < MIN_CALLS or (time.perf_counter() - start < seconds

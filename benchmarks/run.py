@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "pinned with taskset to as many cores as threads, set up and warmed up once; the "
         f"peers of a row then take turns, {opts.rounds} bursts each in a rotating order with "
         f"{alternate_module.GAP_S} s idle before each burst at 2 threads "
-        f"({alternate_module.GAP_ONE_THREAD_S} s at 1), and a peer's calls are pooled "
+        f"({alternate_module.GAP_ONE_THREAD_S} s at 1) and {alternate_module.WARM_S * 1e3:g} ms "
+        "of untimed calls to start each burst, and a peer's calls are pooled "
         "(benchmarks/alternate.py), so that this host's drift lands on every peer alike. "
         "The ratio's range is over the rounds: graphc's burst median over the fastest other "
         "peer's in the same round. Compile rows run each peer once, one after the other.",
