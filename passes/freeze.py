@@ -36,7 +36,7 @@ from graphc.ir import Attrs, Graph, Node, Signature
 
 from .rewrite import Pending, Rebuilder, live_nodes
 
-__all__ = ["freeze", "frozen_variables"]
+__all__ = ["freeze", "frozen_variables", "weights"]
 
 
 def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
@@ -47,10 +47,7 @@ def freeze(graph: Graph, *, signatures: Sequence[str] | None = None,
     they need (default: all of `graph`'s signatures and nodes). Raises GraphNameError for
     an unknown signature or `keep` name, GraphcError for a `keep` name that is not a
     variable or a string passed where a list of names is expected."""
-    chosen = _signatures(graph, signatures)
-    frozen = set(frozen_variables(graph, signatures=signatures, keep=keep))
-    needed = None if signatures is None else set().union(
-        *(live_nodes(graph, sig) for sig in chosen))
+    chosen, needed, frozen = _plan(graph, signatures, keep)
 
     def visit(p: Pending, rb: Rebuilder) -> Node:
         if p.op == "variable" and p.name in frozen:
@@ -74,6 +71,19 @@ def frozen_variables(graph: Graph, *, signatures: Sequence[str] | None = None,
                      keep: Iterable[str] = ()) -> list[str]:
     """The names of the variables `freeze` turns into constants (with `signatures`, those
     the signatures read), in graph order."""
+    frozen = _plan(graph, signatures, keep)[2]
+    return [n.name for n in graph.nodes if n.name in frozen]
+
+
+def weights(graph: Graph) -> list[Node]:
+    """The variables an optimizer would train (trainable and floating point, as
+    `Optimizer.minimize` picks them by default): what `freeze` may fix."""
+    return [v for v in graph.trainable_variables if v.dtype.is_float]
+
+
+def _plan(graph: Graph, signatures: Sequence[str] | None, keep: Iterable[str]
+          ) -> tuple[list[Signature], set[Node] | None, set[str]]:
+    """(the kept signatures, the nodes they need (None: all), the names to freeze)."""
     chosen = _signatures(graph, signatures)
     if isinstance(keep, str):
         raise GraphcError(f"freeze: keep must be a list of names, got the string {keep!r} "
@@ -90,10 +100,10 @@ def frozen_variables(graph: Graph, *, signatures: Sequence[str] | None = None,
     updated = {var.name for sig in chosen for var, _ in sig.updates}
     needed = None if signatures is None else set().union(
         *(live_nodes(graph, sig) for sig in chosen))
-    return [n.name for n in graph.nodes
-            if n.op == "variable" and n.attrs.get("trainable", True) and n.dtype.is_float
-            and n.name not in updated and n.name not in kept
-            and (needed is None or n in needed)]
+    frozen = {v.name for v in weights(graph)
+              if v.name not in updated and v.name not in kept
+              and (needed is None or v in needed)}
+    return chosen, needed, frozen
 
 
 def _signatures(graph: Graph, names: Sequence[str] | None) -> list[Signature]:

@@ -222,13 +222,13 @@ def failure_messages(kernels: Sequence[Kernel]) -> tuple[tuple[int, str], ...]:
 
 def _address(a: np.ndarray) -> int:
     """The address of a contiguous array's data; `a` must be a numpy array (of any
-    subclass), never a scalar or other object: its object is read as an array's. (A
-    numpy scalar input goes through the executable's 0-d buffer first.)
-    `ndarray.ctypes.data` builds a helper
-    object (~1.5 us, a fifth of a batch-1 call); a ctypes view of a writable buffer is ~3x
-    cheaper, and reading the array object's data field (`_DATA_OFFSET`, found and checked at
-    import) ~5x. Empty arrays, whose data pointer nothing reads, and read-only ones (which
-    ctypes cannot view) take the slow path when the offset is unknown."""
+    subclass), never a scalar or other object: its object is read as an array's (a numpy
+    scalar input goes through the executable's 0-d buffer first).
+
+    `ndarray.ctypes.data` builds a helper object (~1.5 us, a fifth of a batch-1 call); a
+    ctypes view of a writable buffer is ~3x cheaper, and reading the array object's data
+    field (`_DATA_OFFSET`, found and checked at import) ~5x. Without the offset, empty
+    arrays and read-only ones (which ctypes cannot view) take the slow path."""
     if _DATA_OFFSET:
         return _VOID_AT(id(a) + _DATA_OFFSET).value or 0
     if a.size and a.flags.writeable:
@@ -246,9 +246,9 @@ def _data_offset() -> int:
         return 0
     samples = [np.zeros(n, t) for n, t in ((1, np.int64), (7, np.float32), (4096, np.uint8))]
     samples += [np.zeros((3, 5), np.float64)[1:], np.zeros(0, np.float32)]
-    frozen = np.arange(6.0)
-    frozen.flags.writeable = False
-    samples.append(frozen)
+    readonly = np.arange(6.0)
+    readonly.flags.writeable = False
+    samples.append(readonly)
     for offset in (16, 24, 32):
         if all(_VOID_AT(id(a) + offset).value == (a.ctypes.data or None) for a in samples):
             return offset

@@ -61,7 +61,7 @@ from graphc.io.atomic import atomic_write
 from graphc.io.untrusted import NpyHeader, npy_array, open_regular_file, read_npy_header
 from graphc.ir import Graph
 from graphc.options import CONV_ALGORITHMS
-from graphc.passes.freeze import freeze
+from graphc.passes.freeze import freeze, weights
 from graphc.pipeline import DEFAULT_OPTIONS
 from graphc.runtime.arguments import TensorSpec, resolve_signature
 from graphc.runtime.library import check_compatible, load, read_metadata
@@ -209,8 +209,8 @@ def _frozen(graph: Graph, what: dict[str, Any]) -> tuple[Graph, dict[str, Any]]:
     for --inputs/--outputs) kept and frozen. A training step is refused: its weights would
     stay variables, and the flag would do nothing."""
     name = selected_signature(graph, what, "frozen")
-    trained = [v.name for v, _ in graph.signatures[name].updates
-               if v.attrs.get("trainable", True) and v.dtype.is_float]
+    names = {w.name for w in weights(graph)}
+    trained = [v.name for v, _ in graph.signatures[name].updates if v.name in names]
     if trained:
         raise UsageError(f"--freeze: signature {name!r} trains weights ({', '.join(trained)}"
                          "), which freezing would fix; freeze an inference signature")
