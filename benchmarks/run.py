@@ -44,8 +44,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the package lives next to this folder
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import alternate as alternate_module  # noqa: E402
-from benchmarks.alternate import PeerProcess, alternate, child_command, serve  # noqa: E402
+from benchmarks.alternate import (  # noqa: E402
+    GAP_ONE_THREAD_S,
+    GAP_S,
+    WARM_S,
+    PeerProcess,
+    alternate,
+    child_command,
+    serve,
+)
 
 PEERS = ("graphc", "numpy", "numpy-avx512", "torch", "torch-compile", "jax", "ort")
 # Peers implemented in their own module (a PEERS dict: workload key -> setup), and the
@@ -281,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         "Times: median (min...max) of repeated calls. Each peer runs in its own process, "
         "pinned with taskset to as many cores as threads, set up and warmed up once; the "
         f"peers of a row then take turns, {opts.rounds} bursts each in a rotating order with "
-        f"{alternate_module.GAP_S} s idle before each burst at 2 threads "
-        f"({alternate_module.GAP_ONE_THREAD_S} s at 1) and {alternate_module.WARM_S * 1e3:g} ms "
+        f"{GAP_S} s idle before each burst at 2 threads "
+        f"({GAP_ONE_THREAD_S} s at 1) and {WARM_S * 1e3:g} ms "
         "of untimed calls to start each burst, and a peer's calls are pooled "
         "(benchmarks/alternate.py), so that this host's drift lands on every peer alike. "
         "The ratio's range is over the rounds: graphc's burst median over the fastest other "
