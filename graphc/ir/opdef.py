@@ -81,6 +81,14 @@ class Anchor(enum.Enum):
 
 _BF16_BITS = np.dtype(np.uint16)
 
+# Types inferred before, by (op, operand types, attributes with their Python types): a
+# type rule is a pure function of these, and every pass rebuilds its graph, so a compile
+# asks for the same (op, types, attrs) again and again (ResNet-18: ~700 type rules per
+# compile, nearly all repeats). Only successes are kept; cleared when it grows past
+# `_INFERRED_LIMIT` entries, so it stays small in a long-running process.
+_inferred: dict[tuple[Any, ...], ValueType] = {}
+_INFERRED_LIMIT = 8192
+
 InferRule = Callable[[Sequence[TensorType], Attrs], TensorType]
 ReferenceRule = Callable[[Sequence[np.ndarray], Attrs], np.ndarray]
 GradRule = Callable[[Node, Node], Sequence["Node | None"]]
@@ -171,9 +179,16 @@ class OpDef:
         if self.fusion != Fusion.CONTROL and any(isinstance(t, TupleType) for t in types):
             raise GraphcError("an operand has several results (a tuple type); only `get` "
                               "reads such a value")
+        key = _memo_key(self.name, types, attrs)
+        if key is not None and (hit := _inferred.get(key)) is not None:
+            return hit
         self.check_lowp(types, None)  # before the type rule: its message is the clearer
         result = self.infer(types, attrs)  # type: ignore[arg-type]
         self.check_lowp((), result)
+        if key is not None:
+            if len(_inferred) >= _INFERRED_LIMIT:
+                _inferred.clear()
+            _inferred[key] = result
         return result
 
     def evaluate_reference(self, arrays: Sequence[np.ndarray], attrs: Attrs,
@@ -195,3 +210,13 @@ class OpDef:
         """`attrs` checked against `self.attrs` and normalized (defaults filled in); an
         AttrError naming the attribute otherwise (the caller adds op and location)."""
         return check_attrs(self.name, self.attrs, attrs)
+
+
+def _memo_key(op: str, types: Sequence[ValueType], attrs: Attrs | Mapping[str, Any]
+              ) -> tuple[Any, ...] | None:
+    """The key of `_inferred`, or None when the call is not memoized (attributes not yet
+    frozen). The attributes' Python types are part of it: 1, 1.0 and True are equal and
+    hash alike, but a type rule may treat them differently."""
+    if not isinstance(attrs, Attrs):
+        return None
+    return (op, tuple(types), attrs, tuple(type(v) for v in attrs.values()))
