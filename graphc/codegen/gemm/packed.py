@@ -207,8 +207,11 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                                       as_i64(kc), ap])
 
                 def column(jr: Val, nr_eff: Val, bpanel: ir.Value | None,
-                           b_step: int) -> None:
+                           b_step: int, following: ir.Value | None = None) -> None:
                     with for_range(b, 0, full, plan.mr, name="ir") as ir_:
+                        if following is not None:
+                            _prefetch_panel_part(b, following, ir_, full, b_step, plan,
+                                                 spec.k, dtype.itemsize, ety)
                         tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff, bpanel,
                                 a_step=sa_p, b_step=b_step)
                     if full < spec.m:
@@ -221,7 +224,9 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 else:  # B in panels (`GemmSpec.b_panels`): a narrower last one packed
                     if full_n:
                         with for_range(b, 0, full_n, plan.nr, name="jr") as jr:
-                            column(jr, plan.nr, b_full(jr), b_step)
+                            panel = b_full(jr)
+                            column(jr, plan.nr, panel, b_step,
+                                   _following_panel(b, panel, spec, plan.nr, ety))
                     if full_n < spec.n:
                         column(full_n, spec.n - full_n, bp, plan.nr)
             elif not plan.pack_b:
@@ -229,12 +234,17 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 with _blocks(b, spec.m, plan.mc, "ic") as (ic, mc):
                     b.call(pack_a(), [a_at(ic), as_i64(spec.lda), as_i64(mc), as_i64(kc), ap])
                     if full_n:
-                        with for_range(b, 0, full_n, plan.nr, name="jr") as jr, \
-                                for_range(b, 0, mc, plan.mr, name="ir") as ir_:
-                            apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
-                            tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
-                                    smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
-                                    bpanel=b_full(jr), b_step=b_step)
+                        with for_range(b, 0, full_n, plan.nr, name="jr") as jr:
+                            panel = b_full(jr)
+                            following = _following_panel(b, panel, spec, plan.nr, ety)
+                            with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
+                                _prefetch_panel_part(b, following, ir_,
+                                                     min(plan.mc, spec.m), b_step, plan,
+                                                     spec.k, dtype.itemsize, ety)
+                                apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
+                                tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
+                                        smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
+                                        bpanel=panel, b_step=b_step)
                     if full_n < spec.n:
                         with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
                             apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
@@ -250,3 +260,48 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                             tile_at(kernel(), apanel, add(b, ic, ir_), jr,
                                     smin(b, plan.mr, b.sub(as_i64(mc), ir_)),
                                     smin(b, plan.nr, b.sub(as_i64(nc), jr)))
+
+
+# Prefetching the next B panel: at most this many cache lines before each tile, only in
+# columns of at least `_PREFETCH_MIN_TILES` tiles (fewer leave no work to hide it behind),
+# with locality 1 (prefetcht2: into L2 on Intel; measured here the same as 2 in a model and
+# 2 % less costly in a GEMM whose B stays cached, as the prefetched lines evict less).
+_PREFETCH_LINES_PER_TILE = 16
+_PREFETCH_MIN_TILES = 4
+_LOCALITY = 1
+
+
+def _following_panel(b: ir.IRBuilder, panel: ir.Value, spec: GemmSpec, nr: int,
+                     ety: ir.Type) -> ir.Value:
+    """The first element of the in-place B panel after `panel` (NR columns on), for
+    prefetching only: after the last panel it points past B, so it is not `inbounds`."""
+    step = nr * spec.k if spec.b_panels else nr
+    return b.gep(panel, [as_i64(step)], source_etype=ety)
+
+
+def _prefetch_panel_part(b: ir.IRBuilder, following: ir.Value, ir_: ir.Value, rows: int,
+                         b_step: int, plan: GemmPlan, k: int, itemsize: int,
+                         ety: ir.Type) -> None:
+    """Before the tile at row `ir_` of a column of tiles, prefetch its share of the B panel
+    the next column reads in place (`following`: its first element; rows of `b_step`
+    elements).
+
+    Without it, a column's first tile waits on memory for each line of its B panel: weights
+    read once per call come from L3 or DRAM, where the hardware prefetchers run too few
+    lines ahead of a stream consumed this slowly. Spread over the column's ceil(rows / MR)
+    tiles, the lines arrive while this column's tiles compute (GPT inference, T=128: -4 %
+    at 1 thread, -6 % at 2; an MLP at batch 256: -2 %). Prefetches never fault, so the
+    panel after the last one may be named."""
+    tiles = -(-rows // plan.mr)
+    if tiles < _PREFETCH_MIN_TILES:
+        return
+    kc = min(plan.kc, k)
+    if b_step == plan.nr:  # a contiguous panel: kc * NR elements
+        lines, line_elems = -(-kc * plan.nr * itemsize // 64), 64 // itemsize
+    else:  # one row of NR elements per b_step
+        lines, line_elems = kc, b_step
+    per = min(-(-lines // tiles), _PREFETCH_LINES_PER_TILE)
+    first = b.mul(b.udiv(ir_, as_i64(plan.mr)), as_i64(per))
+    for line in range(per):
+        at = b.mul(b.add(first, as_i64(line)), as_i64(line_elems))
+        prefetch(b, b.gep(following, [at], source_etype=ety), False, _LOCALITY)
