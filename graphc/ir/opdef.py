@@ -215,8 +215,11 @@ class OpDef:
 def _memo_key(op: str, types: Sequence[ValueType], attrs: Attrs | Mapping[str, Any]
               ) -> tuple[Any, ...] | None:
     """The key of `_inferred`, or None when the call is not memoized (attributes not yet
-    frozen). The attributes' Python types are part of it: 1, 1.0 and True are equal and
-    hash alike, but a type rule may treat them differently."""
+    frozen). The top-level attribute values' Python types are part of it: 1, 1.0 and True
+    are equal and hash alike, but a type rule may treat them differently. Values nested in
+    tuples are not distinguished so: every caller (the builder, the readers, `verify`)
+    passes attributes `check_attrs` has put in canonical form, where an int tuple holds
+    ints only."""
     if not isinstance(attrs, Attrs):
         return None
     return (op, tuple(types), attrs, tuple(type(v) for v in attrs.values()))

@@ -282,26 +282,33 @@ def _following_panel(b: ir.IRBuilder, panel: ir.Value, spec: GemmSpec, nr: int,
 def _prefetch_panel_part(b: ir.IRBuilder, following: ir.Value, ir_: ir.Value, rows: int,
                          b_step: int, plan: GemmPlan, k: int, itemsize: int,
                          ety: ir.Type) -> None:
-    """Before the tile at row `ir_` of a column of tiles, prefetch its share of the B panel
-    the next column reads in place (`following`: its first element; rows of `b_step`
-    elements).
+    """Before the tile at row `ir_` of a block of `rows` rows (a column of tiles), prefetch
+    its part of the B panel the next column reads in place (`following`: its first element;
+    rows of `b_step` elements).
 
     Without it, a column's first tile waits on memory for each line of its B panel: weights
     read once per call come from L3 or DRAM, where the hardware prefetchers run too few
-    lines ahead of a stream consumed this slowly. Spread over the column's ceil(rows / MR)
-    tiles, the lines arrive while this column's tiles compute (GPT inference, T=128: -4 %
-    at 1 thread, -6 % at 2; an MLP at batch 256: -2 %). Prefetches never fault, so the
-    panel after the last one may be named."""
+    lines ahead of a stream consumed this slowly. Spread over the block's ceil(rows / MR)
+    tiles, at most `_PREFETCH_LINES_PER_TILE` prefetches each, the panel's first lines
+    arrive while this column's tiles compute (GPT inference, T=128: -4 % at 1 thread, -6 %
+    at 2; an MLP at batch 256: -2 %; MobileNetV2 -2 % / -4 %). A panel stored contiguously
+    is prefetched line by line; a row-major B's panel row by row, at both ends of each row
+    (NR elements span two lines with 512-bit vectors, or when rows are not line-aligned).
+    Prefetches never fault, so the panel after the last one may be named."""
     tiles = -(-rows // plan.mr)
     if tiles < _PREFETCH_MIN_TILES:
         return
     kc = min(plan.kc, k)
-    if b_step == plan.nr:  # a contiguous panel: kc * NR elements
-        lines, line_elems = -(-kc * plan.nr * itemsize // 64), 64 // itemsize
-    else:  # one row of NR elements per b_step
-        lines, line_elems = kc, b_step
-    per = min(-(-lines // tiles), _PREFETCH_LINES_PER_TILE)
+    if b_step == plan.nr:  # a contiguous panel: kc * NR elements, a line at a time
+        units, unit_elems = -(-kc * plan.nr * itemsize // 64), 64 // itemsize
+        offsets = [0]
+    else:  # one row of NR elements every b_step: its first and last element
+        units, unit_elems = kc, b_step
+        offsets = [0, plan.nr - 1]
+    per = min(-(-units // tiles), _PREFETCH_LINES_PER_TILE // len(offsets))
     first = b.mul(b.udiv(ir_, as_i64(plan.mr)), as_i64(per))
-    for line in range(per):
-        at = b.mul(b.add(first, as_i64(line)), as_i64(line_elems))
-        prefetch(b, b.gep(following, [at], source_etype=ety), False, _LOCALITY)
+    for unit in range(per):
+        at = b.mul(b.add(first, as_i64(unit)), as_i64(unit_elems))
+        for offset in offsets:
+            where = b.add(at, as_i64(offset)) if offset else at
+            prefetch(b, b.gep(following, [where], source_etype=ety), False, _LOCALITY)
