@@ -223,7 +223,8 @@ def test_auto_takes_the_transposed_gemm_for_1x1_on_small_maps() -> None:
     """MobileNetV2's 1x1 layers on 7x7 and 14x14 maps, deep and expanding, go through the
     transposed GEMM (measured faster on Zen 4, AVX-512); K < 16 and wide maps stay
     direct. With 256-bit vectors (16 registers, Zen 3) every 1x1 layer with K >= 16 takes
-    the GEMM, transposed up to 256 positions."""
+    the GEMM, transposed up to 256 positions, but for shallow ones on maps of 56x56 or
+    more (K <= 16, or K <= 32 into at most 16 channels)."""
     host = host_target()
     narrow = Target(host.triple, host.cpu, host.features, 256)
     for shape, o, flipped in (((1, 576, 14, 14), 96, True), ((1, 160, 7, 7), 960, True),
@@ -232,6 +233,12 @@ def test_auto_takes_the_transposed_gemm_for_1x1_on_small_maps() -> None:
         assert im2col.choose(conv, narrow)
         assert im2col._split(conv, narrow, 1).transposed == flipped
     assert not im2col.choose(_conv((1, 8, 7, 7), 64, 1), narrow)
+    for shape, o, gemm in (((1, 16, 112, 112), 96, False), ((1, 32, 112, 112), 16, False),
+                           ((1, 16, 56, 56), 64, False), ((1, 32, 56, 56), 16, False),
+                           ((1, 16, 28, 28), 96, True),  # a smaller map
+                           ((1, 32, 112, 112), 64, True),  # into more channels
+                           ((1, 48, 56, 56), 16, True)):  # deeper
+        assert im2col.choose(_conv(shape, o, 1), narrow) == gemm, (shape, o)
     target = Target(host.triple, host.cpu, host.features, 512)  # only the width matters
     assert im2col.choose(_conv((1, 576, 14, 14), 96, 1), target)
     assert im2col.choose(_conv((1, 160, 7, 7), 960, 1), target)

@@ -68,6 +68,9 @@ _TASK_MACS = 1 << 17
 # targets (see `choose`), where its Col takes at most COL_MAX_BYTES per task.
 STRIDED_MIN_CHANNELS = 16
 COL_MAX_BYTES = 8 << 20
+# From this many output positions (56 x 56) a shallow 1x1 conv stays direct on 16-register
+# targets (`choose`).
+SHALLOW_MIN_POSITIONS = 56 * 56
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,18 @@ def choose(node: Node, target: Target, algorithm: str = "auto", threads: int = 1
     deep = geo.k >= 1024 and geo.og >= 64 and geo.p <= 256
     flipped = geo.k >= 16 and transposed_path.worth_it(geo.image_is_col, geo.groups, geo.p,
                                                         geo.og, lanes, wide=wide)
+    # Not a shallow 1x1 conv on a large map, though (K <= 16, or K <= 32 into at most 16
+    # channels, over 56x56 positions or more): there the GEMM does too little work per
+    # element of X to pay for streaming its panels (Zen 3, bias + ReLU6, direct vs here,
+    # one thread / two: 112x112 16 -> 96 636 vs 714 / 323 vs 386 us, 16 -> 64 414 vs 472 /
+    # 258 vs 360, 32 -> 16 218 vs 260 / 150 vs 156, 24 -> 16 157 vs 192 / 85 vs 111; 56x56
+    # 16 -> 64 108 vs 123 / 71 vs 86, 32 -> 16 52 vs 64 / 47 vs 62; at 28x28, 16 -> 96
+    # stays faster here, 45 vs 62).
+    shallow = geo.p >= SHALLOW_MIN_POSITIONS and (
+        geo.k <= 16 or (geo.k <= 32 and geo.og <= 16))
+    # (measured on inference; gradients keep their rule)
     one_by_one = (not wide and node.op == "conv2d" and geo.image_is_col and geo.groups == 1
-                  and geo.k >= 16)  # measured on inference; gradients keep their rule
+                  and geo.k >= 16 and not shallow)
     # Strided rows cost the direct kernel a de-interleaving shuffle per tap, which 16
     # registers cannot amortize over enough output channels. ResNet-18's strided layers on
     # Zen 3 (one thread, bias + ReLU): 3x3 64 -> 128 from 56x56 2833 -> 1506 us here, 1x1
