@@ -211,7 +211,7 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                     with for_range(b, 0, full, plan.mr, name="ir") as ir_:
                         if following is not None:
                             _prefetch_panel_part(b, following, ir_, full, b_step, plan,
-                                                 spec.k, dtype.itemsize, ety)
+                                                 dtype.itemsize, ety)
                         tile_at(in_place, a_at(ir_), ir_, jr, plan.mr, nr_eff, bpanel,
                                 a_step=sa_p, b_step=b_step)
                     if full < spec.m:
@@ -240,7 +240,7 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                             with for_range(b, 0, mc, plan.mr, name="ir") as ir_:
                                 _prefetch_panel_part(b, following, ir_,
                                                      min(plan.mc, spec.m), b_step, plan,
-                                                     spec.k, dtype.itemsize, ety)
+                                                     dtype.itemsize, ety)
                                 apanel = elem_ptr(b, ap, b.mul(ir_, as_i64(kc)), ety)
                                 tile_at(in_place_b, apanel, add(b, ic, ir_), jr,
                                         smin(b, plan.mr, b.sub(as_i64(mc), ir_)), plan.nr,
@@ -280,8 +280,7 @@ def _following_panel(b: ir.IRBuilder, panel: ir.Value, spec: GemmSpec, nr: int,
 
 
 def _prefetch_panel_part(b: ir.IRBuilder, following: ir.Value, ir_: ir.Value, rows: int,
-                         b_step: int, plan: GemmPlan, k: int, itemsize: int,
-                         ety: ir.Type) -> None:
+                         b_step: int, plan: GemmPlan, itemsize: int, ety: ir.Type) -> None:
     """Before the tile at row `ir_` of a block of `rows` rows (a column of tiles), prefetch
     its part of the B panel the next column reads in place (`following`: its first element;
     rows of `b_step` elements).
@@ -298,12 +297,11 @@ def _prefetch_panel_part(b: ir.IRBuilder, following: ir.Value, ir_: ir.Value, ro
     tiles = -(-rows // plan.mr)
     if tiles < _PREFETCH_MIN_TILES:
         return
-    kc = min(plan.kc, k)
-    if b_step == plan.nr:  # a contiguous panel: kc * NR elements, a line at a time
-        units, unit_elems = -(-kc * plan.nr * itemsize // 64), 64 // itemsize
+    if b_step == plan.nr:  # a contiguous panel: KC * NR elements, a line at a time
+        units, unit_elems = -(-plan.kc * plan.nr * itemsize // 64), 64 // itemsize
         offsets = [0]
     else:  # one row of NR elements every b_step: its first and last element
-        units, unit_elems = kc, b_step
+        units, unit_elems = plan.kc, b_step
         offsets = [0, plan.nr - 1]
     per = min(-(-units // tiles), _PREFETCH_LINES_PER_TILE // len(offsets))
     first = b.mul(b.udiv(ir_, as_i64(plan.mr)), as_i64(per))
