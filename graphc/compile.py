@@ -2,11 +2,14 @@
 
     pipeline.lower (passes -> fuse -> memory plan) -> program cache hit?
         yes: load the cached object           no: pipeline.advance to "llvm"
-             and its library objects              -> runtime.kernel_library.compile_program
+             with its library objects             -> runtime.kernel_library.compile_program
+             and parts                               (on `threads` threads)
     -> runtime.Executable
 
 The shared GEMM functions are library objects compiled once per process
 (`runtime.kernel_library`); a program object is always loaded beside the ones it declares.
+A program compiled for `threads` > 1 is split into as many modules, which LLVM compiles
+concurrently (`runtime.program_split`, `runtime.parallel_llvm`).
 A program-cache entry is used only if it verifies (`runtime.program_cache.load`: hashes,
 key, and exactly the layout this compile's memory plan implies), its library objects are at
 hand and LLVM loads it with the entry point defined; anything else is a miss, compiled
@@ -16,6 +19,7 @@ again and written over the entry.
 from __future__ import annotations
 
 import gc as _pygc
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -99,13 +103,14 @@ def _compile_signature(graph: Graph, sig: Signature, single: bool,
         start = time.perf_counter()
         jit = compile_program(generated.ir_text, opt_level=options.opt_level,
                               cache_dir=slot.directory if slot is not None else None,
-                              target=lowered.target, symbols=(generated.entry,))
+                              target=lowered.target, symbols=(generated.entry,),
+                              workers=_compile_workers(lowered.settings.threads))
         layout = program_cache.Layout(generated.entry, tuple(generated.table),
                                       generated.arena_bytes, generated.scratch_offset)
         # An entry whose layout is not the expected one could never be loaded: skip it.
         if slot is not None and layout == slot.expected:
             program_cache.store(slot.directory, slot.key, jit.object_code, layout,
-                                jit.libraries)
+                                jit.libraries, jit.parts)
     seconds = {"passes": lowered.seconds["optimized"],
                "fuse_plan": lowered.seconds["fused"] + lowered.seconds["planned"],
                "codegen": codegen, "llvm": time.perf_counter() - start}
@@ -114,6 +119,16 @@ def _compile_signature(graph: Graph, sig: Signature, single: bool,
                            seconds)
     return Executable(graph, lowered.optimized, lowered.optimized_signature, single, layout,
                       jit, report)
+
+
+def _compile_workers(threads: int) -> int:
+    """How many threads LLVM may compile on: the program's own thread count (what the user
+    gave it of this machine), at most the cores this process may run on."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(threads, cores))
 
 
 @dataclass(frozen=True)
@@ -143,8 +158,8 @@ def _program_cache_hit(lowered: Lowered, slot: _CacheSlot
     hit = program_cache.load(slot.directory, slot.key, slot.expected)
     if hit is None:
         return None
-    obj, libraries = hit
-    # None if LLVM rejects it, the entry point or a library object is missing: compile over it
-    jit = load_program(obj, libraries, lowered.target, lowered.options.opt_level,
-                       slot.directory, (slot.expected.entry,))
+    # None if LLVM rejects it, the entry point, a part or a library object is missing:
+    # compile over it
+    jit = load_program(hit.obj, hit.libraries, hit.parts, lowered.target,
+                       lowered.options.opt_level, slot.directory, (slot.expected.entry,))
     return (jit, slot.expected) if jit is not None else None

@@ -90,9 +90,11 @@ class JitModule:
     object_code: bytes
     key: str
     stats: CompileStats = field(default_factory=CompileStats)
-    # The library objects loaded beside `object_code`, as "key:function"
-    # (`runtime.kernel_library` sets it).
+    # The library objects loaded beside `object_code`, as "key:function", and the object-
+    # cache keys of the program's parts loaded beside it (`runtime.kernel_library` sets
+    # both; `runtime.program_split`).
     libraries: tuple[str, ...] = ()
+    parts: tuple[str, ...] = ()
     _keepalive: list[object] = field(default_factory=list)
 
     def optional_address(self, name: str) -> int:
@@ -280,13 +282,13 @@ def jit_compile(
         try:
             hit = CompileStats(cache_hit=True, library_objects=stats.library_objects,
                                library_compiled=stats.library_compiled)
-            return _loaded(obj, target, opt_level, key, symbols, hit, libraries)
+            return link_objects(obj, target, opt_level, key, symbols, hit, libraries)
         except CompileError:
             pass  # bytes this key's IR never produced: compile them again, below
     obj = optimize_and_emit(ir_text, target, opt_level, stats)
     if cache_dir is not None:
         store_cached_object(cache_dir, key, obj)
-    return _loaded(obj, target, opt_level, key, symbols, stats, libraries)
+    return link_objects(obj, target, opt_level, key, symbols, stats, libraries)
 
 
 def load_object(obj: bytes, target: Target, opt_level: int,
@@ -298,23 +300,24 @@ def load_object(obj: bytes, target: Target, opt_level: int,
     Raises CompileError if LLVM rejects the object or it lacks one of `symbols`; the caller
     treats that as a miss.
     """
-    return _loaded(obj, target, opt_level, "program-cache", symbols,
-                   CompileStats(cache_hit=True), libraries)
+    return link_objects(obj, target, opt_level, "program-cache", symbols,
+                        CompileStats(cache_hit=True), libraries)
 
 
 def defines(obj: bytes, target: Target, opt_level: int, symbols: Sequence[str]) -> bool:
     """Whether LLVM loads the (verified) object `obj` and it defines all of `symbols`."""
     try:
-        _loaded(obj, target, opt_level, "check", symbols, CompileStats())
+        link_objects(obj, target, opt_level, "check", symbols, CompileStats())
     except CompileError:
         return False
     return True
 
 
-def _loaded(obj: bytes, target: Target, opt_level: int, key: str, symbols: Sequence[str],
-            stats: CompileStats, libraries: Sequence[tuple[str, bytes]] = ()) -> JitModule:
-    """`obj` (and `libraries`) loaded into an engine of its own; CompileError if a symbol
-    is missing."""
+def link_objects(obj: bytes, target: Target, opt_level: int, key: str,
+                 symbols: Sequence[str], stats: CompileStats,
+                 libraries: Sequence[tuple[str, bytes]] = ()) -> JitModule:
+    """`obj` (and `libraries`: (key, object) pairs) loaded into an engine of its own;
+    CompileError if one of `symbols` is missing or a call is unresolved."""
     t0 = time.perf_counter()
     engine = _load_object([obj, *(lib for _, lib in libraries)], target, opt_level)
     stats.load = time.perf_counter() - t0

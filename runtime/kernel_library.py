@@ -21,7 +21,6 @@ must be self-contained and the dumps show what the graph generated.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,27 +28,30 @@ from pathlib import Path
 
 from graphc.codegen.target import Target
 from graphc.errors import CompileError
+from graphc.runtime.ir_text import (
+    declarations,
+    definitions,
+    metadata_nodes,
+    references,
+    renumbered_metadata,
+)
+from graphc.runtime.ir_text import header as ir_text_header
 from graphc.runtime.jit import (
     CompileStats,
     JitModule,
     cache_key,
     defines,
-    jit_compile,
+    link_objects,
+    load_cached_object,
     load_object,
-    optimize_and_emit,
     read_entry,
+    store_cached_object,
     write_entry,
 )
+from graphc.runtime.parallel_llvm import compile_objects
+from graphc.runtime.program_split import split_program
 
-# llvmlite prints a function as its header line, "{", the body and "}" on lines of their
-# own; declarations one per line; numbered metadata after every function. The module is
-# scanned with str.find for these line starts (full-text multiline regexes cost ~4 ms each
-# on a 600 KB module).
 _SHARED_START = "\ndefine linkonce_odr hidden "
-_NAME = re.compile(r'@"([^"]+)"')
-_METADATA = re.compile(r"^!(\d+) = ([^\n]*)$", re.M)
-_GLOBAL_REF = re.compile(r'@"([^"]+)"|@([\w.$]+)')
-_METADATA_REF = re.compile(r"!(\d+)\b")
 
 
 @dataclass(frozen=True)
@@ -76,127 +78,112 @@ def split_module(ir_text: str, target: Target, opt_level: int) -> SplitModule:
     declared in `ir_text` (intrinsics) and numbered metadata (a global constant, another
     shared function): its library object must load and be checked alone.
     """
-    header = "".join(line + "\n" for line in ir_text.splitlines()[:4]
-                     if line.startswith("target "))
-    declarations = dict(_declarations(ir_text))
-    first_metadata = ir_text.find("\n!")
-    metadata = ({int(m.group(1)): m.group(2)
-                 for m in _METADATA.finditer(ir_text, first_metadata + 1)}
-                if first_metadata >= 0 else {})
+    head = ir_text_header(ir_text)
+    declared = declarations(ir_text)
+    metadata = metadata_nodes(ir_text)
     pieces: list[str] = []
     library: list[LibraryModule] = []
     done = 0  # ir_text[:done] is in `pieces`
-    for start, end, head in _shared_functions(ir_text):
-        name_match = _NAME.search(head)
-        if name_match is None or not name_match.group(1).startswith("graphc.gemm."):
+    for d in definitions(ir_text, _SHARED_START):
+        if not d.name.startswith("graphc.gemm."):
             continue
-        name = name_match.group(1)
-        body = "define hidden " + ir_text[start + len(_SHARED_START):end] + "\n"
-        text = _library_text(header, name, body, declarations, metadata)
+        signature = d.head[len("linkonce_odr hidden "):]
+        body = "define hidden " + ir_text[d.start + len(_SHARED_START):d.end] + "\n"
+        text = _library_text(head, d.name, body, declared, metadata)
         if text is None:
             continue
-        pieces += [ir_text[done:start], f"\ndeclare hidden {head}"]
-        done = end
-        library.append(LibraryModule(name, text, cache_key(text, target, opt_level)))
+        pieces += [ir_text[done:d.start], f"\ndeclare hidden {signature}"]
+        done = d.end
+        library.append(LibraryModule(d.name, text, cache_key(text, target, opt_level)))
     pieces.append(ir_text[done:])
     return SplitModule("".join(pieces), tuple(library))
 
 
-def _declarations(ir_text: str) -> list[tuple[str, str]]:
-    """(name, line) of every `declare` line."""
-    out = []
-    at = ir_text.find("\ndeclare ")
-    while at >= 0:
-        end = ir_text.find("\n", at + 1)
-        line = ir_text[at + 1:end if end >= 0 else len(ir_text)]
-        found = _NAME.search(line)
-        if found is not None:
-            out.append((found.group(1), line))
-        at = ir_text.find("\ndeclare ", at + 1)
-    return out
-
-
-def _shared_functions(ir_text: str) -> list[tuple[int, int, str]]:
-    """(start, end, header after the linkage) of every `define linkonce_odr hidden`
-    function: ir_text[start:end] is "\ndefine ... }" (its last line), end at the newline
-    after the closing brace."""
-    out = []
-    at = ir_text.find(_SHARED_START)
-    while at >= 0:
-        head_end = ir_text.find("\n", at + 1)
-        close = ir_text.find("\n}\n", head_end)
-        if head_end < 0 or close < 0:
-            break
-        out.append((at, close + 2, ir_text[at + len(_SHARED_START):head_end]))
-        at = ir_text.find(_SHARED_START, close)
-    return out
-
-
-def _library_text(header: str, name: str, body: str, declarations: dict[str, str],
+def _library_text(head: str, name: str, body: str, declared: dict[str, str],
                   metadata: dict[int, str]) -> str | None:
     """The library module of one shared function, or None if it is not self-contained."""
     needed: list[str] = []
-    for ref in _GLOBAL_REF.finditer(body):
-        callee = ref.group(1) or ref.group(2)
-        if callee == name:
-            continue
-        if callee not in declarations:
+    for callee in sorted(references(body) - {name}):
+        if callee not in declared:
             return None  # a global, or another shared function: not loadable alone
-        line = declarations[callee]
-        if line not in needed:
-            needed.append(line)
-    renumbered = _renumbered_metadata(body, metadata)
+        needed.append(declared[callee])
+    renumbered = renumbered_metadata(body, metadata)
     if renumbered is None:
         return None
     body, nodes = renumbered
-    return header + "".join(line + "\n" for line in needed) + "\n" + body + nodes
-
-
-def _renumbered_metadata(body: str, metadata: dict[int, str]) -> tuple[str, str] | None:
-    """`body` with its metadata numbered from !0 in order of first use, and the nodes it
-    reaches (transitively) as definition lines; None if a node is undefined."""
-    order: list[int] = []
-
-    def visit(number: int) -> bool:
-        if number in order:
-            return True
-        if number not in metadata:
-            return False
-        order.append(number)
-        return all(visit(int(r)) for r in _METADATA_REF.findall(metadata[number]))
-
-    if not all(visit(int(r)) for r in _METADATA_REF.findall(body)):
-        return None
-    new = {old: i for i, old in enumerate(order)}
-
-    def renumber(text: str) -> str:
-        return _METADATA_REF.sub(lambda r: f"!{new[int(r.group(1))]}", text)
-
-    nodes = "".join(f"!{new[old]} = {renumber(metadata[old])}\n" for old in order)
-    return renumber(body), nodes
+    return head + "".join(line + "\n" for line in needed) + "\n" + body + nodes
 
 
 def compile_program(ir_text: str, *, opt_level: int, cache_dir: Path | None, target: Target,
-                    symbols: Sequence[str]) -> JitModule:
-    """`runtime.jit.jit_compile` of a graph's module, its shared GEMM functions compiled
-    (or found) as library objects and loaded beside it; `JitModule.libraries` names them."""
+                    symbols: Sequence[str], workers: int = 1) -> JitModule:
+    """A graph's module compiled and loaded: its shared GEMM functions as library objects
+    (compiled in this process before, cached, or compiled now) and the rest split into up
+    to `workers` modules (`runtime.program_split`), each looked up in the object cache by
+    its own text; whatever is missing is compiled on `workers` threads
+    (`runtime.parallel_llvm`), stored, and everything loaded into one engine.
+    `JitModule.libraries` and `JitModule.parts` name what was loaded beside the main object.
+
+    A cached object that LLVM rejects or that leaves a call unresolved is a miss: the
+    program's modules are then all compiled again and overwritten.
+    """
     split = split_module(ir_text, target, opt_level)
+    program = split_program(split.program, workers)
+    pieces = [program.main, *program.parts]
+    keys = [cache_key(text, target, opt_level) for text in pieces]
     stats = CompileStats()
-    pairs = [(module.key, library_object(module, target, opt_level, cache_dir, stats))
-             for module in split.library]
-    jit = jit_compile(split.program, opt_level=opt_level, cache_dir=cache_dir, target=target,
-                      symbols=symbols, libraries=pairs, stats=stats)
-    jit.libraries = tuple(f"{m.key}:{m.name}" for m in split.library)
-    return jit
+    libs = {m.key: cached_library_object(m.key, m.name, target, opt_level, cache_dir)
+            for m in split.library}
+    cached = [load_cached_object(cache_dir, k) if cache_dir is not None else None
+              for k in keys]
+    missing_libs = [m for m in split.library if libs[m.key] is None]
+    missing = [i for i, obj in enumerate(cached) if obj is None]
+    objects = compile_objects([m.text for m in missing_libs] + [pieces[i] for i in missing],
+                              target, opt_level, workers, stats)
+    for m, obj in zip(missing_libs, objects):
+        _keep_library_object(m, obj, cache_dir)
+        libs[m.key] = obj
+    stats.library_compiled = len(missing_libs)
+    fresh = dict(zip(missing, objects[len(missing_libs):]))
+    for i, obj in fresh.items():
+        if cache_dir is not None:
+            store_cached_object(cache_dir, keys[i], obj)
+    stats.cache_hit = not missing
+    lib_pairs = [(m.key, libs[m.key]) for m in split.library]
+
+    def link(objs: list[bytes]) -> JitModule:
+        jit = link_objects(objs[0], target, opt_level, keys[0], symbols, stats,
+                           [*zip(keys[1:], objs[1:]), *lib_pairs])
+        jit.libraries = tuple(f"{m.key}:{m.name}" for m in split.library)
+        jit.parts = tuple(keys[1:])
+        return jit
+
+    objs = [fresh[i] if i in fresh else cached[i] for i in range(len(pieces))]
+    try:
+        return link(objs)  # type: ignore[arg-type]  (every piece is fresh or cached)
+    except CompileError:
+        if len(fresh) == len(pieces):
+            raise  # freshly compiled: not a damaged cache entry
+    stats.cache_hit = False
+    objs = compile_objects(pieces, target, opt_level, workers, stats)
+    for key, obj in zip(keys, objs):
+        if cache_dir is not None:
+            store_cached_object(cache_dir, key, obj)
+    return link(objs)
 
 
-def load_program(obj: bytes, libraries: Sequence[str], target: Target, opt_level: int,
-                 cache_dir: Path | None, symbols: Sequence[str]) -> JitModule | None:
+def load_program(obj: bytes, libraries: Sequence[str], parts: Sequence[str], target: Target,
+                 opt_level: int, cache_dir: Path | None, symbols: Sequence[str]
+                 ) -> JitModule | None:
     """A program-cache object loaded with the library objects `libraries` names
-    ("key:function", as `compile_program` records them); None (a miss) if one of them is
-    neither in this process nor in the object cache, or if LLVM rejects the object or it
-    lacks one of `symbols`."""
+    ("key:function", as `compile_program` records them) and its parts (object-cache keys);
+    None (a miss) if one of them is neither in this process nor in the object cache, or if
+    LLVM rejects an object, a call is unresolved or `symbols` are missing."""
     pairs = []
+    for key in parts:
+        part = load_cached_object(cache_dir, key) if cache_dir is not None else None
+        if part is None:
+            return None
+        pairs.append((key, part))
     for entry in libraries:
         key, _, name = entry.partition(":")
         lib = cached_library_object(key, name, target, opt_level, cache_dir)
@@ -208,6 +195,7 @@ def load_program(obj: bytes, libraries: Sequence[str], target: Target, opt_level
     except CompileError:
         return None
     jit.libraries = tuple(libraries)
+    jit.parts = tuple(parts)
     return jit
 
 
@@ -223,21 +211,13 @@ _lock = threading.Lock()
 LIBRARY_FORMAT = "graphc.library/1"
 
 
-def library_object(module: LibraryModule, target: Target, opt_level: int,
-                   cache_dir: Path | None, stats: CompileStats) -> bytes:
-    """The object of `module`: compiled in this process before, read from the object cache
-    (verified), or compiled now (and kept in both)."""
-    obj = cached_library_object(module.key, module.name, target, opt_level, cache_dir)
-    if obj is None:
-        obj = optimize_and_emit(module.text, target, opt_level, stats)
-        stats.library_compiled += 1
-        with _lock:
-            _objects[module.key] = obj
-        if cache_dir is not None:
-            write_entry(cache_dir, f"{module.key}.lib",
-                        {"format": LIBRARY_FORMAT, "key": module.key, "symbol": module.name},
-                        obj)
-    return obj
+def _keep_library_object(module: LibraryModule, obj: bytes, cache_dir: Path | None) -> None:
+    """Keep a freshly compiled library object in this process and in the object cache."""
+    with _lock:
+        _objects[module.key] = obj
+    if cache_dir is not None:
+        write_entry(cache_dir, f"{module.key}.lib",
+                    {"format": LIBRARY_FORMAT, "key": module.key, "symbol": module.name}, obj)
 
 
 def cached_library_object(key: str, name: str, target: Target, opt_level: int,

@@ -14,11 +14,13 @@ fields beyond the common ones are the entry point's layout:
     {"format": "graphc.program/1", "key": ..., "object_sha256": ..., "object_bytes": ...,
      "entry": "graphc_entry", "table": [["input", 0], ..., ["variable", "w1"], ...,
      ["arena", 0]], "arena_bytes": <int>, "scratch_offset": <int>,
-     "libraries": ["<object-cache key>:<function>", ...], "record_sha256": ...}
+     "libraries": ["<object-cache key>:<function>", ...], "parts": ["<object-cache key>", ...],
+     "record_sha256": ...}
 
 `libraries` are the shared GEMM functions the object declares, each with the object-cache
-key of its library object (`runtime.kernel_library`); a hit needs every one of them, from
-this process or from the object cache, or it is a miss.
+key of its library object (`runtime.kernel_library`); `parts` are the object-cache keys of
+the modules a concurrent compile split off the program (`runtime.program_split`). A hit
+needs every one of them, from this process or from the object cache, or it is a miss.
 
 The layout is trusted by the Executable (table order, arena size) and by the machine code
 (which reads the table and writes the arena up to `arena_bytes`), so `load` demands that it
@@ -59,13 +61,14 @@ _CODEGEN_FILES = (Path(ir.__file__).resolve().parent.parent / "pipeline.py",
                   Path(__file__).resolve().parent / "kernel_library.py")
 
 # The record format of this cache; a record of any other format is a miss.
-FORMAT = "graphc.program/2"
+FORMAT = "graphc.program/3"
 
 # The layout fields of a record and their JSON types (`runtime.jit.read_entry` checks them).
 _LAYOUT_FIELDS: dict[str, type] = {"entry": str, "table": list, "arena_bytes": int,
                                    "scratch_offset": int}
-_FIELDS: dict[str, type] = {**_LAYOUT_FIELDS, "libraries": list}
+_FIELDS: dict[str, type] = {**_LAYOUT_FIELDS, "libraries": list, "parts": list}
 _LIBRARY = re.compile(r"[0-9a-f]{64}:graphc\.gemm\.[\w.]+")
+_PART = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -134,8 +137,17 @@ def expected_layout(plan: MemoryPlan, target: Target, threads: int, conv: str,
     return Layout(entry, arena.table, arena.arena_bytes, arena.scratch_offset)
 
 
-def load(cache_dir: Path, key: str, expected: Layout) -> tuple[bytes, tuple[str, ...]] | None:
-    """The cached object for `key` and the keys of the library objects it declares, if its
+@dataclass(frozen=True)
+class Hit:
+    """A verified entry: the main object, its libraries ("key:function") and parts (keys)."""
+
+    obj: bytes
+    libraries: tuple[str, ...]
+    parts: tuple[str, ...]
+
+
+def load(cache_dir: Path, key: str, expected: Layout) -> Hit | None:
+    """The cached object for `key` and the keys of the objects it is loaded with, if its
     entry verifies and records exactly `expected`; None otherwise (missing, damaged, another
     key's or another layout's entry: a miss)."""
     hit = read_entry(cache_dir, f"{key}.prog", FORMAT, key, _FIELDS)
@@ -146,17 +158,22 @@ def load(cache_dir: Path, key: str, expected: Layout) -> tuple[bytes, tuple[str,
     # Compared as canonical JSON text, so types must match too (`true` is not 1).
     if canonical_json(recorded) != canonical_json(_fields(expected)):
         return None
-    libraries = record["libraries"]
+    libraries, parts = record["libraries"], record["parts"]
     if not all(type(k) is str and _LIBRARY.fullmatch(k) for k in libraries):
         return None
-    return obj, tuple(libraries)
+    if not all(type(k) is str and _PART.fullmatch(k) for k in parts):
+        return None
+    if len(set(parts)) != len(parts):
+        return None  # loading one object twice defines its symbols twice
+    return Hit(obj, tuple(libraries), tuple(parts))
 
 
 def store(cache_dir: Path, key: str, obj: bytes, layout: Layout,
-          libraries: Sequence[str] = ()) -> None:
+          libraries: Sequence[str] = (), parts: Sequence[str] = ()) -> None:
     """Write the entry for `key` atomically, replacing any entry there (errors ignored)."""
     write_entry(cache_dir, f"{key}.prog", {"format": FORMAT, "key": key, **_fields(layout),
-                                           "libraries": list(libraries)}, obj)
+                                           "libraries": list(libraries), "parts": list(parts)},
+                obj)
 
 
 def _fields(layout: Layout) -> dict[str, Any]:

@@ -46,6 +46,9 @@ PROGRAM_ROLES = ("prog", "prog_record")
 OBJECT_ROLES = ("obj", "obj_record")
 # A library object and its record (the program entry stays: a hit must link against it).
 LIBRARY_ROLES = ("lib", "lib_record")
+# The object and record of a module a concurrent compile split off the program
+# (`runtime.program_split`; the programs here compile at 2 threads, so they have one).
+PART_ROLES = ("part", "part_record")
 
 # An object file that defines a function, but not the entry point.
 NO_ENTRY_IR = "define i32 @not_the_entry(ptr %t) {\n  ret i32 0\n}\n"
@@ -104,16 +107,24 @@ class Program:
 def entry_files(cache: Path, before: set[str]) -> dict[str, Path]:
     """The cache files a compile added to `cache` (not in `before`), by role; of several
     library objects the first (by name) has the roles "lib" and "lib_record", the second
-    "other_lib" and "other_lib_record"."""
+    "other_lib" and "other_lib_record"; the program's part (named by its program record)
+    has "part" and "part_record"."""
     roles: dict[str, Path] = {}
-    for name in sorted(set(os.listdir(cache)) - before, reverse=True):
+    added = set(os.listdir(cache)) - before
+    parts: set[str] = set()
+    for name in added:
+        if name.endswith(".prog.json"):
+            parts |= set(json.loads((cache / name).read_bytes())["parts"])
+    for name in sorted(added, reverse=True):
         if name.startswith("."):
             continue  # another process's temporary file
+        part = name.removesuffix(".o").removesuffix(".json") in parts
         role = ("prog" if name.endswith(".prog.o") else
                 "prog_record" if name.endswith(".prog.json") else
                 "lib" if name.endswith(".lib.o") else
                 "lib_record" if name.endswith(".lib.json") else
-                "obj" if name.endswith(".o") else "obj_record")
+                ("part" if part else "obj") if name.endswith(".o") else
+                "part_record" if part else "obj_record")
         if role in roles and role.startswith("lib"):
             roles[f"other_{role}"] = roles[role]
         roles[role] = cache / name
@@ -136,6 +147,7 @@ class Probe:
                         for role, path in entry_files(cache, before).items()}
         self.prog_key = self.files["prog"].name.removesuffix(".prog.o")
         self.obj_key = self.files["obj"].name.removesuffix(".o")
+        self.part_key = self.files["part"].name.removesuffix(".o")
         self.lib_key = self.files["lib"].name.removesuffix(".lib.o")
         self.lib_name = json.loads(self.pristine["lib_record"])["symbol"]
         self.other_lib_name = json.loads(self.pristine["other_lib_record"])["symbol"]
@@ -144,7 +156,8 @@ class Probe:
         """Every file of A as compiled; without the program entry if `role` is below it."""
         for r, path in self.files.items():
             path.write_bytes(self.pristine[r])
-        if role in OBJECT_ROLES:  # else the program cache answers and the object is unread
+        # Else the program cache answers and the object is unread.
+        if role in OBJECT_ROLES or role in PART_ROLES:
             for r in PROGRAM_ROLES:
                 self.files[r].unlink()
         # Else this process's copies of the library objects answer and the files are unread.
@@ -163,7 +176,8 @@ class Probe:
             for r in LIBRARY_ROLES:
                 self.files[r].write_bytes(self.pristine[f"other_{r}"])
         elif op == "foreign_entry":
-            for r in (PROGRAM_ROLES if role in PROGRAM_ROLES else OBJECT_ROLES):
+            for r in (PROGRAM_ROLES if role in PROGRAM_ROLES else
+                      PART_ROLES if role in PART_ROLES else OBJECT_ROLES):
                 self.files[r].write_bytes(self.foreign[r])
         elif op == "other_symbol":  # every hash right, but it names another function
             self.store_library(self.other_lib_name, self.pristine["other_lib"])
@@ -182,9 +196,11 @@ class Probe:
         if role in PROGRAM_ROLES:
             record = json.loads(self.pristine["prog_record"])
             program_cache.store(self.cache, self.prog_key, obj, layout_of(record),
-                                record["libraries"])
+                                record["libraries"], record["parts"])
         elif role in LIBRARY_ROLES:
             self.store_library(self.lib_name, obj)
+        elif role in PART_ROLES:
+            jit.store_cached_object(self.cache, self.part_key, obj)
         elif hasattr(jit, "store_cached_object"):
             jit.store_cached_object(self.cache, self.obj_key, obj)
         else:  # the entry format before issue 13
@@ -200,7 +216,7 @@ class Probe:
     def store_layout(self, fields: dict[str, Any]) -> None:
         """A's object stored with every hash right under a wrong layout (or library list)."""
         program_cache.store(self.cache, self.prog_key, self.pristine["prog"], layout_of(fields),
-                            fields["libraries"])
+                            fields["libraries"], fields["parts"])
 
     def check(self, role: str) -> None:
         """Compile A: reference results, the damaged level missed, then a clean hit."""
@@ -221,6 +237,12 @@ class Probe:
             assert rewritten is not None, "the library object was not rewritten"
             again = self.a.compile()
             assert again.report.jit.key == "program-cache", "the program entry was lost"
+        elif role in PART_ROLES:
+            assert not stats.cache_hit, "the damaged part was used"
+            rewritten = jit.load_cached_object(self.cache, self.part_key)
+            assert rewritten == self.pristine["part"], "the part was not rewritten"
+            again = self.a.compile()
+            assert again.report.jit.key == "program-cache", "no program entry was written"
         else:
             assert not stats.cache_hit, "the damaged object was used"
             rewritten = jit.load_cached_object(self.cache, self.obj_key)
@@ -260,6 +282,7 @@ def layout_edit(record: dict[str, Any], edit: str) -> dict[str, Any]:
     v, w = variables[0], variables[-1]
     arena, scratch = fields["arena_bytes"], fields["scratch_offset"]
     libraries: list[Any] = fields["libraries"]
+    parts: list[Any] = fields["parts"]
     changes: dict[str, dict[str, Any]] = {
         "swap_variables": {"table": _swapped(table, v, w)},
         "swap_input_output": {"table": _swapped(table, 1, 2)},
@@ -297,6 +320,11 @@ def layout_edit(record: dict[str, Any], edit: str) -> dict[str, Any]:
                                                 *libraries[1:]]},
         "libraries_bad_name": {"libraries": [libraries[0] + " x", *libraries[1:]]},
         "libraries_int": {"libraries": [1, *libraries[1:]]},
+        "parts_dropped": {"parts": parts[1:]},
+        "parts_duplicated": {"parts": [*parts, *parts]},
+        "parts_unknown_key": {"parts": ["0" * 64, *parts[1:]]},
+        "parts_a_library": {"parts": [libraries[0].split(":")[0], *parts[1:]]},
+        "parts_int": {"parts": [1, *parts[1:]]},
     }
     return {**fields, **changes[edit]}
 
@@ -458,7 +486,7 @@ def binary_variants(length: int, thorough: bool = True) -> list[list[Any]]:
 
 RECORD_FIELDS = ("format", "key", "object_sha256", "object_bytes", "record_sha256")
 LIBRARY_FIELDS = (*RECORD_FIELDS, "symbol")
-LAYOUT_FIELDS = ("entry", "table", "arena_bytes", "scratch_offset", "libraries")
+LAYOUT_FIELDS = ("entry", "table", "arena_bytes", "scratch_offset", "libraries", "parts")
 # Wrong layouts: reordered tables, wrong arenas, other entry points, wrong types.
 LAYOUT_EDITS = ("swap_variables", "swap_input_output", "arena_first", "arena_zero",
                 "arena_short", "arena_negative", "arena_huge", "arena_str", "arena_float",
@@ -468,7 +496,8 @@ LAYOUT_EDITS = ("swap_variables", "swap_input_output", "arena_first", "arena_zer
                 "input_key_bool", "input_out_of_range", "space_unknown", "table_item_dict",
                 "table_item_short", "table_dict", "table_empty", "libraries_dropped",
                 "libraries_empty", "libraries_keys_swapped", "libraries_unknown_key",
-                "libraries_bad_name", "libraries_int")
+                "libraries_bad_name", "libraries_int", "parts_dropped", "parts_duplicated",
+                "parts_unknown_key", "parts_a_library", "parts_int")
 # Those `program_cache.store` can write (it needs a valid `Space` for each table entry).
 RESIGNABLE = tuple(e for e in LAYOUT_EDITS if e not in {"space_unknown", "table_item_dict",
                                                         "table_item_short", "table_dict"})
@@ -537,6 +566,18 @@ def test_damaged_object_records_are_recompiled(tmp_path: Path) -> None:
     """The same checks as for program records (one function reads both): fewer variants,
     as each costs a cold compile."""
     corrupt(tmp_path, "obj_record", record_variants(
+        ("key", "object_sha256"), RECORD_EDITS[:-2], thorough=False))
+
+
+def test_damaged_part_objects_are_recompiled(tmp_path: Path) -> None:
+    """The object of a module split off the program for a concurrent compile: read by the
+    same verified path as the main object, and linked with it (an object without the
+    kernels the main object calls is refused, not loaded)."""
+    corrupt(tmp_path, "part", OBJECT_VARIANTS)
+
+
+def test_damaged_part_records_are_recompiled(tmp_path: Path) -> None:
+    corrupt(tmp_path, "part_record", record_variants(
         ("key", "object_sha256"), RECORD_EDITS[:-2], thorough=False))
 
 
