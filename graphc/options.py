@@ -41,7 +41,9 @@ class CompileOptions:
     Code generation and runtime (read by those stages, not by the passes):
       opt_level        LLVM optimization level 0-3.
       cache_dir        directory of the compiled-object cache; None disables it.
-      threads          worker threads of generated code; None means one per core.
+      threads          worker threads of generated code; None means one per core. A JIT
+                       compile also runs LLVM on that many threads (at most the cores
+                       this process may use): `runtime.program_split`.
       profile          count the CPU cycles of every kernel (`Executable.profile()`).
       conv_algorithm   how convolutions are computed: "gemm" (im2col into the packed
                        GEMM), "direct" (register-blocked direct kernels) or "auto" (per
