@@ -4,7 +4,10 @@ This module is the public face: it re-exports the API and holds no logic. Each o
 lists its public builder functions in its `__all__`.
 """
 
-from graphc import datasets, distributed, init, nn, onnx, optim
+import importlib as _importlib
+from types import ModuleType as _ModuleType
+
+from graphc import distributed, init, nn, optim
 from graphc._version import __version__
 from graphc.builder import constant, placeholder, variable
 from graphc.compile import compile
@@ -69,3 +72,19 @@ from graphc.runtime.executable import Executable
 from graphc.runtime.reference import reference
 from graphc.training import History, Model, callbacks, data, metrics
 from graphc.verify import verify
+
+# Imported on first use (`gc.onnx.load(...)`, `from graphc import datasets`): together a
+# third of `import graphc` (their op rules and loaders), which most programs never touch.
+_LAZY = ("datasets", "onnx")
+
+
+def __getattr__(name: str) -> _ModuleType:
+    if name in _LAZY:
+        module = _importlib.import_module(f"graphc.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
