@@ -76,6 +76,9 @@ class CompileStats:
     # how many of them it had to compile (the others were compiled earlier or cached).
     library_objects: int = 0
     library_compiled: int = 0
+    # Modules split off the program for a concurrent compile (`runtime.program_split`),
+    # loaded beside it; the times above are then summed over the compiling threads.
+    part_objects: int = 0
 
     @property
     def total(self) -> float:
@@ -293,15 +296,16 @@ def jit_compile(
 
 def load_object(obj: bytes, target: Target, opt_level: int,
                 symbols: Sequence[str] = (),
-                libraries: Sequence[tuple[str, bytes]] = ()) -> JitModule:
+                libraries: Sequence[tuple[str, bytes]] = (),
+                parts: Sequence[tuple[str, bytes]] = ()) -> JitModule:
     """Load a verified object of `runtime.program_cache` (a hit of that cache), with the
-    library objects it declares.
+    library objects it declares and its parts.
 
     Raises CompileError if LLVM rejects the object or it lacks one of `symbols`; the caller
     treats that as a miss.
     """
     return link_objects(obj, target, opt_level, "program-cache", symbols,
-                        CompileStats(cache_hit=True), libraries)
+                        CompileStats(cache_hit=True), libraries, parts)
 
 
 def defines(obj: bytes, target: Target, opt_level: int, symbols: Sequence[str]) -> bool:
@@ -315,14 +319,17 @@ def defines(obj: bytes, target: Target, opt_level: int, symbols: Sequence[str]) 
 
 def link_objects(obj: bytes, target: Target, opt_level: int, key: str,
                  symbols: Sequence[str], stats: CompileStats,
-                 libraries: Sequence[tuple[str, bytes]] = ()) -> JitModule:
-    """`obj` (and `libraries`: (key, object) pairs) loaded into an engine of its own;
-    CompileError if one of `symbols` is missing or a call is unresolved."""
+                 libraries: Sequence[tuple[str, bytes]] = (),
+                 parts: Sequence[tuple[str, bytes]] = ()) -> JitModule:
+    """`obj`, `parts` and `libraries` ((key, object) pairs) loaded into an engine of its
+    own; CompileError if one of `symbols` is missing or a call is unresolved."""
     t0 = time.perf_counter()
-    engine = _load_object([obj, *(lib for _, lib in libraries)], target, opt_level)
+    engine = _load_object([obj, *(o for _, o in parts), *(lib for _, lib in libraries)],
+                          target, opt_level)
     stats.load = time.perf_counter() - t0
-    stats.object_bytes = len(obj)
+    stats.object_bytes = len(obj) + sum(len(o) for _, o in parts)
     stats.library_objects = len(libraries)
+    stats.part_objects = len(parts)
     jit = JitModule(engine, obj, key, stats)
     missing = [name for name in symbols if not jit.optional_address(name)]
     if missing:

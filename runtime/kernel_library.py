@@ -151,8 +151,8 @@ def compile_program(ir_text: str, *, opt_level: int, cache_dir: Path | None, tar
     lib_pairs = [(m.key, libs[m.key]) for m in split.library]
 
     def link(objs: list[bytes]) -> JitModule:
-        jit = link_objects(objs[0], target, opt_level, keys[0], symbols, stats,
-                           [*zip(keys[1:], objs[1:]), *lib_pairs])
+        jit = link_objects(objs[0], target, opt_level, keys[0], symbols, stats, lib_pairs,
+                           list(zip(keys[1:], objs[1:])))
         jit.libraries = tuple(f"{m.key}:{m.name}" for m in split.library)
         jit.parts = tuple(keys[1:])
         return jit
@@ -178,12 +178,13 @@ def load_program(obj: bytes, libraries: Sequence[str], parts: Sequence[str], tar
     ("key:function", as `compile_program` records them) and its parts (object-cache keys);
     None (a miss) if one of them is neither in this process nor in the object cache, or if
     LLVM rejects an object, a call is unresolved or `symbols` are missing."""
-    pairs = []
+    part_pairs = []
     for key in parts:
         part = load_cached_object(cache_dir, key) if cache_dir is not None else None
         if part is None:
             return None
-        pairs.append((key, part))
+        part_pairs.append((key, part))
+    pairs = []
     for entry in libraries:
         key, _, name = entry.partition(":")
         lib = cached_library_object(key, name, target, opt_level, cache_dir)
@@ -191,7 +192,7 @@ def load_program(obj: bytes, libraries: Sequence[str], parts: Sequence[str], tar
             return None
         pairs.append((key, lib))
     try:
-        jit = load_object(obj, target, opt_level, symbols, pairs)
+        jit = load_object(obj, target, opt_level, symbols, pairs, part_pairs)
     except CompileError:
         return None
     jit.libraries = tuple(libraries)

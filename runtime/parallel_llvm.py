@@ -12,7 +12,7 @@ builder, all owned by the calling thread.
 
 If the wrapper ever stops exposing the raw function (`_cfn`), the locked one is used: the
 objects are the same, only the compile is no longer concurrent. The objects do not depend
-on the number of threads (`tests/test_parallel_llvm.py` compares the bytes).
+on the number of threads (`tests/test_program_split.py` compares the bytes).
 """
 
 from __future__ import annotations

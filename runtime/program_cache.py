@@ -57,8 +57,9 @@ from graphc.runtime.jit import canonical_json, read_entry, write_entry
 # otherwise), the stage sequence and the JIT.
 _CODEGEN_PACKAGES = (codegen, ir, ops, passes)
 _CODEGEN_FILES = (Path(ir.__file__).resolve().parent.parent / "pipeline.py",
-                  Path(__file__).resolve().parent / "jit.py",
-                  Path(__file__).resolve().parent / "kernel_library.py")
+                  *(Path(__file__).resolve().parent / name
+                    for name in ("jit.py", "kernel_library.py", "ir_text.py",
+                                 "program_split.py", "parallel_llvm.py")))
 
 # The record format of this cache; a record of any other format is a miss.
 FORMAT = "graphc.program/3"

@@ -72,8 +72,8 @@ def split_program(text: str, parts: int) -> ProgramSplit:
     declared = declarations(text)
     metadata = metadata_nodes(text)
     part_texts = tuple(_part_text(text, b, declared, variables, metadata) for b in moved)
-    return ProgramSplit(_main_text(text, [u for b in moved for u in b], defined, refs),
-                        part_texts)
+    return ProgramSplit(_main_text(text, [u for b in moved for u in b], defined, refs,
+                                   variables), part_texts)
 
 
 def _movable_units(text: str, defined: dict[str, Definition], refs: dict[str, set[str]],
@@ -84,6 +84,9 @@ def _movable_units(text: str, defined: dict[str, Definition], refs: dict[str, se
     for name in defined:
         for callee in refs[name]:
             callers[callee] = callers.get(callee, 0) + 1
+    for name, line in variables.items():  # a function a global points to stays
+        for callee in references(line) - {name}:
+            callers[callee] = callers.get(callee, 0) + 2
     units = []
     for root in roots:
         for name in sorted(refs[root.name]):
@@ -118,6 +121,8 @@ def _closure(text: str, kernel: Definition, defined: dict[str, Definition],
                 words = variables[ref].split(" = ", 1)[-1].split(" ", 3)
                 if words[0] not in ("private", "internal") or "constant" not in words[1:3]:
                     return None  # state of the whole program
+                if references(variables[ref]) - {ref}:
+                    return None  # a constant pointing to a function or global: not copied
                 used.add(ref)
     weight = sum(d.end - d.start for d in functions)
     return _Unit(kernel, tuple(functions), tuple(sorted(used)), weight)
@@ -151,12 +156,15 @@ def _part_text(text: str, units: list[_Unit], declared: dict[str, str],
 
 
 def _main_text(text: str, moved: list[_Unit], defined: dict[str, Definition],
-               refs: dict[str, set[str]]) -> str:
+               refs: dict[str, set[str]], variables: dict[str, str]) -> str:
     """`text` with each moved kernel declared instead of defined, and without the internal
     functions only the moved kernels reached."""
     moved_names = {u.kernel.name for u in moved}
     keep: set[str] = set()
-    queue = [n for n, d in defined.items() if not d.internal]  # the roots
+    # The roots: what is not internal, and what globals point to.
+    queue = [n for n, d in defined.items() if not d.internal]
+    queue += [r for name, line in variables.items() for r in references(line) - {name}
+              if r in defined]
     while queue:  # what the roots reach, not through a moved kernel
         name = queue.pop()
         if name in keep:

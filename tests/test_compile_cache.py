@@ -458,6 +458,9 @@ def probe_export(cache: Path, variants: list[list[Any]]) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
+    # The programs compile at 2 threads into a main module and a part, also where this
+    # process may use one core only (which would otherwise leave them whole).
+    sys.modules["graphc.compile"]._compile_workers = lambda threads: threads  # type: ignore
     mode, cache = argv[0], Path(argv[1])
     if mode == "corrupt":
         return probe_corruptions(cache, argv[2], json.loads(argv[3]))

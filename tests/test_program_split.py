@@ -7,7 +7,9 @@ runs and is cached as before."""
 from __future__ import annotations
 
 import re
+import sys
 import threading
+from pathlib import Path
 
 import llvmlite.binding as llvm
 import llvmlite.ir as ir
@@ -16,8 +18,9 @@ import pytest
 
 import graphc as gc
 from graphc.codegen.target import host_target
+from graphc.errors import CompileError
 from graphc.pipeline import lower
-from graphc.runtime import kernel_library, parallel_llvm
+from graphc.runtime import jit, kernel_library, parallel_llvm
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.ir_text import definitions
 from graphc.runtime.jit import optimize_and_emit
@@ -38,6 +41,13 @@ def training_step() -> tuple[gc.Graph, list[gc.Node], list[gc.Node], dict[gc.Nod
         loss = gc.mean(gc.softmax_cross_entropy(gc.exp(h * 0.5) @ w2, y))
         updates = gc.optim.Adam(lr=0.01).minimize(loss)
     return g, [x, y], [loss], updates
+
+
+@pytest.fixture
+def two_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compile at 2 threads on 2 LLVM threads also where this process may use one core
+    (which leaves programs whole)."""
+    monkeypatch.setattr(sys.modules["graphc.compile"], "_compile_workers", lambda t: t)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +116,14 @@ def _module(state_in_every_kernel: bool = False) -> str:
     helper.linkage = "internal"
     hb = ir.IRBuilder(helper.append_basic_block())
     hb.ret(hb.fmul(helper.args[0], hb.load(const)))
+    pointed = ir.Function(m, ir.FunctionType(ir.VoidType(), []), "pointed")
+    pointed.linkage = "internal"
+    ir.IRBuilder(pointed.append_basic_block()).ret_void()
+    table = ir.GlobalVariable(m, ir.ArrayType(PTR, 1), "table")
+    table.linkage, table.global_constant = "private", True
+    table.initializer = ir.Constant(ir.ArrayType(PTR, 1), [pointed])
     kernels = []
-    for name in ("k_const", "k_state", "k_helper", "k_twice"):
+    for name in ("k_const", "k_state", "k_helper", "k_twice", "k_table"):
         fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [PTR]), name)
         fn.linkage = "internal"
         b = ir.IRBuilder(fn.append_basic_block())
@@ -118,6 +134,8 @@ def _module(state_in_every_kernel: bool = False) -> str:
             value = b.fadd(value, b.load(state))
         if name == "k_helper":
             value = b.call(helper, [value])
+        if name == "k_table":  # reads a constant that points to a function
+            b.store(b.load(table, typ=PTR), fn.args[0])
         b.store(value, fn.args[0])
         b.ret_void()
         kernels.append(fn)
@@ -134,10 +152,12 @@ def test_state_stays_and_helpers_and_constants_travel() -> None:
     split = split_program(text, 8)
     moved = {name for t in split.parts for name, head in defined(t).items()
              if head.startswith("hidden ")}
-    # Mutable state is the whole program's: its kernel stays; a kernel called twice by
-    # the entry point moves (the calls are the entry's).
+    # Mutable state is the whole program's: its kernel stays; so does one reading a
+    # constant that points to a function (the constant is not copied), and the function
+    # stays with it. A kernel called twice by the entry point moves (the calls are the
+    # entry's).
     assert moved == {"k_const", "k_helper", "k_twice"}
-    assert "k_state" in defined(split.main)
+    assert {"k_state", "k_table", "pointed"} <= set(defined(split.main))
     part_of = {n: t for t in split.parts for n in defined(t)}
     assert '@"c" = private constant float' in part_of["k_const"]
     assert "helper" in defined(part_of["k_helper"])
@@ -162,7 +182,8 @@ def test_llvm_runs_outside_llvmlites_lock() -> None:
         assert parallel_llvm._unlocked(name) is not getattr(ffi.lib, name), name
 
 
-def test_a_split_program_trains_like_the_reference_and_is_cached(tmp_path) -> None:
+def test_a_split_program_trains_like_the_reference_and_is_cached(tmp_path: Path,
+                                                                 two_workers: None) -> None:
     g, inputs, outputs, updates = training_step()
     rng = np.random.default_rng(1)
     args = (rng.standard_normal((64, 48)).astype(np.float32),
@@ -179,10 +200,22 @@ def test_a_split_program_trains_like_the_reference_and_is_cached(tmp_path) -> No
     options = gc.CompileOptions(threads=2, cache_dir=str(tmp_path))
     cold = gc.compile(g, inputs, outputs, updates=updates, options=options)
     assert cold.report.jit.parts, "the program was not split"
+    stats = cold.report.jit.stats
+    libraries = len(list(tmp_path.glob("*.lib.o")))
+    assert (stats.part_objects, stats.library_objects) == (len(cold.report.jit.parts),
+                                                           libraries)
     warm = gc.compile(g, inputs, outputs, updates=updates, options=options)
     assert warm.report.jit.key == "program-cache"
     assert warm.report.jit.parts == cold.report.jit.parts
-    for exe in (cold, warm):
+    # Without the program entry, the main object and the parts come from the object cache:
+    # nothing is compiled again.
+    for f in tmp_path.glob("*.prog.*"):
+        f.unlink()
+    kernel_library.forget_library_objects()
+    objects = gc.compile(g, inputs, outputs, updates=updates, options=options)
+    assert objects.report.jit.stats.cache_hit and objects.report.jit.stats.library_compiled == 0
+    assert objects.report.jit.parts == cold.report.jit.parts
+    for exe in (cold, warm, objects):
         for got, want in zip(run(exe), expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
@@ -207,3 +240,41 @@ def test_compiles_in_several_python_threads_at_once(program_text: str) -> None:
     for t in threads:
         t.join()
     assert results == [serial] * 4
+
+
+def test_a_module_llvm_rejects_is_a_compile_error(program_text: str) -> None:
+    broken = "define void @f() {\n  ret i32 0\n}\n"
+    with pytest.raises(CompileError, match="LLVM rejected"):
+        parallel_llvm.compile_objects([program_text, broken], host_target(), 1, workers=2)
+
+
+def test_compile_stats_name_the_parts(two_workers: None) -> None:
+    g, inputs, outputs, updates = training_step()
+    exe = gc.compile(g, inputs, outputs, updates=updates,
+                     options=gc.CompileOptions(threads=2, cache_dir=None))
+    assert isinstance(exe.report.jit, jit.JitModule)
+    assert exe.report.jit.stats.part_objects == len(exe.report.jit.parts) >= 1
+    assert "2 modules compiled concurrently" in exe.report.format()
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_loops_and_profiles_split_and_match_the_reference(two_workers: None,
+                                                          profile: bool) -> None:
+    """A scan (its body functions travel with the loop kernel) next to dense layers, with
+    profiling counters (mutable state that keeps its readers in the main module)."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((32, 32)) * 0.2
+    with gc.Graph("loop") as g:
+        xs = gc.placeholder((12, 4, 32), gc.float64, name="xs")
+        h0 = gc.placeholder((4, 32), gc.float64, name="h0")
+        wv = gc.constant(w)
+        h, ys = gc.scan(lambda c, x: (gc.tanh(c @ wv + x), c * 2.0), h0, xs)
+        out = gc.sum(gc.exp(gc.tanh(h @ wv) * 0.5)) + gc.sum(ys * ys)
+    args = (rng.standard_normal((12, 4, 32)), rng.standard_normal((4, 32)))
+    want = gc.reference(g, [xs, h0], [out])(*args)[0]
+    exe = gc.compile(g, [xs, h0], [out],
+                     options=gc.CompileOptions(threads=2, cache_dir=None, profile=profile))
+    assert exe.report.jit.parts
+    np.testing.assert_allclose(exe(*args)[0], want, rtol=1e-10)
+    if profile:
+        assert exe.profile() is not None
