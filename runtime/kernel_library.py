@@ -49,7 +49,7 @@ from graphc.runtime.jit import (
     write_entry,
 )
 from graphc.runtime.parallel_llvm import compile_objects
-from graphc.runtime.program_split import split_program
+from graphc.runtime.program_split import part_count, split_program
 
 _SHARED_START = "\ndefine linkonce_odr hidden "
 
@@ -117,9 +117,9 @@ def _library_text(head: str, name: str, body: str, declared: dict[str, str],
 def compile_program(ir_text: str, *, opt_level: int, cache_dir: Path | None, target: Target,
                     symbols: Sequence[str], workers: int = 1) -> JitModule:
     """A graph's module compiled and loaded: its shared GEMM functions as library objects
-    (compiled in this process before, cached, or compiled now) and the rest split into up
-    to `workers` modules (`runtime.program_split`), each looked up in the object cache by
-    its own text; whatever is missing is compiled on `workers` threads
+    (compiled in this process before, cached, or compiled now) and the rest split into
+    modules for `workers` threads (`runtime.program_split.part_count`), each looked up in
+    the object cache by its own text; whatever is missing is compiled on `workers` threads
     (`runtime.parallel_llvm`), stored, and everything loaded into one engine.
     `JitModule.libraries` and `JitModule.parts` name what was loaded beside the main object.
 
@@ -127,7 +127,7 @@ def compile_program(ir_text: str, *, opt_level: int, cache_dir: Path | None, tar
     program's modules are then all compiled again and overwritten.
     """
     split = split_module(ir_text, target, opt_level)
-    program = split_program(split.program, workers)
+    program = split_program(split.program, part_count(len(split.program), workers))
     pieces = [program.main, *program.parts]
     keys = [cache_key(text, target, opt_level) for text in pieces]
     stats = CompileStats()

@@ -24,7 +24,7 @@ from graphc.runtime import jit, kernel_library, parallel_llvm
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.ir_text import definitions
 from graphc.runtime.jit import optimize_and_emit
-from graphc.runtime.program_split import split_program
+from graphc.runtime.program_split import PART_BYTES, part_count, split_program
 
 F32 = ir.FloatType()
 PTR = ir.PointerType()
@@ -278,3 +278,11 @@ def test_loops_and_profiles_split_and_match_the_reference(two_workers: None,
     np.testing.assert_allclose(exe(*args)[0], want, rtol=1e-10)
     if profile:
         assert exe.profile() is not None
+
+
+def test_part_count_comes_in_rounds_of_one_part_per_worker() -> None:
+    assert part_count(10**7, 1) == 1
+    assert part_count(1000, 2) == 2
+    assert part_count(8 * PART_BYTES, 2) == 8
+    assert part_count(100 * PART_BYTES, 2) == 8  # at most four rounds
+    assert all(part_count(n * PART_BYTES // 3, w) % w == 0 for n in range(40) for w in (2, 3))
