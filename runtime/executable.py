@@ -62,8 +62,9 @@ class CompileReport:
             f"llvm: {'cache hit' if s.cache_hit else 'compiled'}; parse+verify "
             f"{s.parse_verify:.3f}s, optimize {s.optimize:.3f}s, emit {s.emit:.3f}s, load "
             f"{s.load:.3f}s, object {s.object_bytes} B"
-            + (f" in {s.part_objects + 1} modules compiled concurrently (times summed over "
-               "threads)" if s.part_objects else ""),
+            + (f" in {s.part_objects + 1} modules" if s.part_objects else "")
+            + (" compiled concurrently (times summed over threads)"
+               if s.part_objects and not s.cache_hit else ""),
             f"shared GEMM functions: {s.library_objects} linked, {s.library_compiled} of them "
             "compiled now (the others compiled earlier in this process or cached)",
             "stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in self.seconds.items()),

@@ -42,7 +42,9 @@ MAX_ROUNDS = 4
 
 
 def part_count(text_bytes: int, workers: int) -> int:
-    """How many modules a program of `text_bytes` is cut into for `workers` threads."""
+    """At most how many modules a program of `text_bytes` is cut into for `workers`
+    threads: 1 for one worker, else a multiple of `workers` up to MAX_ROUNDS of them
+    (fewer come out when fewer kernels can move)."""
     if workers <= 1:
         return 1
     rounds = round(text_bytes / (PART_BYTES * workers))
