@@ -111,9 +111,13 @@ class JitModule:
         return addr
 
 
-def cache_key(ir_text: str, target: Target, opt_level: int) -> str:
+def cache_key(ir_text: str, target: Target, opt_level: int,
+              shared_object: bool = False) -> str:
+    """The object cache's key of `ir_text` emitted for the JIT or, with `shared_object`,
+    for a shared library (`create_target_machine`: the two differ in code model)."""
     h = hashlib.sha256()
-    for part in (ir_text, target.key, str(opt_level), llvmlite.__version__, "graphc-jit-1"):
+    kind = "graphc-so-1" if shared_object else "graphc-jit-2"
+    for part in (ir_text, target.key, str(opt_level), llvmlite.__version__, kind):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -202,13 +206,14 @@ def store_cached_object(cache_dir: Path, key: str, obj: bytes) -> None:
 # --- compiling ------------------------------------------------------------------------------
 
 def optimize_and_emit(ir_text: str, target: Target, opt_level: int,
-                      stats: CompileStats | None = None) -> bytes:
-    """Parse, verify, optimize and emit an object file (no cache)."""
+                      stats: CompileStats | None = None, shared_object: bool = False) -> bytes:
+    """Parse, verify, optimize and emit an object file (no cache): for the JIT, or with
+    `shared_object` for linking into a shared library (`create_target_machine`)."""
     stats = stats if stats is not None else CompileStats()
     t0 = time.perf_counter()
     mod = _parse(ir_text)
     t1 = time.perf_counter()
-    tm = create_target_machine(target, opt_level, jit=False)
+    tm = create_target_machine(target, opt_level, jit=False, shared_object=shared_object)
     _optimize(mod, tm, opt_level)
     t2 = time.perf_counter()
     obj = tm.emit_object(mod)

@@ -69,14 +69,27 @@ def host_target() -> Target:
     return Target(llvm.get_process_triple(), llvm.get_host_cpu_name(), features, bits)
 
 
-def create_target_machine(target: Target, opt_level: int, *, jit: bool) -> llvm.TargetMachine:
-    """A new target machine. Each JIT engine must own its own: engines take ownership."""
+def create_target_machine(target: Target, opt_level: int, *, jit: bool,
+                          shared_object: bool = False) -> llvm.TargetMachine:
+    """A new target machine. Each JIT engine must own its own: engines take ownership.
+
+    Objects for the JIT (`jit` False, `shared_object` False) use the large code model: every
+    reference is a 64-bit absolute address. LLVM's JIT memory manager maps an object's code
+    and its constants separately, and in a process holding a lot of memory the two can land
+    more than 2 GiB apart, beyond the small model's 32-bit PC-relative reach; LLVM then
+    aborts the process while loading (seen once in CI, after ONNX's big model suites).
+    Objects linked into a shared library (`shared_object`) are position-independent code
+    in the small model, as a system linker expects."""
     _init_llvm()
+    if jit or shared_object:
+        reloc, model = "pic", ("jitdefault" if jit else "default")
+    else:
+        reloc, model = "static", "large"
     return llvm.Target.from_triple(target.triple).create_target_machine(
         cpu=target.cpu,
         features=target.features,
         opt=opt_level,
-        reloc="pic",
-        codemodel="jitdefault" if jit else "default",
+        reloc=reloc,
+        codemodel=model,
         jit=jit,
     )

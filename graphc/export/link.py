@@ -1,8 +1,9 @@
 """Object code and the system linker: from LLVM IR text and C text to a shared object.
 
 `object_code` emits the optimized module as a position-independent object for the host CPU
-(the same `runtime.jit.optimize_and_emit` that the JIT uses, so the machine code of the
-kernels is the JIT's), reusing the compile cache after verifying its entry. `link_shared`
+(the same `runtime.jit.optimize_and_emit` that the JIT uses, so the kernels are the JIT's
+instructions, only addressing their constants and callees PC-relative where the JIT's use
+64-bit addresses), reusing the compile cache after verifying its entry. `link_shared`
 compiles the wrapper with the system C compiler and links it with the object into a shared
 library that exports only the ABI functions (a version script makes everything else local,
 so two libraries never resolve each other's symbols) and needs nothing but libc and libm.
@@ -51,12 +52,12 @@ def object_code(ir_text: str, target: Target, opt_level: int, cache_dir: Path | 
     `symbols` are given, LLVM loads it and it defines them all; otherwise the object is
     emitted again and written over the entry.
     """
-    key = cache_key(ir_text, target, opt_level)
+    key = cache_key(ir_text, target, opt_level, shared_object=True)
     if cache_dir is not None:
         obj = load_cached_object(cache_dir, key)
         if obj is not None and (not symbols or defines(obj, target, opt_level, symbols)):
             return obj
-    obj = optimize_and_emit(ir_text, target, opt_level)
+    obj = optimize_and_emit(ir_text, target, opt_level, shared_object=True)
     if cache_dir is not None:
         store_cached_object(cache_dir, key, obj)  # a full or read-only cache is ignored
     return obj
