@@ -8,8 +8,8 @@
 
 The shared GEMM functions are library objects compiled once per process
 (`runtime.kernel_library`); a program object is always loaded beside the ones it declares.
-A program compiled for `threads` > 1 is split into as many modules, which LLVM compiles
-concurrently (`runtime.program_split`, `runtime.parallel_llvm`).
+A program compiled for `threads` > 1 is split into modules that LLVM compiles on that
+many threads (`runtime.program_split`, `runtime.parallel_llvm`).
 A program-cache entry is used only if it verifies (`runtime.program_cache.load`: hashes,
 key, and exactly the layout this compile's memory plan implies), its library objects are at
 hand and LLVM loads it with the entry point defined; anything else is a miss, compiled
@@ -19,7 +19,6 @@ again and written over the entry.
 from __future__ import annotations
 
 import gc as _pygc
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from graphc.ir import Graph, Node, Signature
 from graphc.options import CompileOptions
-from graphc.pipeline import DEFAULT_OPTIONS, Lowered, advance, lower
+from graphc.pipeline import DEFAULT_OPTIONS, Lowered, advance, default_threads, lower
 from graphc.runtime import process_pool, program_cache
 from graphc.runtime.arguments import resolve_signature
 from graphc.runtime.executable import CompileReport, Executable
@@ -124,11 +123,7 @@ def _compile_signature(graph: Graph, sig: Signature, single: bool,
 def _compile_workers(threads: int) -> int:
     """How many threads LLVM may compile on: the program's own thread count (what the user
     gave it of this machine), at most the cores this process may run on."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(threads, cores))
+    return max(1, min(threads, default_threads()))
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,6 @@ def compile_objects(texts: Sequence[str], target: Target, opt_level: int, worker
     stats.parse_verify += sum(t[0] for t in timings)
     stats.optimize += sum(t[1] for t in timings)
     stats.emit += sum(t[2] for t in timings)
-    stats.object_bytes = sum(len(r) for r in results)
     return results
 
 

@@ -11,7 +11,7 @@ An entry is a `runtime.jit` cache entry (so verified the same way before LLVM se
 with stem `<key>.prog`: the object `<key>.prog.o` and the record `<key>.prog.json`, whose
 fields beyond the common ones are the entry point's layout:
 
-    {"format": "graphc.program/1", "key": ..., "object_sha256": ..., "object_bytes": ...,
+    {"format": "graphc.program/3", "key": ..., "object_sha256": ..., "object_bytes": ...,
      "entry": "graphc_entry", "table": [["input", 0], ..., ["variable", "w1"], ...,
      ["arena", 0]], "arena_bytes": <int>, "scratch_offset": <int>,
      "libraries": ["<object-cache key>:<function>", ...], "parts": ["<object-cache key>", ...],

@@ -77,7 +77,9 @@ def split_program(text: str, parts: int) -> ProgramSplit:
     defined = {d.name: d for d in definitions(text)}
     refs = {name: references(text[d.start:d.end]) - {name} for name, d in defined.items()}
     variables = global_variables(text)
-    units = _movable_units(text, defined, refs, variables)
+    # What each global's initializer points to (functions or other globals).
+    pointed = {name: references(line) - {name} for name, line in variables.items()}
+    units = _movable_units(defined, refs, variables, pointed)
     bins: list[list[_Unit]] = [[] for _ in range(parts)]
     weights = [max(0, len(text) - sum(u.weight for u in units))] + [0] * (parts - 1)
     for unit in sorted(units, key=lambda u: -u.weight):  # largest first into the lightest
@@ -91,19 +93,19 @@ def split_program(text: str, parts: int) -> ProgramSplit:
     metadata = metadata_nodes(text)
     part_texts = tuple(_part_text(text, b, declared, variables, metadata) for b in moved)
     return ProgramSplit(_main_text(text, [u for b in moved for u in b], defined, refs,
-                                   variables), part_texts)
+                                   pointed), part_texts)
 
 
-def _movable_units(text: str, defined: dict[str, Definition], refs: dict[str, set[str]],
-                   variables: dict[str, str]) -> list[_Unit]:
+def _movable_units(defined: dict[str, Definition], refs: dict[str, set[str]],
+                   variables: dict[str, str], pointed: dict[str, set[str]]) -> list[_Unit]:
     """The kernels that can move (see the module doc), with what they take along."""
     roots = [d for d in defined.values() if not d.internal]
     callers: dict[str, int] = {}
     for name in defined:
         for callee in refs[name]:
             callers[callee] = callers.get(callee, 0) + 1
-    for name, line in variables.items():  # a function a global points to stays
-        for callee in references(line) - {name}:
+    for targets in pointed.values():  # a function a global points to stays
+        for callee in targets:
             callers[callee] = callers.get(callee, 0) + 2
     units = []
     for root in roots:
@@ -111,14 +113,14 @@ def _movable_units(text: str, defined: dict[str, Definition], refs: dict[str, se
             d = defined.get(name)
             if d is None or not d.internal or callers.get(name) != 1:
                 continue
-            unit = _closure(text, d, defined, refs, variables)
+            unit = _closure(d, defined, refs, variables, pointed)
             if unit is not None:
                 units.append(unit)
     return units
 
 
-def _closure(text: str, kernel: Definition, defined: dict[str, Definition],
-             refs: dict[str, set[str]], variables: dict[str, str]) -> _Unit | None:
+def _closure(kernel: Definition, defined: dict[str, Definition], refs: dict[str, set[str]],
+             variables: dict[str, str], pointed: dict[str, set[str]]) -> _Unit | None:
     """`kernel` with the internal functions and constants it reaches; None if it reaches
     a non-internal function, mutable state or itself (recursion: never generated)."""
     functions = [kernel]
@@ -139,7 +141,7 @@ def _closure(text: str, kernel: Definition, defined: dict[str, Definition],
                 words = variables[ref].split(" = ", 1)[-1].split(" ", 3)
                 if words[0] not in ("private", "internal") or "constant" not in words[1:3]:
                     return None  # state of the whole program
-                if references(variables[ref]) - {ref}:
+                if pointed[ref]:
                     return None  # a constant pointing to a function or global: not copied
                 used.add(ref)
     weight = sum(d.end - d.start for d in functions)
@@ -174,15 +176,14 @@ def _part_text(text: str, units: list[_Unit], declared: dict[str, str],
 
 
 def _main_text(text: str, moved: list[_Unit], defined: dict[str, Definition],
-               refs: dict[str, set[str]], variables: dict[str, str]) -> str:
+               refs: dict[str, set[str]], pointed: dict[str, set[str]]) -> str:
     """`text` with each moved kernel declared instead of defined, and without the internal
     functions only the moved kernels reached."""
     moved_names = {u.kernel.name for u in moved}
     keep: set[str] = set()
     # The roots: what is not internal, and what globals point to.
     queue = [n for n, d in defined.items() if not d.internal]
-    queue += [r for name, line in variables.items() for r in references(line) - {name}
-              if r in defined]
+    queue += [r for targets in pointed.values() for r in targets if r in defined]
     while queue:  # what the roots reach, not through a moved kernel
         name = queue.pop()
         if name in keep:
