@@ -179,6 +179,10 @@ def _matmul(w: _Writer, n: Node, ins: list[str], out: str) -> None:
 @_emit("matmul_integer")
 def _matmul_integer(w: _Writer, n: Node, ins: list[str], out: str) -> None:
     """uint8 x int8 -> int32 (ONNX MatMulInteger; its optional a_zero_point is graphc's)."""
+    if n.attrs["b_groups"]:
+        raise OnnxError(f"matmul_integer node '{n.name}' reads b in the compiler's packed "
+                        f"layout (b_groups={n.attrs['b_groups']}); save the graph as built, "
+                        "before gc.compile's passes")
     ins = list(ins)
     for i, flag in ((0, "transpose_a"), (1, "transpose_b")):
         if n.attrs[flag]:

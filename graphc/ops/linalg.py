@@ -22,7 +22,7 @@ from graphc.ir.opdef import Anchor, Fusion, OpDef
 from graphc.ops import elementwise as _elementwise
 from graphc.ops.common import BF16, NUMERIC, check_dtype, same_dtype
 from graphc.ops.layout import reshape
-from graphc.ops.panels import unpack_panels
+from graphc.ops.panels import unpack_groups, unpack_panels
 
 __all__ = ["linear", "matmul", "matmul_integer"]
 
@@ -160,6 +160,11 @@ def _matmul_integer_infer(types: Sequence[TensorType], attrs: Attrs) -> TensorTy
     if ta and a.ndim > 2:
         raise ShapeError(f"transpose_a needs a rank-2 a, got {a}")
     _check_inner(a, b, ta, tb)
+    groups = tuple(attrs.get("b_groups", ()))
+    if groups and (len(groups) != 2 or tb or b.shape[0] % groups[1] or b.shape[1] % groups[0]):
+        raise AttrError(f"b_groups={groups!r}: expected () or (panel, group) for a b that is "
+                        f"not transposed, its rows a multiple of group and its columns of "
+                        f"panel, got b {b} (transpose_b={tb})")
     m = a.shape[-1] if ta else a.shape[-2]
     n = b.shape[-2] if tb else b.shape[-1]
     return TensorType((*a.shape[:-2], m, n), DType.int32)
@@ -173,6 +178,8 @@ def _matmul_integer_reference(arrays: Sequence[np.ndarray], attrs: Attrs) -> np.
         a = np.swapaxes(a, -1, -2)
     if attrs["transpose_b"]:
         b = b.T
+    if attrs.get("b_groups"):
+        b = unpack_groups(b.ravel(), *b.shape, *attrs["b_groups"])
     # Exact in int64; the kernel's int32 sums wrap only past 2^31 (K >= 65536).
     return np.matmul(a, b).astype(np.int32)
 
@@ -181,11 +188,16 @@ MATMUL_INTEGER = OpDef(
     "matmul_integer", "linalg", None, _matmul_integer_infer, _matmul_integer_reference,
     Fusion.OUT_FUSABLE, None, anchor=Anchor.MATMUL, lowp=frozenset({DType.uint8, DType.int8}),
     attrs=(AttrSpec("transpose_a", Kind.BOOL, default=False),
-           AttrSpec("transpose_b", Kind.BOOL, default=False)),
+           AttrSpec("transpose_b", Kind.BOOL, default=False),
+           # () or (panel, group): b is stored in the integer GEMM's grouped panels
+           # (`graphc.ops.panels.pack_groups`), set by the compiler on constant weights
+           # (`graphc.codegen.gemm.prepack`).
+           AttrSpec("b_groups", Kind.INTS, default=(), low=1)),
     doc="(a - a_zero_point) @ b in int32, exactly, for uint8 a (rank >= 2, its rows "
         "merged), int8 b (rank 2) and an optional uint8 scalar a_zero_point (ONNX "
         "MatMulInteger with symmetric weights); dequantize with elementwise ops, which fuse "
-        "into the kernel's epilogue",
+        "into the kernel's epilogue; b_groups: the compiler's prepacked layout of a "
+        "constant b",
 )
 OPS.append(MATMUL_INTEGER)
 

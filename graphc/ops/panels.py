@@ -11,6 +11,17 @@ same way when a session is created):
                                  k x (n mod P) row-major after the full ones
     unpack_panels(flat, k, n, panel)     the inverse
 
+Low-precision B operands (`matmul_integer`'s attribute `b_groups` = (panel, group), set by
+`graphc.codegen.gemm.prepack` on constant int8 weights) are stored the way the integer GEMM
+packs them (`graphc.codegen.gemm.lowp_kernels`): panels of `panel` columns, each k/group
+rows of `group` consecutive k elements per column, column after column:
+
+    pack_groups(b, panel, group)          element B[q*group + t, p*panel + j] at flat index
+                                          ((p*(k/group) + q)*panel + j)*group + t
+    unpack_groups(flat, k, n, panel, group)       the inverse
+
+(k a multiple of `group`, n of `panel`: no padding, so the array keeps B's shape.)
+
 A convolution whose weights are stored so (`conv2d`'s attribute `weight_panels` =
 (block, panel), set by `graphc.codegen.conv.prepack` on constant weights) holds, for each
 block of `block` output channels, B = W[block]^T (K x block, W the weights as an O x K
@@ -24,7 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["pack_conv_weights", "pack_panels", "unpack_conv_weights", "unpack_panels"]
+__all__ = ["pack_conv_weights", "pack_groups", "pack_panels", "unpack_conv_weights",
+           "unpack_groups", "unpack_panels"]
 
 
 def pack_panels(b: np.ndarray, panel: int) -> np.ndarray:
@@ -44,6 +56,25 @@ def unpack_panels(flat: np.ndarray, k: int, n: int, panel: int) -> np.ndarray:
                      .reshape(k, full))
     out[:, full:] = flat[full * k:k * n].reshape(k, n - full)
     return out
+
+
+def _group_shape(k: int, n: int, panel: int, group: int) -> tuple[int, int, int, int]:
+    if panel < 1 or group < 1 or k % group or n % panel:
+        raise ValueError(f"a {k} x {n} b in panels of {panel} columns and groups of {group} "
+                         "rows needs k a multiple of the group and n of the panel")
+    return k // group, group, n // panel, panel
+
+
+def pack_groups(b: np.ndarray, panel: int, group: int) -> np.ndarray:
+    """B (k x n) in the grouped panels of the integer GEMM (module docstring), flat."""
+    kg, g, np_, p = _group_shape(*b.shape, panel, group)
+    return np.ascontiguousarray(b.reshape(kg, g, np_, p).transpose(2, 0, 3, 1)).ravel()
+
+
+def unpack_groups(flat: np.ndarray, k: int, n: int, panel: int, group: int) -> np.ndarray:
+    """B (k x n) from its grouped panels: the inverse of `pack_groups`."""
+    kg, g, np_, p = _group_shape(k, n, panel, group)
+    return np.ascontiguousarray(flat.reshape(np_, kg, p, g).transpose(1, 3, 0, 2)).reshape(k, n)
 
 
 def _blocks(shape: Sequence[int], block: int) -> tuple[int, int, int]:

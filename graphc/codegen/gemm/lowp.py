@@ -16,10 +16,16 @@ column sums are computed from the packed B with the same instruction (A = all on
 the result is the exact integer sum (int32 wraps only past 2^31: K < 65536 is safe).
 
 On a target without the instruction (`avx512bf16` / `avx512vnni`) the bf16 step is
-emulated (pairs widened to float, two FMAs per lane), and u8 x s8 is packed as pairs of
-bytes widened to int16 for `pmaddwd` (`lowp_kernels.U8S8_PAIRS`: still exact; half the
-products of `vpdpbusd` per instruction, 3-4x those of unpacking bytes into int32 lanes).
-Every operand is read with element alignment only.
+emulated (pairs widened to float, two FMAs per lane), and u8 x s8 runs on `pmaddwd` over
+k-pairs (still exact; half the products of `vpdpbusd` per instruction, 3-4x those of
+unpacking bytes into int32 lanes): A packed as pairs widened to int16
+(`lowp_kernels.U8S8_PAIRS`), B as pairs of bytes (`S8_PAIRS`) that the micro-kernel
+sign-extends as it loads them (half the bytes to pack and keep in L1). Every operand is
+read with element alignment only.
+
+A constant B (quantized weights) is stored in exactly that packed layout once, at compile
+time (`matmul_integer`'s b_groups, `LowpSpec.b_panels`: `gemm/prepack.py`), and read in
+place: no B packing per call, no scratch for it.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from graphc.codegen.gemm.helpers import carried_loop, elem_ptr, for_range
 from graphc.codegen.gemm.lowp_kernels import (
     BF16_PAIRS,
     PMADDWD,
+    S8_PAIRS,
     U8S8_PAIRS,
     U8S8_QUADS,
     GroupKind,
@@ -44,7 +51,7 @@ from graphc.codegen.gemm.lowp_kernels import (
 )
 from graphc.codegen.gemm.spec import Epilogue
 from graphc.codegen.index import Idx, IndexBuilder
-from graphc.codegen.llvm_types import F32, I8, I32, i64
+from graphc.codegen.llvm_types import F32, I8, I16, I32, i64
 from graphc.codegen.target import Target
 from graphc.ir import DType
 
@@ -70,6 +77,9 @@ class LowpSpec:
     ldc: int
     out: DType
     zero_point: bool = False
+    # >0: B (not transposed) is stored in the packed layout of panels of this many columns
+    # (`matmul_integer`'s b_groups, constant weights packed at compile time): read in place.
+    b_panels: int = 0
 
     def scratch_bytes(self, target: Target) -> int:
         return plan_lowp(self, target).scratch_bytes
@@ -83,6 +93,7 @@ class LowpPlan:
     packed B at 0, packed A at `a_offset`, column sums at `sum_offset`."""
 
     kind: GroupKind
+    b_kind: GroupKind
     native: bool
     lanes: int
     mr: int
@@ -105,12 +116,32 @@ def plan_lowp(spec: LowpSpec, target: Target) -> LowpPlan:
     kind, native = group_kind(spec.kind, target)
     mr, nr = (8 if wide else 6), 2 * lanes
     mc = min(_round_up(max(spec.m, 1), mr), (_MC_ROWS // mr) * mr)
+    b_kind = b_group_kind(kind)
     kg = -(-spec.k // kind.g)
-    b_bytes = _round_up(_round_up(spec.n, nr) * kg * 4, 64)
+    b_bytes = 0 if spec.b_panels else _round_up(_round_up(spec.n, nr) * kg * b_kind.word_bytes,
+                                                64)
     a_bytes = _round_up(mc * kg * 4, 64)
     sums = _round_up(_round_up(spec.n, nr) * 4, 64) if spec.zero_point else 0
-    return LowpPlan(kind, native, lanes, mr, nr, mc, kg, b_bytes, b_bytes + a_bytes,
+    return LowpPlan(kind, b_kind, native, lanes, mr, nr, mc, kg, b_bytes, b_bytes + a_bytes,
                     b_bytes + a_bytes + sums)
+
+
+def b_group_kind(kind: GroupKind) -> GroupKind:
+    """How B is packed for A's groups `kind`: as they are, except widened u8 x s8 pairs,
+    whose B stays bytes (`S8_PAIRS`, sign-extended as the micro-kernel loads it)."""
+    return S8_PAIRS if kind is U8S8_PAIRS else kind
+
+
+def load_b_words(b: ir.IRBuilder, plan: LowpPlan, row: ir.Value, v: int) -> ir.Value:
+    """Vector v (`plan.lanes` groups) of the packed B row at `row` as <W x i32> words of
+    A's group kind."""
+    w = plan.lanes
+    wb = plan.b_kind.word_bytes
+    at = elem_ptr(b, row, v * w * wb, I8)
+    if plan.b_kind is S8_PAIRS:
+        bytes_ = b.load(at, typ=ir.VectorType(I8, 2 * w), align=_align(v, w, wb))
+        return b.bitcast(b.sext(bytes_, ir.VectorType(I16, 2 * w)), ir.VectorType(I32, w))
+    return b.load(at, typ=ir.VectorType(I32, w), align=_align(v, w, wb))
 
 
 def group_kind(kind: GroupKind, target: Target) -> tuple[GroupKind, bool]:
@@ -140,22 +171,27 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
     plan = plan_lowp(spec, target)
     kind, native = plan.kind, plan.native
     w, mr, nr, kg = plan.lanes, plan.mr, plan.nr, plan.kg
+    bwb = plan.b_kind.word_bytes
     nv = nr // w
     acc_elem = F32 if kind.acc == "f32" else I32
     vt = ir.VectorType(acc_elem, w)
     wt = ir.VectorType(I32, w)
     b_panels = -(-spec.n // nr)
-    bpack = scratch
     apack = elem_ptr(b, scratch, plan.a_offset, I8)
-    b_op = Operand(bm, *((spec.ldb, 1) if spec.trans_b else (1, spec.ldb)), spec.n, spec.k,
-                   signed=True)
     a_op = Operand(a, *((1, spec.lda) if spec.trans_a else (spec.lda, 1)), spec.m, spec.k)
-    pack_panels(b, kind, b_op, bpack, i64(0), b_panels, nr)
+    if spec.b_panels:  # stored packed at compile time (`check_b_panels`)
+        check_b_panels(spec, plan)
+        bpack = bm
+    else:
+        bpack = scratch
+        b_op = Operand(bm, *((spec.ldb, 1) if spec.trans_b else (1, spec.ldb)), spec.n,
+                       spec.k, signed=True)
+        pack_panels(b, plan.b_kind, b_op, bpack, i64(0), b_panels, nr)
     sums = None
     if spec.zero_point:
         assert zero_point is not None
         sums = elem_ptr(b, scratch, plan.sum_offset, I8)
-        _column_sums(b, kind, native, bpack, sums, b_panels, kg, nr, w)
+        _column_sums(b, plan, bpack, sums, b_panels)
         za = b.zext(b.load(zero_point, typ=I8, align=1), I32)
     zero = ir.Constant(vt, None)
     with for_range(b, 0, -(-spec.m // plan.mc), name="lp.ic") as ic:
@@ -165,15 +201,14 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
         a_panels = b.sdiv(b.add(rows, i64(mr - 1)), i64(mr))
         pack_panels(b, kind, a_op, apack, i0, a_panels, mr)
         with for_range(b, 0, b_panels, name="lp.jr") as jr:
-            bp = elem_ptr(b, bpack, b.mul(jr, i64(kg * nr * 4)), I8)
+            bp = elem_ptr(b, bpack, b.mul(jr, i64(kg * nr * bwb)), I8)
             with for_range(b, 0, a_panels, name="lp.ir") as ir_:
                 ap = elem_ptr(b, apack, b.mul(ir_, i64(kg * mr * 4)), I8)
 
                 def step(q: ir.Value, accs: list[ir.Value], ap: ir.Value = ap,
                          bp: ir.Value = bp) -> list[ir.Value]:
-                    brow = elem_ptr(b, bp, b.mul(q, i64(nr * 4)), I8)
-                    bws = [b.load(elem_ptr(b, brow, v * w, I32), typ=wt, align=_align(v, w))
-                           for v in range(nv)]
+                    brow = elem_ptr(b, bp, b.mul(q, i64(nr * bwb)), I8)
+                    bws = [load_b_words(b, plan, brow, v) for v in range(nv)]
                     arow = elem_ptr(b, ap, b.mul(q, i64(mr * 4)), I8)
                     out = list(accs)
                     for r in range(mr):
@@ -196,28 +231,45 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
                 _store_tile(b, spec, c, epilogue, accs, row0, col0, mr, nv, w)
 
 
-def _column_sums(b: ir.IRBuilder, kind: GroupKind, native: bool, bpack: ir.Value,
-                 sums: ir.Value, panels: int, kg: int, nr: int, w: int) -> None:
+def b_groups(spec: LowpSpec, target: Target) -> tuple[int, int]:
+    """(panel, group): how the GEMM of `spec` on `target` packs B, the layout of
+    `matmul_integer`'s b_groups (`graphc.ops.panels.pack_groups`)."""
+    plan = plan_lowp(spec, target)
+    return plan.nr, plan.b_kind.g
+
+
+def check_b_panels(spec: LowpSpec, plan: LowpPlan) -> None:
+    """ValueError unless a prepacked B (`spec.b_panels`) is exactly the plan's packed B:
+    panels of NR whole groups of whole columns, one byte per element."""
+    if (spec.b_panels != plan.nr or spec.trans_b or plan.b_kind.esize != 1
+            or spec.k % plan.b_kind.g or spec.n % plan.nr):
+        raise ValueError(f"b in panels of {spec.b_panels} columns, but the GEMM {spec} packs "
+                         f"panels of {plan.nr} columns in groups of {plan.b_kind.g} rows")
+
+
+def _column_sums(b: ir.IRBuilder, plan: LowpPlan, bpack: ir.Value, sums: ir.Value,
+                 panels: int) -> None:
     """sums[j] = sum over k of B[k, j], from the packed panels (dot with all-ones A)."""
+    w, nr, kg = plan.lanes, plan.nr, plan.kg
     wt = ir.VectorType(I32, w)
-    ones = ir.Constant(I32, kind.ones)
+    ones = ir.Constant(I32, plan.kind.ones)
     with for_range(b, 0, panels, name="cs.p") as p:
-        bp = elem_ptr(b, bpack, b.mul(p, i64(kg * nr * 4)), I8)
+        bp = elem_ptr(b, bpack, b.mul(p, i64(kg * nr * plan.b_kind.word_bytes)), I8)
         for v in range(nr // w):
             def step(q: ir.Value, acc: list[ir.Value], v: int = v) -> list[ir.Value]:
-                at = elem_ptr(b, bp, b.add(b.mul(q, i64(nr)), i64(v * w)), I32)
-                words = b.load(at, typ=wt, align=_align(v, w))
-                return [dot_step(b, kind, native, acc[0], ones, words)]
+                row = elem_ptr(b, bp, b.mul(q, i64(nr * plan.b_kind.word_bytes)), I8)
+                words = load_b_words(b, plan, row, v)
+                return [dot_step(b, plan.kind, plan.native, acc[0], ones, words)]
 
             total = carried_loop(b, 0, kg, [ir.Constant(wt, None)], step, name="cs.k")[0]
             dst = elem_ptr(b, sums, b.add(b.mul(p, i64(nr)), i64(v * w)), I32)
             b.store(total, dst, align=_align(v, w))
 
 
-def _align(v: int, w: int) -> int:
-    """The alignment of vector v of a packed row of 2 vectors of w int32 lanes (NR = 2w
-    columns), rows back to back from a 64-byte aligned start."""
-    return math.gcd(64, 2 * w * 4, v * w * 4)
+def _align(v: int, w: int, word_bytes: int = 4) -> int:
+    """The alignment of vector v of a packed row of 2 vectors of w words (NR = 2w columns),
+    rows back to back from a 64-byte aligned start."""
+    return math.gcd(64, 2 * w * word_bytes, v * w * word_bytes)
 
 
 def _store_tile(b: ir.IRBuilder, spec: LowpSpec, c: ir.Value, epilogue: Epilogue | None,

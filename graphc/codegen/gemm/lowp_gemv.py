@@ -60,7 +60,7 @@ def applies(spec: LowpSpec) -> bool:
     """u8 x s8, few rows, row-major B, no runtime zero point (quantized layers fold it into
     the epilogue; `matmul_integer` with one goes to the packed GEMM)."""
     return (spec.kind is U8S8_QUADS and 0 < spec.m <= MAX_ROWS and not spec.zero_point
-            and spec.k > 0 and (not spec.trans_a or spec.m == 1))
+            and spec.k > 0 and (not spec.trans_a or spec.m == 1) and not spec.b_panels)
 
 
 def scratch_bytes(spec: LowpSpec) -> int:

@@ -7,18 +7,20 @@ B[q*g .. q*g+g-1, j] of column j, and one A element group, broadcast to every la
 A[i, q*g .. q*g+g-1]. One instruction then adds the g products of each lane into a float32
 (bf16) or int32 (u8 x s8) accumulator.
 
-Packed layouts (zero-padded, so every micro-kernel step is full; `kg` = ceil(K / g)):
-  B: panels of NR columns, panel p at p*kg*NR*4 bytes, group q of column j at
-     + q*NR*4 + j*4, element t of the group at + t*esize;
+Packed layouts (zero-padded, so every micro-kernel step is full; `kg` = ceil(K / g); a
+group is a word of `word_bytes` = g * esize bytes, 4 except for `S8_PAIRS`' 2):
+  B: panels of NR columns, panel p at p*kg*NR*word_bytes bytes, group q of column j at
+     + (q*NR + j)*word_bytes, element t of the group at + t*esize;
   A: panels of MR rows, panel at r0/MR * kg*MR*4 bytes, group q of row r at + q*MR*4 + r*4.
 Reads of the operands clamp every index into the operand and select zero outside it, so
 packing never reads out of bounds and needs no branches; only group-aligned runs inside
 the operand are read as whole 32-bit words (unaligned loads: numpy buffers are aligned
 to their element only).
 
-Without VNNI, u8 x s8 is packed as `U8S8_PAIRS`: each byte widened to 16 bits (A zero-,
-B sign-extended) and two per lane, the layout of `pmaddwd`, whose pairs of 16-bit products
-add into int32 exactly (|255 * -128| * 2 < 2^31). `pmaddubsw`, which ONNX Runtime uses
+Without VNNI, u8 x s8 runs on `pmaddwd`, whose operands are two 16-bit elements per lane:
+A is packed as `U8S8_PAIRS` (each byte zero-extended to 16 bits), B as `S8_PAIRS` (pairs of
+bytes, sign-extended to 16 bits when loaded). Its pairs of 16-bit products add into int32
+exactly (|255 * -128| * 2 < 2^31). `pmaddubsw`, which ONNX Runtime uses
 there, multiplies the bytes as they are but saturates its 16-bit pair sums (255 * 127 * 2
 > 2^15), so its results depend on the values; graphc's integer GEMM stays exact.
 """
@@ -60,6 +62,15 @@ class GroupKind:
         return self.src_esize not in (0, self.esize)
 
     @property
+    def word_bytes(self) -> int:
+        """Bytes of one packed group (4: a 32-bit lane; 2: `S8_PAIRS`, widened on load)."""
+        return self.g * self.esize
+
+    @property
+    def word_type(self) -> ir.IntType:
+        return ir.IntType(8 * self.word_bytes)
+
+    @property
     def ones(self) -> int:
         """The 32-bit word of g elements equal to 1 (a column sum's A)."""
         return sum(1 << (8 * self.esize * t) for t in range(self.g))
@@ -69,6 +80,10 @@ BF16_PAIRS = GroupKind("bf16", 2, 2, "f32", "avx512bf16")
 U8S8_QUADS = GroupKind("u8s8", 4, 1, "i32", "avx512vnni")
 # u8 x s8 on a target without VNNI: pairs of bytes widened to int16, for `pmaddwd`.
 U8S8_PAIRS = GroupKind("u8s8w", 2, 2, "i32", "", src_esize=1)
+# B of those GEMMs: the pairs packed as bytes (2-byte groups), sign-extended to int16 pairs
+# when the micro-kernel loads them: half the bytes in cache, and the layout constant weights
+# are stored in once at compile time (`graphc.ops.panels.pack_groups`).
+S8_PAIRS = GroupKind("s8pairs", 2, 1, "i32", "")
 
 
 @dataclass(frozen=True)
@@ -97,7 +112,9 @@ def _widen(b: ir.IRBuilder, kind: GroupKind, op: Operand, value: ir.Value) -> ir
 
 def _word_at(b: ir.IRBuilder, kind: GroupKind, op: Operand, x: ir.Value, q: ir.Value,
              full_group: bool) -> ir.Value:
-    """The i32 holding the group q of row/column x (zero outside the operand)."""
+    """The word (`kind.word_type`) holding the group q of row/column x (zero outside the
+    operand)."""
+    wt = kind.word_type
     inside_x = b.icmp_signed("<", x, i64(op.xs))
     xc = b.select(inside_x, x, i64(op.xs - 1))
     p0 = b.mul(q, i64(kind.g))
@@ -106,18 +123,18 @@ def _word_at(b: ir.IRBuilder, kind: GroupKind, op: Operand, x: ir.Value, q: ir.V
         # A whole group in the operand, contiguous: one unaligned load of g elements.
         addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), p0), src)
         group = b.load(addr, typ=ir.VectorType(src, kind.g), align=src_size)
-        word = b.bitcast(_widen(b, kind, op, group), I32)
-        return b.select(inside_x, word, ir.Constant(I32, 0))
-    word: ir.Value = ir.Constant(I32, 0)
+        word = b.bitcast(_widen(b, kind, op, group), wt)
+        return b.select(inside_x, word, ir.Constant(wt, 0))
+    word: ir.Value = ir.Constant(wt, 0)
     for t in range(kind.g):
         p = b.add(p0, i64(t))
         inside = b.and_(inside_x, b.icmp_signed("<", p, i64(op.k)))
         pc = b.select(b.icmp_signed("<", p, i64(op.k)), p, i64(op.k - 1))
         addr = elem_ptr(b, op.ptr, b.add(b.mul(xc, i64(op.sx)), b.mul(pc, i64(op.sp))), src)
         e = _widen(b, kind, op, b.load(addr, typ=src, align=src_size))
-        e = b.zext(e, I32)
-        e = b.select(inside, e, ir.Constant(I32, 0))
-        word = b.or_(word, b.shl(e, ir.Constant(I32, 8 * kind.esize * t)))
+        e = b.zext(e, wt)
+        e = b.select(inside, e, ir.Constant(wt, 0))
+        word = b.or_(word, b.shl(e, ir.Constant(wt, 8 * kind.esize * t)))
     return word
 
 
@@ -132,7 +149,7 @@ def pack_panels(b: ir.IRBuilder, kind: GroupKind, op: Operand, dst: ir.Value, x0
     full_groups = op.k // kind.g
     with for_range(b, 0, panels, name="pk.p") as pnl:
         xp = b.add(x0, b.mul(pnl, i64(r)))
-        base = elem_ptr(b, dst, b.mul(pnl, i64(kg * r * 4)), I8)
+        base = elem_ptr(b, dst, b.mul(pnl, i64(kg * r * kind.word_bytes)), I8)
         vector_ok = op.sx == 1 and r * kind.esize * 8 <= 2048
         if vector_ok:
             whole = b.icmp_signed("<=", b.add(xp, i64(r)), i64(op.xs))
@@ -155,10 +172,10 @@ def _pack_words(b: ir.IRBuilder, kind: GroupKind, op: Operand, base: ir.Value,
         if lo >= hi:
             continue
         with for_range(b, lo, hi, name="pk.q") as q:
-            row = elem_ptr(b, base, b.mul(q, i64(r * 4)), I8)
+            row = elem_ptr(b, base, b.mul(q, i64(r * kind.word_bytes)), I8)
             for x in range(r):
                 word = _word_at(b, kind, op, b.add(xp, i64(x)), q, whole)
-                b.store(word, elem_ptr(b, row, x, I32), align=4)
+                b.store(word, elem_ptr(b, row, x, kind.word_type), align=kind.word_bytes)
 
 
 def _pack_rows_vector(b: ir.IRBuilder, kind: GroupKind, op: Operand, base: ir.Value,
@@ -182,8 +199,9 @@ def _pack_rows_vector(b: ir.IRBuilder, kind: GroupKind, op: Operand, base: ir.Va
         order = tuple(t * r + j for j in range(r) for t in range(g))
         inter = b.shuffle_vector(rows[0], ir.Constant(rows[0].type, ir.Undefined),
                                  shuffle_mask(order))
-        addr = elem_ptr(b, base, b.mul(q, i64(r * 4)), I8)
-        b.store(inter, addr, align=64 if (r * 4) % 64 == 0 else 4)
+        wb = kind.word_bytes
+        addr = elem_ptr(b, base, b.mul(q, i64(r * wb)), I8)
+        b.store(inter, addr, align=64 if (r * wb) % 64 == 0 else wb)
 
 
 def dot_step(b: ir.IRBuilder, kind: GroupKind, native: bool, acc: ir.Value, a_word: ir.Value,
@@ -259,5 +277,5 @@ def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
     return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))
 
 
-__all__ = ["BF16_PAIRS", "PMADDWD", "U8S8_PAIRS", "U8S8_QUADS", "GroupKind", "Operand", "dot_step",
-           "pack_panels", "pair_products"]
+__all__ = ["BF16_PAIRS", "PMADDWD", "S8_PAIRS", "U8S8_PAIRS", "U8S8_QUADS", "GroupKind",
+           "Operand", "dot_step", "pack_panels", "pair_products"]

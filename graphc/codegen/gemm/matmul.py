@@ -17,7 +17,7 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.gemm import lowp_gemv
 from graphc.codegen.gemm.emit import Epilogue, GemmSpec, emit_gemm, plan_gemm
-from graphc.codegen.gemm.lowp import LowpSpec, emit_lowp_gemm, spec_kind
+from graphc.codegen.gemm.lowp import LowpSpec, b_groups, emit_lowp_gemm, spec_kind
 from graphc.codegen.gemm.spec import kernel_shape
 from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I64, storage_type
@@ -57,8 +57,10 @@ def anchor_spec(anchor: Node, out: DType) -> GemmSpec | LowpSpec:
         m *= math.prod(anchor.shape[:-2])
     kind = spec_kind(a.dtype)
     if kind is not None:
+        groups = anchor.attrs.get("b_groups", ())
         return LowpSpec(m=m, n=n, k=k, kind=kind, trans_a=ta, trans_b=tb, lda=ca, ldb=cb,
-                        ldc=n, out=out, zero_point=len(anchor.inputs) > 2)
+                        ldc=n, out=out, zero_point=len(anchor.inputs) > 2,
+                        b_panels=groups[0] if groups else 0)
     return GemmSpec(m=m, n=n, k=k, dtype=anchor.dtype, trans_a=ta, trans_b=tb,
                     lda=ca, ldb=cb, ldc=n, b_panels=int(anchor.attrs.get("b_panels", 0)))
 
@@ -120,7 +122,7 @@ def split_spec(spec: GemmSpec | LowpSpec, threads: int) -> Split | None:
     if threads <= 1 or not _worth_split(spec):
         return None
     t = threads
-    panels = isinstance(spec, GemmSpec) and spec.b_panels
+    panels = spec.b_panels
     by_n = spec.n % t == 0 and spec.n // t >= 32 and (not panels or spec.n // t % panels == 0)
     by_m = spec.m % t == 0 and spec.m // t >= 16
     if by_n and by_m:
@@ -164,11 +166,20 @@ def check_panels(kernel: Kernel, target: Target) -> None:
     target it compiled for) has this target's panel width: a graph compiled on one machine
     and compiled again on another."""
     spec = gemm_spec(kernel)
+    anchor = kernel.anchor
+    assert anchor is not None
+    if isinstance(spec, LowpSpec) and spec.b_panels:
+        have = tuple(anchor.attrs["b_groups"])
+        want = b_groups(spec, target)
+        if have != want:
+            raise CompileError(f"matmul_integer %{anchor.name} reads b in panels of {have[0]} "
+                               f"columns and groups of {have[1]} rows (b_groups), but this "
+                               f"target's integer GEMM packs {want}: compile the graph as "
+                               "built, not one compiled for another machine",
+                               op="matmul_integer", loc=anchor.loc)
     if isinstance(spec, GemmSpec) and spec.b_panels:
         nr = kernel_shape(spec.dtype, target, spec.n)[1]
         if spec.b_panels != nr:
-            anchor = kernel.anchor
-            assert anchor is not None
             raise CompileError(f"matmul %{anchor.name} reads b in panels of {spec.b_panels} "
                                f"columns (b_panels), but this target's GEMM reads panels of "
                                f"{nr}: compile the graph as built, not one compiled for "
@@ -314,8 +325,7 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
         if s.dim == "n":
             pa = c.ptr(a)
             # (Panels: a block of whole panels starts at its first column times K.)
-            column_stride = (full.k if isinstance(full, GemmSpec) and full.b_panels
-                             else full.ldb if full.trans_b else 1)
+            column_stride = (full.k if full.b_panels else full.ldb if full.trans_b else 1)
             pb = at(c.ptr(bnode), column_stride, bnode)
             pc = at(c.out, 1, kernel.root)
         else:

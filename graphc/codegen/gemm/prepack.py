@@ -18,6 +18,12 @@ matmuls with one layout, and whose GEMM still splits across the threads (a B in 
 splits by rows, or by columns in whole panels: `gemm.matmul.split_spec`). The layout
 depends on the target (NR), so this runs in `graphc.pipeline` after the target-independent
 passes. Variables are never packed (training and `VariableStore.bind` replace them).
+
+`matmul_integer` (quantized layers) likewise: a constant int8 B whose rows fill whole
+k-groups and whose columns fill whole panels is stored in the integer GEMM's packed layout
+(`graphc.ops.panels.pack_groups`; quads for `vpdpbusd`, byte pairs without VNNI) and marked
+`b_groups=(NR, group)`, except where the GEMV of few rows reads B in place anyway. A
+quantized MLP at batch 256 on Zen 3: 0.95x the time with B packed at every call.
 """
 
 from __future__ import annotations
@@ -29,15 +35,39 @@ from typing import cast
 import numpy as np
 
 from graphc.codegen.constant_layouts import store_constants
+from graphc.codegen.gemm import lowp_gemv
 from graphc.codegen.gemm.emit import GemmSpec, plan_gemm
+from graphc.codegen.gemm.lowp import LowpSpec, b_groups, plan_lowp
 from graphc.codegen.gemm.matmul import anchor_spec, merged_batch, split_spec
 from graphc.codegen.gemm.spec import kernel_shape
 from graphc.codegen.target import Target
 from graphc.ir import DType, Graph, Node, Signature
-from graphc.ops.panels import pack_panels
+from graphc.ops.panels import pack_groups, pack_panels
 from graphc.passes.rewrite import Pending, Rebuilder, live_nodes
 
-__all__ = ["panel_width", "prepack_matmul_weights"]
+__all__ = ["integer_groups", "panel_width", "prepack_matmul_weights"]
+
+
+def integer_groups(node: Node, target: Target, threads: int) -> tuple[int, int] | None:
+    """The (panel, group) in which a `matmul_integer`'s constant B should be stored (None:
+    leave it as it is): where the integer GEMM would pack it at every call (not its GEMV,
+    which reads B in place), B's rows and columns fill whole groups and panels, and the
+    threads keep their split."""
+    if (node.op != "matmul_integer" or node.attrs.get("b_groups")
+            or node.inputs[1].op != "constant"):
+        return None
+    spec = anchor_spec(node, node.dtype)
+    assert isinstance(spec, LowpSpec)
+    if lowp_gemv.applies(spec):
+        return None
+    panel, group = b_groups(spec, target)
+    if spec.k % group or spec.n % panel or group * plan_lowp(spec, target).b_kind.esize > 4:
+        return None
+    panelled = replace(spec, trans_b=False, ldb=spec.n, b_panels=panel)
+    if node.ndim == 2 or merged_batch(node):
+        if split_spec(spec, threads) is not None and split_spec(panelled, threads) is None:
+            return None
+    return panel, group
 
 
 def panel_width(node: Node, target: Target, threads: int) -> int:
@@ -68,17 +98,29 @@ def prepack_matmul_weights(graph: Graph, sig: Signature, target: Target, threads
     """`graph` and `sig` with the constant B of every matmul that gains stored in panels
     (both unchanged when none does)."""
     live = live_nodes(graph, sig)
-    # By node: (NR, transpose_b); a constant read as B and as Bᵀ stays as it is.
-    layouts = {n.name: (w, bool(n.attrs["transpose_b"])) for n in graph.nodes
-               if n in live and (w := panel_width(n, target, threads))}
+    # By node: (NR, group, transpose_b), group 0 for a float matmul's panels; a constant
+    # read as B and as Bᵀ stays as it is.
+    layouts: dict[str, tuple[int, int, bool]] = {}
+    for n in graph.nodes:
+        if n not in live:
+            continue
+        if (w := panel_width(n, target, threads)):
+            layouts[n.name] = (w, 0, bool(n.attrs["transpose_b"]))
+        elif (groups := integer_groups(n, target, threads)) is not None:
+            layouts[n.name] = (*groups, bool(n.attrs["transpose_b"]))
 
     def store(value: np.ndarray, layout: Hashable) -> np.ndarray:
-        nr, transposed = cast(tuple[int, bool], layout)
+        nr, group, transposed = cast(tuple[int, int, bool], layout)
         matrix = np.ascontiguousarray(value.T if transposed else value)
-        return pack_panels(matrix, nr).reshape(matrix.shape)
+        flat = pack_groups(matrix, nr, group) if group else pack_panels(matrix, nr)
+        return flat.reshape(matrix.shape)
 
     def rebuild(p: Pending, rb: Rebuilder, b: Node, layout: Hashable) -> Node:
-        nr, _ = cast(tuple[int, bool], layout)
+        nr, group, _ = cast(tuple[int, int, bool], layout)
+        if group:
+            return rb.emit("matmul_integer", (p.inputs[0], b, *p.inputs[2:]),
+                           {**p.attrs, "transpose_b": False, "b_groups": (nr, group)}, at=p,
+                           name=p.name)
         return rb.emit("matmul", (p.inputs[0], b),
                        {**p.attrs, "transpose_b": False, "b_panels": nr}, at=p, name=p.name)
 
