@@ -4,8 +4,9 @@ the grouped panels the integer GEMM packs B into (`b_groups` = (panel, group)).
 The compiled graph's matmul_integer then reads B in place (bytes: quads for `vpdpbusd`,
 pairs sign-extended for `pmaddwd` without VNNI); results stay exact integer sums, with and
 without a zero point, B transposed or not, merged batches, at 1 and 2 threads, on both
-kernels; what must stay unpacked stays (a partial group or panel, the GEMV of few rows,
-variables); the reference reads the layout; another target's layout is a CompileError.
+kernels, and on the GEMV of few rows over the panels; what must stay unpacked stays (a
+partial group or panel, variables); the reference reads the layout; another target's
+layout is a CompileError.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 import graphc as gc
 from graphc.builder import apply
+from graphc.codegen.gemm import lowp_panel_gemv
 from graphc.codegen.gemm.lowp import LowpSpec, b_groups, plan_lowp
 from graphc.codegen.gemm.lowp_kernels import S8_PAIRS, U8S8_QUADS
 from graphc.codegen.gemm.matmul import anchor_spec
@@ -33,6 +35,10 @@ CASES = [
     ((64, 128), 128, 96, True, True),  # B stored (n, k), a runtime zero point
     ((4, 33, 64), 64, 128, False, True),  # a merged batch: one (132, 64) GEMM, odd rows
     ((37, 200), 200, 64, True, False),
+    # Few rows: the panel GEMV (`lowp_panel_gemv`), B big enough to split its columns.
+    ((1, 512), 512, 512, False, False),
+    ((3, 136), 136, 160, True, False),  # 10 panels of 16 or 5 of 32: a partial block
+    ((2, 64), 64, 64, False, True),  # with a zero point: the GEMM on the panels
 ]
 
 
@@ -66,6 +72,8 @@ def test_packed_int8_weights_give_exact_sums_at_any_thread_count(case, disabled)
         (mm,) = _integer_matmuls(exe)
         panel, group = mm.attrs["b_groups"]
         assert not mm.attrs["transpose_b"] and (k % group, n % panel) == (0, 0)
+        few_rows = int(np.prod(a_shape[:-1])) <= lowp_panel_gemv.MAX_ROWS and not zp
+        assert lowp_panel_gemv.applies(anchor_spec(mm, gc.int32)) == few_rows
         assert np.array_equal(exe(*args)[0], want.astype(np.int32))
         # The compiled graph's reference reads the grouped panels as the kernel does.
         cg = exe.compiled_graph
@@ -108,7 +116,7 @@ def test_what_must_stay_unpacked_stays() -> None:
     cases = {
         "partial group": ((64, group * 16 + 1), (group * 16 + 1, 4 * panel)),
         "partial panel": ((64, 64), (64, 4 * panel + 1)),
-        "few rows (the GEMV reads B in place)": ((2, 64), (64, 4 * panel)),
+        "few rows, partial panel": ((1, 64), (64, 4 * panel + 1)),
     }
     for why, (a_shape, w_shape) in cases.items():
         g, inputs, acc = _graph(a_shape, rng.integers(-128, 128, w_shape, dtype=np.int8),

@@ -15,7 +15,7 @@ import llvmlite.ir as ir
 
 from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
-from graphc.codegen.gemm import lowp_gemv
+from graphc.codegen.gemm import lowp_gemv, lowp_panel_gemv
 from graphc.codegen.gemm.emit import Epilogue, GemmSpec, emit_gemm, plan_gemm
 from graphc.codegen.gemm.lowp import LowpSpec, b_groups, emit_lowp_gemm, spec_kind
 from graphc.codegen.gemm.spec import kernel_shape
@@ -367,6 +367,9 @@ def _emit(c: KernelContext, b: ir.IRBuilder, spec: GemmSpec | LowpSpec, pa: ir.V
         zero = c.ptr(inputs[2]) if len(inputs) > 2 else None
         if lowp_gemv.applies(spec):  # batch 1: B read in place (its scratch fits the GEMM's)
             lowp_gemv.emit_lowp_gemv(b, spec, pa, pb, pc, scratch, c.target, epilogue)
+            return
+        if lowp_panel_gemv.applies(spec):  # batch 1, B stored in panels: read in place
+            lowp_panel_gemv.emit_panel_gemv(b, spec, pa, pb, pc, scratch, c.target, epilogue)
             return
         emit_lowp_gemm(b, spec, pa, pb, pc, scratch, c.target, epilogue, zero)
     else:

@@ -22,8 +22,9 @@ passes. Variables are never packed (training and `VariableStore.bind` replace th
 `matmul_integer` (quantized layers) likewise: a constant int8 B whose rows fill whole
 k-groups and whose columns fill whole panels is stored in the integer GEMM's packed layout
 (`graphc.ops.panels.pack_groups`; quads for `vpdpbusd`, byte pairs without VNNI) and marked
-`b_groups=(NR, group)`, except where the GEMV of few rows reads B in place anyway. A
-quantized MLP at batch 256 on Zen 3: 0.95x the time with B packed at every call.
+`b_groups=(NR, group)`; with a few rows of A the GEMV reads those panels in place
+(`lowp_panel_gemv`). Same-process A/Bs on Zen 3, 1 thread: a quantized MLP at batch 256
+0.95x the time with B packed at every call, int8 GPT decode 0.89x the row-major GEMV's.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from typing import cast
 import numpy as np
 
 from graphc.codegen.constant_layouts import store_constants
-from graphc.codegen.gemm import lowp_gemv
 from graphc.codegen.gemm.emit import GemmSpec, plan_gemm
 from graphc.codegen.gemm.lowp import LowpSpec, b_groups, plan_lowp
 from graphc.codegen.gemm.matmul import anchor_spec, merged_batch, split_spec
@@ -50,16 +50,13 @@ __all__ = ["integer_groups", "panel_width", "prepack_matmul_weights"]
 
 def integer_groups(node: Node, target: Target, threads: int) -> tuple[int, int] | None:
     """The (panel, group) in which a `matmul_integer`'s constant B should be stored (None:
-    leave it as it is): where the integer GEMM would pack it at every call (not its GEMV,
-    which reads B in place), B's rows and columns fill whole groups and panels, and the
-    threads keep their split."""
+    leave it as it is): B's rows and columns fill whole groups and panels (no padding: the
+    array keeps its shape) and the threads keep their split."""
     if (node.op != "matmul_integer" or node.attrs.get("b_groups")
             or node.inputs[1].op != "constant"):
         return None
     spec = anchor_spec(node, node.dtype)
     assert isinstance(spec, LowpSpec)
-    if lowp_gemv.applies(spec):
-        return None
     panel, group = b_groups(spec, target)
     if spec.k % group or spec.n % panel or group * plan_lowp(spec, target).b_kind.esize > 4:
         return None
