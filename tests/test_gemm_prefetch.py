@@ -118,3 +118,41 @@ def test_results_are_unchanged(m: int, k: int, n: int, constant: bool, dtype: st
             threads=threads, cache_dir=None))(*values)
         got = got[0] if isinstance(got, (list, tuple)) else got
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+# A read prefetch into L1 (locality 3): the epilogue's streams emit them (other code of the
+# program may too: the tests compare programs that differ only in the streams).
+_STREAM = re.compile(r'call void @"llvm\.prefetch\.p0"\(ptr %"[^"]+", i32 0, i32 3, i32 1\)')
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_epilogue_reading_arrays_shaped_like_c_prefetches_their_tiles(threads: int) -> None:
+    """A fused epilogue that reads an array laid out like C (a residual, the activation a
+    backward multiplies by) reads it tile by tile, a pattern no hardware prefetcher follows:
+    the driver prefetches those tiles with C's, on one thread and in each thread's block
+    (rows or columns). A bias broadcast along the rows is no such array, nor are A and B;
+    results do not change."""
+    rng = np.random.default_rng(5)
+    m, k, n = 192, 128, 256
+    av, bv = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    rv, cv = rng.standard_normal((m, n), np.float32), rng.standard_normal(n).astype(np.float32)
+
+    def build(residual: bool) -> tuple[gc.Graph, list[gc.Node], gc.Node]:
+        with gc.Graph("epilogue") as g:
+            a = gc.placeholder((m, k), name="a")
+            b = gc.placeholder((k, n), name="b")
+            extra = gc.placeholder((m, n) if residual else (n,), name="r")
+            y = gc.relu(gc.matmul(a, b) + extra)
+        return g, [a, b, extra], y
+
+    counts = {}
+    for residual in (True, False):
+        g, inputs, y = build(residual)
+        g.add_signature("s", inputs, [y])
+        opts = gc.CompileOptions(threads=threads, cache_dir=None)
+        counts[residual] = len(_STREAM.findall(lower(g, g.signatures["s"], opts).ir_text))
+        args = [av, bv, rv if residual else cv]
+        (got,) = gc.compile(g, signature="s", options=opts)(*args)
+        want = np.maximum(av @ bv + args[2], 0)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert counts[True] > counts[False]

@@ -24,6 +24,8 @@ stores of A, B, C assume element alignment only. `scratch` (64-byte aligned, at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import llvmlite.ir as ir
 
 from graphc.codegen.gemm.packed import emit_packed
@@ -36,13 +38,16 @@ __all__ = ["Epilogue", "GemmPlan", "GemmSpec", "emit_gemm", "kernel_shape", "pla
 
 def emit_gemm(builder: ir.IRBuilder, spec: GemmSpec, a: ir.Value, b: ir.Value, c: ir.Value,
               scratch: ir.Value | None, target: Target, epilogue: Epilogue | None = None,
-              accumulate: bool = False) -> None:
+              accumulate: bool = False, streams: Sequence[ir.Value] = ()) -> None:
     """Emit C = epilogue(op(A) @ op(B) [+ C if accumulate]) for the static `spec`.
 
     a, b, c are pointers to the operands' first elements (laid out as `spec` says; the caller
     should mark them noalias). With K == 0 the product is zero: C = epilogue(0), or
     epilogue(C) when accumulating (C is left untouched when there is no epilogue either).
-    Raises ValueError when the plan needs scratch and none is given.
+    `streams`: pointers to arrays laid out like C (same element size and ldc) that the
+    epilogue reads at the elements it stores; the packed path prefetches their tiles with C's
+    (a hint: the result does not depend on it). Raises ValueError when the plan needs
+    scratch and none is given.
     """
     plan = plan_gemm(spec, target)
     if plan.path == "empty":
@@ -56,4 +61,4 @@ def emit_gemm(builder: ir.IRBuilder, spec: GemmSpec, a: ir.Value, b: ir.Value, c
     else:
         if scratch is None:
             raise ValueError(f"{spec} needs {plan.scratch_bytes} bytes of scratch; none given")
-        emit_packed(builder, spec, plan, a, b, c, scratch, epilogue, accumulate)
+        emit_packed(builder, spec, plan, a, b, c, scratch, epilogue, accumulate, streams)

@@ -262,7 +262,8 @@ def emit_matmul(ctx: KernelContext) -> None:
                 idx = [Idx(i) for i in batch_idx] + _out_index(b, anchor, row, col, lanes)
                 return ev.at(root, idx)
 
-        _emit(c, builder, spec, pa, pb, pc, scratch, epilogue)
+        streams = [offset(c.ptr(i), c_strides, i) for i in _streams(kernel)]
+        _emit(c, builder, spec, pa, pb, pc, scratch, epilogue, streams)
 
     def level(d: int, prefix: list[ir.Value]) -> None:
         if d == len(out_batch):
@@ -350,15 +351,27 @@ def _emit_split(ctx: KernelContext, s: Split) -> None:
                 ev.ix.b = eb
                 return ev.at(kernel.root, _out_index(eb, anchor, row, col, lanes))
 
-        _emit(c, b, s.spec, pa, pb, pc, scratch, epilogue)
+        streams = [at(c.ptr(i), 1 if s.dim == "n" else full.ldc, i) for i in _streams(kernel)]
+        _emit(c, b, s.spec, pa, pb, pc, scratch, epilogue, streams)
 
     # One task per block (grain 1): parallel_range gives task t the range [t, t + 1).
     parallel_range(ctx, s.tasks, 1, task)
 
 
+def _streams(kernel: Kernel) -> list[Node]:
+    """The epilogue's inputs laid out like its output (same shape and element size: every
+    buffer is contiguous), read at the element being stored (`emit_gemm`'s streams)."""
+    anchor, root = kernel.anchor, kernel.root
+    if anchor is None or root is anchor:
+        return []
+    return [i for i in kernel.inputs if i.shape == root.shape
+            and i.dtype.itemsize == root.dtype.itemsize
+            and all(i is not x for x in anchor.inputs)]
+
+
 def _emit(c: KernelContext, b: ir.IRBuilder, spec: GemmSpec | LowpSpec, pa: ir.Value,
           pb: ir.Value, pc: ir.Value, scratch: ir.Value | None,
-          epilogue: Epilogue | None) -> None:
+          epilogue: Epilogue | None, streams: list[ir.Value]) -> None:
     """The GEMM of `spec`: the packed/direct float GEMM or a low-precision one (whose A
     zero point, the anchor's third operand when present, is read at run time)."""
     if isinstance(spec, LowpSpec):
@@ -373,7 +386,7 @@ def _emit(c: KernelContext, b: ir.IRBuilder, spec: GemmSpec | LowpSpec, pa: ir.V
             return
         emit_lowp_gemm(b, spec, pa, pb, pc, scratch, c.target, epilogue, zero)
     else:
-        emit_gemm(b, spec, pa, pb, pc, scratch, c.target, epilogue)
+        emit_gemm(b, spec, pa, pb, pc, scratch, c.target, epilogue, streams=streams)
 
 
 LOWERINGS = (Lowering(KernelKind.MATMUL, emit_matmul, scratch_bytes, epilogue_writes_once),)

@@ -17,7 +17,7 @@ always sees the complete sum.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import llvmlite.ir as ir
@@ -75,8 +75,9 @@ def _in_place_b(b: ir.IRBuilder, spec: GemmSpec, bm: ir.Value, src_b: ir.Value, 
 
 def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm: ir.Value,
                 c: ir.Value, scratch: ir.Value, epilogue: Epilogue | None,
-                accumulate: bool) -> None:
-    """Emit the packed GEMM described by `plan` (see the module docstring).
+                accumulate: bool, streams: Sequence[ir.Value] = ()) -> None:
+    """Emit the packed GEMM described by `plan` (see the module docstring); `streams`
+    (`emit_gemm`) are prefetched tile by tile with C.
 
     With plan.pack_a False (see `plan_gemm`: all of N in one NR panel, or a row-major A
     with one K block), full MR-row tiles read A in place through a kernel specialised for
@@ -146,10 +147,17 @@ def emit_packed(b: ir.IRBuilder, spec: GemmSpec, plan: GemmPlan, a: ir.Value, bm
                 cptr = elem_ptr(b, c, add(b, mul(b, row, spec.ldc), col), ety)
                 # Fetch the C tile while the kernel runs: its store (and, after the first
                 # KC block, its load) would otherwise wait for memory at every tile.
+                # And the tiles the epilogue will read of arrays laid out like C (a
+                # residual, a saved activation): read row by row, tile after tile, they are
+                # no stream the hardware prefetcher follows.
+                sptrs = [elem_ptr(b, sp, add(b, mul(b, row, spec.ldc), col), ety)
+                         for sp in streams] if epilogue is not None else []
                 for r in range(plan.mr):
                     for off in range(0, plan.nr * dtype.itemsize + 63, 64):
                         at = min(off // dtype.itemsize, plan.nr - 1) + r * spec.ldc
                         prefetch(b, b.gep(cptr, [as_i64(at)], source_etype=ety), True)
+                        for sp in sptrs:
+                            prefetch(b, b.gep(sp, [as_i64(at)], source_etype=ety), False)
                 b.call(fn, [as_i64(kc), apanel, bpanel, tile, as_i64(a_step),
                             as_i64(b_step)])
                 full = _full(b, mr_eff, plan.mr, nr_eff, plan.nr)
