@@ -26,6 +26,10 @@ LN2_HALF = 0.3466  # ln(2)/2 = 0.34657...: |r| after the exp/expm1 reduction, pl
 LOG_S_MAX = 0.1716  # (sqrt(2)-1)/(sqrt(2)+1) = 0.17157...: |s| after the log reduction
 TRIG_R_MAX = 0.7933  # pi/4 * 1.01: |r| after sin/cos reduction (j may be off by one ulp)
 EXP16_R_MAX = 0.02167  # ln(2)/32 = 0.021661 plus the rounding of x*log2(e): |r| in _exp16
+# The float32 normal CDF Phi (GELU): 0.5 erfc(a / sqrt 2) = exp(-a^2 / 2) P(u) with
+# u = 1 / (1 + PHI_P a), a = |x| <= PHI_AMAX (beyond it Phi(-a) is below float32's range).
+PHI_P = 0.25
+PHI_AMAX = 13.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,11 @@ def _fits() -> list[Fit]:
         # erfc(x) = exp(-x^2) B(x - c): B is the scaled complementary error function
         return lambda u: mp.erfc(u + c) * mp.exp((u + c) ** 2)
 
+    def phi_u(u: object) -> object:
+        # 0.5 erfc(a / sqrt 2) exp(a^2 / 2) at a = (1/u - 1) / PHI_P: smooth on (0, 1]
+        a = (1 / u - 1) / PHI_P
+        return mp.erfc(a / mp.sqrt(2)) * mp.exp(a * a / 2) / 2
+
     def sin_s(z: object) -> object:
         # sin(r) = r + r^3 S(r^2)
         if z < mp.mpf("1e-30"):
@@ -87,6 +96,7 @@ def _fits() -> list[Fit]:
         Fit("ERF_A", erf_a, 0.0, 1.0, {"f32": 7, "f64": 11}, split_first=True),
         Fit("ERF_B", erfcx(2.5), 1.0 - 2.5, 4.0 - 2.5, {"f32": 12}),
         Fit("ERF_B", erfcx(3.5), 1.0 - 3.5, 6.0 - 3.5, {"f64": 26}),
+        Fit("PHI_U", phi_u, 1 / (1 + PHI_P * PHI_AMAX), 1.0, {"f32": 10}),
         Fit("SIN_S", sin_s, 0.0, TRIG_R_MAX**2, {"f32": 3, "f64": 6}),
         Fit("COS_C", cos_c, 0.0, TRIG_R_MAX**2, {"f32": 3, "f64": 6}),
     ]
@@ -195,6 +205,8 @@ def generate() -> str:
             rows["TANH_CLAMP"] = [tanh_clamp]
             rows["ERF16_SPLIT"] = [SPLIT]
             rows["ERF16_AMAX"] = [AMAX]
+            rows["PHI_P"] = [PHI_P]
+            rows["PHI_AMAX"] = [PHI_AMAX]
         for name, parts in rows.items():
             out.append(f'    ("{name}", "{dtype}"): ({", ".join(repr(p) for p in parts)},),')
     out += ["}", ""]

@@ -163,14 +163,13 @@ def _selu(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
 @_rule("gelu")
 def _gelu(b: ir.IRBuilder, n: Node, a: list[ir.Value]) -> ir.Value:
     x = a[0]
+    if n.attrs["approximate"] != "tanh":
+        return b.fmul(x, vecmath.normal_cdf(b, x), flags=FLAGS)
     half_x = b.fmul(_c(n, 0.5, x), x)
-    if n.attrs["approximate"] == "tanh":
-        cube = b.fmul(b.fmul(x, x), x)
-        u = b.fmul(_c(n, math.sqrt(2 / math.pi), x),
-                   b.fadd(x, b.fmul(_c(n, 0.044715, x), cube), flags=FLAGS), flags=FLAGS)
-        t = vecmath.tanh(b, u)
-    else:
-        t = vecmath.erf(b, b.fmul(x, _c(n, 1 / math.sqrt(2.0), x)))
+    cube = b.fmul(b.fmul(x, x), x)
+    u = b.fmul(_c(n, math.sqrt(2 / math.pi), x),
+               b.fadd(x, b.fmul(_c(n, 0.044715, x), cube), flags=FLAGS), flags=FLAGS)
+    t = vecmath.tanh(b, u)
     return b.fmul(half_x, b.fadd(_c(n, 1, x), t), flags=FLAGS)
 
 

@@ -105,6 +105,35 @@ def erf_body(e: Emitter, x: ir.Value) -> ir.Value:
     return _erf_two_paths(e, x)
 
 
+def normal_cdf_body(e: Emitter, x: ir.Value) -> ir.Value:
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2, the GELU's factor.
+
+    float32 without AVX-512: one path for every x, 0.5 erfc(a / sqrt 2) = exp(-a^2/2) P(u)
+    with a = |x|, u = 1 / (1 + PHI_P a) and P a 10-term fit on the u of a <= PHI_AMAX
+    (`tools.vecmath_fit`), then Phi = 1 - h for x >= 0 and h for x < 0. A third fewer
+    operations than 1 + erf on the two-path erf, and relatively accurate for negative x too,
+    where 1 + erf cancels (at x = -5 the erf form's Phi is off by ~10 %). The square's
+    rounding is carried into exp's argument (a^2 = hi + lo, exp(-hi/2) (1 - lo/2)). Beyond
+    PHI_AMAX, h is 0. Other types and AVX-512 (whose erf is one table polynomial): via erf.
+    """
+    if e.is_f64 or e.avx512:
+        return e.mul(e.add(erf_body(e, e.mul(x, e.c(0.7071067811865476))), e.c(1.0)),
+                     e.c(0.5))
+    a = e.abs(x)
+    (p,) = e.const("PHI_P")
+    (amax,) = e.const("PHI_AMAX")
+    inside = e.cmp("<", a, e.c(amax))  # false for NaN and beyond amax
+    ac = e.select(inside, a, e.c(0.0))  # keeps u and exp's argument in their ranges
+    u = e.div(e.c(1.0), e.fma(ac, e.c(p), e.c(1.0)))
+    hi = e.mul(ac, ac)
+    lo = e.fma(ac, ac, e.neg(hi))
+    ex = exp_bounded(e, e.mul(hi, e.c(-0.5)))
+    ex = e.fma(ex, e.mul(lo, e.c(-0.5)), ex)
+    h = e.mul(ex, e.poly(u, e.coeffs("PHI_U")))
+    h = e.select(inside, h, e.select(e.cmp(">=", a, e.c(amax)), e.c(0.0), x))  # NaN: x
+    return e.select(e.cmp("<", x, e.c(0.0)), h, e.sub(e.c(1.0), h))
+
+
 def _erf_table(e: Emitter, x: ir.Value) -> ir.Value:
     """float32 with AVX-512: one piecewise polynomial, its coefficients read with vpermps."""
     a = e.abs(x)
