@@ -54,3 +54,22 @@ def test_gelu_gradient_checks_in_float64_around_zero() -> None:
     xv = np.concatenate([rng.standard_normal(16) * 1e-3, rng.standard_normal(16) * 3.0])
     result = gc.check_grad(gc.gelu, [xv])
     assert result.ok(1e-6), result
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_exact_gelu_second_derivative(dtype: str) -> None:
+    """d2 gelu / dx2 = phi(x) (2 - x^2), also at 0 and where Phi switches forms (a Hessian-
+    vector product differentiates the gradient)."""
+    xv = np.array([0.0, -0.0, 1e-30, 1e-21, 1e-19, 1e-12, 1e-8, 1e-6, 1e-4, 1e-2, 0.5, -3.0,
+                   4.0], dtype)
+    with gc.Graph("gelu_hess") as g:
+        x = gc.placeholder(xv.shape, dtype, name="x")
+        (dx,) = gc.grad(gc.sum(gc.gelu(x)), [x])
+        (ddx,) = gc.grad(gc.sum(dx), [x])
+    want = np.array([(2 - v * v) * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                     for v in xv.astype(np.float64)])
+    tol = 2e-6 if dtype == "float32" else 1e-13
+    ref = gc.reference(g, [x], [ddx])(xv)[0]
+    (got,) = gc.compile(g, [x], [ddx], options=gc.CompileOptions(cache_dir=None))(xv)
+    for name, value in (("reference", ref), ("compiled", got)):
+        np.testing.assert_allclose(value, want, rtol=tol, atol=tol * 1e-3, err_msg=name)

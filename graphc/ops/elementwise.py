@@ -208,12 +208,20 @@ def _gelu_grad(n: Node, g: Node) -> list[Node]:
         t = tanh((x + x * x * x * _GELU_C) * _SQRT_2_OVER_PI)
         du = (x * x * (3.0 * _GELU_C) + 1.0) * _SQRT_2_OVER_PI
         return [g * ((t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * du)]
+    from graphc.ops.neural import stop_gradient  # (neural builds on this module)
+
     # Phi(x) = gelu(x) / x: the forward's value, which the backward holds anyway (it is the
     # next layer's input), divided instead of a second erf (the costliest op of a
-    # transformer's backward epilogue; a GPT training step 2% faster). Exact to an ulp or
-    # two: x*Phi(x) is a normal float for |x| >= 1e-20, and below that Phi(x) rounds to 1/2.
-    cdf = where(abs(x) < 1e-20, 0.5, n / x)
+    # transformer's backward epilogue). Below |x| = 1e-20, Phi(x) rounds to 1/2; above it
+    # the quotient is exact to an ulp or two wherever gelu(x) is a normal float, and where
+    # it is not (x below -13 in float32, -37 in float64) both Phi and x phi(x) vanish. The
+    # quotient is a value only: Phi's derivative is phi, carried by (x - stop_gradient(x))
+    # * phi (0 in value), so second derivatives are exact too (the quotient's own would
+    # cancel near 0 and be 0/0 at it).
     pdf = exp(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+    small = abs(x) < 1e-20
+    quotient = stop_gradient(where(small, 0.5, n / where(small, 1.0, x)))
+    cdf = quotient + (x - stop_gradient(x)) * pdf
     return [g * (cdf + x * pdf)]
 
 

@@ -132,16 +132,20 @@ def b_group_kind(kind: GroupKind) -> GroupKind:
     return S8_PAIRS if kind is U8S8_PAIRS else kind
 
 
-def load_b_words(b: ir.IRBuilder, plan: LowpPlan, row: ir.Value, v: int) -> ir.Value:
+def load_b_words(b: ir.IRBuilder, plan: LowpPlan, row: ir.Value, v: int,
+                 in_scratch: bool) -> ir.Value:
     """Vector v (`plan.lanes` groups) of the packed B row at `row` as <W x i32> words of
-    A's group kind."""
+    A's group kind. `in_scratch`: B was packed into the (64-byte aligned) scratch; else it
+    is a constant stored packed (`LowpSpec.b_panels`), a numpy buffer aligned to its
+    element only."""
     w = plan.lanes
     wb = plan.b_kind.word_bytes
     at = elem_ptr(b, row, v * w * wb, I8)
+    align = _align(v, w, wb) if in_scratch else 1
     if plan.b_kind is S8_PAIRS:
-        bytes_ = b.load(at, typ=ir.VectorType(I8, 2 * w), align=_align(v, w, wb))
+        bytes_ = b.load(at, typ=ir.VectorType(I8, 2 * w), align=align)
         return b.bitcast(b.sext(bytes_, ir.VectorType(I16, 2 * w)), ir.VectorType(I32, w))
-    return b.load(at, typ=ir.VectorType(I32, w), align=_align(v, w, wb))
+    return b.load(at, typ=ir.VectorType(I32, w), align=align)
 
 
 def group_kind(kind: GroupKind, target: Target) -> tuple[GroupKind, bool]:
@@ -191,7 +195,7 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
     if spec.zero_point:
         assert zero_point is not None
         sums = elem_ptr(b, scratch, plan.sum_offset, I8)
-        _column_sums(b, plan, bpack, sums, b_panels)
+        _column_sums(b, plan, bpack, sums, b_panels, not spec.b_panels)
         za = b.zext(b.load(zero_point, typ=I8, align=1), I32)
     zero = ir.Constant(vt, None)
     with for_range(b, 0, -(-spec.m // plan.mc), name="lp.ic") as ic:
@@ -208,7 +212,8 @@ def emit_lowp_gemm(b: ir.IRBuilder, spec: LowpSpec, a: ir.Value, bm: ir.Value, c
                 def step(q: ir.Value, accs: list[ir.Value], ap: ir.Value = ap,
                          bp: ir.Value = bp) -> list[ir.Value]:
                     brow = elem_ptr(b, bp, b.mul(q, i64(nr * bwb)), I8)
-                    bws = [load_b_words(b, plan, brow, v) for v in range(nv)]
+                    bws = [load_b_words(b, plan, brow, v, not spec.b_panels)
+                           for v in range(nv)]
                     arow = elem_ptr(b, ap, b.mul(q, i64(mr * 4)), I8)
                     out = list(accs)
                     for r in range(mr):
@@ -248,8 +253,9 @@ def check_b_panels(spec: LowpSpec, plan: LowpPlan) -> None:
 
 
 def _column_sums(b: ir.IRBuilder, plan: LowpPlan, bpack: ir.Value, sums: ir.Value,
-                 panels: int) -> None:
-    """sums[j] = sum over k of B[k, j], from the packed panels (dot with all-ones A)."""
+                 panels: int, in_scratch: bool) -> None:
+    """sums[j] = sum over k of B[k, j], from the packed panels (dot with all-ones A);
+    `in_scratch` as for `load_b_words`."""
     w, nr, kg = plan.lanes, plan.nr, plan.kg
     wt = ir.VectorType(I32, w)
     ones = ir.Constant(I32, plan.kind.ones)
@@ -258,7 +264,7 @@ def _column_sums(b: ir.IRBuilder, plan: LowpPlan, bpack: ir.Value, sums: ir.Valu
         for v in range(nr // w):
             def step(q: ir.Value, acc: list[ir.Value], v: int = v) -> list[ir.Value]:
                 row = elem_ptr(b, bp, b.mul(q, i64(nr * plan.b_kind.word_bytes)), I8)
-                words = load_b_words(b, plan, row, v)
+                words = load_b_words(b, plan, row, v, in_scratch)
                 return [dot_step(b, plan.kind, plan.native, acc[0], ones, words)]
 
             total = carried_loop(b, 0, kg, [ir.Constant(wt, None)], step, name="cs.k")[0]
@@ -268,7 +274,7 @@ def _column_sums(b: ir.IRBuilder, plan: LowpPlan, bpack: ir.Value, sums: ir.Valu
 
 def _align(v: int, w: int, word_bytes: int = 4) -> int:
     """The alignment of vector v of a packed row of 2 vectors of w words (NR = 2w columns),
-    rows back to back from a 64-byte aligned start."""
+    rows back to back from a 64-byte aligned start (the scratch; not a B stored packed)."""
     return math.gcd(64, 2 * w * word_bytes, v * w * word_bytes)
 
 

@@ -109,7 +109,7 @@ def _block(b: ir.IRBuilder, spec: LowpSpec, plan: LowpPlan, bm: ir.Value, c: ir.
             brow = elem_ptr(b, first, b.add(b.mul(q, i64(row_bytes)), i64(p * panel_bytes)),
                             I8)
             for v in range(nv):
-                words_v = load_b_words(b, plan, brow, v)
+                words_v = load_b_words(b, plan, brow, v, in_scratch=False)
                 out[p * nv + v] = dot_step(b, plan.kind, plan.native, out[p * nv + v], aw,
                                            words_v)
         return out

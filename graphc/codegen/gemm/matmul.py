@@ -375,7 +375,9 @@ def _emit(c: KernelContext, b: ir.IRBuilder, spec: GemmSpec | LowpSpec, pa: ir.V
     """The GEMM of `spec`: the packed/direct float GEMM or a low-precision one (whose A
     zero point, the anchor's third operand when present, is read at run time)."""
     if isinstance(spec, LowpSpec):
-        assert scratch is not None and c.kernel.anchor is not None
+        assert c.kernel.anchor is not None
+        if scratch is None:  # nothing to pack (K == 0): never dereferenced
+            scratch = ir.Constant(ir.PointerType(), None)
         inputs = c.kernel.anchor.inputs
         zero = c.ptr(inputs[2]) if len(inputs) > 2 else None
         if lowp_gemv.applies(spec):  # batch 1: B read in place (its scratch fits the GEMM's)
