@@ -187,8 +187,9 @@ def test_integer_gemm_extremes_do_not_saturate(disabled, tb) -> None:
 
 
 def test_integer_gemm_packs_widened_pairs_without_vnni() -> None:
-    """The plan packs k-quads for `vpdpbusd` only with 512-bit VNNI; else bytes widened to
-    int16 pairs, with `pmaddwd` where the target has it for its width."""
+    """The plan packs k-quads for `vpdpbusd` only with 512-bit VNNI; else A's bytes widened
+    to int16 pairs (B's stay byte pairs, `test_integer_prepack`), with `pmaddwd` where the
+    target has it for its width."""
     from graphc.codegen.gemm.lowp import LowpSpec, plan_lowp
     from graphc.codegen.gemm.lowp_kernels import U8S8_PAIRS, U8S8_QUADS
     from graphc.codegen.target import Target

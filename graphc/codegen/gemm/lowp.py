@@ -88,9 +88,10 @@ class LowpSpec:
 @dataclass(frozen=True)
 class LowpPlan:
     """Register block (mr rows x nr columns, `lanes`-wide vectors), A block rows, the
-    packed groups (`kind`: the spec's, or u8 x s8 as widened pairs without VNNI), whether
-    the target has their dot-product instruction (`native`), and the scratch layout:
-    packed B at 0, packed A at `a_offset`, column sums at `sum_offset`."""
+    packed groups (`kind`: A's, the spec's or u8 x s8 as widened pairs without VNNI;
+    `b_kind`: B's, `b_group_kind`), whether the target has their dot-product instruction
+    (`native`), and the scratch layout: packed B at 0 (none if B is stored packed),
+    packed A at `a_offset`, column sums at `sum_offset`."""
 
     kind: GroupKind
     b_kind: GroupKind
