@@ -26,7 +26,8 @@ import pytest
 from graphc.codegen.vecmath import functions as vecmath
 from graphc.codegen.vecmath.emitter import use_avx512
 from graphc.runtime.jit import jit_compile
-from tests.test_vecmath import F32, KERNEL, _kernel, variant_mode
+from tests.test_vecmath import F32, _kernel, variant_mode
+from tests.test_vecmath_erf import run  # kernels named k_<variant>_<lanes>, as here
 
 VARIANTS = ["native", "portable"]
 LANES = [1, 8, 16]
@@ -48,16 +49,6 @@ def jit() -> object:
             for lanes in LANES:
                 _kernel(module, f"k_{variant}_{lanes}", vecmath.normal_cdf, F32, lanes)
     return jit_compile(str(module))
-
-
-def run(jit: object, variant: str, lanes: int, x: np.ndarray) -> np.ndarray:
-    n = len(x)
-    padded = np.zeros(-(-n // lanes) * lanes, dtype=np.float32)
-    padded[:n] = x
-    out = np.empty_like(padded)
-    KERNEL(jit.address(f"k_{variant}_{lanes}"))(padded.ctypes.data, out.ctypes.data,
-                                                  len(padded))
-    return out[:n]
 
 
 def _inputs() -> np.ndarray:
