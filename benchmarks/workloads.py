@@ -390,6 +390,10 @@ WORKLOADS: list[Workload] = [
     *(Workload(f"mlp_int8_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 dynamic "
                f"(gc.quantize_dynamic; ORT: quantize_dynamic); fp32: mlp_infer_{b}",
                wq.flops(b), 0, {"graphc": wq.graphc_int8(b)}) for b in (1, 256)),
+    *(Workload(f"mlp_int8_7bit_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 dynamic, "
+               "7-bit weights (reduce_range=True in gc.quantize_dynamic and ORT's)",
+               wq.flops(b), 0, {"graphc": wq.graphc_int8(b, reduce_range=True)})
+      for b in (1, 256)),
     *(Workload(f"mlp_int8_static_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 "
                f"static (gc.quantize_static, minmax over 4 batches); fp32: mlp_infer_{b}",
                wq.flops(b), 0, {"graphc": wq.graphc_int8(b, static=True)}) for b in (1, 256)),

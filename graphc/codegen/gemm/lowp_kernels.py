@@ -22,7 +22,11 @@ A is packed as `U8S8_PAIRS` (each byte zero-extended to 16 bits), B as `S8_PAIRS
 bytes, sign-extended to 16 bits when loaded). Its pairs of 16-bit products add into int32
 exactly (|255 * -128| * 2 < 2^31). `pmaddubsw`, which ONNX Runtime uses
 there, multiplies the bytes as they are but saturates its 16-bit pair sums (255 * 127 * 2
-> 2^15), so its results depend on the values; graphc's integer GEMM stays exact.
+> 2^15), so its results depend on the values; graphc's integer GEMM stays exact: it runs
+k-quads on `pmaddubsw` (then `pmaddwd` by ones, two pair sums into int32: 3 instructions
+per 4 products per lane, against 4 for widened pairs) only for a constant B whose every
+k-pair provably fits int16 whatever A holds (`byte_pairs_fit`: 7-bit weights, as
+`quantize_dynamic(reduce_range=True)` writes, always do).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import llvmlite.ir as ir
+import numpy as np
 
 from graphc.codegen.gemm.helpers import elem_ptr, for_range
 from graphc.codegen.llvm_types import BF16, F32, I8, I16, I32, i64, intrinsic, shuffle_mask
@@ -257,18 +262,41 @@ def pair_products(b: ir.IRBuilder, a_words: ir.Value, b_words: ir.Value,
     return b.add(even, odd)
 
 
+# `pmaddubsw` by vector width (lanes of 32 bits): the LLVM feature that has it, its intrinsic.
+PMADDUBSW = {4: ("ssse3", "llvm.x86.ssse3.pmadd.ub.sw.128"),
+             8: ("avx2", "llvm.x86.avx2.pmadd.ub.sw"),
+             16: ("avx512bw", "llvm.x86.avx512.pmaddubs.w.512")}
+
+
 def u8s8_dot(b: ir.IRBuilder, native: bool, acc: ir.Value, a_words: ir.Value,
              b_words: ir.Value) -> ir.Value:
     """acc + per lane the 4 products of the unsigned bytes of `a_words` and the signed
-    bytes of `b_words` (<W x i32> each): `vpdpbusd`. Targets without it pack widened pairs
-    instead (`lowp.group_kind`), so `native` must hold."""
+    bytes of `b_words` (<W x i32> each): `vpdpbusd` if `native`, else `pmaddubsw` and
+    `pmaddwd` by ones, exact only for a B whose k-pairs fit int16 (`byte_pairs_fit`; the
+    plan picks this only for such a constant B on a target with `PMADDUBSW`)."""
     lanes = acc.type.count
-    if not native or lanes not in (4, 8, 16):
-        raise ValueError(f"u8 x s8 k-quads need vpdpbusd on 4, 8 or 16 lanes (native={native}, "
-                         f"lanes={lanes}); without VNNI the GEMMs pack U8S8_PAIRS")
-    fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
-                   [acc.type, acc.type, acc.type], [])
-    return b.call(fn, [acc, a_words, b_words])
+    if lanes not in (4, 8, 16):
+        raise ValueError(f"u8 x s8 k-quads need 4, 8 or 16 lanes, got {lanes}")
+    if native:
+        fn = intrinsic(b.module, f"llvm.x86.avx512.vpdpbusd.{lanes * 32}", acc.type,
+                       [acc.type, acc.type, acc.type], [])
+        return b.call(fn, [acc, a_words, b_words])
+    bt, ht = ir.VectorType(I8, 4 * lanes), ir.VectorType(I16, 2 * lanes)
+    maddubs = intrinsic(b.module, PMADDUBSW[lanes][1], ht, [bt, bt], [])
+    pairs = b.call(maddubs, [b.bitcast(a_words, bt), b.bitcast(b_words, bt)])
+    ones = ir.Constant(ht, [ir.Constant(I16, 1)] * (2 * lanes))
+    return b.add(acc, pair_products(b, b.bitcast(pairs, acc.type),
+                                    b.bitcast(ones, acc.type), True))
+
+
+def byte_pairs_fit(b: np.ndarray) -> bool:
+    """Whether every k-pair (rows 2p, 2p+1) of the int8 matrix `b` (k x n, k even) keeps
+    `pmaddubsw`'s sum a0*b0 + a1*b1 inside int16 for every pair of bytes a0, a1 in [0, 255]:
+    its positive parts add to at most 128 (255 * 128 <= 2^15 - 1) and its negative parts to
+    at most 128 (255 * -128 >= -2^15). Holds for every B in [-64, 64]."""
+    pairs = np.asarray(b, np.int16).reshape(b.shape[0] // 2, 2, b.shape[1])
+    return bool((np.clip(pairs, 0, None).sum(axis=1) <= 128).all()
+                and (np.clip(pairs, None, 0).sum(axis=1) >= -128).all())
 
 
 def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
@@ -277,5 +305,5 @@ def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:
     return b.shuffle_vector(one, ir.Constant(vt, ir.Undefined), shuffle_mask((0,) * lanes))
 
 
-__all__ = ["BF16_PAIRS", "PMADDWD", "S8_PAIRS", "U8S8_PAIRS", "U8S8_QUADS", "GroupKind",
-           "Operand", "dot_step", "pack_panels", "pair_products"]
+__all__ = ["BF16_PAIRS", "PMADDUBSW", "PMADDWD", "S8_PAIRS", "U8S8_PAIRS", "U8S8_QUADS",
+           "GroupKind", "Operand", "byte_pairs_fit", "dot_step", "pack_panels", "pair_products"]

@@ -17,7 +17,8 @@ from graphc.codegen.context import KernelContext, Lowering
 from graphc.codegen.fused.expr import strides
 from graphc.codegen.gemm import lowp_gemv, lowp_panel_gemv
 from graphc.codegen.gemm.emit import Epilogue, GemmSpec, emit_gemm, plan_gemm
-from graphc.codegen.gemm.lowp import LowpSpec, b_groups, emit_lowp_gemm, spec_kind
+from graphc.codegen.gemm.lowp import LowpSpec, b_groups, emit_lowp_gemm, plan_lowp, spec_kind
+from graphc.codegen.gemm.lowp_kernels import byte_pairs_fit
 from graphc.codegen.gemm.spec import kernel_shape
 from graphc.codegen.index import Idx
 from graphc.codegen.llvm_types import I64, storage_type
@@ -60,7 +61,8 @@ def anchor_spec(anchor: Node, out: DType) -> GemmSpec | LowpSpec:
         groups = anchor.attrs.get("b_groups", ())
         return LowpSpec(m=m, n=n, k=k, kind=kind, trans_a=ta, trans_b=tb, lda=ca, ldb=cb,
                         ldc=n, out=out, zero_point=len(anchor.inputs) > 2,
-                        b_panels=groups[0] if groups else 0)
+                        b_panels=groups[0] if groups else 0,
+                        b_group=groups[1] if len(groups) > 1 else 0)
     return GemmSpec(m=m, n=n, k=k, dtype=anchor.dtype, trans_a=ta, trans_b=tb,
                     lda=ca, ldb=cb, ldc=n, b_panels=int(anchor.attrs.get("b_panels", 0)))
 
@@ -176,6 +178,16 @@ def check_panels(kernel: Kernel, target: Target) -> None:
                                f"columns and groups of {have[1]} rows (b_groups), but this "
                                f"target's integer GEMM packs {want}: compile the graph as "
                                "built, not one compiled for another machine",
+                               op="matmul_integer", loc=anchor.loc)
+        b = anchor.inputs[1]
+        if (not plan_lowp(spec, target).native and spec.b_group == 4
+                and not (b.op == "constant"
+                         and byte_pairs_fit(b.graph.constants[b.name].reshape(-1, 1)))):
+            # Quads on pmaddubsw are exact only for such a B (`gemm.prepack` checks it).
+            raise CompileError(f"matmul_integer %{anchor.name} reads b as k-quads (b_groups="
+                               f"{have}), which this target multiplies with pmaddubsw, but "
+                               "b is not a constant whose k-pairs fit its 16-bit sums "
+                               "(b in [-64, 64] does): compile the graph as built",
                                op="matmul_integer", loc=anchor.loc)
     if isinstance(spec, GemmSpec) and spec.b_panels:
         nr = kernel_shape(spec.dtype, target, spec.n)[1]
