@@ -89,7 +89,8 @@ def test_cli_refusals(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[
     not_zip.write_bytes(b"hello")
     for argv, code, message in [
         (["--quantize", "static"], 2, "needs --calibration"),
-        (["--calibration", str(wrong)], 2, "--calibration needs --quantize"),
+        (["--calibration", str(wrong)], 2, "--calibration and --reduce-range need --quantize"),
+        (["--reduce-range"], 2, "--calibration and --reduce-range need --quantize"),
         (["--quantize", "static", "--calibration", str(wrong)], 1,
          "input 'x' is f32[8,32]"),
         (["--quantize", "static", "--calibration", str(other)], 1,
@@ -101,3 +102,20 @@ def test_cli_refusals(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[
         assert main_export(["compile", model, "-o", lib, *argv]) == code, argv
         err = capsys.readouterr().err
         assert err.startswith("graphc: error:") and message in err, err
+
+
+def test_reduce_range_exports_7bit_weights(model: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """--reduce-range: the library runs other (7-bit) weights, within int8 error."""
+    libs = {}
+    for flag in ((), ("--reduce-range",)):
+        lib = tmp_path / ("libseven.so" if flag else "libfull.so")
+        assert main_export(["compile", model, "-o", str(lib), "--quantize", "dynamic",
+                            *flag]) == 0
+        libs[bool(flag)] = gc.runtime.load(lib)
+    assert "quantized (dynamic, 7-bit weights): 2 of 3 matmuls in int8" in (
+        capsys.readouterr().err)
+    x = np.random.default_rng(3).standard_normal((8, 32)).astype(np.float32)
+    full, reduced = libs[False](x), libs[True](x)
+    assert not np.array_equal(full, reduced)  # other weights, the same model within error
+    np.testing.assert_allclose(reduced, full, atol=0.05 * np.max(np.abs(full)))

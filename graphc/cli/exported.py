@@ -3,7 +3,7 @@
     graphc compile MODEL -o libNAME.so [--signature S | --inputs x,y --outputs a,b]
                    [--train] [--name NAME] [--weights embedded|external] [-O 0-3]
                    [--freeze] [--precision fp32|bf16 | --quantize dynamic|static
-                    [--calibration DATA.npz]]
+                    [--calibration DATA.npz] [--reduce-range]]
     graphc info libNAME.so|MODEL [--json]
     graphc run MODEL|libNAME.so --input x=file.npy ... [--output out.npz]
                [--signature S | --inputs ... --outputs ...] [--train]

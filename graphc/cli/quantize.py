@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--quantize static; with dynamic, measures the report's errors)")
     p.add_argument("--calibration-method", choices=METHODS, default="minmax",
                    help="static activation ranges: min/max (default) or percentiles")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights in [-64, 64] (as ONNX Runtime's option): half the "
+                        "resolution, ~0.8x the int8 GEMM time on CPUs without VNNI")
 
 
 def _inputs(graph: Graph, selected: dict[str, Any]) -> list[Node]:
@@ -133,17 +136,19 @@ def apply(graph: Graph, args: argparse.Namespace, selected: dict[str, Any],
     """The graph to export: `graph` quantized as the flags ask (itself without
     --quantize), after printing the per-layer report to stderr."""
     if args.quantize is None:
-        if args.calibration is not None:
-            raise UsageError("--calibration needs --quantize")
+        if args.calibration is not None or args.reduce_range:
+            raise UsageError("--calibration and --reduce-range need --quantize")
         return graph
     inputs = _inputs(graph, selected)
     if args.quantize == "static" and args.calibration is None:
         raise UsageError("--quantize static needs --calibration DATA.npz")
     batches = read_calibration(args.calibration, inputs) if args.calibration else []
-    result = quantize(graph, args.quantize, batches, args.calibration_method, inputs=inputs)
+    result = quantize(graph, args.quantize, batches, args.calibration_method, inputs=inputs,
+                      reduce_range=args.reduce_range)
     errors = layer_errors(graph, result.graph, inputs, result.layers, batches, options)
     print(f"quantized ({args.quantize}"
           + (f", {args.calibration_method} over {len(batches)} batches" if batches else "")
+          + (", 7-bit weights" if args.reduce_range else "")
           + f"): {len(result.int8_layers)} of {len(result.layers)} matmuls in int8",
           file=sys.stderr)
     print(format_report(result.layers, errors), file=sys.stderr)
