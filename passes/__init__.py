@@ -12,6 +12,7 @@ from . import (
     attention,
     constant_fold,
     cse,
+    integer_matmul,
     loop_hoist,
     loop_sink,
     loop_unroll,
@@ -24,7 +25,7 @@ from . import (
 from .rewrite import PassDef
 
 _MODULES = (qdq, lower_control, loop_hoist, loop_sink, loop_unroll, simplify, constant_fold,
-            attention, winograd, cse, prune)
+            integer_matmul, attention, winograd, cse, prune)
 PASSES: dict[str, PassDef] = {module.PASS.name: module.PASS for module in _MODULES}
 for _module in _MODULES:
     assert _module.__name__.rsplit(".", 1)[1] == _module.PASS.name, "module name != pass name"

@@ -56,11 +56,12 @@ __all__ = [
 # kernels), lower_control (loops unrolled or kept), loop_hoist and loop_sink
 # (carry-independent work before the kept loops, accumulated products after them),
 # loop_unroll (k steps per trip where asked), then simplify (its rewrites expose constants:
-# 1 * c becomes c), fold what is constant, rewrite convolutions whose weights are now
-# constant as Winograd GEMMs, merge duplicates (folding makes equal constants), and prune
-# last, after everything made dead.
+# 1 * c becomes c), fold what is constant, put int32 matmuls of 8-bit values with weights
+# now constant (imported MatMulInteger) on the int8 GEMM, rewrite convolutions whose
+# weights are now constant as Winograd GEMMs, merge duplicates (folding makes equal
+# constants), and prune last, after everything made dead.
 DEFAULT_PIPELINE = ("qdq,lower_control,loop_hoist,loop_sink,loop_unroll,simplify,"
-                    "constant_fold,attention,winograd,cse,prune")
+                    "constant_fold,integer_matmul,attention,winograd,cse,prune")
 
 
 @dataclass(frozen=True)

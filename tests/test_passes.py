@@ -96,8 +96,8 @@ def test_unknown_pass_lists_known_passes() -> None:
 
 def test_registry_names_match_modules() -> None:
     assert set(PASSES) == {"qdq", "lower_control", "loop_hoist", "loop_sink", "loop_unroll",
-                           "simplify", "constant_fold", "attention", "winograd", "cse",
-                           "prune"}
+                           "simplify", "constant_fold", "integer_matmul", "attention",
+                           "winograd", "cse", "prune"}
     for name, p in PASSES.items():
         assert p.name == name
         assert p.run.__module__ == f"graphc.passes.{name}"
@@ -527,7 +527,7 @@ def test_the_default_pipeline_reaches_a_fixed_point() -> None:
     once = run_pipeline(g, sig)
     assert len(once.graph.nodes) == 1 and once.signature.outputs[0].op == "placeholder"
     # qdq and the four loop passes run once first; nothing gives them work again.
-    assert [p.label for p in once.report.passes][11] == "simplify #2"
+    assert [p.label for p in once.report.passes][12] == "simplify #2"
     twice = run_pipeline(once.graph, once.signature)
     assert graph_diff(twice.graph, once.graph) is None
     # A pass whose enabling passes changed nothing since it ran is not run again.

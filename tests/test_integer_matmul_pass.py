@@ -1,0 +1,186 @@
+"""passes/integer_matmul.py: int32 matmuls of 8-bit values (ONNX MatMulInteger as imported)
+become `matmul_integer`, with the same exact int32 sums.
+
+Checked: the dynamic-quantization pattern (a clip into [0, 255], its integer cast, minus a
+rounded zero point) compiles onto the int8 GEMM and equals the int32 reference exactly, at 1
+and 2 threads, with and without the zero point, B transposed, a batch of rows; what cannot
+be proven stays an int32 matmul (values outside uint8 or int8, a per-row zero point, a B
+that is not a constant); `byte_bounds` through clips, roundings and casts; ONNX
+MatMulInteger models built with onnx.helper and ONNX Runtime's `quantize_dynamic` output,
+against ONNX's reference implementation and the imported graph's reference.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc as gc
+from graphc.ir import Graph
+from graphc.options import CompileOptions
+from graphc.passes.integer_matmul import byte_bounds
+from graphc.passes.rewrite import Rebuilder
+
+
+def _ops(exe: gc.Executable) -> set[str]:
+    return {n.op for n in exe.compiled_graph.nodes}
+
+
+def _quantized(x: gc.Node) -> tuple[gc.Node, gc.Node]:
+    """ONNX's DynamicQuantizeLinear as imported: (q, zero point), both int32."""
+    hi = gc.maximum(gc.max(x), 0.0)
+    lo = gc.minimum(gc.min(x), 0.0)
+    scale = (hi - lo) / 255.0
+    zp = gc.round(gc.clip(-(lo / scale), 0.0, 255.0))
+    q = gc.clip(gc.round(x / scale) + zp, 0.0, 255.0)
+    return gc.cast(q, gc.int32), gc.cast(zp, gc.int32)
+
+
+def _graph(shape: tuple[int, ...], w: np.ndarray, zp: bool, tb: bool = False
+           ) -> tuple[Graph, gc.Node]:
+    with gc.Graph("mmint") as g:
+        x = gc.placeholder(shape, name="x")
+        q, z = _quantized(x)
+        a = q - z if zp else q
+        acc = gc.matmul(a, gc.constant(w.astype(np.int32)), transpose_b=tb)
+    g.add_signature("main", [x], [acc])
+    return g, acc
+
+
+@pytest.mark.parametrize("zp", [True, False])
+@pytest.mark.parametrize("shape,tb", [((64, 96), False), ((3, 96), True), ((2, 5, 96), False)])
+def test_quantized_int32_matmul_runs_on_the_int8_gemm_exactly(shape, tb, zp) -> None:
+    rng = np.random.default_rng(len(shape) + tb)
+    w = rng.integers(-128, 128, (48, 96) if tb else (96, 48), dtype=np.int8)
+    g, _ = _graph(shape, w, zp, tb)
+    xv = rng.standard_normal(shape).astype(np.float32)
+    want = gc.reference(g, signature="main")(xv)[0]
+    assert want.dtype == np.int32 and np.abs(want).max() > 1000
+    for threads in (1, 2):
+        exe = gc.compile(g, signature="main", options=CompileOptions(threads=threads,
+                                                                     cache_dir=None))
+        assert "matmul_integer" in _ops(exe) and "matmul" not in _ops(exe)
+        np.testing.assert_array_equal(exe(xv)[0], want)
+
+
+def test_what_cannot_be_proven_stays_an_int32_matmul() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (32, 16)).astype(np.int32)
+    wide = w.copy()
+    wide[3, 4] = 200  # outside int8
+    cases = {}
+    with gc.Graph("wide") as g:
+        x = gc.placeholder((8, 32), name="x")
+        q, z = _quantized(x)
+        cases["b outside int8"] = (g, [x], gc.matmul(q - z, gc.constant(wide)))
+    with gc.Graph("unbounded") as g:
+        a = gc.placeholder((8, 32), gc.int32, name="a")
+        cases["a of any int32"] = (g, [a], gc.matmul(a, gc.constant(w)))
+    with gc.Graph("clip300") as g:
+        x = gc.placeholder((8, 32), name="x")
+        cases["a clipped to 300"] = (g, [x], gc.matmul(
+            gc.cast(gc.clip(x, 0.0, 300.0), gc.int32), gc.constant(w)))
+    with gc.Graph("per_row") as g:
+        x = gc.placeholder((8, 32), name="x")
+        q, _ = _quantized(x)
+        rows = gc.cast(gc.clip(gc.round(gc.sum(x, axis=1, keepdims=True)), 0.0, 255.0),
+                       gc.int32)
+        cases["a zero point per row"] = (g, [x], gc.matmul(q - rows, gc.constant(w)))
+    with gc.Graph("runtime_b") as g:
+        x = gc.placeholder((8, 32), name="x")
+        b = gc.placeholder((32, 16), gc.int32, name="b")
+        q, z = _quantized(x)
+        cases["b not a constant"] = (g, [x, b], gc.matmul(q - z, b))
+    for why, (g, inputs, y) in cases.items():
+        exe = gc.compile(g, inputs, [y], options=CompileOptions(threads=1, cache_dir=None))
+        assert "matmul_integer" not in _ops(exe), why
+        args = [rng.standard_normal(i.shape).astype(np.float32) if i.dtype == gc.float32
+                else rng.integers(-300, 300, i.shape).astype(np.int32) for i in inputs]
+        np.testing.assert_array_equal(exe(*args)[0], gc.reference(g, inputs, [y])(*args)[0])
+
+
+def test_byte_bounds_follow_clips_roundings_and_casts() -> None:
+    with gc.Graph("bounds") as g:
+        x = gc.placeholder((4,), name="x")
+        clipped = gc.clip(x, -2.5, 250.2)
+        rounded = gc.round(clipped)
+        as_int = gc.cast(rounded, gc.int32)
+        shifted = gc.cast(gc.clip(x, 0.0, 1e10), gc.int32)  # may not fit int32
+        small = gc.cast(gc.clip(x, 0.0, 255.0), gc.int8)  # int8 wraps 128..255
+        u8 = gc.placeholder((4,), gc.uint8, name="u")
+    rb = Rebuilder(g).run()  # the bounds read constants of the graph being built
+
+    def bounds(node: gc.Node) -> tuple[float, float]:
+        return byte_bounds(rb.graph[node.name], rb)
+
+    assert bounds(clipped) == (-2.5, float(np.float32(250.2)))
+    assert bounds(rounded) == (-3, 251)
+    assert bounds(as_int) == (-3, 251)
+    assert bounds(shifted) == (-2.0**31, 2.0**31 - 1)
+    assert bounds(small) == (-128, 127)
+    assert bounds(u8) == (0, 255)
+    assert bounds(x) == (-np.inf, np.inf)
+
+
+def _onnx_model(zp: int | None, w: np.ndarray) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.onnx_helpers import model_bytes, value_info
+
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+             helper.make_node("MatMulInteger", ["q", "w", "z", "wz"] if zp is not None
+                              else ["q", "w", "z"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["accf", "s"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w")]
+    if zp is not None:
+        inits.append(numpy_helper.from_array(np.full(w.shape[1], zp, np.int8), "wz"))
+    return model_bytes(nodes, [value_info("x", [16, w.shape[0]])],
+                       [value_info("y", [16, w.shape[1]])], inits)
+
+
+@pytest.mark.parametrize("weight_zp", [None, 0, 3])
+def test_onnx_matmul_integer_imports_onto_the_int8_gemm(weight_zp) -> None:
+    pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(4)
+    w = rng.integers(-100, 100, (64, 32), dtype=np.int8)
+    model = _onnx_model(weight_zp, w)
+    g = gc.onnx.load(model, trainable=False)
+    exe = gc.compile(g, signature="main", options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" in _ops(exe)
+    xv = rng.standard_normal((16, 64)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": xv})[0]
+    np.testing.assert_allclose(exe(xv)[0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_onnx_runtime_quantized_mlp_runs_on_the_int8_gemm() -> None:
+    """ONNX Runtime's `quantize_dynamic` of an MLP (DynamicQuantizeLinear -> MatMulInteger
+    -> Cast -> Mul, per-channel weights): every MatMulInteger runs on the int8 GEMM, with
+    the imported graph's reference outputs."""
+    pytest.importorskip("onnx")
+    ort_quant = pytest.importorskip("onnxruntime.quantization")
+    torch = pytest.importorskip("torch")
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(),
+                                torch.nn.Linear(48, 32))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "mlp.onnx"), Path(tmp, "mlp_int8.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation
+            torch.onnx.export(model, (torch.zeros(16, 64),), str(src), dynamo=False,
+                              input_names=["x"], output_names=["y"])
+        ort_quant.quantize_dynamic(str(src), str(dst), per_channel=True,
+                                   weight_type=ort_quant.QuantType.QInt8)
+        g = gc.onnx.load(dst.read_bytes(), trainable=False)
+    exe = gc.compile(g, signature="main", options=CompileOptions(threads=1, cache_dir=None))
+    ops = [n.op for n in exe.compiled_graph.nodes]
+    assert ops.count("matmul_integer") == 2 and "matmul" not in ops
+    xv = np.random.default_rng(5).standard_normal((16, 64)).astype(np.float32)
+    np.testing.assert_allclose(exe(xv)[0], gc.reference(g, signature="main")(xv)[0],
+                               rtol=1e-5, atol=1e-5)
