@@ -394,6 +394,9 @@ WORKLOADS: list[Workload] = [
                "7-bit weights (reduce_range=True in gc.quantize_dynamic and ORT's)",
                wq.flops(b), 0, {"graphc": wq.graphc_int8(b, reduce_range=True)})
       for b in (1, 256)),
+    Workload("mlp_int8_onnx_256", "MLP 784-512-512-10 inference, batch 256, ORT's "
+             "quantize_dynamic model file run by both (graphc: gc.onnx.load)",
+             wq.flops(256), 0, {"graphc": wq.graphc_int8_onnx(256)}),
     *(Workload(f"mlp_int8_static_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 "
                f"static (gc.quantize_static, minmax over 4 batches); fp32: mlp_infer_{b}",
                wq.flops(b), 0, {"graphc": wq.graphc_int8(b, static=True)}) for b in (1, 256)),

@@ -97,24 +97,46 @@ def graphc_int8(batch: int, static: bool = False, reduce_range: bool = False
     return setup
 
 
+def _ort_quantized(batch: int, reduce_range: bool = False) -> bytes:
+    """The float MLP as ONNX, through ONNX Runtime's `quantize_dynamic` (per-channel int8
+    weights: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from benchmarks.workloads_ort import _dense_nodes, _model
+
+    xb, _ = _mlp_batch(batch)
+    model = _model(_dense_nodes("x", 3), [("x", xb.shape)], ("y", (batch, SIZES[-1])),
+                   {f"p{i}": p for i, p in enumerate(_mlp_params())})
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "mlp.onnx"), Path(tmp, "mlp_int8.onnx")
+        src.write_bytes(model)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                         per_channel=True, reduce_range=reduce_range)
+        return onnx.load(str(dst)).SerializeToString()
+
+
+def graphc_int8_onnx(batch: int) -> Callable[[int], Runner]:
+    """graphc on ONNX Runtime's quantized model file, imported (`gc.onnx.load`: its
+    MatMulIntegers run on the int8 GEMM, `passes/integer_matmul.py`)."""
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+
+        g = gc.onnx.load(_ort_quantized(batch), trainable=False)
+        f = gc.compile(g, signature="main", options=gc.CompileOptions(threads=threads))
+        xb, _ = _mlp_batch(batch)
+        _check("graphc int8 (ORT's model)", f(xb)[0], _numpy(batch), INT8_RTOL)
+        return lambda: f(xb)
+
+    return setup
+
+
 def ort_int8(batch: int, reduce_range: bool = False) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
-        import onnx
         import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        from benchmarks.workloads_ort import _dense_nodes, _model
-
-        params = _mlp_params()
         xb, _ = _mlp_batch(batch)
-        model = _model(_dense_nodes("x", 3), [("x", xb.shape)], ("y", (batch, SIZES[-1])),
-                       {f"p{i}": p for i, p in enumerate(params)})
-        with tempfile.TemporaryDirectory() as tmp:
-            src, dst = Path(tmp, "mlp.onnx"), Path(tmp, "mlp_int8.onnx")
-            src.write_bytes(model)
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
-                             per_channel=True, reduce_range=reduce_range)
-            quantized = onnx.load(str(dst)).SerializeToString()
+        quantized = _ort_quantized(batch, reduce_range)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
