@@ -11,12 +11,14 @@ DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -- and QLinearMatMul arriv
 
 where every value of A and of the scalar Z provably lies in [0, 255] (`byte_bounds`:
 uint8 tensors, clips into that range and the roundings and integer casts of such values,
-constants) and B is a 2-D constant within int8's range. The sums are the same int32 sums,
-exactly: A's values are integers in [0, 255] both ways (a float in [0, 255] truncates to
-the same integer as int32 and as uint8). The dequantization that follows (cast to float,
-scales) then fuses into the GEMM's epilogue, and a constant B is stored in the GEMM's
-panels (`codegen/gemm/prepack.py`). NaN activations, which ONNX leaves undefined, give
-unspecified integers either way.
+constants) and B is a 2-D constant within int8's range; int8 activations (both in
+[-128, 127], as ONNX Runtime's static QOperator models have) are shifted into uint8,
+A - Z = (A + 128) - (Z + 128), Z = 0 without a zero point. The sums are the same int32
+sums, exactly: A's values are integers in [0, 255] both ways (a float in [0, 255]
+truncates to the same integer as int32 and as uint8). The dequantization that follows
+(cast to float, scales) then fuses into the GEMM's epilogue, and a constant B is stored
+in the GEMM's panels (`codegen/gemm/prepack.py`). NaN activations, which ONNX leaves
+undefined, give unspecified integers either way.
 
 Runs after `constant_fold`, which turns B (an initializer minus its zero point) into the
 constant this pass needs. Idempotent: what it rewrites is no longer an int32 matmul.
@@ -77,27 +79,44 @@ def _bounds(node: Node, rb: Rebuilder, depth: int,
     if node.op == "maximum":
         return max(lo, max(b[0] for b in inner)), min(hi, max(b[1] for b in inner))
     if node.op in _ROUNDING:
-        return math.floor(inner[0][0]), math.ceil(inner[0][1])
+        return _outward(*inner[0])
     if node.dtype in _WIDE:  # a cast
         src_lo, src_hi = inner[0]
         if lo <= src_lo and src_hi <= hi:  # no wrap-around: truncation stays inside
-            return math.floor(src_lo), math.ceil(src_hi)
+            return _outward(src_lo, src_hi)
     return lo, hi
 
 
-def _is_byte(node: Node, rb: Rebuilder) -> bool:
-    lo, hi = byte_bounds(node, rb)
-    return 0 <= lo and hi <= 255
+def _outward(lo: float, hi: float) -> Bounds:
+    """[lo, hi] widened to whole numbers (infinite ends stay)."""
+    return (math.floor(lo) if math.isfinite(lo) else lo,
+            math.ceil(hi) if math.isfinite(hi) else hi)
 
 
-def _as_uint8(node: Node, rb: Rebuilder, at: Pending) -> Node:
-    """`node` (values in [0, 255]) as uint8: a float cast to an integer type is cast to
-    uint8 straight away (the same truncation; a float -> int32 -> uint8 chain costs 6x
-    the vectorized float -> uint8 conversion in the quantize's kernel on AVX2)."""
-    if node.dtype == DType.uint8:
+def _offset(nodes: list[Node], rb: Rebuilder) -> int | None:
+    """What to add to every node of `nodes` to put all their values in [0, 255]: 0 (uint8
+    values), 128 (int8 values: A - Z = (A + 128) - (Z + 128) exactly), else None."""
+    bounds = [byte_bounds(n, rb) for n in nodes]
+    if all(0 <= lo and hi <= 255 for lo, hi in bounds):
+        return 0
+    if all(-128 <= lo and hi <= 127 for lo, hi in bounds):
+        return 128
+    return None
+
+
+def _as_uint8(node: Node, offset: int, rb: Rebuilder, at: Pending) -> Node:
+    """`node` + `offset` (values in [0, 255]) as uint8. A float cast to an integer type
+    is cast to uint8 straight away (the same truncation; a float -> int32 -> uint8 chain
+    costs 6x the vectorized float -> uint8 conversion in the quantize's kernel on AVX2)."""
+    if node.dtype == DType.uint8 and not offset:
         return node
     if node.op == "cast" and node.inputs[0].dtype in (DType.float32, DType.float64):
         node = node.inputs[0]
+    if offset:
+        if node.dtype in (DType.int8, DType.uint8, DType.bool):  # + 128 would wrap
+            node = rb.emit("cast", (node,), {"dtype": DType.int32}, at=at)
+        shift = rb.constant(np.array(offset, node.dtype.np), at=at)
+        node = rb.emit("add", (node, shift), at=at)
     return rb.emit("cast", (node,), {"dtype": DType.uint8}, at=at)
 
 
@@ -110,20 +129,21 @@ def _rewrite(p: Pending, rb: Rebuilder) -> Node | None:
             or (p.attrs["transpose_a"] and a.ndim > 2)):
         return None
     act, zero = a, None
-    if a.op == "sub" and not _is_byte(a, rb):
+    if a.op == "sub" and _offset([a], rb) is None:
         act, zero = a.inputs
-        if zero.ndim > 0 and (zero.size != 1 or act.shape != a.shape):
+        if act.shape != a.shape or (zero.ndim > 0 and zero.size != 1):
             return None  # a zero point per row (ONNX allows it): not the GEMM's scalar
-    if not _is_byte(act, rb) or (zero is not None and not _is_byte(zero, rb)):
+    offset = _offset([act] if zero is None else [act, zero], rb)
+    if offset is None:
         return None
-    if act.shape != a.shape:
-        return None
-    operands = [_as_uint8(act, rb, p),
+    operands = [_as_uint8(act, offset, rb, p),
                 rb.constant(np.ascontiguousarray(weights, np.int8), at=p)]
+    if zero is not None and zero.ndim > 0:
+        zero = rb.emit("reshape", (zero,), {"shape": ()}, at=p)
     if zero is not None:
-        if zero.ndim > 0:
-            zero = rb.emit("reshape", (zero,), {"shape": ()}, at=p)
-        operands.append(_as_uint8(zero, rb, p))
+        operands.append(_as_uint8(zero, offset, rb, p))
+    elif offset:
+        operands.append(rb.constant(np.array(offset, np.uint8), at=p))
     return rb.emit("matmul_integer", operands,
                    {"transpose_a": p.attrs["transpose_a"],
                     "transpose_b": p.attrs["transpose_b"]}, at=p, name=p.name)

@@ -67,6 +67,24 @@ def test_quantized_int32_matmul_runs_on_the_int8_gemm_exactly(shape, tb, zp) -> 
         np.testing.assert_array_equal(exe(xv)[0], want)
 
 
+@pytest.mark.parametrize("zp", [-7, None])
+def test_int8_activations_are_shifted_into_uint8(zp: int | None) -> None:
+    """A and Z in [-128, 127]: A - Z = (A + 128) - (Z + 128) on the uint8 GEMM, exactly."""
+    rng = np.random.default_rng(2)
+    w = rng.integers(-128, 128, (64, 32)).astype(np.int32)
+    with gc.Graph("s8") as g:
+        x = gc.placeholder((32, 64), name="x")
+        q = gc.cast(gc.clip(gc.round(x * 60.0), -128.0, 127.0), gc.int32)
+        acc = gc.matmul(q - gc.constant(np.int32(zp)) if zp is not None else q,
+                        gc.constant(w))
+    exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" in _ops(exe) and "matmul" not in _ops(exe)
+    xv = rng.standard_normal((32, 64)).astype(np.float32)
+    want = gc.reference(g, [x], [acc])(xv)[0]
+    assert (np.abs(np.clip(np.round(xv * 60), -128, 127)) == 128).any()  # both ends hit
+    np.testing.assert_array_equal(exe(xv)[0], want)
+
+
 def test_what_cannot_be_proven_stays_an_int32_matmul() -> None:
     rng = np.random.default_rng(1)
     w = rng.integers(-128, 128, (32, 16)).astype(np.int32)
@@ -112,6 +130,7 @@ def test_byte_bounds_follow_clips_roundings_and_casts() -> None:
         shifted = gc.cast(gc.clip(x, 0.0, 1e10), gc.int32)  # may not fit int32
         small = gc.cast(gc.clip(x, 0.0, 255.0), gc.int8)  # int8 wraps 128..255
         u8 = gc.placeholder((4,), gc.uint8, name="u")
+        unbounded = gc.cast(gc.round(x * 2.0), gc.int32)
     rb = Rebuilder(g).run()  # the bounds read constants of the graph being built
 
     def bounds(node: gc.Node) -> tuple[float, float]:
@@ -124,6 +143,7 @@ def test_byte_bounds_follow_clips_roundings_and_casts() -> None:
     assert bounds(small) == (-128, 127)
     assert bounds(u8) == (0, 255)
     assert bounds(x) == (-np.inf, np.inf)
+    assert bounds(unbounded) == (-2.0**31, 2.0**31 - 1)
 
 
 def _onnx_model(zp: int | None, w: np.ndarray) -> bytes:
@@ -157,6 +177,36 @@ def test_onnx_matmul_integer_imports_onto_the_int8_gemm(weight_zp) -> None:
     xv = rng.standard_normal((16, 64)).astype(np.float32)
     want = ReferenceEvaluator(model).run(None, {"x": xv})[0]
     np.testing.assert_allclose(exe(xv)[0], want, rtol=1e-6, atol=1e-6)
+
+
+def test_onnx_qlinear_matmul_of_int8_activations_runs_on_the_int8_gemm() -> None:
+    """QuantizeLinear to int8 -> QLinearMatMul -> DequantizeLinear (ONNX Runtime's static
+    QOperator format): the int8 activations are shifted into uint8; ONNX's reference
+    implementation gives the same outputs."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from tests.onnx_helpers import model_bytes, value_info
+
+    rng = np.random.default_rng(6)
+    w = rng.integers(-128, 128, (64, 32), dtype=np.int8)
+    f32 = np.float32
+    inits = [numpy_helper.from_array(v, n) for n, v in (
+        ("s", f32(0.02)), ("z", np.int8(3)), ("w", w), ("ws", f32(0.01)), ("wz", np.int8(0)),
+        ("ys", f32(2.0)), ("yz", np.int8(-1)))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("QLinearMatMul", ["q", "s", "z", "w", "ws", "wz", "ys", "yz"],
+                              ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    model = model_bytes(nodes, [value_info("x", [8, 64])],
+                        [value_info("y", [8, 32], TensorProto.FLOAT)], inits, opset=21)
+    g = gc.onnx.load(model, trainable=False)
+    exe = gc.compile(g, signature="main", options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" in _ops(exe)
+    xv = rng.standard_normal((8, 64)).astype(np.float32) * 2
+    want = ReferenceEvaluator(model).run(None, {"x": xv})[0]
+    np.testing.assert_array_equal(exe(xv)[0], want)
 
 
 def test_onnx_runtime_quantized_mlp_runs_on_the_int8_gemm() -> None:
