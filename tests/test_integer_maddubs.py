@@ -64,6 +64,13 @@ def test_byte_pairs_fit_is_the_int16_bound_of_every_pair() -> None:
     assert byte_pairs_fit(fitting)
     fitting[6, 3] = 65
     assert not byte_pairs_fit(fitting)
+    # Checked in blocks of pair rows: a pair past the first block counts as much.
+    big = np.full((600, 300), 60, np.int8)
+    assert byte_pairs_fit(big)
+    for value, row in ((70, 598), (-70, 596)):
+        late = big.copy()
+        late[row:row + 2, 299] = value
+        assert not byte_pairs_fit(late)
 
 
 def _at_the_bound(k: int, n: int) -> np.ndarray:

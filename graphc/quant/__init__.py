@@ -62,9 +62,10 @@ def quantize_dynamic(graph: Graph, *, freeze_variables: bool = True,
     node's counterpart.
 
     `reduce_range` (as ONNX Runtime's option): weights in 7 bits, [-64, 64], instead of
-    [-127, 127]. Half the weight resolution, but on CPUs without VNNI (AVX2) the integer
-    GEMM then multiplies with `pmaddubsw`, exactly, in about 0.8x the time; with VNNI it
-    changes nothing but the resolution."""
+    [-127, 127]. Half the weight resolution, but on CPUs without VNNI (AVX2 or AVX-512BW)
+    the integer GEMM of every layer whose weights it stores packed (K a multiple of 4, N
+    of the panel width, 16 on AVX2) multiplies with `pmaddubsw`, exactly, in about 0.76x
+    the time; with VNNI it changes nothing but the resolution."""
     return rewrite(graph, Dynamic(QMAX_WEIGHT_REDUCED if reduce_range else QMAX_WEIGHT),
                    freeze_variables).graph
 

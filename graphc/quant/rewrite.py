@@ -13,12 +13,15 @@ here in numpy (per output channel, symmetric: wq has no zero point, so the kerne
 column sums of its own). With ``reduce_range`` (ONNX Runtime's option of the same name)
 the weights take 7 bits, [-64, 64] with ``sw = max|w[:, n]| / 64``: half the resolution,
 but then every pair of products fits the 16-bit sums of `pmaddubsw`, which the integer
-GEMM uses for such weights on CPUs without VNNI (0.79x the time of the exact 8-bit path on
-Zen 3; `codegen/gemm/lowp.py`). `y` takes the matmul's name and type, so whatever followed it
-(bias add, activation) reads it unchanged, and every elementwise op of the chain from
-`acc` on -- zero-point correction, dequantization, bias, activation -- fuses into the
-GEMM's epilogue (`passes/fuse.py`: a low-precision GEMM stores each element once, in the
-epilogue's dtype).
+GEMM uses for such weights on CPUs without VNNI (0.76x the time of the exact 8-bit path on
+a quantized MLP at batch 256 on Zen 3; `codegen/gemm/lowp.py`), for every layer whose
+weights it stores packed (K a multiple of 4, N of the panel width: 16 on AVX2).
+
+`y` takes the matmul's name and type, so whatever followed it (bias add, activation) reads
+it unchanged, and every elementwise op of the chain from `acc` on -- zero-point
+correction, dequantization, bias, activation -- fuses into the GEMM's epilogue
+(`passes/fuse.py`: a low-precision GEMM stores each element once, in the epilogue's
+dtype).
 
 s and z are either computed in the graph at run time (`Dynamic`: min/max of x widened to
 include 0, as ONNX's DynamicQuantizeLinear and ONNX Runtime's dynamic quantization do:

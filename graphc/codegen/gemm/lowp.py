@@ -29,8 +29,9 @@ place: no B packing per call, no scratch for it. Without VNNI, a constant B whos
 fit `pmaddubsw`'s int16 sums for every A (`lowp_kernels.byte_pairs_fit`; 7-bit weights)
 is stored as k-quads instead (b_groups group 4, `LowpSpec.b_group`), and the GEMM runs
 the quads layout with `vpdpbusd` emulated by `pmaddubsw` + `pmaddwd` (3 instructions per
-32 products per 256 bits against 4: 0.79x the time of a quantized MLP at batch 256 on Zen
-3), still exact.
+32 products per 256 bits against 4: 0.76x the time of a quantized MLP at batch 256 on Zen
+3), still exact. The values are what makes it exact, so the lowering checks them on every
+B stored so (`matmul.check_panels`), not only where `gemm/prepack.py` chose the layout.
 """
 
 from __future__ import annotations
@@ -97,9 +98,10 @@ class LowpSpec:
 @dataclass(frozen=True)
 class LowpPlan:
     """Register block (mr rows x nr columns, `lanes`-wide vectors), A block rows, the
-    packed groups (`kind`: A's, the spec's or u8 x s8 as widened pairs without VNNI;
-    `b_kind`: B's, `b_group_kind`), whether the target has their dot-product instruction
-    (`native`), and the scratch layout: packed B at 0 (none if B is stored packed),
+    packed groups (`kind`: A's, the spec's, or without VNNI u8 x s8 as widened pairs, or
+    quads for a B stored as quads; `b_kind`: B's, `b_group_kind`), whether the target has
+    their dot-product instruction (`native`; u8 x s8 quads without it run on `pmaddubsw`,
+    `group_kind`), and the scratch layout: packed B at 0 (none if B is stored packed),
     packed A at `a_offset`, column sums at `sum_offset`."""
 
     kind: GroupKind
@@ -162,9 +164,10 @@ def group_kind(kind: GroupKind, target: Target, fitting_quads: bool = False
                ) -> tuple[GroupKind, bool]:
     """The groups a GEMM of operand pair `kind` packs on `target`, and whether the target
     has their one-instruction dot product: u8 x s8 without 512-bit VNNI becomes widened
-    pairs, whose `pmaddwd` every x86 vector width has, except for a B stored as quads whose
-    pairs fit int16 (`fitting_quads`), which stays quads on `pmaddubsw` where the target
-    has it (`emulates_quads`; native False)."""
+    pairs, whose `pmaddwd` every x86 vector width has, except for a B stored as quads
+    (`fitting_quads`: b_groups' group 4), which stays quads on `pmaddubsw` where the
+    target has it (`emulates_quads`; native False). Only B whose k-pairs fit int16 may be
+    stored so: `matmul.check_panels` refuses any other before this kernel is emitted."""
     native = target.has(kind.native) and target.vector_bits >= 512
     if kind is U8S8_QUADS and not native:
         if fitting_quads and emulates_quads(target):

@@ -294,9 +294,19 @@ def byte_pairs_fit(b: np.ndarray) -> bool:
     `pmaddubsw`'s sum a0*b0 + a1*b1 inside int16 for every pair of bytes a0, a1 in [0, 255]:
     its positive parts add to at most 128 (255 * 128 <= 2^15 - 1) and its negative parts to
     at most 128 (255 * -128 >= -2^15). Holds for every B in [-64, 64]."""
-    pairs = np.asarray(b, np.int16).reshape(b.shape[0] // 2, 2, b.shape[1])
-    return bool((np.clip(pairs, 0, None).sum(axis=1) <= 128).all()
-                and (np.clip(pairs, None, 0).sum(axis=1) >= -128).all())
+    b = np.asarray(b, np.int8)
+    if b.size == 0 or (b.min() >= -64 and b.max() <= 64):
+        return True  # 7-bit weights: the common case, without the pairs' temporaries
+    pairs = b.reshape(b.shape[0] // 2, 2, b.shape[1])
+    step = max(1, (1 << 16) // max(b.shape[1], 1))  # pair rows per block: stop early
+    for p0 in range(0, pairs.shape[0], step):
+        first = pairs[p0:p0 + step, 0].astype(np.int16)
+        second = pairs[p0:p0 + step, 1].astype(np.int16)
+        if (np.maximum(first, 0) + np.maximum(second, 0)).max() > 128:
+            return False
+        if (np.minimum(first, 0) + np.minimum(second, 0)).min() < -128:
+            return False
+    return True
 
 
 def _splat(b: ir.IRBuilder, scalar: ir.Value, lanes: int) -> ir.Value:

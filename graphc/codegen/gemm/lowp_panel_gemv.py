@@ -7,9 +7,10 @@ so it streams B once and its speed is how many products each byte of B costs. B 
 row-major (`lowp_gemv`) has to be regrouped in registers: byte quads against a quarter-used
 `vpdpbusd`, or, without VNNI, two rows sign-extended and interleaved into pairs per step
 (shuffles that the multiplies wait on). Stored in panels, every load already is the
-instruction's operand: per k-group and panel, NR/W vectors of B (byte pairs sign-extended on
-load without VNNI: `lowp.load_b_words`), one broadcast word of A, NR/W dot-product
-instructions whose products are all useful.
+instruction's operand: per k-group and panel, NR/W vectors of B (without VNNI byte pairs
+sign-extended on load, `lowp.load_b_words`, or quads whose pairs fit `pmaddubsw`), one
+broadcast word of A, NR/W dot products (one instruction each with VNNI, `pmaddwd` for
+pairs, `pmaddubsw` + `pmaddwd` for quads without VNNI) whose products are all useful.
 
 Per row of A: its groups as words (k-pairs widened to int16 in a table in the scratch; k-quads
 are A's own bytes, read as unaligned 32-bit words), then blocks of up to `_PANELS` panels run

@@ -165,8 +165,10 @@ def batch_split(kernel: Kernel, threads: int) -> tuple[int, int] | None:
 
 def check_panels(kernel: Kernel, target: Target) -> None:
     """CompileError unless a B stored in panels (`b_panels`, set by `gemm.prepack` for the
-    target it compiled for) has this target's panel width: a graph compiled on one machine
-    and compiled again on another."""
+    target it compiled for) has this target's panel width (a graph compiled on one machine
+    and compiled again on another), and unless an int8 B stored as quads for `pmaddubsw`
+    (no VNNI) is a constant whose k-pairs fit its 16-bit sums (`byte_pairs_fit`), the
+    condition of that kernel's exactness, whoever wrote the layout."""
     spec = gemm_spec(kernel)
     anchor = kernel.anchor
     assert anchor is not None

@@ -53,7 +53,9 @@ __all__ = ["integer_groups", "panel_width", "prepack_matmul_weights"]
 def integer_groups(node: Node, target: Target, threads: int) -> tuple[int, int] | None:
     """The (panel, group) in which a `matmul_integer`'s constant B should be stored (None:
     leave it as it is): B's rows and columns fill whole groups and panels (no padding: the
-    array keeps its shape) and the threads keep their split."""
+    array keeps its shape) and the threads keep their split. The group is the target's
+    (quads with VNNI, pairs without), or without VNNI quads if B's values fit `pmaddubsw`
+    (`lowp_kernels.byte_pairs_fit`)."""
     if (node.op != "matmul_integer" or node.attrs.get("b_groups")
             or node.inputs[1].op != "constant"):
         return None
