@@ -397,6 +397,9 @@ WORKLOADS: list[Workload] = [
     Workload("mlp_int8_onnx_256", "MLP 784-512-512-10 inference, batch 256, ORT's "
              "quantize_dynamic model file run by both (graphc: gc.onnx.load)",
              wq.flops(256), 0, {"graphc": wq.graphc_int8_onnx(256)}),
+    Workload("onnx_resnet18_int8", "ResNet-18 inference 1x3x224x224, ORT's quantize_dynamic "
+             "model file (ConvInteger) run by both (graphc: gc.onnx.load)",
+             2 * wo.MACS["resnet18"], 0, {"graphc": wq.net_graphc_int8("resnet18")}),
     *(Workload(f"mlp_int8_static_{b}", f"MLP 784-512-512-10 inference, batch {b}, int8 "
                f"static (gc.quantize_static, minmax over 4 batches); fp32: mlp_infer_{b}",
                wq.flops(b), 0, {"graphc": wq.graphc_int8(b, static=True)}) for b in (1, 256)),

@@ -224,6 +224,7 @@ PEERS: dict[str, Callable[[int], Runner]] = {
     "mlp_int8_256": workloads_quant.ort_int8(256),
     "mlp_int8_7bit_1": workloads_quant.ort_int8(1, reduce_range=True),
     "mlp_int8_onnx_256": workloads_quant.ort_int8(256),
+    "onnx_resnet18_int8": workloads_quant.net_ort_int8("resnet18"),
     "mlp_int8_7bit_256": workloads_quant.ort_int8(256, reduce_range=True),
     "onnx_encoder_int8": workloads_quant.encoder_ort_int8,
 }

@@ -131,31 +131,35 @@ def graphc_int8_onnx(batch: int) -> Callable[[int], Runner]:
     return setup
 
 
+def _ort_runner(model: bytes, x: np.ndarray, want: np.ndarray, threads: int) -> Runner:
+    """An ONNX Runtime session of the quantized `model` (input "x"), I/O bound to arrays,
+    checked against `want` within int8 error."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    out = np.empty(want.shape, np.float32)
+    binding = sess.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, out.shape,
+                        out.ctypes.data)
+    sess.run_with_iobinding(binding)
+    _check("ort int8", out, want, INT8_RTOL)
+
+    def run() -> object:
+        sess.run_with_iobinding(binding)
+        return out, x  # keeps the bound arrays alive
+
+    return run
+
+
 def ort_int8(batch: int, reduce_range: bool = False) -> Callable[[int], Runner]:
     def setup(threads: int) -> Runner:
-        import onnxruntime as ort
-
         xb, _ = _mlp_batch(batch)
-        quantized = _ort_quantized(batch, reduce_range)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        sess = ort.InferenceSession(quantized, sess_options=so,
-                                    providers=["CPUExecutionProvider"])
-        out = np.empty((batch, SIZES[-1]), np.float32)
-        binding = sess.io_binding()
-        binding.bind_cpu_input("x", xb)
-        binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, out.shape,
-                            out.ctypes.data)
-        sess.run_with_iobinding(binding)
-        _check("ort int8", out, _numpy(batch), INT8_RTOL)
-
-        def run() -> object:
-            sess.run_with_iobinding(binding)
-            return out, xb  # keeps the bound arrays alive
-
-        return run
+        return _ort_runner(_ort_quantized(batch, reduce_range), xb, _numpy(batch), threads)
 
     return setup
 
@@ -222,3 +226,45 @@ def encoder_ort_int8(threads: int) -> Runner:
     name = sess.get_inputs()[0].name
     _check("ort int8 encoder", sess.run(None, {name: x})[0], y, INT8_RTOL)
     return lambda: sess.run(None, {name: x})
+
+
+# --- ONNX Runtime's quantize_dynamic of the imported CNN (ConvInteger) ----------------------
+
+def _ort_quantized_net(name: str) -> bytes:
+    """`benchmarks.workloads_onnx`'s model `name` through ONNX Runtime's `quantize_dynamic`
+    (per-channel int8 weights: DynamicQuantizeLinear -> ConvInteger / MatMulInteger)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from benchmarks.workloads_onnx import model_file
+
+    path, _, _ = model_file(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp, f"{name}_int8.onnx")
+        quantize_dynamic(str(path), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+        return dst.read_bytes()
+
+
+def net_graphc_int8(name: str) -> Callable[[int], Runner]:
+    """graphc on ONNX Runtime's quantized file (its ConvIntegers on the int8 GEMM:
+    `passes/integer_matmul.py`)."""
+    def setup(threads: int) -> Runner:
+        import graphc as gc
+        from benchmarks.workloads_onnx import model_file
+
+        _, x, y = model_file(name)
+        g = gc.onnx.load(_ort_quantized_net(name), trainable=False)
+        f = gc.compile(g, signature="main", options=gc.CompileOptions(threads=threads))
+        _check(f"graphc int8 {name}", f(x)[0], y, INT8_RTOL)
+        return lambda: f(x)
+
+    return setup
+
+
+def net_ort_int8(name: str) -> Callable[[int], Runner]:
+    def setup(threads: int) -> Runner:
+        from benchmarks.workloads_onnx import model_file
+
+        _, x, y = model_file(name)
+        return _ort_runner(_ort_quantized_net(name), x, y, threads)
+
+    return setup

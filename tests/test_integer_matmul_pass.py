@@ -234,3 +234,95 @@ def test_onnx_runtime_quantized_mlp_runs_on_the_int8_gemm() -> None:
     xv = np.random.default_rng(5).standard_normal((16, 64)).astype(np.float32)
     np.testing.assert_allclose(exe(xv)[0], gc.reference(g, signature="main")(xv)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+# --- ConvInteger: a float64 convolution of centered 8-bit values, cast to int32 -----------
+
+def _conv_graph(w: np.ndarray, attrs: dict, zp: bool, groups: int = 1
+                ) -> tuple[Graph, gc.Node, gc.Node]:
+    """ONNX ConvInteger as imported: cast(conv2d(f64(q) - f64(z), f64(w)), int32)."""
+    with gc.Graph("convint") as g:
+        x = gc.placeholder((2, w.shape[1] * groups, 9, 10), name="x")
+        q, z = _quantized(x)
+        xc = gc.cast(q, gc.float64) - gc.cast(z, gc.float64) if zp else gc.cast(q, gc.float64)
+        acc = gc.cast(gc.conv2d(xc, gc.cast(gc.constant(w.astype(np.int32)), gc.float64),
+                                groups=groups, **attrs), gc.int32)
+    return g, x, acc
+
+
+CONV_CASES = [({"padding": 1}, (8, 3, 3, 3)), ({"stride": 2, "padding": 2}, (16, 4, 3, 3)),
+              ({"dilation": 2, "padding": (1, 2)}, (8, 2, 3, 2)), ({}, (16, 8, 1, 1))]
+
+
+@pytest.mark.parametrize("zp", [True, False])
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_integer_convolutions_run_on_the_int8_gemm_exactly(case: int, zp: bool) -> None:
+    """Padding included: the padded taps hold the zero point and contribute nothing."""
+    attrs, shape = CONV_CASES[case]
+    rng = np.random.default_rng(case)
+    g, x, acc = _conv_graph(rng.integers(-128, 128, shape).astype(np.int8), attrs, zp)
+    xv = rng.standard_normal(x.shape).astype(np.float32) + 0.5  # a zero point inside
+    want = gc.reference(g, [x], [acc])(xv)[0]
+    assert np.abs(want).max() > 1000
+    for threads in (1, 2):
+        exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=threads,
+                                                               cache_dir=None))
+        assert "matmul_integer" in _ops(exe) and "conv2d" not in _ops(exe)
+        np.testing.assert_array_equal(exe(xv)[0], want)
+
+
+def test_convolutions_that_are_not_8bit_integers_stay_float() -> None:
+    rng = np.random.default_rng(9)
+    w = rng.integers(-100, 100, (8, 3, 3, 3)).astype(np.int8)
+    grouped = rng.integers(-100, 100, (9, 1, 3, 3)).astype(np.int8)
+    cases = {"grouped": _conv_graph(grouped, {"padding": 1}, True, groups=3)}
+    with gc.Graph("fractional") as g:
+        x = gc.placeholder((1, 3, 8, 8), name="x")
+        q, z = _quantized(x)
+        xc = gc.cast(q, gc.float64) - gc.cast(z, gc.float64)
+        acc = gc.cast(gc.conv2d(xc, gc.constant(w.astype(np.float64) + 0.5)), gc.int32)
+    cases["fractional weights"] = (g, x, acc)
+    with gc.Graph("any_int") as g:
+        x = gc.placeholder((1, 3, 8, 8), gc.int32, name="x")
+        acc = gc.cast(gc.conv2d(gc.cast(x, gc.float64), gc.constant(w.astype(np.float64))),
+                      gc.int32)
+    cases["activations of any int32"] = (g, x, acc)
+    for why, (g, x, acc) in cases.items():
+        exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
+        assert "matmul_integer" not in _ops(exe), why
+        xv = (rng.integers(-300, 300, x.shape).astype(np.int32) if x.dtype == gc.int32
+              else rng.standard_normal(x.shape).astype(np.float32))
+        np.testing.assert_array_equal(exe(xv)[0], gc.reference(g, [x], [acc])(xv)[0])
+
+
+def test_onnx_runtime_quantized_cnn_runs_on_the_int8_gemm() -> None:
+    """ONNX Runtime's `quantize_dynamic` of a CNN (DynamicQuantizeLinear -> ConvInteger ->
+    Cast -> Mul): every ConvInteger and MatMulInteger on the int8 GEMM, with the imported
+    graph's reference outputs, and ONNX Runtime's within int8 saturation error."""
+    pytest.importorskip("onnx")
+    ort_quant = pytest.importorskip("onnxruntime.quantization")
+    torch = pytest.importorskip("torch")
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "cnn.onnx"), Path(tmp, "cnn_int8.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation
+            torch.onnx.export(model, (torch.zeros(2, 3, 16, 16),), str(src), dynamo=False,
+                              input_names=["x"], output_names=["y"])
+        ort_quant.quantize_dynamic(str(src), str(dst), per_channel=True,
+                                   weight_type=ort_quant.QuantType.QInt8)
+        data = dst.read_bytes()
+    g = gc.onnx.load(data, trainable=False)
+    assert {n.op for n in g.nodes} >= {"conv2d"}
+    exe = gc.compile(g, signature="main", options=CompileOptions(threads=1, cache_dir=None))
+    ops = [n.op for n in exe.compiled_graph.nodes]
+    assert ops.count("matmul_integer") == 3 and "conv2d" not in ops and "matmul" not in ops
+    xv = np.random.default_rng(8).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    got = exe(xv)[0]
+    np.testing.assert_allclose(got, gc.reference(g, signature="main")(xv)[0],
+                               rtol=1e-5, atol=1e-5)
