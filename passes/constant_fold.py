@@ -99,4 +99,5 @@ def constant_fold(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph
 PASS = PassDef("constant_fold", constant_fold,
                "evaluate nodes whose inputs are all constants (not random ops or broadcasts, "
                "not results above fold_max_elements)",
-               enabled_by=frozenset({"simplify"}))  # rewrites can leave constant operands
+               # rewrites can leave constant operands (integer_matmul: its zero-point casts)
+               enabled_by=frozenset({"simplify", "integer_matmul"}))

@@ -491,7 +491,8 @@ def simplify(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Graph, Sig
     return graph, sig
 
 
-# Folded constants (x + 0 after relu(-1) folds to 0) and merged duplicates (x - x) give
-# simplify new work; removing dead nodes does not (no rule looks at a node's users).
+# Folded constants (x + 0 after relu(-1) folds to 0), merged duplicates (x - x) and the
+# nodes integer_matmul emits (reshapes and casts of zero points) give simplify new work;
+# removing dead nodes does not (no rule looks at a node's users).
 PASS = PassDef("simplify", simplify, "algebraic rewrites (simplify.RULES), to a fixed point",
-               enabled_by=frozenset({"constant_fold", "cse"}))
+               enabled_by=frozenset({"constant_fold", "cse", "integer_matmul"}))

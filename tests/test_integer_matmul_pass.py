@@ -22,8 +22,8 @@ import pytest
 import graphc as gc
 from graphc.ir import Graph
 from graphc.options import CompileOptions
-from graphc.passes.integer_matmul import byte_bounds
 from graphc.passes.rewrite import Rebuilder
+from graphc.passes.value_bounds import value_bounds
 
 
 def _ops(exe: gc.Executable) -> set[str]:
@@ -134,7 +134,7 @@ def test_byte_bounds_follow_clips_roundings_and_casts() -> None:
     rb = Rebuilder(g).run()  # the bounds read constants of the graph being built
 
     def bounds(node: gc.Node) -> tuple[float, float]:
-        return byte_bounds(rb.graph[node.name], rb)
+        return value_bounds(rb.graph[node.name], rb)
 
     assert bounds(clipped) == (-2.5, float(np.float32(250.2)))
     assert bounds(rounded) == (-3, 251)
@@ -326,3 +326,85 @@ def test_onnx_runtime_quantized_cnn_runs_on_the_int8_gemm() -> None:
     got = exe(xv)[0]
     np.testing.assert_allclose(got, gc.reference(g, signature="main")(xv)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+# --- regressions found in review ----------------------------------------------------------
+
+def test_shifted_int8_activations_truncate_before_the_shift() -> None:
+    """clip(x, -128, 127) cast to int32 truncates toward zero (-0.5 -> 0); the shift by
+    128 comes after that cast, not before (trunc(127.5) = 127 would be wrong)."""
+    rng = np.random.default_rng(11)
+    w = rng.integers(-128, 128, (16, 8)).astype(np.int32)
+    for zp in (None, -7):
+        with gc.Graph("trunc") as g:
+            x = gc.placeholder((4, 16), name="x")
+            q = gc.cast(gc.clip(x, -128.0, 127.0), gc.int32)
+            acc = gc.matmul(q - gc.constant(np.int32(zp)) if zp is not None else q,
+                            gc.constant(w))
+        exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
+        assert "matmul_integer" in _ops(exe)
+        for xv in (np.full((4, 16), -0.5, np.float32),
+                   (rng.standard_normal((4, 16)) * 50).astype(np.float32)):
+            np.testing.assert_array_equal(exe(xv)[0], gc.reference(g, [x], [acc])(xv)[0])
+
+
+def test_bfloat16_clips_give_no_bounds() -> None:
+    """bf16 constants are bit patterns: a clip to [-5, 0] in bf16 is not [0, 0]."""
+    w = np.random.default_rng(12).integers(-128, 128, (8, 4)).astype(np.int32)
+    with gc.Graph("bf16") as g:
+        x = gc.placeholder((2, 8), name="x")
+        xb = gc.cast(x, gc.bfloat16)
+        lo = gc.cast(gc.constant(np.float32(-5.0)), gc.bfloat16)
+        hi = gc.cast(gc.constant(np.float32(0.0)), gc.bfloat16)
+        acc = gc.matmul(gc.cast(gc.round(gc.minimum(gc.maximum(xb, lo), hi)), gc.int32),
+                        gc.constant(w))
+    exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" not in _ops(exe)
+    xv = np.linspace(-6, 1, 16, dtype=np.float32).reshape(2, 8)
+    np.testing.assert_array_equal(exe(xv)[0], gc.reference(g, [x], [acc])(xv)[0])
+
+
+def test_a_convolution_whose_sums_may_leave_int32_stays_float() -> None:
+    """255 * sum |W| >= 2^31: the float64 sums saturate in the int32 cast, the GEMM's would
+    wrap, so the convolution is left as it is."""
+    c = 70000
+    with gc.Graph("wide") as g:
+        x = gc.placeholder((1, c, 1, 1), name="x")
+        q, z = _quantized(x)
+        xc = gc.cast(q, gc.float64) - gc.cast(z, gc.float64)
+        acc = gc.cast(gc.conv2d(xc, gc.constant(np.full((1, c, 1, 1), -128.0))), gc.int32)
+    exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" not in _ops(exe)
+
+
+def test_a_constant_zero_point_of_a_convolution_folds_too() -> None:
+    rng = np.random.default_rng(13)
+    w = rng.integers(-128, 128, (8, 3, 3, 3)).astype(np.float64)
+    with gc.Graph("const_zp") as g:
+        x = gc.placeholder((1, 3, 8, 8), name="x")
+        q = gc.cast(gc.clip(gc.round(x * 40.0 + 100.0), 0.0, 255.0), gc.int32)
+        xc = gc.cast(q, gc.float64) - gc.constant(np.float64(100.0))
+        acc = gc.cast(gc.conv2d(xc, gc.constant(w), padding=1), gc.int32)
+    exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" in _ops(exe) and "conv2d" not in _ops(exe)
+    xv = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(exe(xv)[0], gc.reference(g, [x], [acc])(xv)[0])
+
+
+@pytest.mark.parametrize("kind", ["matmul", "conv"])
+def test_the_default_pipeline_reaches_a_fixed_point_after_the_rewrite(kind: str) -> None:
+    from graphc.io.textir import graph_diff
+    from graphc.passes.manager import run_pipeline
+
+    rng = np.random.default_rng(14)
+    if kind == "matmul":
+        g, _ = _graph((8, 32), rng.integers(-128, 128, (32, 16), dtype=np.int8), True)
+        sig = g.signatures["main"]
+    else:
+        g, x, acc = _conv_graph(rng.integers(-128, 128, (8, 3, 3, 3)).astype(np.int8),
+                                {"padding": 1}, True)
+        sig = g.add_signature("main", [x], [acc])
+    once = run_pipeline(g, sig)
+    assert any(n.op == "matmul_integer" for n in once.graph.nodes)
+    twice = run_pipeline(once.graph, once.signature)
+    assert graph_diff(twice.graph, once.graph) is None
