@@ -408,3 +408,34 @@ def test_the_default_pipeline_reaches_a_fixed_point_after_the_rewrite(kind: str)
     assert any(n.op == "matmul_integer" for n in once.graph.nodes)
     twice = run_pipeline(once.graph, once.signature)
     assert graph_diff(twice.graph, once.graph) is None
+
+
+def test_onnx_qlinear_conv_runs_on_the_int8_gemm() -> None:
+    """QuantizeLinear (uint8) -> QLinearConv (per-channel weights, int32 bias, padding) ->
+    DequantizeLinear: the convolution runs on the int8 GEMM; ONNX's reference
+    implementation gives the same outputs."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    from tests.onnx_helpers import model_bytes, value_info
+
+    rng = np.random.default_rng(15)
+    w = rng.integers(-128, 128, (8, 3, 3, 3), dtype=np.int8)
+    f32 = np.float32
+    inits = [numpy_helper.from_array(v, n) for n, v in (
+        ("s", f32(0.02)), ("z", np.uint8(120)), ("w", w),
+        ("ws", rng.uniform(0.005, 0.02, 8).astype(f32)), ("wz", np.zeros(8, np.int8)),
+        ("ys", f32(1.5)), ("yz", np.uint8(128)), ("b", rng.integers(-500, 500, 8, np.int32)))]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("QLinearConv", ["q", "s", "z", "w", "ws", "wz", "ys", "yz", "b"],
+                              ["yq"], pads=[1, 1, 1, 1], strides=[2, 1]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    model = model_bytes(nodes, [value_info("x", [2, 3, 9, 8])],
+                        [value_info("y", None, TensorProto.FLOAT)], inits, opset=21)
+    g = gc.onnx.load(model, trainable=False)
+    exe = gc.compile(g, signature="main", options=CompileOptions(threads=1, cache_dir=None))
+    assert "matmul_integer" in _ops(exe) and "conv2d" not in _ops(exe)
+    xv = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": xv})[0]
+    np.testing.assert_array_equal(exe(xv)[0], want)
