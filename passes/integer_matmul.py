@@ -45,6 +45,7 @@ point.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,19 +54,119 @@ from graphc.ir import DType, Graph, Node, Signature
 
 from . import im2col
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
-from .value_bounds import INTEGER_DTYPES, value_bounds, weight_value
+from .value_bounds import INTEGER_DTYPES, Known, value_bounds, weight_value
 
-__all__ = ["integer_conv_rule", "integer_matmul", "integer_matmul_rule"]
+__all__ = ["explain", "integer_conv_rule", "integer_matmul", "integer_matmul_rule"]
 
-def _offset(nodes: list[Node], rb: Rebuilder) -> int | None:
-    """What to add to every node of `nodes` to put all their values in [0, 255]: 0 (uint8
-    values), 128 (int8 values: A - Z = (A + 128) - (Z + 128) exactly), else None."""
-    bounds = [value_bounds(n, rb) for n in nodes]
+Op = Node | Pending  # what the plans read: op, dtype, attrs, inputs, shape
+
+
+@dataclass(frozen=True)
+class Source:
+    """The 8-bit operand A - Z (Z None: 0) and s, what puts A and Z in [0, 255]."""
+
+    act: Node
+    zero: Node | None
+    offset: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A rewrite: the activation and the int8 weights (B (K, N) of a matmul; the (kh*kw*C,
+    O) matrix of a convolution)."""
+
+    source: Source
+    weights: np.ndarray
+
+
+def _source(act: Node, zero: Node | None, value: Known) -> Source | str:
+    """A - Z with s = 0 (both in [0, 255]) or 128 (both in [-128, 127]), or why not."""
+    bounds = [value_bounds(n, value) for n in ([act] if zero is None else [act, zero])]
     if all(0 <= lo and hi <= 255 for lo, hi in bounds):
-        return 0
+        return Source(act, zero, 0)
     if all(-128 <= lo and hi <= 127 for lo, hi in bounds):
-        return 128
-    return None
+        return Source(act, zero, 128)
+    shown = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in bounds)
+    return (f"the activation{'' if zero is None else ' and its zero point'} are not provably "
+            f"8-bit (bounds {shown})")
+
+
+def _int8(weights: np.ndarray | None, whole: bool = False) -> str:
+    """Why `weights` are not int8 values ("" if they are)."""
+    if weights is None:
+        return "the weight is not a constant"
+    if weights.size == 0 or weights.min() < -128 or weights.max() > 127:
+        return "the weight does not fit int8"
+    if whole and not np.array_equal(weights, np.round(weights)):
+        return "the weight is not whole numbers"
+    return ""
+
+
+def matmul_plan(p: Op, value: Known) -> Plan | str:
+    """How int32 matmul `p` becomes matmul_integer, or why it does not."""
+    a, b = p.inputs
+    if p.attrs["b_panels"]:
+        return "its b is stored in the compiler's panels (b_panels)"
+    if b.ndim != 2 or a.ndim < 2 or (p.attrs["transpose_a"] and a.ndim > 2):
+        return f"not a matmul of a rank >= 2 activation by a 2-D weight ({a.type} @ {b.type})"
+    act, zero = a, None
+    if a.op == "sub" and isinstance(_source(a, None, value), str):
+        act, zero = a.inputs
+        if act.shape != a.shape or (zero.ndim > 0 and zero.size != 1):
+            return "the zero point is not one scalar (per row)"
+    source = _source(act, zero, value)
+    if isinstance(source, str):
+        return source
+    weights = weight_value(b, value)
+    why = _int8(weights)
+    return why if why else Plan(source, np.ascontiguousarray(weights, np.int8))
+
+
+def _integer_source(x: Node, value: Known) -> tuple[Node, Node | None] | None:
+    """(A, Z) of a float convolution input f64(A) - f64(Z) or f64(A), A and Z integers (Z
+    also a constant of whole numbers, whose cast constant_fold has folded)."""
+    def uncast(n: Node) -> Node | None:
+        if n.op == "cast" and n.inputs[0].dtype in INTEGER_DTYPES:
+            return n.inputs[0]
+        v = value(n)
+        if (v is not None and v.size == 1 and np.isfinite(v).all()
+                and float(v.reshape(-1)[0]).is_integer() and abs(float(v.reshape(-1)[0])) <= 255):
+            return n  # cast to int32 when rewritten: exact for whole numbers
+        return None
+
+    if x.op == "sub":
+        act, zero = (uncast(i) for i in x.inputs)
+        return (act, zero) if act is not None and zero is not None else None
+    act = uncast(x)
+    return None if act is None else (act, None)
+
+
+def conv_plan(p: Op, value: Known) -> Plan | str | None:
+    """How float64 conv2d `p` of integers becomes the int8 GEMM, why it does not, or None
+    if its input is not integers (a float64 convolution like any other)."""
+    x, w = p.inputs
+    found = _integer_source(x, value)
+    if found is None:
+        return None
+    act, zero = found
+    if p.attrs["groups"] != 1:
+        return "a grouped convolution"
+    if p.attrs["weight_panels"]:
+        return "weights prepacked for the float GEMM (weight_panels)"
+    if act.shape != x.shape or (zero is not None and zero.size != 1):
+        return "the zero point is not one scalar"
+    source = _source(act, zero, value)
+    if isinstance(source, str):
+        return source
+    weights = weight_value(w, value)
+    why = _int8(weights, whole=True)
+    if why:
+        return why
+    assert weights is not None
+    matrix = im2col.weight_matrix(weights.astype(np.int8))
+    if 255 * int(np.abs(matrix.astype(np.int64)).sum(axis=0).max()) >= 2**31:
+        return "its sums may leave int32 (255 * max sum |w| >= 2^31), where the GEMM wraps"
+    return Plan(source, matrix)
 
 
 def _as_uint8(node: Node, offset: int, rb: Rebuilder, at: Pending) -> Node:
@@ -82,27 +183,20 @@ def _as_uint8(node: Node, offset: int, rb: Rebuilder, at: Pending) -> Node:
     return rb.emit("cast", (node,), {"dtype": DType.uint8}, at=at)
 
 
+def _as_int32(node: Node, rb: Rebuilder, at: Pending) -> Node:
+    return node if node.dtype == DType.int32 else rb.emit("cast", (node,),
+                                                            {"dtype": DType.int32}, at=at)
+
+
 def integer_matmul_rule(p: Pending, rb: Rebuilder) -> Node | None:
     """matmul(A [- Z], B) (int32) -> matmul_integer(u8(A + s), int8(B) [, u8(Z + s)])"""
-    if p.op != "matmul" or p.dtype != DType.int32 or p.attrs["b_panels"]:
+    if p.op != "matmul" or p.dtype != DType.int32:
         return None
-    a, b = p.inputs
-    if b.ndim != 2 or a.ndim < 2 or (p.attrs["transpose_a"] and a.ndim > 2):
+    plan = matmul_plan(p, rb.value)
+    if isinstance(plan, str):
         return None
-    act, zero = a, None
-    if a.op == "sub" and _offset([a], rb) is None:
-        act, zero = a.inputs
-        if act.shape != a.shape or (zero.ndim > 0 and zero.size != 1):
-            return None  # a zero point per row (ONNX allows it): not the GEMM's scalar
-    offset = _offset([act] if zero is None else [act, zero], rb)
-    if offset is None:
-        return None
-    weights = weight_value(b, rb)
-    if (weights is None or weights.size == 0 or weights.min() < -128
-            or weights.max() > 127):
-        return None
-    operands = [_as_uint8(act, offset, rb, p),
-                rb.constant(np.ascontiguousarray(weights, np.int8), at=p)]
+    act, zero, offset = plan.source.act, plan.source.zero, plan.source.offset
+    operands = [_as_uint8(act, offset, rb, p), rb.constant(plan.weights, at=p)]
     if zero is not None and zero.ndim > 0:
         zero = rb.emit("reshape", (zero,), {"shape": ()}, at=p)
     if zero is not None:
@@ -114,58 +208,20 @@ def integer_matmul_rule(p: Pending, rb: Rebuilder) -> Node | None:
                     "transpose_b": p.attrs["transpose_b"]}, at=p, name=p.name)
 
 
-def _integer_source(x: Node, rb: Rebuilder) -> tuple[Node, Node | None] | None:
-    """(A, Z) of a float convolution input f64(A) - f64(Z) or f64(A), A and Z integers (Z
-    also a constant of whole numbers, whose cast constant_fold has folded)."""
-    def uncast(n: Node) -> Node | None:
-        if n.op == "cast" and n.inputs[0].dtype in INTEGER_DTYPES:
-            return n.inputs[0]
-        value = rb.value(n)
-        if (value is not None and value.size == 1 and np.isfinite(value).all()
-                and float(value.reshape(-1)[0]).is_integer()
-                and abs(float(value.reshape(-1)[0])) <= 255):
-            return n  # cast to int32 below: exact for whole numbers
-        return None
-
-    if x.op == "sub":
-        act, zero = (uncast(i) for i in x.inputs)
-        return (act, zero) if act is not None and zero is not None else None
-    act = uncast(x)
-    return None if act is None else (act, None)
-
-
-def _as_int32(node: Node, rb: Rebuilder, at: Pending) -> Node:
-    return node if node.dtype == DType.int32 else rb.emit("cast", (node,),
-                                                            {"dtype": DType.int32}, at=at)
-
-
 def integer_conv_rule(p: Pending, rb: Rebuilder) -> Node | None:
     """conv2d(f64(A) [- f64(Z)], W) -> f64(transpose(matmul_integer(taps(...), W', ...)))
     (module docstring)"""
-    if (p.op != "conv2d" or p.dtype != DType.float64 or p.attrs["groups"] != 1
-            or p.attrs["weight_panels"]):
+    if p.op != "conv2d" or p.dtype != DType.float64:
         return None
-    x, w = p.inputs
-    source = _integer_source(x, rb)
-    if source is None:
+    plan = conv_plan(p, rb.value)
+    if not isinstance(plan, Plan):
         return None
-    act, zero = source
-    if act.shape != x.shape or (zero is not None and zero.size != 1):
-        return None
-    offset = _offset([act] if zero is None else [act, zero], rb)
-    if offset is None:
-        return None
-    weights = weight_value(w, rb)
-    if (weights is None or weights.size == 0 or weights.min() < -128 or weights.max() > 127
-            or not np.array_equal(weights, np.round(weights))):
-        return None
-    matrix = im2col.weight_matrix(weights.astype(np.int8))
-    if 255 * int(np.abs(matrix.astype(np.int64)).sum(axis=0).max()) >= 2**31:
-        return None  # the float64 sums could leave int32, where the GEMM's would wrap
+    w = p.inputs[1]
 
     def emit(op: str, inputs: Sequence[Node], attrs: dict[str, Any]) -> Node:
         return rb.emit(op, inputs, attrs, at=p)
 
+    act, zero, offset = plan.source.act, plan.source.zero, plan.source.offset
     act = _as_int32(act, rb, p)
     shift: Node | None = rb.constant(np.int32(offset), at=p) if offset else None
     if zero is not None:
@@ -179,7 +235,7 @@ def integer_conv_rule(p: Pending, rb: Rebuilder) -> Node | None:
         padded = emit("add", (padded, shift), {})
     rows = im2col.gather_taps(emit, emit("cast", (padded,), {"dtype": DType.uint8}), w.shape,
                               p.attrs, p.shape)
-    operands = [rows, rb.constant(matrix, at=p)]
+    operands = [rows, rb.constant(plan.weights, at=p)]
     if shift is not None:
         operands.append(emit("cast", (shift,), {"dtype": DType.uint8}))
     acc = emit("matmul_integer", operands, {"transpose_a": False, "transpose_b": False})
@@ -215,6 +271,25 @@ def integer_matmul(graph: Graph, sig: Signature, ctx: PassContext) -> tuple[Grap
         return rb.keep(p)
 
     return Rebuilder(graph, visit).run().finish(sig)
+
+
+def explain(graph: Graph) -> list[str]:
+    """One line for every int32 matmul, and every float64 convolution of integers, of
+    `graph` (an optimized graph: the pass has run) left off the int8 GEMM, with the
+    reason (`graphc dump --stage optimized --explain`)."""
+    def value(node: Node) -> np.ndarray | None:
+        return graph.constants.get(node.name) if node.op == "constant" else None
+
+    lines = []
+    for node in graph.nodes:
+        why: Plan | str | None = None
+        if node.op == "matmul" and node.dtype == DType.int32:
+            why = matmul_plan(node, value)
+        elif node.op == "conv2d" and node.dtype == DType.float64:
+            why = conv_plan(node, value)
+        if isinstance(why, str):
+            lines.append(f"%{node.name} ({node.op}, {node.dtype}): {why}")
+    return lines
 
 
 PASS = PassDef("integer_matmul", integer_matmul,

@@ -1,12 +1,13 @@
 """What a pass can prove about a node's values without running the graph.
 
-`value_bounds(node, rb)`: an interval holding every value of `node`, from its dtype, a
-constant's values, and through the ops of a quantize (minimum / maximum: its clip;
-round / floor / ceil; casts that cannot wrap) and layout ops that keep values (reshape,
-broadcast_to). Unknown ends are infinite. NaN is not an interval's value: a NaN input of a
-clip propagates as it does, which is what ONNX leaves undefined.
+`value_bounds(node, value)` (`value(n)`: a constant node's array, else None): an interval
+holding every value of `node`, from its dtype, a constant's values, and through the ops of
+a quantize (minimum / maximum: its clip; round / floor / ceil; casts that cannot wrap) and
+layout ops that keep values (reshape, broadcast_to). Unknown ends are infinite. NaN is not
+an interval's value: a NaN input of a clip propagates as it does, which is what ONNX leaves
+undefined.
 
-`weight_value(node, rb)`: the array of a weight computed from constants through casts,
+`weight_value(node, value)`: the array of a weight computed from constants through casts,
 adds, subtractions and layout ops (an ONNX initializer widened and centered by its zero
 point), with the ops' references, above `constant_fold`'s size limit (ResNet-18's 3x3
 weights have up to 2.4M elements) but never a broadcast that would materialize much more
@@ -26,11 +27,10 @@ from graphc.errors import GraphcError
 from graphc.ir import DType, Node
 from graphc.ops import registry
 
-from .rewrite import Rebuilder
-
-__all__ = ["Bounds", "value_bounds", "weight_value"]
+__all__ = ["Bounds", "Known", "value_bounds", "weight_value"]
 
 Bounds = tuple[float, float]
+Known = Callable[[Node], "np.ndarray | None"]  # a constant node's array, else None
 _INT_RANGES: dict[DType, Bounds] = {
     DType.uint8: (0, 255), DType.int8: (-128, 127), DType.bool: (0, 1),
     DType.int32: (-2.0**31, 2.0**31 - 1), DType.int64: (-2.0**63, 2.0**63 - 1)}
@@ -44,25 +44,25 @@ _THROUGH = _ROUNDING | _SAME_VALUES | {"minimum", "maximum", "cast"}
 _DEPTH = 16  # how far up a chain of clips and casts the bounds are looked for
 
 
-def value_bounds(node: Node, rb: Rebuilder) -> Bounds:
+def value_bounds(node: Node, value: Known) -> Bounds:
     """An interval holding every value of `node` (module docstring)."""
     memo: dict[int, Bounds] = {}  # by id: a Node's == builds an op
 
     def bounds(n: Node, depth: int) -> Bounds:
         key = id(n)
         if key not in memo:
-            memo[key] = _bounds(n, rb, depth, bounds)
+            memo[key] = _bounds(n, value, depth, bounds)
         return memo[key]
 
     return bounds(node, _DEPTH)
 
 
-def _bounds(node: Node, rb: Rebuilder, depth: int,
+def _bounds(node: Node, known: Known, depth: int,
             inner_bounds: Callable[[Node, int], Bounds]) -> Bounds:
     lo, hi = _INT_RANGES.get(node.dtype, (-math.inf, math.inf))
     if node.dtype == DType.bfloat16:
         return lo, hi  # its constants are stored as bit patterns
-    value = rb.value(node)
+    value = known(node)
     if value is not None:
         if value.size == 0 or (value.dtype.kind == "f" and not np.isfinite(value).all()):
             return lo, hi
@@ -96,14 +96,14 @@ _WEIGHT_OPS = frozenset({"cast", "sub", "add", "reshape", "broadcast_to", "trans
 _MAX_GROWTH = 4  # a broadcast_to may make at most this many times its input's elements
 
 
-def weight_value(node: Node, rb: Rebuilder, depth: int = 6) -> np.ndarray | None:
+def weight_value(node: Node, known: Known, depth: int = 6) -> np.ndarray | None:
     """The array of a weight computed from constants (module docstring), else None."""
-    value = rb.value(node)
+    value = known(node)
     if value is not None or depth == 0 or node.op not in _WEIGHT_OPS:
         return value
     if node.op == "broadcast_to" and node.size > _MAX_GROWTH * max(node.inputs[0].size, 1):
         return None
-    inputs = [weight_value(i, rb, depth - 1) for i in node.inputs]
+    inputs = [weight_value(i, known, depth - 1) for i in node.inputs]
     if any(v is None for v in inputs):
         return None
     try:

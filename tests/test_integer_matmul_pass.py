@@ -22,6 +22,7 @@ import pytest
 import graphc as gc
 from graphc.ir import Graph
 from graphc.options import CompileOptions
+from graphc.passes import integer_matmul
 from graphc.passes.rewrite import Rebuilder
 from graphc.passes.value_bounds import value_bounds
 
@@ -94,28 +95,33 @@ def test_what_cannot_be_proven_stays_an_int32_matmul() -> None:
     with gc.Graph("wide") as g:
         x = gc.placeholder((8, 32), name="x")
         q, z = _quantized(x)
-        cases["b outside int8"] = (g, [x], gc.matmul(q - z, gc.constant(wide)))
+        cases["the weight does not fit int8"] = (g, [x], gc.matmul(q - z, gc.constant(wide)))
     with gc.Graph("unbounded") as g:
         a = gc.placeholder((8, 32), gc.int32, name="a")
-        cases["a of any int32"] = (g, [a], gc.matmul(a, gc.constant(w)))
+        cases["not provably 8-bit (bounds [-2.14748e+09, 2.14748e+09])"] = (
+            g, [a], gc.matmul(a, gc.constant(w)))
     with gc.Graph("clip300") as g:
         x = gc.placeholder((8, 32), name="x")
-        cases["a clipped to 300"] = (g, [x], gc.matmul(
+        cases["not provably 8-bit (bounds [0, 300])"] = (g, [x], gc.matmul(
             gc.cast(gc.clip(x, 0.0, 300.0), gc.int32), gc.constant(w)))
     with gc.Graph("per_row") as g:
         x = gc.placeholder((8, 32), name="x")
         q, _ = _quantized(x)
         rows = gc.cast(gc.clip(gc.round(gc.sum(x, axis=1, keepdims=True)), 0.0, 255.0),
                        gc.int32)
-        cases["a zero point per row"] = (g, [x], gc.matmul(q - rows, gc.constant(w)))
+        cases["the zero point is not one scalar"] = (g, [x], gc.matmul(q - rows,
+                                                                        gc.constant(w)))
     with gc.Graph("runtime_b") as g:
         x = gc.placeholder((8, 32), name="x")
         b = gc.placeholder((32, 16), gc.int32, name="b")
         q, z = _quantized(x)
-        cases["b not a constant"] = (g, [x, b], gc.matmul(q - z, b))
+        cases["the weight is not a constant"] = (g, [x, b], gc.matmul(q - z, b))
     for why, (g, inputs, y) in cases.items():
         exe = gc.compile(g, inputs, [y], options=CompileOptions(threads=1, cache_dir=None))
         assert "matmul_integer" not in _ops(exe), why
+        # `graphc dump --stage optimized --explain` says why.
+        (line,) = integer_matmul.explain(exe.compiled_graph)
+        assert line.startswith(f"%{y.name} (matmul, int32): ") and why in line, (why, line)
         args = [rng.standard_normal(i.shape).astype(np.float32) if i.dtype == gc.float32
                 else rng.integers(-300, 300, i.shape).astype(np.int32) for i in inputs]
         np.testing.assert_array_equal(exe(*args)[0], gc.reference(g, inputs, [y])(*args)[0])
@@ -134,7 +140,7 @@ def test_byte_bounds_follow_clips_roundings_and_casts() -> None:
     rb = Rebuilder(g).run()  # the bounds read constants of the graph being built
 
     def bounds(node: gc.Node) -> tuple[float, float]:
-        return value_bounds(rb.graph[node.name], rb)
+        return value_bounds(rb.graph[node.name], rb.value)
 
     assert bounds(clipped) == (-2.5, float(np.float32(250.2)))
     assert bounds(rounded) == (-3, 251)
@@ -287,9 +293,14 @@ def test_convolutions_that_are_not_8bit_integers_stay_float() -> None:
         acc = gc.cast(gc.conv2d(gc.cast(x, gc.float64), gc.constant(w.astype(np.float64))),
                       gc.int32)
     cases["activations of any int32"] = (g, x, acc)
+    reasons = {"grouped": "a grouped convolution",
+               "fractional weights": "the weight is not whole numbers",
+               "activations of any int32": "not provably 8-bit"}
     for why, (g, x, acc) in cases.items():
         exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
         assert "matmul_integer" not in _ops(exe), why
+        (line,) = integer_matmul.explain(exe.compiled_graph)
+        assert "(conv2d, float64)" in line and reasons[why] in line, (why, line)
         xv = (rng.integers(-300, 300, x.shape).astype(np.int32) if x.dtype == gc.int32
               else rng.standard_normal(x.shape).astype(np.float32))
         np.testing.assert_array_equal(exe(xv)[0], gc.reference(g, [x], [acc])(xv)[0])
@@ -375,6 +386,17 @@ def test_a_convolution_whose_sums_may_leave_int32_stays_float() -> None:
         acc = gc.cast(gc.conv2d(xc, gc.constant(np.full((1, c, 1, 1), -128.0))), gc.int32)
     exe = gc.compile(g, [x], [acc], options=CompileOptions(threads=1, cache_dir=None))
     assert "matmul_integer" not in _ops(exe)
+    (line,) = integer_matmul.explain(exe.compiled_graph)
+    assert "sums may leave int32" in line
+
+
+def test_float_convolutions_are_not_explained() -> None:
+    """A float64 convolution of floats is no integer convolution left behind."""
+    with gc.Graph("f64") as g:
+        x = gc.placeholder((1, 3, 8, 8), gc.float64, name="x")
+        y = gc.conv2d(x, gc.constant(np.ones((4, 3, 3, 3))))
+    exe = gc.compile(g, [x], [y], options=CompileOptions(threads=1, cache_dir=None))
+    assert integer_matmul.explain(exe.compiled_graph) == []
 
 
 def test_a_constant_zero_point_of_a_convolution_folds_too() -> None:
@@ -439,3 +461,26 @@ def test_onnx_qlinear_conv_runs_on_the_int8_gemm() -> None:
     xv = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     want = ReferenceEvaluator(model).run(None, {"x": xv})[0]
     np.testing.assert_array_equal(exe(xv)[0], want)
+
+
+def test_dump_explains_matmul_integers_left_off_the_int8_gemm(tmp_path: Path, capsys) -> None:
+    """`graphc dump MODEL.onnx --stage optimized --explain` names an ONNX MatMulInteger whose
+    uint8 weights (200 > 127, zero point 0) do not fit int8, and why."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphc.cli.main import main as cli_main
+    from tests.onnx_helpers import model_bytes, value_info
+
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"]),
+             helper.make_node("MatMulInteger", ["q", "w", "z", "wz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    inits = [numpy_helper.from_array(np.full((16, 8), 200, np.uint8), "w"),
+             numpy_helper.from_array(np.uint8(0), "wz")]
+    path = tmp_path / "wide.onnx"
+    path.write_bytes(model_bytes(nodes, [value_info("x", [4, 16])],
+                                 [value_info("y", [4, 8])], inits))
+    assert cli_main(["dump", str(path), "--stage", "optimized", "--explain"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("integer matmuls and convolutions not on the int8 GEMM"):]
+    assert "(matmul, int32): the weight does not fit int8" in section

@@ -37,7 +37,7 @@ from graphc.io.gcg import dumps_json
 from graphc.io.textir import format_graph
 from graphc.ir import Graph
 from graphc.options import CONV_ALGORITHMS
-from graphc.passes import qdq
+from graphc.passes import integer_matmul, qdq
 from graphc.passes.manager import select_signature
 from graphc.pipeline import DEFAULT_OPTIONS, Lowered, lower
 from graphc.pipeline import STAGES as PIPELINE_STAGES
@@ -85,8 +85,9 @@ def add_subcommands(subparsers: Any) -> None:
                       help="print per-pass statistics (nodes before/after, time, rule hits)")
     dump.add_argument("--explain", action="store_true",
                       help="with --stage fused: say why each unfused pair was not fused; "
-                           "with --stage optimized: why each quantize/dequantize pair was "
-                           "not folded into an int8 kernel")
+                           "with --stage optimized: why each quantize/dequantize pair, and "
+                           "each integer matmul or convolution (ONNX MatMulInteger, "
+                           "ConvInteger), was not put on an int8 kernel")
     dump.add_argument("--optimized-ir", action="store_true",
                       help="with --stage llvm: the IR after LLVM's optimizer")
     dump.set_defaults(handler=_dump)
@@ -153,6 +154,9 @@ def _dump(args: argparse.Namespace) -> int:
         if args.explain:
             out.write("\nquantize/dequantize pairs not folded (dequantize -/-> consumer: "
                       "reason):\n" + ("\n".join(qdq.explain(stages.graph)) or "none") + "\n")
+            out.write("\ninteger matmuls and convolutions not on the int8 GEMM (node: "
+                      "reason):\n" + ("\n".join(integer_matmul.explain(stages.optimized))
+                                       or "none") + "\n")
     elif stage == "fused":
         assert stages.fused is not None
         out.write(stages.fused.format() + "\n")
