@@ -24,6 +24,7 @@ from graphc.codegen.target import host_target
 from graphc.ops.linalg import MATMUL_INTEGER
 from graphc.ops.panels import pack_groups
 from graphc.options import CompileOptions
+from tests.int8_helpers import integer_matmul_graph as _graph
 
 # The host without VNNI: quads run on pmaddubsw wherever the host has AVX2 (or AVX-512BW).
 NO_VNNI = ("avx512bf16", "avx512vnni")
@@ -33,15 +34,6 @@ pytestmark = pytest.mark.skipif(not emulates_quads(host_target().without(NO_VNNI
 
 def _opts(threads: int = 1) -> CompileOptions:
     return CompileOptions(threads=threads, cache_dir=None, disable_features=NO_VNNI)
-
-
-def _graph(a_shape: tuple[int, ...], w: np.ndarray, tb: bool, zp: bool
-           ) -> tuple[gc.Graph, list[gc.Node], gc.Node]:
-    with gc.Graph("int8") as g:
-        a = gc.placeholder(a_shape, gc.uint8, name="a")
-        z = gc.placeholder((), gc.uint8, name="z")
-        acc = gc.matmul_integer(a, gc.constant(w), z if zp else None, transpose_b=tb)
-    return g, [a, z] if zp else [a], acc
 
 
 def _groups(exe: gc.Executable) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from graphc.errors import AttrError
 from graphc.ops.linalg import MATMUL_INTEGER
 from graphc.ops.panels import pack_groups, unpack_groups
 from graphc.options import CompileOptions
+from tests.int8_helpers import integer_matmul_graph as _graph
 
 NO_VNNI = ("avx512bf16", "avx512vnni")
 KERNELS = [pytest.param((), id="host"), pytest.param(NO_VNNI, id="pairs")]
@@ -48,15 +49,6 @@ CASES = [
 
 def _integer_matmuls(exe: gc.Executable) -> list[gc.Node]:
     return [n for n in exe.compiled_graph.nodes if n.op == "matmul_integer"]
-
-
-def _graph(a_shape: tuple[int, ...], w: np.ndarray, tb: bool, zp: bool
-           ) -> tuple[gc.Graph, list[gc.Node], gc.Node]:
-    with gc.Graph("int8") as g:
-        a = gc.placeholder(a_shape, gc.uint8, name="a")
-        z = gc.placeholder((), gc.uint8, name="z")
-        acc = gc.matmul_integer(a, gc.constant(w), z if zp else None, transpose_b=tb)
-    return g, [a, z] if zp else [a], acc
 
 
 @pytest.mark.parametrize("disabled", KERNELS)
