@@ -33,7 +33,7 @@ from graphc.ops import registry
 
 from .rewrite import PassContext, PassDef, Pending, Rebuilder
 
-__all__ = ["constant_fold", "evaluable"]
+__all__ = ["constant_fold", "evaluable", "reference_value"]
 
 
 def constant_value(rb: Rebuilder, node: Node) -> np.ndarray | None:
@@ -52,6 +52,21 @@ def evaluable(op: OpDef) -> bool:
                 or op.fusion == Fusion.CONTROL)
 
 
+def reference_value(p: Pending | Node, values: list[np.ndarray]) -> np.ndarray | None:
+    """`p`'s array computed by its op's reference from its inputs' arrays `values`, in
+    `p`'s dtype (None where the reference refuses them)."""
+    try:
+        with np.errstate(all="ignore"):  # inf/nan are folded as the runtime computes them
+            result = np.asarray(registry.get(p.op).evaluate_reference(values, p.attrs, p.type))
+    except GraphcError:
+        return None
+    if result.shape != p.shape:
+        raise GraphcError(f"reference of %{p.name} returned shape {result.shape}, its type is "
+                          f"{p.type} (a bug in the op's reference)", op=p.op, loc=p.loc)
+    # The reference interpreter casts too: a reference may compute in a wider dtype.
+    return result.astype(p.dtype.np, order="C", copy=False)
+
+
 def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
     """op(c1, ..., cn) -> c  (every input constant; c computed by the op's reference)"""
     op = registry.get(p.op)
@@ -60,16 +75,9 @@ def fold(p: Pending, rb: Rebuilder, max_elements: int) -> Node | None:
     values = [constant_value(rb, i) for i in p.inputs]
     if any(v is None for v in values):
         return None
-    try:
-        with np.errstate(all="ignore"):  # inf/nan are folded as the runtime computes them
-            result = np.asarray(op.evaluate_reference(values, p.attrs, p.type))
-    except GraphcError:
+    result = reference_value(p, values)
+    if result is None:
         return None
-    if result.shape != p.shape:
-        raise GraphcError(f"reference of %{p.name} returned shape {result.shape}, its type is "
-                          f"{p.type} (a bug in the op's reference)", op=p.op, loc=p.loc)
-    # The reference interpreter casts too: a reference may compute in a wider dtype.
-    result = result.astype(p.dtype.np, order="C", copy=False)
     if result.size > 1 and _all_equal_bits(result):
         scalar = rb.constant(result.reshape(-1)[0], at=p)
         return rb.emit("broadcast_to", (scalar,), {"shape": p.shape}, at=p, name=p.name)

@@ -23,9 +23,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from graphc.errors import GraphcError
 from graphc.ir import DType, Node
-from graphc.ops import registry
+
+from .constant_fold import reference_value
 
 __all__ = ["Bounds", "Known", "value_bounds", "weight_value"]
 
@@ -106,9 +106,4 @@ def weight_value(node: Node, known: Known, depth: int = 6) -> np.ndarray | None:
     inputs = [weight_value(i, known, depth - 1) for i in node.inputs]
     if any(v is None for v in inputs):
         return None
-    try:
-        with np.errstate(all="ignore"):  # inf/nan as the runtime computes them
-            result = registry.get(node.op).evaluate_reference(inputs, node.attrs, node.type)
-    except GraphcError:
-        return None
-    return np.asarray(result).astype(node.dtype.np, copy=False)
+    return reference_value(node, inputs)  # as constant_fold computes a value
